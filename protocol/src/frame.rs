@@ -1,0 +1,218 @@
+//! Everything that crosses the wire, as one enum per direction. Every enum
+//! is `#[non_exhaustive]` and new variants are only ever appended (bincode
+//! numbers variants by position), so a variant number is never reused.
+//!
+//! A connection starts with the Noise handshake on its first stream
+//! ([`Hello`] in message 1, [`HelloReply`] in message 2, then for a login
+//! [`LoginFinish`] and [`LoginOutcome`] as Noise transport messages). After
+//! that the same stream carries length-prefixed control frames
+//! ([`codec`](crate::codec)) in the direction-specific enums below.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ids::{HostName, Platform, SessionId, TokenSecret, UserName},
+    ksf::KsfProfile,
+};
+
+/// The protocol version this crate speaks. Message 1 carries it, so a relay
+/// can refuse (or later adapt to) another version before doing any work.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Payload of Noise message 1: who is asking, for what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The initiator's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// What the initiator wants from this connection.
+    pub intent: Intent,
+}
+
+/// What a connection is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Intent {
+    /// A user opens a session on a host, proving the access code by OPAQUE.
+    Login {
+        /// The user's account.
+        user: UserName,
+        /// The host to reach.
+        host: HostName,
+        /// OPAQUE KE1 (credential request).
+        ke1: Vec<u8>,
+    },
+    /// A host agent comes online (its device key is the proof).
+    Host {
+        /// The host's name.
+        host: HostName,
+    },
+    /// A user asks for something that needs no access code (the host list).
+    User {
+        /// The user's account.
+        user: UserName,
+    },
+    /// A new device redeems an invite; the Noise static key becomes its key.
+    Enroll {
+        /// The invite's secret.
+        token: TokenSecret,
+        /// The device's OS (recorded for hosts).
+        platform: Platform,
+    },
+}
+
+/// Payload of Noise message 2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum HelloReply {
+    /// OPAQUE KE2 (credential response), real or fake: the client cannot
+    /// tell which until it checks the code.
+    Challenge {
+        /// Key stretching the client must use with this record.
+        ksf: KsfProfile,
+        /// OPAQUE KE2.
+        ke2: Vec<u8>,
+    },
+    /// The host is locked (only ever said to a proven grant holder).
+    Locked,
+    /// The device is known; control frames follow.
+    Welcome,
+    /// The invite was redeemed.
+    Enrolled {
+        /// The user or host name the device is now enrolled as.
+        name: String,
+        /// Whether the device is a host (else a user).
+        is_host: bool,
+    },
+    /// The relay will not serve this connection.
+    Refused(Refusal),
+}
+
+/// Why the relay refused a connection or a request. Short and vague on
+/// purpose (SPEC A4); the relay's log has the detail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Another protocol version is needed.
+    UnsupportedVersion {
+        /// The version the relay speaks.
+        supported: u16,
+    },
+    /// The device key is not enrolled under that name.
+    UnknownDevice,
+    /// The invite is unknown, used or expired.
+    InvalidToken,
+    /// Too many attempts from this address; try later.
+    RateLimited,
+    /// The relay is overloaded or shutting down; try later.
+    Busy,
+    /// The request is not allowed (details in the relay's log).
+    NotAllowed(String),
+}
+
+/// First Noise transport message of a login (client to relay).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LoginFinish {
+    /// OPAQUE KE3 (credential finalization).
+    Ke3(Vec<u8>),
+}
+
+/// The relay's verdict on a login (Noise transport message, relay to client).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LoginOutcome {
+    /// The code was right; the session exists.
+    Accepted {
+        /// The new session.
+        session: SessionId,
+    },
+    /// The code was wrong.
+    Rejected,
+}
+
+/// Where a new access code applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CodeTarget {
+    /// The owner's code; grants made from now on inherit it (SPEC S1).
+    Owner,
+    /// One secondary user's own grant ("Forgot your access code", SPEC S5).
+    Grant(UserName),
+}
+
+/// One host as a user sees it in `latchkey hosts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// The host's name.
+    pub name: HostName,
+    /// The host's owner.
+    pub owner: UserName,
+    /// Whether the host agent is connected now.
+    pub online: bool,
+    /// Whether the host is locked out.
+    pub locked: bool,
+    /// Whether the asking user is the owner (else a secondary user).
+    pub is_owner: bool,
+}
+
+/// Control frames from a user's client to the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ClientToRelay {
+    /// List the hosts this user may reach.
+    ListHosts,
+}
+
+/// Control frames from the relay to a user's client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RelayToClient {
+    /// Answer to [`ClientToRelay::ListHosts`].
+    Hosts(Vec<HostInfo>),
+    /// The request was refused.
+    Refused(Refusal),
+}
+
+/// Control frames from a host agent to the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum HostToRelay {
+    /// Start setting an access code: OPAQUE registration request.
+    RegisterCode {
+        /// Whose code.
+        target: CodeTarget,
+        /// Key stretching used for this record.
+        ksf: KsfProfile,
+        /// OPAQUE registration request.
+        request: Vec<u8>,
+    },
+    /// Finish setting an access code: OPAQUE registration upload.
+    UploadCode {
+        /// OPAQUE registration upload (the record).
+        upload: Vec<u8>,
+    },
+    /// Keep-alive answer.
+    Pong,
+}
+
+/// Control frames from the relay to a host agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RelayToHost {
+    /// OPAQUE registration response.
+    CodeChallenge {
+        /// OPAQUE registration response.
+        response: Vec<u8>,
+    },
+    /// The new code is stored.
+    CodeSet {
+        /// Whose code changed.
+        target: CodeTarget,
+    },
+    /// Something the owner should read (SPEC S2, S3).
+    Notice(String),
+    /// Keep-alive probe.
+    Ping,
+    /// The request was refused.
+    Refused(Refusal),
+}

@@ -1,0 +1,26 @@
+//! Latchkey's wire protocol, with no I/O, no clock and no OS randomness:
+//! callers pass bytes, `now` and an RNG, and get bytes and decisions back.
+//!
+//! A connection to the relay goes like this:
+//! 1. QUIC + TLS 1.3 to the relay, whose certificate hash is pinned
+//!    ([`ids::RelayPin`]).
+//! 2. On the first stream, the Noise IK handshake of [`handshake`]:
+//!    message 1 proves the device key and says what the connection is for
+//!    ([`frame::Intent`]); for a login it carries OPAQUE KE1, message 2 KE2,
+//!    message 3 KE3 and message 4 the verdict. The prologue is the QUIC
+//!    connection's TLS exporter, so nothing can be replayed elsewhere.
+//! 3. The same stream then carries length-prefixed control frames
+//!    ([`codec`], one enum per direction in [`frame`]).
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+#[cfg(fuzzing)]
+pub mod fuzzing;
+pub mod handshake;
+pub mod ids;
+pub mod ksf;
+pub mod limits;
+
+pub use error::{CodecError, HandshakeError, ParseError};
