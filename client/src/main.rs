@@ -1,1 +1,205 @@
-fn main() {}
+//! `latchkey`: reach your hosts through a Latchkey relay, or run the agent
+//! on a host. A thin clap shell over the library.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use latchkey_client::{code, config::Home, host, user};
+use latchkey_protocol::{frame::CodeTarget, ids::UserName, ksf::KsfProfile};
+use tokio_util::sync::CancellationToken;
+
+/// Reach your computers through a Latchkey relay.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey", version, about)]
+struct Cli {
+    /// Directory holding this device's identities (default: the platform
+    /// config dir, e.g. ~/.config/latchkey).
+    #[arg(long, global = true, env = "LATCHKEY_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll this device as a user with an invite token from your admin.
+    Enroll {
+        /// The token (lk1-...).
+        token: String,
+    },
+    /// List the hosts you may reach, online or not, locked or not.
+    Hosts {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commands that run on a host.
+    #[command(subcommand)]
+    Host(HostCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// Enroll this computer as a host with an invite token from your admin.
+    Enroll {
+        /// The token (lk1-...).
+        token: String,
+    },
+    /// Set or change the owner's access code (asked twice, without echo).
+    /// Users granted shared access keep the code they inherited.
+    SetCode {
+        #[command(flatten)]
+        input: CodeInput,
+    },
+    /// "Forgot your access code": set a new code for one secondary user's
+    /// own grant (run by someone with local access to this host).
+    ResetCode {
+        /// The secondary user whose code to reset.
+        #[arg(long)]
+        user: UserName,
+        #[command(flatten)]
+        input: CodeInput,
+    },
+    /// Run the host agent: stay connected to the relay and serve sessions.
+    Run,
+}
+
+#[derive(Debug, clap::Args)]
+struct CodeInput {
+    /// Read the code from one line of standard input (for scripts).
+    #[arg(long)]
+    code_stdin: bool,
+    /// Stretch the code with the insecure test profile (tests and
+    /// benchmarks only; relays refuse it unless configured to allow it).
+    #[arg(long, hide = true, env = "LATCHKEY_INSECURE_FAST_KSF", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure_fast_ksf: bool,
+}
+
+impl CodeInput {
+    fn ksf(&self) -> KsfProfile {
+        if self.insecure_fast_ksf {
+            KsfProfile::InsecureFastForTests
+        } else {
+            KsfProfile::DEFAULT
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = Home::locate(cli.home);
+    match cli.command {
+        Command::Enroll { token } => {
+            let name = user::enroll(&home, &token).await?;
+            println!(
+                "enrolled as user '{name}' (identity in {})",
+                home.path.display()
+            );
+        }
+        Command::Hosts { json } => {
+            let hosts = user::hosts(&home).await?;
+            if json {
+                let rows: Vec<_> = hosts
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "host": h.name.as_str(), "owner": h.owner.as_str(),
+                            "online": h.online, "locked": h.locked, "owner_access": h.is_owner,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<24} {:<16} {:<8} {:<8} ACCESS",
+                    "HOST", "OWNER", "ONLINE", "LOCKED"
+                );
+                for h in hosts {
+                    let yes = |b| if b { "yes" } else { "no" };
+                    let access = if h.is_owner { "owner" } else { "shared" };
+                    println!(
+                        "{:<24} {:<16} {:<8} {:<8} {access}",
+                        h.name,
+                        h.owner,
+                        yes(h.online),
+                        yes(h.locked)
+                    );
+                }
+            }
+        }
+        Command::Host(HostCommand::Enroll { token }) => {
+            let name = host::enroll(&home, &token).await?;
+            println!(
+                "enrolled as host '{name}' (config in {})",
+                home.host_config_path().display()
+            );
+            println!("next: `latchkey host set-code`, then `latchkey host run`");
+        }
+        Command::Host(HostCommand::SetCode { input }) => {
+            let code = code::new_code(input.code_stdin)?;
+            host::set_code(&home, CodeTarget::Owner, code, input.ksf())
+                .await
+                .context("setting the access code")?;
+            println!("access code set; users granted shared access from now on inherit it");
+        }
+        Command::Host(HostCommand::ResetCode { user, input }) => {
+            let code = code::new_code(input.code_stdin)?;
+            host::set_code(&home, CodeTarget::Grant(user.clone()), code, input.ksf())
+                .await
+                .with_context(|| format!("resetting the access code of '{user}'"))?;
+            println!(
+                "access code of '{user}' on this host reset; other users' codes are unchanged"
+            );
+        }
+        Command::Host(HostCommand::Run) => {
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.cancel();
+            });
+            host::run(&home, shutdown).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -58,6 +58,12 @@ pub enum Intent {
         /// The device's OS (recorded for hosts).
         platform: Platform,
     },
+    /// A host's local administration (setting codes) on a connection of its
+    /// own, so it does not replace the running agent's link.
+    HostAdmin {
+        /// The host's name.
+        host: HostName,
+    },
 }
 
 /// Payload of Noise message 2.

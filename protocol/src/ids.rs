@@ -63,7 +63,7 @@ macro_rules! name_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -90,18 +90,24 @@ pub fn to_text(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Decodes [`to_text`] output into exactly `N` bytes.
-pub fn from_text<const N: usize>(s: &str, what: &'static str) -> Result<[u8; N], ParseError> {
-    let bytes = URL_SAFE_NO_PAD
+/// Decodes [`to_text`] output of any length.
+pub fn from_text_vec(s: &str, what: &'static str) -> Result<Vec<u8>, ParseError> {
+    URL_SAFE_NO_PAD
         .decode(s.trim())
         .map_err(|_| ParseError::Encoding {
             what,
             why: "not URL-safe base64",
-        })?;
-    bytes.try_into().map_err(|_| ParseError::Encoding {
-        what,
-        why: "wrong length",
-    })
+        })
+}
+
+/// Decodes [`to_text`] output into exactly `N` bytes.
+pub fn from_text<const N: usize>(s: &str, what: &'static str) -> Result<[u8; N], ParseError> {
+    from_text_vec(s, what)?
+        .try_into()
+        .map_err(|_| ParseError::Encoding {
+            what,
+            why: "wrong length",
+        })
 }
 
 /// A Curve25519 public key: a device's (user or host) or the relay's Noise

@@ -20,6 +20,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
 pub mod ids;
+pub mod invite;
 pub mod ksf;
 pub mod limits;
 

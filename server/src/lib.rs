@@ -1,1 +1,236 @@
-//! x
+//! The Latchkey relay: a QUIC endpoint that authenticates users and hosts
+//! (Noise IK + OPAQUE, from `latchkey-protocol`), enforces the lockout rule
+//! in its store, and pairs users with hosts.
+//!
+//! [`Relay::spawn`] binds the endpoint and returns a handle with the bound
+//! address and a shutdown switch, so tests can run relays on port 0.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+mod conn;
+pub mod datadir;
+pub mod endpoint;
+mod host;
+pub mod lockout;
+pub mod ratelimit;
+pub mod store;
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use latchkey_protocol::{handshake::RelayIdentity, ids::HostName, ksf::KsfProfile};
+use thiserror::Error;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use crate::conn::close;
+use crate::{
+    config::Config,
+    datadir::{DataDir, DataDirError},
+    endpoint::EndpointError,
+    host::HostLink,
+    ratelimit::RateLimiter,
+    store::{SqliteStore, Store, StoreError},
+};
+
+/// Seconds since the Unix epoch (the relay's one clock for the store).
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Errors starting the relay.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The endpoint could not be set up.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The default data directory: the platform's data dir for
+/// `latchkey-relay`, or `./latchkey-relay-data` if there is none.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "latchkey-relay")
+        .map(|d| d.data_dir().to_owned())
+        .unwrap_or_else(|| PathBuf::from("latchkey-relay-data"))
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) identity: RelayIdentity,
+    pub(crate) store: Arc<dyn Store>,
+    limiter: Mutex<RateLimiter>,
+    hosts: Mutex<HashMap<HostName, HostLink>>,
+    pub(crate) shutdown: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn hosts(&self) -> MutexGuard<'_, HashMap<HostName, HostLink>> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn limiter(&self) -> MutexGuard<'_, RateLimiter> {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Charges an outsider's source extra tokens (SPEC S8).
+    pub(crate) fn penalize(&self, source: IpAddr) {
+        let cost = f64::from(self.config.outsider_penalty);
+        let mut limiter = self.limiter();
+        // Take what is there if the full penalty is not: the next
+        // connection from this source is refused either way.
+        if !limiter.allow(source, cost, Instant::now()) {
+            limiter.allow(source, 1.0, Instant::now());
+        }
+    }
+
+    pub(crate) async fn set_online(&self, host: &HostName, online: bool) {
+        let store = self.store.clone();
+        let h = host.clone();
+        let r = tokio::task::spawn_blocking(move || store.set_online(&h, online)).await;
+        if !matches!(r, Ok(Ok(()))) {
+            warn!(%host, online, "could not record host presence");
+        }
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    /// The address the endpoint is bound to.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Starts a graceful shutdown: stop accepting, tell peers, drain.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the relay has stopped.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Entry point.
+pub struct Relay;
+
+impl Relay {
+    /// Opens the data directory and store, binds the endpoint and starts
+    /// serving.
+    pub async fn spawn(config: Config) -> Result<RelayHandle, RelayError> {
+        let dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
+        let data = DataDir::open_or_create(&dir)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.db_path())?);
+        let now = now_unix();
+        let failed = store.fail_pending_attempts(now)?;
+        if failed > 0 {
+            warn!(
+                failed,
+                "attempts left unfinished by the last run were counted as failures"
+            );
+        }
+        store.clear_online()?;
+        let endpoint = endpoint::server_endpoint(&config, &data)?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(|e| RelayError::Config(format!("no local address: {e}")))?;
+        store.set_meta("listen_addr", &addr.to_string())?;
+        let fingerprint = data.pin().fingerprint();
+        let mut identity = data.identity;
+        identity.outsider_ksf = if config.allow_insecure_ksf {
+            KsfProfile::InsecureFastForTests
+        } else {
+            KsfProfile::DEFAULT
+        };
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            limiter: Mutex::new(RateLimiter::new(
+                config.per_source_burst,
+                config.per_source_per_sec,
+                65_536,
+            )),
+            config,
+            identity,
+            store,
+            hosts: Mutex::new(HashMap::new()),
+            shutdown: shutdown.clone(),
+            next_id: AtomicU64::new(1),
+        });
+        info!(%addr, %fingerprint, "relay listening");
+        let task = tokio::spawn(accept_loop(shared, endpoint));
+        Ok(RelayHandle {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let unauthenticated = Arc::new(Semaphore::new(shared.config.max_unauthenticated.max(1)));
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let source = incoming.remote_address().ip();
+                if !shared.limiter().allow(source, 1.0, Instant::now()) {
+                    info!(%source, "connection refused: rate limit");
+                    incoming.refuse();
+                    continue;
+                }
+                let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
+                    warn!(%source, "connection refused: too many handshakes in progress");
+                    incoming.refuse();
+                    continue;
+                };
+                tasks.spawn(conn::serve(shared.clone(), incoming, permit));
+            }
+        }
+    }
+    info!("relay shutting down");
+    endpoint.close(close::SHUTDOWN, b"relay shutting down");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    info!("relay stopped");
+}

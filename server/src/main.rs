@@ -1,1 +1,155 @@
-fn main() {}
+//! `latchkey-relay`: the relay's command line. A thin shell over the
+//! library: parse flags, set up logging, run one command.
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use latchkey_server::{
+    admin::{self, AdminCommand},
+    config::{Config, LogFormat},
+    datadir::DataDir,
+    default_data_dir,
+    store::SqliteStore,
+    Relay,
+};
+
+/// The Latchkey relay: hosts dial out to it, users reach their hosts through it.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey-relay", version, about)]
+struct Cli {
+    /// TOML config file (every key is optional; see docs/relay.md).
+    #[arg(long, global = true, env = "LATCHKEY_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (keys, certificate, database). Overrides the config.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Log format. Overrides the config.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay (until SIGTERM or Ctrl-C).
+    Serve {
+        /// UDP address to listen on (default 0.0.0.0:4433). Overrides the config.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print the relay's address and the pin that clients and hosts check.
+    Info,
+    /// Manage users, hosts, grants and locks (works while the relay runs).
+    Admin {
+        /// Print JSON instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = Some(dir);
+    }
+    if let Some(format) = cli.log_format {
+        config.log_format = format;
+    }
+    let data_dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
+    config.data_dir = Some(data_dir.clone());
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            init_logging(config.log_format);
+            serve(config)
+        }
+        Command::Info => {
+            let data = DataDir::open_or_create(&data_dir)?;
+            let store = SqliteStore::open(&data.db_path())?;
+            let addr = latchkey_server::store::Store::meta(&store, "listen_addr")?
+                .unwrap_or_else(|| format!("{} (not started yet)", config.listen));
+            let pin = data.pin();
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "address:     {}",
+                config.public_addr.as_deref().unwrap_or(&addr)
+            )?;
+            writeln!(out, "fingerprint: {}", pin.fingerprint())?;
+            writeln!(out, "pin:         {}", pin.to_text())?;
+            writeln!(out, "data dir:    {}", data_dir.display())?;
+            Ok(())
+        }
+        Command::Admin { json, command } => {
+            let data = DataDir::open_or_create(&data_dir)?;
+            let store = SqliteStore::open(&data.db_path())
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+            let mut out = std::io::stdout().lock();
+            admin::run(&command, &data, &store, &config, json, &mut out)?;
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let relay = Relay::spawn(config).await?;
+        println!("latchkey-relay listening on {}", relay.addr);
+        let _ = std::io::stdout().flush();
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        relay.shutdown();
+        relay.join().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,1 +1,400 @@
-//! x
+//! Test harness: starts the built `latchkey-relay` and `latchkey` binaries
+//! on loopback with temporary directories, and cleans them up on drop.
+//! Every wait has a deadline.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use latchkey_client::net;
+use latchkey_protocol::ids::{AccessCode, HostName, RelayPin, UserName};
+pub use tempfile::TempDir;
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The code the owner sets in [`World`].
+pub const OWNER_CODE: &str = "owner code 1";
+
+/// Path of a binary built by this workspace (`target/<profile>/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` until it holds or `WAIT` passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// Lines the process printed on stdout, as they come.
+    pub stdout: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning")?;
+        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, stdout: rx })
+    }
+
+    /// Sends SIGKILL and reaps.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                bail!("process ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A relay process with its data directory.
+pub struct Relay {
+    /// The process (None while stopped).
+    pub proc: Option<Proc>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Extra environment for every relay command.
+    pub env: Vec<(String, String)>,
+}
+
+impl Relay {
+    /// Starts a relay on 127.0.0.1 (port 0) that accepts the fast test
+    /// key-stretching profile.
+    pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, Vec::new())
+    }
+
+    /// Starts a relay with extra `LATCHKEY_RELAY_*` settings.
+    pub fn start_with(dir: &Path, mut env: Vec<(String, String)>) -> Result<Self> {
+        env.push(("LATCHKEY_RELAY_ALLOW_INSECURE_KSF".into(), "true".into()));
+        let mut relay = Self {
+            proc: None,
+            addr: "127.0.0.1:0".parse()?,
+            data_dir: dir.join("relay"),
+            env,
+        };
+        relay.launch()?;
+        Ok(relay)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("latchkey-relay"));
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        cmd.env("LATCHKEY_LOG", "info,quinn=warn");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let proc = Proc::spawn(
+            self.command()
+                .args(["serve", "--listen", &self.addr.to_string()]),
+        )?;
+        let line = proc
+            .stdout
+            .recv_timeout(WAIT)
+            .context("relay did not start")?;
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .ok_or_else(|| anyhow!("unexpected relay output {line:?}"))?;
+        self.addr = addr
+            .parse()
+            .with_context(|| format!("relay said {line:?}"))?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// Kills the relay with SIGKILL (a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts the relay again on the same address.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.launch()
+    }
+
+    /// Runs `latchkey-relay admin ARGS`; fails unless it succeeds.
+    pub fn admin(&self, args: &[&str]) -> Result<String> {
+        let out = self.admin_output(args)?;
+        if !out.status.success() {
+            bail!(
+                "admin {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs `latchkey-relay admin ARGS` and returns whatever happened.
+    pub fn admin_output(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.command().arg("admin").args(args).output()?)
+    }
+
+    /// `admin ARGS --json`, parsed.
+    pub fn admin_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        Ok(serde_json::from_str(&self.admin(&all)?)?)
+    }
+
+    /// A one-time invite for a new user.
+    pub fn invite_user(&self, name: &str) -> Result<String> {
+        last_line(&self.admin(&["invite-user", name])?)
+    }
+
+    /// A one-time invite for a new host owned by `owner`.
+    pub fn invite_host(&self, name: &str, owner: &str) -> Result<String> {
+        last_line(&self.admin(&["invite-host", name, "--owner", owner])?)
+    }
+
+    /// The pin clients check, from `latchkey-relay info`.
+    pub fn pin(&self) -> Result<RelayPin> {
+        let out = self.command().arg("info").output()?;
+        let text = String::from_utf8(out.stdout)?;
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pin:"))
+            .ok_or_else(|| anyhow!("no pin in {text:?}"))?;
+        Ok(RelayPin::from_text(line.trim())?)
+    }
+
+    /// `admin status HOST --json`.
+    pub fn status(&self, host: &str) -> Result<serde_json::Value> {
+        self.admin_json(&["status", host])
+    }
+
+    /// Events of the audit log for `host`, oldest first.
+    pub fn audit_events(&self, host: &str) -> Result<Vec<String>> {
+        let rows = self.admin_json(&["audit", "--host", host, "--limit", "100000"])?;
+        Ok(rows
+            .as_array()
+            .ok_or_else(|| anyhow!("audit is not a list"))?
+            .iter()
+            .filter_map(|r| r["event"].as_str().map(String::from))
+            .collect())
+    }
+}
+
+fn last_line(s: &str) -> Result<String> {
+    s.lines()
+        .last()
+        .map(|l| l.trim().to_string())
+        .ok_or_else(|| anyhow!("no output"))
+}
+
+/// A device's home directory, for running `latchkey` as it.
+pub struct Device {
+    /// The home directory.
+    pub home: PathBuf,
+}
+
+impl Device {
+    /// A `latchkey` command for this device.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(bin("latchkey"));
+        cmd.arg("--home").arg(&self.home);
+        cmd.env("LATCHKEY_LOG", "info,quinn=warn");
+        cmd.env_remove("LATCHKEY_ACCESS_CODE");
+        cmd
+    }
+
+    /// Runs `latchkey ARGS`; fails unless it succeeds.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self.cmd().args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "latchkey {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs `latchkey ARGS` with `input` on standard input.
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Result<Output> {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(format!("{input}\n").as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Sets a code on this host (fast test profile); fails unless accepted.
+    pub fn set_code(&self, code: &str, user: Option<&str>) -> Result<()> {
+        let mut args = match user {
+            None => vec!["host", "set-code"],
+            Some(u) => vec!["host", "reset-code", "--user", u],
+        };
+        args.extend(["--code-stdin", "--insecure-fast-ksf"]);
+        let out = self.run_with_input(&args, code)?;
+        if !out.status.success() {
+            bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Starts `latchkey host run` on this device.
+    pub fn start_agent(&self) -> Result<Proc> {
+        Proc::spawn(self.cmd().args(["host", "run"]))
+    }
+
+    /// Logs in in-process (the library the binary uses), so tests can run
+    /// many attempts at once. The future owns what it needs.
+    pub fn login(
+        &self,
+        host: &str,
+        code: &str,
+    ) -> impl std::future::Future<Output = Result<net::Session, net::NetError>> + Send + 'static
+    {
+        let home = latchkey_client::config::Home::locate(Some(self.home.clone()));
+        let (host, code) = (host.to_string(), code.to_string());
+        async move {
+            let local = |e: String| net::NetError::Local(e);
+            let (cfg, key) = home.user().map_err(|e| local(e.to_string()))?;
+            let pin = cfg.pin().map_err(|e| local(e.to_string()))?;
+            let host: HostName = host.parse().map_err(|_| local("bad host".into()))?;
+            let code = AccessCode::for_login(code).map_err(|e| local(e.to_string()))?;
+            net::login(&cfg.relay, &pin, &key, &cfg.user, &host, code).await
+        }
+    }
+
+    /// The user name this device enrolled as.
+    pub fn user(&self) -> Result<UserName> {
+        let home = latchkey_client::config::Home::locate(Some(self.home.clone()));
+        Ok(home.user()?.0.user)
+    }
+}
+
+/// A relay with an owner (alice), a secondary user (bob, granted), an
+/// outsider (carol, enrolled, no grant) and a host (mypc) with a code set.
+pub struct World {
+    /// Temporary directory holding everything.
+    pub dir: TempDir,
+    /// The relay.
+    pub relay: Relay,
+    /// The owner's device.
+    pub alice: Device,
+    /// The secondary user's device.
+    pub bob: Device,
+    /// An enrolled user without a grant.
+    pub carol: Device,
+    /// The host.
+    pub mypc: Device,
+}
+
+impl World {
+    /// Builds the world through the real binaries.
+    pub fn new() -> Result<Self> {
+        Self::with_env(Vec::new())
+    }
+
+    /// Builds the world with extra relay settings.
+    pub fn with_env(env: Vec<(String, String)>) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let relay = Relay::start_with(dir.path(), env)?;
+        let device = |name: &str| Device {
+            home: dir.path().join(name),
+        };
+        let (alice, bob, carol, mypc) = (
+            device("alice"),
+            device("bob"),
+            device("carol"),
+            device("mypc"),
+        );
+        for (d, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+            d.run(&["enroll", &relay.invite_user(name)?])?;
+        }
+        mypc.run(&["host", "enroll", &relay.invite_host("mypc", "alice")?])?;
+        mypc.set_code(OWNER_CODE, None)?;
+        relay.admin(&["grant", "mypc", "bob"])?;
+        Ok(Self {
+            dir,
+            relay,
+            alice,
+            bob,
+            carol,
+            mypc,
+        })
+    }
+}

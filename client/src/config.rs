@@ -1,0 +1,264 @@
+//! Where a device keeps its identity: a "home" directory (per user by
+//! default, `--home DIR` or `LATCHKEY_HOME` to choose) holding a user
+//! identity, a host identity, or both, each a TOML file plus a private key
+//! file readable only by its owner.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use latchkey_protocol::{
+    handshake::Keypair,
+    ids::{HostName, RelayPin, SecretKey, UserName},
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Errors reading or writing the home directory.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not valid.
+    #[error("{path}: {why}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The device has not enrolled as this role yet.
+    #[error("this device is not enrolled as a {role} yet (no {path}): run `{hint}`")]
+    NotEnrolled {
+        /// "user" or "host".
+        role: &'static str,
+        /// The missing file.
+        path: PathBuf,
+        /// The command to run.
+        hint: &'static str,
+    },
+}
+
+/// A device's home directory.
+#[derive(Clone, Debug)]
+pub struct Home {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+/// What a user's device knows about itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The relay, `host:port`.
+    pub relay: String,
+    /// The relay's pin (text form).
+    pub pin: String,
+    /// The user's account name.
+    pub user: UserName,
+}
+
+/// A host agent's configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The relay, `host:port`.
+    pub relay: String,
+    /// The relay's pin (text form).
+    pub pin: String,
+    /// The host's name.
+    pub host: HostName,
+    /// Allow interactive shells (`latchkey connect`). Default true.
+    #[serde(default = "yes")]
+    pub allow_shell: bool,
+    /// Allow running commands (`latchkey exec`). Default true.
+    #[serde(default = "yes")]
+    pub allow_exec: bool,
+    /// Allow file copies (`latchkey cp`). Default true.
+    #[serde(default = "yes")]
+    pub allow_copy: bool,
+    /// TCP targets `latchkey forward` may reach, as `IP:PORT`. Default:
+    /// SSH, VNC and RDP on this machine.
+    #[serde(default = "default_forward_allow")]
+    pub forward_allow: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_forward_allow() -> Vec<String> {
+    ["127.0.0.1:22", "127.0.0.1:5900", "127.0.0.1:3389"]
+        .map(String::from)
+        .to_vec()
+}
+
+const USER_FILE: &str = "user.toml";
+const USER_KEY: &str = "user.key";
+const HOST_FILE: &str = "host.toml";
+const HOST_KEY: &str = "host.key";
+
+impl Home {
+    /// `--home`/`LATCHKEY_HOME` if given, else the platform config dir.
+    pub fn locate(explicit: Option<PathBuf>) -> Self {
+        let path = explicit.unwrap_or_else(|| {
+            directories::ProjectDirs::from("", "", "latchkey")
+                .map(|d| d.config_dir().to_owned())
+                .unwrap_or_else(|| PathBuf::from(".latchkey"))
+        });
+        Self { path }
+    }
+
+    /// Path of the host config file (for messages).
+    pub fn host_config_path(&self) -> PathBuf {
+        self.path.join(HOST_FILE)
+    }
+
+    /// Reads the user identity.
+    pub fn user(&self) -> Result<(UserConfig, Keypair), ConfigError> {
+        let cfg: UserConfig = self.read_toml(USER_FILE, "user", "latchkey enroll TOKEN")?;
+        let key = self.read_key(USER_KEY)?;
+        Ok((cfg, key))
+    }
+
+    /// Reads the host identity.
+    pub fn host(&self) -> Result<(HostConfig, Keypair), ConfigError> {
+        let cfg: HostConfig = self.read_toml(HOST_FILE, "host", "latchkey host enroll TOKEN")?;
+        let key = self.read_key(HOST_KEY)?;
+        Ok((cfg, key))
+    }
+
+    /// Saves a new user identity.
+    pub fn save_user(&self, cfg: &UserConfig, key: &Keypair) -> Result<(), ConfigError> {
+        self.write_private(USER_KEY, key.secret.as_bytes())?;
+        self.write_toml(USER_FILE, cfg)
+    }
+
+    /// Saves a new host identity.
+    pub fn save_host(&self, cfg: &HostConfig, key: &Keypair) -> Result<(), ConfigError> {
+        self.write_private(HOST_KEY, key.secret.as_bytes())?;
+        self.write_toml(HOST_FILE, cfg)
+    }
+
+    /// Whether the user identity exists.
+    pub fn has_user(&self) -> bool {
+        self.path.join(USER_FILE).exists()
+    }
+
+    /// Whether the host identity exists.
+    pub fn has_host(&self) -> bool {
+        self.path.join(HOST_FILE).exists()
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
+        move |source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    fn read_toml<T: for<'de> Deserialize<'de>>(
+        &self,
+        name: &str,
+        role: &'static str,
+        hint: &'static str,
+    ) -> Result<T, ConfigError> {
+        let path = self.path.join(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotEnrolled { role, path, hint })
+            }
+            Err(e) => return Err(Self::io(&path)(e)),
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path,
+            why: e.to_string(),
+        })
+    }
+
+    fn read_key(&self, name: &str) -> Result<Keypair, ConfigError> {
+        let path = self.path.join(name);
+        let bytes = fs::read(&path).map_err(Self::io(&path))?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| ConfigError::Invalid {
+            path: path.clone(),
+            why: "not a 32-byte key".into(),
+        })?;
+        Ok(Keypair::from_secret(SecretKey::from_bytes(bytes)))
+    }
+
+    fn ensure_dir(&self) -> Result<(), ConfigError> {
+        fs::create_dir_all(&self.path).map_err(Self::io(&self.path))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))
+                .map_err(Self::io(&self.path))?;
+        }
+        Ok(())
+    }
+
+    fn write_private(&self, name: &str, bytes: &[u8]) -> Result<(), ConfigError> {
+        self.ensure_dir()?;
+        let path = self.path.join(name);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path).map_err(Self::io(&path))?;
+        file.write_all(bytes).map_err(Self::io(&path))?;
+        file.sync_all().map_err(Self::io(&path))
+    }
+
+    fn write_toml<T: Serialize>(&self, name: &str, value: &T) -> Result<(), ConfigError> {
+        let text = toml::to_string_pretty(value).map_err(|e| ConfigError::Invalid {
+            path: self.path.join(name),
+            why: e.to_string(),
+        })?;
+        self.write_private(name, text.as_bytes())
+    }
+}
+
+impl UserConfig {
+    /// The parsed pin.
+    pub fn pin(&self) -> Result<RelayPin, ConfigError> {
+        RelayPin::from_text(&self.pin).map_err(|e| ConfigError::Invalid {
+            path: USER_FILE.into(),
+            why: e.to_string(),
+        })
+    }
+}
+
+impl HostConfig {
+    /// A new host config with the defaults.
+    pub fn new(relay: String, pin: String, host: HostName) -> Self {
+        Self {
+            relay,
+            pin,
+            host,
+            allow_shell: true,
+            allow_exec: true,
+            allow_copy: true,
+            forward_allow: default_forward_allow(),
+        }
+    }
+
+    /// The parsed pin.
+    pub fn pin(&self) -> Result<RelayPin, ConfigError> {
+        RelayPin::from_text(&self.pin).map_err(|e| ConfigError::Invalid {
+            path: HOST_FILE.into(),
+            why: e.to_string(),
+        })
+    }
+}

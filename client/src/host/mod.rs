@@ -1,0 +1,114 @@
+//! What runs on a host: enrolment, setting access codes, and the agent
+//! that keeps the host reachable.
+
+mod agent;
+
+pub use agent::run;
+
+use latchkey_protocol::{
+    frame::{CodeTarget, HostToRelay, Intent, RelayToHost},
+    handshake::CodeRegistration,
+    ids::AccessCode,
+    ksf::KsfProfile,
+    HandshakeError,
+};
+use rand::rngs::OsRng;
+
+use crate::{
+    config::{ConfigError, Home, HostConfig},
+    enroll::{self, EnrollError},
+    net::{self, NetError},
+    wire,
+};
+
+/// Errors of host commands.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Identity files.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Enrolment.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// The relay.
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+impl From<wire::WireError> for HostError {
+    fn from(e: wire::WireError) -> Self {
+        Self::Net(e.into())
+    }
+}
+
+impl From<HandshakeError> for HostError {
+    fn from(e: HandshakeError) -> Self {
+        Self::Net(e.into())
+    }
+}
+
+/// `latchkey host enroll TOKEN`.
+pub async fn enroll(home: &Home, token: &str) -> Result<String, HostError> {
+    let e = enroll::redeem(token, true).await?;
+    let name = e.name.parse().map_err(|_| {
+        NetError::Handshake(HandshakeError::PeerMisbehaved(
+            "relay sent an invalid host name",
+        ))
+    })?;
+    let cfg = HostConfig::new(e.invite.relay.clone(), e.invite.pin.to_text(), name);
+    home.save_host(&cfg, &e.key)?;
+    Ok(e.name)
+}
+
+/// `latchkey host set-code` and `latchkey host reset-code --user USER`:
+/// OPAQUE registration over the host's own authenticated connection; the
+/// code is stretched here and never leaves the host.
+pub async fn set_code(
+    home: &Home,
+    target: CodeTarget,
+    code: AccessCode,
+    ksf: KsfProfile,
+) -> Result<(), HostError> {
+    let (cfg, key) = home.host()?;
+    let pin = cfg.pin()?;
+    let mut control = net::welcome(
+        &cfg.relay,
+        &pin,
+        &key,
+        Intent::HostAdmin {
+            host: cfg.host.clone(),
+        },
+    )
+    .await?;
+    let (registration, request) = CodeRegistration::start(&mut OsRng, &code, ksf)?;
+    wire::write_frame(
+        &mut control.send,
+        &HostToRelay::RegisterCode {
+            target: target.clone(),
+            ksf,
+            request,
+        },
+    )
+    .await?;
+    let response = match wire::read_frame::<RelayToHost>(&mut control.recv).await? {
+        Some(RelayToHost::CodeChallenge { response }) => response,
+        Some(RelayToHost::Refused(r)) => return Err(NetError::Refused(r).into()),
+        _ => {
+            return Err(
+                HandshakeError::PeerMisbehaved("unexpected reply to a code registration").into(),
+            )
+        }
+    };
+    let upload =
+        tokio::task::spawn_blocking(move || registration.finish(&mut OsRng, &code, &response))
+            .await
+            .map_err(|_| NetError::Local("key stretching failed".into()))??;
+    wire::write_frame(&mut control.send, &HostToRelay::UploadCode { upload }).await?;
+    let reply = wire::read_frame::<RelayToHost>(&mut control.recv).await?;
+    control.relay.conn.close(quinn::VarInt::from_u32(0), b"");
+    match reply {
+        Some(RelayToHost::CodeSet { target: t }) if t == target => Ok(()),
+        Some(RelayToHost::Refused(r)) => Err(NetError::Refused(r).into()),
+        _ => Err(HandshakeError::PeerMisbehaved("unexpected reply to a code upload").into()),
+    }
+}

@@ -1,0 +1,387 @@
+//! Reaching the relay: QUIC with TLS 1.3 pinned to the relay's certificate
+//! hash, then the Noise IK handshake (with OPAQUE for logins) on the first
+//! stream, bound to this connection by the TLS exporter.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use latchkey_protocol::{
+    frame::{Intent, LoginOutcome, Refusal},
+    handshake::{Initiator, InitiatorReply, Keypair},
+    ids::{AccessCode, HostName, RelayPin, SessionId, UserName},
+    HandshakeError,
+};
+use quinn::{RecvStream, SendStream};
+use rand::rngs::OsRng;
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+    DigitallySignedStruct, SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+use tokio::time::timeout;
+
+use crate::wire::{self, WireError};
+
+/// ALPN of Latchkey 1 (the relay's must match).
+const ALPN: &[u8] = b"latchkey/1";
+/// The name in the relay's certificate.
+const SERVER_NAME: &str = "latchkey-relay";
+/// TLS exporter label for the Noise prologue (the relay uses the same).
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-latchkey/1 channel binding";
+/// How long to wait for the relay at each step.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Errors reaching or authenticating to the relay. The messages say what
+/// happened and what to do (SPEC B4), without secrets.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The relay address does not resolve.
+    #[error("cannot resolve relay address '{0}'")]
+    Resolve(String),
+    /// No QUIC connection.
+    #[error("cannot reach the relay at {addr}: {why}")]
+    Unreachable {
+        /// The relay.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// The relay's certificate is not the pinned one.
+    #[error("the relay at {0} is not the relay this device enrolled with (its certificate does not match the pin); refusing to continue")]
+    PinMismatch(String),
+    /// The relay took too long.
+    #[error("the relay did not answer in time")]
+    Timeout,
+    /// The connection broke.
+    #[error("connection to the relay lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Bytes on a stream broke the rules.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The handshake failed (for a pinned relay this means it is not the
+    /// relay we enrolled with, or the connection was tampered with).
+    #[error("handshake with the relay failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The relay refused.
+    #[error("{}", refusal_text(.0))]
+    Refused(Refusal),
+    /// Wrong access code (or, indistinguishably, no access).
+    #[error("wrong access code for host '{0}' (or you have no access to it); codes are never retried automatically")]
+    WrongCode(HostName),
+    /// The host is locked.
+    #[error("host '{0}' is locked: ask your admin to unlock it")]
+    Locked(HostName),
+    /// A local problem (socket, TLS setup).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Words for a refusal.
+pub fn refusal_text(r: &Refusal) -> String {
+    match r {
+        Refusal::UnsupportedVersion { supported } => {
+            format!("the relay speaks protocol version {supported}; update latchkey")
+        }
+        Refusal::UnknownDevice => {
+            "the relay does not know this device: enroll it again with a new invite".into()
+        }
+        Refusal::InvalidToken => {
+            "the invite token is unknown, already used or expired: ask your admin for a new one"
+                .into()
+        }
+        Refusal::RateLimited => {
+            "too many attempts from this address: wait a minute and try again".into()
+        }
+        Refusal::Busy => "the relay is busy: try again shortly".into(),
+        Refusal::NotAllowed(why) => why.clone(),
+        _ => "the relay refused the request".into(),
+    }
+}
+
+/// Checks that the relay's certificate is the pinned one, and that the
+/// relay proves it holds the certificate's key.
+#[derive(Debug)]
+struct PinnedCert {
+    sha256: [u8; 32],
+    provider: Arc<CryptoProvider>,
+    mismatch: Arc<AtomicBool>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if bool::from(got.ct_eq(&self.sha256)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            self.mismatch.store(true, Ordering::Relaxed);
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.2 is not offered.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Transport settings of client and host connections: keep-alives well
+/// inside the relay's idle timeout, windows that let one forward run fast.
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(30)).ok());
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    t.send_window(16 * 1024 * 1024);
+    t
+}
+
+/// A QUIC connection to the relay (and the endpoint that drives it).
+#[derive(Debug)]
+pub struct RelayConn {
+    /// The connection.
+    pub conn: quinn::Connection,
+    /// Kept alive as long as the connection is used.
+    pub endpoint: quinn::Endpoint,
+}
+
+/// Opens a QUIC connection to `relay`, checking the pinned certificate.
+pub async fn connect(relay: &str, pin: &RelayPin) -> Result<RelayConn, NetError> {
+    let addr: SocketAddr = tokio::net::lookup_host(relay)
+        .await
+        .map_err(|_| NetError::Resolve(relay.into()))?
+        .next()
+        .ok_or_else(|| NetError::Resolve(relay.into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mismatch = Arc::new(AtomicBool::new(false));
+    let verifier = PinnedCert {
+        sha256: pin.cert_sha256,
+        provider: provider.clone(),
+        mismatch: mismatch.clone(),
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Local(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| NetError::Local(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config()));
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| NetError::Local(format!("UDP socket: {e}")))?;
+    endpoint.set_default_client_config(client);
+    let connecting = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| NetError::Local(e.to_string()))?;
+    let conn = match timeout(STEP_TIMEOUT, connecting).await {
+        Err(_) => return Err(NetError::Timeout),
+        Ok(Err(_)) if mismatch.load(Ordering::Relaxed) => {
+            return Err(NetError::PinMismatch(relay.into()))
+        }
+        Ok(Err(e)) => {
+            return Err(NetError::Unreachable {
+                addr: relay.into(),
+                why: e.to_string(),
+            })
+        }
+        Ok(Ok(conn)) => conn,
+    };
+    Ok(RelayConn { conn, endpoint })
+}
+
+/// The Noise prologue binding for this connection.
+pub fn channel_binding(conn: &quinn::Connection) -> Result<[u8; 32], NetError> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .map_err(|_| NetError::Local("cannot export TLS keying material".into()))?;
+    Ok(out)
+}
+
+/// An authenticated connection: the control stream follows the handshake.
+pub struct Control {
+    /// The QUIC connection.
+    pub relay: RelayConn,
+    /// Control stream, relay-bound.
+    pub send: SendStream,
+    /// Control stream, from the relay.
+    pub recv: RecvStream,
+}
+
+async fn step<T>(
+    f: impl std::future::Future<Output = Result<T, WireError>>,
+) -> Result<T, NetError> {
+    timeout(STEP_TIMEOUT, f)
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map_err(NetError::from)
+}
+
+/// Runs a non-login handshake; returns the control stream and the reply.
+pub async fn hello(
+    relay: &str,
+    pin: &RelayPin,
+    device: &Keypair,
+    intent: Intent,
+) -> Result<(Control, InitiatorReply), NetError> {
+    let rc = connect(relay, pin).await?;
+    let binding = channel_binding(&rc.conn)?;
+    let (mut send, mut recv) = rc.conn.open_bi().await?;
+    let (init, msg1) = Initiator::start(&mut OsRng, device, &pin.noise_key, &binding, intent)?;
+    step(wire::write_message(&mut send, &msg1)).await?;
+    let msg2 = step(wire::read_message(&mut recv)).await?;
+    let reply = init.read_msg2(&mut OsRng, &msg2, None)?;
+    Ok((
+        Control {
+            relay: rc,
+            send,
+            recv,
+        },
+        reply,
+    ))
+}
+
+/// Opens a device connection that must be welcomed (host agent, host
+/// admin, user requests).
+pub async fn welcome(
+    relay: &str,
+    pin: &RelayPin,
+    device: &Keypair,
+    intent: Intent,
+) -> Result<Control, NetError> {
+    let (control, reply) = hello(relay, pin, device, intent).await?;
+    match reply {
+        InitiatorReply::Welcome { .. } => Ok(control),
+        InitiatorReply::Refused(r) => Err(NetError::Refused(r)),
+        _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
+            "unexpected reply",
+        ))),
+    }
+}
+
+/// An open session with a host.
+pub struct Session {
+    /// The session id the relay gave.
+    pub id: SessionId,
+    /// The connection and control stream.
+    pub control: Control,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({})", self.id)
+    }
+}
+
+/// Logs in to `host` with the access code (SPEC A1-A3). Key stretching runs
+/// on a blocking thread. The code is tried once; a wrong code is an error,
+/// never retried.
+pub async fn login(
+    relay: &str,
+    pin: &RelayPin,
+    device: &Keypair,
+    user: &UserName,
+    host: &HostName,
+    code: AccessCode,
+) -> Result<Session, NetError> {
+    let rc = connect(relay, pin).await?;
+    let binding = channel_binding(&rc.conn)?;
+    let (mut send, mut recv) = rc.conn.open_bi().await?;
+    let (init, msg1) = Initiator::start_login(
+        &mut OsRng,
+        device,
+        &pin.noise_key,
+        &binding,
+        user.clone(),
+        host.clone(),
+        &code,
+    )?;
+    step(wire::write_message(&mut send, &msg1)).await?;
+    let msg2 = step(wire::read_message(&mut recv)).await?;
+    let reply = tokio::task::spawn_blocking(move || init.read_msg2(&mut OsRng, &msg2, Some(&code)))
+        .await
+        .map_err(|_| NetError::Local("key stretching failed".into()))??;
+    match reply {
+        InitiatorReply::SendKe3 { msg3, awaiting } => {
+            step(wire::write_message(&mut send, &msg3)).await?;
+            let msg4 = step(wire::read_message(&mut recv)).await?;
+            match awaiting.read_outcome(&msg4)? {
+                LoginOutcome::Accepted { session } => Ok(Session {
+                    id: session,
+                    control: Control {
+                        relay: rc,
+                        send,
+                        recv,
+                    },
+                }),
+                _ => Err(NetError::WrongCode(host.clone())),
+            }
+        }
+        InitiatorReply::WrongCode => {
+            // Tell the relay at once (it counted the attempt already).
+            rc.conn.close(quinn::VarInt::from_u32(0), b"wrong code");
+            Err(NetError::WrongCode(host.clone()))
+        }
+        InitiatorReply::Locked => Err(NetError::Locked(host.clone())),
+        InitiatorReply::Refused(r) => Err(NetError::Refused(r)),
+        _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
+            "unexpected reply",
+        ))),
+    }
+}

@@ -1,0 +1,84 @@
+//! What a remote user runs: enrolment, the host list, and (through
+//! [`crate::net::login`]) sessions on hosts.
+
+use latchkey_protocol::{
+    frame::{ClientToRelay, HostInfo, Intent, RelayToClient},
+    ids::{AccessCode, HostName},
+    HandshakeError,
+};
+
+use crate::{
+    config::{ConfigError, Home, UserConfig},
+    enroll::{self, EnrollError},
+    net::{self, NetError, Session},
+    wire,
+};
+
+/// Errors of user commands.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// Identity files.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Enrolment.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// The relay.
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// `latchkey enroll TOKEN`.
+pub async fn enroll(home: &Home, token: &str) -> Result<String, UserError> {
+    let e = enroll::redeem(token, false).await?;
+    let name = e.name.parse().map_err(|_| {
+        NetError::Handshake(HandshakeError::PeerMisbehaved(
+            "relay sent an invalid user name",
+        ))
+    })?;
+    let cfg = UserConfig {
+        relay: e.invite.relay.clone(),
+        pin: e.invite.pin.to_text(),
+        user: name,
+    };
+    home.save_user(&cfg, &e.key)?;
+    Ok(e.name)
+}
+
+/// `latchkey hosts`.
+pub async fn hosts(home: &Home) -> Result<Vec<HostInfo>, UserError> {
+    let (cfg, key) = home.user()?;
+    let pin = cfg.pin()?;
+    let mut control = net::welcome(
+        &cfg.relay,
+        &pin,
+        &key,
+        Intent::User {
+            user: cfg.user.clone(),
+        },
+    )
+    .await?;
+    wire::write_frame(&mut control.send, &ClientToRelay::ListHosts)
+        .await
+        .map_err(NetError::from)?;
+    let reply = wire::read_frame::<RelayToClient>(&mut control.recv)
+        .await
+        .map_err(NetError::from)?;
+    control.relay.conn.close(quinn::VarInt::from_u32(0), b"");
+    match reply {
+        Some(RelayToClient::Hosts(hosts)) => Ok(hosts),
+        Some(RelayToClient::Refused(r)) => Err(NetError::Refused(r).into()),
+        _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved("unexpected reply")).into()),
+    }
+}
+
+/// Logs in to `host` as this device's user.
+pub async fn open_session(
+    home: &Home,
+    host: &HostName,
+    code: AccessCode,
+) -> Result<Session, UserError> {
+    let (cfg, key) = home.user()?;
+    let pin = cfg.pin()?;
+    Ok(net::login(&cfg.relay, &pin, &key, &cfg.user, host, code).await?)
+}

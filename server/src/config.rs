@@ -1,0 +1,195 @@
+//! The relay's configuration: a TOML file, then environment overrides
+//! (`LATCHKEY_RELAY_<KEY>`, e.g. `LATCHKEY_RELAY_LISTEN=[::]:4433`), then
+//! command-line flags. Every default is documented where it is declared.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Errors reading the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "LATCHKEY_RELAY_";
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the relay can be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address to listen on. Default `0.0.0.0:4433`.
+    pub listen: SocketAddr,
+    /// Address devices should dial, written into invite tokens
+    /// (`host:port`). Default: none, which means the address the relay last
+    /// listened on, with `127.0.0.1` for an unspecified IP (fine on one
+    /// machine; set this for devices elsewhere).
+    pub public_addr: Option<String>,
+    /// Directory for keys, certificate and the database. Default: the
+    /// platform's data directory (`~/.local/share/latchkey-relay` on Linux).
+    pub data_dir: Option<PathBuf>,
+    /// Deadline for a whole handshake, from the first packet to the login
+    /// verdict, in milliseconds. Default 10,000.
+    pub handshake_timeout_ms: u64,
+    /// Most connections allowed in the handshake at once; more are refused.
+    /// Default 512.
+    pub max_unauthenticated: usize,
+    /// New connections one source address may open in a burst. Default 40.
+    pub per_source_burst: u32,
+    /// New connections per second one source address earns back. Default 10.
+    pub per_source_per_sec: f64,
+    /// Tokens an outsider login (unknown user, foreign key, no grant) costs
+    /// its source on top of the connection's one. Default 4.
+    pub outsider_penalty: u32,
+    /// Close a connection silent for this long, in milliseconds. Default
+    /// 30,000 (clients and hosts send keep-alives every 10 s).
+    pub idle_timeout_ms: u64,
+    /// How long an invite token stays valid, in seconds. Default 86,400.
+    pub invite_ttl_secs: u64,
+    /// Failures that lock a new host (SPEC S6). Default 3.
+    pub lockout_threshold: u32,
+    /// Accept access codes stretched with the insecure test profile.
+    /// Default false; only tests and benchmarks turn it on.
+    pub allow_insecure_ksf: bool,
+    /// Log format. Default text.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            public_addr: None,
+            data_dir: None,
+            handshake_timeout_ms: 10_000,
+            max_unauthenticated: 512,
+            per_source_burst: 40,
+            per_source_per_sec: 10.0,
+            outsider_penalty: 4,
+            idle_timeout_ms: 30_000,
+            invite_ttl_secs: 86_400,
+            lockout_threshold: crate::lockout::DEFAULT_THRESHOLD,
+            allow_insecure_ksf: false,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (if given) and applies `LATCHKEY_RELAY_*` overrides
+    /// from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let name = name.to_ascii_lowercase();
+            // The CLI reads these itself.
+            if matches!(name.as_str(), "config") {
+                continue;
+            }
+            // A TOML literal if it parses as one (numbers, booleans), else a string.
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            table.insert(name, parsed);
+        }
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// [`Config::handshake_timeout_ms`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms.max(1))
+    }
+
+    /// [`Config::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.max(1000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:5000\"\nlockout_threshold = 5\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "LATCHKEY_RELAY_LOCKOUT_THRESHOLD".to_string(),
+                "4".to_string(),
+            ),
+            (
+                "LATCHKEY_RELAY_PUBLIC_ADDR".to_string(),
+                "relay.example:4433".to_string(),
+            ),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(c.lockout_threshold, 4);
+        assert_eq!(c.public_addr.as_deref(), Some("relay.example:4433"));
+        assert_eq!(
+            c.handshake_timeout_ms,
+            Config::default().handshake_timeout_ms
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let env = vec![("LATCHKEY_RELAY_LISTNE".to_string(), "x".to_string())];
+        assert!(Config::load(None, env).is_err());
+    }
+}

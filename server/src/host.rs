@@ -1,0 +1,120 @@
+//! A host agent's connection: registered as the host's live link (the
+//! newest connection wins), marked online in the store, and served on its
+//! control stream until it goes away.
+
+use std::sync::Arc;
+
+use latchkey_protocol::{
+    frame::{HostToRelay, RelayToHost},
+    ids::HostName,
+};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::{
+    conn::{close, register_code, ConnError, HostTx},
+    wire, Shared,
+};
+
+/// A live host agent connection.
+pub(crate) struct HostLink {
+    /// Distinguishes this connection from a newer one of the same host.
+    pub(crate) id: u64,
+    /// The QUIC connection (closed when replaced).
+    pub(crate) conn: quinn::Connection,
+    /// Frames to send on the host's control stream.
+    #[allow(dead_code)] // the session pairing of the next milestone sends through it
+    pub(crate) tx: HostTx,
+}
+
+pub(crate) async fn serve(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    host: HostName,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), ConnError> {
+    let (tx, mut rx) = mpsc::channel::<RelayToHost>(64);
+    let id = shared.next_id();
+    let old = shared.hosts().insert(
+        host.clone(),
+        HostLink {
+            id,
+            conn: conn.clone(),
+            tx,
+        },
+    );
+    if let Some(old) = old {
+        old.conn
+            .close(close::REPLACED, b"replaced by a newer connection");
+    }
+    shared.set_online(&host, true).await;
+    info!(%host, remote = %conn.remote_address(), "host online");
+    let shutdown = shared.shutdown.clone();
+    let mut pending = None;
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(frame) = rx.recv() => {
+                if let Err(e) = wire::write_frame(&mut send, &frame).await {
+                    break Err(e.into());
+                }
+            }
+            frame = wire::read_frame::<HostToRelay>(&mut recv) => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                };
+                if frame == HostToRelay::Pong {
+                    continue;
+                }
+                let reply = match register_code(shared, &host, frame, &mut pending).await {
+                    Ok(r) => r,
+                    Err(e) => break Err(e),
+                };
+                if let Err(e) = wire::write_frame(&mut send, &reply).await {
+                    break Err(e.into());
+                }
+            }
+        }
+    };
+    let ours = {
+        let mut hosts = shared.hosts();
+        if hosts.get(&host).map(|l| l.id) == Some(id) {
+            hosts.remove(&host);
+            true
+        } else {
+            false
+        }
+    };
+    if ours {
+        shared.set_online(&host, false).await;
+    }
+    info!(%host, "host offline");
+    result
+}
+
+/// A host's administrative connection (`latchkey host set-code`): code
+/// registrations only, without touching the agent's live link.
+pub(crate) async fn serve_admin(
+    shared: &Arc<Shared>,
+    host: HostName,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), ConnError> {
+    let mut pending = None;
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            f = wire::read_frame::<HostToRelay>(&mut recv) => f?,
+        };
+        let Some(frame) = frame else { return Ok(()) };
+        let reply = register_code(shared, &host, frame, &mut pending).await?;
+        wire::write_frame(&mut send, &reply).await?;
+    }
+}

@@ -1,0 +1,245 @@
+//! The relay's durable state: users, hosts, grants, code records, attempt
+//! counters, locks, invites and the audit log. Behind a trait so another
+//! backend (PostgreSQL, for several relays) can replace the embedded SQLite
+//! one without touching the relay logic. Every method commits before it
+//! returns (SPEC B2).
+
+mod sqlite;
+
+use std::net::IpAddr;
+
+use latchkey_protocol::{
+    frame::{CodeTarget, HostInfo},
+    handshake::CodeRecord,
+    ids::{HostName, Platform, PublicKey, UserName},
+};
+use serde::Serialize;
+pub use sqlite::SqliteStore;
+use thiserror::Error;
+
+/// Seconds since the Unix epoch; the store never reads a clock itself.
+pub type UnixTime = i64;
+
+/// Errors of the store layer. The messages are for the admin CLI and the
+/// relay log; they never contain secrets.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed (disk, corruption, lock timeout).
+    #[error("store: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// No such user.
+    #[error("no user named '{0}'")]
+    NoSuchUser(String),
+    /// No such host.
+    #[error("no host named '{0}'")]
+    NoSuchHost(String),
+    /// The name is taken.
+    #[error("{kind} '{name}' already exists")]
+    Exists {
+        /// "user" or "host".
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The invite is unknown, used or expired.
+    #[error("invite is unknown, already used or expired")]
+    InvalidInvite,
+    /// A grant or code change that the rules forbid.
+    #[error("{0}")]
+    Refused(String),
+    /// Stored data that does not parse (written by a newer relay, or edited).
+    #[error("store holds invalid data: {0}")]
+    Corrupt(String),
+}
+
+/// What kind of device an invite enrolls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InviteKind {
+    /// A user's device.
+    User,
+    /// A host, owned by a user.
+    Host {
+        /// The owner.
+        owner: UserName,
+    },
+}
+
+/// The result of redeeming an invite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The user or host name.
+    pub name: String,
+    /// Whether it is a host.
+    pub is_host: bool,
+}
+
+/// A reserved login attempt (a row in `attempts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptId(pub i64);
+
+/// A user as the admin sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct UserRow {
+    /// Name.
+    pub name: String,
+    /// Whether a device has enrolled.
+    pub enrolled: bool,
+    /// Email for notices, if any.
+    pub email: Option<String>,
+}
+
+/// A host as the admin sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostStatus {
+    /// Name.
+    pub name: String,
+    /// Owner.
+    pub owner: String,
+    /// Whether the agent has enrolled.
+    pub enrolled: bool,
+    /// OS, once enrolled.
+    pub platform: Option<String>,
+    /// Whether the owner has set an access code.
+    pub code_set: bool,
+    /// Whether shared access may be granted.
+    pub shared_access: bool,
+    /// Failures that lock the host.
+    pub lockout_threshold: u32,
+    /// Failures since the last success or unlock.
+    pub failures: u32,
+    /// Whether the host is locked.
+    pub locked: bool,
+    /// Whether the agent is connected to a relay now.
+    pub online: bool,
+    /// Secondary users.
+    pub grants: Vec<String>,
+}
+
+/// One audit log entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRow {
+    /// Row id (increasing).
+    pub id: i64,
+    /// When (Unix seconds).
+    pub at: UnixTime,
+    /// What happened (`login-ok`, `login-failed`, `host-locked`, ...).
+    pub event: String,
+    /// The host concerned.
+    pub host: Option<String>,
+    /// The user concerned.
+    pub user: Option<String>,
+    /// The remote address, for network events.
+    pub source: Option<String>,
+    /// Free text without secrets.
+    pub detail: Option<String>,
+}
+
+/// An audit event about to be written.
+#[derive(Clone, Debug, Default)]
+pub struct Event<'a> {
+    /// What happened.
+    pub event: &'a str,
+    /// The host concerned.
+    pub host: Option<&'a str>,
+    /// The user concerned.
+    pub user: Option<&'a str>,
+    /// The remote address.
+    pub source: Option<IpAddr>,
+    /// Free text without secrets.
+    pub detail: Option<String>,
+}
+
+/// The relay's durable state.
+pub trait Store: Send + Sync + 'static {
+    /// Reads a setting the relay keeps about itself.
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Writes a setting the relay keeps about itself.
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Creates the user or host (without a device yet) and its invite.
+    fn create_invite(
+        &self,
+        name: &str,
+        kind: &InviteKind,
+        digest: [u8; 32],
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Redeems an invite exactly once, registering the device key.
+    fn redeem_invite(
+        &self,
+        digest: [u8; 32],
+        device_key: PublicKey,
+        platform: Platform,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Enrolled, StoreError>;
+
+    /// The device key of a user, if the user exists and has enrolled.
+    fn user_key(&self, user: &UserName) -> Result<Option<PublicKey>, StoreError>;
+    /// The device key of a host, if it exists and has enrolled.
+    fn host_key(&self, host: &HostName) -> Result<Option<PublicKey>, StoreError>;
+    /// The code record a user logs in to a host with, if they hold a grant
+    /// (owners hold one) and a code was set.
+    fn code_record(
+        &self,
+        user: &UserName,
+        host: &HostName,
+    ) -> Result<Option<CodeRecord>, StoreError>;
+    /// Reserves one attempt against the host's counter (SPEC A3, S6, S7):
+    /// `None` if the host is locked. Counts as a failure until finished.
+    fn reserve_attempt(
+        &self,
+        user: &UserName,
+        host: &HostName,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Option<AttemptId>, StoreError>;
+    /// Records how a reserved attempt ended.
+    fn finish_attempt(
+        &self,
+        attempt: AttemptId,
+        success: bool,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Marks attempts left pending by a crash as failed (they were counted
+    /// already); returns how many.
+    fn fail_pending_attempts(&self, now: UnixTime) -> Result<usize, StoreError>;
+
+    /// Stores a new code record for the owner or one grant.
+    fn set_code(
+        &self,
+        host: &HostName,
+        target: &CodeTarget,
+        record: &CodeRecord,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+
+    /// Gives `user` shared access to `host` with the owner's current code.
+    fn grant(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError>;
+    /// Removes a grant.
+    fn revoke(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError>;
+    /// Unlocks a host and resets its counter.
+    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<(), StoreError>;
+
+    /// Records whether a host agent is connected.
+    fn set_online(&self, host: &HostName, online: bool) -> Result<(), StoreError>;
+    /// Marks every host offline (at relay start).
+    fn clear_online(&self) -> Result<(), StoreError>;
+
+    /// All users.
+    fn users(&self) -> Result<Vec<UserRow>, StoreError>;
+    /// All hosts.
+    fn hosts(&self) -> Result<Vec<HostStatus>, StoreError>;
+    /// One host.
+    fn host_status(&self, host: &HostName) -> Result<HostStatus, StoreError>;
+    /// The hosts a user may reach.
+    fn hosts_for_user(&self, user: &UserName) -> Result<Vec<HostInfo>, StoreError>;
+
+    /// Appends to the audit log.
+    fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError>;
+    /// Reads the newest `limit` audit rows (optionally for one host), oldest first.
+    fn audit_log(&self, host: Option<&HostName>, limit: usize)
+        -> Result<Vec<AuditRow>, StoreError>;
+}

@@ -1,0 +1,786 @@
+//! The embedded default store: one SQLite database in the relay's data
+//! directory, in WAL mode so the admin CLI can read and write while the
+//! relay runs. Writes use `BEGIN IMMEDIATE`, so two processes (or two
+//! tasks) never interleave a read-modify-write of a counter, and
+//! `synchronous = FULL`, so a committed attempt survives a crash.
+
+use std::{net::IpAddr, path::Path, sync::Mutex, time::Duration};
+
+use latchkey_protocol::{
+    frame::{CodeTarget, HostInfo},
+    handshake::CodeRecord,
+    ids::{HostName, Platform, PublicKey, RecordId, UserName},
+    ksf::KsfProfile,
+};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{
+    AttemptId, AuditRow, Enrolled, Event, HostStatus, InviteKind, Store, StoreError, UnixTime,
+    UserRow,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how
+/// many have run. Never edit one that has shipped: append.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    device_key BLOB,
+    email TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE hosts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    owner_id INTEGER NOT NULL REFERENCES users(id),
+    device_key BLOB,
+    platform TEXT,
+    shared_access INTEGER NOT NULL DEFAULT 1,
+    lockout_threshold INTEGER NOT NULL DEFAULT 3,
+    failures INTEGER NOT NULL DEFAULT 0,
+    locked_at INTEGER,
+    online INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE code_records (
+    id BLOB PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    ksf TEXT NOT NULL,
+    record BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE grants (
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    record_id BLOB REFERENCES code_records(id),
+    is_owner INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (host_id, user_id)
+);
+CREATE TABLE invites (
+    digest BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    source TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'success', 'failed')),
+    locked_host INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX attempts_pending ON attempts(state) WHERE state = 'pending';
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    host TEXT,
+    user TEXT,
+    source TEXT,
+    detail TEXT
+);
+CREATE INDEX audit_host ON audit(host, id);
+"#];
+
+/// How long a writer waits for another process's transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store, for unit tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {version} is newer than this relay ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs `f` in an immediate transaction and commits it.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+}
+
+fn key_from(blob: Option<Vec<u8>>) -> Result<Option<PublicKey>, StoreError> {
+    blob.map(|b| {
+        b.try_into()
+            .map(PublicKey)
+            .map_err(|_| StoreError::Corrupt("device key is not 32 bytes".into()))
+    })
+    .transpose()
+}
+
+fn user_id(tx: &Connection, user: &str) -> Result<i64, StoreError> {
+    tx.query_row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NoSuchUser(user.into()))
+}
+
+/// (id, owner id) of a host.
+fn host_ids(tx: &Connection, host: &str) -> Result<(i64, i64), StoreError> {
+    tx.query_row(
+        "SELECT id, owner_id FROM hosts WHERE name = ?1",
+        [host],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NoSuchHost(host.into()))
+}
+
+fn insert_audit(tx: &Connection, e: &Event<'_>, now: UnixTime) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (at, event, host, user, source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            now,
+            e.event,
+            e.host,
+            e.user,
+            e.source.map(|s| s.to_string()),
+            e.detail
+        ],
+    )?;
+    Ok(())
+}
+
+fn event<'a>(event: &'a str, host: Option<&'a str>, user: Option<&'a str>) -> Event<'a> {
+    Event {
+        event,
+        host,
+        user,
+        ..Default::default()
+    }
+}
+
+impl Store for SqliteStore {
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_invite(
+        &self,
+        name: &str,
+        kind: &InviteKind,
+        digest: [u8; 32],
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let kind_text = match kind {
+                InviteKind::User => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
+                        params![name, now],
+                    )?;
+                    "user"
+                }
+                InviteKind::Host { owner } => {
+                    let owner_id = user_id(tx, owner.as_str())?;
+                    match host_ids(tx, name) {
+                        Ok((_, existing_owner)) if existing_owner != owner_id => {
+                            return Err(StoreError::Exists {
+                                kind: "host",
+                                name: name.into(),
+                            })
+                        }
+                        Ok(_) => {}
+                        Err(StoreError::NoSuchHost(_)) => {
+                            tx.execute(
+                                "INSERT INTO hosts (name, owner_id, created_at) VALUES (?1, ?2, ?3)",
+                                params![name, owner_id, now],
+                            )?;
+                            let host_id = tx.last_insert_rowid();
+                            tx.execute(
+                                "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at)
+                                 VALUES (?1, ?2, NULL, 1, ?3)",
+                                params![host_id, owner_id, now],
+                            )?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    "host"
+                }
+            };
+            tx.execute(
+                "INSERT INTO invites (digest, kind, name, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![&digest[..], kind_text, name, expires_at, now],
+            )?;
+            let e = Event {
+                detail: Some(format!("expires at {expires_at}")),
+                ..event("invite-created", (kind_text == "host").then_some(name), (kind_text == "user").then_some(name))
+            };
+            insert_audit(tx, &e, now)
+        })
+    }
+
+    fn redeem_invite(
+        &self,
+        digest: [u8; 32],
+        device_key: PublicKey,
+        platform: Platform,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Enrolled, StoreError> {
+        let outcome = self.write(|tx| {
+            let row: Option<(String, String, UnixTime, Option<UnixTime>)> = tx
+                .query_row(
+                    "SELECT kind, name, expires_at, used_at FROM invites WHERE digest = ?1",
+                    [&digest[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((kind, name, expires_at, None)) = row.filter(|r| r.2 > now) else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE invites SET used_at = ?1 WHERE digest = ?2",
+                params![now, &digest[..]],
+            )?;
+            let is_host = kind == "host";
+            if is_host {
+                tx.execute(
+                    "UPDATE hosts SET device_key = ?1, platform = ?2 WHERE name = ?3",
+                    params![&device_key.0[..], platform.as_str(), name],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE users SET device_key = ?1 WHERE name = ?2",
+                    params![&device_key.0[..], name],
+                )?;
+            }
+            let e = Event {
+                source: Some(source),
+                detail: Some(format!("device key {}", device_key.to_text())),
+                ..event(
+                    "enrolled",
+                    is_host.then_some(&name),
+                    (!is_host).then_some(&name),
+                )
+            };
+            insert_audit(tx, &e, now)?;
+            let _ = expires_at;
+            Ok(Some(Enrolled { name, is_host }))
+        })?;
+        match outcome {
+            Some(enrolled) => Ok(enrolled),
+            None => {
+                self.audit(
+                    Event {
+                        event: "enroll-refused",
+                        source: Some(source),
+                        detail: Some("unknown, used or expired invite".into()),
+                        ..Default::default()
+                    },
+                    now,
+                )?;
+                Err(StoreError::InvalidInvite)
+            }
+        }
+    }
+
+    fn user_key(&self, user: &UserName) -> Result<Option<PublicKey>, StoreError> {
+        self.read(|c| {
+            let blob: Option<Option<Vec<u8>>> = c
+                .query_row(
+                    "SELECT device_key FROM users WHERE name = ?1",
+                    [user.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            key_from(blob.flatten())
+        })
+    }
+
+    fn host_key(&self, host: &HostName) -> Result<Option<PublicKey>, StoreError> {
+        self.read(|c| {
+            let blob: Option<Option<Vec<u8>>> = c
+                .query_row(
+                    "SELECT device_key FROM hosts WHERE name = ?1",
+                    [host.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            key_from(blob.flatten())
+        })
+    }
+
+    fn code_record(
+        &self,
+        user: &UserName,
+        host: &HostName,
+    ) -> Result<Option<CodeRecord>, StoreError> {
+        self.read(|c| {
+            let row: Option<(Vec<u8>, String, Vec<u8>)> = c
+                .query_row(
+                    "SELECT r.id, r.ksf, r.record FROM grants g
+                     JOIN users u ON u.id = g.user_id
+                     JOIN hosts h ON h.id = g.host_id
+                     JOIN code_records r ON r.id = g.record_id
+                     WHERE u.name = ?1 AND h.name = ?2",
+                    [user.as_str(), host.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            row.map(|(id, ksf, record)| {
+                Ok(CodeRecord {
+                    id: RecordId(
+                        id.try_into()
+                            .map_err(|_| StoreError::Corrupt("record id is not 16 bytes".into()))?,
+                    ),
+                    ksf: KsfProfile::parse(&ksf).ok_or_else(|| {
+                        StoreError::Corrupt(format!("unknown key-stretching profile {ksf}"))
+                    })?,
+                    record,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn reserve_attempt(
+        &self,
+        user: &UserName,
+        host: &HostName,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Option<AttemptId>, StoreError> {
+        self.write(|tx| {
+            let (host_id, failures, threshold, locked): (i64, u32, u32, bool) = tx
+                .query_row(
+                    "SELECT id, failures, lockout_threshold, locked_at IS NOT NULL FROM hosts WHERE name = ?1",
+                    [host.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NoSuchHost(host.to_string()))?;
+            let user_id = user_id(tx, user.as_str())?;
+            let ev = |name| Event {
+                source: Some(source),
+                ..event(name, Some(host.as_str()), Some(user.as_str()))
+            };
+            if locked {
+                insert_audit(tx, &ev("login-locked"), now)?;
+                return Ok(None);
+            }
+            let failures = failures + 1;
+            let locks = crate::lockout::locks_at(failures, threshold);
+            tx.execute(
+                "UPDATE hosts SET failures = ?1, locked_at = CASE WHEN ?2 THEN ?3 ELSE locked_at END WHERE id = ?4",
+                params![failures, locks, now, host_id],
+            )?;
+            tx.execute(
+                "INSERT INTO attempts (host_id, user_id, source, state, locked_host, created_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
+                params![host_id, user_id, source.to_string(), locks, now],
+            )?;
+            let id = tx.last_insert_rowid();
+            if locks {
+                let e = Event {
+                    detail: Some(format!("{failures} failed attempts (threshold {threshold})")),
+                    ..ev("host-locked")
+                };
+                insert_audit(tx, &e, now)?;
+            }
+            Ok(Some(AttemptId(id)))
+        })
+    }
+
+    fn finish_attempt(
+        &self,
+        attempt: AttemptId,
+        success: bool,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let row: Option<(i64, String, String, String, bool, String)> = tx
+                .query_row(
+                    "SELECT a.host_id, h.name, u.name, a.state, a.locked_host, a.source FROM attempts a
+                     JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
+                     WHERE a.id = ?1",
+                    [attempt.0],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .optional()?;
+            let Some((host_id, host, user, state, locked_host, source)) = row else {
+                return Ok(());
+            };
+            if state != "pending" {
+                return Ok(());
+            }
+            let source = source.parse().ok();
+            if success {
+                tx.execute(
+                    "UPDATE attempts SET state = 'success', finished_at = ?1 WHERE id = ?2",
+                    params![now, attempt.0],
+                )?;
+                // A success resets the count; if this very attempt reached
+                // the threshold (it was counted as a failure while pending),
+                // the lock it caused is lifted too.
+                tx.execute(
+                    "UPDATE hosts SET failures = 0,
+                        locked_at = CASE WHEN ?1 THEN NULL ELSE locked_at END WHERE id = ?2",
+                    params![locked_host, host_id],
+                )?;
+                let detail = locked_host.then(|| "lifts the lock this attempt set while pending".to_string());
+                insert_audit(tx, &Event { source, detail, ..event("login-ok", Some(&host), Some(&user)) }, now)
+            } else {
+                tx.execute(
+                    "UPDATE attempts SET state = 'failed', finished_at = ?1 WHERE id = ?2",
+                    params![now, attempt.0],
+                )?;
+                insert_audit(tx, &Event { source, ..event("login-failed", Some(&host), Some(&user)) }, now)
+            }
+        })
+    }
+
+    fn fail_pending_attempts(&self, now: UnixTime) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let pending: Vec<(i64, String, String, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT a.id, h.name, u.name, a.source FROM attempts a
+                     JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
+                     WHERE a.state = 'pending'",
+                )?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (id, host, user, source) in &pending {
+                tx.execute(
+                    "UPDATE attempts SET state = 'failed', finished_at = ?1 WHERE id = ?2",
+                    params![now, id],
+                )?;
+                let e = Event {
+                    source: source.parse().ok(),
+                    detail: Some("unfinished when the relay stopped".into()),
+                    ..event("login-failed", Some(host), Some(user))
+                };
+                insert_audit(tx, &e, now)?;
+            }
+            Ok(pending.len())
+        })
+    }
+
+    fn set_code(
+        &self,
+        host: &HostName,
+        target: &CodeTarget,
+        record: &CodeRecord,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+            tx.execute(
+                "INSERT INTO code_records (id, host_id, ksf, record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![&record.id.0[..], host_id, record.ksf.as_str(), record.record, now],
+            )?;
+            let (user_id, event_name) = match target {
+                CodeTarget::Owner => (owner_id, "code-changed"),
+                CodeTarget::Grant(user) => (user_id(tx, user.as_str())?, "code-reset"),
+                _ => return Err(StoreError::Refused("unknown code target".into())),
+            };
+            let is_owner = matches!(target, CodeTarget::Owner);
+            let changed = tx.execute(
+                "UPDATE grants SET record_id = ?1 WHERE host_id = ?2 AND user_id = ?3 AND is_owner = ?4",
+                params![&record.id.0[..], host_id, user_id, is_owner],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::Refused(format!(
+                    "that user has no shared access to host '{host}'"
+                )));
+            }
+            let user: String = tx.query_row("SELECT name FROM users WHERE id = ?1", [user_id], |r| r.get(0))?;
+            insert_audit(tx, &event(event_name, Some(host.as_str()), Some(&user)), now)
+        })
+    }
+
+    fn grant(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            let (shared, owner_record): (bool, Option<Vec<u8>>) = tx.query_row(
+                "SELECT h.shared_access, g.record_id FROM hosts h
+                 JOIN grants g ON g.host_id = h.id AND g.is_owner = 1 WHERE h.id = ?1",
+                [host_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if !shared {
+                return Err(StoreError::Refused(format!(
+                    "shared access is disabled on host '{host}': enable it first"
+                )));
+            }
+            if user_id == owner_id {
+                return Err(StoreError::Refused(format!("'{user}' owns host '{host}' already")));
+            }
+            let Some(record) = owner_record else {
+                return Err(StoreError::Refused(format!(
+                    "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
+                )));
+            };
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO grants (host_id, user_id, record_id, is_owner, created_at)
+                 VALUES (?1, ?2, ?3, 0, ?4)",
+                params![host_id, user_id, record, now],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Refused(format!(
+                    "'{user}' has shared access to '{host}' already (revoke and grant again to give them the current code)"
+                )));
+            }
+            insert_audit(tx, &event("grant", Some(host.as_str()), Some(user.as_str())), now)
+        })
+    }
+
+    fn revoke(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            let removed = tx.execute(
+                "DELETE FROM grants WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
+                params![host_id, user_id],
+            )?;
+            if removed == 0 {
+                return Err(StoreError::Refused(format!(
+                    "'{user}' has no shared access to '{host}'"
+                )));
+            }
+            insert_audit(
+                tx,
+                &event("revoke", Some(host.as_str()), Some(user.as_str())),
+                now,
+            )
+        })
+    }
+
+    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            tx.execute(
+                "UPDATE hosts SET failures = 0, locked_at = NULL WHERE id = ?1",
+                [host_id],
+            )?;
+            insert_audit(tx, &event("unlock", Some(host.as_str()), None), now)
+        })
+    }
+
+    fn set_online(&self, host: &HostName, online: bool) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE hosts SET online = ?1 WHERE name = ?2",
+                params![online, host.as_str()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn clear_online(&self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("UPDATE hosts SET online = 0", [])?;
+            Ok(())
+        })
+    }
+
+    fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT name, device_key IS NOT NULL, email FROM users ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    enrolled: r.get(1)?,
+                    email: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn hosts(&self) -> Result<Vec<HostStatus>, StoreError> {
+        let names: Vec<String> = self.read(|c| {
+            let mut stmt = c.prepare("SELECT name FROM hosts ORDER BY name")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        names
+            .into_iter()
+            .map(|n| {
+                let name: HostName = n
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("host name {n:?}")))?;
+                self.host_status(&name)
+            })
+            .collect()
+    }
+
+    fn host_status(&self, host: &HostName) -> Result<HostStatus, StoreError> {
+        self.read(|c| {
+            let (id, _) = host_ids(c, host.as_str())?;
+            let mut status = c.query_row(
+                "SELECT h.name, o.name, h.device_key IS NOT NULL, h.platform, g.record_id IS NOT NULL,
+                        h.shared_access, h.lockout_threshold, h.failures, h.locked_at IS NOT NULL, h.online
+                 FROM hosts h JOIN users o ON o.id = h.owner_id
+                 JOIN grants g ON g.host_id = h.id AND g.is_owner = 1
+                 WHERE h.id = ?1",
+                [id],
+                |r| {
+                    Ok(HostStatus {
+                        name: r.get(0)?,
+                        owner: r.get(1)?,
+                        enrolled: r.get(2)?,
+                        platform: r.get(3)?,
+                        code_set: r.get(4)?,
+                        shared_access: r.get(5)?,
+                        lockout_threshold: r.get(6)?,
+                        failures: r.get(7)?,
+                        locked: r.get(8)?,
+                        online: r.get(9)?,
+                        grants: Vec::new(),
+                    })
+                },
+            )?;
+            let mut stmt = c.prepare(
+                "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
+                 WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
+            )?;
+            let rows = stmt.query_map([id], |r| r.get(0))?;
+            status.grants = rows.collect::<Result<_, _>>()?;
+            Ok(status)
+        })
+    }
+
+    fn hosts_for_user(&self, user: &UserName) -> Result<Vec<HostInfo>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT h.name, o.name, h.online, h.locked_at IS NOT NULL, g.is_owner
+                 FROM grants g JOIN users u ON u.id = g.user_id
+                 JOIN hosts h ON h.id = g.host_id JOIN users o ON o.id = h.owner_id
+                 WHERE u.name = ?1 ORDER BY h.name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(
+                params![user.as_str(), latchkey_protocol::limits::MAX_HOSTS_LISTED],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                    ))
+                },
+            )?;
+            rows.map(|row| {
+                let (name, owner, online, locked, is_owner) = row?;
+                Ok(HostInfo {
+                    name: name
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("host name {name:?}")))?,
+                    owner: owner
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("user name {owner:?}")))?,
+                    online,
+                    locked,
+                    is_owner,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| insert_audit(tx, &event, now))
+    }
+
+    fn audit_log(
+        &self,
+        host: Option<&HostName>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, event, host, user, source, detail FROM audit
+                 WHERE ?1 IS NULL OR host = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![host.map(|h| h.as_str()), limit as i64], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    event: r.get(2)?,
+                    host: r.get(3)?,
+                    user: r.get(4)?,
+                    source: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })?;
+            let mut out: Vec<AuditRow> = rows.collect::<Result<_, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+    }
+}

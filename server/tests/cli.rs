@@ -1,0 +1,93 @@
+//! The `latchkey-relay` command line: help on every subcommand, first-start
+//! set-up of the data directory, and clear errors with non-zero status.
+//! (Also makes `cargo test` build the binary the end-to-end tests spawn.)
+
+use std::process::Command;
+
+fn relay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_latchkey-relay"))
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["info", "--help"],
+        vec!["admin", "--help"],
+        vec!["admin", "invite-user", "--help"],
+        vec!["admin", "invite-host", "--help"],
+        vec!["admin", "grant", "--help"],
+        vec!["admin", "revoke", "--help"],
+        vec!["admin", "unlock", "--help"],
+        vec!["admin", "status", "--help"],
+        vec!["admin", "audit", "--help"],
+    ] {
+        let out = relay().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn info_creates_a_private_data_dir_and_prints_the_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = relay()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("fingerprint:") && text.contains("pin:"),
+        "{text}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let mode = std::fs::metadata(data.join("relay.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The same pin on every run.
+    let again = relay()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("info")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), text);
+}
+
+#[test]
+fn admin_errors_say_what_to_do_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        relay()
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["admin", "invite-user", "alice"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start it once"));
+    let out = run(&["admin", "unlock", "nohost"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no host named 'nohost'"));
+    let out = run(&["admin", "grant", "bad name", "bob"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid name"));
+}
