@@ -5,8 +5,17 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use latchkey_client::{code, config::Home, host, user};
-use latchkey_protocol::{frame::CodeTarget, ids::UserName, ksf::KsfProfile};
+use latchkey_client::{
+    code,
+    config::Home,
+    host,
+    user::{self, copy::CopySpec, forward::ForwardSpec, remote::Remote},
+};
+use latchkey_protocol::{
+    frame::CodeTarget,
+    ids::{HostName, UserName},
+    ksf::KsfProfile,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Reach your computers through a Latchkey relay.
@@ -34,9 +43,55 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open an interactive shell on HOST (a PTY there, raw mode here).
+    Connect {
+        /// The host.
+        host: HostName,
+        #[command(flatten)]
+        code: LoginCode,
+    },
+    /// Run one command on HOST and exit with its status. The command runs
+    /// directly, without a shell: use `-- sh -c '...'` for shell syntax.
+    Exec {
+        /// The host.
+        host: HostName,
+        #[command(flatten)]
+        code: LoginCode,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Forward a local TCP port to TARGET:PORT as seen from HOST, like
+    /// `ssh -L` (for RDP, VNC, SSH...). The host's config must allow the target.
+    Forward {
+        /// The host.
+        host: HostName,
+        /// [BIND:]LOCALPORT:TARGET:PORT, e.g. 5900:127.0.0.1:5900 (LOCALPORT 0 picks a free port).
+        spec: ForwardSpec,
+        #[command(flatten)]
+        code: LoginCode,
+    },
+    /// Copy a file to or from a host: `cp LOCAL HOST:PATH` or `cp HOST:PATH LOCAL`
+    /// (relative host paths start in the host user's home directory).
+    Cp {
+        /// Source.
+        src: String,
+        /// Destination.
+        dst: String,
+        #[command(flatten)]
+        code: LoginCode,
+    },
     /// Commands that run on a host.
     #[command(subcommand)]
     Host(HostCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoginCode {
+    /// Read the access code from one line of standard input (else
+    /// LATCHKEY_ACCESS_CODE, else a prompt without echo).
+    #[arg(long)]
+    code_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,13 +157,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait for a blocked read of the terminal.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs in to `host` (asking for the code once) and waits for the pairing.
+async fn open(home: &Home, host: &HostName, code: &LoginCode) -> anyhow::Result<Remote> {
+    let access = code::for_login(code.code_stdin, host.as_str())?;
+    Ok(Remote::open(home, host, access).await?)
+}
+
+/// An exit status as a process exit code.
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(status).unwrap_or(255))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -151,6 +220,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        Command::Connect { host, code } => {
+            let remote = open(&home, &host, &code).await?;
+            let status = user::shell::connect(&remote).await?;
+            return Ok(exit_code(status));
+        }
+        Command::Exec {
+            host,
+            code,
+            command,
+        } => {
+            let remote = open(&home, &host, &code).await?;
+            let status = user::exec::exec(&remote, command).await?;
+            return Ok(exit_code(status));
+        }
+        Command::Forward { host, spec, code } => {
+            let remote = std::sync::Arc::new(open(&home, &host, &code).await?);
+            let target = spec.target.clone();
+            let ended = tokio::select! {
+                r = user::forward::forward(remote, &spec, |local| {
+                    println!("forwarding {local} -> {target} via {host} (Ctrl-C to stop)");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }) => r?,
+                _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+            };
+            anyhow::bail!("session ended: {ended}");
+        }
+        Command::Cp { src, dst, code } => {
+            let spec = CopySpec::parse(&src, &dst).map_err(anyhow::Error::msg)?;
+            let host: HostName = spec.host().parse()?;
+            let remote = open(&home, &host, &code).await?;
+            let bytes = match &spec {
+                CopySpec::Upload {
+                    local,
+                    remote: path,
+                    ..
+                } => user::copy::upload(&remote, local, path).await?,
+                CopySpec::Download {
+                    remote: path,
+                    local,
+                    ..
+                } => user::copy::download(&remote, path, local).await?,
+            };
+            eprintln!("copied {bytes} bytes, checksum verified");
         }
         Command::Host(HostCommand::Enroll { token }) => {
             let name = host::enroll(&home, &token).await?;

@@ -82,6 +82,9 @@ pub enum NetError {
     /// The host is locked.
     #[error("host '{0}' is locked: ask your admin to unlock it")]
     Locked(HostName),
+    /// The host's agent is not connected.
+    #[error("host '{0}' is offline: its agent is not connected to the relay (is `latchkey host run` running there?)")]
+    HostOffline(HostName),
     /// A local problem (socket, TLS setup).
     #[error("{0}")]
     Local(String),
@@ -175,7 +178,7 @@ impl ServerCertVerifier for PinnedCert {
 /// inside the relay's idle timeout, windows that let one forward run fast.
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(30)).ok());
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));

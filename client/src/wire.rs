@@ -1,5 +1,7 @@
 //! Reading and writing handshake messages and control frames on QUIC
 //! streams, with the protocol's limits checked before any allocation.
+//! (The relay has the same helpers; the protocol crate does no I/O, and
+//! the relay binary should not link the client's terminal and PTY code.)
 
 use latchkey_protocol::{
     codec::{self, LEN_PREFIX},
@@ -82,4 +84,27 @@ pub async fn read_frame<T: DeserializeOwned + Serialize>(
 pub async fn write_frame<T: Serialize>(send: &mut SendStream, frame: &T) -> Result<(), WireError> {
     send.write_all(&codec::frame_bytes(frame)?).await?;
     Ok(())
+}
+
+/// Reads frames on a task of its own and hands them over a bounded
+/// channel, so a `select!` elsewhere never drops half a frame (reading a
+/// frame is not cancel-safe; receiving from a channel is). The task ends at
+/// the first `None` or error, which it passes on.
+pub fn frame_reader<T>(
+    mut recv: RecvStream,
+) -> tokio::sync::mpsc::Receiver<Result<Option<T>, WireError>>
+where
+    T: DeserializeOwned + Serialize + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<T>(&mut recv).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if tx.send(frame).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    rx
 }

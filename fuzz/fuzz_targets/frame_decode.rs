@@ -2,7 +2,7 @@
 //! (decoding is canonical and loses nothing), and nothing panics.
 #![no_main]
 
-use latchkey_protocol::{codec, frame::*};
+use latchkey_protocol::{codec, frame::*, session::*};
 use libfuzzer_sys::fuzz_target;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -23,7 +23,7 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(dat
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, data)) = data.split_first() else { return };
-    match which % 8 {
+    match which % 16 {
         0 => round_trip::<Hello>(data),
         1 => round_trip::<HelloReply>(data),
         2 => round_trip::<LoginFinish>(data),
@@ -31,6 +31,13 @@ fuzz_target!(|data: &[u8]| {
         4 => round_trip::<ClientToRelay>(data),
         5 => round_trip::<RelayToClient>(data),
         6 => round_trip::<HostToRelay>(data),
-        _ => round_trip::<RelayToHost>(data),
+        7 => round_trip::<RelayToHost>(data),
+        8 => round_trip::<ChannelRequest>(data),
+        9 => round_trip::<ChannelOpen>(data),
+        10 => round_trip::<ChannelReply>(data),
+        11 => round_trip::<ShellIn>(data),
+        12 => round_trip::<ShellOut>(data),
+        13 => round_trip::<ExecIn>(data),
+        _ => round_trip::<ExecOut>(data),
     }
 });

@@ -113,6 +113,8 @@ pub enum Refusal {
     Busy,
     /// The request is not allowed (details in the relay's log).
     NotAllowed(String),
+    /// The host's agent is not connected.
+    HostOffline,
 }
 
 /// First Noise transport message of a login (client to relay).
@@ -177,6 +179,10 @@ pub enum RelayToClient {
     Hosts(Vec<HostInfo>),
     /// The request was refused.
     Refused(Refusal),
+    /// After a login: the host is paired; channels may be opened.
+    SessionReady,
+    /// The session is over (revoked, host gone, relay stopping).
+    SessionEnded(String),
 }
 
 /// Control frames from a host agent to the relay.

@@ -23,5 +23,6 @@ pub mod ids;
 pub mod invite;
 pub mod ksf;
 pub mod limits;
+pub mod session;
 
 pub use error::{CodecError, HandshakeError, ParseError};

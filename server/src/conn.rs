@@ -150,10 +150,7 @@ pub(crate) async fn serve(
             user,
             host,
             session,
-        }) => {
-            debug!(%user, %host, %session, "session open");
-            serve_user(&shared, &user, send, recv).await
-        }
+        }) => crate::session::serve(&shared, &conn, user, host, session, send, recv).await,
         Err(ConnError::Timeout) => {
             debug!(%source, "handshake deadline passed");
             conn.close(close::TIMEOUT, b"handshake timeout");

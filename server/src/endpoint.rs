@@ -47,6 +47,37 @@ pub fn transport_config(config: &Config) -> TransportConfig {
     t
 }
 
+/// A key derived from the relay's long-term secrets for one purpose.
+fn derived_key(data: &DataDir, label: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(label);
+    h.update(data.identity.to_bytes());
+    h.finalize().into()
+}
+
+/// Endpoint settings that survive a restart: the stateless-reset key and
+/// the connection-ID hash key are derived from the relay's secrets, so a
+/// restarted relay recognises the connection IDs of its previous process
+/// and answers them with a stateless reset. Peers then reconnect at their
+/// next packet instead of waiting out the idle timeout.
+fn endpoint_config(data: &DataDir) -> quinn::EndpointConfig {
+    let reset = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &derived_key(data, b"latchkey/1 stateless reset key"),
+    );
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    let cid_key = derived_key(data, b"latchkey/1 connection id key");
+    let cid_key = u64::from_le_bytes([
+        cid_key[0], cid_key[1], cid_key[2], cid_key[3], cid_key[4], cid_key[5], cid_key[6],
+        cid_key[7],
+    ]);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
 /// Binds the relay's UDP socket with its TLS identity.
 pub fn server_endpoint(config: &Config, data: &DataDir) -> Result<quinn::Endpoint, EndpointError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -61,8 +92,16 @@ pub fn server_endpoint(config: &Config, data: &DataDir) -> Result<quinn::Endpoin
         .map_err(|e| EndpointError::QuicTls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(config)));
-    quinn::Endpoint::server(server, config.listen).map_err(|source| EndpointError::Bind {
+    let bind_err = |source| EndpointError::Bind {
         addr: config.listen,
         source,
-    })
+    };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    quinn::Endpoint::new(
+        endpoint_config(data),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)
 }

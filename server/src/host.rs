@@ -33,9 +33,10 @@ pub(crate) async fn serve(
     conn: &quinn::Connection,
     host: HostName,
     mut send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
 ) -> Result<(), ConnError> {
     let (tx, mut rx) = mpsc::channel::<RelayToHost>(64);
+    let mut frames = wire::frame_reader::<HostToRelay>(recv);
     let id = shared.next_id();
     let old = shared.hosts().insert(
         host.clone(),
@@ -62,11 +63,11 @@ pub(crate) async fn serve(
                     break Err(e.into());
                 }
             }
-            frame = wire::read_frame::<HostToRelay>(&mut recv) => {
+            frame = frames.recv() => {
                 let frame = match frame {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e.into()),
+                    Some(Ok(Some(f))) => f,
+                    Some(Ok(None)) | None => break Ok(()),
+                    Some(Err(e)) => break Err(e.into()),
                 };
                 if frame == HostToRelay::Pong {
                     continue;

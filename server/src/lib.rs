@@ -14,6 +14,7 @@ pub mod endpoint;
 mod host;
 pub mod lockout;
 pub mod ratelimit;
+mod session;
 pub mod store;
 pub mod wire;
 

@@ -83,3 +83,53 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, frame: &T) -> Resu
     send.write_all(&codec::frame_bytes(frame)?).await?;
     Ok(())
 }
+
+/// Reads frames on a task of its own and hands them over a bounded
+/// channel, so a `select!` elsewhere never drops half a frame (reading a
+/// frame is not cancel-safe; receiving from a channel is). The task ends at
+/// the first `None` or error, which it passes on.
+pub fn frame_reader<T>(
+    mut recv: RecvStream,
+) -> tokio::sync::mpsc::Receiver<Result<Option<T>, WireError>>
+where
+    T: DeserializeOwned + Serialize + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<T>(&mut recv).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if tx.send(frame).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Copies one QUIC stream into another chunk by chunk (no intermediate
+/// buffer: each received chunk is handed to the sender as it is), with
+/// flow-control back-pressure end to end. A finish is passed on; a reset
+/// or a stopped peer resets/stops the other side. Returns the bytes moved.
+pub async fn splice(mut from: RecvStream, mut to: SendStream) -> u64 {
+    let mut moved = 0u64;
+    loop {
+        match from.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                moved += chunk.bytes.len() as u64;
+                if to.write_chunk(chunk.bytes).await.is_err() {
+                    let _ = from.stop(quinn::VarInt::from_u32(0));
+                    return moved;
+                }
+            }
+            Ok(None) => {
+                let _ = to.finish();
+                return moved;
+            }
+            Err(_) => {
+                let _ = to.reset(quinn::VarInt::from_u32(0));
+                return moved;
+            }
+        }
+    }
+}

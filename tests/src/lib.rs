@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use latchkey_client::net;
 use latchkey_protocol::ids::{AccessCode, HostName, RelayPin, UserName};
 pub use tempfile::TempDir;
+use toml as toml_edit_free;
 
 /// How long any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -300,6 +301,24 @@ impl Device {
         Ok(child.wait_with_output()?)
     }
 
+    /// Runs `latchkey ARGS` with `input` on stdin and the code in the environment.
+    pub fn run_with_input_env(&self, args: &[&str], input: &str, code: &str) -> Result<Output> {
+        let mut child = self
+            .cmd()
+            .env("LATCHKEY_ACCESS_CODE", code)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(format!("{input}\n").as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
     /// Sets a code on this host (fast test profile); fails unless accepted.
     pub fn set_code(&self, code: &str, user: Option<&str>) -> Result<()> {
         let mut args = match user {
@@ -314,9 +333,41 @@ impl Device {
         Ok(())
     }
 
+    /// Sets the TCP targets this host lets `latchkey forward` reach.
+    pub fn allow_forward(&self, targets: &[String]) -> Result<()> {
+        let path = self.home.join("host.toml");
+        let mut cfg: toml_edit_free::Table = std::fs::read_to_string(&path)?.parse()?;
+        cfg.insert(
+            "forward_allow".into(),
+            toml_edit_free::Value::Array(
+                targets
+                    .iter()
+                    .cloned()
+                    .map(toml_edit_free::Value::String)
+                    .collect(),
+            ),
+        );
+        std::fs::write(&path, cfg.to_string())?;
+        Ok(())
+    }
+
     /// Starts `latchkey host run` on this device.
     pub fn start_agent(&self) -> Result<Proc> {
         Proc::spawn(self.cmd().args(["host", "run"]))
+    }
+
+    /// Runs `latchkey ARGS` with the access code in the environment.
+    pub fn with_code(&self, code: &str, args: &[&str]) -> Result<Output> {
+        Ok(self
+            .cmd()
+            .env("LATCHKEY_ACCESS_CODE", code)
+            .args(args)
+            .output()?)
+    }
+
+    /// Starts `latchkey ARGS` in the background with the access code set.
+    pub fn spawn_with_code(&self, code: &str, args: &[&str]) -> Result<Proc> {
+        Proc::spawn(self.cmd().env("LATCHKEY_ACCESS_CODE", code).args(args))
     }
 
     /// Logs in in-process (the library the binary uses), so tests can run
@@ -364,6 +415,23 @@ pub struct World {
 }
 
 impl World {
+    /// Starts the host agent and waits until the relay sees it online.
+    pub fn start_agent(&self) -> Result<Proc> {
+        let agent = self.mypc.start_agent()?;
+        self.wait_online(true)?;
+        Ok(agent)
+    }
+
+    /// Waits until the relay reports the host online (or offline).
+    pub fn wait_online(&self, online: bool) -> Result<()> {
+        wait_until("host presence", || {
+            self.relay
+                .status("mypc")
+                .map(|s| s["online"] == online)
+                .unwrap_or(false)
+        })
+    }
+
     /// Builds the world through the real binaries.
     pub fn new() -> Result<Self> {
         Self::with_env(Vec::new())

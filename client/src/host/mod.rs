@@ -2,6 +2,7 @@
 //! that keeps the host reachable.
 
 mod agent;
+mod channels;
 
 pub use agent::run;
 

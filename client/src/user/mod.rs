@@ -1,5 +1,11 @@
-//! What a remote user runs: enrolment, the host list, and (through
-//! [`crate::net::login`]) sessions on hosts.
+//! What a remote user runs: enrolment, the host list, and sessions on
+//! hosts (shell, exec, forward, copy).
+
+pub mod copy;
+pub mod exec;
+pub mod forward;
+pub mod remote;
+pub mod shell;
 
 use latchkey_protocol::{
     frame::{ClientToRelay, HostInfo, Intent, RelayToClient},
@@ -26,6 +32,15 @@ pub enum UserError {
     /// The relay.
     #[error(transparent)]
     Net(#[from] NetError),
+}
+
+impl From<remote::ChannelError> for UserError {
+    fn from(e: remote::ChannelError) -> Self {
+        match e {
+            remote::ChannelError::Net(n) => Self::Net(n),
+            remote::ChannelError::Refused(why) => Self::Net(NetError::Local(why)),
+        }
+    }
 }
 
 /// `latchkey enroll TOKEN`.

@@ -1,0 +1,463 @@
+//! The host's side of session channels: a shell on a PTY, one command,
+//! a TCP forward to an allowed target, a file in or out. What is allowed
+//! comes from the host's config; everything else is refused with a reason
+//! the user sees.
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use latchkey_protocol::session::{
+    ChannelKind, ChannelOpen, ChannelReply, ExecIn, ExecOut, ShellIn, ShellOut, MAX_CHUNK,
+};
+use portable_pty::{CommandBuilder, PtySize};
+use quinn::{RecvStream, SendStream};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, BufReader},
+    sync::mpsc,
+    time::timeout,
+};
+use tracing::{debug, info};
+
+use crate::{
+    config::HostConfig,
+    wire::{self, frame_reader, WireError},
+};
+
+/// Buffer size for bulk copies (forward, file transfer).
+const COPY_BUF: usize = 64 * 1024;
+
+/// Why a channel ended early (logged on the host).
+#[derive(Debug, Error)]
+enum ChannelError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stream: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("pty: {0}")]
+    Pty(String),
+    #[error("stream closed")]
+    Closed(#[from] quinn::ClosedStream),
+}
+
+/// The directory commands and relative paths start from.
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .map(PathBuf::from)
+}
+
+fn resolve(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    match home_dir() {
+        Some(home) if p.is_relative() => home.join(p),
+        _ => p.to_owned(),
+    }
+}
+
+async fn refuse(mut send: SendStream, why: String) -> Result<(), ChannelError> {
+    info!(reason = %why, "channel refused");
+    wire::write_frame(&mut send, &ChannelReply::Refused(why)).await?;
+    send.finish()?;
+    Ok(())
+}
+
+async fn accept(send: &mut SendStream, size: Option<u64>) -> Result<(), ChannelError> {
+    wire::write_frame(send, &ChannelReply::Accepted { size }).await?;
+    Ok(())
+}
+
+/// Serves one channel stream opened by the relay.
+pub(crate) async fn serve(cfg: Arc<HostConfig>, send: SendStream, mut recv: RecvStream) {
+    let open = match timeout(
+        Duration::from_secs(10),
+        wire::read_frame::<ChannelOpen>(&mut recv),
+    )
+    .await
+    {
+        Ok(Ok(Some(open))) => open,
+        _ => return,
+    };
+    info!(user = %open.user, session = %open.session, kind = kind_name(&open.kind), "channel");
+    let result = match open.kind {
+        ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {
+            shell(send, recv, term, cols, rows).await
+        }
+        ChannelKind::Exec { argv } if cfg.allow_exec => exec(send, recv, argv).await,
+        ChannelKind::Forward { target } => forward(&cfg, send, recv, target).await,
+        ChannelKind::Upload { path, size } if cfg.allow_copy => {
+            upload(send, recv, &path, size).await
+        }
+        ChannelKind::Download { path } if cfg.allow_copy => download(send, &path).await,
+        other => {
+            refuse(
+                send,
+                format!("{} is not allowed on this host", kind_name(&other)),
+            )
+            .await
+        }
+    };
+    if let Err(e) = result {
+        debug!("channel ended: {e}");
+    }
+}
+
+fn kind_name(kind: &ChannelKind) -> &'static str {
+    match kind {
+        ChannelKind::Shell { .. } => "shell",
+        ChannelKind::Exec { .. } => "exec",
+        ChannelKind::Forward { .. } => "forward",
+        ChannelKind::Upload { .. } | ChannelKind::Download { .. } => "file copy",
+        _ => "this request",
+    }
+}
+
+/// The exit status as one number: the code, or 128 + signal like a shell.
+fn status_code(status: std::process::ExitStatus) -> i32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return 128 + signal;
+        }
+    }
+    status.code().unwrap_or(255)
+}
+
+async fn exec(
+    mut send: SendStream,
+    recv: RecvStream,
+    argv: Vec<String>,
+) -> Result<(), ChannelError> {
+    let Some((program, args)) = argv.split_first() else {
+        return refuse(send, "no command given".into()).await;
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(home) = home_dir() {
+        cmd.current_dir(home);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return refuse(send, format!("cannot run '{program}': {e}")).await,
+    };
+    accept(&mut send, None).await?;
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(ChannelError::Pty("child has no pipes".into()));
+    };
+    let mut input = frame_reader::<ExecIn>(recv);
+    let pump = tokio::spawn(async move {
+        while let Some(Ok(Some(frame))) = input.recv().await {
+            match frame {
+                ExecIn::Stdin(bytes) => {
+                    if stdin.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    });
+    let (mut out_buf, mut err_buf) = (vec![0u8; MAX_CHUNK], vec![0u8; MAX_CHUNK]);
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        let frame = tokio::select! {
+            n = stdout.read(&mut out_buf), if out_open => match n {
+                Ok(n) if n > 0 => ExecOut::Stdout(out_buf[..n].to_vec()),
+                _ => { out_open = false; continue; }
+            },
+            n = stderr.read(&mut err_buf), if err_open => match n {
+                Ok(n) if n > 0 => ExecOut::Stderr(err_buf[..n].to_vec()),
+                _ => { err_open = false; continue; }
+            },
+        };
+        wire::write_frame(&mut send, &frame).await?;
+    }
+    let status = child.wait().await?;
+    pump.abort();
+    wire::write_frame(&mut send, &ExecOut::Exit(status_code(status))).await?;
+    send.finish()?;
+    Ok(())
+}
+
+fn pty_err(e: impl std::fmt::Display) -> ChannelError {
+    ChannelError::Pty(e.to_string())
+}
+
+async fn shell(
+    mut send: SendStream,
+    recv: RecvStream,
+    term: String,
+    cols: u16,
+    rows: u16,
+) -> Result<(), ChannelError> {
+    let size = |cols, rows| PtySize {
+        rows,
+        cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    };
+    let pair = match portable_pty::native_pty_system().openpty(size(cols, rows)) {
+        Ok(pair) => pair,
+        Err(e) => return refuse(send, format!("cannot open a terminal on the host: {e}")).await,
+    };
+    let mut cmd = CommandBuilder::new_default_prog();
+    cmd.env(
+        "TERM",
+        if term.is_empty() {
+            "xterm-256color".into()
+        } else {
+            term
+        },
+    );
+    if let Some(home) = home_dir() {
+        cmd.cwd(home);
+    }
+    let mut child = match pair.slave.spawn_command(cmd) {
+        Ok(child) => child,
+        Err(e) => return refuse(send, format!("cannot start a shell on the host: {e}")).await,
+    };
+    drop(pair.slave);
+    let mut killer = child.clone_killer();
+    let mut reader = pair.master.try_clone_reader().map_err(pty_err)?;
+    let mut writer = pair.master.take_writer().map_err(pty_err)?;
+    accept(&mut send, None).await?;
+
+    // The PTY is blocking I/O: one thread reads it, one writes it.
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(8);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    if out_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    });
+    let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(8);
+    std::thread::spawn(move || {
+        while let Some(bytes) = in_rx.blocking_recv() {
+            if writer
+                .write_all(&bytes)
+                .and_then(|_| writer.flush())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    let mut input = frame_reader::<ShellIn>(recv);
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            data = out_rx.recv() => match data {
+                Some(bytes) => wire::write_frame(&mut send, &ShellOut::Data(bytes)).await?,
+                None => break,
+            },
+            frame = input.recv(), if input_open => match frame {
+                Some(Ok(Some(ShellIn::Data(bytes)))) => {
+                    if in_tx.send(bytes).await.is_err() {
+                        input_open = false;
+                    }
+                }
+                Some(Ok(Some(ShellIn::Resize { cols, rows }))) => {
+                    pair.master.resize(size(cols, rows)).map_err(pty_err)?;
+                }
+                Some(Ok(Some(_))) => {}
+                // The user sent all they will send; the shell runs on.
+                Some(Ok(None)) => input_open = false,
+                // The user is gone: end the shell.
+                Some(Err(_)) | None => {
+                    let _ = killer.kill();
+                    break;
+                }
+            },
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .map_err(pty_err)??;
+    let code = i32::try_from(status.exit_code()).unwrap_or(255);
+    wire::write_frame(&mut send, &ShellOut::Exit(code)).await?;
+    send.finish()?;
+    Ok(())
+}
+
+fn target_allowed(cfg: &HostConfig, target: &SocketAddr) -> bool {
+    cfg.forward_allow
+        .iter()
+        .filter_map(|a| a.parse::<SocketAddr>().ok())
+        .any(|a| &a == target)
+}
+
+async fn forward(
+    cfg: &HostConfig,
+    mut send: SendStream,
+    recv: RecvStream,
+    target: String,
+) -> Result<(), ChannelError> {
+    let addr = match target.parse::<SocketAddr>() {
+        Ok(addr) if target_allowed(cfg, &addr) => addr,
+        _ => {
+            let allowed = cfg.forward_allow.join(", ");
+            return refuse(
+                send,
+                format!("forwarding to {target} is not allowed on this host (allowed: {allowed})"),
+            )
+            .await;
+        }
+    };
+    let tcp = match timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return refuse(send, format!("cannot connect to {target} on the host: {e}")).await
+        }
+        Err(_) => {
+            return refuse(
+                send,
+                format!("connecting to {target} on the host timed out"),
+            )
+            .await
+        }
+    };
+    tcp.set_nodelay(true)?;
+    accept(&mut send, None).await?;
+    let (tcp_read, mut tcp_write) = tcp.into_split();
+    let up = async move {
+        let _ = tokio::io::copy_buf(
+            &mut BufReader::with_capacity(COPY_BUF, recv),
+            &mut tcp_write,
+        )
+        .await;
+        let _ = tcp_write.shutdown().await;
+    };
+    let down = async move {
+        let _ =
+            tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUF, tcp_read), &mut send).await;
+        let _ = send.finish();
+    };
+    tokio::join!(up, down);
+    Ok(())
+}
+
+async fn upload(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    path: &str,
+    size: u64,
+) -> Result<(), ChannelError> {
+    let path = resolve(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.is_empty() || path.is_dir() {
+        return refuse(
+            send,
+            format!("{} is a directory; give a file path", path.display()),
+        )
+        .await;
+    }
+    let partial = path.with_file_name(format!(".{name}.latchkey-partial"));
+    let mut file = match tokio::fs::File::create(&partial).await {
+        Ok(f) => f,
+        Err(e) => return refuse(send, format!("cannot write {}: {e}", path.display())).await,
+    };
+    accept(&mut send, None).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut left = size;
+    let received = async {
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = recv
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| ChannelError::Io(e.into()))?;
+            let Some(n) = n.filter(|n| *n > 0) else {
+                return Err(ChannelError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            };
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        let mut sent = [0u8; 32];
+        recv.read_exact(&mut sent).await?;
+        file.sync_all().await?;
+        Ok::<_, ChannelError>(sent)
+    }
+    .await;
+    let verdict = match received {
+        Ok(sent) if sent[..] == hasher.finalize()[..] => tokio::fs::rename(&partial, &path)
+            .await
+            .map(|_| ChannelReply::Accepted { size: Some(size) })
+            .unwrap_or_else(|e| {
+                ChannelReply::Refused(format!("cannot store {}: {e}", path.display()))
+            }),
+        Ok(_) => ChannelReply::Refused(
+            "checksum mismatch: the file was damaged in transit; nothing stored".into(),
+        ),
+        Err(e) => ChannelReply::Refused(format!("transfer failed: {e}")),
+    };
+    if !matches!(verdict, ChannelReply::Accepted { .. }) {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    wire::write_frame(&mut send, &verdict).await?;
+    send.finish()?;
+    Ok(())
+}
+
+async fn download(mut send: SendStream, path: &str) -> Result<(), ChannelError> {
+    let path = resolve(path);
+    let (file, size) = match tokio::fs::File::open(&path).await {
+        Ok(f) => match f.metadata().await {
+            Ok(m) if m.is_file() => (f, m.len()),
+            Ok(_) => return refuse(send, format!("{} is not a file", path.display())).await,
+            Err(e) => return refuse(send, format!("cannot read {}: {e}", path.display())).await,
+        },
+        Err(e) => return refuse(send, format!("cannot read {}: {e}", path.display())).await,
+    };
+    accept(&mut send, Some(size)).await?;
+    let mut hasher = Sha256::new();
+    let mut reader = file.take(size);
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        send.write_all(&buf[..n])
+            .await
+            .map_err(|e| ChannelError::Io(e.into()))?;
+    }
+    send.write_all(&hasher.finalize())
+        .await
+        .map_err(|e| ChannelError::Io(e.into()))?;
+    send.finish()?;
+    Ok(())
+}

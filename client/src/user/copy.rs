@@ -1,0 +1,238 @@
+//! `latchkey cp LOCAL HOST:PATH` and `latchkey cp HOST:PATH LOCAL`: a file
+//! each way with a progress bar and an end-to-end SHA-256 check; a damaged
+//! or partial file is never left under the final name.
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use latchkey_protocol::session::{ChannelKind, ChannelReply};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::remote::{ChannelError, Remote};
+use crate::wire;
+
+const COPY_BUF: usize = 64 * 1024;
+
+/// Which way a copy goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopySpec {
+    /// Local file to the host.
+    Upload {
+        /// Local file.
+        local: PathBuf,
+        /// Host.
+        host: String,
+        /// Path on the host.
+        remote: String,
+    },
+    /// A host's file to here.
+    Download {
+        /// Host.
+        host: String,
+        /// Path on the host.
+        remote: String,
+        /// Local file.
+        local: PathBuf,
+    },
+}
+
+fn split_remote(s: &str) -> Option<(&str, &str)> {
+    let (host, path) = s.split_once(':')?;
+    (!host.is_empty() && !host.contains('/') && !path.is_empty()).then_some((host, path))
+}
+
+impl CopySpec {
+    /// Parses `SRC DST`, exactly one of which is `HOST:PATH`.
+    pub fn parse(src: &str, dst: &str) -> Result<Self, String> {
+        match (split_remote(src), split_remote(dst)) {
+            (None, Some((host, remote))) => Ok(Self::Upload {
+                local: src.into(),
+                host: host.into(),
+                remote: remote.into(),
+            }),
+            (Some((host, remote)), None) => Ok(Self::Download {
+                host: host.into(),
+                remote: remote.into(),
+                local: dst.into(),
+            }),
+            _ => Err(
+                "give exactly one side as HOST:PATH, e.g. `latchkey cp notes.txt mypc:notes.txt`"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The host this copy talks to.
+    pub fn host(&self) -> &str {
+        match self {
+            Self::Upload { host, .. } | Self::Download { host, .. } => host,
+        }
+    }
+}
+
+fn bar(size: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(size),
+        if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> ChannelError {
+    ChannelError::Refused(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// Copies a local file to the host; returns the bytes sent.
+pub async fn upload(remote: &Remote, local: &Path, path: &str) -> Result<u64, ChannelError> {
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .map_err(|e| io_err("read", local, e))?;
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| io_err("read", local, e))?
+        .len();
+    let (mut send, mut recv, _) = remote
+        .channel(ChannelKind::Upload {
+            path: path.into(),
+            size,
+        })
+        .await?;
+    let progress = bar(size);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut sent = 0u64;
+    while sent < size {
+        let want = buf
+            .len()
+            .min(usize::try_from(size - sent).unwrap_or(usize::MAX));
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| io_err("read", local, e))?;
+        if n == 0 {
+            return Err(ChannelError::Refused(format!(
+                "{} shrank while being copied",
+                local.display()
+            )));
+        }
+        hasher.update(&buf[..n]);
+        send.write_all(&buf[..n])
+            .await
+            .map_err(|e| ChannelError::Refused(format!("transfer failed: {e}")))?;
+        sent += n as u64;
+        progress.set_position(sent);
+    }
+    send.write_all(&hasher.finalize())
+        .await
+        .map_err(|e| ChannelError::Refused(format!("transfer failed: {e}")))?;
+    let _ = send.finish();
+    progress.finish_and_clear();
+    match wire::read_frame::<ChannelReply>(&mut recv).await? {
+        Some(ChannelReply::Accepted { .. }) => Ok(size),
+        Some(ChannelReply::Refused(why)) => Err(ChannelError::Refused(why)),
+        _ => Err(ChannelError::Refused(
+            "the host did not confirm the copy".into(),
+        )),
+    }
+}
+
+/// Copies a host's file here; returns the bytes received.
+pub async fn download(remote: &Remote, path: &str, local: &Path) -> Result<u64, ChannelError> {
+    let (_send, mut recv, size) = remote
+        .channel(ChannelKind::Download { path: path.into() })
+        .await?;
+    let size =
+        size.ok_or_else(|| ChannelError::Refused("the host did not say the file's size".into()))?;
+    let local = if local.is_dir() {
+        local.join(Path::new(path).file_name().unwrap_or_default())
+    } else {
+        local.to_owned()
+    };
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = local.with_file_name(format!(".{name}.latchkey-partial"));
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .map_err(|e| io_err("write", &partial, e))?;
+    let progress = bar(size);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut got = 0u64;
+    let result = async {
+        while got < size {
+            let want = buf
+                .len()
+                .min(usize::try_from(size - got).unwrap_or(usize::MAX));
+            let n = recv
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| ChannelError::Refused(format!("transfer failed: {e}")))?
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ChannelError::Refused("the transfer ended early".into()))?;
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])
+                .await
+                .map_err(|e| io_err("write", &partial, e))?;
+            got += n as u64;
+            progress.set_position(got);
+        }
+        let mut sent = [0u8; 32];
+        recv.read_exact(&mut sent)
+            .await
+            .map_err(|_| ChannelError::Refused("the transfer ended early".into()))?;
+        if sent[..] != hasher.finalize()[..] {
+            return Err(ChannelError::Refused(
+                "checksum mismatch: the file was damaged in transit; nothing stored".into(),
+            ));
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| io_err("write", &partial, e))?;
+        tokio::fs::rename(&partial, &local)
+            .await
+            .map_err(|e| io_err("write", &local, e))?;
+        Ok(size)
+    }
+    .await;
+    progress.finish_and_clear();
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_side_is_remote() {
+        assert!(matches!(
+            CopySpec::parse("a.txt", "mypc:b.txt"),
+            Ok(CopySpec::Upload { .. })
+        ));
+        assert!(matches!(
+            CopySpec::parse("mypc:/etc/hosts", "./hosts"),
+            Ok(CopySpec::Download { .. })
+        ));
+        assert!(CopySpec::parse("a", "b").is_err());
+        assert!(CopySpec::parse("x:a", "y:b").is_err());
+        assert!(CopySpec::parse("./dir/a:b", "c").is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! `latchkey exec HOST -- CMD ARGS...`: runs one command on the host,
+//! streams its output, forwards standard input, returns its exit status.
+
+use latchkey_protocol::session::{ChannelKind, ExecIn, ExecOut, MAX_CHUNK};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::remote::{ChannelError, Remote};
+use crate::wire;
+
+/// Runs `argv` on the host; returns its exit status.
+pub async fn exec(remote: &Remote, argv: Vec<String>) -> Result<i32, ChannelError> {
+    let (mut send, recv, _) = remote.channel(ChannelKind::Exec { argv }).await?;
+    let stdin_pump = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; MAX_CHUNK];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    if wire::write_frame(&mut send, &ExecIn::Stdin(buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                _ => break,
+            }
+        }
+        let _ = wire::write_frame(&mut send, &ExecIn::Eof).await;
+        let _ = send.finish();
+    });
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    let mut frames = wire::frame_reader::<ExecOut>(recv);
+    let result = loop {
+        match frames.recv().await {
+            Some(Ok(Some(ExecOut::Stdout(b)))) => {
+                out.write_all(&b).await.ok();
+                out.flush().await.ok();
+            }
+            Some(Ok(Some(ExecOut::Stderr(b)))) => {
+                err.write_all(&b).await.ok();
+                err.flush().await.ok();
+            }
+            Some(Ok(Some(ExecOut::Exit(code)))) => break Ok(code),
+            Some(Ok(Some(_))) => {}
+            _ => {
+                let why = remote
+                    .end_reason()
+                    .unwrap_or_else(|| "connection lost".into());
+                break Err(ChannelError::Refused(format!(
+                    "the command's exit status was lost: {why}"
+                )));
+            }
+        }
+    };
+    stdin_pump.abort();
+    result
+}

@@ -1,0 +1,152 @@
+//! `latchkey forward HOST [BIND:]LOCALPORT:TARGET:PORT`: like `ssh -L`. Each
+//! local TCP connection gets its own channel (its own QUIC stream), so many
+//! connections share one session without blocking each other.
+
+use std::{net::SocketAddr, str::FromStr, sync::Arc};
+
+use latchkey_protocol::session::ChannelKind;
+use tokio::{
+    io::{AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, warn};
+
+use super::remote::{ChannelError, Remote};
+
+const COPY_BUF: usize = 64 * 1024;
+
+/// A parsed forward specification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// Local address to listen on (default `127.0.0.1`).
+    pub bind: String,
+    /// Local port (0 picks one).
+    pub local_port: u16,
+    /// Target `IP:PORT`, as seen from the host.
+    pub target: String,
+}
+
+impl FromStr for ForwardSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid forward '{s}': use [BIND:]LOCALPORT:TARGET:PORT, e.g. 5900:127.0.0.1:5900"
+            )
+        };
+        // Split from the right: PORT, TARGET (maybe [v6]), LOCALPORT, BIND.
+        let (rest, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let (rest, target_host) = if let Some(stripped) = rest.strip_suffix(']') {
+            let open = stripped.rfind('[').ok_or_else(bad)?;
+            (
+                rest[..open].strip_suffix(':').ok_or_else(bad)?,
+                &rest[open..],
+            )
+        } else {
+            rest.rsplit_once(':').ok_or_else(bad)?
+        };
+        let (bind, local) = match rest.rsplit_once(':') {
+            Some((bind, local)) => (bind.trim_matches(['[', ']']).to_string(), local),
+            None => ("127.0.0.1".to_string(), rest),
+        };
+        let local_port = local.parse().map_err(|_| bad())?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let target = format!("{target_host}:{port}");
+        target.parse::<SocketAddr>().map_err(|_| {
+            format!("invalid forward target '{target}': give an IP address and port")
+        })?;
+        Ok(Self {
+            bind,
+            local_port,
+            target,
+        })
+    }
+}
+
+/// Listens and forwards until the session ends; returns the reason.
+pub async fn forward(
+    remote: Arc<Remote>,
+    spec: &ForwardSpec,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<String, ChannelError> {
+    let listener = TcpListener::bind((spec.bind.as_str(), spec.local_port))
+        .await
+        .map_err(|e| {
+            ChannelError::Refused(format!(
+                "cannot listen on {}:{}: {e}",
+                spec.bind, spec.local_port
+            ))
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ChannelError::Refused(e.to_string()))?;
+    on_listening(local);
+    let mut ended = remote.ended.clone();
+    loop {
+        tokio::select! {
+            _ = ended.changed() => {
+                return Ok(remote.end_reason().unwrap_or_default());
+            }
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => { warn!("accept failed: {e}"); continue; }
+                };
+                let remote = remote.clone();
+                let target = spec.target.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = one(&remote, tcp, target).await {
+                        warn!(%peer, "forwarded connection refused: {e}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn one(remote: &Remote, tcp: TcpStream, target: String) -> Result<(), ChannelError> {
+    tcp.set_nodelay(true).ok();
+    let (mut send, recv, _) = remote.channel(ChannelKind::Forward { target }).await?;
+    let (tcp_read, mut tcp_write) = tcp.into_split();
+    let up = async move {
+        let _ =
+            tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUF, tcp_read), &mut send).await;
+        let _ = send.finish();
+    };
+    let down = async move {
+        let _ = tokio::io::copy_buf(
+            &mut BufReader::with_capacity(COPY_BUF, recv),
+            &mut tcp_write,
+        )
+        .await;
+        let _ = tcp_write.shutdown().await;
+    };
+    tokio::join!(up, down);
+    debug!("forwarded connection closed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_like_ssh_dash_l() {
+        let s: ForwardSpec = "5900:127.0.0.1:5900".parse().unwrap();
+        assert_eq!(
+            (s.bind.as_str(), s.local_port, s.target.as_str()),
+            ("127.0.0.1", 5900, "127.0.0.1:5900")
+        );
+        let s: ForwardSpec = "0.0.0.0:8080:10.0.0.5:80".parse().unwrap();
+        assert_eq!(
+            (s.bind.as_str(), s.local_port, s.target.as_str()),
+            ("0.0.0.0", 8080, "10.0.0.5:80")
+        );
+        let s: ForwardSpec = "2222:[::1]:22".parse().unwrap();
+        assert_eq!(s.target, "[::1]:22");
+        for bad in ["", "22", "a:b:c", "2222:localhost:22", "99999:127.0.0.1:22"] {
+            assert!(bad.parse::<ForwardSpec>().is_err(), "{bad}");
+        }
+    }
+}

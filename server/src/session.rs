@@ -1,0 +1,193 @@
+//! A user's session with a host (SPEC X1-X3): the relay pairs the logged-in
+//! client with the host's live connection, then for every stream the client
+//! opens it opens one to the host, introduces it (session, user, kind) and
+//! splices the two. Each channel is its own task on its own streams, so a
+//! slow channel only ever waits on its own flow control.
+
+use std::{sync::Arc, time::Duration};
+
+use latchkey_protocol::{
+    frame::{ClientToRelay, Refusal, RelayToClient},
+    ids::{HostName, SessionId, UserName},
+    session::{ChannelKind, ChannelOpen, ChannelReply, ChannelRequest, MAX_ARGS, MAX_PATH_LEN},
+};
+use quinn::{RecvStream, SendStream};
+use tokio::{task::JoinSet, time::timeout};
+use tracing::{debug, info};
+
+use crate::{
+    conn::ConnError,
+    now_unix,
+    store::Event,
+    wire::{self, frame_reader},
+    Shared,
+};
+
+/// How long a client has to say what a new channel is for.
+const CHANNEL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves a logged-in client until it leaves, the host goes, or the relay stops.
+pub(crate) async fn serve(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    user: UserName,
+    host: HostName,
+    session: SessionId,
+    mut send: SendStream,
+    recv: RecvStream,
+) -> Result<(), ConnError> {
+    let host_conn = shared.hosts().get(&host).map(|l| l.conn.clone());
+    let Some(host_conn) = host_conn else {
+        info!(%user, %host, "session refused: host offline");
+        wire::write_frame(&mut send, &RelayToClient::Refused(Refusal::HostOffline)).await?;
+        let _ = send.finish();
+        let _ = timeout(Duration::from_secs(2), conn.closed()).await;
+        return Ok(());
+    };
+    wire::write_frame(&mut send, &RelayToClient::SessionReady).await?;
+    audit(
+        shared,
+        "session-start",
+        &user,
+        &host,
+        Some(session.to_string()),
+    )
+    .await;
+    let mut control = frame_reader::<ClientToRelay>(recv);
+    let mut channels = JoinSet::new();
+    let shutdown = shared.shutdown.clone();
+    let ended = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break "the relay is shutting down".to_string(),
+            _ = host_conn.closed() => break format!("host '{host}' went offline"),
+            stream = conn.accept_bi() => match stream {
+                Ok((s, r)) => {
+                    channels.spawn(channel(host_conn.clone(), session, user.clone(), s, r));
+                }
+                Err(_) => break String::new(),
+            },
+            frame = control.recv() => match frame {
+                Some(Ok(Some(ClientToRelay::ListHosts))) => {
+                    let store = shared.store.clone();
+                    let u = user.clone();
+                    let hosts = tokio::task::spawn_blocking(move || store.hosts_for_user(&u))
+                        .await
+                        .map_err(|_| ConnError::Join)??;
+                    wire::write_frame(&mut send, &RelayToClient::Hosts(hosts)).await?;
+                }
+                Some(Ok(Some(_))) => {
+                    let refusal = RelayToClient::Refused(Refusal::NotAllowed("unsupported request".into()));
+                    wire::write_frame(&mut send, &refusal).await?;
+                }
+                _ => break String::new(),
+            },
+            Some(_) = channels.join_next(), if !channels.is_empty() => {}
+        }
+    };
+    if !ended.is_empty() {
+        let _ = wire::write_frame(&mut send, &RelayToClient::SessionEnded(ended.clone())).await;
+        let _ = send.finish();
+    }
+    channels.abort_all();
+    debug!(%user, %host, %session, reason = %ended, "session over");
+    audit(
+        shared,
+        "session-end",
+        &user,
+        &host,
+        Some(session.to_string()),
+    )
+    .await;
+    Ok(())
+}
+
+async fn audit(
+    shared: &Arc<Shared>,
+    event: &'static str,
+    user: &UserName,
+    host: &HostName,
+    detail: Option<String>,
+) {
+    let store = shared.store.clone();
+    let (u, h) = (user.clone(), host.clone());
+    let now = now_unix();
+    let _ = tokio::task::spawn_blocking(move || {
+        store.audit(
+            Event {
+                event,
+                host: Some(h.as_str()),
+                user: Some(u.as_str()),
+                source: None,
+                detail,
+            },
+            now,
+        )
+    })
+    .await;
+}
+
+/// Whether a request is within the protocol's limits (the host checks
+/// what it allows; the relay only refuses what no host should parse).
+fn within_limits(kind: &ChannelKind) -> bool {
+    match kind {
+        ChannelKind::Shell { term, .. } => term.len() <= 64,
+        ChannelKind::Exec { argv } => {
+            !argv.is_empty()
+                && argv.len() <= MAX_ARGS
+                && argv.iter().all(|a| a.len() <= MAX_PATH_LEN)
+        }
+        ChannelKind::Forward { target } => target.len() <= MAX_PATH_LEN,
+        ChannelKind::Upload { path, .. } | ChannelKind::Download { path } => {
+            path.len() <= MAX_PATH_LEN
+        }
+        _ => false,
+    }
+}
+
+/// One channel: read the request, open the host's stream, splice.
+async fn channel(
+    host_conn: quinn::Connection,
+    session: SessionId,
+    user: UserName,
+    mut c_send: SendStream,
+    mut c_recv: RecvStream,
+) {
+    let request = timeout(
+        CHANNEL_REQUEST_TIMEOUT,
+        wire::read_frame::<ChannelRequest>(&mut c_recv),
+    )
+    .await;
+    let Ok(Ok(Some(request))) = request else {
+        let _ = c_send.reset(quinn::VarInt::from_u32(1));
+        return;
+    };
+    if !within_limits(&request.kind) {
+        let _ = wire::write_frame(
+            &mut c_send,
+            &ChannelReply::Refused("request outside protocol limits".into()),
+        )
+        .await;
+        let _ = c_send.finish();
+        return;
+    }
+    let Ok((mut h_send, h_recv)) = host_conn.open_bi().await else {
+        let _ = wire::write_frame(
+            &mut c_send,
+            &ChannelReply::Refused("host went offline".into()),
+        )
+        .await;
+        let _ = c_send.finish();
+        return;
+    };
+    let open = ChannelOpen {
+        session,
+        user,
+        kind: request.kind,
+    };
+    if wire::write_frame(&mut h_send, &open).await.is_err() {
+        let _ = c_send.reset(quinn::VarInt::from_u32(1));
+        return;
+    }
+    tokio::join!(wire::splice(c_recv, h_send), wire::splice(h_recv, c_send));
+}

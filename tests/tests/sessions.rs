@@ -1,0 +1,374 @@
+//! Sessions through the relay (issue 4, SPEC X1-X3): exec, a real PTY
+//! shell, TCP forwarding, file copy, and an agent that survives a relay
+//! restart. Real binaries on loopback; the TCP services are in this process.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::{bail, Context, Result};
+use latchkey_client::{config::Home, user::remote::Remote};
+use latchkey_protocol::{
+    ids::AccessCode,
+    session::{ChannelKind, ShellIn, ShellOut},
+};
+use latchkey_tests::{Proc, World, OWNER_CODE, WAIT};
+use rand::{rngs::StdRng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn remote(world: &World) -> Result<Remote> {
+    let home = Home::locate(Some(world.alice.home.clone()));
+    Ok(Remote::open(
+        &home,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_returns_output_and_exit_status() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let out = w.alice.with_code(
+        OWNER_CODE,
+        &[
+            "exec",
+            "mypc",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; echo oops >&2; exit 3",
+        ],
+    )?;
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert!(text(&out.stderr).contains("oops"));
+    // Standard input reaches the command.
+    let mut child = w
+        .alice
+        .cmd()
+        .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+        .args(["exec", "mypc", "--", "wc", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all_sync(&[b'x'; 100_000])?;
+    let out = child.wait_with_output()?;
+    assert_eq!(text(&out.stdout).trim(), "100000");
+    // A secondary user too, and a clear error for a command that does not exist.
+    let out = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "no-such-command-xyz"])?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot run 'no-such-command-xyz'"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+trait WriteAllSync {
+    fn write_all_sync(self, b: &[u8]) -> std::io::Result<()>;
+}
+
+impl WriteAllSync for std::process::ChildStdin {
+    fn write_all_sync(mut self, b: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self, b)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_drives_a_real_pty_and_returns_the_exit_status() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let out =
+        w.alice
+            .run_with_input_env(&["connect", "mypc"], "tty\nstty size\nexit 7", OWNER_CODE)?;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    assert!(stdout.contains("24 80"), "{stdout}");
+    assert_eq!(out.status.code(), Some(7), "{stdout}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_resize_reaches_the_pty() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let remote = remote(&w).await?;
+    let kind = ChannelKind::Shell {
+        term: "xterm".into(),
+        cols: 80,
+        rows: 24,
+    };
+    let (mut send, recv, _) = remote.channel(kind).await?;
+    use latchkey_client::wire::{frame_reader, write_frame};
+    write_frame(
+        &mut send,
+        &ShellIn::Resize {
+            cols: 100,
+            rows: 40,
+        },
+    )
+    .await?;
+    let mut frames = frame_reader::<ShellOut>(recv);
+    write_frame(&mut send, &ShellIn::Data(b"stty size; exit 0\n".to_vec())).await?;
+    let mut seen = String::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline.into(), frames.recv()).await?;
+        match frame {
+            Some(Ok(Some(ShellOut::Data(b)))) => seen.push_str(&text(&b)),
+            Some(Ok(Some(ShellOut::Exit(code)))) => {
+                assert_eq!(code, 0);
+                break;
+            }
+            other => bail!("shell ended without exit: {other:?} after {seen:?}"),
+        }
+    }
+    assert!(seen.contains("40 100"), "{seen}");
+    Ok(())
+}
+
+/// A TCP service on the "host side": sends `data` to whoever connects,
+/// or, if the peer speaks first, answers with the SHA-256 of all it sent.
+async fn bulk_service(
+    data: Arc<Vec<u8>>,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let data = data.clone();
+            tokio::spawn(async move {
+                let mut mode = [0u8; 1];
+                if tcp.read_exact(&mut mode).await.is_err() {
+                    return;
+                }
+                if mode[0] == b'D' {
+                    let _ = tcp.write_all(&data).await;
+                    let _ = tcp.shutdown().await;
+                } else if mode[0] == b'U' {
+                    let mut hasher = Sha256::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = tcp.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..n]);
+                    }
+                    let _ = tcp.write_all(&hasher.finalize()).await;
+                } else {
+                    // Echo.
+                    let _ = tcp.write_all(&mode).await;
+                    let (mut r, mut w) = tcp.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Starts `latchkey forward` and returns the local address it listens on.
+fn start_forward(w: &World, target: &str) -> Result<(Proc, String)> {
+    let forward = w
+        .alice
+        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
+    let line = forward
+        .stdout
+        .recv_timeout(WAIT)
+        .context("forward did not start")?;
+    let local = line
+        .strip_prefix("forwarding ")
+        .and_then(|l| l.split(' ').next())
+        .context("unexpected forward output")?
+        .to_string();
+    Ok((forward, local))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_moves_64_mib_each_way_intact_and_carries_20_parallel_connections() -> Result<()> {
+    let w = World::new()?;
+    let mut data = vec![0u8; 64 << 20];
+    StdRng::seed_from_u64(64).fill_bytes(&mut data);
+    let data = Arc::new(data);
+    let (service, _task) = bulk_service(data.clone()).await?;
+    w.mypc.allow_forward(&[service.to_string()])?;
+    let _agent = w.start_agent()?;
+    let (_forward, local) = start_forward(&w, &service.to_string())?;
+
+    // Host to client.
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(&local).await?;
+    tcp.write_all(b"D").await?;
+    let mut got = Vec::with_capacity(data.len());
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut got)).await??;
+    let down = started.elapsed();
+    assert_eq!(got.len(), data.len());
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&*data));
+
+    // Client to host.
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(&local).await?;
+    tcp.write_all(b"U").await?;
+    tcp.write_all(&data).await?;
+    tcp.shutdown().await?;
+    let mut digest = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut digest)).await??;
+    let up = started.elapsed();
+    let mut expected = Sha256::new();
+    expected.update(&data[..]);
+    assert_eq!(digest, expected.finalize().to_vec());
+    let mib = (data.len() >> 20) as f64;
+    println!(
+        "forward through the relay: down {:.0} MiB/s, up {:.0} MiB/s (64 MiB, debug client, release deps)",
+        mib / down.as_secs_f64(),
+        mib / up.as_secs_f64()
+    );
+
+    // Twenty connections at once, each echoing its own data.
+    let tasks: Vec<_> = (0..20u64)
+        .map(|i| {
+            let local = local.clone();
+            tokio::spawn(async move {
+                let mut mine = vec![0u8; 256 * 1024];
+                StdRng::seed_from_u64(i).fill_bytes(&mut mine);
+                mine[0] = b'E';
+                let tcp = TcpStream::connect(&local).await?;
+                let (mut r, mut wr) = tcp.into_split();
+                let payload = mine.clone();
+                let writer = tokio::spawn(async move {
+                    wr.write_all(&payload).await?;
+                    wr.shutdown().await
+                });
+                let mut back = Vec::new();
+                tokio::time::timeout(WAIT, r.read_to_end(&mut back)).await??;
+                writer.await??;
+                anyhow::ensure!(back == mine, "connection {i} got other bytes back");
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_target_outside_the_allow_list_is_refused() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let remote = remote(&w).await?;
+    let err = remote
+        .channel(ChannelKind::Forward {
+            target: "127.0.0.1:9".into(),
+        })
+        .await
+        .expect_err("forward outside the allow-list was accepted");
+    assert!(
+        err.to_string().contains("not allowed on this host"),
+        "{err}"
+    );
+    // Through the binary: the local connection is closed without data.
+    let (_forward, local) = start_forward(&w, "127.0.0.1:9")?;
+    let mut tcp = TcpStream::connect(&local).await?;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf)).await??;
+    assert_eq!(n, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cp_copies_both_ways_with_matching_checksums() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mut data = vec![0u8; 3 << 20];
+    StdRng::seed_from_u64(3).fill_bytes(&mut data);
+    let local = w.dir.path().join("local.bin");
+    std::fs::write(&local, &data)?;
+    let on_host = w.dir.path().join("on-host.bin");
+    let out = w.alice.with_code(
+        OWNER_CODE,
+        &[
+            "cp",
+            local.to_str().context("path")?,
+            &format!("mypc:{}", on_host.display()),
+        ],
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        Sha256::digest(std::fs::read(&on_host)?),
+        Sha256::digest(&data)
+    );
+    let back = w.dir.path().join("back.bin");
+    let out = w.alice.with_code(
+        OWNER_CODE,
+        &[
+            "cp",
+            &format!("mypc:{}", on_host.display()),
+            back.to_str().context("path")?,
+        ],
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(Sha256::digest(std::fs::read(&back)?), Sha256::digest(&data));
+    // A missing file is a clear error and leaves nothing behind.
+    let out = w.alice.with_code(
+        OWNER_CODE,
+        &[
+            "cp",
+            "mypc:/nonexistent/file",
+            back.to_str().context("path")?,
+        ],
+    )?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot read /nonexistent/file"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_reconnects_after_a_relay_restart_and_a_new_session_works() -> Result<()> {
+    let mut w = World::new()?;
+    let mut agent = w.start_agent()?;
+    w.relay.kill9();
+    w.relay.restart()?;
+    w.wait_online(true)?;
+    assert!(agent.running());
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "back"])?;
+    assert_eq!(text(&out.stdout), "back\n", "{}", text(&out.stderr));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_host_gets_a_clear_error() -> Result<()> {
+    let w = World::new()?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("host 'mypc' is offline"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
