@@ -223,8 +223,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Connect { host, code } => {
             let remote = open(&home, &host, &code).await?;
-            let status = user::shell::connect(&remote).await?;
-            return Ok(exit_code(status));
+            let status = user::shell::connect(&remote).await;
+            remote.close().await;
+            return Ok(exit_code(status?));
         }
         Command::Exec {
             host,
@@ -232,18 +233,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
         } => {
             let remote = open(&home, &host, &code).await?;
-            let status = user::exec::exec(&remote, command).await?;
-            return Ok(exit_code(status));
+            let status = user::exec::exec(&remote, command).await;
+            remote.close().await;
+            return Ok(exit_code(status?));
         }
         Command::Forward { host, spec, code } => {
             let remote = std::sync::Arc::new(open(&home, &host, &code).await?);
             let target = spec.target.clone();
             let ended = tokio::select! {
-                r = user::forward::forward(remote, &spec, |local| {
+                r = user::forward::forward(remote.clone(), &spec, |local| {
                     println!("forwarding {local} -> {target} via {host} (Ctrl-C to stop)");
                     let _ = std::io::Write::flush(&mut std::io::stdout());
                 }) => r?,
-                _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+                _ = shutdown_signal() => {
+                    remote.close().await;
+                    return Ok(ExitCode::SUCCESS);
+                }
             };
             anyhow::bail!("session ended: {ended}");
         }

@@ -28,6 +28,34 @@ pub enum AdminCommand {
     InviteUser {
         /// The user's name.
         name: UserName,
+        /// Where to email the user's notices (shared access granted, code
+        /// change recommended, host locked).
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Set (or with no ADDRESS, clear) where a user's notices are emailed.
+    SetEmail {
+        /// The user.
+        user: UserName,
+        /// The address.
+        address: Option<String>,
+    },
+    /// Change a host's shared-access policy.
+    Policy {
+        /// The host.
+        host: HostName,
+        /// Whether shared access may be granted on the host.
+        #[arg(long, value_parser = ["enabled", "disabled"])]
+        shared_access: Option<String>,
+        /// Failed attempts that lock the host (default 3).
+        #[arg(long)]
+        lockout_threshold: Option<u32>,
+    },
+    /// Show the newest notices (emails and host notices) and whether they were delivered.
+    Outbox {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
     /// Create a host owned by USER (if new) and print a one-time invite token for its agent.
     InviteHost {
@@ -164,15 +192,73 @@ pub fn run(
 ) -> Result<(), AdminError> {
     let now = now_unix();
     match cmd {
-        AdminCommand::InviteUser { name } => invite(
+        AdminCommand::InviteUser { name, email } => invite(
             data,
             store,
             config,
             json,
             out,
             name.as_str(),
-            InviteKind::User,
+            InviteKind::User {
+                email: email.clone(),
+            },
         ),
+        AdminCommand::SetEmail { user, address } => {
+            store.set_email(user, address.as_deref(), now)?;
+            emit(
+                out,
+                json,
+                &serde_json::json!({"user": user.as_str(), "email": address}),
+                |out| match address {
+                    Some(a) => writeln!(out, "notices for '{user}' go to {a}"),
+                    None => writeln!(out, "'{user}' gets no email notices"),
+                },
+            )
+        }
+        AdminCommand::Policy {
+            host,
+            shared_access,
+            lockout_threshold,
+        } => {
+            let shared = shared_access.as_deref().map(|s| s == "enabled");
+            store.set_policy(host, shared, *lockout_threshold, now)?;
+            let s = store.host_status(host)?;
+            emit(out, json, &s, |out| {
+                writeln!(
+                    out,
+                    "'{host}': shared access {}, locks after {} failed attempts",
+                    if s.shared_access {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    },
+                    s.lockout_threshold
+                )
+            })
+        }
+        AdminCommand::Outbox { limit } => {
+            let rows = store.outbox(*limit)?;
+            emit(out, json, &rows, |out| {
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.channel.clone(),
+                            r.recipient.clone(),
+                            r.state.clone(),
+                            r.attempts.to_string(),
+                            r.subject.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    out,
+                    &["ID", "VIA", "TO", "STATE", "TRIES", "SUBJECT"],
+                    &table,
+                )
+            })
+        }
         AdminCommand::InviteHost { name, owner } => invite(
             data,
             store,
@@ -182,6 +268,7 @@ pub fn run(
             name.as_str(),
             InviteKind::Host {
                 owner: owner.clone(),
+                lockout_threshold: config.lockout_threshold,
             },
         ),
         AdminCommand::Users => {

@@ -80,6 +80,43 @@ pub struct Config {
     pub allow_insecure_ksf: bool,
     /// Log format. Default text.
     pub log_format: LogFormat,
+    /// Where lockout notices for the admin are emailed. Default: none.
+    pub admin_email: Option<String>,
+    /// Outgoing mail. Default: none, and notices are only stored (see
+    /// `latchkey-relay admin outbox`) and logged.
+    pub smtp: Option<SmtpConfig>,
+    /// How long a parked session waits for a rebooting host, in seconds.
+    /// Default 600.
+    pub reboot_deadline_secs: u64,
+}
+
+/// How the relay sends email.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Mail server name or address.
+    pub host: String,
+    /// Port. Default 587.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// Sender address, e.g. `Latchkey <latchkey@example.com>`.
+    pub from: String,
+    /// Login name, if the server wants one.
+    pub username: Option<String>,
+    /// Password, if the server wants one.
+    pub password: Option<String>,
+    /// `starttls` (default), `tls`, or `none` (plain text; for a local
+    /// mail relay only).
+    #[serde(default = "default_smtp_tls")]
+    pub tls: String,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_smtp_tls() -> String {
+    "starttls".into()
 }
 
 impl Default for Config {
@@ -98,6 +135,9 @@ impl Default for Config {
             lockout_threshold: crate::lockout::DEFAULT_THRESHOLD,
             allow_insecure_ksf: false,
             log_format: LogFormat::Text,
+            admin_email: None,
+            smtp: None,
+            reboot_deadline_secs: 600,
         }
     }
 }

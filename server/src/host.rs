@@ -24,7 +24,6 @@ pub(crate) struct HostLink {
     /// The QUIC connection (closed when replaced).
     pub(crate) conn: quinn::Connection,
     /// Frames to send on the host's control stream.
-    #[allow(dead_code)] // the session pairing of the next milestone sends through it
     pub(crate) tx: HostTx,
 }
 

@@ -13,6 +13,7 @@ pub mod datadir;
 pub mod endpoint;
 mod host;
 pub mod lockout;
+mod notify;
 pub mod ratelimit;
 mod session;
 pub mod store;
@@ -29,7 +30,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use latchkey_protocol::{handshake::RelayIdentity, ids::HostName, ksf::KsfProfile};
+use latchkey_protocol::{
+    handshake::RelayIdentity,
+    ids::{HostName, SessionId, UserName},
+    ksf::KsfProfile,
+};
 use thiserror::Error;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -87,6 +92,15 @@ pub(crate) struct Shared {
     hosts: Mutex<HashMap<HostName, HostLink>>,
     pub(crate) shutdown: CancellationToken,
     next_id: AtomicU64,
+    sessions: Mutex<HashMap<SessionId, LiveSession>>,
+}
+
+/// A live session, so admin actions can reach it.
+pub(crate) struct LiveSession {
+    pub(crate) user: UserName,
+    pub(crate) host: HostName,
+    /// Set to the reason when the relay ends the session.
+    pub(crate) end: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -96,6 +110,23 @@ impl Shared {
 
     pub(crate) fn hosts(&self) -> MutexGuard<'_, HashMap<HostName, HostLink>> {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, LiveSession>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends every live session of `user` on `host`; returns how many.
+    pub(crate) fn end_sessions(&self, host: &str, user: &str, reason: &str) -> usize {
+        let sessions = self.sessions();
+        let mut ended = 0;
+        for s in sessions.values() {
+            if s.host.as_str() == host && s.user.as_str() == user {
+                let _ = s.end.send(Some(reason.to_string()));
+                ended += 1;
+            }
+        }
+        ended
     }
 
     fn limiter(&self) -> MutexGuard<'_, RateLimiter> {
@@ -187,9 +218,14 @@ impl Relay {
             hosts: Mutex::new(HashMap::new()),
             shutdown: shutdown.clone(),
             next_id: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
         });
         info!(%addr, %fingerprint, "relay listening");
-        let task = tokio::spawn(accept_loop(shared, endpoint));
+        let notifier = tokio::spawn(notify::run(shared.clone()));
+        let task = tokio::spawn(async move {
+            accept_loop(shared, endpoint).await;
+            let _ = notifier.await;
+        });
         Ok(RelayHandle {
             addr,
             shutdown,

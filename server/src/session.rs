@@ -53,6 +53,15 @@ pub(crate) async fn serve(
         Some(session.to_string()),
     )
     .await;
+    let (end_tx, mut end_rx) = tokio::sync::watch::channel(None);
+    shared.sessions().insert(
+        session,
+        crate::LiveSession {
+            user: user.clone(),
+            host: host.clone(),
+            end: end_tx,
+        },
+    );
     let mut control = frame_reader::<ClientToRelay>(recv);
     let mut channels = JoinSet::new();
     let shutdown = shared.shutdown.clone();
@@ -60,6 +69,7 @@ pub(crate) async fn serve(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break "the relay is shutting down".to_string(),
+            _ = end_rx.changed() => break end_rx.borrow().clone().unwrap_or_default(),
             _ = host_conn.closed() => break format!("host '{host}' went offline"),
             stream = conn.accept_bi() => match stream {
                 Ok((s, r)) => {
@@ -99,6 +109,13 @@ pub(crate) async fn serve(
         Some(session.to_string()),
     )
     .await;
+    let store = shared.store.clone();
+    let now = now_unix();
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || store.session_ended(&host, &user, now)).await
+    {
+        tracing::warn!("could not queue the session-end notice: {e}");
+    }
     Ok(())
 }
 

@@ -15,6 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use latchkey_client::net;
 use latchkey_protocol::ids::{AccessCode, HostName, RelayPin, UserName};
 pub use tempfile::TempDir;
+
+pub mod smtp;
 use toml as toml_edit_free;
 
 /// How long any single wait in a test may take.
@@ -58,10 +60,19 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(cmd: &mut Command) -> Result<Self> {
+        Self::spawn_with(cmd, Stdio::inherit())
+    }
+
+    /// Spawns with stderr going to `log`.
+    pub fn spawn_logged(cmd: &mut Command, log: std::fs::File) -> Result<Self> {
+        Self::spawn_with(cmd, Stdio::from(log))
+    }
+
+    fn spawn_with(cmd: &mut Command, stderr: Stdio) -> Result<Self> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .context("spawning")?;
         let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
@@ -415,9 +426,11 @@ pub struct World {
 }
 
 impl World {
-    /// Starts the host agent and waits until the relay sees it online.
+    /// Starts the host agent (its log goes to `mypc-agent.log` in the
+    /// world's directory) and waits until the relay sees it online.
     pub fn start_agent(&self) -> Result<Proc> {
-        let agent = self.mypc.start_agent()?;
+        let log = std::fs::File::create(self.dir.path().join("mypc-agent.log"))?;
+        let agent = Proc::spawn_logged(self.mypc.cmd().args(["host", "run"]), log)?;
         self.wait_online(true)?;
         Ok(agent)
     }

@@ -120,6 +120,17 @@ impl Remote {
         }
     }
 
+    /// Ends the session and waits (briefly) until the relay has been told,
+    /// so the host sees the session end now rather than at a timeout.
+    pub async fn close(&self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"done");
+        let _ = timeout(
+            std::time::Duration::from_secs(1),
+            self._endpoint.wait_idle(),
+        )
+        .await;
+    }
+
     /// Why the session ended, if it has.
     pub fn end_reason(&self) -> Option<String> {
         self.ended.borrow().clone()

@@ -4,6 +4,7 @@
 //! one without touching the relay logic. Every method commits before it
 //! returns (SPEC B2).
 
+pub mod notice;
 mod sqlite;
 
 use std::net::IpAddr;
@@ -57,11 +58,16 @@ pub enum StoreError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InviteKind {
     /// A user's device.
-    User,
+    User {
+        /// Where notices go (the owner's "email from GoToMyPC").
+        email: Option<String>,
+    },
     /// A host, owned by a user.
     Host {
         /// The owner.
         owner: UserName,
+        /// Failures that lock the new host.
+        lockout_threshold: u32,
     },
 }
 
@@ -133,6 +139,27 @@ pub struct AuditRow {
     pub source: Option<String>,
     /// Free text without secrets.
     pub detail: Option<String>,
+}
+
+/// One queued notice.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: i64,
+    /// `email` or `host` (a notice on the host agent).
+    pub channel: String,
+    /// A user name, `admin`, or (for `host`) the host name.
+    pub recipient: String,
+    /// Subject line.
+    pub subject: String,
+    /// Text.
+    pub body: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// `pending`, `sent`, or `stored` (no way to deliver: kept and logged).
+    pub state: String,
+    /// The last delivery error.
+    pub last_error: Option<String>,
 }
 
 /// An audit event about to be written.
@@ -236,6 +263,48 @@ pub trait Store: Send + Sync + 'static {
     fn host_status(&self, host: &HostName) -> Result<HostStatus, StoreError>;
     /// The hosts a user may reach.
     fn hosts_for_user(&self, user: &UserName) -> Result<Vec<HostInfo>, StoreError>;
+
+    /// Sets (or clears) where a user's notices are emailed.
+    fn set_email(
+        &self,
+        user: &UserName,
+        email: Option<&str>,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// A user's email address.
+    fn user_email(&self, user: &str) -> Result<Option<String>, StoreError>;
+    /// Changes a host's shared-access policy.
+    fn set_policy(
+        &self,
+        host: &HostName,
+        shared_access: Option<bool>,
+        lockout_threshold: Option<u32>,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Queues the "change your code" notice when a secondary user's session ends (SPEC S3).
+    fn session_ended(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Notices due for delivery.
+    fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Marks a notice delivered (`sent`) or kept without a transport (`stored`).
+    fn notice_done(&self, id: i64, state: &str, now: UnixTime) -> Result<(), StoreError>;
+    /// Records a failed delivery and when to try again.
+    fn notice_retry(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// The newest `limit` notices, oldest first.
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Audit rows after `after` (how the relay hears of admin actions).
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
+    /// The newest audit row id.
+    fn last_event_id(&self) -> Result<i64, StoreError>;
 
     /// Appends to the audit log.
     fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError>;

@@ -15,13 +15,15 @@ use latchkey_protocol::{
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{
-    AttemptId, AuditRow, Enrolled, Event, HostStatus, InviteKind, Store, StoreError, UnixTime,
-    UserRow,
+    notice::{self, Notice},
+    AttemptId, AuditRow, Enrolled, Event, HostStatus, InviteKind, OutboxRow, Store, StoreError,
+    UnixTime, UserRow,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how
 /// many have run. Never edit one that has shipped: append.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE users (
     id INTEGER PRIMARY KEY,
@@ -87,7 +89,24 @@ CREATE TABLE audit (
     detail TEXT
 );
 CREATE INDEX audit_host ON audit(host, id);
-"#];
+"#,
+    r#"
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL CHECK (channel IN ('email', 'host')),
+    recipient TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'stored')),
+    last_error TEXT,
+    sent_at INTEGER
+);
+CREATE INDEX outbox_due ON outbox(next_attempt_at) WHERE state = 'pending';
+"#,
+];
 
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,6 +213,33 @@ fn insert_audit(tx: &Connection, e: &Event<'_>, now: UnixTime) -> Result<(), Sto
     Ok(())
 }
 
+/// Queues a notice in the same transaction as the event it reports, so a
+/// notice exists exactly when its event does (SPEC B2).
+fn enqueue(tx: &Connection, notice: &Notice, now: UnixTime) -> Result<(), StoreError> {
+    for (channel, recipient) in &notice.to {
+        tx.execute(
+            "INSERT INTO outbox (channel, recipient, subject, body, created_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![
+                channel.as_str(),
+                recipient,
+                notice.subject,
+                notice.body,
+                now
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn owner_of(tx: &Connection, host_id: i64) -> Result<String, StoreError> {
+    Ok(tx.query_row(
+        "SELECT u.name FROM hosts h JOIN users u ON u.id = h.owner_id WHERE h.id = ?1",
+        [host_id],
+        |r| r.get(0),
+    )?)
+}
+
 fn event<'a>(event: &'a str, host: Option<&'a str>, user: Option<&'a str>) -> Event<'a> {
     Event {
         event,
@@ -234,17 +280,20 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             let kind_text = match kind {
-                InviteKind::User => {
+                InviteKind::User { email } => {
                     tx.execute(
                         "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
                         params![name, now],
                     )?;
+                    if let Some(email) = email {
+                        tx.execute("UPDATE users SET email = ?1 WHERE name = ?2", params![email, name])?;
+                    }
                     "user"
                 }
-                InviteKind::Host { owner } => {
+                InviteKind::Host { owner, lockout_threshold } => {
                     let owner_id = user_id(tx, owner.as_str())?;
                     match host_ids(tx, name) {
-                        Ok((_, existing_owner)) if existing_owner != owner_id => {
+                                Ok((_, existing_owner)) if existing_owner != owner_id => {
                             return Err(StoreError::Exists {
                                 kind: "host",
                                 name: name.into(),
@@ -253,8 +302,8 @@ impl Store for SqliteStore {
                         Ok(_) => {}
                         Err(StoreError::NoSuchHost(_)) => {
                             tx.execute(
-                                "INSERT INTO hosts (name, owner_id, created_at) VALUES (?1, ?2, ?3)",
-                                params![name, owner_id, now],
+                                "INSERT INTO hosts (name, owner_id, lockout_threshold, created_at) VALUES (?1, ?2, ?3, ?4)",
+                                params![name, owner_id, lockout_threshold.max(&1), now],
                             )?;
                             let host_id = tx.last_insert_rowid();
                             tx.execute(
@@ -447,6 +496,8 @@ impl Store for SqliteStore {
                     ..ev("host-locked")
                 };
                 insert_audit(tx, &e, now)?;
+                let owner = owner_of(tx, host_id)?;
+                enqueue(tx, &notice::locked(host.as_str(), &owner, user.as_str(), source, failures), now)?;
             }
             Ok(Some(AttemptId(id)))
         })
@@ -594,7 +645,9 @@ impl Store for SqliteStore {
                     "'{user}' has shared access to '{host}' already (revoke and grant again to give them the current code)"
                 )));
             }
-            insert_audit(tx, &event("grant", Some(host.as_str()), Some(user.as_str())), now)
+            insert_audit(tx, &event("grant", Some(host.as_str()), Some(user.as_str())), now)?;
+            let owner = owner_of(tx, host_id)?;
+            enqueue(tx, &notice::granted(host.as_str(), &owner, user.as_str()), now)
         })
     }
 
@@ -751,6 +804,192 @@ impl Store for SqliteStore {
             })
             .collect()
         })
+    }
+
+    fn set_email(
+        &self,
+        user: &UserName,
+        email: Option<&str>,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let id = user_id(tx, user.as_str())?;
+            tx.execute(
+                "UPDATE users SET email = ?1 WHERE id = ?2",
+                params![email, id],
+            )?;
+            insert_audit(tx, &event("email-changed", None, Some(user.as_str())), now)
+        })
+    }
+
+    fn user_email(&self, user: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT email FROM users WHERE name = ?1", [user], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .flatten(),
+            )
+        })
+    }
+
+    fn set_policy(
+        &self,
+        host: &HostName,
+        shared_access: Option<bool>,
+        lockout_threshold: Option<u32>,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            if let Some(shared) = shared_access {
+                tx.execute(
+                    "UPDATE hosts SET shared_access = ?1 WHERE id = ?2",
+                    params![shared, host_id],
+                )?;
+            }
+            if let Some(threshold) = lockout_threshold {
+                if threshold == 0 {
+                    return Err(StoreError::Refused(
+                        "the lockout threshold must be at least 1".into(),
+                    ));
+                }
+                tx.execute(
+                    "UPDATE hosts SET lockout_threshold = ?1 WHERE id = ?2",
+                    params![threshold, host_id],
+                )?;
+            }
+            let detail = format!(
+                "shared access {}, lockout threshold {}",
+                shared_access.map_or("unchanged", |s| if s { "enabled" } else { "disabled" }),
+                lockout_threshold.map_or("unchanged".to_string(), |t| t.to_string())
+            );
+            insert_audit(
+                tx,
+                &Event {
+                    detail: Some(detail),
+                    ..event("policy", Some(host.as_str()), None)
+                },
+                now,
+            )
+        })
+    }
+
+    fn session_ended(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            if user_id != owner_id {
+                let owner = owner_of(tx, host_id)?;
+                enqueue(
+                    tx,
+                    &notice::secondary_session_ended(host.as_str(), &owner, user.as_str()),
+                    now,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, channel, recipient, subject, body, attempts FROM outbox
+                 WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, limit as i64], |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    channel: r.get(1)?,
+                    recipient: r.get(2)?,
+                    subject: r.get(3)?,
+                    body: r.get(4)?,
+                    attempts: r.get(5)?,
+                    state: "pending".into(),
+                    last_error: None,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn notice_done(&self, id: i64, state: &str, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE outbox SET state = ?1, sent_at = ?2, attempts = attempts + 1 WHERE id = ?3",
+                params![state, now, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn notice_retry(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?1, next_attempt_at = ?2 WHERE id = ?3",
+                params![error, next_attempt_at, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    channel: r.get(1)?,
+                    recipient: r.get(2)?,
+                    subject: r.get(3)?,
+                    body: r.get(4)?,
+                    attempts: r.get(5)?,
+                    state: r.get(6)?,
+                    last_error: r.get(7)?,
+                })
+            })?;
+            let mut out: Vec<OutboxRow> = rows.collect::<Result<_, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, event, host, user, source, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    event: r.get(2)?,
+                    host: r.get(3)?,
+                    user: r.get(4)?,
+                    source: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn last_event_id(&self) -> Result<i64, StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?))
     }
 
     fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError> {

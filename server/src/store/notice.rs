@@ -1,0 +1,85 @@
+//! The words of the notices the relay sends (SPEC S2, S3, S6), in one
+//! place. Lines stay under 76 characters so mail goes out as plain 7-bit
+//! text that any client (and a grep) reads as written. Each notice goes to the host's owner by email (when an address and
+//! SMTP are configured) and to the host agent, which logs it.
+
+use std::net::IpAddr;
+
+/// How a notice travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// Email to a user (or `admin`).
+    Email,
+    /// A notice on the host agent.
+    Host,
+}
+
+impl Channel {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Host => "host",
+        }
+    }
+}
+
+/// A notice and its recipients.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    /// Where it goes.
+    pub to: Vec<(Channel, String)>,
+    /// Subject line.
+    pub subject: String,
+    /// Text.
+    pub body: String,
+}
+
+/// The admin's recipient name (resolved from the relay's config).
+pub const ADMIN: &str = "admin";
+
+/// Shared access was granted (SPEC S2).
+pub fn granted(host: &str, owner: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, owner.into()), (Channel::Host, host.into())],
+        subject: format!("Shared access enabled on {host}"),
+        body: format!(
+            "Your admin enabled shared access on {host} for {user}.\n\
+             Give {user} your access code: they inherit the code you have now.\n\
+             After {user} ends their connection, we recommend that you\n\
+             change your access code (latchkey host set-code on {host}).\n"
+        ),
+    }
+}
+
+/// A secondary user's session ended (SPEC S3).
+pub fn secondary_session_ended(host: &str, owner: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, owner.into()), (Channel::Host, host.into())],
+        subject: format!("{user} ended their session on {host}: change your access code"),
+        body: format!(
+            "{user} ended their connection to {host}.\n\
+             We recommend that you change your access code now\n\
+             (latchkey host set-code on {host}).\n\
+             {user} keeps the code they inherited.\n"
+        ),
+    }
+}
+
+/// A host was locked (SPEC S6).
+pub fn locked(host: &str, owner: &str, user: &str, source: IpAddr, failures: u32) -> Notice {
+    Notice {
+        to: vec![
+            (Channel::Email, owner.into()),
+            (Channel::Email, ADMIN.into()),
+            (Channel::Host, host.into()),
+        ],
+        subject: format!("{host} is locked after {failures} failed access-code attempts"),
+        body: format!(
+            "{host} is locked: {failures} access-code attempts failed\n\
+             (the last by {user} from {source}).\n\
+             Nobody can connect to {host} until an admin runs:\n\
+             latchkey-relay admin unlock {host}\n"
+        ),
+    }
+}
