@@ -89,6 +89,23 @@ pub struct HostConfig {
     /// SSH, VNC and RDP on this machine.
     #[serde(default = "default_forward_allow")]
     pub forward_allow: Vec<String>,
+    /// The command an in-session reboot runs. Default: `systemctl reboot`
+    /// on Linux, `sudo shutdown -r now` on macOS, `shutdown /r /t 0` on
+    /// Windows. The agent exits after running it; the service manager
+    /// starts it again when the machine is back.
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
+}
+
+fn default_reboot_command() -> Vec<String> {
+    let words: &[&str] = if cfg!(target_os = "windows") {
+        &["shutdown", "/r", "/t", "0"]
+    } else if cfg!(target_os = "macos") {
+        &["sudo", "shutdown", "-r", "now"]
+    } else {
+        &["systemctl", "reboot"]
+    };
+    words.iter().map(|w| w.to_string()).collect()
 }
 
 fn yes() -> bool {
@@ -105,6 +122,7 @@ const USER_FILE: &str = "user.toml";
 const USER_KEY: &str = "user.key";
 const HOST_FILE: &str = "host.toml";
 const HOST_KEY: &str = "host.key";
+const RESUME_TICKET: &str = "resume.ticket";
 
 impl Home {
     /// `--home`/`LATCHKEY_HOME` if given, else the platform config dir.
@@ -146,6 +164,25 @@ impl Home {
     pub fn save_host(&self, cfg: &HostConfig, key: &Keypair) -> Result<(), ConfigError> {
         self.write_private(HOST_KEY, key.secret.as_bytes())?;
         self.write_toml(HOST_FILE, cfg)
+    }
+
+    /// Keeps a resume ticket across the reboot (written and synced before
+    /// the reboot command runs).
+    pub fn save_ticket(&self, ticket: &[u8; 32]) -> Result<(), ConfigError> {
+        self.write_private(RESUME_TICKET, ticket)
+    }
+
+    /// The resume ticket left by a reboot, if any.
+    pub fn ticket(&self) -> Option<[u8; 32]> {
+        fs::read(self.path.join(RESUME_TICKET))
+            .ok()?
+            .try_into()
+            .ok()
+    }
+
+    /// Forgets the resume ticket (it is single-use either way).
+    pub fn clear_ticket(&self) {
+        let _ = fs::remove_file(self.path.join(RESUME_TICKET));
     }
 
     /// Whether the user identity exists.
@@ -251,6 +288,7 @@ impl HostConfig {
             allow_exec: true,
             allow_copy: true,
             forward_allow: default_forward_allow(),
+            reboot_command: default_reboot_command(),
         }
     }
 

@@ -44,6 +44,8 @@ enum Command {
         json: bool,
     },
     /// Open an interactive shell on HOST (a PTY there, raw mode here).
+    /// At the start of a line, `~R` reboots the host and waits for it
+    /// (a new shell opens when it is back), `~.` disconnects, `~~` sends `~`.
     Connect {
         /// The host.
         host: HostName,
@@ -78,6 +80,14 @@ enum Command {
         src: String,
         /// Destination.
         dst: String,
+        #[command(flatten)]
+        code: LoginCode,
+    },
+    /// Reboot HOST and wait until it is back (needs shared access enabled
+    /// on the host; the relay waits up to its reboot deadline, 10 minutes by default).
+    Reboot {
+        /// The host.
+        host: HostName,
         #[command(flatten)]
         code: LoginCode,
     },
@@ -251,6 +261,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             anyhow::bail!("session ended: {ended}");
+        }
+        Command::Reboot { host, code } => {
+            let remote = open(&home, &host, &code).await?;
+            remote.request_reboot().await?;
+            eprintln!("{host} is rebooting…");
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let waited = remote
+                .wait_if_rebooting(|t| {
+                    if tty {
+                        eprint!("\rwaiting for {host}: {} s", t.as_secs());
+                    }
+                })
+                .await;
+            remote.close().await;
+            let waited = waited?;
+            eprintln!("\r{host} is back after {} s", waited.as_secs());
         }
         Command::Cp { src, dst, code } => {
             let spec = CopySpec::parse(&src, &dst).map_err(anyhow::Error::msg)?;

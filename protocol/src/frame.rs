@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ids::{HostName, Platform, SessionId, TokenSecret, UserName},
+    ids::{HostName, Platform, ResumeTicket, SessionId, TokenSecret, UserName},
     ksf::KsfProfile,
 };
 
@@ -169,6 +169,8 @@ pub struct HostInfo {
 pub enum ClientToRelay {
     /// List the hosts this user may reach.
     ListHosts,
+    /// Reboot the session's host and keep the session waiting for it (SPEC R1).
+    Reboot,
 }
 
 /// Control frames from the relay to a user's client.
@@ -183,6 +185,13 @@ pub enum RelayToClient {
     SessionReady,
     /// The session is over (revoked, host gone, relay stopping).
     SessionEnded(String),
+    /// The host is rebooting; the session waits for it (SPEC R2).
+    HostRebooting {
+        /// Seconds the relay waits before giving up.
+        deadline_secs: u64,
+    },
+    /// The host is back after a reboot; open channels again (SPEC R3).
+    HostBack,
 }
 
 /// Control frames from a host agent to the relay.
@@ -205,6 +214,10 @@ pub enum HostToRelay {
     },
     /// Keep-alive answer.
     Pong,
+    /// The host got the reboot request and its ticket, and reboots now.
+    RebootAck,
+    /// First frame after a reboot: resume the sessions that waited.
+    Resume(ResumeTicket),
 }
 
 /// Control frames from the relay to a host agent.
@@ -227,4 +240,13 @@ pub enum RelayToHost {
     Ping,
     /// The request was refused.
     Refused(Refusal),
+    /// Reboot now; present `ticket` when back (SPEC R2).
+    Reboot {
+        /// The session that asked.
+        session: SessionId,
+        /// Single-use, expiring, bound to this host.
+        ticket: ResumeTicket,
+    },
+    /// The ticket was accepted: the sessions waiting for the host resume.
+    Resumed,
 }

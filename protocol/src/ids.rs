@@ -232,6 +232,27 @@ impl fmt::Debug for TokenSecret {
     }
 }
 
+/// A single-use ticket that lets a rebooted host resume the sessions that
+/// were waiting for it (SPEC R3). The relay stores only its digest.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeTicket(pub [u8; 32]);
+
+impl ResumeTicket {
+    /// What the relay stores and looks tickets up by.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"latchkey resume ticket v1");
+        h.update(self.0);
+        h.finalize().into()
+    }
+}
+
+impl fmt::Debug for ResumeTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeTicket(..)")
+    }
+}
+
 /// Identifies one immutable access-code record on the relay. Random, not a
 /// row number, because it is also the OPAQUE credential identifier, which
 /// must be known before the record exists.

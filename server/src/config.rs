@@ -85,9 +85,11 @@ pub struct Config {
     /// Outgoing mail. Default: none, and notices are only stored (see
     /// `latchkey-relay admin outbox`) and logged.
     pub smtp: Option<SmtpConfig>,
-    /// How long a parked session waits for a rebooting host, in seconds.
-    /// Default 600.
+    /// How long a parked session waits for a rebooting host (and how long
+    /// its resume ticket lives), in seconds. Default 600.
     pub reboot_deadline_secs: u64,
+    /// Shortest time between two reboots of one host, in seconds. Default 60.
+    pub reboot_min_interval_secs: u64,
 }
 
 /// How the relay sends email.
@@ -138,6 +140,7 @@ impl Default for Config {
             admin_email: None,
             smtp: None,
             reboot_deadline_secs: 600,
+            reboot_min_interval_secs: 60,
         }
     }
 }

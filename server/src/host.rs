@@ -68,10 +68,16 @@ pub(crate) async fn serve(
                     Some(Ok(None)) | None => break Ok(()),
                     Some(Err(e)) => break Err(e.into()),
                 };
-                if frame == HostToRelay::Pong {
-                    continue;
-                }
-                let reply = match register_code(shared, &host, frame, &mut pending).await {
+                let reply = match frame {
+                    HostToRelay::Pong => continue,
+                    HostToRelay::RebootAck => {
+                        info!(%host, "host acknowledged the reboot");
+                        continue;
+                    }
+                    HostToRelay::Resume(ticket) => resume(shared, &host, &ticket, conn).await,
+                    frame => register_code(shared, &host, frame, &mut pending).await,
+                };
+                let reply = match reply {
                     Ok(r) => r,
                     Err(e) => break Err(e),
                 };
@@ -95,6 +101,41 @@ pub(crate) async fn serve(
     }
     info!(%host, "host offline");
     result
+}
+
+/// A rebooted host presents its ticket: the sessions that waited resume.
+async fn resume(
+    shared: &Arc<Shared>,
+    host: &HostName,
+    ticket: &latchkey_protocol::ids::ResumeTicket,
+    conn: &quinn::Connection,
+) -> Result<RelayToHost, ConnError> {
+    let store = shared.store.clone();
+    let (digest, h, source, now) = (
+        ticket.digest(),
+        host.clone(),
+        conn.remote_address().ip(),
+        crate::now_unix(),
+    );
+    let verdict = tokio::task::spawn_blocking(move || store.redeem_ticket(digest, &h, source, now))
+        .await
+        .map_err(|_| ConnError::Join)??;
+    match verdict {
+        Ok(session) => {
+            if let Some(r) = shared.reboots().get_mut(host) {
+                r.pending = false;
+            }
+            let _ = shared.host_back.send(host.clone());
+            info!(%host, %session, "host back from reboot: waiting sessions resume");
+            Ok(RelayToHost::Resumed)
+        }
+        Err(why) => {
+            tracing::warn!(%host, reason = why, "resume ticket refused");
+            Ok(RelayToHost::Refused(
+                latchkey_protocol::frame::Refusal::NotAllowed(why.into()),
+            ))
+        }
+    }
 }
 
 /// A host's administrative connection (`latchkey host set-code`): code

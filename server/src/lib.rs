@@ -15,6 +15,7 @@ mod host;
 pub mod lockout;
 mod notify;
 pub mod ratelimit;
+mod reboot;
 mod session;
 pub mod store;
 pub mod wire;
@@ -93,6 +94,20 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     next_id: AtomicU64,
     sessions: Mutex<HashMap<SessionId, LiveSession>>,
+    reboots: Mutex<HashMap<HostName, Reboot>>,
+    /// Hosts that came back from a reboot with a valid ticket.
+    pub(crate) host_back: tokio::sync::broadcast::Sender<HostName>,
+}
+
+/// A reboot in progress (or the last one, for the rate limit).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reboot {
+    /// When it was asked for.
+    pub(crate) at: tokio::time::Instant,
+    /// When waiting sessions give up.
+    pub(crate) deadline: tokio::time::Instant,
+    /// Whether the host has not come back yet.
+    pub(crate) pending: bool,
 }
 
 /// A live session, so admin actions can reach it.
@@ -127,6 +142,18 @@ impl Shared {
             }
         }
         ended
+    }
+
+    pub(crate) fn reboots(&self) -> MutexGuard<'_, HashMap<HostName, Reboot>> {
+        self.reboots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The deadline of a reboot of `host` still in progress.
+    pub(crate) fn reboot_deadline(&self, host: &HostName) -> Option<tokio::time::Instant> {
+        self.reboots()
+            .get(host)
+            .filter(|r| r.pending && r.deadline > tokio::time::Instant::now())
+            .map(|r| r.deadline)
     }
 
     fn limiter(&self) -> MutexGuard<'_, RateLimiter> {
@@ -219,6 +246,8 @@ impl Relay {
             shutdown: shutdown.clone(),
             next_id: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
+            reboots: Mutex::new(HashMap::new()),
+            host_back: tokio::sync::broadcast::channel(64).0,
         });
         info!(%addr, %fingerprint, "relay listening");
         let notifier = tokio::spawn(notify::run(shared.clone()));

@@ -65,16 +65,70 @@ pub(crate) async fn serve(
     let mut control = frame_reader::<ClientToRelay>(recv);
     let mut channels = JoinSet::new();
     let shutdown = shared.shutdown.clone();
+    let mut back = shared.host_back.subscribe();
+    // `None` while the host reboots: the session is parked until it is back
+    // with its ticket, or until the deadline (SPEC R2-R4).
+    let mut host_conn = Some(host_conn);
+    let mut parked_until: Option<tokio::time::Instant> = None;
     let ended = loop {
+        let host_gone = async {
+            match &host_conn {
+                Some(c) => {
+                    c.closed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let give_up = async {
+            match parked_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break "the relay is shutting down".to_string(),
             _ = end_rx.changed() => break end_rx.borrow().clone().unwrap_or_default(),
-            _ = host_conn.closed() => break format!("host '{host}' went offline"),
-            stream = conn.accept_bi() => match stream {
-                Ok((s, r)) => {
-                    channels.spawn(channel(host_conn.clone(), session, user.clone(), s, r));
+            _ = host_gone => match shared.reboot_deadline(&host) {
+                Some(deadline) => {
+                    host_conn = None;
+                    parked_until = Some(deadline);
+                    let deadline_secs = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs();
+                    info!(%user, %host, %session, deadline_secs, "session parked: host rebooting");
+                    wire::write_frame(&mut send, &RelayToClient::HostRebooting { deadline_secs }).await?;
                 }
+                None => break format!("host '{host}' went offline"),
+            },
+            _ = give_up => {
+                break format!(
+                    "host '{host}' did not come back within {} s after the reboot",
+                    shared.config.reboot_deadline_secs
+                )
+            }
+            came_back = back.recv() => {
+                let link = match &came_back {
+                    Ok(h) if *h == host => shared.hosts().get(&host).map(|l| l.conn.clone()),
+                    _ => None,
+                };
+                {
+                    if let Some(c) = link {
+                        host_conn = Some(c);
+                        parked_until = None;
+                        info!(%user, %host, %session, "session resumed");
+                        wire::write_frame(&mut send, &RelayToClient::HostBack).await?;
+                    }
+                }
+            }
+            stream = conn.accept_bi() => match stream {
+                Ok((mut s, r)) => match &host_conn {
+                    Some(c) => {
+                        channels.spawn(channel(c.clone(), session, user.clone(), s, r));
+                    }
+                    None => {
+                        let _ = wire::write_frame(&mut s, &ChannelReply::Refused(format!("host '{host}' is rebooting"))).await;
+                        let _ = s.finish();
+                    }
+                },
                 Err(_) => break String::new(),
             },
             frame = control.recv() => match frame {
@@ -85,6 +139,11 @@ pub(crate) async fn serve(
                         .await
                         .map_err(|_| ConnError::Join)??;
                     wire::write_frame(&mut send, &RelayToClient::Hosts(hosts)).await?;
+                }
+                Some(Ok(Some(ClientToRelay::Reboot))) => {
+                    if let Err(why) = crate::reboot::request(shared, &user, &host, session).await {
+                        wire::write_frame(&mut send, &RelayToClient::Refused(Refusal::NotAllowed(why))).await?;
+                    }
                 }
                 Some(Ok(Some(_))) => {
                     let refusal = RelayToClient::Refused(Refusal::NotAllowed("unsupported request".into()));

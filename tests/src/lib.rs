@@ -87,6 +87,56 @@ impl Proc {
         Ok(Self { child, stdout: rx })
     }
 
+    /// Spawns with standard input kept open for the test to write.
+    pub fn spawn_interactive(cmd: &mut Command) -> Result<(Self, std::process::ChildStdin)> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning")?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((Self { child, stdout: rx }, stdin))
+    }
+
+    /// Waits for a line of output containing `needle`.
+    pub fn expect_line(&self, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stdout
+                .recv_timeout(left)
+                .with_context(|| format!("no output line with {needle:?}"))?;
+            if line.contains(needle) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its status.
+    pub fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGKILL and reaps.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -346,18 +396,25 @@ impl Device {
 
     /// Sets the TCP targets this host lets `latchkey forward` reach.
     pub fn allow_forward(&self, targets: &[String]) -> Result<()> {
+        self.set_host_list("forward_allow", targets)
+    }
+
+    /// Sets the command an in-session reboot runs (tests: one that just
+    /// succeeds, so the agent exits and the test restarts it).
+    pub fn set_reboot_command(&self, words: &[&str]) -> Result<()> {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        self.set_host_list("reboot_command", &words)
+    }
+
+    fn set_host_list(&self, key: &str, values: &[String]) -> Result<()> {
         let path = self.home.join("host.toml");
         let mut cfg: toml_edit_free::Table = std::fs::read_to_string(&path)?.parse()?;
-        cfg.insert(
-            "forward_allow".into(),
-            toml_edit_free::Value::Array(
-                targets
-                    .iter()
-                    .cloned()
-                    .map(toml_edit_free::Value::String)
-                    .collect(),
-            ),
-        );
+        let list = values
+            .iter()
+            .cloned()
+            .map(toml_edit_free::Value::String)
+            .collect();
+        cfg.insert(key.into(), toml_edit_free::Value::Array(list));
         std::fs::write(&path, cfg.to_string())?;
         Ok(())
     }

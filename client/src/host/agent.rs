@@ -58,24 +58,90 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
                 .notify(|e, delay| warn!("relay unreachable: {e}; retrying in {delay:.1?}")) => c?,
         };
         info!(host = %cfg.host, relay = %cfg.relay, "online");
-        let ended = serve(control, cfg.clone(), &shutdown).await;
+        let ended = serve(home, control, cfg.clone(), &shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        warn!("disconnected from the relay: {ended}; reconnecting");
+        match ended {
+            Ended::Rebooting => return Ok(()),
+            Ended::Lost(why) => warn!("disconnected from the relay: {why}; reconnecting"),
+        }
     }
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// The reboot command ran: the agent exits (the service manager starts
+    /// it again when the machine is back).
+    Rebooting,
+    /// The connection was lost.
+    Lost(String),
+}
+
+impl From<String> for Ended {
+    fn from(s: String) -> Self {
+        Self::Lost(s)
+    }
+}
+
+impl From<&str> for Ended {
+    fn from(s: &str) -> Self {
+        Self::Lost(s.into())
+    }
+}
+
+/// Runs the reboot command, after the ticket is safely on disk and the
+/// relay knows we got it (SPEC R2).
+async fn reboot(
+    home: &Home,
+    cfg: &HostConfig,
+    ticket: &latchkey_protocol::ids::ResumeTicket,
+    send: &mut quinn::SendStream,
+) -> Result<(), String> {
+    home.save_ticket(&ticket.0)
+        .map_err(|e| format!("cannot keep the resume ticket: {e}"))?;
+    wire::write_frame(send, &HostToRelay::RebootAck)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some((program, args)) = cfg.reboot_command.split_first() else {
+        return Err("reboot_command is empty".into());
+    };
+    info!(command = ?cfg.reboot_command, "rebooting");
+    let status = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(program).args(args).status(),
+    )
+    .await
+    .map_err(|_| "the reboot command did not finish in 60 s".to_string())?
+    .map_err(|e| format!("cannot run the reboot command: {e}"))?;
+    if !status.success() {
+        return Err(format!("the reboot command failed ({status})"));
+    }
+    Ok(())
 }
 
 /// Serves one connection (control frames and channel streams); returns
 /// why it ended. Channels die with the connection (their processes are
 /// killed on drop).
-async fn serve(control: Control, cfg: Arc<HostConfig>, shutdown: &CancellationToken) -> String {
+async fn serve(
+    home: &Home,
+    control: Control,
+    cfg: Arc<HostConfig>,
+    shutdown: &CancellationToken,
+) -> Ended {
     let Control {
         relay,
         mut send,
         recv,
     } = control;
     let mut frames = wire::frame_reader::<RelayToHost>(recv);
+    if let Some(ticket) = home.ticket() {
+        // Back from a reboot: resume the sessions that waited for us.
+        let resume = HostToRelay::Resume(latchkey_protocol::ids::ResumeTicket(ticket));
+        if let Err(e) = wire::write_frame(&mut send, &resume).await {
+            return e.to_string().into();
+        }
+    }
     let mut channels = JoinSet::new();
     loop {
         tokio::select! {
@@ -88,20 +154,42 @@ async fn serve(control: Control, cfg: Arc<HostConfig>, shutdown: &CancellationTo
                 Ok((s, r)) => {
                     channels.spawn(channels::serve(cfg.clone(), s, r));
                 }
-                Err(e) => return e.to_string(),
+                Err(e) => return e.to_string().into(),
             },
             frame = frames.recv() => match frame {
                 Some(Ok(Some(RelayToHost::Ping))) => {
                     if let Err(e) = wire::write_frame(&mut send, &HostToRelay::Pong).await {
-                        return e.to_string();
+                        return e.to_string().into();
                     }
+                }
+                Some(Ok(Some(RelayToHost::Reboot { session, ticket }))) => {
+                    info!(%session, "reboot requested in a session");
+                    match reboot(home, &cfg, &ticket, &mut send).await {
+                        Ok(()) => {
+                            relay.conn.close(quinn::VarInt::from_u32(0), b"rebooting");
+                            let _ = tokio::time::timeout(Duration::from_secs(1), relay.endpoint.wait_idle()).await;
+                            return Ended::Rebooting;
+                        }
+                        Err(e) => {
+                            home.clear_ticket();
+                            warn!("reboot failed: {e}");
+                        }
+                    }
+                }
+                Some(Ok(Some(RelayToHost::Resumed))) => {
+                    home.clear_ticket();
+                    info!("back from the reboot: sessions resumed");
+                }
+                Some(Ok(Some(RelayToHost::Refused(r)))) if home.ticket().is_some() => {
+                    home.clear_ticket();
+                    warn!("resume refused: {}", crate::net::refusal_text(&r));
                 }
                 Some(Ok(Some(RelayToHost::Notice(text)))) => {
                     info!(notice = %text, "notice from the relay");
                 }
                 Some(Ok(Some(other))) => warn!(?other, "unexpected frame from the relay"),
                 Some(Ok(None)) | None => return "relay closed the control stream".into(),
-                Some(Err(e)) => return e.to_string(),
+                Some(Err(e)) => return e.to_string().into(),
             },
             Some(_) = channels.join_next(), if !channels.is_empty() => {}
         }

@@ -82,10 +82,12 @@ pub async fn forward(
         .local_addr()
         .map_err(|e| ChannelError::Refused(e.to_string()))?;
     on_listening(local);
-    let mut ended = remote.ended.clone();
+    let mut phase = remote.phase.clone();
     loop {
         tokio::select! {
-            _ = ended.changed() => {
+            // During a reboot the listener stays open; connections made
+            // meanwhile are refused by the relay, later ones work again.
+            _ = phase.wait_for(|p| matches!(p, super::remote::Phase::Ended(_))) => {
                 return Ok(remote.end_reason().unwrap_or_default());
             }
             accepted = listener.accept() => {

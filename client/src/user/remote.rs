@@ -2,7 +2,7 @@
 //! the relay has paired us with the host, then open channels.
 
 use latchkey_protocol::{
-    frame::{Refusal, RelayToClient},
+    frame::{ClientToRelay, Refusal, RelayToClient},
     ids::{AccessCode, HostName},
     session::{ChannelKind, ChannelReply, ChannelRequest},
     HandshakeError,
@@ -17,6 +17,22 @@ use crate::{
     wire,
 };
 
+/// Where a session stands, as the relay last said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Paired with the host.
+    Ready,
+    /// The host is rebooting; the relay waits up to `deadline_secs`.
+    Rebooting {
+        /// When we heard.
+        since: std::time::Instant,
+        /// How long the relay waits.
+        deadline_secs: u64,
+    },
+    /// Over, with the reason.
+    Ended(String),
+}
+
 /// A paired session.
 pub struct Remote {
     /// The host.
@@ -24,8 +40,11 @@ pub struct Remote {
     /// The QUIC connection to the relay.
     pub conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
-    /// Why the session ended, once the relay says so.
-    pub ended: tokio::sync::watch::Receiver<Option<String>>,
+    /// The session's phase, updated from the control stream.
+    pub phase: tokio::sync::watch::Receiver<Phase>,
+    /// The relay's refusals of control requests (e.g. a reboot).
+    refusals: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
+    control: tokio::sync::mpsc::Sender<ClientToRelay>,
 }
 
 /// Errors opening a channel.
@@ -76,28 +95,49 @@ impl Remote {
                 )
             }
         }
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        // Watch the control stream for the end of the session.
+        let (phase_tx, phase) = tokio::sync::watch::channel(Phase::Ready);
+        let (refusal_tx, refusals) = tokio::sync::mpsc::channel(4);
+        let (control, mut requests) = tokio::sync::mpsc::channel::<ClientToRelay>(4);
+        // One task owns the control stream: it writes our requests and
+        // follows what the relay says about the session.
         tokio::spawn(async move {
-            let _send = send; // closing it would end the session
+            let mut send = send;
             let mut frames = wire::frame_reader::<RelayToClient>(recv);
-            while let Some(frame) = frames.recv().await {
-                match frame {
-                    Ok(Some(RelayToClient::SessionEnded(reason))) => {
-                        let _ = tx.send(Some(reason));
-                        return;
+            loop {
+                tokio::select! {
+                    Some(request) = requests.recv() => {
+                        if wire::write_frame(&mut send, &request).await.is_err() {
+                            break;
+                        }
                     }
-                    Ok(Some(_)) => {}
-                    _ => break,
+                    frame = frames.recv() => match frame {
+                        Some(Ok(Some(RelayToClient::SessionEnded(reason)))) => {
+                            let _ = phase_tx.send(Phase::Ended(reason));
+                            return;
+                        }
+                        Some(Ok(Some(RelayToClient::HostRebooting { deadline_secs }))) => {
+                            let _ = phase_tx.send(Phase::Rebooting { since: std::time::Instant::now(), deadline_secs });
+                        }
+                        Some(Ok(Some(RelayToClient::HostBack))) => {
+                            let _ = phase_tx.send(Phase::Ready);
+                        }
+                        Some(Ok(Some(RelayToClient::Refused(r)))) => {
+                            let _ = refusal_tx.try_send(net::refusal_text(&r));
+                        }
+                        Some(Ok(Some(_))) => {}
+                        _ => break,
+                    },
                 }
             }
-            let _ = tx.send(Some("connection to the relay lost".into()));
+            let _ = phase_tx.send(Phase::Ended("connection to the relay lost".into()));
         });
         Ok(Self {
             host: host.clone(),
             conn: relay.conn,
             _endpoint: relay.endpoint,
-            ended: rx,
+            phase,
+            refusals: tokio::sync::Mutex::new(refusals),
+            control,
         })
     }
 
@@ -133,6 +173,69 @@ impl Remote {
 
     /// Why the session ended, if it has.
     pub fn end_reason(&self) -> Option<String> {
-        self.ended.borrow().clone()
+        match &*self.phase.borrow() {
+            Phase::Ended(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// Asks the relay to reboot the host (SPEC R1). Returns once the host
+    /// is going down, or with the relay's refusal.
+    pub async fn request_reboot(&self) -> Result<(), ChannelError> {
+        let mut refusals = self.refusals.lock().await;
+        while refusals.try_recv().is_ok() {}
+        self.control
+            .send(ClientToRelay::Reboot)
+            .await
+            .map_err(|_| ChannelError::Refused("the session is over".into()))?;
+        let mut phase = self.phase.clone();
+        tokio::select! {
+            refusal = refusals.recv() => Err(ChannelError::Refused(refusal.unwrap_or_else(|| "the session is over".into()))),
+            r = phase.wait_for(|p| !matches!(p, Phase::Ready)) => match r.map(|p| p.clone()) {
+                Ok(Phase::Ended(why)) => Err(ChannelError::Refused(why)),
+                Ok(_) => Ok(()),
+                Err(_) => Err(ChannelError::Refused("the session is over".into())),
+            },
+            _ = tokio::time::sleep(STEP_TIMEOUT) => Err(ChannelError::Net(NetError::Timeout)),
+        }
+    }
+
+    /// After a channel broke: if the host is rebooting (or starts to within
+    /// a moment), waits until it is back and returns how long it took;
+    /// otherwise returns why the session is over. `on_wait` is called about
+    /// every second with the time waited so far.
+    pub async fn wait_if_rebooting(
+        &self,
+        mut on_wait: impl FnMut(std::time::Duration),
+    ) -> Result<std::time::Duration, ChannelError> {
+        let mut phase = self.phase.clone();
+        let rebooting = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            phase.wait_for(|p| !matches!(p, Phase::Ready)),
+        )
+        .await
+        .map(|r| r.map(|p| (*p).clone()));
+        let started = match rebooting {
+            Ok(Ok(Phase::Rebooting { since, .. })) => since,
+            Ok(Ok(Phase::Ended(why))) => return Err(ChannelError::Refused(why)),
+            _ => {
+                return Err(ChannelError::Refused(
+                    self.end_reason()
+                        .unwrap_or_else(|| "connection to the host lost".into()),
+                ))
+            }
+        };
+        loop {
+            tokio::select! {
+                r = phase.wait_for(|p| !matches!(p, Phase::Rebooting { .. })) => {
+                    return match r.map(|p| (*p).clone()) {
+                        Ok(Phase::Ready) => Ok(started.elapsed()),
+                        Ok(Phase::Ended(why)) => Err(ChannelError::Refused(why)),
+                        _ => Err(ChannelError::Refused("connection to the relay lost".into())),
+                    };
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => on_wait(started.elapsed()),
+            }
+        }
     }
 }

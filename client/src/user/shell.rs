@@ -1,6 +1,10 @@
 //! `latchkey connect HOST`: an interactive shell on a PTY on the host. The
 //! local terminal is put in raw mode (when it is one) and size changes are
 //! sent along; the shell's exit status becomes ours.
+//!
+//! Like ssh, a `~` at the start of a line begins an escape: `~R` reboots
+//! the host (the session waits for it and opens a new shell when it is
+//! back), `~.` disconnects, `~~` sends one `~`.
 
 use std::io::IsTerminal;
 
@@ -28,54 +32,99 @@ impl Drop for RawMode {
     }
 }
 
+/// What the keyboard asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    Data(Vec<u8>),
+    Resize(u16, u16),
+    Reboot,
+    Disconnect,
+    Eof,
+}
+
+/// Finds `~R`, `~.` and `~~` at line starts in what is typed.
+#[derive(Debug)]
+struct Escapes {
+    at_line_start: bool,
+    tilde: bool,
+}
+
+impl Escapes {
+    fn new() -> Self {
+        Self {
+            at_line_start: true,
+            tilde: false,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Input> {
+        let mut out = Vec::new();
+        let mut data = Vec::new();
+        for &b in bytes {
+            if self.tilde {
+                self.tilde = false;
+                match b {
+                    b'R' => {
+                        out.push(Input::Data(std::mem::take(&mut data)));
+                        out.push(Input::Reboot);
+                        continue;
+                    }
+                    b'.' => {
+                        out.push(Input::Data(std::mem::take(&mut data)));
+                        out.push(Input::Disconnect);
+                        continue;
+                    }
+                    b'~' => {}
+                    other => {
+                        data.push(b'~');
+                        data.push(other);
+                        self.at_line_start = matches!(other, b'\r' | b'\n');
+                        continue;
+                    }
+                }
+            } else if b == b'~' && self.at_line_start {
+                self.tilde = true;
+                continue;
+            }
+            data.push(b);
+            self.at_line_start = matches!(b, b'\r' | b'\n');
+        }
+        out.push(Input::Data(data));
+        out.retain(|i| !matches!(i, Input::Data(d) if d.is_empty()));
+        out
+    }
+}
+
 /// Runs an interactive shell; returns its exit status.
 pub async fn connect(remote: &Remote) -> Result<i32, ChannelError> {
     let tty = std::io::stdin().is_terminal();
-    let (cols, rows) = if tty {
-        crossterm::terminal::size().unwrap_or((80, 24))
-    } else {
-        (80, 24)
+    let size = || {
+        if tty {
+            crossterm::terminal::size().unwrap_or((80, 24))
+        } else {
+            (80, 24)
+        }
     };
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
-    let (mut send, recv, _) = remote
-        .channel(ChannelKind::Shell { term, cols, rows })
-        .await?;
     let _raw = if tty { RawMode::enable() } else { None };
 
-    // Keystrokes and resizes share the one stream: a single writer task.
-    let (tx, mut rx) = mpsc::channel::<Option<ShellIn>>(16);
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Some(frame) => {
-                    if wire::write_frame(&mut send, &frame).await.is_err() {
-                        return;
-                    }
-                }
-                None => {
-                    let _ = send.finish();
-                    return;
-                }
-            }
-        }
-    });
-    let keys = tx.clone();
-    let input = tokio::spawn(async move {
+    let (tx, mut keys) = mpsc::channel::<Input>(16);
+    let typing = tx.clone();
+    let reader = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; MAX_CHUNK];
+        let mut escapes = Escapes::new();
         loop {
             match stdin.read(&mut buf).await {
                 Ok(n) if n > 0 => {
-                    if keys
-                        .send(Some(ShellIn::Data(buf[..n].to_vec())))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    for input in escapes.feed(&buf[..n]) {
+                        if typing.send(input).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 _ => {
-                    let _ = keys.send(None).await;
+                    let _ = typing.send(Input::Eof).await;
                     return;
                 }
             }
@@ -89,36 +138,106 @@ pub async fn connect(remote: &Remote) -> Result<i32, ChannelError> {
         };
         while winch.recv().await.is_some() {
             if let Ok((cols, rows)) = crossterm::terminal::size() {
-                if tx.send(Some(ShellIn::Resize { cols, rows })).await.is_err() {
+                if tx.send(Input::Resize(cols, rows)).await.is_err() {
                     return;
                 }
             }
         }
     });
 
-    let mut out = tokio::io::stdout();
-    let mut frames = wire::frame_reader::<ShellOut>(recv);
-    let result = loop {
-        match frames.recv().await {
-            Some(Ok(Some(ShellOut::Data(b)))) => {
-                out.write_all(&b).await.ok();
-                out.flush().await.ok();
-            }
-            Some(Ok(Some(ShellOut::Exit(code)))) => break Ok(code),
-            Some(Ok(Some(_))) => {}
-            _ => {
-                let why = remote
-                    .end_reason()
-                    .unwrap_or_else(|| "connection lost".into());
-                break Err(ChannelError::Refused(format!(
-                    "the shell ended without an exit status: {why}"
-                )));
-            }
-        }
-    };
-    input.abort();
-    writer.abort();
+    let result = shells(remote, &term, size, &mut keys).await;
+    reader.abort();
     #[cfg(unix)]
     resizes.abort();
     result
+}
+
+/// One shell after another: a new one after each reboot of the host.
+async fn shells(
+    remote: &Remote,
+    term: &str,
+    size: impl Fn() -> (u16, u16),
+    keys: &mut mpsc::Receiver<Input>,
+) -> Result<i32, ChannelError> {
+    let mut out = tokio::io::stdout();
+    let mut keys_open = true;
+    loop {
+        let (cols, rows) = size();
+        let (mut send, recv, _) = remote
+            .channel(ChannelKind::Shell {
+                term: term.into(),
+                cols,
+                rows,
+            })
+            .await?;
+        let mut frames = wire::frame_reader::<ShellOut>(recv);
+        loop {
+            tokio::select! {
+                key = keys.recv(), if keys_open => match key {
+                    Some(Input::Data(bytes)) => {
+                        let _ = wire::write_frame(&mut send, &ShellIn::Data(bytes)).await;
+                    }
+                    Some(Input::Resize(cols, rows)) => {
+                        let _ = wire::write_frame(&mut send, &ShellIn::Resize { cols, rows }).await;
+                    }
+                    Some(Input::Reboot) => {
+                        eprint!("\r\n[latchkey: asking {} to reboot]\r\n", remote.host);
+                        if let Err(e) = remote.request_reboot().await {
+                            eprint!("\r\n[latchkey: reboot refused: {e}]\r\n");
+                        }
+                    }
+                    Some(Input::Disconnect) => return Ok(255),
+                    Some(Input::Eof) | None => {
+                        keys_open = false;
+                        let _ = send.finish();
+                    }
+                },
+                frame = frames.recv() => match frame {
+                    Some(Ok(Some(ShellOut::Data(b)))) => {
+                        out.write_all(&b).await.ok();
+                        out.flush().await.ok();
+                    }
+                    Some(Ok(Some(ShellOut::Exit(code)))) => return Ok(code),
+                    Some(Ok(Some(_))) => {}
+                    _ => break,
+                },
+            }
+        }
+        // The shell's stream broke: a reboot, or the end of the session.
+        let host = remote.host.clone();
+        let waited = remote
+            .wait_if_rebooting(|t| {
+                eprint!("\r[latchkey: host {host} is rebooting… {} s]", t.as_secs())
+            })
+            .await
+            .map_err(|e| {
+                ChannelError::Refused(format!("the shell ended without an exit status: {e}"))
+            })?;
+        eprint!(
+            "\r\n[latchkey: {} is back after {} s; new shell]\r\n",
+            remote.host,
+            waited.as_secs()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_only_at_line_start() {
+        let mut e = Escapes::new();
+        assert_eq!(e.feed(b"~R"), vec![Input::Reboot]);
+        assert_eq!(e.feed(b"a~R"), vec![Input::Data(b"a~R".to_vec())]);
+        assert_eq!(e.feed(b"\n~"), vec![Input::Data(b"\n".to_vec())]);
+        assert_eq!(e.feed(b"."), vec![Input::Disconnect]);
+        let mut e = Escapes::new();
+        assert_eq!(e.feed(b"~~x"), vec![Input::Data(b"~x".to_vec())]);
+        let mut e = Escapes::new();
+        assert_eq!(
+            e.feed(b"~x\n~R"),
+            vec![Input::Data(b"~x\n".to_vec()), Input::Reboot]
+        );
+    }
 }

@@ -306,6 +306,29 @@ pub trait Store: Send + Sync + 'static {
     /// The newest audit row id.
     fn last_event_id(&self) -> Result<i64, StoreError>;
 
+    /// Issues a resume ticket for a reboot of `host` asked by `user` in
+    /// `session`, after checking the grant and that shared access is
+    /// enabled (SPEC R1). Only the ticket's digest is stored.
+    fn create_ticket(
+        &self,
+        digest: [u8; 32],
+        host: &HostName,
+        user: &UserName,
+        session: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Spends a resume ticket presented by `host`: the session it was issued
+    /// for, or why it is refused (unknown, used, expired, another host's).
+    /// At most one redemption of a ticket ever succeeds.
+    fn redeem_ticket(
+        &self,
+        digest: [u8; 32],
+        host: &HostName,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Result<String, &'static str>, StoreError>;
+
     /// Appends to the audit log.
     fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError>;
     /// Reads the newest `limit` audit rows (optionally for one host), oldest first.

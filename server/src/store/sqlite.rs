@@ -106,6 +106,17 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox(next_attempt_at) WHERE state = 'pending';
 "#,
+    r#"
+CREATE TABLE resume_tickets (
+    digest BLOB PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    session TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.
@@ -133,17 +144,23 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::Corrupt(format!(
-                "schema version {version} is newer than this relay ({})",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        // The relay and the admin CLI may open the store at the same time:
+        // the version is read inside the write transaction, so each
+        // migration runs exactly once.
+        loop {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "schema version {version} is newer than this relay ({})",
+                    MIGRATIONS.len()
+                )));
+            }
+            let Some(sql) = MIGRATIONS.get(version) else {
+                break;
+            };
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.pragma_update(None, "user_version", version + 1)?;
             tx.commit()?;
         }
         Ok(Self {
@@ -990,6 +1007,90 @@ impl Store for SqliteStore {
 
     fn last_event_id(&self) -> Result<i64, StoreError> {
         self.read(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?))
+    }
+
+    fn create_ticket(
+        &self,
+        digest: [u8; 32],
+        host: &HostName,
+        user: &UserName,
+        session: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            let shared: bool = tx.query_row("SELECT shared_access FROM hosts WHERE id = ?1", [host_id], |r| r.get(0))?;
+            if !shared {
+                return Err(StoreError::Refused(format!(
+                    "in-session reboot needs shared access enabled on host '{host}'"
+                )));
+            }
+            if tx
+                .query_row(
+                    "SELECT 1 FROM grants WHERE host_id = ?1 AND user_id = ?2 AND record_id IS NOT NULL",
+                    params![host_id, user_id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_none()
+            {
+                return Err(StoreError::Refused(format!("'{user}' has no access to host '{host}'")));
+            }
+            tx.execute(
+                "INSERT INTO resume_tickets (digest, host_id, user_id, session, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![&digest[..], host_id, user_id, session, now, expires_at],
+            )?;
+            let e = Event { detail: Some(format!("session {session}")), ..event("reboot", Some(host.as_str()), Some(user.as_str())) };
+            insert_audit(tx, &e, now)
+        })
+    }
+
+    fn redeem_ticket(
+        &self,
+        digest: [u8; 32],
+        host: &HostName,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Result<String, &'static str>, StoreError> {
+        self.write(|tx| {
+            let row: Option<(String, String, UnixTime, Option<UnixTime>)> = tx
+                .query_row(
+                    "SELECT h.name, t.session, t.expires_at, t.used_at FROM resume_tickets t
+                     JOIN hosts h ON h.id = t.host_id WHERE t.digest = ?1",
+                    [&digest[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let verdict = match row {
+                None => Err("unknown ticket"),
+                Some((ticket_host, _, _, _)) if ticket_host != host.as_str() => {
+                    Err("ticket of another host")
+                }
+                Some((_, _, _, Some(_))) => Err("ticket already used"),
+                Some((_, _, expires_at, None)) if expires_at <= now => Err("ticket expired"),
+                Some((_, session, _, None)) => Ok(session),
+            };
+            if verdict.is_ok() {
+                tx.execute(
+                    "UPDATE resume_tickets SET used_at = ?1 WHERE digest = ?2",
+                    params![now, &digest[..]],
+                )?;
+            }
+            let (name, detail) = match &verdict {
+                Ok(session) => ("resume", format!("session {session}")),
+                Err(why) => ("resume-refused", (*why).to_string()),
+            };
+            let e = Event {
+                source: Some(source),
+                detail: Some(detail),
+                ..event(name, Some(host.as_str()), None)
+            };
+            insert_audit(tx, &e, now)?;
+            Ok(verdict)
+        })
     }
 
     fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError> {

@@ -1,0 +1,215 @@
+//! In-session reboot and automatic reconnect (issue 6, SPEC R1-R4). The
+//! test plays the service manager: when the agent exits after running its
+//! (test) reboot command, the test starts it again.
+
+use std::{io::Write, time::Instant};
+
+use anyhow::Result;
+use latchkey_tests::{wait_until, Device, Proc, World, OWNER_CODE};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// A world whose host "reboots" by running `true` (the agent then exits).
+fn world(env: Vec<(String, String)>) -> Result<World> {
+    let w = World::with_env(env)?;
+    w.mypc.set_reboot_command(&["true"])?;
+    Ok(w)
+}
+
+/// Waits for the agent to exit after a reboot request, then starts it again.
+fn supervise(w: &World, agent: &mut Proc) -> Result<Proc> {
+    let status = agent.wait_exit()?;
+    assert!(status.success(), "agent exited with {status}");
+    w.start_agent()
+}
+
+fn count(events: &[String], name: &str) -> usize {
+    events.iter().filter(|e| *e == name).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reboot_during_connect_resumes_and_a_command_typed_after_runs_on_the_host() -> Result<()> {
+    let w = world(Vec::new())?;
+    let mut agent = w.start_agent()?;
+    let (mut shell, mut keys) = Proc::spawn_interactive(
+        w.alice
+            .cmd()
+            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+            .args(["connect", "mypc"]),
+    )?;
+    keys.write_all(b"echo before-$((1+1))\n")?;
+    shell.expect_line("before-2")?;
+    keys.write_all(b"~R")?;
+    let _agent = supervise(&w, &mut agent)?;
+    let back = Instant::now();
+    keys.write_all(b"echo after-$((2+3))\n")?;
+    shell.expect_line("after-5")?;
+    println!(
+        "agent online -> command ran in the resumed shell: {:?}",
+        back.elapsed()
+    );
+    keys.write_all(b"exit 4\n")?;
+    assert_eq!(shell.wait_exit()?.code(), Some(4));
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "reboot"), 1, "{events:?}");
+    assert_eq!(count(&events, "resume"), 1, "{events:?}");
+    assert!(
+        !w.mypc.home.join("resume.ticket").exists(),
+        "ticket left behind"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reboot_during_forward_connections_after_the_resume_reach_the_target() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"hello from the host side\n").await;
+            });
+        }
+    });
+    let w = world(Vec::new())?;
+    w.mypc.allow_forward(&[target.to_string()])?;
+    let mut agent = w.start_agent()?;
+    let forward = w
+        .alice
+        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
+    let local = forward.expect_line("forwarding")?;
+    let local = local.split(' ').nth(1).unwrap_or_default().to_string();
+    let fetch = |local: String| async move {
+        let mut tcp = TcpStream::connect(&local).await?;
+        let mut got = String::new();
+        tcp.read_to_string(&mut got).await?;
+        Ok::<_, anyhow::Error>(got)
+    };
+    assert!(fetch(local.clone()).await?.contains("hello"));
+    let mut reboot = w.bob.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    let _agent = supervise(&w, &mut agent)?;
+    assert!(reboot.wait_exit()?.success());
+    wait_until("the forward to work again", || {
+        let local = local.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .ok()
+                .and_then(|rt| rt.block_on(fetch(local)).ok())
+                .is_some_and(|got| got.contains("hello"))
+        })
+        .join()
+        .unwrap_or(false)
+    })?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_never_returns_ends_the_session_with_a_clear_message() -> Result<()> {
+    let w = world(vec![(
+        "LATCHKEY_RELAY_REBOOT_DEADLINE_SECS".into(),
+        "2".into(),
+    )])?;
+    let mut agent = w.start_agent()?;
+    let out = w.alice.with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not come back within 2 s"), "{err}");
+    // When it does come back, its ticket has expired: refused, and audited.
+    assert!(agent.wait_exit()?.success());
+    let _agent = w.start_agent()?;
+    wait_until("the refusal in the audit log", || {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| e.iter().any(|x| x == "resume-refused"))
+            .unwrap_or(false)
+    })?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "fine"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_forged_and_foreign_tickets_are_refused_and_reboots_are_rate_limited() -> Result<()>
+{
+    let w = world(Vec::new())?;
+    let other = Device {
+        home: w.dir.path().join("otherpc"),
+    };
+    other.run(&["host", "enroll", &w.relay.invite_host("otherpc", "alice")?])?;
+    let mut agent = w.start_agent()?;
+    let mut reboot = w.alice.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    assert!(agent.wait_exit()?.success());
+    let ticket = std::fs::read(w.mypc.home.join("resume.ticket"))?;
+    // Presented by another host first: refused, and it stays usable.
+    std::fs::write(other.home.join("resume.ticket"), &ticket)?;
+    let mut other_agent = other.start_agent()?;
+    wait_until("the foreign ticket's refusal", || {
+        w.relay
+            .audit_events("otherpc")
+            .map(|e| e.iter().any(|x| x == "resume-refused"))
+            .unwrap_or(false)
+    })?;
+    other_agent.kill9();
+    let mut agent = w.start_agent()?;
+    assert!(reboot.wait_exit()?.success(), "the session did not resume");
+    // A second reboot right away is refused by the rate limit.
+    let out = w.alice.with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("try again in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refusals = |n: usize| {
+        wait_until("the ticket's refusal", || {
+            w.relay
+                .audit_events("mypc")
+                .map(|e| count(&e, "resume-refused") == n && count(&e, "resume") == 1)
+                .unwrap_or(false)
+        })
+    };
+    // Replayed: the same ticket again.
+    agent.kill9();
+    std::fs::write(w.mypc.home.join("resume.ticket"), &ticket)?;
+    let mut agent = w.start_agent()?;
+    refusals(1)?;
+    // Forged.
+    agent.kill9();
+    std::fs::write(w.mypc.home.join("resume.ticket"), [7u8; 32])?;
+    let _agent = w.start_agent()?;
+    refusals(2)?;
+    let audit = w.relay.admin_json(&["audit", "--host", "mypc"])?;
+    let details: Vec<String> = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["event"] == "resume-refused")
+        .filter_map(|r| r["detail"].as_str().map(String::from))
+        .collect();
+    assert_eq!(details, ["ticket already used", "unknown ticket"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_restart_while_the_host_reboots_leaves_no_stuck_state() -> Result<()> {
+    let mut w = world(Vec::new())?;
+    let mut agent = w.start_agent()?;
+    let mut reboot = w.alice.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    assert!(agent.wait_exit()?.success());
+    w.relay.kill9();
+    w.relay.restart()?;
+    // The waiting client learns the relay went away and exits non-zero.
+    assert!(!reboot.wait_exit()?.success());
+    // The host comes back with its (durable, still valid) ticket: nothing
+    // waits for it any more, and it simply goes online.
+    let _agent = w.start_agent()?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "fine"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
+    assert!(!w.mypc.home.join("resume.ticket").exists());
+    Ok(())
+}
