@@ -106,7 +106,7 @@ pub fn refusal_text(r: &Refusal) -> String {
         Refusal::RateLimited => {
             "too many attempts from this address: wait a minute and try again".into()
         }
-        Refusal::Busy => "the relay is busy: try again shortly".into(),
+        Refusal::Busy => "the relay is busy (or other access-code attempts on this host are still being decided): try again in a moment".into(),
         Refusal::NotAllowed(why) => why.clone(),
         _ => "the relay refused the request".into(),
     }
@@ -376,8 +376,13 @@ pub async fn login(
                 _ => Err(NetError::WrongCode(host.clone())),
             }
         }
-        InitiatorReply::WrongCode => {
-            // Tell the relay at once (it counted the attempt already).
+        InitiatorReply::WrongCode { abort, awaiting } => {
+            // Tell the relay at once and wait until it has the failure on
+            // record, so what the user does next sees the counter as it is.
+            let _ = step(wire::write_message(&mut send, &abort)).await;
+            if let Ok(msg4) = step(wire::read_message(&mut recv)).await {
+                let _ = awaiting.read_outcome(&msg4);
+            }
             rc.conn.close(quinn::VarInt::from_u32(0), b"wrong code");
             Err(NetError::WrongCode(host.clone()))
         }

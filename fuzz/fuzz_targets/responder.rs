@@ -8,7 +8,7 @@ use latchkey_protocol::{
     fuzzing,
     handshake::{
         registration_response, validate_upload, CodeRecord, CodeRegistration, Initiator, Keypair,
-        LoginAuthority, Msg1, RelayIdentity, Responder,
+        LoginAuthority, Msg1, RelayIdentity, Reservation, Responder,
     },
     ids::{AccessCode, HostName, PublicKey, RecordId, UserName},
     ksf::KsfProfile,
@@ -55,9 +55,9 @@ impl LoginAuthority for Store<'_> {
     fn code_record(&mut self, user: &UserName, _: &HostName) -> Option<CodeRecord> {
         (user.as_str() != "outsider").then(|| self.f.record.clone())
     }
-    fn reserve_attempt(&mut self, _: &UserName, _: &HostName, _: &CodeRecord) -> Option<u32> {
+    fn reserve_attempt(&mut self, _: &UserName, _: &HostName, _: &CodeRecord) -> Reservation<u32> {
         self.reserved += 1;
-        Some(self.reserved)
+        Reservation::Reserved(self.reserved)
     }
 }
 

@@ -123,6 +123,10 @@ pub enum Refusal {
 pub enum LoginFinish {
     /// OPAQUE KE3 (credential finalization).
     Ke3(Vec<u8>),
+    /// The client saw at KE2 that the code is wrong and gives up; the relay
+    /// records the failure before it answers, so the client's next step
+    /// sees the counter as it is.
+    Abort,
 }
 
 /// The relay's verdict on a login (Noise transport message, relay to client).

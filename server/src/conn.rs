@@ -10,7 +10,7 @@ use latchkey_protocol::{
     },
     handshake::{
         registration_response, validate_upload, AttemptDecision, CodeRecord, LoginAuthority,
-        LoginReply, Msg1, Responder,
+        LoginReply, Msg1, Reservation, Responder,
     },
     ids::{HostName, PublicKey, RecordId, SessionId, UserName},
     HandshakeError,
@@ -317,11 +317,18 @@ impl LoginAuthority for StoreAuthority<'_> {
         user: &UserName,
         host: &HostName,
         _: &CodeRecord,
-    ) -> Option<AttemptId> {
-        let attempt = self
+    ) -> Reservation<AttemptId> {
+        match self
             .store
-            .reserve_attempt(user, host, self.source, self.now);
-        self.keep(attempt)
+            .reserve_attempt(user, host, self.source, self.now)
+        {
+            Ok(reservation) => reservation,
+            Err(e) => {
+                // Nothing is sent when a store error was kept.
+                self.error.get_or_insert(e);
+                Reservation::Locked
+            }
+        }
     }
 }
 
@@ -382,7 +389,12 @@ async fn login(
     })
     .await?;
     let Some(awaiting) = awaiting else {
-        info!(%user, %host, %source, "login refused: host is locked");
+        let why = if decision == AttemptDecision::Busy {
+            "other attempts on the host are in flight"
+        } else {
+            "host is locked"
+        };
+        info!(%user, %host, %source, "login refused: {why}");
         return Ok(Role::Done);
     };
     let attempt = awaiting.attempt().copied();

@@ -2,11 +2,14 @@
 //! and the property test's reference model share one definition.
 //!
 //! - Every attempt that gets a real KE2 counts as a failure the moment it
-//!   is reserved (SPEC A3); the reservation that brings the count to the
-//!   threshold locks the host, so no further code is evaluated.
-//! - A success (valid KE3) resets the count to zero. If that successful
-//!   attempt was the one that reached the threshold (it was counted while
-//!   pending), the lock it set is lifted: it was not a failure after all.
+//!   is reserved (SPEC A3), so the count covers decided failures and
+//!   attempts still in flight. Once it reaches the threshold no further
+//!   code is evaluated: the host is locked, or, while some of the counted
+//!   attempts are still pending, new ones are refused as "busy".
+//! - The host locks when its *decided* failures reach the threshold (a
+//!   wrong code, an abandoned attempt, or one cut off by a crash, which is
+//!   decided as failed at the next start).
+//! - A success (valid KE3) resets the count to the attempts still pending.
 //! - An admin unlock resets the count and lifts the lock.
 
 /// The default threshold (GoToMyPC's "three attempts").

@@ -28,8 +28,13 @@ pub const OWNER_CODE: &str = "owner code 1";
 /// Path of a binary built by this workspace (`target/<profile>/NAME`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Tests run from target/<profile>/deps/, the bench from target/<profile>/.
+    let deps = exe.parent().expect("executable dir");
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("target dir")
+    } else {
+        deps
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -159,6 +164,11 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.
@@ -455,6 +465,20 @@ impl Device {
             let host: HostName = host.parse().map_err(|_| local("bad host".into()))?;
             let code = AccessCode::for_login(code).map_err(|e| local(e.to_string()))?;
             net::login(&cfg.relay, &pin, &key, &cfg.user, &host, code).await
+        }
+    }
+
+    /// A function that logs in again each time it is called (for benchmarks).
+    pub fn login_factory(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<net::Session, net::NetError>> + Send>,
+    > + Send
+           + 'static {
+        let home = self.home.clone();
+        move || {
+            let d = Device { home: home.clone() };
+            Box::pin(d.login("mypc", OWNER_CODE))
         }
     }
 

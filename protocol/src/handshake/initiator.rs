@@ -43,7 +43,14 @@ pub enum InitiatorReply {
         awaiting: AwaitingOutcome,
     },
     /// The code is wrong (or, indistinguishably, the user has no access).
-    WrongCode,
+    /// Send `abort` and read the relay's answer with `awaiting`, so the
+    /// failure is on record before the user is told.
+    WrongCode {
+        /// Noise transport message carrying [`LoginFinish::Abort`].
+        abort: Vec<u8>,
+        /// Reads the relay's answer.
+        awaiting: AwaitingOutcome,
+    },
     /// The host is locked.
     Locked,
     /// The device was recognised; control frames follow.
@@ -163,7 +170,23 @@ impl Initiator {
                 );
                 let finish = match login.state.finish(rng, code.as_bytes(), response, params) {
                     Ok(finish) => finish,
-                    Err(ProtocolError::InvalidLoginError) => return Ok(InitiatorReply::WrongCode),
+                    Err(ProtocolError::InvalidLoginError) => {
+                        let mut transport = self
+                            .hs
+                            .into_transport_mode()
+                            .map_err(|_| HandshakeError::Misuse("handshake not finished"))?;
+                        let abort = write_noise(
+                            |p, b| transport.write_message(p, b),
+                            &encode_body(&LoginFinish::Abort)?,
+                        )?;
+                        return Ok(InitiatorReply::WrongCode {
+                            abort,
+                            awaiting: AwaitingOutcome {
+                                transport,
+                                handshake_hash,
+                            },
+                        });
+                    }
                     Err(ProtocolError::ReflectedValueError) => {
                         return Err(HandshakeError::PeerMisbehaved(
                             "relay reflected the OPRF value",

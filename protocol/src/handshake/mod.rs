@@ -21,7 +21,7 @@ pub use initiator::{AwaitingOutcome, Initiator, InitiatorReply};
 pub use registration::{registration_response, validate_upload, CodeRecord, CodeRegistration};
 pub use responder::{
     AttemptDecision, AwaitingKe3, DeviceRequest, Ke3Result, LoginAuthority, LoginReply,
-    LoginRequest, Msg1, Responder,
+    LoginRequest, Msg1, Reservation, Responder,
 };
 
 use rand::{CryptoRng, RngCore, SeedableRng};

@@ -34,14 +34,26 @@ pub trait LoginAuthority {
     fn code_record(&mut self, user: &UserName, host: &HostName) -> Option<CodeRecord>;
 
     /// Reserves one attempt against `host`, counted as a failure until a
-    /// valid KE3 arrives; `None` if the host is locked (nothing counted).
-    /// Must be durable before it returns: KE2 leaves right after.
+    /// valid KE3 arrives. Must be durable before it returns: KE2 leaves
+    /// right after.
     fn reserve_attempt(
         &mut self,
         user: &UserName,
         host: &HostName,
         record: &CodeRecord,
-    ) -> Option<Self::Attempt>;
+    ) -> Reservation<Self::Attempt>;
+}
+
+/// The store's answer to a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reservation<A> {
+    /// One attempt is reserved (and counted as a failure until it succeeds).
+    Reserved(A),
+    /// The host is locked: nothing is evaluated.
+    Locked,
+    /// Attempts still in flight use up what is left before the lock: this
+    /// one is not evaluated (try again when they are decided).
+    Busy,
 }
 
 /// Entry point for the relay.
@@ -178,6 +190,8 @@ pub enum AttemptDecision {
     Outsider,
     /// The host is locked: no KE2, no attempt.
     Locked,
+    /// Attempts in flight use up the rest of the budget: no KE2, no attempt.
+    Busy,
 }
 
 impl LoginRequest {
@@ -216,17 +230,23 @@ impl LoginRequest {
             Some(record) => {
                 let file = ServerRegistration::<Suite>::deserialize(&record.record)
                     .map_err(|_| HandshakeError::Misuse("stored code record does not decode"))?;
-                let Some(attempt) = authority.reserve_attempt(&self.user, &self.host, &record)
-                else {
-                    let msg2 = write_noise(
-                        |p, b| self.hs.write_message(p, b),
-                        &encode_body(&HelloReply::Locked)?,
-                    )?;
-                    return Ok(LoginReply {
-                        msg2,
-                        decision: AttemptDecision::Locked,
-                        awaiting: None,
-                    });
+                let attempt = match authority.reserve_attempt(&self.user, &self.host, &record) {
+                    Reservation::Reserved(attempt) => attempt,
+                    refused => {
+                        let (reply, decision) = match refused {
+                            Reservation::Busy => {
+                                (HelloReply::Refused(Refusal::Busy), AttemptDecision::Busy)
+                            }
+                            _ => (HelloReply::Locked, AttemptDecision::Locked),
+                        };
+                        let msg2 =
+                            write_noise(|p, b| self.hs.write_message(p, b), &encode_body(&reply)?)?;
+                        return Ok(LoginReply {
+                            msg2,
+                            decision,
+                            awaiting: None,
+                        });
+                    }
                 };
                 (
                     record.ksf,
@@ -337,9 +357,11 @@ impl<A> AwaitingKe3<A> {
         };
         let finish = match decode_body::<LoginFinish>(&body) {
             Ok(LoginFinish::Ke3(ke3)) => ke3,
+            Ok(_) => Vec::new(),
             Err(e) => return Err((e.into(), self.attempt)),
         };
         let verified = self.attempt.is_some()
+            && !finish.is_empty()
             && CredentialFinalization::<Suite>::deserialize(&finish)
                 .ok()
                 .and_then(|ke3| {

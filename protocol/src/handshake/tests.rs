@@ -43,14 +43,14 @@ impl LoginAuthority for Memory {
     fn code_record(&mut self, user: &UserName, host: &HostName) -> Option<CodeRecord> {
         self.grants.get(&(user.clone(), host.clone())).cloned()
     }
-    fn reserve_attempt(&mut self, _: &UserName, _: &HostName, _: &CodeRecord) -> Option<u32> {
+    fn reserve_attempt(&mut self, _: &UserName, _: &HostName, _: &CodeRecord) -> Reservation<u32> {
         if self.locked {
-            return None;
+            return Reservation::Locked;
         }
         self.reserved += 1;
         self.failures += 1;
         self.locked = self.failures >= self.threshold;
-        Some(self.reserved)
+        Reservation::Reserved(self.reserved)
     }
 }
 
@@ -176,7 +176,10 @@ fn wrong_code_fails_at_ke2_and_spends_exactly_one_attempt() {
     let mut w = world(&mut rng);
     let alice = w.alice.clone();
     let (_, decision, awaiting, reply) = attempt(&mut w, &alice, "alice", "wrong code!", &mut rng);
-    assert!(matches!(reply, InitiatorReply::WrongCode), "{reply:?}");
+    assert!(
+        matches!(reply, InitiatorReply::WrongCode { .. }),
+        "{reply:?}"
+    );
     assert_eq!(decision, AttemptDecision::Evaluated);
     // The client stops here; the relay's pending attempt is abandoned and
     // stays a failure (it was counted when it was reserved).
@@ -241,7 +244,7 @@ fn outsiders_look_like_a_wrong_code_and_spend_nothing() {
         );
         assert_eq!(decision, AttemptDecision::Outsider, "{what}");
         assert!(
-            matches!(reply, InitiatorReply::WrongCode),
+            matches!(reply, InitiatorReply::WrongCode { .. }),
             "{what}: {reply:?}"
         );
         assert!(awaiting.unwrap().attempt().is_none(), "{what}");

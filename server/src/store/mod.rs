@@ -214,15 +214,16 @@ pub trait Store: Send + Sync + 'static {
         user: &UserName,
         host: &HostName,
     ) -> Result<Option<CodeRecord>, StoreError>;
-    /// Reserves one attempt against the host's counter (SPEC A3, S6, S7):
-    /// `None` if the host is locked. Counts as a failure until finished.
+    /// Reserves one attempt against the host's counter (SPEC A3, S6, S7).
+    /// It counts as a failure until finished; none is reserved if the host
+    /// is locked, or if pending attempts use up what is left before the lock.
     fn reserve_attempt(
         &self,
         user: &UserName,
         host: &HostName,
         source: IpAddr,
         now: UnixTime,
-    ) -> Result<Option<AttemptId>, StoreError>;
+    ) -> Result<latchkey_protocol::handshake::Reservation<AttemptId>, StoreError>;
     /// Records how a reserved attempt ended.
     fn finish_attempt(
         &self,

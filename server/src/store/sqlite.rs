@@ -8,7 +8,7 @@ use std::{net::IpAddr, path::Path, sync::Mutex, time::Duration};
 
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
-    handshake::CodeRecord,
+    handshake::{CodeRecord, Reservation},
     ids::{HostName, Platform, PublicKey, RecordId, UserName},
     ksf::KsfProfile,
 };
@@ -228,6 +228,46 @@ fn insert_audit(tx: &Connection, e: &Event<'_>, now: UnixTime) -> Result<(), Sto
         ],
     )?;
     Ok(())
+}
+
+/// Locks the host if its decided failures (those not pending) reached the
+/// threshold, with the audit row and the notices (SPEC S6).
+fn lock_if_due(
+    tx: &Connection,
+    host_id: i64,
+    host: &str,
+    user: &str,
+    source: Option<IpAddr>,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let (failures, threshold, locked, pending): (u32, u32, bool, u32) = tx.query_row(
+        "SELECT failures, lockout_threshold, locked_at IS NOT NULL,
+                (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
+         FROM hosts WHERE id = ?1",
+        [host_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let decided = failures.saturating_sub(pending);
+    if locked || !crate::lockout::locks_at(decided, threshold) {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
+        params![now, host_id],
+    )?;
+    let e = Event {
+        source,
+        detail: Some(format!("{decided} failed attempts (threshold {threshold})")),
+        ..event("host-locked", Some(host), Some(user))
+    };
+    insert_audit(tx, &e, now)?;
+    let owner = owner_of(tx, host_id)?;
+    let source = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    enqueue(
+        tx,
+        &notice::locked(host, &owner, user, source, decided),
+        now,
+    )
 }
 
 /// Queues a notice in the same transaction as the event it reports, so a
@@ -476,7 +516,7 @@ impl Store for SqliteStore {
         host: &HostName,
         source: IpAddr,
         now: UnixTime,
-    ) -> Result<Option<AttemptId>, StoreError> {
+    ) -> Result<Reservation<AttemptId>, StoreError> {
         self.write(|tx| {
             let (host_id, failures, threshold, locked): (i64, u32, u32, bool) = tx
                 .query_row(
@@ -493,30 +533,21 @@ impl Store for SqliteStore {
             };
             if locked {
                 insert_audit(tx, &ev("login-locked"), now)?;
-                return Ok(None);
+                return Ok(Reservation::Locked);
             }
-            let failures = failures + 1;
-            let locks = crate::lockout::locks_at(failures, threshold);
-            tx.execute(
-                "UPDATE hosts SET failures = ?1, locked_at = CASE WHEN ?2 THEN ?3 ELSE locked_at END WHERE id = ?4",
-                params![failures, locks, now, host_id],
-            )?;
+            // `failures` counts decided failures and attempts still pending:
+            // when they reach the threshold nothing more is evaluated.
+            if crate::lockout::locks_at(failures, threshold) {
+                insert_audit(tx, &ev("login-busy"), now)?;
+                return Ok(Reservation::Busy);
+            }
+            tx.execute("UPDATE hosts SET failures = failures + 1 WHERE id = ?1", [host_id])?;
             tx.execute(
                 "INSERT INTO attempts (host_id, user_id, source, state, locked_host, created_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
-                params![host_id, user_id, source.to_string(), locks, now],
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+                params![host_id, user_id, source.to_string(), now],
             )?;
-            let id = tx.last_insert_rowid();
-            if locks {
-                let e = Event {
-                    detail: Some(format!("{failures} failed attempts (threshold {threshold})")),
-                    ..ev("host-locked")
-                };
-                insert_audit(tx, &e, now)?;
-                let owner = owner_of(tx, host_id)?;
-                enqueue(tx, &notice::locked(host.as_str(), &owner, user.as_str(), source, failures), now)?;
-            }
-            Ok(Some(AttemptId(id)))
+            Ok(Reservation::Reserved(AttemptId(tx.last_insert_rowid())))
         })
     }
 
@@ -527,60 +558,72 @@ impl Store for SqliteStore {
         now: UnixTime,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
-            let row: Option<(i64, String, String, String, bool, String)> = tx
+            let row: Option<(i64, String, String, String, String)> = tx
                 .query_row(
-                    "SELECT a.host_id, h.name, u.name, a.state, a.locked_host, a.source FROM attempts a
+                    "SELECT a.host_id, h.name, u.name, a.state, a.source FROM attempts a
                      JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
                      WHERE a.id = ?1",
                     [attempt.0],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
-            let Some((host_id, host, user, state, locked_host, source)) = row else {
+            let Some((host_id, host, user, state, source)) = row else {
                 return Ok(());
             };
             if state != "pending" {
                 return Ok(());
             }
             let source = source.parse().ok();
+            let new_state = if success { "success" } else { "failed" };
+            tx.execute(
+                "UPDATE attempts SET state = ?1, finished_at = ?2 WHERE id = ?3",
+                params![new_state, now, attempt.0],
+            )?;
             if success {
+                // A success resets the count; attempts still pending stay
+                // counted until they are decided.
                 tx.execute(
-                    "UPDATE attempts SET state = 'success', finished_at = ?1 WHERE id = ?2",
-                    params![now, attempt.0],
+                    "UPDATE hosts SET failures =
+                        (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
+                     WHERE id = ?1",
+                    [host_id],
                 )?;
-                // A success resets the count; if this very attempt reached
-                // the threshold (it was counted as a failure while pending),
-                // the lock it caused is lifted too.
-                tx.execute(
-                    "UPDATE hosts SET failures = 0,
-                        locked_at = CASE WHEN ?1 THEN NULL ELSE locked_at END WHERE id = ?2",
-                    params![locked_host, host_id],
-                )?;
-                let detail = locked_host.then(|| "lifts the lock this attempt set while pending".to_string());
-                insert_audit(tx, &Event { source, detail, ..event("login-ok", Some(&host), Some(&user)) }, now)
+                insert_audit(
+                    tx,
+                    &Event {
+                        source,
+                        ..event("login-ok", Some(&host), Some(&user))
+                    },
+                    now,
+                )
             } else {
-                tx.execute(
-                    "UPDATE attempts SET state = 'failed', finished_at = ?1 WHERE id = ?2",
-                    params![now, attempt.0],
+                insert_audit(
+                    tx,
+                    &Event {
+                        source,
+                        ..event("login-failed", Some(&host), Some(&user))
+                    },
+                    now,
                 )?;
-                insert_audit(tx, &Event { source, ..event("login-failed", Some(&host), Some(&user)) }, now)
+                lock_if_due(tx, host_id, &host, &user, source, now)
             }
         })
     }
 
     fn fail_pending_attempts(&self, now: UnixTime) -> Result<usize, StoreError> {
         self.write(|tx| {
-            let pending: Vec<(i64, String, String, String)> = {
+            let pending: Vec<(i64, i64, String, String, String)> = {
                 let mut stmt = tx.prepare(
-                    "SELECT a.id, h.name, u.name, a.source FROM attempts a
+                    "SELECT a.id, a.host_id, h.name, u.name, a.source FROM attempts a
                      JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
                      WHERE a.state = 'pending'",
                 )?;
-                let rows =
-                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
                 rows.collect::<Result<_, _>>()?
             };
-            for (id, host, user, source) in &pending {
+            for (id, host_id, host, user, source) in &pending {
                 tx.execute(
                     "UPDATE attempts SET state = 'failed', finished_at = ?1 WHERE id = ?2",
                     params![now, id],
@@ -591,6 +634,7 @@ impl Store for SqliteStore {
                     ..event("login-failed", Some(host), Some(user))
                 };
                 insert_audit(tx, &e, now)?;
+                lock_if_due(tx, *host_id, host, user, source.parse().ok(), now)?;
             }
             Ok(pending.len())
         })
