@@ -126,8 +126,13 @@ fn relay_address(config: &Config, store: &dyn Store) -> Result<String, AdminErro
     if let Some(addr) = &config.public_addr {
         return Ok(addr.clone());
     }
-    let listen = store.meta("listen_addr")?.ok_or(AdminError::NoAddress)?;
-    let mut addr: SocketAddr = listen.parse().map_err(|_| AdminError::NoAddress)?;
+    // The address the relay last bound (exact even for port 0), else the
+    // configured one (so an invite made while the relay starts works).
+    let mut addr: SocketAddr = match store.meta("listen_addr")? {
+        Some(listen) => listen.parse().map_err(|_| AdminError::NoAddress)?,
+        None if config.listen.port() != 0 => config.listen,
+        None => return Err(AdminError::NoAddress),
+    };
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             [127, 0, 0, 1].into()

@@ -81,9 +81,19 @@ fn admin_errors_say_what_to_do_and_exit_non_zero() {
             .output()
             .unwrap()
     };
-    let out = run(&["admin", "invite-user", "alice"]);
+    let out = relay()
+        .arg("--data-dir")
+        .arg(&data)
+        .env("LATCHKEY_RELAY_LISTEN", "127.0.0.1:0")
+        .args(["admin", "invite-user", "alice"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("start it once"));
+    // With a configured port, invites work before the first start.
+    let out = run(&["admin", "invite-user", "alice"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lk1-"));
     let out = run(&["admin", "unlock", "nohost"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host named 'nohost'"));
