@@ -199,6 +199,16 @@ pub struct RelayConn {
 
 /// Opens a QUIC connection to `relay`, checking the pinned certificate.
 pub async fn connect(relay: &str, pin: &RelayPin) -> Result<RelayConn, NetError> {
+    connect_from(None, relay, pin).await
+}
+
+/// [`connect`] from a chosen local address (tests use other loopback
+/// addresses to play other sources).
+pub async fn connect_from(
+    bind: Option<SocketAddr>,
+    relay: &str,
+    pin: &RelayPin,
+) -> Result<RelayConn, NetError> {
     let addr: SocketAddr = tokio::net::lookup_host(relay)
         .await
         .map_err(|_| NetError::Resolve(relay.into()))?
@@ -222,11 +232,13 @@ pub async fn connect(relay: &str, pin: &RelayPin) -> Result<RelayConn, NetError>
         .map_err(|e| NetError::Local(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config()));
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
+    let bind: SocketAddr = bind.unwrap_or_else(|| {
+        if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        }
+    });
     let mut endpoint =
         quinn::Endpoint::client(bind).map_err(|e| NetError::Local(format!("UDP socket: {e}")))?;
     endpoint.set_default_client_config(client);
@@ -343,7 +355,20 @@ pub async fn login(
     host: &HostName,
     code: AccessCode,
 ) -> Result<Session, NetError> {
-    let rc = connect(relay, pin).await?;
+    login_from(None, relay, pin, device, user, host, code).await
+}
+
+/// [`login`] from a chosen local address.
+pub async fn login_from(
+    bind: Option<SocketAddr>,
+    relay: &str,
+    pin: &RelayPin,
+    device: &Keypair,
+    user: &UserName,
+    host: &HostName,
+    code: AccessCode,
+) -> Result<Session, NetError> {
+    let rc = connect_from(bind, relay, pin).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start_login(

@@ -736,8 +736,11 @@ impl Store for SqliteStore {
     fn unlock(&self, host: &HostName, now: UnixTime) -> Result<(), StoreError> {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
+            // Attempts still pending stay counted until they are decided.
             tx.execute(
-                "UPDATE hosts SET failures = 0, locked_at = NULL WHERE id = ?1",
+                "UPDATE hosts SET locked_at = NULL, failures =
+                    (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
+                 WHERE id = ?1",
                 [host_id],
             )?;
             insert_audit(tx, &event("unlock", Some(host.as_str()), None), now)
@@ -1166,5 +1169,154 @@ impl Store for SqliteStore {
             out.reverse();
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The lockout rule in the store against a reference model (SPEC S6,
+    //! S7): random interleavings of reservations, outcomes, unlocks and
+    //! crashes by several users; the store must always agree with the model.
+
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Reserve(usize),
+        Finish(usize, bool),
+        Unlock,
+        Crash,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize).prop_map(Op::Reserve),
+            4 => (0..8usize, any::<bool>()).prop_map(|(i, ok)| Op::Finish(i, ok)),
+            1 => Just(Op::Unlock),
+            1 => Just(Op::Crash),
+        ]
+    }
+
+    /// The rule, written as plainly as possible.
+    #[derive(Debug, Default)]
+    struct Model {
+        decided_failures: u32,
+        pending: BTreeSet<usize>,
+        locked: bool,
+    }
+
+    const THRESHOLD: u32 = 3;
+
+    impl Model {
+        fn count(&self) -> u32 {
+            self.decided_failures + self.pending.len() as u32
+        }
+        fn reserve(&mut self, id: usize) -> &'static str {
+            if self.locked {
+                "locked"
+            } else if self.count() >= THRESHOLD {
+                "busy"
+            } else {
+                self.pending.insert(id);
+                "reserved"
+            }
+        }
+        fn finish(&mut self, id: usize, ok: bool) {
+            if !self.pending.remove(&id) {
+                return;
+            }
+            if ok {
+                self.decided_failures = 0;
+            } else {
+                self.decided_failures += 1;
+                if self.decided_failures >= THRESHOLD {
+                    self.locked = true;
+                }
+            }
+        }
+        fn unlock(&mut self) {
+            self.locked = false;
+            self.decided_failures = 0;
+        }
+        fn crash(&mut self) {
+            for _ in 0..self.pending.len() {
+                self.decided_failures += 1;
+            }
+            self.pending.clear();
+            if self.decided_failures >= THRESHOLD {
+                self.locked = true;
+            }
+        }
+    }
+
+    fn setup() -> (SqliteStore, HostName, Vec<UserName>) {
+        let store = SqliteStore::in_memory().unwrap();
+        let users: Vec<UserName> = ["alice", "bob", "dave"]
+            .iter()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        for u in &users {
+            store
+                .create_invite(
+                    u.as_str(),
+                    &InviteKind::User { email: None },
+                    [u.as_str().len() as u8; 32],
+                    10,
+                    0,
+                )
+                .unwrap();
+        }
+        let host: HostName = "mypc".parse().unwrap();
+        let kind = InviteKind::Host {
+            owner: users[0].clone(),
+            lockout_threshold: THRESHOLD,
+        };
+        store.create_invite("mypc", &kind, [9; 32], 10, 0).unwrap();
+        (store, host, users)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn the_store_agrees_with_the_reference_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let (store, host, users) = setup();
+            let source: IpAddr = "127.0.0.1".parse().unwrap();
+            let mut model = Model::default();
+            let mut attempts: Vec<AttemptId> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Reserve(u) => {
+                        let got = store.reserve_attempt(&users[u], &host, source, 1).unwrap();
+                        let want = model.reserve(attempts.len());
+                        match got {
+                            Reservation::Reserved(id) => { prop_assert_eq!(want, "reserved"); attempts.push(id); }
+                            Reservation::Locked => prop_assert_eq!(want, "locked"),
+                            Reservation::Busy => prop_assert_eq!(want, "busy"),
+                        }
+                    }
+                    Op::Finish(i, ok) => {
+                        if let Some(id) = attempts.get(i) {
+                            store.finish_attempt(*id, ok, 1).unwrap();
+                            model.finish(i, ok);
+                        }
+                    }
+                    Op::Unlock => {
+                        store.unlock(&host, 1).unwrap();
+                        model.unlock();
+                    }
+                    Op::Crash => {
+                        store.fail_pending_attempts(1).unwrap();
+                        model.crash();
+                    }
+                }
+                let s = store.host_status(&host).unwrap();
+                prop_assert_eq!(s.locked, model.locked);
+                prop_assert_eq!(s.failures, model.count());
+            }
+        }
     }
 }
