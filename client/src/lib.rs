@@ -9,4 +9,4 @@ pub mod enroll;
 pub mod host;
 pub mod net;
 pub mod user;
-pub mod wire;
+pub use latchkey_protocol::quic as wire;

@@ -1,5 +1,7 @@
 //! Latchkey's wire protocol, with no I/O, no clock and no OS randomness:
 //! callers pass bytes, `now` and an RNG, and get bytes and decisions back.
+//! (The optional `quinn` feature adds [`quic`], the thin async adapter the
+//! relay and the client share to move frames on QUIC streams.)
 //!
 //! A connection to the relay goes like this:
 //! 1. QUIC + TLS 1.3 to the relay, whose certificate hash is pinned
@@ -23,6 +25,8 @@ pub mod ids;
 pub mod invite;
 pub mod ksf;
 pub mod limits;
+#[cfg(feature = "quinn")]
+pub mod quic;
 pub mod session;
 
 pub use error::{CodecError, HandshakeError, ParseError};

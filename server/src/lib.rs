@@ -18,7 +18,7 @@ pub mod ratelimit;
 mod reboot;
 mod session;
 pub mod store;
-pub mod wire;
+pub use latchkey_protocol::quic as wire;
 
 use std::{
     collections::HashMap,

@@ -230,6 +230,33 @@ fn insert_audit(tx: &Connection, e: &Event<'_>, now: UnixTime) -> Result<(), Sto
     Ok(())
 }
 
+/// Reads `id, at, event, host, user, source, detail`.
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        event: r.get(2)?,
+        host: r.get(3)?,
+        user: r.get(4)?,
+        source: r.get(5)?,
+        detail: r.get(6)?,
+    })
+}
+
+/// Reads `id, channel, recipient, subject, body, attempts, state, last_error`.
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        channel: r.get(1)?,
+        recipient: r.get(2)?,
+        subject: r.get(3)?,
+        body: r.get(4)?,
+        attempts: r.get(5)?,
+        state: r.get(6)?,
+        last_error: r.get(7)?,
+    })
+}
+
 /// Locks the host if its decided failures (those not pending) reached the
 /// threshold, with the audit row and the notices (SPEC S6).
 fn lock_if_due(
@@ -964,21 +991,10 @@ impl Store for SqliteStore {
     fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, channel, recipient, subject, body, attempts FROM outbox
+                "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
                  WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| {
-                Ok(OutboxRow {
-                    id: r.get(0)?,
-                    channel: r.get(1)?,
-                    recipient: r.get(2)?,
-                    subject: r.get(3)?,
-                    body: r.get(4)?,
-                    attempts: r.get(5)?,
-                    state: "pending".into(),
-                    last_error: None,
-                })
-            })?;
+            let rows = stmt.query_map(params![now, limit as i64], outbox_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -1014,18 +1030,7 @@ impl Store for SqliteStore {
                 "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
                  ORDER BY id DESC LIMIT ?1",
             )?;
-            let rows = stmt.query_map([limit as i64], |r| {
-                Ok(OutboxRow {
-                    id: r.get(0)?,
-                    channel: r.get(1)?,
-                    recipient: r.get(2)?,
-                    subject: r.get(3)?,
-                    body: r.get(4)?,
-                    attempts: r.get(5)?,
-                    state: r.get(6)?,
-                    last_error: r.get(7)?,
-                })
-            })?;
+            let rows = stmt.query_map([limit as i64], outbox_row)?;
             let mut out: Vec<OutboxRow> = rows.collect::<Result<_, _>>()?;
             out.reverse();
             Ok(out)
@@ -1037,17 +1042,7 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT id, at, event, host, user, source, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    event: r.get(2)?,
-                    host: r.get(3)?,
-                    user: r.get(4)?,
-                    source: r.get(5)?,
-                    detail: r.get(6)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![after, limit as i64], audit_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -1154,17 +1149,8 @@ impl Store for SqliteStore {
                 "SELECT id, at, event, host, user, source, detail FROM audit
                  WHERE ?1 IS NULL OR host = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![host.map(|h| h.as_str()), limit as i64], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    event: r.get(2)?,
-                    host: r.get(3)?,
-                    user: r.get(4)?,
-                    source: r.get(5)?,
-                    detail: r.get(6)?,
-                })
-            })?;
+            let rows =
+                stmt.query_map(params![host.map(|h| h.as_str()), limit as i64], audit_row)?;
             let mut out: Vec<AuditRow> = rows.collect::<Result<_, _>>()?;
             out.reverse();
             Ok(out)

@@ -1,10 +1,13 @@
-//! Reading and writing handshake messages and control frames on QUIC
-//! streams, with the protocol's limits checked before any allocation.
+//! The thin async adapter between this crate's sans-IO codec and quinn
+//! streams, shared by the relay and the client: handshake messages and
+//! control frames read with the protocol's limits checked before any
+//! allocation. Only built with the `quinn` feature; everything else in this
+//! crate stays free of I/O.
 
-use latchkey_protocol::{
+use crate::{
     codec::{self, LEN_PREFIX},
+    error::CodecError,
     limits::{MAX_FRAME_LEN, MAX_NOISE_MESSAGE},
-    CodecError,
 };
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
