@@ -162,3 +162,71 @@ async fn a_burst_from_one_source_is_limited_and_another_source_is_not_affected()
     session.control.relay.conn.close(0u32.into(), b"");
     Ok(())
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn hostile_streams(
+    remote: &latchkey_client::user::remote::Remote,
+    n: usize,
+) -> Result<usize> {
+    let mut rejected = 0;
+    for _ in 0..n / 100 {
+        let mut batch = Vec::new();
+        for _ in 0..100 {
+            let conn = remote.conn.clone();
+            batch.push(tokio::spawn(async move {
+                let (mut send, mut recv) = conn.open_bi().await?;
+                send.write_all(&[0xFF; 4]).await?;
+                let _ = send.finish();
+                // The relay answers nothing and resets the stream.
+                let mut buf = [0u8; 16];
+                let got = tokio::time::timeout(WAIT, recv.read(&mut buf)).await?;
+                Ok::<_, anyhow::Error>(!matches!(got, Ok(Some(n)) if n > 0))
+            }));
+        }
+        for b in batch {
+            if b.await?? {
+                rejected += 1;
+            }
+        }
+    }
+    Ok(rejected)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_u32_max_length_prefixes_are_rejected_and_memory_stays_flat() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let home = Home::locate(Some(w.alice.home.clone()));
+    let remote = latchkey_client::user::remote::Remote::open(
+        &home,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await?;
+    let pid = w.relay.proc.as_ref().context("relay")?.pid();
+    hostile_streams(&remote, 1000).await?;
+    let before = rss_kib(pid);
+    let rejected = hostile_streams(&remote, 10_000).await?;
+    let after = rss_kib(pid);
+    println!("10,000 channel requests with a u32::MAX length: {rejected} rejected; relay RSS {before} KiB -> {after} KiB");
+    assert_eq!(rejected, 10_000);
+    assert!(
+        after < before + 8 * 1024,
+        "relay RSS grew from {before} KiB to {after} KiB"
+    );
+    // The session still works.
+    let (_, _, _) = remote
+        .channel(latchkey_protocol::session::ChannelKind::Exec {
+            argv: vec!["true".into()],
+        })
+        .await?;
+    Ok(())
+}
