@@ -230,3 +230,80 @@ async fn ten_thousand_u32_max_length_prefixes_are_rejected_and_memory_stays_flat
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_users_still_get_in(
+) -> Result<()> {
+    let w = World::with_env(vec![
+        ("LATCHKEY_RELAY_HANDSHAKE_TIMEOUT_MS".into(), "3000".into()),
+        ("LATCHKEY_RELAY_MAX_UNAUTHENTICATED".into(), "520".into()),
+        ("LATCHKEY_RELAY_PER_SOURCE_BURST".into(), "100000".into()),
+    ])?;
+    let (relay, pin, _) = identity(&w.alice.home)?;
+    // 500 connections that send half of a message 1 and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut batch = Vec::new();
+        for _ in 0..50 {
+            let (relay, pin) = (relay.clone(), pin);
+            batch.push(tokio::spawn(async move {
+                let rc = net::connect(&relay, &pin).await?;
+                let (mut send, recv) = rc.conn.open_bi().await?;
+                let mut partial = 213u32.to_be_bytes().to_vec();
+                partial.extend_from_slice(&[0u8; 50]);
+                send.write_all(&partial).await?;
+                Ok::<_, anyhow::Error>((rc, send, recv, Instant::now()))
+            }));
+        }
+        for b in batch {
+            stalled.push(b.await??);
+        }
+    }
+    // A user from another address gets in meanwhile.
+    let (cfg, key) = Home::locate(Some(w.alice.home.clone())).user()?;
+    let t = Instant::now();
+    let session = net::login_from(
+        Some("127.0.0.2:0".parse()?),
+        &relay,
+        &pin,
+        &key,
+        &cfg.user,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await?;
+    println!("login while 500 handshakes stall: {:?}", t.elapsed());
+    session.control.relay.conn.close(0u32.into(), b"");
+    // The cap holds: of 60 more stalled handshakes, at most the 20 free
+    // places are taken.
+    let mut extra_ok = 0;
+    let mut extra = Vec::new();
+    for _ in 0..60 {
+        if let Ok(rc) = net::connect(&relay, &pin).await {
+            if let Ok((mut send, recv)) = rc.conn.open_bi().await {
+                let _ = send.write_all(&[0, 0]).await;
+                extra_ok += 1;
+                extra.push((rc, send, recv));
+            }
+        }
+    }
+    println!("{extra_ok} of 60 further handshakes admitted (20 places were free)");
+    assert!(
+        extra_ok <= 21,
+        "{extra_ok} handshakes admitted past the cap"
+    );
+    // Every stalled connection is closed at the deadline (3 s), not later.
+    for (rc, _send, _recv, opened) in stalled {
+        let closed = tokio::time::timeout(WAIT, rc.conn.closed()).await?;
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+            "{closed:?}"
+        );
+        assert!(
+            opened.elapsed() < Duration::from_secs(10),
+            "closed after {:?}",
+            opened.elapsed()
+        );
+    }
+    Ok(())
+}
