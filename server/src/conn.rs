@@ -266,7 +266,7 @@ async fn device_reply(
                 refuse(Refusal::UnknownDevice)
             }
         }
-        Intent::Login { .. } => unreachable!("logins are Msg1::Login"),
+        // Logins arrive as `Msg1::Login`; anything else is refused.
         _ => refuse(Refusal::NotAllowed("unsupported request".into())),
     }
 }

@@ -103,6 +103,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
         });
     let Some(mut last_event) = blocking(&shared, |s| s.last_event_id()).await else {
+        tracing::error!("cannot read the audit log: revokes will not end live sessions and notices will not be sent");
         return;
     };
     let mut tick = tokio::time::interval(TICK);

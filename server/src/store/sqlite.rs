@@ -1306,3 +1306,97 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod ticket_tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_redeemed_concurrently_from_many_connections_succeeds_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let alice: UserName = "alice".parse().unwrap();
+        let host: HostName = "mypc".parse().unwrap();
+        store
+            .create_invite("alice", &InviteKind::User { email: None }, [1; 32], 10, 0)
+            .unwrap();
+        let kind = InviteKind::Host {
+            owner: alice.clone(),
+            lockout_threshold: 3,
+        };
+        store.create_invite("mypc", &kind, [2; 32], 10, 0).unwrap();
+        let record = CodeRecord {
+            id: RecordId([5; 16]),
+            ksf: KsfProfile::InsecureFastForTests,
+            record: vec![0; 8],
+        };
+        store
+            .set_code(&host, &CodeTarget::Owner, &record, 0)
+            .unwrap();
+        store
+            .create_ticket([7; 32], &host, &alice, "s1", 1_000, 0)
+            .unwrap();
+        // Eight connections (as eight relays would have) race to spend it.
+        let wins: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let path = path.clone();
+                    let host = host.clone();
+                    scope.spawn(move || {
+                        let store = SqliteStore::open(&path).unwrap();
+                        let source = "127.0.0.1".parse().unwrap();
+                        usize::from(
+                            store
+                                .redeem_ticket([7; 32], &host, source, 5)
+                                .unwrap()
+                                .is_ok(),
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1);
+        let source = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            store.redeem_ticket([7; 32], &host, source, 5).unwrap(),
+            Err("ticket already used")
+        );
+        assert_eq!(
+            store.redeem_ticket([8; 32], &host, source, 5).unwrap(),
+            Err("unknown ticket")
+        );
+        store
+            .create_ticket([9; 32], &host, &alice, "s2", 10, 0)
+            .unwrap();
+        assert_eq!(
+            store.redeem_ticket([9; 32], &host, source, 11).unwrap(),
+            Err("ticket expired")
+        );
+        let other: HostName = "other".parse().unwrap();
+        store
+            .create_invite(
+                "other",
+                &InviteKind::Host {
+                    owner: alice,
+                    lockout_threshold: 3,
+                },
+                [3; 32],
+                10,
+                0,
+            )
+            .unwrap();
+        store
+            .create_ticket([10; 32], &host, &"alice".parse().unwrap(), "s3", 1_000, 0)
+            .unwrap();
+        assert_eq!(
+            store.redeem_ticket([10; 32], &other, source, 5).unwrap(),
+            Err("ticket of another host")
+        );
+        assert!(store
+            .redeem_ticket([10; 32], &host, source, 5)
+            .unwrap()
+            .is_ok());
+    }
+}
