@@ -1,4 +1,4 @@
-//! `latchkey-bench [handshake|logins|idle|forward|all]`: measures the
+//! `latchkey-bench [handshake|logins|idle|forward|latency|all]`: measures the
 //! relay with real processes on loopback and prints a table plus one JSON
 //! line per figure. Medians and ratios against a baseline measured in the
 //! same run, because these machines are shared and noisy. Build with
@@ -305,6 +305,68 @@ async fn forward() -> Result<()> {
     Ok(())
 }
 
+/// Round trips of one byte through an open forward, against the same over
+/// a direct loopback TCP connection: p50 and p99 of 10,000 each.
+async fn latency() -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let mut b = [0u8; 1];
+                while tcp.read_exact(&mut b).await.is_ok() {
+                    if tcp.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let rtts = |addr: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut b = [7u8; 1];
+        // Warm up the path (the forward opens its channel on connect).
+        for _ in 0..100 {
+            tcp.write_all(&b).await?;
+            tcp.read_exact(&mut b).await?;
+        }
+        let mut out = Vec::with_capacity(10_000);
+        for _ in 0..10_000 {
+            let t = Instant::now();
+            tcp.write_all(&b).await?;
+            tcp.read_exact(&mut b).await?;
+            out.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        out.sort_by(|a, b| a.total_cmp(b));
+        Ok::<_, anyhow::Error>((out[out.len() / 2], out[out.len() * 99 / 100]))
+    };
+    let w = World::new()?;
+    w.mypc.allow_forward(&[target.to_string()])?;
+    let _agent = w.start_agent()?;
+    let fwd = w
+        .alice
+        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
+    let local = fwd
+        .expect_line("forwarding")?
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let (d50, d99) = rtts(target.to_string()).await?;
+    let (r50, r99) = rtts(local).await?;
+    println!(
+        "latency: 1-byte round trip through the relay p50 {r50:.0} us, p99 {r99:.0} us; direct TCP p50 {d50:.0} us, p99 {d99:.0} us; added p50 {:.0} us",
+        r50 - d50
+    );
+    report(
+        "latency",
+        serde_json::json!({"relayed_p50_us": r50, "relayed_p99_us": r99, "direct_tcp_p50_us": d50, "direct_tcp_p99_us": d99, "added_p50_us": r50 - d50, "round_trips": 10_000}),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -336,9 +398,12 @@ async fn main() -> Result<()> {
     if all || which == "forward" {
         ran.insert("forward", forward().await);
     }
+    if all || which == "latency" {
+        ran.insert("latency", latency().await);
+    }
     anyhow::ensure!(
         !ran.is_empty(),
-        "unknown figure {which}: use handshake, logins, idle, forward or all"
+        "unknown figure {which}: use handshake, logins, idle, forward, latency or all"
     );
     for (figure, result) in ran {
         result.with_context(|| format!("figure {figure}"))?;
