@@ -307,3 +307,143 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fake_relay_with_the_certificate_but_not_the_noise_key_gets_message_1_and_nothing_else(
+) -> Result<()> {
+    use quinn::rustls::{self, pki_types};
+    use std::sync::{Arc, Mutex};
+    let w = World::new()?;
+    // The impostor stole the TLS certificate and key, not the Noise key.
+    let cert = std::fs::read(w.relay.data_dir.join("tls.crt"))?;
+    let key = std::fs::read(w.relay.data_dir.join("tls.key"))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![pki_types::CertificateDer::from(cert)],
+        pki_types::PrivateKeyDer::Pkcs8(pki_types::PrivatePkcs8KeyDer::from(key)),
+    )?;
+    tls.alpn_protocols = vec![b"latchkey/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        "127.0.0.1:0".parse()?,
+    )?;
+    let fake = endpoint.local_addr()?;
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        let Some(incoming) = endpoint.accept().await else {
+            return;
+        };
+        let Ok(conn) = incoming.await else { return };
+        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 65_536];
+        // Answer the first message with a plausible message 2 of random bytes.
+        let mut answered = false;
+        while let Ok(Ok(Some(n))) =
+            tokio::time::timeout(Duration::from_secs(5), recv.read(&mut buf)).await
+        {
+            if let Ok(mut l) = log.lock() {
+                l.extend_from_slice(&buf[..n]);
+            }
+            if !answered {
+                answered = true;
+                let mut msg2 = 373u32.to_be_bytes().to_vec();
+                msg2.extend((0..373).map(|i| (i * 7 % 251) as u8));
+                let _ = send.write_all(&msg2).await;
+            }
+        }
+    });
+    let (_, pin, alice) = identity(&w.alice.home)?;
+    let (cfg, _) = Home::locate(Some(w.alice.home.clone())).user()?;
+    let err = net::login(
+        &fake.to_string(),
+        &pin,
+        &alice,
+        &cfg.user,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await
+    .expect_err("logged in to an impostor");
+    assert!(matches!(err, net::NetError::Handshake(_)), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = received.lock().map(|r| r.clone()).unwrap_or_default();
+    // Exactly one length-prefixed message 1, encrypted to the real relay's
+    // key: no KE3, nothing derived from the code after it.
+    let len = u32::from_be_bytes([sent[0], sent[1], sent[2], sent[3]]) as usize;
+    assert_eq!(sent.len(), 4 + len, "the client sent more than message 1");
+    assert!((190..260).contains(&len), "message 1 of {len} bytes");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_loses_nothing_that_was_answered() -> Result<()> {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    let mut w = World::with_env(vec![(
+        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
+        "100000".into(),
+    )])?;
+    w.relay
+        .admin(&["policy", "mypc", "--lockout-threshold", "1000000"])?;
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for i in 0..6 {
+        let (dev, ok, failed) = (
+            if i % 2 == 0 { &w.alice } else { &w.bob },
+            ok.clone(),
+            failed.clone(),
+        );
+        let login = dev.login_factory();
+        let wrong = latchkey_tests::Device {
+            home: dev.home.clone(),
+        };
+        load.push(tokio::spawn(async move {
+            for n in 0.. {
+                let result = if n % 3 == 0 {
+                    wrong.login("mypc", "not the code").await
+                } else {
+                    login().await
+                };
+                match result {
+                    Ok(s) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        s.control.relay.conn.close(0u32.into(), b"");
+                    }
+                    Err(net::NetError::WrongCode(_)) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    w.relay.kill9();
+    let (answered_ok, answered_failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    for l in load {
+        l.abort();
+    }
+    w.relay.restart()?;
+    let events = w.relay.audit_events("mypc")?;
+    let count = |e: &str| events.iter().filter(|x| *x == e).count();
+    println!("answered before the kill: {answered_ok} ok, {answered_failed} wrong; in the store after the restart: {} ok, {} failed", count("login-ok"), count("login-failed"));
+    assert!(answered_ok > 0 && answered_failed > 0, "no load ran");
+    assert!(count("login-ok") >= answered_ok);
+    assert!(count("login-failed") >= answered_failed);
+    let status = w.relay.status("mypc")?;
+    assert_eq!(status["grants"], serde_json::json!(["bob"]));
+    assert_eq!(status["code_set"], true);
+    assert_eq!(status["locked"], false);
+    w.alice.login("mypc", OWNER_CODE).await?;
+    Ok(())
+}
