@@ -235,7 +235,7 @@ async fn ten_thousand_u32_max_length_prefixes_are_rejected_and_memory_stays_flat
 async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_users_still_get_in(
 ) -> Result<()> {
     let w = World::with_env(vec![
-        ("LATCHKEY_RELAY_HANDSHAKE_TIMEOUT_MS".into(), "3000".into()),
+        ("LATCHKEY_RELAY_HANDSHAKE_TIMEOUT_MS".into(), "8000".into()),
         ("LATCHKEY_RELAY_MAX_UNAUTHENTICATED".into(), "520".into()),
         ("LATCHKEY_RELAY_PER_SOURCE_BURST".into(), "100000".into()),
     ])?;
@@ -274,8 +274,12 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
     .await?;
     println!("login while 500 handshakes stall: {:?}", t.elapsed());
     session.control.relay.conn.close(0u32.into(), b"");
-    // The cap holds: of 60 more stalled handshakes, at most the 20 free
-    // places are taken.
+    // The cap holds: of 60 more stalled handshakes, only the places left
+    // free by the 500 (those still open hold theirs) are taken.
+    let still_open = stalled
+        .iter()
+        .filter(|(rc, ..)| rc.conn.close_reason().is_none())
+        .count();
     let mut extra_ok = 0;
     let mut extra = Vec::new();
     for _ in 0..60 {
@@ -287,12 +291,17 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
             }
         }
     }
-    println!("{extra_ok} of 60 further handshakes admitted (20 places were free)");
+    let free = 520 - still_open;
+    println!("{extra_ok} of 60 further handshakes admitted ({free} places were free)");
     assert!(
-        extra_ok <= 21,
-        "{extra_ok} handshakes admitted past the cap"
+        still_open > 400,
+        "the stalled handshakes did not stay open ({still_open})"
     );
-    // Every stalled connection is closed at the deadline (3 s), not later.
+    assert!(
+        extra_ok <= free,
+        "{extra_ok} handshakes admitted with {free} places free"
+    );
+    // Every stalled connection is closed at the deadline (8 s), not later.
     for (rc, _send, _recv, opened) in stalled {
         let closed = tokio::time::timeout(WAIT, rc.conn.closed()).await?;
         assert!(
