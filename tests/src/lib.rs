@@ -320,6 +320,21 @@ impl Relay {
     }
 }
 
+/// Runs `cmd` with one line of `input` on its standard input.
+fn feed(cmd: &mut Command, input: &str) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin"))?
+        .write_all(format!("{input}\n").as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
 fn last_line(s: &str) -> Result<String> {
     s.lines()
         .last()
@@ -357,37 +372,15 @@ impl Device {
 
     /// Runs `latchkey ARGS` with `input` on standard input.
     pub fn run_with_input(&self, args: &[&str], input: &str) -> Result<Output> {
-        let mut child = self
-            .cmd()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(format!("{input}\n").as_bytes())?;
-        Ok(child.wait_with_output()?)
+        feed(self.cmd().args(args), input)
     }
 
     /// Runs `latchkey ARGS` with `input` on stdin and the code in the environment.
     pub fn run_with_input_env(&self, args: &[&str], input: &str, code: &str) -> Result<Output> {
-        let mut child = self
-            .cmd()
-            .env("LATCHKEY_ACCESS_CODE", code)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(format!("{input}\n").as_bytes())?;
-        Ok(child.wait_with_output()?)
+        feed(
+            self.cmd().env("LATCHKEY_ACCESS_CODE", code).args(args),
+            input,
+        )
     }
 
     /// Sets a code on this host (fast test profile); fails unless accepted.
@@ -514,6 +507,21 @@ impl World {
         let agent = Proc::spawn_logged(self.mypc.cmd().args(["host", "run"]), log)?;
         self.wait_online(true)?;
         Ok(agent)
+    }
+
+    /// Starts `latchkey forward mypc 0:TARGET` as alice; returns the process
+    /// and the local address it listens on.
+    pub fn start_forward(&self, target: &str) -> Result<(Proc, String)> {
+        let forward = self
+            .alice
+            .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
+        let line = forward.expect_line("forwarding")?;
+        let local = line
+            .strip_prefix("forwarding ")
+            .and_then(|l| l.split(' ').next())
+            .ok_or_else(|| anyhow!("unexpected forward output {line:?}"))?
+            .to_string();
+        Ok((forward, local))
     }
 
     /// Waits until the relay reports the host online (or offline).

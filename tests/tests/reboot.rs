@@ -76,11 +76,7 @@ async fn reboot_during_forward_connections_after_the_resume_reach_the_target() -
     let w = world(Vec::new())?;
     w.mypc.allow_forward(&[target.to_string()])?;
     let mut agent = w.start_agent()?;
-    let forward = w
-        .alice
-        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
-    let local = forward.expect_line("forwarding")?;
-    let local = local.split(' ').nth(1).unwrap_or_default().to_string();
+    let (_forward, local) = w.start_forward(&target.to_string())?;
     let fetch = |local: String| async move {
         let mut tcp = TcpStream::connect(&local).await?;
         let mut got = String::new();

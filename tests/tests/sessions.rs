@@ -10,7 +10,7 @@ use latchkey_protocol::{
     ids::AccessCode,
     session::{ChannelKind, ShellIn, ShellOut},
 };
-use latchkey_tests::{Proc, World, OWNER_CODE, WAIT};
+use latchkey_tests::{World, OWNER_CODE, WAIT};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use tokio::{
@@ -182,23 +182,6 @@ async fn bulk_service(
     Ok((addr, task))
 }
 
-/// Starts `latchkey forward` and returns the local address it listens on.
-fn start_forward(w: &World, target: &str) -> Result<(Proc, String)> {
-    let forward = w
-        .alice
-        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
-    let line = forward
-        .stdout
-        .recv_timeout(WAIT)
-        .context("forward did not start")?;
-    let local = line
-        .strip_prefix("forwarding ")
-        .and_then(|l| l.split(' ').next())
-        .context("unexpected forward output")?
-        .to_string();
-    Ok((forward, local))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_moves_64_mib_each_way_intact_and_carries_20_parallel_connections() -> Result<()> {
     let w = World::new()?;
@@ -208,7 +191,7 @@ async fn forward_moves_64_mib_each_way_intact_and_carries_20_parallel_connection
     let (service, _task) = bulk_service(data.clone()).await?;
     w.mypc.allow_forward(&[service.to_string()])?;
     let _agent = w.start_agent()?;
-    let (_forward, local) = start_forward(&w, &service.to_string())?;
+    let (_forward, local) = w.start_forward(&service.to_string())?;
 
     // Host to client.
     let started = Instant::now();
@@ -284,7 +267,7 @@ async fn a_forward_target_outside_the_allow_list_is_refused() -> Result<()> {
         "{err}"
     );
     // Through the binary: the local connection is closed without data.
-    let (_forward, local) = start_forward(&w, "127.0.0.1:9")?;
+    let (_forward, local) = w.start_forward("127.0.0.1:9")?;
     let mut tcp = TcpStream::connect(&local).await?;
     let mut buf = Vec::new();
     let n = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf)).await??;

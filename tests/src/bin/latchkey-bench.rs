@@ -279,15 +279,7 @@ async fn forward() -> Result<()> {
     let w = World::new()?;
     w.mypc.allow_forward(&[target.to_string()])?;
     let _agent = w.start_agent()?;
-    let fwd = w
-        .alice
-        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
-    let local = fwd
-        .expect_line("forwarding")?
-        .split(' ')
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
+    let (_forward, local) = w.start_forward(&target.to_string())?;
     let relay_pid = w.relay.proc.as_ref().context("relay")?.pid();
     let (mut relayed, mut direct, mut cpu_per_gib) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
@@ -345,15 +337,7 @@ async fn latency() -> Result<()> {
     let w = World::new()?;
     w.mypc.allow_forward(&[target.to_string()])?;
     let _agent = w.start_agent()?;
-    let fwd = w
-        .alice
-        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
-    let local = fwd
-        .expect_line("forwarding")?
-        .split(' ')
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
+    let (_forward, local) = w.start_forward(&target.to_string())?;
     let (d50, d99) = rtts(target.to_string()).await?;
     let (r50, r99) = rtts(local).await?;
     println!(
