@@ -90,6 +90,10 @@ pub struct Config {
     pub reboot_deadline_secs: u64,
     /// Shortest time between two reboots of one host, in seconds. Default 60.
     pub reboot_min_interval_secs: u64,
+    /// Least time between a login's message 1 and the relay's answer, in
+    /// milliseconds, so an outsider's answer and a grant holder's take the
+    /// same time (SPEC A4). Default 10.
+    pub login_reply_floor_ms: u64,
 }
 
 /// How the relay sends email.
@@ -141,6 +145,7 @@ impl Default for Config {
             smtp: None,
             reboot_deadline_secs: 600,
             reboot_min_interval_secs: 60,
+            login_reply_floor_ms: 10,
         }
     }
 }
@@ -188,6 +193,11 @@ impl Config {
     /// [`Config::handshake_timeout_ms`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms.max(1))
+    }
+
+    /// [`Config::login_reply_floor_ms`] as a duration.
+    pub fn login_reply_floor(&self) -> Duration {
+        Duration::from_millis(self.login_reply_floor_ms)
     }
 
     /// [`Config::idle_timeout_ms`] as a duration.

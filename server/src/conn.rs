@@ -341,6 +341,10 @@ async fn login(
     req: latchkey_protocol::handshake::LoginRequest,
 ) -> Result<Role, ConnError> {
     let (user, host) = (req.user().clone(), req.host().clone());
+    // Every answer to a login's message 1 leaves no earlier than this, so
+    // the store work that differs between a grant holder's attempt and an
+    // outsider's does not show in the timing (SPEC A4).
+    let reply_not_before = Instant::now() + shared.config.login_reply_floor();
     let s = shared.clone();
     let (reply, error, outsider_reason) = blocking(move || {
         let mut authority = StoreAuthority {
@@ -384,6 +388,7 @@ async fn login(
         })
         .await??;
     }
+    tokio::time::sleep_until(reply_not_before).await;
     within(deadline, async {
         Ok(wire::write_message(send, &msg2).await?)
     })

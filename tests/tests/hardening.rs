@@ -456,3 +456,57 @@ async fn sigkill_under_load_loses_nothing_that_was_answered() -> Result<()> {
     w.alice.login("mypc", OWNER_CODE).await?;
     Ok(())
 }
+
+/// Two-sample Kolmogorov-Smirnov statistic: the largest gap between the
+/// two empirical distribution functions.
+fn ks_statistic(a: &mut [f64], b: &mut [f64]) -> f64 {
+    a.sort_by(|x, y| x.total_cmp(y));
+    b.sort_by(|x, y| x.total_cmp(y));
+    let (mut i, mut j, mut d) = (0, 0, 0f64);
+    while i < a.len() && j < b.len() {
+        if a[i] <= b[j] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+        d = d.max((i as f64 / a.len() as f64 - j as f64 / b.len() as f64).abs());
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_code_and_an_unknown_user_take_indistinguishable_time() -> Result<()> {
+    let w = World::with_env(vec![(
+        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
+        "100000".into(),
+    )])?;
+    // Bob's wrong codes must not lock the host during the measurement.
+    w.relay
+        .admin(&["policy", "mypc", "--lockout-threshold", "100000"])?;
+    let (relay, pin, bob) = identity(&w.bob.home)?;
+    let (_, _, carol) = identity(&w.carol.home)?;
+    let n = 150;
+    let (mut wrong, mut unknown) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // Interleaved, so drift in the machine's load hits both alike.
+    for _ in 0..n {
+        let (rc, _, _, took, _) = first_two(&relay, &pin, &bob, "bob", "not the code").await?;
+        rc.conn.close(0u32.into(), b"");
+        wrong.push(took.as_secs_f64());
+        let (rc, _, _, took, _) = first_two(&relay, &pin, &carol, "nobody", OWNER_CODE).await?;
+        rc.conn.close(0u32.into(), b"");
+        unknown.push(took.as_secs_f64());
+    }
+    let d = ks_statistic(&mut wrong, &mut unknown);
+    // Critical value of the two-sample KS test at alpha = 0.001.
+    let critical = 1.95 * ((2 * n) as f64 / (n * n) as f64).sqrt();
+    println!(
+        "time to message 2: wrong code median {:.2} ms, unknown user median {:.2} ms; KS D = {d:.3} (critical {critical:.3} at alpha 0.001, n = {n} each)",
+        wrong[n / 2] * 1e3,
+        unknown[n / 2] * 1e3
+    );
+    assert!(
+        d < critical,
+        "response times differ: KS D = {d:.3} >= {critical:.3}"
+    );
+    Ok(())
+}
