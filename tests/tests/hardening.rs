@@ -510,3 +510,50 @@ async fn a_wrong_code_and_an_unknown_user_take_indistinguishable_time() -> Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_stalled_streams_on_one_connection_cost_no_more_than_the_limits_allow() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let home = Home::locate(Some(w.alice.home.clone()));
+    let remote = latchkey_client::user::remote::Remote::open(
+        &home,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await?;
+    let pid = w.relay.proc.as_ref().context("relay")?.pid();
+    let before = rss_kib(pid);
+    // 255 streams (with the control stream, the relay's concurrency limit
+    // of 256), each announcing a 60,000 byte channel request and sending
+    // half of it, then stalling.
+    let mut streams = Vec::new();
+    for _ in 0..255 {
+        let (mut send, recv) = tokio::time::timeout(WAIT, remote.conn.open_bi()).await??;
+        let mut partial = 60_000u32.to_be_bytes().to_vec();
+        partial.extend_from_slice(&[0x41; 30_000]);
+        send.write_all(&partial).await?;
+        streams.push((send, recv));
+    }
+    // A 257th stream waits for a free slot instead of growing the relay.
+    let extra = tokio::time::timeout(Duration::from_millis(500), remote.conn.open_bi()).await;
+    assert!(
+        extra.is_err(),
+        "the relay allowed more than 256 concurrent streams"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    println!("255 stalled 60 KB channel requests: relay RSS {before} KiB -> {after} KiB");
+    // Bound: 256 x 64 KiB frame buffers + the 16 MiB connection window + slack.
+    assert!(
+        after < before + 40 * 1024,
+        "relay RSS grew from {before} KiB to {after} KiB"
+    );
+    // The session is still usable for a real channel once those go away.
+    drop(streams);
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "fine"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
+    Ok(())
+}
