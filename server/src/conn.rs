@@ -419,12 +419,13 @@ async fn login(
     let msg3 = match msg3 {
         Ok(m) => m,
         Err(e) => {
-            // Wrong code seen by the client at KE2, or abandoned: a failure.
+            // Abandoned, timed out or malformed: a failure (SPEC A3), and
+            // the connection is closed at once.
             finish(false).await?;
             if attempt.is_some() {
                 info!(%user, %host, %source, "login failed: no KE3 ({e})");
             }
-            return Ok(Role::Done);
+            return Err(e);
         }
     };
     let result = blocking(move || awaiting.read_msg3(&msg3)).await?;

@@ -557,3 +557,76 @@ async fn many_stalled_streams_on_one_connection_cost_no_more_than_the_limits_all
     assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_message_3s_close_cleanly_and_only_a_grant_holders_spent_attempt_counts(
+) -> Result<()> {
+    let w = World::with_env(vec![(
+        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
+        "100000".into(),
+    )])?;
+    w.relay
+        .admin(&["policy", "mypc", "--lockout-threshold", "1000"])?;
+    let (relay, pin, bob) = identity(&w.bob.home)?;
+    let (_, _, carol) = identity(&w.carol.home)?;
+    let mut big = vec![0u8; 70_000];
+    rand::RngCore::fill_bytes(&mut OsRng, &mut big);
+    let hostile: Vec<Vec<u8>> = vec![
+        vec![0, 0, 0, 0],
+        vec![0, 0, 0, 50, 1, 2, 3],
+        vec![0xFF; 4],
+        [&70_000u32.to_be_bytes()[..], &big[..]].concat(),
+        [&82u32.to_be_bytes()[..], &big[..82]].concat(),
+    ];
+    let failures = || -> Result<u64> {
+        Ok(w.relay.status("mypc")?["failures"]
+            .as_u64()
+            .unwrap_or(u64::MAX))
+    };
+    for (key, user, counts) in [(&carol, "nobody", false), (&bob, "bob", true)] {
+        for bytes in &hostile {
+            let before = failures()?;
+            // A real message 1 and 2, then garbage where KE3 belongs.
+            let rc = net::connect(&relay, &pin).await?;
+            let binding = net::channel_binding(&rc.conn)?;
+            let (mut send, mut recv) = rc.conn.open_bi().await?;
+            let code = AccessCode::for_login(OWNER_CODE.into())?;
+            let (init, msg1) = Initiator::start_login(
+                &mut OsRng,
+                key,
+                &pin.noise_key,
+                &binding,
+                user.parse()?,
+                "mypc".parse()?,
+                &code,
+            )?;
+            wire::write_message(&mut send, &msg1).await?;
+            let msg2 = wire::read_message(&mut recv).await?;
+            drop(init.read_msg2(&mut OsRng, &msg2, Some(&code))?);
+            send.write_all(bytes).await?;
+            let _ = send.finish();
+            let t = Instant::now();
+            let closed = tokio::time::timeout(WAIT, rc.conn.closed()).await?;
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{user}: closed only after {:?}",
+                t.elapsed()
+            );
+            assert!(
+                matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+                "{user}: {closed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // An outsider never moves the counter; a grant holder's attempt
+            // was spent when KE2 left (SPEC A3), whatever comes after.
+            assert_eq!(
+                failures()?,
+                before + u64::from(counts),
+                "{user} with {} bytes",
+                bytes.len()
+            );
+        }
+    }
+    w.alice.login("mypc", OWNER_CODE).await?;
+    Ok(())
+}
