@@ -6,6 +6,7 @@
 pub mod code;
 pub mod config;
 pub mod enroll;
+pub mod error;
 pub mod host;
 pub mod net;
 pub mod user;

@@ -80,15 +80,7 @@ impl Proc {
             .stderr(stderr)
             .spawn()
             .context("spawning")?;
-        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
         Ok(Self { child, stdout: rx })
     }
 
@@ -101,15 +93,7 @@ impl Proc {
             .spawn()
             .context("spawning")?;
         let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
         Ok((Self { child, stdout: rx }, stdin))
     }
 
@@ -318,6 +302,19 @@ impl Relay {
             .filter_map(|r| r["event"].as_str().map(String::from))
             .collect())
     }
+}
+
+/// Hands a child's output over a channel, line by line, from a thread.
+fn lines(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Runs `cmd` with one line of `input` on its standard input.

@@ -163,6 +163,14 @@ async fn a_burst_from_one_source_is_limited_and_another_source_is_not_affected()
     Ok(())
 }
 
+/// Alice's session on mypc, and the relay's process id.
+async fn alice_session(w: &World) -> Result<(latchkey_client::user::remote::Remote, u32)> {
+    let home = Home::locate(Some(w.alice.home.clone()));
+    let code = AccessCode::for_login(OWNER_CODE.into())?;
+    let remote = latchkey_client::user::remote::Remote::open(&home, &"mypc".parse()?, code).await?;
+    Ok((remote, w.relay.proc.as_ref().context("relay")?.pid()))
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -204,14 +212,7 @@ async fn hostile_streams(
 async fn ten_thousand_u32_max_length_prefixes_are_rejected_and_memory_stays_flat() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
-    let home = Home::locate(Some(w.alice.home.clone()));
-    let remote = latchkey_client::user::remote::Remote::open(
-        &home,
-        &"mypc".parse()?,
-        AccessCode::for_login(OWNER_CODE.into())?,
-    )
-    .await?;
-    let pid = w.relay.proc.as_ref().context("relay")?.pid();
+    let (remote, pid) = alice_session(&w).await?;
     hostile_streams(&remote, 1000).await?;
     let before = rss_kib(pid);
     let rejected = hostile_streams(&remote, 10_000).await?;
@@ -515,14 +516,7 @@ async fn a_wrong_code_and_an_unknown_user_take_indistinguishable_time() -> Resul
 async fn many_stalled_streams_on_one_connection_cost_no_more_than_the_limits_allow() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
-    let home = Home::locate(Some(w.alice.home.clone()));
-    let remote = latchkey_client::user::remote::Remote::open(
-        &home,
-        &"mypc".parse()?,
-        AccessCode::for_login(OWNER_CODE.into())?,
-    )
-    .await?;
-    let pid = w.relay.proc.as_ref().context("relay")?.pid();
+    let (remote, pid) = alice_session(&w).await?;
     let before = rss_kib(pid);
     // 255 streams (with the control stream, the relay's concurrency limit
     // of 256), each announcing a 60,000 byte channel request and sending

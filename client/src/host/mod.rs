@@ -16,37 +16,14 @@ use latchkey_protocol::{
 use rand::rngs::OsRng;
 
 use crate::{
-    config::{ConfigError, Home, HostConfig},
-    enroll::{self, EnrollError},
+    config::{Home, HostConfig},
+    enroll,
     net::{self, NetError},
     wire,
 };
 
 /// Errors of host commands.
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    /// Identity files.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Enrolment.
-    #[error(transparent)]
-    Enroll(#[from] EnrollError),
-    /// The relay.
-    #[error(transparent)]
-    Net(#[from] NetError),
-}
-
-impl From<wire::WireError> for HostError {
-    fn from(e: wire::WireError) -> Self {
-        Self::Net(e.into())
-    }
-}
-
-impl From<HandshakeError> for HostError {
-    fn from(e: HandshakeError) -> Self {
-        Self::Net(e.into())
-    }
-}
+pub use crate::error::CommandError as HostError;
 
 /// `latchkey host enroll TOKEN`.
 pub async fn enroll(home: &Home, token: &str) -> Result<String, HostError> {

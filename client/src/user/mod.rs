@@ -14,34 +14,14 @@ use latchkey_protocol::{
 };
 
 use crate::{
-    config::{ConfigError, Home, UserConfig},
-    enroll::{self, EnrollError},
+    config::{Home, UserConfig},
+    enroll,
     net::{self, NetError, Session},
     wire,
 };
 
 /// Errors of user commands.
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    /// Identity files.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Enrolment.
-    #[error(transparent)]
-    Enroll(#[from] EnrollError),
-    /// The relay.
-    #[error(transparent)]
-    Net(#[from] NetError),
-}
-
-impl From<remote::ChannelError> for UserError {
-    fn from(e: remote::ChannelError) -> Self {
-        match e {
-            remote::ChannelError::Net(n) => Self::Net(n),
-            remote::ChannelError::Refused(why) => Self::Net(NetError::Local(why)),
-        }
-    }
-}
+pub use crate::error::CommandError as UserError;
 
 /// `latchkey enroll TOKEN`.
 pub async fn enroll(home: &Home, token: &str) -> Result<String, UserError> {

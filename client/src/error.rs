@@ -1,0 +1,45 @@
+//! The one error type of the `latchkey` commands (user and host alike):
+//! what failed is the identity files, the enrolment or the relay, and each
+//! says what to do.
+
+use latchkey_protocol::HandshakeError;
+
+use crate::{
+    config::ConfigError, enroll::EnrollError, net::NetError, user::remote::ChannelError,
+    wire::WireError,
+};
+
+/// Errors of `latchkey` commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Identity files.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Enrolment.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// The relay.
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+impl From<WireError> for CommandError {
+    fn from(e: WireError) -> Self {
+        Self::Net(e.into())
+    }
+}
+
+impl From<HandshakeError> for CommandError {
+    fn from(e: HandshakeError) -> Self {
+        Self::Net(e.into())
+    }
+}
+
+impl From<ChannelError> for CommandError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Net(n) => Self::Net(n),
+            ChannelError::Refused(why) => Self::Net(NetError::Local(why)),
+        }
+    }
+}
