@@ -468,6 +468,19 @@ async fn login(
     }
 }
 
+/// The answer to [`ClientToRelay::ListHosts`], from a user's connection
+/// or from inside a session.
+pub(crate) async fn host_list(
+    shared: &Arc<Shared>,
+    user: &UserName,
+) -> Result<RelayToClient, ConnError> {
+    let store = shared.store.clone();
+    let u = user.clone();
+    Ok(RelayToClient::Hosts(
+        blocking(move || store.hosts_for_user(&u)).await??,
+    ))
+}
+
 /// A proven user's control stream: requests that need no access code.
 async fn serve_user(
     shared: &Arc<Shared>,
@@ -484,11 +497,7 @@ async fn serve_user(
         };
         let Some(frame) = frame else { return Ok(()) };
         let reply = match frame {
-            ClientToRelay::ListHosts => {
-                let store = shared.store.clone();
-                let u = user.clone();
-                RelayToClient::Hosts(blocking(move || store.hosts_for_user(&u)).await??)
-            }
+            ClientToRelay::ListHosts => host_list(shared, user).await?,
             _ => RelayToClient::Refused(Refusal::NotAllowed("unsupported request".into())),
         };
         wire::write_frame(&mut send, &reply).await?;

@@ -133,12 +133,8 @@ pub(crate) async fn serve(
             },
             frame = control.recv() => match frame {
                 Some(Ok(Some(ClientToRelay::ListHosts))) => {
-                    let store = shared.store.clone();
-                    let u = user.clone();
-                    let hosts = tokio::task::spawn_blocking(move || store.hosts_for_user(&u))
-                        .await
-                        .map_err(|_| ConnError::Join)??;
-                    wire::write_frame(&mut send, &RelayToClient::Hosts(hosts)).await?;
+                    let hosts = crate::conn::host_list(shared, &user).await?;
+                    wire::write_frame(&mut send, &hosts).await?;
                 }
                 Some(Ok(Some(ClientToRelay::Reboot))) => {
                     if let Err(why) = crate::reboot::request(shared, &user, &host, session).await {

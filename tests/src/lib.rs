@@ -479,6 +479,15 @@ impl Device {
     }
 }
 
+/// Relay settings that lift the per-source rate limit, for tests and
+/// benchmarks that open many connections from 127.0.0.1 on purpose.
+pub fn unlimited() -> Vec<(String, String)> {
+    vec![
+        ("LATCHKEY_RELAY_PER_SOURCE_BURST".into(), "1000000".into()),
+        ("LATCHKEY_RELAY_PER_SOURCE_PER_SEC".into(), "1000000".into()),
+    ]
+}
+
 /// A relay with an owner (alice), a secondary user (bob, granted), an
 /// outsider (carol, enrolled, no grant) and a host (mypc) with a code set.
 pub struct World {
@@ -519,6 +528,14 @@ impl World {
             .ok_or_else(|| anyhow!("unexpected forward output {line:?}"))?
             .to_string();
         Ok((forward, local))
+    }
+
+    /// Raises mypc's lockout threshold out of reach, for tests that make
+    /// many attempts without meaning to lock the host.
+    pub fn without_lockout(&self) -> Result<()> {
+        self.relay
+            .admin(&["policy", "mypc", "--lockout-threshold", "1000000"])
+            .map(drop)
     }
 
     /// Waits until the relay reports the host online (or offline).

@@ -9,7 +9,7 @@ use latchkey_protocol::{
     handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, RelayPin, UserName},
 };
-use latchkey_tests::{World, OWNER_CODE, WAIT};
+use latchkey_tests::{unlimited, World, OWNER_CODE, WAIT};
 use rand::rngs::OsRng;
 
 fn identity(home: &std::path::Path) -> Result<(String, RelayPin, Keypair)> {
@@ -51,10 +51,7 @@ async fn first_two(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outsiders_get_the_same_message_sizes_as_a_wrong_code_and_move_nothing() -> Result<()> {
-    let w = World::with_env(vec![(
-        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
-        "100000".into(),
-    )])?;
+    let w = World::with_env(unlimited())?;
     let (relay, pin, bob) = identity(&w.bob.home)?;
     let (_, _, carol) = identity(&w.carol.home)?;
     let cases = [
@@ -399,12 +396,8 @@ async fn sigkill_under_load_loses_nothing_that_was_answered() -> Result<()> {
         atomic::{AtomicUsize, Ordering},
         Arc,
     };
-    let mut w = World::with_env(vec![(
-        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
-        "100000".into(),
-    )])?;
-    w.relay
-        .admin(&["policy", "mypc", "--lockout-threshold", "1000000"])?;
+    let mut w = World::with_env(unlimited())?;
+    w.without_lockout()?;
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut load = Vec::new();
     for i in 0..6 {
@@ -477,13 +470,9 @@ fn ks_statistic(a: &mut [f64], b: &mut [f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_code_and_an_unknown_user_take_indistinguishable_time() -> Result<()> {
-    let w = World::with_env(vec![(
-        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
-        "100000".into(),
-    )])?;
+    let w = World::with_env(unlimited())?;
     // Bob's wrong codes must not lock the host during the measurement.
-    w.relay
-        .admin(&["policy", "mypc", "--lockout-threshold", "100000"])?;
+    w.without_lockout()?;
     let (relay, pin, bob) = identity(&w.bob.home)?;
     let (_, _, carol) = identity(&w.carol.home)?;
     let n = 150;
@@ -555,12 +544,8 @@ async fn many_stalled_streams_on_one_connection_cost_no_more_than_the_limits_all
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_message_3s_close_cleanly_and_only_a_grant_holders_spent_attempt_counts(
 ) -> Result<()> {
-    let w = World::with_env(vec![(
-        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
-        "100000".into(),
-    )])?;
-    w.relay
-        .admin(&["policy", "mypc", "--lockout-threshold", "1000"])?;
+    let w = World::with_env(unlimited())?;
+    w.without_lockout()?;
     let (relay, pin, bob) = identity(&w.bob.home)?;
     let (_, _, carol) = identity(&w.carol.home)?;
     let mut big = vec![0u8; 70_000];

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use latchkey_client::net::{self, NetError};
-use latchkey_tests::{Device, Relay, World, OWNER_CODE};
+use latchkey_tests::{unlimited, Device, Relay, World, OWNER_CODE};
 
 fn failures(world: &World) -> Result<(u64, bool)> {
     let s = world.relay.status("mypc")?;
@@ -176,10 +176,7 @@ async fn a_success_between_failures_resets_the_count() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_wrong_codes_evaluate_exactly_three() -> Result<()> {
-    let w = World::with_env(vec![(
-        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
-        "1000".into(),
-    )])?;
+    let w = World::with_env(unlimited())?;
     let attempts = (0..50).map(|_| w.bob.login("mypc", "not the code"));
     let results = futures_join_all(attempts).await;
     let wrong = results
@@ -255,10 +252,7 @@ async fn outsiders_cannot_move_the_counter_whatever_they_send() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_attempts_keeps_counters_and_locks_as_committed() -> Result<()> {
-    let mut w = World::with_env(vec![(
-        "LATCHKEY_RELAY_PER_SOURCE_BURST".into(),
-        "1000".into(),
-    )])?;
+    let mut w = World::with_env(unlimited())?;
     // Two failures committed.
     for _ in 0..2 {
         assert!(w.bob.login("mypc", "not the code").await.is_err());

@@ -74,7 +74,6 @@ CREATE TABLE attempts (
     user_id INTEGER NOT NULL REFERENCES users(id),
     source TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'success', 'failed')),
-    locked_host INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     finished_at INTEGER
 );
@@ -570,8 +569,8 @@ impl Store for SqliteStore {
             }
             tx.execute("UPDATE hosts SET failures = failures + 1 WHERE id = ?1", [host_id])?;
             tx.execute(
-                "INSERT INTO attempts (host_id, user_id, source, state, locked_host, created_at)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+                "INSERT INTO attempts (host_id, user_id, source, state, created_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4)",
                 params![host_id, user_id, source.to_string(), now],
             )?;
             Ok(Reservation::Reserved(AttemptId(tx.last_insert_rowid())))

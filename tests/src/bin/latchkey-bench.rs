@@ -22,7 +22,7 @@ use latchkey_protocol::{
     ids::{AccessCode, HostName, PublicKey, RecordId, UserName},
     ksf::KsfProfile,
 };
-use latchkey_tests::{World, OWNER_CODE};
+use latchkey_tests::{unlimited, World, OWNER_CODE};
 use rand::rngs::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -168,14 +168,10 @@ fn handshake() -> Result<()> {
 /// against the relay binary, with the client's key stretching at the
 /// insecure test profile; and the relay's CPU per login.
 async fn logins() -> Result<()> {
-    let w = World::with_env(vec![
-        ("LATCHKEY_RELAY_PER_SOURCE_BURST".into(), "1000000".into()),
-        ("LATCHKEY_RELAY_PER_SOURCE_PER_SEC".into(), "1000000".into()),
-    ])?;
+    let w = World::with_env(unlimited())?;
     // Many logins in flight at once would otherwise be refused as "busy"
     // by the lockout budget (SPEC S7).
-    w.relay
-        .admin(&["policy", "mypc", "--lockout-threshold", "1000000"])?;
+    w.without_lockout()?;
     let pid = w.relay.proc.as_ref().context("relay")?.pid();
     let (total, concurrency) = (1000, 16);
     let cpu0 = cpu_secs(pid);
@@ -207,10 +203,7 @@ async fn logins() -> Result<()> {
 
 /// Relay memory with many idle authenticated connections.
 async fn idle() -> Result<()> {
-    let w = World::with_env(vec![
-        ("LATCHKEY_RELAY_PER_SOURCE_BURST".into(), "1000000".into()),
-        ("LATCHKEY_RELAY_PER_SOURCE_PER_SEC".into(), "1000000".into()),
-    ])?;
+    let w = World::with_env(unlimited())?;
     let pid = w.relay.proc.as_ref().context("relay")?.pid();
     let home = latchkey_client::config::Home::locate(Some(w.alice.home.clone()));
     let (cfg, key) = home.user()?;
