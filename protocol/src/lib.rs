@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod control;
 pub mod error;
 pub mod frame;
 #[cfg(fuzzing)]

@@ -7,6 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use latchkey_protocol::{
+    control::{EndReason, RelaySession, Request},
     frame::{ClientToRelay, Refusal, RelayToClient},
     ids::{HostName, SessionId, UserName},
     session::{ChannelKind, ChannelOpen, ChannelReply, ChannelRequest, MAX_ARGS, MAX_PATH_LEN},
@@ -66,11 +67,12 @@ pub(crate) async fn serve(
     let mut channels = JoinSet::new();
     let shutdown = shared.shutdown.clone();
     let mut back = shared.host_back.subscribe();
+    let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
+    let mut machine = RelaySession::new(host.clone(), reboot_wait);
     // `None` while the host reboots: the session is parked until it is back
     // with its ticket, or until the deadline (SPEC R2-R4).
     let mut host_conn = Some(host_conn);
-    let mut parked_until: Option<tokio::time::Instant> = None;
-    let ended = loop {
+    while !machine.is_over() {
         let host_gone = async {
             match &host_conn {
                 Some(c) => {
@@ -79,83 +81,88 @@ pub(crate) async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let deadline = machine.deadline();
         let give_up = async {
-            match parked_until {
-                Some(t) => tokio::time::sleep_until(t).await,
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let to_client = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break "the relay is shutting down".to_string(),
-            _ = end_rx.changed() => break end_rx.borrow().clone().unwrap_or_default(),
-            _ = host_gone => match shared.reboot_deadline(&host) {
-                Some(deadline) => {
-                    host_conn = None;
-                    parked_until = Some(deadline);
-                    let deadline_secs = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs();
-                    info!(%user, %host, %session, deadline_secs, "session parked: host rebooting");
-                    wire::write_frame(&mut send, &RelayToClient::HostRebooting { deadline_secs }).await?;
-                }
-                None => break format!("host '{host}' went offline"),
-            },
-            _ = give_up => {
-                break format!(
-                    "host '{host}' did not come back within {} s after the reboot",
-                    shared.config.reboot_deadline_secs
-                )
+            _ = shutdown.cancelled() => machine.end(EndReason::RelayShutdown),
+            _ = end_rx.changed() => {
+                let why = end_rx.borrow().clone().unwrap_or_default();
+                machine.end(EndReason::Ended(why))
             }
+            _ = host_gone => {
+                host_conn = None;
+                let deadline = shared.reboot_deadline(&host).map(|d| d.into_std());
+                let frame = machine.host_lost(std::time::Instant::now(), deadline);
+                if machine.deadline().is_some() {
+                    info!(%user, %host, %session, "session parked: host rebooting");
+                }
+                frame
+            }
+            _ = give_up => machine.tick(std::time::Instant::now()),
             came_back = back.recv() => {
                 let link = match &came_back {
                     Ok(h) if *h == host => shared.hosts().get(&host).map(|l| l.conn.clone()),
                     _ => None,
                 };
-                {
-                    if let Some(c) = link {
+                match link {
+                    Some(c) if machine.deadline().is_some() => {
                         host_conn = Some(c);
-                        parked_until = None;
                         info!(%user, %host, %session, "session resumed");
-                        wire::write_frame(&mut send, &RelayToClient::HostBack).await?;
+                        machine.host_back()
                     }
+                    _ => None,
                 }
             }
             stream = conn.accept_bi() => match stream {
-                Ok((mut s, r)) => match &host_conn {
-                    Some(c) => {
-                        channels.spawn(channel(c.clone(), session, user.clone(), s, r));
+                Ok((mut s, r)) => {
+                    match (machine.channel_allowed(), &host_conn) {
+                        (Ok(()), Some(c)) => {
+                            channels.spawn(channel(c.clone(), session, user.clone(), s, r));
+                        }
+                        (refused, _) => {
+                            let why = refused.err().unwrap_or_else(|| "host went offline".into());
+                            let _ = wire::write_frame(&mut s, &ChannelReply::Refused(why)).await;
+                            let _ = s.finish();
+                        }
                     }
-                    None => {
-                        let _ = wire::write_frame(&mut s, &ChannelReply::Refused(format!("host '{host}' is rebooting"))).await;
-                        let _ = s.finish();
-                    }
-                },
-                Err(_) => break String::new(),
+                    None
+                }
+                Err(_) => machine.end(EndReason::ClientLeft),
             },
             frame = control.recv() => match frame {
-                Some(Ok(Some(ClientToRelay::ListHosts))) => {
-                    let hosts = crate::conn::host_list(shared, &user).await?;
-                    wire::write_frame(&mut send, &hosts).await?;
-                }
-                Some(Ok(Some(ClientToRelay::Reboot))) => {
-                    if let Err(why) = crate::reboot::request(shared, &user, &host, session).await {
-                        wire::write_frame(&mut send, &RelayToClient::Refused(Refusal::NotAllowed(why))).await?;
-                    }
-                }
-                Some(Ok(Some(_))) => {
-                    let refusal = RelayToClient::Refused(Refusal::NotAllowed("unsupported request".into()));
-                    wire::write_frame(&mut send, &refusal).await?;
-                }
-                _ => break String::new(),
+                Some(Ok(Some(frame))) => match machine.request(&frame) {
+                    Request::ListHosts => Some(crate::conn::host_list(shared, &user).await?),
+                    Request::Reboot => crate::reboot::request(shared, &user, &host, session)
+                        .await
+                        .err()
+                        .map(|why| RelayToClient::Refused(Refusal::NotAllowed(why))),
+                    Request::Refuse(r) => Some(RelayToClient::Refused(r)),
+                    Request::Ignore => None,
+                },
+                _ => machine.end(EndReason::ClientLeft),
             },
-            Some(_) = channels.join_next(), if !channels.is_empty() => {}
+            Some(_) = channels.join_next(), if !channels.is_empty() => None,
+        };
+        if let Some(frame) = to_client {
+            if let RelayToClient::SessionEnded(why) = &frame {
+                debug!(%user, %host, %session, reason = %why, "session ending");
+            }
+            let sent = wire::write_frame(&mut send, &frame).await;
+            if machine.is_over() {
+                let _ = send.finish();
+            } else {
+                sent?;
+            }
         }
-    };
-    if !ended.is_empty() {
-        let _ = wire::write_frame(&mut send, &RelayToClient::SessionEnded(ended.clone())).await;
-        let _ = send.finish();
     }
     channels.abort_all();
-    debug!(%user, %host, %session, reason = %ended, "session over");
+    debug!(%user, %host, %session, "session over");
     audit(
         shared,
         "session-end",

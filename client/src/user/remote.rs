@@ -1,7 +1,10 @@
 //! A session on a host, as the user's commands use it: log in, wait until
 //! the relay has paired us with the host, then open channels.
 
+use std::time::Instant;
+
 use latchkey_protocol::{
+    control::{ClientSession, Event},
     frame::{ClientToRelay, Refusal, RelayToClient},
     ids::{AccessCode, HostName},
     session::{ChannelKind, ChannelReply, ChannelRequest},
@@ -17,21 +20,7 @@ use crate::{
     wire,
 };
 
-/// Where a session stands, as the relay last said.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Paired with the host.
-    Ready,
-    /// The host is rebooting; the relay waits up to `deadline_secs`.
-    Rebooting {
-        /// When we heard.
-        since: std::time::Instant,
-        /// How long the relay waits.
-        deadline_secs: u64,
-    },
-    /// Over, with the reason.
-    Ended(String),
-}
+pub use latchkey_protocol::control::Phase;
 
 /// A paired session.
 pub struct Remote {
@@ -79,23 +68,27 @@ impl Remote {
             send,
             mut recv,
         } = session.control;
+        let mut machine = ClientSession::new();
         let first = timeout(STEP_TIMEOUT, wire::read_frame::<RelayToClient>(&mut recv))
             .await
             .map_err(|_| NetError::Timeout)?
-            .map_err(NetError::from)?;
-        match first {
-            Some(RelayToClient::SessionReady) => {}
-            Some(RelayToClient::Refused(Refusal::HostOffline)) => {
+            .map_err(NetError::from)?
+            .ok_or(NetError::Handshake(HandshakeError::PeerMisbehaved(
+                "no session reply",
+            )))?;
+        match machine.on_frame(first, Instant::now()) {
+            Ok(Event::Phase) => {}
+            Ok(Event::Refused(Refusal::HostOffline)) => {
                 return Err(NetError::HostOffline(host.clone()).into())
             }
-            Some(RelayToClient::Refused(r)) => return Err(NetError::Refused(r).into()),
-            _ => {
+            Ok(Event::Refused(r)) => return Err(NetError::Refused(r).into()),
+            Ok(Event::Hosts(_)) | Err(_) => {
                 return Err(
                     NetError::Handshake(HandshakeError::PeerMisbehaved("no session reply")).into(),
                 )
             }
         }
-        let (phase_tx, phase) = tokio::sync::watch::channel(Phase::Ready);
+        let (phase_tx, phase) = tokio::sync::watch::channel(machine.phase().clone());
         let (refusal_tx, refusals) = tokio::sync::mpsc::channel(4);
         let (control, mut requests) = tokio::sync::mpsc::channel::<ClientToRelay>(4);
         // One task owns the control stream: it writes our requests and
@@ -111,25 +104,28 @@ impl Remote {
                         }
                     }
                     frame = frames.recv() => match frame {
-                        Some(Ok(Some(RelayToClient::SessionEnded(reason)))) => {
-                            let _ = phase_tx.send(Phase::Ended(reason));
-                            return;
-                        }
-                        Some(Ok(Some(RelayToClient::HostRebooting { deadline_secs }))) => {
-                            let _ = phase_tx.send(Phase::Rebooting { since: std::time::Instant::now(), deadline_secs });
-                        }
-                        Some(Ok(Some(RelayToClient::HostBack))) => {
-                            let _ = phase_tx.send(Phase::Ready);
-                        }
-                        Some(Ok(Some(RelayToClient::Refused(r)))) => {
-                            let _ = refusal_tx.try_send(net::refusal_text(&r));
-                        }
-                        Some(Ok(Some(_))) => {}
+                        Some(Ok(Some(frame))) => match machine.on_frame(frame, Instant::now()) {
+                            Ok(Event::Phase) => {
+                                let _ = phase_tx.send(machine.phase().clone());
+                            }
+                            Ok(Event::Refused(r)) => {
+                                let _ = refusal_tx.try_send(net::refusal_text(&r));
+                            }
+                            Ok(Event::Hosts(_)) => {}
+                            Err(e) => {
+                                tracing::warn!("{e}");
+                                break;
+                            }
+                        },
                         _ => break,
                     },
                 }
+                if matches!(machine.phase(), Phase::Ended(_)) {
+                    return;
+                }
             }
-            let _ = phase_tx.send(Phase::Ended("connection to the relay lost".into()));
+            machine.connection_lost();
+            let _ = phase_tx.send(machine.phase().clone());
         });
         Ok(Self {
             host: host.clone(),
