@@ -175,17 +175,9 @@ impl ServerCertVerifier for PinnedCert {
 }
 
 /// Transport settings of client and host connections: keep-alives well
-/// inside the relay's idle timeout, windows that let one forward run fast.
+/// inside the relay's idle timeout.
 fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(30)).ok());
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
-    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
-    t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
-    t.send_window(16 * 1024 * 1024);
-    t
+    wire::transport_config(Duration::from_secs(30), Duration::from_secs(5))
 }
 
 /// A QUIC connection to the relay (and the endpoint that drives it).
@@ -199,13 +191,39 @@ pub struct RelayConn {
 
 /// Opens a QUIC connection to `relay`, checking the pinned certificate.
 pub async fn connect(relay: &str, pin: &RelayPin) -> Result<RelayConn, NetError> {
-    connect_from(None, relay, pin).await
+    connect_from(&Local::Any, relay, pin).await
 }
 
-/// [`connect`] from a chosen local address (tests use other loopback
-/// addresses to play other sources).
+/// A client endpoint on a socket with the larger UDP buffers of
+/// [`wire::udp_socket`] (public for benchmarks that share one endpoint
+/// among many connections).
+pub fn udp_endpoint(bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let (socket, _) = wire::udp_socket(bind, wire::UDP_BUFFER_BYTES)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Where a connection's packets leave from.
+#[derive(Clone, Debug, Default)]
+pub enum Local {
+    /// A new UDP socket on any address (what every command does).
+    #[default]
+    Any,
+    /// A new UDP socket on this address (tests use other loopback
+    /// addresses to play other sources).
+    Bind(SocketAddr),
+    /// A shared endpoint: many connections on one socket (benchmarks run
+    /// thousands of lightweight agents in one process).
+    Shared(quinn::Endpoint),
+}
+
+/// [`connect`] from a chosen local socket.
 pub async fn connect_from(
-    bind: Option<SocketAddr>,
+    local: &Local,
     relay: &str,
     pin: &RelayPin,
 ) -> Result<RelayConn, NetError> {
@@ -232,18 +250,19 @@ pub async fn connect_from(
         .map_err(|e| NetError::Local(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config()));
-    let bind: SocketAddr = bind.unwrap_or_else(|| {
-        if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    let endpoint = match local {
+        Local::Shared(endpoint) => endpoint.clone(),
+        Local::Any | Local::Bind(_) => {
+            let bind = match local {
+                Local::Bind(addr) => *addr,
+                _ if addr.is_ipv4() => ([0, 0, 0, 0], 0).into(),
+                _ => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            udp_endpoint(bind).map_err(|e| NetError::Local(format!("UDP socket: {e}")))?
         }
-    });
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|e| NetError::Local(format!("UDP socket: {e}")))?;
-    endpoint.set_default_client_config(client);
+    };
     let connecting = endpoint
-        .connect(addr, SERVER_NAME)
+        .connect_with(client, addr, SERVER_NAME)
         .map_err(|e| NetError::Local(e.to_string()))?;
     let conn = match timeout(STEP_TIMEOUT, connecting).await {
         Err(_) => return Err(NetError::Timeout),
@@ -295,7 +314,18 @@ pub async fn hello(
     device: &Keypair,
     intent: Intent,
 ) -> Result<(Control, InitiatorReply), NetError> {
-    let rc = connect(relay, pin).await?;
+    hello_from(&Local::Any, relay, pin, device, intent).await
+}
+
+/// [`hello`] from a chosen local socket.
+pub async fn hello_from(
+    local: &Local,
+    relay: &str,
+    pin: &RelayPin,
+    device: &Keypair,
+    intent: Intent,
+) -> Result<(Control, InitiatorReply), NetError> {
+    let rc = connect_from(local, relay, pin).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start(&mut OsRng, device, &pin.noise_key, &binding, intent)?;
@@ -320,7 +350,18 @@ pub async fn welcome(
     device: &Keypair,
     intent: Intent,
 ) -> Result<Control, NetError> {
-    let (control, reply) = hello(relay, pin, device, intent).await?;
+    welcome_from(&Local::Any, relay, pin, device, intent).await
+}
+
+/// [`welcome`] from a chosen local socket.
+pub async fn welcome_from(
+    local: &Local,
+    relay: &str,
+    pin: &RelayPin,
+    device: &Keypair,
+    intent: Intent,
+) -> Result<Control, NetError> {
+    let (control, reply) = hello_from(local, relay, pin, device, intent).await?;
     match reply {
         InitiatorReply::Welcome { .. } => Ok(control),
         InitiatorReply::Refused(r) => Err(NetError::Refused(r)),
@@ -355,12 +396,12 @@ pub async fn login(
     host: &HostName,
     code: AccessCode,
 ) -> Result<Session, NetError> {
-    login_from(None, relay, pin, device, user, host, code).await
+    login_from(&Local::Any, relay, pin, device, user, host, code).await
 }
 
-/// [`login`] from a chosen local address.
+/// [`login`] from a chosen local socket.
 pub async fn login_from(
-    bind: Option<SocketAddr>,
+    local: &Local,
     relay: &str,
     pin: &RelayPin,
     device: &Keypair,
@@ -368,7 +409,7 @@ pub async fn login_from(
     host: &HostName,
     code: AccessCode,
 ) -> Result<Session, NetError> {
-    let rc = connect_from(bind, relay, pin).await?;
+    let rc = connect_from(local, relay, pin).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start_login(

@@ -136,3 +136,52 @@ pub async fn splice(mut from: RecvStream, mut to: SendStream) -> u64 {
         }
     }
 }
+
+/// The transport settings of every Latchkey connection, relay and peers
+/// alike (and the benchmark's direct baseline, so it compares like with
+/// like). Clients open one control stream and one stream per channel, so
+/// 256 concurrent bidirectional streams is generous; unidirectional streams
+/// are not used. The windows bound what one connection can make the other
+/// side buffer, and let one forward run fast.
+pub fn transport_config(
+    idle_timeout: std::time::Duration,
+    keep_alive: std::time::Duration,
+) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    t.send_window(16 * 1024 * 1024);
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
+    t.keep_alive_interval(Some(keep_alive));
+    t
+}
+
+/// UDP socket buffer size the relay and peers ask for. The kernel's default
+/// (about 208 KiB on Linux) drops packets when hundreds of handshakes
+/// arrive at once, as in a reconnect storm: every drop costs a QUIC
+/// retransmission timeout (up to seconds). Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max`; see [`udp_socket`].
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` with receive and send buffers of `buffer`
+/// bytes (as far as the OS allows). Returns the socket and the receive
+/// buffer size the OS granted, so callers can warn when it is small.
+pub fn udp_socket(
+    addr: std::net::SocketAddr,
+    buffer: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Like std's bind: an IPv6 address means IPv6 only.
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer still works, only less well.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size()?;
+    Ok((socket.into(), granted))
+}

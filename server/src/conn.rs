@@ -98,6 +98,10 @@ enum Role {
     Done,
 }
 
+/// Streams a session may have open at once: its control stream and one per
+/// channel (the peers' own limit in `wire::transport_config`).
+const MAX_SESSION_STREAMS: u32 = 256;
+
 /// Serves one incoming connection to the end.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -130,7 +134,13 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let role = handshake(&shared, &conn, source, deadline, &mut send, &mut recv).await;
+    // Each phase is boxed: a connection's task then holds only the phase it
+    // is in (an idle host's task is a few hundred bytes, not the size of
+    // the largest phase).
+    let role = Box::pin(handshake(
+        &shared, &conn, source, deadline, &mut send, &mut recv,
+    ))
+    .await;
     drop(permit);
     let result = match role {
         Ok(Role::Done) => {
@@ -143,14 +153,25 @@ pub(crate) async fn serve(
             .await;
             Ok(())
         }
-        Ok(Role::Host(host)) => crate::host::serve(&shared, &conn, host, send, recv).await,
-        Ok(Role::HostAdmin(host)) => crate::host::serve_admin(&shared, host, send, recv).await,
-        Ok(Role::User(user)) => serve_user(&shared, &user, send, recv).await,
+        Ok(Role::Host(host)) => {
+            Box::pin(crate::host::serve(&shared, &conn, host, send, recv)).await
+        }
+        Ok(Role::HostAdmin(host)) => {
+            Box::pin(crate::host::serve_admin(&shared, host, send, recv)).await
+        }
+        Ok(Role::User(user)) => Box::pin(serve_user(&shared, &user, send, recv)).await,
         Ok(Role::Session {
             user,
             host,
             session,
-        }) => crate::session::serve(&shared, &conn, user, host, session, send, recv).await,
+        }) => {
+            // Only a session opens channels (one stream each).
+            conn.set_max_concurrent_bi_streams(MAX_SESSION_STREAMS.into());
+            Box::pin(crate::session::serve(
+                &shared, &conn, user, host, session, send, recv,
+            ))
+            .await
+        }
         Err(ConnError::Timeout) => {
             debug!(%source, "handshake deadline passed");
             conn.close(close::TIMEOUT, b"handshake timeout");

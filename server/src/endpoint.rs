@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::TransportConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 
@@ -31,19 +31,19 @@ pub enum EndpointError {
     },
 }
 
-/// Transport limits for every connection. Clients open one control stream
-/// and one stream per channel, so 256 concurrent bidirectional streams is
-/// generous; unidirectional streams are not used. Windows bound what one
-/// connection can make the relay buffer.
+/// Bidirectional streams a peer may open before it has a session: the
+/// handshake's, which becomes the control stream, and a spare. quinn keeps
+/// state for every stream a peer may open, so the full channel budget
+/// (`conn::MAX_SESSION_STREAMS`) is opened only to a logged-in session;
+/// this keeps an idle host's connection about 20 KiB smaller.
+const STREAMS_BEFORE_SESSION: u32 = 2;
+
+/// The relay's transport settings: the shared ones, with the configured
+/// idle timeout, keep-alives at 10 s (peers send theirs every 5 s), and
+/// few streams until a session starts.
 pub fn transport_config(config: &Config) -> TransportConfig {
-    let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(256));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(2 * 1024 * 1024));
-    t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
-    t.send_window(16 * 1024 * 1024);
-    t.max_idle_timeout(IdleTimeout::try_from(config.idle_timeout()).ok());
-    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    let mut t = crate::wire::transport_config(config.idle_timeout(), Duration::from_secs(10));
+    t.max_concurrent_bidi_streams(STREAMS_BEFORE_SESSION.into());
     t
 }
 
@@ -96,7 +96,17 @@ pub fn server_endpoint(config: &Config, data: &DataDir) -> Result<quinn::Endpoin
         addr: config.listen,
         source,
     };
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let (socket, granted) =
+        crate::wire::udp_socket(config.listen, crate::wire::UDP_BUFFER_BYTES).map_err(bind_err)?;
+    // Linux reports twice the granted size (bookkeeping included).
+    if granted < crate::wire::UDP_BUFFER_BYTES {
+        tracing::warn!(
+            granted,
+            wanted = crate::wire::UDP_BUFFER_BYTES,
+            "small UDP receive buffer: bursts of handshakes (a reconnect storm) may lose packets; \
+             raise net.core.rmem_max"
+        );
+    }
     quinn::Endpoint::new(
         endpoint_config(data),
         Some(server),

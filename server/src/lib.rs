@@ -172,6 +172,11 @@ impl Shared {
     }
 
     pub(crate) async fn set_online(&self, host: &HostName, online: bool) {
+        if !online && self.shutdown.is_cancelled() {
+            // Stopping: every host goes offline in one write below
+            // (`accept_loop`), not in thousands of commits.
+            return;
+        }
         let store = self.store.clone();
         let h = host.clone();
         let r = tokio::task::spawn_blocking(move || store.set_online(&h, online)).await;
@@ -263,31 +268,88 @@ impl Relay {
     }
 }
 
+/// Connections refused since the last summary. Under a flood (or a
+/// reconnect storm) one log line per refusal would itself be the attack,
+/// so refusals are counted and summed up at most once a second.
+#[derive(Default)]
+struct Refused {
+    rate_limited: u64,
+    over_cap: u64,
+}
+
+impl Refused {
+    fn flush(&mut self) {
+        if self.rate_limited + self.over_cap > 0 {
+            warn!(
+                rate_limited = self.rate_limited,
+                too_many_handshakes = self.over_cap,
+                "connections refused in the last second"
+            );
+        }
+        *self = Self::default();
+    }
+}
+
+/// How long a new connection may wait for a handshake place when all are
+/// taken. A burst (hosts reconnecting after a restart) then queues instead
+/// of being refused into backoff, and a user arriving in the middle of it
+/// waits in line rather than failing; a flood still cannot hold more than
+/// the cap in handshakes, plus [`QUEUE_PER_PLACE`] times as many waiting
+/// this long (a queued connection is one buffered datagram or two).
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// Connections that may wait in line per handshake place.
+const QUEUE_PER_PLACE: usize = 8;
+
 async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    let unauthenticated = Arc::new(Semaphore::new(shared.config.max_unauthenticated.max(1)));
+    let cap = shared.config.max_unauthenticated.max(1);
+    let unauthenticated = Arc::new(Semaphore::new(cap));
+    let queue = Arc::new(Semaphore::new(cap * QUEUE_PER_PLACE));
     let mut tasks = JoinSet::new();
+    let mut refused = Refused::default();
+    let mut summary = tokio::time::interval(Duration::from_secs(1));
+    let (over_cap_tx, mut over_cap) = tokio::sync::mpsc::unbounded_channel::<()>();
     loop {
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = summary.tick() => refused.flush(),
+            Some(()) = over_cap.recv() => refused.over_cap += 1,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let source = incoming.remote_address().ip();
                 if !shared.limiter().allow(source, 1.0, Instant::now()) {
-                    info!(%source, "connection refused: rate limit");
+                    refused.rate_limited += 1;
                     incoming.refuse();
                     continue;
                 }
-                let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
-                    warn!(%source, "connection refused: too many handshakes in progress");
+                if let Ok(permit) = unauthenticated.clone().try_acquire_owned() {
+                    tasks.spawn(conn::serve(shared.clone(), incoming, permit));
+                    continue;
+                }
+                let Ok(place_in_line) = queue.clone().try_acquire_owned() else {
+                    refused.over_cap += 1;
                     incoming.refuse();
                     continue;
                 };
-                tasks.spawn(conn::serve(shared.clone(), incoming, permit));
+                let (shared, unauthenticated, over_cap_tx) =
+                    (shared.clone(), unauthenticated.clone(), over_cap_tx.clone());
+                tasks.spawn(async move {
+                    let permit = tokio::time::timeout(QUEUE_WAIT, unauthenticated.acquire_owned()).await;
+                    drop(place_in_line);
+                    match permit {
+                        Ok(Ok(permit)) => conn::serve(shared, incoming, permit).await,
+                        _ => {
+                            let _ = over_cap_tx.send(());
+                            incoming.refuse();
+                        }
+                    }
+                });
             }
         }
     }
+    refused.flush();
     info!("relay shutting down");
     endpoint.close(close::SHUTDOWN, b"relay shutting down");
     let drain = async { while tasks.join_next().await.is_some() {} };
@@ -297,6 +359,15 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     {
         tasks.abort_all();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let store = shared.store.clone();
+    if !matches!(
+        tokio::task::spawn_blocking(move || store.clear_online()).await,
+        Ok(Ok(()))
+    ) {
+        warn!("could not mark the hosts offline (the next start does)");
+    }
+    // Long enough for the close frames to leave; peers that miss them learn
+    // of the restart from a stateless reset at their next packet.
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
     info!("relay stopped");
 }

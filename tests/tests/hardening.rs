@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use latchkey_client::{config::Home, net, wire};
 use latchkey_protocol::{
+    frame::Intent,
     handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, RelayPin, UserName},
 };
@@ -146,7 +147,7 @@ async fn a_burst_from_one_source_is_limited_and_another_source_is_not_affected()
     // 127.0.0.2 is another source (all of 127/8 is loopback on Linux).
     let (cfg, key) = Home::locate(Some(w.alice.home.clone())).user()?;
     let session = net::login_from(
-        Some("127.0.0.2:0".parse()?),
+        &net::Local::Bind("127.0.0.2:0".parse()?),
         &relay,
         &pin,
         &key,
@@ -261,7 +262,7 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
     let (cfg, key) = Home::locate(Some(w.alice.home.clone())).user()?;
     let t = Instant::now();
     let session = net::login_from(
-        Some("127.0.0.2:0".parse()?),
+        &net::Local::Bind("127.0.0.2:0".parse()?),
         &relay,
         &pin,
         &key,
@@ -272,23 +273,30 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
     .await?;
     println!("login while 500 handshakes stall: {:?}", t.elapsed());
     session.control.relay.conn.close(0u32.into(), b"");
-    // The cap holds: of 60 more stalled handshakes, only the places left
-    // free by the 500 (those still open hold theirs) are taken.
+    // The cap holds: of 60 more stalled handshakes started at once, only
+    // the places left free by the 500 (those still open hold theirs) are
+    // taken within a second; the rest wait in line (or are refused).
     let still_open = stalled
         .iter()
         .filter(|(rc, ..)| rc.conn.close_reason().is_none())
         .count();
-    let mut extra_ok = 0;
-    let mut extra = Vec::new();
+    let mut attempts = tokio::task::JoinSet::new();
     for _ in 0..60 {
-        if let Ok(rc) = net::connect(&relay, &pin).await {
-            if let Ok((mut send, recv)) = rc.conn.open_bi().await {
-                let _ = send.write_all(&[0, 0]).await;
-                extra_ok += 1;
-                extra.push((rc, send, recv));
-            }
+        let (relay, pin) = (relay.clone(), pin);
+        attempts.spawn(tokio::time::timeout(Duration::from_secs(1), async move {
+            let rc = net::connect(&relay, &pin).await?;
+            let (mut send, recv) = rc.conn.open_bi().await?;
+            send.write_all(&[0, 0]).await?;
+            Ok::<_, anyhow::Error>((rc, send, recv))
+        }));
+    }
+    let mut extra = Vec::new();
+    while let Some(attempt) = attempts.join_next().await {
+        if let Ok(Ok(admitted)) = attempt? {
+            extra.push(admitted);
         }
     }
+    let extra_ok = extra.len();
     let free = 520 - still_open;
     println!("{extra_ok} of 60 further handshakes admitted ({free} places were free)");
     assert!(
@@ -607,5 +615,38 @@ async fn hostile_message_3s_close_cleanly_and_only_a_grant_holders_spent_attempt
         }
     }
     w.alice.login("mypc", OWNER_CODE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_beyond_the_handshake_cap_waits_in_line_instead_of_being_refused() -> Result<()> {
+    let mut env = unlimited();
+    env.push(("LATCHKEY_RELAY_MAX_UNAUTHENTICATED".into(), "4".into()));
+    let w = World::with_env(env)?;
+    let (relay, pin, key) = identity(&w.alice.home)?;
+    let user: UserName = "alice".parse()?;
+    // Seven times the cap at once, as hosts do after a relay restart (the
+    // line holds eight times the cap).
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..28 {
+        let (relay, key, user) = (relay.clone(), key.clone(), user.clone());
+        burst.spawn(async move {
+            let control = net::welcome(&relay, &pin, &key, Intent::User { user }).await?;
+            control.relay.conn.close(0u32.into(), b"");
+            Ok::<_, net::NetError>(())
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(r) = burst.join_next().await {
+        if let Err(e) = r? {
+            refused.push(e.to_string());
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of 28 refused: {:?}",
+        refused.len(),
+        refused.first()
+    );
     Ok(())
 }

@@ -5,7 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
-use latchkey_protocol::frame::{HostToRelay, Intent, Refusal, RelayToHost};
+use latchkey_protocol::{
+    frame::{HostToRelay, Intent, Refusal, RelayToHost},
+    handshake::Keypair,
+    ids::{HostName, RelayPin},
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -28,34 +32,41 @@ fn worth_retrying(e: &NetError) -> bool {
     )
 }
 
-/// Runs the agent until `shutdown` fires or the relay refuses this host.
-pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostError> {
-    let (cfg, key) = home.host()?;
-    let pin = cfg.pin()?;
-    let cfg = Arc::new(cfg);
+/// Connects to the relay as `host`, retrying with jittered exponential
+/// backoff (200 ms up to 30 s) for as long as retrying could help: after a
+/// relay restart thousands of agents dial at once, and the jitter spreads
+/// them out. Public so the benchmark's fleets of hosts reconnect exactly
+/// as real agents do.
+pub async fn dial(
+    local: &net::Local,
+    relay: &str,
+    pin: &RelayPin,
+    key: &Keypair,
+    host: &HostName,
+) -> Result<Control, NetError> {
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(30))
         .with_jitter()
         .without_max_times();
+    let connect = || net::welcome_from(local, relay, pin, key, Intent::Host { host: host.clone() });
+    connect
+        .retry(backoff)
+        .when(worth_retrying)
+        .notify(|e, delay| warn!("relay unreachable: {e}; retrying in {delay:.1?}"))
+        .await
+}
+
+/// Runs the agent until `shutdown` fires or the relay refuses this host.
+pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostError> {
+    let (cfg, key) = home.host()?;
+    let pin = cfg.pin()?;
+    let cfg = Arc::new(cfg);
     loop {
-        let connect = || {
-            net::welcome(
-                &cfg.relay,
-                &pin,
-                &key,
-                Intent::Host {
-                    host: cfg.host.clone(),
-                },
-            )
-        };
         let control = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            c = connect
-                .retry(backoff)
-                .when(worth_retrying)
-                .notify(|e, delay| warn!("relay unreachable: {e}; retrying in {delay:.1?}")) => c?,
+            c = dial(&net::Local::Any, &cfg.relay, &pin, &key, &cfg.host) => c?,
         };
         info!(host = %cfg.host, relay = %cfg.relay, "online");
         let ended = serve(home, control, cfg.clone(), &shutdown).await;

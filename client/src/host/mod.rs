@@ -4,7 +4,7 @@
 mod agent;
 mod channels;
 
-pub use agent::run;
+pub use agent::{dial, run};
 
 use latchkey_protocol::{
     frame::{CodeTarget, HostToRelay, Intent, RelayToHost},

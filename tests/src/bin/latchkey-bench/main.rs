@@ -1,0 +1,71 @@
+//! `latchkey-bench [FIGURE|all]`: measures the relay with real processes
+//! on loopback and prints a table plus one JSON line per figure. Medians
+//! and ratios against a baseline measured in the same run, because these
+//! machines are shared and noisy. Build with `--release`; see
+//! docs/benchmarks.md.
+
+mod fleet;
+mod login;
+mod measure;
+mod peer;
+mod ssh;
+mod transfer;
+
+use anyhow::{Context, Result};
+
+/// The figures, in the order `all` runs them.
+const FIGURES: &[&str] = &["handshake", "logins", "forward", "latency", "idle", "storm"];
+
+async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
+    match figure {
+        "handshake" => tokio::task::spawn_blocking(login::handshake).await?,
+        "logins" => login::logins().await,
+        "forward" => transfer::forward().await,
+        "latency" => transfer::latency().await,
+        "idle" => fleet::idle(sizes).await,
+        "storm" => fleet::storm().await,
+        other => anyhow::bail!("unknown figure {other}: use {} or all", FIGURES.join(", ")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let which = args.next().unwrap_or_else(|| "all".into());
+    if which == "quinn-peer" {
+        let cert = args
+            .next()
+            .context("usage: latchkey-bench quinn-peer CERT_PATH")?;
+        return peer::serve(cert.as_ref()).await;
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "# latchkey-bench {which} on {cpu}, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    // `latchkey-bench idle 1000 5000`: other fleet sizes.
+    let sizes = args.map(|a| a.parse()).collect::<Result<Vec<usize>, _>>()?;
+    let figures: Vec<&str> = if which == "all" {
+        FIGURES.to_vec()
+    } else {
+        vec![which.as_str()]
+    };
+    let mut failed = Vec::new();
+    for figure in figures {
+        if let Err(e) = run(figure, &sizes).await {
+            println!("{figure}: FAILED: {e:#}");
+            failed.push(figure);
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "figures failed: {}", failed.join(", "));
+    Ok(())
+}
