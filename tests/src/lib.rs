@@ -242,6 +242,15 @@ impl Relay {
         self.launch()
     }
 
+    /// Stops the relay with SIGTERM (an upgrade) and starts it again on the
+    /// same address.
+    pub fn restart_graceful(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate()?;
+        }
+        self.launch()
+    }
+
     /// Runs `latchkey-relay admin ARGS`; fails unless it succeeds.
     pub fn admin(&self, args: &[&str]) -> Result<String> {
         let out = self.admin_output(args)?;

@@ -1,0 +1,102 @@
+//! The direct-QUIC baseline: `latchkey-bench quinn-peer CERT` runs as its
+//! own process, a quinn server with the very transport settings of Latchkey
+//! connections, and the bench talks to it without a relay. Each stream
+//! starts with one byte saying what it is for: `S` sink (read to the end,
+//! answer the byte count), `G` + u64 generate (send that many bytes), `E`
+//! echo (one byte back for every byte).
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use latchkey_protocol::quic::transport_config;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+/// Settings of both ends of the baseline: Latchkey's peers' settings.
+fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    ))
+}
+
+/// Runs the peer until killed: writes its certificate to `cert_path` and
+/// prints `listening ADDR`.
+pub(crate) async fn serve(cert_path: &Path) -> Result<()> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    std::fs::write(cert_path, cert.cert.der())?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+    let mut server =
+        quinn::ServerConfig::with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+    server.transport_config(transport());
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse()?)?;
+    println!("listening {}", endpoint.local_addr()?);
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(stream(send, recv));
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+    let mut op = [0u8; 1];
+    recv.read_exact(&mut op).await?;
+    match op[0] {
+        b'S' => {
+            let mut got = 0u64;
+            while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+                got += chunk.bytes.len() as u64;
+            }
+            send.write_all(&got.to_be_bytes()).await?;
+        }
+        b'G' => {
+            let mut n = [0u8; 8];
+            recv.read_exact(&mut n).await?;
+            send_bytes(&mut send, u64::from_be_bytes(n)).await?;
+        }
+        _ => {
+            let mut b = [0u8; 1];
+            while recv.read_exact(&mut b).await.is_ok() {
+                send.write_all(&b).await?;
+            }
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// Writes `n` bytes in 1 MiB chunks without copying them.
+pub(crate) async fn send_bytes(send: &mut SendStream, n: u64) -> Result<()> {
+    let chunk = bytes_of(1 << 20);
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(chunk.len() as u64) as usize;
+        send.write_chunk(chunk.slice(..take)).await?;
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+fn bytes_of(n: usize) -> bytes::Bytes {
+    bytes::Bytes::from(vec![0x5a; n])
+}
+
+/// A client connection to the peer at `addr` whose certificate is at `cert`.
+pub(crate) async fn connect(addr: SocketAddr, cert: &Path) -> Result<(Endpoint, Connection)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(std::fs::read(
+        cert,
+    )?))?;
+    let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+    client.transport_config(transport());
+    let mut endpoint = Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(addr, "localhost")?
+        .await
+        .context("connecting to the quinn peer")?;
+    Ok((endpoint, conn))
+}

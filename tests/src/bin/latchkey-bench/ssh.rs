@@ -1,0 +1,124 @@
+//! The baseline users would otherwise pick: an OpenSSH `ssh -L` forward to
+//! a private `sshd` on loopback (its own keys and config in a temporary
+//! directory, public-key login only). Skipped, with the reason printed,
+//! where `sshd` is not installed.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use latchkey_tests::{wait_until, Proc};
+use tempfile::TempDir;
+
+/// A running `sshd` and `ssh -N -L` pair; both are killed when dropped.
+pub(crate) struct SshForward {
+    _sshd: Proc,
+    _ssh: Proc,
+    /// Where the forward listens.
+    pub(crate) local: String,
+    _dir: TempDir,
+}
+
+fn sshd_path() -> Option<PathBuf> {
+    ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/usr/bin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn keygen(path: &std::path::Path) -> Result<()> {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()?
+        .success();
+    if !ok {
+        bail!("ssh-keygen failed");
+    }
+    Ok(())
+}
+
+/// Starts `sshd` and `ssh -L 127.0.0.1:PORT:target`, or says why not.
+pub(crate) fn start(target: &str) -> Result<Result<SshForward, String>> {
+    let Some(sshd) = sshd_path() else {
+        return Ok(Err(
+            "sshd is not installed (apt-get install openssh-server)".into(),
+        ));
+    };
+    let dir = tempfile::tempdir()?;
+    let p = |name: &str| dir.path().join(name);
+    keygen(&p("host_key"))?;
+    keygen(&p("user_key"))?;
+    std::fs::copy(p("user_key.pub"), p("authorized_keys"))?;
+    // sshd wants its privilege-separation directory even on a high port.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port()?;
+    std::fs::write(
+        p("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\n",
+            p("host_key").display(),
+            p("authorized_keys").display(),
+            p("sshd.pid").display(),
+        ),
+    )?;
+    let log = std::fs::File::create(p("sshd.log"))?;
+    let sshd = Proc::spawn_logged(
+        Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(p("sshd_config")),
+        log,
+    )?;
+    wait_until("sshd listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })?;
+    let local_port = free_port()?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let log = std::fs::File::create(p("ssh.log"))?;
+    let ssh = Proc::spawn_logged(
+        Command::new("ssh")
+            .args(["-N", "-i"])
+            .arg(p("user_key"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-p",
+                &port.to_string(),
+                "-L",
+                &format!("127.0.0.1:{local_port}:{target}"),
+                &format!("{user}@127.0.0.1"),
+            ]),
+        log,
+    )?;
+    let local = format!("127.0.0.1:{local_port}");
+    wait_until("ssh -L listening", || {
+        std::net::TcpStream::connect_timeout(
+            &local.parse().expect("address"),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    })
+    .with_context(|| {
+        std::fs::read_to_string(p("ssh.log")).unwrap_or_default()
+            + &std::fs::read_to_string(p("sshd.log")).unwrap_or_default()
+    })?;
+    Ok(Ok(SshForward {
+        _sshd: sshd,
+        _ssh: ssh,
+        local,
+        _dir: dir,
+    }))
+}

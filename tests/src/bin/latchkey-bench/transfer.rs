@@ -1,0 +1,421 @@
+//! Bulk transfer and round trips through an open forward: relayed by the
+//! relay, against a direct quinn stream with the same transport settings
+//! (a peer process, see `peer`), plain loopback TCP, and an OpenSSH
+//! `ssh -L` forward, all in the same run.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use latchkey_tests::{Proc, World};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+use crate::{
+    measure::{cpu_secs, median, percentile, report, GIB},
+    peer, ssh,
+};
+
+/// Bytes moved per run, each way.
+const SIZE: u64 = 1 << 30;
+/// Runs per path and direction.
+const RUNS: usize = 3;
+/// Round trips per latency figure.
+const ROUND_TRIPS: usize = 10_000;
+
+/// The targets the host connects to: one that sends `SIZE` bytes to every
+/// connection, one that counts what it gets and reports each connection's
+/// total, and one that echoes.
+struct Targets {
+    source: String,
+    sink: String,
+    echo: String,
+    sunk: mpsc::UnboundedReceiver<u64>,
+}
+
+async fn targets() -> Result<Targets> {
+    let source = TcpListener::bind("127.0.0.1:0").await?;
+    let sink = TcpListener::bind("127.0.0.1:0").await?;
+    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let addrs = (
+        source.local_addr()?.to_string(),
+        sink.local_addr()?.to_string(),
+        echo.local_addr()?.to_string(),
+    );
+    let chunk = Arc::new(vec![0x5au8; 1 << 20]);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = source.accept().await {
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                for _ in 0..SIZE >> 20 {
+                    if tcp.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (tx, sunk) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = sink.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (mut buf, mut got) = (vec![0u8; 1 << 16], 0u64);
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got += n as u64;
+                    if got == SIZE {
+                        let _ = tx.send(got);
+                    }
+                }
+            });
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let mut b = [0u8; 1];
+                while tcp.read_exact(&mut b).await.is_ok() {
+                    if tcp.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(Targets {
+        source: addrs.0,
+        sink: addrs.1,
+        echo: addrs.2,
+        sunk,
+    })
+}
+
+/// MB/s pulling `SIZE` bytes from a TCP address (a forward of the source).
+async fn tcp_pull(addr: &str) -> Result<f64> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    let mut buf = vec![0u8; 1 << 16];
+    let (t, mut got) = (Instant::now(), 0u64);
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    anyhow::ensure!(got == SIZE, "pulled {got} bytes");
+    Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+/// MB/s pushing `SIZE` bytes into a TCP address (a forward of the sink),
+/// timed until the sink has them all.
+async fn tcp_push(addr: &str, sunk: &mut mpsc::UnboundedReceiver<u64>) -> Result<f64> {
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut tcp = TcpStream::connect(addr).await?;
+    let t = Instant::now();
+    for _ in 0..SIZE >> 20 {
+        tcp.write_all(&chunk).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(120), sunk.recv())
+        .await
+        .context("the sink never got everything")?;
+    Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+async fn quinn_push(conn: &quinn::Connection) -> Result<f64> {
+    let t = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(b"S").await?;
+    peer::send_bytes(&mut send, SIZE).await?;
+    send.finish()?;
+    let mut n = [0u8; 8];
+    recv.read_exact(&mut n).await?;
+    anyhow::ensure!(u64::from_be_bytes(n) == SIZE, "the peer got fewer bytes");
+    Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+async fn quinn_pull(conn: &quinn::Connection) -> Result<f64> {
+    let t = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(b"G").await?;
+    send.write_all(&SIZE.to_be_bytes()).await?;
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+        got += chunk.bytes.len() as u64;
+    }
+    anyhow::ensure!(got == SIZE, "pulled {got} bytes");
+    Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+/// A direct quinn peer process and our connection to it.
+struct Peer {
+    proc: Proc,
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_peer() -> Result<Peer> {
+    let dir = tempfile::tempdir()?;
+    let cert = dir.path().join("peer.der");
+    let log = std::fs::File::create(dir.path().join("peer.log"))?;
+    let proc = Proc::spawn_logged(
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("quinn-peer")
+            .arg(&cert),
+        log,
+    )?;
+    let line = proc.expect_line("listening")?;
+    let addr = line.trim_start_matches("listening ").parse()?;
+    let (endpoint, conn) = peer::connect(addr, &cert).await?;
+    Ok(Peer {
+        proc,
+        conn,
+        _endpoint: endpoint,
+        _dir: dir,
+    })
+}
+
+/// Per path and direction: MB/s of each run, and CPU seconds per GiB of
+/// the processes that matter (the relay; or the direct sender + receiver).
+#[derive(Default)]
+struct Samples {
+    mb_s: Vec<f64>,
+    cpu_per_gib: Vec<f64>,
+}
+
+impl Samples {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mb_s_median": median(self.mb_s.clone()),
+            "cpu_s_per_gib_median": median(self.cpu_per_gib.clone()),
+            "runs": self.mb_s.len(),
+        })
+    }
+}
+
+/// Times `f` and charges the CPU that `pids` spent meanwhile to it.
+async fn sample<F: std::future::Future<Output = Result<f64>>>(
+    into: &mut Samples,
+    pids: &[u32],
+    f: F,
+) -> Result<()> {
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+    let before = cpu(pids);
+    into.mb_s.push(f.await?);
+    into.cpu_per_gib
+        .push((cpu(pids) - before) / (SIZE as f64 / GIB));
+    Ok(())
+}
+
+/// Bulk transfer both ways: relayed, direct quinn, direct TCP, ssh -L.
+pub(crate) async fn forward() -> Result<()> {
+    let mut t = targets().await?;
+    let w = World::new()?;
+    w.mypc.allow_forward(&[t.source.clone(), t.sink.clone()])?;
+    let _agent = w.start_agent()?;
+    let (_f1, relayed_source) = w.start_forward(&t.source)?;
+    let (_f2, relayed_sink) = w.start_forward(&t.sink)?;
+    let ssh_source = ssh::start(&t.source)?;
+    let ssh_sink = ssh::start(&t.sink)?;
+    let peer = start_peer().await?;
+    let relay = w.relay.proc.as_ref().context("relay")?.pid();
+    let direct = [peer.proc.pid(), std::process::id()];
+    let mut s: std::collections::BTreeMap<&str, Samples> = Default::default();
+    for _ in 0..RUNS {
+        sample(
+            s.entry("relayed_host_to_client").or_default(),
+            &[relay],
+            tcp_pull(&relayed_source),
+        )
+        .await?;
+        sample(
+            s.entry("relayed_client_to_host").or_default(),
+            &[relay],
+            tcp_push(&relayed_sink, &mut t.sunk),
+        )
+        .await?;
+        sample(
+            s.entry("direct_quinn_host_to_client").or_default(),
+            &direct,
+            quinn_pull(&peer.conn),
+        )
+        .await?;
+        sample(
+            s.entry("direct_quinn_client_to_host").or_default(),
+            &direct,
+            quinn_push(&peer.conn),
+        )
+        .await?;
+        sample(
+            s.entry("direct_tcp_host_to_client").or_default(),
+            &[],
+            tcp_pull(&t.source),
+        )
+        .await?;
+        sample(
+            s.entry("direct_tcp_client_to_host").or_default(),
+            &[],
+            tcp_push(&t.sink, &mut t.sunk),
+        )
+        .await?;
+        if let (Ok(a), Ok(b)) = (&ssh_source, &ssh_sink) {
+            sample(
+                s.entry("ssh_l_host_to_client").or_default(),
+                &[],
+                tcp_pull(&a.local),
+            )
+            .await?;
+            sample(
+                s.entry("ssh_l_client_to_host").or_default(),
+                &[],
+                tcp_push(&b.local, &mut t.sunk),
+            )
+            .await?;
+        }
+    }
+    if let Err(why) = &ssh_source {
+        println!("forward: no ssh -L baseline: {why}");
+    }
+    let med = |k: &str| s.get(k).map(|v| median(v.mb_s.clone())).unwrap_or(f64::NAN);
+    let cpu = |k: &str| {
+        s.get(k)
+            .map(|v| median(v.cpu_per_gib.clone()))
+            .unwrap_or(f64::NAN)
+    };
+    for dir in ["host_to_client", "client_to_host"] {
+        let (r, q, tcp, ssh) = (
+            med(&format!("relayed_{dir}")),
+            med(&format!("direct_quinn_{dir}")),
+            med(&format!("direct_tcp_{dir}")),
+            med(&format!("ssh_l_{dir}")),
+        );
+        let (rc, qc) = (
+            cpu(&format!("relayed_{dir}")),
+            cpu(&format!("direct_quinn_{dir}")),
+        );
+        println!(
+            "forward {dir}: relayed {r:.0} MB/s, direct quinn {q:.0} MB/s (ratio {:.2}), ssh -L {ssh:.0} MB/s (relayed/ssh {:.2}), direct TCP {tcp:.0} MB/s; \
+             relay CPU {rc:.2} s/GiB vs direct quinn sender+receiver {qc:.2} s/GiB (ratio {:.2})",
+            r / q,
+            r / ssh,
+            rc / qc
+        );
+    }
+    report(
+        "forward",
+        serde_json::json!({
+            "bytes_per_run": SIZE,
+            "paths": s.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+            "ratio_relayed_to_direct_quinn": {
+                "host_to_client": med("relayed_host_to_client") / med("direct_quinn_host_to_client"),
+                "client_to_host": med("relayed_client_to_host") / med("direct_quinn_client_to_host"),
+            },
+            "ratio_relay_cpu_to_direct_sender_receiver_cpu": {
+                "host_to_client": cpu("relayed_host_to_client") / cpu("direct_quinn_host_to_client"),
+                "client_to_host": cpu("relayed_client_to_host") / cpu("direct_quinn_client_to_host"),
+            },
+        }),
+    );
+    Ok(())
+}
+
+async fn rtts<S: AsyncReadExt + AsyncWriteExt + Unpin>(mut s: S) -> Result<Vec<f64>> {
+    let mut b = [7u8; 1];
+    // Warm up the path (a forward opens its channel on connect).
+    for _ in 0..100 {
+        s.write_all(&b).await?;
+        s.read_exact(&mut b).await?;
+    }
+    let mut out = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        s.write_all(&b).await?;
+        s.read_exact(&mut b).await?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+async fn tcp_rtts(addr: &str) -> Result<Vec<f64>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    rtts(tcp).await
+}
+
+async fn quinn_rtts(conn: &quinn::Connection) -> Result<Vec<f64>> {
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(b"E").await?;
+    rtts(tokio::io::join(recv, send)).await
+}
+
+/// One-byte round trips through an open forward, p50/p99: relayed idle,
+/// relayed while another session saturates the relay, direct quinn and
+/// direct TCP.
+pub(crate) async fn latency() -> Result<()> {
+    let t = targets().await?;
+    let w = World::new()?;
+    w.mypc.allow_forward(&[t.echo.clone(), t.source.clone()])?;
+    let _agent = w.start_agent()?;
+    let (_f1, relayed_echo) = w.start_forward(&t.echo)?;
+    let (_f2, relayed_source) = w.start_forward(&t.source)?;
+    let peer = start_peer().await?;
+    let direct_tcp = tcp_rtts(&t.echo).await?;
+    let direct_quinn = quinn_rtts(&peer.conn).await?;
+    let relayed = tcp_rtts(&relayed_echo).await?;
+    // Another session pulls bulk data through the relay meanwhile.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut moved = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut tcp) = TcpStream::connect(&relayed_source).await else {
+                    break;
+                };
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    moved += n as u64;
+                }
+            }
+            moved
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let saturated = tcp_rtts(&relayed_echo).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let hog_mb_s = hog.await? as f64 / 1e6 / (started.elapsed().as_secs_f64() + 0.3);
+    let p = |v: &Vec<f64>| (percentile(v.clone(), 50), percentile(v.clone(), 99));
+    let ((r50, r99), (s50, s99), (q50, q99), (t50, t99)) =
+        (p(&relayed), p(&saturated), p(&direct_quinn), p(&direct_tcp));
+    println!(
+        "latency (1-byte round trips, p50/p99 us): relayed {r50:.0}/{r99:.0}; relayed while another session moves {hog_mb_s:.0} MB/s {s50:.0}/{s99:.0}; \
+         direct quinn {q50:.0}/{q99:.0}; direct TCP {t50:.0}/{t99:.0}; added by the relay path over direct quinn: p50 {:.0}, p99 {:.0}",
+        r50 - q50,
+        r99 - q99
+    );
+    report(
+        "latency",
+        serde_json::json!({
+            "round_trips": ROUND_TRIPS,
+            "relayed_p50_us": r50, "relayed_p99_us": r99,
+            "relayed_saturated_p50_us": s50, "relayed_saturated_p99_us": s99, "saturating_mb_s": hog_mb_s,
+            "direct_quinn_p50_us": q50, "direct_quinn_p99_us": q99,
+            "direct_tcp_p50_us": t50, "direct_tcp_p99_us": t99,
+            "added_p50_us": r50 - q50, "added_p99_us": r99 - q99,
+        }),
+    );
+    Ok(())
+}
