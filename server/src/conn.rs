@@ -449,16 +449,23 @@ async fn login(
             return Err(e);
         }
     };
-    let result = blocking(move || awaiting.read_msg3(&msg3)).await?;
-    let mut result = match result {
-        Ok(r) => r,
-        Err((e, _)) => {
-            finish(false).await?;
-            return Err(e.into());
-        }
-    };
-    // Commit the verdict before the client hears it (SPEC B2).
-    finish(result.verified).await?;
+    // KE3 and the verdict's commit in one trip to the blocking pool: the
+    // verdict is committed before the client hears it (SPEC B2), and a
+    // KE3 that does not even parse is a failure like a wrong one.
+    let store = shared.store.clone();
+    let now = now_unix();
+    let (result, committed) = blocking(move || {
+        let result = awaiting.read_msg3(&msg3);
+        let verified = matches!(&result, Ok(r) if r.verified);
+        let committed = match attempt {
+            Some(a) => store.finish_attempt(a, verified, now),
+            None => Ok(()),
+        };
+        (result, committed)
+    })
+    .await?;
+    committed?;
+    let mut result = result.map_err(|(e, _)| e)?;
     let outcome = if result.verified {
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
