@@ -58,6 +58,12 @@ pub struct Config {
     /// Deadline for a whole handshake, from the first packet to the login
     /// verdict, in milliseconds. Default 10,000.
     pub handshake_timeout_ms: u64,
+    /// Deadline for the first part of a handshake, from the first packet
+    /// to a complete message 1, in milliseconds (never more than the whole
+    /// handshake's). A real peer sends message 1 the moment QUIC is up, so
+    /// this can be short: a stalled connection then gives its place back
+    /// (and its peer retries) in seconds. Default 3,000.
+    pub first_message_timeout_ms: u64,
     /// Most connections allowed in the handshake at once; more are refused.
     /// Default 512.
     pub max_unauthenticated: usize,
@@ -132,6 +138,7 @@ impl Default for Config {
             public_addr: None,
             data_dir: None,
             handshake_timeout_ms: 10_000,
+            first_message_timeout_ms: 3_000,
             max_unauthenticated: 512,
             per_source_burst: 40,
             per_source_per_sec: 10.0,
@@ -188,6 +195,12 @@ impl Config {
         table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// [`Config::first_message_timeout_ms`] as a duration, at most the
+    /// whole handshake's.
+    pub fn first_message_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_message_timeout_ms.max(1)).min(self.handshake_timeout())
     }
 
     /// [`Config::handshake_timeout_ms`] as a duration.

@@ -109,8 +109,10 @@ pub(crate) async fn serve(
     permit: OwnedSemaphorePermit,
 ) {
     let source = incoming.remote_address().ip();
-    let deadline = Instant::now() + shared.config.handshake_timeout();
-    let conn = match timeout_at(deadline, incoming).await {
+    let started = Instant::now();
+    let deadline = started + shared.config.handshake_timeout();
+    let first_message = started + shared.config.first_message_timeout();
+    let conn = match timeout_at(first_message, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             debug!(%source, "QUIC handshake failed: {e}");
@@ -121,7 +123,7 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let streams = timeout_at(deadline, conn.accept_bi()).await;
+    let streams = timeout_at(first_message, conn.accept_bi()).await;
     let (mut send, mut recv) = match streams {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -138,7 +140,12 @@ pub(crate) async fn serve(
     // is in (an idle host's task is a few hundred bytes, not the size of
     // the largest phase).
     let role = Box::pin(handshake(
-        &shared, &conn, source, deadline, &mut send, &mut recv,
+        &shared,
+        &conn,
+        source,
+        [first_message, deadline],
+        &mut send,
+        &mut recv,
     ))
     .await;
     drop(permit);
@@ -198,16 +205,17 @@ async fn within<T>(
         .map_err(|_| ConnError::Timeout)?
 }
 
+/// `deadlines`: for message 1, and for the whole handshake.
 async fn handshake(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     source: IpAddr,
-    deadline: Instant,
+    [first_message, deadline]: [Instant; 2],
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<Role, ConnError> {
     let binding = channel_binding(conn)?;
-    let msg1 = within(deadline, async { Ok(wire::read_message(recv).await?) }).await?;
+    let msg1 = within(first_message, async { Ok(wire::read_message(recv).await?) }).await?;
     let s = shared.clone();
     let step =
         blocking(move || Responder::read_msg1(&s.identity, &binding, &msg1, &mut OsRng)).await??;

@@ -49,7 +49,7 @@ pub(crate) async fn serve(
         old.conn
             .close(close::REPLACED, b"replaced by a newer connection");
     }
-    shared.set_online(&host, true).await;
+    shared.set_online(&host, true);
     info!(%host, remote = %conn.remote_address(), "host online");
     let shutdown = shared.shutdown.clone();
     let mut pending = None;
@@ -97,7 +97,7 @@ pub(crate) async fn serve(
         }
     };
     if ours {
-        shared.set_online(&host, false).await;
+        shared.set_online(&host, false);
     }
     info!(%host, "host offline");
     result

@@ -14,6 +14,7 @@ pub mod endpoint;
 mod host;
 pub mod lockout;
 mod notify;
+mod presence;
 pub mod ratelimit;
 mod reboot;
 mod session;
@@ -97,6 +98,7 @@ pub(crate) struct Shared {
     reboots: Mutex<HashMap<HostName, Reboot>>,
     /// Hosts that came back from a reboot with a valid ticket.
     pub(crate) host_back: tokio::sync::broadcast::Sender<HostName>,
+    presence: presence::Presence,
 }
 
 /// A reboot in progress (or the last one, for the rate limit).
@@ -171,18 +173,14 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn set_online(&self, host: &HostName, online: bool) {
+    /// Records a host agent arriving or leaving (written in batches).
+    pub(crate) fn set_online(&self, host: &HostName, online: bool) {
         if !online && self.shutdown.is_cancelled() {
-            // Stopping: every host goes offline in one write below
-            // (`accept_loop`), not in thousands of commits.
+            // Stopping: every host goes offline in one write at the end
+            // (`accept_loop`).
             return;
         }
-        let store = self.store.clone();
-        let h = host.clone();
-        let r = tokio::task::spawn_blocking(move || store.set_online(&h, online)).await;
-        if !matches!(r, Ok(Ok(()))) {
-            warn!(%host, online, "could not record host presence");
-        }
+        self.presence.set(host, online);
     }
 }
 
@@ -246,13 +244,14 @@ impl Relay {
             )),
             config,
             identity,
-            store,
             hosts: Mutex::new(HashMap::new()),
             shutdown: shutdown.clone(),
             next_id: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
             reboots: Mutex::new(HashMap::new()),
             host_back: tokio::sync::broadcast::channel(64).0,
+            presence: presence::Presence::spawn(store.clone()),
+            store,
         });
         info!(%addr, %fingerprint, "relay listening");
         let notifier = tokio::spawn(notify::run(shared.clone()));
@@ -359,13 +358,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     {
         tasks.abort_all();
     }
-    let store = shared.store.clone();
-    if !matches!(
-        tokio::task::spawn_blocking(move || store.clear_online()).await,
-        Ok(Ok(()))
-    ) {
-        warn!("could not mark the hosts offline (the next start does)");
-    }
+    shared.presence.all_offline().await;
     // Long enough for the close frames to leave; peers that miss them learn
     // of the restart from a stateless reset at their next packet.
     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;

@@ -235,6 +235,10 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
 ) -> Result<()> {
     let w = World::with_env(vec![
         ("LATCHKEY_RELAY_HANDSHAKE_TIMEOUT_MS".into(), "8000".into()),
+        (
+            "LATCHKEY_RELAY_FIRST_MESSAGE_TIMEOUT_MS".into(),
+            "8000".into(),
+        ),
         ("LATCHKEY_RELAY_MAX_UNAUTHENTICATED".into(), "520".into()),
         ("LATCHKEY_RELAY_PER_SOURCE_BURST".into(), "100000".into()),
     ])?;
@@ -648,5 +652,30 @@ async fn a_burst_beyond_the_handshake_cap_waits_in_line_instead_of_being_refused
         refused.len(),
         refused.first()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_without_message_1_is_closed_at_the_first_message_deadline() -> Result<()> {
+    let w = World::with_env(vec![(
+        "LATCHKEY_RELAY_FIRST_MESSAGE_TIMEOUT_MS".into(),
+        "1000".into(),
+    )])?;
+    let (relay, pin, _) = identity(&w.alice.home)?;
+    // QUIC is up, a stream is open, message 1 never comes (half of it does).
+    let t = Instant::now();
+    let rc = net::connect(&relay, &pin).await?;
+    let (mut send, _recv) = rc.conn.open_bi().await?;
+    send.write_all(&213u32.to_be_bytes()).await?;
+    let closed = tokio::time::timeout(WAIT, rc.conn.closed()).await?;
+    let took = t.elapsed();
+    println!("closed after {took:?} (first-message deadline 1 s, whole handshake 10 s)");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+        "{closed:?}"
+    );
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    // A real client is not affected.
+    w.alice.login("mypc", OWNER_CODE).await?;
     Ok(())
 }

@@ -251,8 +251,8 @@ pub trait Store: Send + Sync + 'static {
     /// Unlocks a host and resets its counter.
     fn unlock(&self, host: &HostName, now: UnixTime) -> Result<(), StoreError>;
 
-    /// Records whether a host agent is connected.
-    fn set_online(&self, host: &HostName, online: bool) -> Result<(), StoreError>;
+    /// Records which host agents connected or left, in one commit.
+    fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError>;
     /// Marks every host offline (at relay start).
     fn clear_online(&self) -> Result<(), StoreError>;
 

@@ -773,12 +773,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_online(&self, host: &HostName, online: bool) -> Result<(), StoreError> {
+    fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE hosts SET online = ?1 WHERE name = ?2",
-                params![online, host.as_str()],
-            )?;
+            let mut update = tx.prepare_cached("UPDATE hosts SET online = ?1 WHERE name = ?2")?;
+            for (host, online) in changes {
+                update.execute(params![online, host.as_str()])?;
+            }
             Ok(())
         })
     }

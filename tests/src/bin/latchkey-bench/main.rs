@@ -30,6 +30,13 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The agents' and clients' own warnings (retries, say), when asked for.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "all".into());
     if which == "quinn-peer" {
