@@ -143,7 +143,8 @@ pub(crate) async fn serve(
         &shared,
         &conn,
         source,
-        [first_message, deadline],
+        first_message,
+        deadline,
         &mut send,
         &mut recv,
     ))
@@ -205,12 +206,14 @@ async fn within<T>(
         .map_err(|_| ConnError::Timeout)?
 }
 
-/// `deadlines`: for message 1, and for the whole handshake.
+/// `first_message` bounds the wait for message 1, `deadline` the whole
+/// handshake.
 async fn handshake(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     source: IpAddr,
-    [first_message, deadline]: [Instant; 2],
+    first_message: Instant,
+    deadline: Instant,
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<Role, ConnError> {

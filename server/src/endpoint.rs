@@ -98,7 +98,6 @@ pub fn server_endpoint(config: &Config, data: &DataDir) -> Result<quinn::Endpoin
     };
     let (socket, granted) =
         crate::wire::udp_socket(config.listen, crate::wire::UDP_BUFFER_BYTES).map_err(bind_err)?;
-    // Linux reports twice the granted size (bookkeeping included).
     if granted < crate::wire::UDP_BUFFER_BYTES {
         tracing::warn!(
             granted,

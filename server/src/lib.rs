@@ -272,20 +272,22 @@ impl Relay {
 /// so refusals are counted and summed up at most once a second.
 #[derive(Default)]
 struct Refused {
-    rate_limited: u64,
-    over_cap: u64,
+    rate_limited: AtomicU64,
+    /// Also counted by connections that waited in line in vain.
+    over_cap: AtomicU64,
 }
 
 impl Refused {
-    fn flush(&mut self) {
-        if self.rate_limited + self.over_cap > 0 {
+    fn flush(&self) {
+        let rate_limited = self.rate_limited.swap(0, Ordering::Relaxed);
+        let over_cap = self.over_cap.swap(0, Ordering::Relaxed);
+        if rate_limited + over_cap > 0 {
             warn!(
-                rate_limited = self.rate_limited,
-                too_many_handshakes = self.over_cap,
+                rate_limited,
+                too_many_handshakes = over_cap,
                 "connections refused in the last second"
             );
         }
-        *self = Self::default();
     }
 }
 
@@ -305,21 +307,19 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let unauthenticated = Arc::new(Semaphore::new(cap));
     let queue = Arc::new(Semaphore::new(cap * QUEUE_PER_PLACE));
     let mut tasks = JoinSet::new();
-    let mut refused = Refused::default();
+    let refused = Arc::new(Refused::default());
     let mut summary = tokio::time::interval(Duration::from_secs(1));
-    let (over_cap_tx, mut over_cap) = tokio::sync::mpsc::unbounded_channel::<()>();
     loop {
         tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = summary.tick() => refused.flush(),
-            Some(()) = over_cap.recv() => refused.over_cap += 1,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let source = incoming.remote_address().ip();
                 if !shared.limiter().allow(source, 1.0, Instant::now()) {
-                    refused.rate_limited += 1;
+                    refused.rate_limited.fetch_add(1, Ordering::Relaxed);
                     incoming.refuse();
                     continue;
                 }
@@ -328,19 +328,19 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     continue;
                 }
                 let Ok(place_in_line) = queue.clone().try_acquire_owned() else {
-                    refused.over_cap += 1;
+                    refused.over_cap.fetch_add(1, Ordering::Relaxed);
                     incoming.refuse();
                     continue;
                 };
-                let (shared, unauthenticated, over_cap_tx) =
-                    (shared.clone(), unauthenticated.clone(), over_cap_tx.clone());
+                let (shared, unauthenticated, refused) =
+                    (shared.clone(), unauthenticated.clone(), refused.clone());
                 tasks.spawn(async move {
                     let permit = tokio::time::timeout(QUEUE_WAIT, unauthenticated.acquire_owned()).await;
                     drop(place_in_line);
                     match permit {
                         Ok(Ok(permit)) => conn::serve(shared, incoming, permit).await,
                         _ => {
-                            let _ = over_cap_tx.send(());
+                            refused.over_cap.fetch_add(1, Ordering::Relaxed);
                             incoming.refuse();
                         }
                     }

@@ -120,15 +120,14 @@ pub(crate) async fn serve(
                 }
             }
             stream = conn.accept_bi() => match stream {
-                Ok((mut s, r)) => {
+                Ok((s, r)) => {
                     match (machine.channel_allowed(), &host_conn) {
                         (Ok(()), Some(c)) => {
                             channels.spawn(channel(c.clone(), session, user.clone(), s, r));
                         }
                         (refused, _) => {
                             let why = refused.err().unwrap_or_else(|| "host went offline".into());
-                            let _ = wire::write_frame(&mut s, &ChannelReply::Refused(why)).await;
-                            let _ = s.finish();
+                            refuse_channel(s, why).await;
                         }
                     }
                     None
@@ -224,6 +223,12 @@ fn within_limits(kind: &ChannelKind) -> bool {
     }
 }
 
+/// Answers a channel request with a refusal and ends the stream.
+async fn refuse_channel(mut send: SendStream, why: String) {
+    let _ = wire::write_frame(&mut send, &ChannelReply::Refused(why)).await;
+    let _ = send.finish();
+}
+
 /// One channel: read the request, open the host's stream, splice.
 async fn channel(
     host_conn: quinn::Connection,
@@ -242,21 +247,11 @@ async fn channel(
         return;
     };
     if !within_limits(&request.kind) {
-        let _ = wire::write_frame(
-            &mut c_send,
-            &ChannelReply::Refused("request outside protocol limits".into()),
-        )
-        .await;
-        let _ = c_send.finish();
+        refuse_channel(c_send, "request outside protocol limits".into()).await;
         return;
     }
     let Ok((mut h_send, h_recv)) = host_conn.open_bi().await else {
-        let _ = wire::write_frame(
-            &mut c_send,
-            &ChannelReply::Refused("host went offline".into()),
-        )
-        .await;
-        let _ = c_send.finish();
+        refuse_channel(c_send, "host went offline".into()).await;
         return;
     };
     let open = ChannelOpen {

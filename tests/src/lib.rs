@@ -455,15 +455,27 @@ impl Device {
         code: &str,
     ) -> impl std::future::Future<Output = Result<net::Session, net::NetError>> + Send + 'static
     {
+        self.login_from(net::Local::Any, host, code)
+    }
+
+    /// [`Device::login`] from a chosen local socket (another loopback
+    /// address plays another source).
+    pub fn login_from(
+        &self,
+        local: net::Local,
+        host: &str,
+        code: &str,
+    ) -> impl std::future::Future<Output = Result<net::Session, net::NetError>> + Send + 'static
+    {
         let home = latchkey_client::config::Home::locate(Some(self.home.clone()));
         let (host, code) = (host.to_string(), code.to_string());
         async move {
-            let local = |e: String| net::NetError::Local(e);
-            let (cfg, key) = home.user().map_err(|e| local(e.to_string()))?;
-            let pin = cfg.pin().map_err(|e| local(e.to_string()))?;
-            let host: HostName = host.parse().map_err(|_| local("bad host".into()))?;
-            let code = AccessCode::for_login(code).map_err(|e| local(e.to_string()))?;
-            net::login(&cfg.relay, &pin, &key, &cfg.user, &host, code).await
+            let failed = |e: String| net::NetError::Local(e);
+            let (cfg, key) = home.user().map_err(|e| failed(e.to_string()))?;
+            let pin = cfg.pin().map_err(|e| failed(e.to_string()))?;
+            let host: HostName = host.parse().map_err(|_| failed("bad host".into()))?;
+            let code = AccessCode::for_login(code).map_err(|e| failed(e.to_string()))?;
+            net::login_from(&local, &cfg.relay, &pin, &key, &cfg.user, &host, code).await
         }
     }
 
@@ -486,6 +498,58 @@ impl Device {
         let home = latchkey_client::config::Home::locate(Some(self.home.clone()));
         Ok(home.user()?.0.user)
     }
+}
+
+/// Resident memory of a process in KiB, from /proc (0 if unreadable).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 12th and 13th, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A quinn server configuration with a fresh self-signed certificate for
+/// `localhost`, and that certificate (DER) for clients to trust: plain
+/// QUIC without the relay, for the wire tests and the bench's direct
+/// baseline.
+pub fn self_signed_server() -> Result<(quinn::ServerConfig, Vec<u8>)> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+    let der = cert.cert.der().to_vec();
+    let config = quinn::ServerConfig::with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+    Ok((config, der))
+}
+
+/// A quinn client configuration that trusts only `cert` (DER), as
+/// `localhost`.
+pub fn client_trusting(cert: &[u8]) -> Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()))?;
+    Ok(quinn::ClientConfig::with_root_certificates(
+        std::sync::Arc::new(roots),
+    )?)
 }
 
 /// Relay settings that lift the per-source rate limit, for tests and

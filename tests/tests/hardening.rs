@@ -10,7 +10,7 @@ use latchkey_protocol::{
     handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, RelayPin, UserName},
 };
-use latchkey_tests::{unlimited, World, OWNER_CODE, WAIT};
+use latchkey_tests::{rss_kib, unlimited, World, OWNER_CODE, WAIT};
 use rand::rngs::OsRng;
 
 fn identity(home: &std::path::Path) -> Result<(String, RelayPin, Keypair)> {
@@ -145,18 +145,11 @@ async fn a_burst_from_one_source_is_limited_and_another_source_is_not_affected()
     }
     assert!(refused >= 8, "only {refused} of 20 refused");
     // 127.0.0.2 is another source (all of 127/8 is loopback on Linux).
-    let (cfg, key) = Home::locate(Some(w.alice.home.clone())).user()?;
-    let session = net::login_from(
-        &net::Local::Bind("127.0.0.2:0".parse()?),
-        &relay,
-        &pin,
-        &key,
-        &cfg.user,
-        &"mypc".parse()?,
-        AccessCode::for_login(OWNER_CODE.into())?,
-    )
-    .await
-    .context("login from another source")?;
+    let session = w
+        .alice
+        .login_from(net::Local::Bind("127.0.0.2:0".parse()?), "mypc", OWNER_CODE)
+        .await
+        .context("login from another source")?;
     session.control.relay.conn.close(0u32.into(), b"");
     Ok(())
 }
@@ -167,15 +160,6 @@ async fn alice_session(w: &World) -> Result<(latchkey_client::user::remote::Remo
     let code = AccessCode::for_login(OWNER_CODE.into())?;
     let remote = latchkey_client::user::remote::Remote::open(&home, &"mypc".parse()?, code).await?;
     Ok((remote, w.relay.proc.as_ref().context("relay")?.pid()))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn hostile_streams(
@@ -263,18 +247,11 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
         }
     }
     // A user from another address gets in meanwhile.
-    let (cfg, key) = Home::locate(Some(w.alice.home.clone())).user()?;
     let t = Instant::now();
-    let session = net::login_from(
-        &net::Local::Bind("127.0.0.2:0".parse()?),
-        &relay,
-        &pin,
-        &key,
-        &cfg.user,
-        &"mypc".parse()?,
-        AccessCode::for_login(OWNER_CODE.into())?,
-    )
-    .await?;
+    let session = w
+        .alice
+        .login_from(net::Local::Bind("127.0.0.2:0".parse()?), "mypc", OWNER_CODE)
+        .await?;
     println!("login while 500 handshakes stall: {:?}", t.elapsed());
     session.control.relay.conn.close(0u32.into(), b"");
     // The cap holds: of 60 more stalled handshakes started at once, only

@@ -2,7 +2,7 @@
 //! a frame read that is cancelled half-way loses nothing, and a length
 //! prefix over the limit is an error before anything is allocated.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
 use latchkey_client::wire::{self, frame_reader, WireError};
@@ -22,17 +22,10 @@ struct Pair {
 }
 
 async fn pair() -> Result<Pair> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-    let server_config =
-        quinn::ServerConfig::with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+    let (server_config, cert) = latchkey_tests::self_signed_server()?;
     let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone())?;
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    client.set_default_client_config(quinn::ClientConfig::with_root_certificates(Arc::new(
-        roots,
-    ))?);
+    client.set_default_client_config(latchkey_tests::client_trusting(&cert)?);
     let connecting = client.connect(server.local_addr()?, "localhost")?;
     let accepting = async {
         let incoming = server.accept().await;

@@ -184,7 +184,7 @@ pub(crate) async fn idle(sizes: &[usize]) -> Result<()> {
     for &n in sizes {
         let (mut f, names, key) = fleet(n)?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = rss_kib(f.relay_pid);
+        let before = rss_kib(f.relay_pid) as f64;
         let t = Instant::now();
         // In batches, so the figure is what idle hosts cost rather than
         // what a burst of handshakes left behind (the storm measures that).
@@ -203,7 +203,7 @@ pub(crate) async fn idle(sizes: &[usize]) -> Result<()> {
         let up = t.elapsed();
         // Let allocations settle (handshake buffers freed, keep-alives run).
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = rss_kib(f.relay_pid);
+        let after = rss_kib(f.relay_pid) as f64;
         let per = (after - before) / n as f64;
         println!(
             "idle hosts: {n} online in {:.1} s; relay RSS {before:.0} KiB -> {after:.0} KiB: {per:.1} KiB per idle host connection",

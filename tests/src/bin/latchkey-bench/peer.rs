@@ -22,11 +22,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
 /// Runs the peer until killed: writes its certificate to `cert_path` and
 /// prints `listening ADDR`.
 pub(crate) async fn serve(cert_path: &Path) -> Result<()> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
-    std::fs::write(cert_path, cert.cert.der())?;
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-    let mut server =
-        quinn::ServerConfig::with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+    let (mut server, cert) = latchkey_tests::self_signed_server()?;
+    std::fs::write(cert_path, cert)?;
     server.transport_config(transport());
     let endpoint = Endpoint::server(server, "127.0.0.1:0".parse()?)?;
     println!("listening {}", endpoint.local_addr()?);
@@ -86,11 +83,7 @@ fn bytes_of(n: usize) -> bytes::Bytes {
 
 /// A client connection to the peer at `addr` whose certificate is at `cert`.
 pub(crate) async fn connect(addr: SocketAddr, cert: &Path) -> Result<(Endpoint, Connection)> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(std::fs::read(
-        cert,
-    )?))?;
-    let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+    let mut client = latchkey_tests::client_trusting(&std::fs::read(cert)?)?;
     client.transport_config(transport());
     let mut endpoint = Endpoint::client("127.0.0.1:0".parse()?)?;
     endpoint.set_default_client_config(client);
