@@ -443,6 +443,8 @@ pub async fn login_from(
                         recv,
                     },
                 }),
+                LoginOutcome::Locked => Err(NetError::Locked(host.clone())),
+                LoginOutcome::Refused(r) => Err(NetError::Refused(r)),
                 _ => Err(NetError::WrongCode(host.clone())),
             }
         }

@@ -140,6 +140,12 @@ pub enum LoginOutcome {
     },
     /// The code was wrong.
     Rejected,
+    /// The code was right, but a concurrent attempt locked the host before
+    /// the verdict committed: no session, nothing counted.
+    Locked,
+    /// The code was right, but no session may start (the grant was revoked
+    /// meanwhile); nothing counted.
+    Refused(Refusal),
 }
 
 /// Where a new access code applies.

@@ -216,6 +216,12 @@ impl fmt::Debug for SecretKey {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenSecret(pub [u8; 32]);
 
+impl Drop for TokenSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl TokenSecret {
     /// What the relay stores and looks tokens up by.
     pub fn digest(&self) -> [u8; 32] {
@@ -236,6 +242,12 @@ impl fmt::Debug for TokenSecret {
 /// were waiting for it (SPEC R3). The relay stores only its digest.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeTicket(pub [u8; 32]);
+
+impl Drop for ResumeTicket {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl ResumeTicket {
     /// What the relay stores and looks tickets up by.

@@ -344,12 +344,20 @@ pub fn run(
             )
         }
         AdminCommand::Unlock { host } => {
-            store.unlock(host, now)?;
+            let left = store.unlock(host, now)?;
             emit(
                 out,
                 json,
-                &serde_json::json!({"unlocked": true, "host": host.as_str()}),
-                |out| writeln!(out, "'{host}' is unlocked; its failure count is 0."),
+                &serde_json::json!({"unlocked": true, "host": host.as_str(), "failures": left}),
+                |out| {
+                    match left {
+                    0 => writeln!(out, "'{host}' is unlocked; its failure count is 0."),
+                    n => writeln!(
+                        out,
+                        "'{host}' is unlocked; {n} attempt(s) still being decided count until they end."
+                    ),
+                }
+                },
             )
         }
         AdminCommand::Status { host } => {

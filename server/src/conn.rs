@@ -4,77 +4,27 @@
 use std::{net::IpAddr, sync::Arc};
 
 use latchkey_protocol::{
-    frame::{
-        ClientToRelay, HelloReply, HostToRelay, Intent, LoginOutcome, Refusal, RelayToClient,
-        RelayToHost,
-    },
-    handshake::{
-        registration_response, validate_upload, AttemptDecision, CodeRecord, LoginAuthority,
-        LoginReply, Msg1, Reservation, Responder,
-    },
-    ids::{HostName, PublicKey, RecordId, SessionId, UserName},
-    HandshakeError,
+    frame::{HelloReply, Intent, Refusal},
+    handshake::{Msg1, Responder},
+    ids::{HostName, PublicKey, UserName},
 };
 use quinn::{RecvStream, SendStream};
-use rand::{rngs::OsRng, RngCore};
-use thiserror::Error;
+use rand::rngs::OsRng;
 use tokio::{
-    sync::{mpsc, OwnedSemaphorePermit},
+    sync::OwnedSemaphorePermit,
     time::{timeout_at, Instant},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
+    close,
+    error::{blocking, ConnError},
+    login::{login, within, Login},
     now_unix,
-    store::{AttemptId, Event, Store, StoreError},
-    wire::{self, WireError},
-    Shared,
+    registry::SessionEntry,
+    store::StoreError,
+    wire, Shared,
 };
-
-/// QUIC application close codes the relay uses.
-pub mod close {
-    use quinn::VarInt;
-    /// Normal end.
-    pub const DONE: VarInt = VarInt::from_u32(0);
-    /// The handshake deadline passed.
-    pub const TIMEOUT: VarInt = VarInt::from_u32(1);
-    /// The peer broke the protocol.
-    pub const PROTOCOL: VarInt = VarInt::from_u32(2);
-    /// A newer connection of the same host replaced this one.
-    pub const REPLACED: VarInt = VarInt::from_u32(3);
-    /// The relay is shutting down.
-    pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
-    /// Internal error (store unavailable).
-    pub const INTERNAL: VarInt = VarInt::from_u32(5);
-}
-
-/// Errors of one connection (logged, never sent to the peer in detail).
-#[derive(Debug, Error)]
-pub(crate) enum ConnError {
-    #[error("connection: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    #[error("handshake: {0}")]
-    Handshake(#[from] HandshakeError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot export TLS keying material")]
-    Exporter,
-    #[error("worker task failed")]
-    Join,
-    #[error("handshake deadline passed")]
-    Timeout,
-}
-
-/// Runs `f` on the blocking pool (crypto and SQLite).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ConnError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ConnError::Join)
-}
 
 /// The connection's TLS exporter value: the Noise prologue binding.
 fn channel_binding(conn: &quinn::Connection) -> Result<[u8; 32], ConnError> {
@@ -89,11 +39,7 @@ enum Role {
     Host(HostName),
     HostAdmin(HostName),
     User(UserName),
-    Session {
-        user: UserName,
-        host: HostName,
-        session: SessionId,
-    },
+    Session(SessionEntry),
     /// Enrolment or a refusal: nothing more to do.
     Done,
 }
@@ -139,16 +85,22 @@ pub(crate) async fn serve(
     // Each phase is boxed: a connection's task then holds only the phase it
     // is in (an idle host's task is a few hundred bytes, not the size of
     // the largest phase).
-    let role = Box::pin(handshake(
-        &shared,
-        &conn,
-        source,
-        first_message,
-        deadline,
-        &mut send,
-        &mut recv,
-    ))
-    .await;
+    let role = tokio::select! {
+        role = Box::pin(handshake(
+            &shared,
+            &conn,
+            source,
+            first_message,
+            deadline,
+            &mut send,
+            &mut recv,
+        )) => role,
+        // Tests cancel the handshake here (feature `fault-injection`).
+        _ = crate::fault::cancelled() => {
+            conn.close(close::INTERNAL, b"cancelled");
+            return;
+        }
+    };
     drop(permit);
     let result = match role {
         Ok(Role::Done) => {
@@ -167,18 +119,11 @@ pub(crate) async fn serve(
         Ok(Role::HostAdmin(host)) => {
             Box::pin(crate::host::serve_admin(&shared, host, send, recv)).await
         }
-        Ok(Role::User(user)) => Box::pin(serve_user(&shared, &user, send, recv)).await,
-        Ok(Role::Session {
-            user,
-            host,
-            session,
-        }) => {
+        Ok(Role::User(user)) => Box::pin(crate::user::serve(&shared, &user, send, recv)).await,
+        Ok(Role::Session(entry)) => {
             // Only a session opens channels (one stream each).
             conn.set_max_concurrent_bi_streams(MAX_SESSION_STREAMS.into());
-            Box::pin(crate::session::serve(
-                &shared, &conn, user, host, session, send, recv,
-            ))
-            .await
+            Box::pin(crate::session::serve(&shared, &conn, entry, send, recv)).await
         }
         Err(ConnError::Timeout) => {
             debug!(%source, "handshake deadline passed");
@@ -195,15 +140,6 @@ pub(crate) async fn serve(
         debug!(%source, "connection ended: {e}");
     }
     conn.close(close::DONE, b"");
-}
-
-async fn within<T>(
-    deadline: Instant,
-    f: impl std::future::Future<Output = Result<T, ConnError>>,
-) -> Result<T, ConnError> {
-    timeout_at(deadline, f)
-        .await
-        .map_err(|_| ConnError::Timeout)?
 }
 
 /// `first_message` bounds the wait for message 1, `deadline` the whole
@@ -223,7 +159,10 @@ async fn handshake(
     let step =
         blocking(move || Responder::read_msg1(&s.identity, &binding, &msg1, &mut OsRng)).await??;
     match step {
-        Msg1::Login(req) => login(shared, source, deadline, send, recv, *req).await,
+        Msg1::Login(req) => match login(shared, source, deadline, send, recv, *req).await? {
+            Login::Session(entry) => Ok(Role::Session(entry)),
+            Login::Done => Ok(Role::Done),
+        },
         Msg1::Device(req) => {
             let device = req.device_key();
             let (reply, role) = match req.intent() {
@@ -258,6 +197,22 @@ async fn device_reply(
             {
                 Ok(enrolled) => {
                     info!(name = %enrolled.name, host = enrolled.is_host, %source, "device enrolled");
+                    // A re-enrolled device replaces the old one: what the old
+                    // key holds ends now.
+                    if enrolled.is_host {
+                        let old = enrolled
+                            .name
+                            .parse::<HostName>()
+                            .ok()
+                            .and_then(|h| shared.hosts().get(&h).map(|l| l.conn.clone()));
+                        if let Some(old) = old {
+                            old.close(close::REPLACED, b"the host was enrolled again");
+                        }
+                    } else {
+                        shared
+                            .sessions
+                            .end_user(&enrolled.name, "your device was enrolled again");
+                    }
                     Ok((
                         HelloReply::Enrolled {
                             name: enrolled.name,
@@ -302,308 +257,3 @@ async fn device_reply(
         _ => refuse(Refusal::NotAllowed("unsupported request".into())),
     }
 }
-
-/// The store seen through the protocol's [`LoginAuthority`]; runs on the
-/// blocking pool. Store errors are kept, and the caller sends nothing if
-/// one happened (a failed reservation must never turn into a KE2).
-struct StoreAuthority<'a> {
-    store: &'a dyn Store,
-    source: IpAddr,
-    now: i64,
-    error: Option<StoreError>,
-    /// Why a login was treated as an outsider's (for the log).
-    outsider_reason: &'static str,
-}
-
-impl StoreAuthority<'_> {
-    fn keep<T>(&mut self, r: Result<Option<T>, StoreError>) -> Option<T> {
-        r.unwrap_or_else(|e| {
-            self.error.get_or_insert(e);
-            None
-        })
-    }
-}
-
-impl LoginAuthority for StoreAuthority<'_> {
-    type Attempt = AttemptId;
-
-    fn device_key(&mut self, user: &UserName) -> Option<PublicKey> {
-        let key = self.store.user_key(user);
-        let key = self.keep(key);
-        self.outsider_reason = if key.is_some() {
-            "device key is not the user's"
-        } else {
-            "unknown user"
-        };
-        key
-    }
-
-    fn code_record(&mut self, user: &UserName, host: &HostName) -> Option<CodeRecord> {
-        self.outsider_reason = "no grant (or no code set) on the host";
-        let record = self.store.code_record(user, host);
-        self.keep(record)
-    }
-
-    fn reserve_attempt(
-        &mut self,
-        user: &UserName,
-        host: &HostName,
-        _: &CodeRecord,
-    ) -> Reservation<AttemptId> {
-        match self
-            .store
-            .reserve_attempt(user, host, self.source, self.now)
-        {
-            Ok(reservation) => reservation,
-            Err(e) => {
-                // Nothing is sent when a store error was kept.
-                self.error.get_or_insert(e);
-                Reservation::Locked
-            }
-        }
-    }
-}
-
-async fn login(
-    shared: &Arc<Shared>,
-    source: IpAddr,
-    deadline: Instant,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    req: latchkey_protocol::handshake::LoginRequest,
-) -> Result<Role, ConnError> {
-    let (user, host) = (req.user().clone(), req.host().clone());
-    // Every answer to a login's message 1 leaves no earlier than this, so
-    // the store work that differs between a grant holder's attempt and an
-    // outsider's does not show in the timing (SPEC A4).
-    let reply_not_before = Instant::now() + shared.config.login_reply_floor();
-    let s = shared.clone();
-    let (reply, error, outsider_reason) = blocking(move || {
-        let mut authority = StoreAuthority {
-            store: &*s.store,
-            source,
-            now: now_unix(),
-            error: None,
-            outsider_reason: "",
-        };
-        let reply = req.respond(&s.identity, &mut authority, &mut OsRng);
-        (reply, authority.error, authority.outsider_reason)
-    })
-    .await?;
-    if let Some(e) = error {
-        warn!(%user, %host, "store failed during login: {e}");
-        return Err(e.into());
-    }
-    let LoginReply {
-        msg2,
-        decision,
-        awaiting,
-    } = reply?;
-    if decision == AttemptDecision::Outsider {
-        // Refused, rate-limited and logged (SPEC S8); never counted.
-        info!(%user, %host, %source, reason = outsider_reason, "login by an outsider");
-        shared.penalize(source);
-        let store = shared.store.clone();
-        let (u, h) = (user.clone(), host.clone());
-        let now = now_unix();
-        blocking(move || {
-            store.audit(
-                Event {
-                    event: "login-refused",
-                    host: Some(h.as_str()),
-                    user: Some(u.as_str()),
-                    source: Some(source),
-                    detail: Some(outsider_reason.into()),
-                },
-                now,
-            )
-        })
-        .await??;
-    }
-    tokio::time::sleep_until(reply_not_before).await;
-    within(deadline, async {
-        Ok(wire::write_message(send, &msg2).await?)
-    })
-    .await?;
-    let Some(awaiting) = awaiting else {
-        let why = if decision == AttemptDecision::Busy {
-            "other attempts on the host are in flight"
-        } else {
-            "host is locked"
-        };
-        info!(%user, %host, %source, "login refused: {why}");
-        return Ok(Role::Done);
-    };
-    let attempt = awaiting.attempt().copied();
-    let msg3 = within(deadline, async { Ok(wire::read_message(recv).await?) }).await;
-    let finish = |success: bool| {
-        let store = shared.store.clone();
-        let now = now_unix();
-        async move {
-            match attempt {
-                Some(a) => blocking(move || store.finish_attempt(a, success, now))
-                    .await?
-                    .map_err(ConnError::from),
-                None => Ok(()),
-            }
-        }
-    };
-    let msg3 = match msg3 {
-        Ok(m) => m,
-        Err(e) => {
-            // Abandoned, timed out or malformed: a failure (SPEC A3), and
-            // the connection is closed at once.
-            finish(false).await?;
-            if attempt.is_some() {
-                info!(%user, %host, %source, "login failed: no KE3 ({e})");
-            }
-            return Err(e);
-        }
-    };
-    // KE3 and the verdict's commit in one trip to the blocking pool: the
-    // verdict is committed before the client hears it (SPEC B2), and a
-    // KE3 that does not even parse is a failure like a wrong one.
-    let store = shared.store.clone();
-    let now = now_unix();
-    let (result, committed) = blocking(move || {
-        let result = awaiting.read_msg3(&msg3);
-        let verified = matches!(&result, Ok(r) if r.verified);
-        let committed = match attempt {
-            Some(a) => store.finish_attempt(a, verified, now),
-            None => Ok(()),
-        };
-        (result, committed)
-    })
-    .await?;
-    committed?;
-    let mut result = result.map_err(|(e, _)| e)?;
-    let outcome = if result.verified {
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
-        LoginOutcome::Accepted {
-            session: SessionId(id),
-        }
-    } else {
-        LoginOutcome::Rejected
-    };
-    let msg4 = result.reply(&outcome)?;
-    within(deadline, async {
-        Ok(wire::write_message(send, &msg4).await?)
-    })
-    .await?;
-    match outcome {
-        LoginOutcome::Accepted { session } => {
-            info!(%user, %host, %source, %session, "login ok");
-            Ok(Role::Session {
-                user,
-                host,
-                session,
-            })
-        }
-        _ => {
-            info!(%user, %host, %source, "login failed: invalid KE3");
-            Ok(Role::Done)
-        }
-    }
-}
-
-/// The answer to [`ClientToRelay::ListHosts`], from a user's connection
-/// or from inside a session.
-pub(crate) async fn host_list(
-    shared: &Arc<Shared>,
-    user: &UserName,
-) -> Result<RelayToClient, ConnError> {
-    let store = shared.store.clone();
-    let u = user.clone();
-    Ok(RelayToClient::Hosts(
-        blocking(move || store.hosts_for_user(&u)).await??,
-    ))
-}
-
-/// A proven user's control stream: requests that need no access code.
-async fn serve_user(
-    shared: &Arc<Shared>,
-    user: &UserName,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) -> Result<(), ConnError> {
-    let shutdown = shared.shutdown.clone();
-    loop {
-        let frame = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(()),
-            f = wire::read_frame::<ClientToRelay>(&mut recv) => f?,
-        };
-        let Some(frame) = frame else { return Ok(()) };
-        let reply = match frame {
-            ClientToRelay::ListHosts => host_list(shared, user).await?,
-            _ => RelayToClient::Refused(Refusal::NotAllowed("unsupported request".into())),
-        };
-        wire::write_frame(&mut send, &reply).await?;
-    }
-}
-
-/// Handles one code registration on a host's control stream; returns the
-/// reply to send. `pending` carries the record between the two steps.
-pub(crate) async fn register_code(
-    shared: &Arc<Shared>,
-    host: &HostName,
-    frame: HostToRelay,
-    pending: &mut Option<(
-        latchkey_protocol::frame::CodeTarget,
-        latchkey_protocol::ksf::KsfProfile,
-        RecordId,
-    )>,
-) -> Result<RelayToHost, ConnError> {
-    match frame {
-        HostToRelay::RegisterCode {
-            target,
-            ksf,
-            request,
-        } => {
-            if ksf.is_insecure() && !shared.config.allow_insecure_ksf {
-                return Ok(RelayToHost::Refused(Refusal::NotAllowed(format!(
-                    "this relay does not accept the key-stretching profile {}",
-                    ksf.as_str()
-                ))));
-            }
-            let mut id = [0u8; 16];
-            OsRng.fill_bytes(&mut id);
-            let id = RecordId(id);
-            let s = shared.clone();
-            let response =
-                blocking(move || registration_response(&s.identity, &request, id)).await??;
-            *pending = Some((target, ksf, id));
-            Ok(RelayToHost::CodeChallenge { response })
-        }
-        HostToRelay::UploadCode { upload } => {
-            let Some((target, ksf, id)) = pending.take() else {
-                return Ok(RelayToHost::Refused(Refusal::NotAllowed(
-                    "no code registration in progress".into(),
-                )));
-            };
-            let record = CodeRecord {
-                id,
-                ksf,
-                record: validate_upload(&upload)?,
-            };
-            let store = shared.store.clone();
-            let (h, t) = (host.clone(), target.clone());
-            let now = now_unix();
-            match blocking(move || store.set_code(&h, &t, &record, now)).await? {
-                Ok(()) => {
-                    info!(%host, ?target, "access code set");
-                    Ok(RelayToHost::CodeSet { target })
-                }
-                Err(StoreError::Refused(why)) => Ok(RelayToHost::Refused(Refusal::NotAllowed(why))),
-                Err(e) => Err(e.into()),
-            }
-        }
-        _ => Ok(RelayToHost::Refused(Refusal::NotAllowed(
-            "unexpected frame".into(),
-        ))),
-    }
-}
-
-/// Sender half used by other tasks to reach a host's control stream.
-pub(crate) type HostTx = mpsc::Sender<RelayToHost>;

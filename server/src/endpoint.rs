@@ -52,7 +52,7 @@ fn derived_key(data: &DataDir, label: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(label);
-    h.update(data.identity.to_bytes());
+    h.update(&*data.identity.to_bytes());
     h.finalize().into()
 }
 

@@ -13,9 +13,14 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::{
-    conn::{close, register_code, ConnError, HostTx},
+    close,
+    code_registration::register_code,
+    error::{blocking, ConnError},
     wire, Shared,
 };
+
+/// Sender half used by other tasks to reach a host's control stream.
+pub(crate) type HostTx = mpsc::Sender<RelayToHost>;
 
 /// A live host agent connection.
 pub(crate) struct HostLink {
@@ -103,13 +108,22 @@ pub(crate) async fn serve(
     result
 }
 
-/// A rebooted host presents its ticket: the sessions that waited resume.
+/// A rebooted host presents its ticket. It is spent whatever happens
+/// (single use); the sessions that waited resume only if the ticket's
+/// session is one of them (after a relay restart none waited, and nothing
+/// is resumed or audited as resumed).
 async fn resume(
     shared: &Arc<Shared>,
     host: &HostName,
     ticket: &latchkey_protocol::ids::ResumeTicket,
     conn: &quinn::Connection,
 ) -> Result<RelayToHost, ConnError> {
+    let live: Vec<String> = shared
+        .sessions
+        .on_host(host)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let store = shared.store.clone();
     let (digest, h, source, now) = (
         ticket.digest(),
@@ -117,9 +131,7 @@ async fn resume(
         conn.remote_address().ip(),
         crate::now_unix(),
     );
-    let verdict = tokio::task::spawn_blocking(move || store.redeem_ticket(digest, &h, source, now))
-        .await
-        .map_err(|_| ConnError::Join)??;
+    let verdict = blocking(move || store.redeem_ticket(digest, &h, &live, source, now)).await??;
     match verdict {
         Ok(session) => {
             if let Some(r) = shared.reboots().get_mut(host) {

@@ -6,19 +6,32 @@
 //! address and a shutdown switch, so tests can run relays on port 0.
 #![forbid(unsafe_code)]
 
+//! One connection's life, top-down: `conn` (accept, handshake, role) →
+//! `login` (an attempt that settles itself, `settle`) → `session` (pairing
+//! and channels; live sessions in `registry`), or `host` / `user`. The
+//! pieces they share (`error`, `close`) depend on none of them.
+
 pub mod admin;
+pub mod close;
+mod code_registration;
 pub mod config;
 mod conn;
 pub mod datadir;
 pub mod endpoint;
+mod error;
+pub mod fault;
 mod host;
 pub mod lockout;
+mod login;
 mod notify;
 mod presence;
 pub mod ratelimit;
 mod reboot;
+mod registry;
 mod session;
+mod settle;
 pub mod store;
+mod user;
 pub use latchkey_protocol::quic as wire;
 
 use std::{
@@ -32,23 +45,20 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use latchkey_protocol::{
-    handshake::RelayIdentity,
-    ids::{HostName, SessionId, UserName},
-    ksf::KsfProfile,
-};
+use latchkey_protocol::{handshake::RelayIdentity, ids::HostName, ksf::KsfProfile};
 use thiserror::Error;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use crate::conn::close;
 use crate::{
     config::Config,
     datadir::{DataDir, DataDirError},
     endpoint::EndpointError,
     host::HostLink,
     ratelimit::RateLimiter,
+    registry::Sessions,
+    settle::Settler,
     store::{SqliteStore, Store, StoreError},
 };
 
@@ -94,7 +104,10 @@ pub(crate) struct Shared {
     hosts: Mutex<HashMap<HostName, HostLink>>,
     pub(crate) shutdown: CancellationToken,
     next_id: AtomicU64,
-    sessions: Mutex<HashMap<SessionId, LiveSession>>,
+    /// The live sessions, so admin actions reach them.
+    pub(crate) sessions: Arc<Sessions>,
+    /// Where reserved attempts and ended sessions settle.
+    pub(crate) settler: Settler,
     reboots: Mutex<HashMap<HostName, Reboot>>,
     /// Hosts that came back from a reboot with a valid ticket.
     pub(crate) host_back: tokio::sync::broadcast::Sender<HostName>,
@@ -112,14 +125,6 @@ pub(crate) struct Reboot {
     pub(crate) pending: bool,
 }
 
-/// A live session, so admin actions can reach it.
-pub(crate) struct LiveSession {
-    pub(crate) user: UserName,
-    pub(crate) host: HostName,
-    /// Set to the reason when the relay ends the session.
-    pub(crate) end: tokio::sync::watch::Sender<Option<String>>,
-}
-
 impl Shared {
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -127,23 +132,6 @@ impl Shared {
 
     pub(crate) fn hosts(&self) -> MutexGuard<'_, HashMap<HostName, HostLink>> {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, LiveSession>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Ends every live session of `user` on `host`; returns how many.
-    pub(crate) fn end_sessions(&self, host: &str, user: &str, reason: &str) -> usize {
-        let sessions = self.sessions();
-        let mut ended = 0;
-        for s in sessions.values() {
-            if s.host.as_str() == host && s.user.as_str() == user {
-                let _ = s.end.send(Some(reason.to_string()));
-                ended += 1;
-            }
-        }
-        ended
     }
 
     pub(crate) fn reboots(&self) -> MutexGuard<'_, HashMap<HostName, Reboot>> {
@@ -213,15 +201,21 @@ impl Relay {
     pub async fn spawn(config: Config) -> Result<RelayHandle, RelayError> {
         let dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
         let data = DataDir::open_or_create(&dir)?;
+        // Before anything touches the store: a second relay here would
+        // settle this one's attempts under its feet (SPEC S7a).
+        let serving = data.lock_for_serving()?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.db_path())?);
         let now = now_unix();
-        let failed = store.fail_pending_attempts(now)?;
+        // Whatever the last run left pending was cut off by its end.
+        let failed =
+            store.fail_pending_attempts(i64::MAX, "unfinished when the relay stopped", now)?;
         if failed > 0 {
             warn!(
                 failed,
                 "attempts left unfinished by the last run were counted as failures"
             );
         }
+        store.end_open_sessions(now)?;
         store.clear_online()?;
         let endpoint = endpoint::server_endpoint(&config, &data)?;
         let addr = endpoint
@@ -236,6 +230,7 @@ impl Relay {
             KsfProfile::DEFAULT
         };
         let shutdown = CancellationToken::new();
+        let settler = Settler::spawn(store.clone(), config.handshake_timeout());
         let shared = Arc::new(Shared {
             limiter: Mutex::new(RateLimiter::new(
                 config.per_source_burst,
@@ -247,17 +242,22 @@ impl Relay {
             hosts: Mutex::new(HashMap::new()),
             shutdown: shutdown.clone(),
             next_id: AtomicU64::new(1),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Arc::new(Sessions::default()),
+            settler,
             reboots: Mutex::new(HashMap::new()),
             host_back: tokio::sync::broadcast::channel(64).0,
             presence: presence::Presence::spawn(store.clone()),
             store,
         });
         info!(%addr, %fingerprint, "relay listening");
-        let notifier = tokio::spawn(notify::run(shared.clone()));
+        let admin_actions = tokio::spawn(notify::admin_actions(shared.clone()));
+        let outbox = tokio::spawn(notify::outbox(shared.clone()));
         let task = tokio::spawn(async move {
             accept_loop(shared, endpoint).await;
-            let _ = notifier.await;
+            let _ = admin_actions.await;
+            let _ = outbox.await;
+            // Released last: the directory is ours until everything is written.
+            drop(serving);
         });
         Ok(RelayHandle {
             addr,
@@ -359,6 +359,8 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         tasks.abort_all();
     }
     shared.presence.all_offline().await;
+    // Attempts and sessions dropped by the drain are settled before we go.
+    shared.settler.flush().await;
     // Long enough for the close frames to leave; peers that miss them learn
     // of the restart from a stateless reset at their next packet.
     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;

@@ -24,17 +24,53 @@ pub(crate) async fn request(
     session: SessionId,
 ) -> Result<(), String> {
     let min_interval = Duration::from_secs(shared.config.reboot_min_interval_secs);
-    let last = shared.reboots().get(host).map(|r| r.at);
-    if let Some(last) = last {
-        let since = last.elapsed();
-        if since < min_interval {
-            return Err(format!(
-                "host '{host}' was asked to reboot {} s ago; try again in {} s",
-                since.as_secs(),
-                (min_interval - since).as_secs().max(1)
-            ));
+    let deadline_secs = shared.config.reboot_deadline_secs.max(1);
+    // The rate limit is checked and claimed under one lock, so two requests
+    // cannot both pass; a request that fails later gives its claim back.
+    let previous = {
+        let mut reboots = shared.reboots();
+        if let Some(last) = reboots.get(host).map(|r| r.at) {
+            let since = last.elapsed();
+            if since < min_interval {
+                return Err(format!(
+                    "host '{host}' was asked to reboot {} s ago; try again in {} s",
+                    since.as_secs(),
+                    (min_interval - since).as_secs().max(1)
+                ));
+            }
         }
+        let at = Instant::now();
+        reboots.insert(
+            host.clone(),
+            Reboot {
+                at,
+                deadline: at + Duration::from_secs(deadline_secs),
+                pending: false,
+            },
+        )
+    };
+    let give_back = || {
+        let mut reboots = shared.reboots();
+        match previous {
+            Some(p) => reboots.insert(host.clone(), p),
+            None => reboots.remove(host),
+        };
+    };
+    let result = ask(shared, user, host, session, deadline_secs).await;
+    if result.is_err() {
+        give_back();
     }
+    result
+}
+
+/// Issues the ticket and asks the host, once the rate limit is claimed.
+async fn ask(
+    shared: &Arc<Shared>,
+    user: &UserName,
+    host: &HostName,
+    session: SessionId,
+    deadline_secs: u64,
+) -> Result<(), String> {
     let link = shared.hosts().get(host).map(|l| l.tx.clone());
     let Some(link) = link else {
         return Err(format!("host '{host}' is offline"));
@@ -42,7 +78,6 @@ pub(crate) async fn request(
     let mut ticket = [0u8; 32];
     OsRng.fill_bytes(&mut ticket);
     let ticket = ResumeTicket(ticket);
-    let deadline_secs = shared.config.reboot_deadline_secs.max(1);
     let store = shared.store.clone();
     let (digest, h, u, s, now) = (
         ticket.digest(),
@@ -65,21 +100,14 @@ pub(crate) async fn request(
             return Err("the relay failed; try again".into());
         }
     }
-    let at = Instant::now();
-    shared.reboots().insert(
-        host.clone(),
-        Reboot {
-            at,
-            deadline: at + Duration::from_secs(deadline_secs),
-            pending: true,
-        },
-    );
+    if let Some(r) = shared.reboots().get_mut(host) {
+        r.pending = true;
+    }
     if link
         .send(RelayToHost::Reboot { session, ticket })
         .await
         .is_err()
     {
-        shared.reboots().remove(host);
         return Err(format!("host '{host}' went offline"));
     }
     info!(%user, %host, %session, deadline_secs, "reboot requested");

@@ -9,17 +9,16 @@ use std::{sync::Arc, time::Duration};
 use latchkey_protocol::{
     control::{EndReason, RelaySession, Request},
     frame::{ClientToRelay, Refusal, RelayToClient},
-    ids::{HostName, SessionId, UserName},
+    ids::{SessionId, UserName},
     session::{ChannelKind, ChannelOpen, ChannelReply, ChannelRequest, MAX_ARGS, MAX_PATH_LEN},
 };
 use quinn::{RecvStream, SendStream};
-use tokio::{task::JoinSet, time::timeout};
+use tokio::{sync::broadcast, task::JoinSet, time::timeout};
 use tracing::{debug, info};
 
 use crate::{
-    conn::ConnError,
-    now_unix,
-    store::Event,
+    error::ConnError,
+    registry::SessionEntry,
     wire::{self, frame_reader},
     Shared,
 };
@@ -27,42 +26,27 @@ use crate::{
 /// How long a client has to say what a new channel is for.
 const CHANNEL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves a logged-in client until it leaves, the host goes, or the relay stops.
+/// Serves a logged-in client until it leaves, the host goes, the relay
+/// ends the session (a revoke) or the relay stops. The session's end is
+/// recorded when `entry` drops.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
-    user: UserName,
-    host: HostName,
-    session: SessionId,
+    mut entry: SessionEntry,
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<(), ConnError> {
+    let (user, host, session) = (entry.user.clone(), entry.host.clone(), entry.id);
     let host_conn = shared.hosts().get(&host).map(|l| l.conn.clone());
     let Some(host_conn) = host_conn else {
         info!(%user, %host, "session refused: host offline");
+        entry.ending_because("host offline");
         wire::write_frame(&mut send, &RelayToClient::Refused(Refusal::HostOffline)).await?;
         let _ = send.finish();
         let _ = timeout(Duration::from_secs(2), conn.closed()).await;
         return Ok(());
     };
     wire::write_frame(&mut send, &RelayToClient::SessionReady).await?;
-    audit(
-        shared,
-        "session-start",
-        &user,
-        &host,
-        Some(session.to_string()),
-    )
-    .await;
-    let (end_tx, mut end_rx) = tokio::sync::watch::channel(None);
-    shared.sessions().insert(
-        session,
-        crate::LiveSession {
-            user: user.clone(),
-            host: host.clone(),
-            end: end_tx,
-        },
-    );
     let mut control = frame_reader::<ClientToRelay>(recv);
     let mut channels = JoinSet::new();
     let shutdown = shared.shutdown.clone();
@@ -90,9 +74,13 @@ pub(crate) async fn serve(
         };
         let to_client = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => machine.end(EndReason::RelayShutdown),
-            _ = end_rx.changed() => {
-                let why = end_rx.borrow().clone().unwrap_or_default();
+            _ = shutdown.cancelled() => {
+                entry.ending_because("relay shutting down");
+                machine.end(EndReason::RelayShutdown)
+            }
+            _ = entry.ended.changed() => {
+                let why = entry.ended.borrow().clone().unwrap_or_default();
+                entry.ending_because(why.clone());
                 machine.end(EndReason::Ended(why))
             }
             _ = host_gone => {
@@ -101,14 +89,26 @@ pub(crate) async fn serve(
                 let frame = machine.host_lost(std::time::Instant::now(), deadline);
                 if machine.deadline().is_some() {
                     info!(%user, %host, %session, "session parked: host rebooting");
+                } else {
+                    entry.ending_because("host went offline");
                 }
                 frame
             }
-            _ = give_up => machine.tick(std::time::Instant::now()),
+            _ = give_up => {
+                entry.ending_because("host did not come back in time");
+                machine.tick(std::time::Instant::now())
+            }
             came_back = back.recv() => {
-                let link = match &came_back {
-                    Ok(h) if *h == host => shared.hosts().get(&host).map(|l| l.conn.clone()),
-                    _ => None,
+                let ours = match &came_back {
+                    Ok(h) => *h == host,
+                    // Missed some: look whether ours is back.
+                    Err(broadcast::error::RecvError::Lagged(_)) => shared.reboot_deadline(&host).is_none(),
+                    Err(broadcast::error::RecvError::Closed) => false,
+                };
+                let link = if ours {
+                    shared.hosts().get(&host).map(|l| l.conn.clone())
+                } else {
+                    None
                 };
                 match link {
                     Some(c) if machine.deadline().is_some() => {
@@ -136,7 +136,7 @@ pub(crate) async fn serve(
             },
             frame = control.recv() => match frame {
                 Some(Ok(Some(frame))) => match machine.request(&frame) {
-                    Request::ListHosts => Some(crate::conn::host_list(shared, &user).await?),
+                    Request::ListHosts => Some(crate::user::host_list(shared, &user).await?),
                     Request::Reboot => crate::reboot::request(shared, &user, &host, session)
                         .await
                         .err()
@@ -161,48 +161,11 @@ pub(crate) async fn serve(
         }
     }
     channels.abort_all();
+    // The last frame says why the session ended: the client closes once it
+    // has read it (a close from here could discard it unread).
+    let _ = timeout(Duration::from_secs(2), conn.closed()).await;
     debug!(%user, %host, %session, "session over");
-    audit(
-        shared,
-        "session-end",
-        &user,
-        &host,
-        Some(session.to_string()),
-    )
-    .await;
-    let store = shared.store.clone();
-    let now = now_unix();
-    if let Ok(Err(e)) =
-        tokio::task::spawn_blocking(move || store.session_ended(&host, &user, now)).await
-    {
-        tracing::warn!("could not queue the session-end notice: {e}");
-    }
     Ok(())
-}
-
-async fn audit(
-    shared: &Arc<Shared>,
-    event: &'static str,
-    user: &UserName,
-    host: &HostName,
-    detail: Option<String>,
-) {
-    let store = shared.store.clone();
-    let (u, h) = (user.clone(), host.clone());
-    let now = now_unix();
-    let _ = tokio::task::spawn_blocking(move || {
-        store.audit(
-            Event {
-                event,
-                host: Some(h.as_str()),
-                user: Some(u.as_str()),
-                source: None,
-                detail,
-            },
-            now,
-        )
-    })
-    .await;
 }
 
 /// Whether a request is within the protocol's limits (the host checks

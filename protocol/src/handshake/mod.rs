@@ -118,10 +118,10 @@ impl RelayIdentity {
         self.keypair.public
     }
 
-    /// Serializes the secrets for the relay's key file.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = self.keypair.secret.as_bytes().to_vec();
-        out.extend_from_slice(&self.opaque.serialize());
+    /// Serializes the secrets for the relay's key file (wiped when dropped).
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut out = zeroize::Zeroizing::new(self.keypair.secret.as_bytes().to_vec());
+        out.extend_from_slice(&zeroize::Zeroizing::new(self.opaque.serialize().to_vec()));
         out
     }
 

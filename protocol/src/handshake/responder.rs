@@ -45,7 +45,7 @@ pub trait LoginAuthority {
 }
 
 /// The store's answer to a reservation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reservation<A> {
     /// One attempt is reserved (and counted as a failure until it succeeds).
     Reserved(A),
@@ -317,8 +317,10 @@ pub struct LoginReply<A> {
     pub awaiting: Option<AwaitingKe3<A>>,
 }
 
-/// After KE2: waits for KE3. Dropping it (connection lost, deadline
-/// passed) leaves the reserved attempt a failure, as SPEC A3 requires.
+/// After KE2: waits for KE3. It owns the reserved attempt; the caller's
+/// attempt type must settle itself as a failure when dropped (connection
+/// lost, deadline passed, task cancelled), as SPEC A3 and S7a require:
+/// nothing here tells the store.
 pub struct AwaitingKe3<A> {
     transport: TransportState,
     login: ServerLogin<Suite>,
@@ -340,6 +342,11 @@ impl<A> AwaitingKe3<A> {
     /// The reserved attempt, if any.
     pub fn attempt(&self) -> Option<&A> {
         self.attempt.as_ref()
+    }
+
+    /// The reserved attempt, if any, to update while the login goes on.
+    pub fn attempt_mut(&mut self) -> Option<&mut A> {
+        self.attempt.as_mut()
     }
 
     /// The Noise handshake hash; equal on both sides of a genuine handshake.

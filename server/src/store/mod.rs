@@ -6,16 +6,20 @@
 
 pub mod notice;
 mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
 use std::net::IpAddr;
 
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::CodeRecord,
-    ids::{HostName, Platform, PublicKey, UserName},
+    ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
 };
 use serde::Serialize;
 pub use sqlite::SqliteStore;
+
+use crate::lockout::{Proof, Settlement};
 use thiserror::Error;
 
 /// Seconds since the Unix epoch; the store never reads a clock itself.
@@ -112,7 +116,8 @@ pub struct HostStatus {
     pub shared_access: bool,
     /// Failures that lock the host.
     pub lockout_threshold: u32,
-    /// Failures since the last success or unlock.
+    /// The lockout count: each user's failures since their last success or
+    /// the last unlock, summed, plus attempts still pending.
     pub failures: u32,
     /// Whether the host is locked.
     pub locked: bool,
@@ -214,26 +219,41 @@ pub trait Store: Send + Sync + 'static {
         user: &UserName,
         host: &HostName,
     ) -> Result<Option<CodeRecord>, StoreError>;
-    /// Reserves one attempt against the host's counter (SPEC A3, S6, S7).
-    /// It counts as a failure until finished; none is reserved if the host
-    /// is locked, or if pending attempts use up what is left before the lock.
+    /// Reserves one attempt against the host's count (SPEC A3, S6, S7),
+    /// made with `record`. It counts as a failure until settled; none is
+    /// reserved if the host is locked, or if pending attempts use up what is
+    /// left before the lock ([`crate::lockout::admit`]).
     fn reserve_attempt(
         &self,
         user: &UserName,
         host: &HostName,
+        record: &RecordId,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<latchkey_protocol::handshake::Reservation<AttemptId>, StoreError>;
-    /// Records how a reserved attempt ended.
-    fn finish_attempt(
+    /// Settles a pending attempt in one transaction with everything that
+    /// depends on it (SPEC S4, S7a): the verdict of
+    /// [`crate::lockout::settle`] from a fresh look at the grant and the
+    /// lock, the user's failures, the lock and its notices, and for a
+    /// success the registration of `session`. `None` if the attempt was not
+    /// pending any more (settled by the sweeper): then nothing may start.
+    fn settle_attempt(
         &self,
         attempt: AttemptId,
-        success: bool,
+        proof: Proof,
+        detail: &str,
+        session: &SessionId,
         now: UnixTime,
-    ) -> Result<(), StoreError>;
-    /// Marks attempts left pending by a crash as failed (they were counted
-    /// already); returns how many.
-    fn fail_pending_attempts(&self, now: UnixTime) -> Result<usize, StoreError>;
+    ) -> Result<Option<Settlement>, StoreError>;
+    /// Settles as failures the attempts still pending that were reserved
+    /// before `reserved_before` (crash leftovers at start, strays later),
+    /// with `detail` in the audit; returns how many.
+    fn fail_pending_attempts(
+        &self,
+        reserved_before: UnixTime,
+        detail: &str,
+        now: UnixTime,
+    ) -> Result<usize, StoreError>;
 
     /// Stores a new code record for the owner or one grant.
     fn set_code(
@@ -248,8 +268,9 @@ pub trait Store: Send + Sync + 'static {
     fn grant(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError>;
     /// Removes a grant.
     fn revoke(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError>;
-    /// Unlocks a host and resets its counter.
-    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<(), StoreError>;
+    /// Unlocks a host and clears every user's failures; returns the count
+    /// left (attempts still pending stay counted until settled).
+    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<u32, StoreError>;
 
     /// Records which host agents connected or left, in one commit.
     fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError>;
@@ -282,13 +303,18 @@ pub trait Store: Send + Sync + 'static {
         lockout_threshold: Option<u32>,
         now: UnixTime,
     ) -> Result<(), StoreError>;
-    /// Queues the "change your code" notice when a secondary user's session ends (SPEC S3).
+    /// Records the end of a session (audit row, and for a secondary user the
+    /// "change your code" notice to the owner, SPEC S3), in one commit.
     fn session_ended(
         &self,
+        session: &SessionId,
         host: &HostName,
         user: &UserName,
+        reason: &str,
         now: UnixTime,
     ) -> Result<(), StoreError>;
+    /// Ends the sessions a previous run of the relay left open; returns how many.
+    fn end_open_sessions(&self, now: UnixTime) -> Result<usize, StoreError>;
     /// Notices due for delivery.
     fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
     /// Marks a notice delivered (`sent`) or kept without a transport (`stored`).
@@ -320,12 +346,14 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Spends a resume ticket presented by `host`: the session it was issued
-    /// for, or why it is refused (unknown, used, expired, another host's).
-    /// At most one redemption of a ticket ever succeeds.
+    /// for, or why it is refused (unknown, used, expired, another host's, or
+    /// its session is not among `live`, the sessions still waiting on the
+    /// relay). At most one redemption of a ticket ever succeeds.
     fn redeem_ticket(
         &self,
         digest: [u8; 32],
         host: &HostName,
+        live: &[String],
         source: IpAddr,
         now: UnixTime,
     ) -> Result<Result<String, &'static str>, StoreError>;

@@ -52,6 +52,24 @@ pub fn granted(host: &str, owner: &str, user: &str) -> Notice {
     }
 }
 
+/// Shared access was revoked: the owner and the revoked user are told.
+pub fn revoked(host: &str, owner: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![
+            (Channel::Email, owner.into()),
+            (Channel::Email, user.into()),
+            (Channel::Host, host.into()),
+        ],
+        subject: format!("Shared access to {host} revoked for {user}"),
+        body: format!(
+            "Your admin revoked {user}'s shared access to {host}.\n\
+             Any session {user} had on {host} was ended.\n\
+             If {user} knew your access code, we recommend that you\n\
+             change it (latchkey host set-code on {host}).\n"
+        ),
+    }
+}
+
 /// A secondary user's session ended (SPEC S3).
 pub fn secondary_session_ended(host: &str, owner: &str, user: &str) -> Notice {
     Notice {

@@ -9,10 +9,12 @@ use std::{net::IpAddr, path::Path, sync::Mutex, time::Duration};
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::{CodeRecord, Reservation},
-    ids::{HostName, Platform, PublicKey, RecordId, UserName},
+    ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
     ksf::KsfProfile,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::lockout::{self, Admission, Proof, Settlement, Tally, VoidReason};
 
 use super::{
     notice::{self, Notice},
@@ -115,6 +117,50 @@ CREATE TABLE resume_tickets (
     expires_at INTEGER NOT NULL,
     used_at INTEGER
 );
+"#,
+    // The lockout count per user (SPEC S6: a success clears only the
+    // succeeding user's failures). Counts kept before this migration are
+    // given to the host's owner: nothing counted is lost. Attempts remember
+    // the code record they were reserved with (a verdict checks the grant
+    // still points at it) and may end 'refused' (a right code that may not
+    // start a session, which counts nothing). Sessions are registered in
+    // the verdict's transaction.
+    r#"
+CREATE TABLE user_failures (
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    failures INTEGER NOT NULL,
+    PRIMARY KEY (host_id, user_id)
+);
+INSERT INTO user_failures (host_id, user_id, failures)
+    SELECT h.id, h.owner_id,
+           h.failures - (SELECT COUNT(*) FROM attempts a WHERE a.host_id = h.id AND a.state = 'pending')
+    FROM hosts h
+    WHERE h.failures > (SELECT COUNT(*) FROM attempts a WHERE a.host_id = h.id AND a.state = 'pending');
+ALTER TABLE hosts DROP COLUMN failures;
+CREATE TABLE attempts_v4 (
+    id INTEGER PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    record_id BLOB,
+    source TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'success', 'failed', 'refused')),
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+INSERT INTO attempts_v4 (id, host_id, user_id, record_id, source, state, created_at, finished_at)
+    SELECT id, host_id, user_id, NULL, source, state, created_at, finished_at FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_v4 RENAME TO attempts;
+CREATE INDEX attempts_pending ON attempts(host_id) WHERE state = 'pending';
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER
+);
+CREATE INDEX sessions_open ON sessions(host_id) WHERE ended_at IS NULL;
 "#,
 ];
 
@@ -256,44 +302,153 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     })
 }
 
-/// Locks the host if its decided failures (those not pending) reached the
-/// threshold, with the audit row and the notices (SPEC S6).
-fn lock_if_due(
-    tx: &Connection,
-    host_id: i64,
-    host: &str,
-    user: &str,
-    source: Option<IpAddr>,
-    now: UnixTime,
-) -> Result<(), StoreError> {
-    let (failures, threshold, locked, pending): (u32, u32, bool, u32) = tx.query_row(
-        "SELECT failures, lockout_threshold, locked_at IS NOT NULL,
+/// The host's lockout state, as [`crate::lockout`] reads it.
+fn tally(tx: &Connection, host_id: i64) -> Result<Tally, StoreError> {
+    Ok(tx.query_row(
+        "SELECT lockout_threshold, locked_at IS NOT NULL,
+                (SELECT COALESCE(SUM(failures), 0) FROM user_failures WHERE host_id = ?1),
                 (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
          FROM hosts WHERE id = ?1",
         [host_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    )?;
-    let decided = failures.saturating_sub(pending);
-    if locked || !crate::lockout::locks_at(decided, threshold) {
-        return Ok(());
-    }
+        |r| {
+            Ok(Tally {
+                threshold: r.get(0)?,
+                locked: r.get(1)?,
+                decided: r.get(2)?,
+                pending: r.get(3)?,
+            })
+        },
+    )?)
+}
+
+fn user_failures(tx: &Connection, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT failures FROM user_failures WHERE host_id = ?1 AND user_id = ?2",
+            [host_id, user_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Settles one pending attempt inside `tx`: the rule decides, this writes
+/// the verdict, the user's failures, the lock with its audit row and
+/// notices, and for a success the session. `None` if it was not pending.
+fn settle_one(
+    tx: &Connection,
+    attempt: i64,
+    proof: Proof,
+    detail: &str,
+    session: Option<&SessionId>,
+    now: UnixTime,
+) -> Result<Option<Settlement>, StoreError> {
+    type Row = (i64, i64, String, String, String, Option<Vec<u8>>);
+    let row: Option<Row> = tx
+        .query_row(
+            "SELECT a.host_id, a.user_id, h.name, u.name, a.source, a.record_id FROM attempts a
+             JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
+             WHERE a.id = ?1 AND a.state = 'pending'",
+            [attempt],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((host_id, user_id, host, user, source, record)) = row else {
+        return Ok(None);
+    };
+    let source: Option<IpAddr> = source.parse().ok();
+    let grant_current = match &record {
+        Some(record) => tx
+            .query_row(
+                "SELECT 1 FROM grants WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3",
+                params![host_id, user_id, record],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some(),
+        None => false,
+    };
+    let before = tally(tx, host_id)?;
+    let user_before = user_failures(tx, host_id, user_id)?;
+    let settlement = lockout::settle(proof, grant_current, &before);
+    let (after, locks) = lockout::after_settling(&before, settlement, user_before);
+    let (state, event_name, detail) = match settlement {
+        Settlement::Success => ("success", "login-ok", None),
+        Settlement::Failure => ("failed", "login-failed", Some(detail.to_string())),
+        Settlement::Void(VoidReason::GrantGone) => (
+            "refused",
+            "login-refused",
+            Some("right code, but the grant was revoked or its code replaced meanwhile".into()),
+        ),
+        Settlement::Void(VoidReason::Locked) => (
+            "refused",
+            "login-refused",
+            Some("right code, but the host was locked meanwhile".into()),
+        ),
+    };
     tx.execute(
-        "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
-        params![now, host_id],
+        "UPDATE attempts SET state = ?1, finished_at = ?2 WHERE id = ?3",
+        params![state, now, attempt],
+    )?;
+    tx.execute(
+        "INSERT INTO user_failures (host_id, user_id, failures) VALUES (?1, ?2, ?3)
+         ON CONFLICT (host_id, user_id) DO UPDATE SET failures = excluded.failures",
+        params![
+            host_id,
+            user_id,
+            lockout::user_failures_after(settlement, user_before)
+        ],
     )?;
     let e = Event {
         source,
-        detail: Some(format!("{decided} failed attempts (threshold {threshold})")),
-        ..event("host-locked", Some(host), Some(user))
+        detail,
+        ..event(event_name, Some(&host), Some(&user))
     };
     insert_audit(tx, &e, now)?;
-    let owner = owner_of(tx, host_id)?;
-    let source = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    enqueue(
-        tx,
-        &notice::locked(host, &owner, user, source, decided),
-        now,
-    )
+    if let (Settlement::Success, Some(session)) = (settlement, session) {
+        tx.execute(
+            "INSERT INTO sessions (id, host_id, user_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+            params![session.to_string(), host_id, user_id, now],
+        )?;
+        let e = Event {
+            source,
+            detail: Some(format!("session {session}")),
+            ..event("session-start", Some(&host), Some(&user))
+        };
+        insert_audit(tx, &e, now)?;
+    }
+    if locks {
+        tx.execute(
+            "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
+            params![now, host_id],
+        )?;
+        let e = Event {
+            source,
+            detail: Some(format!(
+                "{} failed attempts (threshold {})",
+                after.decided, after.threshold
+            )),
+            ..event("host-locked", Some(&host), Some(&user))
+        };
+        insert_audit(tx, &e, now)?;
+        let owner = owner_of(tx, host_id)?;
+        let source = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        enqueue(
+            tx,
+            &notice::locked(&host, &owner, &user, source, after.decided),
+            now,
+        )?;
+    }
+    Ok(Some(settlement))
 }
 
 /// Queues a notice in the same transaction as the event it reports, so a
@@ -400,12 +555,22 @@ impl Store for SqliteStore {
                     "host"
                 }
             };
+            // A new invite replaces the earlier ones of the same device.
+            let cancelled = tx.execute(
+                "UPDATE invites SET used_at = ?1 WHERE kind = ?2 AND name = ?3 AND used_at IS NULL",
+                params![now, kind_text, name],
+            )?;
             tx.execute(
                 "INSERT INTO invites (digest, kind, name, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![&digest[..], kind_text, name, expires_at, now],
             )?;
+            let cancelled = if cancelled > 0 {
+                format!("; {cancelled} earlier invite(s) cancelled")
+            } else {
+                String::new()
+            };
             let e = Event {
-                detail: Some(format!("expires at {expires_at}")),
+                detail: Some(format!("expires at {expires_at}{cancelled}")),
                 ..event("invite-created", (kind_text == "host").then_some(name), (kind_text == "user").then_some(name))
             };
             insert_audit(tx, &e, now)
@@ -540,127 +705,65 @@ impl Store for SqliteStore {
         &self,
         user: &UserName,
         host: &HostName,
+        record: &RecordId,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<Reservation<AttemptId>, StoreError> {
         self.write(|tx| {
-            let (host_id, failures, threshold, locked): (i64, u32, u32, bool) = tx
-                .query_row(
-                    "SELECT id, failures, lockout_threshold, locked_at IS NOT NULL FROM hosts WHERE name = ?1",
-                    [host.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?
-                .ok_or_else(|| StoreError::NoSuchHost(host.to_string()))?;
+            let (host_id, _) = host_ids(tx, host.as_str())?;
             let user_id = user_id(tx, user.as_str())?;
             let ev = |name| Event {
                 source: Some(source),
                 ..event(name, Some(host.as_str()), Some(user.as_str()))
             };
-            if locked {
-                insert_audit(tx, &ev("login-locked"), now)?;
-                return Ok(Reservation::Locked);
+            match lockout::admit(&tally(tx, host_id)?) {
+                Admission::Locked => {
+                    insert_audit(tx, &ev("login-locked"), now)?;
+                    Ok(Reservation::Locked)
+                }
+                Admission::Busy => {
+                    insert_audit(tx, &ev("login-busy"), now)?;
+                    Ok(Reservation::Busy)
+                }
+                Admission::Reserve => {
+                    tx.execute(
+                        "INSERT INTO attempts (host_id, user_id, record_id, source, state, created_at)
+                         VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                        params![host_id, user_id, &record.0[..], source.to_string(), now],
+                    )?;
+                    Ok(Reservation::Reserved(AttemptId(tx.last_insert_rowid())))
+                }
             }
-            // `failures` counts decided failures and attempts still pending:
-            // when they reach the threshold nothing more is evaluated.
-            if crate::lockout::locks_at(failures, threshold) {
-                insert_audit(tx, &ev("login-busy"), now)?;
-                return Ok(Reservation::Busy);
-            }
-            tx.execute("UPDATE hosts SET failures = failures + 1 WHERE id = ?1", [host_id])?;
-            tx.execute(
-                "INSERT INTO attempts (host_id, user_id, source, state, created_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4)",
-                params![host_id, user_id, source.to_string(), now],
-            )?;
-            Ok(Reservation::Reserved(AttemptId(tx.last_insert_rowid())))
         })
     }
 
-    fn finish_attempt(
+    fn settle_attempt(
         &self,
         attempt: AttemptId,
-        success: bool,
+        proof: Proof,
+        detail: &str,
+        session: &SessionId,
         now: UnixTime,
-    ) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let row: Option<(i64, String, String, String, String)> = tx
-                .query_row(
-                    "SELECT a.host_id, h.name, u.name, a.state, a.source FROM attempts a
-                     JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
-                     WHERE a.id = ?1",
-                    [attempt.0],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
-            let Some((host_id, host, user, state, source)) = row else {
-                return Ok(());
-            };
-            if state != "pending" {
-                return Ok(());
-            }
-            let source = source.parse().ok();
-            let new_state = if success { "success" } else { "failed" };
-            tx.execute(
-                "UPDATE attempts SET state = ?1, finished_at = ?2 WHERE id = ?3",
-                params![new_state, now, attempt.0],
-            )?;
-            if success {
-                // A success resets the count; attempts still pending stay
-                // counted until they are decided.
-                tx.execute(
-                    "UPDATE hosts SET failures =
-                        (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
-                     WHERE id = ?1",
-                    [host_id],
-                )?;
-                insert_audit(
-                    tx,
-                    &Event {
-                        source,
-                        ..event("login-ok", Some(&host), Some(&user))
-                    },
-                    now,
-                )
-            } else {
-                insert_audit(
-                    tx,
-                    &Event {
-                        source,
-                        ..event("login-failed", Some(&host), Some(&user))
-                    },
-                    now,
-                )?;
-                lock_if_due(tx, host_id, &host, &user, source, now)
-            }
-        })
+    ) -> Result<Option<Settlement>, StoreError> {
+        self.write(|tx| settle_one(tx, attempt.0, proof, detail, Some(session), now))
     }
 
-    fn fail_pending_attempts(&self, now: UnixTime) -> Result<usize, StoreError> {
+    fn fail_pending_attempts(
+        &self,
+        reserved_before: UnixTime,
+        detail: &str,
+        now: UnixTime,
+    ) -> Result<usize, StoreError> {
         self.write(|tx| {
-            let pending: Vec<(i64, i64, String, String, String)> = {
+            let pending: Vec<i64> = {
                 let mut stmt = tx.prepare(
-                    "SELECT a.id, a.host_id, h.name, u.name, a.source FROM attempts a
-                     JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
-                     WHERE a.state = 'pending'",
+                    "SELECT id FROM attempts WHERE state = 'pending' AND created_at < ?1 ORDER BY id",
                 )?;
-                let rows = stmt.query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?;
+                let rows = stmt.query_map([reserved_before], |r| r.get(0))?;
                 rows.collect::<Result<_, _>>()?
             };
-            for (id, host_id, host, user, source) in &pending {
-                tx.execute(
-                    "UPDATE attempts SET state = 'failed', finished_at = ?1 WHERE id = ?2",
-                    params![now, id],
-                )?;
-                let e = Event {
-                    source: source.parse().ok(),
-                    detail: Some("unfinished when the relay stopped".into()),
-                    ..event("login-failed", Some(host), Some(user))
-                };
-                insert_audit(tx, &e, now)?;
-                lock_if_due(tx, *host_id, host, user, source.parse().ok(), now)?;
+            for id in &pending {
+                settle_one(tx, *id, Proof::NotProven, detail, None, now)?;
             }
             Ok(pending.len())
         })
@@ -755,21 +858,24 @@ impl Store for SqliteStore {
                 tx,
                 &event("revoke", Some(host.as_str()), Some(user.as_str())),
                 now,
+            )?;
+            let owner = owner_of(tx, host_id)?;
+            enqueue(
+                tx,
+                &notice::revoked(host.as_str(), &owner, user.as_str()),
+                now,
             )
         })
     }
 
-    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<(), StoreError> {
+    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<u32, StoreError> {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
-            // Attempts still pending stay counted until they are decided.
-            tx.execute(
-                "UPDATE hosts SET locked_at = NULL, failures =
-                    (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
-                 WHERE id = ?1",
-                [host_id],
-            )?;
-            insert_audit(tx, &event("unlock", Some(host.as_str()), None), now)
+            tx.execute("UPDATE hosts SET locked_at = NULL WHERE id = ?1", [host_id])?;
+            tx.execute("DELETE FROM user_failures WHERE host_id = ?1", [host_id])?;
+            insert_audit(tx, &event("unlock", Some(host.as_str()), None), now)?;
+            // Attempts still pending stay counted until they are settled.
+            Ok(tally(tx, host_id)?.count())
         })
     }
 
@@ -827,7 +933,7 @@ impl Store for SqliteStore {
             let (id, _) = host_ids(c, host.as_str())?;
             let mut status = c.query_row(
                 "SELECT h.name, o.name, h.device_key IS NOT NULL, h.platform, g.record_id IS NOT NULL,
-                        h.shared_access, h.lockout_threshold, h.failures, h.locked_at IS NOT NULL, h.online
+                        h.shared_access, h.lockout_threshold, h.locked_at IS NOT NULL, h.online
                  FROM hosts h JOIN users o ON o.id = h.owner_id
                  JOIN grants g ON g.host_id = h.id AND g.is_owner = 1
                  WHERE h.id = ?1",
@@ -841,9 +947,9 @@ impl Store for SqliteStore {
                         code_set: r.get(4)?,
                         shared_access: r.get(5)?,
                         lockout_threshold: r.get(6)?,
-                        failures: r.get(7)?,
-                        locked: r.get(8)?,
-                        online: r.get(9)?,
+                        failures: 0,
+                        locked: r.get(7)?,
+                        online: r.get(8)?,
                         grants: Vec::new(),
                     })
                 },
@@ -854,6 +960,7 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([id], |r| r.get(0))?;
             status.grants = rows.collect::<Result<_, _>>()?;
+            status.failures = tally(c, id)?.count();
             Ok(status)
         })
     }
@@ -968,13 +1075,24 @@ impl Store for SqliteStore {
 
     fn session_ended(
         &self,
+        session: &SessionId,
         host: &HostName,
         user: &UserName,
+        reason: &str,
         now: UnixTime,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             let (host_id, owner_id) = host_ids(tx, host.as_str())?;
             let user_id = user_id(tx, user.as_str())?;
+            tx.execute(
+                "UPDATE sessions SET ended_at = ?1 WHERE id = ?2 AND ended_at IS NULL",
+                params![now, session.to_string()],
+            )?;
+            let e = Event {
+                detail: Some(format!("session {session}: {reason}")),
+                ..event("session-end", Some(host.as_str()), Some(user.as_str()))
+            };
+            insert_audit(tx, &e, now)?;
             if user_id != owner_id {
                 let owner = owner_of(tx, host_id)?;
                 enqueue(
@@ -984,6 +1102,15 @@ impl Store for SqliteStore {
                 )?;
             }
             Ok(())
+        })
+    }
+
+    fn end_open_sessions(&self, now: UnixTime) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL",
+                [now],
+            )?)
         })
     }
 
@@ -1093,6 +1220,7 @@ impl Store for SqliteStore {
         &self,
         digest: [u8; 32],
         host: &HostName,
+        live: &[String],
         source: IpAddr,
         now: UnixTime,
     ) -> Result<Result<String, &'static str>, StoreError> {
@@ -1105,16 +1233,19 @@ impl Store for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
-            let verdict = match row {
+            let verdict = match row.clone() {
                 None => Err("unknown ticket"),
                 Some((ticket_host, _, _, _)) if ticket_host != host.as_str() => {
                     Err("ticket of another host")
                 }
                 Some((_, _, _, Some(_))) => Err("ticket already used"),
                 Some((_, _, expires_at, None)) if expires_at <= now => Err("ticket expired"),
+                Some((_, session, _, None)) if !live.contains(&session) => {
+                    Err("no session waits for this host (the relay restarted)")
+                }
                 Some((_, session, _, None)) => Ok(session),
             };
-            if verdict.is_ok() {
+            if matches!(row.as_ref(), Some((h, _, _, None)) if h == host.as_str()) {
                 tx.execute(
                     "UPDATE resume_tickets SET used_at = ?1 WHERE digest = ?2",
                     params![now, &digest[..]],
@@ -1159,156 +1290,24 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    //! The lockout rule in the store against a reference model (SPEC S6,
-    //! S7): random interleavings of reservations, outcomes, unlocks and
-    //! crashes by several users; the store must always agree with the model.
-
-    use std::collections::BTreeSet;
-
-    use proptest::prelude::*;
-
     use super::*;
 
-    #[derive(Clone, Debug)]
-    enum Op {
-        Reserve(usize),
-        Finish(usize, bool),
-        Unlock,
-        Crash,
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            4 => (0..3usize).prop_map(Op::Reserve),
-            4 => (0..8usize, any::<bool>()).prop_map(|(i, ok)| Op::Finish(i, ok)),
-            1 => Just(Op::Unlock),
-            1 => Just(Op::Crash),
-        ]
-    }
-
-    /// The rule, written as plainly as possible.
-    #[derive(Debug, Default)]
-    struct Model {
-        decided_failures: u32,
-        pending: BTreeSet<usize>,
-        locked: bool,
-    }
-
-    const THRESHOLD: u32 = 3;
-
-    impl Model {
-        fn count(&self) -> u32 {
-            self.decided_failures + self.pending.len() as u32
-        }
-        fn reserve(&mut self, id: usize) -> &'static str {
-            if self.locked {
-                "locked"
-            } else if self.count() >= THRESHOLD {
-                "busy"
-            } else {
-                self.pending.insert(id);
-                "reserved"
-            }
-        }
-        fn finish(&mut self, id: usize, ok: bool) {
-            if !self.pending.remove(&id) {
-                return;
-            }
-            if ok {
-                self.decided_failures = 0;
-            } else {
-                self.decided_failures += 1;
-                if self.decided_failures >= THRESHOLD {
-                    self.locked = true;
-                }
-            }
-        }
-        fn unlock(&mut self) {
-            self.locked = false;
-            self.decided_failures = 0;
-        }
-        fn crash(&mut self) {
-            for _ in 0..self.pending.len() {
-                self.decided_failures += 1;
-            }
-            self.pending.clear();
-            if self.decided_failures >= THRESHOLD {
-                self.locked = true;
-            }
-        }
-    }
-
-    fn setup() -> (SqliteStore, HostName, Vec<UserName>) {
-        let store = SqliteStore::in_memory().unwrap();
-        let users: Vec<UserName> = ["alice", "bob", "dave"]
-            .iter()
-            .map(|u| u.parse().unwrap())
-            .collect();
-        for u in &users {
-            store
-                .create_invite(
-                    u.as_str(),
-                    &InviteKind::User { email: None },
-                    [u.as_str().len() as u8; 32],
-                    10,
-                    0,
-                )
-                .unwrap();
-        }
-        let host: HostName = "mypc".parse().unwrap();
-        let kind = InviteKind::Host {
-            owner: users[0].clone(),
-            lockout_threshold: THRESHOLD,
-        };
-        store.create_invite("mypc", &kind, [9; 32], 10, 0).unwrap();
-        (store, host, users)
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
-        #[test]
-        fn the_store_agrees_with_the_reference_model(ops in proptest::collection::vec(op(), 1..60)) {
-            let (store, host, users) = setup();
-            let source: IpAddr = "127.0.0.1".parse().unwrap();
-            let mut model = Model::default();
-            let mut attempts: Vec<AttemptId> = Vec::new();
-            for op in ops {
-                match op {
-                    Op::Reserve(u) => {
-                        let got = store.reserve_attempt(&users[u], &host, source, 1).unwrap();
-                        let want = model.reserve(attempts.len());
-                        match got {
-                            Reservation::Reserved(id) => { prop_assert_eq!(want, "reserved"); attempts.push(id); }
-                            Reservation::Locked => prop_assert_eq!(want, "locked"),
-                            Reservation::Busy => prop_assert_eq!(want, "busy"),
-                        }
-                    }
-                    Op::Finish(i, ok) => {
-                        if let Some(id) = attempts.get(i) {
-                            store.finish_attempt(*id, ok, 1).unwrap();
-                            model.finish(i, ok);
-                        }
-                    }
-                    Op::Unlock => {
-                        store.unlock(&host, 1).unwrap();
-                        model.unlock();
-                    }
-                    Op::Crash => {
-                        store.fail_pending_attempts(1).unwrap();
-                        model.crash();
-                    }
-                }
-                let s = store.host_status(&host).unwrap();
-                prop_assert_eq!(s.locked, model.locked);
-                prop_assert_eq!(s.failures, model.count());
-            }
-        }
+    #[test]
+    fn the_embedded_store_agrees_with_the_lockout_model() {
+        crate::store::suite::lockout_agrees_with_the_model(|| {
+            Box::new(SqliteStore::in_memory().expect("in-memory store"))
+        });
     }
 }
 
 #[cfg(test)]
 mod ticket_tests {
     use super::*;
+
+    /// The sessions waiting on the relay.
+    fn live() -> Vec<String> {
+        ["s1", "s2", "s3"].map(String::from).to_vec()
+    }
 
     #[test]
     fn a_ticket_redeemed_concurrently_from_many_connections_succeeds_exactly_once() {
@@ -1347,7 +1346,7 @@ mod ticket_tests {
                         let source = "127.0.0.1".parse().unwrap();
                         usize::from(
                             store
-                                .redeem_ticket([7; 32], &host, source, 5)
+                                .redeem_ticket([7; 32], &host, &live(), source, 5)
                                 .unwrap()
                                 .is_ok(),
                         )
@@ -1359,18 +1358,24 @@ mod ticket_tests {
         assert_eq!(wins, 1);
         let source = "127.0.0.1".parse().unwrap();
         assert_eq!(
-            store.redeem_ticket([7; 32], &host, source, 5).unwrap(),
+            store
+                .redeem_ticket([7; 32], &host, &live(), source, 5)
+                .unwrap(),
             Err("ticket already used")
         );
         assert_eq!(
-            store.redeem_ticket([8; 32], &host, source, 5).unwrap(),
+            store
+                .redeem_ticket([8; 32], &host, &live(), source, 5)
+                .unwrap(),
             Err("unknown ticket")
         );
         store
             .create_ticket([9; 32], &host, &alice, "s2", 10, 0)
             .unwrap();
         assert_eq!(
-            store.redeem_ticket([9; 32], &host, source, 11).unwrap(),
+            store
+                .redeem_ticket([9; 32], &host, &live(), source, 11)
+                .unwrap(),
             Err("ticket expired")
         );
         let other: HostName = "other".parse().unwrap();
@@ -1390,11 +1395,13 @@ mod ticket_tests {
             .create_ticket([10; 32], &host, &"alice".parse().unwrap(), "s3", 1_000, 0)
             .unwrap();
         assert_eq!(
-            store.redeem_ticket([10; 32], &other, source, 5).unwrap(),
+            store
+                .redeem_ticket([10; 32], &other, &live(), source, 5)
+                .unwrap(),
             Err("ticket of another host")
         );
         assert!(store
-            .redeem_ticket([10; 32], &host, source, 5)
+            .redeem_ticket([10; 32], &host, &live(), source, 5)
             .unwrap()
             .is_ok());
     }

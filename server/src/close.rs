@@ -1,0 +1,16 @@
+//! QUIC application close codes the relay uses.
+
+use quinn::VarInt;
+
+/// Normal end.
+pub const DONE: VarInt = VarInt::from_u32(0);
+/// The handshake deadline passed.
+pub const TIMEOUT: VarInt = VarInt::from_u32(1);
+/// The peer broke the protocol.
+pub const PROTOCOL: VarInt = VarInt::from_u32(2);
+/// A newer connection of the same host replaced this one.
+pub const REPLACED: VarInt = VarInt::from_u32(3);
+/// The relay is shutting down.
+pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
+/// Internal error (store unavailable).
+pub const INTERNAL: VarInt = VarInt::from_u32(5);

@@ -1,0 +1,39 @@
+//! The error of one connection's task, and the helper that runs store and
+//! crypto work off the async threads. Shared by every phase of a
+//! connection (handshake, login, host, user, session).
+
+use latchkey_protocol::HandshakeError;
+use thiserror::Error;
+
+use crate::{store::StoreError, wire::WireError};
+
+/// Errors of one connection (logged, never sent to the peer in detail).
+#[derive(Debug, Error)]
+pub(crate) enum ConnError {
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot export TLS keying material")]
+    Exporter,
+    #[error("worker task failed")]
+    Join,
+    #[error("handshake deadline passed")]
+    Timeout,
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    #[error("injected fault at {0:?}")]
+    Injected(crate::fault::Step),
+}
+
+/// Runs `f` on the blocking pool (crypto and the store).
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ConnError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ConnError::Join)
+}

@@ -1,0 +1,268 @@
+//! A login after message 1 (SPEC A2-A4, S4, S6, S7a): the store answers
+//! through the protocol's [`LoginAuthority`], a grant holder's attempt is
+//! reserved before KE2 leaves, and the attempt then ends in a verdict on
+//! every path (it is a [`PendingAttempt`], which settles itself as a
+//! failure when dropped). A success commits with a fresh check of the grant
+//! and the lock and with the session's registration, before the client
+//! hears it.
+
+use std::{net::IpAddr, sync::Arc};
+
+use latchkey_protocol::{
+    frame::{LoginOutcome, Refusal},
+    handshake::{
+        AttemptDecision, CodeRecord, LoginAuthority, LoginReply, LoginRequest, Reservation,
+    },
+    ids::{HostName, PublicKey, SessionId, UserName},
+};
+use quinn::{RecvStream, SendStream};
+use rand::{rngs::OsRng, RngCore};
+use tokio::time::{timeout_at, Instant};
+use tracing::{info, warn};
+
+use crate::{
+    error::{blocking, ConnError},
+    fault::{self, Step},
+    lockout::{Proof, Settlement, VoidReason},
+    now_unix,
+    registry::SessionEntry,
+    settle::{PendingAttempt, Settler},
+    store::{Event, Store, StoreError},
+    wire, Shared,
+};
+
+/// Runs `f` under the handshake deadline.
+pub(crate) async fn within<T>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = Result<T, ConnError>>,
+) -> Result<T, ConnError> {
+    timeout_at(deadline, f)
+        .await
+        .map_err(|_| ConnError::Timeout)?
+}
+
+/// The store seen through the protocol's [`LoginAuthority`]; runs on the
+/// blocking pool. Store errors are kept, and the caller sends nothing if
+/// one happened (a failed reservation must never turn into a KE2).
+struct StoreAuthority<'a> {
+    store: &'a dyn Store,
+    settler: &'a Settler,
+    source: IpAddr,
+    now: i64,
+    error: Option<StoreError>,
+    /// Why a login was treated as an outsider's (for the log).
+    outsider_reason: &'static str,
+}
+
+impl StoreAuthority<'_> {
+    fn keep<T>(&mut self, r: Result<Option<T>, StoreError>) -> Option<T> {
+        r.unwrap_or_else(|e| {
+            self.error.get_or_insert(e);
+            None
+        })
+    }
+}
+
+impl LoginAuthority for StoreAuthority<'_> {
+    type Attempt = PendingAttempt;
+
+    fn device_key(&mut self, user: &UserName) -> Option<PublicKey> {
+        let key = self.store.user_key(user);
+        let key = self.keep(key);
+        self.outsider_reason = if key.is_some() {
+            "device key is not the user's"
+        } else {
+            "unknown user"
+        };
+        key
+    }
+
+    fn code_record(&mut self, user: &UserName, host: &HostName) -> Option<CodeRecord> {
+        self.outsider_reason = "no grant (or no code set) on the host";
+        let record = self.store.code_record(user, host);
+        self.keep(record)
+    }
+
+    fn reserve_attempt(
+        &mut self,
+        user: &UserName,
+        host: &HostName,
+        record: &CodeRecord,
+    ) -> Reservation<PendingAttempt> {
+        match self
+            .store
+            .reserve_attempt(user, host, &record.id, self.source, self.now)
+        {
+            // From here on the attempt settles itself, whatever happens.
+            Ok(Reservation::Reserved(id)) => Reservation::Reserved(self.settler.adopt(id)),
+            Ok(Reservation::Busy) => Reservation::Busy,
+            Ok(Reservation::Locked) => Reservation::Locked,
+            Err(e) => {
+                // Nothing is sent when a store error was kept.
+                self.error.get_or_insert(e);
+                Reservation::Locked
+            }
+        }
+    }
+}
+
+/// The login's end, as the relay decided it.
+pub(crate) enum Login {
+    /// A session started.
+    Session(SessionEntry),
+    /// Refused, failed or abandoned: nothing more to do.
+    Done,
+}
+
+/// Answers a login's message 1 and sees it through to its verdict.
+pub(crate) async fn login(
+    shared: &Arc<Shared>,
+    source: IpAddr,
+    deadline: Instant,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    req: LoginRequest,
+) -> Result<Login, ConnError> {
+    let (user, host) = (req.user().clone(), req.host().clone());
+    // Every answer to a login's message 1 leaves no earlier than this, so
+    // the store work that differs between a grant holder's attempt and an
+    // outsider's does not show in the timing (SPEC A4).
+    let reply_not_before = Instant::now() + shared.config.login_reply_floor();
+    let s = shared.clone();
+    let (reply, error, outsider_reason) = blocking(move || {
+        let mut authority = StoreAuthority {
+            store: &*s.store,
+            settler: &s.settler,
+            source,
+            now: now_unix(),
+            error: None,
+            outsider_reason: "",
+        };
+        let reply = req.respond(&s.identity, &mut authority, &mut OsRng);
+        (reply, authority.error, authority.outsider_reason)
+    })
+    .await?;
+    if let Some(e) = error {
+        warn!(%user, %host, "store failed during login: {e}");
+        return Err(e.into());
+    }
+    let LoginReply {
+        msg2,
+        decision,
+        mut awaiting,
+    } = reply?;
+    if decision == AttemptDecision::Outsider {
+        // Refused, rate-limited and logged (SPEC S8); never counted.
+        info!(%user, %host, %source, reason = outsider_reason, "login by an outsider");
+        shared.penalize(source);
+        let store = shared.store.clone();
+        let (u, h) = (user.clone(), host.clone());
+        let now = now_unix();
+        blocking(move || {
+            store.audit(
+                Event {
+                    event: "login-refused",
+                    host: Some(h.as_str()),
+                    user: Some(u.as_str()),
+                    source: Some(source),
+                    detail: Some(outsider_reason.into()),
+                },
+                now,
+            )
+        })
+        .await??;
+    }
+    if let Some(attempt) = awaiting.as_mut().and_then(|a| a.attempt_mut()) {
+        attempt.waiting_for("KE2 not delivered");
+    }
+    within(deadline, fault::at(Step::Ke2Write)).await?;
+    tokio::time::sleep_until(reply_not_before).await;
+    within(deadline, async {
+        Ok(wire::write_message(send, &msg2).await?)
+    })
+    .await?;
+    let Some(mut awaiting) = awaiting else {
+        let why = if decision == AttemptDecision::Busy {
+            "other attempts on the host are in flight"
+        } else {
+            "host is locked"
+        };
+        info!(%user, %host, %source, "login refused: {why}");
+        return Ok(Login::Done);
+    };
+    if let Some(attempt) = awaiting.attempt_mut() {
+        attempt.waiting_for("no KE3 (abandoned, timed out or unreadable)");
+    }
+    within(deadline, fault::at(Step::AwaitKe3)).await?;
+    // Abandoned, timed out or malformed: the attempt is dropped with
+    // `awaiting` and settles as a failure (SPEC A3), and the connection is
+    // closed at once.
+    let msg3 = within(deadline, async { Ok(wire::read_message(recv).await?) }).await?;
+    within(deadline, fault::at(Step::Ke3Check)).await?;
+    // Registered before the verdict commits, so a revoke that commits after
+    // it finds the session (see `registry`).
+    let mut id = [0u8; 16];
+    OsRng.fill_bytes(&mut id);
+    let session = SessionId(id);
+    let mut entry = shared
+        .sessions
+        .register(&shared.settler, session, user.clone(), host.clone());
+    within(deadline, fault::at(Step::VerdictCommit)).await?;
+    // KE3 and the verdict's commit in one trip to the blocking pool: the
+    // verdict is committed before the client hears it (SPEC B2), and a KE3
+    // that does not even parse is a failure like a wrong one.
+    let store = shared.store.clone();
+    let (mut result, settled) = blocking(move || {
+        let mut result = awaiting.read_msg3(&msg3).map_err(|(e, _attempt)| e)?;
+        let settled = match result.attempt.take() {
+            Some(attempt) => {
+                let proof = if result.verified {
+                    Proof::RightCode
+                } else {
+                    Proof::NotProven
+                };
+                Some(attempt.settle(&*store, proof, &session)?)
+            }
+            None => None,
+        };
+        Ok::<_, ConnError>((result, settled))
+    })
+    .await??;
+    let outcome = match settled {
+        Some(Some(Settlement::Success)) => {
+            entry.started();
+            LoginOutcome::Accepted { session }
+        }
+        Some(Some(Settlement::Void(VoidReason::GrantGone))) => {
+            LoginOutcome::Refused(Refusal::NotAllowed(format!(
+                "your access to '{host}' was revoked or its access code replaced; ask your admin"
+            )))
+        }
+        Some(Some(Settlement::Void(VoidReason::Locked))) => LoginOutcome::Locked,
+        // Settled by the sweeper first: the login took too long.
+        Some(None) => LoginOutcome::Refused(Refusal::NotAllowed(
+            "the login took too long; try again".into(),
+        )),
+        // A wrong code, or an outsider.
+        Some(Some(Settlement::Failure)) | None => LoginOutcome::Rejected,
+    };
+    within(deadline, fault::at(Step::VerdictWrite)).await?;
+    let msg4 = result.reply(&outcome)?;
+    if !matches!(outcome, LoginOutcome::Accepted { .. }) {
+        info!(%user, %host, %source, ?outcome, "login failed");
+        within(deadline, async {
+            Ok(wire::write_message(send, &msg4).await?)
+        })
+        .await?;
+        return Ok(Login::Done);
+    }
+    entry.ending_because("the verdict did not reach the client");
+    within(deadline, async {
+        Ok(wire::write_message(send, &msg4).await?)
+    })
+    .await?;
+    within(deadline, fault::at(Step::SessionRegistration)).await?;
+    entry.ending_because("client left");
+    info!(%user, %host, %source, %session, "login ok");
+    Ok(Login::Session(entry))
+}

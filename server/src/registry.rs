@@ -1,0 +1,173 @@
+//! The relay's live sessions, so admin actions reach them (SPEC S4).
+//!
+//! A login registers its session *before* its verdict commits: a revoke
+//! that commits after the verdict then always finds the session here (the
+//! relay hears of admin actions after they commit), and a revoke that
+//! commits before the verdict makes the verdict refuse (the store checks
+//! the grant in the verdict's transaction). A [`SessionEntry`] leaves the
+//! map when dropped, and records the session's end if it had started, so
+//! the map holds exactly the sessions that are alive.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use latchkey_protocol::ids::{HostName, SessionId, UserName};
+use tokio::sync::watch;
+
+use crate::settle::Settler;
+
+struct Live {
+    user: UserName,
+    host: HostName,
+    /// Set to the reason when the relay ends the session.
+    end: watch::Sender<Option<String>>,
+}
+
+/// Every live session of this relay.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<SessionId, Live>>,
+}
+
+impl Sessions {
+    fn map(&self) -> MutexGuard<'_, HashMap<SessionId, Live>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session about to be decided.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        settler: &Settler,
+        id: SessionId,
+        user: UserName,
+        host: HostName,
+    ) -> SessionEntry {
+        let (end, ended) = watch::channel(None);
+        self.map().insert(
+            id,
+            Live {
+                user: user.clone(),
+                host: host.clone(),
+                end,
+            },
+        );
+        SessionEntry {
+            sessions: self.clone(),
+            settler: settler.clone(),
+            id,
+            user,
+            host,
+            ended,
+            started: false,
+            reason: "client left".into(),
+        }
+    }
+
+    /// Ends the live sessions that `matches` picks; returns how many.
+    fn end_where(&self, reason: &str, matches: impl Fn(&Live) -> bool) -> usize {
+        let map = self.map();
+        let mut ended = 0;
+        for live in map.values().filter(|l| matches(l)) {
+            live.end.send_replace(Some(reason.to_string()));
+            ended += 1;
+        }
+        ended
+    }
+
+    /// Ends every live session of `user` on `host`.
+    pub(crate) fn end(&self, host: &str, user: &str, reason: &str) -> usize {
+        self.end_where(reason, |l| {
+            l.host.as_str() == host && l.user.as_str() == user
+        })
+    }
+
+    /// Ends every live session of `user` (their device was replaced).
+    pub(crate) fn end_user(&self, user: &str, reason: &str) -> usize {
+        self.end_where(reason, |l| l.user.as_str() == user)
+    }
+
+    /// The live sessions on `host`.
+    pub(crate) fn on_host(&self, host: &HostName) -> Vec<SessionId> {
+        let map = self.map();
+        map.iter()
+            .filter(|(_, l)| l.host == *host)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Sessions alive now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+/// One registered session: leaves the map when dropped, and records its end
+/// in the store if the verdict started it.
+pub(crate) struct SessionEntry {
+    sessions: Arc<Sessions>,
+    settler: Settler,
+    pub(crate) id: SessionId,
+    pub(crate) user: UserName,
+    pub(crate) host: HostName,
+    /// Changes when the relay ends the session.
+    pub(crate) ended: watch::Receiver<Option<String>>,
+    started: bool,
+    reason: String,
+}
+
+impl SessionEntry {
+    /// The verdict committed the session (its `session-start` is audited):
+    /// from now on dropping the entry records `session-end`.
+    pub(crate) fn started(&mut self) {
+        self.started = true;
+    }
+
+    /// Why the session ends, for the audit.
+    pub(crate) fn ending_because(&mut self, reason: impl Into<String>) {
+        self.reason = reason.into();
+    }
+}
+
+impl Drop for SessionEntry {
+    fn drop(&mut self) {
+        self.sessions.map().remove(&self.id);
+        if self.started {
+            self.settler.session_ended(
+                self.id,
+                self.host.clone(),
+                self.user.clone(),
+                std::mem::take(&mut self.reason),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_entry_leaves_the_map_when_dropped_and_sees_an_end_sent_before_it_listens() {
+        let sessions = Arc::new(Sessions::default());
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::SqliteStore::in_memory().unwrap());
+        let settler = Settler::spawn(store, std::time::Duration::from_secs(1));
+        let mut entry = sessions.register(
+            &settler,
+            SessionId([1; 16]),
+            "bob".parse().unwrap(),
+            "mypc".parse().unwrap(),
+        );
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions.end("mypc", "bob", "revoked"), 1);
+        assert_eq!(sessions.end("mypc", "alice", "revoked"), 0);
+        // The end was sent before anyone listened: it is still seen.
+        entry.ended.changed().await.unwrap();
+        assert_eq!(entry.ended.borrow().as_deref(), Some("revoked"));
+        drop(entry);
+        assert_eq!(sessions.len(), 0);
+    }
+}

@@ -1,0 +1,217 @@
+//! Values that settle themselves in the store when dropped (SPEC S7a).
+//!
+//! [`PendingAttempt`] is the only handle to an attempt the store reserved.
+//! It ends in a recorded verdict on every path: [`PendingAttempt::settle`]
+//! with what KE3 proved, or, dropped unsettled (a wrong code's abort, a
+//! peer gone or not reading, a deadline, a write or store error, a
+//! cancelled task), it hands itself to the [`Settler`] task, which records a
+//! failure. The settler also sweeps, at start and every few seconds, any
+//! attempt still pending past the handshake deadline plus a grace, so not
+//! even a path missed here can leave a host "busy" for ever.
+//!
+//! The settler records the end of sessions the same way
+//! ([`crate::registry::SessionEntry`] hands itself over when dropped).
+
+use std::{sync::Arc, time::Duration};
+
+use latchkey_protocol::ids::{HostName, SessionId, UserName};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    lockout::{Proof, Settlement},
+    now_unix,
+    store::{AttemptId, Store, StoreError},
+};
+
+/// How often the sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long past the handshake deadline an attempt may stay pending before
+/// the sweep settles it (a verdict's store write may still be under way).
+const SWEEP_GRACE: Duration = Duration::from_secs(5);
+
+enum Job {
+    /// An attempt dropped without a verdict, with why (for the audit).
+    Fail(AttemptId, &'static str),
+    /// A session that ended.
+    SessionEnded {
+        session: SessionId,
+        host: HostName,
+        user: UserName,
+        reason: String,
+    },
+    /// Answers once every job sent before it is done.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle that reservations and sessions settle through.
+#[derive(Clone)]
+pub(crate) struct Settler {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Settler {
+    /// Starts the settling task; it sweeps attempts pending for longer than
+    /// `handshake_timeout` plus a grace, and ends when every handle is gone.
+    pub(crate) fn spawn(store: Arc<dyn Store>, handshake_timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx, handshake_timeout + SWEEP_GRACE));
+        Self { tx }
+    }
+
+    /// Takes ownership of a freshly reserved attempt.
+    pub(crate) fn adopt(&self, id: AttemptId) -> PendingAttempt {
+        PendingAttempt {
+            id: Some(id),
+            why: "abandoned before KE3",
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Records the end of a session (soon, off the caller's path).
+    pub(crate) fn session_ended(
+        &self,
+        session: SessionId,
+        host: HostName,
+        user: UserName,
+        reason: String,
+    ) {
+        let _ = self.tx.send(Job::SessionEnded {
+            session,
+            host,
+            user,
+            reason,
+        });
+    }
+
+    /// Waits until everything handed over so far is written.
+    pub(crate) async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Job::Flush(done)).is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+/// A reserved attempt that settles itself: see the module doc.
+pub(crate) struct PendingAttempt {
+    /// `None` once settled.
+    id: Option<AttemptId>,
+    /// What the audit says if it is dropped unsettled.
+    why: &'static str,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for PendingAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingAttempt({:?})", self.id)
+    }
+}
+
+impl PendingAttempt {
+    /// Says what the attempt is waiting for, for the audit row written if
+    /// it is dropped unsettled.
+    pub(crate) fn waiting_for(&mut self, why: &'static str) {
+        self.why = why;
+    }
+
+    /// Settles the attempt now (on a blocking thread): the verdict and
+    /// everything that depends on it commit together
+    /// ([`Store::settle_attempt`]). On a store error the attempt is still
+    /// unsettled, and dropping it hands it to the settler as a failure.
+    pub(crate) fn settle(
+        mut self,
+        store: &dyn Store,
+        proof: Proof,
+        session: &SessionId,
+    ) -> Result<Option<Settlement>, StoreError> {
+        let Some(id) = self.id else {
+            return Ok(None);
+        };
+        let detail = match proof {
+            Proof::RightCode => "",
+            Proof::NotProven => "wrong code",
+        };
+        let settled = store.settle_attempt(id, proof, detail, session, now_unix())?;
+        self.id = None;
+        Ok(settled)
+    }
+}
+
+impl Drop for PendingAttempt {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            // If the settler is gone (the relay is stopping), the next
+            // start settles it: one relay owns a data directory.
+            let _ = self.tx.send(Job::Fail(id, self.why));
+        }
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>, stale_after: Duration) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stale_secs = i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX / 4) + 1;
+    loop {
+        let job = tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            _ = sweep.tick() => {
+                let now = now_unix();
+                let swept = blocking(&store, move |s| {
+                    s.fail_pending_attempts(now - stale_secs, "abandoned: settled by the sweeper", now)
+                })
+                .await;
+                if let Some(n @ 1..) = swept {
+                    warn!(attempts = n, "pending attempts past the deadline settled as failures");
+                }
+                continue;
+            }
+        };
+        match job {
+            Job::Fail(id, why) => {
+                let session = SessionId([0; 16]);
+                let settled = blocking(&store, move |s| {
+                    s.settle_attempt(id, Proof::NotProven, why, &session, now_unix())
+                })
+                .await;
+                if let Some(Some(_)) = settled {
+                    info!(attempt = id.0, reason = why, "attempt settled as a failure");
+                }
+            }
+            Job::SessionEnded {
+                session,
+                host,
+                user,
+                reason,
+            } => {
+                blocking(&store, move |s| {
+                    s.session_ended(&session, &host, &user, &reason, now_unix())
+                })
+                .await;
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Runs a store call on the blocking pool; a failure is logged (the sweep,
+/// or the next start, catches what it left).
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Option<T> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&*store)).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            warn!("store: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
