@@ -243,19 +243,25 @@ impl Home {
         Ok(())
     }
 
+    /// Writes a file readable by the owner only, atomically: a new file,
+    /// synced, renamed over the old one. The result is owner-only even when
+    /// the file existed with a wider mode, and a crash never leaves half a key.
     fn write_private(&self, name: &str, bytes: &[u8]) -> Result<(), ConfigError> {
         self.ensure_dir()?;
         let path = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
         let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options.open(&path).map_err(Self::io(&path))?;
-        file.write_all(bytes).map_err(Self::io(&path))?;
-        file.sync_all().map_err(Self::io(&path))
+        let mut file = options.open(&tmp).map_err(Self::io(&tmp))?;
+        file.write_all(bytes).map_err(Self::io(&tmp))?;
+        file.sync_all().map_err(Self::io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(Self::io(&path))
     }
 
     fn write_toml<T: Serialize>(&self, name: &str, value: &T) -> Result<(), ConfigError> {
@@ -298,5 +304,25 @@ impl HostConfig {
             path: HOST_FILE.into(),
             why: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_written_over_a_wider_file_ends_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let home = Home::locate(Some(dir.path().to_owned()));
+        let path = dir.path().join(RESUME_TICKET);
+        fs::write(&path, b"old").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        home.save_ticket(&[7; 32]).expect("save");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read(&path).expect("read"), [7; 32]);
     }
 }

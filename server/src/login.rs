@@ -211,8 +211,11 @@ pub(crate) async fn login(
     // KE3 and the verdict's commit in one trip to the blocking pool: the
     // verdict is committed before the client hears it (SPEC B2), and a KE3
     // that does not even parse is a failure like a wrong one.
+    // The entry travels with the verdict: if this task is cancelled while
+    // the verdict commits on the blocking pool, the commit still finishes
+    // and the entry, dropped there, records the session's end.
     let store = shared.store.clone();
-    let (mut result, settled) = blocking(move || {
+    let (mut result, settled, mut entry) = blocking(move || {
         let mut result = awaiting.read_msg3(&msg3).map_err(|(e, _attempt)| e)?;
         let settled = match result.attempt.take() {
             Some(attempt) => {
@@ -225,14 +228,14 @@ pub(crate) async fn login(
             }
             None => None,
         };
-        Ok::<_, ConnError>((result, settled))
+        if settled == Some(Some(Settlement::Success)) {
+            entry.started();
+        }
+        Ok::<_, ConnError>((result, settled, entry))
     })
     .await??;
     let outcome = match settled {
-        Some(Some(Settlement::Success)) => {
-            entry.started();
-            LoginOutcome::Accepted { session }
-        }
+        Some(Some(Settlement::Success)) => LoginOutcome::Accepted { session },
         Some(Some(Settlement::Void(VoidReason::GrantGone))) => {
             LoginOutcome::Refused(Refusal::NotAllowed(format!(
                 "your access to '{host}' was revoked or its access code replaced; ask your admin"

@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use latchkey_client::net;
-use latchkey_protocol::ids::{AccessCode, HostName, RelayPin, UserName};
+use latchkey_protocol::{
+    handshake::{Initiator, Keypair},
+    ids::{AccessCode, HostName, RelayPin, UserName},
+};
 pub use tempfile::TempDir;
 
 pub mod smtp;
@@ -493,11 +496,59 @@ impl Device {
         }
     }
 
+    /// The relay address, pin and device key this device logs in with.
+    pub fn identity(&self) -> Result<(String, RelayPin, Keypair)> {
+        let (cfg, key) = latchkey_client::config::Home::locate(Some(self.home.clone())).user()?;
+        let pin = cfg.pin()?;
+        Ok((cfg.relay, pin, key))
+    }
+
+    /// Starts a login by hand: connects and sends message 1, so a test can
+    /// act between the steps the relay takes.
+    pub async fn send_msg1(&self, host: &str, code: &str) -> Result<RawLogin> {
+        let (relay, pin, key) = self.identity()?;
+        let rc = net::connect(&relay, &pin).await?;
+        let binding = net::channel_binding(&rc.conn)?;
+        let (mut send, recv) = rc.conn.open_bi().await?;
+        let code = AccessCode::for_login(code.into())?;
+        let (init, msg1) = Initiator::start_login(
+            &mut rand::rngs::OsRng,
+            &key,
+            &pin.noise_key,
+            &binding,
+            self.user()?,
+            host.parse()?,
+            &code,
+        )?;
+        latchkey_client::wire::write_message(&mut send, &msg1).await?;
+        Ok(RawLogin {
+            relay: rc,
+            send,
+            recv,
+            init,
+            code,
+        })
+    }
+
     /// The user name this device enrolled as.
     pub fn user(&self) -> Result<UserName> {
         let home = latchkey_client::config::Home::locate(Some(self.home.clone()));
         Ok(home.user()?.0.user)
     }
+}
+
+/// A login in progress, driven step by step ([`Device::send_msg1`]).
+pub struct RawLogin {
+    /// The connection.
+    pub relay: net::RelayConn,
+    /// The handshake stream, our side.
+    pub send: quinn::SendStream,
+    /// The handshake stream, the relay's side.
+    pub recv: quinn::RecvStream,
+    /// Reads message 2.
+    pub init: Initiator,
+    /// The code it was started with.
+    pub code: AccessCode,
 }
 
 /// Resident memory of a process in KiB, from /proc (0 if unreadable).

@@ -14,9 +14,10 @@ use latchkey_tests::{rss_kib, unlimited, World, OWNER_CODE, WAIT};
 use rand::rngs::OsRng;
 
 fn identity(home: &std::path::Path) -> Result<(String, RelayPin, Keypair)> {
-    let (cfg, key) = Home::locate(Some(home.to_owned())).user()?;
-    let pin = cfg.pin()?;
-    Ok((cfg.relay, pin, key))
+    latchkey_tests::Device {
+        home: home.to_owned(),
+    }
+    .identity()
 }
 
 /// Runs message 1 and 2 of a login by hand; returns the connection, the

@@ -207,5 +207,16 @@ async fn a_relay_restart_while_the_host_reboots_leaves_no_stuck_state() -> Resul
         .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "fine"])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
     assert!(!w.mypc.home.join("resume.ticket").exists());
+    // Spent, but nothing resumed: neither the audit nor the agent says so.
+    wait_until("the ticket's refusal in the audit log", || {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| count(&e, "resume-refused") == 1)
+            .unwrap_or(false)
+    })?;
+    assert_eq!(count(&w.relay.audit_events("mypc")?, "resume"), 0);
+    let log = std::fs::read_to_string(w.dir.path().join("mypc-agent.log"))?;
+    assert!(!log.contains("sessions resumed"), "{log}");
+    assert!(log.contains("resume refused"), "{log}");
     Ok(())
 }
