@@ -403,8 +403,33 @@ pub async fn login(
     login_from(&Local::Any, relay, pin, device, user, host, code).await
 }
 
-/// [`login`] from a chosen local socket.
+/// [`login`] from a chosen local socket. A "busy" answer (other attempts on
+/// the host still being decided) spends nothing, so it is tried again a
+/// few times, with jittered backoff, for up to about ten seconds.
 pub async fn login_from(
+    local: &Local,
+    relay: &str,
+    pin: &RelayPin,
+    device: &Keypair,
+    user: &UserName,
+    host: &HostName,
+    code: AccessCode,
+) -> Result<Session, NetError> {
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(8);
+    let attempt = || login_once(local, relay, pin, device, user, host, code.clone());
+    attempt
+        .retry(backoff)
+        .when(|e| matches!(e, NetError::Refused(Refusal::Busy)))
+        .await
+}
+
+/// One login, without retrying.
+async fn login_once(
     local: &Local,
     relay: &str,
     pin: &RelayPin,

@@ -21,9 +21,10 @@ fn agree(relay: &RelaySession, client: &ClientSession) {
             assert!(relay.channel_allowed().is_ok());
             assert!(relay.deadline().is_none());
         }
-        Phase::Rebooting { .. } => {
+        Phase::Rebooting { away, .. } => {
             assert!(relay.deadline().is_some());
             assert!(relay.channel_allowed().is_err());
+            assert_eq!(*away, !relay.waits_for_reboot());
         }
         Phase::Ended(_) => assert!(relay.is_over()),
         Phase::Pairing => panic!("a paired client is pairing again"),
@@ -33,7 +34,9 @@ fn agree(relay: &RelaySession, client: &ClientSession) {
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
-    let mut relay = RelaySession::new("fuzzhost".parse().unwrap(), Duration::from_secs(60));
+    // The first byte picks the grace for agents that drop (0 to 63 s).
+    let grace = Duration::from_secs(u64::from(data.first().copied().unwrap_or(0) % 64));
+    let mut relay = RelaySession::new("fuzzhost".parse().unwrap(), Duration::from_secs(60), grace);
     let mut client = ClientSession::new();
     client.on_frame(RelayToClient::SessionReady, now).unwrap();
     let mut raw_client = ClientSession::new();
@@ -45,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         let frame = match op % 9 {
             0 => relay.host_lost(now, Some(now + Duration::from_secs(u64::from(arg) / 4))),
             1 => relay.host_lost(now, None),
-            2 => relay.host_back(),
+            2 => relay.host_back(arg % 2 == 0),
             3 => {
                 now += Duration::from_millis(u64::from(arg) * 100);
                 relay.tick(now)

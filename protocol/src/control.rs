@@ -6,10 +6,10 @@
 //! fuzz target can check that the two sides always agree.
 //!
 //! A session is paired with its host (*ready*), parked while the host
-//! reboots (*rebooting*), or over (*ended*). Only a ready session opens
-//! channels or asks for a reboot; a parked one resumes when the host comes
-//! back with its ticket or ends at the deadline; an ended one never moves
-//! again.
+//! reboots or while its agent is away (*rebooting*, *away*), or over
+//! (*ended*). Only a ready session opens channels or asks for a reboot; a
+//! parked one resumes when the host comes back (with its ticket, after a
+//! reboot) or ends at the deadline; an ended one never moves again.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ pub enum EndReason {
     HostOffline,
     /// The host rebooted and did not come back in time.
     RebootTimedOut,
+    /// The host's agent dropped and did not come back in time.
+    AwayTimedOut,
     /// The relay is stopping.
     RelayShutdown,
     /// An admin ended it (revoke, lock, policy change), with their reason.
@@ -53,24 +55,33 @@ pub enum Request {
 pub struct RelaySession {
     host: HostName,
     reboot_wait: Duration,
+    grace: Duration,
     phase: RelayPhase,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RelayPhase {
     Ready,
-    Parked { deadline: Instant },
+    /// Waiting for the host: `rebooting` after a reboot it acknowledged
+    /// (resumed only by its ticket), else away (resumed when it reconnects).
+    Parked {
+        deadline: Instant,
+        rebooting: bool,
+    },
     Ended,
 }
 
 impl RelaySession {
     /// A session just paired with `host`; the caller sends
     /// [`RelayToClient::SessionReady`]. `reboot_wait` is the relay's
-    /// configured reboot deadline, quoted when it runs out.
-    pub fn new(host: HostName, reboot_wait: Duration) -> Self {
+    /// configured reboot deadline, quoted when it runs out; `grace` how long
+    /// a session waits for an agent that dropped without a reboot (zero:
+    /// not at all).
+    pub fn new(host: HostName, reboot_wait: Duration, grace: Duration) -> Self {
         Self {
             host,
             reboot_wait,
+            grace,
             phase: RelayPhase::Ready,
         }
     }
@@ -79,7 +90,15 @@ impl RelaySession {
     pub fn channel_allowed(&self) -> Result<(), String> {
         match self.phase {
             RelayPhase::Ready => Ok(()),
-            RelayPhase::Parked { .. } => Err(format!("host '{}' is rebooting", self.host)),
+            RelayPhase::Parked {
+                rebooting: true, ..
+            } => Err(format!("host '{}' is rebooting", self.host)),
+            RelayPhase::Parked {
+                rebooting: false, ..
+            } => Err(format!(
+                "host '{}' went offline; waiting for it to come back",
+                self.host
+            )),
             RelayPhase::Ended => Err("the session is over".into()),
         }
     }
@@ -92,14 +111,26 @@ impl RelaySession {
     /// When [`Self::tick`] must be called, while parked.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
-            RelayPhase::Parked { deadline } => Some(deadline),
+            RelayPhase::Parked { deadline, .. } => Some(deadline),
             _ => None,
         }
     }
 
+    /// Whether the session waits for a host that is rebooting (as opposed
+    /// to one whose agent dropped).
+    pub fn waits_for_reboot(&self) -> bool {
+        matches!(
+            self.phase,
+            RelayPhase::Parked {
+                rebooting: true,
+                ..
+            }
+        )
+    }
+
     /// The host's link closed. `reboot_deadline` is set when the host had
     /// acknowledged a reboot: the session parks until then; otherwise it
-    /// ends.
+    /// parks for the grace period (SPEC R5), or ends without one.
     pub fn host_lost(
         &mut self,
         now: Instant,
@@ -110,18 +141,31 @@ impl RelaySession {
         }
         match reboot_deadline {
             Some(deadline) if deadline > now => {
-                self.phase = RelayPhase::Parked { deadline };
+                self.phase = RelayPhase::Parked {
+                    deadline,
+                    rebooting: true,
+                };
                 let deadline_secs = deadline.duration_since(now).as_secs();
                 Some(RelayToClient::HostRebooting { deadline_secs })
+            }
+            _ if !self.grace.is_zero() => {
+                self.phase = RelayPhase::Parked {
+                    deadline: now + self.grace,
+                    rebooting: false,
+                };
+                Some(RelayToClient::HostAway {
+                    deadline_secs: self.grace.as_secs(),
+                })
             }
             _ => self.end(EndReason::HostOffline),
         }
     }
 
-    /// The host is back with its ticket: a parked session resumes.
-    pub fn host_back(&mut self) -> Option<RelayToClient> {
+    /// The host is back: a parked session resumes, one parked for a reboot
+    /// only when the host presented its ticket (`with_ticket`).
+    pub fn host_back(&mut self, with_ticket: bool) -> Option<RelayToClient> {
         match self.phase {
-            RelayPhase::Parked { .. } => {
+            RelayPhase::Parked { rebooting, .. } if with_ticket || !rebooting => {
                 self.phase = RelayPhase::Ready;
                 Some(RelayToClient::HostBack)
             }
@@ -132,9 +176,14 @@ impl RelaySession {
     /// Time passed: a parked session whose deadline is reached ends.
     pub fn tick(&mut self, now: Instant) -> Option<RelayToClient> {
         match self.phase {
-            RelayPhase::Parked { deadline } if now >= deadline => {
-                self.end(EndReason::RebootTimedOut)
-            }
+            RelayPhase::Parked {
+                deadline,
+                rebooting,
+            } if now >= deadline => self.end(if rebooting {
+                EndReason::RebootTimedOut
+            } else {
+                EndReason::AwayTimedOut
+            }),
             _ => None,
         }
     }
@@ -154,6 +203,11 @@ impl RelaySession {
                 self.host,
                 self.reboot_wait.as_secs()
             ),
+            EndReason::AwayTimedOut => format!(
+                "host '{}' went offline and did not come back within {} s",
+                self.host,
+                self.grace.as_secs()
+            ),
             EndReason::RelayShutdown => "the relay is shutting down".into(),
             EndReason::Ended(why) => why,
         };
@@ -167,9 +221,24 @@ impl RelaySession {
             (_, RelayPhase::Ended) => Request::Ignore,
             (ClientToRelay::ListHosts, _) => Request::ListHosts,
             (ClientToRelay::Reboot, RelayPhase::Ready) => Request::Reboot,
-            (ClientToRelay::Reboot, RelayPhase::Parked { .. }) => Request::Refuse(
-                Refusal::NotAllowed(format!("host '{}' is already rebooting", self.host)),
-            ),
+            (
+                ClientToRelay::Reboot,
+                RelayPhase::Parked {
+                    rebooting: true, ..
+                },
+            ) => Request::Refuse(Refusal::NotAllowed(format!(
+                "host '{}' is already rebooting",
+                self.host
+            ))),
+            (
+                ClientToRelay::Reboot,
+                RelayPhase::Parked {
+                    rebooting: false, ..
+                },
+            ) => Request::Refuse(Refusal::NotAllowed(format!(
+                "host '{}' is offline",
+                self.host
+            ))),
         }
     }
 }
@@ -181,12 +250,15 @@ pub enum Phase {
     Pairing,
     /// Paired with the host.
     Ready,
-    /// The host is rebooting; the relay waits up to `deadline_secs`.
+    /// The host is rebooting, or its agent dropped (`away`); the relay
+    /// waits up to `deadline_secs`.
     Rebooting {
         /// When we heard.
         since: Instant,
         /// How long the relay waits.
         deadline_secs: u64,
+        /// The agent dropped without a reboot (a restart, a blip).
+        away: bool,
     },
     /// Over, with the reason.
     Ended(String),
@@ -262,6 +334,12 @@ impl ClientSession {
             (Phase::Ready, RelayToClient::HostRebooting { deadline_secs }) => Phase::Rebooting {
                 since: now,
                 deadline_secs,
+                away: false,
+            },
+            (Phase::Ready, RelayToClient::HostAway { deadline_secs }) => Phase::Rebooting {
+                since: now,
+                deadline_secs,
+                away: true,
             },
             (Phase::Rebooting { .. }, RelayToClient::HostBack) => Phase::Ready,
             (Phase::Ready | Phase::Rebooting { .. }, RelayToClient::SessionEnded(why)) => {
@@ -293,6 +371,7 @@ impl ClientSession {
                 RelayToClient::SessionEnded(_) => "session-ended",
                 RelayToClient::HostRebooting { .. } => "host-rebooting",
                 RelayToClient::HostBack => "host-back",
+                RelayToClient::HostAway { .. } => "host-away",
             },
             phase: match self.phase {
                 Phase::Pairing => "pairing",
@@ -310,6 +389,10 @@ mod tests {
     use crate::frame::ClientToRelay;
 
     fn pair() -> (RelaySession, ClientSession, Instant) {
+        pair_with_grace(Duration::ZERO)
+    }
+
+    fn pair_with_grace(grace: Duration) -> (RelaySession, ClientSession, Instant) {
         let host: HostName = "mypc".parse().unwrap();
         let mut client = ClientSession::new();
         let now = Instant::now();
@@ -318,7 +401,7 @@ mod tests {
             Ok(Event::Phase)
         );
         (
-            RelaySession::new(host, Duration::from_secs(600)),
+            RelaySession::new(host, Duration::from_secs(600), grace),
             client,
             now,
         )
@@ -346,9 +429,38 @@ mod tests {
             relay.request(&ClientToRelay::Reboot),
             Request::Refuse(_)
         ));
-        deliver(&mut client, relay.host_back(), now);
+        // Back without the ticket: still parked.
+        assert_eq!(relay.host_back(false), None);
+        deliver(&mut client, relay.host_back(true), now);
         assert_eq!(client.phase(), &Phase::Ready);
         assert_eq!(relay.channel_allowed(), Ok(()));
+    }
+
+    #[test]
+    fn an_agent_that_drops_parks_the_session_for_the_grace_and_resumes_on_reconnect() {
+        let (mut relay, mut client, now) = pair_with_grace(Duration::from_secs(60));
+        let frame = relay.host_lost(now, None);
+        assert_eq!(frame, Some(RelayToClient::HostAway { deadline_secs: 60 }));
+        deliver(&mut client, frame, now);
+        assert!(matches!(
+            client.phase(),
+            Phase::Rebooting { away: true, .. }
+        ));
+        let refused = relay.channel_allowed().unwrap_err();
+        assert!(refused.contains("went offline"), "{refused}");
+        assert!(matches!(
+            relay.request(&ClientToRelay::Reboot),
+            Request::Refuse(_)
+        ));
+        deliver(&mut client, relay.host_back(false), now);
+        assert_eq!(client.phase(), &Phase::Ready);
+        // And at the end of the grace, a clear end.
+        deliver(&mut client, relay.host_lost(now, None), now);
+        deliver(&mut client, relay.tick(now + Duration::from_secs(60)), now);
+        assert!(matches!(
+            client.phase(),
+            Phase::Ended(w) if w.contains("did not come back within 60 s")
+        ));
     }
 
     #[test]
@@ -363,7 +475,11 @@ mod tests {
             panic!("still {:?}", client.phase())
         };
         assert!(why.contains("did not come back within 600 s"), "{why}");
-        assert_eq!(relay.host_back(), None, "an ended session never resumes");
+        assert_eq!(
+            relay.host_back(true),
+            None,
+            "an ended session never resumes"
+        );
         assert!(relay.is_over());
     }
 

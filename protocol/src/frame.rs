@@ -202,6 +202,12 @@ pub enum RelayToClient {
     },
     /// The host is back after a reboot; open channels again (SPEC R3).
     HostBack,
+    /// The host's agent dropped without a reboot (a restart, a network
+    /// blip); the session waits for it (SPEC R5).
+    HostAway {
+        /// Seconds the relay waits before giving up.
+        deadline_secs: u64,
+    },
 }
 
 /// Control frames from a host agent to the relay.

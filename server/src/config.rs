@@ -96,6 +96,10 @@ pub struct Config {
     pub reboot_deadline_secs: u64,
     /// Shortest time between two reboots of one host, in seconds. Default 60.
     pub reboot_min_interval_secs: u64,
+    /// How long sessions wait for a host whose agent dropped without a
+    /// reboot (a restart or update, a network blip) before they end, in
+    /// seconds; 0 ends them at once (SPEC R5). Default 60.
+    pub host_grace_secs: u64,
     /// Least time between a login's message 1 and the relay's answer, in
     /// milliseconds, so an outsider's answer and a grant holder's take the
     /// same time (SPEC A4). Default 10.
@@ -152,6 +156,7 @@ impl Default for Config {
             smtp: None,
             reboot_deadline_secs: 600,
             reboot_min_interval_secs: 60,
+            host_grace_secs: 60,
             login_reply_floor_ms: 10,
         }
     }

@@ -56,6 +56,8 @@ pub(crate) async fn serve(
     }
     shared.set_online(&host, true);
     info!(%host, remote = %conn.remote_address(), "host online");
+    // Sessions waiting for an agent that dropped carry on (SPEC R5).
+    let _ = shared.host_back.send((host.clone(), false));
     let shutdown = shared.shutdown.clone();
     let mut pending = None;
     let result = loop {
@@ -137,7 +139,7 @@ async fn resume(
             if let Some(r) = shared.reboots().get_mut(host) {
                 r.pending = false;
             }
-            let _ = shared.host_back.send(host.clone());
+            let _ = shared.host_back.send((host.clone(), true));
             info!(%host, %session, "host back from reboot: waiting sessions resume");
             Ok(RelayToHost::Resumed)
         }

@@ -32,6 +32,7 @@ mod session;
 mod settle;
 pub mod store;
 mod user;
+mod waiting;
 pub use latchkey_protocol::quic as wire;
 
 use std::{
@@ -109,8 +110,9 @@ pub(crate) struct Shared {
     /// Where reserved attempts and ended sessions settle.
     pub(crate) settler: Settler,
     reboots: Mutex<HashMap<HostName, Reboot>>,
-    /// Hosts that came back from a reboot with a valid ticket.
-    pub(crate) host_back: tokio::sync::broadcast::Sender<HostName>,
+    /// Hosts that came back: `true` with a valid reboot ticket, `false` when
+    /// the agent reconnected (sessions parked for a reboot wait for the former).
+    pub(crate) host_back: tokio::sync::broadcast::Sender<(HostName, bool)>,
     presence: presence::Presence,
 }
 

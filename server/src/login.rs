@@ -6,7 +6,7 @@
 //! and the lock and with the session's registration, before the client
 //! hears it.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use latchkey_protocol::{
     frame::{LoginOutcome, Refusal},
@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::{
     error::{blocking, ConnError},
     fault::{self, Step},
-    lockout::{Proof, Settlement, VoidReason},
+    lockout::{Admission, Proof, Settlement, VoidReason},
     now_unix,
     registry::SessionEntry,
     settle::{PendingAttempt, Settler},
@@ -94,7 +94,9 @@ impl LoginAuthority for StoreAuthority<'_> {
             .reserve_attempt(user, host, &record.id, self.source, self.now)
         {
             // From here on the attempt settles itself, whatever happens.
-            Ok(Reservation::Reserved(id)) => Reservation::Reserved(self.settler.adopt(id)),
+            Ok(Reservation::Reserved(id)) => {
+                Reservation::Reserved(self.settler.adopt(id, host.clone()))
+            }
             Ok(Reservation::Busy) => Reservation::Busy,
             Ok(Reservation::Locked) => Reservation::Locked,
             Err(e) => {
@@ -103,6 +105,64 @@ impl LoginAuthority for StoreAuthority<'_> {
                 Reservation::Locked
             }
         }
+    }
+}
+
+/// The longest a login waits for its turn on a busy host.
+const MAX_TURN_WAIT: Duration = Duration::from_secs(5);
+/// What a waiting login leaves of the handshake deadline for the client's
+/// key stretching and KE3.
+const KE3_MARGIN: Duration = Duration::from_secs(3);
+
+/// What the first trip to the blocking pool decided.
+enum First {
+    /// Message 2 (or why there is none).
+    Reply(Box<Result<LoginReply<PendingAttempt>, latchkey_protocol::HandshakeError>>),
+    /// A grant holder whose attempt does not fit the budget yet.
+    Wait(Box<LoginRequest>, CodeRecord),
+}
+
+/// Waits in the host's line until an attempt fits (or `until`), then
+/// reserves it, holding the turn so the next in line does not race, and
+/// writes message 2. A login still waiting at `until` is answered "busy",
+/// which spends nothing.
+async fn wait_turn(
+    shared: &Arc<Shared>,
+    source: IpAddr,
+    req: Box<LoginRequest>,
+    record: CodeRecord,
+    until: Instant,
+) -> Result<Result<LoginReply<PendingAttempt>, latchkey_protocol::HandshakeError>, ConnError> {
+    let host = req.host().clone();
+    let fits = || {
+        let (store, host) = (shared.store.clone(), host.clone());
+        async move {
+            !matches!(
+                blocking(move || store.admission(&host)).await,
+                Ok(Ok(Admission::Busy))
+            )
+        }
+    };
+    let turn = shared.settler.waiting.wait_turn(&host, until, fits).await;
+    let s = shared.clone();
+    let (reply, error) = blocking(move || {
+        let mut authority = StoreAuthority {
+            store: &*s.store,
+            settler: &s.settler,
+            source,
+            now: now_unix(),
+            error: None,
+            outsider_reason: "",
+        };
+        let reservation = authority.reserve_attempt(req.user(), req.host(), &record);
+        let reply = req.answer(&s.identity, Some((record, reservation)), &mut OsRng);
+        (reply, authority.error)
+    })
+    .await?;
+    drop(turn);
+    match error {
+        Some(e) => Err(e.into()),
+        None => Ok(reply),
     }
 }
 
@@ -128,8 +188,11 @@ pub(crate) async fn login(
     // the store work that differs between a grant holder's attempt and an
     // outsider's does not show in the timing (SPEC A4).
     let reply_not_before = Instant::now() + shared.config.login_reply_floor();
+    // Who is asking and, for a grant holder, the reservation; then message
+    // 2, in the same trip to the blocking pool unless the attempt has to
+    // wait its turn.
     let s = shared.clone();
-    let (reply, error, outsider_reason) = blocking(move || {
+    let (first, error, outsider_reason) = blocking(move || {
         let mut authority = StoreAuthority {
             store: &*s.store,
             settler: &s.settler,
@@ -138,14 +201,30 @@ pub(crate) async fn login(
             error: None,
             outsider_reason: "",
         };
-        let reply = req.respond(&s.identity, &mut authority, &mut OsRng);
-        (reply, authority.error, authority.outsider_reason)
+        let claim = req.claim(&mut authority).map(|record| {
+            let reservation = authority.reserve_attempt(req.user(), req.host(), &record);
+            (record, reservation)
+        });
+        let first = match claim {
+            Some((record, Reservation::Busy)) if authority.error.is_none() => {
+                First::Wait(Box::new(req), record)
+            }
+            claim => First::Reply(Box::new(req.answer(&s.identity, claim, &mut OsRng))),
+        };
+        (first, authority.error, authority.outsider_reason)
     })
     .await?;
     if let Some(e) = error {
         warn!(%user, %host, "store failed during login: {e}");
         return Err(e.into());
     }
+    let reply = match first {
+        First::Reply(reply) => *reply,
+        First::Wait(req, record) => {
+            let wait_until = (Instant::now() + MAX_TURN_WAIT).min(deadline - KE3_MARGIN);
+            wait_turn(shared, source, req, record, wait_until).await?
+        }
+    };
     let LoginReply {
         msg2,
         decision,

@@ -52,7 +52,8 @@ pub(crate) async fn serve(
     let shutdown = shared.shutdown.clone();
     let mut back = shared.host_back.subscribe();
     let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
-    let mut machine = RelaySession::new(host.clone(), reboot_wait);
+    let grace = Duration::from_secs(shared.config.host_grace_secs);
+    let mut machine = RelaySession::new(host.clone(), reboot_wait, grace);
     // `None` while the host reboots: the session is parked until it is back
     // with its ticket, or until the deadline (SPEC R2-R4).
     let mut host_conn = Some(host_conn);
@@ -84,37 +85,58 @@ pub(crate) async fn serve(
                 machine.end(EndReason::Ended(why))
             }
             _ = host_gone => {
-                host_conn = None;
+                let old = host_conn.take().map(|c| c.stable_id());
                 let deadline = shared.reboot_deadline(&host).map(|d| d.into_std());
                 let frame = machine.host_lost(std::time::Instant::now(), deadline);
-                if machine.deadline().is_some() {
+                if machine.waits_for_reboot() {
                     info!(%user, %host, %session, "session parked: host rebooting");
+                    frame
+                } else if machine.deadline().is_some() {
+                    info!(%user, %host, %session, "session parked: host went offline");
+                    // The agent may be back already (it reconnected before its
+                    // old connection was seen closing): carry on at once.
+                    let newer = shared
+                        .hosts()
+                        .get(&host)
+                        .map(|l| l.conn.clone())
+                        .filter(|c| Some(c.stable_id()) != old);
+                    if let (Some(c), Some(frame)) = (newer, &frame) {
+                        wire::write_frame(&mut send, frame).await?;
+                        host_conn = Some(c);
+                        info!(%user, %host, %session, "session resumed: host back");
+                        machine.host_back(false)
+                    } else {
+                        frame
+                    }
                 } else {
                     entry.ending_because("host went offline");
+                    frame
                 }
-                frame
             }
             _ = give_up => {
                 entry.ending_because("host did not come back in time");
                 machine.tick(std::time::Instant::now())
             }
             came_back = back.recv() => {
-                let ours = match &came_back {
-                    Ok(h) => *h == host,
-                    // Missed some: look whether ours is back.
-                    Err(broadcast::error::RecvError::Lagged(_)) => shared.reboot_deadline(&host).is_none(),
-                    Err(broadcast::error::RecvError::Closed) => false,
+                let (ours, with_ticket) = match &came_back {
+                    Ok((h, with_ticket)) => (*h == host, *with_ticket),
+                    // Missed some: look whether ours is back (and its reboot
+                    // ticket spent).
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        (true, shared.reboot_deadline(&host).is_none())
+                    }
+                    Err(broadcast::error::RecvError::Closed) => (false, false),
                 };
-                let link = if ours {
+                let link = if ours && machine.deadline().is_some() {
                     shared.hosts().get(&host).map(|l| l.conn.clone())
                 } else {
                     None
                 };
-                match link {
-                    Some(c) if machine.deadline().is_some() => {
+                match link.map(|c| (c, machine.host_back(with_ticket))) {
+                    Some((c, Some(frame))) => {
                         host_conn = Some(c);
                         info!(%user, %host, %session, "session resumed");
-                        machine.host_back()
+                        Some(frame)
                     }
                     _ => None,
                 }

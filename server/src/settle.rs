@@ -22,6 +22,7 @@ use crate::{
     lockout::{Proof, Settlement},
     now_unix,
     store::{AttemptId, Store, StoreError},
+    waiting::WaitingRooms,
 };
 
 /// How often the sweep runs.
@@ -32,7 +33,7 @@ const SWEEP_GRACE: Duration = Duration::from_secs(5);
 
 enum Job {
     /// An attempt dropped without a verdict, with why (for the audit).
-    Fail(AttemptId, &'static str),
+    Fail(AttemptId, HostName, &'static str),
     /// A session that ended.
     SessionEnded {
         session: SessionId,
@@ -48,6 +49,8 @@ enum Job {
 #[derive(Clone)]
 pub(crate) struct Settler {
     tx: mpsc::UnboundedSender<Job>,
+    /// Logins waiting for a settlement on their host.
+    pub(crate) waiting: Arc<WaitingRooms>,
 }
 
 impl Settler {
@@ -55,16 +58,24 @@ impl Settler {
     /// `handshake_timeout` plus a grace, and ends when every handle is gone.
     pub(crate) fn spawn(store: Arc<dyn Store>, handshake_timeout: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx, handshake_timeout + SWEEP_GRACE));
-        Self { tx }
+        let waiting = Arc::new(WaitingRooms::default());
+        tokio::spawn(run(
+            store,
+            rx,
+            handshake_timeout + SWEEP_GRACE,
+            waiting.clone(),
+        ));
+        Self { tx, waiting }
     }
 
-    /// Takes ownership of a freshly reserved attempt.
-    pub(crate) fn adopt(&self, id: AttemptId) -> PendingAttempt {
+    /// Takes ownership of a freshly reserved attempt on `host`.
+    pub(crate) fn adopt(&self, id: AttemptId, host: HostName) -> PendingAttempt {
         PendingAttempt {
             id: Some(id),
+            host,
             why: "abandoned before KE3",
             tx: self.tx.clone(),
+            waiting: self.waiting.clone(),
         }
     }
 
@@ -97,9 +108,11 @@ impl Settler {
 pub(crate) struct PendingAttempt {
     /// `None` once settled.
     id: Option<AttemptId>,
+    host: HostName,
     /// What the audit says if it is dropped unsettled.
     why: &'static str,
     tx: mpsc::UnboundedSender<Job>,
+    waiting: Arc<WaitingRooms>,
 }
 
 impl std::fmt::Debug for PendingAttempt {
@@ -134,6 +147,7 @@ impl PendingAttempt {
         };
         let settled = store.settle_attempt(id, proof, detail, session, now_unix())?;
         self.id = None;
+        self.waiting.settled(&self.host);
         Ok(settled)
     }
 }
@@ -143,12 +157,17 @@ impl Drop for PendingAttempt {
         if let Some(id) = self.id.take() {
             // If the settler is gone (the relay is stopping), the next
             // start settles it: one relay owns a data directory.
-            let _ = self.tx.send(Job::Fail(id, self.why));
+            let _ = self.tx.send(Job::Fail(id, self.host.clone(), self.why));
         }
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>, stale_after: Duration) {
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    stale_after: Duration,
+    waiting: Arc<WaitingRooms>,
+) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stale_secs = i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX / 4) + 1;
@@ -166,20 +185,22 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>, stale_
                 .await;
                 if let Some(n @ 1..) = swept {
                     warn!(attempts = n, "pending attempts past the deadline settled as failures");
+                    waiting.settled_anywhere();
                 }
                 continue;
             }
         };
         match job {
-            Job::Fail(id, why) => {
+            Job::Fail(id, host, why) => {
                 let session = SessionId([0; 16]);
                 let settled = blocking(&store, move |s| {
                     s.settle_attempt(id, Proof::NotProven, why, &session, now_unix())
                 })
                 .await;
                 if let Some(Some(_)) = settled {
-                    info!(attempt = id.0, reason = why, "attempt settled as a failure");
+                    info!(attempt = id.0, %host, reason = why, "attempt settled as a failure");
                 }
+                waiting.settled(&host);
             }
             Job::SessionEnded {
                 session,

@@ -220,3 +220,57 @@ async fn a_relay_restart_while_the_host_reboots_leaves_no_stuck_state() -> Resul
     assert!(log.contains("resume refused"), "{log}");
     Ok(())
 }
+
+/// Issue 17, item 1 (SPEC R5): an agent restart (SIGTERM, then start)
+/// parks the sessions for the grace period instead of ending them; a
+/// forward keeps listening and works again once the agent is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_survives_an_agent_restart() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"hello from the host side\n").await;
+            });
+        }
+    });
+    let w = world(Vec::new())?;
+    w.mypc.allow_forward(&[target.to_string()])?;
+    let mut agent = w.start_agent()?;
+    let (mut forward, local) = w.start_forward(&target.to_string())?;
+    let fetch = |local: String| async move {
+        let mut tcp = TcpStream::connect(&local).await?;
+        let mut got = String::new();
+        tcp.read_to_string(&mut got).await?;
+        Ok::<_, anyhow::Error>(got)
+    };
+    assert!(fetch(local.clone()).await?.contains("hello"));
+    agent.terminate()?;
+    w.wait_online(false)?;
+    assert!(
+        forward.running(),
+        "the forward ended when the agent stopped"
+    );
+    // Meanwhile a connection is refused cleanly, not hung.
+    let during = tokio::time::timeout(std::time::Duration::from_secs(10), fetch(local.clone()))
+        .await?
+        .unwrap_or_default();
+    assert!(!during.contains("hello"));
+    let _agent = w.start_agent()?;
+    wait_until("the forward to work again", || {
+        let local = local.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .ok()
+                .and_then(|rt| rt.block_on(fetch(local)).ok())
+                .is_some_and(|got| got.contains("hello"))
+        })
+        .join()
+        .unwrap_or(false)
+    })?;
+    assert!(forward.running());
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "session-end"), 0, "{events:?}");
+    Ok(())
+}

@@ -196,6 +196,28 @@ async fn alternating_guesses_with_own_successes_lock_at_the_third_wrong_code() -
     Ok(())
 }
 
+/// Issue 17, item 0: logins beyond the budget wait their turn on the relay
+/// (and a "busy" answer is tried again by the client) instead of failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_parallel_logins_with_the_right_code_all_get_in() -> Result<()> {
+    let w = World::with_env(unlimited())?;
+    for round in 0..3 {
+        let logins = (0..8).map(|i| {
+            let device = if i % 2 == 0 { &w.alice } else { &w.bob };
+            device.login("mypc", OWNER_CODE)
+        });
+        for (i, result) in futures_join_all(logins).await.into_iter().enumerate() {
+            if let Err(e) = result {
+                panic!("round {round}, login {i}: {e}");
+            }
+        }
+    }
+    assert_eq!(failures(&w)?, (0, false));
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "login-ok"), 24, "{events:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_wrong_codes_evaluate_exactly_three() -> Result<()> {
     let w = World::with_env(unlimited())?;
@@ -223,10 +245,9 @@ async fn fifty_concurrent_wrong_codes_evaluate_exactly_three() -> Result<()> {
     let events = w.relay.audit_events("mypc")?;
     assert_eq!(count(&events, "login-failed"), 3, "{events:?}");
     assert_eq!(count(&events, "host-locked"), 1);
-    assert_eq!(
-        count(&events, "login-locked") + count(&events, "login-busy"),
-        47
-    );
+    // Each of the 47 was refused at least once (a "busy" one is tried
+    // again by the client, which spends nothing).
+    assert!(count(&events, "login-locked") + count(&events, "login-busy") >= 47);
     // Nothing was evaluated after the lock.
     let lock_at = events.iter().position(|e| e == "host-locked").unwrap_or(0);
     assert!(events[lock_at..]

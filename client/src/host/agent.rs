@@ -158,7 +158,10 @@ async fn serve(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
+                // Said out loud, so the relay parks our sessions now (SPEC
+                // R5) rather than at its idle timeout.
                 relay.conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
+                let _ = tokio::time::timeout(Duration::from_secs(1), relay.endpoint.wait_idle()).await;
                 return "agent stopping".into();
             }
             stream = relay.conn.accept_bi() => match stream {

@@ -167,6 +167,15 @@ impl Remote {
         .await;
     }
 
+    /// What the host is doing while the session waits for it, for status
+    /// lines: rebooting, or gone offline (an agent restart, a blip).
+    pub fn waiting_text(&self) -> &'static str {
+        match &*self.phase.borrow() {
+            Phase::Rebooting { away: true, .. } => "went offline; waiting…",
+            _ => "is rebooting…",
+        }
+    }
+
     /// Why the session ended, if it has.
     pub fn end_reason(&self) -> Option<String> {
         match &*self.phase.borrow() {

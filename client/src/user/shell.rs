@@ -207,7 +207,8 @@ async fn shells(
         let host = remote.host.clone();
         let waited = remote
             .wait_if_rebooting(|t| {
-                eprint!("\r[latchkey: host {host} is rebooting… {} s]", t.as_secs())
+                let doing = remote.waiting_text();
+                eprint!("\r[latchkey: host {host} {doing} {} s]", t.as_secs())
             })
             .await
             .map_err(|e| {

@@ -211,26 +211,51 @@ impl LoginRequest {
     }
 
     /// Answers message 1: returns message 2, what was decided, and (unless
-    /// locked) the state that reads KE3.
+    /// locked) the state that reads KE3. [`LoginRequest::claim`] then
+    /// [`LoginRequest::answer`], for callers that reserve in one go.
     pub fn respond<A: LoginAuthority>(
-        mut self,
+        self,
         identity: &RelayIdentity,
         authority: &mut A,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<LoginReply<A::Attempt>, HandshakeError> {
+        let claim = self.claim(authority).map(|record| {
+            let reservation = authority.reserve_attempt(&self.user, &self.host, &record);
+            (record, reservation)
+        });
+        self.answer(identity, claim, rng)
+    }
+
+    /// Who is asking, in a fixed order: the user's device key (compared in
+    /// constant time with the proven one), then, only if it matches, the
+    /// code record of the user's grant on the host. `Some` for a proven
+    /// grant holder, whose attempt the caller then reserves (SPEC A3);
+    /// `None` for an outsider (SPEC A4).
+    pub fn claim<A: LoginAuthority>(&self, authority: &mut A) -> Option<CodeRecord> {
         let key_matches = authority
             .device_key(&self.user)
             .is_some_and(|k| bool::from(k.0.ct_eq(&self.device_key.0)));
-        let record = if key_matches {
+        if key_matches {
             authority.code_record(&self.user, &self.host)
         } else {
             None
-        };
-        let (ksf, password_file, credential_id, attempt) = match record {
-            Some(record) => {
+        }
+    }
+
+    /// Writes message 2 for a grant holder's record and its reservation
+    /// (from [`LoginRequest::claim`]), or OPAQUE's fake KE2 for an outsider
+    /// (`None`). Only a reserved attempt gets a real KE2.
+    pub fn answer<A>(
+        mut self,
+        identity: &RelayIdentity,
+        claim: Option<(CodeRecord, Reservation<A>)>,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<LoginReply<A>, HandshakeError> {
+        let (ksf, password_file, credential_id, attempt) = match claim {
+            Some((record, reservation)) => {
                 let file = ServerRegistration::<Suite>::deserialize(&record.record)
                     .map_err(|_| HandshakeError::Misuse("stored code record does not decode"))?;
-                let attempt = match authority.reserve_attempt(&self.user, &self.host, &record) {
+                let attempt = match reservation {
                     Reservation::Reserved(attempt) => attempt,
                     refused => {
                         let (reply, decision) = match refused {

@@ -231,6 +231,9 @@ pub trait Store: Send + Sync + 'static {
         source: IpAddr,
         now: UnixTime,
     ) -> Result<latchkey_protocol::handshake::Reservation<AttemptId>, StoreError>;
+    /// Whether a new attempt on `host` would be evaluated now, without
+    /// reserving or auditing anything (a login waiting for its turn asks).
+    fn admission(&self, host: &HostName) -> Result<crate::lockout::Admission, StoreError>;
     /// Settles a pending attempt in one transaction with everything that
     /// depends on it (SPEC S4, S7a): the verdict of
     /// [`crate::lockout::settle`] from a fresh look at the grant and the

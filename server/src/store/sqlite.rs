@@ -737,6 +737,13 @@ impl Store for SqliteStore {
         })
     }
 
+    fn admission(&self, host: &HostName) -> Result<Admission, StoreError> {
+        self.read(|c| {
+            let (host_id, _) = host_ids(c, host.as_str())?;
+            Ok(lockout::admit(&tally(c, host_id)?))
+        })
+    }
+
     fn settle_attempt(
         &self,
         attempt: AttemptId,
