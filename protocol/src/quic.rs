@@ -172,7 +172,7 @@ impl<T: DeserializeOwned + Serialize> FrameReader<T> {
 /// buffer: each received chunk is handed to the sender as it is), with
 /// flow-control back-pressure end to end. A finish is passed on; a reset
 /// or a stopped peer resets/stops the other side. Returns the bytes moved.
-pub async fn splice(mut from: RecvStream, mut to: SendStream) -> u64 {
+pub async fn splice(from: &mut RecvStream, to: &mut SendStream) -> u64 {
     let mut moved = 0u64;
     loop {
         match from.read_chunk(usize::MAX, true).await {

@@ -111,21 +111,22 @@ pub(crate) async fn serve(
 }
 
 /// A rebooted host presents its ticket. It is spent whatever happens
-/// (single use); the sessions that waited resume only if the ticket's
-/// session is one of them (after a relay restart none waited, and nothing
-/// is resumed or audited as resumed).
+/// (single use); the sessions that waited resume only if it is the ticket
+/// of the reboot the relay waits for (after a relay restart none waits, and
+/// nothing is resumed or audited as resumed).
 async fn resume(
     shared: &Arc<Shared>,
     host: &HostName,
     ticket: &latchkey_protocol::ids::ResumeTicket,
     conn: &quinn::Connection,
 ) -> Result<RelayToHost, ConnError> {
-    let live: Vec<String> = shared
-        .sessions
-        .on_host(host)
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // The ticket must be the one of the reboot the relay waits for, whoever
+    // asked for it (the requester may have left; others still wait).
+    let waiting: Option<String> = shared
+        .reboots()
+        .get(host)
+        .filter(|r| r.pending)
+        .map(|r| r.session.to_string());
     let store = shared.store.clone();
     let (digest, h, source, now) = (
         ticket.digest(),
@@ -133,7 +134,9 @@ async fn resume(
         conn.remote_address().ip(),
         crate::now_unix(),
     );
-    let verdict = blocking(move || store.redeem_ticket(digest, &h, &live, source, now)).await??;
+    let verdict =
+        blocking(move || store.redeem_ticket(digest, &h, waiting.as_deref(), source, now))
+            .await??;
     match verdict {
         Ok(session) => {
             if let Some(r) = shared.reboots().get_mut(host) {

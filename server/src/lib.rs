@@ -125,6 +125,8 @@ pub(crate) struct Reboot {
     pub(crate) deadline: tokio::time::Instant,
     /// Whether the host has not come back yet.
     pub(crate) pending: bool,
+    /// The session that asked (its ticket is the one that resumes).
+    pub(crate) session: latchkey_protocol::ids::SessionId,
 }
 
 impl Shared {

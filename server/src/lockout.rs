@@ -26,9 +26,16 @@
 //!   evaluated, whatever the concurrency.
 //! - A success clears only the succeeding user's own failures, so nobody
 //!   can reset another's guesses by logging in with their own code.
+//! - A user has at most [`MAX_PENDING_PER_USER`] attempt being decided on a
+//!   host at a time (more wait their turn): pending attempts use the budget
+//!   whatever their outcome, so one grant holder who keeps attempts in
+//!   flight must not hold all of it and keep everyone else "busy".
 
 /// The default threshold (GoToMyPC's "three attempts").
 pub const DEFAULT_THRESHOLD: u32 = 3;
+
+/// Attempts one user may have pending on one host at once.
+pub const MAX_PENDING_PER_USER: u32 = 1;
 
 /// A host's lockout state as the deciding transaction sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,15 +73,22 @@ pub enum Admission {
     Locked,
 }
 
-/// Decides whether one more attempt is evaluated.
-pub fn admit(tally: &Tally) -> Admission {
+/// Decides whether one more attempt, by a user who has `user_pending`
+/// attempts pending on the host already, is evaluated.
+pub fn admit(tally: &Tally, user_pending: u32) -> Admission {
     if tally.locked {
         Admission::Locked
-    } else if tally.count() >= tally.threshold() {
+    } else if tally.count() >= tally.threshold() || user_pending >= MAX_PENDING_PER_USER {
         Admission::Busy
     } else {
         Admission::Reserve
     }
+}
+
+/// Whether a host must lock now without an attempt settling (its threshold
+/// was lowered to or below its decided failures).
+pub fn locks_now(tally: &Tally) -> bool {
+    !tally.locked && tally.decided >= tally.threshold()
 }
 
 /// What the attempt proved before it was settled.
@@ -137,7 +151,7 @@ pub fn after_settling(tally: &Tally, settlement: Settlement, user_before: u32) -
         .decided
         .saturating_sub(user_before)
         .saturating_add(user_after);
-    let locks = !tally.locked && decided >= tally.threshold();
+    let locks = locks_now(&Tally { decided, ..*tally });
     let after = Tally {
         decided,
         pending: tally.pending.saturating_sub(1),
@@ -162,14 +176,20 @@ mod tests {
 
     #[test]
     fn pending_attempts_fill_the_budget_before_the_lock() {
-        assert_eq!(admit(&tally(2, 0)), Admission::Reserve);
-        assert_eq!(admit(&tally(2, 1)), Admission::Busy);
-        assert_eq!(admit(&tally(0, 3)), Admission::Busy);
+        assert_eq!(admit(&tally(2, 0), 0), Admission::Reserve);
+        assert_eq!(admit(&tally(2, 1), 0), Admission::Busy);
+        assert_eq!(admit(&tally(0, 3), 0), Admission::Busy);
         let locked = Tally {
             locked: true,
             ..tally(0, 0)
         };
-        assert_eq!(admit(&locked), Admission::Locked);
+        assert_eq!(admit(&locked, 0), Admission::Locked);
+    }
+
+    #[test]
+    fn one_user_cannot_hold_the_whole_budget() {
+        assert_eq!(admit(&tally(0, 1), 1), Admission::Busy);
+        assert_eq!(admit(&tally(0, 1), 0), Admission::Reserve);
     }
 
     #[test]

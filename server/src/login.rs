@@ -133,17 +133,21 @@ async fn wait_turn(
     record: CodeRecord,
     until: Instant,
 ) -> Result<Result<LoginReply<PendingAttempt>, latchkey_protocol::HandshakeError>, ConnError> {
-    let host = req.host().clone();
+    let (host, user) = (req.host().clone(), req.user().clone());
     let fits = || {
-        let (store, host) = (shared.store.clone(), host.clone());
+        let (store, host, user) = (shared.store.clone(), host.clone(), user.clone());
         async move {
             !matches!(
-                blocking(move || store.admission(&host)).await,
+                blocking(move || store.admission(&host, &user)).await,
                 Ok(Ok(Admission::Busy))
             )
         }
     };
-    let turn = shared.settler.waiting.wait_turn(&host, until, fits).await;
+    let turn = shared
+        .settler
+        .waiting
+        .wait_turn(&host, &user, until, fits)
+        .await;
     let s = shared.clone();
     let (reply, error) = blocking(move || {
         let mut authority = StoreAuthority {

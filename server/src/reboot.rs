@@ -46,6 +46,7 @@ pub(crate) async fn request(
                 at,
                 deadline: at + Duration::from_secs(deadline_secs),
                 pending: false,
+                session,
             },
         )
     };

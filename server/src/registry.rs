@@ -88,15 +88,6 @@ impl Sessions {
         self.end_where(reason, |l| l.user.as_str() == user)
     }
 
-    /// The live sessions on `host`.
-    pub(crate) fn on_host(&self, host: &HostName) -> Vec<SessionId> {
-        let map = self.map();
-        map.iter()
-            .filter(|(_, l)| l.host == *host)
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
     /// Sessions alive now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -14,6 +14,7 @@ use latchkey_protocol::{
 };
 use quinn::{RecvStream, SendStream};
 use tokio::{sync::broadcast, task::JoinSet, time::timeout};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{
@@ -49,6 +50,7 @@ pub(crate) async fn serve(
     wire::write_frame(&mut send, &RelayToClient::SessionReady).await?;
     let mut control = frame_reader::<ClientToRelay>(recv);
     let mut channels = JoinSet::new();
+    let channel_end = CancellationToken::new();
     let shutdown = shared.shutdown.clone();
     let mut back = shared.host_back.subscribe();
     let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
@@ -145,7 +147,14 @@ pub(crate) async fn serve(
                 Ok((s, r)) => {
                     match (machine.channel_allowed(), &host_conn) {
                         (Ok(()), Some(c)) => {
-                            channels.spawn(channel(c.clone(), session, user.clone(), s, r));
+                            channels.spawn(channel(
+                                channel_end.clone(),
+                                c.clone(),
+                                session,
+                                user.clone(),
+                                s,
+                                r,
+                            ));
                         }
                         (refused, _) => {
                             let why = refused.err().unwrap_or_else(|| "host went offline".into());
@@ -182,6 +191,12 @@ pub(crate) async fn serve(
             }
         }
     }
+    // Channels reset their streams and end; any that hangs is dropped.
+    channel_end.cancel();
+    let _ = timeout(Duration::from_secs(1), async {
+        while channels.join_next().await.is_some() {}
+    })
+    .await;
     channels.abort_all();
     // The last frame says why the session ended: the client closes once it
     // has read it (a close from here could discard it unread).
@@ -214,8 +229,13 @@ async fn refuse_channel(mut send: SendStream, why: String) {
     let _ = send.finish();
 }
 
-/// One channel: read the request, open the host's stream, splice.
+/// The stream error code of a channel whose session ended under it.
+const CHANNEL_ABORTED: u32 = 2;
+
+/// One channel: read the request, open the host's stream, splice, until
+/// both sides are done or `ended` fires.
 async fn channel(
+    ended: CancellationToken,
     host_conn: quinn::Connection,
     session: SessionId,
     user: UserName,
@@ -235,8 +255,16 @@ async fn channel(
         refuse_channel(c_send, "request outside protocol limits".into()).await;
         return;
     }
-    let Ok((mut h_send, h_recv)) = host_conn.open_bi().await else {
-        refuse_channel(c_send, "host went offline".into()).await;
+    // Bounded: a host link whose streams are all taken answers "busy"
+    // rather than holding the client's request for ever.
+    let Ok(Ok((mut h_send, mut h_recv))) =
+        timeout(CHANNEL_REQUEST_TIMEOUT, host_conn.open_bi()).await
+    else {
+        refuse_channel(
+            c_send,
+            "the host did not take the channel (offline or busy)".into(),
+        )
+        .await;
         return;
     };
     let open = ChannelOpen {
@@ -248,5 +276,22 @@ async fn channel(
         let _ = c_send.reset(quinn::VarInt::from_u32(1));
         return;
     }
-    tokio::join!(wire::splice(c_recv, h_send), wire::splice(h_recv, c_send));
+    tokio::select! {
+        _ = async {
+            tokio::join!(
+                wire::splice(&mut c_recv, &mut h_send),
+                wire::splice(&mut h_recv, &mut c_send)
+            )
+        } => {}
+        _ = ended.cancelled() => {
+            // The session is over (a revoke, the client gone, the relay
+            // stopping): reset both ways, so the host ends what the channel
+            // started instead of seeing a clean end of input.
+            let code = quinn::VarInt::from_u32(CHANNEL_ABORTED);
+            let _ = h_send.reset(code);
+            let _ = h_recv.stop(code);
+            let _ = c_send.reset(code);
+            let _ = c_recv.stop(code);
+        }
+    }
 }

@@ -4,20 +4,21 @@
 //! lets it wait, first come first served, until an attempt on that host
 //! settles or a few seconds pass. Two people connecting at once, or a
 //! script fanning out, then simply wait a moment; the budget stays exact,
-//! since a waiting login reserves nothing.
+//! since a waiting login reserves nothing. Each user has a line of their
+//! own on each host, so one user's queue never holds up another's.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
 };
 
-use latchkey_protocol::ids::HostName;
+use latchkey_protocol::ids::{HostName, UserName};
 use tokio::{
     sync::{Notify, OwnedMutexGuard},
     time::{timeout_at, Instant},
 };
 
-/// One host's line.
+/// One user's line on one host.
 #[derive(Default)]
 struct Room {
     /// Held by the login whose turn it is (tokio's mutex is FIFO).
@@ -26,10 +27,10 @@ struct Room {
     settled: Notify,
 }
 
-/// The lines of every host with logins waiting.
+/// The lines with logins waiting, by host and user.
 #[derive(Default)]
 pub(crate) struct WaitingRooms {
-    rooms: Mutex<HashMap<HostName, Weak<Room>>>,
+    rooms: Mutex<HashMap<(HostName, UserName), Weak<Room>>>,
 }
 
 /// The head of a host's line: others wait until it is dropped.
@@ -39,25 +40,30 @@ pub(crate) struct Turn {
 }
 
 impl WaitingRooms {
-    fn room(&self, host: &HostName) -> Arc<Room> {
+    fn room(&self, host: &HostName, user: &UserName) -> Arc<Room> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(room) = rooms.get(host).and_then(Weak::upgrade) {
+        let key = (host.clone(), user.clone());
+        if let Some(room) = rooms.get(&key).and_then(Weak::upgrade) {
             return room;
         }
         // Rooms live as long as someone waits in them.
         rooms.retain(|_, r| r.strong_count() > 0);
         let room = Arc::new(Room::default());
-        rooms.insert(host.clone(), Arc::downgrade(&room));
+        rooms.insert(key, Arc::downgrade(&room));
         room
     }
 
-    /// An attempt on `host` settled: the head of its line looks again.
+    /// An attempt on `host` settled: the head of each of its lines looks again.
     pub(crate) fn settled(&self, host: &HostName) {
-        let room = {
+        let rooms: Vec<Arc<Room>> = {
             let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-            rooms.get(host).and_then(Weak::upgrade)
+            rooms
+                .iter()
+                .filter(|((h, _), _)| h == host)
+                .filter_map(|(_, r)| r.upgrade())
+                .collect()
         };
-        if let Some(room) = room {
+        for room in rooms {
             room.settled.notify_waiters();
         }
     }
@@ -73,12 +79,13 @@ impl WaitingRooms {
         }
     }
 
-    /// Waits in `host`'s line until `fits` says an attempt would be
-    /// evaluated, or until `deadline`. Returns the turn (hold it while
+    /// Waits in `user`'s line on `host` until `fits` says an attempt would
+    /// be evaluated, or until `deadline`. Returns the turn (hold it while
     /// reserving, so the next in line does not race) if it fits.
     pub(crate) async fn wait_turn<F, Fut>(
         &self,
         host: &HostName,
+        user: &UserName,
         deadline: Instant,
         mut fits: F,
     ) -> Option<Turn>
@@ -86,7 +93,7 @@ impl WaitingRooms {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let room = self.room(host);
+        let room = self.room(host, user);
         let line = timeout_at(deadline, room.line.clone().lock_owned())
             .await
             .ok()?;
@@ -120,16 +127,21 @@ mod tests {
     async fn the_head_of_the_line_gets_in_when_an_attempt_settles_and_late_ones_give_up() {
         let rooms = Arc::new(WaitingRooms::default());
         let host: HostName = "mypc".parse().unwrap();
+        let user: UserName = "bob".parse().unwrap();
         let free = Arc::new(AtomicU32::new(0));
         let waiter = {
-            let (rooms, host, free) = (rooms.clone(), host.clone(), free.clone());
+            let (rooms, host, user, free) =
+                (rooms.clone(), host.clone(), user.clone(), free.clone());
             tokio::spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 let fits = || {
                     let free = free.clone();
                     async move { free.load(Ordering::SeqCst) > 0 }
                 };
-                rooms.wait_turn(&host, deadline, fits).await.is_some()
+                rooms
+                    .wait_turn(&host, &user, deadline, fits)
+                    .await
+                    .is_some()
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -140,9 +152,12 @@ mod tests {
         free.store(0, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_millis(100);
         let fits = || async { false };
-        assert!(rooms.wait_turn(&host, deadline, fits).await.is_none());
+        assert!(rooms
+            .wait_turn(&host, &user, deadline, fits)
+            .await
+            .is_none());
         // The rooms are gone once nobody waits.
         rooms.settled_anywhere();
-        assert!(rooms.room(&host).line.try_lock().is_ok());
+        assert!(rooms.room(&host, &user).line.try_lock().is_ok());
     }
 }

@@ -231,9 +231,13 @@ pub trait Store: Send + Sync + 'static {
         source: IpAddr,
         now: UnixTime,
     ) -> Result<latchkey_protocol::handshake::Reservation<AttemptId>, StoreError>;
-    /// Whether a new attempt on `host` would be evaluated now, without
-    /// reserving or auditing anything (a login waiting for its turn asks).
-    fn admission(&self, host: &HostName) -> Result<crate::lockout::Admission, StoreError>;
+    /// Whether a new attempt by `user` on `host` would be evaluated now,
+    /// without reserving or auditing anything (a login waiting its turn asks).
+    fn admission(
+        &self,
+        host: &HostName,
+        user: &UserName,
+    ) -> Result<crate::lockout::Admission, StoreError>;
     /// Settles a pending attempt in one transaction with everything that
     /// depends on it (SPEC S4, S7a): the verdict of
     /// [`crate::lockout::settle`] from a fresh look at the grant and the
@@ -350,13 +354,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Spends a resume ticket presented by `host`: the session it was issued
     /// for, or why it is refused (unknown, used, expired, another host's, or
-    /// its session is not among `live`, the sessions still waiting on the
-    /// relay). At most one redemption of a ticket ever succeeds.
+    /// not the ticket of the reboot the relay waits for, `waiting`: the
+    /// session that asked for it, `None` when no reboot waits). At most one
+    /// redemption of a ticket ever succeeds.
     fn redeem_ticket(
         &self,
         digest: [u8; 32],
         host: &HostName,
-        live: &[String],
+        waiting: Option<&str>,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<Result<String, &'static str>, StoreError>;

@@ -3,8 +3,6 @@
 //! text that any client (and a grep) reads as written. Each notice goes to the host's owner by email (when an address and
 //! SMTP are configured) and to the host agent, which logs it.
 
-use std::net::IpAddr;
-
 /// How a notice travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
@@ -85,7 +83,8 @@ pub fn secondary_session_ended(host: &str, owner: &str, user: &str) -> Notice {
 }
 
 /// A host was locked (SPEC S6).
-pub fn locked(host: &str, owner: &str, user: &str, source: IpAddr, failures: u32) -> Notice {
+/// `cause` completes "(...)": who failed last, or why it locked now.
+pub fn locked(host: &str, owner: &str, cause: &str, failures: u32) -> Notice {
     Notice {
         to: vec![
             (Channel::Email, owner.into()),
@@ -95,7 +94,7 @@ pub fn locked(host: &str, owner: &str, user: &str, source: IpAddr, failures: u32
         subject: format!("{host} is locked after {failures} failed access-code attempts"),
         body: format!(
             "{host} is locked: {failures} access-code attempts failed\n\
-             (the last by {user} from {source}).\n\
+             ({cause}).\n\
              Nobody can connect to {host} until an admin runs:\n\
              latchkey-relay admin unlock {host}\n"
         ),

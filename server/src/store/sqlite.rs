@@ -162,6 +162,14 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_open ON sessions(host_id) WHERE ended_at IS NULL;
 "#,
+    // A grant's generation: a revoke and a re-grant make a new one, so an
+    // attempt reserved before the revoke never starts a session after it,
+    // even when the new grant points at the same code record.
+    r#"
+ALTER TABLE grants ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE attempts ADD COLUMN grant_generation INTEGER;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('grant_generation', '0');
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.
@@ -321,6 +329,14 @@ fn tally(tx: &Connection, host_id: i64) -> Result<Tally, StoreError> {
     )?)
 }
 
+fn user_pending(tx: &Connection, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
+    Ok(tx.query_row(
+        "SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND user_id = ?2 AND state = 'pending'",
+        [host_id, user_id],
+        |r| r.get(0),
+    )?)
+}
+
 fn user_failures(tx: &Connection, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
     Ok(tx
         .query_row(
@@ -343,11 +359,19 @@ fn settle_one(
     session: Option<&SessionId>,
     now: UnixTime,
 ) -> Result<Option<Settlement>, StoreError> {
-    type Row = (i64, i64, String, String, String, Option<Vec<u8>>);
+    type Row = (
+        i64,
+        i64,
+        String,
+        String,
+        String,
+        Option<Vec<u8>>,
+        Option<i64>,
+    );
     let row: Option<Row> = tx
         .query_row(
-            "SELECT a.host_id, a.user_id, h.name, u.name, a.source, a.record_id FROM attempts a
-             JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
+            "SELECT a.host_id, a.user_id, h.name, u.name, a.source, a.record_id, a.grant_generation
+             FROM attempts a JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
              WHERE a.id = ?1 AND a.state = 'pending'",
             [attempt],
             |r| {
@@ -358,24 +382,28 @@ fn settle_one(
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ))
             },
         )
         .optional()?;
-    let Some((host_id, user_id, host, user, source, record)) = row else {
+    let Some((host_id, user_id, host, user, source, record, generation)) = row else {
         return Ok(None);
     };
     let source: Option<IpAddr> = source.parse().ok();
-    let grant_current = match &record {
-        Some(record) => tx
+    // The very grant the attempt was reserved under: the same code record,
+    // and not revoked and granted again meanwhile.
+    let grant_current = match (&record, generation) {
+        (Some(record), Some(generation)) => tx
             .query_row(
-                "SELECT 1 FROM grants WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3",
-                params![host_id, user_id, record],
+                "SELECT 1 FROM grants
+                 WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
+                params![host_id, user_id, record, generation],
                 |_| Ok(()),
             )
             .optional()?
             .is_some(),
-        None => false,
+        _ => false,
     };
     let before = tally(tx, host_id)?;
     let user_before = user_failures(tx, host_id, user_id)?;
@@ -427,28 +455,42 @@ fn settle_one(
         insert_audit(tx, &e, now)?;
     }
     if locks {
-        tx.execute(
-            "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
-            params![now, host_id],
-        )?;
-        let e = Event {
-            source,
-            detail: Some(format!(
-                "{} failed attempts (threshold {})",
-                after.decided, after.threshold
-            )),
-            ..event("host-locked", Some(&host), Some(&user))
-        };
-        insert_audit(tx, &e, now)?;
-        let owner = owner_of(tx, host_id)?;
-        let source = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        enqueue(
-            tx,
-            &notice::locked(&host, &owner, &user, source, after.decided),
-            now,
-        )?;
+        let cause = format!(
+            "the last by {user} from {}",
+            source.map_or("an unknown address".to_string(), |s| s.to_string())
+        );
+        lock_host(tx, host_id, &host, Some(&user), source, &after, &cause, now)?;
     }
     Ok(Some(settlement))
+}
+
+/// Locks a host, with its audit row and notices, in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+fn lock_host(
+    tx: &Connection,
+    host_id: i64,
+    host: &str,
+    user: Option<&str>,
+    source: Option<IpAddr>,
+    tally: &Tally,
+    cause: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
+        params![now, host_id],
+    )?;
+    let e = Event {
+        source,
+        detail: Some(format!(
+            "{} failed attempts (threshold {}): {cause}",
+            tally.decided, tally.threshold
+        )),
+        ..event("host-locked", Some(host), user)
+    };
+    insert_audit(tx, &e, now)?;
+    let owner = owner_of(tx, host_id)?;
+    enqueue(tx, &notice::locked(host, &owner, cause, tally.decided), now)
 }
 
 /// Queues a notice in the same transaction as the event it reports, so a
@@ -716,7 +758,7 @@ impl Store for SqliteStore {
                 source: Some(source),
                 ..event(name, Some(host.as_str()), Some(user.as_str()))
             };
-            match lockout::admit(&tally(tx, host_id)?) {
+            match lockout::admit(&tally(tx, host_id)?, user_pending(tx, host_id, user_id)?) {
                 Admission::Locked => {
                     insert_audit(tx, &ev("login-locked"), now)?;
                     Ok(Reservation::Locked)
@@ -727,8 +769,10 @@ impl Store for SqliteStore {
                 }
                 Admission::Reserve => {
                     tx.execute(
-                        "INSERT INTO attempts (host_id, user_id, record_id, source, state, created_at)
-                         VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                        "INSERT INTO attempts (host_id, user_id, record_id, grant_generation, source, state, created_at)
+                         VALUES (?1, ?2, ?3,
+                                 (SELECT generation FROM grants WHERE host_id = ?1 AND user_id = ?2),
+                                 ?4, 'pending', ?5)",
                         params![host_id, user_id, &record.0[..], source.to_string(), now],
                     )?;
                     Ok(Reservation::Reserved(AttemptId(tx.last_insert_rowid())))
@@ -737,10 +781,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn admission(&self, host: &HostName) -> Result<Admission, StoreError> {
+    fn admission(&self, host: &HostName, user: &UserName) -> Result<Admission, StoreError> {
         self.read(|c| {
             let (host_id, _) = host_ids(c, host.as_str())?;
-            Ok(lockout::admit(&tally(c, host_id)?))
+            let user_id = user_id(c, user.as_str())?;
+            Ok(lockout::admit(
+                &tally(c, host_id)?,
+                user_pending(c, host_id, user_id)?,
+            ))
         })
     }
 
@@ -832,10 +880,16 @@ impl Store for SqliteStore {
                     "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
                 )));
             };
+            let generation: i64 = tx.query_row(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1
+                 WHERE key = 'grant_generation' RETURNING CAST(value AS INTEGER)",
+                [],
+                |r| r.get(0),
+            )?;
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO grants (host_id, user_id, record_id, is_owner, created_at)
-                 VALUES (?1, ?2, ?3, 0, ?4)",
-                params![host_id, user_id, record, now],
+                "INSERT OR IGNORE INTO grants (host_id, user_id, record_id, is_owner, created_at, generation)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                params![host_id, user_id, record, now, generation],
             )?;
             if inserted == 0 {
                 return Err(StoreError::Refused(format!(
@@ -1063,6 +1117,22 @@ impl Store for SqliteStore {
                     "UPDATE hosts SET lockout_threshold = ?1 WHERE id = ?2",
                     params![threshold, host_id],
                 )?;
+                // A host already at its new threshold locks now, rather than
+                // stay "busy" and unlocked until an attempt settles.
+                let now_tally = tally(tx, host_id)?;
+                if lockout::locks_now(&now_tally) {
+                    let cause = format!("the lockout threshold was lowered to {threshold}");
+                    lock_host(
+                        tx,
+                        host_id,
+                        host.as_str(),
+                        None,
+                        None,
+                        &now_tally,
+                        &cause,
+                        now,
+                    )?;
+                }
             }
             let detail = format!(
                 "shared access {}, lockout threshold {}",
@@ -1227,7 +1297,7 @@ impl Store for SqliteStore {
         &self,
         digest: [u8; 32],
         host: &HostName,
-        live: &[String],
+        waiting: Option<&str>,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<Result<String, &'static str>, StoreError> {
@@ -1247,8 +1317,8 @@ impl Store for SqliteStore {
                 }
                 Some((_, _, _, Some(_))) => Err("ticket already used"),
                 Some((_, _, expires_at, None)) if expires_at <= now => Err("ticket expired"),
-                Some((_, session, _, None)) if !live.contains(&session) => {
-                    Err("no session waits for this host (the relay restarted)")
+                Some((_, session, _, None)) if waiting != Some(session.as_str()) => {
+                    Err("no reboot of this host waits for this ticket")
                 }
                 Some((_, session, _, None)) => Ok(session),
             };
@@ -1311,9 +1381,9 @@ mod tests {
 mod ticket_tests {
     use super::*;
 
-    /// The sessions waiting on the relay.
-    fn live() -> Vec<String> {
-        ["s1", "s2", "s3"].map(String::from).to_vec()
+    /// The reboot the relay waits for: each test ticket's own.
+    fn live(session: &str) -> Option<&str> {
+        Some(session)
     }
 
     #[test]
@@ -1353,7 +1423,7 @@ mod ticket_tests {
                         let source = "127.0.0.1".parse().unwrap();
                         usize::from(
                             store
-                                .redeem_ticket([7; 32], &host, &live(), source, 5)
+                                .redeem_ticket([7; 32], &host, live("s1"), source, 5)
                                 .unwrap()
                                 .is_ok(),
                         )
@@ -1366,13 +1436,13 @@ mod ticket_tests {
         let source = "127.0.0.1".parse().unwrap();
         assert_eq!(
             store
-                .redeem_ticket([7; 32], &host, &live(), source, 5)
+                .redeem_ticket([7; 32], &host, live("s1"), source, 5)
                 .unwrap(),
             Err("ticket already used")
         );
         assert_eq!(
             store
-                .redeem_ticket([8; 32], &host, &live(), source, 5)
+                .redeem_ticket([8; 32], &host, live("s1"), source, 5)
                 .unwrap(),
             Err("unknown ticket")
         );
@@ -1381,7 +1451,7 @@ mod ticket_tests {
             .unwrap();
         assert_eq!(
             store
-                .redeem_ticket([9; 32], &host, &live(), source, 11)
+                .redeem_ticket([9; 32], &host, live("s2"), source, 11)
                 .unwrap(),
             Err("ticket expired")
         );
@@ -1403,13 +1473,69 @@ mod ticket_tests {
             .unwrap();
         assert_eq!(
             store
-                .redeem_ticket([10; 32], &other, &live(), source, 5)
+                .redeem_ticket([10; 32], &other, live("s3"), source, 5)
                 .unwrap(),
             Err("ticket of another host")
         );
         assert!(store
-            .redeem_ticket([10; 32], &host, &live(), source, 5)
+            .redeem_ticket([10; 32], &host, live("s3"), source, 5)
             .unwrap()
             .is_ok());
+        // Not the ticket of the reboot the relay waits for (or none waits).
+        store
+            .create_ticket([11; 32], &host, &"alice".parse().unwrap(), "s4", 1_000, 0)
+            .unwrap();
+        assert_eq!(
+            store
+                .redeem_ticket([11; 32], &host, live("s5"), source, 5)
+                .unwrap(),
+            Err("no reboot of this host waits for this ticket")
+        );
+        assert_eq!(
+            store
+                .redeem_ticket([11; 32], &host, None, source, 5)
+                .unwrap(),
+            Err("ticket already used")
+        );
+    }
+
+    #[test]
+    fn lowering_the_threshold_to_the_failures_already_counted_locks_at_once() {
+        let store = SqliteStore::in_memory().unwrap();
+        let alice: UserName = "alice".parse().unwrap();
+        let host: HostName = "mypc".parse().unwrap();
+        store
+            .create_invite("alice", &InviteKind::User { email: None }, [1; 32], 10, 0)
+            .unwrap();
+        let kind = InviteKind::Host {
+            owner: alice.clone(),
+            lockout_threshold: 5,
+        };
+        store.create_invite("mypc", &kind, [2; 32], 10, 0).unwrap();
+        let record = CodeRecord {
+            id: RecordId([5; 16]),
+            ksf: KsfProfile::InsecureFastForTests,
+            record: vec![0; 8],
+        };
+        store
+            .set_code(&host, &CodeTarget::Owner, &record, 0)
+            .unwrap();
+        let source = "127.0.0.1".parse().unwrap();
+        let session = SessionId([0; 16]);
+        for _ in 0..2 {
+            let Reservation::Reserved(a) = store
+                .reserve_attempt(&alice, &host, &record.id, source, 1)
+                .unwrap()
+            else {
+                panic!("not reserved")
+            };
+            store
+                .settle_attempt(a, Proof::NotProven, "wrong", &session, 1)
+                .unwrap();
+        }
+        assert!(!store.host_status(&host).unwrap().locked);
+        store.set_policy(&host, None, Some(2), 2).unwrap();
+        let status = store.host_status(&host).unwrap();
+        assert!(status.locked && status.failures == 2, "{status:?}");
     }
 }

@@ -58,12 +58,14 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     /// Decided failures per user since their last success or the unlock.
     failures: [u32; 3],
-    /// Pending attempts: index → (user, record, reserved at).
-    pending: BTreeMap<usize, (usize, u8, i64)>,
+    /// Pending attempts: index → (user, (record, grant generation), reserved at).
+    pending: BTreeMap<usize, (usize, (u8, u32), i64)>,
     locked: bool,
-    /// The record each user's grant points at, if they hold one.
-    grants: [Option<u8>; 3],
+    /// The record each user's grant points at and the grant's generation
+    /// (a revoke and a re-grant make a new one), if they hold one.
+    grants: [Option<(u8, u32)>; 3],
     owner_record: u8,
+    generations: u32,
 }
 
 impl Model {
@@ -78,13 +80,13 @@ impl Model {
     }
 
     fn settle(&mut self, i: usize, right: bool) -> Option<Settlement> {
-        let (user, record, _) = self.pending.remove(&i)?;
+        let (user, grant, _) = self.pending.remove(&i)?;
         if !right {
             self.failures[user] += 1;
             self.lock_if_due();
             return Some(Settlement::Failure);
         }
-        if self.grants[user] != Some(record) {
+        if self.grants[user] != Some(grant) {
             Some(Settlement::Void(VoidReason::GrantGone))
         } else if self.locked {
             Some(Settlement::Void(VoidReason::Locked))
@@ -173,8 +175,9 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         failures: [0; 3],
         pending: BTreeMap::new(),
         locked: false,
-        grants: [Some(0), Some(0), Some(0)],
+        grants: [Some((0, 0)), Some((0, 1)), Some((0, 2))],
         owner_record: 0,
+        generations: 2,
     };
     let source: IpAddr = "127.0.0.1".parse().expect("address");
     let mut attempts: Vec<AttemptId> = Vec::new();
@@ -190,14 +193,20 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let n = w.number(&record.id);
-                prop_assert_eq!(model.grants[u], Some(n));
+                prop_assert_eq!(model.grants[u].map(|(r, _)| r), Some(n));
+                let grant = model.grants[u].expect("a grant");
                 let got = w
                     .store
                     .reserve_attempt(&w.users[u], &w.host, &record.id, source, now)
                     .expect("reserve");
+                let mine = model
+                    .pending
+                    .values()
+                    .filter(|(who, _, _)| *who == u)
+                    .count();
                 let want = if model.locked {
                     "locked"
-                } else if model.count() >= THRESHOLD {
+                } else if model.count() >= THRESHOLD || mine >= 1 {
                     "busy"
                 } else {
                     "reserved"
@@ -205,7 +214,7 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 match got {
                     Reservation::Reserved(id) => {
                         prop_assert_eq!(want, "reserved");
-                        model.pending.insert(attempts.len(), (u, n, now));
+                        model.pending.insert(attempts.len(), (u, grant, now));
                         attempts.push(id);
                     }
                     Reservation::Locked => prop_assert_eq!(want, "locked"),
@@ -235,7 +244,8 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let granted = w.store.grant(&w.host, &w.users[u], now).is_ok();
                 prop_assert_eq!(granted, model.grants[u].is_none());
                 if granted {
-                    model.grants[u] = Some(model.owner_record);
+                    model.generations += 1;
+                    model.grants[u] = Some((model.owner_record, model.generations));
                 }
             }
             Op::ChangeCode(u) => {
@@ -251,7 +261,7 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     CodeTarget::Grant(w.users[u].clone())
                 };
                 w.set_code(n, now, &target);
-                model.grants[u] = Some(n);
+                model.grants[u] = model.grants[u].map(|(_, generation)| (n, generation));
             }
             Op::Unlock => {
                 let left = w.store.unlock(&w.host, now).expect("unlock");
