@@ -179,9 +179,10 @@ fn within_limits(kind: &ChannelKind) -> bool {
                 && argv.iter().all(|a| a.len() <= MAX_PATH_LEN)
         }
         ChannelKind::Forward { target } => target.len() <= MAX_PATH_LEN,
-        ChannelKind::Upload { path, .. } | ChannelKind::Download { path } => {
-            path.len() <= MAX_PATH_LEN
+        ChannelKind::Upload { path, name, .. } => {
+            path.len() <= MAX_PATH_LEN && name.len() <= MAX_PATH_LEN
         }
+        ChannelKind::Download { path } => path.len() <= MAX_PATH_LEN,
         _ => false,
     }
 }
