@@ -128,7 +128,7 @@ async fn resume(
     let (digest, h, source, now) = (
         ticket.digest(),
         host.clone(),
-        conn.remote_address().ip(),
+        conn.remote_address().ip().to_canonical(),
         crate::now_unix(),
     );
     let verdict = blocking(move || store.redeem_ticket(digest, &h, &live, source, now)).await??;

@@ -317,7 +317,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             _ = summary.tick() => refused.flush(),
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let source = incoming.remote_address().ip();
+                let source = incoming.remote_address().ip().to_canonical();
                 if !shared.limiter().allow(source, 1.0, Instant::now()) {
                     refused.rate_limited.fetch_add(1, Ordering::Relaxed);
                     incoming.refuse();
