@@ -79,6 +79,10 @@ pub(crate) async fn serve(
                         info!(%host, "host acknowledged the reboot");
                         continue;
                     }
+                    HostToRelay::RebootFailed { session, reason } => {
+                        crate::reboot::failed(shared, &host, session, reason).await;
+                        continue;
+                    }
                     HostToRelay::Resume(ticket) => resume(shared, &host, &ticket, conn).await,
                     frame => register_code(shared, &host, frame, &mut pending).await,
                 };

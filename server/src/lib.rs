@@ -111,6 +111,10 @@ pub(crate) struct Shared {
     reboots: Mutex<HashMap<HostName, Reboot>>,
     /// Hosts that came back from a reboot with a valid ticket.
     pub(crate) host_back: tokio::sync::broadcast::Sender<HostName>,
+    /// Reboots whose command failed on the host: the session that asked
+    /// and the host's reason.
+    pub(crate) reboot_failed:
+        tokio::sync::broadcast::Sender<(latchkey_protocol::ids::SessionId, String)>,
     presence: presence::Presence,
 }
 
@@ -246,6 +250,7 @@ impl Relay {
             settler,
             reboots: Mutex::new(HashMap::new()),
             host_back: tokio::sync::broadcast::channel(64).0,
+            reboot_failed: tokio::sync::broadcast::channel(64).0,
             presence: presence::Presence::spawn(store.clone()),
             store,
         });

@@ -51,6 +51,7 @@ pub(crate) async fn serve(
     let mut channels = JoinSet::new();
     let shutdown = shared.shutdown.clone();
     let mut back = shared.host_back.subscribe();
+    let mut reboot_failed = shared.reboot_failed.subscribe();
     let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
     let mut machine = RelaySession::new(host.clone(), reboot_wait);
     // `None` while the host reboots: the session is parked until it is back
@@ -119,6 +120,14 @@ pub(crate) async fn serve(
                     _ => None,
                 }
             }
+            failure = reboot_failed.recv() => match failure {
+                // The reboot this session asked for failed: the host is
+                // still up and the session stays ready (SPEC R2).
+                Ok((asked, reason)) if asked == session => Some(RelayToClient::Refused(
+                    Refusal::NotAllowed(format!("host '{host}' did not reboot: {reason}")),
+                )),
+                _ => None,
+            },
             stream = conn.accept_bi() => match stream {
                 Ok((s, r)) => {
                     match (machine.channel_allowed(), &host_conn) {
