@@ -219,7 +219,10 @@ async fn shells(
             .map_err(|e| {
                 // The error goes on a line of its own, not after the status.
                 eprint!("{}", if status_line.get() { "\r\n" } else { "\r" });
-                ChannelError::Refused(format!("the shell ended without an exit status: {e}"))
+                // The cause first: the relay or the host went away.
+                ChannelError::Refused(format!(
+                    "session ended: {e} (the shell's exit status is unknown)"
+                ))
             })?;
         eprint!(
             "\r\n[latchkey: {} is back after {} s; new shell]\r\n",
