@@ -352,8 +352,11 @@ fn exec_usage_does_not_show_home_as_required() -> Result<()> {
     let device = latchkey_tests::Device {
         home: w_dir.path().join("home"),
     };
-    // The harness always passes --home, as a user with a custom home would.
-    let out = device.cmd().args(["exec", "mypc"]).output()?;
+    // `--home` after the subcommand, as a user with a custom home types it:
+    // clap's error usage lists the options given as if they were required.
+    let out = Command::new(latchkey_tests::bin("latchkey"))
+        .args(["exec", "--home", path_str(&device.home)?, "mypc"])
+        .output()?;
     let err = text(&out.stderr);
     assert!(err.contains("Usage: latchkey exec"), "{err}");
     assert!(!err.contains("--home <HOME>"), "{err}");
