@@ -244,7 +244,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Connect { host, code } => {
             let remote = open(&home, &host, &code).await?;
-            let status = user::shell::connect(&remote).await;
+            let status = tokio::select! {
+                status = user::shell::connect(&remote) => status,
+                // A closed terminal (SIGHUP) or SIGTERM: the terminal's
+                // mode is restored as the shell's future drops, and
+                // closing tells the host at once, which hangs up the shell.
+                code = interrupted() => {
+                    remote.close().await;
+                    return Ok(ExitCode::from(code));
+                }
+            };
             remote.close().await;
             return Ok(exit_code(status?));
         }
@@ -370,15 +379,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for Ctrl-C or SIGTERM; returns the exit status a shell gives a
-/// command they end (128 + the signal's number).
+/// Waits for Ctrl-C, SIGTERM or SIGHUP (the terminal closed); returns the
+/// exit status a shell gives a command they end (128 + the signal's number).
 async fn interrupted() -> u8 {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+        if let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
             tokio::select! {
                 _ = term.recv() => return 143,
+                _ = hup.recv() => return 129,
                 _ = tokio::signal::ctrl_c() => return 130,
             }
         }

@@ -119,6 +119,31 @@ async fn killing_the_client_ends_the_remote_process_with_sighup_then_sigkill() -
         took >= Duration::from_secs(1),
         "killed before the grace: {took:?}"
     );
+    // A shell: the client's terminal closes (SIGHUP) or it is stopped.
+    for signal_name in ["HUP", "TERM"] {
+        let (mut shell, mut keys) = Proc::spawn_interactive(
+            w.alice
+                .cmd()
+                .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+                .args(["connect", "mypc"]),
+        )?;
+        std::io::Write::write_all(&mut keys, b"echo pid-$((1000+17)) $$; exec sleep 60\n")?;
+        let line = shell.expect_line("pid-1017 ")?;
+        let pid: u32 = line
+            .split("pid-1017 ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("shell pid")?
+            .parse()?;
+        assert!(!gone(pid), "the remote shell is not running");
+        signal(&shell, signal_name)?;
+        assert!(!shell.wait_exit()?.success());
+        let took = within(Duration::from_secs(3), "the remote shell ending", || {
+            gone(pid)
+        })
+        .with_context(|| agent_log(&w))?;
+        println!("SIG{signal_name} on connect -> remote shell gone: {took:?}");
+    }
     // A client killed outright (no goodbye): the relay notices at its idle
     // timeout, and the command still ends.
     let (mut client, pid) = remote_sleep(&w, "echo pid $$; exec sleep 60")?;

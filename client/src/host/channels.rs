@@ -372,10 +372,26 @@ async fn shell(
 
     let mut input = frame_reader::<ShellIn>(recv);
     let mut input_open = true;
+    // The client is gone when nobody reads the shell's output any more
+    // (the relay stops the stream when the client leaves) or its input
+    // breaks off; a clean end of input alone is `echo ... | connect`.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let mut gone = false;
     loop {
         tokio::select! {
+            biased;
+            _ = &mut stopped => {
+                gone = true;
+                break;
+            }
             data = out_rx.recv() => match data {
-                Some(bytes) => wire::write_frame(&mut send, &ShellOut::Data(bytes)).await?,
+                Some(bytes) => {
+                    if wire::write_frame(&mut send, &ShellOut::Data(bytes)).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
                 None => break,
             },
             frame = input.recv(), if input_open => match frame {
@@ -390,13 +406,28 @@ async fn shell(
                 Some(Ok(Some(_))) => {}
                 // The user sent all they will send; the shell runs on.
                 Some(Ok(None)) => input_open = false,
-                // The user is gone: end the shell.
                 Some(Err(_)) | None => {
-                    let _ = killer.kill();
+                    gone = true;
                     break;
                 }
             },
         }
+    }
+    if gone {
+        // SIGHUP (as when a terminal hangs up), then SIGKILL after the grace.
+        info!("the client went away: hanging up the shell");
+        let _ = killer.kill();
+        drop(pair.master);
+        let deadline = tokio::time::Instant::now() + HANGUP_GRACE;
+        while matches!(child.try_wait(), Ok(None)) {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        return Ok(());
     }
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -508,8 +539,14 @@ async fn upload(
         recv.read_exact(&mut sent).await?;
         file.sync_all().await?;
         Ok::<_, ChannelError>(sent)
-    }
-    .await;
+    };
+    // A client that went away is seen at once (the relay stops our reply
+    // stream), not after the data still in flight has been written.
+    let stopped = send.stopped();
+    let received = tokio::select! {
+        r = received => r,
+        _ = stopped => Err(ChannelError::Io(std::io::Error::other("the client went away"))),
+    };
     drop(file);
     // An error drops `partial`, which removes the file.
     let verdict = match received {
