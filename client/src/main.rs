@@ -96,6 +96,8 @@ enum Command {
     },
     /// Reboot HOST and wait until it is back (needs shared access enabled
     /// on the host; the relay waits up to its reboot deadline, 10 minutes by default).
+    /// If the host's reboot command fails, says why (its exit status and
+    /// first line of stderr) at once.
     Reboot {
         /// The host.
         host: HostName,
