@@ -52,7 +52,7 @@ pub async fn redeem(token: &str, as_host: bool) -> Result<Enrolled, EnrollError>
         platform: Platform::current(),
     };
     let (control, reply) = net::hello(&invite.relay, &invite.pin, &key, intent).await?;
-    control.relay.conn.close(quinn::VarInt::from_u32(0), b"");
+    control.relay.close(b"done").await;
     match reply {
         InitiatorReply::Enrolled { name, is_host } if is_host == as_host => {
             Ok(Enrolled { invite, key, name })

@@ -7,6 +7,7 @@ pub mod code;
 pub mod config;
 pub mod enroll;
 pub mod error;
+pub mod files;
 pub mod host;
 pub mod net;
 pub mod user;

@@ -52,8 +52,14 @@ enum Command {
         #[command(flatten)]
         code: LoginCode,
     },
-    /// Run one command on HOST and exit with its status. The command runs
-    /// directly, without a shell: use `-- sh -c '...'` for shell syntax.
+    /// Run one command on HOST and exit with its status (127 if the host
+    /// has no such program). The command runs directly, without a shell:
+    /// use `-- sh -c '...'` for shell syntax. Interrupting `latchkey`
+    /// (Ctrl-C, SIGTERM) hangs up the command on the host (SIGHUP, then
+    /// SIGKILL after 2 s).
+    // Written out: clap's error usage would show a `--home` given on the
+    // command line as if it were required.
+    #[command(override_usage = "latchkey exec [OPTIONS] <HOST> -- <COMMAND>...")]
     Exec {
         /// The host.
         host: HostName,
@@ -74,7 +80,12 @@ enum Command {
         code: LoginCode,
     },
     /// Copy a file to or from a host: `cp LOCAL HOST:PATH` or `cp HOST:PATH LOCAL`
-    /// (relative host paths start in the host user's home directory).
+    /// (relative host paths start in the host user's home directory). A
+    /// destination that is a directory (or ends in `/`) receives the file
+    /// under its own name, as with cp. Files that report a size of 64 KiB or
+    /// less (procfs, sysfs) are copied as a read gives them. A failed or
+    /// interrupted copy leaves no partial file on either side.
+    #[command(override_usage = "latchkey cp [OPTIONS] <SRC> <DST>")]
     Cp {
         /// Source.
         src: String,
@@ -85,6 +96,8 @@ enum Command {
     },
     /// Reboot HOST and wait until it is back (needs shared access enabled
     /// on the host; the relay waits up to its reboot deadline, 10 minutes by default).
+    /// If the host's reboot command fails, says why (its exit status and
+    /// first line of stderr) at once.
     Reboot {
         /// The host.
         host: HostName,
@@ -233,7 +246,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Connect { host, code } => {
             let remote = open(&home, &host, &code).await?;
-            let status = user::shell::connect(&remote).await;
+            let status = tokio::select! {
+                status = user::shell::connect(&remote) => status,
+                // A closed terminal (SIGHUP) or SIGTERM: the terminal's
+                // mode is restored as the shell's future drops, and
+                // closing tells the host at once, which hangs up the shell.
+                code = interrupted() => {
+                    remote.close().await;
+                    return Ok(ExitCode::from(code));
+                }
+            };
             remote.close().await;
             return Ok(exit_code(status?));
         }
@@ -243,7 +265,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
         } => {
             let remote = open(&home, &host, &code).await?;
-            let status = user::exec::exec(&remote, command).await;
+            let status = tokio::select! {
+                status = user::exec::exec(&remote, command) => status,
+                code = interrupted() => {
+                    // Closing tells the host at once: it hangs up the command.
+                    remote.close().await;
+                    return Ok(ExitCode::from(code));
+                }
+            };
             remote.close().await;
             return Ok(exit_code(status?));
         }
@@ -264,7 +293,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reboot { host, code } => {
             let remote = open(&home, &host, &code).await?;
-            remote.request_reboot().await?;
+            if let Err(e) = remote.request_reboot().await {
+                // End the session now, not at the relay's idle timeout.
+                remote.close().await;
+                return Err(e.into());
+            }
             eprintln!("{host} is rebooting…");
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let waited = remote
@@ -282,18 +315,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let spec = CopySpec::parse(&src, &dst).map_err(anyhow::Error::msg)?;
             let host: HostName = spec.host().parse()?;
             let remote = open(&home, &host, &code).await?;
-            let bytes = match &spec {
-                CopySpec::Upload {
-                    local,
-                    remote: path,
-                    ..
-                } => user::copy::upload(&remote, local, path).await?,
-                CopySpec::Download {
-                    remote: path,
-                    local,
-                    ..
-                } => user::copy::download(&remote, path, local).await?,
+            let copy = async {
+                match &spec {
+                    CopySpec::Upload {
+                        local,
+                        remote: path,
+                        ..
+                    } => user::copy::upload(&remote, local, path).await,
+                    CopySpec::Download {
+                        remote: path,
+                        local,
+                        ..
+                    } => user::copy::download(&remote, path, local).await,
+                }
             };
+            // Interrupting drops the copy, whose partial file removes
+            // itself; closing the session makes the host remove its own.
+            let copied = tokio::select! {
+                copied = copy => copied,
+                code = interrupted() => {
+                    remote.close().await;
+                    eprintln!("interrupted: nothing copied");
+                    return Ok(ExitCode::from(code));
+                }
+            };
+            // End the session now, not at the relay's idle timeout.
+            remote.close().await;
+            let bytes = copied?;
             eprintln!("copied {bytes} bytes, checksum verified");
         }
         Command::Host(HostCommand::Enroll { token }) => {
@@ -331,6 +379,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C, SIGTERM or SIGHUP (the terminal closed); returns the
+/// exit status a shell gives a command they end (128 + the signal's number).
+async fn interrupted() -> u8 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => return 143,
+                _ = hup.recv() => return 129,
+                _ = tokio::signal::ctrl_c() => return 130,
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    130
 }
 
 async fn shutdown_signal() {

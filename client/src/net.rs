@@ -189,6 +189,15 @@ pub struct RelayConn {
     pub endpoint: quinn::Endpoint,
 }
 
+impl RelayConn {
+    /// Closes the connection and waits (at most 1 s) until the close is
+    /// sent, so the relay lets go of it now rather than at its idle timeout.
+    pub async fn close(&self, reason: &[u8]) {
+        self.conn.close(quinn::VarInt::from_u32(0), reason);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
 /// Opens a QUIC connection to `relay`, checking the pinned certificate.
 pub async fn connect(relay: &str, pin: &RelayPin) -> Result<RelayConn, NetError> {
     connect_from(&Local::Any, relay, pin).await

@@ -234,6 +234,15 @@ pub enum HostToRelay {
     RebootAck,
     /// First frame after a reboot: resume the sessions that waited.
     Resume(ResumeTicket),
+    /// The reboot command failed and the host stays up: the relay tells
+    /// the session that asked, and the host may be asked again at once.
+    RebootFailed {
+        /// The session that asked.
+        session: SessionId,
+        /// What failed: the command's exit status and the first line of
+        /// its standard error.
+        reason: String,
+    },
 }
 
 /// Control frames from the relay to a host agent.

@@ -233,8 +233,11 @@ pub fn udp_socket(
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
-        // Like std's bind: an IPv6 address means IPv6 only.
-        socket.set_only_v6(true)?;
+        // `[::]` means every address, IPv4 too (dual stack, whatever the
+        // OS's default: Linux's is dual, Windows' and the BSDs' are not);
+        // a specific IPv6 address is IPv6 only. Best effort: a system
+        // without dual stack (OpenBSD) serves IPv6 alone.
+        let _ = socket.set_only_v6(!addr.ip().is_unspecified());
     }
     // Best effort: a smaller buffer still works, only less well.
     let _ = socket.set_recv_buffer_size(buffer);

@@ -45,8 +45,11 @@ pub enum ChannelKind {
     },
     /// A file to the host: `size` raw bytes, then their SHA-256.
     Upload {
-        /// Where to write it on the host.
+        /// Where to write it on the host: a file, or a directory to write
+        /// `name` into (as `cp` does).
         path: String,
+        /// The source's file name (no directories).
+        name: String,
         /// Its size.
         size: u64,
     },

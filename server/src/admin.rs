@@ -93,7 +93,8 @@ pub enum AdminCommand {
         /// The host.
         host: HostName,
     },
-    /// Show the audit log, oldest first.
+    /// Show the audit log, oldest first, in local time (ISO 8601 with
+    /// `--json`). Says so when older events were left out.
     Audit {
         /// Only events about this host.
         #[arg(long)]
@@ -101,6 +102,11 @@ pub enum AdminCommand {
         /// Show at most this many of the newest events.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only events at or after this time: a date or date and time in
+        /// local time (`2026-11-28`, `2026-11-28 14:30`), an ISO 8601
+        /// timestamp (`2026-11-28T14:30:00Z`), or an age (`2h`, `3d`, `30m`).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<jiff::Timestamp>,
     },
 }
 
@@ -119,6 +125,17 @@ pub enum AdminError {
     /// The relay's address is unknown.
     #[error("the relay's address is unknown: start it once (latchkey-relay serve) or set public_addr in its config")]
     NoAddress,
+}
+
+impl AdminError {
+    /// Whether the output's reader went away (`admin audit | head`).
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            Self::Io(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+            Self::Json(e) => e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe),
+            _ => false,
+        }
+    }
 }
 
 /// The address put into invite tokens.
@@ -165,6 +182,110 @@ fn print_table(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> s
         writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+/// An audit row as the admin sees it: times in the system's time zone.
+#[derive(Serialize)]
+struct AuditView {
+    id: i64,
+    /// ISO 8601 with the local offset.
+    at: String,
+    /// The same instant in Unix seconds.
+    at_unix: i64,
+    event: String,
+    host: Option<String>,
+    user: Option<String>,
+    source: Option<String>,
+    detail: Option<String>,
+}
+
+impl AuditView {
+    fn new(r: &crate::store::AuditRow, zone: &jiff::tz::TimeZone) -> Self {
+        Self {
+            id: r.id,
+            at: iso_time(r.at, zone),
+            at_unix: r.at,
+            event: r.event.clone(),
+            host: r.host.clone(),
+            user: r.user.clone(),
+            source: r.source.clone(),
+            detail: r.detail.as_deref().map(|d| times_in_text(d, zone)),
+        }
+    }
+}
+
+/// Unix seconds as ISO 8601 in `zone` (`2026-11-29T03:04:05+01:00`).
+fn iso_time(at: i64, zone: &jiff::tz::TimeZone) -> String {
+    match jiff::Timestamp::from_second(at) {
+        Ok(t) => t
+            .to_zoned(zone.clone())
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string(),
+        Err(_) => at.to_string(),
+    }
+}
+
+/// Unix seconds as local time for people (`2026-11-29 03:04:05 CET`).
+fn local_time(at: i64, zone: &jiff::tz::TimeZone) -> String {
+    match jiff::Timestamp::from_second(at) {
+        Ok(t) => t
+            .to_zoned(zone.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        Err(_) => at.to_string(),
+    }
+}
+
+/// Rewrites the Unix times that older audit details carry as text
+/// (`expires at 1796000587`) in local time.
+fn times_in_text(detail: &str, zone: &jiff::tz::TimeZone) -> String {
+    const MARK: &str = "expires at ";
+    let Some(start) = detail.find(MARK).map(|i| i + MARK.len()) else {
+        return detail.to_string();
+    };
+    let digits = detail[start..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(detail.len(), |n| start + n);
+    match detail[start..digits].parse::<i64>() {
+        Ok(at) if digits > start => format!(
+            "{}{}{}",
+            &detail[..start],
+            iso_time(at, zone),
+            &detail[digits..]
+        ),
+        _ => detail.to_string(),
+    }
+}
+
+/// `--since`: a timestamp, a local date or date and time, or an age.
+fn parse_since(s: &str) -> Result<jiff::Timestamp, String> {
+    let zone = jiff::tz::TimeZone::system();
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(dt) = s.parse::<jiff::civil::DateTime>() {
+        return dt
+            .to_zoned(zone)
+            .map(|z| z.timestamp())
+            .map_err(|e| e.to_string());
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        return d
+            .to_zoned(zone)
+            .map(|z| z.timestamp())
+            .map_err(|e| e.to_string());
+    }
+    if let Ok(age) = s.parse::<jiff::Span>() {
+        return jiff::Zoned::now()
+            .with_time_zone(zone)
+            .checked_sub(age)
+            .map(|z| z.timestamp())
+            .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "'{s}' is not a time: give a date (2026-11-28), a local date and time \
+         (2026-11-28 14:30), a timestamp (2026-11-28T14:30:00Z) or an age (2h, 3d)"
+    ))
 }
 
 fn yes(b: bool) -> String {
@@ -402,15 +523,26 @@ pub fn run(
                 Ok(())
             })
         }
-        AdminCommand::Audit { host, limit } => {
-            let rows = store.audit_log(host.as_ref(), *limit)?;
+        AdminCommand::Audit { host, limit, since } => {
+            // One more than asked tells whether older events were cut.
+            let mut rows = store.audit_log(
+                host.as_ref(),
+                since.map(|t| t.as_second()),
+                limit.saturating_add(1),
+            )?;
+            let cut = rows.len() > *limit;
+            if cut {
+                rows.remove(0);
+            }
+            let zone = jiff::tz::TimeZone::system();
+            let rows: Vec<AuditView> = rows.iter().map(|r| AuditView::new(r, &zone)).collect();
             emit(out, json, &rows, |out| {
                 let table: Vec<Vec<String>> = rows
                     .iter()
                     .map(|r| {
                         vec![
                             r.id.to_string(),
-                            r.at.to_string(),
+                            local_time(r.at_unix, &zone),
                             r.event.clone(),
                             r.host.clone().unwrap_or_default(),
                             r.user.clone().unwrap_or_default(),
@@ -423,8 +555,20 @@ pub fn run(
                     out,
                     &["ID", "AT", "EVENT", "HOST", "USER", "SOURCE", "DETAIL"],
                     &table,
-                )
-            })
+                )?;
+                if cut {
+                    writeln!(
+                        out,
+                        "(the newest {limit} events; older ones left out: use --limit N or --since TIME)"
+                    )?;
+                }
+                Ok(())
+            })?;
+            if cut && json {
+                // The JSON stays a plain list; the note goes to stderr.
+                eprintln!("note: the newest {limit} events; older ones left out: use --limit N or --since TIME");
+            }
+            Ok(())
         }
     }
 }

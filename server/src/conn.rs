@@ -54,7 +54,8 @@ pub(crate) async fn serve(
     incoming: quinn::Incoming,
     permit: OwnedSemaphorePermit,
 ) {
-    let source = incoming.remote_address().ip();
+    // An IPv4 client of a dual-stack relay arrives as ::ffff:a.b.c.d.
+    let source = incoming.remote_address().ip().to_canonical();
     let started = Instant::now();
     let deadline = started + shared.config.handshake_timeout();
     let first_message = started + shared.config.first_message_timeout();

@@ -81,6 +81,10 @@ pub(crate) async fn serve(
                         info!(%host, "host acknowledged the reboot");
                         continue;
                     }
+                    HostToRelay::RebootFailed { session, reason } => {
+                        crate::reboot::failed(shared, &host, session, reason).await;
+                        continue;
+                    }
                     HostToRelay::Resume(ticket) => resume(shared, &host, &ticket, conn).await,
                     frame => register_code(shared, &host, frame, &mut pending).await,
                 };
@@ -131,7 +135,7 @@ async fn resume(
     let (digest, h, source, now) = (
         ticket.digest(),
         host.clone(),
-        conn.remote_address().ip(),
+        conn.remote_address().ip().to_canonical(),
         crate::now_unix(),
     );
     let verdict =

@@ -113,6 +113,10 @@ pub(crate) struct Shared {
     /// Hosts that came back: `true` with a valid reboot ticket, `false` when
     /// the agent reconnected (sessions parked for a reboot wait for the former).
     pub(crate) host_back: tokio::sync::broadcast::Sender<(HostName, bool)>,
+    /// Reboots whose command failed on the host: the session that asked
+    /// and the host's reason.
+    pub(crate) reboot_failed:
+        tokio::sync::broadcast::Sender<(latchkey_protocol::ids::SessionId, String)>,
     presence: presence::Presence,
 }
 
@@ -250,6 +254,7 @@ impl Relay {
             settler,
             reboots: Mutex::new(HashMap::new()),
             host_back: tokio::sync::broadcast::channel(64).0,
+            reboot_failed: tokio::sync::broadcast::channel(64).0,
             presence: presence::Presence::spawn(store.clone()),
             store,
         });
@@ -321,7 +326,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             _ = summary.tick() => refused.flush(),
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let source = incoming.remote_address().ip();
+                let source = incoming.remote_address().ip().to_canonical();
                 if !shared.limiter().allow(source, 1.0, Instant::now()) {
                     refused.rate_limited.fetch_add(1, Ordering::Relaxed);
                     incoming.refuse();

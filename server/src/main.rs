@@ -102,8 +102,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = SqliteStore::open(&data.db_path())
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
             let mut out = std::io::stdout().lock();
-            admin::run(&command, &data, &store, &config, json, &mut out)?;
-            Ok(())
+            match admin::run(&command, &data, &store, &config, json, &mut out) {
+                // Read by `| head` that stopped reading: quiet, as Unix tools are.
+                Err(e) if e.is_broken_pipe() => Ok(()),
+                r => Ok(r?),
+            }
         }
     }
 }

@@ -114,3 +114,49 @@ async fn ask(
     info!(%user, %host, %session, deadline_secs, "reboot requested");
     Ok(())
 }
+
+/// The longest reason from a host that is passed on and audited.
+const MAX_REASON: usize = 512;
+
+/// The host's reboot command failed and the host stays up. The rate-limit
+/// claim is given back (the user may try again at once) and the reboot is
+/// no longer in progress, so a later drop of the host parks no session as
+/// if it were rebooting; the session that asked is told why.
+pub(crate) async fn failed(
+    shared: &Arc<Shared>,
+    host: &HostName,
+    session: SessionId,
+    reason: String,
+) {
+    let reason: String = reason.chars().take(MAX_REASON).collect();
+    {
+        // Only the reboot it reports on: a stray report frees no claim.
+        let mut reboots = shared.reboots();
+        if reboots.get(host).is_some_and(|r| r.session == session) {
+            reboots.remove(host);
+        }
+    }
+    tracing::warn!(%host, %session, %reason, "reboot failed on the host");
+    let store = shared.store.clone();
+    let (h, detail, now) = (
+        host.clone(),
+        format!("session {session}: {reason}"),
+        now_unix(),
+    );
+    let audited = tokio::task::spawn_blocking(move || {
+        store.audit(
+            crate::store::Event {
+                event: "reboot-failed",
+                host: Some(h.as_str()),
+                detail: Some(detail),
+                ..Default::default()
+            },
+            now,
+        )
+    })
+    .await;
+    if !matches!(audited, Ok(Ok(()))) {
+        tracing::warn!(%host, "could not audit the failed reboot");
+    }
+    let _ = shared.reboot_failed.send((session, reason));
+}

@@ -53,6 +53,7 @@ pub(crate) async fn serve(
     let channel_end = CancellationToken::new();
     let shutdown = shared.shutdown.clone();
     let mut back = shared.host_back.subscribe();
+    let mut reboot_failed = shared.reboot_failed.subscribe();
     let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
     let grace = Duration::from_secs(shared.config.host_grace_secs);
     let mut machine = RelaySession::new(host.clone(), reboot_wait, grace);
@@ -143,6 +144,14 @@ pub(crate) async fn serve(
                     _ => None,
                 }
             }
+            failure = reboot_failed.recv() => match failure {
+                // The reboot this session asked for failed: the host is
+                // still up and the session stays ready (SPEC R2).
+                Ok((asked, reason)) if asked == session => Some(RelayToClient::Refused(
+                    Refusal::NotAllowed(format!("host '{host}' did not reboot: {reason}")),
+                )),
+                _ => None,
+            },
             stream = conn.accept_bi() => match stream {
                 Ok((s, r)) => {
                     match (machine.channel_allowed(), &host_conn) {
@@ -216,9 +225,10 @@ fn within_limits(kind: &ChannelKind) -> bool {
                 && argv.iter().all(|a| a.len() <= MAX_PATH_LEN)
         }
         ChannelKind::Forward { target } => target.len() <= MAX_PATH_LEN,
-        ChannelKind::Upload { path, .. } | ChannelKind::Download { path } => {
-            path.len() <= MAX_PATH_LEN
+        ChannelKind::Upload { path, name, .. } => {
+            path.len() <= MAX_PATH_LEN && name.len() <= MAX_PATH_LEN
         }
+        ChannelKind::Download { path } => path.len() <= MAX_PATH_LEN,
         _ => false,
     }
 }

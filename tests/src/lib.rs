@@ -190,11 +190,20 @@ impl Relay {
     }
 
     /// Starts a relay with extra `LATCHKEY_RELAY_*` settings.
-    pub fn start_with(dir: &Path, mut env: Vec<(String, String)>) -> Result<Self> {
+    pub fn start_with(dir: &Path, env: Vec<(String, String)>) -> Result<Self> {
+        Self::start_on(dir, "127.0.0.1:0".parse()?, env)
+    }
+
+    /// Starts a relay listening on `listen` (port 0 picks one).
+    pub fn start_on(
+        dir: &Path,
+        listen: SocketAddr,
+        mut env: Vec<(String, String)>,
+    ) -> Result<Self> {
         env.push(("LATCHKEY_RELAY_ALLOW_INSECURE_KSF".into(), "true".into()));
         let mut relay = Self {
             proc: None,
-            addr: "127.0.0.1:0".parse()?,
+            addr: listen,
             data_dir: dir.join("relay"),
             env,
         };
@@ -679,8 +688,13 @@ impl World {
 
     /// Builds the world with extra relay settings.
     pub fn with_env(env: Vec<(String, String)>) -> Result<Self> {
+        Self::listening_on("127.0.0.1:0".parse()?, env)
+    }
+
+    /// Builds the world with its relay listening on `listen`.
+    pub fn listening_on(listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let relay = Relay::start_with(dir.path(), env)?;
+        let relay = Relay::start_on(dir.path(), listen, env)?;
         let device = |name: &str| Device {
             home: dir.path().join(name),
         };

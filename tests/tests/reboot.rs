@@ -274,3 +274,46 @@ async fn a_forward_survives_an_agent_restart() -> Result<()> {
     assert_eq!(count(&events, "session-end"), 0, "{events:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_reboot_command_is_reported_within_2_s_with_its_cause() -> Result<()> {
+    let w = World::new()?;
+    w.mypc.set_reboot_command(&[
+        "sh",
+        "-c",
+        "echo 'Failed to reboot: access denied' >&2; echo more >&2; exit 3",
+    ])?;
+    let mut agent = w.start_agent()?;
+    let started = Instant::now();
+    let out = w.alice.with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "took {took:?}: {err}"
+    );
+    assert!(err.contains("did not reboot"), "{err}");
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(err.contains("Failed to reboot: access denied"), "{err}");
+    assert!(!err.contains("more"), "only the first line: {err}");
+    // The host stays up, and the rate limit was given back: a second try
+    // is not told to wait. `false` fails without a word.
+    assert!(agent.running());
+    w.mypc.set_reboot_command(&["false"])?;
+    agent.kill9();
+    let _agent = w.start_agent()?;
+    let out = w.alice.with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("try again in"), "{err}");
+    assert!(err.contains("exit status: 1"), "{err}");
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "reboot-failed"), 2, "{events:?}");
+    // Sessions go on as before.
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "still-up"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still-up\n");
+    Ok(())
+}

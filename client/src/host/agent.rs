@@ -101,6 +101,10 @@ impl From<&str> for Ended {
     }
 }
 
+/// The longest failure reason sent to the relay (a line of stderr can be
+/// long; the user needs its start).
+const MAX_REASON: usize = 512;
+
 /// Runs the reboot command, after the ticket is safely on disk and the
 /// relay knows we got it (SPEC R2).
 async fn reboot(
@@ -118,15 +122,26 @@ async fn reboot(
         return Err("reboot_command is empty".into());
     };
     info!(command = ?cfg.reboot_command, "rebooting");
-    let status = tokio::time::timeout(
+    let output = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(program).args(args).status(),
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .output(),
     )
     .await
     .map_err(|_| "the reboot command did not finish in 60 s".to_string())?
-    .map_err(|e| format!("cannot run the reboot command: {e}"))?;
-    if !status.success() {
-        return Err(format!("the reboot command failed ({status})"));
+    .map_err(|e| format!("cannot run the reboot command '{program}': {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+        return Err(match first {
+            Some(line) => format!("the reboot command failed ({}): {line}", output.status),
+            None => format!("the reboot command failed ({})", output.status),
+        });
     }
     Ok(())
 }
@@ -187,6 +202,12 @@ async fn serve(
                         Err(e) => {
                             home.clear_ticket();
                             warn!("reboot failed: {e}");
+                            // The user waits for the answer: tell them why.
+                            let reason: String = e.chars().take(MAX_REASON).collect();
+                            let failed = HostToRelay::RebootFailed { session, reason };
+                            if let Err(e) = wire::write_frame(&mut send, &failed).await {
+                                return e.to_string().into();
+                            }
                         }
                     }
                 }

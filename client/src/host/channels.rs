@@ -93,8 +93,8 @@ pub(crate) async fn serve(cfg: Arc<HostConfig>, send: SendStream, mut recv: Recv
         }
         ChannelKind::Exec { argv } if cfg.allow_exec => exec(send, recv, argv).await,
         ChannelKind::Forward { target } => forward(&cfg, send, recv, target).await,
-        ChannelKind::Upload { path, size } if cfg.allow_copy => {
-            upload(send, recv, &path, size).await
+        ChannelKind::Upload { path, name, size } if cfg.allow_copy => {
+            upload(send, recv, &path, &name, size).await
         }
         ChannelKind::Download { path } if cfg.allow_copy => download(send, &path).await,
         other => {
@@ -132,6 +132,56 @@ fn status_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or(255)
 }
 
+/// How long a command whose client went away has between SIGHUP and
+/// SIGKILL (sshd sends SIGHUP only; a command that ignores it would run on
+/// with nobody to see it).
+const HANGUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Ends what a channel started, its client being gone: SIGHUP to the
+/// command's process group, then SIGKILL after [`HANGUP_GRACE`].
+async fn hang_up(child: &mut tokio::process::Child) {
+    info!(pid = ?child.id(), "the client went away: hanging up the command");
+    #[cfg(unix)]
+    let group = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(nix::unistd::Pid::from_raw);
+    #[cfg(unix)]
+    if let Some(group) = group {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGHUP);
+    }
+    if timeout(HANGUP_GRACE, child.wait()).await.is_ok() {
+        return;
+    }
+    #[cfg(unix)]
+    if let Some(group) = group {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+/// Stops a task when its owner returns.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A command that could not start, as a shell reports it: its status
+/// (127 not found, 126 not executable) and a line for standard error.
+fn spawn_failure(program: &str, e: &std::io::Error) -> (i32, String) {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => (127, format!("cannot run '{program}': command not found")),
+        std::io::ErrorKind::PermissionDenied => {
+            (126, format!("cannot run '{program}': permission denied"))
+        }
+        _ => (126, format!("cannot run '{program}': {e}")),
+    }
+}
+
 async fn exec(
     mut send: SendStream,
     recv: RecvStream,
@@ -146,36 +196,82 @@ async fn exec(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    // Its own process group, so a hang-up reaches what it starts too.
+    #[cfg(unix)]
+    cmd.process_group(0);
     if let Some(home) = home_dir() {
         cmd.current_dir(home);
     }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
-        Err(e) => return refuse(send, format!("cannot run '{program}': {e}")).await,
+        Err(e) => {
+            // Like sh and ssh: the command ran and failed with 127 (or 126).
+            let (code, why) = spawn_failure(program, &e);
+            info!(reason = %why, "exec failed");
+            accept(&mut send, None).await?;
+            wire::write_frame(
+                &mut send,
+                &ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()),
+            )
+            .await?;
+            wire::write_frame(&mut send, &ExecOut::Exit(code)).await?;
+            send.finish()?;
+            return Ok(());
+        }
     };
     accept(&mut send, None).await?;
-    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+    let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(ChannelError::Pty("child has no pipes".into()));
     };
     let mut input = frame_reader::<ExecIn>(recv);
-    let pump = tokio::spawn(async move {
-        while let Some(Ok(Some(frame))) = input.recv().await {
-            match frame {
-                ExecIn::Stdin(bytes) => {
-                    if stdin.write_all(&bytes).await.is_err() {
-                        break;
+    // Forwards standard input; ends `true` if the client went away (its
+    // stream ended without the end-of-input frame).
+    let mut pump = tokio::spawn(async move {
+        let mut stdin = Some(stdin);
+        loop {
+            match input.recv().await {
+                Some(Ok(Some(ExecIn::Stdin(bytes)))) => {
+                    if let Some(pipe) = stdin.as_mut() {
+                        if pipe.write_all(&bytes).await.is_err() {
+                            stdin = None;
+                        }
                     }
                 }
-                _ => break,
+                Some(Ok(Some(ExecIn::Eof))) => stdin = None,
+                Some(Ok(Some(_))) => {}
+                // A clean end after the end-of-input frame is normal.
+                Some(Ok(None)) if stdin.is_none() => return false,
+                _ => return true,
             }
         }
     });
+    // The client is gone when its input breaks off or nobody reads our
+    // output any more (the relay stops the stream when the client leaves).
+    let stopped = send.stopped();
+    let _stop_pump = AbortOnDrop(pump.abort_handle());
+    let gone = async move {
+        tokio::pin!(stopped);
+        tokio::select! {
+            _ = &mut stopped => {}
+            r = &mut pump => {
+                if !matches!(r, Ok(true)) {
+                    let _ = stopped.await;
+                }
+            }
+        }
+    };
+    tokio::pin!(gone);
     let (mut out_buf, mut err_buf) = (vec![0u8; MAX_CHUNK], vec![0u8; MAX_CHUNK]);
     let (mut out_open, mut err_open) = (true, true);
     while out_open || err_open {
         let frame = tokio::select! {
+            biased;
+            _ = &mut gone => {
+                hang_up(&mut child).await;
+                return Ok(());
+            }
             n = stdout.read(&mut out_buf), if out_open => match n {
                 Ok(n) if n > 0 => ExecOut::Stdout(out_buf[..n].to_vec()),
                 _ => { out_open = false; continue; }
@@ -185,10 +281,19 @@ async fn exec(
                 _ => { err_open = false; continue; }
             },
         };
-        wire::write_frame(&mut send, &frame).await?;
+        if let Err(e) = wire::write_frame(&mut send, &frame).await {
+            hang_up(&mut child).await;
+            return Err(e.into());
+        }
     }
-    let status = child.wait().await?;
-    pump.abort();
+    let status = tokio::select! {
+        biased;
+        _ = &mut gone => {
+            hang_up(&mut child).await;
+            return Ok(());
+        }
+        status = child.wait() => status?,
+    };
     wire::write_frame(&mut send, &ExecOut::Exit(status_code(status))).await?;
     send.finish()?;
     Ok(())
@@ -267,10 +372,26 @@ async fn shell(
 
     let mut input = frame_reader::<ShellIn>(recv);
     let mut input_open = true;
+    // The client is gone when nobody reads the shell's output any more
+    // (the relay stops the stream when the client leaves) or its input
+    // breaks off; a clean end of input alone is `echo ... | connect`.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let mut gone = false;
     loop {
         tokio::select! {
+            biased;
+            _ = &mut stopped => {
+                gone = true;
+                break;
+            }
             data = out_rx.recv() => match data {
-                Some(bytes) => wire::write_frame(&mut send, &ShellOut::Data(bytes)).await?,
+                Some(bytes) => {
+                    if wire::write_frame(&mut send, &ShellOut::Data(bytes)).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
                 None => break,
             },
             frame = input.recv(), if input_open => match frame {
@@ -285,13 +406,28 @@ async fn shell(
                 Some(Ok(Some(_))) => {}
                 // The user sent all they will send; the shell runs on.
                 Some(Ok(None)) => input_open = false,
-                // The user is gone: end the shell.
                 Some(Err(_)) | None => {
-                    let _ = killer.kill();
+                    gone = true;
                     break;
                 }
             },
         }
+    }
+    if gone {
+        // SIGHUP (as when a terminal hangs up), then SIGKILL after the grace.
+        info!("the client went away: hanging up the shell");
+        let _ = killer.kill();
+        drop(pair.master);
+        let deadline = tokio::time::Instant::now() + HANGUP_GRACE;
+        while matches!(child.try_wait(), Ok(None)) {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        return Ok(());
     }
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -368,24 +504,18 @@ async fn upload(
     mut send: SendStream,
     mut recv: RecvStream,
     path: &str,
+    name: &str,
     size: u64,
 ) -> Result<(), ChannelError> {
-    let path = resolve(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name.is_empty() || path.is_dir() {
-        return refuse(
-            send,
-            format!("{} is a directory; give a file path", path.display()),
-        )
-        .await;
-    }
-    let partial = path.with_file_name(format!(".{name}.latchkey-partial"));
-    let mut file = match tokio::fs::File::create(&partial).await {
+    // Like cp: into a directory under the source's name.
+    let dest = match crate::files::destination_from(&resolve(path), path.ends_with('/'), name) {
+        Ok(dest) => dest,
+        Err(why) => return refuse(send, why).await,
+    };
+    let partial = crate::files::Partial::for_dest(&dest);
+    let mut file = match tokio::fs::File::create(partial.path()).await {
         Ok(f) => f,
-        Err(e) => return refuse(send, format!("cannot write {}: {e}", path.display())).await,
+        Err(e) => return refuse(send, format!("cannot write {}: {e}", dest.display())).await,
     };
     accept(&mut send, None).await?;
     let mut hasher = Sha256::new();
@@ -409,23 +539,32 @@ async fn upload(
         recv.read_exact(&mut sent).await?;
         file.sync_all().await?;
         Ok::<_, ChannelError>(sent)
-    }
-    .await;
+    };
+    // A client that went away is seen at once (the relay stops our reply
+    // stream), not after the data still in flight has been written.
+    let stopped = send.stopped();
+    let received = tokio::select! {
+        r = received => r,
+        _ = stopped => Err(ChannelError::Io(std::io::Error::other("the client went away"))),
+    };
+    drop(file);
+    // An error drops `partial`, which removes the file.
     let verdict = match received {
-        Ok(sent) if sent[..] == hasher.finalize()[..] => tokio::fs::rename(&partial, &path)
+        Ok(sent) if sent[..] == hasher.finalize()[..] => partial
+            .commit(&dest)
             .await
             .map(|_| ChannelReply::Accepted { size: Some(size) })
             .unwrap_or_else(|e| {
-                ChannelReply::Refused(format!("cannot store {}: {e}", path.display()))
+                ChannelReply::Refused(format!("cannot store {}: {e}", dest.display()))
             }),
         Ok(_) => ChannelReply::Refused(
             "checksum mismatch: the file was damaged in transit; nothing stored".into(),
         ),
-        Err(e) => ChannelReply::Refused(format!("transfer failed: {e}")),
+        Err(e) => {
+            info!(path = %dest.display(), "upload failed: {e}; partial file removed");
+            ChannelReply::Refused(format!("transfer failed: {e}"))
+        }
     };
-    if !matches!(verdict, ChannelReply::Accepted { .. }) {
-        let _ = tokio::fs::remove_file(&partial).await;
-    }
     wire::write_frame(&mut send, &verdict).await?;
     send.finish()?;
     Ok(())
@@ -433,17 +572,13 @@ async fn upload(
 
 async fn download(mut send: SendStream, path: &str) -> Result<(), ChannelError> {
     let path = resolve(path);
-    let (file, size) = match tokio::fs::File::open(&path).await {
-        Ok(f) => match f.metadata().await {
-            Ok(m) if m.is_file() => (f, m.len()),
-            Ok(_) => return refuse(send, format!("{} is not a file", path.display())).await,
-            Err(e) => return refuse(send, format!("cannot read {}: {e}", path.display())).await,
-        },
+    let crate::files::Source { reader, size } = match crate::files::open(&path).await {
+        Ok(source) => source,
         Err(e) => return refuse(send, format!("cannot read {}: {e}", path.display())).await,
     };
     accept(&mut send, Some(size)).await?;
     let mut hasher = Sha256::new();
-    let mut reader = file.take(size);
+    let mut reader = reader.take(size);
     let mut buf = vec![0u8; COPY_BUF];
     loop {
         let n = reader.read(&mut buf).await?;

@@ -83,7 +83,7 @@ pub async fn set_code(
             .map_err(|_| NetError::Local("key stretching failed".into()))??;
     wire::write_frame(&mut control.send, &HostToRelay::UploadCode { upload }).await?;
     let reply = wire::read_frame::<RelayToHost>(&mut control.recv).await?;
-    control.relay.conn.close(quinn::VarInt::from_u32(0), b"");
+    control.relay.close(b"done").await;
     match reply {
         Some(RelayToHost::CodeSet { target: t }) if t == target => Ok(()),
         Some(RelayToHost::Refused(r)) => Err(NetError::Refused(r).into()),

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::remote::{ChannelError, Remote};
-use crate::wire;
+use crate::{files, wire};
 
 const COPY_BUF: usize = 64 * 1024;
 
@@ -83,8 +83,10 @@ fn bar(size: u64) -> ProgressBar {
             ProgressDrawTarget::hidden()
         },
     );
+    // `wide_bar` takes what the terminal's width leaves, so the line never
+    // wraps (a fixed 40-column bar made 81 columns).
     if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        ProgressStyle::with_template("{wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
     {
         bar.set_style(style);
     }
@@ -95,19 +97,23 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Refused(format!("cannot {what} {}: {e}", path.display()))
 }
 
-/// Copies a local file to the host; returns the bytes sent.
+/// Copies a local file to the host; returns the bytes sent. `path` may be
+/// a directory on the host: the file keeps its name there, as with cp.
 pub async fn upload(remote: &Remote, local: &Path, path: &str) -> Result<u64, ChannelError> {
-    let mut file = tokio::fs::File::open(local)
+    let files::Source {
+        reader: mut file,
+        size,
+    } = files::open(local)
         .await
         .map_err(|e| io_err("read", local, e))?;
-    let size = file
-        .metadata()
-        .await
-        .map_err(|e| io_err("read", local, e))?
-        .len();
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| ChannelError::Refused(format!("{} is not a file", local.display())))?;
     let (mut send, mut recv, _) = remote
         .channel(ChannelKind::Upload {
             path: path.into(),
+            name,
             size,
         })
         .await?;
@@ -150,26 +156,22 @@ pub async fn upload(remote: &Remote, local: &Path, path: &str) -> Result<u64, Ch
     }
 }
 
-/// Copies a host's file here; returns the bytes received.
+/// Copies a host's file here; returns the bytes received. `local` may be
+/// a directory: the file keeps its name there, as with cp.
 pub async fn download(remote: &Remote, path: &str, local: &Path) -> Result<u64, ChannelError> {
+    // Check the destination before anything moves.
+    let dir_wanted = local.as_os_str().to_string_lossy().ends_with('/');
+    let local = files::destination_from(local, dir_wanted, path).map_err(ChannelError::Refused)?;
     let (_send, mut recv, size) = remote
         .channel(ChannelKind::Download { path: path.into() })
         .await?;
     let size =
         size.ok_or_else(|| ChannelError::Refused("the host did not say the file's size".into()))?;
-    let local = if local.is_dir() {
-        local.join(Path::new(path).file_name().unwrap_or_default())
-    } else {
-        local.to_owned()
-    };
-    let name = local
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = local.with_file_name(format!(".{name}.latchkey-partial"));
-    let mut file = tokio::fs::File::create(&partial)
+    // Removed on every path but success, a cancelled copy (Ctrl-C) too.
+    let partial = files::Partial::for_dest(&local);
+    let mut file = tokio::fs::File::create(partial.path())
         .await
-        .map_err(|e| io_err("write", &partial, e))?;
+        .map_err(|e| io_err("write", &local, e))?;
     let progress = bar(size);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_BUF];
@@ -188,7 +190,7 @@ pub async fn download(remote: &Remote, path: &str, local: &Path) -> Result<u64, 
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n])
                 .await
-                .map_err(|e| io_err("write", &partial, e))?;
+                .map_err(|e| io_err("write", &local, e))?;
             got += n as u64;
             progress.set_position(got);
         }
@@ -203,18 +205,18 @@ pub async fn download(remote: &Remote, path: &str, local: &Path) -> Result<u64, 
         }
         file.sync_all()
             .await
-            .map_err(|e| io_err("write", &partial, e))?;
-        tokio::fs::rename(&partial, &local)
-            .await
             .map_err(|e| io_err("write", &local, e))?;
         Ok(size)
     }
     .await;
     progress.finish_and_clear();
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&partial).await;
-    }
-    result
+    drop(file);
+    let size = result?;
+    partial
+        .commit(&local)
+        .await
+        .map_err(|e| io_err("write", &local, e))?;
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub async fn hosts(home: &Home) -> Result<Vec<HostInfo>, UserError> {
     let reply = wire::read_frame::<RelayToClient>(&mut control.recv)
         .await
         .map_err(NetError::from)?;
-    control.relay.conn.close(quinn::VarInt::from_u32(0), b"");
+    control.relay.close(b"done").await;
     match reply {
         Some(RelayToClient::Hosts(hosts)) => Ok(hosts),
         Some(RelayToClient::Refused(r)) => Err(NetError::Refused(r).into()),

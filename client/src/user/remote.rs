@@ -184,6 +184,21 @@ impl Remote {
         }
     }
 
+    /// Why a channel broke without the relay saying the session ended:
+    /// the relay went away, or (the connection still up) the host did.
+    fn lost_reason(&self) -> String {
+        if let Some(reason) = self.end_reason() {
+            return reason;
+        }
+        match self.conn.close_reason() {
+            Some(e) => format!("the connection to the relay was lost ({e})"),
+            None => format!(
+                "the channel to '{}' broke while the relay still answers: the host's agent stopped or lost its link",
+                self.host
+            ),
+        }
+    }
+
     /// Asks the relay to reboot the host (SPEC R1). Returns once the host
     /// is going down, or with the relay's refusal.
     pub async fn request_reboot(&self) -> Result<(), ChannelError> {
@@ -223,12 +238,7 @@ impl Remote {
         let started = match rebooting {
             Ok(Ok(Phase::Rebooting { since, .. })) => since,
             Ok(Ok(Phase::Ended(why))) => return Err(ChannelError::Refused(why)),
-            _ => {
-                return Err(ChannelError::Refused(
-                    self.end_reason()
-                        .unwrap_or_else(|| "connection to the host lost".into()),
-                ))
-            }
+            _ => return Err(ChannelError::Refused(self.lost_reason())),
         };
         loop {
             tokio::select! {

@@ -186,7 +186,11 @@ async fn shells(
                             eprint!("\r\n[latchkey: reboot refused: {e}]\r\n");
                         }
                     }
-                    Some(Input::Disconnect) => return Ok(255),
+                    Some(Input::Disconnect) => {
+                        // Like ssh: say so, and leave the prompt on a line of its own.
+                        eprint!("\r\n[latchkey: disconnected from {}]\r\n", remote.host);
+                        return Ok(255);
+                    }
                     Some(Input::Eof) | None => {
                         keys_open = false;
                         let _ = send.finish();
@@ -205,14 +209,25 @@ async fn shells(
         }
         // The shell's stream broke: a reboot, or the end of the session.
         let host = remote.host.clone();
+        let status_line = std::cell::Cell::new(false);
         let waited = remote
             .wait_if_rebooting(|t| {
+                status_line.set(true);
                 let doing = remote.waiting_text();
-                eprint!("\r[latchkey: host {host} {doing} {} s]", t.as_secs())
+                eprint!(
+                    "
+[latchkey: host {host} {doing} {} s]",
+                    t.as_secs()
+                )
             })
             .await
             .map_err(|e| {
-                ChannelError::Refused(format!("the shell ended without an exit status: {e}"))
+                // The error goes on a line of its own, not after the status.
+                eprint!("{}", if status_line.get() { "\r\n" } else { "\r" });
+                // The cause first: the relay or the host went away.
+                ChannelError::Refused(format!(
+                    "session ended: {e} (the shell's exit status is unknown)"
+                ))
             })?;
         eprint!(
             "\r\n[latchkey: {} is back after {} s; new shell]\r\n",

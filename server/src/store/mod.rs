@@ -368,7 +368,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends to the audit log.
     fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError>;
-    /// Reads the newest `limit` audit rows (optionally for one host), oldest first.
-    fn audit_log(&self, host: Option<&HostName>, limit: usize)
-        -> Result<Vec<AuditRow>, StoreError>;
+    /// Reads the newest `limit` audit rows (optionally for one host, and
+    /// only those at or after `since`), oldest first.
+    fn audit_log(
+        &self,
+        host: Option<&HostName>,
+        since: Option<UnixTime>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError>;
 }

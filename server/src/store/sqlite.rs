@@ -1349,15 +1349,18 @@ impl Store for SqliteStore {
     fn audit_log(
         &self,
         host: Option<&HostName>,
+        since: Option<UnixTime>,
         limit: usize,
     ) -> Result<Vec<AuditRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, at, event, host, user, source, detail FROM audit
-                 WHERE ?1 IS NULL OR host = ?1 ORDER BY id DESC LIMIT ?2",
+                 WHERE (?1 IS NULL OR host = ?1) AND (?3 IS NULL OR at >= ?3)
+                 ORDER BY id DESC LIMIT ?2",
             )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows =
-                stmt.query_map(params![host.map(|h| h.as_str()), limit as i64], audit_row)?;
+                stmt.query_map(params![host.map(|h| h.as_str()), limit, since], audit_row)?;
             let mut out: Vec<AuditRow> = rows.collect::<Result<_, _>>()?;
             out.reverse();
             Ok(out)
