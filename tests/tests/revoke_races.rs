@@ -1,0 +1,321 @@
+//! What an adversarial review of issue 12 broke on a live relay, kept as
+//! regression tests: revokes racing logins, reboots and running commands,
+//! and one grant holder trying to hold the whole lockout budget.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use latchkey_client::wire;
+use latchkey_protocol::{
+    frame::{LoginOutcome, RelayToClient},
+    handshake::InitiatorReply,
+    session::{ChannelKind, ChannelReply, ChannelRequest, ExecOut},
+};
+use latchkey_tests::{wait_until, Proc, World, OWNER_CODE, WAIT};
+use rand::rngs::OsRng;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+fn count(events: &[String], name: &str) -> usize {
+    events.iter().filter(|e| *e == name).count()
+}
+
+/// Opens an exec channel on a logged-in raw connection and returns its
+/// first output.
+async fn raw_exec(conn: &quinn::Connection, argv: &[&str]) -> Result<String> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    wire::write_frame(
+        &mut send,
+        &ChannelRequest {
+            kind: ChannelKind::Exec {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+            },
+        },
+    )
+    .await?;
+    let reply: Option<ChannelReply> = wire::read_frame(&mut recv).await?;
+    match reply {
+        Some(ChannelReply::Accepted { .. }) => {}
+        other => bail!("channel not accepted: {other:?}"),
+    }
+    let mut out = String::new();
+    while let Some(frame) = wire::read_frame::<ExecOut>(&mut recv).await? {
+        match frame {
+            ExecOut::Stdout(b) => out.push_str(&String::from_utf8_lossy(&b)),
+            ExecOut::Stderr(_) => {}
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Review finding 1: a command started before a revoke, which writes
+/// nothing, is ended on the host with the session (its streams are reset,
+/// and the host hangs it up), not left to run to completion.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_command_of_a_revoked_user_does_not_run_on() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mark = w.dir.path().join("ran-after-revoke");
+    let script = format!(
+        "exec >/dev/null 2>&1 </dev/null; sleep 2; touch {}",
+        mark.display()
+    );
+    let mut exec = w
+        .bob
+        .spawn_with_code(OWNER_CODE, &["exec", "mypc", "--", "sh", "-c", &script])?;
+    wait_until("bob's session", || {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| count(&e, "session-start") == 1)
+            .unwrap_or(false)
+    })?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    let revoked = Instant::now();
+    let status = exec.wait_exit()?;
+    println!(
+        "client ended {:?} after the revoke (success: {})",
+        revoked.elapsed(),
+        status.success()
+    );
+    // Wait well past the command's sleep.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !mark.exists(),
+        "the revoked user's command ran to completion on the host {:?} after the revoke",
+        revoked.elapsed()
+    );
+    Ok(())
+}
+
+/// The same for a command typed in a shell.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_typed_in_a_revoked_shell_does_not_finish() -> Result<()> {
+    use std::io::Write;
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mark = w.dir.path().join("shell-ran-after-revoke");
+    let (mut shell, mut keys) = Proc::spawn_interactive(
+        w.bob
+            .cmd()
+            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+            .args(["connect", "mypc"]),
+    )?;
+    keys.write_all(b"echo ready-$((1+1))\n")?;
+    shell.expect_line("ready-2")?;
+    keys.write_all(format!("sleep 2; touch {}\n", mark.display()).as_bytes())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    let revoked = Instant::now();
+    let _ = shell.wait_exit();
+    println!("client ended {:?} after the revoke", revoked.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !mark.exists(),
+        "a command typed by the revoked user finished on the host after the revoke"
+    );
+    Ok(())
+}
+
+/// Review finding 5: a login whose KE2 was issued before a revoke gets no
+/// session, even when the user is granted again (same code record) before
+/// the KE3 arrives: the grant has a new generation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_begun_before_a_revoke_and_regrant_gets_no_session() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mut login = w.bob.send_msg1("mypc", OWNER_CODE).await?;
+    let msg2 = wire::read_message(&mut login.recv).await?;
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    // Let the relay apply the revoke (it polls every 200 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    w.relay.admin(&["grant", "mypc", "bob"])?;
+    let InitiatorReply::SendKe3 { msg3, awaiting } =
+        login.init.read_msg2(&mut OsRng, &msg2, Some(&login.code))?
+    else {
+        bail!("the inherited code did not check out");
+    };
+    wire::write_message(&mut login.send, &msg3).await?;
+    let msg4 = wire::read_message(&mut login.recv).await?;
+    let outcome = awaiting.read_outcome(&msg4)?;
+    println!("outcome of the login begun before the revoke: {outcome:?}");
+    if let LoginOutcome::Accepted { .. } = outcome {
+        let ready: Option<RelayToClient> = wire::read_frame(&mut login.recv).await?;
+        println!("then: {ready:?}");
+        let out = tokio::time::timeout(WAIT, raw_exec(&login.relay.conn, &["echo", "bob-is-in"]))
+            .await??;
+        println!("exec in that session printed {out:?}");
+        let events = w.relay.audit_events("mypc")?;
+        println!("audit: {events:?}");
+        bail!("a login begun before the revoke got a session and ran a channel ({out:?})");
+    }
+    Ok(())
+}
+
+/// Review finding 4: lowering the threshold to the failures already counted
+/// locks the host at once, instead of leaving it "busy" and unlocked.
+#[tokio::test(flavor = "multi_thread")]
+async fn lowering_the_threshold_to_the_failures_counted_locks_the_host() -> Result<()> {
+    let w = World::with_env(vec![(
+        "LATCHKEY_RELAY_HANDSHAKE_TIMEOUT_MS".into(),
+        "2000".into(),
+    )])?;
+    w.relay
+        .admin(&["policy", "mypc", "--lockout-threshold", "5"])?;
+    for _ in 0..2 {
+        assert!(w.bob.login("mypc", "wrong code").await.is_err());
+    }
+    assert_eq!(w.relay.status("mypc")?["failures"], 2);
+    w.relay
+        .admin(&["policy", "mypc", "--lockout-threshold", "2"])?;
+    let r = w.alice.login("mypc", OWNER_CODE).await;
+    let status = w.relay.status("mypc")?;
+    println!(
+        "owner's right code: {:?}; status: {status}",
+        r.as_ref().err()
+    );
+    let events = w.relay.audit_events("mypc")?;
+    println!("audit: {events:?}");
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("locked") && status["locked"] == true => Ok(()),
+        Err(e) => bail!(
+            "host at its threshold is neither locked nor usable: owner got {e:?}, locked = {}, failures = {}",
+            status["locked"],
+            status["failures"]
+        ),
+    }
+}
+
+/// Review finding 3: the requester of a reboot is revoked while the host
+/// is down; the host comes back with the reboot's ticket, and the owner's
+/// parked forward resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_during_a_reboot_does_not_strand_the_others_sessions() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"hello from the host side\n").await;
+            });
+        }
+    });
+    let w = World::with_env(vec![(
+        "LATCHKEY_RELAY_REBOOT_DEADLINE_SECS".into(),
+        "120".into(),
+    )])?;
+    w.mypc.set_reboot_command(&["true"])?;
+    w.mypc.allow_forward(&[target.to_string()])?;
+    let mut agent = w.start_agent()?;
+    let (_forward, local) = w.start_forward(&target.to_string())?;
+    let fetch = |local: String| async move {
+        let mut tcp = TcpStream::connect(&local).await?;
+        let mut got = String::new();
+        tcp.read_to_string(&mut got).await?;
+        Ok::<_, anyhow::Error>(got)
+    };
+    assert!(fetch(local.clone()).await?.contains("hello"));
+    let mut reboot: Proc = w.bob.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    assert!(agent.wait_exit()?.success());
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    let _ = reboot.wait_exit();
+    let _agent = w.start_agent()?;
+    let back = Instant::now();
+    let mut worked = false;
+    while back.elapsed() < Duration::from_secs(15) {
+        let got = tokio::time::timeout(Duration::from_secs(2), fetch(local.clone())).await;
+        if matches!(got, Ok(Ok(ref s)) if s.contains("hello")) {
+            worked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let events = w.relay.audit_events("mypc")?;
+    println!("audit: {events:?}");
+    assert!(
+        worked,
+        "the owner's forward did not resume within 15 s of the host's return"
+    );
+    Ok(())
+}
+
+/// Review finding 2: one grant holder who keeps attempts in flight (right
+/// code, KE3 just before the deadline) holds at most one attempt of the
+/// budget, so the owner still gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_holder_who_keeps_attempts_in_flight_does_not_keep_the_owner_out() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut slots = Vec::new();
+    for _ in 0..3 {
+        let d = latchkey_tests::Device {
+            home: w.bob.home.clone(),
+        };
+        let stop = stop.clone();
+        slots.push(tokio::spawn(async move {
+            let mut ok = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut login) = d.send_msg1("mypc", OWNER_CODE).await else {
+                    continue;
+                };
+                let Ok(msg2) = wire::read_message(&mut login.recv).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let code = login.code.clone();
+                let Ok(InitiatorReply::SendKe3 { msg3, awaiting }) =
+                    login.init.read_msg2(&mut OsRng, &msg2, Some(&code))
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                if wire::write_message(&mut login.send, &msg3).await.is_ok() {
+                    if let Ok(m4) = wire::read_message(&mut login.recv).await {
+                        if let Ok(LoginOutcome::Accepted { .. }) = awaiting.read_outcome(&m4) {
+                            ok += 1;
+                        }
+                    }
+                }
+            }
+            ok
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut busy, mut tries) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        tries += 1;
+        match w.alice.login("mypc", OWNER_CODE).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("busy") || format!("{e:?}").contains("Busy") => {
+                busy += 1
+            }
+            Err(e) => println!("alice: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut bob_ok = 0;
+    for s in slots {
+        bob_ok += tokio::time::timeout(Duration::from_secs(15), s).await??;
+    }
+    let status = w.relay.status("mypc")?;
+    let events = w.relay.audit_events("mypc")?;
+    println!(
+        "owner refused busy {busy}/{tries} over 8 s; bob's logins ok {bob_ok}; status {status}; login-failed {}, host-locked {}, login-busy {}",
+        count(&events, "login-failed"),
+        count(&events, "host-locked"),
+        count(&events, "login-busy")
+    );
+    assert!(
+        busy * 2 < tries,
+        "a grant holder with a right code kept the owner out ({busy}/{tries} busy) with no failure and no lock"
+    );
+    Ok(())
+}
