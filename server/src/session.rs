@@ -154,7 +154,16 @@ pub(crate) async fn serve(
             },
             stream = conn.accept_bi() => match stream {
                 Ok((s, r)) => {
-                    match (machine.channel_allowed(), &host_conn) {
+                    // While the host runs its reboot command it is still
+                    // connected, but about to go: refuse at once rather than
+                    // start a channel that would hang, then break.
+                    let allowed = machine.channel_allowed().and_then(|()| {
+                        match shared.reboot_deadline(&host) {
+                            Some(_) => Err(format!("host '{host}' is rebooting")),
+                            None => Ok(()),
+                        }
+                    });
+                    match (allowed, &host_conn) {
                         (Ok(()), Some(c)) => {
                             channels.spawn(channel(
                                 channel_end.clone(),

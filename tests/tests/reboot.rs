@@ -317,3 +317,49 @@ async fn a_failed_reboot_command_is_reported_within_2_s_with_its_cause() -> Resu
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still-up\n");
     Ok(())
 }
+
+/// Issue 17, item 9: while the host runs its reboot command (still
+/// connected, about to go), a new connection through a forward is refused
+/// at once instead of hanging until the host goes down.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_through_a_forward_are_refused_at_once_while_the_reboot_command_runs(
+) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"hello from the host side\n").await;
+            });
+        }
+    });
+    let w = World::new()?;
+    // A reboot command that takes its time: the agent stays connected.
+    w.mypc.set_reboot_command(&["sleep", "5"])?;
+    w.mypc.allow_forward(&[target.to_string()])?;
+    let _agent = w.start_agent()?;
+    let (_forward, local) = w.start_forward(&target.to_string())?;
+    let fetch = |local: String| async move {
+        let mut tcp = TcpStream::connect(&local).await?;
+        let mut got = String::new();
+        tcp.read_to_string(&mut got).await?;
+        Ok::<_, anyhow::Error>(got)
+    };
+    assert!(fetch(local.clone()).await?.contains("hello"));
+    let _reboot = w.bob.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    wait_until("the reboot request", || {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| count(&e, "reboot") == 1)
+            .unwrap_or(false)
+    })?;
+    let started = Instant::now();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(4), fetch(local)).await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the connection hung for {took:?} ({got:?})"
+    );
+    assert!(!matches!(got, Ok(Ok(ref s)) if s.contains("hello")));
+    Ok(())
+}

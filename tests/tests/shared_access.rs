@@ -185,6 +185,15 @@ async fn grant_sends_email_to_owner() -> Result<()> {
     w.relay.admin(&["grant", "mypc", "dave"])?;
     let mail = wait_for_mail(&sink, "the grant email", |m| m.contains("for dave"))?;
     assert!(mail.contains("To: alice@example.test"), "{mail}");
+    // The standard headers spam filters look for (issue 17, item 12).
+    for header in [
+        "Message-ID: <",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain",
+        "Date: ",
+    ] {
+        assert!(mail.contains(header), "no {header:?} in {mail}");
+    }
     assert!(mail.contains("Shared access enabled on mypc"), "{mail}");
     assert!(mail.contains("Give dave your access code"), "{mail}");
     // The host agent shows the same notice.
@@ -199,6 +208,24 @@ async fn grant_sends_email_to_owner() -> Result<()> {
     }
     let _ = agent.terminate();
     assert!(seen, "the host agent did not show the notice");
+    Ok(())
+}
+
+/// Issue 17, item 13: a revoke tells the owner and the revoked user.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_emails_the_owner_and_the_revoked_user() -> Result<()> {
+    let sink = SmtpSink::start("127.0.0.1:0".parse()?).await?;
+    let w = world_with_mail(sink.addr.port())?;
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    for to in ["alice@example.test", "bob@example.test"] {
+        let mail = wait_for_mail(&sink, "the revoke email", |m| {
+            m.contains(&format!("To: {to}")) && m.contains("revoked")
+        })?;
+        assert!(
+            mail.contains("Shared access to mypc revoked for bob"),
+            "{mail}"
+        );
+    }
     Ok(())
 }
 
