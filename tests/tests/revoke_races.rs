@@ -319,3 +319,64 @@ async fn a_grant_holder_who_keeps_attempts_in_flight_does_not_keep_the_owner_out
     );
     Ok(())
 }
+
+/// Six reboot requests at the same instant, from two users: the rate limit
+/// is checked and claimed under one lock, so exactly one reboot is issued.
+#[tokio::test(flavor = "multi_thread")]
+async fn simultaneous_reboot_requests_issue_exactly_one_reboot() -> Result<()> {
+    // The one reboot's client gives up soon (the host never comes back).
+    let w = World::with_env(vec![(
+        "LATCHKEY_RELAY_REBOOT_DEADLINE_SECS".into(),
+        "4".into(),
+    )])?;
+    // A "reboot" that keeps the agent connected for a while.
+    w.mypc.set_reboot_command(&["sleep", "3"])?;
+    let _agent = w.start_agent()?;
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        procs.push(w.alice.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?);
+        procs.push(w.bob.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?);
+    }
+    let refused = procs
+        .iter_mut()
+        .filter_map(|p| p.wait_exit().ok())
+        .filter(|s| !s.success())
+        .count();
+    assert!(refused >= 5, "{refused} of 6 refused");
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "reboot"), 1, "{events:?}");
+    Ok(())
+}
+
+/// A user invited again (a lost or replaced device): the earlier invite no
+/// longer works, and when the new device enrolls, the old one's live
+/// sessions end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_invite_cancels_the_old_one_and_the_new_device_ends_the_old_ones_sessions(
+) -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mut old_session = w
+        .bob
+        .spawn_with_code(OWNER_CODE, &["exec", "mypc", "--", "sleep", "20"])?;
+    wait_until("bob's session", || {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| count(&e, "session-start") == 1)
+            .unwrap_or(false)
+    })?;
+    let first = w.relay.invite_user("bob")?;
+    let second = w.relay.invite_user("bob")?;
+    let phone = latchkey_tests::Device {
+        home: w.dir.path().join("bobs-phone"),
+    };
+    let out = phone.cmd().args(["enroll", &first]).output()?;
+    assert!(!out.status.success(), "a cancelled invite enrolled");
+    phone.run(&["enroll", &second])?;
+    let ended = Instant::now();
+    assert!(!old_session.wait_exit()?.success());
+    assert!(ended.elapsed() < Duration::from_secs(5));
+    // The new device is bob now.
+    phone.login("mypc", OWNER_CODE).await?;
+    Ok(())
+}
