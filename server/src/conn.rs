@@ -103,6 +103,13 @@ pub(crate) async fn serve(
         }
     };
     drop(permit);
+    if matches!(
+        role,
+        Ok(Role::Host(_) | Role::HostAdmin(_) | Role::User(_) | Role::Session(_))
+    ) {
+        // Known now: the full window (see `endpoint::UNAUTHENTICATED_RECEIVE_WINDOW`).
+        conn.set_receive_window(crate::endpoint::AUTHENTICATED_RECEIVE_WINDOW.into());
+    }
     let result = match role {
         Ok(Role::Done) => {
             // Let the reply reach the peer, then close.

@@ -38,12 +38,27 @@ pub enum EndpointError {
 /// this keeps an idle host's connection about 20 KiB smaller.
 const STREAMS_BEFORE_SESSION: u32 = 2;
 
+/// Bytes a peer may have in flight to the relay, across all its streams,
+/// before it is authenticated: a handshake's messages are a few hundred
+/// bytes (at most one Noise message, 64 KiB), so this is the most an
+/// unauthenticated connection can make the relay buffer. Raised to
+/// [`AUTHENTICATED_RECEIVE_WINDOW`] once the peer is known.
+pub const UNAUTHENTICATED_RECEIVE_WINDOW: u32 = 72 * 1024;
+
+/// The connection-level receive window of an authenticated peer (the
+/// shared transport settings' value).
+pub const AUTHENTICATED_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// The relay's transport settings: the shared ones, with the configured
 /// idle timeout, keep-alives at 10 s (peers send theirs every 5 s), and
 /// few streams until a session starts.
 pub fn transport_config(config: &Config) -> TransportConfig {
     let mut t = crate::wire::transport_config(config.idle_timeout(), Duration::from_secs(10));
     t.max_concurrent_bidi_streams(STREAMS_BEFORE_SESSION.into());
+    // Credit cannot be taken back once granted, so a connection starts with
+    // the small connection-level window (it bounds every stream together)
+    // and is given the large one after its handshake.
+    t.receive_window(UNAUTHENTICATED_RECEIVE_WINDOW.into());
     t
 }
 
