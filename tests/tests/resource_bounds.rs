@@ -29,7 +29,7 @@ async fn unauthenticated_connections_cannot_make_the_relay_buffer_much() -> Resu
     let junk = vec![0x5au8; 2 << 20];
     let mut attackers = Vec::new();
     for i in 0..50u32 {
-        let (relay, pin, junk) = (cfg.relay.clone(), pin.clone(), junk.clone());
+        let (relay, pin, junk) = (cfg.relay.clone(), pin, junk.clone());
         attackers.push(tokio::spawn(async move {
             let local = net::Local::Bind(format!("127.0.0.{}:0", 1 + i % 7).parse()?);
             let rc = net::connect_from(&local, &relay, &pin).await?;
