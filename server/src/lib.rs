@@ -284,17 +284,21 @@ struct Refused {
     rate_limited: AtomicU64,
     /// Also counted by connections that waited in line in vain.
     over_cap: AtomicU64,
+    /// Asked to prove their address first (under load).
+    retried: AtomicU64,
 }
 
 impl Refused {
     fn flush(&self) {
         let rate_limited = self.rate_limited.swap(0, Ordering::Relaxed);
         let over_cap = self.over_cap.swap(0, Ordering::Relaxed);
-        if rate_limited + over_cap > 0 {
+        let retried = self.retried.swap(0, Ordering::Relaxed);
+        if rate_limited + over_cap + retried > 0 {
             warn!(
                 rate_limited,
                 too_many_handshakes = over_cap,
-                "connections refused in the last second"
+                asked_to_prove_their_address = retried,
+                "connections refused or retried in the last second"
             );
         }
     }
@@ -310,6 +314,40 @@ const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 /// Connections that may wait in line per handshake place.
 const QUEUE_PER_PLACE: usize = 8;
+
+/// Serves `incoming` if a handshake place is free, or lets it wait in line
+/// for one (or refuses it when the line is full too).
+fn serve_or_queue(
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+    unauthenticated: &Arc<Semaphore>,
+    queue: &Arc<Semaphore>,
+    refused: &Arc<Refused>,
+    incoming: quinn::Incoming,
+) {
+    if let Ok(permit) = unauthenticated.clone().try_acquire_owned() {
+        tasks.spawn(conn::serve(shared.clone(), incoming, permit));
+        return;
+    }
+    let Ok(place_in_line) = queue.clone().try_acquire_owned() else {
+        refused.over_cap.fetch_add(1, Ordering::Relaxed);
+        incoming.refuse();
+        return;
+    };
+    let (shared, unauthenticated, refused) =
+        (shared.clone(), unauthenticated.clone(), refused.clone());
+    tasks.spawn(async move {
+        let permit = tokio::time::timeout(QUEUE_WAIT, unauthenticated.acquire_owned()).await;
+        drop(place_in_line);
+        match permit {
+            Ok(Ok(permit)) => conn::serve(shared, incoming, permit).await,
+            _ => {
+                refused.over_cap.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+            }
+        }
+    });
+}
 
 async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let cap = shared.config.max_unauthenticated.max(1);
@@ -327,33 +365,32 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let source = incoming.remote_address().ip().to_canonical();
-                if !shared.limiter().allow(source, 1.0, Instant::now()) {
+                // Under load, a source must first prove it receives at its
+                // address (a stateless Retry, like WireGuard's cookies), so
+                // spoofed Initials take no handshake place; and only proven
+                // addresses are charged to their source's bucket, so
+                // spoofing cannot drain someone else's (a shared NAT's).
+                let validated = incoming.remote_address_validated();
+                if !validated && unauthenticated.available_permits() <= cap / 2 {
+                    match incoming.retry() {
+                        Ok(()) => {
+                            refused.retried.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        // Already retried once: go on as a validated one would.
+                        Err(e) => {
+                            let incoming = e.into_incoming();
+                            serve_or_queue(&shared, &mut tasks, &unauthenticated, &queue, &refused, incoming);
+                            continue;
+                        }
+                    }
+                }
+                if validated && !shared.limiter().allow(source, 1.0, Instant::now()) {
                     refused.rate_limited.fetch_add(1, Ordering::Relaxed);
                     incoming.refuse();
                     continue;
                 }
-                if let Ok(permit) = unauthenticated.clone().try_acquire_owned() {
-                    tasks.spawn(conn::serve(shared.clone(), incoming, permit));
-                    continue;
-                }
-                let Ok(place_in_line) = queue.clone().try_acquire_owned() else {
-                    refused.over_cap.fetch_add(1, Ordering::Relaxed);
-                    incoming.refuse();
-                    continue;
-                };
-                let (shared, unauthenticated, refused) =
-                    (shared.clone(), unauthenticated.clone(), refused.clone());
-                tasks.spawn(async move {
-                    let permit = tokio::time::timeout(QUEUE_WAIT, unauthenticated.acquire_owned()).await;
-                    drop(place_in_line);
-                    match permit {
-                        Ok(Ok(permit)) => conn::serve(shared, incoming, permit).await,
-                        _ => {
-                            refused.over_cap.fetch_add(1, Ordering::Relaxed);
-                            incoming.refuse();
-                        }
-                    }
-                });
+                serve_or_queue(&shared, &mut tasks, &unauthenticated, &queue, &refused, incoming);
             }
         }
     }

@@ -3,6 +3,18 @@
 
 use std::{collections::HashMap, net::IpAddr, time::Instant};
 
+/// The bucket an address is charged to: IPv4 addresses one each, IPv6 by
+/// /64 (anyone holding a /64 has 2^64 addresses to rotate through).
+fn bucket_of(source: IpAddr) -> IpAddr {
+    match source.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// One bucket per source address, with a bounded number of tracked sources
 /// (the oldest-touched are forgotten first, which only ever makes the limiter
 /// more lenient, never lets it grow without bound).
@@ -34,6 +46,7 @@ impl RateLimiter {
     /// Takes `cost` tokens from `source`'s bucket; `false` if there are not
     /// enough (then nothing is taken).
     pub fn allow(&mut self, source: IpAddr, cost: f64, now: Instant) -> bool {
+        let source = bucket_of(source);
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
             self.evict_full(now);
         }
@@ -77,6 +90,23 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_sources_share_a_bucket_per_64() {
+        let mut limiter = RateLimiter::new(2, 0.0, 16);
+        let now = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(limiter.allow(a, 1.0, now));
+        assert!(limiter.allow(b, 1.0, now));
+        assert!(!limiter.allow(a, 1.0, now), "same /64, bucket empty");
+        assert!(limiter.allow(c, 1.0, now), "another /64");
+        // IPv4 (and IPv4-mapped IPv6) one address each.
+        assert!(limiter.allow("10.0.0.1".parse().unwrap(), 2.0, now));
+        assert!(!limiter.allow("::ffff:10.0.0.1".parse().unwrap(), 1.0, now));
+        assert!(limiter.allow("10.0.0.2".parse().unwrap(), 1.0, now));
+    }
     use std::time::Duration;
 
     #[test]

@@ -75,3 +75,86 @@ async fn unauthenticated_connections_cannot_make_the_relay_buffer_much() -> Resu
     w.alice.login("mypc", latchkey_tests::OWNER_CODE).await?;
     Ok(())
 }
+
+/// A QUIC Initial that a client with the relay's certificate and ALPN would
+/// send: the relay answers it and waits for the rest of a handshake that
+/// never comes, as it would for a spoofed source.
+fn initial_packet(relay: std::net::SocketAddr, cert: &[u8]) -> Result<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![latchkey_server::endpoint::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let config = quinn_proto::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut endpoint = quinn_proto::Endpoint::new(
+        std::sync::Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    let now = std::time::Instant::now();
+    let (_, mut conn) =
+        endpoint.connect(now, config, relay, latchkey_server::datadir::SERVER_NAME)?;
+    let mut buf = Vec::with_capacity(1500);
+    let transmit = conn
+        .poll_transmit(now, 1, &mut buf)
+        .context("no Initial to send")?;
+    buf.truncate(transmit.size);
+    Ok(buf)
+}
+
+/// A flood of handshakes that never complete, from many loopback sources
+/// (as spoofed ones would be), with only 8 handshake places: under load the
+/// relay answers unproven addresses with a stateless Retry instead of a
+/// place, so a real host still connects at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_handshakes_that_never_complete_cannot_keep_a_host_out() -> Result<()> {
+    let mut env = unlimited();
+    env.push(("LATCHKEY_RELAY_MAX_UNAUTHENTICATED".into(), "8".into()));
+    let w = World::with_env(env)?;
+    let cert = std::fs::read(w.relay.data_dir.join("tls.crt"))?;
+    let relay = w.relay.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<u64> {
+            let mut sent = 0u64;
+            let until = std::time::Instant::now() + Duration::from_secs(8);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < until
+            {
+                for i in 2..10u8 {
+                    // A new socket each time: a new source the relay must
+                    // answer, and one that never answers back.
+                    let socket =
+                        std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 0, i), 0))?;
+                    socket.send_to(&initial_packet(relay, &cert)?, relay)?;
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(sent)
+        })
+    };
+    // Let the flood fill the places, then a real host connects.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let agent = w.start_agent();
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood
+        .join()
+        .map_err(|_| anyhow::anyhow!("flood thread"))??;
+    println!("{sent} handshakes that never complete; the host got in after {took:?}");
+    let _agent = agent?;
+    assert!(sent > 500, "only {sent} flood packets");
+    assert!(
+        took < Duration::from_secs(3),
+        "the host took {took:?} to get in"
+    );
+    Ok(())
+}
