@@ -12,6 +12,7 @@
 //! pieces they share (`error`, `close`) depend on none of them.
 
 pub mod admin;
+mod budget;
 pub mod close;
 mod code_registration;
 pub mod config;
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// The live sessions, so admin actions reach them.
     pub(crate) sessions: Arc<Sessions>,
+    /// Each user's share of their hosts' streams.
+    pub(crate) channel_budgets: budget::ChannelBudgets,
     /// Where reserved attempts and ended sessions settle.
     pub(crate) settler: Settler,
     reboots: Mutex<HashMap<HostName, Reboot>>,
@@ -251,6 +254,7 @@ impl Relay {
             shutdown: shutdown.clone(),
             next_id: AtomicU64::new(1),
             sessions: Arc::new(Sessions::default()),
+            channel_budgets: budget::ChannelBudgets::default(),
             settler,
             reboots: Mutex::new(HashMap::new()),
             host_back: tokio::sync::broadcast::channel(64).0,

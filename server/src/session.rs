@@ -163,9 +163,18 @@ pub(crate) async fn serve(
                             None => Ok(()),
                         }
                     });
+                    let allowed = allowed.and_then(|()| {
+                        shared.channel_budgets.take(&host, &user).ok_or_else(|| {
+                            format!(
+                                "you have {} channels open on '{host}' already",
+                                crate::budget::MAX_CHANNELS_PER_USER
+                            )
+                        })
+                    });
                     match (allowed, &host_conn) {
-                        (Ok(()), Some(c)) => {
+                        (Ok(place), Some(c)) => {
                             channels.spawn(channel(
+                                place,
                                 channel_end.clone(),
                                 c.clone(),
                                 session,
@@ -254,6 +263,7 @@ const CHANNEL_ABORTED: u32 = 2;
 /// One channel: read the request, open the host's stream, splice, until
 /// both sides are done or `ended` fires.
 async fn channel(
+    _place: tokio::sync::OwnedSemaphorePermit,
     ended: CancellationToken,
     host_conn: quinn::Connection,
     session: SessionId,
@@ -274,6 +284,13 @@ async fn channel(
         refuse_channel(c_send, "request outside protocol limits".into()).await;
         return;
     }
+    // Keystrokes before bulk: a copy's packets never queue ahead of a
+    // shell's or a command's (quinn sends higher priorities first).
+    let priority = match request.kind {
+        ChannelKind::Upload { .. } | ChannelKind::Download { .. } => 0,
+        _ => 1,
+    };
+    let _ = c_send.set_priority(priority);
     // Bounded: a host link whose streams are all taken answers "busy"
     // rather than holding the client's request for ever.
     let Ok(Ok((mut h_send, mut h_recv))) =
@@ -286,6 +303,7 @@ async fn channel(
         .await;
         return;
     };
+    let _ = h_send.set_priority(priority);
     let open = ChannelOpen {
         session,
         user,

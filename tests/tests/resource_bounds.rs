@@ -158,3 +158,71 @@ async fn a_flood_of_handshakes_that_never_complete_cannot_keep_a_host_out() -> R
     );
     Ok(())
 }
+
+/// One user holds 300 channels open on a host (forwards to a service that
+/// keeps its connections); another user's copy still works, because each
+/// user's sessions may hold only their share of the host link's streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_holding_300_channels_does_not_stop_anothers_copy() -> Result<()> {
+    use latchkey_protocol::session::{ChannelKind, ChannelRequest};
+    let holder = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = holder.local_addr()?.to_string();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((tcp, _)) = holder.accept().await {
+            kept.push(tcp);
+        }
+    });
+    let w = World::with_env(unlimited())?;
+    w.mypc.allow_forward(&[target.clone()])?;
+    let _agent = w.start_agent()?;
+    // Two sessions of bob's, 150 channels each.
+    let mut sessions = Vec::new();
+    let mut channels = Vec::new();
+    for _ in 0..2 {
+        let session = w.bob.login("mypc", latchkey_tests::OWNER_CODE).await?;
+        let conn = session.control.relay.conn.clone();
+        sessions.push(session);
+        for _ in 0..150 {
+            let opened = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await;
+            let Ok(Ok((mut send, recv))) = opened else {
+                break;
+            };
+            let request = ChannelRequest {
+                kind: ChannelKind::Forward {
+                    target: target.clone(),
+                },
+            };
+            latchkey_client::wire::write_frame(&mut send, &request).await?;
+            channels.push((send, recv));
+        }
+    }
+    assert_eq!(channels.len(), 300);
+    // Give the relay time to hand them to the host.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let file = w.dir.path().join("report.txt");
+    std::fs::write(&file, b"quarterly figures\n")?;
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        w.alice.with_code(
+            latchkey_tests::OWNER_CODE,
+            &[
+                "cp",
+                &file.to_string_lossy(),
+                "mypc:/tmp/latchkey-fairness-copy.txt",
+            ],
+        )
+    })
+    .await??;
+    println!("alice's copy took {:?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "alice's copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file("/tmp/latchkey-fairness-copy.txt");
+    drop(channels);
+    drop(sessions);
+    held.abort();
+    Ok(())
+}
