@@ -70,7 +70,9 @@ enum Command {
         command: Vec<String>,
     },
     /// Forward a local TCP port to TARGET:PORT as seen from HOST, like
-    /// `ssh -L` (for RDP, VNC, SSH...). The host's config must allow the target.
+    /// `ssh -L` (for RDP, VNC, SSH...). The host's config must allow the
+    /// target: it is checked when the forward starts, and a target the host
+    /// does not allow ends the command with the targets it allows.
     Forward {
         /// The host.
         host: HostName,

@@ -59,6 +59,16 @@ pub enum ChannelKind {
         /// Which file.
         path: String,
     },
+    /// Whether the host would forward to `target` (`IP:PORT`), asked once
+    /// when `latchkey forward` starts so a refused target fails at once
+    /// instead of at every connection. The host answers from its config
+    /// without connecting: `Accepted`, or `Refused` with the targets it
+    /// allows; then the stream ends. Appended last so that the numbers of
+    /// the kinds above stay the same on the wire.
+    ForwardCheck {
+        /// The target a forward would connect to.
+        target: String,
+    },
 }
 
 /// First frame of a channel stream, client to relay.

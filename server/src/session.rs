@@ -242,7 +242,9 @@ fn within_limits(kind: &ChannelKind) -> bool {
                 && argv.len() <= MAX_ARGS
                 && argv.iter().all(|a| a.len() <= MAX_PATH_LEN)
         }
-        ChannelKind::Forward { target } => target.len() <= MAX_PATH_LEN,
+        ChannelKind::Forward { target } | ChannelKind::ForwardCheck { target } => {
+            target.len() <= MAX_PATH_LEN
+        }
         ChannelKind::Upload { path, name, .. } => {
             path.len() <= MAX_PATH_LEN && name.len() <= MAX_PATH_LEN
         }

@@ -10,7 +10,7 @@ use latchkey_protocol::{
     ids::AccessCode,
     session::{ChannelKind, ShellIn, ShellOut},
 };
-use latchkey_tests::{World, OWNER_CODE, WAIT};
+use latchkey_tests::{Proc, World, OWNER_CODE, WAIT};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use tokio::{
@@ -266,12 +266,77 @@ async fn a_forward_target_outside_the_allow_list_is_refused() -> Result<()> {
         err.to_string().contains("not allowed on this host"),
         "{err}"
     );
-    // Through the binary: the local connection is closed without data.
-    let (_forward, local) = w.start_forward("127.0.0.1:9")?;
+    // The binary refuses such a target before it listens:
+    // `forward_to_a_target_the_host_does_not_allow_ends_at_once_with_the_allowed_list`.
+    Ok(())
+}
+
+/// Issue 17, item 8: `latchkey forward` used to print `forwarding…` for a
+/// target the host does not allow, and then reset every connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_to_a_target_the_host_does_not_allow_ends_at_once_with_the_allowed_list(
+) -> Result<()> {
+    let w = World::new()?;
+    let service = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let allowed = service.local_addr()?.to_string();
+    w.mypc
+        .allow_forward(&[allowed.clone(), "127.0.0.1:22".into()])?;
+    let _agent = w.start_agent()?;
+
+    let log = w.dir.path().join("refused-forward.log");
+    let started = Instant::now();
+    let mut refused = Proc::spawn_logged(
+        w.alice.cmd().env("LATCHKEY_ACCESS_CODE", OWNER_CODE).args([
+            "forward",
+            "mypc",
+            "0:127.0.0.1:8080",
+        ]),
+        std::fs::File::create(&log)?,
+    )?;
+    let status = refused.wait_exit()?;
+    let took = started.elapsed();
+    let stderr = std::fs::read_to_string(&log)?;
+    // The process has exited, so its stdout is at its end.
+    let stdout: Vec<String> = refused.stdout.iter().collect();
+    assert!(!status.success(), "a refused forward exited with {status}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "a refused forward took {took:?} to end"
+    );
+    let wanted = format!(
+        "host 'mypc': forwarding to 127.0.0.1:8080 is not allowed on this host; \
+         it allows: {allowed}, 127.0.0.1:22"
+    );
+    assert!(stderr.contains(&wanted), "{stderr}");
+    assert!(
+        stdout.iter().all(|l| !l.contains("forwarding")),
+        "{stdout:?}"
+    );
+
+    // An allowed target forwards as before, and checking it did not
+    // connect to it: the host's answer came before `forwarding` was
+    // printed, so a connection would already be waiting here.
+    let (_forward, local) = w.start_forward(&allowed)?;
+    service.set_nonblocking(true)?;
+    assert_eq!(
+        service.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "checking the target connected to it"
+    );
+    let service = TcpListener::from_std(service)?;
+    let echo = tokio::spawn(async move {
+        let (mut tcp, _) = service.accept().await?;
+        let (mut r, mut w) = tcp.split();
+        tokio::io::copy(&mut r, &mut w).await?;
+        Ok::<_, std::io::Error>(())
+    });
     let mut tcp = TcpStream::connect(&local).await?;
-    let mut buf = Vec::new();
-    let n = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf)).await??;
-    assert_eq!(n, 0);
+    tcp.write_all(b"through the forward").await?;
+    tcp.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut back)).await??;
+    assert_eq!(back, b"through the forward");
+    echo.await??;
     Ok(())
 }
 

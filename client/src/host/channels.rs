@@ -93,6 +93,7 @@ pub(crate) async fn serve(cfg: Arc<HostConfig>, send: SendStream, mut recv: Recv
         }
         ChannelKind::Exec { argv } if cfg.allow_exec => exec(send, recv, argv).await,
         ChannelKind::Forward { target } => forward(&cfg, send, recv, target).await,
+        ChannelKind::ForwardCheck { target } => forward_check(&cfg, send, target).await,
         ChannelKind::Upload { path, name, size } if cfg.allow_copy => {
             upload(send, recv, &path, &name, size).await
         }
@@ -115,6 +116,7 @@ fn kind_name(kind: &ChannelKind) -> &'static str {
         ChannelKind::Shell { .. } => "shell",
         ChannelKind::Exec { .. } => "exec",
         ChannelKind::Forward { .. } => "forward",
+        ChannelKind::ForwardCheck { .. } => "forward check",
         ChannelKind::Upload { .. } | ChannelKind::Download { .. } => "file copy",
         _ => "this request",
     }
@@ -438,11 +440,45 @@ async fn shell(
     Ok(())
 }
 
-fn target_allowed(cfg: &HostConfig, target: &SocketAddr) -> bool {
-    cfg.forward_allow
+/// The address to forward to if `forward_allow` permits `target`, else
+/// the refusal the user sees: the target and every target that is allowed
+/// (entries that are not `IP:PORT` permit nothing, so they are not listed).
+fn allowed_target(cfg: &HostConfig, target: &str) -> Result<SocketAddr, String> {
+    let allowed: Vec<SocketAddr> = cfg
+        .forward_allow
         .iter()
         .filter_map(|a| a.parse::<SocketAddr>().ok())
-        .any(|a| &a == target)
+        .collect();
+    match target.parse::<SocketAddr>() {
+        Ok(addr) if allowed.contains(&addr) => Ok(addr),
+        _ if allowed.is_empty() => Err(format!(
+            "forwarding to {target} is not allowed on this host; it allows no targets"
+        )),
+        _ => {
+            let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            Err(format!(
+                "forwarding to {target} is not allowed on this host; it allows: {}",
+                list.join(", ")
+            ))
+        }
+    }
+}
+
+/// Answers a forward check from the config alone: nothing is connected, so
+/// a check never reaches (or wakes) the target.
+async fn forward_check(
+    cfg: &HostConfig,
+    mut send: SendStream,
+    target: String,
+) -> Result<(), ChannelError> {
+    match allowed_target(cfg, &target) {
+        Ok(_) => {
+            accept(&mut send, None).await?;
+            send.finish()?;
+            Ok(())
+        }
+        Err(why) => refuse(send, why).await,
+    }
 }
 
 async fn forward(
@@ -451,16 +487,9 @@ async fn forward(
     recv: RecvStream,
     target: String,
 ) -> Result<(), ChannelError> {
-    let addr = match target.parse::<SocketAddr>() {
-        Ok(addr) if target_allowed(cfg, &addr) => addr,
-        _ => {
-            let allowed = cfg.forward_allow.join(", ");
-            return refuse(
-                send,
-                format!("forwarding to {target} is not allowed on this host (allowed: {allowed})"),
-            )
-            .await;
-        }
+    let addr = match allowed_target(cfg, &target) {
+        Ok(addr) => addr,
+        Err(why) => return refuse(send, why).await,
     };
     let tcp = match timeout(
         Duration::from_secs(10),
@@ -595,4 +624,43 @@ async fn download(mut send: SendStream, path: &str) -> Result<(), ChannelError> 
         .map_err(|e| ChannelError::Io(e.into()))?;
     send.finish()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(allow: &[&str]) -> HostConfig {
+        let mut cfg = HostConfig::new(
+            "relay:4433".into(),
+            String::new(),
+            "mypc".parse().expect("host name"),
+        );
+        cfg.forward_allow = allow.iter().map(|a| a.to_string()).collect();
+        cfg
+    }
+
+    #[test]
+    fn a_target_outside_forward_allow_is_refused_with_the_allowed_list() {
+        let host = cfg(&["127.0.0.1:22", "not an address", "[::1]:5900"]);
+        assert_eq!(
+            allowed_target(&host, "127.0.0.1:22"),
+            Ok("127.0.0.1:22".parse().expect("addr"))
+        );
+        assert_eq!(
+            allowed_target(&host, "127.0.0.1:8080"),
+            Err("forwarding to 127.0.0.1:8080 is not allowed on this host; \
+                 it allows: 127.0.0.1:22, [::1]:5900"
+                .into())
+        );
+        // A target that is not an address is refused the same way.
+        assert!(allowed_target(&host, "localhost:22").is_err());
+        assert_eq!(
+            allowed_target(&cfg(&[]), "127.0.0.1:22"),
+            Err(
+                "forwarding to 127.0.0.1:22 is not allowed on this host; it allows no targets"
+                    .into()
+            )
+        );
+    }
 }

@@ -64,12 +64,44 @@ impl FromStr for ForwardSpec {
     }
 }
 
-/// Listens and forwards until the session ends; returns the reason.
+/// Asks the host whether it would forward to `target`, so that a target
+/// its `forward_allow` leaves out fails now, with the targets it allows,
+/// rather than as a reset of every connection later.
+pub async fn check(remote: &Remote, target: &str) -> Result<(), ChannelError> {
+    let kind = ChannelKind::ForwardCheck {
+        target: target.to_string(),
+    };
+    match remote.channel(kind).await {
+        Ok((mut send, _recv, _)) => {
+            let _ = send.finish();
+            Ok(())
+        }
+        Err(ChannelError::Refused(why)) => Err(ChannelError::Refused(format!(
+            "host '{}': {why}",
+            remote.host
+        ))),
+        // The session itself is gone: nothing could be forwarded.
+        Err(e) if remote.conn.close_reason().is_some() => Err(e),
+        // The session lives but the check got no answer: a relay or agent
+        // from before the check (the relay resets a kind it cannot parse, an
+        // agent closes the stream). Each connection is still checked by the
+        // host, so forward as before.
+        Err(e) => {
+            debug!("forward check: {e}");
+            warn!("the host did not answer the target check (an agent or relay older than it?); forwarding anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Checks the target with the host, then listens and forwards until the
+/// session ends; returns the reason.
 pub async fn forward(
     remote: Arc<Remote>,
     spec: &ForwardSpec,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<String, ChannelError> {
+    check(&remote, &spec.target).await?;
     let listener = TcpListener::bind((spec.bind.as_str(), spec.local_port))
         .await
         .map_err(|e| {
