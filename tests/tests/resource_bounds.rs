@@ -174,7 +174,7 @@ async fn one_user_holding_300_channels_does_not_stop_anothers_copy() -> Result<(
         }
     });
     let w = World::with_env(unlimited())?;
-    w.mypc.allow_forward(&[target.clone()])?;
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
     let _agent = w.start_agent()?;
     // Two sessions of bob's, 150 channels each.
     let mut sessions = Vec::new();
