@@ -14,3 +14,5 @@ pub const REPLACED: VarInt = VarInt::from_u32(3);
 pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
 /// Internal error (store unavailable).
 pub const INTERNAL: VarInt = VarInt::from_u32(5);
+/// Too many connections from the peer's address (its rate limit).
+pub const RATE_LIMITED: VarInt = VarInt::from_u32(6);

@@ -57,6 +57,9 @@ pub(crate) async fn serve(
     // An IPv4 client of a dual-stack relay arrives as ::ffff:a.b.c.d.
     let source = incoming.remote_address().ip().to_canonical();
     let started = Instant::now();
+    // Charged at accept if its address was proven by a Retry; otherwise
+    // now that the QUIC handshake proves it (below).
+    let charged = incoming.remote_address_validated();
     let deadline = started + shared.config.handshake_timeout();
     let first_message = started + shared.config.first_message_timeout();
     let conn = match timeout_at(first_message, incoming).await {
@@ -70,6 +73,13 @@ pub(crate) async fn serve(
             return;
         }
     };
+    if !charged && !shared.charge(source) {
+        conn.close(
+            close::RATE_LIMITED,
+            b"too many connections from this address",
+        );
+        return;
+    }
     let streams = timeout_at(first_message, conn.accept_bi()).await;
     let (mut send, mut recv) = match streams {
         Ok(Ok(s)) => s,

@@ -161,6 +161,12 @@ impl Shared {
         self.limiter.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Charges a connection whose address its QUIC handshake just proved;
+    /// `false` if its source has no tokens left.
+    pub(crate) fn charge(&self, source: IpAddr) -> bool {
+        self.limiter().allow(source, 1.0, Instant::now())
+    }
+
     /// Charges an outsider's source extra tokens (SPEC S8).
     pub(crate) fn penalize(&self, source: IpAddr) {
         let cost = f64::from(self.config.outsider_penalty);
@@ -369,13 +375,20 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let source = incoming.remote_address().ip().to_canonical();
-                // Under load, a source must first prove it receives at its
-                // address (a stateless Retry, like WireGuard's cookies), so
-                // spoofed Initials take no handshake place; and only proven
-                // addresses are charged to their source's bucket, so
-                // spoofing cannot drain someone else's (a shared NAT's).
+                // A connection is charged to its source's bucket only once
+                // its address is proven (here, after a Retry; otherwise
+                // when its QUIC handshake completes, in `conn::serve`), so
+                // spoofed Initials cannot drain someone else's bucket (a
+                // shared NAT's). An unproven one whose bucket is empty, or
+                // any unproven one under load (half the handshake places
+                // taken), first gets a stateless Retry, like WireGuard's
+                // cookies: spoofed Initials then take no place at all.
                 let validated = incoming.remote_address_validated();
-                if !validated && unauthenticated.available_permits() <= cap / 2 {
+                let now = Instant::now();
+                if !validated
+                    && (unauthenticated.available_permits() <= cap / 2
+                        || !shared.limiter().would_allow(source, 1.0, now))
+                {
                     match incoming.retry() {
                         Ok(()) => {
                             refused.retried.fetch_add(1, Ordering::Relaxed);
@@ -389,7 +402,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                         }
                     }
                 }
-                if validated && !shared.limiter().allow(source, 1.0, Instant::now()) {
+                if validated && !shared.limiter().allow(source, 1.0, now) {
                     refused.rate_limited.fetch_add(1, Ordering::Relaxed);
                     incoming.refuse();
                     continue;

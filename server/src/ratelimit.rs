@@ -66,6 +66,17 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `source` has `cost` tokens now, without taking them.
+    pub fn would_allow(&self, source: IpAddr, cost: f64, now: Instant) -> bool {
+        match self.buckets.get(&bucket_of(source)) {
+            None => true,
+            Some(b) => {
+                let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+                (b.tokens + elapsed * self.per_sec).min(self.burst) >= cost
+            }
+        }
+    }
+
     /// Forgets sources whose buckets have refilled (they behave like new
     /// ones), or failing that the least recently seen half.
     fn evict_full(&mut self, now: Instant) {
