@@ -37,3 +37,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .await
         .map_err(|_| ConnError::Join)
 }
+
+/// Runs a store call on the blocking pool for a background duty: a failure
+/// is logged and comes back as `None` (the duty tries again later).
+pub(crate) async fn logged_store_call<T: Send + 'static>(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    f: impl FnOnce(&dyn crate::store::Store) -> Result<T, StoreError> + Send + 'static,
+) -> Option<T> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&*store)).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::warn!("store: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}

@@ -54,7 +54,18 @@ struct StoreAuthority<'a> {
     outsider_reason: &'static str,
 }
 
-impl StoreAuthority<'_> {
+impl<'a> StoreAuthority<'a> {
+    fn new(shared: &'a Shared, source: IpAddr) -> Self {
+        Self {
+            store: &*shared.store,
+            settler: &shared.settler,
+            source,
+            now: now_unix(),
+            error: None,
+            outsider_reason: "",
+        }
+    }
+
     fn keep<T>(&mut self, r: Result<Option<T>, StoreError>) -> Option<T> {
         r.unwrap_or_else(|e| {
             self.error.get_or_insert(e);
@@ -150,14 +161,7 @@ async fn wait_turn(
         .await;
     let s = shared.clone();
     let (reply, error) = blocking(move || {
-        let mut authority = StoreAuthority {
-            store: &*s.store,
-            settler: &s.settler,
-            source,
-            now: now_unix(),
-            error: None,
-            outsider_reason: "",
-        };
+        let mut authority = StoreAuthority::new(&s, source);
         let reservation = authority.reserve_attempt(req.user(), req.host(), &record);
         let reply = req.answer(&s.identity, Some((record, reservation)), &mut OsRng);
         (reply, authority.error)
@@ -197,14 +201,7 @@ pub(crate) async fn login(
     // wait its turn.
     let s = shared.clone();
     let (first, error, outsider_reason) = blocking(move || {
-        let mut authority = StoreAuthority {
-            store: &*s.store,
-            settler: &s.settler,
-            source,
-            now: now_unix(),
-            error: None,
-            outsider_reason: "",
-        };
+        let mut authority = StoreAuthority::new(&s, source);
         let claim = req.claim(&mut authority).map(|record| {
             let reservation = authority.reserve_attempt(req.user(), req.host(), &record);
             (record, reservation)

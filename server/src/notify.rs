@@ -89,15 +89,7 @@ async fn blocking<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&dyn crate::store::Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Option<T> {
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || f(&*store)).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            warn!("store: {e}");
-            None
-        }
-        Err(_) => None,
-    }
+    crate::error::logged_store_call(&shared.store, f).await
 }
 
 /// Applies admin actions made outside the relay (the admin CLI) to live

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
+    error::logged_store_call,
     lockout::{Proof, Settlement},
     now_unix,
     store::{AttemptId, Store, StoreError},
@@ -179,7 +180,7 @@ async fn run(
             },
             _ = sweep.tick() => {
                 let now = now_unix();
-                let swept = blocking(&store, move |s| {
+                let swept = logged_store_call(&store, move |s| {
                     s.fail_pending_attempts(now - stale_secs, "abandoned: settled by the sweeper", now)
                 })
                 .await;
@@ -193,7 +194,7 @@ async fn run(
         match job {
             Job::Fail(id, host, why) => {
                 let session = SessionId([0; 16]);
-                let settled = blocking(&store, move |s| {
+                let settled = logged_store_call(&store, move |s| {
                     s.settle_attempt(id, Proof::NotProven, why, &session, now_unix())
                 })
                 .await;
@@ -208,7 +209,7 @@ async fn run(
                 user,
                 reason,
             } => {
-                blocking(&store, move |s| {
+                logged_store_call(&store, move |s| {
                     s.session_ended(&session, &host, &user, &reason, now_unix())
                 })
                 .await;
@@ -217,22 +218,5 @@ async fn run(
                 let _ = done.send(());
             }
         }
-    }
-}
-
-/// Runs a store call on the blocking pool; a failure is logged (the sweep,
-/// or the next start, catches what it left).
-async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Option<T> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&*store)).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            warn!("store: {e}");
-            None
-        }
-        Err(_) => None,
     }
 }

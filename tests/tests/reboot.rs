@@ -5,11 +5,7 @@
 use std::{io::Write, time::Instant};
 
 use anyhow::Result;
-use latchkey_tests::{wait_until, Device, Proc, World, OWNER_CODE};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use latchkey_tests::{count, wait_until, Device, Proc, World, OWNER_CODE};
 
 /// A world whose host "reboots" by running `true` (the agent then exits).
 fn world(env: Vec<(String, String)>) -> Result<World> {
@@ -23,10 +19,6 @@ fn supervise(w: &World, agent: &mut Proc) -> Result<Proc> {
     let status = agent.wait_exit()?;
     assert!(status.success(), "agent exited with {status}");
     w.start_agent()
-}
-
-fn count(events: &[String], name: &str) -> usize {
-    events.iter().filter(|e| *e == name).count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -64,40 +56,18 @@ async fn reboot_during_connect_resumes_and_a_command_typed_after_runs_on_the_hos
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reboot_during_forward_connections_after_the_resume_reach_the_target() -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let target = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.write_all(b"hello from the host side\n").await;
-            });
-        }
-    });
+    let target = latchkey_tests::hello_target().await?;
     let w = world(Vec::new())?;
     w.mypc.allow_forward(&[target.to_string()])?;
     let mut agent = w.start_agent()?;
     let (_forward, local) = w.start_forward(&target.to_string())?;
-    let fetch = |local: String| async move {
-        let mut tcp = TcpStream::connect(&local).await?;
-        let mut got = String::new();
-        tcp.read_to_string(&mut got).await?;
-        Ok::<_, anyhow::Error>(got)
-    };
-    assert!(fetch(local.clone()).await?.contains("hello"));
+    assert!(latchkey_tests::fetch(local.clone())
+        .await?
+        .contains("hello"));
     let mut reboot = w.bob.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
     let _agent = supervise(&w, &mut agent)?;
     assert!(reboot.wait_exit()?.success());
-    wait_until("the forward to work again", || {
-        let local = local.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .ok()
-                .and_then(|rt| rt.block_on(fetch(local)).ok())
-                .is_some_and(|got| got.contains("hello"))
-        })
-        .join()
-        .unwrap_or(false)
-    })?;
+    latchkey_tests::wait_until_forwarding(&local)?;
     Ok(())
 }
 
@@ -226,26 +196,14 @@ async fn a_relay_restart_while_the_host_reboots_leaves_no_stuck_state() -> Resul
 /// forward keeps listening and works again once the agent is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forward_survives_an_agent_restart() -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let target = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.write_all(b"hello from the host side\n").await;
-            });
-        }
-    });
+    let target = latchkey_tests::hello_target().await?;
     let w = world(Vec::new())?;
     w.mypc.allow_forward(&[target.to_string()])?;
     let mut agent = w.start_agent()?;
     let (mut forward, local) = w.start_forward(&target.to_string())?;
-    let fetch = |local: String| async move {
-        let mut tcp = TcpStream::connect(&local).await?;
-        let mut got = String::new();
-        tcp.read_to_string(&mut got).await?;
-        Ok::<_, anyhow::Error>(got)
-    };
-    assert!(fetch(local.clone()).await?.contains("hello"));
+    assert!(latchkey_tests::fetch(local.clone())
+        .await?
+        .contains("hello"));
     agent.terminate()?;
     w.wait_online(false)?;
     assert!(
@@ -253,22 +211,15 @@ async fn a_forward_survives_an_agent_restart() -> Result<()> {
         "the forward ended when the agent stopped"
     );
     // Meanwhile a connection is refused cleanly, not hung.
-    let during = tokio::time::timeout(std::time::Duration::from_secs(10), fetch(local.clone()))
-        .await?
-        .unwrap_or_default();
+    let during = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        latchkey_tests::fetch(local.clone()),
+    )
+    .await?
+    .unwrap_or_default();
     assert!(!during.contains("hello"));
     let _agent = w.start_agent()?;
-    wait_until("the forward to work again", || {
-        let local = local.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .ok()
-                .and_then(|rt| rt.block_on(fetch(local)).ok())
-                .is_some_and(|got| got.contains("hello"))
-        })
-        .join()
-        .unwrap_or(false)
-    })?;
+    latchkey_tests::wait_until_forwarding(&local)?;
     assert!(forward.running());
     let events = w.relay.audit_events("mypc")?;
     assert_eq!(count(&events, "session-end"), 0, "{events:?}");
@@ -324,28 +275,16 @@ async fn a_failed_reboot_command_is_reported_within_2_s_with_its_cause() -> Resu
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_through_a_forward_are_refused_at_once_while_the_reboot_command_runs(
 ) -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let target = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.write_all(b"hello from the host side\n").await;
-            });
-        }
-    });
+    let target = latchkey_tests::hello_target().await?;
     let w = World::new()?;
     // A reboot command that takes its time: the agent stays connected.
     w.mypc.set_reboot_command(&["sleep", "5"])?;
     w.mypc.allow_forward(&[target.to_string()])?;
     let _agent = w.start_agent()?;
     let (_forward, local) = w.start_forward(&target.to_string())?;
-    let fetch = |local: String| async move {
-        let mut tcp = TcpStream::connect(&local).await?;
-        let mut got = String::new();
-        tcp.read_to_string(&mut got).await?;
-        Ok::<_, anyhow::Error>(got)
-    };
-    assert!(fetch(local.clone()).await?.contains("hello"));
+    assert!(latchkey_tests::fetch(local.clone())
+        .await?
+        .contains("hello"));
     let _reboot = w.bob.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
     wait_until("the reboot request", || {
         w.relay
@@ -354,7 +293,11 @@ async fn connections_through_a_forward_are_refused_at_once_while_the_reboot_comm
             .unwrap_or(false)
     })?;
     let started = Instant::now();
-    let got = tokio::time::timeout(std::time::Duration::from_secs(4), fetch(local)).await;
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(4),
+        latchkey_tests::fetch(local),
+    )
+    .await;
     let took = started.elapsed();
     assert!(
         took < std::time::Duration::from_secs(2),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use latchkey_client::net::{self, NetError};
-use latchkey_tests::{unlimited, Device, Relay, World, OWNER_CODE};
+use latchkey_tests::{count, unlimited, Device, Relay, World, OWNER_CODE};
 
 fn failures(world: &World) -> Result<(u64, bool)> {
     let s = world.relay.status("mypc")?;
@@ -13,10 +13,6 @@ fn failures(world: &World) -> Result<(u64, bool)> {
         s["failures"].as_u64().unwrap_or(99),
         s["locked"].as_bool().unwrap_or(false),
     ))
-}
-
-fn count(events: &[String], name: &str) -> usize {
-    events.iter().filter(|e| *e == name).count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

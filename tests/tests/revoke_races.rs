@@ -11,16 +11,8 @@ use latchkey_protocol::{
     handshake::InitiatorReply,
     session::{ChannelKind, ChannelReply, ChannelRequest, ExecOut},
 };
-use latchkey_tests::{wait_until, Proc, World, OWNER_CODE, WAIT};
+use latchkey_tests::{count, wait_until, Proc, World, OWNER_CODE, WAIT};
 use rand::rngs::OsRng;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
-
-fn count(events: &[String], name: &str) -> usize {
-    events.iter().filter(|e| *e == name).count()
-}
 
 /// Opens an exec channel on a logged-in raw connection and returns its
 /// first output.
@@ -195,15 +187,7 @@ async fn lowering_the_threshold_to_the_failures_counted_locks_the_host() -> Resu
 /// parked forward resumes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoke_during_a_reboot_does_not_strand_the_others_sessions() -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let target = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.write_all(b"hello from the host side\n").await;
-            });
-        }
-    });
+    let target = latchkey_tests::hello_target().await?;
     let w = World::with_env(vec![(
         "LATCHKEY_RELAY_REBOOT_DEADLINE_SECS".into(),
         "120".into(),
@@ -212,13 +196,9 @@ async fn a_revoke_during_a_reboot_does_not_strand_the_others_sessions() -> Resul
     w.mypc.allow_forward(&[target.to_string()])?;
     let mut agent = w.start_agent()?;
     let (_forward, local) = w.start_forward(&target.to_string())?;
-    let fetch = |local: String| async move {
-        let mut tcp = TcpStream::connect(&local).await?;
-        let mut got = String::new();
-        tcp.read_to_string(&mut got).await?;
-        Ok::<_, anyhow::Error>(got)
-    };
-    assert!(fetch(local.clone()).await?.contains("hello"));
+    assert!(latchkey_tests::fetch(local.clone())
+        .await?
+        .contains("hello"));
     let mut reboot: Proc = w.bob.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
     assert!(agent.wait_exit()?.success());
     w.relay.admin(&["revoke", "mypc", "bob"])?;
@@ -227,7 +207,9 @@ async fn a_revoke_during_a_reboot_does_not_strand_the_others_sessions() -> Resul
     let back = Instant::now();
     let mut worked = false;
     while back.elapsed() < Duration::from_secs(15) {
-        let got = tokio::time::timeout(Duration::from_secs(2), fetch(local.clone())).await;
+        let got =
+            tokio::time::timeout(Duration::from_secs(2), latchkey_tests::fetch(local.clone()))
+                .await;
         if matches!(got, Ok(Ok(ref s)) if s.contains("hello")) {
             worked = true;
             break;

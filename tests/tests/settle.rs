@@ -17,12 +17,8 @@ use latchkey_protocol::{
     frame::{LoginOutcome, Refusal},
     handshake::InitiatorReply,
 };
-use latchkey_tests::{bin, wait_until, Proc, World, OWNER_CODE, WAIT};
+use latchkey_tests::{bin, count, wait_until, Proc, World, OWNER_CODE, WAIT};
 use rand::rngs::OsRng;
-
-fn count(events: &[String], name: &str) -> usize {
-    events.iter().filter(|e| *e == name).count()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_grant_holders_who_abandon_after_message_1_lock_the_host_until_an_unlock(
