@@ -47,7 +47,8 @@ pub enum AdminCommand {
         /// Whether shared access may be granted on the host.
         #[arg(long, value_parser = ["enabled", "disabled"])]
         shared_access: Option<String>,
-        /// Failed attempts that lock the host (default 3).
+        /// Failed attempts that lock the host (default 3); a host whose
+        /// failures already reach the new threshold locks at once.
         #[arg(long)]
         lockout_threshold: Option<u32>,
     },
@@ -352,13 +353,18 @@ pub fn run(
             emit(out, json, &s, |out| {
                 writeln!(
                     out,
-                    "'{host}': shared access {}, locks after {} failed attempts",
+                    "'{host}': shared access {}, locks after {} failed attempts{}",
                     if s.shared_access {
                         "enabled"
                     } else {
                         "disabled"
                     },
-                    s.lockout_threshold
+                    s.lockout_threshold,
+                    if s.locked {
+                        format!(" (locked: {} counted)", s.failures)
+                    } else {
+                        String::new()
+                    }
                 )
             })
         }

@@ -14,7 +14,8 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use latchkey_client::net;
 use latchkey_protocol::{
-    handshake::{Initiator, Keypair},
+    frame::LoginOutcome,
+    handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, HostName, RelayPin, UserName},
 };
 pub use tempfile::TempDir;
@@ -539,6 +540,15 @@ impl Device {
         })
     }
 
+    /// `latchkey connect HOST` with the owner's code, typed into by the test.
+    pub fn spawn_shell(&self, host: &str) -> Result<(Proc, std::process::ChildStdin)> {
+        Proc::spawn_interactive(
+            self.cmd()
+                .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+                .args(["connect", host]),
+        )
+    }
+
     /// The user name this device enrolled as.
     pub fn user(&self) -> Result<UserName> {
         let home = latchkey_client::config::Home::locate(Some(self.home.clone()));
@@ -604,6 +614,33 @@ pub struct RawLogin {
     pub init: Initiator,
     /// The code it was started with.
     pub code: AccessCode,
+}
+
+impl RawLogin {
+    /// Reads message 2.
+    pub async fn read_msg2(&mut self) -> Result<Vec<u8>> {
+        Ok(latchkey_client::wire::read_message(&mut self.recv).await?)
+    }
+
+    /// Finishes a login whose code checks out against `msg2`: sends KE3 and
+    /// returns the relay's verdict, the connection and its control stream.
+    pub async fn finish(self, msg2: &[u8]) -> Result<(LoginOutcome, net::Control)> {
+        let Self {
+            relay,
+            mut send,
+            mut recv,
+            init,
+            code,
+        } = self;
+        let reply = init.read_msg2(&mut rand::rngs::OsRng, msg2, Some(&code))?;
+        let InitiatorReply::SendKe3 { msg3, awaiting } = reply else {
+            bail!("the code did not check out");
+        };
+        latchkey_client::wire::write_message(&mut send, &msg3).await?;
+        let msg4 = latchkey_client::wire::read_message(&mut recv).await?;
+        let outcome = awaiting.read_outcome(&msg4)?;
+        Ok((outcome, net::Control { relay, send, recv }))
+    }
 }
 
 /// Resident memory of a process in KiB, from /proc (0 if unreadable).

@@ -25,12 +25,7 @@ fn supervise(w: &World, agent: &mut Proc) -> Result<Proc> {
 async fn reboot_during_connect_resumes_and_a_command_typed_after_runs_on_the_host() -> Result<()> {
     let w = world(Vec::new())?;
     let mut agent = w.start_agent()?;
-    let (mut shell, mut keys) = Proc::spawn_interactive(
-        w.alice
-            .cmd()
-            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
-            .args(["connect", "mypc"]),
-    )?;
+    let (mut shell, mut keys) = w.alice.spawn_shell("mypc")?;
     keys.write_all(b"echo before-$((1+1))\n")?;
     shell.expect_line("before-2")?;
     keys.write_all(b"~R")?;

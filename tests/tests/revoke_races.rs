@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use latchkey_client::wire;
 use latchkey_protocol::{
-    frame::{LoginOutcome, RelayToClient},
+    frame::{LoginOutcome, Refusal, RelayToClient},
     handshake::InitiatorReply,
     session::{ChannelKind, ChannelReply, ChannelRequest, ExecOut},
 };
@@ -90,12 +90,7 @@ async fn a_command_typed_in_a_revoked_shell_does_not_finish() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
     let mark = w.dir.path().join("shell-ran-after-revoke");
-    let (mut shell, mut keys) = Proc::spawn_interactive(
-        w.bob
-            .cmd()
-            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
-            .args(["connect", "mypc"]),
-    )?;
+    let (mut shell, mut keys) = w.bob.spawn_shell("mypc")?;
     keys.write_all(b"echo ready-$((1+1))\n")?;
     shell.expect_line("ready-2")?;
     keys.write_all(format!("sleep 2; touch {}\n", mark.display()).as_bytes())?;
@@ -120,29 +115,26 @@ async fn a_login_begun_before_a_revoke_and_regrant_gets_no_session() -> Result<(
     let w = World::new()?;
     let _agent = w.start_agent()?;
     let mut login = w.bob.send_msg1("mypc", OWNER_CODE).await?;
-    let msg2 = wire::read_message(&mut login.recv).await?;
+    let msg2 = login.read_msg2().await?;
     w.relay.admin(&["revoke", "mypc", "bob"])?;
     // Let the relay apply the revoke (it polls every 200 ms).
     tokio::time::sleep(Duration::from_millis(800)).await;
     w.relay.admin(&["grant", "mypc", "bob"])?;
-    let InitiatorReply::SendKe3 { msg3, awaiting } =
-        login.init.read_msg2(&mut OsRng, &msg2, Some(&login.code))?
-    else {
-        bail!("the inherited code did not check out");
-    };
-    wire::write_message(&mut login.send, &msg3).await?;
-    let msg4 = wire::read_message(&mut login.recv).await?;
-    let outcome = awaiting.read_outcome(&msg4)?;
-    println!("outcome of the login begun before the revoke: {outcome:?}");
+    let (outcome, control) = login.finish(&msg2).await?;
     if let LoginOutcome::Accepted { .. } = outcome {
-        let ready: Option<RelayToClient> = wire::read_frame(&mut login.recv).await?;
-        println!("then: {ready:?}");
-        let out = tokio::time::timeout(WAIT, raw_exec(&login.relay.conn, &["echo", "bob-is-in"]))
+        let mut recv = control.recv;
+        let ready: Option<RelayToClient> = wire::read_frame(&mut recv).await?;
+        let out = tokio::time::timeout(WAIT, raw_exec(&control.relay.conn, &["echo", "bob-is-in"]))
             .await??;
-        println!("exec in that session printed {out:?}");
-        let events = w.relay.audit_events("mypc")?;
-        println!("audit: {events:?}");
-        bail!("a login begun before the revoke got a session and ran a channel ({out:?})");
+        bail!(
+            "a login begun before the revoke got a session ({ready:?}) and ran a channel ({out:?})"
+        );
+    }
+    match outcome {
+        LoginOutcome::Refused(Refusal::NotAllowed(why)) => {
+            assert!(why.contains("revoked"), "{why}")
+        }
+        other => bail!("a login begun before the revoke got {other:?}"),
     }
     Ok(())
 }

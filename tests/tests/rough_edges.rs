@@ -122,12 +122,7 @@ async fn killing_the_client_ends_the_remote_process_with_sighup_then_sigkill() -
     );
     // A shell: the client's terminal closes (SIGHUP) or it is stopped.
     for signal_name in ["HUP", "TERM"] {
-        let (mut shell, mut keys) = Proc::spawn_interactive(
-            w.alice
-                .cmd()
-                .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
-                .args(["connect", "mypc"]),
-        )?;
+        let (mut shell, mut keys) = w.alice.spawn_shell("mypc")?;
         std::io::Write::write_all(&mut keys, b"echo pid-$((1000+17)) $$; exec sleep 60\n")?;
         let line = shell.expect_line("pid-1017 ")?;
         let pid: u32 = line

@@ -12,13 +12,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use latchkey_client::wire;
-use latchkey_protocol::{
-    frame::{LoginOutcome, Refusal},
-    handshake::InitiatorReply,
-};
+use latchkey_protocol::frame::{LoginOutcome, Refusal};
 use latchkey_tests::{bin, count, wait_until, Proc, World, OWNER_CODE, WAIT};
-use rand::rngs::OsRng;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_grant_holders_who_abandon_after_message_1_lock_the_host_until_an_unlock(
@@ -58,23 +53,17 @@ async fn a_revoke_between_message_1_and_ke3_means_no_session_and_no_channel() ->
     let w = World::new()?;
     let _agent = w.start_agent()?;
     let mut login = w.bob.send_msg1("mypc", OWNER_CODE).await?;
-    let msg2 = wire::read_message(&mut login.recv).await?;
+    let msg2 = login.read_msg2().await?;
     w.relay.admin(&["revoke", "mypc", "bob"])?;
-    let InitiatorReply::SendKe3 { msg3, awaiting } =
-        login.init.read_msg2(&mut OsRng, &msg2, Some(&login.code))?
-    else {
-        bail!("the inherited code did not check out");
-    };
-    wire::write_message(&mut login.send, &msg3).await?;
-    let msg4 = wire::read_message(&mut login.recv).await?;
-    match awaiting.read_outcome(&msg4)? {
+    let (outcome, control) = login.finish(&msg2).await?;
+    match outcome {
         LoginOutcome::Refused(Refusal::NotAllowed(why)) => {
             assert!(why.contains("revoked"), "{why}")
         }
         other => bail!("a revoked grant got {other:?}"),
     }
     // The connection is closed: no channel can open on it.
-    let conn = login.relay.conn.clone();
+    let conn = control.relay.conn.clone();
     let opened = tokio::time::timeout(WAIT, async move {
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(b"\0\0\0\x01\0").await?;

@@ -1372,11 +1372,18 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    fn fresh() -> SqliteStore {
+        SqliteStore::in_memory().expect("in-memory store")
+    }
+
     #[test]
     fn the_embedded_store_agrees_with_the_lockout_model() {
-        crate::store::suite::lockout_agrees_with_the_model(|| {
-            Box::new(SqliteStore::in_memory().expect("in-memory store"))
-        });
+        crate::store::suite::lockout_agrees_with_the_model(|| Box::new(fresh()));
+    }
+
+    #[test]
+    fn lowering_the_threshold_to_the_failures_counted_locks_at_once() {
+        crate::store::suite::lowering_the_threshold_to_the_failures_counted_locks_at_once(&fresh());
     }
 }
 
@@ -1394,24 +1401,7 @@ mod ticket_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.db");
         let store = SqliteStore::open(&path).unwrap();
-        let alice: UserName = "alice".parse().unwrap();
-        let host: HostName = "mypc".parse().unwrap();
-        store
-            .create_invite("alice", &InviteKind::User { email: None }, [1; 32], 10, 0)
-            .unwrap();
-        let kind = InviteKind::Host {
-            owner: alice.clone(),
-            lockout_threshold: 3,
-        };
-        store.create_invite("mypc", &kind, [2; 32], 10, 0).unwrap();
-        let record = CodeRecord {
-            id: RecordId([5; 16]),
-            ksf: KsfProfile::InsecureFastForTests,
-            record: vec![0; 8],
-        };
-        store
-            .set_code(&host, &CodeTarget::Owner, &record, 0)
-            .unwrap();
+        let (alice, host, _) = crate::store::suite::alice_owns_mypc(&store, 3);
         store
             .create_ticket([7; 32], &host, &alice, "s1", 1_000, 0)
             .unwrap();
@@ -1500,45 +1490,5 @@ mod ticket_tests {
                 .unwrap(),
             Err("ticket already used")
         );
-    }
-
-    #[test]
-    fn lowering_the_threshold_to_the_failures_already_counted_locks_at_once() {
-        let store = SqliteStore::in_memory().unwrap();
-        let alice: UserName = "alice".parse().unwrap();
-        let host: HostName = "mypc".parse().unwrap();
-        store
-            .create_invite("alice", &InviteKind::User { email: None }, [1; 32], 10, 0)
-            .unwrap();
-        let kind = InviteKind::Host {
-            owner: alice.clone(),
-            lockout_threshold: 5,
-        };
-        store.create_invite("mypc", &kind, [2; 32], 10, 0).unwrap();
-        let record = CodeRecord {
-            id: RecordId([5; 16]),
-            ksf: KsfProfile::InsecureFastForTests,
-            record: vec![0; 8],
-        };
-        store
-            .set_code(&host, &CodeTarget::Owner, &record, 0)
-            .unwrap();
-        let source = "127.0.0.1".parse().unwrap();
-        let session = SessionId([0; 16]);
-        for _ in 0..2 {
-            let Reservation::Reserved(a) = store
-                .reserve_attempt(&alice, &host, &record.id, source, 1)
-                .unwrap()
-            else {
-                panic!("not reserved")
-            };
-            store
-                .settle_attempt(a, Proof::NotProven, "wrong", &session, 1)
-                .unwrap();
-        }
-        assert!(!store.host_status(&host).unwrap().locked);
-        store.set_policy(&host, None, Some(2), 2).unwrap();
-        let status = store.host_status(&host).unwrap();
-        assert!(status.locked && status.failures == 2, "{status:?}");
     }
 }

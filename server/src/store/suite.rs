@@ -157,6 +157,58 @@ impl World {
     }
 }
 
+/// alice owns mypc (threshold `threshold`) with a code set: the names and
+/// the owner's code record.
+pub(crate) fn alice_owns_mypc(
+    store: &dyn Store,
+    threshold: u32,
+) -> (UserName, HostName, CodeRecord) {
+    let alice: UserName = "alice".parse().expect("name");
+    let host: HostName = "mypc".parse().expect("name");
+    store
+        .create_invite("alice", &InviteKind::User { email: None }, [1; 32], 10, 0)
+        .expect("invite");
+    let kind = InviteKind::Host {
+        owner: alice.clone(),
+        lockout_threshold: threshold,
+    };
+    store
+        .create_invite("mypc", &kind, [2; 32], 10, 0)
+        .expect("host");
+    let record = CodeRecord {
+        id: RecordId([5; 16]),
+        ksf: KsfProfile::InsecureFastForTests,
+        record: vec![0; 8],
+    };
+    store
+        .set_code(&host, &CodeTarget::Owner, &record, 0)
+        .expect("code");
+    (alice, host, record)
+}
+
+/// Lowering a host's threshold to the failures it already counts locks it
+/// at once, rather than leave it "busy" and unlocked.
+pub(crate) fn lowering_the_threshold_to_the_failures_counted_locks_at_once(store: &dyn Store) {
+    let (alice, host, record) = alice_owns_mypc(store, 5);
+    let source = "127.0.0.1".parse().expect("address");
+    let session = SessionId([0; 16]);
+    for _ in 0..2 {
+        let Reservation::Reserved(a) = store
+            .reserve_attempt(&alice, &host, &record.id, source, 1)
+            .expect("reserve")
+        else {
+            panic!("not reserved")
+        };
+        store
+            .settle_attempt(a, Proof::NotProven, "wrong", &session, 1)
+            .expect("settle");
+    }
+    assert!(!store.host_status(&host).expect("status").locked);
+    store.set_policy(&host, None, Some(2), 2).expect("policy");
+    let status = store.host_status(&host).expect("status");
+    assert!(status.locked && status.failures == 2, "{status:?}");
+}
+
 /// Runs the model check on stores made by `fresh`, 1,000 cases.
 pub(crate) fn lockout_agrees_with_the_model(fresh: impl Fn() -> Box<dyn Store>) {
     let config = ProptestConfig {
