@@ -44,8 +44,15 @@ async fn a_relay_on_ipv6_loopback_serves_a_host_and_an_exec() -> Result<()> {
     assert!(invite.relay.starts_with("[::1]:"), "{}", invite.relay);
     let _agent = w.start_agent()?;
     exec_echo(&w, "over-ipv6")?;
+    let source = last_login_source(&w)?;
+    assert_eq!(source, "::1");
+    Ok(())
+}
+
+/// The source address the audit log gives for the newest successful login.
+fn last_login_source(w: &World) -> Result<String> {
     let audit = w.relay.admin_json(&["audit", "--host", "mypc"])?;
-    let source = audit
+    Ok(audit
         .as_array()
         .context("a list")?
         .iter()
@@ -53,9 +60,7 @@ async fn a_relay_on_ipv6_loopback_serves_a_host_and_an_exec() -> Result<()> {
         .find(|r| r["event"] == "login-ok")
         .and_then(|r| r["source"].as_str())
         .context("a login with its source")?
-        .to_string();
-    assert_eq!(source, "::1");
-    Ok(())
+        .to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,16 +77,7 @@ async fn a_relay_on_the_ipv6_wildcard_serves_ipv4_clients_too() -> Result<()> {
     std::fs::write(&user_file, cfg.to_string())?;
     let _agent = w.start_agent()?;
     exec_echo(&w, "over-ipv4")?;
-    let audit = w.relay.admin_json(&["audit", "--host", "mypc"])?;
-    let source = audit
-        .as_array()
-        .context("a list")?
-        .iter()
-        .rev()
-        .find(|r| r["event"] == "login-ok")
-        .and_then(|r| r["source"].as_str())
-        .context("a login with its source")?
-        .to_string();
+    let source = last_login_source(&w)?;
     // Shown as the IPv4 address it is, not as ::ffff:127.0.0.1.
     assert_eq!(source, "127.0.0.1");
     Ok(())
