@@ -10,8 +10,9 @@ use std::{
 };
 
 use latchkey_protocol::{
+    e2e::ExportKey,
     handshake::Keypair,
-    ids::{HostName, RelayPin, SecretKey, UserName},
+    ids::{HostName, PublicKey, RecordId, RelayPin, SecretKey, UserName},
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -123,6 +124,12 @@ const USER_KEY: &str = "user.key";
 const HOST_FILE: &str = "host.toml";
 const HOST_KEY: &str = "host.key";
 const RESUME_TICKET: &str = "resume.ticket";
+/// The host's OPAQUE export keys, one line per code record it registered:
+/// `RECORD-ID KEY`. As secret as `host.key`.
+const EXPORT_KEYS: &str = "e2e.keys";
+/// The host keys a user's client pinned on first use, one line per host:
+/// `RELAY-PIN HOST KEY` (like ssh's `known_hosts`).
+const KNOWN_HOSTS: &str = "known_hosts";
 
 impl Home {
     /// `--home`/`LATCHKEY_HOME` if given, else the platform config dir.
@@ -183,6 +190,101 @@ impl Home {
     /// Forgets the resume ticket (it is single-use either way).
     pub fn clear_ticket(&self) {
         let _ = fs::remove_file(self.path.join(RESUME_TICKET));
+    }
+
+    /// Files the export key of a code record this host registered, for the
+    /// end-to-end handshakes of sessions that log in with it. Records are
+    /// immutable and few (one per code set), so the file only grows by a
+    /// line per `set-code`.
+    pub fn save_export_key(&self, record: &RecordId, key: &ExportKey) -> Result<(), ConfigError> {
+        let mut text = self.read_private_text(EXPORT_KEYS)?;
+        text.push_str(&format!(
+            "{} {}\n",
+            record.to_text(),
+            latchkey_protocol::ids::to_text(key.as_bytes())
+        ));
+        self.write_private(EXPORT_KEYS, text.as_bytes())
+    }
+
+    /// The export key of `record`, if this host registered it.
+    pub fn export_key(&self, record: &RecordId) -> Result<Option<ExportKey>, ConfigError> {
+        let text = self.read_private_text(EXPORT_KEYS)?;
+        let wanted = record.to_text();
+        let found = text.lines().find_map(|line| {
+            let (id, key) = line.split_once(' ')?;
+            (id == wanted).then(|| latchkey_protocol::ids::from_text_vec(key, "export key"))
+        });
+        match found {
+            None => Ok(None),
+            Some(Ok(bytes)) => Ok(Some(ExportKey::from_bytes(bytes))),
+            Some(Err(e)) => Err(ConfigError::Invalid {
+                path: self.path.join(EXPORT_KEYS),
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    /// The host keys pinned on this device: (relay pin, host, key).
+    pub fn known_hosts(&self) -> Result<Vec<(String, HostName, PublicKey)>, ConfigError> {
+        let path = self.path.join(KNOWN_HOSTS);
+        let text = self.read_private_text(KNOWN_HOSTS)?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let mut words = line.split_whitespace();
+                let parsed = (|| {
+                    let relay = words.next()?.to_owned();
+                    let host = words.next()?.parse().ok()?;
+                    let key = PublicKey::from_text(words.next()?).ok()?;
+                    Some((relay, host, key))
+                })();
+                parsed.ok_or_else(|| ConfigError::Invalid {
+                    path: path.clone(),
+                    why: format!("not `RELAY-PIN HOST KEY`: {line:?}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Pins `key` as `host`'s key on the relay pinned as `relay`.
+    pub fn pin_host_key(
+        &self,
+        relay: &str,
+        host: &HostName,
+        key: &PublicKey,
+    ) -> Result<(), ConfigError> {
+        let mut text = self.read_private_text(KNOWN_HOSTS)?;
+        text.push_str(&format!("{relay} {host} {}\n", key.to_text()));
+        self.write_private(KNOWN_HOSTS, text.as_bytes())
+    }
+
+    /// Forgets `host`'s pinned key (to accept a new one); returns whether
+    /// one was pinned.
+    pub fn forget_host_key(&self, host: &HostName) -> Result<bool, ConfigError> {
+        let text = self.read_private_text(KNOWN_HOSTS)?;
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| line.split_whitespace().nth(1) != Some(host.as_str()))
+            .collect();
+        let forgot = kept.len() != text.lines().count();
+        if forgot {
+            let mut out = kept.join("\n");
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            self.write_private(KNOWN_HOSTS, out.as_bytes())?;
+        }
+        Ok(forgot)
+    }
+
+    /// A private text file's contents, empty if it does not exist.
+    fn read_private_text(&self, name: &str) -> Result<String, ConfigError> {
+        let path = self.path.join(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(Self::io(&path)(e)),
+        }
     }
 
     /// Whether the user identity exists.

@@ -5,8 +5,8 @@
 use latchkey_protocol::HandshakeError;
 
 use crate::{
-    config::ConfigError, enroll::EnrollError, net::NetError, user::remote::ChannelError,
-    wire::WireError,
+    config::ConfigError, enroll::EnrollError, net::NetError, user::e2e::E2eError,
+    user::remote::ChannelError, wire::WireError,
 };
 
 /// Errors of `latchkey` commands.
@@ -21,6 +21,9 @@ pub enum CommandError {
     /// The relay.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// End-to-end encryption with a host.
+    #[error(transparent)]
+    EndToEnd(#[from] E2eError),
 }
 
 impl From<WireError> for CommandError {

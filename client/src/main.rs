@@ -42,6 +42,15 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// List the host keys this device pinned on first use (compare a
+        /// fingerprint with `latchkey host info` on the host), without
+        /// asking the relay.
+        #[arg(long, conflicts_with = "forget")]
+        keys: bool,
+        /// Forget HOST's pinned key, to accept a new one at the next
+        /// connection (after comparing fingerprints: see `--keys`).
+        #[arg(long, value_name = "HOST")]
+        forget: Option<HostName>,
     },
     /// Open an interactive shell on HOST (a PTY there, raw mode here).
     /// At the start of a line, `~R` reboots the host and waits for it
@@ -143,6 +152,9 @@ enum HostCommand {
     },
     /// Run the host agent: stay connected to the relay and serve sessions.
     Run,
+    /// Show this host's name, relay and key fingerprint (users compare it
+    /// with `latchkey hosts --keys` when their client reports a changed key).
+    Info,
 }
 
 #[derive(Debug, clap::Args)]
@@ -215,7 +227,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 home.path.display()
             );
         }
-        Command::Hosts { json } => {
+        Command::Hosts {
+            forget: Some(host), ..
+        } => {
+            if home.forget_host_key(&host)? {
+                println!("forgot the pinned key of '{host}'; the next connection pins the key it is offered");
+            } else {
+                println!("no key was pinned for '{host}'");
+            }
+        }
+        Command::Hosts {
+            keys: true, json, ..
+        } => {
+            let pinned = home.known_hosts()?;
+            if json {
+                let rows: Vec<_> = pinned
+                    .iter()
+                    .map(|(_, host, key)| {
+                        serde_json::json!({ "host": host.as_str(), "fingerprint": key.fingerprint() })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<24} FINGERPRINT", "HOST");
+                for (_, host, key) in pinned {
+                    println!("{:<24} {}", host, key.fingerprint());
+                }
+            }
+        }
+        Command::Hosts { json, .. } => {
             let hosts = user::hosts(&home).await?;
             if json {
                 let rows: Vec<_> = hosts
@@ -369,6 +409,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "access code of '{user}' on this host reset; other users' codes are unchanged"
             );
+        }
+        Command::Host(HostCommand::Info) => {
+            let (cfg, key) = home.host()?;
+            println!("host:        {}", cfg.host);
+            println!("relay:       {}", cfg.relay);
+            println!("fingerprint: {}", key.public.fingerprint());
         }
         Command::Host(HostCommand::Run) => {
             let shutdown = CancellationToken::new();

@@ -12,6 +12,7 @@ use std::{
 };
 
 use latchkey_protocol::{
+    e2e::ExportKey,
     frame::{Intent, LoginOutcome, Refusal},
     handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, HostName, RelayPin, SessionId, UserName},
@@ -390,6 +391,9 @@ pub struct Session {
     pub id: SessionId,
     /// The connection and control stream.
     pub control: Control,
+    /// OPAQUE's export key from the login: the session's end-to-end psk
+    /// comes from it (`latchkey_protocol::e2e`).
+    pub export_key: ExportKey,
 }
 
 impl std::fmt::Debug for Session {
@@ -469,17 +473,23 @@ async fn login_once(
             step(wire::write_message(&mut send, &msg3)).await?;
             let msg4 = step(wire::read_message(&mut recv)).await?;
             match awaiting.read_outcome(&msg4)? {
-                LoginOutcome::Accepted { session } => Ok(Session {
+                (LoginOutcome::Accepted { session }, Some(export_key)) => Ok(Session {
                     id: session,
                     control: Control {
                         relay: rc,
                         send,
                         recv,
                     },
+                    export_key,
                 }),
-                LoginOutcome::Locked => Err(NetError::Locked(host.clone())),
-                LoginOutcome::Refused(r) => Err(NetError::Refused(r)),
-                _ => Err(NetError::WrongCode(host.clone())),
+                (LoginOutcome::Accepted { .. }, None) => Err(NetError::Handshake(
+                    HandshakeError::PeerMisbehaved("accepted a login that did not check out"),
+                )),
+                (outcome, _) => match outcome {
+                    LoginOutcome::Locked => Err(NetError::Locked(host.clone())),
+                    LoginOutcome::Refused(r) => Err(NetError::Refused(r)),
+                    _ => Err(NetError::WrongCode(host.clone())),
+                },
             }
         }
         InitiatorReply::WrongCode { abort, awaiting } => {

@@ -320,7 +320,7 @@ impl ClientSession {
     ) -> Result<Event, UnexpectedFrame> {
         let next = match (&self.phase, frame) {
             (Phase::Ended(_), frame) => return Err(self.unexpected(&frame)),
-            (Phase::Pairing, RelayToClient::SessionReady) => Phase::Ready,
+            (Phase::Pairing, RelayToClient::SessionReady { .. }) => Phase::Ready,
             (Phase::Pairing, RelayToClient::Refused(r)) => {
                 self.phase = Phase::Ended(format!("refused: {r:?}"));
                 return Ok(Event::Refused(r));
@@ -367,7 +367,7 @@ impl ClientSession {
             frame: match frame {
                 RelayToClient::Hosts(_) => "a host list",
                 RelayToClient::Refused(_) => "a refusal",
-                RelayToClient::SessionReady => "session-ready",
+                RelayToClient::SessionReady { .. } => "session-ready",
                 RelayToClient::SessionEnded(_) => "session-ended",
                 RelayToClient::HostRebooting { .. } => "host-rebooting",
                 RelayToClient::HostBack => "host-back",
@@ -386,7 +386,17 @@ impl ClientSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::ClientToRelay;
+    use crate::{
+        frame::ClientToRelay,
+        ids::{PublicKey, RecordId},
+    };
+
+    fn ready() -> RelayToClient {
+        RelayToClient::SessionReady {
+            host_key: PublicKey([1; 32]),
+            record: RecordId([2; 16]),
+        }
+    }
 
     fn pair() -> (RelaySession, ClientSession, Instant) {
         pair_with_grace(Duration::ZERO)
@@ -396,10 +406,7 @@ mod tests {
         let host: HostName = "mypc".parse().unwrap();
         let mut client = ClientSession::new();
         let now = Instant::now();
-        assert_eq!(
-            client.on_frame(RelayToClient::SessionReady, now),
-            Ok(Event::Phase)
-        );
+        assert_eq!(client.on_frame(ready(), now), Ok(Event::Phase));
         (
             RelaySession::new(host, Duration::from_secs(600), grace),
             client,
@@ -518,7 +525,7 @@ mod tests {
         assert!(matches!(client.phase(), Phase::Ended(_)));
 
         let (_, mut client, now) = pair();
-        assert!(client.on_frame(RelayToClient::SessionReady, now).is_err());
+        assert!(client.on_frame(ready(), now).is_err());
 
         let (_, mut client, now) = pair();
         assert!(client.on_frame(RelayToClient::HostBack, now).is_err());
@@ -527,7 +534,7 @@ mod tests {
         client
             .on_frame(RelayToClient::SessionEnded("bye".into()), now)
             .unwrap();
-        assert!(client.on_frame(RelayToClient::SessionReady, now).is_err());
+        assert!(client.on_frame(ready(), now).is_err());
         assert_eq!(client.phase(), &Phase::Ended("bye".into()));
     }
 

@@ -11,13 +11,17 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ids::{HostName, Platform, ResumeTicket, SessionId, TokenSecret, UserName},
+    ids::{
+        HostName, Platform, PublicKey, RecordId, ResumeTicket, SessionId, TokenSecret, UserName,
+    },
     ksf::KsfProfile,
 };
 
 /// The protocol version this crate speaks. Message 1 carries it, so a relay
 /// can refuse (or later adapt to) another version before doing any work.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 made every channel end-to-end encrypted: a peer of version 1
+/// is refused, there is no plaintext fallback.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Payload of Noise message 1: who is asking, for what.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,8 +195,15 @@ pub enum RelayToClient {
     Hosts(Vec<HostInfo>),
     /// The request was refused.
     Refused(Refusal),
-    /// After a login: the host is paired; channels may be opened.
-    SessionReady,
+    /// After a login: the host is paired. The client checks `host_key`
+    /// against its pin, runs the end-to-end handshake with it
+    /// ([`crate::e2e`]), then opens channels.
+    SessionReady {
+        /// The host's device key, as the relay knows it.
+        host_key: PublicKey,
+        /// The code record the login used (its export key makes the psk).
+        record: RecordId,
+    },
     /// The session is over (revoked, host gone, relay stopping).
     SessionEnded(String),
     /// The host is rebooting; the session waits for it (SPEC R2).
@@ -200,7 +211,8 @@ pub enum RelayToClient {
         /// Seconds the relay waits before giving up.
         deadline_secs: u64,
     },
-    /// The host is back after a reboot; open channels again (SPEC R3).
+    /// The host is back after a reboot; run the end-to-end handshake
+    /// again, then open channels (SPEC R3).
     HostBack,
     /// The host's agent dropped without a reboot (a restart, a network
     /// blip); the session waits for it (SPEC R5).
@@ -253,6 +265,9 @@ pub enum RelayToHost {
     CodeChallenge {
         /// OPAQUE registration response.
         response: Vec<u8>,
+        /// The new record's id: the host files the registration's export
+        /// key under it.
+        record: RecordId,
     },
     /// The new code is stored.
     CodeSet {

@@ -125,6 +125,21 @@ impl PublicKey {
     pub fn from_text(s: &str) -> Result<Self, ParseError> {
         from_text(s, "public key").map(Self)
     }
+
+    /// A short fingerprint for people to compare by eye (`latchkey host
+    /// info` on a host, `latchkey hosts --keys` on a client): the first 16
+    /// bytes of SHA-256 over the key, in hex groups.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"latchkey device key v1");
+        h.update(self.0);
+        let digest = h.finalize();
+        digest[..16]
+            .chunks(2)
+            .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
 }
 
 impl fmt::Debug for PublicKey {
@@ -272,6 +287,16 @@ impl fmt::Debug for ResumeTicket {
 pub struct RecordId(pub [u8; 16]);
 
 impl RecordId {
+    /// The id as text (in the host's export-key file).
+    pub fn to_text(&self) -> String {
+        to_text(&self.0)
+    }
+
+    /// Parses [`RecordId::to_text`] output.
+    pub fn from_text(s: &str) -> Result<Self, ParseError> {
+        from_text(s, "record id").map(Self)
+    }
+
     /// The OPAQUE credential identifier for this record.
     pub fn credential_id(&self) -> Vec<u8> {
         let mut id = b"latchkey-record:".to_vec();

@@ -17,6 +17,7 @@
 
 pub mod codec;
 pub mod control;
+pub mod e2e;
 pub mod error;
 pub mod frame;
 #[cfg(fuzzing)]
@@ -28,6 +29,7 @@ pub mod ksf;
 pub mod limits;
 #[cfg(feature = "quinn")]
 pub mod quic;
+pub mod record;
 pub mod session;
 
 pub use error::{CodecError, HandshakeError, ParseError};

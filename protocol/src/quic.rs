@@ -8,6 +8,7 @@ use crate::{
     codec::{self, LEN_PREFIX},
     error::CodecError,
     limits::{MAX_FRAME_LEN, MAX_NOISE_MESSAGE},
+    record::{Opened, Opener, RecordBuffer, RecordError, Sealer, MAX_RECORD_PAYLOAD},
 };
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
@@ -28,6 +29,13 @@ pub enum WireError {
     /// The bytes broke the framing rules.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A channel record was forged, out of place or out of limits.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The stream ended without the channel's end record: the relay or the
+    /// network cut it short, so what arrived may be incomplete.
+    #[error("the channel was cut short")]
+    Truncated,
 }
 
 async fn read_prefix(recv: &mut RecvStream) -> Result<Option<[u8; LEN_PREFIX]>, WireError> {
@@ -171,13 +179,20 @@ impl<T: DeserializeOwned + Serialize> FrameReader<T> {
 /// Copies one QUIC stream into another chunk by chunk (no intermediate
 /// buffer: each received chunk is handed to the sender as it is), with
 /// flow-control back-pressure end to end. A finish is passed on; a reset
-/// or a stopped peer resets/stops the other side. Returns the bytes moved.
-pub async fn splice(from: &mut RecvStream, to: &mut SendStream) -> u64 {
+/// or a stopped peer resets/stops the other side. `seen` is shown each
+/// chunk as it passes (the relay counts bytes with it). Returns the bytes
+/// moved.
+pub async fn splice(
+    from: &mut RecvStream,
+    to: &mut SendStream,
+    mut seen: impl FnMut(&[u8]),
+) -> u64 {
     let mut moved = 0u64;
     loop {
         match from.read_chunk(usize::MAX, true).await {
             Ok(Some(chunk)) => {
                 moved += chunk.bytes.len() as u64;
+                seen(&chunk.bytes);
                 if to.write_chunk(chunk.bytes).await.is_err() {
                     let _ = from.stop(quinn::VarInt::from_u32(0));
                     return moved;
@@ -251,4 +266,218 @@ pub fn udp_socket(
         reported
     };
     Ok((socket.into(), granted))
+}
+
+/// The sending half of an end-to-end channel: everything written is sealed
+/// into records ([`crate::record`]) before quinn sees it.
+pub struct SealedSend {
+    inner: SendStream,
+    sealer: Sealer,
+}
+
+impl SealedSend {
+    /// Seals what is sent on `inner` with `sealer`.
+    pub fn new(inner: SendStream, sealer: Sealer) -> Self {
+        Self { inner, sealer }
+    }
+
+    /// Sends `data` (in as many records as it needs).
+    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), WireError> {
+        let mut out = Vec::with_capacity(data.len() + 64);
+        for chunk in data.chunks(MAX_RECORD_PAYLOAD) {
+            self.sealer.seal(chunk, &mut out)?;
+        }
+        if data.is_empty() {
+            self.sealer.seal(&[], &mut out)?;
+        }
+        self.inner.write_chunk(out.into()).await?;
+        Ok(())
+    }
+
+    /// Sends one frame as one record.
+    pub async fn write_frame<T: Serialize>(&mut self, frame: &T) -> Result<(), WireError> {
+        self.write_all(&codec::encode_body(frame)?).await
+    }
+
+    /// Sends the end record and finishes the stream: the peer can tell
+    /// this clean end from a cut.
+    pub async fn finish(&mut self) -> Result<(), WireError> {
+        let mut out = Vec::new();
+        self.sealer.seal_end(&mut out)?;
+        self.inner.write_chunk(out.into()).await?;
+        self.inner
+            .finish()
+            .map_err(|_| WireError::Write(quinn::WriteError::ClosedStream))
+    }
+
+    /// Abandons the stream (the peer sees a reset, not an end).
+    pub fn reset(&mut self, code: quinn::VarInt) {
+        let _ = self.inner.reset(code);
+    }
+
+    /// Resolves when the peer stops reading (it went away).
+    pub fn stopped(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Option<quinn::VarInt>, quinn::StoppedError>>
+           + Send
+           + Sync
+           + 'static {
+        self.inner.stopped()
+    }
+
+    /// quinn's send priority for the stream (higher goes first).
+    pub fn set_priority(&self, priority: i32) {
+        let _ = self.inner.set_priority(priority);
+    }
+}
+
+/// The receiving half of an end-to-end channel: records are opened as they
+/// arrive; reads are cancel-safe (what arrived stays buffered).
+pub struct OpenedRecv {
+    inner: RecvStream,
+    opener: Opener,
+    records: RecordBuffer,
+    /// Data of an opened record not yet handed out by [`OpenedRecv::read`].
+    left: Vec<u8>,
+    ended: bool,
+}
+
+impl OpenedRecv {
+    /// Opens what arrives on `inner` with `opener`.
+    pub fn new(inner: RecvStream, opener: Opener) -> Self {
+        Self {
+            inner,
+            opener,
+            records: RecordBuffer::default(),
+            left: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// The next record's data; `Ok(None)` at the sender's end record. A
+    /// stream that ends without one is [`WireError::Truncated`].
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        if !self.left.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.left)));
+        }
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            if let Some(mut record) = self.records.take()? {
+                return match self.opener.open(&mut record)? {
+                    Opened::Data(data) => Ok(Some(data.to_vec())),
+                    Opened::End => {
+                        self.ended = true;
+                        Ok(None)
+                    }
+                };
+            }
+            let want = self.records.missing()?;
+            match self.inner.read_chunk(want, true).await? {
+                Some(chunk) => self.records.extend(&chunk.bytes)?,
+                None => return Err(WireError::Truncated),
+            }
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes; `Ok(0)` at the clean end.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, WireError> {
+        loop {
+            if self.left.is_empty() {
+                match self.recv().await? {
+                    Some(data) => self.left = data,
+                    None => return Ok(0),
+                }
+            }
+            if self.left.is_empty() {
+                // An empty data record: nothing to hand out yet.
+                continue;
+            }
+            let n = buf.len().min(self.left.len());
+            buf[..n].copy_from_slice(&self.left[..n]);
+            self.left.drain(..n);
+            return Ok(n);
+        }
+    }
+
+    /// Fills `buf`; an end before it is full is [`WireError::Closed`].
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), WireError> {
+        let mut at = 0;
+        while at < buf.len() {
+            match self.read(&mut buf[at..]).await? {
+                0 => return Err(WireError::Closed),
+                n => at += n,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one frame (one record); `Ok(None)` at the clean end.
+    pub async fn read_frame<T: DeserializeOwned + Serialize>(
+        &mut self,
+    ) -> Result<Option<T>, WireError> {
+        match self.recv().await? {
+            Some(body) => Ok(Some(codec::decode_body(&body)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Tells the sender to stop (we will not read any more).
+    pub fn stop(&mut self, code: quinn::VarInt) {
+        let _ = self.inner.stop(code);
+    }
+}
+
+/// Copies `from` into a channel until `from` ends, then sends the end
+/// record; a read error resets the channel, so the far side sees a cut,
+/// not a clean end. Returns the bytes copied.
+pub async fn copy_into_channel<R: tokio::io::AsyncRead + Unpin>(
+    from: &mut R,
+    to: &mut SealedSend,
+) -> Result<u64, WireError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; MAX_RECORD_PAYLOAD];
+    let mut moved = 0u64;
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                to.write_all(&buf[..n]).await?;
+                moved += n as u64;
+            }
+            Err(_) => {
+                to.reset(quinn::VarInt::from_u32(0));
+                return Err(WireError::Truncated);
+            }
+        }
+    }
+    to.finish().await?;
+    Ok(moved)
+}
+
+/// Copies a channel's data into `to` until its end record, then shuts
+/// `to` down. A cut channel shuts `to` down too (the far side's TCP sees
+/// the end) but is an error. Returns the bytes copied.
+pub async fn copy_out_of_channel<W: tokio::io::AsyncWrite + Unpin>(
+    from: &mut OpenedRecv,
+    to: &mut W,
+) -> Result<u64, WireError> {
+    use tokio::io::AsyncWriteExt;
+    let mut moved = 0u64;
+    let result = loop {
+        match from.recv().await {
+            Ok(Some(data)) => {
+                if to.write_all(&data).await.is_err() {
+                    from.stop(quinn::VarInt::from_u32(0));
+                    break Err(WireError::Closed);
+                }
+                moved += data.len() as u64;
+            }
+            Ok(None) => break Ok(moved),
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = to.shutdown().await;
+    result
 }

@@ -51,7 +51,10 @@ pub(crate) async fn register_code(
             let response =
                 blocking(move || registration_response(&s.identity, &request, id)).await??;
             *pending = Some((target, ksf, id));
-            Ok(RelayToHost::CodeChallenge { response })
+            Ok(RelayToHost::CodeChallenge {
+                response,
+                record: id,
+            })
         }
         HostToRelay::UploadCode { upload } => {
             let Some((target, ksf, id)) = pending.take() else {

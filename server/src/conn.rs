@@ -36,7 +36,8 @@ fn channel_binding(conn: &quinn::Connection) -> Result<[u8; 32], ConnError> {
 
 /// What a connection turned out to be after its handshake.
 enum Role {
-    Host(HostName),
+    /// A host agent, and its device key.
+    Host(HostName, PublicKey),
     HostAdmin(HostName),
     User(UserName),
     Session(SessionEntry),
@@ -115,7 +116,7 @@ pub(crate) async fn serve(
     drop(permit);
     if matches!(
         role,
-        Ok(Role::Host(_) | Role::HostAdmin(_) | Role::User(_) | Role::Session(_))
+        Ok(Role::Host(..) | Role::HostAdmin(_) | Role::User(_) | Role::Session(_))
     ) {
         // Known now: the full window (see `endpoint::UNAUTHENTICATED_RECEIVE_WINDOW`).
         conn.set_receive_window(crate::endpoint::AUTHENTICATED_RECEIVE_WINDOW.into());
@@ -131,8 +132,8 @@ pub(crate) async fn serve(
             .await;
             Ok(())
         }
-        Ok(Role::Host(host)) => {
-            Box::pin(crate::host::serve(&shared, &conn, host, send, recv)).await
+        Ok(Role::Host(host, key)) => {
+            Box::pin(crate::host::serve(&shared, &conn, host, key, send, recv)).await
         }
         Ok(Role::HostAdmin(host)) => {
             Box::pin(crate::host::serve_admin(&shared, host, send, recv)).await
@@ -251,7 +252,7 @@ async fn device_reply(
             let key = blocking(move || store.host_key(&h)).await??;
             if key == Some(device) {
                 let role = if matches!(intent, Intent::Host { .. }) {
-                    Role::Host(host)
+                    Role::Host(host, device)
                 } else {
                     Role::HostAdmin(host)
                 };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use latchkey_protocol::{
     frame::{HostToRelay, RelayToHost},
-    ids::HostName,
+    ids::{HostName, PublicKey},
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
@@ -30,12 +30,16 @@ pub(crate) struct HostLink {
     pub(crate) conn: quinn::Connection,
     /// Frames to send on the host's control stream.
     pub(crate) tx: HostTx,
+    /// The host's device key, introduced to clients for the end-to-end
+    /// handshake.
+    pub(crate) key: PublicKey,
 }
 
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     host: HostName,
+    key: PublicKey,
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<(), ConnError> {
@@ -48,6 +52,7 @@ pub(crate) async fn serve(
             id,
             conn: conn.clone(),
             tx,
+            key,
         },
     );
     if let Some(old) = old {

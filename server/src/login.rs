@@ -13,7 +13,7 @@ use latchkey_protocol::{
     handshake::{
         AttemptDecision, CodeRecord, LoginAuthority, LoginReply, LoginRequest, Reservation,
     },
-    ids::{HostName, PublicKey, SessionId, UserName},
+    ids::{HostName, PublicKey, RecordId, SessionId, UserName},
 };
 use quinn::{RecvStream, SendStream};
 use rand::{rngs::OsRng, RngCore};
@@ -25,7 +25,7 @@ use crate::{
     fault::{self, Step},
     lockout::{Admission, Proof, Settlement, VoidReason},
     now_unix,
-    registry::SessionEntry,
+    registry::{Intro, SessionEntry},
     settle::{PendingAttempt, Settler},
     store::{Event, Store, StoreError},
     wire, Shared,
@@ -106,7 +106,7 @@ impl LoginAuthority for StoreAuthority<'_> {
         {
             // From here on the attempt settles itself, whatever happens.
             Ok(Reservation::Reserved(id)) => {
-                Reservation::Reserved(self.settler.adopt(id, host.clone()))
+                Reservation::Reserved(self.settler.adopt(id, host.clone(), record.id))
             }
             Ok(Reservation::Busy) => Reservation::Busy,
             Ok(Reservation::Locked) => Reservation::Locked,
@@ -192,6 +192,7 @@ pub(crate) async fn login(
     req: LoginRequest,
 ) -> Result<Login, ConnError> {
     let (user, host) = (req.user().clone(), req.host().clone());
+    let user_key = req.device_key();
     // Every answer to a login's message 1 leaves no earlier than this, so
     // the store work that differs between a grant holder's attempt and an
     // outsider's does not show in the timing (SPEC A4).
@@ -270,9 +271,12 @@ pub(crate) async fn login(
         info!(%user, %host, %source, "login refused: {why}");
         return Ok(Login::Done);
     };
-    if let Some(attempt) = awaiting.attempt_mut() {
+    // An outsider has no attempt (and will never have a session): its
+    // login goes on to an indistinguishable "rejected" all the same.
+    let record = awaiting.attempt_mut().map(|attempt| {
         attempt.waiting_for("no KE3 (abandoned, timed out or unreadable)");
-    }
+        attempt.record()
+    });
     within(deadline, fault::at(Step::AwaitKe3)).await?;
     // Abandoned, timed out or malformed: the attempt is dropped with
     // `awaiting` and settles as a failure (SPEC A3), and the connection is
@@ -284,9 +288,17 @@ pub(crate) async fn login(
     let mut id = [0u8; 16];
     OsRng.fill_bytes(&mut id);
     let session = SessionId(id);
-    let mut entry = shared
-        .sessions
-        .register(&shared.settler, session, user.clone(), host.clone());
+    let mut entry = shared.sessions.register(
+        &shared.settler,
+        session,
+        user.clone(),
+        host.clone(),
+        Intro {
+            user_key,
+            // Only an attempt's verdict starts a session.
+            record: record.unwrap_or(RecordId([0; 16])),
+        },
+    );
     within(deadline, fault::at(Step::VerdictCommit)).await?;
     // KE3 and the verdict's commit in one trip to the blocking pool: the
     // verdict is committed before the client hears it (SPEC B2), and a KE3

@@ -10,10 +10,13 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
-use latchkey_protocol::ids::{HostName, SessionId, UserName};
+use latchkey_protocol::ids::{HostName, PublicKey, RecordId, SessionId, UserName};
 use tokio::sync::watch;
 
 use crate::settle::Settler;
@@ -43,6 +46,7 @@ impl Sessions {
         id: SessionId,
         user: UserName,
         host: HostName,
+        intro: Intro,
     ) -> SessionEntry {
         let (end, ended) = watch::channel(None);
         self.map().insert(
@@ -60,6 +64,8 @@ impl Sessions {
             user,
             host,
             ended,
+            intro,
+            traffic: Arc::default(),
             started: false,
             reason: "client left".into(),
         }
@@ -105,6 +111,10 @@ pub(crate) struct SessionEntry {
     pub(crate) host: HostName,
     /// Changes when the relay ends the session.
     pub(crate) ended: watch::Receiver<Option<String>>,
+    /// What the relay introduces to the two ends for their handshake.
+    pub(crate) intro: Intro,
+    /// What the session's channels moved (recorded with its end).
+    pub(crate) traffic: Arc<Traffic>,
     started: bool,
     reason: String,
 }
@@ -122,16 +132,53 @@ impl SessionEntry {
     }
 }
 
+/// The keys the relay introduces for a session's end-to-end handshake
+/// (see `latchkey_protocol::e2e`): the user's device key to the host, and
+/// the code record the login used to both.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Intro {
+    pub(crate) user_key: PublicKey,
+    pub(crate) record: RecordId,
+}
+
+/// What a session's channels moved: all the relay can know of them, since
+/// it splices sealed records (the host keeps the channel log).
+#[derive(Default, Debug)]
+pub(crate) struct Traffic {
+    channels: AtomicU64,
+    to_host: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Traffic {
+    /// Counts one channel opened.
+    pub(crate) fn channel(&self) {
+        self.channels.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the bytes one channel moved each way.
+    pub(crate) fn moved(&self, to_host: u64, to_client: u64) {
+        self.to_host.fetch_add(to_host, Ordering::Relaxed);
+        self.to_client.fetch_add(to_client, Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} channels, {} bytes to the host, {} to the client",
+            self.channels.load(Ordering::Relaxed),
+            self.to_host.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed)
+        )
+    }
+}
+
 impl Drop for SessionEntry {
     fn drop(&mut self) {
         self.sessions.map().remove(&self.id);
         if self.started {
-            self.settler.session_ended(
-                self.id,
-                self.host.clone(),
-                self.user.clone(),
-                std::mem::take(&mut self.reason),
-            );
+            let reason = format!("{} ({})", self.reason, self.traffic.summary());
+            self.settler
+                .session_ended(self.id, self.host.clone(), self.user.clone(), reason);
         }
     }
 }
@@ -151,6 +198,10 @@ mod tests {
             SessionId([1; 16]),
             "bob".parse().unwrap(),
             "mypc".parse().unwrap(),
+            Intro {
+                user_key: PublicKey([1; 32]),
+                record: RecordId([2; 16]),
+            },
         );
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions.end("mypc", "bob", "revoked"), 1);

@@ -1,16 +1,21 @@
 //! A user's session with a host (SPEC X1-X3): the relay pairs the logged-in
-//! client with the host's live connection, then for every stream the client
-//! opens it opens one to the host, introduces it (session, user, kind) and
-//! splices the two. Each channel is its own task on its own streams, so a
-//! slow channel only ever waits on its own flow control.
+//! client with the host's live connection, introduces the two device keys
+//! for their end-to-end handshake (SPEC X4, `latchkey_protocol::e2e`), then
+//! for every stream the client opens it opens one to the host, says which
+//! session, user and channel number it is, and splices the two. What a
+//! channel carries is sealed between client and host: the relay counts its
+//! bytes and nothing more. Each channel is its own task on its own streams,
+//! so a slow channel only ever waits on its own flow control.
 
 use std::{sync::Arc, time::Duration};
 
 use latchkey_protocol::{
     control::{EndReason, RelaySession, Request},
+    e2e::Binding,
     frame::{ClientToRelay, Refusal, RelayToClient},
-    ids::{SessionId, UserName},
-    session::{ChannelKind, ChannelOpen, ChannelReply, ChannelRequest, MAX_ARGS, MAX_PATH_LEN},
+    ids::{HostName, SessionId, UserName},
+    limits::MAX_NOISE_MESSAGE,
+    session::{ChannelOpen, ChannelRequest, HostStream, Relayed},
 };
 use quinn::{RecvStream, SendStream};
 use tokio::{sync::broadcast, task::JoinSet, time::timeout};
@@ -19,7 +24,8 @@ use tracing::{debug, info};
 
 use crate::{
     error::ConnError,
-    registry::SessionEntry,
+    fault,
+    registry::{Intro, SessionEntry, Traffic},
     wire::{self, frame_reader},
     Shared,
 };
@@ -38,8 +44,8 @@ pub(crate) async fn serve(
     recv: RecvStream,
 ) -> Result<(), ConnError> {
     let (user, host, session) = (entry.user.clone(), entry.host.clone(), entry.id);
-    let host_conn = shared.hosts().get(&host).map(|l| l.conn.clone());
-    let Some(host_conn) = host_conn else {
+    let host_link = shared.hosts().get(&host).map(|l| (l.conn.clone(), l.key));
+    let Some((host_conn, host_key)) = host_link else {
         info!(%user, %host, "session refused: host offline");
         entry.ending_because("host offline");
         wire::write_frame(&mut send, &RelayToClient::Refused(Refusal::HostOffline)).await?;
@@ -47,7 +53,11 @@ pub(crate) async fn serve(
         let _ = timeout(Duration::from_secs(2), conn.closed()).await;
         return Ok(());
     };
-    wire::write_frame(&mut send, &RelayToClient::SessionReady).await?;
+    let ready = RelayToClient::SessionReady {
+        host_key: fault::introduced_host_key(host_key),
+        record: entry.intro.record,
+    };
+    wire::write_frame(&mut send, &ready).await?;
     let mut control = frame_reader::<ClientToRelay>(recv);
     let mut channels = JoinSet::new();
     let channel_end = CancellationToken::new();
@@ -57,6 +67,10 @@ pub(crate) async fn serve(
     let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
     let grace = Duration::from_secs(shared.config.host_grace_secs);
     let mut machine = RelaySession::new(host.clone(), reboot_wait, grace);
+    // One end-to-end handshake at a time per session: each holds a stream
+    // of the host's link, and a session needs one only at its start and
+    // when the host comes back.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(1));
     // `None` while the host reboots: the session is parked until it is back
     // with its ticket, or until the deadline (SPEC R2-R4).
     let mut host_conn = Some(host_conn);
@@ -163,22 +177,20 @@ pub(crate) async fn serve(
                             None => Ok(()),
                         }
                     });
-                    let allowed = allowed.and_then(|()| {
-                        shared.channel_budgets.take(&host, &user).ok_or_else(|| {
-                            format!(
-                                "you have {} channels open on '{host}' already",
-                                crate::budget::MAX_CHANNELS_PER_USER
-                            )
-                        })
-                    });
                     match (allowed, &host_conn) {
-                        (Ok(place), Some(c)) => {
+                        (Ok(()), Some(c)) => {
                             channels.spawn(channel(
-                                place,
                                 channel_end.clone(),
                                 c.clone(),
-                                session,
-                                user.clone(),
+                                Pairing {
+                                    shared: shared.clone(),
+                                    session,
+                                    host: host.clone(),
+                                    user: user.clone(),
+                                    intro: entry.intro,
+                                    traffic: entry.traffic.clone(),
+                                    handshakes: handshakes.clone(),
+                                },
                                 s,
                                 r,
                             ));
@@ -232,44 +244,33 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Whether a request is within the protocol's limits (the host checks
-/// what it allows; the relay only refuses what no host should parse).
-fn within_limits(kind: &ChannelKind) -> bool {
-    match kind {
-        ChannelKind::Shell { term, .. } => term.len() <= 64,
-        ChannelKind::Exec { argv } => {
-            !argv.is_empty()
-                && argv.len() <= MAX_ARGS
-                && argv.iter().all(|a| a.len() <= MAX_PATH_LEN)
-        }
-        ChannelKind::Forward { target } | ChannelKind::ForwardCheck { target } => {
-            target.len() <= MAX_PATH_LEN
-        }
-        ChannelKind::Upload { path, name, .. } => {
-            path.len() <= MAX_PATH_LEN && name.len() <= MAX_PATH_LEN
-        }
-        ChannelKind::Download { path } => path.len() <= MAX_PATH_LEN,
-        _ => false,
-    }
-}
-
-/// Answers a channel request with a refusal and ends the stream.
+/// Answers a stream with the relay's refusal and ends it.
 async fn refuse_channel(mut send: SendStream, why: String) {
-    let _ = wire::write_frame(&mut send, &ChannelReply::Refused(why)).await;
+    let _ = wire::write_frame(&mut send, &Relayed::Refused(why)).await;
     let _ = send.finish();
 }
 
 /// The stream error code of a channel whose session ended under it.
 const CHANNEL_ABORTED: u32 = 2;
 
-/// One channel: read the request, open the host's stream, splice, until
+/// What a channel's task knows of its session.
+struct Pairing {
+    shared: Arc<Shared>,
+    session: SessionId,
+    host: HostName,
+    user: UserName,
+    intro: Intro,
+    traffic: Arc<Traffic>,
+    handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+/// One stream: read the client's cleartext request (a handshake or a
+/// channel number), open the host's stream, introduce it, splice, until
 /// both sides are done or `ended` fires.
 async fn channel(
-    _place: tokio::sync::OwnedSemaphorePermit,
     ended: CancellationToken,
     host_conn: quinn::Connection,
-    session: SessionId,
-    user: UserName,
+    pairing: Pairing,
     mut c_send: SendStream,
     mut c_recv: RecvStream,
 ) {
@@ -282,16 +283,52 @@ async fn channel(
         let _ = c_send.reset(quinn::VarInt::from_u32(1));
         return;
     };
-    if !within_limits(&request.kind) {
-        refuse_channel(c_send, "request outside protocol limits".into()).await;
-        return;
-    }
+    // A handshake takes the session's one handshake place, a channel one of
+    // the user's share of the host link's streams (`budget`); either is
+    // held until the stream ends.
+    let (stream, bulk, _place) = match request {
+        ChannelRequest::Handshake { msg1 } if msg1.len() <= MAX_NOISE_MESSAGE => {
+            let Ok(place) = pairing.handshakes.clone().try_acquire_owned() else {
+                refuse_channel(c_send, "a handshake is under way already".into()).await;
+                return;
+            };
+            if fault::impersonating_host() {
+                let binding = Binding {
+                    session: pairing.session,
+                    record: pairing.intro.record,
+                };
+                fault::answer_as_host(&mut c_send, pairing.intro.user_key, binding, &msg1).await;
+                return;
+            }
+            let stream = HostStream::Handshake {
+                user_key: pairing.intro.user_key,
+                record: pairing.intro.record,
+                msg1,
+            };
+            (stream, false, place)
+        }
+        ChannelRequest::Channel { number, bulk } => {
+            let budgets = &pairing.shared.channel_budgets;
+            let Some(place) = budgets.take(&pairing.host, &pairing.user) else {
+                let why = format!(
+                    "you have {} channels open on '{}' already",
+                    crate::budget::MAX_CHANNELS_PER_USER,
+                    pairing.host
+                );
+                refuse_channel(c_send, why).await;
+                return;
+            };
+            pairing.traffic.channel();
+            (HostStream::Channel { number }, bulk, place)
+        }
+        _ => {
+            refuse_channel(c_send, "request outside protocol limits".into()).await;
+            return;
+        }
+    };
     // Keystrokes before bulk: a copy's packets never queue ahead of a
     // shell's or a command's (quinn sends higher priorities first).
-    let priority = match request.kind {
-        ChannelKind::Upload { .. } | ChannelKind::Download { .. } => 0,
-        _ => 1,
-    };
+    let priority = if bulk { 0 } else { 1 };
     let _ = c_send.set_priority(priority);
     // Bounded: a host link whose streams are all taken answers "busy"
     // rather than holding the client's request for ever.
@@ -307,19 +344,31 @@ async fn channel(
     };
     let _ = h_send.set_priority(priority);
     let open = ChannelOpen {
-        session,
-        user,
-        kind: request.kind,
+        session: pairing.session,
+        user: pairing.user,
+        stream,
     };
-    if wire::write_frame(&mut h_send, &open).await.is_err() {
+    if wire::write_frame(&mut h_send, &open).await.is_err()
+        || wire::write_frame(&mut c_send, &Relayed::Spliced)
+            .await
+            .is_err()
+    {
         let _ = c_send.reset(quinn::VarInt::from_u32(1));
+        let _ = h_send.reset(quinn::VarInt::from_u32(1));
         return;
     }
+    let traffic = &pairing.traffic;
     tokio::select! {
         _ = async {
             tokio::join!(
-                wire::splice(&mut c_recv, &mut h_send),
-                wire::splice(&mut h_recv, &mut c_send)
+                wire::splice(&mut c_recv, &mut h_send, |chunk| {
+                    traffic.moved(chunk.len() as u64, 0);
+                    fault::spliced(chunk);
+                }),
+                wire::splice(&mut h_recv, &mut c_send, |chunk| {
+                    traffic.moved(0, chunk.len() as u64);
+                    fault::spliced(chunk);
+                })
             )
         } => {}
         _ = ended.cancelled() => {

@@ -14,7 +14,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use latchkey_protocol::ids::{HostName, SessionId, UserName};
+use latchkey_protocol::ids::{HostName, RecordId, SessionId, UserName};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -70,10 +70,11 @@ impl Settler {
     }
 
     /// Takes ownership of a freshly reserved attempt on `host`.
-    pub(crate) fn adopt(&self, id: AttemptId, host: HostName) -> PendingAttempt {
+    pub(crate) fn adopt(&self, id: AttemptId, host: HostName, record: RecordId) -> PendingAttempt {
         PendingAttempt {
             id: Some(id),
             host,
+            record,
             why: "abandoned before KE3",
             tx: self.tx.clone(),
             waiting: self.waiting.clone(),
@@ -110,6 +111,9 @@ pub(crate) struct PendingAttempt {
     /// `None` once settled.
     id: Option<AttemptId>,
     host: HostName,
+    /// The code record the attempt tries (a session's end-to-end psk comes
+    /// from its export key).
+    record: RecordId,
     /// What the audit says if it is dropped unsettled.
     why: &'static str,
     tx: mpsc::UnboundedSender<Job>,
@@ -123,6 +127,11 @@ impl std::fmt::Debug for PendingAttempt {
 }
 
 impl PendingAttempt {
+    /// The code record the attempt tries.
+    pub(crate) fn record(&self) -> RecordId {
+        self.record
+    }
+
     /// Says what the attempt is waiting for, for the audit row written if
     /// it is dropped unsettled.
     pub(crate) fn waiting_for(&mut self, why: &'static str) {

@@ -92,7 +92,7 @@ impl Harness {
             CodeRegistration::start(&mut OsRng, &code, KsfProfile::InsecureFastForTests)?;
         let id = RecordId([7; 16]);
         let response = registration_response(&keys.identity, &request, id)?;
-        let upload = registration.finish(&mut OsRng, &code, &response)?;
+        let (upload, _export_key) = registration.finish(&mut OsRng, &code, &response)?;
         let record = CodeRecord {
             id,
             ksf: KsfProfile::InsecureFastForTests,
@@ -253,7 +253,7 @@ async fn login(
         other => bail!("unexpected reply: {}", describe(&other)),
     };
     let msg4 = wire::read_message(&mut recv).await?;
-    let outcome = msg3.1.read_outcome(&msg4)?;
+    let (outcome, _) = msg3.1.read_outcome(&msg4)?;
     rc.conn.close(0u32.into(), b"done");
     Ok(Some(outcome))
 }
@@ -372,7 +372,7 @@ async fn a_revoke_before_the_verdict_refuses_a_right_code_counts_nothing_and_sta
     };
     wire::write_message(&mut send, &msg3).await?;
     let msg4 = wire::read_message(&mut recv).await?;
-    match awaiting.read_outcome(&msg4)? {
+    match awaiting.read_outcome(&msg4)?.0 {
         LoginOutcome::Refused(Refusal::NotAllowed(why)) => {
             assert!(why.contains("revoked"), "{why}")
         }

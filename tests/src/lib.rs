@@ -12,11 +12,18 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use latchkey_client::net;
+use latchkey_client::{
+    net,
+    user::e2e::{Epoch, Handshaker},
+    wire::SealedSend,
+};
 use latchkey_protocol::{
-    frame::LoginOutcome,
+    e2e::{Binding, SessionPsk},
+    frame::{LoginOutcome, RelayToClient},
     handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, HostName, RelayPin, UserName},
+    record::Opener,
+    session::{ChannelKind, ChannelRequest},
 };
 pub use tempfile::TempDir;
 
@@ -513,6 +520,29 @@ impl Device {
         Ok((cfg.relay, pin, key))
     }
 
+    /// A logged-in session's end-to-end keys, for tests that open channels
+    /// by hand ([`open_channel`]): reads the relay's `SessionReady` and runs
+    /// the handshake with the host, as `latchkey` does (without pinning).
+    pub async fn session_keys(&self, session: &mut net::Session, host: &str) -> Result<Epoch> {
+        let (_, _, device) = self.identity()?;
+        let ready: Option<RelayToClient> =
+            latchkey_client::wire::read_frame(&mut session.control.recv).await?;
+        let Some(RelayToClient::SessionReady { host_key, record }) = ready else {
+            bail!("no session: {ready:?}");
+        };
+        let handshaker = Handshaker {
+            host: host.parse()?,
+            device,
+            host_key,
+            psk: SessionPsk::derive(&session.export_key, &record),
+            binding: Binding {
+                session: session.id,
+                record,
+            },
+        };
+        Ok(handshaker.run(&session.control.relay.conn).await?)
+    }
+
     /// Starts a login by hand: connects and sends message 1, so a test can
     /// act between the steps the relay takes.
     pub async fn send_msg1(&self, host: &str, code: &str) -> Result<RawLogin> {
@@ -602,6 +632,26 @@ pub fn wait_until_forwarding(local: &str) -> Result<()> {
     })
 }
 
+/// Opens a channel by hand on a session whose keys are `epoch` ([`Device::session_keys`]):
+/// sends the request and the sealed kind, and returns the streams without
+/// waiting for the host's answer.
+pub async fn open_channel(
+    conn: &quinn::Connection,
+    epoch: &Epoch,
+    kind: &ChannelKind,
+) -> Result<(SealedSend, quinn::RecvStream, Opener)> {
+    let (number, sealer, opener) = epoch.next_channel();
+    let (mut send, recv) = conn.open_bi().await?;
+    let request = ChannelRequest::Channel {
+        number,
+        bulk: false,
+    };
+    latchkey_client::wire::write_frame(&mut send, &request).await?;
+    let mut send = SealedSend::new(send, sealer);
+    send.write_frame(kind).await?;
+    Ok((send, recv, opener))
+}
+
 /// A login in progress, driven step by step ([`Device::send_msg1`]).
 pub struct RawLogin {
     /// The connection.
@@ -638,7 +688,7 @@ impl RawLogin {
         };
         latchkey_client::wire::write_message(&mut send, &msg3).await?;
         let msg4 = latchkey_client::wire::read_message(&mut recv).await?;
-        let outcome = awaiting.read_outcome(&msg4)?;
+        let (outcome, _export_key) = awaiting.read_outcome(&msg4)?;
         Ok((outcome, net::Control { relay, send, recv }))
     }
 }

@@ -9,39 +9,9 @@ use latchkey_client::wire;
 use latchkey_protocol::{
     frame::{LoginOutcome, Refusal, RelayToClient},
     handshake::InitiatorReply,
-    session::{ChannelKind, ChannelReply, ChannelRequest, ExecOut},
 };
-use latchkey_tests::{count, wait_until, Proc, World, OWNER_CODE, WAIT};
+use latchkey_tests::{count, wait_until, Proc, World, OWNER_CODE};
 use rand::rngs::OsRng;
-
-/// Opens an exec channel on a logged-in raw connection and returns its
-/// first output.
-async fn raw_exec(conn: &quinn::Connection, argv: &[&str]) -> Result<String> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    wire::write_frame(
-        &mut send,
-        &ChannelRequest {
-            kind: ChannelKind::Exec {
-                argv: argv.iter().map(|s| s.to_string()).collect(),
-            },
-        },
-    )
-    .await?;
-    let reply: Option<ChannelReply> = wire::read_frame(&mut recv).await?;
-    match reply {
-        Some(ChannelReply::Accepted { .. }) => {}
-        other => bail!("channel not accepted: {other:?}"),
-    }
-    let mut out = String::new();
-    while let Some(frame) = wire::read_frame::<ExecOut>(&mut recv).await? {
-        match frame {
-            ExecOut::Stdout(b) => out.push_str(&String::from_utf8_lossy(&b)),
-            ExecOut::Stderr(_) => {}
-            _ => break,
-        }
-    }
-    Ok(out)
-}
 
 /// Review finding 1: a command started before a revoke, which writes
 /// nothing, is ended on the host with the session (its streams are reset,
@@ -124,11 +94,7 @@ async fn a_login_begun_before_a_revoke_and_regrant_gets_no_session() -> Result<(
     if let LoginOutcome::Accepted { .. } = outcome {
         let mut recv = control.recv;
         let ready: Option<RelayToClient> = wire::read_frame(&mut recv).await?;
-        let out = tokio::time::timeout(WAIT, raw_exec(&control.relay.conn, &["echo", "bob-is-in"]))
-            .await??;
-        bail!(
-            "a login begun before the revoke got a session ({ready:?}) and ran a channel ({out:?})"
-        );
+        bail!("a login begun before the revoke got a session ({ready:?})");
     }
     match outcome {
         LoginOutcome::Refused(Refusal::NotAllowed(why)) => {
@@ -251,7 +217,7 @@ async fn a_grant_holder_who_keeps_attempts_in_flight_does_not_keep_the_owner_out
                 tokio::time::sleep(Duration::from_secs(4)).await;
                 if wire::write_message(&mut login.send, &msg3).await.is_ok() {
                     if let Ok(m4) = wire::read_message(&mut login.recv).await {
-                        if let Ok(LoginOutcome::Accepted { .. }) = awaiting.read_outcome(&m4) {
+                        if let Ok((LoginOutcome::Accepted { .. }, _)) = awaiting.read_outcome(&m4) {
                             ok += 1;
                         }
                     }

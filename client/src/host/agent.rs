@@ -14,7 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{channels, HostError};
+use super::{
+    channels::{self, HostSide},
+    e2e::Sessions,
+    HostError,
+};
 use crate::{
     config::{Home, HostConfig},
     net::{self, Control, NetError},
@@ -62,6 +66,11 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
     let (cfg, key) = home.host()?;
     let pin = cfg.pin()?;
     let cfg = Arc::new(cfg);
+    let side = Arc::new(HostSide {
+        cfg: cfg.clone(),
+        home: home.clone(),
+        sessions: Sessions::new(home.clone(), key.clone()),
+    });
     loop {
         let control = tokio::select! {
             biased;
@@ -69,7 +78,7 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
             c = dial(&net::Local::Any, &cfg.relay, &pin, &key, &cfg.host) => c?,
         };
         info!(host = %cfg.host, relay = %cfg.relay, "online");
-        let ended = serve(home, control, cfg.clone(), &shutdown).await;
+        let ended = serve(home, control, side.clone(), &shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -152,9 +161,10 @@ async fn reboot(
 async fn serve(
     home: &Home,
     control: Control,
-    cfg: Arc<HostConfig>,
+    side: Arc<HostSide>,
     shutdown: &CancellationToken,
 ) -> Ended {
+    let cfg = &side.cfg;
     let Control {
         relay,
         mut send,
@@ -181,7 +191,7 @@ async fn serve(
             }
             stream = relay.conn.accept_bi() => match stream {
                 Ok((s, r)) => {
-                    channels.spawn(channels::serve(cfg.clone(), s, r));
+                    channels.spawn(channels::serve(side.clone(), s, r));
                 }
                 Err(e) => return e.to_string().into(),
             },
@@ -193,7 +203,7 @@ async fn serve(
                 }
                 Some(Ok(Some(RelayToHost::Reboot { session, ticket }))) => {
                     info!(%session, "reboot requested in a session");
-                    match reboot(home, &cfg, &ticket, &mut send).await {
+                    match reboot(home, cfg, &ticket, &mut send).await {
                         Ok(()) => {
                             relay.conn.close(quinn::VarInt::from_u32(0), b"rebooting");
                             let _ = tokio::time::timeout(Duration::from_secs(1), relay.endpoint.wait_idle()).await;

@@ -1,7 +1,10 @@
 //! The host's side of session channels: a shell on a PTY, one command,
-//! a TCP forward to an allowed target, a file in or out. What is allowed
-//! comes from the host's config; everything else is refused with a reason
-//! the user sees.
+//! a TCP forward to an allowed target, a file in or out. Every channel is
+//! end-to-end encrypted ([`super::e2e`]): the relay only says which session
+//! and channel number a stream is, so what it is for, and everything on it,
+//! is read here first, and logged here ([`super::channel_log`]). What is
+//! allowed comes from the host's config; everything else is refused with a
+//! reason the user sees.
 
 use std::{
     io::{Read, Write},
@@ -12,23 +15,37 @@ use std::{
 };
 
 use latchkey_protocol::session::{
-    ChannelKind, ChannelOpen, ChannelReply, ExecIn, ExecOut, ShellIn, ShellOut, MAX_CHUNK,
+    ChannelKind, ChannelOpen, ChannelReply, ExecIn, ExecOut, HandshakeReply, HostStream, ShellIn,
+    ShellOut, MAX_CHUNK,
 };
 use portable_pty::{CommandBuilder, PtySize};
 use quinn::{RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncReadExt, AsyncWriteExt},
     sync::mpsc,
     time::timeout,
 };
 use tracing::{debug, info};
 
+use super::{channel_log, e2e::Sessions};
 use crate::{
-    config::HostConfig,
-    wire::{self, frame_reader, WireError},
+    config::{Home, HostConfig},
+    wire::{self, OpenedRecv, SealedSend, WireError},
 };
+
+/// What every channel task shares: the config, and the sessions' keys.
+pub(crate) struct HostSide {
+    pub(crate) cfg: Arc<HostConfig>,
+    pub(crate) home: Home,
+    pub(crate) sessions: Sessions,
+}
+
+/// The stream error code for a channel this host has no keys for (it
+/// restarted since the handshake, or the number was used): the client
+/// re-handshakes and tries again.
+pub const NO_CHANNEL_KEYS: u32 = 3;
 
 /// Buffer size for bulk copies (forward, file transfer).
 const COPY_BUF: usize = 64 * 1024;
@@ -40,12 +57,8 @@ enum ChannelError {
     Wire(#[from] WireError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("stream: {0}")]
-    Read(#[from] quinn::ReadExactError),
     #[error("pty: {0}")]
     Pty(String),
-    #[error("stream closed")]
-    Closed(#[from] quinn::ClosedStream),
 }
 
 /// The directory commands and relative paths start from.
@@ -63,20 +76,21 @@ fn resolve(path: &str) -> PathBuf {
     }
 }
 
-async fn refuse(mut send: SendStream, why: String) -> Result<(), ChannelError> {
+async fn refuse(mut send: SealedSend, why: String) -> Result<(), ChannelError> {
     info!(reason = %why, "channel refused");
-    wire::write_frame(&mut send, &ChannelReply::Refused(why)).await?;
-    send.finish()?;
+    send.write_frame(&ChannelReply::Refused(why)).await?;
+    send.finish().await?;
     Ok(())
 }
 
-async fn accept(send: &mut SendStream, size: Option<u64>) -> Result<(), ChannelError> {
-    wire::write_frame(send, &ChannelReply::Accepted { size }).await?;
+async fn accept(send: &mut SealedSend, size: Option<u64>) -> Result<(), ChannelError> {
+    send.write_frame(&ChannelReply::Accepted { size }).await?;
     Ok(())
 }
 
-/// Serves one channel stream opened by the relay.
-pub(crate) async fn serve(cfg: Arc<HostConfig>, send: SendStream, mut recv: RecvStream) {
+/// Serves one stream opened by the relay: a session's end-to-end
+/// handshake, or one of its channels.
+pub(crate) async fn serve(side: Arc<HostSide>, mut send: SendStream, mut recv: RecvStream) {
     let open = match timeout(
         Duration::from_secs(10),
         wire::read_frame::<ChannelOpen>(&mut recv),
@@ -86,14 +100,64 @@ pub(crate) async fn serve(cfg: Arc<HostConfig>, send: SendStream, mut recv: Recv
         Ok(Ok(Some(open))) => open,
         _ => return,
     };
-    info!(user = %open.user, session = %open.session, kind = kind_name(&open.kind), "channel");
-    let result = match open.kind {
+    let ChannelOpen {
+        session,
+        user,
+        stream,
+    } = open;
+    let number = match stream {
+        HostStream::Handshake {
+            user_key,
+            record,
+            msg1,
+        } => {
+            let reply = match side.sessions.handshake(
+                session,
+                user.clone(),
+                user_key,
+                record,
+                &msg1,
+            ) {
+                Ok(msg2) => {
+                    info!(%user, %session, key = %user_key.fingerprint(), "end-to-end handshake");
+                    HandshakeReply::Msg2(msg2)
+                }
+                Err(why) => {
+                    info!(%user, %session, "end-to-end handshake refused: {why}");
+                    HandshakeReply::Refused(why)
+                }
+            };
+            let _ = wire::write_frame(&mut send, &reply).await;
+            let _ = send.finish();
+            return;
+        }
+        HostStream::Channel { number } => number,
+        _ => return,
+    };
+    let keys = match side.sessions.channel(session, number) {
+        Ok(keys) => keys,
+        Err(why) => {
+            info!(%user, %session, "channel refused: {why}");
+            let _ = send.reset(quinn::VarInt::from_u32(NO_CHANNEL_KEYS));
+            return;
+        }
+    };
+    let send = SealedSend::new(send, keys.sealer);
+    let mut recv = OpenedRecv::new(recv, keys.opener);
+    let kind = match timeout(Duration::from_secs(10), recv.read_frame::<ChannelKind>()).await {
+        Ok(Ok(Some(kind))) => kind,
+        _ => return,
+    };
+    info!(user = %keys.user, %session, kind = kind_name(&kind), "channel");
+    channel_log::record(&side.home, session, &keys.user, &keys.user_key, &kind);
+    let cfg = &side.cfg;
+    let result = match kind {
         ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {
             shell(send, recv, term, cols, rows).await
         }
         ChannelKind::Exec { argv } if cfg.allow_exec => exec(send, recv, argv).await,
-        ChannelKind::Forward { target } => forward(&cfg, send, recv, target).await,
-        ChannelKind::ForwardCheck { target } => forward_check(&cfg, send, target).await,
+        ChannelKind::Forward { target } => forward(cfg, send, recv, target).await,
+        ChannelKind::ForwardCheck { target } => forward_check(cfg, send, target).await,
         ChannelKind::Upload { path, name, size } if cfg.allow_copy => {
             upload(send, recv, &path, &name, size).await
         }
@@ -111,7 +175,7 @@ pub(crate) async fn serve(cfg: Arc<HostConfig>, send: SendStream, mut recv: Recv
     }
 }
 
-fn kind_name(kind: &ChannelKind) -> &'static str {
+pub(crate) fn kind_name(kind: &ChannelKind) -> &'static str {
     match kind {
         ChannelKind::Shell { .. } => "shell",
         ChannelKind::Exec { .. } => "exec",
@@ -185,8 +249,8 @@ fn spawn_failure(program: &str, e: &std::io::Error) -> (i32, String) {
 }
 
 async fn exec(
-    mut send: SendStream,
-    recv: RecvStream,
+    mut send: SealedSend,
+    mut recv: OpenedRecv,
     argv: Vec<String>,
 ) -> Result<(), ChannelError> {
     let Some((program, args)) = argv.split_first() else {
@@ -211,13 +275,10 @@ async fn exec(
             let (code, why) = spawn_failure(program, &e);
             info!(reason = %why, "exec failed");
             accept(&mut send, None).await?;
-            wire::write_frame(
-                &mut send,
-                &ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()),
-            )
-            .await?;
-            wire::write_frame(&mut send, &ExecOut::Exit(code)).await?;
-            send.finish()?;
+            send.write_frame(&ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()))
+                .await?;
+            send.write_frame(&ExecOut::Exit(code)).await?;
+            send.finish().await?;
             return Ok(());
         }
     };
@@ -227,24 +288,23 @@ async fn exec(
     else {
         return Err(ChannelError::Pty("child has no pipes".into()));
     };
-    let mut input = frame_reader::<ExecIn>(recv);
     // Forwards standard input; ends `true` if the client went away (its
     // stream ended without the end-of-input frame).
     let mut pump = tokio::spawn(async move {
         let mut stdin = Some(stdin);
         loop {
-            match input.recv().await {
-                Some(Ok(Some(ExecIn::Stdin(bytes)))) => {
+            match recv.read_frame::<ExecIn>().await {
+                Ok(Some(ExecIn::Stdin(bytes))) => {
                     if let Some(pipe) = stdin.as_mut() {
                         if pipe.write_all(&bytes).await.is_err() {
                             stdin = None;
                         }
                     }
                 }
-                Some(Ok(Some(ExecIn::Eof))) => stdin = None,
-                Some(Ok(Some(_))) => {}
+                Ok(Some(ExecIn::Eof)) => stdin = None,
+                Ok(Some(_)) => {}
                 // A clean end after the end-of-input frame is normal.
-                Some(Ok(None)) if stdin.is_none() => return false,
+                Ok(None) if stdin.is_none() => return false,
                 _ => return true,
             }
         }
@@ -283,7 +343,7 @@ async fn exec(
                 _ => { err_open = false; continue; }
             },
         };
-        if let Err(e) = wire::write_frame(&mut send, &frame).await {
+        if let Err(e) = send.write_frame(&frame).await {
             hang_up(&mut child).await;
             return Err(e.into());
         }
@@ -296,8 +356,9 @@ async fn exec(
         }
         status = child.wait() => status?,
     };
-    wire::write_frame(&mut send, &ExecOut::Exit(status_code(status))).await?;
-    send.finish()?;
+    send.write_frame(&ExecOut::Exit(status_code(status)))
+        .await?;
+    send.finish().await?;
     Ok(())
 }
 
@@ -306,8 +367,8 @@ fn pty_err(e: impl std::fmt::Display) -> ChannelError {
 }
 
 async fn shell(
-    mut send: SendStream,
-    recv: RecvStream,
+    mut send: SealedSend,
+    mut input: OpenedRecv,
     term: String,
     cols: u16,
     rows: u16,
@@ -372,7 +433,6 @@ async fn shell(
         }
     });
 
-    let mut input = frame_reader::<ShellIn>(recv);
     let mut input_open = true;
     // The client is gone when nobody reads the shell's output any more
     // (the relay stops the stream when the client leaves) or its input
@@ -389,26 +449,26 @@ async fn shell(
             }
             data = out_rx.recv() => match data {
                 Some(bytes) => {
-                    if wire::write_frame(&mut send, &ShellOut::Data(bytes)).await.is_err() {
+                    if send.write_frame(&ShellOut::Data(bytes)).await.is_err() {
                         gone = true;
                         break;
                     }
                 }
                 None => break,
             },
-            frame = input.recv(), if input_open => match frame {
-                Some(Ok(Some(ShellIn::Data(bytes)))) => {
+            frame = input.read_frame::<ShellIn>(), if input_open => match frame {
+                Ok(Some(ShellIn::Data(bytes))) => {
                     if in_tx.send(bytes).await.is_err() {
                         input_open = false;
                     }
                 }
-                Some(Ok(Some(ShellIn::Resize { cols, rows }))) => {
+                Ok(Some(ShellIn::Resize { cols, rows })) => {
                     pair.master.resize(size(cols, rows)).map_err(pty_err)?;
                 }
-                Some(Ok(Some(_))) => {}
+                Ok(Some(_)) => {}
                 // The user sent all they will send; the shell runs on.
-                Some(Ok(None)) => input_open = false,
-                Some(Err(_)) | None => {
+                Ok(None) => input_open = false,
+                Err(_) => {
                     gone = true;
                     break;
                 }
@@ -435,8 +495,8 @@ async fn shell(
         .await
         .map_err(pty_err)??;
     let code = i32::try_from(status.exit_code()).unwrap_or(255);
-    wire::write_frame(&mut send, &ShellOut::Exit(code)).await?;
-    send.finish()?;
+    send.write_frame(&ShellOut::Exit(code)).await?;
+    send.finish().await?;
     Ok(())
 }
 
@@ -468,13 +528,13 @@ fn allowed_target(cfg: &HostConfig, target: &str) -> Result<SocketAddr, String> 
 /// a check never reaches (or wakes) the target.
 async fn forward_check(
     cfg: &HostConfig,
-    mut send: SendStream,
+    mut send: SealedSend,
     target: String,
 ) -> Result<(), ChannelError> {
     match allowed_target(cfg, &target) {
         Ok(_) => {
             accept(&mut send, None).await?;
-            send.finish()?;
+            send.finish().await?;
             Ok(())
         }
         Err(why) => refuse(send, why).await,
@@ -483,8 +543,8 @@ async fn forward_check(
 
 async fn forward(
     cfg: &HostConfig,
-    mut send: SendStream,
-    recv: RecvStream,
+    mut send: SealedSend,
+    mut recv: OpenedRecv,
     target: String,
 ) -> Result<(), ChannelError> {
     let addr = match allowed_target(cfg, &target) {
@@ -511,27 +571,16 @@ async fn forward(
     };
     tcp.set_nodelay(true)?;
     accept(&mut send, None).await?;
-    let (tcp_read, mut tcp_write) = tcp.into_split();
-    let up = async move {
-        let _ = tokio::io::copy_buf(
-            &mut BufReader::with_capacity(COPY_BUF, recv),
-            &mut tcp_write,
-        )
-        .await;
-        let _ = tcp_write.shutdown().await;
-    };
-    let down = async move {
-        let _ =
-            tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUF, tcp_read), &mut send).await;
-        let _ = send.finish();
-    };
-    tokio::join!(up, down);
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let up = wire::copy_out_of_channel(&mut recv, &mut tcp_write);
+    let down = wire::copy_into_channel(&mut tcp_read, &mut send);
+    let _ = tokio::join!(up, down);
     Ok(())
 }
 
 async fn upload(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: SealedSend,
+    mut recv: OpenedRecv,
     path: &str,
     name: &str,
     size: u64,
@@ -553,13 +602,10 @@ async fn upload(
     let received = async {
         while left > 0 {
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = recv
-                .read(&mut buf[..want])
-                .await
-                .map_err(|e| ChannelError::Io(e.into()))?;
-            let Some(n) = n.filter(|n| *n > 0) else {
+            let n = recv.read(&mut buf[..want]).await?;
+            if n == 0 {
                 return Err(ChannelError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            };
+            }
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n]).await?;
             left -= n as u64;
@@ -594,12 +640,12 @@ async fn upload(
             ChannelReply::Refused(format!("transfer failed: {e}"))
         }
     };
-    wire::write_frame(&mut send, &verdict).await?;
-    send.finish()?;
+    send.write_frame(&verdict).await?;
+    send.finish().await?;
     Ok(())
 }
 
-async fn download(mut send: SendStream, path: &str) -> Result<(), ChannelError> {
+async fn download(mut send: SealedSend, path: &str) -> Result<(), ChannelError> {
     let path = resolve(path);
     let crate::files::Source { reader, size } = match crate::files::open(&path).await {
         Ok(source) => source,
@@ -615,14 +661,10 @@ async fn download(mut send: SendStream, path: &str) -> Result<(), ChannelError> 
             break;
         }
         hasher.update(&buf[..n]);
-        send.write_all(&buf[..n])
-            .await
-            .map_err(|e| ChannelError::Io(e.into()))?;
+        send.write_all(&buf[..n]).await?;
     }
-    send.write_all(&hasher.finalize())
-        .await
-        .map_err(|e| ChannelError::Io(e.into()))?;
-    send.finish()?;
+    send.write_all(&hasher.finalize()).await?;
+    send.finish().await?;
     Ok(())
 }
 

@@ -2,9 +2,13 @@
 //! that keeps the host reachable.
 
 mod agent;
+mod channel_log;
 mod channels;
+mod e2e;
 
 pub use agent::{dial, run};
+pub use channel_log::CHANNEL_LOG;
+pub use channels::NO_CHANNEL_KEYS;
 
 use latchkey_protocol::{
     frame::{CodeTarget, HostToRelay, Intent, RelayToHost},
@@ -68,8 +72,8 @@ pub async fn set_code(
         },
     )
     .await?;
-    let response = match wire::read_frame::<RelayToHost>(&mut control.recv).await? {
-        Some(RelayToHost::CodeChallenge { response }) => response,
+    let (response, record) = match wire::read_frame::<RelayToHost>(&mut control.recv).await? {
+        Some(RelayToHost::CodeChallenge { response, record }) => (response, record),
         Some(RelayToHost::Refused(r)) => return Err(NetError::Refused(r).into()),
         _ => {
             return Err(
@@ -77,10 +81,13 @@ pub async fn set_code(
             )
         }
     };
-    let upload =
+    let (upload, export_key) =
         tokio::task::spawn_blocking(move || registration.finish(&mut OsRng, &code, &response))
             .await
             .map_err(|_| NetError::Local("key stretching failed".into()))??;
+    // Kept before the upload: a key whose upload then fails is never used,
+    // but a record without its key on the host could open no session.
+    home.save_export_key(&record, &export_key)?;
     wire::write_frame(&mut control.send, &HostToRelay::UploadCode { upload }).await?;
     let reply = wire::read_frame::<RelayToHost>(&mut control.recv).await?;
     control.relay.close(b"done").await;

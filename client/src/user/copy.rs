@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::remote::{ChannelError, Remote};
-use crate::{files, wire};
+use crate::files;
 
 const COPY_BUF: usize = 64 * 1024;
 
@@ -145,9 +145,9 @@ pub async fn upload(remote: &Remote, local: &Path, path: &str) -> Result<u64, Ch
     send.write_all(&hasher.finalize())
         .await
         .map_err(|e| ChannelError::Refused(format!("transfer failed: {e}")))?;
-    let _ = send.finish();
+    let _ = send.finish().await;
     progress.finish_and_clear();
-    match wire::read_frame::<ChannelReply>(&mut recv).await? {
+    match recv.read_frame::<ChannelReply>().await? {
         Some(ChannelReply::Accepted { .. }) => Ok(size),
         Some(ChannelReply::Refused(why)) => Err(ChannelError::Refused(why)),
         _ => Err(ChannelError::Refused(
@@ -184,9 +184,10 @@ pub async fn download(remote: &Remote, path: &str, local: &Path) -> Result<u64, 
             let n = recv
                 .read(&mut buf[..want])
                 .await
-                .map_err(|e| ChannelError::Refused(format!("transfer failed: {e}")))?
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ChannelError::Refused("the transfer ended early".into()))?;
+                .map_err(|e| ChannelError::Refused(format!("transfer failed: {e}")))?;
+            if n == 0 {
+                return Err(ChannelError::Refused("the transfer ended early".into()));
+            }
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n])
                 .await

@@ -5,18 +5,18 @@ use latchkey_protocol::session::{ChannelKind, ExecIn, ExecOut, MAX_CHUNK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::remote::{ChannelError, Remote};
-use crate::wire;
 
 /// Runs `argv` on the host; returns its exit status.
 pub async fn exec(remote: &Remote, argv: Vec<String>) -> Result<i32, ChannelError> {
-    let (mut send, recv, _) = remote.channel(ChannelKind::Exec { argv }).await?;
+    let (mut send, mut recv, _) = remote.channel(ChannelKind::Exec { argv }).await?;
     let stdin_pump = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; MAX_CHUNK];
         loop {
             match stdin.read(&mut buf).await {
                 Ok(n) if n > 0 => {
-                    if wire::write_frame(&mut send, &ExecIn::Stdin(buf[..n].to_vec()))
+                    if send
+                        .write_frame(&ExecIn::Stdin(buf[..n].to_vec()))
                         .await
                         .is_err()
                     {
@@ -26,24 +26,23 @@ pub async fn exec(remote: &Remote, argv: Vec<String>) -> Result<i32, ChannelErro
                 _ => break,
             }
         }
-        let _ = wire::write_frame(&mut send, &ExecIn::Eof).await;
-        let _ = send.finish();
+        let _ = send.write_frame(&ExecIn::Eof).await;
+        let _ = send.finish().await;
     });
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
-    let mut frames = wire::frame_reader::<ExecOut>(recv);
     let result = loop {
-        match frames.recv().await {
-            Some(Ok(Some(ExecOut::Stdout(b)))) => {
+        match recv.read_frame::<ExecOut>().await {
+            Ok(Some(ExecOut::Stdout(b))) => {
                 out.write_all(&b).await.ok();
                 out.flush().await.ok();
             }
-            Some(Ok(Some(ExecOut::Stderr(b)))) => {
+            Ok(Some(ExecOut::Stderr(b))) => {
                 err.write_all(&b).await.ok();
                 err.flush().await.ok();
             }
-            Some(Ok(Some(ExecOut::Exit(code)))) => break Ok(code),
-            Some(Ok(Some(_))) => {}
+            Ok(Some(ExecOut::Exit(code))) => break Ok(code),
+            Ok(Some(_)) => {}
             _ => {
                 let why = remote
                     .end_reason()

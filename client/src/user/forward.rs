@@ -5,15 +5,11 @@
 use std::{net::SocketAddr, str::FromStr, sync::Arc};
 
 use latchkey_protocol::session::ChannelKind;
-use tokio::{
-    io::{AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::remote::{ChannelError, Remote};
-
-const COPY_BUF: usize = 64 * 1024;
+use crate::wire;
 
 /// A parsed forward specification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +69,7 @@ pub async fn check(remote: &Remote, target: &str) -> Result<(), ChannelError> {
     };
     match remote.channel(kind).await {
         Ok((mut send, _recv, _)) => {
-            let _ = send.finish();
+            let _ = send.finish().await;
             Ok(())
         }
         Err(ChannelError::Refused(why)) => Err(ChannelError::Refused(format!(
@@ -141,22 +137,12 @@ pub async fn forward(
 
 async fn one(remote: &Remote, tcp: TcpStream, target: String) -> Result<(), ChannelError> {
     tcp.set_nodelay(true).ok();
-    let (mut send, recv, _) = remote.channel(ChannelKind::Forward { target }).await?;
-    let (tcp_read, mut tcp_write) = tcp.into_split();
-    let up = async move {
-        let _ =
-            tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUF, tcp_read), &mut send).await;
-        let _ = send.finish();
-    };
-    let down = async move {
-        let _ = tokio::io::copy_buf(
-            &mut BufReader::with_capacity(COPY_BUF, recv),
-            &mut tcp_write,
-        )
-        .await;
-        let _ = tcp_write.shutdown().await;
-    };
-    tokio::join!(up, down);
+    let (mut send, mut recv, _) = remote.channel(ChannelKind::Forward { target }).await?;
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let _ = tokio::join!(
+        wire::copy_into_channel(&mut tcp_read, &mut send),
+        wire::copy_out_of_channel(&mut recv, &mut tcp_write)
+    );
     debug!("forwarded connection closed");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! hosts (shell, exec, forward, copy).
 
 pub mod copy;
+pub mod e2e;
 pub mod exec;
 pub mod forward;
 pub mod remote;

@@ -1,24 +1,40 @@
 //! A session on a host, as the user's commands use it: log in, wait until
-//! the relay has paired us with the host, then open channels.
+//! the relay has paired us with the host, run the end-to-end handshake with
+//! the host ([`super::e2e`]), then open channels sealed with its keys.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use latchkey_protocol::{
     control::{ClientSession, Event},
+    e2e::{Binding, SessionPsk},
     frame::{ClientToRelay, Refusal, RelayToClient},
     ids::{AccessCode, HostName},
-    session::{ChannelKind, ChannelReply, ChannelRequest},
+    session::{ChannelKind, ChannelReply, ChannelRequest, Relayed},
     HandshakeError,
 };
-use quinn::{RecvStream, SendStream};
-use tokio::time::timeout;
+use tokio::{sync::watch, time::timeout};
 
-use super::UserError;
+use super::{
+    e2e::{check_pin, E2eError, Epoch, Handshaker},
+    UserError,
+};
 use crate::{
     config::Home,
+    host::NO_CHANNEL_KEYS,
     net::{self, NetError, STEP_TIMEOUT},
-    wire,
+    wire::{self, OpenedRecv, SealedSend},
 };
+
+/// Where the session's end-to-end keys stand.
+#[derive(Clone)]
+enum Keys {
+    /// A handshake is under way (at start, or the host just came back).
+    Pending,
+    /// Channels open with these.
+    Ready(Arc<Epoch>),
+    /// The last handshake failed: channels fail with this.
+    Failed(String),
+}
 
 pub use latchkey_protocol::control::Phase;
 
@@ -34,6 +50,8 @@ pub struct Remote {
     /// The relay's refusals of control requests (e.g. a reboot).
     refusals: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
     control: tokio::sync::mpsc::Sender<ClientToRelay>,
+    handshaker: Arc<Handshaker>,
+    keys: Arc<watch::Sender<Keys>>,
 }
 
 /// Errors opening a channel.
@@ -45,6 +63,15 @@ pub enum ChannelError {
     /// The relay or connection failed.
     #[error(transparent)]
     Net(#[from] NetError),
+}
+
+impl From<E2eError> for ChannelError {
+    fn from(e: E2eError) -> Self {
+        match e {
+            E2eError::Net(n) => Self::Net(n),
+            other => Self::Refused(other.to_string()),
+        }
+    }
 }
 
 impl From<quinn::ConnectionError> for ChannelError {
@@ -62,6 +89,7 @@ impl From<wire::WireError> for ChannelError {
 impl Remote {
     /// Logs in to `host` and waits for the pairing.
     pub async fn open(home: &Home, host: &HostName, code: AccessCode) -> Result<Self, UserError> {
+        let (cfg, device) = home.user()?;
         let session = super::open_session(home, host, code).await?;
         let net::Control {
             relay,
@@ -76,6 +104,10 @@ impl Remote {
             .ok_or(NetError::Handshake(HandshakeError::PeerMisbehaved(
                 "no session reply",
             )))?;
+        let intro = match &first {
+            RelayToClient::SessionReady { host_key, record } => Some((*host_key, *record)),
+            _ => None,
+        };
         match machine.on_frame(first, Instant::now()) {
             Ok(Event::Phase) => {}
             Ok(Event::Refused(Refusal::HostOffline)) => {
@@ -88,11 +120,33 @@ impl Remote {
                 )
             }
         }
+        let Some((host_key, record)) = intro else {
+            return Err(
+                NetError::Handshake(HandshakeError::PeerMisbehaved("no session reply")).into(),
+            );
+        };
+        check_pin(home, &cfg.pin, host, &host_key)?;
+        let handshaker = Arc::new(Handshaker {
+            host: host.clone(),
+            device,
+            host_key,
+            psk: SessionPsk::derive(&session.export_key, &record),
+            binding: Binding {
+                session: session.id,
+                record,
+            },
+        });
+        drop(session.export_key);
+        let epoch = handshaker.run(&relay.conn).await?;
+        let keys = Arc::new(watch::Sender::new(Keys::Ready(Arc::new(epoch))));
         let (phase_tx, phase) = tokio::sync::watch::channel(machine.phase().clone());
         let (refusal_tx, refusals) = tokio::sync::mpsc::channel(4);
         let (control, mut requests) = tokio::sync::mpsc::channel::<ClientToRelay>(4);
         // One task owns the control stream: it writes our requests and
-        // follows what the relay says about the session.
+        // follows what the relay says about the session; when the host
+        // comes back it runs the handshake again (the code is not needed).
+        let (rehandshake, conn) = (handshaker.clone(), relay.conn.clone());
+        let keys_tx = keys.clone();
         tokio::spawn(async move {
             let mut send = send;
             let mut frames = wire::frame_reader::<RelayToClient>(recv);
@@ -106,6 +160,13 @@ impl Remote {
                     frame = frames.recv() => match frame {
                         Some(Ok(Some(frame))) => match machine.on_frame(frame, Instant::now()) {
                             Ok(Event::Phase) => {
+                                let back = matches!(machine.phase(), Phase::Ready)
+                                    && !matches!(*phase_tx.borrow(), Phase::Ready);
+                                if back {
+                                    keys_tx.send_replace(Keys::Pending);
+                                    let (h, c, k) = (rehandshake.clone(), conn.clone(), keys_tx.clone());
+                                    tokio::spawn(async move { k.send_replace(handshake(&h, &c).await) });
+                                }
                                 let _ = phase_tx.send(machine.phase().clone());
                             }
                             Ok(Event::Refused(r)) => {
@@ -134,26 +195,88 @@ impl Remote {
             phase,
             refusals: tokio::sync::Mutex::new(refusals),
             control,
+            handshaker,
+            keys,
         })
     }
 
     /// Opens a channel; returns its streams and the size the host announced.
+    /// `bulk` marks a copy, which the relay queues behind interactive
+    /// channels.
     pub async fn channel(
         &self,
         kind: ChannelKind,
-    ) -> Result<(SendStream, RecvStream, Option<u64>), ChannelError> {
-        let (mut send, mut recv) = self.conn.open_bi().await?;
-        wire::write_frame(&mut send, &ChannelRequest { kind }).await?;
-        let reply = timeout(STEP_TIMEOUT, wire::read_frame::<ChannelReply>(&mut recv))
-            .await
-            .map_err(|_| NetError::Timeout)??;
-        match reply {
-            Some(ChannelReply::Accepted { size }) => Ok((send, recv, size)),
-            Some(ChannelReply::Refused(why)) => Err(ChannelError::Refused(why)),
-            _ => Err(ChannelError::Net(NetError::Handshake(
-                HandshakeError::PeerMisbehaved("channel closed before the host answered"),
-            ))),
+    ) -> Result<(SealedSend, OpenedRecv, Option<u64>), ChannelError> {
+        match self.try_channel(kind.clone()).await {
+            // The host has no keys for us (it restarted just as we opened):
+            // one fresh handshake, then once more.
+            Err(Attempt::NoKeys) => {
+                let fresh = handshake(&self.handshaker, &self.conn).await;
+                self.keys.send_replace(fresh);
+                match self.try_channel(kind).await {
+                    Ok(opened) => Ok(opened),
+                    Err(Attempt::NoKeys) => Err(ChannelError::Refused(format!(
+                        "host '{}' has no end-to-end keys for this session",
+                        self.host
+                    ))),
+                    Err(Attempt::Failed(e)) => Err(e),
+                }
+            }
+            Err(Attempt::Failed(e)) => Err(e),
+            Ok(opened) => Ok(opened),
         }
+    }
+
+    /// The keys of the current handshake, once it is done.
+    async fn epoch(&self) -> Result<Arc<Epoch>, ChannelError> {
+        let mut keys = self.keys.subscribe();
+        let ready = timeout(STEP_TIMEOUT, keys.wait_for(|k| !matches!(k, Keys::Pending)))
+            .await
+            .map_err(|_| NetError::Timeout)?
+            .map(|k| k.clone());
+        match ready {
+            Ok(Keys::Ready(epoch)) => Ok(epoch),
+            Ok(Keys::Failed(why)) => Err(ChannelError::Refused(why)),
+            _ => Err(ChannelError::Refused("the session is over".into())),
+        }
+    }
+
+    async fn try_channel(
+        &self,
+        kind: ChannelKind,
+    ) -> Result<(SealedSend, OpenedRecv, Option<u64>), Attempt> {
+        let epoch = self.epoch().await?;
+        let (number, sealer, opener) = epoch.next_channel();
+        let bulk = matches!(
+            kind,
+            ChannelKind::Upload { .. } | ChannelKind::Download { .. }
+        );
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(ChannelError::from)?;
+        wire::write_frame(&mut send, &ChannelRequest::Channel { number, bulk })
+            .await
+            .map_err(ChannelError::from)?;
+        let mut send = SealedSend::new(send, sealer);
+        // Sent at once, before the relay's answer: no extra round trip.
+        send.write_frame(&kind).await.map_err(ChannelError::from)?;
+        let answer = async {
+            match wire::read_frame::<Relayed>(&mut recv).await {
+                Ok(Some(Relayed::Spliced)) => {}
+                Ok(Some(Relayed::Refused(why))) => return Err(ChannelError::Refused(why).into()),
+                Ok(_) => return Err(closed_early().into()),
+                Err(e) => return Err(Attempt::from_wire(e)),
+            }
+            let mut recv = OpenedRecv::new(recv, opener);
+            match recv.read_frame::<ChannelReply>().await {
+                Ok(Some(ChannelReply::Accepted { size })) => Ok((recv, size)),
+                Ok(Some(ChannelReply::Refused(why))) => Err(ChannelError::Refused(why).into()),
+                Ok(_) => Err(closed_early().into()),
+                Err(e) => Err(Attempt::from_wire(e)),
+            }
+        };
+        let (recv, size) = timeout(STEP_TIMEOUT, answer)
+            .await
+            .map_err(|_| ChannelError::from(NetError::Timeout))??;
+        Ok((send, recv, size))
     }
 
     /// Ends the session and waits (briefly) until the relay has been told,
@@ -252,5 +375,46 @@ impl Remote {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => on_wait(started.elapsed()),
             }
         }
+    }
+}
+
+/// One try at opening a channel.
+enum Attempt {
+    /// The host reset the stream: it has no keys for this session.
+    NoKeys,
+    /// Anything else.
+    Failed(ChannelError),
+}
+
+impl From<ChannelError> for Attempt {
+    fn from(e: ChannelError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl Attempt {
+    fn from_wire(e: wire::WireError) -> Self {
+        match e {
+            wire::WireError::Read(quinn::ReadError::Reset(code))
+                if code == quinn::VarInt::from_u32(NO_CHANNEL_KEYS) =>
+            {
+                Self::NoKeys
+            }
+            e => Self::Failed(e.into()),
+        }
+    }
+}
+
+fn closed_early() -> ChannelError {
+    ChannelError::Net(NetError::Handshake(HandshakeError::PeerMisbehaved(
+        "channel closed before the host answered",
+    )))
+}
+
+/// A handshake's result as the session's key state.
+async fn handshake(handshaker: &Handshaker, conn: &quinn::Connection) -> Keys {
+    match handshaker.run(conn).await {
+        Ok(epoch) => Keys::Ready(Arc::new(epoch)),
+        Err(e) => Keys::Failed(e.to_string()),
     }
 }

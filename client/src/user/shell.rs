@@ -15,7 +15,6 @@ use tokio::{
 };
 
 use super::remote::{ChannelError, Remote};
-use crate::wire;
 
 /// Restores the terminal however the session ends.
 struct RawMode;
@@ -163,22 +162,21 @@ async fn shells(
     let mut keys_open = true;
     loop {
         let (cols, rows) = size();
-        let (mut send, recv, _) = remote
+        let (mut send, mut recv, _) = remote
             .channel(ChannelKind::Shell {
                 term: term.into(),
                 cols,
                 rows,
             })
             .await?;
-        let mut frames = wire::frame_reader::<ShellOut>(recv);
         loop {
             tokio::select! {
                 key = keys.recv(), if keys_open => match key {
                     Some(Input::Data(bytes)) => {
-                        let _ = wire::write_frame(&mut send, &ShellIn::Data(bytes)).await;
+                        let _ = send.write_frame(&ShellIn::Data(bytes)).await;
                     }
                     Some(Input::Resize(cols, rows)) => {
-                        let _ = wire::write_frame(&mut send, &ShellIn::Resize { cols, rows }).await;
+                        let _ = send.write_frame(&ShellIn::Resize { cols, rows }).await;
                     }
                     Some(Input::Reboot) => {
                         eprint!("\r\n[latchkey: asking {} to reboot]\r\n", remote.host);
@@ -193,16 +191,16 @@ async fn shells(
                     }
                     Some(Input::Eof) | None => {
                         keys_open = false;
-                        let _ = send.finish();
+                        let _ = send.finish().await;
                     }
                 },
-                frame = frames.recv() => match frame {
-                    Some(Ok(Some(ShellOut::Data(b)))) => {
+                frame = recv.read_frame::<ShellOut>() => match frame {
+                    Ok(Some(ShellOut::Data(b))) => {
                         out.write_all(&b).await.ok();
                         out.flush().await.ok();
                     }
-                    Some(Ok(Some(ShellOut::Exit(code)))) => return Ok(code),
-                    Some(Ok(Some(_))) => {}
+                    Ok(Some(ShellOut::Exit(code))) => return Ok(code),
+                    Ok(Some(_)) => {}
                     _ => break,
                 },
             }

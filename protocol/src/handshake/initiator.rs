@@ -13,6 +13,7 @@ use snow::{HandshakeState, TransportState};
 use super::{noise_builder, prologue, read_noise, write_noise, Keypair, Suite};
 use crate::{
     codec::{decode_body, encode_body},
+    e2e::ExportKey,
     error::HandshakeError,
     frame::{Hello, HelloReply, Intent, LoginFinish, LoginOutcome, Refusal, PROTOCOL_VERSION},
     ids::{AccessCode, HostName, PublicKey, UserName},
@@ -73,6 +74,9 @@ pub enum InitiatorReply {
 pub struct AwaitingOutcome {
     transport: TransportState,
     handshake_hash: Vec<u8>,
+    /// OPAQUE's export key, when the code checked out: the session's
+    /// end-to-end handshake derives its psk from it ([`crate::e2e`]).
+    export_key: Option<ExportKey>,
 }
 
 impl std::fmt::Debug for AwaitingOutcome {
@@ -87,10 +91,20 @@ impl AwaitingOutcome {
         &self.handshake_hash
     }
 
-    /// Reads message 4.
-    pub fn read_outcome(mut self, msg4: &[u8]) -> Result<LoginOutcome, HandshakeError> {
+    /// Reads message 4. With an accepted login it also returns OPAQUE's
+    /// export key, which only the client and the host that registered the
+    /// code know.
+    pub fn read_outcome(
+        mut self,
+        msg4: &[u8],
+    ) -> Result<(LoginOutcome, Option<ExportKey>), HandshakeError> {
         let body = read_noise(|m, b| self.transport.read_message(m, b), msg4)?;
-        Ok(decode_body(&body)?)
+        let outcome: LoginOutcome = decode_body(&body)?;
+        let key = match outcome {
+            LoginOutcome::Accepted { .. } => self.export_key.take(),
+            _ => None,
+        };
+        Ok((outcome, key))
     }
 }
 
@@ -184,6 +198,7 @@ impl Initiator {
                             awaiting: AwaitingOutcome {
                                 transport,
                                 handshake_hash,
+                                export_key: None,
                             },
                         });
                     }
@@ -205,6 +220,7 @@ impl Initiator {
                     awaiting: AwaitingOutcome {
                         transport,
                         handshake_hash,
+                        export_key: Some(ExportKey::from_bytes(finish.export_key.to_vec())),
                     },
                 })
             }

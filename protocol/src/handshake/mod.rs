@@ -176,11 +176,19 @@ impl CryptoResolver for SeededResolver {
 }
 
 pub(crate) fn noise_builder<'a>(rng: &mut (impl RngCore + CryptoRng)) -> snow::Builder<'a> {
+    noise_builder_for(NOISE_PARAMS, rng)
+}
+
+/// A builder for `params` (one of this crate's constant protocol names).
+pub(crate) fn noise_builder_for<'a>(
+    params: &str,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> snow::Builder<'a> {
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
-    let params = NOISE_PARAMS
+    let params = params
         .parse()
-        .unwrap_or_else(|_| unreachable!("NOISE_PARAMS is a valid pattern"));
+        .unwrap_or_else(|_| unreachable!("the crate's Noise names are valid patterns"));
     snow::Builder::with_resolver(params, Box::new(SeededResolver(seed)))
 }
 

@@ -12,6 +12,7 @@ use rand::{CryptoRng, RngCore};
 
 use super::{RelayIdentity, Suite};
 use crate::{
+    e2e::ExportKey,
     error::HandshakeError,
     ids::{AccessCode, RecordId},
     ksf::KsfProfile,
@@ -53,14 +54,16 @@ impl CodeRegistration {
         ))
     }
 
-    /// Finishes with the relay's response; returns the upload (the record).
+    /// Finishes with the relay's response; returns the upload (the record)
+    /// and OPAQUE's export key, which the host keeps for the end-to-end
+    /// handshakes of sessions that log in with this record ([`crate::e2e`]).
     /// Key stretching runs here.
     pub fn finish(
         self,
         rng: &mut (impl RngCore + CryptoRng),
         code: &AccessCode,
         response: &[u8],
-    ) -> Result<Vec<u8>, HandshakeError> {
+    ) -> Result<(Vec<u8>, ExportKey), HandshakeError> {
         let response = RegistrationResponse::<Suite>::deserialize(response)
             .map_err(|_| HandshakeError::Malformed("registration response does not decode"))?;
         let argon2 = self.ksf.argon2();
@@ -73,7 +76,10 @@ impl CodeRegistration {
                 ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&argon2)),
             )
             .map_err(|_| HandshakeError::PeerMisbehaved("registration response is invalid"))?;
-        Ok(finish.message.serialize().to_vec())
+        Ok((
+            finish.message.serialize().to_vec(),
+            ExportKey::from_bytes(finish.export_key.to_vec()),
+        ))
     }
 }
 

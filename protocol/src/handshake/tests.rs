@@ -7,7 +7,8 @@ use rand::{rngs::StdRng, SeedableRng};
 
 use super::*;
 use crate::{
-    frame::{HelloReply, Intent, LoginOutcome, Refusal},
+    e2e::ExportKey,
+    frame::{HelloReply, Intent, LoginOutcome, Refusal, PROTOCOL_VERSION},
     ids::{AccessCode, HostName, RecordId, SessionId, UserName},
 };
 
@@ -58,27 +59,29 @@ struct World {
     relay: RelayIdentity,
     alice: Keypair,
     store: Memory,
+    export_key: ExportKey,
 }
 
-fn register(relay: &RelayIdentity, code: &str, rng: &mut StdRng) -> CodeRecord {
+fn register(relay: &RelayIdentity, code: &str, rng: &mut StdRng) -> (CodeRecord, ExportKey) {
     let code = AccessCode::new(code.into()).unwrap();
     let ksf = KsfProfile::InsecureFastForTests;
     let (reg, request) = CodeRegistration::start(rng, &code, ksf).unwrap();
     let id = RecordId([3; 16]);
     let response = registration_response(relay, &request, id).unwrap();
-    let upload = reg.finish(rng, &code, &response).unwrap();
-    CodeRecord {
+    let (upload, export_key) = reg.finish(rng, &code, &response).unwrap();
+    let record = CodeRecord {
         id,
         ksf,
         record: validate_upload(&upload).unwrap(),
-    }
+    };
+    (record, export_key)
 }
 
 fn world(rng: &mut StdRng) -> World {
     let mut relay = RelayIdentity::generate(rng);
     relay.outsider_ksf = KsfProfile::InsecureFastForTests;
     let alice = Keypair::generate(rng);
-    let record = register(&relay, CODE, rng);
+    let (record, export_key) = register(&relay, CODE, rng);
     let mut users = HashMap::new();
     users.insert(name("alice"), alice.public);
     users.insert(name("bob"), Keypair::generate(rng).public);
@@ -95,6 +98,7 @@ fn world(rng: &mut StdRng) -> World {
             reserved: 0,
             threshold: 3,
         },
+        export_key,
     }
 }
 
@@ -167,7 +171,11 @@ fn right_code_succeeds_and_both_sides_agree_on_the_handshake_hash() {
         session: SessionId([1; 16]),
     };
     let msg4 = result.reply(&outcome).unwrap();
-    assert_eq!(client.read_outcome(&msg4).unwrap(), outcome);
+    let (got, key) = client.read_outcome(&msg4).unwrap();
+    assert_eq!(got, outcome);
+    // The login's export key is the one the host got when it registered the
+    // code: the end-to-end psk both derive without the relay.
+    assert_eq!(key.unwrap().as_bytes(), w.export_key.as_bytes());
 }
 
 #[test]
@@ -392,19 +400,22 @@ fn device_intents_get_the_callers_reply_and_other_versions_are_refused() {
         .unwrap()
         .build_initiator()
         .unwrap();
-    let payload = crate::codec::encode_body(&(2u16, "something new")).unwrap();
+    let future = PROTOCOL_VERSION + 1;
+    let payload = crate::codec::encode_body(&(future, "something new")).unwrap();
     let msg1 = write_noise(|p, b| hs.write_message(p, b), &payload).unwrap();
     let Msg1::Device(req) = Responder::read_msg1(&w.relay, BINDING, &msg1, &mut rng).unwrap()
     else {
         panic!()
     };
-    assert_eq!((req.version(), req.intent()), (2, None));
+    assert_eq!((req.version(), req.intent()), (future, None));
     let (msg2, _) = req.reply(&HelloReply::Welcome).unwrap();
     let body = read_noise(|m, b| hs.read_message(m, b), &msg2).unwrap();
     let reply: HelloReply = crate::codec::decode_body(&body).unwrap();
     assert_eq!(
         reply,
-        HelloReply::Refused(Refusal::UnsupportedVersion { supported: 1 })
+        HelloReply::Refused(Refusal::UnsupportedVersion {
+            supported: PROTOCOL_VERSION
+        })
     );
 }
 
@@ -420,6 +431,7 @@ fn relay_identity_survives_a_round_trip_through_bytes() {
         relay: again,
         alice: w.alice.clone(),
         store: w.store,
+        export_key: w.export_key,
     };
     w2.relay.outsider_ksf = KsfProfile::InsecureFastForTests;
     let alice = w2.alice.clone();

@@ -44,7 +44,7 @@ pub(crate) fn handshake() -> Result<()> {
     let ksf = KsfProfile::InsecureFastForTests;
     let (reg, req) = CodeRegistration::start(&mut OsRng, &code, ksf)?;
     let id = RecordId([1; 16]);
-    let upload = reg.finish(&mut OsRng, &code, &registration_response(&relay, &req, id)?)?;
+    let (upload, _) = reg.finish(&mut OsRng, &code, &registration_response(&relay, &req, id)?)?;
     let record = CodeRecord {
         id,
         ksf,

@@ -1,0 +1,67 @@
+//! The host's own record of what each channel did. The relay splices
+//! sealed records and cannot see a channel's command, path or target any
+//! more (SPEC X4), so the host that runs them keeps the log: one JSON line
+//! per channel in `channels.log` in the agent's home (owner-only, like
+//! `host.key`), and the same line in the agent's log.
+
+use std::io::Write;
+
+use latchkey_protocol::{
+    ids::{PublicKey, SessionId, UserName},
+    session::ChannelKind,
+};
+use tracing::warn;
+
+use super::channels::kind_name;
+use crate::config::Home;
+
+/// The log's file name in the agent's home.
+pub const CHANNEL_LOG: &str = "channels.log";
+
+/// What a channel was asked to do, in one line of text.
+fn detail(kind: &ChannelKind) -> String {
+    match kind {
+        ChannelKind::Shell { term, cols, rows } => format!("{term} {cols}x{rows}"),
+        ChannelKind::Exec { argv } => argv.join(" "),
+        ChannelKind::Forward { target } | ChannelKind::ForwardCheck { target } => target.clone(),
+        ChannelKind::Upload { path, name, size } => format!("{name} ({size} bytes) to {path}"),
+        ChannelKind::Download { path } => path.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Appends one channel to the log. A log that cannot be written is
+/// warned about, and the channel still runs (as sshd does with syslog).
+pub(crate) fn record(
+    home: &Home,
+    session: SessionId,
+    user: &UserName,
+    user_key: &PublicKey,
+    kind: &ChannelKind,
+) {
+    let line = serde_json::json!({
+        "at": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "session": format!("{session:?}"),
+        "user": user.as_str(),
+        "user_key": user_key.fingerprint(),
+        "kind": kind_name(kind),
+        "detail": detail(kind),
+    });
+    let path = home.path.join(CHANNEL_LOG);
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options
+        .open(&path)
+        .and_then(|mut file| writeln!(file, "{line}"));
+    if let Err(e) = written {
+        warn!(path = %path.display(), "cannot write the channel log: {e}");
+    }
+}

@@ -1,0 +1,342 @@
+//! End-to-end encryption between client and host (SPEC X4): the relay
+//! splices sealed records only, a changed host key is refused, and a relay
+//! that introduces keys of its own gets nothing.
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+use latchkey_client::{config::Home, user::remote::Remote};
+use latchkey_protocol::{ids::AccessCode, session::ChannelKind};
+use latchkey_tests::{wait_until, World, OWNER_CODE};
+
+/// A marker nobody else writes: any copy of it in the relay's buffers is
+/// a leak.
+fn marker() -> String {
+    let mut bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("MARKER-{hex}")
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+/// A TCP echo service on the host's side.
+fn echo_service() -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf) {
+                    if n == 0 || tcp.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A marker sent through a forward (both ways), an exec (its command line
+/// and its output) and a copy reaches the other end, and no byte the relay
+/// spliced (the test relay appends every one to a file), nor its store,
+/// holds it. The host's own channel log has the command; the relay's audit
+/// has only the session's channel count and bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_never_holds_channel_plaintext() -> Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let capture = scratch.path().join("spliced.bytes");
+    let w = World::with_env(vec![(
+        "LATCHKEY_TEST_SPLICE_CAPTURE".into(),
+        capture.display().to_string(),
+    )])?;
+    let target = echo_service()?;
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let _agent = w.start_agent()?;
+    let secret = marker();
+
+    // A forward, in-process: the marker goes out and comes back.
+    let home = Home::locate(Some(w.alice.home.clone()));
+    let remote = Remote::open(
+        &home,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await?;
+    let (mut send, mut recv, _) = remote
+        .channel(ChannelKind::Forward {
+            target: target.clone(),
+        })
+        .await?;
+    let mut sent = 0;
+    for _ in 0..64 {
+        send.write_all(format!("{secret}\n").as_bytes()).await?;
+        sent += secret.len() + 1;
+    }
+    let mut echoed = Vec::new();
+    let mut buf = [0u8; 4096];
+    while echoed.len() < sent {
+        let n = tokio::time::timeout(Duration::from_secs(10), recv.read(&mut buf)).await??;
+        if n == 0 {
+            bail!("the forward ended after {} bytes", echoed.len());
+        }
+        echoed.extend_from_slice(&buf[..n]);
+    }
+    assert!(contains(&echoed, &secret), "the echo lost the marker");
+    send.finish().await?;
+    remote.close().await;
+
+    // An exec: the marker in the command line and in its output.
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", &secret])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(contains(&out.stdout, &secret), "exec lost the marker");
+
+    // A copy of a file holding it.
+    let file = w.dir.path().join("secret.txt");
+    std::fs::write(&file, secret.repeat(100))?;
+    let dest = w.dir.path().join("copied.txt");
+    let out = w.alice.with_code(
+        OWNER_CODE,
+        &[
+            "cp",
+            &file.to_string_lossy(),
+            &format!("mypc:{}", dest.display()),
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&dest)?, secret.repeat(100).into_bytes());
+
+    // The relay spliced every byte of that, sealed.
+    let spliced = std::fs::read(&capture)?;
+    println!("the relay spliced {} bytes", spliced.len());
+    assert!(
+        spliced.len() > sent * 2 + secret.len() * 100,
+        "the capture holds only {} bytes: is this a test build of the relay?",
+        spliced.len()
+    );
+    assert!(
+        !contains(&spliced, &secret),
+        "the relay spliced the marker in plaintext"
+    );
+    for (path, bytes) in files_under(&w.relay.data_dir) {
+        assert!(
+            !contains(&bytes, &secret),
+            "the relay's {} holds the marker",
+            path.display()
+        );
+    }
+    // The host logs what ran; the relay knows channel counts and bytes.
+    let log = std::fs::read_to_string(w.mypc.home.join(latchkey_client::host::CHANNEL_LOG))?;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"exec\"") && l.contains(&secret) && l.contains("\"alice\"")),
+        "{log}"
+    );
+    wait_until("the sessions' ends in the audit", || {
+        w.relay
+            .admin_json(&["audit", "--host", "mypc", "--limit", "100"])
+            .map(|rows| {
+                rows.as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter(|e| e["event"] == "session-end")
+                            .filter(|e| e["detail"].as_str().unwrap_or("").contains("1 channels"))
+                            .count()
+                            >= 2
+                    })
+                    .unwrap_or(false)
+            })
+            .unwrap_or(false)
+    })?;
+    Ok(())
+}
+
+/// A host whose key changed since the client pinned it is refused, with
+/// how to compare fingerprints and accept the new key; after `hosts
+/// --forget` the next connection pins it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_host_key_is_refused_with_how_to_compare() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("new host 'mypc', key pinned"), "{stderr}");
+    // The pin is the host's key, as `host info` shows it.
+    let info = w.mypc.run(&["host", "info"])?;
+    let keys = w.alice.run(&["hosts", "--keys"])?;
+    let fingerprint = info
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    assert!(!fingerprint.is_empty(), "{info}");
+    assert!(keys.contains(&fingerprint), "{keys} vs {info}");
+
+    // Another key pinned for mypc: as if the relay swapped the host.
+    let known = w.alice.home.join("known_hosts");
+    let text = std::fs::read_to_string(&known)?;
+    let (relay, rest) = text.trim().split_once(' ').unwrap_or_default();
+    let (host, _) = rest.split_once(' ').unwrap_or_default();
+    let other = latchkey_protocol::handshake::Keypair::generate(&mut rand::rngs::OsRng);
+    std::fs::write(
+        &known,
+        format!("{relay} {host} {}\n", other.public.to_text()),
+    )?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needed in [
+        "the key of host 'mypc' has changed",
+        &other.public.fingerprint(),
+        &fingerprint,
+        "latchkey host info",
+        "latchkey hosts --forget mypc",
+    ] {
+        assert!(stderr.contains(needed), "missing {needed:?} in: {stderr}");
+    }
+    w.alice.run(&["hosts", "--forget", "mypc"])?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "back"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(w.alice.run(&["hosts", "--keys"])?.contains(&fingerprint));
+    Ok(())
+}
+
+/// A relay that introduces a key of its own as the host's, and answers
+/// the handshake itself, cannot make the psk without the access code: the
+/// client stops there, says why, and no channel reaches the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_that_introduces_its_own_keys_fails_the_handshake() -> Result<()> {
+    let w = World::with_env(vec![("LATCHKEY_TEST_IMPERSONATE_HOST".into(), "1".into())])?;
+    let _agent = w.start_agent()?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "hi"])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the end-to-end handshake with 'mypc' failed")
+            && stderr.contains("trying to read your session"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hi"));
+    assert!(
+        !w.mypc
+            .home
+            .join(latchkey_client::host::CHANNEL_LOG)
+            .exists(),
+        "a channel reached the host"
+    );
+    Ok(())
+}
+
+/// A code set before the host kept export keys (or whose key file is
+/// lost) opens no session, and the user is told to set the code again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_without_the_codes_export_key_says_to_set_the_code_again() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    std::fs::remove_file(w.mypc.home.join("e2e.keys"))?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused the end-to-end handshake")
+            && stderr.contains("latchkey host set-code"),
+        "{stderr}"
+    );
+    w.mypc.set_code(OWNER_CODE, None)?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A long session opens channel after channel (a forward serves one per
+/// connection): each one's stream is freed when it ends, so the 600th opens
+/// as the first did, and the host's channel numbers never repeat.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_opens_600_channels_one_after_another() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let home = Home::locate(Some(w.alice.home.clone()));
+    let remote = Remote::open(
+        &home,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await?;
+    for i in 0..600 {
+        let kind = ChannelKind::ForwardCheck {
+            target: "127.0.0.1:22".into(),
+        };
+        let opened = tokio::time::timeout(Duration::from_secs(10), remote.channel(kind)).await;
+        let Ok(Ok((mut send, mut recv, _))) = opened else {
+            bail!("channel {i} did not open: {:?}", opened.map(|r| r.err()));
+        };
+        send.finish().await?;
+        let mut buf = [0u8; 1];
+        assert_eq!(recv.read(&mut buf).await?, 0);
+    }
+    remote.close().await;
+    Ok(())
+}
