@@ -96,6 +96,11 @@ pub struct HostConfig {
     /// starts it again when the machine is back.
     #[serde(default = "default_reboot_command")]
     pub reboot_command: Vec<String>,
+    /// The account shells, commands and copies run as when the agent runs
+    /// as root (required then, so sessions cannot read the host's keys;
+    /// `"root"` allows it anyway). Unset: the agent's own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_user: Option<String>,
 }
 
 fn default_reboot_command() -> Vec<String> {
@@ -121,7 +126,8 @@ fn default_forward_allow() -> Vec<String> {
 
 const USER_FILE: &str = "user.toml";
 const USER_KEY: &str = "user.key";
-const HOST_FILE: &str = "host.toml";
+/// The host config's file name.
+pub const HOST_FILE: &str = "host.toml";
 const HOST_KEY: &str = "host.key";
 const RESUME_TICKET: &str = "resume.ticket";
 /// The host's OPAQUE export keys, one line per code record it registered:
@@ -196,32 +202,74 @@ impl Home {
     /// end-to-end handshakes of sessions that log in with it. Records are
     /// immutable and few (one per code set), so the file only grows by a
     /// line per `set-code`.
-    pub fn save_export_key(&self, record: &RecordId, key: &ExportKey) -> Result<(), ConfigError> {
+    ///
+    /// `only_for` is the user of a code of their own (`reset-code --user`):
+    /// its key then serves that user's sessions only. The owner's codes
+    /// serve the owner and every user who inherited them.
+    pub fn save_export_key(
+        &self,
+        record: &RecordId,
+        key: &ExportKey,
+        only_for: Option<&UserName>,
+    ) -> Result<(), ConfigError> {
+        let _lock = self.lock(EXPORT_KEYS)?;
         let mut text = self.read_private_text(EXPORT_KEYS)?;
         text.push_str(&format!(
-            "{} {}\n",
+            "{} {}",
             record.to_text(),
             latchkey_protocol::ids::to_text(key.as_bytes())
         ));
+        if let Some(user) = only_for {
+            text.push_str(&format!(" {user}"));
+        }
+        text.push('\n');
         self.write_private(EXPORT_KEYS, text.as_bytes())
     }
 
-    /// The export key of `record`, if this host registered it.
-    pub fn export_key(&self, record: &RecordId) -> Result<Option<ExportKey>, ConfigError> {
+    /// The export key of `record` for a session of `user`, if this host
+    /// registered it (and, for a user's own code, for that user).
+    pub fn export_key(
+        &self,
+        record: &RecordId,
+        user: &UserName,
+    ) -> Result<Option<ExportKey>, ConfigError> {
         let text = self.read_private_text(EXPORT_KEYS)?;
         let wanted = record.to_text();
         let found = text.lines().find_map(|line| {
-            let (id, key) = line.split_once(' ')?;
-            (id == wanted).then(|| latchkey_protocol::ids::from_text_vec(key, "export key"))
+            let mut words = line.split_whitespace();
+            if words.next()? != wanted {
+                return None;
+            }
+            let key = words.next()?;
+            match words.next() {
+                Some(only_for) if only_for != user.as_str() => Some(Ok(None)),
+                _ => Some(latchkey_protocol::ids::from_text_vec(key, "export key").map(Some)),
+            }
         });
         match found {
-            None => Ok(None),
-            Some(Ok(bytes)) => Ok(Some(ExportKey::from_bytes(bytes))),
+            None | Some(Ok(None)) => Ok(None),
+            Some(Ok(Some(bytes))) => Ok(Some(ExportKey::from_bytes(bytes))),
             Some(Err(e)) => Err(ConfigError::Invalid {
                 path: self.path.join(EXPORT_KEYS),
                 why: e.to_string(),
             }),
         }
+    }
+
+    /// Holds `NAME.lock` for a read-modify-write of `NAME`, so two commands
+    /// at once (two `set-code`s) never lose each other's line.
+    fn lock(&self, name: &str) -> Result<fs::File, ConfigError> {
+        use fs4::fs_std::FileExt;
+        self.ensure_dir()?;
+        let path = self.path.join(format!("{name}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Self::io(&path))?;
+        FileExt::lock_exclusive(&file).map_err(Self::io(&path))?;
+        Ok(file)
     }
 
     /// The host keys pinned on this device: (relay pin, host, key).
@@ -253,18 +301,23 @@ impl Home {
         host: &HostName,
         key: &PublicKey,
     ) -> Result<(), ConfigError> {
+        let _lock = self.lock(KNOWN_HOSTS)?;
         let mut text = self.read_private_text(KNOWN_HOSTS)?;
         text.push_str(&format!("{relay} {host} {}\n", key.to_text()));
         self.write_private(KNOWN_HOSTS, text.as_bytes())
     }
 
-    /// Forgets `host`'s pinned key (to accept a new one); returns whether
-    /// one was pinned.
-    pub fn forget_host_key(&self, host: &HostName) -> Result<bool, ConfigError> {
+    /// Forgets `host`'s pinned key on the relay pinned as `relay` (to accept
+    /// a new one); returns whether one was pinned.
+    pub fn forget_host_key(&self, relay: &str, host: &HostName) -> Result<bool, ConfigError> {
+        let _lock = self.lock(KNOWN_HOSTS)?;
         let text = self.read_private_text(KNOWN_HOSTS)?;
         let kept: Vec<&str> = text
             .lines()
-            .filter(|line| line.split_whitespace().nth(1) != Some(host.as_str()))
+            .filter(|line| {
+                let mut words = line.split_whitespace();
+                (words.next(), words.next()) != (Some(relay), Some(host.as_str()))
+            })
             .collect();
         let forgot = kept.len() != text.lines().count();
         if forgot {
@@ -397,6 +450,7 @@ impl HostConfig {
             allow_copy: true,
             forward_allow: default_forward_allow(),
             reboot_command: default_reboot_command(),
+            session_user: None,
         }
     }
 
@@ -426,5 +480,27 @@ mod tests {
         let mode = fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(fs::read(&path).expect("read"), [7; 32]);
+    }
+
+    #[test]
+    fn a_users_own_code_key_serves_that_user_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home {
+            path: dir.path().join("home"),
+        };
+        let (owner, own) = (RecordId([1; 16]), RecordId([2; 16]));
+        let bob: UserName = "bob".parse().expect("name");
+        let alice: UserName = "alice".parse().expect("name");
+        let key = ExportKey::from_bytes(vec![7; 64]);
+        home.save_export_key(&owner, &key, None).expect("save");
+        home.save_export_key(&own, &key, Some(&bob)).expect("save");
+        assert!(home.export_key(&owner, &alice).expect("read").is_some());
+        assert!(home.export_key(&owner, &bob).expect("read").is_some());
+        assert!(home.export_key(&own, &bob).expect("read").is_some());
+        assert!(home.export_key(&own, &alice).expect("read").is_none());
+        assert!(home
+            .export_key(&RecordId([3; 16]), &bob)
+            .expect("read")
+            .is_none());
     }
 }

@@ -134,6 +134,12 @@ enum HostCommand {
     Enroll {
         /// The token (lk1-...).
         token: String,
+        /// The account shells, commands and copies run as (`session_user`
+        /// in host.toml). An agent running as root needs one, so that
+        /// sessions cannot read the host's keys: an unprivileged account,
+        /// or `root` to allow that anyway.
+        #[arg(long, value_name = "ACCOUNT")]
+        session_user: Option<String>,
     },
     /// Set or change the owner's access code (asked twice, without echo).
     /// Users granted shared access keep the code they inherited.
@@ -155,6 +161,32 @@ enum HostCommand {
     /// Show this host's name, relay and key fingerprint (users compare it
     /// with `latchkey hosts --keys` when their client reports a changed key).
     Info,
+    /// The agent's file helper for copies, run as the session's account
+    /// (internal).
+    #[command(hide = true)]
+    FileHelper {
+        #[command(subcommand)]
+        op: FileOp,
+    },
+}
+
+/// What the file helper does (see `latchkey_client::host::file_helper`).
+#[derive(Debug, Subcommand)]
+enum FileOp {
+    /// Send a file.
+    Read {
+        /// The file.
+        path: String,
+    },
+    /// Receive a file.
+    Write {
+        /// The destination (a file, or a directory to write NAME into).
+        path: String,
+        /// The source's file name.
+        name: String,
+        /// The bytes to receive.
+        size: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +250,20 @@ fn exit_code(status: i32) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Host(HostCommand::FileHelper { op }) = &cli.command {
+        // The agent shows the user this line as it is.
+        let done = match op {
+            FileOp::Read { path } => host::file_helper::read(path).await,
+            FileOp::Write { path, name, size } => host::file_helper::write(path, name, *size).await,
+        };
+        return Ok(match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
+                eprintln!("{why}");
+                ExitCode::FAILURE
+            }
+        });
+    }
     let home = Home::locate(cli.home);
     match cli.command {
         Command::Enroll { token } => {
@@ -230,7 +276,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts {
             forget: Some(host), ..
         } => {
-            if home.forget_host_key(&host)? {
+            let (cfg, _) = home.user()?;
+            if home.forget_host_key(&cfg.pin, &host)? {
                 println!("forgot the pinned key of '{host}'; the next connection pins the key it is offered");
             } else {
                 println!("no key was pinned for '{host}'");
@@ -239,7 +286,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts {
             keys: true, json, ..
         } => {
-            let pinned = home.known_hosts()?;
+            let (cfg, _) = home.user()?;
+            let mut pinned = home.known_hosts()?;
+            pinned.retain(|(relay, _, _)| *relay == cfg.pin);
             if json {
                 let rows: Vec<_> = pinned
                     .iter()
@@ -386,8 +435,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bytes = copied?;
             eprintln!("copied {bytes} bytes, checksum verified");
         }
-        Command::Host(HostCommand::Enroll { token }) => {
-            let name = host::enroll(&home, &token).await?;
+        Command::Host(HostCommand::Enroll {
+            token,
+            session_user,
+        }) => {
+            let name = host::enroll(&home, &token, session_user).await?;
             println!(
                 "enrolled as host '{name}' (config in {})",
                 home.host_config_path().display()
@@ -416,6 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("relay:       {}", cfg.relay);
             println!("fingerprint: {}", key.public.fingerprint());
         }
+        Command::Host(HostCommand::FileHelper { .. }) => unreachable!("handled first"),
         Command::Host(HostCommand::Run) => {
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();

@@ -289,4 +289,9 @@ pub enum RelayToHost {
     },
     /// The ticket was accepted: the sessions waiting for the host resume.
     Resumed,
+    /// A session ended: the host forgets its end-to-end keys.
+    SessionEnded {
+        /// The session.
+        session: SessionId,
+    },
 }

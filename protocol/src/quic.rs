@@ -178,8 +178,8 @@ impl<T: DeserializeOwned + Serialize> FrameReader<T> {
 
 /// Copies one QUIC stream into another chunk by chunk (no intermediate
 /// buffer: each received chunk is handed to the sender as it is), with
-/// flow-control back-pressure end to end. A finish is passed on; a reset
-/// or a stopped peer resets/stops the other side. `seen` is shown each
+/// flow-control back-pressure end to end. A finish is passed on, and so is
+/// a reset with its code; a stopped peer stops the other side. `seen` is shown each
 /// chunk as it passes (the relay counts bytes with it). Returns the bytes
 /// moved.
 pub async fn splice(
@@ -200,6 +200,10 @@ pub async fn splice(
             }
             Ok(None) => {
                 let _ = to.finish();
+                return moved;
+            }
+            Err(quinn::ReadError::Reset(code)) => {
+                let _ = to.reset(code);
                 return moved;
             }
             Err(_) => {
@@ -297,6 +301,17 @@ impl SealedSend {
     /// Sends one frame as one record.
     pub async fn write_frame<T: Serialize>(&mut self, frame: &T) -> Result<(), WireError> {
         self.write_all(&codec::encode_body(frame)?).await
+    }
+
+    /// Sends one frame as one padded record ([`crate::record::PAD_TO`]):
+    /// for a channel's request and its answer, whose lengths would say
+    /// what they are.
+    pub async fn write_frame_padded<T: Serialize>(&mut self, frame: &T) -> Result<(), WireError> {
+        let mut out = Vec::new();
+        self.sealer
+            .seal_padded(&codec::encode_body(frame)?, &mut out)?;
+        self.inner.write_chunk(out.into()).await?;
+        Ok(())
     }
 
     /// Sends the end record and finishes the stream: the peer can tell
@@ -457,27 +472,63 @@ pub async fn copy_into_channel<R: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Copies a channel's data into `to` until its end record, then shuts
-/// `to` down. A cut channel shuts `to` down too (the far side's TCP sees
-/// the end) but is an error. Returns the bytes copied.
+/// `to` down. A cut channel is an error and leaves `to` as it is: the
+/// caller aborts it (a TCP reset), so what the far side reads never looks
+/// complete when it is not. Returns the bytes copied.
 pub async fn copy_out_of_channel<W: tokio::io::AsyncWrite + Unpin>(
     from: &mut OpenedRecv,
     to: &mut W,
 ) -> Result<u64, WireError> {
     use tokio::io::AsyncWriteExt;
     let mut moved = 0u64;
-    let result = loop {
+    loop {
         match from.recv().await {
             Ok(Some(data)) => {
                 if to.write_all(&data).await.is_err() {
                     from.stop(quinn::VarInt::from_u32(0));
-                    break Err(WireError::Closed);
+                    return Err(WireError::Closed);
                 }
                 moved += data.len() as u64;
             }
-            Ok(None) => break Ok(moved),
-            Err(e) => break Err(e),
+            Ok(None) => {
+                let _ = to.shutdown().await;
+                return Ok(moved);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Splices a TCP connection and a channel both ways until both ends are
+/// done. A channel cut short resets the TCP connection instead of closing
+/// it (see [`copy_out_of_channel`]).
+pub async fn splice_tcp(tcp: tokio::net::TcpStream, send: &mut SealedSend, recv: &mut OpenedRecv) {
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let cut = {
+        let into = copy_into_channel(&mut tcp_read, send);
+        let out = copy_out_of_channel(recv, &mut tcp_write);
+        tokio::pin!(into, out);
+        let mut into_done = false;
+        loop {
+            tokio::select! {
+                copied = &mut out => {
+                    // A cut ends both ways at once; a clean end lets the
+                    // other way finish (a half-closed connection).
+                    if copied.is_err() {
+                        break true;
+                    }
+                    if !into_done {
+                        let _ = (&mut into).await;
+                    }
+                    break false;
+                }
+                _ = &mut into, if !into_done => into_done = true,
+            }
         }
     };
-    let _ = to.shutdown().await;
-    result
+    if cut {
+        if let Ok(tcp) = tcp_read.reunite(tcp_write) {
+            let _ = tcp.set_zero_linger();
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! record     = len: u32 (big endian) ‖ ciphertext (len bytes, tag included)
-//! plaintext  = type: u8 ‖ payload        type 0 = data, 1 = end
+//! plaintext  = type: u8 ‖ payload        type 0 = data, 1 = end,
+//!                                         2 = padded data: len: u32 ‖ data ‖ zeros
 //! nonce      = 0u32 ‖ counter: u64 (big endian), one counter per direction
 //! ```
 //!
@@ -38,6 +39,12 @@ pub const MAX_RECORDS: u64 = 1 << 32;
 
 const DATA: u8 = 0;
 const END: u8 = 1;
+const PADDED: u8 = 2;
+
+/// Padded records round their plaintext up to a multiple of this, so a
+/// channel's request (a command line, a path) shows the relay only its
+/// size class, not its length.
+pub const PAD_TO: usize = 256;
 
 /// Why a record could not be sealed or opened.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -105,6 +112,20 @@ impl Sealer {
     /// Appends one data record carrying `payload` to `out`.
     pub fn seal(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         self.seal_typed(DATA, payload, out)
+    }
+
+    /// Appends one data record carrying `payload`, padded to a multiple of
+    /// [`PAD_TO`] bytes.
+    pub fn seal_padded(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        let len = u32::try_from(payload.len()).map_err(|_| RecordError::TooLarge(payload.len()))?;
+        let mut body = len.to_be_bytes().to_vec();
+        body.extend_from_slice(payload);
+        // The type byte and the tag count too: the record's length is a
+        // multiple of PAD_TO.
+        let sealed = 1 + body.len() + TAG_LEN;
+        let padded = sealed.div_ceil(PAD_TO) * PAD_TO;
+        body.resize(body.len() + (padded - sealed), 0);
+        self.seal_typed(PADDED, &body, out)
     }
 
     /// Appends the end record to `out`: nothing may follow it.
@@ -184,6 +205,17 @@ impl Opener {
         let (kind, payload) = plain.split_first().ok_or(RecordError::Forged)?;
         match *kind {
             DATA => Ok(Opened::Data(payload)),
+            PADDED => {
+                let (len, rest) = payload
+                    .split_first_chunk::<4>()
+                    .ok_or(RecordError::Forged)?;
+                let len = u32::from_be_bytes(*len) as usize;
+                let (data, padding) = rest.split_at_checked(len).ok_or(RecordError::Forged)?;
+                if padding.iter().any(|b| *b != 0) {
+                    return Err(RecordError::Forged);
+                }
+                Ok(Opened::Data(data))
+            }
             END if payload.is_empty() => {
                 self.ended = true;
                 Ok(Opened::End)
@@ -335,6 +367,20 @@ mod tests {
             sealer.seal(&[0u8; MAX_RECORD_PAYLOAD + 1], &mut Vec::new()),
             Err(RecordError::TooLarge(MAX_RECORD_PAYLOAD + 1))
         );
+    }
+
+    #[test]
+    fn padded_records_hide_the_length_within_a_size_class() {
+        let (mut sealer, mut opener) = pair();
+        let mut short = Vec::new();
+        sealer.seal_padded(b"ls", &mut short).expect("seal");
+        let mut long = Vec::new();
+        sealer.seal_padded(&[b'x'; 200], &mut long).expect("seal");
+        assert_eq!(short.len(), long.len());
+        assert_eq!((short.len() - RECORD_PREFIX) % PAD_TO, 0);
+        let mut got = records(&[short, long].concat());
+        assert_eq!(opener.open(&mut got[0]), Ok(Opened::Data(&b"ls"[..])));
+        assert_eq!(opener.open(&mut got[1]), Ok(Opened::Data(&[b'x'; 200][..])));
     }
 
     #[test]

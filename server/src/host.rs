@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use latchkey_protocol::{
-    frame::{HostToRelay, RelayToHost},
+    frame::{HostToRelay, Refusal, RelayToHost},
     ids::{HostName, PublicKey},
 };
 use quinn::{RecvStream, SendStream};
@@ -16,7 +16,7 @@ use crate::{
     close,
     code_registration::register_code,
     error::{blocking, ConnError},
-    wire, Shared,
+    key_twice, wire, Shared,
 };
 
 /// Sender half used by other tasks to reach a host's control stream.
@@ -43,6 +43,25 @@ pub(crate) async fn serve(
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<(), ConnError> {
+    // The host's key still connected elsewhere, and answering: a copy of
+    // the key. The older connection keeps the host (see `key_twice`).
+    let older = shared
+        .hosts()
+        .get(&host)
+        .map(|l| (l.conn.clone(), l.tx.clone()));
+    if let Some((older, older_tx)) = older {
+        if key_twice::still_answers(&older, &older_tx).await {
+            key_twice::report(shared, &host, older.remote_address(), conn.remote_address()).await;
+            let refusal = RelayToHost::Refused(Refusal::NotAllowed(format!(
+                "host '{host}' is connected already, from another agent with this host's key; \
+                 its owner and the admin were told"
+            )));
+            let _ = wire::write_frame(&mut send, &refusal).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+            return Ok(());
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<RelayToHost>(64);
     let mut frames = wire::frame_reader::<HostToRelay>(recv);
     let id = shared.next_id();

@@ -22,6 +22,7 @@ pub mod endpoint;
 mod error;
 pub mod fault;
 mod host;
+mod key_twice;
 pub mod lockout;
 mod login;
 mod notify;
@@ -121,6 +122,8 @@ pub(crate) struct Shared {
     pub(crate) reboot_failed:
         tokio::sync::broadcast::Sender<(latchkey_protocol::ids::SessionId, String)>,
     presence: presence::Presence,
+    /// When each host's key was last seen connected twice.
+    pub(crate) key_twice: key_twice::Reports,
 }
 
 /// A reboot in progress (or the last one, for the rate limit).
@@ -266,6 +269,7 @@ impl Relay {
             host_back: tokio::sync::broadcast::channel(64).0,
             reboot_failed: tokio::sync::broadcast::channel(64).0,
             presence: presence::Presence::spawn(store.clone()),
+            key_twice: key_twice::Reports::default(),
             store,
         });
         info!(%addr, %fingerprint, "relay listening");

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use latchkey_protocol::{
     control::{EndReason, RelaySession, Request},
     e2e::Binding,
-    frame::{ClientToRelay, Refusal, RelayToClient},
+    frame::{ClientToRelay, Refusal, RelayToClient, RelayToHost},
     ids::{HostName, SessionId, UserName},
     limits::MAX_NOISE_MESSAGE,
     session::{ChannelOpen, ChannelRequest, HostStream, Relayed},
@@ -67,10 +67,7 @@ pub(crate) async fn serve(
     let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
     let grace = Duration::from_secs(shared.config.host_grace_secs);
     let mut machine = RelaySession::new(host.clone(), reboot_wait, grace);
-    // One end-to-end handshake at a time per session: each holds a stream
-    // of the host's link, and a session needs one only at its start and
-    // when the host comes back.
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(1));
+    let handshakes = Arc::new(HandshakeGate::default());
     // `None` while the host reboots: the session is parked until it is back
     // with its ticket, or until the deadline (SPEC R2-R4).
     let mut host_conn = Some(host_conn);
@@ -237,6 +234,10 @@ pub(crate) async fn serve(
     })
     .await;
     channels.abort_all();
+    // The host forgets the session's end-to-end keys.
+    if let Some(link) = shared.hosts().get(&host) {
+        let _ = link.tx.try_send(RelayToHost::SessionEnded { session });
+    }
     // The last frame says why the session ended: the client closes once it
     // has read it (a close from here could discard it unread).
     let _ = timeout(Duration::from_secs(2), conn.closed()).await;
@@ -261,7 +262,52 @@ struct Pairing {
     user: UserName,
     intro: Intro,
     traffic: Arc<Traffic>,
-    handshakes: Arc<tokio::sync::Semaphore>,
+    handshakes: Arc<HandshakeGate>,
+}
+
+/// Handshakes a session may start in [`HANDSHAKE_WINDOW`]: one at start and
+/// one each time the host comes back, with retries, need far fewer; a
+/// client that loops would otherwise keep the host busy with key exchanges.
+const HANDSHAKES_PER_WINDOW: usize = 30;
+const HANDSHAKE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A session's end-to-end handshakes: one at a time (each holds a stream
+/// of the host's link), and at most [`HANDSHAKES_PER_WINDOW`] a minute.
+struct HandshakeGate {
+    one: Arc<tokio::sync::Semaphore>,
+    recent: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
+}
+
+impl Default for HandshakeGate {
+    fn default() -> Self {
+        Self {
+            one: Arc::new(tokio::sync::Semaphore::new(1)),
+            recent: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl HandshakeGate {
+    fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, &'static str> {
+        let now = tokio::time::Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > HANDSHAKE_WINDOW)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= HANDSHAKES_PER_WINDOW {
+            return Err("too many end-to-end handshakes in this session; wait a minute");
+        }
+        let place = self
+            .one
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "an end-to-end handshake is under way already")?;
+        recent.push_back(now);
+        Ok(place)
+    }
 }
 
 /// One stream: read the client's cleartext request (a handshake or a
@@ -288,9 +334,12 @@ async fn channel(
     // held until the stream ends.
     let (stream, bulk, _place) = match request {
         ChannelRequest::Handshake { msg1 } if msg1.len() <= MAX_NOISE_MESSAGE => {
-            let Ok(place) = pairing.handshakes.clone().try_acquire_owned() else {
-                refuse_channel(c_send, "a handshake is under way already".into()).await;
-                return;
+            let place = match pairing.handshakes.enter() {
+                Ok(place) => place,
+                Err(why) => {
+                    refuse_channel(c_send, why.into()).await;
+                    return;
+                }
             };
             if fault::impersonating_host() {
                 let binding = Binding {

@@ -423,6 +423,19 @@ impl Device {
         Ok(())
     }
 
+    /// Enrolls this device as a host with `token`, its sessions running as
+    /// the account the tests run as (root in CI, which must be chosen
+    /// explicitly).
+    pub fn enroll_host(&self, token: &str) -> Result<String> {
+        self.run(&[
+            "host",
+            "enroll",
+            token,
+            "--session-user",
+            &current_account()?,
+        ])
+    }
+
     /// Sets the TCP targets this host lets `latchkey forward` reach.
     pub fn allow_forward(&self, targets: &[String]) -> Result<()> {
         self.set_host_list("forward_allow", targets)
@@ -524,13 +537,20 @@ impl Device {
     /// by hand ([`open_channel`]): reads the relay's `SessionReady` and runs
     /// the handshake with the host, as `latchkey` does (without pinning).
     pub async fn session_keys(&self, session: &mut net::Session, host: &str) -> Result<Epoch> {
+        let handshaker = self.handshaker(session, host).await?;
+        Ok(handshaker.run(&session.control.relay.conn).await?)
+    }
+
+    /// What [`Device::session_keys`] runs the handshake with (it can run it
+    /// again, as after the host came back).
+    pub async fn handshaker(&self, session: &mut net::Session, host: &str) -> Result<Handshaker> {
         let (_, _, device) = self.identity()?;
         let ready: Option<RelayToClient> =
             latchkey_client::wire::read_frame(&mut session.control.recv).await?;
         let Some(RelayToClient::SessionReady { host_key, record }) = ready else {
             bail!("no session: {ready:?}");
         };
-        let handshaker = Handshaker {
+        Ok(Handshaker {
             host: host.parse()?,
             device,
             host_key,
@@ -539,8 +559,7 @@ impl Device {
                 session: session.id,
                 record,
             },
-        };
-        Ok(handshaker.run(&session.control.relay.conn).await?)
+        })
     }
 
     /// Starts a login by hand: connects and sends message 1, so a test can
@@ -648,7 +667,7 @@ pub async fn open_channel(
     };
     latchkey_client::wire::write_frame(&mut send, &request).await?;
     let mut send = SealedSend::new(send, sealer);
-    send.write_frame(kind).await?;
+    send.write_frame_padded(kind).await?;
     Ok((send, recv, opener))
 }
 
@@ -691,6 +710,12 @@ impl RawLogin {
         let (outcome, _export_key) = awaiting.read_outcome(&msg4)?;
         Ok((outcome, net::Control { relay, send, recv }))
     }
+}
+
+/// The account the tests run as (`id -un`).
+pub fn current_account() -> Result<String> {
+    let out = Command::new("id").arg("-un").output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 /// Resident memory of a process in KiB, from /proc (0 if unreadable).
@@ -840,7 +865,7 @@ impl World {
         for (d, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
             d.run(&["enroll", &relay.invite_user(name)?])?;
         }
-        mypc.run(&["host", "enroll", &relay.invite_host("mypc", "alice")?])?;
+        mypc.enroll_host(&relay.invite_host("mypc", "alice")?)?;
         mypc.set_code(OWNER_CODE, None)?;
         relay.admin(&["grant", "mypc", "bob"])?;
         Ok(Self {

@@ -312,10 +312,11 @@ async fn a_host_without_the_codes_export_key_says_to_set_the_code_again() -> Res
 }
 
 /// A long session opens channel after channel (a forward serves one per
-/// connection): each one's stream is freed when it ends, so the 600th opens
-/// as the first did, and the host's channel numbers never repeat.
+/// connection): each one's stream is freed when it ends, so the 1,100th
+/// opens as the first did, past the 1,024 channel numbers the host
+/// remembers one by one.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_session_opens_600_channels_one_after_another() -> Result<()> {
+async fn a_session_opens_1100_channels_one_after_another() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
     let home = Home::locate(Some(w.alice.home.clone()));
@@ -325,7 +326,7 @@ async fn a_session_opens_600_channels_one_after_another() -> Result<()> {
         AccessCode::for_login(OWNER_CODE.into())?,
     )
     .await?;
-    for i in 0..600 {
+    for i in 0..1100 {
         let kind = ChannelKind::ForwardCheck {
             target: "127.0.0.1:22".into(),
         };
@@ -338,5 +339,122 @@ async fn a_session_opens_600_channels_one_after_another() -> Result<()> {
         assert_eq!(recv.read(&mut buf).await?, 0);
     }
     remote.close().await;
+    Ok(())
+}
+
+/// A second agent with a copy of the host's key, while the host is
+/// connected: the relay keeps the first, refuses the copy, and records it
+/// for the owner and the admin (an audit row, a notice), instead of handing
+/// the host's next sessions to the copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copied_host_key_connecting_twice_is_refused_and_reported() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    w.wait_online(true)?;
+    // The copy: the host's whole home, key included.
+    let copy = w.dir.path().join("stolen-home");
+    std::fs::create_dir_all(&copy)?;
+    for name in ["host.toml", "host.key", "e2e.keys"] {
+        std::fs::copy(w.mypc.home.join(name), copy.join(name))?;
+    }
+    let thief = latchkey_tests::Device { home: copy };
+    let mut stolen = thief.start_agent()?;
+    wait_until("the double connection in the audit", || {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| e.iter().any(|e| e == "host-key-twice"))
+            .unwrap_or(false)
+    })?;
+    let outbox = w.relay.admin_json(&["outbox"])?;
+    let told: Vec<String> = outbox
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["subject"].as_str().unwrap_or("").contains("two places"))
+                .filter_map(|r| r["recipient"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        told.contains(&"alice".to_string()) && told.contains(&"admin".to_string()),
+        "{outbox}"
+    );
+    // The first agent still serves the host's sessions.
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "original"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "original\n");
+    let log = std::fs::read_to_string(w.mypc.home.join(latchkey_client::host::CHANNEL_LOG))?;
+    assert!(log.contains("original"), "{log}");
+    assert!(
+        stolen.running(),
+        "the copy should wait and try again, not exit"
+    );
+    Ok(())
+}
+
+/// The host keeps keys for the sessions that are live: when 300 of bob's
+/// sessions come and go, alice's long-lived session still opens channels
+/// (the relay tells the host when a session ends; before, the host forgot
+/// the oldest session's keys after 256 others).
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_that_come_and_go_do_not_push_out_a_long_lived_ones_keys() -> Result<()> {
+    let w = World::with_env(latchkey_tests::unlimited())?;
+    let _agent = w.start_agent()?;
+    let home = Home::locate(Some(w.alice.home.clone()));
+    let remote = Remote::open(
+        &home,
+        &"mypc".parse()?,
+        AccessCode::for_login(OWNER_CODE.into())?,
+    )
+    .await?;
+    let check = || ChannelKind::ForwardCheck {
+        target: "127.0.0.1:22".into(),
+    };
+    remote.channel(check()).await?;
+    for _ in 0..300 {
+        let mut session = w.bob.login("mypc", OWNER_CODE).await?;
+        w.bob.session_keys(&mut session, "mypc").await?;
+        session.control.relay.conn.close(0u32.into(), b"done");
+    }
+    let opened = tokio::time::timeout(Duration::from_secs(10), remote.channel(check())).await?;
+    if let Err(e) = opened {
+        bail!("alice's session lost its keys: {e}");
+    }
+    remote.close().await;
+    Ok(())
+}
+
+/// A forwarded connection whose channel is cut (here the host's agent
+/// stops mid-stream) is reset, not closed: the application never mistakes
+/// a cut for the end of what it was sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_channel_resets_the_forwarded_connection_instead_of_ending_it() -> Result<()> {
+    // A target that sends a little, then holds the connection open.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let target = listener.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut tcp in listener.incoming().flatten() {
+            let _ = tcp.write_all(b"hello\n");
+            held.push(tcp);
+        }
+    });
+    let w = World::new()?;
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let mut agent = w.start_agent()?;
+    let (_forward, local) = w.start_forward(&target)?;
+    let mut tcp = std::net::TcpStream::connect(&local)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut hello = [0u8; 6];
+    tcp.read_exact(&mut hello)?;
+    assert_eq!(&hello, b"hello\n");
+    agent.terminate()?;
+    let mut rest = [0u8; 16];
+    match tcp.read(&mut rest) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(0) => bail!("the cut channel looked like a clean end to the application"),
+        other => bail!("unexpected: {other:?}"),
+    }
     Ok(())
 }

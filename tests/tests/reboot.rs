@@ -100,7 +100,7 @@ async fn replayed_forged_and_foreign_tickets_are_refused_and_reboots_are_rate_li
     let other = Device {
         home: w.dir.path().join("otherpc"),
     };
-    other.run(&["host", "enroll", &w.relay.invite_host("otherpc", "alice")?])?;
+    other.enroll_host(&w.relay.invite_host("otherpc", "alice")?)?;
     let mut agent = w.start_agent()?;
     let mut reboot = w.alice.spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
     assert!(agent.wait_exit()?.success());

@@ -63,9 +63,7 @@ async fn enrollment_works_once_and_reused_or_expired_tokens_are_refused() -> Res
     let boxd = Device {
         home: dir.path().join("box"),
     };
-    assert!(boxd
-        .run(&["host", "enroll", &token])?
-        .contains("enrolled as host 'box'"));
+    assert!(boxd.enroll_host(&token)?.contains("enrolled as host 'box'"));
     let status = relay.status("box")?;
     assert_eq!(status["enrolled"], true);
     assert_eq!(status["platform"], "linux");

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
+    account::SessionAccount,
     channels::{self, HostSide},
     e2e::Sessions,
     HostError,
@@ -66,8 +67,11 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
     let (cfg, key) = home.host()?;
     let pin = cfg.pin()?;
     let cfg = Arc::new(cfg);
+    let account = SessionAccount::resolve(&cfg).map_err(NetError::Local)?;
+    info!(account = ?account, "sessions run as");
     let side = Arc::new(HostSide {
         cfg: cfg.clone(),
+        account,
         home: home.clone(),
         sessions: Sessions::new(home.clone(), key.clone()),
     });
@@ -85,6 +89,13 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         match ended {
             Ended::Rebooting => return Ok(()),
             Ended::Lost(why) => warn!("disconnected from the relay: {why}; reconnecting"),
+            Ended::Refused(why) => {
+                warn!("the relay refused this agent: {why}; trying again in {REFUSED_WAIT:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(REFUSED_WAIT) => {}
+                }
+            }
         }
     }
 }
@@ -96,7 +107,13 @@ enum Ended {
     Rebooting,
     /// The connection was lost.
     Lost(String),
+    /// The relay refused this agent (another agent is connected with this
+    /// host's key).
+    Refused(String),
 }
+
+/// How long an agent the relay refused waits before it asks again.
+const REFUSED_WAIT: Duration = Duration::from_secs(30);
 
 impl From<String> for Ended {
     fn from(s: String) -> Self {
@@ -228,6 +245,12 @@ async fn serve(
                 Some(Ok(Some(RelayToHost::Refused(r)))) if home.ticket().is_some() => {
                     home.clear_ticket();
                     warn!("resume refused: {}", crate::net::refusal_text(&r));
+                }
+                Some(Ok(Some(RelayToHost::SessionEnded { session }))) => {
+                    side.sessions.forget(session);
+                }
+                Some(Ok(Some(RelayToHost::Refused(r)))) => {
+                    return Ended::Refused(crate::net::refusal_text(&r));
                 }
                 Some(Ok(Some(RelayToHost::Notice(text)))) => {
                     info!(notice = %text, "notice from the relay");

@@ -9,7 +9,6 @@
 use std::{
     io::{Read, Write},
     net::SocketAddr,
-    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -18,7 +17,7 @@ use latchkey_protocol::session::{
     ChannelKind, ChannelOpen, ChannelReply, ExecIn, ExecOut, HandshakeReply, HostStream, ShellIn,
     ShellOut, MAX_CHUNK,
 };
-use portable_pty::{CommandBuilder, PtySize};
+use portable_pty::PtySize;
 use quinn::{RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -29,7 +28,7 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use super::{channel_log, e2e::Sessions};
+use super::{account::SessionAccount, channel_log, e2e::Sessions};
 use crate::{
     config::{Home, HostConfig},
     wire::{self, OpenedRecv, SealedSend, WireError},
@@ -38,6 +37,8 @@ use crate::{
 /// What every channel task shares: the config, and the sessions' keys.
 pub(crate) struct HostSide {
     pub(crate) cfg: Arc<HostConfig>,
+    /// Who sessions run as.
+    pub(crate) account: SessionAccount,
     pub(crate) home: Home,
     pub(crate) sessions: Sessions,
 }
@@ -61,30 +62,16 @@ enum ChannelError {
     Pty(String),
 }
 
-/// The directory commands and relative paths start from.
-fn home_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .or_else(|| std::env::var_os("USERPROFILE"))
-        .map(PathBuf::from)
-}
-
-fn resolve(path: &str) -> PathBuf {
-    let p = Path::new(path);
-    match home_dir() {
-        Some(home) if p.is_relative() => home.join(p),
-        _ => p.to_owned(),
-    }
-}
-
 async fn refuse(mut send: SealedSend, why: String) -> Result<(), ChannelError> {
     info!(reason = %why, "channel refused");
-    send.write_frame(&ChannelReply::Refused(why)).await?;
+    send.write_frame_padded(&ChannelReply::Refused(why)).await?;
     send.finish().await?;
     Ok(())
 }
 
 async fn accept(send: &mut SealedSend, size: Option<u64>) -> Result<(), ChannelError> {
-    send.write_frame(&ChannelReply::Accepted { size }).await?;
+    send.write_frame_padded(&ChannelReply::Accepted { size })
+        .await?;
     Ok(())
 }
 
@@ -153,15 +140,17 @@ pub(crate) async fn serve(side: Arc<HostSide>, mut send: SendStream, mut recv: R
     let cfg = &side.cfg;
     let result = match kind {
         ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {
-            shell(send, recv, term, cols, rows).await
+            shell(&side.account, send, recv, term, cols, rows).await
         }
-        ChannelKind::Exec { argv } if cfg.allow_exec => exec(send, recv, argv).await,
+        ChannelKind::Exec { argv } if cfg.allow_exec => exec(&side.account, send, recv, argv).await,
         ChannelKind::Forward { target } => forward(cfg, send, recv, target).await,
         ChannelKind::ForwardCheck { target } => forward_check(cfg, send, target).await,
         ChannelKind::Upload { path, name, size } if cfg.allow_copy => {
-            upload(send, recv, &path, &name, size).await
+            upload(&side.account, send, recv, &path, &name, size).await
         }
-        ChannelKind::Download { path } if cfg.allow_copy => download(send, &path).await,
+        ChannelKind::Download { path } if cfg.allow_copy => {
+            download(&side.account, send, &path).await
+        }
         other => {
             refuse(
                 send,
@@ -249,6 +238,7 @@ fn spawn_failure(program: &str, e: &std::io::Error) -> (i32, String) {
 }
 
 async fn exec(
+    account: &SessionAccount,
     mut send: SealedSend,
     mut recv: OpenedRecv,
     argv: Vec<String>,
@@ -256,7 +246,7 @@ async fn exec(
     let Some((program, args)) = argv.split_first() else {
         return refuse(send, "no command given".into()).await;
     };
-    let mut cmd = tokio::process::Command::new(program);
+    let mut cmd = account.command(program);
     cmd.args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -265,9 +255,6 @@ async fn exec(
     // Its own process group, so a hang-up reaches what it starts too.
     #[cfg(unix)]
     cmd.process_group(0);
-    if let Some(home) = home_dir() {
-        cmd.current_dir(home);
-    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -367,6 +354,7 @@ fn pty_err(e: impl std::fmt::Display) -> ChannelError {
 }
 
 async fn shell(
+    account: &SessionAccount,
     mut send: SealedSend,
     mut input: OpenedRecv,
     term: String,
@@ -383,19 +371,12 @@ async fn shell(
         Ok(pair) => pair,
         Err(e) => return refuse(send, format!("cannot open a terminal on the host: {e}")).await,
     };
-    let mut cmd = CommandBuilder::new_default_prog();
-    cmd.env(
-        "TERM",
-        if term.is_empty() {
-            "xterm-256color".into()
-        } else {
-            term
-        },
-    );
-    if let Some(home) = home_dir() {
-        cmd.cwd(home);
-    }
-    let mut child = match pair.slave.spawn_command(cmd) {
+    let term = if term.is_empty() {
+        "xterm-256color".into()
+    } else {
+        term
+    };
+    let mut child = match pair.slave.spawn_command(account.shell(term)) {
         Ok(child) => child,
         Err(e) => return refuse(send, format!("cannot start a shell on the host: {e}")).await,
     };
@@ -571,48 +552,99 @@ async fn forward(
     };
     tcp.set_nodelay(true)?;
     accept(&mut send, None).await?;
-    let (mut tcp_read, mut tcp_write) = tcp.into_split();
-    let up = wire::copy_out_of_channel(&mut recv, &mut tcp_write);
-    let down = wire::copy_into_channel(&mut tcp_read, &mut send);
-    let _ = tokio::join!(up, down);
+    wire::splice_tcp(tcp, &mut send, &mut recv).await;
     Ok(())
 }
 
+/// The file helper's standard streams, and its first error line.
+struct Helper {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+}
+
+impl Helper {
+    fn spawn(account: &SessionAccount, args: &[&str]) -> Result<Self, String> {
+        let mut cmd = account
+            .file_helper()
+            .map_err(|e| format!("cannot find the file helper: {e}"))?;
+        cmd.args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the file helper: {e}"))?;
+        match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            (stdin, Some(stdout), Some(stderr)) => Ok(Self {
+                child,
+                stdin,
+                stdout,
+                stderr,
+            }),
+            _ => Err("the file helper has no pipes".into()),
+        }
+    }
+
+    /// Why the helper failed: its error line (it exits at once after it).
+    async fn failure(mut self) -> String {
+        drop(self.stdin.take());
+        let mut why = String::new();
+        let _ = timeout(
+            Duration::from_secs(5),
+            (&mut self.stderr).take(4096).read_to_string(&mut why),
+        )
+        .await;
+        let _ = timeout(Duration::from_secs(5), self.child.wait()).await;
+        match why.trim() {
+            "" => "the copy failed on the host".into(),
+            line => line.to_string(),
+        }
+    }
+}
+
 async fn upload(
+    account: &SessionAccount,
     mut send: SealedSend,
     mut recv: OpenedRecv,
     path: &str,
     name: &str,
     size: u64,
 ) -> Result<(), ChannelError> {
-    // Like cp: into a directory under the source's name.
-    let dest = match crate::files::destination_from(&resolve(path), path.ends_with('/'), name) {
-        Ok(dest) => dest,
+    let size_text = size.to_string();
+    let mut helper = match Helper::spawn(account, &["write", path, name, &size_text]) {
+        Ok(helper) => helper,
         Err(why) => return refuse(send, why).await,
     };
-    let partial = crate::files::Partial::for_dest(&dest);
-    let mut file = match tokio::fs::File::create(partial.path()).await {
-        Ok(f) => f,
-        Err(e) => return refuse(send, format!("cannot write {}: {e}", dest.display())).await,
-    };
+    // The helper checks the destination as the session's account first.
+    let mut ready = [0u8; 6];
+    let said = timeout(
+        Duration::from_secs(10),
+        helper.stdout.read_exact(&mut ready),
+    )
+    .await;
+    if !matches!(said, Ok(Ok(_))) || &ready != b"ready\n" {
+        return refuse(send, helper.failure().await).await;
+    }
     accept(&mut send, None).await?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; COPY_BUF];
     let mut left = size;
+    let Some(mut stdin) = helper.stdin.take() else {
+        return Err(ChannelError::Pty("the file helper has no input".into()));
+    };
     let received = async {
         while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = recv.read(&mut buf[..want]).await?;
-            if n == 0 {
+            let Some(data) = recv.recv().await? else {
                 return Err(ChannelError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).await?;
-            left -= n as u64;
+            };
+            let data = &data[..data.len().min(usize::try_from(left).unwrap_or(usize::MAX))];
+            hasher.update(data);
+            stdin.write_all(data).await?;
+            left -= data.len() as u64;
         }
         let mut sent = [0u8; 32];
         recv.read_exact(&mut sent).await?;
-        file.sync_all().await?;
         Ok::<_, ChannelError>(sent)
     };
     // A client that went away is seen at once (the relay stops our reply
@@ -622,21 +654,36 @@ async fn upload(
         r = received => r,
         _ = stopped => Err(ChannelError::Io(std::io::Error::other("the client went away"))),
     };
-    drop(file);
-    // An error drops `partial`, which removes the file.
+    // Confirmed only with the checksum right; otherwise the helper's input
+    // ends without it and the helper removes the partial file.
     let verdict = match received {
-        Ok(sent) if sent[..] == hasher.finalize()[..] => partial
-            .commit(&dest)
-            .await
-            .map(|_| ChannelReply::Accepted { size: Some(size) })
-            .unwrap_or_else(|e| {
-                ChannelReply::Refused(format!("cannot store {}: {e}", dest.display()))
-            }),
-        Ok(_) => ChannelReply::Refused(
-            "checksum mismatch: the file was damaged in transit; nothing stored".into(),
-        ),
+        Ok(sent) if sent[..] == hasher.finalize()[..] => {
+            let confirmed = async {
+                stdin.write_all(b"C").await?;
+                drop(stdin);
+                let mut done = [0u8; 5];
+                helper.stdout.read_exact(&mut done).await?;
+                Ok::<_, std::io::Error>(&done == b"done\n")
+            };
+            match timeout(Duration::from_secs(60), confirmed).await {
+                Ok(Ok(true)) => {
+                    let _ = helper.child.wait().await;
+                    ChannelReply::Accepted { size: Some(size) }
+                }
+                _ => ChannelReply::Refused(helper.failure().await),
+            }
+        }
+        Ok(_) => {
+            drop(stdin);
+            let _ = helper.failure().await;
+            ChannelReply::Refused(
+                "checksum mismatch: the file was damaged in transit; nothing stored".into(),
+            )
+        }
         Err(e) => {
-            info!(path = %dest.display(), "upload failed: {e}; partial file removed");
+            drop(stdin);
+            let _ = helper.failure().await;
+            info!("upload failed: {e}; partial file removed");
             ChannelReply::Refused(format!("transfer failed: {e}"))
         }
     };
@@ -645,16 +692,26 @@ async fn upload(
     Ok(())
 }
 
-async fn download(mut send: SealedSend, path: &str) -> Result<(), ChannelError> {
-    let path = resolve(path);
-    let crate::files::Source { reader, size } = match crate::files::open(&path).await {
-        Ok(source) => source,
-        Err(e) => return refuse(send, format!("cannot read {}: {e}", path.display())).await,
+async fn download(
+    account: &SessionAccount,
+    mut send: SealedSend,
+    path: &str,
+) -> Result<(), ChannelError> {
+    let mut helper = match Helper::spawn(account, &["read", path]) {
+        Ok(helper) => helper,
+        Err(why) => return refuse(send, why).await,
     };
+    let mut size = [0u8; 8];
+    let said = timeout(Duration::from_secs(30), helper.stdout.read_exact(&mut size)).await;
+    if !matches!(said, Ok(Ok(_))) {
+        return refuse(send, helper.failure().await).await;
+    }
+    let size = u64::from_be_bytes(size);
     accept(&mut send, Some(size)).await?;
     let mut hasher = Sha256::new();
-    let mut reader = reader.take(size);
+    let mut reader = (&mut helper.stdout).take(size);
     let mut buf = vec![0u8; COPY_BUF];
+    let mut sent = 0u64;
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
@@ -662,9 +719,16 @@ async fn download(mut send: SealedSend, path: &str) -> Result<(), ChannelError> 
         }
         hasher.update(&buf[..n]);
         send.write_all(&buf[..n]).await?;
+        sent += n as u64;
+    }
+    if sent != size {
+        // The file shrank under the helper: the client sees a cut copy.
+        send.reset(quinn::VarInt::from_u32(0));
+        return Err(ChannelError::Pty(helper.failure().await));
     }
     send.write_all(&hasher.finalize()).await?;
     send.finish().await?;
+    let _ = helper.child.wait().await;
     Ok(())
 }
 

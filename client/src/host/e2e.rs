@@ -19,8 +19,10 @@ use rand::rngs::OsRng;
 
 use crate::config::Home;
 
-/// Sessions whose keys the agent keeps; the oldest handshake is forgotten
-/// beyond this (its client re-handshakes, as after a reboot).
+/// Sessions whose keys the agent keeps at once. The relay says when a
+/// session ends, and its keys go; beyond this many live ones, the least
+/// recently used is forgotten (its client re-handshakes, as after a
+/// reboot).
 const MAX_SESSIONS: usize = 256;
 
 /// Channel numbers remembered above the floor of one session's keys.
@@ -93,17 +95,22 @@ impl Sessions {
         record: RecordId,
         msg1: &[u8],
     ) -> Result<Vec<u8>, String> {
-        let export = match self.home.export_key(&record) {
+        let export = match self.home.export_key(&record, &user) {
             Ok(Some(export)) => export,
             Ok(None) => {
                 return Err(
-                    "this host has no end-to-end key for the access code you used (set before \
-                     end-to-end encryption, or on another copy of the host): set the code again \
-                     on the host with `latchkey host set-code`"
+                    "this host has no end-to-end key for the access code you used (it was set \
+                     before end-to-end encryption, on another copy of the host, or for another \
+                     user): on the host, set it again with `latchkey host set-code` (the owner's \
+                     code) or `latchkey host reset-code --user NAME` (a user's own code)"
                         .into(),
                 )
             }
-            Err(e) => return Err(format!("the host cannot read its end-to-end keys: {e}")),
+            Err(e) => {
+                // The detail (paths) stays in the host's log.
+                tracing::warn!("cannot read the end-to-end keys: {e}");
+                return Err("the host cannot read its end-to-end keys (its log says why)".into());
+            }
         };
         let psk = SessionPsk::derive(&export, &record);
         let binding = Binding { session, record };
@@ -121,9 +128,9 @@ impl Sessions {
             user_key,
             used: UsedNumbers::default(),
         };
-        if map.insert(session, epoch).is_none() {
-            order.push_back(session);
-        }
+        map.insert(session, epoch);
+        order.retain(|s| *s != session);
+        order.push_back(session);
         while map.len() > MAX_SESSIONS {
             match order.pop_front() {
                 Some(oldest) => {
@@ -135,14 +142,27 @@ impl Sessions {
         Ok(msg2)
     }
 
+    /// Forgets an ended session's keys.
+    pub(crate) fn forget(&self, session: SessionId) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *inner;
+        map.remove(&session);
+        order.retain(|s| *s != session);
+    }
+
     /// The keys of channel `number` of `session`, once: a number already
     /// used, or a session without a handshake, is refused.
     pub(crate) fn channel(&self, session: SessionId, number: u64) -> Result<ChannelKeys, String> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let epoch = inner
-            .0
+        let (map, order) = &mut *inner;
+        let epoch = map
             .get_mut(&session)
             .ok_or("no end-to-end handshake for this session")?;
+        // Most recently used last: eviction takes the front.
+        if order.back() != Some(&session) {
+            order.retain(|s| *s != session);
+            order.push_back(session);
+        }
         if !epoch.used.claim(number) {
             return Err(format!("channel number {number} was used already"));
         }

@@ -1,10 +1,12 @@
 //! What runs on a host: enrolment, setting access codes, and the agent
 //! that keeps the host reachable.
 
+mod account;
 mod agent;
 mod channel_log;
 mod channels;
 mod e2e;
+pub mod file_helper;
 
 pub use agent::{dial, run};
 pub use channel_log::CHANNEL_LOG;
@@ -29,15 +31,22 @@ use crate::{
 /// Errors of host commands.
 pub use crate::error::CommandError as HostError;
 
-/// `latchkey host enroll TOKEN`.
-pub async fn enroll(home: &Home, token: &str) -> Result<String, HostError> {
+/// `latchkey host enroll TOKEN [--session-user NAME]`. The account is
+/// checked before the token is spent.
+pub async fn enroll(
+    home: &Home,
+    token: &str,
+    session_user: Option<String>,
+) -> Result<String, HostError> {
+    account::SessionAccount::for_setting(session_user.as_deref()).map_err(NetError::Local)?;
     let e = enroll::redeem(token, true).await?;
     let name = e.name.parse().map_err(|_| {
         NetError::Handshake(HandshakeError::PeerMisbehaved(
             "relay sent an invalid host name",
         ))
     })?;
-    let cfg = HostConfig::new(e.invite.relay.clone(), e.invite.pin.to_text(), name);
+    let mut cfg = HostConfig::new(e.invite.relay.clone(), e.invite.pin.to_text(), name);
+    cfg.session_user = session_user;
     home.save_host(&cfg, &e.key)?;
     Ok(e.name)
 }
@@ -87,7 +96,11 @@ pub async fn set_code(
             .map_err(|_| NetError::Local("key stretching failed".into()))??;
     // Kept before the upload: a key whose upload then fails is never used,
     // but a record without its key on the host could open no session.
-    home.save_export_key(&record, &export_key)?;
+    let only_for = match &target {
+        CodeTarget::Grant(user) => Some(user),
+        _ => None,
+    };
+    home.save_export_key(&record, &export_key, only_for)?;
     wire::write_frame(&mut control.send, &HostToRelay::UploadCode { upload }).await?;
     let reply = wire::read_frame::<RelayToHost>(&mut control.recv).await?;
     control.relay.close(b"done").await;

@@ -73,36 +73,54 @@ impl From<wire::WireError> for E2eError {
     }
 }
 
-/// Checks `key` against the key pinned for `host` on this relay, pinning
-/// it on first use (and saying so on standard error, as ssh does).
+/// Whether a host's key was pinned before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// The key is the one pinned.
+    Known,
+    /// Nothing is pinned for the host: pin the key once a handshake with
+    /// it succeeded ([`pin_new`]), so a key that fails it is never pinned.
+    New,
+}
+
+/// Checks `key` against the key pinned for `host` on this relay.
 pub fn check_pin(
     home: &Home,
     relay_pin: &str,
     host: &HostName,
     key: &PublicKey,
-) -> Result<(), E2eError> {
+) -> Result<Pin, E2eError> {
     let pinned = home
         .known_hosts()?
         .into_iter()
         .find(|(relay, h, _)| relay == relay_pin && h == host)
         .map(|(_, _, k)| k);
     match pinned {
-        Some(pinned) if pinned == *key => Ok(()),
+        Some(pinned) if pinned == *key => Ok(Pin::Known),
         Some(pinned) => Err(E2eError::HostKeyChanged {
             host: host.clone(),
             pinned: pinned.fingerprint(),
             offered: key.fingerprint(),
         }),
-        None => {
-            home.pin_host_key(relay_pin, host, key)?;
-            // One short line (it must fit beside a progress bar in 80 columns).
-            eprintln!(
-                "latchkey: new host '{host}', key pinned: {}",
-                key.fingerprint()
-            );
-            Ok(())
-        }
+        None => Ok(Pin::New),
     }
+}
+
+/// Pins a host's key on first use, after the handshake proved it (and
+/// says so on standard error, as ssh does).
+pub fn pin_new(
+    home: &Home,
+    relay_pin: &str,
+    host: &HostName,
+    key: &PublicKey,
+) -> Result<(), E2eError> {
+    home.pin_host_key(relay_pin, host, key)?;
+    // One short line (it must fit beside a progress bar in 80 columns).
+    eprintln!(
+        "latchkey: new host '{host}', key pinned: {}",
+        key.fingerprint()
+    );
+    Ok(())
 }
 
 /// One handshake's keys and the next channel number under them.

@@ -138,11 +138,7 @@ pub async fn forward(
 async fn one(remote: &Remote, tcp: TcpStream, target: String) -> Result<(), ChannelError> {
     tcp.set_nodelay(true).ok();
     let (mut send, mut recv, _) = remote.channel(ChannelKind::Forward { target }).await?;
-    let (mut tcp_read, mut tcp_write) = tcp.into_split();
-    let _ = tokio::join!(
-        wire::copy_into_channel(&mut tcp_read, &mut send),
-        wire::copy_out_of_channel(&mut recv, &mut tcp_write)
-    );
+    wire::splice_tcp(tcp, &mut send, &mut recv).await;
     debug!("forwarded connection closed");
     Ok(())
 }

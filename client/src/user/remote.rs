@@ -15,7 +15,7 @@ use latchkey_protocol::{
 use tokio::{sync::watch, time::timeout};
 
 use super::{
-    e2e::{check_pin, E2eError, Epoch, Handshaker},
+    e2e::{check_pin, pin_new, E2eError, Epoch, Handshaker, Pin},
     UserError,
 };
 use crate::{
@@ -125,7 +125,7 @@ impl Remote {
                 NetError::Handshake(HandshakeError::PeerMisbehaved("no session reply")).into(),
             );
         };
-        check_pin(home, &cfg.pin, host, &host_key)?;
+        let pin = check_pin(home, &cfg.pin, host, &host_key)?;
         let handshaker = Arc::new(Handshaker {
             host: host.clone(),
             device,
@@ -137,8 +137,12 @@ impl Remote {
             },
         });
         drop(session.export_key);
-        let epoch = handshaker.run(&relay.conn).await?;
-        let keys = Arc::new(watch::Sender::new(Keys::Ready(Arc::new(epoch))));
+        let keys = Arc::new(watch::Sender::new(Keys::Pending));
+        let mut rekey = tokio::spawn(settle_keys(
+            handshaker.clone(),
+            relay.conn.clone(),
+            keys.clone(),
+        ));
         let (phase_tx, phase) = tokio::sync::watch::channel(machine.phase().clone());
         let (refusal_tx, refusals) = tokio::sync::mpsc::channel(4);
         let (control, mut requests) = tokio::sync::mpsc::channel::<ClientToRelay>(4);
@@ -163,9 +167,9 @@ impl Remote {
                                 let back = matches!(machine.phase(), Phase::Ready)
                                     && !matches!(*phase_tx.borrow(), Phase::Ready);
                                 if back {
+                                    rekey.abort();
                                     keys_tx.send_replace(Keys::Pending);
-                                    let (h, c, k) = (rehandshake.clone(), conn.clone(), keys_tx.clone());
-                                    tokio::spawn(async move { k.send_replace(handshake(&h, &c).await) });
+                                    rekey = tokio::spawn(settle_keys(rehandshake.clone(), conn.clone(), keys_tx.clone()));
                                 }
                                 let _ = phase_tx.send(machine.phase().clone());
                             }
@@ -188,6 +192,26 @@ impl Remote {
             machine.connection_lost();
             let _ = phase_tx.send(machine.phase().clone());
         });
+        // The first handshake decides whether the session is usable at all
+        // (a changed or impostor key, a host without the code's key).
+        let mut settled = keys.subscribe();
+        let first = timeout(
+            STEP_TIMEOUT * 2,
+            settled.wait_for(|k| !matches!(k, Keys::Pending)),
+        )
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map(|k| k.clone());
+        match first {
+            Ok(Keys::Failed(why)) => {
+                relay
+                    .conn
+                    .close(quinn::VarInt::from_u32(0), b"end-to-end handshake failed");
+                return Err(NetError::Local(why).into());
+            }
+            Ok(Keys::Ready(_)) if pin == Pin::New => pin_new(home, &cfg.pin, host, &host_key)?,
+            _ => {}
+        }
         Ok(Self {
             host: host.clone(),
             conn: relay.conn,
@@ -207,24 +231,35 @@ impl Remote {
         &self,
         kind: ChannelKind,
     ) -> Result<(SealedSend, OpenedRecv, Option<u64>), ChannelError> {
-        match self.try_channel(kind.clone()).await {
-            // The host has no keys for us (it restarted just as we opened):
-            // one fresh handshake, then once more.
-            Err(Attempt::NoKeys) => {
-                let fresh = handshake(&self.handshaker, &self.conn).await;
-                self.keys.send_replace(fresh);
-                match self.try_channel(kind).await {
-                    Ok(opened) => Ok(opened),
-                    Err(Attempt::NoKeys) => Err(ChannelError::Refused(format!(
-                        "host '{}' has no end-to-end keys for this session",
-                        self.host
-                    ))),
-                    Err(Attempt::Failed(e)) => Err(e),
-                }
-            }
-            Err(Attempt::Failed(e)) => Err(e),
+        match self.try_channel(kind).await {
             Ok(opened) => Ok(opened),
+            Err(Attempt::Failed(e)) => Err(e),
+            // The host has no keys for this session (it lost them: a
+            // restart we have not heard of yet). New keys for the next
+            // channel; this one is not sent again, since the request may
+            // have run (a command, an upload) before the stream was reset.
+            Err(Attempt::NoKeys) => {
+                self.rekey();
+                Err(ChannelError::Refused(format!(
+                    "host '{}' had lost this session's end-to-end keys; new ones are being \
+                     agreed: try again",
+                    self.host
+                )))
+            }
         }
+    }
+
+    /// Starts a new handshake, unless one is under way.
+    fn rekey(&self) {
+        if matches!(*self.keys.borrow(), Keys::Pending) {
+            return;
+        }
+        self.keys.send_replace(Keys::Pending);
+        tokio::spawn(settle_keys(
+            self.handshaker.clone(),
+            self.conn.clone(),
+            self.keys.clone(),
+        ));
     }
 
     /// The keys of the current handshake, once it is done.
@@ -257,7 +292,9 @@ impl Remote {
             .map_err(ChannelError::from)?;
         let mut send = SealedSend::new(send, sealer);
         // Sent at once, before the relay's answer: no extra round trip.
-        send.write_frame(&kind).await.map_err(ChannelError::from)?;
+        send.write_frame_padded(&kind)
+            .await
+            .map_err(ChannelError::from)?;
         let answer = async {
             match wire::read_frame::<Relayed>(&mut recv).await {
                 Ok(Some(Relayed::Spliced)) => {}
@@ -411,10 +448,27 @@ fn closed_early() -> ChannelError {
     )))
 }
 
-/// A handshake's result as the session's key state.
-async fn handshake(handshaker: &Handshaker, conn: &quinn::Connection) -> Keys {
-    match handshaker.run(conn).await {
-        Ok(epoch) => Keys::Ready(Arc::new(epoch)),
-        Err(e) => Keys::Failed(e.to_string()),
-    }
+/// Runs the handshake until it settles, and publishes the keys or why
+/// there are none. A failure of the path (the host's link just replaced,
+/// the host away a moment) is tried again for up to [`STEP_TIMEOUT`]; a
+/// failure of the handshake itself is final.
+async fn settle_keys(
+    handshaker: Arc<Handshaker>,
+    conn: quinn::Connection,
+    keys: Arc<watch::Sender<Keys>>,
+) {
+    let until = tokio::time::Instant::now() + STEP_TIMEOUT;
+    let settled = loop {
+        match handshaker.run(&conn).await {
+            Ok(epoch) => break Keys::Ready(Arc::new(epoch)),
+            Err(E2eError::Net(e))
+                if tokio::time::Instant::now() < until && conn.close_reason().is_none() =>
+            {
+                tracing::debug!("end-to-end handshake: {e}; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            Err(e) => break Keys::Failed(e.to_string()),
+        }
+    };
+    keys.send_replace(settled);
 }

@@ -368,6 +368,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends to the audit log.
     fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError>;
+    /// Records that `host`'s key connected from `newer` while it was
+    /// connected from `older` (an audit row and a notice to the owner and
+    /// the admin, in one commit).
+    fn host_key_twice(
+        &self,
+        host: &HostName,
+        older: &str,
+        newer: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
     /// Reads the newest `limit` audit rows (optionally for one host, and
     /// only those at or after `since`), oldest first.
     fn audit_log(

@@ -82,6 +82,26 @@ pub fn secondary_session_ended(host: &str, owner: &str, user: &str) -> Notice {
     }
 }
 
+/// One host key connected from two places at once: a copy of the host's
+/// key is in use (or two agents run on one identity).
+pub fn host_key_twice(host: &str, owner: &str, older: &str, newer: &str) -> Notice {
+    Notice {
+        to: vec![
+            (Channel::Email, owner.into()),
+            (Channel::Email, ADMIN.into()),
+            (Channel::Host, host.into()),
+        ],
+        subject: format!("{host}'s key connected from two places at once"),
+        body: format!(
+            "A second agent connected as {host} from {newer}\n\
+             while {host} was connected from {older}; it was refused.\n\
+             If you did not start it, the host's key was copied:\n\
+             enroll {host} again (latchkey-relay admin invite-host),\n\
+             then set its access code again.\n"
+        ),
+    }
+}
+
 /// A host was locked (SPEC S6).
 /// `cause` completes "(...)": who failed last, or why it locked now.
 pub fn locked(host: &str, owner: &str, cause: &str, failures: u32) -> Notice {

@@ -1182,6 +1182,31 @@ impl Store for SqliteStore {
         })
     }
 
+    fn host_key_twice(
+        &self,
+        host: &HostName,
+        older: &str,
+        newer: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let owner = owner_of(tx, host_id)?;
+            let e = Event {
+                detail: Some(format!(
+                    "connected from {newer} while connected from {older}; the newer was refused"
+                )),
+                ..event("host-key-twice", Some(host.as_str()), None)
+            };
+            insert_audit(tx, &e, now)?;
+            enqueue(
+                tx,
+                &notice::host_key_twice(host.as_str(), &owner, older, newer),
+                now,
+            )
+        })
+    }
+
     fn end_open_sessions(&self, now: UnixTime) -> Result<usize, StoreError> {
         self.write(|tx| {
             Ok(tx.execute(

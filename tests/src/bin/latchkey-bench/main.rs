@@ -4,6 +4,7 @@
 //! machines are shared and noisy. Build with `--release`; see
 //! docs/benchmarks.md.
 
+mod e2e;
 mod fleet;
 mod login;
 mod measure;
@@ -14,7 +15,15 @@ mod transfer;
 use anyhow::{Context, Result};
 
 /// The figures, in the order `all` runs them.
-const FIGURES: &[&str] = &["handshake", "logins", "forward", "latency", "idle", "storm"];
+const FIGURES: &[&str] = &[
+    "handshake",
+    "logins",
+    "forward",
+    "latency",
+    "e2e",
+    "idle",
+    "storm",
+];
 
 async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
     match figure {
@@ -22,6 +31,7 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
         "logins" => login::logins().await,
         "forward" => transfer::forward().await,
         "latency" => transfer::latency().await,
+        "e2e" => e2e::e2e().await,
         "idle" => fleet::idle(sizes).await,
         "storm" => fleet::storm().await,
         other => anyhow::bail!("unknown figure {other}: use {} or all", FIGURES.join(", ")),

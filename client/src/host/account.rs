@@ -1,0 +1,200 @@
+//! Which OS account sessions run as. An agent running as a service account
+//! (root) holds `host.key` and the export keys; a session that could read
+//! them could impersonate the host. So when the agent runs as root, shells,
+//! commands and copies run as the unprivileged `session_user` of
+//! `host.toml`, set through std's `CommandExt` (uid, gid; std drops root's
+//! supplementary groups) or, for a PTY shell, through util-linux's
+//! `setpriv` (`su -l` elsewhere). Copies run in a helper process of this binary as that account
+//! ([`super::file_helper`]), so the account's permissions apply to every
+//! file a user reaches.
+
+use std::path::PathBuf;
+
+use portable_pty::CommandBuilder;
+
+use crate::config::HostConfig;
+
+/// The account a session's processes run as.
+#[derive(Clone, Debug)]
+pub(crate) enum SessionAccount {
+    /// The agent's own account (an unprivileged agent, or `session_user =
+    /// "root"` chosen explicitly).
+    Agent,
+    /// Another account, entered from root.
+    #[cfg(unix)]
+    User(RunAs),
+}
+
+/// An unprivileged account from the password database.
+#[cfg(unix)]
+#[derive(Clone, Debug)]
+pub(crate) struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+    shell: PathBuf,
+}
+
+/// The `session_user` value that lets a root agent run sessions as root.
+const ROOT: &str = "root";
+
+impl SessionAccount {
+    /// Decides from the config and who the agent runs as; refuses a root
+    /// agent without `session_user`, since its sessions could read the
+    /// host's keys.
+    pub(crate) fn resolve(cfg: &HostConfig) -> Result<Self, String> {
+        Self::for_setting(cfg.session_user.as_deref())
+    }
+
+    /// [`SessionAccount::resolve`] for a `session_user` value.
+    pub(crate) fn for_setting(session_user: Option<&str>) -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            let root = nix::unistd::geteuid().is_root();
+            match (root, session_user) {
+                (true, None) => Err(format!(
+                    "the agent runs as root: choose the unprivileged account sessions run as, \
+                     `session_user` in {} (or `--session-user` when enrolling); sessions as root \
+                     could read the host's keys, so `root` must be chosen explicitly",
+                    crate::config::HOST_FILE
+                )),
+                (_, None) | (true, Some(ROOT)) => Ok(Self::Agent),
+                (false, Some(name)) => {
+                    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                        .ok()
+                        .flatten()
+                        .map(|u| u.name);
+                    if me.as_deref() == Some(name) {
+                        Ok(Self::Agent)
+                    } else {
+                        Err(format!(
+                            "session_user = \"{name}\" needs the agent to run as root (it runs as {})",
+                            me.unwrap_or_else(|| "another user".into())
+                        ))
+                    }
+                }
+                (true, Some(name)) => {
+                    let user = nix::unistd::User::from_name(name)
+                        .map_err(|e| format!("cannot look up session_user \"{name}\": {e}"))?
+                        .ok_or_else(|| format!("session_user \"{name}\" does not exist"))?;
+                    if user.uid.is_root() {
+                        return Err(format!(
+                            "session_user \"{name}\" has uid 0: write \"root\" if that is meant"
+                        ));
+                    }
+                    Ok(Self::User(RunAs {
+                        name: user.name,
+                        uid: user.uid.as_raw(),
+                        gid: user.gid.as_raw(),
+                        home: user.dir,
+                        shell: user.shell,
+                    }))
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match session_user {
+                None => Ok(Self::Agent),
+                Some(_) => Err(
+                    "session_user is supported on Unix only; on Windows run the \
+                     agent as the account sessions should use"
+                        .into(),
+                ),
+            }
+        }
+    }
+
+    /// The directory sessions start in, and relative paths resolve from.
+    pub(crate) fn home(&self) -> Option<PathBuf> {
+        match self {
+            Self::Agent => std::env::var_os("HOME")
+                .or_else(|| std::env::var_os("USERPROFILE"))
+                .map(PathBuf::from),
+            #[cfg(unix)]
+            Self::User(u) => Some(u.home.clone()),
+        }
+    }
+
+    /// Where a session's processes start: the home, or `/` when it does not
+    /// exist (as `nobody`'s `/nonexistent`).
+    fn start_dir(&self) -> Option<PathBuf> {
+        match self.home() {
+            Some(home) if home.is_dir() => Some(home),
+            Some(_) => Some(PathBuf::from("/")),
+            None => None,
+        }
+    }
+
+    /// A command run as this account, in its home, with its environment
+    /// (a fresh one for another account, as `su -` gives).
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        if let Some(dir) = self.start_dir() {
+            cmd.current_dir(dir);
+        }
+        #[cfg(unix)]
+        if let Self::User(u) = self {
+            cmd.uid(u.uid).gid(u.gid).env_clear().envs(u.env());
+        }
+        cmd
+    }
+
+    /// A login shell on a PTY as this account, with `term`.
+    pub(crate) fn shell(&self, term: String) -> CommandBuilder {
+        let mut cmd = match self {
+            Self::Agent => CommandBuilder::new_default_prog(),
+            #[cfg(all(unix, not(target_os = "linux")))]
+            Self::User(u) => {
+                // portable-pty cannot change the uid; without util-linux,
+                // su (run by root, no password) gives the login shell.
+                let mut cmd = CommandBuilder::new("su");
+                cmd.args(["-l", u.name.as_str()]);
+                cmd
+            }
+            #[cfg(target_os = "linux")]
+            Self::User(u) => {
+                // portable-pty cannot change the uid: setpriv does, with the
+                // account's groups and a fresh environment.
+                let mut cmd = CommandBuilder::new("setpriv");
+                cmd.args([
+                    format!("--reuid={}", u.uid),
+                    format!("--regid={}", u.gid),
+                    "--init-groups".into(),
+                    "--reset-env".into(),
+                    "--".into(),
+                ]);
+                cmd.arg(&u.shell);
+                cmd.arg("-l");
+                cmd
+            }
+        };
+        cmd.env("TERM", term);
+        if let Some(dir) = self.start_dir() {
+            cmd.cwd(dir);
+        }
+        cmd
+    }
+
+    /// This binary's file helper, as this account.
+    pub(crate) fn file_helper(&self) -> std::io::Result<tokio::process::Command> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = self.command(exe);
+        cmd.args(["host", "file-helper"]);
+        Ok(cmd)
+    }
+}
+
+#[cfg(unix)]
+impl RunAs {
+    fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        vec![
+            ("HOME", self.home.clone().into_os_string()),
+            ("USER", self.name.clone().into()),
+            ("LOGNAME", self.name.clone().into()),
+            ("SHELL", self.shell.clone().into_os_string()),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
+        ]
+    }
+}
