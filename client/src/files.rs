@@ -26,7 +26,13 @@ pub struct Source {
 /// Opens `path` to be copied: a regular file, read whole first if small
 /// (see [`READ_WHOLE_UP_TO`]).
 pub async fn open(path: &Path) -> std::io::Result<Source> {
-    let file = tokio::fs::File::open(path).await?;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.read(true);
+    // Never blocks in open (a FIFO would, for ever): what is not a regular
+    // file is refused just below, and a regular file reads as usual.
+    #[cfg(unix)]
+    options.custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits());
+    let file = options.open(path).await?;
     let meta = file.metadata().await?;
     if meta.is_dir() {
         return Err(std::io::Error::other("is a directory"));
@@ -57,25 +63,35 @@ pub async fn open(path: &Path) -> std::io::Result<Source> {
     })
 }
 
-/// Where a copy writes before the file is complete: `.NAME.latchkey-partial`
-/// beside the destination. Removed when dropped (an error, an interrupted
-/// copy, a cancelled task) unless [`Partial::commit`] renamed it.
+/// Where a copy writes before the file is complete:
+/// `.NAME.RANDOM.latchkey-partial` beside the destination, created anew
+/// (never an existing file or a symlink someone left there; the random part
+/// means nobody can take the name first). Removed when dropped (an error,
+/// an interrupted copy, a cancelled task) unless [`Partial::commit`]
+/// renamed it.
 pub struct Partial {
     path: PathBuf,
     done: bool,
 }
 
 impl Partial {
-    /// The partial file for `dest` (not created yet).
-    pub fn for_dest(dest: &Path) -> Self {
+    /// Creates the partial file for `dest`, with permissions `mode` (the
+    /// umask applies).
+    pub async fn create(dest: &Path, mode: u32) -> std::io::Result<(Self, tokio::fs::File)> {
         let name = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Self {
-            path: dest.with_file_name(format!(".{name}.latchkey-partial")),
-            done: false,
-        }
+        let tag: u32 = rand::random();
+        let path = dest.with_file_name(format!(".{name}.{tag:08x}.latchkey-partial"));
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let file = options.open(&path).await?;
+        Ok((Self { path, done: false }, file))
     }
 
     /// The partial file's path.

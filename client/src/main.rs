@@ -186,6 +186,8 @@ enum FileOp {
         name: String,
         /// The bytes to receive.
         size: u64,
+        /// The permission bits to give it.
+        mode: u32,
     },
 }
 
@@ -254,7 +256,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // The agent shows the user this line as it is.
         let done = match op {
             FileOp::Read { path } => host::file_helper::read(path).await,
-            FileOp::Write { path, name, size } => host::file_helper::write(path, name, *size).await,
+            FileOp::Write {
+                path,
+                name,
+                size,
+                mode,
+            } => host::file_helper::write(path, name, *size, *mode).await,
         };
         return Ok(match done {
             Ok(()) => ExitCode::SUCCESS,

@@ -33,29 +33,24 @@ fuzz_target!(|data: &[u8]| {
         stream.extend_from_slice(data);
     }
     let tampered = mode & 3 != 1;
-    // Fed in pieces of a fuzzer-chosen size, as reads would return them.
+    // Fed in pieces of a fuzzer-chosen size, as reads would return them,
+    // and only while no whole record is waiting (as the reader does).
     let piece = usize::from(mode >> 2).max(1);
     let mut buf = RecordBuffer::default();
     let mut opened = Vec::new();
     let mut at = 0;
-    'feed: while at < stream.len() {
-        let want = match buf.missing() {
-            Ok(n) => n.min(piece).max(1),
-            Err(_) => break,
-        };
-        let end = (at + want).min(stream.len());
-        if buf.extend(&stream[at..end]).is_err() {
-            break;
-        }
-        at = end;
+    'feed: loop {
         match buf.take() {
             Ok(Some(mut record)) => match opener.open(&mut record) {
                 Ok(Opened::Data(d)) => opened.push(d.to_vec()),
-                Ok(Opened::End) => break 'feed,
-                Err(_) => break 'feed,
+                Ok(Opened::End) | Err(_) => break 'feed,
             },
-            Ok(None) => {}
-            Err(_) => break,
+            Ok(None) if at < stream.len() => {
+                let end = (at + piece).min(stream.len());
+                buf.extend(&stream[at..end]);
+                at = end;
+            }
+            Ok(None) | Err(_) => break,
         }
     }
     if !tampered {

@@ -8,7 +8,10 @@ use crate::{
     codec::{self, LEN_PREFIX},
     error::CodecError,
     limits::{MAX_FRAME_LEN, MAX_NOISE_MESSAGE},
-    record::{Opened, Opener, RecordBuffer, RecordError, Sealer, MAX_RECORD_PAYLOAD},
+    record::{
+        Opener, RecordBuffer, RecordError, Sealer, MAX_RECORD_LEN, MAX_RECORD_PAYLOAD,
+        RECORD_PREFIX, TAG_LEN,
+    },
 };
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
@@ -287,7 +290,8 @@ impl SealedSend {
 
     /// Sends `data` (in as many records as it needs).
     pub async fn write_all(&mut self, data: &[u8]) -> Result<(), WireError> {
-        let mut out = Vec::with_capacity(data.len() + 64);
+        let records = data.len() / MAX_RECORD_PAYLOAD + 1;
+        let mut out = Vec::with_capacity(data.len() + records * (RECORD_PREFIX + 1 + TAG_LEN));
         for chunk in data.chunks(MAX_RECORD_PAYLOAD) {
             self.sealer.seal(chunk, &mut out)?;
         }
@@ -353,7 +357,7 @@ pub struct OpenedRecv {
     opener: Opener,
     records: RecordBuffer,
     /// Data of an opened record not yet handed out by [`OpenedRecv::read`].
-    left: Vec<u8>,
+    left: bytes::Bytes,
     ended: bool,
 }
 
@@ -364,14 +368,15 @@ impl OpenedRecv {
             inner,
             opener,
             records: RecordBuffer::default(),
-            left: Vec::new(),
+            left: bytes::Bytes::new(),
             ended: false,
         }
     }
 
     /// The next record's data; `Ok(None)` at the sender's end record. A
-    /// stream that ends without one is [`WireError::Truncated`].
-    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+    /// stream that ends without one is [`WireError::Truncated`]. The data
+    /// is the received buffer itself, decrypted in place.
+    pub async fn recv(&mut self) -> Result<Option<bytes::Bytes>, WireError> {
         if !self.left.is_empty() {
             return Ok(Some(std::mem::take(&mut self.left)));
         }
@@ -380,17 +385,22 @@ impl OpenedRecv {
                 return Ok(None);
             }
             if let Some(mut record) = self.records.take()? {
-                return match self.opener.open(&mut record)? {
-                    Opened::Data(data) => Ok(Some(data.to_vec())),
-                    Opened::End => {
+                return match self.opener.open_in_place(&mut record)? {
+                    Some(data) => Ok(Some(record.freeze().slice(data))),
+                    None => {
                         self.ended = true;
                         Ok(None)
                     }
                 };
             }
-            let want = self.records.missing()?;
-            match self.inner.read_chunk(want, true).await? {
-                Some(chunk) => self.records.extend(&chunk.bytes)?,
+            // Whatever has arrived, up to a record's worth: the buffer never
+            // holds more than one partial record and one read.
+            match self
+                .inner
+                .read_chunk(RECORD_PREFIX + MAX_RECORD_LEN, true)
+                .await?
+            {
+                Some(chunk) => self.records.extend(&chunk.bytes),
                 None => return Err(WireError::Truncated),
             }
         }
@@ -411,7 +421,7 @@ impl OpenedRecv {
             }
             let n = buf.len().min(self.left.len());
             buf[..n].copy_from_slice(&self.left[..n]);
-            self.left.drain(..n);
+            bytes::Buf::advance(&mut self.left, n);
             return Ok(n);
         }
     }

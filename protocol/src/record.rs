@@ -15,6 +15,7 @@
 //! record's position. The end record makes a clean end distinguishable
 //! from a stream the relay cut short.
 
+use bytes::BytesMut;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -192,6 +193,19 @@ impl Opener {
 
     /// Opens one record's ciphertext (without its length prefix) in place.
     pub fn open<'a>(&mut self, ciphertext: &'a mut [u8]) -> Result<Opened<'a>, RecordError> {
+        match self.open_in_place(ciphertext)? {
+            Some(range) => Ok(Opened::Data(&ciphertext[range])),
+            None => Ok(Opened::End),
+        }
+    }
+
+    /// [`Opener::open`], saying where the data lies in `ciphertext` after
+    /// it was opened in place (`None` for the end record), so a reader can
+    /// hand the data on without copying it.
+    pub fn open_in_place(
+        &mut self,
+        ciphertext: &mut [u8],
+    ) -> Result<Option<std::ops::Range<usize>>, RecordError> {
         if self.ended {
             return Err(RecordError::AfterEnd);
         }
@@ -204,21 +218,21 @@ impl Opener {
             .map_err(|_| RecordError::Forged)?;
         let (kind, payload) = plain.split_first().ok_or(RecordError::Forged)?;
         match *kind {
-            DATA => Ok(Opened::Data(payload)),
+            DATA => Ok(Some(1..plain.len())),
             PADDED => {
                 let (len, rest) = payload
                     .split_first_chunk::<4>()
                     .ok_or(RecordError::Forged)?;
                 let len = u32::from_be_bytes(*len) as usize;
-                let (data, padding) = rest.split_at_checked(len).ok_or(RecordError::Forged)?;
+                let (_, padding) = rest.split_at_checked(len).ok_or(RecordError::Forged)?;
                 if padding.iter().any(|b| *b != 0) {
                     return Err(RecordError::Forged);
                 }
-                Ok(Opened::Data(data))
+                Ok(Some(5..5 + len))
             }
             END if payload.is_empty() => {
                 self.ended = true;
-                Ok(Opened::End)
+                Ok(None)
             }
             other => Err(RecordError::UnknownType(other)),
         }
@@ -233,37 +247,19 @@ fn check_len(len: usize) -> Result<(), RecordError> {
     }
 }
 
-/// Collects stream bytes into whole records, with the length checked
-/// before anything is allocated for the body. Cancel-safe readers keep one
-/// of these and feed it whatever arrives.
+/// Collects stream bytes into whole records, each length checked as soon
+/// as its prefix is there. A reader adds what arrives only while no whole
+/// record is buffered, so the buffer holds at most one partial record and
+/// one read's bytes. Records come out without a copy.
 #[derive(Default)]
 pub struct RecordBuffer {
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 impl RecordBuffer {
-    /// How many more bytes the record being read needs (its prefix first),
-    /// so a reader never takes bytes beyond the current record.
-    pub fn missing(&self) -> Result<usize, RecordError> {
-        match self.buf.first_chunk::<RECORD_PREFIX>() {
-            None => Ok(RECORD_PREFIX - self.buf.len()),
-            Some(prefix) => {
-                let len = u32::from_be_bytes(*prefix) as usize;
-                check_len(len)?;
-                Ok((RECORD_PREFIX + len).saturating_sub(self.buf.len()))
-            }
-        }
-    }
-
-    /// Adds bytes read from the stream (at most [`RecordBuffer::missing`]).
-    pub fn extend(&mut self, bytes: &[u8]) -> Result<(), RecordError> {
-        let missing = self.missing()?;
-        if bytes.len() > missing {
-            // A caller bug: it read past the record; keep the limit anyway.
-            return Err(RecordError::BadLength(self.buf.len() + bytes.len()));
-        }
+    /// Adds bytes read from the stream.
+    pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
-        Ok(())
     }
 
     /// Whether nothing of a record has arrived (a stream may end here).
@@ -271,15 +267,20 @@ impl RecordBuffer {
         self.buf.is_empty()
     }
 
-    /// The whole record's ciphertext, once it is all there; the next call
-    /// to [`RecordBuffer::extend`] starts the next record.
-    pub fn take(&mut self) -> Result<Option<Vec<u8>>, RecordError> {
-        if self.buf.len() < RECORD_PREFIX || self.missing()? > 0 {
+    /// The next whole record's ciphertext (without its prefix), if it is
+    /// all there; a prefix outside the limits is an error at once.
+    pub fn take(&mut self) -> Result<Option<BytesMut>, RecordError> {
+        let Some(prefix) = self.buf.first_chunk::<RECORD_PREFIX>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        check_len(len)?;
+        if self.buf.len() < RECORD_PREFIX + len {
             return Ok(None);
         }
-        let body = self.buf.split_off(RECORD_PREFIX);
-        self.buf.clear();
-        Ok(Some(body))
+        let mut record = self.buf.split_to(RECORD_PREFIX + len);
+        bytes::Buf::advance(&mut record, RECORD_PREFIX);
+        Ok(Some(record))
     }
 }
 
@@ -296,9 +297,9 @@ mod tests {
         let mut buf = RecordBuffer::default();
         let mut out = Vec::new();
         for b in bytes {
-            buf.extend(std::slice::from_ref(b)).expect("within limits");
-            if let Some(r) = buf.take().expect("valid") {
-                out.push(r);
+            buf.extend(std::slice::from_ref(b));
+            while let Some(r) = buf.take().expect("valid") {
+                out.push(r.to_vec());
             }
         }
         assert!(buf.is_empty());
@@ -353,14 +354,10 @@ mod tests {
     #[test]
     fn lengths_outside_the_limits_are_refused_before_allocation() {
         let mut buf = RecordBuffer::default();
-        buf.extend(&((MAX_RECORD_LEN + 1) as u32).to_be_bytes())
-            .expect("prefix");
-        assert_eq!(
-            buf.missing(),
-            Err(RecordError::BadLength(MAX_RECORD_LEN + 1))
-        );
+        buf.extend(&((MAX_RECORD_LEN + 1) as u32).to_be_bytes());
+        assert_eq!(buf.take(), Err(RecordError::BadLength(MAX_RECORD_LEN + 1)));
         let mut buf = RecordBuffer::default();
-        buf.extend(&4u32.to_be_bytes()).expect("prefix");
+        buf.extend(&4u32.to_be_bytes());
         assert_eq!(buf.take(), Err(RecordError::BadLength(4)));
         let (mut sealer, _) = pair();
         assert_eq!(

@@ -56,6 +56,8 @@ pub enum ChannelKind {
         name: String,
         /// Its size.
         size: u64,
+        /// Its permission bits (the host drops group and other write).
+        mode: u32,
     },
     /// A file from the host: after the reply, `size` raw bytes, then their
     /// SHA-256.

@@ -33,6 +33,8 @@ pub(crate) struct HostLink {
     /// The host's device key, introduced to clients for the end-to-end
     /// handshake.
     pub(crate) key: PublicKey,
+    /// Counts the agent's answers to pings (see `key_twice`).
+    pub(crate) pongs: tokio::sync::watch::Receiver<u64>,
 }
 
 pub(crate) async fn serve(
@@ -43,15 +45,23 @@ pub(crate) async fn serve(
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<(), ConnError> {
+    let (tx, mut rx) = mpsc::channel::<RelayToHost>(64);
+    let (pong_tx, pongs) = tokio::sync::watch::channel(0u64);
+    let mut frames = wire::frame_reader::<HostToRelay>(recv);
+    let id = shared.next_id();
+    let link = HostLink {
+        id,
+        conn: conn.clone(),
+        tx,
+        key,
+        pongs,
+    };
     // The host's key still connected elsewhere, and answering: a copy of
     // the key. The older connection keeps the host (see `key_twice`).
-    let older = shared
-        .hosts()
-        .get(&host)
-        .map(|l| (l.conn.clone(), l.tx.clone()));
-    if let Some((older, older_tx)) = older {
-        if key_twice::still_answers(&older, &older_tx).await {
-            key_twice::report(shared, &host, older.remote_address(), conn.remote_address()).await;
+    let older = match key_twice::take_place(shared, &host, link).await {
+        Ok(older) => older,
+        Err(older_addr) => {
+            key_twice::report(shared, &host, older_addr, conn.remote_address()).await;
             let refusal = RelayToHost::Refused(Refusal::NotAllowed(format!(
                 "host '{host}' is connected already, from another agent with this host's key; \
                  its owner and the admin were told"
@@ -61,20 +71,8 @@ pub(crate) async fn serve(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
             return Ok(());
         }
-    }
-    let (tx, mut rx) = mpsc::channel::<RelayToHost>(64);
-    let mut frames = wire::frame_reader::<HostToRelay>(recv);
-    let id = shared.next_id();
-    let old = shared.hosts().insert(
-        host.clone(),
-        HostLink {
-            id,
-            conn: conn.clone(),
-            tx,
-            key,
-        },
-    );
-    if let Some(old) = old {
+    };
+    if let Some(old) = older {
         old.conn
             .close(close::REPLACED, b"replaced by a newer connection");
     }
@@ -100,7 +98,10 @@ pub(crate) async fn serve(
                     Some(Err(e)) => break Err(e.into()),
                 };
                 let reply = match frame {
-                    HostToRelay::Pong => continue,
+                    HostToRelay::Pong => {
+                        pong_tx.send_modify(|n| *n += 1);
+                        continue;
+                    }
                     HostToRelay::RebootAck => {
                         info!(%host, "host acknowledged the reboot");
                         continue;

@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -15,63 +15,106 @@ use std::{
 use latchkey_protocol::{frame::RelayToHost, ids::HostName};
 use tracing::warn;
 
-use crate::{error::blocking, host::HostTx, now_unix, Shared};
+use crate::{
+    error::blocking,
+    host::{HostLink, HostTx},
+    now_unix, Shared,
+};
 
-/// How long the older connection has to show it is alive.
+/// How long the older connection has at least to answer a ping (more on
+/// a slow path: four round trips).
 const PROBE: Duration = Duration::from_millis(1500);
 
-/// One record (audit and notice) per host at most this often: a refused
-/// copy retries, and each retry must not mail the owner again.
+/// One record (audit and notice) per host and refused address at most
+/// this often: a refused copy retries, and each retry must not mail the
+/// owner again ...
 const REPORT_EVERY: Duration = Duration::from_secs(600);
+/// ... and at most this many per host an hour, however many addresses.
+const REPORTS_PER_HOUR: usize = 6;
 
-/// Whether the older connection still answers: the relay pings its agent,
-/// and any packet back within [`PROBE`] says it is alive. A connection
+/// Whether the older connection's agent still answers: the relay pings it
+/// on its control stream and waits for the agent's `Pong` (counted by the
+/// link, so nothing an attacker replays on the wire counts). A connection
 /// whose agent died without closing (power loss, a network change) says
-/// nothing and is replaced.
-pub(crate) async fn still_answers(conn: &quinn::Connection, tx: &HostTx) -> bool {
+/// nothing and is replaced; one too busy to take the ping is alive.
+pub(crate) async fn still_answers(
+    conn: &quinn::Connection,
+    tx: &HostTx,
+    mut pongs: tokio::sync::watch::Receiver<u64>,
+) -> bool {
     if conn.close_reason().is_some() {
         return false;
     }
-    let before = conn.stats().udp_rx.datagrams;
-    if tx.try_send(RelayToHost::Ping).is_err() {
-        return false;
+    let before = *pongs.borrow_and_update();
+    match tx.try_send(RelayToHost::Ping) {
+        Ok(()) => {}
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => return true,
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
     }
-    let until = Instant::now() + PROBE;
-    while Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if conn.close_reason().is_some() {
-            return false;
-        }
-        if conn.stats().udp_rx.datagrams > before {
-            return true;
-        }
-    }
-    false
+    let wait = PROBE.max(conn.rtt() * 4);
+    let answered = tokio::time::timeout(wait, pongs.wait_for(|n| *n > before)).await;
+    matches!(answered, Ok(Ok(_))) && conn.close_reason().is_none()
 }
 
-/// When each host's last double connection was recorded.
+/// Puts `link` in the host's place, unless the connection there still
+/// answers: then returns that connection's address (the newcomer is a
+/// copy). Returns the connection it replaced. The place is taken only from
+/// the very link that was probed; if another took it meanwhile, that one
+/// is probed in turn.
+pub(crate) async fn take_place(
+    shared: &Shared,
+    host: &HostName,
+    link: HostLink,
+) -> Result<Option<HostLink>, SocketAddr> {
+    loop {
+        let current = shared
+            .hosts()
+            .get(host)
+            .map(|l| (l.id, l.conn.clone(), l.tx.clone(), l.pongs.clone()));
+        let Some((id, conn, tx, pongs)) = current else {
+            let mut hosts = shared.hosts();
+            if hosts.contains_key(host) {
+                continue;
+            }
+            hosts.insert(host.clone(), link);
+            return Ok(None);
+        };
+        if still_answers(&conn, &tx, pongs).await {
+            return Err(conn.remote_address());
+        }
+        let mut hosts = shared.hosts();
+        if hosts.get(host).map(|l| l.id) == Some(id) {
+            return Ok(hosts.insert(host.clone(), link));
+        }
+    }
+}
+
+/// When each host's double connections were last recorded, by refused
+/// address.
 #[derive(Default)]
-pub(crate) struct Reports(Mutex<HashMap<HostName, Instant>>);
+pub(crate) struct Reports(Mutex<HashMap<HostName, Vec<(IpAddr, Instant)>>>);
 
 impl Reports {
-    fn due(&self, host: &HostName) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    fn due(&self, host: &HostName, refused: IpAddr) -> bool {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        match last.get(host) {
-            Some(t) if now.duration_since(*t) < REPORT_EVERY => false,
-            _ => {
-                last.insert(host.clone(), now);
-                true
-            }
+        let recent = all.entry(host.clone()).or_default();
+        recent.retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(3600));
+        let again = recent
+            .iter()
+            .any(|(ip, at)| *ip == refused && now.duration_since(*at) < REPORT_EVERY);
+        if again || recent.len() >= REPORTS_PER_HOUR {
+            return false;
         }
+        recent.push((refused, now));
+        true
     }
 }
 
-/// Records a refused second connection (at most once per
-/// [`REPORT_EVERY`] and host).
+/// Records a refused second connection (see [`REPORT_EVERY`]).
 pub(crate) async fn report(shared: &Shared, host: &HostName, older: SocketAddr, newer: SocketAddr) {
     warn!(%host, %older, %newer, "host key connected twice: the newer connection is refused");
-    if !shared.key_twice.due(host) {
+    if !shared.key_twice.due(host, newer.ip()) {
         return;
     }
     let (store, h) = (shared.store.clone(), host.clone());

@@ -157,15 +157,35 @@ fn sparse(path: &Path, len: u64) -> Result<()> {
     Ok(())
 }
 
-fn partial_of(dest: &Path) -> Result<PathBuf> {
-    let name = dest.file_name().context("name")?.to_string_lossy();
-    Ok(dest.with_file_name(format!(".{name}.latchkey-partial")))
+/// The partial files of a copy to `dest` (`.NAME.RANDOM.latchkey-partial`).
+fn partials_of(dest: &Path) -> Vec<PathBuf> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let Some(dir) = dest.parent() else {
+        return Vec::new();
+    };
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    n.is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".latchkey-partial"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-fn growing(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.len() > 0)
-        .unwrap_or(false)
+/// Whether a copy to `dest` has a partial file with bytes in it.
+fn growing(dest: &Path) -> bool {
+    partials_of(dest)
+        .iter()
+        .any(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -185,28 +205,26 @@ async fn ctrl_c_or_a_failure_during_cp_leaves_no_partial_file_on_either_side() -
             &format!("mypc:{}", on_host.display()),
         ],
     )?;
-    let host_partial = partial_of(&on_host)?;
-    wait_until("the host's partial file", || growing(&host_partial))?;
+    wait_until("the host's partial file", || growing(&on_host))?;
     signal(&cp, "INT")?;
     assert_eq!(cp.wait_exit()?.code(), Some(130));
     within(
         Duration::from_secs(15),
         "the host's partial file removed",
-        || !host_partial.exists(),
+        || partials_of(&on_host).is_empty(),
     )?;
     assert!(!on_host.exists());
 
     // Download, interrupted: the local partial file goes away.
     let here = w.dir.path().join("here.bin");
-    let local_partial = partial_of(&here)?;
     let mut cp = w.alice.spawn_with_code(
         OWNER_CODE,
         &["cp", &format!("mypc:{}", big.display()), path_str(&here)?],
     )?;
-    wait_until("the local partial file", || growing(&local_partial))?;
+    wait_until("the local partial file", || growing(&here))?;
     signal(&cp, "TERM")?;
     assert_eq!(cp.wait_exit()?.code(), Some(143));
-    assert!(!local_partial.exists(), "partial file left behind");
+    assert!(partials_of(&here).is_empty(), "partial file left behind");
     assert!(!here.exists());
 
     // Download, failed: the host's agent dies mid-copy.
@@ -218,11 +236,11 @@ async fn ctrl_c_or_a_failure_during_cp_leaves_no_partial_file_on_either_side() -
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    wait_until("the local partial file", || growing(&local_partial))?;
+    wait_until("the local partial file", || growing(&here))?;
     agent.kill9();
     let out = cp.wait_with_output()?;
     assert!(!out.status.success());
-    assert!(!local_partial.exists(), "partial file left behind");
+    assert!(partials_of(&here).is_empty(), "partial file left behind");
     assert!(!here.exists());
     assert!(!text(&out.stderr).contains("latchkey-partial"));
     Ok(())

@@ -108,3 +108,64 @@ async fn a_root_agent_without_session_user_refuses_to_start_and_says_why() -> Re
     );
     Ok(())
 }
+
+/// Copies run through the agent's file helper: a path that looks like an
+/// option is still a path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_path_that_looks_like_an_option_is_a_path() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let dest = w.dir.path().join("help.txt");
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["cp", "mypc:--help", &dest.to_string_lossy()])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read") && stderr.contains("--help"),
+        "{stderr}"
+    );
+    assert!(!dest.exists());
+    Ok(())
+}
+
+/// An upload keeps the source's permission bits without group and other
+/// write (a private key stays private), and its partial file is created
+/// anew: a file someone left under a partial name is never written into.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_keeps_the_sources_permissions_and_never_reuses_a_file() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let dir = w.dir.path().join("landing");
+    std::fs::create_dir(&dir)?;
+    for (mode, expected) in [(0o600, 0o600), (0o777, 0o755), (0o664, 0o644)] {
+        let src = w.dir.path().join(format!("src-{mode:o}"));
+        std::fs::write(&src, b"bits\n")?;
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(mode))?;
+        // A trap where an old, fixed partial name would be.
+        let trap = dir.join(format!(".src-{mode:o}.latchkey-partial"));
+        std::fs::write(&trap, b"")?;
+        let out = w.alice.with_code(
+            OWNER_CODE,
+            &[
+                "cp",
+                &src.to_string_lossy(),
+                &format!("mypc:{}/", dir.display()),
+            ],
+        )?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let landed = std::fs::metadata(dir.join(format!("src-{mode:o}")))?;
+        assert_eq!(
+            landed.permissions().mode() & 0o777,
+            expected,
+            "from {mode:o}"
+        );
+        assert_eq!(std::fs::read(&trap)?, b"", "the trap was written into");
+    }
+    Ok(())
+}

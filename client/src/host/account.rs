@@ -75,6 +75,14 @@ impl SessionAccount {
                     }
                 }
                 (true, Some(name)) => {
+                    // Off Linux there is no setsid(1) to give a session's
+                    // processes a session of their own, and an agent with a
+                    // terminal would share it with them (TIOCSTI).
+                    if !cfg!(target_os = "linux") && std::fs::File::open("/dev/tty").is_ok() {
+                        return Err("a root agent with session_user must run without a \
+                             terminal here: start it as a service (docs/host.md)"
+                            .into());
+                    }
                     let user = nix::unistd::User::from_name(name)
                         .map_err(|e| format!("cannot look up session_user \"{name}\": {e}"))?
                         .ok_or_else(|| format!("session_user \"{name}\" does not exist"))?;
@@ -128,9 +136,27 @@ impl SessionAccount {
     }
 
     /// A command run as this account, in its home, with its environment
-    /// (a fresh one for another account, as `su -` gives).
+    /// (a fresh one for another account, as `su -` gives), as the leader of
+    /// a process group of its own, so a hang-up reaches what it starts.
+    /// Another account's command also gets a session of its own (util-linux
+    /// `setsid`, which does not fork for a process that leads no group, so
+    /// the pid and the group stay the child's): it must not share the
+    /// agent's terminal, where it could type into a root shell (TIOCSTI).
     pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(program);
+        let mut cmd = match self {
+            #[cfg(target_os = "linux")]
+            Self::User(_) => {
+                let mut cmd = tokio::process::Command::new("setsid");
+                cmd.arg("--").arg(program);
+                cmd
+            }
+            _ => {
+                let mut cmd = tokio::process::Command::new(program);
+                #[cfg(unix)]
+                cmd.process_group(0);
+                cmd
+            }
+        };
         if let Some(dir) = self.start_dir() {
             cmd.current_dir(dir);
         }
@@ -141,6 +167,59 @@ impl SessionAccount {
         cmd
     }
 
+    /// Checks that the account can run this binary's file helper (a binary
+    /// in a directory only root may enter would fail every copy).
+    pub(crate) async fn check_file_helper(&self) -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let ran = self
+            .command(&exe)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        match ran {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!(
+                "the session account cannot run {} ({status}): install latchkey where it can \
+                 (for example /usr/local/bin)",
+                exe.display()
+            )),
+            Err(e) => Err(format!(
+                "the session account cannot run {}: {e}: install latchkey where it can \
+                 (for example /usr/local/bin)",
+                exe.display()
+            )),
+        }
+    }
+}
+
+/// Marks every descriptor the agent inherited (beyond standard input,
+/// output and error) close-on-exec, so no session's process gets a file
+/// the agent's launcher left open. (Rust opens its own close-on-exec.)
+#[cfg(unix)]
+pub(crate) fn seal_inherited_fds() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let dir = if cfg!(target_os = "linux") {
+        "/proc/self/fd"
+    } else {
+        "/dev/fd"
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
+impl SessionAccount {
     /// A login shell on a PTY as this account, with `term`.
     pub(crate) fn shell(&self, term: String) -> CommandBuilder {
         let mut cmd = match self {
@@ -196,5 +275,22 @@ impl RunAs {
             ("SHELL", self.shell.clone().into_os_string()),
             ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
         ]
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn descriptors_the_agent_inherited_are_closed_on_exec() {
+        let file = tempfile::tempfile().expect("file");
+        let fd = file.as_raw_fd();
+        // As a launcher would leave it: inheritable.
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).expect("clear");
+        super::seal_inherited_fds();
+        let flags = fcntl(fd, FcntlArg::F_GETFD).expect("get");
+        assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
     }
 }

@@ -68,6 +68,9 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
     let pin = cfg.pin()?;
     let cfg = Arc::new(cfg);
     let account = SessionAccount::resolve(&cfg).map_err(NetError::Local)?;
+    #[cfg(unix)]
+    super::account::seal_inherited_fds();
+    account.check_file_helper().await.map_err(NetError::Local)?;
     info!(account = ?account, "sessions run as");
     let side = Arc::new(HostSide {
         cfg: cfg.clone(),

@@ -24,7 +24,9 @@ fn detail(kind: &ChannelKind) -> String {
         ChannelKind::Shell { term, cols, rows } => format!("{term} {cols}x{rows}"),
         ChannelKind::Exec { argv } => argv.join(" "),
         ChannelKind::Forward { target } | ChannelKind::ForwardCheck { target } => target.clone(),
-        ChannelKind::Upload { path, name, size } => format!("{name} ({size} bytes) to {path}"),
+        ChannelKind::Upload {
+            path, name, size, ..
+        } => format!("{name} ({size} bytes) to {path}"),
         ChannelKind::Download { path } => path.clone(),
         _ => String::new(),
     }

@@ -145,9 +145,12 @@ pub(crate) async fn serve(side: Arc<HostSide>, mut send: SendStream, mut recv: R
         ChannelKind::Exec { argv } if cfg.allow_exec => exec(&side.account, send, recv, argv).await,
         ChannelKind::Forward { target } => forward(cfg, send, recv, target).await,
         ChannelKind::ForwardCheck { target } => forward_check(cfg, send, target).await,
-        ChannelKind::Upload { path, name, size } if cfg.allow_copy => {
-            upload(&side.account, send, recv, &path, &name, size).await
-        }
+        ChannelKind::Upload {
+            path,
+            name,
+            size,
+            mode,
+        } if cfg.allow_copy => upload(&side.account, send, recv, &path, &name, size, mode).await,
         ChannelKind::Download { path } if cfg.allow_copy => {
             download(&side.account, send, &path).await
         }
@@ -252,9 +255,6 @@ async fn exec(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    // Its own process group, so a hang-up reaches what it starts too.
-    #[cfg(unix)]
-    cmd.process_group(0);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -565,6 +565,8 @@ struct Helper {
 }
 
 impl Helper {
+    /// Starts the helper with `args` (after `--` wherever a user's path
+    /// comes, so a path like `--help` is a path).
     fn spawn(account: &SessionAccount, args: &[&str]) -> Result<Self, String> {
         let mut cmd = account
             .file_helper()
@@ -572,7 +574,11 @@ impl Helper {
         cmd.args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .stderr(std::process::Stdio::piped())
+            // Waited for on every path that can (an upload's helper removes
+            // its partial file when its input ends); killed if the channel
+            // goes without waiting.
+            .kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the file helper: {e}"))?;
@@ -611,9 +617,11 @@ async fn upload(
     path: &str,
     name: &str,
     size: u64,
+    mode: u32,
 ) -> Result<(), ChannelError> {
-    let size_text = size.to_string();
-    let mut helper = match Helper::spawn(account, &["write", path, name, &size_text]) {
+    let (size_text, mode_text) = (size.to_string(), mode.to_string());
+    let args = ["write", "--", path, name, &size_text, &mode_text];
+    let mut helper = match Helper::spawn(account, &args) {
         Ok(helper) => helper,
         Err(why) => return refuse(send, why).await,
     };
@@ -697,7 +705,7 @@ async fn download(
     mut send: SealedSend,
     path: &str,
 ) -> Result<(), ChannelError> {
-    let mut helper = match Helper::spawn(account, &["read", path]) {
+    let mut helper = match Helper::spawn(account, &["read", "--", path]) {
         Ok(helper) => helper,
         Err(why) => return refuse(send, why).await,
     };

@@ -4,10 +4,11 @@
 //! keys. It speaks over its standard streams:
 //!
 //! - `read PATH`: writes the size (8 bytes, big endian), then the bytes.
-//! - `write PATH NAME SIZE`: says `ready` once the destination is checked,
-//!   reads SIZE bytes into the partial file, then one byte: `C` commits it
-//!   (renames it into place, then says `done`); anything else, or the end
-//!   of input, removes the partial file.
+//! - `write PATH NAME SIZE MODE`: says `ready` once the destination is
+//!   checked, reads SIZE bytes into the partial file (created anew, 0600),
+//!   then one byte: `C` commits it (MODE without group and other write,
+//!   then renamed into place; then it says `done`); anything else, or the
+//!   end of input, removes the partial file.
 //!
 //! Errors go to standard error as one line, with a non-zero exit.
 
@@ -43,11 +44,10 @@ pub async fn read(path: &str) -> Result<(), String> {
 }
 
 /// Receives a file into `path` (as `write`).
-pub async fn write(path: &str, name: &str, size: u64) -> Result<(), String> {
+pub async fn write(path: &str, name: &str, size: u64, mode: u32) -> Result<(), String> {
     // Like cp: into a directory under the source's name.
     let dest = files::destination_from(&resolve(path), path.ends_with('/'), name)?;
-    let partial = files::Partial::for_dest(&dest);
-    let mut file = tokio::fs::File::create(partial.path())
+    let (partial, mut file) = files::Partial::create(&dest, 0o600)
         .await
         .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
     let mut out = tokio::io::stdout();
@@ -68,6 +68,16 @@ pub async fn write(path: &str, name: &str, size: u64) -> Result<(), String> {
     if input.read_exact(&mut verdict).await.is_err() || verdict != *b"C" {
         return Err("the copy was not confirmed; nothing stored".into());
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let bits = mode & 0o777 & !0o022;
+        file.set_permissions(std::fs::Permissions::from_mode(bits))
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
     file.sync_all()
         .await
         .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;

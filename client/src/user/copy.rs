@@ -93,6 +93,19 @@ fn bar(size: u64) -> ProgressBar {
     bar
 }
 
+/// A file's permission bits, sent with an upload (0o644 where there are none).
+fn permission_bits(path: &Path) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            return meta.permissions().mode() & 0o777;
+        }
+    }
+    let _ = path;
+    0o644
+}
+
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Refused(format!("cannot {what} {}: {e}", path.display()))
 }
@@ -115,6 +128,7 @@ pub async fn upload(remote: &Remote, local: &Path, path: &str) -> Result<u64, Ch
             path: path.into(),
             name,
             size,
+            mode: permission_bits(local),
         })
         .await?;
     let progress = bar(size);
@@ -168,8 +182,7 @@ pub async fn download(remote: &Remote, path: &str, local: &Path) -> Result<u64, 
     let size =
         size.ok_or_else(|| ChannelError::Refused("the host did not say the file's size".into()))?;
     // Removed on every path but success, a cancelled copy (Ctrl-C) too.
-    let partial = files::Partial::for_dest(&local);
-    let mut file = tokio::fs::File::create(partial.path())
+    let (partial, mut file) = files::Partial::create(&local, 0o666)
         .await
         .map_err(|e| io_err("write", &local, e))?;
     let progress = bar(size);

@@ -93,9 +93,10 @@ pub fn host_key_twice(host: &str, owner: &str, older: &str, newer: &str) -> Noti
         ],
         subject: format!("{host}'s key connected from two places at once"),
         body: format!(
-            "A second agent connected as {host} from {newer}\n\
-             while {host} was connected from {older}; it was refused.\n\
-             If you did not start it, the host's key was copied:\n\
+            "Two agents connected as {host} with its key at once:\n\
+             one from {older}, one from {newer}.\n\
+             The relay kept the one from {older} and refused the other.\n\
+             If you did not start both, the host's key was copied:\n\
              enroll {host} again (latchkey-relay admin invite-host),\n\
              then set its access code again.\n"
         ),
