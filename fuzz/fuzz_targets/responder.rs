@@ -36,7 +36,7 @@ fn fixture() -> &'static Fixture {
         let (reg, req) = CodeRegistration::start(&mut rng, &code, KsfProfile::InsecureFastForTests).unwrap();
         let id = RecordId([1; 16]);
         let resp = registration_response(&relay, &req, id).unwrap();
-        let upload = reg.finish(&mut rng, &code, &resp).unwrap();
+        let (upload, _export_key) = reg.finish(&mut rng, &code, &resp).unwrap();
         let record = CodeRecord { id, ksf: KsfProfile::InsecureFastForTests, record: validate_upload(&upload).unwrap() };
         Fixture { relay, device, record }
     })

@@ -38,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
     let grace = Duration::from_secs(u64::from(data.first().copied().unwrap_or(0) % 64));
     let mut relay = RelaySession::new("fuzzhost".parse().unwrap(), Duration::from_secs(60), grace);
     let mut client = ClientSession::new();
-    client.on_frame(RelayToClient::SessionReady, now).unwrap();
+    let ready = RelayToClient::SessionReady {
+        host_key: latchkey_protocol::ids::PublicKey([1; 32]),
+        record: latchkey_protocol::ids::RecordId([2; 16]),
+    };
+    client.on_frame(ready, now).unwrap();
     let mut raw_client = ClientSession::new();
 
     let mut bytes = data.iter().copied();
