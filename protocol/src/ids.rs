@@ -130,16 +130,24 @@ impl PublicKey {
     /// info` on a host, `latchkey hosts --keys` on a client): the first 16
     /// bytes of SHA-256 over the key, in hex groups.
     pub fn fingerprint(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(b"latchkey device key v1");
-        h.update(self.0);
-        let digest = h.finalize();
-        digest[..16]
-            .chunks(2)
-            .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
-            .collect::<Vec<_>>()
-            .join(":")
+        fingerprint(b"latchkey device key v1", &[&self.0])
     }
+}
+
+/// The first 16 bytes of SHA-256 over `label` and `parts`, in hex groups
+/// of two bytes: what people compare by eye.
+fn fingerprint(label: &[u8], parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    h.update(label);
+    for part in parts {
+        h.update(part);
+    }
+    let digest = h.finalize();
+    digest[..16]
+        .chunks(2)
+        .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl fmt::Debug for PublicKey {
@@ -164,16 +172,10 @@ impl RelayPin {
     /// A short fingerprint for people to compare by eye: the first 16 bytes
     /// of SHA-256 over both pinned values, in hex groups.
     pub fn fingerprint(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(b"latchkey relay pin v1");
-        h.update(self.noise_key.0);
-        h.update(self.cert_sha256);
-        let digest = h.finalize();
-        digest[..16]
-            .chunks(2)
-            .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
-            .collect::<Vec<_>>()
-            .join(":")
+        fingerprint(
+            b"latchkey relay pin v1",
+            &[&self.noise_key.0, &self.cert_sha256],
+        )
     }
 
     /// The pin as one copy-pastable string.

@@ -104,6 +104,9 @@ pub struct Config {
     /// milliseconds, so an outsider's answer and a grant holder's take the
     /// same time (SPEC A4). Default 10.
     pub login_reply_floor_ms: u64,
+    /// Audit rows older than this many days are deleted (once an hour);
+    /// 0 keeps every row. Default 0.
+    pub audit_keep_days: u64,
 }
 
 /// How the relay sends email.
@@ -158,6 +161,7 @@ impl Default for Config {
             reboot_min_interval_secs: 60,
             host_grace_secs: 60,
             login_reply_floor_ms: 10,
+            audit_keep_days: 0,
         }
     }
 }

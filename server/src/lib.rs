@@ -12,6 +12,7 @@
 //! pieces they share (`error`, `close`) depend on none of them.
 
 pub mod admin;
+mod audit_upkeep;
 mod budget;
 pub mod close;
 mod code_registration;
@@ -275,10 +276,12 @@ impl Relay {
         info!(%addr, %fingerprint, "relay listening");
         let admin_actions = tokio::spawn(notify::admin_actions(shared.clone()));
         let outbox = tokio::spawn(notify::outbox(shared.clone()));
+        let audit = tokio::spawn(audit_upkeep::run(shared.clone()));
         let task = tokio::spawn(async move {
             accept_loop(shared, endpoint).await;
             let _ = admin_actions.await;
             let _ = outbox.await;
+            let _ = audit.await;
             // Released last: the directory is ours until everything is written.
             drop(serving);
         });

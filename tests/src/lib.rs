@@ -18,7 +18,6 @@ use latchkey_client::{
     wire::SealedSend,
 };
 use latchkey_protocol::{
-    e2e::{Binding, SessionPsk},
     frame::{LoginOutcome, RelayToClient},
     handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, HostName, RelayPin, UserName},
@@ -74,9 +73,33 @@ pub struct Proc {
     pub stdout: mpsc::Receiver<String>,
 }
 
+/// When set, the directory where spawned relays, agents and clients write
+/// their logs (standard error), one file each, instead of sharing the
+/// caller's: `latchkey-bench` sets it so they do not interleave with its
+/// figures.
+pub const LOG_DIR_VAR: &str = "LATCHKEY_TEST_LOG_DIR";
+
+/// A fresh log file under [`LOG_DIR_VAR`], if it is set.
+fn child_log(cmd: &Command) -> Result<Option<std::fs::File>> {
+    let Some(dir) = std::env::var_os(LOG_DIR_VAR) else {
+        return Ok(None);
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = Path::new(&dir).join(format!("{n:04}-{program}.log"));
+    Ok(Some(std::fs::File::create(path)?))
+}
+
 impl Proc {
     fn spawn(cmd: &mut Command) -> Result<Self> {
-        Self::spawn_with(cmd, Stdio::inherit())
+        match child_log(cmd)? {
+            Some(log) => Self::spawn_with(cmd, Stdio::from(log)),
+            None => Self::spawn_with(cmd, Stdio::inherit()),
+        }
     }
 
     /// Spawns with stderr going to `log`.
@@ -550,16 +573,14 @@ impl Device {
         let Some(RelayToClient::SessionReady { host_key, record }) = ready else {
             bail!("no session: {ready:?}");
         };
-        Ok(Handshaker {
-            host: host.parse()?,
+        Ok(Handshaker::new(
+            host.parse()?,
             device,
             host_key,
-            psk: SessionPsk::derive(&session.export_key, &record),
-            binding: Binding {
-                session: session.id,
-                record,
-            },
-        })
+            &session.export_key,
+            session.id,
+            record,
+        ))
     }
 
     /// Starts a login by hand: connects and sends message 1, so a test can

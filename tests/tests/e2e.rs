@@ -45,6 +45,13 @@ fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out
 }
 
+/// Alice's session on mypc, in process.
+async fn alice_on_mypc(w: &World) -> Result<Remote> {
+    let home = Home::locate(Some(w.alice.home.clone()));
+    let code = AccessCode::for_login(OWNER_CODE.into())?;
+    Ok(Remote::open(&home, &"mypc".parse()?, code).await?)
+}
+
 /// A TCP echo service on the host's side.
 fn echo_service() -> Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -83,13 +90,7 @@ async fn the_relay_never_holds_channel_plaintext() -> Result<()> {
     let secret = marker();
 
     // A forward, in-process: the marker goes out and comes back.
-    let home = Home::locate(Some(w.alice.home.clone()));
-    let remote = Remote::open(
-        &home,
-        &"mypc".parse()?,
-        AccessCode::for_login(OWNER_CODE.into())?,
-    )
-    .await?;
+    let remote = alice_on_mypc(&w).await?;
     let (mut send, mut recv, _) = remote
         .channel(ChannelKind::Forward {
             target: target.clone(),
@@ -319,13 +320,7 @@ async fn a_host_without_the_codes_export_key_says_to_set_the_code_again() -> Res
 async fn a_session_opens_1100_channels_one_after_another() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
-    let home = Home::locate(Some(w.alice.home.clone()));
-    let remote = Remote::open(
-        &home,
-        &"mypc".parse()?,
-        AccessCode::for_login(OWNER_CODE.into())?,
-    )
-    .await?;
+    let remote = alice_on_mypc(&w).await?;
     for i in 0..1100 {
         let kind = ChannelKind::ForwardCheck {
             target: "127.0.0.1:22".into(),
@@ -401,13 +396,7 @@ async fn a_copied_host_key_connecting_twice_is_refused_and_reported() -> Result<
 async fn sessions_that_come_and_go_do_not_push_out_a_long_lived_ones_keys() -> Result<()> {
     let w = World::with_env(latchkey_tests::unlimited())?;
     let _agent = w.start_agent()?;
-    let home = Home::locate(Some(w.alice.home.clone()));
-    let remote = Remote::open(
-        &home,
-        &"mypc".parse()?,
-        AccessCode::for_login(OWNER_CODE.into())?,
-    )
-    .await?;
+    let remote = alice_on_mypc(&w).await?;
     let check = || ChannelKind::ForwardCheck {
         target: "127.0.0.1:22".into(),
     };

@@ -160,6 +160,26 @@ pub struct Handshaker {
 }
 
 impl Handshaker {
+    /// What a session's handshakes need, from the login's export key and
+    /// the relay's introduction (`SessionReady`); the export key is not
+    /// kept, only the psk made from it.
+    pub fn new(
+        host: HostName,
+        device: Keypair,
+        host_key: PublicKey,
+        export_key: &latchkey_protocol::e2e::ExportKey,
+        session: latchkey_protocol::ids::SessionId,
+        record: latchkey_protocol::ids::RecordId,
+    ) -> Self {
+        Self {
+            host,
+            device,
+            host_key,
+            psk: SessionPsk::derive(export_key, &record),
+            binding: Binding { session, record },
+        }
+    }
+
     /// Runs the handshake on a new stream of `conn`.
     pub async fn run(&self, conn: &quinn::Connection) -> Result<Epoch, E2eError> {
         let (init, msg1) = E2eInitiator::start(

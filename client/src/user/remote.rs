@@ -6,7 +6,6 @@ use std::{sync::Arc, time::Instant};
 
 use latchkey_protocol::{
     control::{ClientSession, Event},
-    e2e::{Binding, SessionPsk},
     frame::{ClientToRelay, Refusal, RelayToClient},
     ids::{AccessCode, HostName},
     session::{ChannelKind, ChannelReply, ChannelRequest, Relayed},
@@ -126,16 +125,14 @@ impl Remote {
             );
         };
         let pin = check_pin(home, &cfg.pin, host, &host_key)?;
-        let handshaker = Arc::new(Handshaker {
-            host: host.clone(),
+        let handshaker = Arc::new(Handshaker::new(
+            host.clone(),
             device,
             host_key,
-            psk: SessionPsk::derive(&session.export_key, &record),
-            binding: Binding {
-                session: session.id,
-                record,
-            },
-        });
+            &session.export_key,
+            session.id,
+            record,
+        ));
         drop(session.export_key);
         let keys = Arc::new(watch::Sender::new(Keys::Pending));
         let mut rekey = tokio::spawn(settle_keys(

@@ -368,6 +368,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends to the audit log.
     fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError>;
+    /// Deletes audit rows written before `before`; returns how many.
+    fn prune_audit(&self, before: UnixTime) -> Result<usize, StoreError>;
     /// Records that `host`'s key connected from `newer` while it was
     /// connected from `older` (an audit row and a notice to the owner and
     /// the admin, in one commit).

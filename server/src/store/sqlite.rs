@@ -1182,6 +1182,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn prune_audit(&self, before: UnixTime) -> Result<usize, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM audit WHERE at < ?1", [before])?))
+    }
+
     fn host_key_twice(
         &self,
         host: &HostName,
@@ -1409,6 +1413,11 @@ mod tests {
     #[test]
     fn lowering_the_threshold_to_the_failures_counted_locks_at_once() {
         crate::store::suite::lowering_the_threshold_to_the_failures_counted_locks_at_once(&fresh());
+    }
+
+    #[test]
+    fn audit_rows_are_pruned_by_age() {
+        crate::store::suite::audit_rows_are_pruned_by_age(&fresh());
     }
 }
 

@@ -18,7 +18,7 @@ use latchkey_protocol::{
 };
 use proptest::prelude::*;
 
-use super::{AttemptId, InviteKind, Store};
+use super::{AttemptId, Event, InviteKind, Store};
 use crate::lockout::{Proof, Settlement, VoidReason};
 
 const THRESHOLD: u32 = 3;
@@ -207,6 +207,32 @@ pub(crate) fn lowering_the_threshold_to_the_failures_counted_locks_at_once(store
     store.set_policy(&host, None, Some(2), 2).expect("policy");
     let status = store.host_status(&host).expect("status");
     assert!(status.locked && status.failures == 2, "{status:?}");
+}
+
+/// The retention deletes the rows older than a time and keeps the rest.
+pub(crate) fn audit_rows_are_pruned_by_age(store: &dyn Store) {
+    let (_, host, _) = alice_owns_mypc(store, 3);
+    let event = |detail: &str| Event {
+        event: "login-refused",
+        host: Some(host.as_str()),
+        user: Some("carol"),
+        source: None,
+        detail: Some(detail.into()),
+    };
+    store.audit(event("old one"), 100).expect("write");
+    store.audit(event("old two"), 100).expect("write");
+    store.audit(event("new"), 200).expect("write");
+    let count = |s: &dyn Store| {
+        s.audit_log(Some(&host), None, 1000)
+            .expect("read")
+            .iter()
+            .filter(|r| r.event == "login-refused")
+            .count()
+    };
+    assert_eq!(count(store), 3);
+    let pruned = store.prune_audit(150).expect("prune");
+    assert!(pruned >= 2, "{pruned}");
+    assert_eq!(count(store), 1);
 }
 
 /// Runs the model check on stores made by `fresh`, 1,000 cases.

@@ -46,8 +46,8 @@ type Keys = Arc<Mutex<HashMap<SessionId, Arc<SessionKeys>>>>;
 
 /// Serves the relay's streams as the host: handshakes, then channels whose
 /// first cleartext byte says sealed (`s`) or plain (`p`), and whose next
-/// says what to do: sink (`S`, answer the count), generate (`G` + u64) or
-/// echo (`E`).
+/// says what to do, as with the direct peer (`peer::stream`): sink (`S`,
+/// answer the count), generate (`G` + u64) or echo (`E`).
 async fn host(home: Home, control: net::Control, keys: Keys, key: Keypair) {
     let net::Control {
         relay, mut recv, ..
@@ -107,7 +107,8 @@ async fn host_stream(
     let mut mode = [0u8; 1];
     recv.read_exact(&mut mode).await?;
     if mode[0] == b'p' {
-        return plain_host(send, recv).await;
+        // The direct-quinn peer's own streams: sink, generate, echo.
+        return crate::peer::stream(send, recv).await;
     }
     let session_keys = keys
         .lock()
@@ -117,39 +118,6 @@ async fn host_stream(
         .context("no keys")?;
     let (sealer, opener) = session_keys.channel(number);
     sealed_host(SealedSend::new(send, sealer), OpenedRecv::new(recv, opener)).await
-}
-
-async fn plain_host(mut send: SendStream, mut recv: RecvStream) -> Result<()> {
-    let mut op = [0u8; 1];
-    recv.read_exact(&mut op).await?;
-    match op[0] {
-        b'S' => {
-            let mut got = 0u64;
-            while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
-                got += chunk.bytes.len() as u64;
-            }
-            send.write_all(&got.to_be_bytes()).await?;
-        }
-        b'G' => {
-            let mut n = [0u8; 8];
-            recv.read_exact(&mut n).await?;
-            let chunk = bytes::Bytes::from(vec![0x5a; MAX_RECORD_PAYLOAD]);
-            let mut left = u64::from_be_bytes(n);
-            while left > 0 {
-                let take = left.min(chunk.len() as u64) as usize;
-                send.write_chunk(chunk.slice(..take)).await?;
-                left -= take as u64;
-            }
-        }
-        _ => {
-            let mut b = [0u8; 1];
-            while recv.read_exact(&mut b).await.is_ok() {
-                send.write_all(&b).await?;
-            }
-        }
-    }
-    send.finish()?;
-    Ok(())
 }
 
 async fn sealed_host(mut send: SealedSend, mut recv: OpenedRecv) -> Result<()> {

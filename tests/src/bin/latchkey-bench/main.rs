@@ -55,6 +55,13 @@ async fn main() -> Result<()> {
             .context("usage: latchkey-bench quinn-peer CERT_PATH")?;
         return peer::serve(cert.as_ref()).await;
     }
+    // The relays', agents' and clients' logs go to files, not between the
+    // figures; their directory is kept and named on failure.
+    let logs = tempfile::Builder::new()
+        .prefix("latchkey-bench-logs-")
+        .tempdir()?
+        .keep();
+    std::env::set_var(latchkey_tests::LOG_DIR_VAR, &logs);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -79,10 +86,14 @@ async fn main() -> Result<()> {
     let mut failed = Vec::new();
     for figure in figures {
         if let Err(e) = run(figure, &sizes).await {
-            println!("{figure}: FAILED: {e:#}");
+            println!(
+                "{figure}: FAILED: {e:#} (the processes' logs are in {})",
+                logs.display()
+            );
             failed.push(figure);
         }
     }
     anyhow::ensure!(failed.is_empty(), "figures failed: {}", failed.join(", "));
+    let _ = std::fs::remove_dir_all(&logs);
     Ok(())
 }

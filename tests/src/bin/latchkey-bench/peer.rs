@@ -38,7 +38,8 @@ pub(crate) async fn serve(cert_path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+/// Serves one stream as its first byte says (see the module doc).
+pub(crate) async fn stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> {
     let mut op = [0u8; 1];
     recv.read_exact(&mut op).await?;
     match op[0] {
