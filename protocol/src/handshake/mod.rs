@@ -16,6 +16,7 @@
 mod initiator;
 mod registration;
 mod responder;
+mod x25519;
 
 pub use initiator::{AwaitingOutcome, Initiator, InitiatorReply};
 pub use registration::{registration_response, validate_upload, CodeRecord, CodeRegistration};
@@ -86,11 +87,7 @@ impl Keypair {
 }
 
 fn curve25519() -> Box<dyn Dh> {
-    // The default resolver always has Curve25519 with the features we
-    // enable; a build without it would fail every handshake test.
-    DefaultResolver
-        .resolve_dh(&DHChoice::Curve25519)
-        .unwrap_or_else(|| unreachable!("snow built without curve25519"))
+    Box::new(x25519::AwsLcX25519::default())
 }
 
 /// The relay's long-term secrets: the Noise static key and the OPAQUE
@@ -165,7 +162,10 @@ impl CryptoResolver for SeededResolver {
         Some(Box::new(SeededRandom(ChaCha20Rng::from_seed(self.0))))
     }
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
-        DefaultResolver.resolve_dh(choice)
+        match choice {
+            DHChoice::Curve25519 => Some(curve25519()),
+            other => DefaultResolver.resolve_dh(other),
+        }
     }
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
         DefaultResolver.resolve_hash(choice)
