@@ -45,6 +45,21 @@ fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out
 }
 
+/// `latchkey exec mypc -- ARGV` as alice.
+fn alice_exec(w: &World, argv: &[&str]) -> Result<std::process::Output> {
+    let mut args = vec!["exec", "mypc", "--"];
+    args.extend_from_slice(argv);
+    w.alice.with_code(OWNER_CODE, &args)
+}
+
+/// Fails with the command's standard error unless it succeeded.
+fn succeeded(out: &std::process::Output) -> Result<()> {
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// Alice's session on mypc, in process.
 async fn alice_on_mypc(w: &World) -> Result<Remote> {
     let home = Home::locate(Some(w.alice.home.clone()));
@@ -115,14 +130,8 @@ async fn the_relay_never_holds_channel_plaintext() -> Result<()> {
     remote.close().await;
 
     // An exec: the marker in the command line and in its output.
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", &secret])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = alice_exec(&w, &["echo", &secret])?;
+    succeeded(&out)?;
     assert!(contains(&out.stdout, &secret), "exec lost the marker");
 
     // A copy of a file holding it.
@@ -137,11 +146,7 @@ async fn the_relay_never_holds_channel_plaintext() -> Result<()> {
             &format!("mypc:{}", dest.display()),
         ],
     )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out)?;
     assert_eq!(std::fs::read(&dest)?, secret.repeat(100).into_bytes());
 
     // The relay spliced every byte of that, sealed.
@@ -196,14 +201,8 @@ async fn the_relay_never_holds_channel_plaintext() -> Result<()> {
 async fn a_changed_host_key_is_refused_with_how_to_compare() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = alice_exec(&w, &["true"])?;
+    succeeded(&out)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("new host 'mypc', key pinned"), "{stderr}");
     // The pin is the host's key, as `host info` shows it.
@@ -228,9 +227,7 @@ async fn a_changed_host_key_is_refused_with_how_to_compare() -> Result<()> {
         &known,
         format!("{relay} {host} {}\n", other.public.to_text()),
     )?;
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    let out = alice_exec(&w, &["true"])?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for needed in [
@@ -243,14 +240,8 @@ async fn a_changed_host_key_is_refused_with_how_to_compare() -> Result<()> {
         assert!(stderr.contains(needed), "missing {needed:?} in: {stderr}");
     }
     w.alice.run(&["hosts", "--forget", "mypc"])?;
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "back"])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = alice_exec(&w, &["echo", "back"])?;
+    succeeded(&out)?;
     assert!(w.alice.run(&["hosts", "--keys"])?.contains(&fingerprint));
     Ok(())
 }
@@ -262,9 +253,7 @@ async fn a_changed_host_key_is_refused_with_how_to_compare() -> Result<()> {
 async fn a_relay_that_introduces_its_own_keys_fails_the_handshake() -> Result<()> {
     let w = World::with_env(vec![("LATCHKEY_TEST_IMPERSONATE_HOST".into(), "1".into())])?;
     let _agent = w.start_agent()?;
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "hi"])?;
+    let out = alice_exec(&w, &["echo", "hi"])?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -290,9 +279,7 @@ async fn a_host_without_the_codes_export_key_says_to_set_the_code_again() -> Res
     let w = World::new()?;
     let _agent = w.start_agent()?;
     std::fs::remove_file(w.mypc.home.join("e2e.keys"))?;
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    let out = alice_exec(&w, &["true"])?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -301,14 +288,8 @@ async fn a_host_without_the_codes_export_key_says_to_set_the_code_again() -> Res
         "{stderr}"
     );
     w.mypc.set_code(OWNER_CODE, None)?;
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = alice_exec(&w, &["true"])?;
+    succeeded(&out)?;
     Ok(())
 }
 
@@ -375,9 +356,7 @@ async fn a_copied_host_key_connecting_twice_is_refused_and_reported() -> Result<
         "{outbox}"
     );
     // The first agent still serves the host's sessions.
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "original"])?;
+    let out = alice_exec(&w, &["echo", "original"])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "original\n");
     let log = std::fs::read_to_string(w.mypc.home.join(latchkey_client::host::CHANNEL_LOG))?;
     assert!(log.contains("original"), "{log}");
