@@ -73,6 +73,15 @@ pub(crate) async fn serve(
         }
     };
     if let Some(old) = older {
+        if old.conn.close_reason().is_none() {
+            key_twice::record_silent_replacement(
+                shared,
+                &host,
+                old.conn.remote_address(),
+                conn.remote_address(),
+            )
+            .await;
+        }
         old.conn
             .close(close::REPLACED, b"replaced by a newer connection");
     }

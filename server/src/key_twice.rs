@@ -25,6 +25,9 @@ use crate::{
 /// a slow path: four round trips).
 const PROBE: Duration = Duration::from_millis(1500);
 
+/// Holders probed in turn before a newcomer gives up (see [`take_place`]).
+const PROBE_ROUNDS: u32 = 3;
+
 /// One record (audit and notice) per host and refused address at most
 /// this often: a refused copy retries, and each retry must not mail the
 /// owner again ...
@@ -60,12 +63,14 @@ pub(crate) async fn still_answers(
 /// answers: then returns that connection's address (the newcomer is a
 /// copy). Returns the connection it replaced. The place is taken only from
 /// the very link that was probed; if another took it meanwhile, that one
-/// is probed in turn.
+/// is probed in turn, up to [`PROBE_ROUNDS`] times: a place that keeps
+/// changing hands that fast is contested, and the newcomer waits its turn.
 pub(crate) async fn take_place(
     shared: &Shared,
     host: &HostName,
     link: HostLink,
 ) -> Result<Option<HostLink>, SocketAddr> {
+    let mut probed = 0;
     loop {
         let current = shared
             .hosts()
@@ -79,9 +84,10 @@ pub(crate) async fn take_place(
             hosts.insert(host.clone(), link);
             return Ok(None);
         };
-        if still_answers(&conn, &tx, pongs).await {
+        if probed == PROBE_ROUNDS || still_answers(&conn, &tx, pongs).await {
             return Err(conn.remote_address());
         }
+        probed += 1;
         let mut hosts = shared.hosts();
         if hosts.get(host).map(|l| l.id) == Some(id) {
             return Ok(hosts.insert(host.clone(), link));
@@ -89,24 +95,29 @@ pub(crate) async fn take_place(
     }
 }
 
-/// When each host's double connections were last recorded, by refused
-/// address.
+/// When each host's double connections were last recorded, by the
+/// connection that held the host and the refused address: a copy retrying
+/// against the same holder is one report, and a holder that changed (the
+/// copy took the place, then the original is refused) is a new one.
 #[derive(Default)]
-pub(crate) struct Reports(Mutex<HashMap<HostName, Vec<(IpAddr, Instant)>>>);
+pub(crate) struct Reports(Mutex<HashMap<HostName, Vec<(Pair, Instant)>>>);
+
+/// The connection that held a host, and the address refused beside it.
+type Pair = (SocketAddr, IpAddr);
 
 impl Reports {
-    fn due(&self, host: &HostName, refused: IpAddr) -> bool {
+    fn due(&self, host: &HostName, pair: Pair) -> bool {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let recent = all.entry(host.clone()).or_default();
         recent.retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(3600));
         let again = recent
             .iter()
-            .any(|(ip, at)| *ip == refused && now.duration_since(*at) < REPORT_EVERY);
+            .any(|(p, at)| *p == pair && now.duration_since(*at) < REPORT_EVERY);
         if again || recent.len() >= REPORTS_PER_HOUR {
             return false;
         }
-        recent.push((refused, now));
+        recent.push((pair, now));
         true
     }
 }
@@ -114,7 +125,7 @@ impl Reports {
 /// Records a refused second connection (see [`REPORT_EVERY`]).
 pub(crate) async fn report(shared: &Shared, host: &HostName, older: SocketAddr, newer: SocketAddr) {
     warn!(%host, %older, %newer, "host key connected twice: the newer connection is refused");
-    if !shared.key_twice.due(host, newer.ip()) {
+    if !shared.key_twice.due(host, (older, newer.ip())) {
         return;
     }
     let (store, h) = (shared.store.clone(), host.clone());
@@ -124,5 +135,37 @@ pub(crate) async fn report(shared: &Shared, host: &HostName, older: SocketAddr, 
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(%host, "cannot record the double connection: {e}"),
         Err(e) => warn!(%host, "cannot record the double connection: {e}"),
+    }
+}
+
+/// Records that a connection which had not closed, and did not answer the
+/// probe, lost the host to a newer one: usually a network change or a
+/// crash, but also what a copy of the key does while the agent stalls. An
+/// audit row, so the owner can tell the two apart afterwards (no notice:
+/// every roaming laptop would send one).
+pub(crate) async fn record_silent_replacement(
+    shared: &Shared,
+    host: &HostName,
+    older: SocketAddr,
+    newer: SocketAddr,
+) {
+    let (store, h) = (shared.store.clone(), host.clone());
+    let detail = format!("a silent connection from {older} was replaced by one from {newer}");
+    let now = now_unix();
+    let written = blocking(move || {
+        store.audit(
+            crate::store::Event {
+                event: "host-replaced",
+                host: Some(h.as_str()),
+                user: None,
+                source: Some(newer.ip()),
+                detail: Some(detail),
+            },
+            now,
+        )
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        warn!(%host, "cannot record the replaced connection");
     }
 }

@@ -426,3 +426,41 @@ async fn a_cut_channel_resets_the_forwarded_connection_instead_of_ending_it() ->
     }
     Ok(())
 }
+
+/// A copy of the host's key that takes the place while the agent stalls
+/// (here stopped for a moment) leaves a `host-replaced` row, and when the
+/// agent comes back and is refused beside the copy, that is reported too,
+/// though the copy was reported from the same address a moment before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_that_takes_over_from_a_stalled_agent_is_on_record() -> Result<()> {
+    let w = World::new()?;
+    let agent = w.start_agent()?;
+    w.wait_online(true)?;
+    let copy = w.dir.path().join("stolen-home");
+    std::fs::create_dir_all(&copy)?;
+    for name in ["host.toml", "host.key", "e2e.keys"] {
+        std::fs::copy(w.mypc.home.join(name), copy.join(name))?;
+    }
+    let thief = latchkey_tests::Device { home: copy };
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &agent.pid().to_string()])
+            .status()
+    };
+    signal("-STOP")?;
+    let _stolen = thief.start_agent()?;
+    let events = |name: &str| {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| e.iter().filter(|e| *e == name).count())
+            .unwrap_or(0)
+    };
+    wait_until("the silent replacement on record", || {
+        events("host-replaced") >= 1
+    })?;
+    signal("-CONT")?;
+    wait_until("the original's refusal on record", || {
+        events("host-key-twice") >= 1
+    })?;
+    Ok(())
+}
