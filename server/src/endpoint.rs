@@ -77,8 +77,8 @@ fn derived_key(data: &DataDir, label: &[u8]) -> [u8; 32] {
 /// and answers them with a stateless reset. Peers then reconnect at their
 /// next packet instead of waiting out the idle timeout.
 fn endpoint_config(data: &DataDir) -> quinn::EndpointConfig {
-    let reset = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
+    let reset = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
         &derived_key(data, b"latchkey/1 stateless reset key"),
     );
     let mut config = quinn::EndpointConfig::new(Arc::new(reset));
@@ -95,7 +95,7 @@ fn endpoint_config(data: &DataDir) -> quinn::EndpointConfig {
 
 /// Binds the relay's UDP socket with its TLS identity.
 pub fn server_endpoint(config: &Config, data: &DataDir) -> Result<quinn::Endpoint, EndpointError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cert = CertificateDer::from(data.cert_der.clone());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(data.key_der.clone()));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)

@@ -20,7 +20,9 @@ use crate::{
 };
 
 /// Sender half used by other tasks to reach a host's control stream.
-pub(crate) type HostTx = mpsc::Sender<RelayToHost>;
+/// Frames for one host's agent. Boxed: the channel allocates its first
+/// block of 32 slots up front, and every idle host holds one (issue 16).
+pub(crate) type HostTx = mpsc::Sender<Box<RelayToHost>>;
 
 /// A live host agent connection.
 pub(crate) struct HostLink {
@@ -45,7 +47,7 @@ pub(crate) async fn serve(
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<(), ConnError> {
-    let (tx, mut rx) = mpsc::channel::<RelayToHost>(64);
+    let (tx, mut rx) = mpsc::channel::<Box<RelayToHost>>(64);
     let (pong_tx, pongs) = tokio::sync::watch::channel(0u64);
     let mut frames = wire::frame_reader::<HostToRelay>(recv);
     let id = shared.next_id();
@@ -96,7 +98,7 @@ pub(crate) async fn serve(
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             Some(frame) = rx.recv() => {
-                if let Err(e) = wire::write_frame(&mut send, &frame).await {
+                if let Err(e) = wire::write_frame(&mut send, &*frame).await {
                     break Err(e.into());
                 }
             }

@@ -49,7 +49,7 @@ pub(crate) async fn still_answers(
         return false;
     }
     let before = *pongs.borrow_and_update();
-    match tx.try_send(RelayToHost::Ping) {
+    match tx.try_send(Box::new(RelayToHost::Ping)) {
         Ok(()) => {}
         Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => return true,
         Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,

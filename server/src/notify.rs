@@ -209,7 +209,7 @@ async fn deliver(shared: &Arc<Shared>, mailer: Option<&Mailer>, n: OutboxRow) {
                 .and_then(|host| shared.hosts().get(&host).map(|link| link.tx.clone()));
             let text = format!("{}: {}", n.subject, n.body.trim_end());
             match tx {
-                Some(tx) if tx.try_send(RelayToHost::Notice(text)).is_ok() => {
+                Some(tx) if tx.try_send(Box::new(RelayToHost::Notice(text))).is_ok() => {
                     blocking(shared, done("sent")).await;
                 }
                 // Offline: it waits for the agent to come back.

@@ -105,7 +105,7 @@ async fn ask(
         r.pending = true;
     }
     if link
-        .send(RelayToHost::Reboot { session, ticket })
+        .send(Box::new(RelayToHost::Reboot { session, ticket }))
         .await
         .is_err()
     {

@@ -236,7 +236,9 @@ pub(crate) async fn serve(
     channels.abort_all();
     // The host forgets the session's end-to-end keys.
     if let Some(link) = shared.hosts().get(&host) {
-        let _ = link.tx.try_send(RelayToHost::SessionEnded { session });
+        let _ = link
+            .tx
+            .try_send(Box::new(RelayToHost::SessionEnded { session }));
     }
     // The last frame says why the session ended: the client closes once it
     // has read it (a close from here could discard it unread).

@@ -317,7 +317,7 @@ async fn a_fake_relay_with_the_certificate_but_not_the_noise_key_gets_message_1_
     let cert = std::fs::read(w.relay.data_dir.join("tls.crt"))?;
     let key = std::fs::read(w.relay.data_dir.join("tls.key"))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])?
     .with_no_client_auth()

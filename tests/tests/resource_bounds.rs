@@ -82,7 +82,7 @@ async fn unauthenticated_connections_cannot_make_the_relay_buffer_much() -> Resu
 fn initial_packet(relay: std::net::SocketAddr, cert: &[u8]) -> Result<Vec<u8>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()))?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)

@@ -194,6 +194,7 @@ impl SqliteStore {
 
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -242,6 +243,36 @@ impl SqliteStore {
     }
 }
 
+/// Statements go through SQLite's statement cache: parsing each anew took
+/// about 9 % of the relay's CPU per login (issue 16).
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Distinct statements the store runs, with room to spare.
+const STATEMENT_CACHE: usize = 256;
+
 fn key_from(blob: Option<Vec<u8>>) -> Result<Option<PublicKey>, StoreError> {
     blob.map(|b| {
         b.try_into()
@@ -252,14 +283,14 @@ fn key_from(blob: Option<Vec<u8>>) -> Result<Option<PublicKey>, StoreError> {
 }
 
 fn user_id(tx: &Connection, user: &str) -> Result<i64, StoreError> {
-    tx.query_row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0))
+    tx.row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::NoSuchUser(user.into()))
 }
 
 /// (id, owner id) of a host.
 fn host_ids(tx: &Connection, host: &str) -> Result<(i64, i64), StoreError> {
-    tx.query_row(
+    tx.row(
         "SELECT id, owner_id FROM hosts WHERE name = ?1",
         [host],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -269,7 +300,7 @@ fn host_ids(tx: &Connection, host: &str) -> Result<(i64, i64), StoreError> {
 }
 
 fn insert_audit(tx: &Connection, e: &Event<'_>, now: UnixTime) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO audit (at, event, host, user, source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             now,
@@ -312,7 +343,7 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
 
 /// The host's lockout state, as [`crate::lockout`] reads it.
 fn tally(tx: &Connection, host_id: i64) -> Result<Tally, StoreError> {
-    Ok(tx.query_row(
+    Ok(tx.row(
         "SELECT lockout_threshold, locked_at IS NOT NULL,
                 (SELECT COALESCE(SUM(failures), 0) FROM user_failures WHERE host_id = ?1),
                 (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
@@ -330,7 +361,7 @@ fn tally(tx: &Connection, host_id: i64) -> Result<Tally, StoreError> {
 }
 
 fn user_pending(tx: &Connection, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
-    Ok(tx.query_row(
+    Ok(tx.row(
         "SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND user_id = ?2 AND state = 'pending'",
         [host_id, user_id],
         |r| r.get(0),
@@ -339,7 +370,7 @@ fn user_pending(tx: &Connection, host_id: i64, user_id: i64) -> Result<u32, Stor
 
 fn user_failures(tx: &Connection, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
     Ok(tx
-        .query_row(
+        .row(
             "SELECT failures FROM user_failures WHERE host_id = ?1 AND user_id = ?2",
             [host_id, user_id],
             |r| r.get(0),
@@ -369,7 +400,7 @@ fn settle_one(
         Option<i64>,
     );
     let row: Option<Row> = tx
-        .query_row(
+        .row(
             "SELECT a.host_id, a.user_id, h.name, u.name, a.source, a.record_id, a.grant_generation
              FROM attempts a JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
              WHERE a.id = ?1 AND a.state = 'pending'",
@@ -395,7 +426,7 @@ fn settle_one(
     // and not revoked and granted again meanwhile.
     let grant_current = match (&record, generation) {
         (Some(record), Some(generation)) => tx
-            .query_row(
+            .row(
                 "SELECT 1 FROM grants
                  WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
                 params![host_id, user_id, record, generation],
@@ -423,11 +454,11 @@ fn settle_one(
             Some("right code, but the host was locked meanwhile".into()),
         ),
     };
-    tx.execute(
+    tx.exec(
         "UPDATE attempts SET state = ?1, finished_at = ?2 WHERE id = ?3",
         params![state, now, attempt],
     )?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO user_failures (host_id, user_id, failures) VALUES (?1, ?2, ?3)
          ON CONFLICT (host_id, user_id) DO UPDATE SET failures = excluded.failures",
         params![
@@ -443,7 +474,7 @@ fn settle_one(
     };
     insert_audit(tx, &e, now)?;
     if let (Settlement::Success, Some(session)) = (settlement, session) {
-        tx.execute(
+        tx.exec(
             "INSERT INTO sessions (id, host_id, user_id, started_at) VALUES (?1, ?2, ?3, ?4)",
             params![session.to_string(), host_id, user_id, now],
         )?;
@@ -476,7 +507,7 @@ fn lock_host(
     cause: &str,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
         params![now, host_id],
     )?;
@@ -497,7 +528,7 @@ fn lock_host(
 /// notice exists exactly when its event does (SPEC B2).
 fn enqueue(tx: &Connection, notice: &Notice, now: UnixTime) -> Result<(), StoreError> {
     for (channel, recipient) in &notice.to {
-        tx.execute(
+        tx.exec(
             "INSERT INTO outbox (channel, recipient, subject, body, created_at, next_attempt_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
             params![
@@ -513,7 +544,7 @@ fn enqueue(tx: &Connection, notice: &Notice, now: UnixTime) -> Result<(), StoreE
 }
 
 fn owner_of(tx: &Connection, host_id: i64) -> Result<String, StoreError> {
-    Ok(tx.query_row(
+    Ok(tx.row(
         "SELECT u.name FROM hosts h JOIN users u ON u.id = h.owner_id WHERE h.id = ?1",
         [host_id],
         |r| r.get(0),
@@ -533,7 +564,7 @@ impl Store for SqliteStore {
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|c| {
             Ok(
-                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                c.row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                     .optional()?,
             )
         })
@@ -541,7 +572,7 @@ impl Store for SqliteStore {
 
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [key, value],
@@ -561,12 +592,12 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let kind_text = match kind {
                 InviteKind::User { email } => {
-                    tx.execute(
+                    tx.exec(
                         "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
                         params![name, now],
                     )?;
                     if let Some(email) = email {
-                        tx.execute("UPDATE users SET email = ?1 WHERE name = ?2", params![email, name])?;
+                        tx.exec("UPDATE users SET email = ?1 WHERE name = ?2", params![email, name])?;
                     }
                     "user"
                 }
@@ -581,12 +612,12 @@ impl Store for SqliteStore {
                         }
                         Ok(_) => {}
                         Err(StoreError::NoSuchHost(_)) => {
-                            tx.execute(
+                            tx.exec(
                                 "INSERT INTO hosts (name, owner_id, lockout_threshold, created_at) VALUES (?1, ?2, ?3, ?4)",
                                 params![name, owner_id, lockout_threshold.max(&1), now],
                             )?;
                             let host_id = tx.last_insert_rowid();
-                            tx.execute(
+                            tx.exec(
                                 "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at)
                                  VALUES (?1, ?2, NULL, 1, ?3)",
                                 params![host_id, owner_id, now],
@@ -598,11 +629,11 @@ impl Store for SqliteStore {
                 }
             };
             // A new invite replaces the earlier ones of the same device.
-            let cancelled = tx.execute(
+            let cancelled = tx.exec(
                 "UPDATE invites SET used_at = ?1 WHERE kind = ?2 AND name = ?3 AND used_at IS NULL",
                 params![now, kind_text, name],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO invites (digest, kind, name, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![&digest[..], kind_text, name, expires_at, now],
             )?;
@@ -629,7 +660,7 @@ impl Store for SqliteStore {
     ) -> Result<Enrolled, StoreError> {
         let outcome = self.write(|tx| {
             let row: Option<(String, String, UnixTime, Option<UnixTime>)> = tx
-                .query_row(
+                .row(
                     "SELECT kind, name, expires_at, used_at FROM invites WHERE digest = ?1",
                     [&digest[..]],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -638,18 +669,18 @@ impl Store for SqliteStore {
             let Some((kind, name, expires_at, None)) = row.filter(|r| r.2 > now) else {
                 return Ok(None);
             };
-            tx.execute(
+            tx.exec(
                 "UPDATE invites SET used_at = ?1 WHERE digest = ?2",
                 params![now, &digest[..]],
             )?;
             let is_host = kind == "host";
             if is_host {
-                tx.execute(
+                tx.exec(
                     "UPDATE hosts SET device_key = ?1, platform = ?2 WHERE name = ?3",
                     params![&device_key.0[..], platform.as_str(), name],
                 )?;
             } else {
-                tx.execute(
+                tx.exec(
                     "UPDATE users SET device_key = ?1 WHERE name = ?2",
                     params![&device_key.0[..], name],
                 )?;
@@ -687,7 +718,7 @@ impl Store for SqliteStore {
     fn user_key(&self, user: &UserName) -> Result<Option<PublicKey>, StoreError> {
         self.read(|c| {
             let blob: Option<Option<Vec<u8>>> = c
-                .query_row(
+                .row(
                     "SELECT device_key FROM users WHERE name = ?1",
                     [user.as_str()],
                     |r| r.get(0),
@@ -700,7 +731,7 @@ impl Store for SqliteStore {
     fn host_key(&self, host: &HostName) -> Result<Option<PublicKey>, StoreError> {
         self.read(|c| {
             let blob: Option<Option<Vec<u8>>> = c
-                .query_row(
+                .row(
                     "SELECT device_key FROM hosts WHERE name = ?1",
                     [host.as_str()],
                     |r| r.get(0),
@@ -717,7 +748,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<CodeRecord>, StoreError> {
         self.read(|c| {
             let row: Option<(Vec<u8>, String, Vec<u8>)> = c
-                .query_row(
+                .row(
                     "SELECT r.id, r.ksf, r.record FROM grants g
                      JOIN users u ON u.id = g.user_id
                      JOIN hosts h ON h.id = g.host_id
@@ -768,7 +799,7 @@ impl Store for SqliteStore {
                     Ok(Reservation::Busy)
                 }
                 Admission::Reserve => {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO attempts (host_id, user_id, record_id, grant_generation, source, state, created_at)
                          VALUES (?1, ?2, ?3,
                                  (SELECT generation FROM grants WHERE host_id = ?1 AND user_id = ?2),
@@ -811,7 +842,7 @@ impl Store for SqliteStore {
     ) -> Result<usize, StoreError> {
         self.write(|tx| {
             let pending: Vec<i64> = {
-                let mut stmt = tx.prepare(
+                let mut stmt = tx.prepare_cached(
                     "SELECT id FROM attempts WHERE state = 'pending' AND created_at < ?1 ORDER BY id",
                 )?;
                 let rows = stmt.query_map([reserved_before], |r| r.get(0))?;
@@ -833,7 +864,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             let (host_id, owner_id) = host_ids(tx, host.as_str())?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO code_records (id, host_id, ksf, record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![&record.id.0[..], host_id, record.ksf.as_str(), record.record, now],
             )?;
@@ -843,7 +874,7 @@ impl Store for SqliteStore {
                 _ => return Err(StoreError::Refused("unknown code target".into())),
             };
             let is_owner = matches!(target, CodeTarget::Owner);
-            let changed = tx.execute(
+            let changed = tx.exec(
                 "UPDATE grants SET record_id = ?1 WHERE host_id = ?2 AND user_id = ?3 AND is_owner = ?4",
                 params![&record.id.0[..], host_id, user_id, is_owner],
             )?;
@@ -852,7 +883,7 @@ impl Store for SqliteStore {
                     "that user has no shared access to host '{host}'"
                 )));
             }
-            let user: String = tx.query_row("SELECT name FROM users WHERE id = ?1", [user_id], |r| r.get(0))?;
+            let user: String = tx.row("SELECT name FROM users WHERE id = ?1", [user_id], |r| r.get(0))?;
             insert_audit(tx, &event(event_name, Some(host.as_str()), Some(&user)), now)
         })
     }
@@ -861,7 +892,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let (host_id, owner_id) = host_ids(tx, host.as_str())?;
             let user_id = user_id(tx, user.as_str())?;
-            let (shared, owner_record): (bool, Option<Vec<u8>>) = tx.query_row(
+            let (shared, owner_record): (bool, Option<Vec<u8>>) = tx.row(
                 "SELECT h.shared_access, g.record_id FROM hosts h
                  JOIN grants g ON g.host_id = h.id AND g.is_owner = 1 WHERE h.id = ?1",
                 [host_id],
@@ -880,13 +911,13 @@ impl Store for SqliteStore {
                     "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
                 )));
             };
-            let generation: i64 = tx.query_row(
+            let generation: i64 = tx.row(
                 "UPDATE meta SET value = CAST(value AS INTEGER) + 1
                  WHERE key = 'grant_generation' RETURNING CAST(value AS INTEGER)",
                 [],
                 |r| r.get(0),
             )?;
-            let inserted = tx.execute(
+            let inserted = tx.exec(
                 "INSERT OR IGNORE INTO grants (host_id, user_id, record_id, is_owner, created_at, generation)
                  VALUES (?1, ?2, ?3, 0, ?4, ?5)",
                 params![host_id, user_id, record, now, generation],
@@ -906,7 +937,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
             let user_id = user_id(tx, user.as_str())?;
-            let removed = tx.execute(
+            let removed = tx.exec(
                 "DELETE FROM grants WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
                 params![host_id, user_id],
             )?;
@@ -932,8 +963,8 @@ impl Store for SqliteStore {
     fn unlock(&self, host: &HostName, now: UnixTime) -> Result<u32, StoreError> {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
-            tx.execute("UPDATE hosts SET locked_at = NULL WHERE id = ?1", [host_id])?;
-            tx.execute("DELETE FROM user_failures WHERE host_id = ?1", [host_id])?;
+            tx.exec("UPDATE hosts SET locked_at = NULL WHERE id = ?1", [host_id])?;
+            tx.exec("DELETE FROM user_failures WHERE host_id = ?1", [host_id])?;
             insert_audit(tx, &event("unlock", Some(host.as_str()), None), now)?;
             // Attempts still pending stay counted until they are settled.
             Ok(tally(tx, host_id)?.count())
@@ -952,15 +983,16 @@ impl Store for SqliteStore {
 
     fn clear_online(&self) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute("UPDATE hosts SET online = 0", [])?;
+            tx.exec("UPDATE hosts SET online = 0", [])?;
             Ok(())
         })
     }
 
     fn users(&self) -> Result<Vec<UserRow>, StoreError> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT name, device_key IS NOT NULL, email FROM users ORDER BY name")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT name, device_key IS NOT NULL, email FROM users ORDER BY name",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok(UserRow {
                     name: r.get(0)?,
@@ -974,7 +1006,7 @@ impl Store for SqliteStore {
 
     fn hosts(&self) -> Result<Vec<HostStatus>, StoreError> {
         let names: Vec<String> = self.read(|c| {
-            let mut stmt = c.prepare("SELECT name FROM hosts ORDER BY name")?;
+            let mut stmt = c.prepare_cached("SELECT name FROM hosts ORDER BY name")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })?;
@@ -992,7 +1024,7 @@ impl Store for SqliteStore {
     fn host_status(&self, host: &HostName) -> Result<HostStatus, StoreError> {
         self.read(|c| {
             let (id, _) = host_ids(c, host.as_str())?;
-            let mut status = c.query_row(
+            let mut status = c.row(
                 "SELECT h.name, o.name, h.device_key IS NOT NULL, h.platform, g.record_id IS NOT NULL,
                         h.shared_access, h.lockout_threshold, h.locked_at IS NOT NULL, h.online
                  FROM hosts h JOIN users o ON o.id = h.owner_id
@@ -1015,7 +1047,7 @@ impl Store for SqliteStore {
                     })
                 },
             )?;
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
                  WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
             )?;
@@ -1028,7 +1060,7 @@ impl Store for SqliteStore {
 
     fn hosts_for_user(&self, user: &UserName) -> Result<Vec<HostInfo>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT h.name, o.name, h.online, h.locked_at IS NOT NULL, g.is_owner
                  FROM grants g JOIN users u ON u.id = g.user_id
                  JOIN hosts h ON h.id = g.host_id JOIN users o ON o.id = h.owner_id
@@ -1072,7 +1104,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             let id = user_id(tx, user.as_str())?;
-            tx.execute(
+            tx.exec(
                 "UPDATE users SET email = ?1 WHERE id = ?2",
                 params![email, id],
             )?;
@@ -1083,7 +1115,7 @@ impl Store for SqliteStore {
     fn user_email(&self, user: &str) -> Result<Option<String>, StoreError> {
         self.read(|c| {
             Ok(
-                c.query_row("SELECT email FROM users WHERE name = ?1", [user], |r| {
+                c.row("SELECT email FROM users WHERE name = ?1", [user], |r| {
                     r.get(0)
                 })
                 .optional()?
@@ -1102,7 +1134,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
             if let Some(shared) = shared_access {
-                tx.execute(
+                tx.exec(
                     "UPDATE hosts SET shared_access = ?1 WHERE id = ?2",
                     params![shared, host_id],
                 )?;
@@ -1113,7 +1145,7 @@ impl Store for SqliteStore {
                         "the lockout threshold must be at least 1".into(),
                     ));
                 }
-                tx.execute(
+                tx.exec(
                     "UPDATE hosts SET lockout_threshold = ?1 WHERE id = ?2",
                     params![threshold, host_id],
                 )?;
@@ -1161,7 +1193,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let (host_id, owner_id) = host_ids(tx, host.as_str())?;
             let user_id = user_id(tx, user.as_str())?;
-            tx.execute(
+            tx.exec(
                 "UPDATE sessions SET ended_at = ?1 WHERE id = ?2 AND ended_at IS NULL",
                 params![now, session.to_string()],
             )?;
@@ -1183,7 +1215,7 @@ impl Store for SqliteStore {
     }
 
     fn prune_audit(&self, before: UnixTime) -> Result<usize, StoreError> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM audit WHERE at < ?1", [before])?))
+        self.write(|tx| Ok(tx.exec("DELETE FROM audit WHERE at < ?1", [before])?))
     }
 
     fn host_key_twice(
@@ -1213,7 +1245,7 @@ impl Store for SqliteStore {
 
     fn end_open_sessions(&self, now: UnixTime) -> Result<usize, StoreError> {
         self.write(|tx| {
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL",
                 [now],
             )?)
@@ -1222,7 +1254,7 @@ impl Store for SqliteStore {
 
     fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
                  WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
             )?;
@@ -1233,7 +1265,7 @@ impl Store for SqliteStore {
 
     fn notice_done(&self, id: i64, state: &str, now: UnixTime) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "UPDATE outbox SET state = ?1, sent_at = ?2, attempts = attempts + 1 WHERE id = ?3",
                 params![state, now, id],
             )?;
@@ -1248,7 +1280,7 @@ impl Store for SqliteStore {
         next_attempt_at: UnixTime,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?1, next_attempt_at = ?2 WHERE id = ?3",
                 params![error, next_attempt_at, id],
             )?;
@@ -1258,7 +1290,7 @@ impl Store for SqliteStore {
 
     fn outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
                  ORDER BY id DESC LIMIT ?1",
             )?;
@@ -1271,7 +1303,7 @@ impl Store for SqliteStore {
 
     fn events_after(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT id, at, event, host, user, source, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after, limit as i64], audit_row)?;
@@ -1280,7 +1312,7 @@ impl Store for SqliteStore {
     }
 
     fn last_event_id(&self) -> Result<i64, StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?))
+        self.read(|c| Ok(c.row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?))
     }
 
     fn create_ticket(
@@ -1295,14 +1327,14 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
             let user_id = user_id(tx, user.as_str())?;
-            let shared: bool = tx.query_row("SELECT shared_access FROM hosts WHERE id = ?1", [host_id], |r| r.get(0))?;
+            let shared: bool = tx.row("SELECT shared_access FROM hosts WHERE id = ?1", [host_id], |r| r.get(0))?;
             if !shared {
                 return Err(StoreError::Refused(format!(
                     "in-session reboot needs shared access enabled on host '{host}'"
                 )));
             }
             if tx
-                .query_row(
+                .row(
                     "SELECT 1 FROM grants WHERE host_id = ?1 AND user_id = ?2 AND record_id IS NOT NULL",
                     params![host_id, user_id],
                     |_| Ok(()),
@@ -1312,7 +1344,7 @@ impl Store for SqliteStore {
             {
                 return Err(StoreError::Refused(format!("'{user}' has no access to host '{host}'")));
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO resume_tickets (digest, host_id, user_id, session, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![&digest[..], host_id, user_id, session, now, expires_at],
@@ -1332,7 +1364,7 @@ impl Store for SqliteStore {
     ) -> Result<Result<String, &'static str>, StoreError> {
         self.write(|tx| {
             let row: Option<(String, String, UnixTime, Option<UnixTime>)> = tx
-                .query_row(
+                .row(
                     "SELECT h.name, t.session, t.expires_at, t.used_at FROM resume_tickets t
                      JOIN hosts h ON h.id = t.host_id WHERE t.digest = ?1",
                     [&digest[..]],
@@ -1352,7 +1384,7 @@ impl Store for SqliteStore {
                 Some((_, session, _, None)) => Ok(session),
             };
             if matches!(row.as_ref(), Some((h, _, _, None)) if h == host.as_str()) {
-                tx.execute(
+                tx.exec(
                     "UPDATE resume_tickets SET used_at = ?1 WHERE digest = ?2",
                     params![now, &digest[..]],
                 )?;
@@ -1382,7 +1414,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<AuditRow>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT id, at, event, host, user, source, detail FROM audit
                  WHERE (?1 IS NULL OR host = ?1) AND (?3 IS NULL OR at >= ?3)
                  ORDER BY id DESC LIMIT ?2",
