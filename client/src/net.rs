@@ -41,6 +41,12 @@ const SERVER_NAME: &str = "latchkey-relay";
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-latchkey/1 channel binding";
 /// How long to wait for the relay at each step.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the QUIC handshake may take. The relay lets a connection wait
+/// at most 5 s for a handshake place and then 3 s for message 1, so a
+/// handshake still unfinished after 8 s has been let go of; one whose
+/// close was lost would otherwise wait out [`STEP_TIMEOUT`] (the tail of
+/// the reconnect storm, issue 16).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Errors reaching or authenticating to the relay. The messages say what
 /// happened and what to do (SPEC B4), without secrets.
@@ -178,7 +184,9 @@ impl ServerCertVerifier for PinnedCert {
 /// Transport settings of client and host connections: keep-alives well
 /// inside the relay's idle timeout.
 fn transport_config() -> quinn::TransportConfig {
-    wire::transport_config(Duration::from_secs(30), Duration::from_secs(5))
+    let mut t = wire::transport_config(Duration::from_secs(30), Duration::from_secs(5));
+    t.initial_rtt(Duration::from_millis(100));
+    t
 }
 
 /// A QUIC connection to the relay (and the endpoint that drives it).
@@ -245,7 +253,7 @@ pub async fn connect_from(
         .map_err(|_| NetError::Resolve(relay.into()))?
         .next()
         .ok_or_else(|| NetError::Resolve(relay.into()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mismatch = Arc::new(AtomicBool::new(false));
     let verifier = PinnedCert {
         sha256: pin.cert_sha256,
@@ -278,7 +286,7 @@ pub async fn connect_from(
     let connecting = endpoint
         .connect_with(client, addr, SERVER_NAME)
         .map_err(|e| NetError::Local(e.to_string()))?;
-    let conn = match timeout(STEP_TIMEOUT, connecting).await {
+    let conn = match timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => return Err(NetError::Timeout),
         Ok(Err(_)) if mismatch.load(Ordering::Relaxed) => {
             return Err(NetError::PinMismatch(relay.into()))
