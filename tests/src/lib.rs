@@ -850,6 +850,17 @@ impl World {
             .map(drop)
     }
 
+    /// Enrols one more user, `name`, and grants them mypc (they inherit
+    /// the owner's code, as bob does).
+    pub fn granted_user(&self, name: &str) -> Result<Device> {
+        let device = Device {
+            home: self.dir.path().join(name),
+        };
+        device.run(&["enroll", &self.relay.invite_user(name)?])?;
+        self.relay.admin(&["grant", "mypc", name])?;
+        Ok(device)
+    }
+
     /// Waits until the relay reports the host online (or offline).
     pub fn wait_online(&self, online: bool) -> Result<()> {
         wait_until("host presence", || {

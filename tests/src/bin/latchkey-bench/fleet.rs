@@ -205,15 +205,44 @@ pub(crate) async fn idle(sizes: &[usize]) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = rss_kib(f.relay_pid) as f64;
         let per = (after - before) / n as f64;
-        println!(
-            "idle hosts: {n} online in {:.1} s; relay RSS {before:.0} KiB -> {after:.0} KiB: {per:.1} KiB per idle host connection",
-            up.as_secs_f64()
-        );
-        rows.push(serde_json::json!({"hosts": n, "rss_before_kib": before, "rss_after_kib": after, "kib_per_connection": per, "seconds_to_online": up.as_secs_f64()}));
         f.tasks.abort_all();
+        drop(f);
+        let bare = bare_quinn_per_connection(n).await?;
+        println!(
+            "idle hosts: {n} online in {:.1} s; relay RSS {before:.0} KiB -> {after:.0} KiB: {per:.1} KiB per idle host connection; \
+             bare quinn with the relay's settings {bare:.1} KiB per connection: Latchkey adds {:.1} KiB",
+            up.as_secs_f64(),
+            per - bare
+        );
+        rows.push(serde_json::json!({"hosts": n, "rss_before_kib": before, "rss_after_kib": after, "kib_per_connection": per, "bare_quinn_kib_per_connection": bare, "added_kib_per_connection": per - bare, "seconds_to_online": up.as_secs_f64()}));
     }
     report("idle", serde_json::json!({ "fleets": rows }));
     Ok(())
+}
+
+/// The baseline in the same run: RSS per connection of a bare quinn
+/// server (its own process, the relay's transport settings) holding `n`
+/// connections with one idle stream each (see `peer::serve_idle`).
+async fn bare_quinn_per_connection(n: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let cert = dir.path().join("peer.der");
+    let log = std::fs::File::create(dir.path().join("peer.log"))?;
+    let proc = latchkey_tests::Proc::spawn_logged(
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("quinn-idle-peer")
+            .arg(&cert),
+        log,
+    )?;
+    let line = proc.expect_line("listening")?;
+    let addr = line.trim_start_matches("listening ").parse()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(proc.pid()) as f64;
+    let clients = crate::peer::idle_clients(addr, &cert, n).await?;
+    // As for the relay: let allocations settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(proc.pid()) as f64;
+    drop(clients);
+    Ok((after - before) / n as f64)
 }
 
 /// 5,000 hosts online; the relay restarts (SIGTERM, then started again);

@@ -9,6 +9,7 @@ mod fleet;
 mod login;
 mod measure;
 mod peer;
+mod rathole;
 mod ssh;
 mod transfer;
 
@@ -54,6 +55,12 @@ async fn main() -> Result<()> {
             .next()
             .context("usage: latchkey-bench quinn-peer CERT_PATH")?;
         return peer::serve(cert.as_ref()).await;
+    }
+    if which == "quinn-idle-peer" {
+        let cert = args
+            .next()
+            .context("usage: latchkey-bench quinn-idle-peer CERT_PATH")?;
+        return peer::serve_idle(cert.as_ref()).await;
     }
     // The relays', agents' and clients' logs go to files, not between the
     // figures; their directory is kept and named on failure.

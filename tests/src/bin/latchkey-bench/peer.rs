@@ -4,6 +4,11 @@
 //! starts with one byte saying what it is for: `S` sink (read to the end,
 //! answer the byte count), `G` + u64 generate (send that many bytes), `E`
 //! echo (one byte back for every byte).
+//!
+//! `latchkey-bench quinn-idle-peer CERT` is the idle-memory baseline: a
+//! bare quinn server with the relay's own transport settings that holds
+//! each connection and its one stream (as the relay holds a host's
+//! control stream) and nothing else.
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -93,4 +98,61 @@ pub(crate) async fn connect(addr: SocketAddr, cert: &Path) -> Result<(Endpoint, 
         .await
         .context("connecting to the quinn peer")?;
     Ok((endpoint, conn))
+}
+
+/// The idle baseline (see the module doc): accepts connections, answers
+/// one byte on the first stream, and holds both until the peer goes.
+pub(crate) async fn serve_idle(cert_path: &Path) -> Result<()> {
+    let (mut server, cert) = latchkey_tests::self_signed_server()?;
+    std::fs::write(cert_path, cert)?;
+    let relay = latchkey_server::config::Config::default();
+    server.transport_config(Arc::new(latchkey_server::endpoint::transport_config(
+        &relay,
+    )));
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse()?)?;
+    println!("listening {}", endpoint.local_addr()?);
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            conn.set_receive_window(latchkey_server::endpoint::AUTHENTICATED_RECEIVE_WINDOW.into());
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                return;
+            };
+            let mut b = [0u8; 1];
+            if recv.read_exact(&mut b).await.is_err() || send.write_all(&b).await.is_err() {
+                return;
+            }
+            conn.closed().await;
+        });
+    }
+    Ok(())
+}
+
+/// Connects `n` idle clients to the idle peer at `addr` (250 to a UDP
+/// socket, as the fleets do), each with one stream that has moved a byte
+/// each way; they stay until the returned set is dropped.
+pub(crate) async fn idle_clients(
+    addr: SocketAddr,
+    cert: &Path,
+    n: usize,
+) -> Result<Vec<(Endpoint, Connection, SendStream, RecvStream)>> {
+    let mut client = latchkey_tests::client_trusting(&std::fs::read(cert)?)?;
+    client.transport_config(transport());
+    let mut out = Vec::with_capacity(n);
+    let mut endpoint = None;
+    for i in 0..n {
+        if i % 250 == 0 {
+            let mut e = Endpoint::client("127.0.0.1:0".parse()?)?;
+            e.set_default_client_config(client.clone());
+            endpoint = Some(e);
+        }
+        let e = endpoint.clone().context("endpoint")?;
+        let conn = e.connect(addr, "localhost")?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        recv.read_exact(&mut b).await?;
+        out.push((e, conn, send, recv));
+    }
+    Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Bulk transfer and round trips through an open forward: relayed by the
 //! relay, against a direct quinn stream with the same transport settings
-//! (a peer process, see `peer`), plain loopback TCP, and an OpenSSH
-//! `ssh -L` forward, all in the same run.
+//! (a peer process, see `peer`), plain loopback TCP, an OpenSSH `ssh -L`
+//! forward and a rathole tunnel (see `rathole`), all in the same run.
 
 use std::{
     sync::Arc,
@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     measure::{cpu_secs, median, percentile, report, GIB},
-    peer, ssh,
+    peer, rathole, ssh,
 };
 
 /// Bytes moved per run, each way.
@@ -185,11 +185,13 @@ async fn start_peer() -> Result<Peer> {
 }
 
 /// Per path and direction: MB/s of each run, and CPU seconds per GiB of
-/// the processes that matter (the relay; or the direct sender + receiver).
+/// the processes that matter (the relay, or rathole's server; or the
+/// direct sender + receiver) and of all the tunnel's processes.
 #[derive(Default)]
 struct Samples {
     mb_s: Vec<f64>,
     cpu_per_gib: Vec<f64>,
+    all_cpu_per_gib: Vec<f64>,
 }
 
 impl Samples {
@@ -197,22 +199,26 @@ impl Samples {
         serde_json::json!({
             "mb_s_median": median(self.mb_s.clone()),
             "cpu_s_per_gib_median": median(self.cpu_per_gib.clone()),
+            "all_tunnel_cpu_s_per_gib_median": median(self.all_cpu_per_gib.clone()),
             "runs": self.mb_s.len(),
         })
     }
 }
 
-/// Times `f` and charges the CPU that `pids` spent meanwhile to it.
+/// Times `f` and charges the CPU that `pids` (and all of `tunnel`) spent
+/// meanwhile to it.
 async fn sample<F: std::future::Future<Output = Result<f64>>>(
     into: &mut Samples,
     pids: &[u32],
+    tunnel: &[u32],
     f: F,
 ) -> Result<()> {
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
-    let before = cpu(pids);
+    let (before, all_before) = (cpu(pids), cpu(tunnel));
     into.mb_s.push(f.await?);
-    into.cpu_per_gib
-        .push((cpu(pids) - before) / (SIZE as f64 / GIB));
+    let gib = SIZE as f64 / GIB;
+    into.cpu_per_gib.push((cpu(pids) - before) / gib);
+    into.all_cpu_per_gib.push((cpu(tunnel) - all_before) / gib);
     Ok(())
 }
 
@@ -221,30 +227,37 @@ pub(crate) async fn forward() -> Result<()> {
     let mut t = targets().await?;
     let w = World::new()?;
     w.mypc.allow_forward(&[t.source.clone(), t.sink.clone()])?;
-    let _agent = w.start_agent()?;
-    let (_f1, relayed_source) = w.start_forward(&t.source)?;
-    let (_f2, relayed_sink) = w.start_forward(&t.sink)?;
+    let agent = w.start_agent()?;
+    let (f1, relayed_source) = w.start_forward(&t.source)?;
+    let (f2, relayed_sink) = w.start_forward(&t.sink)?;
     let ssh_source = ssh::start(&t.source)?;
     let ssh_sink = ssh::start(&t.sink)?;
+    let rathole_source = rathole::start(&t.source)?;
+    let rathole_sink = rathole::start(&t.sink)?;
     let peer = start_peer().await?;
     let relay = w.relay.proc.as_ref().context("relay")?.pid();
+    // The relay, the agent and the forward: the tunnel's three processes.
+    let tunnel = |forward: &Proc| [relay, agent.pid(), forward.pid()];
     let direct = [peer.proc.pid(), std::process::id()];
     let mut s: std::collections::BTreeMap<&str, Samples> = Default::default();
     for _ in 0..RUNS {
         sample(
             s.entry("relayed_host_to_client").or_default(),
             &[relay],
+            &tunnel(&f1),
             tcp_pull(&relayed_source),
         )
         .await?;
         sample(
             s.entry("relayed_client_to_host").or_default(),
             &[relay],
+            &tunnel(&f2),
             tcp_push(&relayed_sink, &mut t.sunk),
         )
         .await?;
         sample(
             s.entry("direct_quinn_host_to_client").or_default(),
+            &direct,
             &direct,
             quinn_pull(&peer.conn),
         )
@@ -252,17 +265,20 @@ pub(crate) async fn forward() -> Result<()> {
         sample(
             s.entry("direct_quinn_client_to_host").or_default(),
             &direct,
+            &direct,
             quinn_push(&peer.conn),
         )
         .await?;
         sample(
             s.entry("direct_tcp_host_to_client").or_default(),
             &[],
+            &[],
             tcp_pull(&t.source),
         )
         .await?;
         sample(
             s.entry("direct_tcp_client_to_host").or_default(),
+            &[],
             &[],
             tcp_push(&t.sink, &mut t.sunk),
         )
@@ -271,16 +287,37 @@ pub(crate) async fn forward() -> Result<()> {
             sample(
                 s.entry("ssh_l_host_to_client").or_default(),
                 &[],
+                &[],
                 tcp_pull(&a.local),
             )
             .await?;
             sample(
                 s.entry("ssh_l_client_to_host").or_default(),
                 &[],
+                &[],
                 tcp_push(&b.local, &mut t.sunk),
             )
             .await?;
         }
+        if let (Ok(a), Ok(b)) = (&rathole_source, &rathole_sink) {
+            sample(
+                s.entry("rathole_host_to_client").or_default(),
+                &[a.server.pid()],
+                &[a.server.pid(), a.client.pid()],
+                tcp_pull(&a.local),
+            )
+            .await?;
+            sample(
+                s.entry("rathole_client_to_host").or_default(),
+                &[b.server.pid()],
+                &[b.server.pid(), b.client.pid()],
+                tcp_push(&b.local, &mut t.sunk),
+            )
+            .await?;
+        }
+    }
+    if let Err(why) = &rathole_source {
+        println!("forward: no rathole baseline: {why}");
     }
     if let Err(why) = &ssh_source {
         println!("forward: no ssh -L baseline: {why}");
@@ -309,6 +346,26 @@ pub(crate) async fn forward() -> Result<()> {
             r / ssh,
             rc / qc
         );
+        let rh = med(&format!("rathole_{dir}"));
+        if rh.is_finite() {
+            let all = |k: &str| {
+                s.get(k)
+                    .map(|v| median(v.all_cpu_per_gib.clone()))
+                    .unwrap_or(f64::NAN)
+            };
+            let (rhc, ra, rha) = (
+                cpu(&format!("rathole_{dir}")),
+                all(&format!("relayed_{dir}")),
+                all(&format!("rathole_{dir}")),
+            );
+            println!(
+                "forward {dir} against rathole (Noise): relayed {r:.0} MB/s, rathole {rh:.0} MB/s (ratio {:.2}); \
+                 relay CPU {rc:.2} s/GiB vs rathole server {rhc:.2} s/GiB (ratio {:.2}); all tunnel processes {ra:.2} vs {rha:.2} s/GiB (ratio {:.2})",
+                r / rh,
+                rc / rhc,
+                ra / rha
+            );
+        }
     }
     report(
         "forward",
@@ -318,6 +375,10 @@ pub(crate) async fn forward() -> Result<()> {
             "ratio_relayed_to_direct_quinn": {
                 "host_to_client": med("relayed_host_to_client") / med("direct_quinn_host_to_client"),
                 "client_to_host": med("relayed_client_to_host") / med("direct_quinn_client_to_host"),
+            },
+            "ratio_relayed_to_rathole": {
+                "host_to_client": med("relayed_host_to_client") / med("rathole_host_to_client"),
+                "client_to_host": med("relayed_client_to_host") / med("rathole_client_to_host"),
             },
             "ratio_relay_cpu_to_direct_sender_receiver_cpu": {
                 "host_to_client": cpu("relayed_host_to_client") / cpu("direct_quinn_host_to_client"),
@@ -368,9 +429,17 @@ pub(crate) async fn latency() -> Result<()> {
     let (_f1, relayed_echo) = w.start_forward(&t.echo)?;
     let (_f2, relayed_source) = w.start_forward(&t.source)?;
     let peer = start_peer().await?;
+    let rathole_echo = rathole::start(&t.echo)?;
     let direct_tcp = tcp_rtts(&t.echo).await?;
     let direct_quinn = quinn_rtts(&peer.conn).await?;
     let relayed = tcp_rtts(&relayed_echo).await?;
+    let rathole = match &rathole_echo {
+        Ok(r) => tcp_rtts(&r.local).await?,
+        Err(why) => {
+            println!("latency: no rathole baseline: {why}");
+            Vec::new()
+        }
+    };
     // Another session pulls bulk data through the relay meanwhile.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hog = {
@@ -406,9 +475,20 @@ pub(crate) async fn latency() -> Result<()> {
         r50 - q50,
         r99 - q99
     );
+    if !rathole.is_empty() {
+        let (h50, h99) = p(&rathole);
+        println!(
+            "latency against rathole (Noise), p50/p99 us: relayed {r50:.0}/{r99:.0}, rathole {h50:.0}/{h99:.0}; added over direct TCP: relayed {:.0}, rathole {:.0} (ratio {:.2})",
+            r50 - t50,
+            h50 - t50,
+            (r50 - t50) / (h50 - t50)
+        );
+    }
+    let rathole_p = |q: usize| (!rathole.is_empty()).then(|| percentile(rathole.clone(), q));
     report(
         "latency",
         serde_json::json!({
+            "rathole_p50_us": rathole_p(50), "rathole_p99_us": rathole_p(99),
             "round_trips": ROUND_TRIPS,
             "relayed_p50_us": r50, "relayed_p99_us": r99,
             "relayed_saturated_p50_us": s50, "relayed_saturated_p99_us": s99, "saturating_mb_s": hog_mb_s,
