@@ -224,23 +224,13 @@ pub(crate) async fn idle(sizes: &[usize]) -> Result<()> {
 /// server (its own process, the relay's transport settings) holding `n`
 /// connections with one idle stream each (see `peer::serve_idle`).
 async fn bare_quinn_per_connection(n: usize) -> Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let cert = dir.path().join("peer.der");
-    let log = std::fs::File::create(dir.path().join("peer.log"))?;
-    let proc = latchkey_tests::Proc::spawn_logged(
-        std::process::Command::new(std::env::current_exe()?)
-            .arg("quinn-idle-peer")
-            .arg(&cert),
-        log,
-    )?;
-    let line = proc.expect_line("listening")?;
-    let addr = line.trim_start_matches("listening ").parse()?;
+    let peer = crate::peer::spawn("quinn-idle-peer")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(proc.pid()) as f64;
-    let clients = crate::peer::idle_clients(addr, &cert, n).await?;
+    let before = rss_kib(peer.proc.pid()) as f64;
+    let clients = crate::peer::idle_clients(peer.addr, &peer.cert, n).await?;
     // As for the relay: let allocations settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = rss_kib(proc.pid()) as f64;
+    let after = rss_kib(peer.proc.pid()) as f64;
     drop(clients);
     Ok((after - before) / n as f64)
 }

@@ -10,11 +10,47 @@
 //! each connection and its one stream (as the relay holds a host's
 //! control stream) and nothing else.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use latchkey_protocol::quic::transport_config;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+/// A baseline peer process (`latchkey-bench MODE CERT_PATH`, killed when
+/// dropped), where it listens and the certificate it wrote.
+pub(crate) struct PeerProc {
+    pub(crate) proc: latchkey_tests::Proc,
+    pub(crate) addr: SocketAddr,
+    pub(crate) cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts this binary as a peer in `mode` (`quinn-peer` or
+/// `quinn-idle-peer`) and waits until it listens.
+pub(crate) fn spawn(mode: &str) -> Result<PeerProc> {
+    let dir = tempfile::tempdir()?;
+    let cert = dir.path().join("peer.der");
+    let log = std::fs::File::create(dir.path().join("peer.log"))?;
+    let proc = latchkey_tests::Proc::spawn_logged(
+        std::process::Command::new(std::env::current_exe()?)
+            .arg(mode)
+            .arg(&cert),
+        log,
+    )?;
+    let line = proc.expect_line("listening")?;
+    let addr = line.trim_start_matches("listening ").parse()?;
+    Ok(PeerProc {
+        proc,
+        addr,
+        cert,
+        _dir: dir,
+    })
+}
 
 /// Settings of both ends of the baseline: Latchkey's peers' settings.
 fn transport() -> Arc<quinn::TransportConfig> {

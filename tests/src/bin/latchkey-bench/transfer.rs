@@ -157,30 +157,18 @@ async fn quinn_pull(conn: &quinn::Connection) -> Result<f64> {
 
 /// A direct quinn peer process and our connection to it.
 struct Peer {
-    proc: Proc,
+    server: peer::PeerProc,
     conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
-    _dir: tempfile::TempDir,
 }
 
 async fn start_peer() -> Result<Peer> {
-    let dir = tempfile::tempdir()?;
-    let cert = dir.path().join("peer.der");
-    let log = std::fs::File::create(dir.path().join("peer.log"))?;
-    let proc = Proc::spawn_logged(
-        std::process::Command::new(std::env::current_exe()?)
-            .arg("quinn-peer")
-            .arg(&cert),
-        log,
-    )?;
-    let line = proc.expect_line("listening")?;
-    let addr = line.trim_start_matches("listening ").parse()?;
-    let (endpoint, conn) = peer::connect(addr, &cert).await?;
+    let server = peer::spawn("quinn-peer")?;
+    let (endpoint, conn) = peer::connect(server.addr, &server.cert).await?;
     Ok(Peer {
-        proc,
+        server,
         conn,
         _endpoint: endpoint,
-        _dir: dir,
     })
 }
 
@@ -238,7 +226,7 @@ pub(crate) async fn forward() -> Result<()> {
     let relay = w.relay.proc.as_ref().context("relay")?.pid();
     // The relay, the agent and the forward: the tunnel's three processes.
     let tunnel = |forward: &Proc| [relay, agent.pid(), forward.pid()];
-    let direct = [peer.proc.pid(), std::process::id()];
+    let direct = [peer.server.proc.pid(), std::process::id()];
     let mut s: std::collections::BTreeMap<&str, Samples> = Default::default();
     for _ in 0..RUNS {
         sample(
