@@ -32,6 +32,7 @@ use thiserror::Error;
 use tokio::time::timeout;
 
 use crate::wire::{self, WireError};
+use latchkey_protocol::close;
 
 /// ALPN of Latchkey 1 (the relay's must match).
 const ALPN: &[u8] = b"latchkey/1";
@@ -42,12 +43,13 @@ const EXPORTER_LABEL: &[u8] = b"EXPORTER-latchkey/1 channel binding";
 /// How long to wait for the relay at each step.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the QUIC handshake may take. The relay lets a connection wait
-/// at most 5 s for a handshake place and then 3 s for message 1, so after
-/// 8 s it has let go of a handshake that is still unfinished. In every
-/// 5,000-host storm a few agents got no answer to their handshake at all
-/// and, with [`STEP_TIMEOUT`], waited 15 s before trying again (the tail,
-/// issue 16; the cause is not known: no datagram was dropped, and it
-/// happened with the relay's message-1 deadline raised to 10 s too).
+/// at most 5 s for a handshake place and then 3 s for message 1 (counted
+/// from when its packets reach the relay, so the client's 8 s also covers
+/// the path's delay and a Retry's round trip). In every 5,000-host storm a
+/// few agents got no answer to their handshake at all and, with
+/// [`STEP_TIMEOUT`], waited 15 s before trying again (the tail, issue 16;
+/// the cause is not known: no datagram was dropped, and it happened with
+/// the relay's message-1 deadline raised to 10 s too).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Errors reaching or authenticating to the relay. The messages say what
@@ -72,6 +74,10 @@ pub enum NetError {
     /// The relay took too long.
     #[error("the relay did not answer in time")]
     Timeout,
+    /// The relay closed the connection because this device's handshake
+    /// took longer than it allows.
+    #[error("the relay gave up waiting for this device's handshake (a slow or lossy network?); try again")]
+    RelayGaveUp,
     /// The connection broke.
     #[error("connection to the relay lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
@@ -187,6 +193,11 @@ impl ServerCertVerifier for PinnedCert {
 /// inside the relay's idle timeout.
 fn transport_config() -> quinn::TransportConfig {
     let mut t = wire::transport_config(Duration::from_secs(30), Duration::from_secs(5));
+    // quinn resends an unanswered first packet after about 3 × this
+    // estimate, doubling each time: with 100 ms (not RFC 9002's 333 ms) a
+    // lossy path gets five tries within [`CONNECT_TIMEOUT`] instead of
+    // three. On paths slower than about 300 ms round trip it costs one
+    // needless 1,200-byte resend per connection.
     t.initial_rtt(Duration::from_millis(100));
     t
 }
@@ -293,6 +304,7 @@ pub async fn connect_from(
         Ok(Err(_)) if mismatch.load(Ordering::Relaxed) => {
             return Err(NetError::PinMismatch(relay.into()))
         }
+        Ok(Err(e)) if relay_gave_up(&e) => return Err(NetError::RelayGaveUp),
         Ok(Err(e)) => {
             return Err(NetError::Unreachable {
                 addr: relay.into(),
@@ -322,13 +334,36 @@ pub struct Control {
     pub recv: RecvStream,
 }
 
+/// Whether the relay closed a connection because its handshake took too
+/// long: with its timeout code, or, before the QUIC handshake is done,
+/// with the bare APPLICATION_ERROR that QUIC sends instead of an
+/// application's code at that stage (RFC 9000 §10.2.3), which the relay
+/// sends only when it stops waiting.
+fn relay_gave_up(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code == close::TIMEOUT,
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR
+        }
+        _ => false,
+    }
+}
+
 async fn step<T>(
     f: impl std::future::Future<Output = Result<T, WireError>>,
 ) -> Result<T, NetError> {
     timeout(STEP_TIMEOUT, f)
         .await
         .map_err(|_| NetError::Timeout)?
-        .map_err(NetError::from)
+        .map_err(|e| match e {
+            WireError::Read(quinn::ReadError::ConnectionLost(c))
+            | WireError::Write(quinn::WriteError::ConnectionLost(c))
+                if relay_gave_up(&c) =>
+            {
+                NetError::RelayGaveUp
+            }
+            e => NetError::from(e),
+        })
 }
 
 /// Runs a non-login handshake; returns the control stream and the reply.
@@ -517,5 +552,47 @@ async fn login_once(
         _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
             "unexpected reply",
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_close(code: quinn::VarInt) -> quinn::ConnectionError {
+        quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: code,
+            reason: b"handshake timeout"[..].into(),
+        })
+    }
+
+    #[test]
+    fn the_relays_handshake_timeout_reads_as_the_relay_giving_up() {
+        assert!(relay_gave_up(&app_close(close::TIMEOUT)));
+        // Before the QUIC handshake is done the code arrives as a bare
+        // APPLICATION_ERROR.
+        assert!(relay_gave_up(&quinn::ConnectionError::ConnectionClosed(
+            quinn::ConnectionClose {
+                error_code: quinn::TransportErrorCode::APPLICATION_ERROR,
+                frame_type: None,
+                reason: Default::default(),
+            }
+        )));
+        for other in [close::SHUTDOWN, close::PROTOCOL, close::RATE_LIMITED] {
+            assert!(!relay_gave_up(&app_close(other)));
+        }
+        assert!(!relay_gave_up(&quinn::ConnectionError::TimedOut));
+        assert!(!relay_gave_up(&quinn::ConnectionError::ConnectionClosed(
+            quinn::ConnectionClose {
+                error_code: quinn::TransportErrorCode::PROTOCOL_VIOLATION,
+                frame_type: None,
+                reason: Default::default(),
+            }
+        )));
+        let err = NetError::RelayGaveUp.to_string();
+        assert!(
+            err.contains("gave up") && err.contains("try again"),
+            "{err}"
+        );
     }
 }

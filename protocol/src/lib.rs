@@ -15,6 +15,8 @@
 //!    ([`codec`], one enum per direction in [`frame`]).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "quinn")]
+pub mod close;
 pub mod codec;
 pub mod control;
 pub mod e2e;

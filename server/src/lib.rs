@@ -9,12 +9,13 @@
 //! One connection's life, top-down: `conn` (accept, handshake, role) →
 //! `login` (an attempt that settles itself, `settle`) → `session` (pairing
 //! and channels; live sessions in `registry`), or `host` / `user`. The
-//! pieces they share (`error`, `close`) depend on none of them.
+//! pieces they share (`error`, and `close` from the protocol crate) depend
+//! on none of them.
 
 pub mod admin;
 mod audit_upkeep;
 mod budget;
-pub mod close;
+pub use latchkey_protocol::close;
 mod code_registration;
 pub mod config;
 mod conn;

@@ -1,4 +1,5 @@
-//! QUIC application close codes the relay uses.
+//! QUIC application close codes the relay uses. They are part of the
+//! protocol: clients read them to say why the relay closed a connection.
 
 use quinn::VarInt;
 
