@@ -318,6 +318,17 @@ async fn a_session_opens_1100_channels_one_after_another() -> Result<()> {
     Ok(())
 }
 
+/// A copy of mypc's whole home, key included, as a session that could read
+/// it would take.
+fn stolen_host_home(w: &World) -> Result<latchkey_tests::Device> {
+    let copy = w.dir.path().join("stolen-home");
+    std::fs::create_dir_all(&copy)?;
+    for name in ["host.toml", "host.key", "e2e.keys"] {
+        std::fs::copy(w.mypc.home.join(name), copy.join(name))?;
+    }
+    Ok(latchkey_tests::Device { home: copy })
+}
+
 /// A second agent with a copy of the host's key, while the host is
 /// connected: the relay keeps the first, refuses the copy, and records it
 /// for the owner and the admin (an audit row, a notice), instead of handing
@@ -327,13 +338,7 @@ async fn a_copied_host_key_connecting_twice_is_refused_and_reported() -> Result<
     let w = World::new()?;
     let _agent = w.start_agent()?;
     w.wait_online(true)?;
-    // The copy: the host's whole home, key included.
-    let copy = w.dir.path().join("stolen-home");
-    std::fs::create_dir_all(&copy)?;
-    for name in ["host.toml", "host.key", "e2e.keys"] {
-        std::fs::copy(w.mypc.home.join(name), copy.join(name))?;
-    }
-    let thief = latchkey_tests::Device { home: copy };
+    let thief = stolen_host_home(&w)?;
     let mut stolen = thief.start_agent()?;
     wait_until("the double connection in the audit", || {
         w.relay
@@ -436,12 +441,7 @@ async fn a_copy_that_takes_over_from_a_stalled_agent_is_on_record() -> Result<()
     let w = World::new()?;
     let agent = w.start_agent()?;
     w.wait_online(true)?;
-    let copy = w.dir.path().join("stolen-home");
-    std::fs::create_dir_all(&copy)?;
-    for name in ["host.toml", "host.key", "e2e.keys"] {
-        std::fs::copy(w.mypc.home.join(name), copy.join(name))?;
-    }
-    let thief = latchkey_tests::Device { home: copy };
+    let thief = stolen_host_home(&w)?;
     let signal = |sig: &str| {
         std::process::Command::new("kill")
             .args([sig, &agent.pid().to_string()])
