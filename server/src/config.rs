@@ -55,6 +55,11 @@ pub struct Config {
     /// Directory for keys, certificate and the database. Default: the
     /// platform's data directory (`~/.local/share/latchkey-relay` on Linux).
     pub data_dir: Option<PathBuf>,
+    /// Where users, hosts, grants, counts and the audit log live: `sqlite`
+    /// (`relay.db` in the data directory) or a PostgreSQL connection string
+    /// (`postgres://user:password@host/db`, or the `host=... dbname=...`
+    /// form). Default `sqlite`.
+    pub store: Option<String>,
     /// Deadline for a whole handshake, from the first packet to the login
     /// verdict, in milliseconds. Default 10,000.
     pub handshake_timeout_ms: u64,
@@ -144,6 +149,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             public_addr: None,
             data_dir: None,
+            store: None,
             handshake_timeout_ms: 10_000,
             first_message_timeout_ms: 3_000,
             max_unauthenticated: 512,

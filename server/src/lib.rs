@@ -35,6 +35,8 @@ mod registry;
 mod session;
 mod settle;
 pub mod store;
+#[cfg(any(test, feature = "test-postgres"))]
+pub mod test_postgres;
 mod user;
 mod waiting;
 pub use latchkey_protocol::quic as wire;
@@ -64,7 +66,7 @@ use crate::{
     ratelimit::RateLimiter,
     registry::Sessions,
     settle::Settler,
-    store::{SqliteStore, Store, StoreError},
+    store::{Location, Store, StoreError},
 };
 
 /// Seconds since the Unix epoch (the relay's one clock for the store).
@@ -226,24 +228,37 @@ impl Relay {
         // Before anything touches the store: a second relay here would
         // settle this one's attempts under its feet (SPEC S7a).
         let serving = data.lock_for_serving()?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.db_path())?);
-        let now = now_unix();
-        // Whatever the last run left pending was cut off by its end.
-        let failed =
-            store.fail_pending_attempts(i64::MAX, "unfinished when the relay stopped", now)?;
-        if failed > 0 {
-            warn!(
-                failed,
-                "attempts left unfinished by the last run were counted as failures"
-            );
-        }
-        store.end_open_sessions(now)?;
-        store.clear_online()?;
+        let location = Location::parse(config.store.as_deref())?;
+        let db_path = data.db_path();
+        // The store's calls block (PostgreSQL's client runs a runtime of its
+        // own), so they run off the async threads, here as everywhere.
+        let (store, store_lock) = tokio::task::spawn_blocking(move || {
+            let (store, lock) = location.open_for_serving(&db_path)?;
+            let now = now_unix();
+            // Whatever the last run left pending was cut off by its end.
+            let failed =
+                store.fail_pending_attempts(i64::MAX, "unfinished when the relay stopped", now)?;
+            if failed > 0 {
+                warn!(
+                    failed,
+                    "attempts left unfinished by the last run were counted as failures"
+                );
+            }
+            store.end_open_sessions(now)?;
+            store.clear_online()?;
+            Ok::<_, StoreError>((store, lock))
+        })
+        .await
+        .map_err(|e| RelayError::Config(format!("opening the store: {e}")))??;
+        let store: Arc<dyn Store> = Arc::from(store);
         let endpoint = endpoint::server_endpoint(&config, &data)?;
         let addr = endpoint
             .local_addr()
             .map_err(|e| RelayError::Config(format!("no local address: {e}")))?;
-        store.set_meta("listen_addr", &addr.to_string())?;
+        let (s, listen_addr) = (store.clone(), addr.to_string());
+        tokio::task::spawn_blocking(move || s.set_meta("listen_addr", &listen_addr))
+            .await
+            .map_err(|e| RelayError::Config(format!("writing to the store: {e}")))??;
         let fingerprint = data.pin().fingerprint();
         let mut identity = data.identity;
         identity.outsider_ksf = if config.allow_insecure_ksf {
@@ -285,6 +300,7 @@ impl Relay {
             let _ = audit.await;
             // Released last: the directory is ours until everything is written.
             drop(serving);
+            drop(store_lock);
         });
         Ok(RelayHandle {
             addr,

@@ -10,7 +10,7 @@ use latchkey_server::{
     config::{Config, LogFormat},
     datadir::DataDir,
     default_data_dir,
-    store::SqliteStore,
+    store::Location,
     Relay,
 };
 
@@ -24,6 +24,11 @@ struct Cli {
     /// Data directory (keys, certificate, database). Overrides the config.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Where the state lives: `sqlite` (in the data directory) or a
+    /// PostgreSQL connection string (postgres://user:password@host/db).
+    /// Overrides the config and LATCHKEY_RELAY_STORE.
+    #[arg(long, global = true, hide_env_values = true)]
+    store: Option<String>,
     /// Log format. Overrides the config.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -67,6 +72,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(dir) = cli.data_dir {
         config.data_dir = Some(dir);
     }
+    if let Some(store) = cli.store {
+        config.store = Some(store);
+    }
+    let location = Location::parse(config.store.as_deref())?;
     if let Some(format) = cli.log_format {
         config.log_format = format;
     }
@@ -82,8 +91,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info => {
             let data = DataDir::open_or_create(&data_dir)?;
-            let store = SqliteStore::open(&data.db_path())?;
-            let addr = latchkey_server::store::Store::meta(&store, "listen_addr")?
+            let store = location.open(&data.db_path())?;
+            let addr = store
+                .meta("listen_addr")?
                 .unwrap_or_else(|| format!("{} (not started yet)", config.listen));
             let pin = data.pin();
             let mut out = std::io::stdout().lock();
@@ -99,10 +109,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin { json, command } => {
             let data = DataDir::open_or_create(&data_dir)?;
-            let store = SqliteStore::open(&data.db_path())
-                .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+            let store = location
+                .open(&data.db_path())
+                .with_context(|| match &location {
+                    Location::Embedded => format!("opening the store in {}", data_dir.display()),
+                    Location::Postgres(_) => "opening the PostgreSQL store".to_string(),
+                })?;
             let mut out = std::io::stdout().lock();
-            match admin::run(&command, &data, &store, &config, json, &mut out) {
+            match admin::run(&command, &data, &*store, &config, json, &mut out) {
                 // Read by `| head` that stopped reading: quiet, as Unix tools are.
                 Err(e) if e.is_broken_pipe() => Ok(()),
                 r => Ok(r?),

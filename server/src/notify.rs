@@ -95,24 +95,44 @@ async fn blocking<T: Send + 'static>(
 /// Applies admin actions made outside the relay (the admin CLI) to live
 /// sessions, until shutdown.
 pub(crate) async fn admin_actions(shared: Arc<Shared>) {
-    let Some(mut last_event) = blocking(&shared, |s| s.last_event_id()).await else {
-        tracing::error!("cannot read the audit log: revokes will not end live sessions");
-        return;
-    };
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut feed = None;
     loop {
-        tokio::select! {
+        let Some(mut current) = feed.take() else {
+            match blocking(&shared, |s| s.event_feed()).await {
+                Some(new) => feed = Some(new),
+                None => {
+                    warn!("cannot follow the audit log: revokes made meanwhile may not end live sessions");
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(TICK * 5) => {}
+                    }
+                }
+            }
+            continue;
+        };
+        let next = tokio::task::spawn_blocking(move || {
+            let events = current.next(TICK);
+            (current, events)
+        });
+        let events = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let after = last_event;
-        for event in blocking(&shared, move |s| s.events_after(after, 1000))
-            .await
-            .unwrap_or_default()
-        {
-            last_event = event.id;
+            joined = next => match joined {
+                Ok((current, Ok(events))) => {
+                    feed = Some(current);
+                    events
+                }
+                Ok((_, Err(e))) => {
+                    warn!("the audit feed failed ({e}); following it anew");
+                    continue;
+                }
+                Err(e) => {
+                    warn!("the audit feed's task failed ({e}); following it anew");
+                    continue;
+                }
+            },
+        };
+        for event in events {
             if event.event == "revoke" {
                 if let (Some(host), Some(user)) = (&event.host, &event.user) {
                     let ended = shared.sessions.end(

@@ -861,6 +861,41 @@ impl World {
         Ok(device)
     }
 
+    /// Bob runs `sleep SECS` on mypc; returns once the relay has started
+    /// his session.
+    pub fn bob_sleeping_on_mypc(&self, secs: u32) -> Result<Proc> {
+        let started = |w: &Self| -> Result<usize> {
+            Ok(count(&w.relay.audit_events("mypc")?, "session-start"))
+        };
+        let before = started(self)?;
+        let command = self.bob.spawn_with_code(
+            OWNER_CODE,
+            &["exec", "mypc", "--", "sleep", &secs.to_string()],
+        )?;
+        wait_until("bob's session", || started(self).is_ok_and(|n| n > before))?;
+        Ok(command)
+    }
+
+    /// Bob fails three times on mypc, and then every one of `users` is
+    /// refused as locked out, even with the right code (SPEC S6).
+    pub async fn bob_locks_mypc_for(&self, users: &[&Device]) -> Result<()> {
+        for _ in 0..3 {
+            match self.bob.login("mypc", "forgotten").await {
+                Err(net::NetError::WrongCode(_)) => {}
+                Err(e) => bail!("a wrong code was answered with {e}"),
+                Ok(_) => bail!("a wrong code let bob in"),
+            }
+        }
+        for user in users {
+            match user.login("mypc", OWNER_CODE).await {
+                Err(net::NetError::Locked(_)) => {}
+                Err(e) => bail!("a locked host refused a user with {e}"),
+                Ok(_) => bail!("a locked host let a user in"),
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until the relay reports the host online (or offline).
     pub fn wait_online(&self, online: bool) -> Result<()> {
         wait_until("host presence", || {

@@ -296,15 +296,7 @@ async fn a_new_invite_cancels_the_old_one_and_the_new_device_ends_the_old_ones_s
 ) -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
-    let mut old_session = w
-        .bob
-        .spawn_with_code(OWNER_CODE, &["exec", "mypc", "--", "sleep", "20"])?;
-    wait_until("bob's session", || {
-        w.relay
-            .audit_events("mypc")
-            .map(|e| count(&e, "session-start") == 1)
-            .unwrap_or(false)
-    })?;
+    let mut old_session = w.bob_sleeping_on_mypc(20)?;
     let first = w.relay.invite_user("bob")?;
     let second = w.relay.invite_user("bob")?;
     let phone = latchkey_tests::Device {

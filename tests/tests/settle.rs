@@ -171,15 +171,7 @@ async fn a_revoke_ends_a_live_session_within_a_second_while_the_mail_server_hang
         w.relay.admin(&["grant", "mypc", "bob"])?;
     }
     let _agent = w.start_agent()?;
-    let mut exec = w
-        .bob
-        .spawn_with_code(OWNER_CODE, &["exec", "mypc", "--", "sleep", "20"])?;
-    wait_until("bob's session", || {
-        w.relay
-            .audit_events("mypc")
-            .map(|e| count(&e, "session-start") == 1)
-            .unwrap_or(false)
-    })?;
+    let mut exec = w.bob_sleeping_on_mypc(20)?;
     w.relay.admin(&["revoke", "mypc", "bob"])?;
     let revoked = Instant::now();
     let status = exec.wait_exit()?;

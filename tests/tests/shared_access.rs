@@ -89,15 +89,7 @@ async fn regrant_after_revoke_inherits_current_code() -> Result<()> {
 async fn revoke_ends_live_session() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
-    let mut shell = w
-        .bob
-        .spawn_with_code(OWNER_CODE, &["exec", "mypc", "--", "sleep", "30"])?;
-    wait_until("bob's session", || {
-        w.relay
-            .audit_events("mypc")
-            .map(|e| e.iter().any(|x| x == "session-start"))
-            .unwrap_or(false)
-    })?;
+    let mut shell = w.bob_sleeping_on_mypc(30)?;
     let revoked = Instant::now();
     w.relay.admin(&["revoke", "mypc", "bob"])?;
     wait_until("the session to end", || !shell.running())?;
@@ -144,19 +136,7 @@ async fn three_failures_by_secondary_lock_every_user_until_admin_unlock() -> Res
     };
     dave.run(&["enroll", &w.relay.invite_user("dave")?])?;
     w.relay.admin(&["grant", "mypc", "dave"])?;
-    for _ in 0..3 {
-        assert!(matches!(
-            w.bob.login("mypc", "forgotten").await,
-            Err(NetError::WrongCode(_))
-        ));
-    }
-    for user in [&w.alice, &w.bob, &dave] {
-        let err = user
-            .login("mypc", OWNER_CODE)
-            .await
-            .expect_err("locked host let a user in");
-        assert!(matches!(err, NetError::Locked(_)), "{err}");
-    }
+    w.bob_locks_mypc_for(&[&w.alice, &w.bob, &dave]).await?;
     let out = w
         .alice
         .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;

@@ -5,6 +5,9 @@
 //! returns (SPEC B2).
 
 pub mod notice;
+mod postgres;
+mod relational;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -16,11 +19,77 @@ use latchkey_protocol::{
     handshake::CodeRecord,
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
 };
+pub use postgres::{Postgres, PostgresStore, ServingLock};
+pub use relational::SqlStore;
 use serde::Serialize;
-pub use sqlite::SqliteStore;
+pub use sql::EventFeed;
+pub use sqlite::{Sqlite, SqliteStore};
 
 use crate::lockout::{Proof, Settlement};
 use thiserror::Error;
+
+/// Where a relay keeps its state (the `store` setting).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// SQLite, in the data directory: one relay.
+    Embedded,
+    /// PostgreSQL, by connection string.
+    Postgres(String),
+}
+
+impl Location {
+    /// Reads the `store` setting: absent or `sqlite` for the embedded
+    /// store, else a PostgreSQL connection string.
+    pub fn parse(setting: Option<&str>) -> Result<Self, StoreError> {
+        match setting.map(str::trim) {
+            None | Some("" | "sqlite") => Ok(Self::Embedded),
+            Some(s)
+                if s.starts_with("postgres://")
+                    || s.starts_with("postgresql://")
+                    || s.contains('=') =>
+            {
+                Ok(Self::Postgres(s.to_owned()))
+            }
+            Some(_) => Err(StoreError::Refused(
+                "store must be 'sqlite' or a PostgreSQL connection string (postgres://...)".into(),
+            )),
+        }
+    }
+
+    /// Opens the store; the embedded one at `db_path`.
+    pub fn open(&self, db_path: &std::path::Path) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Self::Embedded => Box::new(SqliteStore::open(db_path)?),
+            Self::Postgres(url) => Box::new(PostgresStore::connect(url)?),
+        })
+    }
+
+    /// Opens the store for a serving relay, with what keeps a second relay
+    /// off it (the data directory's lock covers the embedded store).
+    pub fn open_for_serving(
+        &self,
+        db_path: &std::path::Path,
+    ) -> Result<(Box<dyn Store>, Option<ServingLock>), StoreError> {
+        Ok(match self {
+            Self::Embedded => (Box::new(SqliteStore::open(db_path)?), None),
+            Self::Postgres(url) => {
+                let store = PostgresStore::connect(url)?;
+                let lock = store.lock_for_serving()?;
+                (Box::new(store), Some(lock))
+            }
+        })
+    }
+}
+
+/// Never shows a connection string: it may hold a password.
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("Embedded"),
+            Self::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
 
 /// Seconds since the Unix epoch; the store never reads a clock itself.
 pub type UnixTime = i64;
@@ -30,9 +99,15 @@ pub type UnixTime = i64;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database failed (disk, corruption, lock timeout).
+    /// The embedded database failed (disk, corruption, lock timeout).
     #[error("store: {0}")]
-    Db(#[from] rusqlite::Error),
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed or could not be reached.
+    #[error("store: PostgreSQL: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// No PostgreSQL connection came free in time, or none could be made.
+    #[error("store: PostgreSQL connection pool: {0}")]
+    Pool(String),
     /// No such user.
     #[error("no user named '{0}'")]
     NoSuchUser(String),
@@ -335,10 +410,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The newest `limit` notices, oldest first.
     fn outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
-    /// Audit rows after `after` (how the relay hears of admin actions).
-    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
-    /// The newest audit row id.
-    fn last_event_id(&self) -> Result<i64, StoreError>;
+    /// Audit rows committed from now on by any process on this store, in
+    /// commit order (how a relay hears of admin actions).
+    fn event_feed(&self) -> Result<Box<dyn EventFeed>, StoreError>;
 
     /// Issues a resume ticket for a reboot of `host` asked by `user` in
     /// `session`, after checking the grant and that shared access is

@@ -235,10 +235,10 @@ pub(crate) fn audit_rows_are_pruned_by_age(store: &dyn Store) {
     assert_eq!(count(store), 1);
 }
 
-/// Runs the model check on stores made by `fresh`, 1,000 cases.
-pub(crate) fn lockout_agrees_with_the_model(fresh: impl Fn() -> Box<dyn Store>) {
+/// Runs the model check on `cases` stores made by `fresh`.
+pub(crate) fn lockout_agrees_with_the_model(cases: u32, fresh: impl Fn() -> Box<dyn Store>) {
     let config = ProptestConfig {
-        cases: 1000,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     };
@@ -379,4 +379,184 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(status.failures, model.count());
     }
     Ok(())
+}
+
+/// Another connection to the store under test (as another relay, or the
+/// admin CLI, would have).
+pub(crate) type Open<'a> = &'a (dyn Fn() -> Box<dyn Store> + Sync);
+
+/// Wrong codes for one host from many connections at once, by many grant
+/// holders: exactly `threshold` attempts are evaluated, every one of them
+/// fails, and the host ends locked (SPEC S6, S7; issue 14's M2).
+pub(crate) fn attempts_from_many_connections_at_once_evaluate_exactly_the_threshold(
+    open: Open<'_>,
+) {
+    const THREADS: usize = 8;
+    const THRESHOLD: u32 = 3;
+    let store = open();
+    let (_, host, _) = alice_owns_mypc(&*store, THRESHOLD);
+    let users: Vec<UserName> = (0..THREADS)
+        .map(|i| format!("u{i}").parse().expect("name"))
+        .collect();
+    for (i, user) in users.iter().enumerate() {
+        store
+            .create_invite(
+                user.as_str(),
+                &InviteKind::User { email: None },
+                [100 + i as u8; 32],
+                10,
+                0,
+            )
+            .expect("invite");
+        store.grant(&host, user, 0).expect("grant");
+    }
+    let reserved: u32 = std::thread::scope(|scope| {
+        let handles: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let host = &host;
+                scope.spawn(move || {
+                    let store = open();
+                    let record = store
+                        .code_record(user, host)
+                        .expect("record")
+                        .expect("a grant");
+                    let source = "127.0.0.1".parse().expect("address");
+                    let mut reserved = 0;
+                    for round in 0..20 {
+                        match store
+                            .reserve_attempt(user, host, &record.id, source, 1)
+                            .expect("reserve")
+                        {
+                            Reservation::Reserved(a) => {
+                                reserved += 1;
+                                let session = SessionId([round; 16]);
+                                store
+                                    .settle_attempt(a, Proof::NotProven, "wrong", &session, 1)
+                                    .expect("settle");
+                            }
+                            Reservation::Locked => break,
+                            Reservation::Busy => std::thread::yield_now(),
+                        }
+                    }
+                    reserved
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).sum()
+    });
+    assert_eq!(reserved, THRESHOLD);
+    let status = store.host_status(&host).expect("status");
+    assert!(status.locked && status.failures == THRESHOLD, "{status:?}");
+    let failed = store
+        .audit_log(Some(&host), None, 10_000)
+        .expect("audit")
+        .iter()
+        .filter(|r| r.event == "login-failed")
+        .count();
+    assert_eq!(failed, THRESHOLD as usize);
+}
+
+/// A resume ticket raced by eight connections is spent exactly once, and
+/// every other reason to refuse one holds.
+pub(crate) fn a_ticket_redeemed_from_many_connections_succeeds_exactly_once(open: Open<'_>) {
+    // The reboot the relay waits for: each test ticket's own.
+    fn live(session: &str) -> Option<&str> {
+        Some(session)
+    }
+    let store = open();
+    let (alice, host, _) = alice_owns_mypc(&*store, 3);
+    store
+        .create_ticket([7; 32], &host, &alice, "s1", 1_000, 0)
+        .expect("ticket");
+    let wins: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let host = host.clone();
+                scope.spawn(move || {
+                    let store = open();
+                    let source = "127.0.0.1".parse().expect("address");
+                    usize::from(
+                        store
+                            .redeem_ticket([7; 32], &host, live("s1"), source, 5)
+                            .expect("redeem")
+                            .is_ok(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).sum()
+    });
+    assert_eq!(wins, 1);
+    let source = "127.0.0.1".parse().expect("address");
+    let redeem = |digest: u8, host: &HostName, waiting: Option<&str>| {
+        store
+            .redeem_ticket([digest; 32], host, waiting, source, 5)
+            .expect("redeem")
+    };
+    assert_eq!(redeem(7, &host, live("s1")), Err("ticket already used"));
+    assert_eq!(redeem(8, &host, live("s1")), Err("unknown ticket"));
+    store
+        .create_ticket([9; 32], &host, &alice, "s2", 4, 0)
+        .expect("ticket");
+    assert_eq!(redeem(9, &host, live("s2")), Err("ticket expired"));
+    let other: HostName = "other".parse().expect("name");
+    let kind = InviteKind::Host {
+        owner: alice.clone(),
+        lockout_threshold: 3,
+    };
+    store
+        .create_invite("other", &kind, [3; 32], 10, 0)
+        .expect("invite");
+    store
+        .create_ticket([10; 32], &host, &alice, "s3", 1_000, 0)
+        .expect("ticket");
+    assert_eq!(
+        redeem(10, &other, live("s3")),
+        Err("ticket of another host")
+    );
+    assert!(redeem(10, &host, live("s3")).is_ok());
+    // Not the ticket of the reboot the relay waits for (or none waits).
+    store
+        .create_ticket([11; 32], &host, &alice, "s4", 1_000, 0)
+        .expect("ticket");
+    assert_eq!(
+        redeem(11, &host, live("s5")),
+        Err("no reboot of this host waits for this ticket")
+    );
+    assert_eq!(redeem(11, &host, None), Err("ticket already used"));
+}
+
+/// An event feed sees rows committed by another connection, in commit
+/// order, and only those committed after it started.
+pub(crate) fn the_event_feed_sees_other_connections_commits_in_order(open: Open<'_>) {
+    let store = open();
+    let (_, host, _) = alice_owns_mypc(&*store, 3);
+    let mut feed = store.event_feed().expect("feed");
+    let other = open();
+    let event = |detail: &str| Event {
+        event: "test-event",
+        host: Some(host.as_str()),
+        user: None,
+        source: None,
+        detail: Some(detail.into()),
+    };
+    for n in 0..5 {
+        other.audit(event(&n.to_string()), 10).expect("write");
+    }
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while seen.len() < 5 && std::time::Instant::now() < deadline {
+        seen.extend(
+            feed.next(std::time::Duration::from_millis(200))
+                .expect("feed")
+                .into_iter()
+                .filter_map(|r| r.detail),
+        );
+    }
+    assert_eq!(seen, ["0", "1", "2", "3", "4"]);
+    assert!(feed
+        .next(std::time::Duration::from_millis(300))
+        .expect("feed")
+        .is_empty());
 }

@@ -1,0 +1,1191 @@
+//! The [`Store`] written once for every SQL backend: each method is one
+//! transaction of statements in the dialect both engines run
+//! ([`super::sql`]). The lockout rule itself is [`crate::lockout`]; this
+//! module loads what the rule reads and writes what it answers.
+
+use std::net::IpAddr;
+
+use latchkey_protocol::{
+    frame::{CodeTarget, HostInfo},
+    handshake::{CodeRecord, Reservation},
+    ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
+    ksf::KsfProfile,
+};
+
+use crate::lockout::{self, Admission, Proof, Settlement, Tally, VoidReason};
+
+use super::{
+    notice::{self, Notice},
+    sql::{args, audit_row, Backend, EventFeed, Row, Tx},
+    AttemptId, AuditRow, Enrolled, Event, HostStatus, InviteKind, OutboxRow, Store, StoreError,
+    UnixTime, UserRow,
+};
+
+/// A store on the SQL backend `B`.
+pub struct SqlStore<B> {
+    pub(crate) backend: B,
+}
+
+// `Backend` is sealed: only this crate's backends implement it.
+#[allow(private_bounds)]
+impl<B: Backend> SqlStore<B> {
+    fn write<T>(
+        &self,
+        mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.backend.write(&mut body)
+    }
+
+    fn read<T>(
+        &self,
+        mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.backend.read(&mut body)
+    }
+}
+
+fn key_from(blob: Option<Vec<u8>>) -> Result<Option<PublicKey>, StoreError> {
+    blob.map(|b| {
+        b.try_into()
+            .map(PublicKey)
+            .map_err(|_| StoreError::Corrupt("device key is not 32 bytes".into()))
+    })
+    .transpose()
+}
+
+fn user_id(tx: &mut dyn Tx, user: &str) -> Result<i64, StoreError> {
+    tx.opt_row("SELECT id FROM users WHERE name = ?1", args![user])?
+        .ok_or_else(|| StoreError::NoSuchUser(user.into()))?
+        .int(0)
+}
+
+/// (id, owner id) of a host.
+fn host_ids(tx: &mut dyn Tx, host: &str) -> Result<(i64, i64), StoreError> {
+    let row = tx
+        .opt_row(
+            "SELECT id, owner_id FROM hosts WHERE name = ?1",
+            args![host],
+        )?
+        .ok_or_else(|| StoreError::NoSuchHost(host.into()))?;
+    Ok((row.int(0)?, row.int(1)?))
+}
+
+fn insert_audit(tx: &mut dyn Tx, e: &Event<'_>, now: UnixTime) -> Result<(), StoreError> {
+    let source = e.source.map(|s| s.to_string());
+    tx.exec(
+        r#"INSERT INTO audit (at, event, host, "user", source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"#,
+        args![now, e.event, e.host, e.user, source.as_ref(), e.detail.as_ref()],
+    )?;
+    Ok(())
+}
+
+/// Reads `id, channel, recipient, subject, body, attempts, state, last_error`.
+fn outbox_row(r: &Row) -> Result<OutboxRow, StoreError> {
+    Ok(OutboxRow {
+        id: r.int(0)?,
+        channel: r.text(1)?,
+        recipient: r.text(2)?,
+        subject: r.text(3)?,
+        body: r.text(4)?,
+        attempts: r.u32(5)?,
+        state: r.text(6)?,
+        last_error: r.opt_text(7)?,
+    })
+}
+
+/// The host's lockout state, as [`crate::lockout`] reads it.
+fn tally(tx: &mut dyn Tx, host_id: i64) -> Result<Tally, StoreError> {
+    let r = tx.row(
+        "SELECT lockout_threshold, CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END,
+                (SELECT CAST(COALESCE(SUM(failures), 0) AS BIGINT) FROM user_failures WHERE host_id = ?1),
+                (SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND state = 'pending')
+         FROM hosts WHERE id = ?1",
+        args![host_id],
+    )?;
+    Ok(Tally {
+        threshold: r.u32(0)?,
+        locked: r.flag(1)?,
+        decided: r.u32(2)?,
+        pending: r.u32(3)?,
+    })
+}
+
+fn user_pending(tx: &mut dyn Tx, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
+    tx.row(
+        "SELECT COUNT(*) FROM attempts WHERE host_id = ?1 AND user_id = ?2 AND state = 'pending'",
+        args![host_id, user_id],
+    )?
+    .u32(0)
+}
+
+fn user_failures(tx: &mut dyn Tx, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
+    tx.opt_row(
+        "SELECT failures FROM user_failures WHERE host_id = ?1 AND user_id = ?2",
+        args![host_id, user_id],
+    )?
+    .map_or(Ok(0), |r| r.u32(0))
+}
+
+/// Settles one pending attempt inside `tx`: the rule decides, this writes
+/// the verdict, the user's failures, the lock with its audit row and
+/// notices, and for a success the session. `None` if it was not pending.
+fn settle_one(
+    tx: &mut dyn Tx,
+    attempt: i64,
+    proof: Proof,
+    detail: &str,
+    session: Option<&SessionId>,
+    now: UnixTime,
+) -> Result<Option<Settlement>, StoreError> {
+    let Some(r) = tx.opt_row(
+        "SELECT a.host_id, a.user_id, h.name, u.name, a.source, a.record_id, a.grant_generation
+         FROM attempts a JOIN hosts h ON h.id = a.host_id JOIN users u ON u.id = a.user_id
+         WHERE a.id = ?1 AND a.state = 'pending'",
+        args![attempt],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (host_id, user_id, host, user) = (r.int(0)?, r.int(1)?, r.text(2)?, r.text(3)?);
+    let source: Option<IpAddr> = r.text(4)?.parse().ok();
+    let (record, generation) = (r.opt_blob(5)?, r.opt_int(6)?);
+    // The very grant the attempt was reserved under: the same code record,
+    // and not revoked and granted again meanwhile.
+    let grant_current = match (&record, generation) {
+        (Some(record), Some(generation)) => tx
+            .opt_row(
+                "SELECT 1 FROM grants
+                 WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
+                args![host_id, user_id, record, generation],
+            )?
+            .is_some(),
+        _ => false,
+    };
+    let before = tally(tx, host_id)?;
+    let user_before = user_failures(tx, host_id, user_id)?;
+    let settlement = lockout::settle(proof, grant_current, &before);
+    let (after, locks) = lockout::after_settling(&before, settlement, user_before);
+    let (state, event_name, detail) = match settlement {
+        Settlement::Success => ("success", "login-ok", None),
+        Settlement::Failure => ("failed", "login-failed", Some(detail.to_string())),
+        Settlement::Void(VoidReason::GrantGone) => (
+            "refused",
+            "login-refused",
+            Some("right code, but the grant was revoked or its code replaced meanwhile".into()),
+        ),
+        Settlement::Void(VoidReason::Locked) => (
+            "refused",
+            "login-refused",
+            Some("right code, but the host was locked meanwhile".into()),
+        ),
+    };
+    tx.exec(
+        "UPDATE attempts SET state = ?1, finished_at = ?2 WHERE id = ?3",
+        args![state, now, attempt],
+    )?;
+    tx.exec(
+        "INSERT INTO user_failures (host_id, user_id, failures) VALUES (?1, ?2, ?3)
+         ON CONFLICT (host_id, user_id) DO UPDATE SET failures = excluded.failures",
+        args![
+            host_id,
+            user_id,
+            lockout::user_failures_after(settlement, user_before)
+        ],
+    )?;
+    let e = Event {
+        source,
+        detail,
+        ..event(event_name, Some(&host), Some(&user))
+    };
+    insert_audit(tx, &e, now)?;
+    if let (Settlement::Success, Some(session)) = (settlement, session) {
+        let id = session.to_string();
+        tx.exec(
+            "INSERT INTO sessions (id, host_id, user_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+            args![&id, host_id, user_id, now],
+        )?;
+        let e = Event {
+            source,
+            detail: Some(format!("session {session}")),
+            ..event("session-start", Some(&host), Some(&user))
+        };
+        insert_audit(tx, &e, now)?;
+    }
+    if locks {
+        let cause = format!(
+            "the last by {user} from {}",
+            source.map_or("an unknown address".to_string(), |s| s.to_string())
+        );
+        lock_host(tx, host_id, &host, Some(&user), source, &after, &cause, now)?;
+    }
+    Ok(Some(settlement))
+}
+
+/// Locks a host, with its audit row and notices, in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+fn lock_host(
+    tx: &mut dyn Tx,
+    host_id: i64,
+    host: &str,
+    user: Option<&str>,
+    source: Option<IpAddr>,
+    tally: &Tally,
+    cause: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    tx.exec(
+        "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
+        args![now, host_id],
+    )?;
+    let e = Event {
+        source,
+        detail: Some(format!(
+            "{} failed attempts (threshold {}): {cause}",
+            tally.decided, tally.threshold
+        )),
+        ..event("host-locked", Some(host), user)
+    };
+    insert_audit(tx, &e, now)?;
+    let owner = owner_of(tx, host_id)?;
+    enqueue(tx, &notice::locked(host, &owner, cause, tally.decided), now)
+}
+
+/// Queues a notice in the same transaction as the event it reports, so a
+/// notice exists exactly when its event does (SPEC B2).
+fn enqueue(tx: &mut dyn Tx, notice: &Notice, now: UnixTime) -> Result<(), StoreError> {
+    for (channel, recipient) in &notice.to {
+        tx.exec(
+            "INSERT INTO outbox (channel, recipient, subject, body, created_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            args![
+                channel.as_str(),
+                recipient,
+                &notice.subject,
+                &notice.body,
+                now
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn owner_of(tx: &mut dyn Tx, host_id: i64) -> Result<String, StoreError> {
+    tx.row(
+        "SELECT u.name FROM hosts h JOIN users u ON u.id = h.owner_id WHERE h.id = ?1",
+        args![host_id],
+    )?
+    .text(0)
+}
+
+fn event<'a>(event: &'a str, host: Option<&'a str>, user: Option<&'a str>) -> Event<'a> {
+    Event {
+        event,
+        host,
+        user,
+        ..Default::default()
+    }
+}
+
+fn parse_host(name: &str) -> Result<HostName, StoreError> {
+    name.parse()
+        .map_err(|_| StoreError::Corrupt(format!("host name {name:?}")))
+}
+
+#[allow(private_bounds)]
+impl<B: Backend> Store for SqlStore<B> {
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|tx| {
+            tx.opt_row("SELECT value FROM meta WHERE key = ?1", args![key])?
+                .map(|r| r.text(0))
+                .transpose()
+        })
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                args![key, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_invite(
+        &self,
+        name: &str,
+        kind: &InviteKind,
+        digest: [u8; 32],
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let kind_text = match kind {
+                InviteKind::User { email } => {
+                    tx.exec(
+                        "INSERT INTO users (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        args![name, now],
+                    )?;
+                    if let Some(email) = email {
+                        tx.exec(
+                            "UPDATE users SET email = ?1 WHERE name = ?2",
+                            args![email, name],
+                        )?;
+                    }
+                    "user"
+                }
+                InviteKind::Host {
+                    owner,
+                    lockout_threshold,
+                } => {
+                    let owner_id = user_id(tx, owner.as_str())?;
+                    match host_ids(tx, name) {
+                        Ok((_, existing_owner)) if existing_owner != owner_id => {
+                            return Err(StoreError::Exists {
+                                kind: "host",
+                                name: name.into(),
+                            })
+                        }
+                        Ok(_) => {}
+                        Err(StoreError::NoSuchHost(_)) => {
+                            let host_id = tx
+                                .row(
+                                    "INSERT INTO hosts (name, owner_id, lockout_threshold, created_at)
+                                     VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                                    args![name, owner_id, (*lockout_threshold).max(1), now],
+                                )?
+                                .int(0)?;
+                            tx.exec(
+                                "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at)
+                                 VALUES (?1, ?2, NULL, 1, ?3)",
+                                args![host_id, owner_id, now],
+                            )?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    "host"
+                }
+            };
+            // A new invite replaces the earlier ones of the same device.
+            let cancelled = tx.exec(
+                "UPDATE invites SET used_at = ?1 WHERE kind = ?2 AND name = ?3 AND used_at IS NULL",
+                args![now, kind_text, name],
+            )?;
+            tx.exec(
+                "INSERT INTO invites (digest, kind, name, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                args![&digest[..], kind_text, name, expires_at, now],
+            )?;
+            let cancelled = if cancelled > 0 {
+                format!("; {cancelled} earlier invite(s) cancelled")
+            } else {
+                String::new()
+            };
+            let e = Event {
+                detail: Some(format!("expires at {expires_at}{cancelled}")),
+                ..event(
+                    "invite-created",
+                    (kind_text == "host").then_some(name),
+                    (kind_text == "user").then_some(name),
+                )
+            };
+            insert_audit(tx, &e, now)
+        })
+    }
+
+    fn redeem_invite(
+        &self,
+        digest: [u8; 32],
+        device_key: PublicKey,
+        platform: Platform,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Enrolled, StoreError> {
+        let outcome = self.write(|tx| {
+            let Some(r) = tx.opt_row(
+                "SELECT kind, name FROM invites
+                 WHERE digest = ?1 AND used_at IS NULL AND expires_at > ?2",
+                args![&digest[..], now],
+            )?
+            else {
+                return Ok(None);
+            };
+            let (kind, name) = (r.text(0)?, r.text(1)?);
+            tx.exec(
+                "UPDATE invites SET used_at = ?1 WHERE digest = ?2",
+                args![now, &digest[..]],
+            )?;
+            let is_host = kind == "host";
+            if is_host {
+                tx.exec(
+                    "UPDATE hosts SET device_key = ?1, platform = ?2 WHERE name = ?3",
+                    args![&device_key.0[..], platform.as_str(), &name],
+                )?;
+            } else {
+                tx.exec(
+                    "UPDATE users SET device_key = ?1 WHERE name = ?2",
+                    args![&device_key.0[..], &name],
+                )?;
+            }
+            let e = Event {
+                source: Some(source),
+                detail: Some(format!("device key {}", device_key.to_text())),
+                ..event(
+                    "enrolled",
+                    is_host.then_some(&name),
+                    (!is_host).then_some(&name),
+                )
+            };
+            insert_audit(tx, &e, now)?;
+            Ok(Some(Enrolled { name, is_host }))
+        })?;
+        match outcome {
+            Some(enrolled) => Ok(enrolled),
+            None => {
+                self.audit(
+                    Event {
+                        event: "enroll-refused",
+                        source: Some(source),
+                        detail: Some("unknown, used or expired invite".into()),
+                        ..Default::default()
+                    },
+                    now,
+                )?;
+                Err(StoreError::InvalidInvite)
+            }
+        }
+    }
+
+    fn user_key(&self, user: &UserName) -> Result<Option<PublicKey>, StoreError> {
+        self.read(|tx| {
+            let r = tx.opt_row(
+                "SELECT device_key FROM users WHERE name = ?1",
+                args![user.as_str()],
+            )?;
+            key_from(r.map(|r| r.opt_blob(0)).transpose()?.flatten())
+        })
+    }
+
+    fn host_key(&self, host: &HostName) -> Result<Option<PublicKey>, StoreError> {
+        self.read(|tx| {
+            let r = tx.opt_row(
+                "SELECT device_key FROM hosts WHERE name = ?1",
+                args![host.as_str()],
+            )?;
+            key_from(r.map(|r| r.opt_blob(0)).transpose()?.flatten())
+        })
+    }
+
+    fn code_record(
+        &self,
+        user: &UserName,
+        host: &HostName,
+    ) -> Result<Option<CodeRecord>, StoreError> {
+        self.read(|tx| {
+            let Some(r) = tx.opt_row(
+                "SELECT r.id, r.ksf, r.record FROM grants g
+                 JOIN users u ON u.id = g.user_id
+                 JOIN hosts h ON h.id = g.host_id
+                 JOIN code_records r ON r.id = g.record_id
+                 WHERE u.name = ?1 AND h.name = ?2",
+                args![user.as_str(), host.as_str()],
+            )?
+            else {
+                return Ok(None);
+            };
+            let ksf = r.text(1)?;
+            Ok(Some(CodeRecord {
+                id: RecordId(
+                    r.blob(0)?
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("record id is not 16 bytes".into()))?,
+                ),
+                ksf: KsfProfile::parse(&ksf).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown key-stretching profile {ksf}"))
+                })?,
+                record: r.blob(2)?,
+            }))
+        })
+    }
+
+    fn reserve_attempt(
+        &self,
+        user: &UserName,
+        host: &HostName,
+        record: &RecordId,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Reservation<AttemptId>, StoreError> {
+        let source_text = source.to_string();
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            let ev = |name| Event {
+                source: Some(source),
+                ..event(name, Some(host.as_str()), Some(user.as_str()))
+            };
+            let admission = lockout::admit(&tally(tx, host_id)?, user_pending(tx, host_id, user_id)?);
+            match admission {
+                Admission::Locked => {
+                    insert_audit(tx, &ev("login-locked"), now)?;
+                    Ok(Reservation::Locked)
+                }
+                Admission::Busy => {
+                    insert_audit(tx, &ev("login-busy"), now)?;
+                    Ok(Reservation::Busy)
+                }
+                Admission::Reserve => {
+                    let id = tx
+                        .row(
+                            "INSERT INTO attempts (host_id, user_id, record_id, grant_generation, source, state, created_at)
+                             VALUES (?1, ?2, ?3,
+                                     (SELECT generation FROM grants WHERE host_id = ?1 AND user_id = ?2),
+                                     ?4, 'pending', ?5)
+                             RETURNING id",
+                            args![host_id, user_id, &record.0[..], &source_text, now],
+                        )?
+                        .int(0)?;
+                    Ok(Reservation::Reserved(AttemptId(id)))
+                }
+            }
+        })
+    }
+
+    fn admission(&self, host: &HostName, user: &UserName) -> Result<Admission, StoreError> {
+        self.read(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            Ok(lockout::admit(
+                &tally(tx, host_id)?,
+                user_pending(tx, host_id, user_id)?,
+            ))
+        })
+    }
+
+    fn settle_attempt(
+        &self,
+        attempt: AttemptId,
+        proof: Proof,
+        detail: &str,
+        session: &SessionId,
+        now: UnixTime,
+    ) -> Result<Option<Settlement>, StoreError> {
+        self.write(|tx| settle_one(tx, attempt.0, proof, detail, Some(session), now))
+    }
+
+    fn fail_pending_attempts(
+        &self,
+        reserved_before: UnixTime,
+        detail: &str,
+        now: UnixTime,
+    ) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let pending = tx.rows(
+                "SELECT id FROM attempts WHERE state = 'pending' AND created_at < ?1 ORDER BY id",
+                args![reserved_before],
+            )?;
+            for r in &pending {
+                settle_one(tx, r.int(0)?, Proof::NotProven, detail, None, now)?;
+            }
+            Ok(pending.len())
+        })
+    }
+
+    fn set_code(
+        &self,
+        host: &HostName,
+        target: &CodeTarget,
+        record: &CodeRecord,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+            tx.exec(
+                "INSERT INTO code_records (id, host_id, ksf, record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                args![&record.id.0[..], host_id, record.ksf.as_str(), &record.record, now],
+            )?;
+            let (user_id, event_name) = match target {
+                CodeTarget::Owner => (owner_id, "code-changed"),
+                CodeTarget::Grant(user) => (user_id(tx, user.as_str())?, "code-reset"),
+                _ => return Err(StoreError::Refused("unknown code target".into())),
+            };
+            let is_owner = matches!(target, CodeTarget::Owner);
+            let changed = tx.exec(
+                "UPDATE grants SET record_id = ?1 WHERE host_id = ?2 AND user_id = ?3 AND is_owner = ?4",
+                args![&record.id.0[..], host_id, user_id, is_owner],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::Refused(format!(
+                    "that user has no shared access to host '{host}'"
+                )));
+            }
+            let user = tx
+                .row("SELECT name FROM users WHERE id = ?1", args![user_id])?
+                .text(0)?;
+            insert_audit(tx, &event(event_name, Some(host.as_str()), Some(&user)), now)
+        })
+    }
+
+    fn grant(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            let r = tx.row(
+                "SELECT h.shared_access, g.record_id FROM hosts h
+                 JOIN grants g ON g.host_id = h.id AND g.is_owner = 1 WHERE h.id = ?1",
+                args![host_id],
+            )?;
+            let (shared, owner_record) = (r.flag(0)?, r.opt_blob(1)?);
+            if !shared {
+                return Err(StoreError::Refused(format!(
+                    "shared access is disabled on host '{host}': enable it first"
+                )));
+            }
+            if user_id == owner_id {
+                return Err(StoreError::Refused(format!(
+                    "'{user}' owns host '{host}' already"
+                )));
+            }
+            let Some(record) = owner_record else {
+                return Err(StoreError::Refused(format!(
+                    "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
+                )));
+            };
+            let generation = tx
+                .row(
+                    "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
+                     WHERE key = 'grant_generation' RETURNING CAST(value AS BIGINT)",
+                    args![],
+                )?
+                .int(0)?;
+            let inserted = tx.exec(
+                "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT DO NOTHING",
+                args![host_id, user_id, &record, now, generation],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Refused(format!(
+                    "'{user}' has shared access to '{host}' already (revoke and grant again to give them the current code)"
+                )));
+            }
+            insert_audit(
+                tx,
+                &event("grant", Some(host.as_str()), Some(user.as_str())),
+                now,
+            )?;
+            let owner = owner_of(tx, host_id)?;
+            enqueue(
+                tx,
+                &notice::granted(host.as_str(), &owner, user.as_str()),
+                now,
+            )
+        })
+    }
+
+    fn revoke(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            let removed = tx.exec(
+                "DELETE FROM grants WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
+                args![host_id, user_id],
+            )?;
+            if removed == 0 {
+                return Err(StoreError::Refused(format!(
+                    "'{user}' has no shared access to '{host}'"
+                )));
+            }
+            insert_audit(
+                tx,
+                &event("revoke", Some(host.as_str()), Some(user.as_str())),
+                now,
+            )?;
+            let owner = owner_of(tx, host_id)?;
+            enqueue(
+                tx,
+                &notice::revoked(host.as_str(), &owner, user.as_str()),
+                now,
+            )
+        })
+    }
+
+    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<u32, StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            tx.exec(
+                "UPDATE hosts SET locked_at = NULL WHERE id = ?1",
+                args![host_id],
+            )?;
+            tx.exec(
+                "DELETE FROM user_failures WHERE host_id = ?1",
+                args![host_id],
+            )?;
+            insert_audit(tx, &event("unlock", Some(host.as_str()), None), now)?;
+            // Attempts still pending stay counted until they are settled.
+            Ok(tally(tx, host_id)?.count())
+        })
+    }
+
+    fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for (host, online) in changes {
+                tx.exec(
+                    "UPDATE hosts SET online = ?1 WHERE name = ?2",
+                    args![*online, host.as_str()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn clear_online(&self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec("UPDATE hosts SET online = 0", args![])?;
+            Ok(())
+        })
+    }
+
+    fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.read(|tx| {
+            tx.rows(
+                "SELECT name, CASE WHEN device_key IS NULL THEN 0 ELSE 1 END, email
+                 FROM users ORDER BY name",
+                args![],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(UserRow {
+                    name: r.text(0)?,
+                    enrolled: r.flag(1)?,
+                    email: r.opt_text(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn hosts(&self) -> Result<Vec<HostStatus>, StoreError> {
+        let names = self.read(|tx| {
+            tx.rows("SELECT name FROM hosts ORDER BY name", args![])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        names
+            .iter()
+            .map(|n| self.host_status(&parse_host(n)?))
+            .collect()
+    }
+
+    fn host_status(&self, host: &HostName) -> Result<HostStatus, StoreError> {
+        self.read(|tx| {
+            let (id, _) = host_ids(tx, host.as_str())?;
+            let r = tx.row(
+                "SELECT h.name, o.name, CASE WHEN h.device_key IS NULL THEN 0 ELSE 1 END, h.platform,
+                        CASE WHEN g.record_id IS NULL THEN 0 ELSE 1 END,
+                        h.shared_access, h.lockout_threshold,
+                        CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END, h.online
+                 FROM hosts h JOIN users o ON o.id = h.owner_id
+                 JOIN grants g ON g.host_id = h.id AND g.is_owner = 1
+                 WHERE h.id = ?1",
+                args![id],
+            )?;
+            let grants = tx
+                .rows(
+                    "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
+                     WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
+                    args![id],
+                )?
+                .iter()
+                .map(|g| g.text(0))
+                .collect::<Result<_, _>>()?;
+            Ok(HostStatus {
+                name: r.text(0)?,
+                owner: r.text(1)?,
+                enrolled: r.flag(2)?,
+                platform: r.opt_text(3)?,
+                code_set: r.flag(4)?,
+                shared_access: r.flag(5)?,
+                lockout_threshold: r.u32(6)?,
+                failures: tally(tx, id)?.count(),
+                locked: r.flag(7)?,
+                online: r.flag(8)?,
+                grants,
+            })
+        })
+    }
+
+    fn hosts_for_user(&self, user: &UserName) -> Result<Vec<HostInfo>, StoreError> {
+        self.read(|tx| {
+            tx.rows(
+                "SELECT h.name, o.name, h.online, CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END,
+                        g.is_owner
+                 FROM grants g JOIN users u ON u.id = g.user_id
+                 JOIN hosts h ON h.id = g.host_id JOIN users o ON o.id = h.owner_id
+                 WHERE u.name = ?1 ORDER BY h.name LIMIT ?2",
+                args![
+                    user.as_str(),
+                    i64::try_from(latchkey_protocol::limits::MAX_HOSTS_LISTED).unwrap_or(i64::MAX)
+                ],
+            )?
+            .iter()
+            .map(|r| {
+                let owner = r.text(1)?;
+                Ok(HostInfo {
+                    name: parse_host(&r.text(0)?)?,
+                    owner: owner
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("user name {owner:?}")))?,
+                    online: r.flag(2)?,
+                    locked: r.flag(3)?,
+                    is_owner: r.flag(4)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn set_email(
+        &self,
+        user: &UserName,
+        email: Option<&str>,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let id = user_id(tx, user.as_str())?;
+            tx.exec(
+                "UPDATE users SET email = ?1 WHERE id = ?2",
+                args![email, id],
+            )?;
+            insert_audit(tx, &event("email-changed", None, Some(user.as_str())), now)
+        })
+    }
+
+    fn user_email(&self, user: &str) -> Result<Option<String>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .opt_row("SELECT email FROM users WHERE name = ?1", args![user])?
+                .map(|r| r.opt_text(0))
+                .transpose()?
+                .flatten())
+        })
+    }
+
+    fn set_policy(
+        &self,
+        host: &HostName,
+        shared_access: Option<bool>,
+        lockout_threshold: Option<u32>,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            if let Some(shared) = shared_access {
+                tx.exec(
+                    "UPDATE hosts SET shared_access = ?1 WHERE id = ?2",
+                    args![shared, host_id],
+                )?;
+            }
+            if let Some(threshold) = lockout_threshold {
+                if threshold == 0 {
+                    return Err(StoreError::Refused(
+                        "the lockout threshold must be at least 1".into(),
+                    ));
+                }
+                tx.exec(
+                    "UPDATE hosts SET lockout_threshold = ?1 WHERE id = ?2",
+                    args![threshold, host_id],
+                )?;
+                // A host already at its new threshold locks now, rather than
+                // stay "busy" and unlocked until an attempt settles.
+                let now_tally = tally(tx, host_id)?;
+                if lockout::locks_now(&now_tally) {
+                    let cause = format!("the lockout threshold was lowered to {threshold}");
+                    lock_host(
+                        tx,
+                        host_id,
+                        host.as_str(),
+                        None,
+                        None,
+                        &now_tally,
+                        &cause,
+                        now,
+                    )?;
+                }
+            }
+            let detail = format!(
+                "shared access {}, lockout threshold {}",
+                shared_access.map_or("unchanged", |s| if s { "enabled" } else { "disabled" }),
+                lockout_threshold.map_or("unchanged".to_string(), |t| t.to_string())
+            );
+            insert_audit(
+                tx,
+                &Event {
+                    detail: Some(detail),
+                    ..event("policy", Some(host.as_str()), None)
+                },
+                now,
+            )
+        })
+    }
+
+    fn session_ended(
+        &self,
+        session: &SessionId,
+        host: &HostName,
+        user: &UserName,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let id = session.to_string();
+        self.write(|tx| {
+            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            tx.exec(
+                "UPDATE sessions SET ended_at = ?1 WHERE id = ?2 AND ended_at IS NULL",
+                args![now, &id],
+            )?;
+            let e = Event {
+                detail: Some(format!("session {session}: {reason}")),
+                ..event("session-end", Some(host.as_str()), Some(user.as_str()))
+            };
+            insert_audit(tx, &e, now)?;
+            if user_id != owner_id {
+                let owner = owner_of(tx, host_id)?;
+                enqueue(
+                    tx,
+                    &notice::secondary_session_ended(host.as_str(), &owner, user.as_str()),
+                    now,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn end_open_sessions(&self, now: UnixTime) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let n = tx.exec(
+                "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL",
+                args![now],
+            )?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read(|tx| {
+            tx.rows(
+                "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
+                 WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+                args![now, i64::try_from(limit).unwrap_or(i64::MAX)],
+            )?
+            .iter()
+            .map(outbox_row)
+            .collect()
+        })
+    }
+
+    fn notice_done(&self, id: i64, state: &str, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE outbox SET state = ?1, sent_at = ?2, attempts = attempts + 1 WHERE id = ?3",
+                args![state, now, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn notice_retry(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?1, next_attempt_at = ?2 WHERE id = ?3",
+                args![error, next_attempt_at, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read(|tx| {
+            let mut out = tx
+                .rows(
+                    "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
+                     ORDER BY id DESC LIMIT ?1",
+                    args![i64::try_from(limit).unwrap_or(i64::MAX)],
+                )?
+                .iter()
+                .map(outbox_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    fn event_feed(&self) -> Result<Box<dyn EventFeed>, StoreError> {
+        self.backend.event_feed()
+    }
+
+    fn create_ticket(
+        &self,
+        digest: [u8; 32],
+        host: &HostName,
+        user: &UserName,
+        session: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let user_id = user_id(tx, user.as_str())?;
+            let shared = tx
+                .row(
+                    "SELECT shared_access FROM hosts WHERE id = ?1",
+                    args![host_id],
+                )?
+                .flag(0)?;
+            if !shared {
+                return Err(StoreError::Refused(format!(
+                    "in-session reboot needs shared access enabled on host '{host}'"
+                )));
+            }
+            if tx
+                .opt_row(
+                    "SELECT 1 FROM grants WHERE host_id = ?1 AND user_id = ?2 AND record_id IS NOT NULL",
+                    args![host_id, user_id],
+                )?
+                .is_none()
+            {
+                return Err(StoreError::Refused(format!(
+                    "'{user}' has no access to host '{host}'"
+                )));
+            }
+            tx.exec(
+                "INSERT INTO resume_tickets (digest, host_id, user_id, session, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                args![&digest[..], host_id, user_id, session, now, expires_at],
+            )?;
+            let e = Event {
+                detail: Some(format!("session {session}")),
+                ..event("reboot", Some(host.as_str()), Some(user.as_str()))
+            };
+            insert_audit(tx, &e, now)
+        })
+    }
+
+    fn redeem_ticket(
+        &self,
+        digest: [u8; 32],
+        host: &HostName,
+        waiting: Option<&str>,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Result<String, &'static str>, StoreError> {
+        self.write(|tx| {
+            let ticket = tx
+                .opt_row(
+                    "SELECT h.name, t.session, t.expires_at, t.used_at FROM resume_tickets t
+                     JOIN hosts h ON h.id = t.host_id WHERE t.digest = ?1",
+                    args![&digest[..]],
+                )?
+                .map(|r| Ok::<_, StoreError>((r.text(0)?, r.text(1)?, r.int(2)?, r.opt_int(3)?)))
+                .transpose()?;
+            let verdict = match ticket.clone() {
+                None => Err("unknown ticket"),
+                Some((ticket_host, _, _, _)) if ticket_host != host.as_str() => {
+                    Err("ticket of another host")
+                }
+                Some((_, _, _, Some(_))) => Err("ticket already used"),
+                Some((_, _, expires_at, None)) if expires_at <= now => Err("ticket expired"),
+                Some((_, session, _, None)) if waiting != Some(session.as_str()) => {
+                    Err("no reboot of this host waits for this ticket")
+                }
+                Some((_, session, _, None)) => Ok(session),
+            };
+            if matches!(ticket.as_ref(), Some((h, _, _, None)) if h == host.as_str()) {
+                tx.exec(
+                    "UPDATE resume_tickets SET used_at = ?1 WHERE digest = ?2",
+                    args![now, &digest[..]],
+                )?;
+            }
+            let (name, detail) = match &verdict {
+                Ok(session) => ("resume", format!("session {session}")),
+                Err(why) => ("resume-refused", (*why).to_string()),
+            };
+            let e = Event {
+                source: Some(source),
+                detail: Some(detail),
+                ..event(name, Some(host.as_str()), None)
+            };
+            insert_audit(tx, &e, now)?;
+            Ok(verdict)
+        })
+    }
+
+    fn audit(&self, event: Event<'_>, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| insert_audit(tx, &event, now))
+    }
+
+    fn prune_audit(&self, before: UnixTime) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let n = tx.exec("DELETE FROM audit WHERE at < ?1", args![before])?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn host_key_twice(
+        &self,
+        host: &HostName,
+        older: &str,
+        newer: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            let owner = owner_of(tx, host_id)?;
+            let e = Event {
+                detail: Some(format!(
+                    "connected from {newer} while connected from {older}; the newer was refused"
+                )),
+                ..event("host-key-twice", Some(host.as_str()), None)
+            };
+            insert_audit(tx, &e, now)?;
+            enqueue(
+                tx,
+                &notice::host_key_twice(host.as_str(), &owner, older, newer),
+                now,
+            )
+        })
+    }
+
+    fn audit_log(
+        &self,
+        host: Option<&HostName>,
+        since: Option<UnixTime>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        self.read(|tx| {
+            let mut out = tx
+                .rows(
+                    r#"SELECT id, at, event, host, "user", source, detail FROM audit
+                       WHERE (CAST(?1 AS TEXT) IS NULL OR host = ?1)
+                         AND (CAST(?3 AS BIGINT) IS NULL OR at >= ?3)
+                       ORDER BY id DESC LIMIT ?2"#,
+                    args![
+                        host.map(|h| h.as_str()),
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                        since
+                    ],
+                )?
+                .iter()
+                .map(audit_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+    }
+}

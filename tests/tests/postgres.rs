@@ -1,0 +1,109 @@
+//! The relay and its admin CLI on PostgreSQL (issue 14, M1 and M7): a
+//! private server from Debian's packages, the real binaries, and the same
+//! promises as on the embedded store. Skipped with a printed reason where
+//! PostgreSQL cannot start, except in CI.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use latchkey_server::test_postgres::{start_or_skip, TestPostgres};
+use latchkey_tests::{wait_until, Device, Relay, World, OWNER_CODE};
+
+fn store_env(url: &str) -> Vec<(String, String)> {
+    vec![("LATCHKEY_RELAY_STORE".into(), url.into())]
+}
+
+/// The test world with its relay (and every admin command) on a fresh
+/// database of `pg`.
+fn world_on(pg: &TestPostgres) -> Result<World> {
+    World::with_env(store_env(&pg.fresh_database()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_three_failures_lock_every_user_and_an_admin_unlock_frees_them() -> Result<()> {
+    let Some(pg) = start_or_skip("on_postgres_three_failures_lock_every_user") else {
+        return Ok(());
+    };
+    let w = world_on(&pg)?;
+    let dave = Device {
+        home: w.dir.path().join("dave"),
+    };
+    dave.run(&["enroll", &w.relay.invite_user("dave")?])?;
+    w.relay.admin(&["grant", "mypc", "dave"])?;
+    let _agent = w.start_agent()?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "on-pg"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "on-pg");
+    w.bob_locks_mypc_for(&[&w.alice, &w.bob, &dave]).await?;
+    let status = w.relay.status("mypc")?;
+    assert_eq!(status["locked"], true, "{status}");
+    assert_eq!(status["failures"], 3, "{status}");
+    w.relay.admin(&["unlock", "mypc"])?;
+    for user in [&w.alice, &w.bob, &dave] {
+        user.login("mypc", OWNER_CODE).await?;
+    }
+    // Nothing went to an embedded database beside the PostgreSQL one.
+    assert!(!w.relay.data_dir.join("relay.db").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_revoke_from_the_admin_cli_ends_the_live_session_at_once() -> Result<()> {
+    let Some(pg) = start_or_skip("on_postgres_a_revoke_ends_the_live_session") else {
+        return Ok(());
+    };
+    let w = world_on(&pg)?;
+    let _agent = w.start_agent()?;
+    let mut command = w.bob_sleeping_on_mypc(30)?;
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    // From the commit (the admin command has returned): the relay hears of
+    // it through LISTEN/NOTIFY, not by polling.
+    let revoked = Instant::now();
+    wait_until("the session to end", || !command.running())?;
+    let took = revoked.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the session outlived the revoke by {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_relay_on_the_same_database_refuses_and_its_admin_cli_still_works() -> Result<()> {
+    let Some(pg) = start_or_skip("a_second_relay_on_the_same_database") else {
+        return Ok(());
+    };
+    let w = world_on(&pg)?;
+    let second_dir = w.dir.path().join("second");
+    // Another data directory, the same database: refused, saying why,
+    // without the connection string.
+    let refused = std::process::Command::new(latchkey_tests::bin("latchkey-relay"))
+        .arg("--data-dir")
+        .arg(&second_dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .envs(w.relay.env.iter().cloned())
+        .output()?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("in use by another relay"), "{stderr}");
+    assert!(!stderr.contains("dbname"), "{stderr}");
+    // The admin CLI of that data directory reads and changes the same state.
+    let other = Relay {
+        proc: None,
+        addr: w.relay.addr,
+        data_dir: second_dir,
+        env: w.relay.env.clone(),
+    };
+    let hosts = other.admin_json(&["hosts"])?;
+    assert_eq!(hosts[0]["name"], "mypc", "{hosts}");
+    other.admin(&["revoke", "mypc", "bob"])?;
+    let status = w.relay.status("mypc")?;
+    assert_eq!(status["grants"], serde_json::json!([]), "{status}");
+    Ok(())
+}
