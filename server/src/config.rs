@@ -185,8 +185,16 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+                // The message and place only: toml's own rendering quotes
+                // the line, which may hold a password (`store`, `smtp`).
+                text.parse::<toml::Table>().map_err(|e| {
+                    let at = e.span().map_or(String::new(), |span| {
+                        let before = text.get(..span.start).unwrap_or(&text);
+                        let line = before.lines().count().max(1);
+                        format!(" (line {line})")
+                    });
+                    ConfigError::Invalid(format!("{}: {}{at}", path.display(), e.message()))
+                })?
             }
             None => toml::Table::new(),
         };
@@ -209,7 +217,7 @@ impl Config {
         }
         table
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))
     }
 
     /// [`Config::first_message_timeout_ms`] as a duration, at most the
@@ -272,5 +280,21 @@ mod tests {
     fn unknown_keys_are_errors() {
         let env = vec![("LATCHKEY_RELAY_LISTNE".to_string(), "x".to_string())];
         assert!(Config::load(None, env).is_err());
+    }
+
+    #[test]
+    fn a_broken_file_is_reported_by_line_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:4433\"\nstore = \"postgres://u:SECRETPW@db/x\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("SECRETPW"), "{err}");
     }
 }

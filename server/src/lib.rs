@@ -56,7 +56,7 @@ use latchkey_protocol::{handshake::RelayIdentity, ids::HostName, ksf::KsfProfile
 use thiserror::Error;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
@@ -210,9 +210,48 @@ impl RelayHandle {
         self.shutdown.cancel();
     }
 
+    /// Waits until a shutdown starts: asked for, or the relay's own (it lost
+    /// its PostgreSQL database to another relay).
+    pub async fn stopping(&self) {
+        self.shutdown.cancelled().await;
+    }
+
     /// Waits until the relay has stopped.
     pub async fn join(self) {
         let _ = self.task.await;
+    }
+}
+
+/// How often a relay on PostgreSQL checks that the database is still its.
+const STORE_LOCK_CHECK: Duration = Duration::from_secs(2);
+
+/// Holds the PostgreSQL database for this relay until shutdown, taking the
+/// lock again when its connection broke; stops the relay if another relay
+/// took it meanwhile (two relays on one database would settle each other's
+/// attempts).
+async fn keep_store_lock(lock: Option<store::ServingLock>, shutdown: CancellationToken) {
+    let Some(mut lock) = lock else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(STORE_LOCK_CHECK) => {}
+        }
+        let checked = tokio::task::spawn_blocking(move || {
+            let result = lock.check();
+            (lock, result)
+        })
+        .await;
+        match checked {
+            Ok((kept, Ok(()))) => lock = kept,
+            Ok((_, Err(e))) => {
+                error!("{e}: this relay stops");
+                shutdown.cancel();
+                return;
+            }
+            Err(_) => return,
+        }
     }
 }
 
@@ -291,6 +330,7 @@ impl Relay {
         });
         info!(%addr, %fingerprint, "relay listening");
         let admin_actions = tokio::spawn(notify::admin_actions(shared.clone()));
+        let store_lock = tokio::spawn(keep_store_lock(store_lock, shared.shutdown.clone()));
         let outbox = tokio::spawn(notify::outbox(shared.clone()));
         let audit = tokio::spawn(audit_upkeep::run(shared.clone()));
         let task = tokio::spawn(async move {
@@ -300,7 +340,7 @@ impl Relay {
             let _ = audit.await;
             // Released last: the directory is ours until everything is written.
             drop(serving);
-            drop(store_lock);
+            let _ = store_lock.await;
         });
         Ok(RelayHandle {
             addr,

@@ -127,7 +127,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The PostgreSQL client logs every statement's parameters (keys,
+        // code records, digests) at debug: never, whatever is asked.
+        .add_directive(
+            "tokio_postgres=info"
+                .parse()
+                .expect("a valid log directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -144,11 +151,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let relay = Relay::spawn(config).await?;
         println!("latchkey-relay listening on {}", relay.addr);
         let _ = std::io::stdout().flush();
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
+        let asked = tokio::select! {
+            _ = shutdown_signal() => true,
+            _ = relay.stopping() => false,
+        };
+        if asked {
+            tracing::info!("shutdown requested");
+        }
         relay.shutdown();
         relay.join().await;
-        Ok(())
+        if asked {
+            Ok(())
+        } else {
+            anyhow::bail!("the relay stopped on its own (see the log above)")
+        }
     })
 }
 

@@ -122,8 +122,14 @@ pub(crate) async fn admin_actions(shared: Arc<Shared>) {
                     feed = Some(current);
                     events
                 }
-                Ok((_, Err(e))) => {
-                    warn!("the audit feed failed ({e}); following it anew");
+                Ok((current, Err(e))) => {
+                    // The feed picks up where it stopped on the next call.
+                    warn!("reading the audit log: {e}");
+                    feed = Some(current);
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(TICK * 5) => {}
+                    }
                     continue;
                 }
                 Err(e) => {

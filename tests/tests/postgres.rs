@@ -71,6 +71,11 @@ async fn on_postgres_a_revoke_from_the_admin_cli_ends_the_live_session_at_once()
         took < Duration::from_secs(2),
         "the session outlived the revoke by {took:?}"
     );
+    // A graceful stop ends cleanly (the store's connections close off the
+    // async threads).
+    let mut w = w;
+    let status = w.relay.proc.take().expect("running").terminate()?;
+    assert!(status.success(), "{status:?}");
     Ok(())
 }
 

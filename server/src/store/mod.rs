@@ -103,7 +103,7 @@ pub enum StoreError {
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed or could not be reached.
-    #[error("store: PostgreSQL: {0}")]
+    #[error("store: PostgreSQL: {}", postgres_detail(.0))]
     Postgres(#[from] ::postgres::Error),
     /// No PostgreSQL connection came free in time, or none could be made.
     #[error("store: PostgreSQL connection pool: {0}")]
@@ -131,6 +131,18 @@ pub enum StoreError {
     /// Stored data that does not parse (written by a newer relay, or edited).
     #[error("store holds invalid data: {0}")]
     Corrupt(String),
+}
+
+/// A PostgreSQL error with its cause: the server's message and SQLSTATE
+/// (never its `detail`, which quotes row values), or the client's reason.
+fn postgres_detail(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// What kind of device an invite enrolls.

@@ -167,6 +167,64 @@ CREATE TRIGGER audit_notify AFTER INSERT ON audit
     FOR EACH ROW EXECUTE FUNCTION latchkey_audit_notify();
 "#];
 
+/// Deadlines for what PostgreSQL does: the client's connection attempt,
+/// a peer that vanished from the network (TCP keep-alives and the user
+/// timeout), and the server's own work on a statement or an abandoned
+/// transaction. A server that stops answering on a Unix socket is the one
+/// case none of these bounds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+const SESSION_SETTINGS: &str =
+    "SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '30s'; SET lock_timeout = '10s'";
+
+/// A client that may be dropped anywhere. The `postgres` client runs a
+/// runtime of its own and panics when dropped on one of tokio's async
+/// threads (the relay's last store reference, a failed feed), so there it
+/// is closed on a thread of its own.
+struct PgClient(Option<Client>);
+
+impl PgClient {
+    fn connect(config: &postgres::Config) -> Result<Self, StoreError> {
+        let mut client = config.connect(NoTls)?;
+        client.batch_execute(SESSION_SETTINGS)?;
+        Ok(Self(Some(client)))
+    }
+
+    fn get(&mut self) -> &mut Client {
+        self.0
+            .as_mut()
+            .expect("a PgClient holds its client until dropped")
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("pg-close".into())
+                    .spawn(move || drop(client));
+            }
+        }
+    }
+}
+
+/// The connection settings with this store's deadlines, where the
+/// connection string sets none.
+fn with_deadlines(mut config: postgres::Config) -> postgres::Config {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(TCP_KEEPALIVE_IDLE);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    config
+}
+
 /// The PostgreSQL backend.
 pub struct Postgres {
     config: postgres::Config,
@@ -177,9 +235,9 @@ impl SqlStore<Postgres> {
     /// Connects to the database at `url` (`postgres://user@host/db`, or
     /// the key=value form) and creates or migrates its schema.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let config = postgres::Config::from_str(url)?;
-        let mut client = config.connect(NoTls)?;
-        migrate(&mut client)?;
+        let config = with_deadlines(postgres::Config::from_str(url)?);
+        let mut client = PgClient::connect(&config)?;
+        migrate(client.get())?;
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -199,24 +257,60 @@ impl SqlStore<Postgres> {
 /// advisory lock on a connection of its own. Until relays share the
 /// database's attempts and sessions by relay (issue 14, M2), a second relay
 /// would settle this one's pending attempts at its start.
+///
+/// The lock lives as long as its connection: the relay calls
+/// [`ServingLock::check`] every few seconds, which takes the lock again on a
+/// new connection when the old one broke (PostgreSQL restarted), and fails
+/// when another relay took it meanwhile.
 pub struct ServingLock {
-    _client: Client,
+    config: postgres::Config,
+    client: Option<PgClient>,
+}
+
+fn take_serving_lock(config: &postgres::Config) -> Result<PgClient, StoreError> {
+    let mut client = PgClient::connect(config)?;
+    let taken: bool = client
+        .get()
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK])?
+        .get(0);
+    if !taken {
+        return Err(StoreError::Refused(
+            "this PostgreSQL database is in use by another relay (one relay per database for now)"
+                .into(),
+        ));
+    }
+    Ok(client)
 }
 
 impl SqlStore<Postgres> {
     /// Takes the database for one serving relay, or says another has it.
     pub fn lock_for_serving(&self) -> Result<ServingLock, StoreError> {
-        let mut client = self.backend.config.connect(NoTls)?;
-        let taken: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK])?
-            .get(0);
-        if !taken {
-            return Err(StoreError::Refused(
-                "this PostgreSQL database is in use by another relay (one relay per database for now)"
-                    .into(),
-            ));
+        Ok(ServingLock {
+            config: self.backend.config.clone(),
+            client: Some(take_serving_lock(&self.backend.config)?),
+        })
+    }
+}
+
+impl ServingLock {
+    /// Whether the lock is still this relay's: `Ok` while it is (or while
+    /// PostgreSQL cannot be reached, when no other relay can take it
+    /// either), [`StoreError::Refused`] once another relay holds it.
+    pub fn check(&mut self) -> Result<(), StoreError> {
+        if let Some(client) = &mut self.client {
+            if client.get().simple_query("SELECT 1").is_ok() {
+                return Ok(());
+            }
+            self.client = None;
         }
-        Ok(ServingLock { _client: client })
+        match take_serving_lock(&self.config) {
+            Ok(client) => {
+                self.client = Some(client);
+                Ok(())
+            }
+            Err(e @ StoreError::Refused(_)) => Err(e),
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -227,19 +321,26 @@ fn pool_error(e: r2d2::Error) -> StoreError {
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS latchkey_schema (version BIGINT NOT NULL)")?;
-    let version: i64 = match tx.query_opt("SELECT version FROM latchkey_schema", &[])? {
-        Some(row) => row.get(0),
-        None => {
-            tx.execute("INSERT INTO latchkey_schema (version) VALUES (0)", &[])?;
-            0
-        }
-    };
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('latchkey_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE latchkey_schema (version BIGINT NOT NULL);
+             INSERT INTO latchkey_schema (version) VALUES (0)",
+        )?;
+    }
+    let version: i64 = tx
+        .query_one("SELECT version FROM latchkey_schema", &[])?
+        .get(0);
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(StoreError::Corrupt(format!(
             "schema version {version} is newer than this relay ({known})"
         )));
+    }
+    if version == known {
+        return Ok(());
     }
     for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.batch_execute(sql)?;
@@ -255,27 +356,28 @@ struct Manager {
 }
 
 struct Conn {
-    client: Client,
+    client: PgClient,
     statements: HashMap<&'static str, Statement>,
 }
 
 impl r2d2::ManageConnection for Manager {
     type Connection = Conn;
-    type Error = postgres::Error;
+    type Error = StoreError;
 
-    fn connect(&self) -> Result<Conn, postgres::Error> {
+    fn connect(&self) -> Result<Conn, StoreError> {
         Ok(Conn {
-            client: self.config.connect(NoTls)?,
+            client: PgClient::connect(&self.config)?,
             statements: HashMap::new(),
         })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        conn.client.simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        conn.client.get().simple_query("")?;
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.client.is_closed()
+        conn.client.get().is_closed()
     }
 }
 
@@ -297,6 +399,7 @@ impl Postgres {
         let mut conn = self.pool.get().map_err(pool_error)?;
         let Conn { client, statements } = &mut *conn;
         let mut tx = client
+            .get()
             .build_transaction()
             .isolation_level(isolation)
             .read_only(read_only)
@@ -328,9 +431,19 @@ impl Backend for Postgres {
     }
 
     fn event_feed(&self) -> Result<Box<dyn EventFeed>, StoreError> {
-        let mut client = self.config.connect(NoTls)?;
-        client.batch_execute(&format!("LISTEN {AUDIT_CHANNEL}"))?;
-        Ok(Box::new(PgFeed { client }))
+        let mut client = PgFeed::listen(&self.config)?;
+        // Listening first, then the newest row: a row committed between
+        // the two is announced (and read) all the same.
+        let last: i64 = client
+            .get()
+            .query_one("SELECT COALESCE(MAX(id), 0) FROM audit", &[])?
+            .get(0);
+        Ok(Box::new(PgFeed {
+            config: self.config.clone(),
+            client: Some(client),
+            announced: Vec::new(),
+            last,
+        }))
     }
 }
 
@@ -430,6 +543,9 @@ impl ToSql for Value<'_> {
                 Type::TEXT | Type::VARCHAR => v.to_string().to_sql(ty, out),
                 _ => v.to_sql(ty, out),
             },
+            // PostgreSQL's text cannot hold NUL, which SQLite's can (a
+            // host's failure report might carry one).
+            Value::Text(v) if v.contains('\0') => v.replace('\0', "\u{fffd}").to_sql(ty, out),
             Value::Text(v) => v.to_sql(ty, out),
             Value::Blob(v) => v.to_sql(ty, out),
         }
@@ -443,46 +559,105 @@ impl ToSql for Value<'_> {
 }
 
 /// Listens for audit row ids and reads their rows. Notifications arrive
-/// in commit order and each once, while the connection lives; if it
-/// breaks, `next` fails and the caller makes a new feed (rows committed in
-/// between are not seen: the relay logs the gap).
+/// in commit order and each once while the connection lives. When it
+/// breaks, `next` fails, and the call after listens on a new connection
+/// and first reads the rows with ids above the highest it returned: only a
+/// row with a lower id committed while no connection listened is missed.
 struct PgFeed {
-    client: Client,
+    config: postgres::Config,
+    client: Option<PgClient>,
+    /// Ids announced but not yet returned (kept across a failed read).
+    announced: Vec<i64>,
+    /// The highest id returned.
+    last: i64,
 }
 
-impl EventFeed for PgFeed {
-    fn next(&mut self, wait: Duration) -> Result<Vec<AuditRow>, StoreError> {
-        let mut ids: Vec<i64> = Vec::new();
+impl PgFeed {
+    fn listen(config: &postgres::Config) -> Result<PgClient, StoreError> {
+        let mut client = PgClient::connect(config)?;
+        client
+            .get()
+            .batch_execute(&format!("LISTEN {AUDIT_CHANNEL}"))?;
+        Ok(client)
+    }
+
+    fn rows(
+        client: &mut Client,
+        sql: &str,
+        arg: &(dyn ToSql + Sync),
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        client
+            .query(sql, &[arg])?
+            .iter()
+            .map(|r| audit_row(&row_of(r)?))
+            .collect()
+    }
+
+    fn read(&mut self, wait: Duration) -> Result<Vec<AuditRow>, StoreError> {
+        let mut caught_up = Vec::new();
+        if self.client.is_none() {
+            let mut client = Self::listen(&self.config)?;
+            caught_up = Self::rows(
+                client.get(),
+                r#"SELECT id, at, event, host, "user", source, detail FROM audit
+                   WHERE id > $1 ORDER BY id"#,
+                &self.last,
+            )?;
+            self.client = Some(client);
+        }
+        let client = self.client.as_mut().expect("listening").get();
         {
-            let mut notifications = self.client.notifications();
-            let first = notifications.timeout_iter(wait).next()?;
-            if let Some(first) = first {
-                ids.push(first.payload().parse().unwrap_or(0));
-                let mut pending = notifications.iter();
-                while let Some(n) = pending.next()? {
-                    ids.push(n.payload().parse().unwrap_or(0));
-                }
+            let mut notifications = client.notifications();
+            let first = if caught_up.is_empty() && self.announced.is_empty() {
+                notifications.timeout_iter(wait).next()?
+            } else {
+                None
+            };
+            self.announced
+                .extend(first.map(|n| n.payload().parse().unwrap_or(0)));
+            let mut pending = notifications.iter();
+            while let Some(n) = pending.next()? {
+                self.announced.push(n.payload().parse().unwrap_or(0));
             }
         }
-        if self.client.is_closed() {
+        if client.is_closed() {
             return Err(StoreError::Pool(
                 "the audit feed's connection closed".into(),
             ));
         }
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let known: std::collections::HashSet<i64> = caught_up.iter().map(|r| r.id).collect();
+        self.announced.retain(|id| !known.contains(id));
+        let mut rows = caught_up;
+        if !self.announced.is_empty() {
+            let mut announced = Self::rows(
+                client,
+                r#"SELECT id, at, event, host, "user", source, detail FROM audit WHERE id = ANY($1)"#,
+                &self.announced,
+            )?;
+            // In the order PostgreSQL announced them: commit order.
+            let order: HashMap<i64, usize> = self
+                .announced
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (*id, i))
+                .collect();
+            announced.sort_by_key(|r| order.get(&r.id).copied());
+            rows.extend(announced);
+            self.announced.clear();
         }
-        let rows = self.client.query(
-            r#"SELECT id, at, event, host, "user", source, detail FROM audit WHERE id = ANY($1)"#,
-            &[&ids],
-        )?;
-        let mut rows = rows
-            .iter()
-            .map(|r| audit_row(&row_of(r)?))
-            .collect::<Result<Vec<_>, _>>()?;
-        // In the order PostgreSQL announced them: commit order.
-        rows.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
+        self.last = rows.iter().map(|r| r.id).fold(self.last, i64::max);
         Ok(rows)
+    }
+}
+
+impl EventFeed for PgFeed {
+    fn next(&mut self, wait: Duration) -> Result<Vec<AuditRow>, StoreError> {
+        let read = self.read(wait);
+        if read.is_err() {
+            // Listen anew on the next call.
+            self.client = None;
+        }
+        read
     }
 }
 
@@ -573,6 +748,64 @@ mod tests {
             "the_event_feed",
             suite::the_event_feed_sees_other_connections_commits_in_order,
         );
+    }
+
+    /// PostgreSQL ends every connection (as a restart does): the serving
+    /// lock is taken again, the feed listens anew and reads what was
+    /// committed meanwhile, and the store's pool reconnects.
+    #[test]
+    fn after_postgres_drops_every_connection_the_lock_the_feed_and_the_pool_recover() {
+        let Some(pg) = start_or_skip("after_postgres_drops_every_connection") else {
+            return;
+        };
+        let url = pg.fresh_database();
+        let store = PostgresStore::connect(&url).expect("connect");
+        let (_, host, _) = suite::alice_owns_mypc(&store, 3);
+        let mut lock = store.lock_for_serving().expect("serve");
+        let mut feed = store.event_feed().expect("feed");
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        admin
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .expect("terminate");
+        // The feed's connection is gone: the first read fails, then it
+        // listens again and catches up on what was committed meanwhile.
+        let revoke_meanwhile = crate::store::Event {
+            event: "revoke",
+            host: Some(host.as_str()),
+            user: Some("bob"),
+            source: None,
+            detail: None,
+        };
+        let other = PostgresStore::connect(&url).expect("connect");
+        other.audit(revoke_meanwhile, 5).expect("write");
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            if let Ok(rows) = feed.next(std::time::Duration::from_millis(200)) {
+                seen.extend(rows.into_iter().map(|r| r.event));
+            }
+            if !seen.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, ["revoke"]);
+        lock.check().expect("the lock is taken again");
+        assert!(
+            other.lock_for_serving().is_err(),
+            "a second relay took the database"
+        );
+        // Pool connections that broke are replaced.
+        let mut ok = false;
+        for _ in 0..3 {
+            ok |= store.host_status(&host).is_ok();
+        }
+        assert!(ok, "the pool did not reconnect");
+        // Dropped on an async thread (the relay's last reference): no panic.
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async move { drop((store, lock, feed)) });
     }
 
     #[test]
