@@ -109,12 +109,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin { json, command } => {
             let data = DataDir::open_or_create(&data_dir)?;
-            let store = location
-                .open(&data.db_path())
-                .with_context(|| match &location {
-                    Location::Embedded => format!("opening the store in {}", data_dir.display()),
-                    Location::Postgres(_) => "opening the PostgreSQL store".to_string(),
-                })?;
+            let store = match location {
+                Location::Embedded => location
+                    .open(&data.db_path())
+                    .with_context(|| format!("opening the store in {}", data_dir.display()))?,
+                // Its errors say "store: PostgreSQL: ..." already.
+                Location::Postgres(_) => location.open(&data.db_path())?,
+            };
             let mut out = std::io::stdout().lock();
             match admin::run(&command, &data, &*store, &config, json, &mut out) {
                 // Read by `| head` that stopped reading: quiet, as Unix tools are.

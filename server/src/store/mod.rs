@@ -138,10 +138,8 @@ pub enum StoreError {
 fn postgres_detail(e: &::postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => match std::error::Error::source(e) {
-            Some(cause) => format!("{e}: {cause}"),
-            None => e.to_string(),
-        },
+        // The client's own message already ends with its cause.
+        None => e.to_string(),
     }
 }
 
