@@ -250,7 +250,11 @@ async fn keep_store_lock(lock: Option<store::ServingLock>, shutdown: Cancellatio
                 shutdown.cancel();
                 return;
             }
-            Err(_) => return,
+            Err(e) => {
+                error!("checking this relay's hold on the database failed ({e}): this relay stops");
+                shutdown.cancel();
+                return;
+            }
         }
     }
 }

@@ -316,7 +316,18 @@ pub(crate) async fn login(
                 } else {
                     Proof::NotProven
                 };
-                Some(attempt.settle(&*store, proof, &session)?)
+                match attempt.settle(&*store, proof, &session) {
+                    Ok(settled) => Some(settled),
+                    Err(e) => {
+                        // The commit's outcome is unknown (PostgreSQL lost
+                        // the connection during COMMIT): the session may be
+                        // registered, so its end is recorded, which does
+                        // nothing if it was not.
+                        entry.started();
+                        entry.ending_because("the verdict's commit failed");
+                        return Err(e.into());
+                    }
+                }
             }
             None => None,
         };

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::{
     config::SmtpConfig,
     now_unix,
-    store::{notice::ADMIN, OutboxRow, StoreError},
+    store::{notice::ADMIN, AuditRow, OutboxRow, StoreError},
     Shared,
 };
 
@@ -92,65 +92,70 @@ async fn blocking<T: Send + 'static>(
     crate::error::logged_store_call(&shared.store, f).await
 }
 
+/// Waits a moment before trying the store again; `true` if the relay is
+/// stopping meanwhile.
+async fn paused(shared: &Shared) -> bool {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => true,
+        _ = tokio::time::sleep(TICK * 5) => false,
+    }
+}
+
 /// Applies admin actions made outside the relay (the admin CLI) to live
-/// sessions, until shutdown.
+/// sessions, until shutdown. The feed picks up where it stopped after an
+/// error, so it is opened again only if its task was lost.
 pub(crate) async fn admin_actions(shared: Arc<Shared>) {
     let mut feed = None;
     loop {
-        let Some(mut current) = feed.take() else {
-            match blocking(&shared, |s| s.event_feed()).await {
-                Some(new) => feed = Some(new),
-                None => {
-                    warn!("cannot follow the audit log: revokes made meanwhile may not end live sessions");
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(TICK * 5) => {}
-                    }
-                }
-            }
-            continue;
+        let mut current = match feed.take() {
+            Some(current) => current,
+            None => match blocking(&shared, |s| s.event_feed()).await {
+                Some(new) => new,
+                None if paused(&shared).await => return,
+                None => continue,
+            },
         };
         let next = tokio::task::spawn_blocking(move || {
             let events = current.next(TICK);
             (current, events)
         });
-        let events = tokio::select! {
+        let (current, events) = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
             joined = next => match joined {
-                Ok((current, Ok(events))) => {
-                    feed = Some(current);
-                    events
-                }
-                Ok((current, Err(e))) => {
-                    // The feed picks up where it stopped on the next call.
-                    warn!("reading the audit log: {e}");
-                    feed = Some(current);
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(TICK * 5) => {}
-                    }
-                    continue;
-                }
+                Ok(pair) => pair,
                 Err(e) => {
-                    warn!("the audit feed's task failed ({e}); following it anew");
+                    warn!("the audit feed's task failed ({e}); opening it again");
                     continue;
                 }
             },
         };
-        for event in events {
-            if event.event == "revoke" {
-                if let (Some(host), Some(user)) = (&event.host, &event.user) {
-                    let ended = shared.sessions.end(
-                        host,
-                        user,
-                        &format!("your shared access to '{host}' was revoked"),
-                    );
-                    if ended > 0 {
-                        info!(%host, %user, sessions = ended, "revoked: live sessions ended");
-                    }
+        feed = Some(current);
+        match events {
+            Ok(events) => events.iter().for_each(|e| end_revoked_sessions(&shared, e)),
+            Err(e) => {
+                warn!("reading the audit log: {e}");
+                if paused(&shared).await {
+                    return;
                 }
             }
+        }
+    }
+}
+
+/// A revoke ends the user's live sessions on the host.
+fn end_revoked_sessions(shared: &Shared, event: &AuditRow) {
+    if event.event != "revoke" {
+        return;
+    }
+    if let (Some(host), Some(user)) = (&event.host, &event.user) {
+        let ended = shared.sessions.end(
+            host,
+            user,
+            &format!("your shared access to '{host}' was revoked"),
+        );
+        if ended > 0 {
+            info!(%host, %user, sessions = ended, "revoked: live sessions ended");
         }
     }
 }

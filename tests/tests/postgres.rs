@@ -58,7 +58,7 @@ async fn on_postgres_a_revoke_from_the_admin_cli_ends_the_live_session_at_once()
     let Some(pg) = start_or_skip("on_postgres_a_revoke_ends_the_live_session") else {
         return Ok(());
     };
-    let w = world_on(&pg)?;
+    let mut w = world_on(&pg)?;
     let _agent = w.start_agent()?;
     let mut command = w.bob_sleeping_on_mypc(30)?;
     w.relay.admin(&["revoke", "mypc", "bob"])?;
@@ -73,7 +73,6 @@ async fn on_postgres_a_revoke_from_the_admin_cli_ends_the_live_session_at_once()
     );
     // A graceful stop ends cleanly (the store's connections close off the
     // async threads).
-    let mut w = w;
     let status = w.relay.proc.take().expect("running").terminate()?;
     assert!(status.success(), "{status:?}");
     Ok(())

@@ -105,9 +105,9 @@ pub enum StoreError {
     /// PostgreSQL failed or could not be reached.
     #[error("store: PostgreSQL: {}", postgres_detail(.0))]
     Postgres(#[from] ::postgres::Error),
-    /// No PostgreSQL connection came free in time, or none could be made.
-    #[error("store: PostgreSQL connection pool: {0}")]
-    Pool(String),
+    /// No PostgreSQL connection came free in time, or one broke.
+    #[error("store: PostgreSQL: {0}")]
+    Connection(String),
     /// No such user.
     #[error("no user named '{0}'")]
     NoSuchUser(String),
@@ -396,7 +396,9 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Records the end of a session (audit row, and for a secondary user the
-    /// "change your code" notice to the owner, SPEC S3), in one commit.
+    /// "change your code" notice to the owner, SPEC S3), in one commit;
+    /// nothing if the session was not open (ended already, or never
+    /// registered), so it may be called whenever a session might exist.
     fn session_ended(
         &self,
         session: &SessionId,

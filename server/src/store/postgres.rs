@@ -40,6 +40,10 @@ const POOL_SIZE: u32 = 8;
 /// How long a store call waits for a free connection (or a new one).
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// Most audit rows an event feed reads after listening anew (the `LIMIT`
+/// in [`PgFeed::read`]'s query).
+const CATCH_UP: usize = 10_000;
+
 /// The `NOTIFY` channel that carries new audit row ids.
 const AUDIT_CHANNEL: &str = "latchkey_audit";
 
@@ -216,7 +220,8 @@ fn with_deadlines(mut config: postgres::Config) -> postgres::Config {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+    // The client's own default: two hours.
+    if config.get_keepalives_idle() == postgres::Config::new().get_keepalives_idle() {
         config.keepalives_idle(TCP_KEEPALIVE_IDLE);
     }
     if config.get_tcp_user_timeout().is_none() {
@@ -315,7 +320,7 @@ impl ServingLock {
 }
 
 fn pool_error(e: r2d2::Error) -> StoreError {
-    StoreError::Pool(e.to_string())
+    StoreError::Connection(e.to_string())
 }
 
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
@@ -597,12 +602,21 @@ impl PgFeed {
         let mut caught_up = Vec::new();
         if self.client.is_none() {
             let mut client = Self::listen(&self.config)?;
+            // The newest rows first, at most CATCH_UP of them, put back
+            // in id order.
             caught_up = Self::rows(
                 client.get(),
                 r#"SELECT id, at, event, host, "user", source, detail FROM audit
-                   WHERE id > $1 ORDER BY id"#,
+                   WHERE id > $1 ORDER BY id DESC LIMIT 10000"#,
                 &self.last,
             )?;
+            caught_up.reverse();
+            if caught_up.len() >= CATCH_UP {
+                tracing::warn!(
+                    "{CATCH_UP} or more audit rows were written while the relay did not \
+                     listen; only the newest {CATCH_UP} were read"
+                );
+            }
             self.client = Some(client);
         }
         let client = self.client.as_mut().expect("listening").get();
@@ -621,7 +635,7 @@ impl PgFeed {
             }
         }
         if client.is_closed() {
-            return Err(StoreError::Pool(
+            return Err(StoreError::Connection(
                 "the audit feed's connection closed".into(),
             ));
         }
@@ -723,6 +737,13 @@ mod tests {
     fn audit_rows_are_pruned_by_age() {
         on_fresh_database("audit_rows_are_pruned_by_age", |open| {
             suite::audit_rows_are_pruned_by_age(&*open())
+        });
+    }
+
+    #[test]
+    fn a_sessions_end_is_recorded_once_and_only_if_it_began() {
+        on_fresh_database("a_sessions_end_is_recorded_once", |open| {
+            suite::a_sessions_end_is_recorded_once_and_only_if_it_began(&*open())
         });
     }
 

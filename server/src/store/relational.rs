@@ -246,8 +246,21 @@ fn lock_host(
         ..event("host-locked", Some(host), user)
     };
     insert_audit(tx, &e, now)?;
+    enqueue_for_owner(tx, host_id, now, |owner| {
+        notice::locked(host, owner, cause, tally.decided)
+    })
+}
+
+/// Queues a notice that names the host's owner (every notice but the
+/// admin's is addressed to them).
+fn enqueue_for_owner(
+    tx: &mut dyn Tx,
+    host_id: i64,
+    now: UnixTime,
+    notice: impl FnOnce(&str) -> Notice,
+) -> Result<(), StoreError> {
     let owner = owner_of(tx, host_id)?;
-    enqueue(tx, &notice::locked(host, &owner, cause, tally.decided), now)
+    enqueue(tx, &notice(&owner), now)
 }
 
 /// Queues a notice in the same transaction as the event it reports, so a
@@ -284,6 +297,42 @@ fn event<'a>(event: &'a str, host: Option<&'a str>, user: Option<&'a str>) -> Ev
         user,
         ..Default::default()
     }
+}
+
+/// One host as the admin sees it, inside `tx`.
+fn host_status(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
+    let r = tx.row(
+        "SELECT h.name, o.name, CASE WHEN h.device_key IS NULL THEN 0 ELSE 1 END, h.platform,
+                CASE WHEN g.record_id IS NULL THEN 0 ELSE 1 END,
+                h.shared_access, h.lockout_threshold,
+                CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END, h.online
+         FROM hosts h JOIN users o ON o.id = h.owner_id
+         JOIN grants g ON g.host_id = h.id AND g.is_owner = 1
+         WHERE h.id = ?1",
+        args![id],
+    )?;
+    let grants = tx
+        .rows(
+            "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
+             WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
+            args![id],
+        )?
+        .iter()
+        .map(|g| g.text(0))
+        .collect::<Result<_, _>>()?;
+    Ok(HostStatus {
+        name: r.text(0)?,
+        owner: r.text(1)?,
+        enrolled: r.flag(2)?,
+        platform: r.opt_text(3)?,
+        code_set: r.flag(4)?,
+        shared_access: r.flag(5)?,
+        lockout_threshold: r.u32(6)?,
+        failures: tally(tx, id)?.count(),
+        locked: r.flag(7)?,
+        online: r.flag(8)?,
+        grants,
+    })
 }
 
 fn parse_host(name: &str) -> Result<HostName, StoreError> {
@@ -673,12 +722,9 @@ impl<B: Backend> Store for SqlStore<B> {
                 &event("grant", Some(host.as_str()), Some(user.as_str())),
                 now,
             )?;
-            let owner = owner_of(tx, host_id)?;
-            enqueue(
-                tx,
-                &notice::granted(host.as_str(), &owner, user.as_str()),
-                now,
-            )
+            enqueue_for_owner(tx, host_id, now, |owner| {
+                notice::granted(host.as_str(), owner, user.as_str())
+            })
         })
     }
 
@@ -700,12 +746,9 @@ impl<B: Backend> Store for SqlStore<B> {
                 &event("revoke", Some(host.as_str()), Some(user.as_str())),
                 now,
             )?;
-            let owner = owner_of(tx, host_id)?;
-            enqueue(
-                tx,
-                &notice::revoked(host.as_str(), &owner, user.as_str()),
-                now,
-            )
+            enqueue_for_owner(tx, host_id, now, |owner| {
+                notice::revoked(host.as_str(), owner, user.as_str())
+            })
         })
     }
 
@@ -765,53 +808,18 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     fn hosts(&self) -> Result<Vec<HostStatus>, StoreError> {
-        let names = self.read(|tx| {
-            tx.rows("SELECT name FROM hosts ORDER BY name", args![])?
+        self.read(|tx| {
+            tx.rows("SELECT id FROM hosts ORDER BY name", args![])?
                 .iter()
-                .map(|r| r.text(0))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        names
-            .iter()
-            .map(|n| self.host_status(&parse_host(n)?))
-            .collect()
+                .map(|r| host_status(tx, r.int(0)?))
+                .collect()
+        })
     }
 
     fn host_status(&self, host: &HostName) -> Result<HostStatus, StoreError> {
         self.read(|tx| {
             let (id, _) = host_ids(tx, host.as_str())?;
-            let r = tx.row(
-                "SELECT h.name, o.name, CASE WHEN h.device_key IS NULL THEN 0 ELSE 1 END, h.platform,
-                        CASE WHEN g.record_id IS NULL THEN 0 ELSE 1 END,
-                        h.shared_access, h.lockout_threshold,
-                        CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END, h.online
-                 FROM hosts h JOIN users o ON o.id = h.owner_id
-                 JOIN grants g ON g.host_id = h.id AND g.is_owner = 1
-                 WHERE h.id = ?1",
-                args![id],
-            )?;
-            let grants = tx
-                .rows(
-                    "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
-                     WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
-                    args![id],
-                )?
-                .iter()
-                .map(|g| g.text(0))
-                .collect::<Result<_, _>>()?;
-            Ok(HostStatus {
-                name: r.text(0)?,
-                owner: r.text(1)?,
-                enrolled: r.flag(2)?,
-                platform: r.opt_text(3)?,
-                code_set: r.flag(4)?,
-                shared_access: r.flag(5)?,
-                lockout_threshold: r.u32(6)?,
-                failures: tally(tx, id)?.count(),
-                locked: r.flag(7)?,
-                online: r.flag(8)?,
-                grants,
-            })
+            host_status(tx, id)
         })
     }
 
@@ -941,22 +949,24 @@ impl<B: Backend> Store for SqlStore<B> {
         self.write(|tx| {
             let (host_id, owner_id) = host_ids(tx, host.as_str())?;
             let user_id = user_id(tx, user.as_str())?;
-            tx.exec(
+            let closed = tx.exec(
                 "UPDATE sessions SET ended_at = ?1 WHERE id = ?2 AND ended_at IS NULL",
                 args![now, &id],
             )?;
+            if closed == 0 {
+                // Ended already, or never registered (a verdict whose commit
+                // failed may or may not have registered it).
+                return Ok(());
+            }
             let e = Event {
                 detail: Some(format!("session {session}: {reason}")),
                 ..event("session-end", Some(host.as_str()), Some(user.as_str()))
             };
             insert_audit(tx, &e, now)?;
             if user_id != owner_id {
-                let owner = owner_of(tx, host_id)?;
-                enqueue(
-                    tx,
-                    &notice::secondary_session_ended(host.as_str(), &owner, user.as_str()),
-                    now,
-                )?;
+                enqueue_for_owner(tx, host_id, now, |owner| {
+                    notice::secondary_session_ended(host.as_str(), owner, user.as_str())
+                })?;
             }
             Ok(())
         })
@@ -1146,7 +1156,6 @@ impl<B: Backend> Store for SqlStore<B> {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
-            let owner = owner_of(tx, host_id)?;
             let e = Event {
                 detail: Some(format!(
                     "connected from {newer} while connected from {older}; the newer was refused"
@@ -1154,11 +1163,9 @@ impl<B: Backend> Store for SqlStore<B> {
                 ..event("host-key-twice", Some(host.as_str()), None)
             };
             insert_audit(tx, &e, now)?;
-            enqueue(
-                tx,
-                &notice::host_key_twice(host.as_str(), &owner, older, newer),
-                now,
-            )
+            enqueue_for_owner(tx, host_id, now, |owner| {
+                notice::host_key_twice(host.as_str(), owner, older, newer)
+            })
         })
     }
 

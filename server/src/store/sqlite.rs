@@ -377,6 +377,11 @@ mod tests {
     }
 
     #[test]
+    fn a_sessions_end_is_recorded_once_and_only_if_it_began() {
+        suite::a_sessions_end_is_recorded_once_and_only_if_it_began(&fresh());
+    }
+
+    #[test]
     fn attempts_from_many_connections_at_once_evaluate_exactly_the_threshold() {
         on_file(suite::attempts_from_many_connections_at_once_evaluate_exactly_the_threshold);
     }

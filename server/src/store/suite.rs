@@ -560,3 +560,39 @@ pub(crate) fn the_event_feed_sees_other_connections_commits_in_order(open: Open<
         .expect("feed")
         .is_empty());
 }
+
+/// A session's end is recorded once, and only for a session the verdict
+/// registered: the relay may report an end it is unsure began.
+pub(crate) fn a_sessions_end_is_recorded_once_and_only_if_it_began(store: &dyn Store) {
+    let (alice, host, record) = alice_owns_mypc(store, 3);
+    let source = "127.0.0.1".parse().expect("address");
+    let ends = || {
+        store
+            .audit_log(Some(&host), None, 1000)
+            .expect("audit")
+            .iter()
+            .filter(|r| r.event == "session-end")
+            .count()
+    };
+    let never_began = SessionId([1; 16]);
+    store
+        .session_ended(&never_began, &host, &alice, "test", 1)
+        .expect("end");
+    assert_eq!(ends(), 0);
+    let Reservation::Reserved(a) = store
+        .reserve_attempt(&alice, &host, &record.id, source, 1)
+        .expect("reserve")
+    else {
+        panic!("not reserved")
+    };
+    let began = SessionId([2; 16]);
+    store
+        .settle_attempt(a, Proof::RightCode, "", &began, 1)
+        .expect("settle");
+    for _ in 0..2 {
+        store
+            .session_ended(&began, &host, &alice, "test", 2)
+            .expect("end");
+    }
+    assert_eq!(ends(), 1);
+}
