@@ -172,6 +172,23 @@ impl Default for Config {
     }
 }
 
+/// A type error without the value it found: serde quotes it ("invalid
+/// type: integer `12345678`, expected a string"), and it may be a password.
+fn without_values(message: &str) -> String {
+    let invalid = message.starts_with("invalid type: ") || message.starts_with("invalid value: ");
+    match message.split_once(", expected") {
+        Some((found, expected)) if invalid => {
+            let kind = found
+                .split(['`', '"', '\''])
+                .next()
+                .unwrap_or(found)
+                .trim_end();
+            format!("{kind}, expected{expected}")
+        }
+        _ => message.to_string(),
+    }
+}
+
 impl Config {
     /// Reads `file` (if given) and applies `LATCHKEY_RELAY_*` overrides
     /// from `env`.
@@ -217,7 +234,7 @@ impl Config {
         }
         table
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(without_values(e.message())))
     }
 
     /// [`Config::first_message_timeout_ms`] as a duration, at most the
@@ -296,5 +313,24 @@ mod tests {
             .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(!err.contains("SECRETPW"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "[smtp]\nhost = \"mail\"\nfrom = \"a@b\"\npassword = 12345678\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected a string"), "{err}");
+        assert!(!err.contains("12345678"), "{err}");
+        let env = vec![("LATCHKEY_RELAY_STORE".to_string(), "98765".to_string())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(!err.contains("98765"), "{err}");
     }
 }

@@ -48,7 +48,7 @@ pub(crate) async fn logged_store_call<T: Send + 'static>(
     match tokio::task::spawn_blocking(move || f(&*store)).await {
         Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
-            tracing::warn!("store: {e}");
+            tracing::warn!("{e}");
             None
         }
         Err(_) => None,

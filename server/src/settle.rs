@@ -155,6 +155,10 @@ impl PendingAttempt {
             Proof::RightCode => "",
             Proof::NotProven => "wrong code",
         };
+        // If the commit fails, the settler records this (even for a right
+        // code: the relay cannot tell a verdict it failed to record from an
+        // abandoned attempt, so it fails closed).
+        self.why = "the verdict could not be written to the store";
         let settled = store.settle_attempt(id, proof, detail, session, now_unix())?;
         self.id = None;
         self.waiting.settled(&self.host);

@@ -189,7 +189,7 @@ const SESSION_SETTINGS: &str =
 struct PgClient(Option<Client>);
 
 impl PgClient {
-    fn connect(config: &postgres::Config) -> Result<Self, StoreError> {
+    fn connect(config: &postgres::Config) -> Result<Self, postgres::Error> {
         let mut client = config.connect(NoTls)?;
         client.batch_execute(SESSION_SETTINGS)?;
         Ok(Self(Some(client)))
@@ -367,18 +367,17 @@ struct Conn {
 
 impl r2d2::ManageConnection for Manager {
     type Connection = Conn;
-    type Error = StoreError;
+    type Error = postgres::Error;
 
-    fn connect(&self) -> Result<Conn, StoreError> {
+    fn connect(&self) -> Result<Conn, postgres::Error> {
         Ok(Conn {
             client: PgClient::connect(&self.config)?,
             statements: HashMap::new(),
         })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), StoreError> {
-        conn.client.get().simple_query("")?;
-        Ok(())
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
+        conn.client.get().simple_query("").map(|_| ())
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
