@@ -1,24 +1,21 @@
 //! `latchkey-relay admin ...`: manages users, hosts and grants directly in
-//! the relay's data directory, so it works whether or not the relay runs
-//! (SQLite in WAL mode lets both write; the relay re-reads lock and grant
-//! state on every attempt).
+//! the relay's store, so it works whether or not the relay runs (SQLite in
+//! WAL mode lets both write; the relay re-reads lock and grant state on
+//! every attempt). The actions themselves are [`crate::service`]'s, which
+//! the web console calls too; this module parses and prints.
 
-use std::{io::Write, net::SocketAddr};
+use std::io::Write;
 
 use clap::Subcommand;
-use latchkey_protocol::{
-    ids::{HostName, TokenSecret, UserName},
-    invite::Invite,
-};
-use rand::{rngs::OsRng, RngCore};
+use latchkey_protocol::ids::{HostName, UserName};
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
     config::Config,
     datadir::DataDir,
-    now_unix,
-    store::{InviteKind, Store, StoreError},
+    service::{self, ServiceError},
+    store::{Actor, InviteKind, Store, StoreError},
 };
 
 /// Admin subcommands.
@@ -70,6 +67,17 @@ pub enum AdminCommand {
     Users,
     /// List hosts with their state.
     Hosts,
+    /// Create a console admin (or reset one: a new password and second
+    /// factor, unlocked) and print their one-time setup link.
+    AddAdmin {
+        /// The admin's name.
+        name: UserName,
+        /// Where to email them when another console admin is locked out.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// List console admins.
+    Admins,
     /// Give USER shared access to HOST with the owner's current access code.
     Grant {
         /// The host.
@@ -79,6 +87,14 @@ pub enum AdminCommand {
     },
     /// Take USER's shared access to HOST away.
     Revoke {
+        /// The host.
+        host: HostName,
+        /// The secondary user.
+        user: UserName,
+    },
+    /// Revoke USER's shared access to HOST and grant it again, in one step,
+    /// so they inherit the owner's current access code.
+    Regrant {
         /// The host.
         host: HostName,
         /// The secondary user.
@@ -117,15 +133,15 @@ pub enum AdminError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The action failed.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// Output failed.
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
     /// Output failed.
     #[error("output: {0}")]
     Json(#[from] serde_json::Error),
-    /// The relay's address is unknown.
-    #[error("the relay's address is unknown: start it once (latchkey-relay serve) or set public_addr in its config")]
-    NoAddress,
 }
 
 impl AdminError {
@@ -137,28 +153,6 @@ impl AdminError {
             _ => false,
         }
     }
-}
-
-/// The address put into invite tokens.
-fn relay_address(config: &Config, store: &dyn Store) -> Result<String, AdminError> {
-    if let Some(addr) = &config.public_addr {
-        return Ok(addr.clone());
-    }
-    // The address the relay last bound (exact even for port 0), else the
-    // configured one (so an invite made while the relay starts works).
-    let mut addr: SocketAddr = match store.meta("listen_addr")? {
-        Some(listen) => listen.parse().map_err(|_| AdminError::NoAddress)?,
-        None if config.listen.port() != 0 => config.listen,
-        None => return Err(AdminError::NoAddress),
-    };
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    Ok(addr.to_string())
 }
 
 fn print_table(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
@@ -317,7 +311,7 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let now = now_unix();
+    let by = Actor::cli();
     match cmd {
         AdminCommand::InviteUser { name, email } => invite(
             data,
@@ -329,9 +323,10 @@ pub fn run(
             InviteKind::User {
                 email: email.clone(),
             },
+            &by,
         ),
         AdminCommand::SetEmail { user, address } => {
-            store.set_email(user, address.as_deref(), now)?;
+            service::set_email(store, user, address.as_deref(), &by)?;
             emit(
                 out,
                 json,
@@ -348,7 +343,7 @@ pub fn run(
             lockout_threshold,
         } => {
             let shared = shared_access.as_deref().map(|s| s == "enabled");
-            store.set_policy(host, shared, *lockout_threshold, now)?;
+            service::set_policy(store, host, shared, *lockout_threshold, &by)?;
             let s = store.host_status(host)?;
             emit(out, json, &s, |out| {
                 writeln!(
@@ -402,6 +397,7 @@ pub fn run(
                 owner: owner.clone(),
                 lockout_threshold: config.lockout_threshold,
             },
+            &by,
         ),
         AdminCommand::Users => {
             let users = store.users()?;
@@ -450,7 +446,7 @@ pub fn run(
             })
         }
         AdminCommand::Grant { host, user } => {
-            store.grant(host, user, now)?;
+            service::grant(store, host, user, &by)?;
             emit(
                 out,
                 json,
@@ -462,7 +458,7 @@ pub fn run(
             )
         }
         AdminCommand::Revoke { host, user } => {
-            store.revoke(host, user, now)?;
+            service::revoke(store, host, user, &by)?;
             emit(
                 out,
                 json,
@@ -470,8 +466,53 @@ pub fn run(
                 |out| writeln!(out, "'{user}' no longer has shared access to '{host}'."),
             )
         }
+        AdminCommand::Regrant { host, user } => {
+            service::regrant(store, host, user, &by)?;
+            emit(
+                out,
+                json,
+                &serde_json::json!({"regranted": true, "host": host.as_str(), "user": user.as_str()}),
+                |out| {
+                    writeln!(out, "'{user}' has shared access to '{host}' again, with the owner's current access code.")?;
+                    writeln!(out, "The owner should give '{user}' that code.")
+                },
+            )
+        }
+        AdminCommand::AddAdmin { name, email } => {
+            let setup = service::add_admin(store, config, name, email.as_deref(), &by)?;
+            emit(
+                out,
+                json,
+                &serde_json::json!({"admin": name.as_str(), "setup_link": setup.link, "expires_at": setup.expires_at}),
+                |out| {
+                    writeln!(
+                        out,
+                        "# {name} opens this link once, within {} h, to set a password and a second factor:",
+                        service::ADMIN_SETUP_TTL_SECS / 3600
+                    )?;
+                    writeln!(out, "{}", setup.link)
+                },
+            )
+        }
+        AdminCommand::Admins => {
+            let admins = store.admins()?;
+            emit(out, json, &admins, |out| {
+                let rows: Vec<Vec<String>> = admins
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.name.clone(),
+                            yes(a.enrolled),
+                            yes(a.locked),
+                            a.email.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print_table(out, &["ADMIN", "ENROLLED", "LOCKED", "EMAIL"], &rows)
+            })
+        }
         AdminCommand::Unlock { host } => {
-            let left = store.unlock(host, now)?;
+            let left = service::unlock(store, host, &by)?;
             emit(
                 out,
                 json,
@@ -579,6 +620,7 @@ pub fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn invite(
     data: &DataDir,
     store: &dyn Store,
@@ -587,22 +629,13 @@ fn invite(
     out: &mut dyn Write,
     name: &str,
     kind: InviteKind,
+    by: &Actor,
 ) -> Result<(), AdminError> {
-    let relay = relay_address(config, store)?;
-    let mut secret = [0u8; 32];
-    OsRng.fill_bytes(&mut secret);
-    let secret = TokenSecret(secret);
-    let now = now_unix();
-    let expires_at = now + i64::try_from(config.invite_ttl_secs).unwrap_or(i64::MAX / 2);
-    store.create_invite(name, &kind, secret.digest(), expires_at, now)?;
-    let is_host = matches!(kind, InviteKind::Host { .. });
-    let token = Invite {
-        relay,
-        pin: data.pin(),
-        secret,
-        for_host: is_host,
-    }
-    .to_text();
+    let service::Invitation {
+        token,
+        expires_at,
+        is_host,
+    } = service::invite(store, config, &data.pin(), name, kind, by)?;
     emit(
         out,
         json,

@@ -60,6 +60,29 @@ pub struct Config {
     /// (`postgres://user:password@host/db`, or the `host=... dbname=...`
     /// form). Default `sqlite`.
     pub store: Option<String>,
+    /// TCP address of the admin console (a web page for what `admin` does),
+    /// or `off`. Plain HTTP is served only on a loopback address; any other
+    /// address needs `admin_tls_cert` and `admin_tls_key`, or
+    /// `admin_trusted_proxies` (a TLS proxy in front). Default
+    /// `127.0.0.1:8080`.
+    pub admin_listen: String,
+    /// PEM certificate chain for the console's TLS. Default: none.
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key for the console's TLS. Default: none.
+    pub admin_tls_key: Option<PathBuf>,
+    /// Addresses of reverse proxies that terminate TLS for the console.
+    /// Only their requests are served on a plain non-loopback listener, and
+    /// only theirs may say who the client is (`X-Forwarded-For`, the last
+    /// address) and that it used HTTPS (`X-Forwarded-Proto`). Default: none.
+    pub admin_trusted_proxies: Vec<std::net::IpAddr>,
+    /// The console's address as admins open it (`https://relay.example`),
+    /// for setup links. Default: derived from `admin_listen`.
+    pub admin_public_url: Option<String>,
+    /// A console session ends after this many seconds without a request.
+    /// Default 1,800.
+    pub admin_session_idle_secs: u64,
+    /// Failed console logins in a row that lock an admin account. Default 5.
+    pub admin_login_lockout: u32,
     /// Deadline for a whole handshake, from the first packet to the login
     /// verdict, in milliseconds. Default 10,000.
     pub handshake_timeout_ms: u64,
@@ -150,6 +173,13 @@ impl Default for Config {
             public_addr: None,
             data_dir: None,
             store: None,
+            admin_listen: "127.0.0.1:8080".into(),
+            admin_tls_cert: None,
+            admin_tls_key: None,
+            admin_trusted_proxies: Vec::new(),
+            admin_public_url: None,
+            admin_session_idle_secs: 1_800,
+            admin_login_lockout: 5,
             handshake_timeout_ms: 10_000,
             first_message_timeout_ms: 3_000,
             max_unauthenticated: 512,
@@ -251,6 +281,18 @@ impl Config {
     /// [`Config::login_reply_floor_ms`] as a duration.
     pub fn login_reply_floor(&self) -> Duration {
         Duration::from_millis(self.login_reply_floor_ms)
+    }
+
+    /// [`Config::admin_listen`]: the console's address, or `None` for `off`.
+    pub fn console_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.admin_listen.trim() {
+            "off" | "" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(
+                    "admin_listen must be an address such as 127.0.0.1:8080, or off".into(),
+                )
+            }),
+        }
     }
 
     /// [`Config::idle_timeout_ms`] as a duration.

@@ -19,6 +19,7 @@ pub use latchkey_protocol::close;
 mod code_registration;
 pub mod config;
 mod conn;
+pub mod console;
 pub mod datadir;
 pub mod endpoint;
 mod error;
@@ -32,6 +33,7 @@ mod presence;
 pub mod ratelimit;
 mod reboot;
 mod registry;
+pub mod service;
 mod session;
 mod settle;
 pub mod store;
@@ -92,6 +94,9 @@ pub enum RelayError {
     /// The configuration is unusable.
     #[error("{0}")]
     Config(String),
+    /// The admin console could not start.
+    #[error(transparent)]
+    Console(#[from] console::ConsoleStartError),
 }
 
 /// The default data directory: the platform's data dir for
@@ -200,6 +205,8 @@ impl Shared {
 pub struct RelayHandle {
     /// The address the endpoint is bound to.
     pub addr: SocketAddr,
+    /// The admin console's URL, unless it is off.
+    pub console_url: Option<String>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -294,6 +301,9 @@ impl Relay {
         .await
         .map_err(|e| RelayError::Config(format!("opening the store: {e}")))??;
         let store: Arc<dyn Store> = Arc::from(store);
+        let console_addr = config
+            .console_listen()
+            .map_err(|e| RelayError::Config(e.to_string()))?;
         let endpoint = endpoint::server_endpoint(&config, &data)?;
         let addr = endpoint
             .local_addr()
@@ -302,7 +312,8 @@ impl Relay {
         tokio::task::spawn_blocking(move || s.set_meta("listen_addr", &listen_addr))
             .await
             .map_err(|e| RelayError::Config(format!("writing to the store: {e}")))??;
-        let fingerprint = data.pin().fingerprint();
+        let pin = data.pin();
+        let fingerprint = pin.fingerprint();
         let mut identity = data.identity;
         identity.outsider_ksf = if config.allow_insecure_ksf {
             KsfProfile::InsecureFastForTests
@@ -310,6 +321,26 @@ impl Relay {
             KsfProfile::DEFAULT
         };
         let shutdown = CancellationToken::new();
+        let console = match console_addr {
+            Some(at) => {
+                let console = console::start(
+                    at,
+                    store.clone(),
+                    Arc::new(config.clone()),
+                    pin,
+                    None,
+                    shutdown.clone(),
+                )
+                .await?;
+                let (s, url) = (store.clone(), console.url.clone());
+                tokio::task::spawn_blocking(move || s.set_meta(service::CONSOLE_URL_META, &url))
+                    .await
+                    .map_err(|e| RelayError::Config(format!("writing to the store: {e}")))??;
+                Some(console)
+            }
+            None => None,
+        };
+        let console_url = console.as_ref().map(|c| c.url.clone());
         let settler = Settler::spawn(store.clone(), config.handshake_timeout());
         let shared = Arc::new(Shared {
             limiter: Mutex::new(RateLimiter::new(
@@ -342,12 +373,16 @@ impl Relay {
             let _ = admin_actions.await;
             let _ = outbox.await;
             let _ = audit.await;
+            if let Some(console) = console {
+                let _ = console.task.await;
+            }
             // Released last: the directory is ours until everything is written.
             drop(serving);
             let _ = store_lock.await;
         });
         Ok(RelayHandle {
             addr,
+            console_url,
             shutdown,
             task,
         })

@@ -151,6 +151,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let relay = Relay::spawn(config).await?;
         println!("latchkey-relay listening on {}", relay.addr);
+        if let Some(url) = &relay.console_url {
+            println!("admin console on {url}");
+        }
         let _ = std::io::stdout().flush();
         let asked = tokio::select! {
             _ = shutdown_signal() => true,

@@ -19,7 +19,10 @@ use tracing::{info, warn};
 use crate::{
     config::SmtpConfig,
     now_unix,
-    store::{notice::ADMIN, AuditRow, OutboxRow, StoreError},
+    store::{
+        notice::{ADMIN, CONSOLE_ADMIN_PREFIX},
+        AuditRow, OutboxRow, StoreError,
+    },
     Shared,
 };
 
@@ -252,6 +255,11 @@ async fn deliver(shared: &Arc<Shared>, mailer: Option<&Mailer>, n: OutboxRow) {
         _ => {
             let address = if n.recipient == ADMIN {
                 shared.config.admin_email.clone()
+            } else if let Some(admin) = n.recipient.strip_prefix(CONSOLE_ADMIN_PREFIX) {
+                let admin = admin.to_string();
+                blocking(shared, move |s| s.admin_email(&admin))
+                    .await
+                    .flatten()
             } else {
                 let who = n.recipient.clone();
                 blocking(shared, move |s| s.user_email(&who))

@@ -25,7 +25,7 @@ use latchkey_server::{
     config::Config,
     datadir::DataDir,
     fault::{self, Fault, Step},
-    store::{InviteKind, SqliteStore, Store},
+    store::{Actor, InviteKind, SqliteStore, Store},
     Relay, RelayHandle,
 };
 use rand::rngs::OsRng;
@@ -63,6 +63,7 @@ impl Harness {
             per_source_burst: 1_000_000,
             per_source_per_sec: 1_000_000.0,
             login_reply_floor_ms: 0,
+            admin_listen: "off".into(),
             ..Config::default()
         };
         let relay = Relay::spawn(config).await?;
@@ -76,14 +77,14 @@ impl Harness {
         let users = [("alice", &alice, 1u8), ("bob", &bob, 2)];
         for (name, key, n) in users {
             let kind = InviteKind::User { email: None };
-            store.create_invite(name, &kind, [n; 32], i64::MAX / 2, 0)?;
+            store.create_invite(name, &kind, [n; 32], i64::MAX / 2, &Actor::cli(), 0)?;
             store.redeem_invite([n; 32], key.public, Platform::Linux, source, 0)?;
         }
         let kind = InviteKind::Host {
             owner: "alice".parse()?,
             lockout_threshold: 1_000,
         };
-        store.create_invite("mypc", &kind, [3; 32], i64::MAX / 2, 0)?;
+        store.create_invite("mypc", &kind, [3; 32], i64::MAX / 2, &Actor::cli(), 0)?;
         let host_key = Keypair::generate(&mut OsRng);
         store.redeem_invite([3; 32], host_key.public, Platform::Linux, source, 0)?;
         // The host's side of OPAQUE registration, against the relay's keys.
@@ -99,7 +100,7 @@ impl Harness {
             record: validate_upload(&upload)?,
         };
         store.set_code(&host, &CodeTarget::Owner, &record, 0)?;
-        store.grant(&host, &"bob".parse()?, 0)?;
+        store.grant(&host, &"bob".parse()?, &Actor::cli(), 0)?;
         Ok(Self {
             pin: keys.pin(),
             _dir: dir,
@@ -364,7 +365,7 @@ async fn a_revoke_before_the_verdict_refuses_a_right_code_counts_nothing_and_sta
     wire::write_message(&mut send, &msg1).await?;
     let msg2 = wire::read_message(&mut recv).await?;
     // The admin revokes while bob's attempt is pending.
-    h.store.revoke(&h.host, &"bob".parse()?, 1)?;
+    h.store.revoke(&h.host, &"bob".parse()?, &Actor::cli(), 1)?;
     let InitiatorReply::SendKe3 { msg3, awaiting } =
         init.read_msg2(&mut OsRng, &msg2, Some(&code))?
     else {
@@ -400,7 +401,7 @@ async fn abandoned_attempts_lock_the_host_and_after_an_unlock_the_owner_gets_in(
     let _serial = SERIAL.lock().await;
     let h = Harness::start().await?;
     h.store
-        .set_policy(&h.host, None, Some(3), 1)
+        .set_policy(&h.host, None, Some(3), &Actor::cli(), 1)
         .context("policy")?;
     for peer in [
         Peer::StopsReadingAfterMsg1,
@@ -417,7 +418,7 @@ async fn abandoned_attempts_lock_the_host_and_after_an_unlock_the_owner_gets_in(
         got.contains("ocked"),
         "a locked host let the owner in: {got}"
     );
-    assert_eq!(h.store.unlock(&h.host, 2)?, 0);
+    assert_eq!(h.store.unlock(&h.host, &Actor::cli(), 2)?, 0);
     let got = attempt(&h, "alice", &h.alice, CODE, Peer::Proper).await;
     assert!(got.starts_with("Accepted"), "{got}");
     h.settled("after unlock").await?;

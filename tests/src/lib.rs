@@ -246,6 +246,8 @@ impl Relay {
         let mut cmd = Command::new(bin("latchkey-relay"));
         cmd.arg("--data-dir").arg(&self.data_dir);
         cmd.env("LATCHKEY_LOG", "info,quinn=warn");
+        // Tests run many relays at once: no console unless a test asks.
+        cmd.env("LATCHKEY_RELAY_ADMIN_LISTEN", "off");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -91,6 +91,7 @@ async fn a_second_relay_on_the_same_database_refuses_and_its_admin_cli_still_wor
         .arg("--data-dir")
         .arg(&second_dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("LATCHKEY_RELAY_ADMIN_LISTEN", "off")
         .envs(w.relay.env.iter().cloned())
         .output()?;
     assert!(!refused.status.success());

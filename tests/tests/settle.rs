@@ -99,7 +99,8 @@ async fn a_second_relay_on_the_same_data_directory_refuses_and_the_admin_cli_sti
         std::process::Command::new(bin("latchkey-relay"))
             .arg("--data-dir")
             .arg(&w.relay.data_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"]),
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("LATCHKEY_RELAY_ADMIN_LISTEN", "off"),
         std::fs::File::create(&log)?,
     )?;
     let status = second.wait_exit()?;

@@ -4,6 +4,7 @@
 //! one without touching the relay logic. Every method commits before it
 //! returns (SPEC B2).
 
+mod accounts;
 pub mod notice;
 mod postgres;
 mod relational;
@@ -14,6 +15,7 @@ pub(crate) mod suite;
 
 use std::net::IpAddr;
 
+pub use accounts::{AdminAccounts, AdminCredentials, AdminRow, ConsoleLogin};
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::CodeRecord,
@@ -182,6 +184,9 @@ pub struct UserRow {
     pub enrolled: bool,
     /// Email for notices, if any.
     pub email: Option<String>,
+    /// The enrolled device's key fingerprint (first 8 bytes of its
+    /// SHA-256, hex), if any.
+    pub device: Option<String>,
 }
 
 /// A host as the admin sees it.
@@ -208,6 +213,8 @@ pub struct HostStatus {
     pub locked: bool,
     /// Whether the agent is connected to a relay now.
     pub online: bool,
+    /// When the agent last connected or left (Unix seconds), if ever.
+    pub last_seen: Option<UnixTime>,
     /// Secondary users.
     pub grants: Vec<String>,
 }
@@ -252,6 +259,67 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
 }
 
+/// Who made an admin change, for its audit row: the admin CLI (run by
+/// an account on the relay's machine) or an admin of the console, from an
+/// address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// `admin CLI (root)` or `console admin 'alice'`.
+    pub name: String,
+    /// Where the console request came from.
+    pub source: Option<IpAddr>,
+}
+
+impl Actor {
+    /// The admin CLI, run by the current OS account.
+    pub fn cli() -> Self {
+        let account = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown account".into());
+        Self {
+            name: format!("admin CLI ({account})"),
+            source: None,
+        }
+    }
+
+    /// An admin signed in to the console.
+    pub fn console(admin: &str, source: IpAddr) -> Self {
+        Self {
+            name: format!("console admin '{admin}'"),
+            source: Some(source),
+        }
+    }
+
+    /// The audit detail naming this actor.
+    pub(crate) fn detail(&self) -> String {
+        format!("by {}", self.name)
+    }
+}
+
+/// A grant as the admin sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrantRow {
+    /// The secondary user.
+    pub user: String,
+    /// When shared access was granted (Unix seconds).
+    pub granted_at: UnixTime,
+    /// When the owner set the access code the grant inherited.
+    pub code_set_at: Option<UnixTime>,
+}
+
+/// Which audit rows to show.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only about this host.
+    pub host: Option<String>,
+    /// Only about this user.
+    pub user: Option<String>,
+    /// Only this event (`login-failed`, `grant`, ...).
+    pub event: Option<String>,
+    /// Only rows older than this id (the next page).
+    pub before: Option<i64>,
+}
+
 /// An audit event about to be written.
 #[derive(Clone, Debug, Default)]
 pub struct Event<'a> {
@@ -268,7 +336,7 @@ pub struct Event<'a> {
 }
 
 /// The relay's durable state.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AdminAccounts + Send + Sync + 'static {
     /// Reads a setting the relay keeps about itself.
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Writes a setting the relay keeps about itself.
@@ -281,6 +349,7 @@ pub trait Store: Send + Sync + 'static {
         kind: &InviteKind,
         digest: [u8; 32],
         expires_at: UnixTime,
+        by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Redeems an invite exactly once, registering the device key.
@@ -357,12 +426,34 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Gives `user` shared access to `host` with the owner's current code.
-    fn grant(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError>;
+    fn grant(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
     /// Removes a grant.
-    fn revoke(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError>;
+    fn revoke(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Revokes USER's grant and grants it again in one commit, so it
+    /// inherits the owner's current code (their sessions end as for a
+    /// revoke).
+    fn regrant(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
     /// Unlocks a host and clears every user's failures; returns the count
     /// left (attempts still pending stay counted until settled).
-    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<u32, StoreError>;
+    fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<u32, StoreError>;
 
     /// Records which host agents connected or left, in one commit.
     fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError>;
@@ -383,6 +474,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: &UserName,
         email: Option<&str>,
+        by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// A user's email address.
@@ -393,6 +485,7 @@ pub trait Store: Send + Sync + 'static {
         host: &HostName,
         shared_access: Option<bool>,
         lockout_threshold: Option<u32>,
+        by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Records the end of a session (audit row, and for a secondary user the
@@ -474,4 +567,11 @@ pub trait Store: Send + Sync + 'static {
         since: Option<UnixTime>,
         limit: usize,
     ) -> Result<Vec<AuditRow>, StoreError>;
+    /// A host's secondary users, with when each was granted and when the
+    /// code it inherited was set.
+    fn grants_of(&self, host: &HostName) -> Result<Vec<GrantRow>, StoreError>;
+    /// At most `limit` audit rows that match `filter`, newest first.
+    fn audit_page(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
+    /// How many audit rows of each event were written at or after `since`.
+    fn audit_counts(&self, since: UnixTime) -> Result<Vec<(String, u64)>, StoreError>;
 }

@@ -121,3 +121,34 @@ pub fn locked(host: &str, owner: &str, cause: &str, failures: u32) -> Notice {
         ),
     }
 }
+
+/// Recipients prefixed with this are console admins, by name (their
+/// address is in the admins table).
+pub const CONSOLE_ADMIN_PREFIX: &str = "admin:";
+
+/// A console admin account was locked by failed logins: the other admins
+/// (and the configured admin address) are told.
+pub fn console_admin_locked(
+    name: &str,
+    failures: i64,
+    source: std::net::IpAddr,
+    others: &[String],
+) -> Notice {
+    let mut to = vec![(Channel::Email, ADMIN.to_string())];
+    to.extend(
+        others
+            .iter()
+            .map(|o| (Channel::Email, format!("{CONSOLE_ADMIN_PREFIX}{o}"))),
+    );
+    Notice {
+        to,
+        subject: format!("Console account {name} locked after {failures} failed logins"),
+        body: format!(
+            "The admin console locked the account {name}: {failures} logins\n\
+             in a row failed, the last from {source}.\n\
+             If that was not {name}, someone is guessing the password.\n\
+             To unlock it, give {name} a new setup link:\n\
+             latchkey-relay admin add-admin {name}\n"
+        ),
+    }
+}

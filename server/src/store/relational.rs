@@ -17,8 +17,8 @@ use crate::lockout::{self, Admission, Proof, Settlement, Tally, VoidReason};
 use super::{
     notice::{self, Notice},
     sql::{args, audit_row, Backend, EventFeed, Row, Tx},
-    AttemptId, AuditRow, Enrolled, Event, HostStatus, InviteKind, OutboxRow, Store, StoreError,
-    UnixTime, UserRow,
+    Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus, InviteKind,
+    OutboxRow, Store, StoreError, UnixTime, UserRow,
 };
 
 /// A store on the SQL backend `B`.
@@ -29,14 +29,14 @@ pub struct SqlStore<B> {
 // `Backend` is sealed: only this crate's backends implement it.
 #[allow(private_bounds)]
 impl<B: Backend> SqlStore<B> {
-    fn write<T>(
+    pub(super) fn write<T>(
         &self,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.backend.write(&mut body)
     }
 
-    fn read<T>(
+    pub(super) fn read<T>(
         &self,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -51,6 +51,16 @@ fn key_from(blob: Option<Vec<u8>>) -> Result<Option<PublicKey>, StoreError> {
             .map_err(|_| StoreError::Corrupt("device key is not 32 bytes".into()))
     })
     .transpose()
+}
+
+/// A device key as the admin sees it: the first 8 bytes of its SHA-256,
+/// in hex.
+fn fingerprint(key: &PublicKey) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.0)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn user_id(tx: &mut dyn Tx, user: &str) -> Result<i64, StoreError> {
@@ -70,7 +80,11 @@ fn host_ids(tx: &mut dyn Tx, host: &str) -> Result<(i64, i64), StoreError> {
     Ok((row.int(0)?, row.int(1)?))
 }
 
-fn insert_audit(tx: &mut dyn Tx, e: &Event<'_>, now: UnixTime) -> Result<(), StoreError> {
+pub(super) fn insert_audit(
+    tx: &mut dyn Tx,
+    e: &Event<'_>,
+    now: UnixTime,
+) -> Result<(), StoreError> {
     let source = e.source.map(|s| s.to_string());
     tx.exec(
         r#"INSERT INTO audit (at, event, host, "user", source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"#,
@@ -265,7 +279,7 @@ fn enqueue_for_owner(
 
 /// Queues a notice in the same transaction as the event it reports, so a
 /// notice exists exactly when its event does (SPEC B2).
-fn enqueue(tx: &mut dyn Tx, notice: &Notice, now: UnixTime) -> Result<(), StoreError> {
+pub(super) fn enqueue(tx: &mut dyn Tx, notice: &Notice, now: UnixTime) -> Result<(), StoreError> {
     for (channel, recipient) in &notice.to {
         tx.exec(
             "INSERT INTO outbox (channel, recipient, subject, body, created_at, next_attempt_at)
@@ -290,6 +304,22 @@ fn owner_of(tx: &mut dyn Tx, host_id: i64) -> Result<String, StoreError> {
     .text(0)
 }
 
+/// An admin change's audit row: who made it, and from where.
+fn by_admin<'a>(
+    event: &'a str,
+    host: Option<&'a str>,
+    user: Option<&'a str>,
+    by: &Actor,
+) -> Event<'a> {
+    Event {
+        event,
+        host,
+        user,
+        source: by.source,
+        detail: Some(by.detail()),
+    }
+}
+
 fn event<'a>(event: &'a str, host: Option<&'a str>, user: Option<&'a str>) -> Event<'a> {
     Event {
         event,
@@ -299,13 +329,101 @@ fn event<'a>(event: &'a str, host: Option<&'a str>, user: Option<&'a str>) -> Ev
     }
 }
 
+/// Gives `user` shared access to `host` with the owner's current code,
+/// inside `tx`.
+fn grant_in(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+    by: &Actor,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+    let user_id = user_id(tx, user.as_str())?;
+    let r = tx.row(
+        "SELECT h.shared_access, g.record_id FROM hosts h
+             JOIN grants g ON g.host_id = h.id AND g.is_owner = 1 WHERE h.id = ?1",
+        args![host_id],
+    )?;
+    let (shared, owner_record) = (r.flag(0)?, r.opt_blob(1)?);
+    if !shared {
+        return Err(StoreError::Refused(format!(
+            "shared access is disabled on host '{host}': enable it first"
+        )));
+    }
+    if user_id == owner_id {
+        return Err(StoreError::Refused(format!(
+            "'{user}' owns host '{host}' already"
+        )));
+    }
+    let Some(record) = owner_record else {
+        return Err(StoreError::Refused(format!(
+            "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
+        )));
+    };
+    let generation = tx
+        .row(
+            "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
+                 WHERE key = 'grant_generation' RETURNING CAST(value AS BIGINT)",
+            args![],
+        )?
+        .int(0)?;
+    let inserted = tx.exec(
+        "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT DO NOTHING",
+        args![host_id, user_id, &record, now, generation],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::Refused(format!(
+                "'{user}' has shared access to '{host}' already (revoke and grant again to give them the current code)"
+            )));
+    }
+    insert_audit(
+        tx,
+        &by_admin("grant", Some(host.as_str()), Some(user.as_str()), by),
+        now,
+    )?;
+    enqueue_for_owner(tx, host_id, now, |owner| {
+        notice::granted(host.as_str(), owner, user.as_str())
+    })
+}
+
+/// Takes `user`'s shared access to `host` away, inside `tx`.
+fn revoke_in(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+    by: &Actor,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let (host_id, _) = host_ids(tx, host.as_str())?;
+    let user_id = user_id(tx, user.as_str())?;
+    let removed = tx.exec(
+        "DELETE FROM grants WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
+        args![host_id, user_id],
+    )?;
+    if removed == 0 {
+        return Err(StoreError::Refused(format!(
+            "'{user}' has no shared access to '{host}'"
+        )));
+    }
+    insert_audit(
+        tx,
+        &by_admin("revoke", Some(host.as_str()), Some(user.as_str()), by),
+        now,
+    )?;
+    enqueue_for_owner(tx, host_id, now, |owner| {
+        notice::revoked(host.as_str(), owner, user.as_str())
+    })
+}
+
 /// One host as the admin sees it, inside `tx`.
 fn host_status(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
     let r = tx.row(
         "SELECT h.name, o.name, CASE WHEN h.device_key IS NULL THEN 0 ELSE 1 END, h.platform,
                 CASE WHEN g.record_id IS NULL THEN 0 ELSE 1 END,
                 h.shared_access, h.lockout_threshold,
-                CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END, h.online
+                CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END, h.online, h.last_seen
          FROM hosts h JOIN users o ON o.id = h.owner_id
          JOIN grants g ON g.host_id = h.id AND g.is_owner = 1
          WHERE h.id = ?1",
@@ -331,6 +449,7 @@ fn host_status(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         failures: tally(tx, id)?.count(),
         locked: r.flag(7)?,
         online: r.flag(8)?,
+        last_seen: r.opt_int(9)?,
         grants,
     })
 }
@@ -367,6 +486,7 @@ impl<B: Backend> Store for SqlStore<B> {
         kind: &InviteKind,
         digest: [u8; 32],
         expires_at: UnixTime,
+        by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -431,11 +551,15 @@ impl<B: Backend> Store for SqlStore<B> {
                 String::new()
             };
             let e = Event {
-                detail: Some(format!("expires at {expires_at}{cancelled}")),
-                ..event(
+                detail: Some(format!(
+                    "expires at {expires_at}{cancelled}; {}",
+                    by.detail()
+                )),
+                ..by_admin(
                     "invite-created",
                     (kind_text == "host").then_some(name),
                     (kind_text == "user").then_some(name),
+                    by,
                 )
             };
             insert_audit(tx, &e, now)
@@ -675,84 +799,40 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
-    fn grant(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError> {
+    fn grant(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| grant_in(tx, host, user, by, now))
+    }
+
+    fn revoke(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| revoke_in(tx, host, user, by, now))
+    }
+
+    fn regrant(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
-            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
-            let user_id = user_id(tx, user.as_str())?;
-            let r = tx.row(
-                "SELECT h.shared_access, g.record_id FROM hosts h
-                 JOIN grants g ON g.host_id = h.id AND g.is_owner = 1 WHERE h.id = ?1",
-                args![host_id],
-            )?;
-            let (shared, owner_record) = (r.flag(0)?, r.opt_blob(1)?);
-            if !shared {
-                return Err(StoreError::Refused(format!(
-                    "shared access is disabled on host '{host}': enable it first"
-                )));
-            }
-            if user_id == owner_id {
-                return Err(StoreError::Refused(format!(
-                    "'{user}' owns host '{host}' already"
-                )));
-            }
-            let Some(record) = owner_record else {
-                return Err(StoreError::Refused(format!(
-                    "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
-                )));
-            };
-            let generation = tx
-                .row(
-                    "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
-                     WHERE key = 'grant_generation' RETURNING CAST(value AS BIGINT)",
-                    args![],
-                )?
-                .int(0)?;
-            let inserted = tx.exec(
-                "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation)
-                 VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT DO NOTHING",
-                args![host_id, user_id, &record, now, generation],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::Refused(format!(
-                    "'{user}' has shared access to '{host}' already (revoke and grant again to give them the current code)"
-                )));
-            }
-            insert_audit(
-                tx,
-                &event("grant", Some(host.as_str()), Some(user.as_str())),
-                now,
-            )?;
-            enqueue_for_owner(tx, host_id, now, |owner| {
-                notice::granted(host.as_str(), owner, user.as_str())
-            })
+            revoke_in(tx, host, user, by, now)?;
+            grant_in(tx, host, user, by, now)
         })
     }
 
-    fn revoke(&self, host: &HostName, user: &UserName, now: UnixTime) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let (host_id, _) = host_ids(tx, host.as_str())?;
-            let user_id = user_id(tx, user.as_str())?;
-            let removed = tx.exec(
-                "DELETE FROM grants WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
-                args![host_id, user_id],
-            )?;
-            if removed == 0 {
-                return Err(StoreError::Refused(format!(
-                    "'{user}' has no shared access to '{host}'"
-                )));
-            }
-            insert_audit(
-                tx,
-                &event("revoke", Some(host.as_str()), Some(user.as_str())),
-                now,
-            )?;
-            enqueue_for_owner(tx, host_id, now, |owner| {
-                notice::revoked(host.as_str(), owner, user.as_str())
-            })
-        })
-    }
-
-    fn unlock(&self, host: &HostName, now: UnixTime) -> Result<u32, StoreError> {
+    fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<u32, StoreError> {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
             tx.exec(
@@ -763,18 +843,19 @@ impl<B: Backend> Store for SqlStore<B> {
                 "DELETE FROM user_failures WHERE host_id = ?1",
                 args![host_id],
             )?;
-            insert_audit(tx, &event("unlock", Some(host.as_str()), None), now)?;
+            insert_audit(tx, &by_admin("unlock", Some(host.as_str()), None, by), now)?;
             // Attempts still pending stay counted until they are settled.
             Ok(tally(tx, host_id)?.count())
         })
     }
 
     fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError> {
+        let now = crate::now_unix();
         self.write(|tx| {
             for (host, online) in changes {
                 tx.exec(
-                    "UPDATE hosts SET online = ?1 WHERE name = ?2",
-                    args![*online, host.as_str()],
+                    "UPDATE hosts SET online = ?1, last_seen = ?3 WHERE name = ?2",
+                    args![*online, host.as_str(), now],
                 )?;
             }
             Ok(())
@@ -783,7 +864,11 @@ impl<B: Backend> Store for SqlStore<B> {
 
     fn clear_online(&self) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.exec("UPDATE hosts SET online = 0", args![])?;
+            tx.exec(
+                "UPDATE hosts SET online = 0,
+                 last_seen = CASE WHEN online = 1 THEN ?1 ELSE last_seen END",
+                args![crate::now_unix()],
+            )?;
             Ok(())
         })
     }
@@ -791,16 +876,17 @@ impl<B: Backend> Store for SqlStore<B> {
     fn users(&self) -> Result<Vec<UserRow>, StoreError> {
         self.read(|tx| {
             tx.rows(
-                "SELECT name, CASE WHEN device_key IS NULL THEN 0 ELSE 1 END, email
-                 FROM users ORDER BY name",
+                "SELECT name, device_key, email FROM users ORDER BY name",
                 args![],
             )?
             .iter()
             .map(|r| {
+                let device = key_from(r.opt_blob(1)?)?;
                 Ok(UserRow {
                     name: r.text(0)?,
-                    enrolled: r.flag(1)?,
+                    enrolled: device.is_some(),
                     email: r.opt_text(2)?,
+                    device: device.map(|k| fingerprint(&k)),
                 })
             })
             .collect()
@@ -857,6 +943,7 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         user: &UserName,
         email: Option<&str>,
+        by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -865,7 +952,11 @@ impl<B: Backend> Store for SqlStore<B> {
                 "UPDATE users SET email = ?1 WHERE id = ?2",
                 args![email, id],
             )?;
-            insert_audit(tx, &event("email-changed", None, Some(user.as_str())), now)
+            insert_audit(
+                tx,
+                &by_admin("email-changed", None, Some(user.as_str()), by),
+                now,
+            )
         })
     }
 
@@ -884,6 +975,7 @@ impl<B: Backend> Store for SqlStore<B> {
         host: &HostName,
         shared_access: Option<bool>,
         lockout_threshold: Option<u32>,
+        by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -922,15 +1014,16 @@ impl<B: Backend> Store for SqlStore<B> {
                 }
             }
             let detail = format!(
-                "shared access {}, lockout threshold {}",
+                "shared access {}, lockout threshold {}; {}",
                 shared_access.map_or("unchanged", |s| if s { "enabled" } else { "disabled" }),
-                lockout_threshold.map_or("unchanged".to_string(), |t| t.to_string())
+                lockout_threshold.map_or("unchanged".to_string(), |t| t.to_string()),
+                by.detail()
             );
             insert_audit(
                 tx,
                 &Event {
                     detail: Some(detail),
-                    ..event("policy", Some(host.as_str()), None)
+                    ..by_admin("policy", Some(host.as_str()), None, by)
                 },
                 now,
             )
@@ -1193,6 +1286,63 @@ impl<B: Backend> Store for SqlStore<B> {
                 .collect::<Result<Vec<_>, _>>()?;
             out.reverse();
             Ok(out)
+        })
+    }
+
+    fn grants_of(&self, host: &HostName) -> Result<Vec<GrantRow>, StoreError> {
+        self.read(|tx| {
+            let (host_id, _) = host_ids(tx, host.as_str())?;
+            tx.rows(
+                "SELECT u.name, g.created_at, c.created_at FROM grants g
+                 JOIN users u ON u.id = g.user_id
+                 LEFT JOIN code_records c ON c.id = g.record_id
+                 WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
+                args![host_id],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(GrantRow {
+                    user: r.text(0)?,
+                    granted_at: r.int(1)?,
+                    code_set_at: r.opt_int(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn audit_page(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        self.read(|tx| {
+            tx.rows(
+                r#"SELECT id, at, event, host, "user", source, detail FROM audit
+                   WHERE (CAST(?1 AS TEXT) IS NULL OR host = ?1)
+                     AND (CAST(?2 AS TEXT) IS NULL OR "user" = ?2)
+                     AND (CAST(?3 AS TEXT) IS NULL OR event = ?3)
+                     AND (CAST(?4 AS BIGINT) IS NULL OR id < ?4)
+                   ORDER BY id DESC LIMIT ?5"#,
+                args![
+                    filter.host.as_deref(),
+                    filter.user.as_deref(),
+                    filter.event.as_deref(),
+                    filter.before,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+            )?
+            .iter()
+            .map(audit_row)
+            .collect()
+        })
+    }
+
+    fn audit_counts(&self, since: UnixTime) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|tx| {
+            tx.rows(
+                "SELECT event, COUNT(*) FROM audit WHERE at >= ?1 GROUP BY event ORDER BY event",
+                args![since],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, u64::try_from(r.int(1)?).unwrap_or(0))))
+            .collect()
         })
     }
 }

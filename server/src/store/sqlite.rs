@@ -169,6 +169,23 @@ ALTER TABLE grants ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE attempts ADD COLUMN grant_generation INTEGER;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('grant_generation', '0');
 "#,
+    // The admin console: its accounts, and when each host was last seen.
+    r#"
+ALTER TABLE hosts ADD COLUMN last_seen INTEGER;
+CREATE TABLE admins (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    email TEXT,
+    password_hash TEXT,
+    totp_secret BLOB,
+    totp_last_step INTEGER NOT NULL DEFAULT 0,
+    setup_digest BLOB UNIQUE,
+    setup_expires_at INTEGER,
+    failures INTEGER NOT NULL DEFAULT 0,
+    locked_at INTEGER,
+    created_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.

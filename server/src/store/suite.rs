@@ -18,7 +18,7 @@ use latchkey_protocol::{
 };
 use proptest::prelude::*;
 
-use super::{AttemptId, Event, InviteKind, Store};
+use super::{Actor, AttemptId, Event, InviteKind, Store};
 use crate::lockout::{Proof, Settlement, VoidReason};
 
 const THRESHOLD: u32 = 3;
@@ -111,7 +111,7 @@ impl World {
         for (i, u) in users.iter().enumerate() {
             let kind = InviteKind::User { email: None };
             store
-                .create_invite(u.as_str(), &kind, [i as u8 + 1; 32], 10, 0)
+                .create_invite(u.as_str(), &kind, [i as u8 + 1; 32], 10, &Actor::cli(), 0)
                 .expect("invite");
         }
         let host: HostName = "mypc".parse().expect("name");
@@ -120,7 +120,7 @@ impl World {
             lockout_threshold: THRESHOLD,
         };
         store
-            .create_invite("mypc", &kind, [9; 32], 10, 0)
+            .create_invite("mypc", &kind, [9; 32], 10, &Actor::cli(), 0)
             .expect("host");
         let mut w = Self {
             store,
@@ -130,7 +130,9 @@ impl World {
         };
         w.set_code(0, 0, &CodeTarget::Owner);
         for u in 1..3 {
-            w.store.grant(&w.host, &w.users[u], 0).expect("grant");
+            w.store
+                .grant(&w.host, &w.users[u], &Actor::cli(), 0)
+                .expect("grant");
         }
         w
     }
@@ -166,14 +168,21 @@ pub(crate) fn alice_owns_mypc(
     let alice: UserName = "alice".parse().expect("name");
     let host: HostName = "mypc".parse().expect("name");
     store
-        .create_invite("alice", &InviteKind::User { email: None }, [1; 32], 10, 0)
+        .create_invite(
+            "alice",
+            &InviteKind::User { email: None },
+            [1; 32],
+            10,
+            &Actor::cli(),
+            0,
+        )
         .expect("invite");
     let kind = InviteKind::Host {
         owner: alice.clone(),
         lockout_threshold: threshold,
     };
     store
-        .create_invite("mypc", &kind, [2; 32], 10, 0)
+        .create_invite("mypc", &kind, [2; 32], 10, &Actor::cli(), 0)
         .expect("host");
     let record = CodeRecord {
         id: RecordId([5; 16]),
@@ -204,7 +213,9 @@ pub(crate) fn lowering_the_threshold_to_the_failures_counted_locks_at_once(store
             .expect("settle");
     }
     assert!(!store.host_status(&host).expect("status").locked);
-    store.set_policy(&host, None, Some(2), 2).expect("policy");
+    store
+        .set_policy(&host, None, Some(2), &Actor::cli(), 2)
+        .expect("policy");
     let status = store.host_status(&host).expect("status");
     assert!(status.locked && status.failures == 2, "{status:?}");
 }
@@ -314,12 +325,18 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Revoke(u) => {
-                let revoked = w.store.revoke(&w.host, &w.users[u], now).is_ok();
+                let revoked = w
+                    .store
+                    .revoke(&w.host, &w.users[u], &Actor::cli(), now)
+                    .is_ok();
                 prop_assert_eq!(revoked, model.grants[u].is_some());
                 model.grants[u] = None;
             }
             Op::Grant(u) => {
-                let granted = w.store.grant(&w.host, &w.users[u], now).is_ok();
+                let granted = w
+                    .store
+                    .grant(&w.host, &w.users[u], &Actor::cli(), now)
+                    .is_ok();
                 prop_assert_eq!(granted, model.grants[u].is_none());
                 if granted {
                     model.generations += 1;
@@ -342,7 +359,7 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.grants[u] = model.grants[u].map(|(_, generation)| (n, generation));
             }
             Op::Unlock => {
-                let left = w.store.unlock(&w.host, now).expect("unlock");
+                let left = w.store.unlock(&w.host, &Actor::cli(), now).expect("unlock");
                 model.locked = false;
                 model.failures = [0; 3];
                 prop_assert_eq!(left, model.count());
@@ -405,10 +422,11 @@ pub(crate) fn attempts_from_many_connections_at_once_evaluate_exactly_the_thresh
                 &InviteKind::User { email: None },
                 [100 + i as u8; 32],
                 10,
+                &Actor::cli(),
                 0,
             )
             .expect("invite");
-        store.grant(&host, user, 0).expect("grant");
+        store.grant(&host, user, &Actor::cli(), 0).expect("grant");
     }
     let reserved: u32 = std::thread::scope(|scope| {
         let handles: Vec<_> = users
@@ -506,7 +524,7 @@ pub(crate) fn a_ticket_redeemed_from_many_connections_succeeds_exactly_once(open
         lockout_threshold: 3,
     };
     store
-        .create_invite("other", &kind, [3; 32], 10, 0)
+        .create_invite("other", &kind, [3; 32], 10, &Actor::cli(), 0)
         .expect("invite");
     store
         .create_ticket([10; 32], &host, &alice, "s3", 1_000, 0)

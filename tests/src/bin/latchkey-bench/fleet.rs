@@ -24,7 +24,7 @@ use latchkey_protocol::{
 };
 use latchkey_server::{
     datadir::DB_FILE,
-    store::{InviteKind, SqliteStore, Store},
+    store::{Actor, InviteKind, SqliteStore, Store},
 };
 use latchkey_tests::{unlimited, World};
 use rand::{rngs::OsRng, RngCore};
@@ -48,7 +48,7 @@ fn enrol(w: &World, n: usize, key: &Keypair) -> Result<Vec<HostName>> {
                 owner: owner.clone(),
                 lockout_threshold: 3,
             };
-            store.create_invite(&name, &kind, digest, now + 3600, now)?;
+            store.create_invite(&name, &kind, digest, now + 3600, &Actor::cli(), now)?;
             store.redeem_invite(
                 digest,
                 key.public,

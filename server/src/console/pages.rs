@@ -1,0 +1,406 @@
+//! The console's pages: what the CLI's listing commands show, for people.
+//! Reading only; the forms on them post to [`super::actions`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use latchkey_protocol::ids::HostName;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::{auth::SignedIn, paths, view, ConsoleError, ConsoleState};
+use crate::{
+    now_unix,
+    store::{AuditFilter, AuditRow, GrantRow, HostStatus},
+};
+
+/// Rows per page of the audit log.
+const AUDIT_PAGE: usize = 50;
+/// Notices shown on the outbox page.
+const OUTBOX_ROWS: usize = 200;
+
+/// What an action did, shown on the page it returns to. A fixed list, so a
+/// link cannot make the console say anything else.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Done {
+    Granted,
+    Revoked,
+    Regranted,
+    Unlocked,
+    Policy,
+    Email,
+}
+
+impl Done {
+    fn text(self) -> &'static str {
+        match self {
+            Self::Granted => "Shared access granted: the owner was told to give the user their current access code.",
+            Self::Revoked => "Shared access revoked: the user's sessions on this host were ended.",
+            Self::Regranted => "Shared access granted again: the user now inherits the owner's current access code.",
+            Self::Unlocked => "Host unlocked: its failure count is back to zero.",
+            Self::Policy => "Policy saved.",
+            Self::Email => "Email address saved.",
+        }
+    }
+}
+
+/// The query of a page an action returns to.
+#[derive(Deserialize)]
+pub(super) struct DoneQuery {
+    done: Option<Done>,
+}
+
+fn events_table(rows: &[AuditRow]) -> Markup {
+    html! {
+        div.table { table {
+            thead { tr { th { "When" } th { "Event" } th { "Host" } th { "User" } th { "From" } th { "Detail" } } }
+            tbody {
+                @for r in rows {
+                    tr {
+                        td { (view::time(r.at)) }
+                        td { (r.event) }
+                        td { @if let Some(h) = &r.host { a href=(paths::host(h)) { (h) } } }
+                        td { (r.user.as_deref().unwrap_or("")) }
+                        td { (r.source.as_deref().unwrap_or("")) }
+                        td { (r.detail.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        } }
+    }
+}
+
+/// GET /
+pub(super) async fn overview(
+    State(state): State<Arc<ConsoleState>>,
+    me: SignedIn,
+) -> Result<Markup, ConsoleError> {
+    let since = now_unix() - 3600;
+    let (hosts, counts, newest) = state
+        .blocking(move |s| {
+            Ok((
+                s.hosts()?,
+                s.audit_counts(since)?,
+                s.audit_page(&AuditFilter::default(), 15)?,
+            ))
+        })
+        .await?;
+    let count = |event: &str| {
+        counts
+            .iter()
+            .find(|(e, _)| e == event)
+            .map_or(0, |(_, n)| *n)
+    };
+    let online = hosts.iter().filter(|h| h.online).count();
+    let locked: Vec<&HostStatus> = hosts.iter().filter(|h| h.locked).collect();
+    let failures = count("login-failed") + count("login-locked");
+    let body = html! {
+        div.cards {
+            div.card { b { (online) " / " (hosts.len()) } "hosts online" }
+            div.card { b.bad[!locked.is_empty()] { (locked.len()) } "hosts locked" }
+            div.card { b { (count("login-ok")) } "logins in the last hour" }
+            div.card { b.bad[failures > 0] { (failures) } "failed logins in the last hour" }
+        }
+        @if !locked.is_empty() {
+            h2 { "Locked hosts" }
+            ul { @for h in &locked { li { a href=(paths::host(&h.name)) { (h.name) } " (owner " (h.owner) ")" } } }
+        }
+        h2 { "Newest events" }
+        (events_table(&newest))
+        p { a href=(paths::AUDIT) { "The whole audit log" } }
+    };
+    Ok(view::page("Overview", Some((&me.admin, &me.csrf)), body))
+}
+
+fn grants_cell(grants: &[GrantRow]) -> Markup {
+    html! {
+        @for (i, g) in grants.iter().enumerate() {
+            @if i > 0 { ", " }
+            (g.user)
+            @if let Some(at) = g.code_set_at { " (code of " (view::time(at)) ")" }
+        }
+    }
+}
+
+/// GET /hosts
+pub(super) async fn hosts(
+    State(state): State<Arc<ConsoleState>>,
+    me: SignedIn,
+) -> Result<Markup, ConsoleError> {
+    let hosts = state
+        .blocking(|s| {
+            s.hosts()?
+                .into_iter()
+                .map(|h| {
+                    let name: HostName = h.name.parse().map_err(|_| {
+                        crate::store::StoreError::Corrupt(format!("host name {:?}", h.name))
+                    })?;
+                    let grants = s.grants_of(&name)?;
+                    Ok((h, grants))
+                })
+                .collect::<Result<Vec<_>, crate::store::StoreError>>()
+        })
+        .await?;
+    let body = html! {
+        div.table { table {
+            thead { tr {
+                th { "Host" } th { "Owner" } th { "Online" } th { "Locked" } th { "Failures" }
+                th { "Shared with (code inherited)" } th { "Last seen" }
+            } }
+            tbody {
+                @for (h, grants) in &hosts {
+                    tr data-host=(h.name) {
+                        td { a href=(paths::host(&h.name)) { (h.name) } }
+                        td { (h.owner) }
+                        td.online { (view::flag(h.online, false)) }
+                        td.locked { (view::flag(h.locked, true)) }
+                        td { (h.failures) " / " (h.lockout_threshold) }
+                        td { (grants_cell(grants)) }
+                        td { @if let Some(at) = h.last_seen { (view::time(at)) } @else { "never" } }
+                    }
+                }
+            }
+        } }
+        h2 { "Invite a host" }
+        (super::actions::invite_host_form(&me.csrf))
+    };
+    Ok(view::page("Hosts", Some((&me.admin, &me.csrf)), body))
+}
+
+/// GET /hosts/{host}
+pub(super) async fn host(
+    State(state): State<Arc<ConsoleState>>,
+    me: SignedIn,
+    Path(name): Path<String>,
+    Query(query): Query<DoneQuery>,
+) -> Result<Markup, ConsoleError> {
+    let host: HostName = name
+        .parse()
+        .map_err(|_| ConsoleError::NotFound("There is no such host."))?;
+    let body = host_body(&state, &me, &host, query.done.map(|d| (d.text(), false))).await?;
+    Ok(view::page(
+        &format!("Host {host}"),
+        Some((&me.admin, &me.csrf)),
+        body,
+    ))
+}
+
+/// A host's page, with `message` (and whether it is an error) on top.
+pub(super) async fn host_body(
+    state: &ConsoleState,
+    me: &SignedIn,
+    host: &HostName,
+    message: Option<(&str, bool)>,
+) -> Result<Markup, ConsoleError> {
+    let h = host.clone();
+    let (status, grants, users, events) = state
+        .blocking(move |s| {
+            let filter = AuditFilter {
+                host: Some(h.to_string()),
+                ..AuditFilter::default()
+            };
+            Ok((
+                s.host_status(&h)?,
+                s.grants_of(&h)?,
+                s.users()?,
+                s.audit_page(&filter, 10)?,
+            ))
+        })
+        .await?;
+    let name = host.as_str();
+    let csrf = me.csrf.as_str();
+    let grantable: Vec<&str> = users
+        .iter()
+        .map(|u| u.name.as_str())
+        .filter(|u| *u != status.owner && !grants.iter().any(|g| g.user == *u))
+        .collect();
+    Ok(html! {
+        @if let Some((text, error)) = message { (view::notice(text, error)) }
+        div.table { table #host-status {
+            tbody {
+                tr { th { "Owner" } td { (status.owner) } }
+                tr { th { "Online" } td #online { (view::flag(status.online, false)) } }
+                tr { th { "Last seen" } td { @if let Some(at) = status.last_seen { (view::time(at)) } @else { "never" } } }
+                tr { th { "Locked" } td #locked { (view::flag(status.locked, true)) } }
+                tr { th { "Failures" } td #failures { (status.failures) " (locks at " (status.lockout_threshold) ")" } }
+                tr { th { "Access code set" } td { (view::flag(status.code_set, false)) } }
+                tr { th { "Shared access" } td { @if status.shared_access { "enabled" } @else { "disabled" } } }
+                tr { th { "Platform" } td { (status.platform.as_deref().unwrap_or("-")) } }
+            }
+        } }
+        @if status.locked || status.failures > 0 {
+            p { (view::button_form(&paths::host_action(name, "unlock"), csrf, &[], "Unlock")) }
+        }
+        h2 { "Shared access" }
+        @if grants.is_empty() { p { "Nobody but the owner." } }
+        @else {
+            div.table { table {
+                thead { tr { th { "User" } th { "Granted" } th { "Code inherited" } th {} } }
+                tbody {
+                    @for g in &grants {
+                        tr {
+                            td { (g.user) }
+                            td { (view::time(g.granted_at)) }
+                            td { @if let Some(at) = g.code_set_at { "set " (view::time(at)) } @else { "-" } }
+                            td {
+                                (view::button_form(&paths::host_action(name, "revoke"), csrf, &[("user", &g.user)], "Revoke"))
+                                " "
+                                (view::button_form(&paths::host_action(name, "regrant"), csrf, &[("user", &g.user)], "Grant again (current code)"))
+                            }
+                        }
+                    }
+                }
+            } }
+        }
+        @if status.shared_access && !grantable.is_empty() {
+            form.stack method="post" action=(paths::host_action(name, "grant")) {
+                (view::csrf_field(csrf))
+                label { "Grant shared access to"
+                    select name="user" required {
+                        @for u in &grantable { option value=(u) { (u) } }
+                    }
+                }
+                button type="submit" { "Grant shared access" }
+            }
+        }
+        h2 { "Policy" }
+        form.stack method="post" action=(paths::host_action(name, "policy")) {
+            (view::csrf_field(csrf))
+            label { "Shared access"
+                select name="shared_access" {
+                    option value="enabled" selected[status.shared_access] { "enabled" }
+                    option value="disabled" selected[!status.shared_access] { "disabled" }
+                }
+            }
+            label { "Failed attempts that lock the host"
+                input type="number" name="lockout_threshold" min="1" max="1000" value=(status.lockout_threshold) required;
+            }
+            button type="submit" { "Save policy" }
+        }
+        h2 { "Recent events" }
+        (events_table(&events))
+        p { a href={ (paths::AUDIT) "?host=" (name) } { "All events of " (name) } }
+    })
+}
+
+/// GET /users
+pub(super) async fn users(
+    State(state): State<Arc<ConsoleState>>,
+    me: SignedIn,
+    Query(query): Query<DoneQuery>,
+) -> Result<Markup, ConsoleError> {
+    let users = state.blocking(|s| s.users()).await?;
+    let csrf = me.csrf.as_str();
+    let body = html! {
+        @if let Some(d) = query.done { (view::notice(d.text(), false)) }
+        div.table { table {
+            thead { tr { th { "User" } th { "Device" } th { "Email for notices" } } }
+            tbody {
+                @for u in &users {
+                    tr {
+                        td { (u.name) }
+                        td { @if let Some(d) = &u.device { "enrolled, key " code { (d) } } @else { "not enrolled" } }
+                        td {
+                            form.inline method="post" action=(paths::user_email(&u.name)) {
+                                (view::csrf_field(csrf))
+                                input type="email" name="address" value=(u.email.as_deref().unwrap_or("")) aria-label={ "Email of " (u.name) };
+                                " " button type="submit" { "Save" }
+                            }
+                        }
+                    }
+                }
+            }
+        } }
+        h2 { "Invite a user" }
+        (super::actions::invite_user_form(csrf))
+    };
+    Ok(view::page("Users", Some((&me.admin, csrf)), body))
+}
+
+/// The audit page's filters.
+#[derive(Deserialize, Default)]
+pub(super) struct AuditQuery {
+    host: Option<String>,
+    user: Option<String>,
+    event: Option<String>,
+    before: Option<i64>,
+}
+
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// GET /audit
+pub(super) async fn audit(
+    State(state): State<Arc<ConsoleState>>,
+    me: SignedIn,
+    Query(query): Query<AuditQuery>,
+) -> Result<Markup, ConsoleError> {
+    let filter = AuditFilter {
+        host: nonempty(query.host),
+        user: nonempty(query.user),
+        event: nonempty(query.event),
+        before: query.before,
+    };
+    let f = filter.clone();
+    let mut rows = state
+        .blocking(move |s| s.audit_page(&f, AUDIT_PAGE + 1))
+        .await?;
+    let more = rows.len() > AUDIT_PAGE;
+    rows.truncate(AUDIT_PAGE);
+    let older = rows.last().filter(|_| more).map(|r| {
+        serde_urlencoded::to_string([
+            ("host", filter.host.as_deref().unwrap_or("")),
+            ("user", filter.user.as_deref().unwrap_or("")),
+            ("event", filter.event.as_deref().unwrap_or("")),
+            ("before", &r.id.to_string()),
+        ])
+        .unwrap_or_default()
+    });
+    let body = html! {
+        form method="get" action=(paths::AUDIT) {
+            label { "Host " input name="host" value=(filter.host.as_deref().unwrap_or("")); }
+            " "
+            label { "User " input name="user" value=(filter.user.as_deref().unwrap_or("")); }
+            " "
+            label { "Event " input name="event" list="events" value=(filter.event.as_deref().unwrap_or("")); }
+            datalist #events {
+                @for e in ["login-ok", "login-failed", "login-locked", "login-busy", "login-refused", "host-locked",
+                           "unlock", "grant", "revoke", "policy", "invite-created", "enrolled", "session-start",
+                           "session-end", "console-login", "console-login-failed", "console-admin-locked"] {
+                    option value=(e) {}
+                }
+            }
+            " " button type="submit" { "Filter" }
+        }
+        (events_table(&rows))
+        @if rows.is_empty() { p { "No events match." } }
+        @if let Some(q) = older { p { a rel="next" href={ (paths::AUDIT) "?" (q) } { "Older events" } } }
+    };
+    Ok(view::page("Audit log", Some((&me.admin, &me.csrf)), body))
+}
+
+/// GET /outbox
+pub(super) async fn outbox(
+    State(state): State<Arc<ConsoleState>>,
+    me: SignedIn,
+) -> Result<Markup, ConsoleError> {
+    let rows = state.blocking(|s| s.outbox(OUTBOX_ROWS)).await?;
+    let body = html! {
+        p { "Notices are sent at least once: a relay that stops between sending one and recording it sends it again." }
+        div.table { table {
+            thead { tr { th { "#" } th { "Via" } th { "To" } th { "State" } th { "Tries" } th { "Subject" } th { "Last error" } } }
+            tbody {
+                @for r in &rows {
+                    tr {
+                        td { (r.id) } td { (r.channel) } td { (r.recipient) }
+                        td { (r.state) } td { (r.attempts) } td { (r.subject) }
+                        td { (r.last_error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        } }
+    };
+    Ok(view::page("Outbox", Some((&me.admin, &me.csrf)), body))
+}

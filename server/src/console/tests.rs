@@ -1,0 +1,731 @@
+//! The console over HTTP, in process: real requests through the router to
+//! a real SQLite store, with a cookie jar like a browser's.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::ConnectInfo,
+    http::{header, HeaderMap, Method, Request, StatusCode},
+    Router,
+};
+use http_body_util::BodyExt;
+use latchkey_protocol::{
+    frame::CodeTarget,
+    handshake::{CodeRecord, Reservation},
+    ids::{HostName, RecordId, SessionId, UserName},
+    ksf::KsfProfile,
+};
+use tower::ServiceExt;
+
+use super::{router, ConsoleState};
+use crate::{
+    config::Config,
+    datadir::DataDir,
+    lockout::Proof,
+    service,
+    store::{Actor, Event, InviteKind, SqliteStore, Store},
+};
+
+const PASSWORD: &str = "correct horse battery";
+
+struct Browser {
+    app: Router,
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    jar: HashMap<String, String>,
+    peer: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    /// The value of the first `name="csrf"` field.
+    fn csrf(&self) -> String {
+        between(&self.body, "name=\"csrf\" value=\"", "\"")
+    }
+
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+fn between(text: &str, start: &str, end: &str) -> String {
+    let from = text.find(start).map(|i| i + start.len()).expect(start);
+    let to = text[from..].find(end).expect(end) + from;
+    text[from..to].to_string()
+}
+
+impl Browser {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::open_or_create(&dir.path().join("relay")).expect("data dir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("relay.db")).expect("store"));
+        let config = Arc::new(Config {
+            admin_listen: "127.0.0.1:8080".into(),
+            listen: "127.0.0.1:4433".parse().expect("address"),
+            ..Config::default()
+        });
+        let state = Arc::new(ConsoleState::new(
+            store.clone(),
+            config.clone(),
+            data.pin(),
+            false,
+        ));
+        Self {
+            app: router(state),
+            store,
+            config,
+            jar: HashMap::new(),
+            peer: "127.0.0.1:50000".parse().expect("address"),
+            _dir: dir,
+        }
+    }
+
+    async fn send(&mut self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+        let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut req = Request::builder().method(method).uri(path);
+        if !cookies.is_empty() {
+            req = req.header(header::COOKIE, cookies.join("; "));
+        }
+        let body = match form {
+            Some(fields) => {
+                req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                Body::from(serde_urlencoded::to_string(fields).expect("form"))
+            }
+            None => Body::empty(),
+        };
+        let mut req = req.body(body).expect("request");
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let response = self.app.clone().oneshot(req).await.expect("response");
+        for set in response.headers().get_all(header::SET_COOKIE) {
+            let c =
+                cookie::Cookie::parse(set.to_str().expect("ascii").to_string()).expect("cookie");
+            if c.value().is_empty() {
+                self.jar.remove(c.name());
+            } else {
+                self.jar.insert(c.name().to_string(), c.value().to_string());
+            }
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Page {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.send(Method::POST, path, Some(form)).await
+    }
+
+    /// Creates admin `name` through the setup link; returns their TOTP.
+    async fn set_up_admin(&mut self, name: &str, email: Option<&str>) -> totp_rs::Totp {
+        let admin: UserName = name.parse().expect("name");
+        let setup = service::add_admin(&*self.store, &self.config, &admin, email, &Actor::cli())
+            .expect("add admin");
+        let path = setup
+            .link
+            .trim_start_matches("http://127.0.0.1:8080")
+            .to_string();
+        let page = self.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let secret = between(&page.body, "id=\"totp-secret\">", "<");
+        let totp = super::signin::totp(
+            totp_rs::Secret::try_from_base32(&secret)
+                .expect("base32")
+                .as_ref(),
+            name,
+        )
+        .expect("totp");
+        let code = totp.generate_current().to_string();
+        let done = self
+            .post(
+                &path,
+                &[
+                    ("csrf", &page.csrf()),
+                    ("secret", &secret),
+                    ("password", PASSWORD),
+                    ("password_again", PASSWORD),
+                    ("code", &code),
+                ],
+            )
+            .await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        // The link works once.
+        assert_eq!(self.get(&path).await.status, StatusCode::NOT_FOUND);
+        totp
+    }
+
+    async fn log_in(&mut self, name: &str, password: &str, code: &str) -> Page {
+        let form = self.get("/login").await;
+        self.post(
+            "/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", name),
+                ("password", password),
+                ("code", code),
+            ],
+        )
+        .await
+    }
+
+    /// A signed-in admin `alice`; returns their TOTP.
+    async fn signed_in() -> (Self, totp_rs::Totp) {
+        let mut b = Self::new();
+        let totp = b.set_up_admin("alice", None).await;
+        let page = b
+            .log_in("alice", PASSWORD, &totp.generate_current().to_string())
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+        assert_eq!(page.location(), "/");
+        (b, totp)
+    }
+}
+
+/// Users alice (owner of mypc, code set) and bob, as the relay has them.
+fn alice_owns_mypc(store: &dyn Store) -> HostName {
+    for (i, name) in ["alice", "bob"].iter().enumerate() {
+        store
+            .create_invite(
+                name,
+                &InviteKind::User { email: None },
+                [i as u8 + 1; 32],
+                10,
+                &Actor::cli(),
+                0,
+            )
+            .expect("user");
+    }
+    let kind = InviteKind::Host {
+        owner: "alice".parse().expect("name"),
+        lockout_threshold: 3,
+    };
+    store
+        .create_invite("mypc", &kind, [9; 32], 10, &Actor::cli(), 0)
+        .expect("host");
+    let host: HostName = "mypc".parse().expect("name");
+    let record = CodeRecord {
+        id: RecordId([1; 16]),
+        ksf: KsfProfile::InsecureFastForTests,
+        record: vec![1; 8],
+    };
+    store
+        .set_code(&host, &CodeTarget::Owner, &record, 1)
+        .expect("code");
+    host
+}
+
+fn fail_logins(store: &dyn Store, user: &str, host: &HostName, n: usize) {
+    let user: UserName = user.parse().expect("name");
+    for _ in 0..n {
+        let Reservation::Reserved(a) = store
+            .reserve_attempt(
+                &user,
+                host,
+                &RecordId([1; 16]),
+                "127.0.0.1".parse().expect("ip"),
+                2,
+            )
+            .expect("reserve")
+        else {
+            panic!("not reserved")
+        };
+        store
+            .settle_attempt(a, Proof::NotProven, "wrong code", &SessionId([0; 16]), 2)
+            .expect("settle");
+    }
+}
+
+#[tokio::test]
+async fn every_page_needs_a_sign_in_and_then_shows() {
+    let mut b = Browser::new();
+    let host = alice_owns_mypc(&*b.store);
+    let pages = [
+        "/",
+        "/hosts",
+        "/hosts/mypc",
+        "/users",
+        "/audit",
+        "/audit?host=mypc&event=grant",
+        "/outbox",
+    ];
+    for path in pages {
+        let page = b.get(path).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(page.location(), "/login", "{path}");
+    }
+    let totp = b.set_up_admin("root", None).await;
+    let login = b
+        .log_in("root", PASSWORD, &totp.generate_current().to_string())
+        .await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.body);
+    let cookie = login
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .find(|c| c.starts_with("latchkey_session="))
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain loopback HTTP: {cookie}");
+    b.store
+        .grant(&host, &"bob".parse().expect("n"), &Actor::cli(), 3)
+        .expect("grant");
+    for path in pages {
+        let page = b.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+        assert!(page.body.contains("Sign out root"), "{path}");
+        let csp = page
+            .headers
+            .get(header::CONTENT_SECURITY_POLICY)
+            .expect("csp");
+        assert!(csp
+            .to_str()
+            .expect("ascii")
+            .starts_with("default-src 'none'"));
+    }
+    let hosts = b.get("/hosts").await.body;
+    assert!(
+        hosts.contains("mypc") && hosts.contains("bob (code of"),
+        "{hosts}"
+    );
+    let host_page = b.get("/hosts/mypc").await.body;
+    assert!(host_page.contains("Revoke") && host_page.contains("Grant again"));
+    assert_eq!(b.get("/hosts/nosuch").await.status, StatusCode::NOT_FOUND);
+    // Signing out ends the session on the server, not only in the browser.
+    let stolen = b.jar.clone();
+    let csrf = b.get("/").await.csrf();
+    assert_eq!(
+        b.post("/logout", &[("csrf", &csrf)]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    b.jar = stolen;
+    assert_eq!(b.get("/").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn actions_need_the_sessions_csrf_token_and_are_audited_with_the_admin() {
+    let (mut b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    let csrf = b.get("/hosts/mypc").await.csrf();
+    for form in [
+        vec![("user", "bob")],
+        vec![("user", "bob"), ("csrf", "forged")],
+    ] {
+        let page = b.post("/hosts/mypc/grant", &form).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    }
+    assert!(b.store.grants_of(&host).expect("grants").is_empty());
+    // A token that is not this session's is refused.
+    let page = b
+        .post(
+            "/hosts/mypc/grant",
+            &[("user", "bob"), ("csrf", &super::auth::random_token())],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+
+    let page = b
+        .post("/hosts/mypc/grant", &[("user", "bob"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(page.location(), "/hosts/mypc?done=granted");
+    assert_eq!(b.store.grants_of(&host).expect("grants")[0].user, "bob");
+    let audit = b.store.audit_page(&Default::default(), 1).expect("audit");
+    assert_eq!(audit[0].event, "grant");
+    assert_eq!(audit[0].source.as_deref(), Some("127.0.0.1"));
+    assert_eq!(audit[0].detail.as_deref(), Some("by console admin 'alice'"));
+    // A refusal is shown on the page, with the store's reason.
+    let page = b
+        .post("/hosts/mypc/grant", &[("user", "bob"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT);
+    assert!(page.body.contains("has shared access to"), "{}", page.body);
+
+    let page = b
+        .post("/hosts/mypc/regrant", &[("user", "bob"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        page.location(),
+        "/hosts/mypc?done=regranted",
+        "{}",
+        page.body
+    );
+    let page = b
+        .post("/hosts/mypc/revoke", &[("user", "bob"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.location(), "/hosts/mypc?done=revoked", "{}", page.body);
+    assert!(b.store.grants_of(&host).expect("grants").is_empty());
+
+    fail_logins(&*b.store, "alice", &host, 3);
+    assert!(b.store.host_status(&host).expect("status").locked);
+    let page = b.get("/hosts/mypc").await;
+    assert!(page.body.contains("Unlock"));
+    let page = b.post("/hosts/mypc/unlock", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        page.location(),
+        "/hosts/mypc?done=unlocked",
+        "{}",
+        page.body
+    );
+    assert!(!b.store.host_status(&host).expect("status").locked);
+
+    let page = b
+        .post(
+            "/hosts/mypc/policy",
+            &[
+                ("shared_access", "disabled"),
+                ("lockout_threshold", "5"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(page.location(), "/hosts/mypc?done=policy", "{}", page.body);
+    let status = b.store.host_status(&host).expect("status");
+    assert!(!status.shared_access && status.lockout_threshold == 5);
+    let page = b
+        .post(
+            "/hosts/mypc/policy",
+            &[
+                ("shared_access", "enabled"),
+                ("lockout_threshold", "zero"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+
+    let page = b
+        .post(
+            "/users/bob/email",
+            &[("address", "bob@example.com"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(
+        b.store.user_email("bob").expect("email").as_deref(),
+        Some("bob@example.com")
+    );
+
+    let page = b
+        .post(
+            "/invite/user",
+            &[("name", "carol"), ("email", ""), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("latchkey enroll "), "{}", page.body);
+    assert_eq!(
+        page.headers.get(header::CACHE_CONTROL).expect("cache"),
+        "no-store"
+    );
+    let page = b
+        .post(
+            "/invite/host",
+            &[("name", "lab1"), ("owner", "carol"), ("csrf", &csrf)],
+        )
+        .await;
+    assert!(page.body.contains("latchkey host enroll "), "{}", page.body);
+    let page = b
+        .post(
+            "/invite/host",
+            &[("name", "lab2"), ("owner", "nobody"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+
+    let events: Vec<String> = b
+        .store
+        .audit_page(&Default::default(), 100)
+        .expect("audit")
+        .into_iter()
+        .filter(|r| {
+            r.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("by console admin 'alice'"))
+        })
+        .map(|r| r.event)
+        .collect();
+    for e in [
+        "grant",
+        "revoke",
+        "unlock",
+        "policy",
+        "email-changed",
+        "invite-created",
+    ] {
+        assert!(
+            events.iter().any(|x| x == e),
+            "{e} not audited with the admin: {events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn what_users_and_hosts_can_write_is_escaped_everywhere() {
+    let (mut b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    const XSS: &str = "<script>alert(1)</script>";
+    b.store
+        .grant(&host, &"bob".parse().expect("n"), &Actor::cli(), 3)
+        .expect("grant");
+    b.store
+        .set_email(
+            &"bob".parse().expect("n"),
+            Some(&format!("{XSS}@x")),
+            &Actor::cli(),
+            3,
+        )
+        .expect("email");
+    b.store
+        .audit(
+            Event {
+                event: "login-failed",
+                host: Some("mypc"),
+                user: Some("bob"),
+                source: None,
+                detail: Some(XSS.into()),
+            },
+            4,
+        )
+        .expect("audit");
+    let notice = b.store.outbox(10).expect("outbox")[0].id;
+    b.store.notice_retry(notice, XSS, 5).expect("retry");
+    let paths = [
+        "/".to_string(),
+        "/hosts".into(),
+        "/hosts/mypc".into(),
+        "/users".into(),
+        "/outbox".into(),
+        "/audit".into(),
+        format!("/audit?host={0}&user={0}&event={0}", urlencode(XSS)),
+        format!("/hosts/{}", urlencode(XSS)),
+    ];
+    for path in &paths {
+        let page = b.get(path).await;
+        assert!(
+            !page.body.contains("<script>alert"),
+            "{path} is not escaped: {}",
+            page.body
+        );
+    }
+    for path in ["/users", "/outbox", "/audit"] {
+        let page = b.get(path).await;
+        assert!(page.body.contains("&lt;script&gt;"), "{path} lost the text");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)]).expect("encode")[2..].to_string()
+}
+
+#[tokio::test]
+async fn console_logins_lock_the_account_after_repeated_failures() {
+    let mut b = Browser::new();
+    let totp = b.set_up_admin("alice", None).await;
+    b.set_up_admin("bob", Some("bob@example.com")).await;
+    let code = totp.generate_current().to_string();
+    let threshold = b.config.admin_login_lockout as usize;
+    for _ in 0..threshold {
+        let page = b.log_in("alice", "wrong password!", &code).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+        assert!(!page.body.contains("latchkey_session"));
+    }
+    // The right password and code no longer open it.
+    let page = b.log_in("alice", PASSWORD, &code).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
+    assert!(b.store.admins().expect("admins")[0].locked);
+    let events: Vec<String> = b
+        .store
+        .audit_page(&Default::default(), 50)
+        .expect("audit")
+        .into_iter()
+        .map(|r| r.event)
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| *e == "console-admin-locked")
+            .count(),
+        1
+    );
+    let to: Vec<String> = b
+        .store
+        .outbox(10)
+        .expect("outbox")
+        .into_iter()
+        .map(|n| n.recipient)
+        .collect();
+    assert!(
+        to.contains(&"admin:bob".to_string()) && to.contains(&"admin".to_string()),
+        "{to:?}"
+    );
+    // A new setup link unlocks it.
+    let totp = b.set_up_admin("alice", None).await;
+    let page = b
+        .log_in("alice", PASSWORD, &totp.generate_current().to_string())
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+}
+
+#[tokio::test]
+async fn a_totp_code_signs_in_once_and_one_address_is_rate_limited() {
+    let mut b = Browser::new();
+    let totp = b.set_up_admin("alice", None).await;
+    let code = totp.generate_current().to_string();
+    assert_eq!(
+        b.log_in("alice", PASSWORD, &code).await.status,
+        StatusCode::SEE_OTHER
+    );
+    b.jar.clear();
+    let replay = b.log_in("alice", PASSWORD, &code).await;
+    assert_eq!(
+        replay.status,
+        StatusCode::UNAUTHORIZED,
+        "a code was accepted twice"
+    );
+    // Unknown names and wrong codes count against the address.
+    let mut limited = false;
+    for i in 0..20 {
+        let page = b.log_in(&format!("nobody{i}"), PASSWORD, "000000").await;
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+    }
+    assert!(
+        limited,
+        "20 sign-ins from one address in a row were all checked"
+    );
+    // The login form itself carries a CSRF token.
+    let page = b
+        .post(
+            "/login",
+            &[("name", "alice"), ("password", PASSWORD), ("code", "1")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_non_loopback_listener_without_tls_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::open_or_create(&dir.path().join("relay")).expect("data dir");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().expect("store"));
+    let start = |config: Config| {
+        let (store, pin) = (store.clone(), data.pin());
+        let addr = config.console_listen().expect("addr").expect("on");
+        async move {
+            super::start(
+                addr,
+                store,
+                Arc::new(config),
+                pin,
+                None,
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+        }
+    };
+    let open = Config {
+        admin_listen: "0.0.0.0:0".into(),
+        ..Config::default()
+    };
+    let err = start(open.clone())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("admin_tls_cert"), "{err}");
+    let half = Config {
+        admin_tls_cert: Some(dir.path().join("cert.pem")),
+        ..open.clone()
+    };
+    assert!(start(half).await.is_err());
+    // With a certificate, or behind a named proxy, it starts.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).expect("write");
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).expect("write");
+    let tls = Config {
+        admin_tls_cert: Some(dir.path().join("cert.pem")),
+        admin_tls_key: Some(dir.path().join("key.pem")),
+        ..open.clone()
+    };
+    let console = start(tls).await.expect("starts with TLS");
+    assert!(console.url.starts_with("https://"), "{}", console.url);
+    let proxied = Config {
+        admin_trusted_proxies: vec!["127.0.0.1".parse().expect("ip")],
+        ..open
+    };
+    start(proxied).await.expect("starts behind a proxy");
+}
+
+#[tokio::test]
+async fn behind_a_proxy_only_the_proxy_is_served_and_names_the_client() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::open_or_create(&dir.path().join("relay")).expect("data dir");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().expect("store"));
+    let config = Arc::new(Config {
+        admin_listen: "10.0.0.2:8080".into(),
+        admin_trusted_proxies: vec!["10.0.0.1".parse().expect("ip")],
+        ..Config::default()
+    });
+    let app = router(Arc::new(ConsoleState::new(
+        store,
+        config,
+        data.pin(),
+        false,
+    )));
+    let get = |peer: &str, forwarded: Option<&str>| {
+        let mut req = Request::builder().uri("/login");
+        if let Some(f) = forwarded {
+            req = req
+                .header("x-forwarded-for", f)
+                .header("x-forwarded-proto", "https");
+        }
+        let mut req = req.body(Body::empty()).expect("request");
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(peer.parse().expect("addr")));
+        app.clone().oneshot(req)
+    };
+    let direct = get("10.0.0.9:4000", Some("1.2.3.4"))
+        .await
+        .expect("response");
+    assert_eq!(direct.status(), StatusCode::FORBIDDEN);
+    let proxied = get("10.0.0.1:4000", Some("203.0.113.5"))
+        .await
+        .expect("response");
+    assert_eq!(proxied.status(), StatusCode::OK);
+    let cookie = proxied
+        .headers()
+        .get(header::SET_COOKIE)
+        .expect("form cookie");
+    assert!(
+        cookie.to_str().expect("ascii").contains("Secure"),
+        "{cookie:?}"
+    );
+}

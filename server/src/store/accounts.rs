@@ -1,0 +1,344 @@
+//! The admin console's accounts: a one-time setup link, a password hash
+//! and a TOTP secret per admin, and the failures that lock an account.
+//! Password and code checks happen in the console (they are slow on
+//! purpose); the store records their outcome in one commit with its audit
+//! row and, when an account locks, the notices to the other admins.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::{
+    notice,
+    relational::{enqueue, insert_audit, SqlStore},
+    sql::{args, Backend, Tx},
+    Actor, Event, StoreError, UnixTime,
+};
+
+/// An admin account as the CLI lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdminRow {
+    /// Name.
+    pub name: String,
+    /// Where lockout notices about other admins go.
+    pub email: Option<String>,
+    /// Whether the setup link was used (a password and a second factor set).
+    pub enrolled: bool,
+    /// Whether failed logins locked the account.
+    pub locked: bool,
+}
+
+/// What a console login is checked against.
+#[derive(Clone)]
+pub struct AdminCredentials {
+    /// Name.
+    pub name: String,
+    /// Argon2id, in the PHC string format.
+    pub password_hash: String,
+    /// The TOTP key.
+    pub totp_secret: zeroize::Zeroizing<Vec<u8>>,
+    /// Whether failed logins locked the account.
+    pub locked: bool,
+}
+
+impl std::fmt::Debug for AdminCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCredentials")
+            .field("name", &self.name)
+            .field("locked", &self.locked)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A console login's outcome, once the password and code were checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleLogin {
+    /// Both were right; the code was of this TOTP time step.
+    Passed {
+        /// Codes of this step or older are refused from now on (a code
+        /// seen once cannot be replayed).
+        totp_step: u64,
+    },
+    /// The password or the code was wrong (or the name unknown).
+    Failed,
+}
+
+/// Admin accounts of the console, kept beside the rest of the state.
+pub trait AdminAccounts {
+    /// Creates admin `name`, or resets an existing one (new password and
+    /// second factor, unlocked), with a one-time setup link's digest.
+    fn issue_admin_setup(
+        &self,
+        name: &str,
+        email: Option<&str>,
+        digest: [u8; 32],
+        expires_at: UnixTime,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// The admin a setup link is for, while it is unused and unexpired.
+    fn admin_setup_for(
+        &self,
+        digest: [u8; 32],
+        now: UnixTime,
+    ) -> Result<Option<String>, StoreError>;
+    /// Uses a setup link, once: sets the password hash and TOTP secret.
+    fn finish_admin_setup(
+        &self,
+        digest: [u8; 32],
+        password_hash: &str,
+        totp_secret: &[u8],
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<String, StoreError>;
+    /// What a login by `name` is checked against, if `name` is an
+    /// enrolled admin.
+    fn admin_credentials(&self, name: &str) -> Result<Option<AdminCredentials>, StoreError>;
+    /// Records a console login's outcome: `true` if the admin is now
+    /// signed in. A passed check whose code was used before, or by a
+    /// locked account, counts as a failure. The `threshold`-th failure in a
+    /// row locks the account and tells the other admins.
+    fn console_login(
+        &self,
+        name: &str,
+        outcome: ConsoleLogin,
+        threshold: u32,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Every admin account.
+    fn admins(&self) -> Result<Vec<AdminRow>, StoreError>;
+    /// An admin's email address.
+    fn admin_email(&self, name: &str) -> Result<Option<String>, StoreError>;
+}
+
+fn console_event<'a>(event: &'a str, source: IpAddr, detail: String) -> Event<'a> {
+    Event {
+        event,
+        host: None,
+        user: None,
+        source: Some(source),
+        detail: Some(detail),
+    }
+}
+
+/// The failure count after one more failure, locking at `threshold`.
+fn fail(
+    tx: &mut dyn Tx,
+    name: &str,
+    threshold: u32,
+    source: IpAddr,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let counted = tx.opt_row(
+        "UPDATE admins SET failures = failures + 1 WHERE name = ?1
+         RETURNING failures, CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END",
+        args![name],
+    )?;
+    insert_audit(
+        tx,
+        &console_event("console-login-failed", source, format!("admin {name:?}")),
+        now,
+    )?;
+    let Some(row) = counted else {
+        return Ok(());
+    };
+    let (failures, locked) = (row.int(0)?, row.flag(1)?);
+    if locked || failures < i64::from(threshold.max(1)) {
+        return Ok(());
+    }
+    tx.exec(
+        "UPDATE admins SET locked_at = ?1 WHERE name = ?2",
+        args![now, name],
+    )?;
+    insert_audit(
+        tx,
+        &console_event(
+            "console-admin-locked",
+            source,
+            format!("admin {name:?} after {failures} failed logins"),
+        ),
+        now,
+    )?;
+    let others = tx
+        .rows(
+            "SELECT name FROM admins WHERE name <> ?1 AND email IS NOT NULL ORDER BY name",
+            args![name],
+        )?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    enqueue(
+        tx,
+        &notice::console_admin_locked(name, failures, source, &others),
+        now,
+    )
+}
+
+#[allow(private_bounds)]
+impl<B: Backend> AdminAccounts for SqlStore<B> {
+    fn issue_admin_setup(
+        &self,
+        name: &str,
+        email: Option<&str>,
+        digest: [u8; 32],
+        expires_at: UnixTime,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO admins (name, email, setup_digest, setup_expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET
+                   email = COALESCE(excluded.email, admins.email),
+                   password_hash = NULL, totp_secret = NULL, failures = 0, locked_at = NULL,
+                   setup_digest = excluded.setup_digest,
+                   setup_expires_at = excluded.setup_expires_at",
+                args![name, email, &digest[..], expires_at, now],
+            )?;
+            insert_audit(
+                tx,
+                &Event {
+                    event: "console-admin-setup",
+                    host: None,
+                    user: None,
+                    source: by.source,
+                    detail: Some(format!(
+                        "admin {name:?}: setup link expires at {expires_at}; {}",
+                        by.detail()
+                    )),
+                },
+                now,
+            )
+        })
+    }
+
+    fn admin_setup_for(
+        &self,
+        digest: [u8; 32],
+        now: UnixTime,
+    ) -> Result<Option<String>, StoreError> {
+        self.read(|tx| {
+            tx.opt_row(
+                "SELECT name FROM admins WHERE setup_digest = ?1 AND setup_expires_at > ?2",
+                args![&digest[..], now],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
+        })
+    }
+
+    fn finish_admin_setup(
+        &self,
+        digest: [u8; 32],
+        password_hash: &str,
+        totp_secret: &[u8],
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<String, StoreError> {
+        self.write(|tx| {
+            let name = tx
+                .opt_row(
+                    "UPDATE admins SET password_hash = ?1, totp_secret = ?2,
+                       setup_digest = NULL, setup_expires_at = NULL, failures = 0, locked_at = NULL
+                     WHERE setup_digest = ?3 AND setup_expires_at > ?4 RETURNING name",
+                    args![password_hash, totp_secret, &digest[..], now],
+                )?
+                .ok_or(StoreError::InvalidInvite)?
+                .text(0)?;
+            insert_audit(
+                tx,
+                &console_event(
+                    "console-admin-enrolled",
+                    source,
+                    format!("admin {name:?} set a password and a second factor"),
+                ),
+                now,
+            )?;
+            Ok(name)
+        })
+    }
+
+    fn admin_credentials(&self, name: &str) -> Result<Option<AdminCredentials>, StoreError> {
+        self.read(|tx| {
+            let Some(r) = tx.opt_row(
+                "SELECT name, password_hash, totp_secret,
+                        CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END
+                 FROM admins WHERE name = ?1 AND password_hash IS NOT NULL",
+                args![name],
+            )?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(AdminCredentials {
+                name: r.text(0)?,
+                password_hash: r.text(1)?,
+                totp_secret: zeroize::Zeroizing::new(r.blob(2)?),
+                locked: r.flag(3)?,
+            }))
+        })
+    }
+
+    fn console_login(
+        &self,
+        name: &str,
+        outcome: ConsoleLogin,
+        threshold: u32,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            if let ConsoleLogin::Passed { totp_step } = outcome {
+                let step = i64::try_from(totp_step).unwrap_or(i64::MAX);
+                let signed_in = tx.exec(
+                    "UPDATE admins SET failures = 0, totp_last_step = ?1
+                     WHERE name = ?2 AND locked_at IS NULL AND password_hash IS NOT NULL
+                       AND totp_last_step < ?1",
+                    args![step, name],
+                )?;
+                if signed_in == 1 {
+                    insert_audit(
+                        tx,
+                        &console_event("console-login", source, format!("admin {name:?}")),
+                        now,
+                    )?;
+                    return Ok(true);
+                }
+            }
+            fail(tx, name, threshold, source, now)?;
+            Ok(false)
+        })
+    }
+
+    fn admins(&self) -> Result<Vec<AdminRow>, StoreError> {
+        self.read(|tx| {
+            tx.rows(
+                "SELECT name, email, CASE WHEN password_hash IS NULL THEN 0 ELSE 1 END,
+                        CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END
+                 FROM admins ORDER BY name",
+                args![],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AdminRow {
+                    name: r.text(0)?,
+                    email: r.opt_text(1)?,
+                    enrolled: r.flag(2)?,
+                    locked: r.flag(3)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn admin_email(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .opt_row("SELECT email FROM admins WHERE name = ?1", args![name])?
+                .map(|r| r.opt_text(0))
+                .transpose()?
+                .flatten())
+        })
+    }
+}
