@@ -254,6 +254,7 @@ impl SqlStore<Postgres> {
             .map_err(pool_error)?;
         Ok(SqlStore {
             backend: Postgres { config, pool },
+            latency: None,
         })
     }
 }
@@ -743,6 +744,13 @@ mod tests {
     fn a_sessions_end_is_recorded_once_and_only_if_it_began() {
         on_fresh_database("a_sessions_end_is_recorded_once", |open| {
             suite::a_sessions_end_is_recorded_once_and_only_if_it_began(&*open())
+        });
+    }
+
+    #[test]
+    fn gauges_count_locked_hosts_and_notices_by_state() {
+        on_fresh_database("gauges_count_locked_hosts", |open| {
+            suite::gauges_count_locked_hosts_and_notices_by_state(&*open())
         });
     }
 
