@@ -431,8 +431,8 @@ pub struct Metrics {
     /// Resume tickets presented by rebooted hosts, by result (`ok` resumes
     /// the parked sessions; `refused` is a used, expired or foreign ticket).
     resumes: IntCounterVec,
-    /// Scrapes whose store gauges could not be read (they are then left
-    /// out of that scrape).
+    /// Scrapes whose store gauges could not be read (they then keep the
+    /// values of the last scrape that could).
     store_gauge_errors: IntCounter,
 }
 
