@@ -135,6 +135,59 @@ pub struct Config {
     /// Audit rows older than this many days are deleted (once an hour);
     /// 0 keeps every row. Default 0.
     pub audit_keep_days: u64,
+    /// Where Prometheus metrics are served (`/metrics`, plain HTTP, no
+    /// login): `off`, `console` (on the admin console's listener), or an
+    /// address of their own such as `127.0.0.1:9184`. Default `off`.
+    pub metrics_listen: MetricsListen,
+}
+
+/// The `metrics_listen` setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MetricsListen {
+    /// No metrics endpoint (the default: it tells anyone who reaches it how
+    /// busy the relay is, so an admin opts in).
+    #[default]
+    Off,
+    /// `/metrics` on the admin console's listener.
+    Console,
+    /// `/metrics` on a plain-HTTP listener of its own at this address.
+    Addr(SocketAddr),
+}
+
+/// A `metrics_listen` value that is none of the three forms.
+#[derive(Debug, Error)]
+#[error("metrics_listen must be 'off', 'console' or an address such as 127.0.0.1:9184")]
+pub struct BadMetricsListen;
+
+impl std::str::FromStr for MetricsListen {
+    type Err = BadMetricsListen;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" => Ok(Self::Off),
+            "console" => Ok(Self::Console),
+            addr => addr.parse().map(Self::Addr).map_err(|_| BadMetricsListen),
+        }
+    }
+}
+
+impl TryFrom<String> for MetricsListen {
+    type Error = BadMetricsListen;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MetricsListen> for String {
+    fn from(m: MetricsListen) -> Self {
+        match m {
+            MetricsListen::Off => "off".into(),
+            MetricsListen::Console => "console".into(),
+            MetricsListen::Addr(a) => a.to_string(),
+        }
+    }
 }
 
 /// How the relay sends email.
@@ -198,6 +251,7 @@ impl Default for Config {
             host_grace_secs: 60,
             login_reply_floor_ms: 10,
             audit_keep_days: 0,
+            metrics_listen: MetricsListen::Off,
         }
     }
 }
@@ -374,5 +428,37 @@ mod tests {
         let env = vec![("LATCHKEY_RELAY_STORE".to_string(), "98765".to_string())];
         let err = Config::load(None, env).unwrap_err().to_string();
         assert!(!err.contains("98765"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_console_or_an_address() {
+        let load = |v: &str| {
+            Config::load(
+                None,
+                vec![("LATCHKEY_RELAY_METRICS_LISTEN".to_string(), v.to_string())],
+            )
+            .map(|c| c.metrics_listen)
+        };
+        assert_eq!(Config::default().metrics_listen, MetricsListen::Off);
+        assert_eq!(load("off").unwrap(), MetricsListen::Off);
+        assert_eq!(load("console").unwrap(), MetricsListen::Console);
+        assert_eq!(
+            load("127.0.0.1:9184").unwrap(),
+            MetricsListen::Addr("127.0.0.1:9184".parse().unwrap())
+        );
+        assert_eq!(
+            load("[::1]:0").unwrap(),
+            MetricsListen::Addr("[::1]:0".parse().unwrap())
+        );
+        let err = load("consol").unwrap_err().to_string();
+        assert!(err.contains("metrics_listen must be"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "metrics_listen = 9184\n").unwrap();
+        assert!(Config::load(Some(&path), Vec::new()).is_err());
+        std::fs::write(&path, "metrics_listen = \"console\"\n").unwrap();
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.metrics_listen, MetricsListen::Console);
+        assert_eq!(String::from(c.metrics_listen), "console");
     }
 }

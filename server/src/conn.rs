@@ -20,6 +20,7 @@ use crate::{
     close,
     error::{blocking, ConnError},
     login::{login, within, Login},
+    metrics::{ConnRole, HandshakeResult},
     now_unix,
     registry::SessionEntry,
     store::StoreError,
@@ -40,7 +41,7 @@ enum Role {
     Host(HostName, PublicKey),
     HostAdmin(HostName),
     User(UserName),
-    Session(SessionEntry),
+    Session(Box<SessionEntry>),
     /// Enrolment or a refusal: nothing more to do.
     Done,
 }
@@ -63,14 +64,19 @@ pub(crate) async fn serve(
     let charged = incoming.remote_address_validated();
     let deadline = started + shared.config.handshake_timeout();
     let first_message = started + shared.config.first_message_timeout();
+    // Counted once, however the handshake ends (a failure if this task is
+    // dropped first).
+    let handshake_done = shared.metrics.handshake();
     let conn = match timeout_at(first_message, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             debug!(%source, "QUIC handshake failed: {e}");
+            handshake_done.finish(HandshakeResult::Failed);
             return;
         }
         Err(_) => {
             debug!(%source, "QUIC handshake timed out");
+            handshake_done.finish(HandshakeResult::Timeout);
             return;
         }
     };
@@ -79,6 +85,7 @@ pub(crate) async fn serve(
             close::RATE_LIMITED,
             b"too many connections from this address",
         );
+        handshake_done.finish(HandshakeResult::RateLimited);
         return;
     }
     let streams = timeout_at(first_message, conn.accept_bi()).await;
@@ -86,11 +93,13 @@ pub(crate) async fn serve(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             debug!(%source, "no handshake stream: {e}");
+            handshake_done.finish(HandshakeResult::Failed);
             return;
         }
         Err(_) => {
             debug!(%source, "handshake timed out before the first stream");
             conn.close(close::TIMEOUT, b"handshake timeout");
+            handshake_done.finish(HandshakeResult::Timeout);
             return;
         }
     };
@@ -114,6 +123,12 @@ pub(crate) async fn serve(
         }
     };
     drop(permit);
+    handshake_done.finish(match &role {
+        Ok(Role::Done) => HandshakeResult::Answered,
+        Ok(_) => HandshakeResult::Authenticated,
+        Err(ConnError::Timeout) => HandshakeResult::Timeout,
+        Err(_) => HandshakeResult::Failed,
+    });
     if matches!(
         role,
         Ok(Role::Host(..) | Role::HostAdmin(_) | Role::User(_) | Role::Session(_))
@@ -133,16 +148,22 @@ pub(crate) async fn serve(
             Ok(())
         }
         Ok(Role::Host(host, key)) => {
+            let _open = shared.metrics.connection(ConnRole::Host);
             Box::pin(crate::host::serve(&shared, &conn, host, key, send, recv)).await
         }
         Ok(Role::HostAdmin(host)) => {
+            let _open = shared.metrics.connection(ConnRole::HostAdmin);
             Box::pin(crate::host::serve_admin(&shared, host, send, recv)).await
         }
-        Ok(Role::User(user)) => Box::pin(crate::user::serve(&shared, &user, send, recv)).await,
+        Ok(Role::User(user)) => {
+            let _open = shared.metrics.connection(ConnRole::User);
+            Box::pin(crate::user::serve(&shared, &user, send, recv)).await
+        }
         Ok(Role::Session(entry)) => {
+            let _open = shared.metrics.connection(ConnRole::Session);
             // Only a session opens channels (one stream each).
             conn.set_max_concurrent_bi_streams(MAX_SESSION_STREAMS.into());
-            Box::pin(crate::session::serve(&shared, &conn, entry, send, recv)).await
+            Box::pin(crate::session::serve(&shared, &conn, *entry, send, recv)).await
         }
         Err(ConnError::Timeout) => {
             debug!(%source, "handshake deadline passed");

@@ -177,6 +177,7 @@ async fn resume(
     let verdict =
         blocking(move || store.redeem_ticket(digest, &h, waiting.as_deref(), source, now))
             .await??;
+    shared.metrics.resume(verdict.is_ok());
     match verdict {
         Ok(session) => {
             if let Some(r) = shared.reboots().get_mut(host) {

@@ -28,6 +28,7 @@ mod host;
 mod key_twice;
 pub mod lockout;
 mod login;
+pub mod metrics;
 mod notify;
 mod presence;
 pub mod ratelimit;
@@ -61,10 +62,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, MetricsListen},
     datadir::{DataDir, DataDirError},
     endpoint::EndpointError,
     host::HostLink,
+    metrics::{Metrics, MetricsError, RefusedReason},
     ratelimit::RateLimiter,
     registry::Sessions,
     settle::Settler,
@@ -97,6 +99,9 @@ pub enum RelayError {
     /// The admin console could not start.
     #[error(transparent)]
     Console(#[from] console::ConsoleStartError),
+    /// The metrics could not be set up (`metrics_listen`).
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// The default data directory: the platform's data dir for
@@ -133,6 +138,8 @@ pub(crate) struct Shared {
     presence: presence::Presence,
     /// When each host's key was last seen connected twice.
     pub(crate) key_twice: key_twice::Reports,
+    /// What `/metrics` shows.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A reboot in progress (or the last one, for the rate limit).
@@ -280,15 +287,19 @@ impl Relay {
         let serving = data.lock_for_serving()?;
         let location = Location::parse(config.store.as_deref())?;
         let db_path = data.db_path();
+        let metrics = Arc::new(Metrics::new()?);
+        let latency = metrics.store_latency();
+        let m = metrics.clone();
         // The store's calls block (PostgreSQL's client runs a runtime of its
         // own), so they run off the async threads, here as everywhere.
         let (store, store_lock) = tokio::task::spawn_blocking(move || {
-            let (store, lock) = location.open_for_serving(&db_path)?;
+            let (store, lock) = location.open_for_serving(&db_path, Some(latency))?;
             let now = now_unix();
             // Whatever the last run left pending was cut off by its end.
             let failed =
                 store.fail_pending_attempts(i64::MAX, "unfinished when the relay stopped", now)?;
             if failed > 0 {
+                m.abandoned(u64::try_from(failed).unwrap_or(u64::MAX));
                 warn!(
                     failed,
                     "attempts left unfinished by the last run were counted as failures"
@@ -304,6 +315,13 @@ impl Relay {
         let console_addr = config
             .console_listen()
             .map_err(|e| RelayError::Config(e.to_string()))?;
+        if console_addr.is_none() && config.metrics_listen == MetricsListen::Console {
+            return Err(RelayError::Config(
+                "metrics_listen = \"console\" serves /metrics on the admin console, which is off: \
+                 set admin_listen, or give metrics_listen an address of its own"
+                    .into(),
+            ));
+        }
         let endpoint = endpoint::server_endpoint(&config, &data)?;
         let addr = endpoint
             .local_addr()
@@ -320,15 +338,24 @@ impl Relay {
         } else {
             KsfProfile::DEFAULT
         };
+        // Bound before the relay says it listens: a taken address fails
+        // the start, naming the setting.
+        let metrics_listener = match config.metrics_listen {
+            MetricsListen::Addr(addr) => Some(metrics::bind(addr).await?),
+            // The console mounts `metrics::router` on its own listener.
+            MetricsListen::Off | MetricsListen::Console => None,
+        };
         let shutdown = CancellationToken::new();
         let console = match console_addr {
             Some(at) => {
+                let metrics_here = (config.metrics_listen == MetricsListen::Console)
+                    .then(|| metrics::router(metrics.clone(), store.clone()));
                 let console = console::start(
                     at,
                     store.clone(),
                     Arc::new(config.clone()),
                     pin,
-                    None,
+                    metrics_here,
                     shutdown.clone(),
                 )
                 .await?;
@@ -341,7 +368,7 @@ impl Relay {
             None => None,
         };
         let console_url = console.as_ref().map(|c| c.url.clone());
-        let settler = Settler::spawn(store.clone(), config.handshake_timeout());
+        let settler = Settler::spawn(store.clone(), config.handshake_timeout(), metrics.clone());
         let shared = Arc::new(Shared {
             limiter: Mutex::new(RateLimiter::new(
                 config.per_source_burst,
@@ -361,6 +388,7 @@ impl Relay {
             reboot_failed: tokio::sync::broadcast::channel(64).0,
             presence: presence::Presence::spawn(store.clone()),
             key_twice: key_twice::Reports::default(),
+            metrics,
             store,
         });
         info!(%addr, %fingerprint, "relay listening");
@@ -368,8 +396,26 @@ impl Relay {
         let store_lock = tokio::spawn(keep_store_lock(store_lock, shared.shutdown.clone()));
         let outbox = tokio::spawn(notify::outbox(shared.clone()));
         let audit = tokio::spawn(audit_upkeep::run(shared.clone()));
+        let metrics_server = metrics_listener.map(|listener| {
+            tokio::spawn(metrics::serve(
+                listener,
+                shared.metrics.clone(),
+                shared.store.clone(),
+                shared.shutdown.clone(),
+            ))
+        });
         let task = tokio::spawn(async move {
             accept_loop(shared, endpoint).await;
+            if let Some(mut server) = metrics_server {
+                // A scraper holding its connection open does not hold the
+                // relay's stop up for long.
+                if tokio::time::timeout(Duration::from_secs(2), &mut server)
+                    .await
+                    .is_err()
+                {
+                    server.abort();
+                }
+            }
             let _ = admin_actions.await;
             let _ = outbox.await;
             let _ = audit.await;
@@ -444,6 +490,7 @@ fn serve_or_queue(
     }
     let Ok(place_in_line) = queue.clone().try_acquire_owned() else {
         refused.over_cap.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.refused(RefusedReason::TooManyHandshakes);
         incoming.refuse();
         return;
     };
@@ -456,6 +503,7 @@ fn serve_or_queue(
             Ok(Ok(permit)) => conn::serve(shared, incoming, permit).await,
             _ => {
                 refused.over_cap.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.refused(RefusedReason::TooManyHandshakes);
                 incoming.refuse();
             }
         }
@@ -495,6 +543,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     match incoming.retry() {
                         Ok(()) => {
                             refused.retried.fetch_add(1, Ordering::Relaxed);
+                            shared.metrics.retried();
                             continue;
                         }
                         // Already retried once: go on as a validated one would.
@@ -507,6 +556,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 }
                 if validated && !shared.limiter().allow(source, 1.0, now) {
                     refused.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.refused(RefusedReason::RateLimited);
                     incoming.refuse();
                     continue;
                 }

@@ -24,6 +24,7 @@ use crate::{
     error::{blocking, ConnError},
     fault::{self, Step},
     lockout::{Admission, Proof, Settlement, VoidReason},
+    metrics::LoginResult,
     now_unix,
     registry::{Intro, SessionEntry},
     settle::{PendingAttempt, Settler},
@@ -176,8 +177,8 @@ async fn wait_turn(
 
 /// The login's end, as the relay decided it.
 pub(crate) enum Login {
-    /// A session started.
-    Session(SessionEntry),
+    /// A session started (boxed: the entry is large, `Done` is nothing).
+    Session(Box<SessionEntry>),
     /// Refused, failed or abandoned: nothing more to do.
     Done,
 }
@@ -232,6 +233,14 @@ pub(crate) async fn login(
         decision,
         mut awaiting,
     } = reply?;
+    // Refusals are counted when decided; a grant holder's attempt when
+    // its verdict is (below).
+    match decision {
+        AttemptDecision::Outsider => shared.metrics.login(LoginResult::Outsider),
+        AttemptDecision::Locked => shared.metrics.login(LoginResult::Locked),
+        AttemptDecision::Busy => shared.metrics.login(LoginResult::Busy),
+        AttemptDecision::Evaluated => {}
+    }
     if decision == AttemptDecision::Outsider {
         // Refused, rate-limited and logged (SPEC S8); never counted.
         info!(%user, %host, %source, reason = outsider_reason, "login by an outsider");
@@ -337,6 +346,22 @@ pub(crate) async fn login(
         Ok::<_, ConnError>((result, settled, entry))
     })
     .await??;
+    let counted = match settled {
+        Some(Some(Settlement::Success)) => Some(LoginResult::Ok),
+        Some(Some(Settlement::Failure)) => Some(LoginResult::Wrong),
+        Some(Some(Settlement::Void(VoidReason::Locked))) => Some(LoginResult::Locked),
+        // No grant any more when the verdict was taken.
+        Some(Some(Settlement::Void(VoidReason::GrantGone))) => Some(LoginResult::Outsider),
+        // Swept first (counted as abandoned), or an outsider (counted at
+        // message 2).
+        Some(None) | None => None,
+    };
+    if let Some(result) = counted {
+        shared.metrics.login(result);
+    }
+    if counted == Some(LoginResult::Ok) {
+        entry.count_in(shared.metrics.session());
+    }
     let outcome = match settled {
         Some(Some(Settlement::Success)) => LoginOutcome::Accepted { session },
         Some(Some(Settlement::Void(VoidReason::GrantGone))) => {
@@ -370,5 +395,5 @@ pub(crate) async fn login(
     within(deadline, fault::at(Step::SessionRegistration)).await?;
     entry.ending_because("client left");
     info!(%user, %host, %source, %session, "login ok");
-    Ok(Login::Session(entry))
+    Ok(Login::Session(Box::new(entry)))
 }

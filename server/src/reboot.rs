@@ -136,6 +136,7 @@ pub(crate) async fn failed(
             reboots.remove(host);
         }
     }
+    shared.metrics.reboot(crate::metrics::RebootResult::Failed);
     tracing::warn!(%host, %session, %reason, "reboot failed on the host");
     let store = shared.store.clone();
     let (h, detail, now) = (

@@ -68,6 +68,7 @@ impl Sessions {
             traffic: Arc::default(),
             started: false,
             reason: "client left".into(),
+            counted: None,
         }
     }
 
@@ -117,6 +118,8 @@ pub(crate) struct SessionEntry {
     pub(crate) traffic: Arc<Traffic>,
     started: bool,
     reason: String,
+    /// Counts the session in the metrics while it lives, once started.
+    counted: Option<crate::metrics::Open>,
 }
 
 impl SessionEntry {
@@ -124,6 +127,11 @@ impl SessionEntry {
     /// from now on dropping the entry records `session-end`.
     pub(crate) fn started(&mut self) {
         self.started = true;
+    }
+
+    /// Counts the started session in the metrics until the entry drops.
+    pub(crate) fn count_in(&mut self, open: crate::metrics::Open) {
+        self.counted = Some(open);
     }
 
     /// Why the session ends, for the audit.
@@ -192,7 +200,8 @@ mod tests {
         let sessions = Arc::new(Sessions::default());
         let store: Arc<dyn crate::store::Store> =
             Arc::new(crate::store::SqliteStore::in_memory().unwrap());
-        let settler = Settler::spawn(store, std::time::Duration::from_secs(1));
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let settler = Settler::spawn(store, std::time::Duration::from_secs(1), metrics);
         let mut entry = sessions.register(
             &settler,
             SessionId([1; 16]),

@@ -25,6 +25,7 @@ use tracing::{debug, info};
 use crate::{
     error::ConnError,
     fault,
+    metrics::{ChannelKind, RebootResult},
     registry::{Intro, SessionEntry, Traffic},
     wire::{self, frame_reader},
     Shared,
@@ -117,6 +118,7 @@ pub(crate) async fn serve(
                     if let (Some(c), Some(frame)) = (newer, &frame) {
                         wire::write_frame(&mut send, frame).await?;
                         host_conn = Some(c);
+                        shared.metrics.session_resumed();
                         info!(%user, %host, %session, "session resumed: host back");
                         machine.host_back(false)
                     } else {
@@ -149,6 +151,7 @@ pub(crate) async fn serve(
                 match link.map(|c| (c, machine.host_back(with_ticket))) {
                     Some((c, Some(frame))) => {
                         host_conn = Some(c);
+                        shared.metrics.session_resumed();
                         info!(%user, %host, %session, "session resumed");
                         Some(frame)
                     }
@@ -204,10 +207,16 @@ pub(crate) async fn serve(
             frame = control.recv() => match frame {
                 Some(Ok(Some(frame))) => match machine.request(&frame) {
                     Request::ListHosts => Some(crate::user::host_list(shared, &user).await?),
-                    Request::Reboot => crate::reboot::request(shared, &user, &host, session)
-                        .await
-                        .err()
-                        .map(|why| RelayToClient::Refused(Refusal::NotAllowed(why))),
+                    Request::Reboot => {
+                        let asked = crate::reboot::request(shared, &user, &host, session).await;
+                        shared.metrics.reboot(match asked {
+                            Ok(()) => RebootResult::Asked,
+                            Err(_) => RebootResult::Refused,
+                        });
+                        asked
+                            .err()
+                            .map(|why| RelayToClient::Refused(Refusal::NotAllowed(why)))
+                    }
                     Request::Refuse(r) => Some(RelayToClient::Refused(r)),
                     Request::Ignore => None,
                 },
@@ -356,7 +365,8 @@ async fn channel(
                 record: pairing.intro.record,
                 msg1,
             };
-            (stream, false, place)
+            let open = pairing.shared.metrics.channel(ChannelKind::Handshake);
+            (stream, false, (place, open))
         }
         ChannelRequest::Channel { number, bulk } => {
             let budgets = &pairing.shared.channel_budgets;
@@ -370,7 +380,13 @@ async fn channel(
                 return;
             };
             pairing.traffic.channel();
-            (HostStream::Channel { number }, bulk, place)
+            let kind = if bulk {
+                ChannelKind::Bulk
+            } else {
+                ChannelKind::Interactive
+            };
+            let open = pairing.shared.metrics.channel(kind);
+            (HostStream::Channel { number }, bulk, (place, open))
         }
         _ => {
             refuse_channel(c_send, "request outside protocol limits".into()).await;
@@ -409,15 +425,18 @@ async fn channel(
         return;
     }
     let traffic = &pairing.traffic;
+    let (to_host, to_client) = pairing.shared.metrics.relayed();
     tokio::select! {
         _ = async {
             tokio::join!(
                 wire::splice(&mut c_recv, &mut h_send, |chunk| {
                     traffic.moved(chunk.len() as u64, 0);
+                    to_host.inc_by(chunk.len() as u64);
                     fault::spliced(chunk);
                 }),
                 wire::splice(&mut h_recv, &mut c_send, |chunk| {
                     traffic.moved(0, chunk.len() as u64);
+                    to_client.inc_by(chunk.len() as u64);
                     fault::spliced(chunk);
                 })
             )

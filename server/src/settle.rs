@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::{
     error::logged_store_call,
     lockout::{Proof, Settlement},
+    metrics::{Metrics, Pending},
     now_unix,
     store::{AttemptId, Store, StoreError},
     waiting::WaitingRooms,
@@ -33,8 +34,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const SWEEP_GRACE: Duration = Duration::from_secs(5);
 
 enum Job {
-    /// An attempt dropped without a verdict, with why (for the audit).
-    Fail(AttemptId, HostName, &'static str),
+    /// An attempt dropped without a verdict, with why (for the audit); it
+    /// counts as pending until the job is done.
+    Fail(AttemptId, HostName, &'static str, Pending),
     /// A session that ended.
     SessionEnded {
         session: SessionId,
@@ -52,12 +54,17 @@ pub(crate) struct Settler {
     tx: mpsc::UnboundedSender<Job>,
     /// Logins waiting for a settlement on their host.
     pub(crate) waiting: Arc<WaitingRooms>,
+    metrics: Arc<Metrics>,
 }
 
 impl Settler {
     /// Starts the settling task; it sweeps attempts pending for longer than
     /// `handshake_timeout` plus a grace, and ends when every handle is gone.
-    pub(crate) fn spawn(store: Arc<dyn Store>, handshake_timeout: Duration) -> Self {
+    pub(crate) fn spawn(
+        store: Arc<dyn Store>,
+        handshake_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(WaitingRooms::default());
         tokio::spawn(run(
@@ -65,14 +72,20 @@ impl Settler {
             rx,
             handshake_timeout + SWEEP_GRACE,
             waiting.clone(),
+            metrics.clone(),
         ));
-        Self { tx, waiting }
+        Self {
+            tx,
+            waiting,
+            metrics,
+        }
     }
 
     /// Takes ownership of a freshly reserved attempt on `host`.
     pub(crate) fn adopt(&self, id: AttemptId, host: HostName, record: RecordId) -> PendingAttempt {
         PendingAttempt {
             id: Some(id),
+            pending: Some(self.metrics.pending_attempt()),
             host,
             record,
             why: "abandoned before KE3",
@@ -110,6 +123,9 @@ impl Settler {
 pub(crate) struct PendingAttempt {
     /// `None` once settled.
     id: Option<AttemptId>,
+    /// Counts the attempt in `latchkey_attempts_pending` until it is
+    /// settled, here or by the settler.
+    pending: Option<Pending>,
     host: HostName,
     /// The code record the attempt tries (a session's end-to-end psk comes
     /// from its export key).
@@ -161,6 +177,7 @@ impl PendingAttempt {
         self.why = "the verdict could not be written to the store";
         let settled = store.settle_attempt(id, proof, detail, session, now_unix())?;
         self.id = None;
+        self.pending = None;
         self.waiting.settled(&self.host);
         Ok(settled)
     }
@@ -168,10 +185,12 @@ impl PendingAttempt {
 
 impl Drop for PendingAttempt {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
+        if let (Some(id), Some(pending)) = (self.id.take(), self.pending.take()) {
             // If the settler is gone (the relay is stopping), the next
             // start settles it: one relay owns a data directory.
-            let _ = self.tx.send(Job::Fail(id, self.host.clone(), self.why));
+            let _ = self
+                .tx
+                .send(Job::Fail(id, self.host.clone(), self.why, pending));
         }
     }
 }
@@ -181,6 +200,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Job>,
     stale_after: Duration,
     waiting: Arc<WaitingRooms>,
+    metrics: Arc<Metrics>,
 ) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,6 +218,7 @@ async fn run(
                 })
                 .await;
                 if let Some(n @ 1..) = swept {
+                    metrics.abandoned(u64::try_from(n).unwrap_or(u64::MAX));
                     warn!(attempts = n, "pending attempts past the deadline settled as failures");
                     waiting.settled_anywhere();
                 }
@@ -205,15 +226,19 @@ async fn run(
             }
         };
         match job {
-            Job::Fail(id, host, why) => {
+            Job::Fail(id, host, why, pending) => {
                 let session = SessionId([0; 16]);
                 let settled = logged_store_call(&store, move |s| {
                     s.settle_attempt(id, Proof::NotProven, why, &session, now_unix())
                 })
                 .await;
                 if let Some(Some(_)) = settled {
+                    metrics.abandoned(1);
                     info!(attempt = id.0, %host, reason = why, "attempt settled as a failure");
                 }
+                // Settled, or left to the sweeper (a store error) or to the
+                // next start: no longer this task's to count.
+                drop(pending);
                 waiting.settled(&host);
             }
             Job::SessionEnded {

@@ -27,7 +27,10 @@ use serde::Serialize;
 pub use sql::EventFeed;
 pub use sqlite::{Sqlite, SqliteStore};
 
-use crate::lockout::{Proof, Settlement};
+use crate::{
+    lockout::{Proof, Settlement},
+    metrics::StoreLatency,
+};
 use thiserror::Error;
 
 /// Where a relay keeps its state (the `store` setting).
@@ -67,15 +70,20 @@ impl Location {
     }
 
     /// Opens the store for a serving relay, with what keeps a second relay
-    /// off it (the data directory's lock covers the embedded store).
+    /// off it (the data directory's lock covers the embedded store), timing
+    /// its transactions with `latency` if given (the relay's metrics).
     pub fn open_for_serving(
         &self,
         db_path: &std::path::Path,
+        latency: Option<StoreLatency>,
     ) -> Result<(Box<dyn Store>, Option<ServingLock>), StoreError> {
         Ok(match self {
-            Self::Embedded => (Box::new(SqliteStore::open(db_path)?), None),
+            Self::Embedded => (
+                Box::new(SqliteStore::open(db_path)?.with_latency(latency)),
+                None,
+            ),
             Self::Postgres(url) => {
-                let store = PostgresStore::connect(url)?;
+                let store = PostgresStore::connect(url)?.with_latency(latency);
                 let lock = store.lock_for_serving()?;
                 (Box::new(store), Some(lock))
             }
@@ -574,4 +582,20 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     fn audit_page(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
     /// How many audit rows of each event were written at or after `since`.
     fn audit_counts(&self, since: UnixTime) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// What the metrics read at scrape time (SPEC O2), in one read.
+    fn gauges(&self) -> Result<StoreGauges, StoreError>;
+}
+
+/// Counts only the store knows, for the metrics ([`Store::gauges`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Hosts locked now.
+    pub hosts_locked: u64,
+    /// Notices waiting for delivery.
+    pub notices_pending: u64,
+    /// Notices delivered.
+    pub notices_sent: u64,
+    /// Notices kept without a transport (no SMTP, or no address).
+    pub notices_stored: u64,
 }

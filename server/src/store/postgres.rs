@@ -273,6 +273,7 @@ impl SqlStore<Postgres> {
             .map_err(pool_error)?;
         Ok(SqlStore {
             backend: Postgres { config, pool },
+            latency: None,
         })
     }
 }
@@ -313,6 +314,29 @@ impl SqlStore<Postgres> {
             config: self.backend.config.clone(),
             client: Some(take_serving_lock(&self.backend.config)?),
         })
+    }
+}
+
+/// Gives the lock back before the connection closes: PostgreSQL frees a
+/// closed session's locks only once its backend process has exited, and a
+/// relay started right after this one stopped would find it still held.
+impl Drop for ServingLock {
+    fn drop(&mut self) {
+        let Some(mut client) = self.client.take() else {
+            return;
+        };
+        let mut unlock = move || {
+            let _ = client
+                .get()
+                .execute("SELECT pg_advisory_unlock($1)", &[&SERVING_LOCK]);
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("pg-unlock".into())
+                .spawn(unlock);
+        } else {
+            unlock();
+        }
     }
 }
 
@@ -762,6 +786,13 @@ mod tests {
     fn a_sessions_end_is_recorded_once_and_only_if_it_began() {
         on_fresh_database("a_sessions_end_is_recorded_once", |open| {
             suite::a_sessions_end_is_recorded_once_and_only_if_it_began(&*open())
+        });
+    }
+
+    #[test]
+    fn gauges_count_locked_hosts_and_notices_by_state() {
+        on_fresh_database("gauges_count_locked_hosts", |open| {
+            suite::gauges_count_locked_hosts_and_notices_by_state(&*open())
         });
     }
 

@@ -3,7 +3,7 @@
 //! ([`super::sql`]). The lockout rule itself is [`crate::lockout`]; this
 //! module loads what the rule reads and writes what it answers.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Instant};
 
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
@@ -12,18 +12,32 @@ use latchkey_protocol::{
     ksf::KsfProfile,
 };
 
-use crate::lockout::{self, Admission, Proof, Settlement, Tally, VoidReason};
+use crate::{
+    lockout::{self, Admission, Proof, Settlement, Tally, VoidReason},
+    metrics::StoreLatency,
+};
 
 use super::{
     notice::{self, Notice},
     sql::{args, audit_row, Backend, EventFeed, Row, Tx},
     Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus, InviteKind,
-    OutboxRow, Store, StoreError, UnixTime, UserRow,
+    OutboxRow, Store, StoreError, StoreGauges, UnixTime, UserRow,
 };
 
 /// A store on the SQL backend `B`.
 pub struct SqlStore<B> {
     pub(crate) backend: B,
+    /// Times every transaction, for a serving relay's metrics.
+    pub(crate) latency: Option<StoreLatency>,
+}
+
+impl<B> SqlStore<B> {
+    /// Times every transaction (from the wait for a connection to the
+    /// commit, retries included) with `latency`, if given.
+    pub fn with_latency(mut self, latency: Option<StoreLatency>) -> Self {
+        self.latency = latency;
+        self
+    }
 }
 
 // `Backend` is sealed: only this crate's backends implement it.
@@ -33,14 +47,24 @@ impl<B: Backend> SqlStore<B> {
         &self,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.backend.write(&mut body)
+        let started = Instant::now();
+        let result = self.backend.write(&mut body);
+        if let Some(latency) = &self.latency {
+            latency.write(started);
+        }
+        result
     }
 
     pub(super) fn read<T>(
         &self,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.backend.read(&mut body)
+        let started = Instant::now();
+        let result = self.backend.read(&mut body);
+        if let Some(latency) = &self.latency {
+            latency.read(started);
+        }
+        result
     }
 }
 
@@ -1343,6 +1367,25 @@ impl<B: Backend> Store for SqlStore<B> {
             .iter()
             .map(|r| Ok((r.text(0)?, u64::try_from(r.int(1)?).unwrap_or(0))))
             .collect()
+        })
+    }
+
+    fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        self.read(|tx| {
+            let r = tx.row(
+                "SELECT (SELECT COUNT(*) FROM hosts WHERE locked_at IS NOT NULL),
+                        (SELECT COUNT(*) FROM outbox WHERE state = 'pending'),
+                        (SELECT COUNT(*) FROM outbox WHERE state = 'sent'),
+                        (SELECT COUNT(*) FROM outbox WHERE state = 'stored')",
+                args![],
+            )?;
+            let count = |i| r.int(i).map(|n| u64::try_from(n).unwrap_or(0));
+            Ok(StoreGauges {
+                hosts_locked: count(0)?,
+                notices_pending: count(1)?,
+                notices_sent: count(2)?,
+                notices_stored: count(3)?,
+            })
         })
     }
 }

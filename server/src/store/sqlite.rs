@@ -244,6 +244,7 @@ impl SqlStore<Sqlite> {
             backend: Sqlite {
                 conn: Arc::new(Mutex::new(conn)),
             },
+            latency: None,
         })
     }
 }
@@ -411,5 +412,10 @@ mod tests {
     #[test]
     fn the_event_feed_sees_other_connections_commits_in_order() {
         on_file(suite::the_event_feed_sees_other_connections_commits_in_order);
+    }
+
+    #[test]
+    fn gauges_count_locked_hosts_and_notices_by_state() {
+        suite::gauges_count_locked_hosts_and_notices_by_state(&fresh());
     }
 }

@@ -614,3 +614,48 @@ pub(crate) fn a_sessions_end_is_recorded_once_and_only_if_it_began(store: &dyn S
     }
     assert_eq!(ends(), 1);
 }
+
+/// The metrics' store gauges count locked hosts and notices by state,
+/// and follow a lock, a delivery and an unlock.
+pub(crate) fn gauges_count_locked_hosts_and_notices_by_state(store: &dyn Store) {
+    let (alice, host, record) = alice_owns_mypc(store, 1);
+    assert_eq!(
+        store.gauges().expect("gauges"),
+        super::StoreGauges::default()
+    );
+    let source = "127.0.0.1".parse().expect("address");
+    let Reservation::Reserved(a) = store
+        .reserve_attempt(&alice, &host, &record.id, source, 1)
+        .expect("reserve")
+    else {
+        panic!("not reserved")
+    };
+    store
+        .settle_attempt(a, Proof::NotProven, "wrong", &SessionId([0; 16]), 1)
+        .expect("settle");
+    let notices = store.outbox(1000).expect("outbox");
+    assert!(!notices.is_empty(), "a lock queues notices");
+    store
+        .notice_done(notices[0].id, "sent", 2)
+        .expect("delivered");
+    let by_state = |state: &str| {
+        store
+            .outbox(1000)
+            .expect("outbox")
+            .iter()
+            .filter(|n| n.state == state)
+            .count() as u64
+    };
+    let gauges = store.gauges().expect("gauges");
+    assert_eq!(
+        gauges,
+        super::StoreGauges {
+            hosts_locked: 1,
+            notices_pending: by_state("pending"),
+            notices_sent: 1,
+            notices_stored: by_state("stored"),
+        }
+    );
+    store.unlock(&host, &Actor::cli(), 3).expect("unlock");
+    assert_eq!(store.gauges().expect("gauges").hosts_locked, 0);
+}
