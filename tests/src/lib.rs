@@ -920,6 +920,18 @@ impl World {
 
     /// Builds the world with its relay listening on `listen`.
     pub fn listening_on(listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
+        let w = Self::ungranted(listen, env)?;
+        w.relay.admin(&["grant", "mypc", "bob"])?;
+        Ok(w)
+    }
+
+    /// Builds the world with extra relay settings, but bob has no grant on
+    /// mypc yet (a test grants it, from the admin console say).
+    pub fn without_grant(env: Vec<(String, String)>) -> Result<Self> {
+        Self::ungranted("127.0.0.1:0".parse()?, env)
+    }
+
+    fn ungranted(listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let relay = Relay::start_on(dir.path(), listen, env)?;
         let device = |name: &str| Device {
@@ -936,7 +948,6 @@ impl World {
         }
         mypc.enroll_host(&relay.invite_host("mypc", "alice")?)?;
         mypc.set_code(OWNER_CODE, None)?;
-        relay.admin(&["grant", "mypc", "bob"])?;
         Ok(Self {
             dir,
             relay,
