@@ -25,6 +25,7 @@ pub mod endpoint;
 mod error;
 pub mod fault;
 mod host;
+pub mod human_time;
 mod key_twice;
 pub mod lockout;
 mod login;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{auth::SignedIn, paths, view, ConsoleError, ConsoleState};
 use crate::{
-    now_unix,
+    human_time, now_unix,
     store::{AuditFilter, AuditRow, GrantRow, HostStatus},
 };
 
@@ -52,6 +52,7 @@ pub(super) struct DoneQuery {
 }
 
 fn events_table(rows: &[AuditRow]) -> Markup {
+    let zone = jiff::tz::TimeZone::system();
     html! {
         div.table { table {
             thead { tr { th { "When" } th { "Event" } th { "Host" } th { "User" } th { "From" } th { "Detail" } } }
@@ -59,11 +60,11 @@ fn events_table(rows: &[AuditRow]) -> Markup {
                 @for r in rows {
                     tr {
                         td { (view::time(r.at)) }
-                        td { (r.event) }
+                        td.event { (r.event) }
                         td { @if let Some(h) = &r.host { a href=(paths::host(h)) { (h) } } }
                         td { (r.user.as_deref().unwrap_or("")) }
                         td { (r.source.as_deref().unwrap_or("")) }
-                        td { (r.detail.as_deref().unwrap_or("")) }
+                        td { (r.detail.as_deref().map(|d| human_time::times_in_text(d, &zone)).unwrap_or_default()) }
                     }
                 }
             }
@@ -157,7 +158,7 @@ pub(super) async fn hosts(
                         td.locked { (view::flag(h.locked, true)) }
                         td { (h.failures) " / " (h.lockout_threshold) }
                         td { (grants_cell(grants)) }
-                        td { @if let Some(at) = h.last_seen { (view::time(at)) } @else { "never" } }
+                        td { (view::last_seen(h.online, h.last_seen)) }
                     }
                 }
             }
@@ -194,17 +195,22 @@ pub(super) async fn host_body(
     message: Option<(&str, bool)>,
 ) -> Result<Markup, ConsoleError> {
     let h = host.clone();
-    let (status, grants, users, events) = state
+    let (status, grants, users, events, last_lock) = state
         .blocking(move |s| {
             let filter = AuditFilter {
                 host: Some(h.to_string()),
                 ..AuditFilter::default()
+            };
+            let locks = AuditFilter {
+                event: Some("host-locked".into()),
+                ..filter.clone()
             };
             Ok((
                 s.host_status(&h)?,
                 s.grants_of(&h)?,
                 s.users()?,
                 s.audit_page(&filter, 10)?,
+                s.audit_page(&locks, 1)?.pop(),
             ))
         })
         .await?;
@@ -221,8 +227,14 @@ pub(super) async fn host_body(
             tbody {
                 tr { th { "Owner" } td { (status.owner) } }
                 tr { th { "Online" } td #online { (view::flag(status.online, false)) } }
-                tr { th { "Last seen" } td { @if let Some(at) = status.last_seen { (view::time(at)) } @else { "never" } } }
+                tr { th { "Last seen" } td { (view::last_seen(status.online, status.last_seen)) } }
                 tr { th { "Locked" } td #locked { (view::flag(status.locked, true)) } }
+                @if let Some(lock) = last_lock.as_ref().filter(|_| status.locked) {
+                    tr { th { "Locked since" } td #lock-cause {
+                        (view::time(lock.at))
+                        @if let Some(d) = &lock.detail { ": " (d) }
+                    } }
+                }
                 tr { th { "Failures" } td #failures { (status.failures) " (locks at " (status.lockout_threshold) ")" } }
                 tr { th { "Access code set" } td { (view::flag(status.code_set, false)) } }
                 tr { th { "Shared access" } td { @if status.shared_access { "enabled" } @else { "disabled" } } }

@@ -5,6 +5,7 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::paths;
+use crate::human_time;
 
 /// Readable on a phone: one column, tables that scroll sideways.
 pub(super) const STYLE: &str = r#"
@@ -19,6 +20,8 @@ main { padding: 1rem; max-width: 70rem; margin: auto; }
 a { color: var(--accent); }
 .table { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; margin: .5rem 0 1rem; }
+td.event { white-space: nowrap; }
+form.stack label { display: grid; gap: .2rem; }
 th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #8883; vertical-align: top; }
 form.inline { display: inline; }
 form.stack { display: grid; gap: .5rem; max-width: 26rem; margin: .5rem 0 1rem; }
@@ -97,15 +100,19 @@ pub(super) fn flag(on: bool, bad_when_on: bool) -> Markup {
 pub(super) fn time(at: i64) -> Markup {
     let zone = jiff::tz::TimeZone::system();
     match jiff::Timestamp::from_second(at) {
-        Ok(t) => {
-            let zoned = t.to_zoned(zone);
-            html! {
-                time datetime=(t.to_string()) {
-                    (zoned.strftime("%Y-%m-%d %H:%M:%S %Z").to_string())
-                }
-            }
-        }
+        Ok(t) => html! {
+            time datetime=(t.to_string()) { (human_time::local_time(at, &zone)) }
+        },
         Err(_) => html! { (at) },
+    }
+}
+
+/// When a host was last seen: now while it is online.
+pub(super) fn last_seen(online: bool, at: Option<i64>) -> Markup {
+    html! {
+        @if online { "now" }
+        @else if let Some(at) = at { (time(at)) }
+        @else { "never" }
     }
 }
 

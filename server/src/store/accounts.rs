@@ -137,7 +137,11 @@ fn fail(
     )?;
     insert_audit(
         tx,
-        &console_event("console-login-failed", source, format!("admin {name:?}")),
+        &console_event(
+            "console-login-failed",
+            source,
+            format!("admin '{}'", name.escape_debug()),
+        ),
         now,
     )?;
     let Some(row) = counted else {
@@ -156,7 +160,10 @@ fn fail(
         &console_event(
             "console-admin-locked",
             source,
-            format!("admin {name:?} after {failures} failed logins"),
+            format!(
+                "admin '{}' after {failures} failed logins",
+                name.escape_debug()
+            ),
         ),
         now,
     )?;
@@ -205,7 +212,8 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
                     user: None,
                     source: by.source,
                     detail: Some(format!(
-                        "admin {name:?}: setup link expires at {expires_at}; {}",
+                        "admin '{}': setup link expires at {expires_at}; {}",
+                        name.escape_debug(),
                         by.detail()
                     )),
                 },
@@ -252,7 +260,10 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
                 &console_event(
                     "console-admin-enrolled",
                     source,
-                    format!("admin {name:?} set a password and a second factor"),
+                    format!(
+                        "admin '{}' set a password and a second factor",
+                        name.escape_debug()
+                    ),
                 ),
                 now,
             )?;
@@ -300,7 +311,11 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
                 if signed_in == 1 {
                     insert_audit(
                         tx,
-                        &console_event("console-login", source, format!("admin {name:?}")),
+                        &console_event(
+                            "console-login",
+                            source,
+                            format!("admin '{}'", name.escape_debug()),
+                        ),
                         now,
                     )?;
                     return Ok(true);

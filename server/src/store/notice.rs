@@ -116,7 +116,8 @@ pub fn locked(host: &str, owner: &str, cause: &str, failures: u32) -> Notice {
         body: format!(
             "{host} is locked: {failures} access-code attempts failed\n\
              ({cause}).\n\
-             Nobody can connect to {host} until an admin runs:\n\
+             Nobody can connect to {host} until an admin unlocks it,\n\
+             on its page in the admin console or with:\n\
              latchkey-relay admin unlock {host}\n"
         ),
     }
