@@ -47,6 +47,12 @@ use crate::{
 const LOGIN_BURST: u32 = 10;
 const LOGINS_PER_MINUTE: f64 = 6.0;
 
+/// Password hashes checked at once (Argon2id takes 19 MiB and tens of
+/// milliseconds each), and how long a sign-in waits for its turn: many
+/// addresses signing in at once cannot take the relay's memory or cores.
+const PASSWORD_CHECKS: usize = 4;
+const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(5);
+
 /// What every console request shares.
 pub struct ConsoleState {
     store: Arc<dyn Store>,
@@ -55,6 +61,8 @@ pub struct ConsoleState {
     pin: RelayPin,
     sessions: auth::Sessions,
     logins: Mutex<RateLimiter>,
+    /// Turns to check a password hash.
+    password_checks: Arc<tokio::sync::Semaphore>,
     /// Served over TLS: cookies are Secure.
     tls: bool,
     /// A plain listener on a non-loopback address: only the trusted
@@ -82,6 +90,7 @@ impl ConsoleState {
                 LOGINS_PER_MINUTE / 60.0,
                 4096,
             )),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
             tls,
             proxied_only,
         }
@@ -92,6 +101,18 @@ impl ConsoleState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .allow(source, 1.0, Instant::now())
+    }
+
+    /// A turn to check a password hash, or [`ConsoleError::Busy`].
+    async fn password_check(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ConsoleError> {
+        tokio::time::timeout(
+            PASSWORD_CHECK_WAIT,
+            self.password_checks.clone().acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(ConsoleError::Busy)
     }
 
     /// Runs a store call off the async threads.
@@ -128,7 +149,7 @@ pub enum ConsoleError {
     Store(#[from] StoreError),
     /// An action failed.
     #[error(transparent)]
-    Service(#[from] ServiceError),
+    Service(ServiceError),
     /// A state-changing form without its session's CSRF token.
     #[error("This form is out of date or did not come from this console: reload the page and try again.")]
     Csrf,
@@ -144,6 +165,18 @@ pub enum ConsoleError {
     /// The relay failed.
     #[error("{0}")]
     Internal(&'static str),
+    /// Too many password checks at once.
+    #[error("The console is busy checking other sign-ins: try again in a moment.")]
+    Busy,
+}
+
+impl From<ServiceError> for ConsoleError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Store(e) => Self::Store(e),
+            e => Self::Service(e),
+        }
+    }
 }
 
 impl IntoResponse for ConsoleError {
@@ -159,6 +192,7 @@ impl IntoResponse for ConsoleError {
             }
             Self::Csrf | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadInput(_) => StatusCode::BAD_REQUEST,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -128,9 +128,11 @@ pub(super) async fn login(
             StatusCode::TOO_MANY_REQUESTS,
         ));
     }
+    let turn = state.password_check().await?;
     let store = state.store.clone();
     let threshold = state.config.admin_login_lockout;
     let signed_in = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let name = form.name.trim().to_string();
         let creds = store.admin_credentials(&name)?;
         let hash = creds
@@ -293,7 +295,9 @@ pub(super) async fn setup(
     let store = state.store.clone();
     let digest = service::setup_digest(&token);
     let password = form.password.clone();
+    let turn = state.password_check().await?;
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         let hash = Argon2::default()
             .hash_password(password.as_bytes(), &salt)
