@@ -79,6 +79,11 @@ pub enum AdminCommand {
     },
     /// List console admins.
     Admins,
+    /// Delete a console admin; their open console sessions end at once.
+    RemoveAdmin {
+        /// The admin's name.
+        name: UserName,
+    },
     /// Give USER shared access to HOST with the owner's current access code.
     Grant {
         /// The host.
@@ -156,6 +161,23 @@ impl AdminError {
     }
 }
 
+/// `text` with control characters escaped.
+fn printable(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        text.to_string()
+    }
+}
+
 fn print_table(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -163,6 +185,12 @@ fn print_table(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> s
             *w = (*w).max(cell.chars().count());
         }
     }
+    // Stored text (an email, an audit detail) must not drive the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = &rows;
     let line = |cells: Vec<&str>| {
         cells
             .iter()
@@ -452,8 +480,23 @@ pub fn run(
                 },
             )
         }
+        AdminCommand::RemoveAdmin { name } => {
+            store.remove_admin(name.as_str(), &by, crate::now_unix())?;
+            emit(
+                out,
+                json,
+                &serde_json::json!({"removed": name.as_str()}),
+                |out| {
+                    writeln!(
+                        out,
+                        "console admin '{name}' removed; their sessions have ended."
+                    )
+                },
+            )
+        }
         AdminCommand::Admins => {
-            let admins = store.admins()?;
+            let admins = store.admins(config.console_lockout(), crate::now_unix())?;
+            let zone = jiff::tz::TimeZone::system();
             emit(out, json, &admins, |out| {
                 let rows: Vec<Vec<String>> = admins
                     .iter()
@@ -461,7 +504,8 @@ pub fn run(
                         vec![
                             a.name.clone(),
                             yes(a.enrolled),
-                            yes(a.locked),
+                            a.locked_until
+                                .map_or("no".into(), |t| format!("until {}", local_time(t, &zone))),
                             a.email.clone().unwrap_or_default(),
                         ]
                     })

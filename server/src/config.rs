@@ -83,6 +83,8 @@ pub struct Config {
     pub admin_session_idle_secs: u64,
     /// Failed console logins in a row that lock an admin account. Default 5.
     pub admin_login_lockout: u32,
+    /// How long such a lock lasts, in seconds. Default 900.
+    pub admin_lockout_secs: u64,
     /// Deadline for a whole handshake, from the first packet to the login
     /// verdict, in milliseconds. Default 10,000.
     pub handshake_timeout_ms: u64,
@@ -233,6 +235,7 @@ impl Default for Config {
             admin_public_url: None,
             admin_session_idle_secs: 1_800,
             admin_login_lockout: 5,
+            admin_lockout_secs: 900,
             handshake_timeout_ms: 10_000,
             first_message_timeout_ms: 3_000,
             max_unauthenticated: 512,
@@ -346,6 +349,14 @@ impl Config {
                     "admin_listen must be an address such as 127.0.0.1:8080, or off".into(),
                 )
             }),
+        }
+    }
+
+    /// The console's lockout rule.
+    pub fn console_lockout(&self) -> crate::store::ConsoleLockout {
+        crate::store::ConsoleLockout {
+            threshold: self.admin_login_lockout.max(1),
+            lasts_secs: i64::try_from(self.admin_lockout_secs).unwrap_or(i64::MAX / 2),
         }
     }
 

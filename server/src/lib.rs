@@ -420,8 +420,16 @@ impl Relay {
             let _ = admin_actions.await;
             let _ = outbox.await;
             let _ = audit.await;
-            if let Some(console) = console {
-                let _ = console.task.await;
+            if let Some(mut console) = console {
+                // The console's own stop gives requests in flight a moment;
+                // a client that never finishes one does not hold the relay.
+                let deadline = console::STOP_DEADLINE;
+                if tokio::time::timeout(deadline, &mut console.task)
+                    .await
+                    .is_err()
+                {
+                    console.task.abort();
+                }
             }
             // Released last: the directory is ours until everything is written.
             drop(serving);

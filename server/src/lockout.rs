@@ -34,6 +34,9 @@
 /// The default threshold (GoToMyPC's "three attempts").
 pub const DEFAULT_THRESHOLD: u32 = 3;
 
+/// The thresholds a host may have: a lockout that never comes is none.
+pub const THRESHOLDS: std::ops::RangeInclusive<u32> = 1..=1000;
+
 /// Attempts one user may have pending on one host at once.
 pub const MAX_PENDING_PER_USER: u32 = 1;
 

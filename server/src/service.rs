@@ -34,6 +34,9 @@ pub enum ServiceError {
         "the console's address is unknown: set admin_public_url, or admin_listen to an address"
     )]
     NoConsole,
+    /// Not an email address.
+    #[error("'{}' is not an email address", .0.escape_debug())]
+    BadEmail(String),
 }
 
 /// An invite token, shown once.
@@ -92,6 +95,9 @@ pub fn invite(
     kind: InviteKind,
     by: &Actor,
 ) -> Result<Invitation, ServiceError> {
+    if let InviteKind::User { email: Some(e) } = &kind {
+        check_email(e)?;
+    }
     let relay = relay_address(config, store)?;
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
@@ -169,7 +175,20 @@ pub fn set_email(
     address: Option<&str>,
     by: &Actor,
 ) -> Result<(), ServiceError> {
+    if let Some(a) = address {
+        check_email(a)?;
+    }
     Ok(store.set_email(user, address, by, now_unix())?)
+}
+
+/// Where notices may be emailed: one address as SMTP takes it (no name,
+/// no line breaks), so no stored address can add a header to a notice or
+/// escape sequences to the CLI's output.
+fn check_email(address: &str) -> Result<(), ServiceError> {
+    match address.parse::<lettre::Address>() {
+        Ok(_) if address.len() <= 254 => Ok(()),
+        _ => Err(ServiceError::BadEmail(address.to_string())),
+    }
 }
 
 /// The digest under which a console setup token is stored.
@@ -186,6 +205,9 @@ pub fn add_admin(
     email: Option<&str>,
     by: &Actor,
 ) -> Result<AdminSetup, ServiceError> {
+    if let Some(e) = email {
+        check_email(e)?;
+    }
     let base = console_url(config, store)?;
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);

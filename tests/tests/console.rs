@@ -112,3 +112,40 @@ fn the_console_serves_https_with_the_admins_certificate() -> Result<()> {
     assert_eq!(overview.status(), 303);
     Ok(())
 }
+
+#[test]
+fn slow_clients_neither_hold_the_console_nor_the_relays_stop() -> Result<()> {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir()?;
+    let env = vec![("LATCHKEY_RELAY_ADMIN_LISTEN".into(), "127.0.0.1:0".into())];
+    let mut relay = Relay::start_with(dir.path(), env)?;
+    let said = relay
+        .proc
+        .as_ref()
+        .context("running")?
+        .stdout
+        .recv_timeout(Duration::from_secs(10))?;
+    let addr = said
+        .strip_prefix("admin console on http://")
+        .with_context(|| format!("relay said {said:?}"))?
+        .to_string();
+    // Headers that never end: the console closes the connection.
+    let mut slow = std::net::TcpStream::connect(&addr)?;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")?;
+    slow.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "a request whose headers never end held its connection"
+    );
+    // An unfinished request does not keep a stopping relay alive.
+    let mut stuck = std::net::TcpStream::connect(&addr)?;
+    stuck.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")?;
+    let mut proc = relay.proc.take().context("running")?;
+    let status = proc.terminate()?;
+    assert!(status.success(), "{status}");
+    drop(stuck);
+    Ok(())
+}

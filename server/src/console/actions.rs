@@ -42,12 +42,13 @@ fn parse_host(name: &str) -> Result<HostName, ConsoleError> {
 fn refusal(e: &ServiceError) -> bool {
     matches!(
         e,
-        ServiceError::Store(
-            StoreError::Refused(_)
-                | StoreError::NoSuchHost(_)
-                | StoreError::NoSuchUser(_)
-                | StoreError::Exists { .. }
-        )
+        ServiceError::BadEmail(_)
+            | ServiceError::Store(
+                StoreError::Refused(_)
+                    | StoreError::NoSuchHost(_)
+                    | StoreError::NoSuchUser(_)
+                    | StoreError::Exists { .. }
+            )
     )
 }
 
@@ -144,14 +145,6 @@ pub(super) async fn set_email(
 ) -> Result<Response, ConsoleError> {
     let user = parse_user(&user)?;
     let address = Some(form.address.trim().to_string()).filter(|a| !a.is_empty());
-    if address
-        .as_deref()
-        .is_some_and(|a| !a.contains('@') || a.len() > 254 || a.chars().any(char::is_control))
-    {
-        return Err(ConsoleError::BadInput(
-            "that is not an email address".into(),
-        ));
-    }
     let actor = by.actor();
     state
         .run(move |s| service::set_email(s, &user, address.as_deref(), &actor))

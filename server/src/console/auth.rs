@@ -49,6 +49,9 @@ fn same(a: &str, b: &str) -> bool {
 struct Session {
     admin: String,
     csrf: String,
+    /// The digest of the password hash the admin signed in with: a reset
+    /// or a new password ends the session.
+    credential: [u8; 32],
     started: Instant,
     last_used: Instant,
 }
@@ -64,6 +67,11 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// What a session remembers of the password hash it was opened with.
+pub(super) fn credential(password_hash: &str) -> [u8; 32] {
+    digest(password_hash)
+}
+
 impl Sessions {
     pub(super) fn new(idle: Duration) -> Self {
         Self {
@@ -77,7 +85,7 @@ impl Sessions {
     }
 
     /// Signs `admin` in; returns the session's cookie value.
-    fn start(&self, admin: &str) -> String {
+    fn start(&self, admin: &str, credential: [u8; 32]) -> String {
         let token = random_token();
         let now = Instant::now();
         let mut map = self.map();
@@ -96,6 +104,7 @@ impl Sessions {
             Session {
                 admin: admin.to_string(),
                 csrf: random_token(),
+                credential,
                 started: now,
                 last_used: now,
             },
@@ -103,8 +112,9 @@ impl Sessions {
         token
     }
 
-    /// The admin and CSRF token of a live session; using it keeps it alive.
-    fn find(&self, token: &str) -> Option<(String, String)> {
+    /// The admin, CSRF token and credential of a live session; using it
+    /// keeps it alive.
+    fn find(&self, token: &str) -> Option<(String, String, [u8; 32])> {
         let key = digest(token);
         let now = Instant::now();
         let mut map = self.map();
@@ -118,7 +128,7 @@ impl Sessions {
         }
         let s = map.get_mut(&key)?;
         s.last_used = now;
-        Some((s.admin.clone(), s.csrf.clone()))
+        Some((s.admin.clone(), s.csrf.clone(), s.credential))
     }
 
     fn end(&self, token: &str) {
@@ -219,16 +229,32 @@ impl FromRequestParts<Arc<ConsoleState>> for SignedIn {
         let client = Client::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        let session = read_cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|token| state.sessions.find(&token));
-        match session {
-            Some((admin, csrf)) => Ok(Self {
-                admin,
-                csrf,
-                client,
-            }),
-            None => Err(Redirect::to(paths::LOGIN).into_response()),
+        let token = read_cookie(&parts.headers, SESSION_COOKIE);
+        let Some((admin, csrf, signed_with)) =
+            token.as_deref().and_then(|t| state.sessions.find(t))
+        else {
+            return Err(Redirect::to(paths::LOGIN).into_response());
+        };
+        // The account as it is now: removed, reset, or locked since sign-in
+        // ends the session.
+        let (name, rule) = (admin.clone(), state.config.console_lockout());
+        let current = state
+            .blocking(move |s| s.admin_credentials(&name, rule, crate::now_unix()))
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let valid =
+            current.is_some_and(|c| !c.locked && credential(&c.password_hash) == signed_with);
+        if !valid {
+            if let Some(t) = token {
+                state.sessions.end(&t);
+            }
+            return Err(Redirect::to(paths::LOGIN).into_response());
         }
+        Ok(Self {
+            admin,
+            csrf,
+            client,
+        })
     }
 }
 
@@ -247,8 +273,17 @@ pub(super) struct Action<T> {
     pub(super) form: T,
 }
 
-/// Reads a form body (bounded) and its `csrf` field.
+/// Reads a form body (bounded) and its `csrf` field. A browser that says
+/// the form came from another site is refused before the token is read
+/// (a second line behind the token and SameSite cookies).
 async fn form_body(req: Request) -> Result<(Bytes, Option<String>), ConsoleError> {
+    let cross_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if cross_site {
+        return Err(ConsoleError::Csrf);
+    }
     let bytes = axum::body::to_bytes(req.into_body(), MAX_FORM)
         .await
         .map_err(|_| ConsoleError::BadInput("the form is too large".into()))?;
@@ -336,8 +371,13 @@ pub(super) fn form_token(headers: &HeaderMap, client: Client) -> (String, Option
 }
 
 /// Signs `admin` in: a new session (never one the browser brought).
-pub(super) fn sign_in(state: &ConsoleState, admin: &str, client: Client) -> Response {
-    let token = state.sessions.start(admin);
+pub(super) fn sign_in(
+    state: &ConsoleState,
+    admin: &str,
+    credential: [u8; 32],
+    client: Client,
+) -> Response {
+    let token = state.sessions.start(admin, credential);
     let max_age = CookieAge::seconds(i64::try_from(MAX_SESSION_AGE.as_secs()).unwrap_or(0));
     let mut response = Redirect::to(paths::OVERVIEW).into_response();
     let headers = response.headers_mut();
@@ -376,12 +416,12 @@ mod tests {
 
     #[test]
     fn sessions_expire_when_idle_and_end_on_sign_out() {
-        let sessions = Sessions::new(Duration::from_millis(50));
-        let token = sessions.start("alice");
+        let sessions = Sessions::new(Duration::from_millis(250));
+        let token = sessions.start("alice", [0; 32]);
         assert_eq!(sessions.find(&token).map(|s| s.0).as_deref(), Some("alice"));
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(400));
         assert!(sessions.find(&token).is_none(), "idle session lives on");
-        let token = sessions.start("alice");
+        let token = sessions.start("alice", [0; 32]);
         sessions.end(&token);
         assert!(sessions.find(&token).is_none());
         assert!(sessions.find("made-up").is_none());

@@ -9,6 +9,7 @@
 
 mod actions;
 mod auth;
+mod listener;
 mod pages;
 pub(crate) mod paths;
 mod signin;
@@ -187,11 +188,11 @@ impl IntoResponse for ConsoleError {
             }
             Self::Store(StoreError::Refused(_) | StoreError::Exists { .. })
             | Self::Service(ServiceError::Store(StoreError::Refused(_))) => StatusCode::CONFLICT,
+            Self::BadInput(_) | Self::Service(ServiceError::BadEmail(_)) => StatusCode::BAD_REQUEST,
             Self::Store(_) | Self::Service(_) | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Self::Csrf | Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::BadInput(_) => StatusCode::BAD_REQUEST,
             Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
         };
@@ -267,6 +268,40 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         ))
 }
 
+/// On a plain non-loopback listener, only the trusted proxies are served.
+#[derive(Clone)]
+struct ProxyGate {
+    proxies: Option<Arc<Vec<IpAddr>>>,
+}
+
+fn proxied_only_gate(config: &Config) -> ProxyGate {
+    let plain_public = config.admin_tls_cert.is_none()
+        && config
+            .console_listen()
+            .ok()
+            .flatten()
+            .is_some_and(|a| !a.ip().is_loopback());
+    ProxyGate {
+        proxies: plain_public.then(|| Arc::new(config.admin_trusted_proxies.clone())),
+    }
+}
+
+impl ProxyGate {
+    async fn check(&self, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+        if let Some(proxies) = &self.proxies {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_canonical());
+            if !peer.is_some_and(|p| proxies.contains(&p)) {
+                return ConsoleError::Forbidden("this console is served only through its proxy")
+                    .into_response();
+            }
+        }
+        next.run(req).await
+    }
+}
+
 /// Errors starting the console.
 #[derive(Debug, Error)]
 pub enum ConsoleStartError {
@@ -318,6 +353,10 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ConsoleSt
     Ok(config)
 }
 
+/// How long a relay's stop waits for the console (its own grace, and a
+/// second more).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(3);
+
 /// A console that is listening.
 pub struct Console {
     /// Where.
@@ -356,41 +395,16 @@ pub async fn start(
     let state = Arc::new(ConsoleState::new(store, config.clone(), pin, tls.is_some()));
     let mut app = router(state);
     if let Some(extra) = extra {
-        app = app.merge(extra);
+        // Routes without a sign-in (metrics) obey the proxy rule too.
+        let gate = proxied_only_gate(&config);
+        app = app.merge(extra.layer(axum::middleware::from_fn(move |req, next| {
+            let gate = gate.clone();
+            async move { gate.check(req, next).await }
+        })));
     }
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let url = crate::service::console_url_for(&config, bound);
-    let task = match tls {
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                stopper.graceful_shutdown(Some(Duration::from_secs(2)));
-            });
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-            let server = axum_server::from_tcp_rustls(listener, rustls)
-                .map_err(|source| ConsoleStartError::Bind { addr, source })?
-                .handle(handle);
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(service).await {
-                    warn!("admin console stopped: {e}");
-                }
-            })
-        }
-        None => {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|source| ConsoleStartError::Bind { addr, source })?;
-            tokio::spawn(async move {
-                let served = axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    warn!("admin console stopped: {e}");
-                }
-            })
-        }
-    };
+    let task = listener::serve(listener, tls, app, shutdown)
+        .map_err(|source| ConsoleStartError::Bind { addr, source })?;
     info!(%url, "admin console listening");
     Ok(Console {
         addr: bound,

@@ -130,11 +130,11 @@ pub(super) async fn login(
     }
     let turn = state.password_check().await?;
     let store = state.store.clone();
-    let threshold = state.config.admin_login_lockout;
+    let rule = state.config.console_lockout();
     let signed_in = tokio::task::spawn_blocking(move || {
         let _turn = turn;
         let name = form.name.trim().to_string();
-        let creds = store.admin_credentials(&name)?;
+        let creds = store.admin_credentials(&name, rule, now_unix())?;
         let hash = creds
             .as_ref()
             .map_or(decoy_hash(), |c| c.password_hash.as_str());
@@ -153,13 +153,14 @@ pub(super) async fn login(
             (Some(c), true, Some(totp_step)) if !c.locked => ConsoleLogin::Passed { totp_step },
             _ => ConsoleLogin::Failed,
         };
-        let ok = store.console_login(&name, outcome, threshold, client.source, now_unix())?;
-        Ok::<_, StoreError>(ok.then_some(name))
+        let ok = store.console_login(&name, outcome, rule, client.source, now_unix())?;
+        let credential = creds.map(|c| auth::credential(&c.password_hash));
+        Ok::<_, StoreError>(credential.filter(|_| ok).map(|c| (name, c)))
     })
     .await
     .map_err(|_| ConsoleError::Internal("the sign-in check failed"))??;
     Ok(match signed_in {
-        Some(admin) => auth::sign_in(&state, &admin, client),
+        Some((admin, credential)) => auth::sign_in(&state, &admin, credential, client),
         None => login_page(
             &form.csrf,
             Some(SIGN_IN_FAILED),
@@ -271,7 +272,7 @@ pub(super) async fn setup(
         )
             .into_response())
     };
-    if form.password.chars().count() < MIN_PASSWORD {
+    if form.password.trim().chars().count() < MIN_PASSWORD {
         return again(&format!(
             "The password needs at least {MIN_PASSWORD} characters."
         ));

@@ -131,6 +131,18 @@ impl Browser {
         }
     }
 
+    /// Another browser on the same console.
+    fn clone_app(&self) -> Self {
+        Self {
+            app: self.app.clone(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            jar: HashMap::new(),
+            peer: self.peer,
+            _dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     async fn get(&mut self, path: &str) -> Page {
         self.send(Method::GET, path, None).await
     }
@@ -419,6 +431,31 @@ async fn actions_need_the_sessions_csrf_token_and_are_audited_with_the_admin() {
         .await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
 
+    for bad in [
+        "bob@example.com\r\nBcc: eve@example.com",
+        "no-at-sign",
+        "x@y\u{1b}]0;t\u{7}",
+    ] {
+        let page = b
+            .post("/users/bob/email", &[("address", bad), ("csrf", &csrf)])
+            .await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "{bad:?} was taken");
+    }
+    let page = b
+        .post(
+            "/hosts/mypc/policy",
+            &[
+                ("shared_access", "enabled"),
+                ("lockout_threshold", "4294967295"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::CONFLICT,
+        "a threshold that never locks"
+    );
     let page = b
         .post(
             "/users/bob/email",
@@ -558,7 +595,21 @@ async fn console_logins_lock_the_account_after_repeated_failures() {
     // The right password and code no longer open it.
     let page = b.log_in("alice", PASSWORD, &code).await;
     assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
-    assert!(b.store.admins().expect("admins")[0].locked);
+    let rule = b.config.console_lockout();
+    let now = crate::now_unix();
+    assert!(b.store.admins(rule, now).expect("admins")[0]
+        .locked_until
+        .is_some());
+    // The lock ends by itself after a while.
+    let later = now + rule.lasts_secs + 1;
+    assert!(b.store.admins(rule, later).expect("admins")[0]
+        .locked_until
+        .is_none());
+    let creds = b
+        .store
+        .admin_credentials("alice", rule, later)
+        .expect("read");
+    assert!(!creds.expect("enrolled").locked);
     let events: Vec<String> = b
         .store
         .audit_page(&Default::default(), 50)
@@ -727,5 +778,59 @@ async fn behind_a_proxy_only_the_proxy_is_served_and_names_the_client() {
     assert!(
         cookie.to_str().expect("ascii").contains("Secure"),
         "{cookie:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_removal_or_lock_ends_the_admins_open_sessions() {
+    let (mut b, _) = Browser::signed_in().await;
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    // A new setup link (a reset) ends the session at its next request.
+    let alice: UserName = "alice".parse().expect("name");
+    service::add_admin(&*b.store, &b.config, &alice, None, &Actor::cli()).expect("reset");
+    assert_eq!(b.get("/").await.location(), "/login");
+
+    let (mut b, _) = Browser::signed_in().await;
+    b.store
+        .remove_admin("alice", &Actor::cli(), 1)
+        .expect("remove");
+    assert_eq!(b.get("/").await.location(), "/login");
+
+    let (mut b, totp) = Browser::signed_in().await;
+    let mut attacker = b.clone_app();
+    attacker.peer = "127.0.0.9:40000".parse().expect("address");
+    let code = totp.generate_current().to_string();
+    for _ in 0..b.config.admin_login_lockout {
+        attacker.log_in("alice", "guessed wrong!", &code).await;
+    }
+    assert_eq!(
+        b.get("/").await.location(),
+        "/login",
+        "a locked admin's session lives on"
+    );
+}
+
+#[tokio::test]
+async fn a_form_a_browser_says_came_from_another_site_is_refused() {
+    let (b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    let mut b = b;
+    let csrf = b.get("/hosts/mypc").await.csrf();
+    let cookies: Vec<String> = b.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/hosts/mypc/unlock")
+        .header(header::COOKIE, cookies.join("; "))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::from(format!("csrf={csrf}")))
+        .expect("request");
+    req.extensions_mut().insert(ConnectInfo(b.peer));
+    let response = b.app.clone().oneshot(req).await.expect("response");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let events = b.store.audit_page(&Default::default(), 5).expect("audit");
+    assert!(
+        events.iter().all(|e| e.event != "unlock"),
+        "{host} was unlocked"
     );
 }

@@ -24,8 +24,25 @@ pub struct AdminRow {
     pub email: Option<String>,
     /// Whether the setup link was used (a password and a second factor set).
     pub enrolled: bool,
-    /// Whether failed logins locked the account.
-    pub locked: bool,
+    /// Until when failed logins locked the account (Unix seconds).
+    pub locked_until: Option<UnixTime>,
+}
+
+/// The console's lockout rule: `threshold` failed logins in a row lock an
+/// account for `lasts_secs` (then the next failure starts a new count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleLockout {
+    /// Failures in a row that lock.
+    pub threshold: u32,
+    /// How long a lock lasts.
+    pub lasts_secs: i64,
+}
+
+impl ConsoleLockout {
+    /// Locks taken at or before this time have ended.
+    fn ended_before(&self, now: UnixTime) -> UnixTime {
+        now.saturating_sub(self.lasts_secs.max(0))
+    }
 }
 
 /// What a console login is checked against.
@@ -37,7 +54,8 @@ pub struct AdminCredentials {
     pub password_hash: String,
     /// The TOTP key.
     pub totp_secret: zeroize::Zeroizing<Vec<u8>>,
-    /// Whether failed logins locked the account.
+    /// Whether failed logins locked the account (a lock that has not
+    /// ended).
     pub locked: bool,
 }
 
@@ -93,21 +111,28 @@ pub trait AdminAccounts {
     ) -> Result<String, StoreError>;
     /// What a login by `name` is checked against, if `name` is an
     /// enrolled admin.
-    fn admin_credentials(&self, name: &str) -> Result<Option<AdminCredentials>, StoreError>;
+    fn admin_credentials(
+        &self,
+        name: &str,
+        rule: ConsoleLockout,
+        now: UnixTime,
+    ) -> Result<Option<AdminCredentials>, StoreError>;
     /// Records a console login's outcome: `true` if the admin is now
     /// signed in. A passed check whose code was used before, or by a
     /// locked account, counts as a failure. The `threshold`-th failure in a
-    /// row locks the account and tells the other admins.
+    /// row locks the account for a while and tells the other admins.
     fn console_login(
         &self,
         name: &str,
         outcome: ConsoleLogin,
-        threshold: u32,
+        rule: ConsoleLockout,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
     /// Every admin account.
-    fn admins(&self) -> Result<Vec<AdminRow>, StoreError>;
+    fn admins(&self, rule: ConsoleLockout, now: UnixTime) -> Result<Vec<AdminRow>, StoreError>;
+    /// Deletes admin `name`: their sessions end at their next request.
+    fn remove_admin(&self, name: &str, by: &Actor, now: UnixTime) -> Result<(), StoreError>;
     /// An admin's email address.
     fn admin_email(&self, name: &str) -> Result<Option<String>, StoreError>;
 }
@@ -126,14 +151,20 @@ fn console_event<'a>(event: &'a str, source: IpAddr, detail: String) -> Event<'a
 fn fail(
     tx: &mut dyn Tx,
     name: &str,
-    threshold: u32,
+    rule: ConsoleLockout,
     source: IpAddr,
     now: UnixTime,
 ) -> Result<(), StoreError> {
+    // A lock that has ended starts a new count.
     let counted = tx.opt_row(
-        "UPDATE admins SET failures = failures + 1 WHERE name = ?1
+        "UPDATE admins SET
+           failures = CASE WHEN locked_at IS NOT NULL AND locked_at <= ?2 THEN 1
+                           ELSE failures + 1 END,
+           locked_at = CASE WHEN locked_at IS NOT NULL AND locked_at <= ?2 THEN NULL
+                            ELSE locked_at END
+         WHERE name = ?1
          RETURNING failures, CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END",
-        args![name],
+        args![name, rule.ended_before(now)],
     )?;
     insert_audit(
         tx,
@@ -148,7 +179,7 @@ fn fail(
         return Ok(());
     };
     let (failures, locked) = (row.int(0)?, row.flag(1)?);
-    if locked || failures < i64::from(threshold.max(1)) {
+    if locked || failures < i64::from(rule.threshold.max(1)) {
         return Ok(());
     }
     tx.exec(
@@ -161,8 +192,9 @@ fn fail(
             "console-admin-locked",
             source,
             format!(
-                "admin '{}' after {failures} failed logins",
-                name.escape_debug()
+                "admin '{}' for {} min after {failures} failed logins",
+                name.escape_debug(),
+                rule.lasts_secs / 60
             ),
         ),
         now,
@@ -177,7 +209,7 @@ fn fail(
         .collect::<Result<Vec<_>, _>>()?;
     enqueue(
         tx,
-        &notice::console_admin_locked(name, failures, source, &others),
+        &notice::console_admin_locked(name, failures, rule.lasts_secs / 60, source, &others),
         now,
     )
 }
@@ -271,13 +303,18 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
         })
     }
 
-    fn admin_credentials(&self, name: &str) -> Result<Option<AdminCredentials>, StoreError> {
+    fn admin_credentials(
+        &self,
+        name: &str,
+        rule: ConsoleLockout,
+        now: UnixTime,
+    ) -> Result<Option<AdminCredentials>, StoreError> {
         self.read(|tx| {
             let Some(r) = tx.opt_row(
                 "SELECT name, password_hash, totp_secret,
-                        CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END
+                        CASE WHEN locked_at IS NOT NULL AND locked_at > ?2 THEN 1 ELSE 0 END
                  FROM admins WHERE name = ?1 AND password_hash IS NOT NULL",
-                args![name],
+                args![name, rule.ended_before(now)],
             )?
             else {
                 return Ok(None);
@@ -295,7 +332,7 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
         &self,
         name: &str,
         outcome: ConsoleLogin,
-        threshold: u32,
+        rule: ConsoleLockout,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
@@ -303,10 +340,10 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
             if let ConsoleLogin::Passed { totp_step } = outcome {
                 let step = i64::try_from(totp_step).unwrap_or(i64::MAX);
                 let signed_in = tx.exec(
-                    "UPDATE admins SET failures = 0, totp_last_step = ?1
-                     WHERE name = ?2 AND locked_at IS NULL AND password_hash IS NOT NULL
-                       AND totp_last_step < ?1",
-                    args![step, name],
+                    "UPDATE admins SET failures = 0, totp_last_step = ?1, locked_at = NULL
+                     WHERE name = ?2 AND (locked_at IS NULL OR locked_at <= ?3)
+                       AND password_hash IS NOT NULL AND totp_last_step < ?1",
+                    args![step, name, rule.ended_before(now)],
                 )?;
                 if signed_in == 1 {
                     insert_audit(
@@ -321,18 +358,18 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
                     return Ok(true);
                 }
             }
-            fail(tx, name, threshold, source, now)?;
+            fail(tx, name, rule, source, now)?;
             Ok(false)
         })
     }
 
-    fn admins(&self) -> Result<Vec<AdminRow>, StoreError> {
+    fn admins(&self, rule: ConsoleLockout, now: UnixTime) -> Result<Vec<AdminRow>, StoreError> {
         self.read(|tx| {
             tx.rows(
                 "SELECT name, email, CASE WHEN password_hash IS NULL THEN 0 ELSE 1 END,
-                        CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END
+                        CASE WHEN locked_at IS NOT NULL AND locked_at > ?1 THEN locked_at END
                  FROM admins ORDER BY name",
-                args![],
+                args![rule.ended_before(now)],
             )?
             .iter()
             .map(|r| {
@@ -340,10 +377,31 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
                     name: r.text(0)?,
                     email: r.opt_text(1)?,
                     enrolled: r.flag(2)?,
-                    locked: r.flag(3)?,
+                    locked_until: r.opt_int(3)?.map(|at| at + rule.lasts_secs),
                 })
             })
             .collect()
+        })
+    }
+
+    fn remove_admin(&self, name: &str, by: &Actor, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            if tx.exec("DELETE FROM admins WHERE name = ?1", args![name])? == 0 {
+                return Err(StoreError::Refused(format!(
+                    "there is no console admin named '{name}'"
+                )));
+            }
+            insert_audit(
+                tx,
+                &Event {
+                    event: "console-admin-removed",
+                    host: None,
+                    user: None,
+                    source: by.source,
+                    detail: Some(format!("admin '{name}'; {}", by.detail())),
+                },
+                now,
+            )
         })
     }
 

@@ -15,7 +15,7 @@ pub(crate) mod suite;
 
 use std::net::IpAddr;
 
-pub use accounts::{AdminAccounts, AdminCredentials, AdminRow, ConsoleLogin};
+pub use accounts::{AdminAccounts, AdminCredentials, AdminRow, ConsoleLockout, ConsoleLogin};
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::CodeRecord,

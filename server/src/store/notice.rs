@@ -132,6 +132,7 @@ pub const CONSOLE_ADMIN_PREFIX: &str = "admin:";
 pub fn console_admin_locked(
     name: &str,
     failures: i64,
+    minutes: i64,
     source: std::net::IpAddr,
     others: &[String],
 ) -> Notice {
@@ -145,11 +146,12 @@ pub fn console_admin_locked(
         to,
         subject: format!("Console account {name} locked after {failures} failed logins"),
         body: format!(
-            "The admin console locked the account {name}: {failures} logins\n\
-             in a row failed, the last from {source}.\n\
-             If that was not {name}, someone is guessing the password.\n\
-             To unlock it, give {name} a new setup link:\n\
-             latchkey-relay admin add-admin {name}\n"
+            "The admin console locked the account {name} for {minutes} minutes:\n\
+             {failures} logins in a row failed, the last from {source}.\n\
+             If that was not {name}, someone is guessing the password:\n\
+             give {name} a new password and second factor with\n\
+             latchkey-relay admin add-admin {name}\n\
+             (which also unlocks the account at once).\n"
         ),
     }
 }

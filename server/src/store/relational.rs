@@ -1011,10 +1011,12 @@ impl<B: Backend> Store for SqlStore<B> {
                 )?;
             }
             if let Some(threshold) = lockout_threshold {
-                if threshold == 0 {
-                    return Err(StoreError::Refused(
-                        "the lockout threshold must be at least 1".into(),
-                    ));
+                if !lockout::THRESHOLDS.contains(&threshold) {
+                    return Err(StoreError::Refused(format!(
+                        "the lockout threshold must be {} to {}",
+                        lockout::THRESHOLDS.start(),
+                        lockout::THRESHOLDS.end()
+                    )));
                 }
                 tx.exec(
                     "UPDATE hosts SET lockout_threshold = ?1 WHERE id = ?2",

@@ -1,0 +1,157 @@
+//! How the console takes connections: plain or TLS (axum-server), with a
+//! cap on connections held at once and a deadline for a request's headers,
+//! so slow or idle clients cannot take the relay's file descriptors; and a
+//! stop that waits for requests in flight at most a moment.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::Router;
+use axum_server::accept::{Accept, DefaultAcceptor};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Console connections held at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 256;
+/// Time for a request's headers, and for a new connection's first request.
+const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a stop waits for requests in flight.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// An acceptor that holds one of a fixed number of places per connection.
+#[derive(Clone)]
+struct Capped<A> {
+    inner: A,
+    places: Arc<Semaphore>,
+}
+
+/// A connection with its place, given back when it closes.
+struct Held<S> {
+    stream: S,
+    _place: OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+type Accepted<S, V> = Pin<Box<dyn Future<Output = io::Result<(Held<S>, V)>> + Send>>;
+
+impl<I, V, A> Accept<I, V> for Capped<A>
+where
+    A: Accept<I, V>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = Held<A::Stream>;
+    type Service = A::Service;
+    type Future = Accepted<A::Stream, A::Service>;
+
+    fn accept(&self, stream: I, service: V) -> Self::Future {
+        let place = self.places.clone().try_acquire_owned();
+        // Dropped unstarted (closing the connection) when there is no place.
+        let accepted = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let place =
+                place.map_err(|_| io::Error::other("too many admin console connections"))?;
+            let (stream, service) = accepted.await?;
+            Ok((
+                Held {
+                    stream,
+                    _place: place,
+                },
+                service,
+            ))
+        })
+    }
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown`.
+pub(super) fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    app: Router,
+    shutdown: CancellationToken,
+) -> io::Result<tokio::task::JoinHandle<()>> {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopper.graceful_shutdown(Some(STOP_GRACE));
+    });
+    let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum_server::from_tcp(listener)?
+        .handle(handle)
+        .first_request_timeout(HEADER_DEADLINE);
+    Ok(match tls {
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                .handshake_timeout(HEADER_DEADLINE);
+            let mut server = server.acceptor(Capped {
+                inner: acceptor,
+                places,
+            });
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_DEADLINE);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(service).await {
+                    warn!("admin console stopped: {e}");
+                }
+            })
+        }
+        None => {
+            let mut server = server.acceptor(Capped {
+                inner: DefaultAcceptor,
+                places,
+            });
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_DEADLINE);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(service).await {
+                    warn!("admin console stopped: {e}");
+                }
+            })
+        }
+    })
+}
