@@ -844,11 +844,12 @@ impl World {
         Ok((forward, local))
     }
 
-    /// Raises mypc's lockout threshold out of reach, for tests that make
-    /// many attempts without meaning to lock the host.
+    /// Raises mypc's lockout threshold to the highest allowed (1,000), for
+    /// tests that make many attempts without meaning to lock the host.
     pub fn without_lockout(&self) -> Result<()> {
+        let highest = latchkey_server::lockout::THRESHOLDS.end().to_string();
         self.relay
-            .admin(&["policy", "mypc", "--lockout-threshold", "1000000"])
+            .admin(&["policy", "mypc", "--lockout-threshold", &highest])
             .map(drop)
     }
 
