@@ -31,6 +31,11 @@ const TICK: Duration = Duration::from_millis(200);
 /// Notices being delivered at once: a slow mail server holds at most
 /// this many of them, never the next one's turn for ever.
 const DELIVERIES_IN_FLIGHT: usize = 8;
+
+/// How long a claimed notice is this relay's to deliver: well beyond an
+/// email's 15 s deadline, after which another relay may send it (at least
+/// once, SPEC B2).
+const CLAIM_SECS: i64 = 120;
 /// Longest wait between two delivery attempts of one email.
 const MAX_BACKOFF_SECS: i64 = 60;
 
@@ -201,7 +206,8 @@ pub(crate) async fn outbox(shared: Arc<Shared>) {
         }
         let now = now_unix();
         let limit = room + in_flight.len();
-        for notice in blocking(&shared, move |s| s.due_notices(now, limit))
+        let claimed_until = now + CLAIM_SECS;
+        for notice in blocking(&shared, move |s| s.claim_notices(now, claimed_until, limit))
             .await
             .unwrap_or_default()
         {

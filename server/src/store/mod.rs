@@ -510,8 +510,17 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Ends the sessions a previous run of the relay left open; returns how many.
     fn end_open_sessions(&self, now: UnixTime) -> Result<usize, StoreError>;
-    /// Notices due for delivery.
-    fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Claims up to `limit` notices due for delivery, oldest first, until
+    /// `claimed_until`: nobody else (another relay on the same store) is
+    /// given them before then. A relay that stops while delivering one
+    /// leaves it to be given out again when the claim lapses, so a notice
+    /// goes out at least once, and twice only then.
+    fn claim_notices(
+        &self,
+        now: UnixTime,
+        claimed_until: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
     /// Marks a notice delivered (`sent`) or kept without a transport (`stored`).
     fn notice_done(&self, id: i64, state: &str, now: UnixTime) -> Result<(), StoreError>;
     /// Records a failed delivery and when to try again.

@@ -813,6 +813,14 @@ mod tests {
     }
 
     #[test]
+    fn each_notice_is_claimed_by_one_connection_at_a_time() {
+        on_fresh_database(
+            "each_notice_is_claimed",
+            suite::each_notice_is_claimed_by_one_connection_at_a_time,
+        );
+    }
+
+    #[test]
     fn the_event_feed_sees_other_connections_commits_in_order() {
         on_fresh_database(
             "the_event_feed",

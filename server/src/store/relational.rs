@@ -1101,17 +1101,31 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
-    fn due_notices(&self, now: UnixTime, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.read(|tx| {
+    fn claim_notices(
+        &self,
+        now: UnixTime,
+        claimed_until: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        // A claim moves the notice's next attempt to the claim's end, in a
+        // write transaction: two relays claiming at once are serialized
+        // (PostgreSQL retries the one that conflicts), so each notice is
+        // given to one of them.
+        let mut claimed = self.write(|tx| {
             tx.rows(
-                "SELECT id, channel, recipient, subject, body, attempts, state, last_error FROM outbox
-                 WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
-                args![now, i64::try_from(limit).unwrap_or(i64::MAX)],
+                "UPDATE outbox SET next_attempt_at = ?2
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE state = 'pending' AND next_attempt_at <= ?1
+                              ORDER BY id LIMIT ?3)
+                 RETURNING id, channel, recipient, subject, body, attempts, state, last_error",
+                args![now, claimed_until, i64::try_from(limit).unwrap_or(i64::MAX)],
             )?
             .iter()
             .map(outbox_row)
-            .collect()
-        })
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        claimed.sort_by_key(|n| n.id);
+        Ok(claimed)
     }
 
     fn notice_done(&self, id: i64, state: &str, now: UnixTime) -> Result<(), StoreError> {

@@ -415,6 +415,11 @@ mod tests {
     }
 
     #[test]
+    fn each_notice_is_claimed_by_one_connection_at_a_time() {
+        on_file(suite::each_notice_is_claimed_by_one_connection_at_a_time);
+    }
+
+    #[test]
     fn gauges_count_locked_hosts_and_notices_by_state() {
         suite::gauges_count_locked_hosts_and_notices_by_state(&fresh());
     }

@@ -659,3 +659,61 @@ pub(crate) fn gauges_count_locked_hosts_and_notices_by_state(store: &dyn Store) 
     store.unlock(&host, &Actor::cli(), 3).expect("unlock");
     assert_eq!(store.gauges().expect("gauges").hosts_locked, 0);
 }
+
+/// Notices claimed from many connections at once are each given to one of
+/// them; a claim that lapses gives the notice out again.
+pub(crate) fn each_notice_is_claimed_by_one_connection_at_a_time(open: Open<'_>) {
+    let store = open();
+    let (_, host, _) = alice_owns_mypc(&*store, 3);
+    for i in 0..20 {
+        store
+            .host_key_twice(&host, &format!("10.0.0.{i}:1"), "10.0.1.1:1", 1)
+            .expect("notices");
+    }
+    let all: Vec<i64> = store
+        .outbox(1000)
+        .expect("outbox")
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert!(all.len() >= 40, "{} notices", all.len());
+    let mut claimed: Vec<i64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let store = open();
+                    let mut mine = Vec::new();
+                    loop {
+                        let got = store.claim_notices(10, 100, 3).expect("claim");
+                        if got.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(got.iter().map(|n| n.id));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    claimed.sort_unstable();
+    let mut expected = all.clone();
+    expected.sort_unstable();
+    assert_eq!(claimed, expected, "a notice was claimed twice or never");
+    // Claimed, not delivered: nothing until the claim lapses, then all.
+    assert!(store
+        .claim_notices(99, 200, 1000)
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        store.claim_notices(100, 200, 1000).expect("claim").len(),
+        all.len()
+    );
+    // Delivered ones are not given out again.
+    store.notice_done(all[0], "sent", 150).expect("done");
+    let again = store.claim_notices(200, 300, 1000).expect("claim");
+    assert_eq!(again.len(), all.len() - 1);
+    assert!(again.iter().all(|n| n.id != all[0]));
+}
