@@ -32,6 +32,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How long past the handshake deadline an attempt may stay pending before
 /// the sweep settles it (a verdict's store write may still be under way).
 const SWEEP_GRACE: Duration = Duration::from_secs(5);
+/// How long a relay on the same store may go without a heartbeat (one per
+/// sweep) before its pending attempts are settled and its sessions ended
+/// by the relays that outlive it.
+const RELAY_LEASE_SECS: i64 = 20;
 
 enum Job {
     /// An attempt dropped without a verdict, with why (for the audit); it
@@ -213,6 +217,16 @@ async fn run(
             },
             _ = sweep.tick() => {
                 let now = now_unix();
+                let lapsed = logged_store_call(&store, move |s| {
+                    s.heartbeat(now)?;
+                    s.sweep_lapsed_relays(now - RELAY_LEASE_SECS, now)
+                })
+                .await;
+                if let Some(n @ 1..) = lapsed {
+                    metrics.abandoned(u64::try_from(n).unwrap_or(u64::MAX));
+                    warn!(attempts = n, "a relay sharing the store stopped: its pending attempts were settled as failures");
+                    waiting.settled_anywhere();
+                }
                 let swept = logged_store_call(&store, move |s| {
                     s.fail_pending_attempts(now - stale_secs, "abandoned: settled by the sweeper", now)
                 })

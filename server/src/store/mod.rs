@@ -79,16 +79,31 @@ impl Location {
     ) -> Result<(Box<dyn Store>, Option<ServingLock>), StoreError> {
         Ok(match self {
             Self::Embedded => (
-                Box::new(SqliteStore::open(db_path)?.with_latency(latency)),
+                Box::new(
+                    SqliteStore::open(db_path)?
+                        .with_latency(latency)
+                        .with_relay(relay_id()),
+                ),
                 None,
             ),
             Self::Postgres(url) => {
-                let store = PostgresStore::connect(url)?.with_latency(latency);
+                let store = PostgresStore::connect(url)?
+                    .with_latency(latency)
+                    .with_relay(relay_id());
                 let lock = store.lock_for_serving()?;
                 (Box::new(store), Some(lock))
             }
         })
     }
+}
+
+/// A serving relay's id for this run: random, so a restarted relay is a
+/// new one and its last run's leftovers lapse like any dead relay's.
+fn relay_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Never shows a connection string: it may hold a password.
@@ -594,6 +609,20 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
 
     /// What the metrics read at scrape time (SPEC O2), in one read.
     fn gauges(&self) -> Result<StoreGauges, StoreError>;
+
+    /// Says this store's relay is alive (nothing for a store that serves
+    /// no relay, such as the admin CLI's).
+    fn heartbeat(&self, now: UnixTime) -> Result<(), StoreError>;
+    /// Settles, as failures, the pending attempts of every other relay whose
+    /// last heartbeat is older than `heartbeat_before`, ends their open
+    /// sessions and forgets them; returns the attempts settled. A relay
+    /// that dies therefore holds no attempt against a host for longer than
+    /// its lease, whichever relay outlives it.
+    fn sweep_lapsed_relays(
+        &self,
+        heartbeat_before: UnixTime,
+        now: UnixTime,
+    ) -> Result<usize, StoreError>;
 }
 
 /// Counts only the store knows, for the metrics ([`Store::gauges`]).

@@ -188,6 +188,17 @@ CREATE TABLE admins (
     created_at BIGINT NOT NULL
 );
 "#,
+    // Several relays on one store (issue 14): each serving relay's
+    // heartbeat, and whose attempts and sessions are whose.
+    r#"
+CREATE TABLE relays (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    started_at BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL
+);
+ALTER TABLE attempts ADD COLUMN relay_id TEXT;
+ALTER TABLE sessions ADD COLUMN relay_id TEXT;
+"#,
 ];
 
 /// Deadlines for what PostgreSQL does: the client's connection attempt,
@@ -274,6 +285,7 @@ impl SqlStore<Postgres> {
         Ok(SqlStore {
             backend: Postgres { config, pool },
             latency: None,
+            relay: None,
         })
     }
 }
@@ -810,6 +822,21 @@ mod tests {
             "a_ticket_redeemed_from_many_connections",
             suite::a_ticket_redeemed_from_many_connections_succeeds_exactly_once,
         );
+    }
+
+    #[test]
+    fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it() {
+        let Some(pg) = start_or_skip("a_dead_relays_attempts") else {
+            return;
+        };
+        let url = pg.fresh_database();
+        suite::a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(&|relay| {
+            Box::new(
+                PostgresStore::connect(&url)
+                    .expect("connect")
+                    .with_relay(relay),
+            )
+        });
     }
 
     #[test]

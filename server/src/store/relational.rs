@@ -29,6 +29,9 @@ pub struct SqlStore<B> {
     pub(crate) backend: B,
     /// Times every transaction, for a serving relay's metrics.
     pub(crate) latency: Option<StoreLatency>,
+    /// The serving relay this store works for: its attempts and sessions
+    /// carry this id, and its heartbeat keeps them its own.
+    pub(crate) relay: Option<String>,
 }
 
 impl<B> SqlStore<B> {
@@ -36,6 +39,12 @@ impl<B> SqlStore<B> {
     /// commit, retries included) with `latency`, if given.
     pub fn with_latency(mut self, latency: Option<StoreLatency>) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Works for the serving relay `id` (see [`Store::heartbeat`]).
+    pub fn with_relay(mut self, id: impl Into<String>) -> Self {
+        self.relay = Some(id.into());
         self
     }
 }
@@ -239,8 +248,9 @@ fn settle_one(
     if let (Settlement::Success, Some(session)) = (settlement, session) {
         let id = session.to_string();
         tx.exec(
-            "INSERT INTO sessions (id, host_id, user_id, started_at) VALUES (?1, ?2, ?3, ?4)",
-            args![&id, host_id, user_id, now],
+            "INSERT INTO sessions (id, host_id, user_id, started_at, relay_id)
+             VALUES (?1, ?2, ?3, ?4, (SELECT relay_id FROM attempts WHERE id = ?5))",
+            args![&id, host_id, user_id, now, attempt],
         )?;
         let e = Event {
             source,
@@ -734,12 +744,19 @@ impl<B: Backend> Store for SqlStore<B> {
                 Admission::Reserve => {
                     let id = tx
                         .row(
-                            "INSERT INTO attempts (host_id, user_id, record_id, grant_generation, source, state, created_at)
+                            "INSERT INTO attempts (host_id, user_id, record_id, grant_generation, source, state, created_at, relay_id)
                              VALUES (?1, ?2, ?3,
                                      (SELECT generation FROM grants WHERE host_id = ?1 AND user_id = ?2),
-                                     ?4, 'pending', ?5)
+                                     ?4, 'pending', ?5, ?6)
                              RETURNING id",
-                            args![host_id, user_id, &record.0[..], &source_text, now],
+                            args![
+                                host_id,
+                                user_id,
+                                &record.0[..],
+                                &source_text,
+                                now,
+                                self.relay.as_deref()
+                            ],
                         )?
                         .int(0)?;
                     Ok(Reservation::Reserved(AttemptId(id)))
@@ -1402,6 +1419,53 @@ impl<B: Backend> Store for SqlStore<B> {
                 notices_sent: count(2)?,
                 notices_stored: count(3)?,
             })
+        })
+    }
+
+    fn heartbeat(&self, now: UnixTime) -> Result<(), StoreError> {
+        let Some(relay) = self.relay.as_deref() else {
+            return Ok(());
+        };
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO relays (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                args![relay, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn sweep_lapsed_relays(
+        &self,
+        heartbeat_before: UnixTime,
+        now: UnixTime,
+    ) -> Result<usize, StoreError> {
+        let me = self.relay.as_deref().unwrap_or("");
+        self.write(|tx| {
+            let lapsed = tx.rows(
+                "SELECT id FROM relays WHERE heartbeat_at < ?1 AND id <> ?2 ORDER BY id",
+                args![heartbeat_before, me],
+            )?;
+            let mut settled = 0;
+            for r in &lapsed {
+                let relay = r.text(0)?;
+                let pending = tx.rows(
+                    "SELECT id FROM attempts WHERE state = 'pending' AND relay_id = ?1 ORDER BY id",
+                    args![&relay],
+                )?;
+                let why = format!("its relay ({relay}) stopped answering");
+                for a in &pending {
+                    settle_one(tx, a.int(0)?, Proof::NotProven, &why, None, now)?;
+                }
+                settled += pending.len();
+                tx.exec(
+                    "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL AND relay_id = ?2",
+                    args![now, &relay],
+                )?;
+                tx.exec("DELETE FROM relays WHERE id = ?1", args![&relay])?;
+            }
+            Ok(settled)
         })
     }
 }

@@ -186,6 +186,17 @@ CREATE TABLE admins (
     created_at INTEGER NOT NULL
 );
 "#,
+    // Several relays on one store (issue 14): each serving relay's
+    // heartbeat, and whose attempts and sessions are whose.
+    r#"
+CREATE TABLE relays (
+    id TEXT PRIMARY KEY,
+    started_at INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+);
+ALTER TABLE attempts ADD COLUMN relay_id TEXT;
+ALTER TABLE sessions ADD COLUMN relay_id TEXT;
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.
@@ -245,6 +256,7 @@ impl SqlStore<Sqlite> {
                 conn: Arc::new(Mutex::new(conn)),
             },
             latency: None,
+            relay: None,
         })
     }
 }
@@ -412,6 +424,15 @@ mod tests {
     #[test]
     fn the_event_feed_sees_other_connections_commits_in_order() {
         on_file(suite::the_event_feed_sees_other_connections_commits_in_order);
+    }
+
+    #[test]
+    fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relay.db");
+        suite::a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(&|relay| {
+            Box::new(SqliteStore::open(&path).expect("open").with_relay(relay))
+        });
     }
 
     #[test]

@@ -717,3 +717,84 @@ pub(crate) fn each_notice_is_claimed_by_one_connection_at_a_time(open: Open<'_>)
     assert_eq!(again.len(), all.len() - 1);
     assert!(again.iter().all(|n| n.id != all[0]));
 }
+
+/// Opens a store on the shared database for the serving relay named.
+pub(crate) type OpenAs<'a> = &'a dyn Fn(&str) -> Box<dyn Store>;
+
+/// A relay that stops heartbeating loses its pending attempts (settled as
+/// failures, counted against the host) and its open sessions to the relay
+/// that outlives it; that relay's own attempts are untouched.
+pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(open: OpenAs<'_>) {
+    let (a, b) = (open("relay-a"), open("relay-b"));
+    let (alice, host, record) = alice_owns_mypc(&*a, 5);
+    let bob: UserName = "bob".parse().expect("name");
+    a.create_invite(
+        "bob",
+        &InviteKind::User { email: None },
+        [3; 32],
+        10,
+        &Actor::cli(),
+        0,
+    )
+    .expect("invite");
+    a.grant(&host, &bob, &Actor::cli(), 0).expect("grant");
+    a.heartbeat(0).expect("heartbeat");
+    b.heartbeat(0).expect("heartbeat");
+    let source = "127.0.0.1".parse().expect("address");
+    let reserve = |s: &dyn Store, user: &UserName| match s
+        .reserve_attempt(user, &host, &record.id, source, 1)
+        .expect("reserve")
+    {
+        Reservation::Reserved(id) => id,
+        _ => panic!("not reserved"),
+    };
+    // On relay A: bob's session, and alice's attempt still being decided.
+    let bobs = reserve(&*a, &bob);
+    a.settle_attempt(bobs, Proof::RightCode, "ok", &SessionId([1; 16]), 1)
+        .expect("settle");
+    let alices = reserve(&*a, &alice);
+    // On relay B: bob's next attempt.
+    let bobs_next = reserve(&*b, &bob);
+    // A dies; B lives on past A's lease.
+    b.heartbeat(30).expect("heartbeat");
+    assert_eq!(b.sweep_lapsed_relays(10, 30).expect("sweep"), 1);
+    assert_eq!(
+        b.sweep_lapsed_relays(10, 31).expect("sweep"),
+        0,
+        "swept twice"
+    );
+    // alice's attempt counted as a failure, bob's on B still pending.
+    assert_eq!(b.host_status(&host).expect("status").failures, 2);
+    assert_eq!(
+        a.settle_attempt(alices, Proof::RightCode, "late", &SessionId([2; 16]), 31)
+            .expect("settle"),
+        None,
+        "the dead relay's attempt was still pending"
+    );
+    assert!(b
+        .settle_attempt(
+            bobs_next,
+            Proof::NotProven,
+            "wrong",
+            &SessionId([3; 16]),
+            31
+        )
+        .expect("settle")
+        .is_some());
+    let why = b.audit_log(Some(&host), None, 50).expect("audit");
+    assert!(why.iter().any(|r| r
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("its relay (relay-a) stopped answering"))));
+    // bob's session on A was ended: no open session is left to end.
+    assert_eq!(b.end_open_sessions(40).expect("end"), 0);
+    // A relay that keeps its heartbeat is never swept.
+    let c = open("relay-c");
+    c.heartbeat(50).expect("heartbeat");
+    let carols = reserve(&*c, &alice);
+    assert_eq!(b.sweep_lapsed_relays(45, 55).expect("sweep"), 0);
+    assert!(c
+        .settle_attempt(carols, Proof::NotProven, "wrong", &SessionId([4; 16]), 56)
+        .expect("settle")
+        .is_some());
+}
