@@ -116,42 +116,35 @@ pub(super) fn serve(
         stopper.graceful_shutdown(Some(STOP_GRACE));
     });
     let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum_server::from_tcp(listener)?
+    let mut server = axum_server::from_tcp(listener)?
         .handle(handle)
         .first_request_timeout(HEADER_DEADLINE);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(HEADER_DEADLINE);
+    let log = |served: io::Result<()>| {
+        if let Err(e) = served {
+            warn!("admin console stopped: {e}");
+        }
+    };
     Ok(match tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
                 .handshake_timeout(HEADER_DEADLINE);
-            let mut server = server.acceptor(Capped {
+            let server = server.acceptor(Capped {
                 inner: acceptor,
                 places,
             });
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(HEADER_DEADLINE);
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(service).await {
-                    warn!("admin console stopped: {e}");
-                }
-            })
+            tokio::spawn(async move { log(server.serve(service).await) })
         }
         None => {
-            let mut server = server.acceptor(Capped {
+            let server = server.acceptor(Capped {
                 inner: DefaultAcceptor,
                 places,
             });
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(HEADER_DEADLINE);
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(service).await {
-                    warn!("admin console stopped: {e}");
-                }
-            })
+            tokio::spawn(async move { log(server.serve(service).await) })
         }
     })
 }
