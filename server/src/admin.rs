@@ -163,10 +163,11 @@ impl AdminError {
 
 /// `text` with control characters escaped.
 fn printable(text: &str) -> String {
-    if text.chars().any(char::is_control) {
+    let hidden = |c: char| c.is_control() || service::is_format(c);
+    if text.chars().any(hidden) {
         text.chars()
             .map(|c| {
-                if c.is_control() {
+                if hidden(c) {
                     c.escape_default().to_string()
                 } else {
                     c.to_string()
@@ -318,7 +319,7 @@ pub fn run(
                 json,
                 &serde_json::json!({"user": user.as_str(), "email": address}),
                 |out| match address {
-                    Some(a) => writeln!(out, "notices for '{user}' go to {a}"),
+                    Some(a) => writeln!(out, "notices for '{user}' go to {}", printable(a)),
                     None => writeln!(out, "'{user}' gets no email notices"),
                 },
             )

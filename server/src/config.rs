@@ -356,7 +356,8 @@ impl Config {
     pub fn console_lockout(&self) -> crate::store::ConsoleLockout {
         crate::store::ConsoleLockout {
             threshold: self.admin_login_lockout.max(1),
-            lasts_secs: i64::try_from(self.admin_lockout_secs).unwrap_or(i64::MAX / 2),
+            // A lock of less than a minute would not stop guessing.
+            lasts_secs: i64::try_from(self.admin_lockout_secs.max(60)).unwrap_or(i64::MAX / 2),
         }
     }
 

@@ -140,6 +140,19 @@ fn slow_clients_neither_hold_the_console_nor_the_relays_stop() -> Result<()> {
         started.elapsed() < Duration::from_secs(25),
         "a request whose headers never end held its connection"
     );
+    // A body that never arrives: the console closes the connection too.
+    let mut trickle = std::net::TcpStream::connect(&addr)?;
+    trickle.write_all(
+        b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10000\r\n\r\na",
+    )?;
+    trickle.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = trickle.read_to_end(&mut answer);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "a form body that never arrives held its connection"
+    );
     // An unfinished request does not keep a stopping relay alive.
     let mut stuck = std::net::TcpStream::connect(&addr)?;
     stuck.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")?;

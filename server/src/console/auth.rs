@@ -34,6 +34,8 @@ const MAX_SESSIONS: usize = 1024;
 const MAX_SESSION_AGE: Duration = Duration::from_secs(12 * 3600);
 /// The largest form body accepted.
 const MAX_FORM: usize = 16 * 1024;
+/// How long a form body may take to arrive.
+const FORM_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A random token for a cookie or a form (32 bytes, base64url).
 pub(super) fn random_token() -> String {
@@ -235,15 +237,15 @@ impl FromRequestParts<Arc<ConsoleState>> for SignedIn {
         else {
             return Err(Redirect::to(paths::LOGIN).into_response());
         };
-        // The account as it is now: removed, reset, or locked since sign-in
-        // ends the session.
+        // The account as it is now: removed or reset since sign-in ends the
+        // session. A lock does not: it stops guessing, and anyone who can
+        // reach the sign-in page can cause one.
         let (name, rule) = (admin.clone(), state.config.console_lockout());
         let current = state
             .blocking(move |s| s.admin_credentials(&name, rule, crate::now_unix()))
             .await
             .map_err(IntoResponse::into_response)?;
-        let valid =
-            current.is_some_and(|c| !c.locked && credential(&c.password_hash) == signed_with);
+        let valid = current.is_some_and(|c| credential(&c.password_hash) == signed_with);
         if !valid {
             if let Some(t) = token {
                 state.sessions.end(&t);
@@ -284,9 +286,14 @@ async fn form_body(req: Request) -> Result<(Bytes, Option<String>), ConsoleError
     if cross_site {
         return Err(ConsoleError::Csrf);
     }
-    let bytes = axum::body::to_bytes(req.into_body(), MAX_FORM)
-        .await
-        .map_err(|_| ConsoleError::BadInput("the form is too large".into()))?;
+    // A body that trickles in would hold its connection for ever.
+    let bytes = tokio::time::timeout(
+        FORM_DEADLINE,
+        axum::body::to_bytes(req.into_body(), MAX_FORM),
+    )
+    .await
+    .map_err(|_| ConsoleError::BadInput("the form took too long to arrive".into()))?
+    .map_err(|_| ConsoleError::BadInput("the form is too large".into()))?;
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
         .map_err(|_| ConsoleError::BadInput("the form does not parse".into()))?;
     let csrf = fields

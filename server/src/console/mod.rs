@@ -9,6 +9,7 @@
 
 mod actions;
 mod auth;
+mod hashing;
 mod listener;
 mod pages;
 pub(crate) mod paths;
@@ -48,12 +49,6 @@ use crate::{
 const LOGIN_BURST: u32 = 10;
 const LOGINS_PER_MINUTE: f64 = 6.0;
 
-/// Password hashes checked at once (Argon2id takes 19 MiB and tens of
-/// milliseconds each), and how long a sign-in waits for its turn: many
-/// addresses signing in at once cannot take the relay's memory or cores.
-const PASSWORD_CHECKS: usize = 4;
-const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(5);
-
 /// What every console request shares.
 pub struct ConsoleState {
     store: Arc<dyn Store>,
@@ -62,8 +57,8 @@ pub struct ConsoleState {
     pin: RelayPin,
     sessions: auth::Sessions,
     logins: Mutex<RateLimiter>,
-    /// Turns to check a password hash.
-    password_checks: Arc<tokio::sync::Semaphore>,
+    /// Where password hashes are checked and made.
+    hashing: hashing::Hashing,
     /// Served over TLS: cookies are Secure.
     tls: bool,
     /// A plain listener on a non-loopback address: only the trusted
@@ -91,7 +86,7 @@ impl ConsoleState {
                 LOGINS_PER_MINUTE / 60.0,
                 4096,
             )),
-            password_checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
+            hashing: hashing::Hashing::new(),
             tls,
             proxied_only,
         }
@@ -102,18 +97,6 @@ impl ConsoleState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .allow(source, 1.0, Instant::now())
-    }
-
-    /// A turn to check a password hash, or [`ConsoleError::Busy`].
-    async fn password_check(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ConsoleError> {
-        tokio::time::timeout(
-            PASSWORD_CHECK_WAIT,
-            self.password_checks.clone().acquire_owned(),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or(ConsoleError::Busy)
     }
 
     /// Runs a store call off the async threads.
@@ -289,6 +272,12 @@ fn proxied_only_gate(config: &Config) -> ProxyGate {
 impl ProxyGate {
     async fn check(&self, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
         if let Some(proxies) = &self.proxies {
+            // What the proxy forwards is the public's; these routes are
+            // for whoever runs on the proxy's machine.
+            if req.headers().contains_key("x-forwarded-for") {
+                return ConsoleError::Forbidden("this is not served through the proxy")
+                    .into_response();
+            }
             let peer = req
                 .extensions()
                 .get::<axum::extract::ConnectInfo<SocketAddr>>()

@@ -128,37 +128,36 @@ pub(super) async fn login(
             StatusCode::TOO_MANY_REQUESTS,
         ));
     }
-    let turn = state.password_check().await?;
     let store = state.store.clone();
     let rule = state.config.console_lockout();
-    let signed_in = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        let name = form.name.trim().to_string();
-        let creds = store.admin_credentials(&name, rule, now_unix())?;
-        let hash = creds
-            .as_ref()
-            .map_or(decoy_hash(), |c| c.password_hash.as_str());
-        let password_ok = PasswordHash::new(hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(form.password.as_bytes(), &parsed)
-                .is_ok()
-        });
-        let step = creds.as_ref().and_then(|c| {
-            let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
-            totp(&c.totp_secret, &name)
-                .ok()?
-                .check(&code, unix_now_u64())
-        });
-        let outcome = match (creds.as_ref(), password_ok, step) {
-            (Some(c), true, Some(totp_step)) if !c.locked => ConsoleLogin::Passed { totp_step },
-            _ => ConsoleLogin::Failed,
-        };
-        let ok = store.console_login(&name, outcome, rule, client.source, now_unix())?;
-        let credential = creds.map(|c| auth::credential(&c.password_hash));
-        Ok::<_, StoreError>(credential.filter(|_| ok).map(|c| (name, c)))
-    })
-    .await
-    .map_err(|_| ConsoleError::Internal("the sign-in check failed"))??;
+    let signed_in = state
+        .hashing
+        .run(move || {
+            let name = form.name.trim().to_string();
+            let creds = store.admin_credentials(&name, rule, now_unix())?;
+            let hash = creds
+                .as_ref()
+                .map_or(decoy_hash(), |c| c.password_hash.as_str());
+            let password_ok = PasswordHash::new(hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(form.password.as_bytes(), &parsed)
+                    .is_ok()
+            });
+            let step = creds.as_ref().and_then(|c| {
+                let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
+                totp(&c.totp_secret, &name)
+                    .ok()?
+                    .check(&code, unix_now_u64())
+            });
+            let outcome = match (creds.as_ref(), password_ok, step) {
+                (Some(c), true, Some(totp_step)) if !c.locked => ConsoleLogin::Passed { totp_step },
+                _ => ConsoleLogin::Failed,
+            };
+            let ok = store.console_login(&name, outcome, rule, client.source, now_unix())?;
+            let credential = creds.map(|c| auth::credential(&c.password_hash));
+            Ok::<_, StoreError>(credential.filter(|_| ok).map(|c| (name, c)))
+        })
+        .await??;
     Ok(match signed_in {
         Some((admin, credential)) => auth::sign_in(&state, &admin, credential, client),
         None => login_page(
@@ -296,17 +295,16 @@ pub(super) async fn setup(
     let store = state.store.clone();
     let digest = service::setup_digest(&token);
     let password = form.password.clone();
-    let turn = state.password_check().await?;
-    tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|_| StoreError::Refused("the password could not be hashed".into()))?
-            .to_string();
-        store.finish_admin_setup(digest, &hash, &secret, client.source, now_unix())
-    })
-    .await
-    .map_err(|_| ConsoleError::Internal("the store call failed"))??;
+    state
+        .hashing
+        .run(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            let hash = Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map_err(|_| StoreError::Refused("the password could not be hashed".into()))?
+                .to_string();
+            store.finish_admin_setup(digest, &hash, &secret, client.source, now_unix())
+        })
+        .await??;
     Ok(Redirect::to(&format!("{}?ready=true", paths::LOGIN)).into_response())
 }

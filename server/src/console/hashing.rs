@@ -1,0 +1,70 @@
+//! Where password hashes are computed: a few threads of their own, for the
+//! console's life. Argon2id takes 19 MiB per hash; run on ever-changing
+//! blocking threads, each free went to another malloc arena and was kept
+//! (a sign-in flood left the relay at 2.3 GB). On the same few threads the
+//! memory is reused, and no more hashes run at once than there are threads.
+
+use std::{
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
+};
+
+use super::ConsoleError;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed pool of hashing threads with a short queue.
+pub(super) struct Hashing {
+    jobs: mpsc::SyncSender<Job>,
+}
+
+/// Threads that hash at once.
+const THREADS: usize = 4;
+/// Sign-ins that may wait for a thread; more are told the console is busy.
+const QUEUE: usize = 64;
+/// How long a queued sign-in waits for its result.
+const WAIT: Duration = Duration::from_secs(10);
+
+impl Hashing {
+    pub(super) fn new() -> Self {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..THREADS {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("console-hash-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only to take the next job.
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("console: a hashing thread did not start: {e}");
+            }
+        }
+        Self { jobs }
+    }
+
+    /// Runs `work` (which checks or makes a password hash) on the pool.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ConsoleError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send(Box::new(move || {
+                let _ = tx.send(work());
+            }))
+            .map_err(|_| ConsoleError::Busy)?;
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .map_err(|_| ConsoleError::Busy)?
+            .map_err(|_| ConsoleError::Internal("a password check failed"))
+    }
+}
