@@ -21,7 +21,7 @@ pub(super) struct Hashing {
 /// Threads that hash at once.
 const THREADS: usize = 4;
 /// Sign-ins that may wait for a thread; more are told the console is busy.
-const QUEUE: usize = 64;
+const QUEUE: usize = 256;
 /// How long a queued sign-in waits for its result.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -67,4 +67,54 @@ impl Hashing {
             .map_err(|_| ConsoleError::Busy)?
             .map_err(|_| ConsoleError::Internal("a password check failed"))
     }
+}
+
+thread_local! {
+    /// Argon2's working memory, kept by each hashing thread between checks.
+    static MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most memory a stored hash may ask for (the console's own use
+/// 19 MiB).
+const MAX_MEMORY_KIB: u32 = 64 * 1024;
+
+/// Whether `password` matches the PHC string `phc`, computed in this
+/// thread's own Argon2 memory (no allocation per check).
+pub(super) fn verify(password: &[u8], phc: &str) -> bool {
+    use argon2::{password_hash::PasswordHash, Algorithm, Argon2, Params, Version};
+    use subtle::ConstantTimeEq;
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(params), Some(salt), Some(expected)) =
+        (Params::try_from(&parsed), parsed.salt, parsed.hash)
+    else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    if params.m_cost() > MAX_MEMORY_KIB {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+    let blocks = params.block_count();
+    let hashed = MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+            .is_ok()
+    });
+    hashed && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
 }

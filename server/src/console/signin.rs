@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use argon2::{
-    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    password_hash::{PasswordHasher, SaltString},
     Argon2,
 };
 use axum::{
@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use super::{
     auth::{self, Action, Client, PublicForm},
-    paths, view, ConsoleError, ConsoleState,
+    hashing, paths, view, ConsoleError, ConsoleState,
 };
 use crate::{
     now_unix, service,
@@ -138,11 +138,7 @@ pub(super) async fn login(
             let hash = creds
                 .as_ref()
                 .map_or(decoy_hash(), |c| c.password_hash.as_str());
-            let password_ok = PasswordHash::new(hash).is_ok_and(|parsed| {
-                Argon2::default()
-                    .verify_password(form.password.as_bytes(), &parsed)
-                    .is_ok()
-            });
+            let password_ok = hashing::verify(form.password.as_bytes(), hash);
             let step = creds.as_ref().and_then(|c| {
                 let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
                 totp(&c.totp_secret, &name)
