@@ -392,6 +392,10 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
         "a locked host let the owner in: {stderr}"
     );
 
+    // The host page still open shows the lock by itself (live status
+    // through server-sent events), before any reload.
+    wait_text(browser, "#locked", |t| t == "yes").await?;
+
     // 4. The console shows mypc locked: the hosts list, then its page.
     browser.goto(&format!("{console}/hosts")).await?;
     wait_text(browser, "tr[data-host='mypc'] td.locked", |t| t == "yes").await?;

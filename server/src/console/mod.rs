@@ -11,6 +11,7 @@ mod actions;
 mod auth;
 mod hashing;
 mod listener;
+mod live;
 mod pages;
 pub(crate) mod paths;
 mod signin;
@@ -59,6 +60,8 @@ pub struct ConsoleState {
     logins: Mutex<RateLimiter>,
     /// Where password hashes are checked and made.
     hashing: hashing::Hashing,
+    /// Places for live-status streams.
+    streams: Arc<tokio::sync::Semaphore>,
     /// Served over TLS: cookies are Secure.
     tls: bool,
     /// A plain listener on a non-loopback address: only the trusted
@@ -87,6 +90,7 @@ impl ConsoleState {
                 4096,
             )),
             hashing: hashing::Hashing::new(),
+            streams: Arc::new(tokio::sync::Semaphore::new(live::MAX_STREAMS)),
             tls,
             proxied_only,
         }
@@ -201,10 +205,11 @@ fn content_security_policy() -> HeaderValue {
         )
     };
     let policy = format!(
-        "default-src 'none'; style-src {}; script-src {}; img-src 'self' data:; \
-         form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "default-src 'none'; style-src {}; script-src {} {}; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         hash(view::STYLE),
         hash(actions::COPY_SCRIPT),
+        hash(view::LIVE_SCRIPT),
     );
     HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"))
 }
@@ -226,6 +231,7 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route(paths::INVITE_HOST, post(actions::invite))
         .route(paths::AUDIT, get(pages::audit))
         .route(paths::OUTBOX, get(pages::outbox))
+        .route(paths::EVENTS, get(live::events))
         .with_state(state)
         .layer(axum::middleware::map_response(
             move |mut response: Response| {

@@ -223,12 +223,12 @@ pub(super) async fn host_body(
         .collect();
     Ok(html! {
         @if let Some((text, error)) = message { (view::notice(text, error)) }
-        div.table { table #host-status {
+        div.table { table #host-status data-host=(host.as_str()) {
             tbody {
                 tr { th { "Owner" } td { (status.owner) } }
-                tr { th { "Online" } td #online { (view::flag(status.online, false)) } }
+                tr { th { "Online" } td #online .online { (view::flag(status.online, false)) } }
                 tr { th { "Last seen" } td { (view::last_seen(status.online, status.last_seen)) } }
-                tr { th { "Locked" } td #locked { (view::flag(status.locked, true)) } }
+                tr { th { "Locked" } td #locked .locked { (view::flag(status.locked, true)) } }
                 @if let Some(lock) = last_lock.as_ref().filter(|_| status.locked) {
                     tr { th { "Locked since" } td #lock-cause {
                         (view::time(lock.at))

@@ -27,6 +27,8 @@ pub(crate) const USER_EMAIL: &str = "/users/{user}/email";
 pub(crate) const AUDIT: &str = "/audit";
 /// The notices.
 pub(crate) const OUTBOX: &str = "/outbox";
+/// Live host status, as server-sent events.
+pub(crate) const EVENTS: &str = "/events";
 
 /// The page of host `name`.
 pub(crate) fn host(name: &str) -> String {

@@ -837,3 +837,50 @@ async fn a_form_a_browser_says_came_from_another_site_is_refused() {
         "{host} was unlocked"
     );
 }
+
+#[tokio::test]
+async fn live_host_status_streams_to_signed_in_admins_as_it_changes() {
+    let mut anonymous = Browser::new();
+    assert_eq!(anonymous.get("/events").await.location(), "/login");
+    let (b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    let cookies: Vec<String> = b.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut req = Request::builder()
+        .uri("/events")
+        .header(header::COOKIE, cookies.join("; "))
+        .body(Body::empty())
+        .expect("request");
+    req.extensions_mut().insert(ConnectInfo(b.peer));
+    let response = b.app.clone().oneshot(req).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get(header::CONTENT_TYPE).expect("type"),
+        "text/event-stream"
+    );
+    let mut body = response.into_body();
+    let first = next_event(&mut body).await;
+    assert!(
+        first.contains(r#""host":"mypc","online":false,"locked":false"#),
+        "{first}"
+    );
+    fail_logins(&*b.store, "alice", &host, 3);
+    let second = next_event(&mut body).await;
+    assert!(second.contains(r#""locked":true"#), "{second}");
+}
+
+/// The next `hosts` event of a live-status stream.
+async fn next_event(body: &mut Body) -> String {
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event in time")
+            .expect("a frame")
+            .expect("no error");
+        if let Ok(data) = frame.into_data() {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if text.contains("event: hosts") {
+                return text;
+            }
+        }
+    }
+}

@@ -37,6 +37,31 @@ button { cursor: pointer; }
 code.token { display: block; word-break: break-all; padding: .5rem; background: #8882; }
 "#;
 
+/// Progressive enhancement: where a page shows hosts, their online and
+/// locked cells follow `/events` (server-sent events). Text only, through
+/// the DOM: nothing received becomes markup.
+pub(super) const LIVE_SCRIPT: &str = r#"
+if (window.EventSource && document.querySelector('[data-host]')) {
+  const events = new EventSource('/events');
+  const show = (cell, on, badWhenOn) => {
+    if (!cell) return;
+    const text = document.createElement('span');
+    text.textContent = on ? 'yes' : 'no';
+    if (on) text.className = badWhenOn ? 'bad' : 'good';
+    cell.replaceChildren(text);
+  };
+  events.addEventListener('hosts', (e) => {
+    const hosts = new Map(JSON.parse(e.data).map((h) => [h.host, h]));
+    for (const row of document.querySelectorAll('[data-host]')) {
+      const h = hosts.get(row.dataset.host);
+      if (!h) continue;
+      show(row.querySelector('.online'), h.online, false);
+      show(row.querySelector('.locked'), h.locked, true);
+    }
+  });
+}
+"#;
+
 /// A whole page. `admin` is the signed-in admin (none on the login and
 /// setup pages); `csrf` is their session's token, for the sign-out form.
 pub(super) fn page(title: &str, signed_in: Option<(&str, &str)>, body: Markup) -> Markup {
@@ -69,6 +94,9 @@ pub(super) fn page(title: &str, signed_in: Option<(&str, &str)>, body: Markup) -
                 main {
                     h1 { (title) }
                     (body)
+                }
+                @if signed_in.is_some() {
+                    script { (PreEscaped(LIVE_SCRIPT)) }
                 }
             }
         }

@@ -1,0 +1,77 @@
+//! Live host status for open pages: server-sent events with every host's
+//! online and locked state, sent when it changes. A few streams at once,
+//! each for a bounded time (the browser reconnects, signed in again), so
+//! open tabs cost the store a bounded number of reads.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::State,
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+};
+use serde::Serialize;
+
+use super::{auth::SignedIn, ConsoleError, ConsoleState};
+
+/// Streams open at once, across every admin.
+pub(super) const MAX_STREAMS: usize = 32;
+/// How often a stream reads the hosts.
+const EVERY: Duration = Duration::from_secs(2);
+/// How long one stream lasts before the browser opens another.
+const LIFETIME: Duration = Duration::from_secs(300);
+
+/// One host's live state.
+#[derive(Serialize, PartialEq)]
+struct Live {
+    host: String,
+    online: bool,
+    locked: bool,
+    failures: u32,
+}
+
+/// GET /events
+pub(super) async fn events(
+    State(state): State<Arc<ConsoleState>>,
+    _me: SignedIn,
+) -> Result<Response, ConsoleError> {
+    let place = state
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ConsoleError::Busy)?;
+    let ends = Instant::now() + LIFETIME;
+    let start = (state, None::<Vec<Live>>, place);
+    let stream = futures_util::stream::unfold(start, move |(state, last, place)| async move {
+        loop {
+            if Instant::now() >= ends {
+                return None;
+            }
+            let hosts = state.blocking(|s| s.hosts()).await.ok()?;
+            let now: Vec<Live> = hosts
+                .into_iter()
+                .map(|h| Live {
+                    host: h.name,
+                    online: h.online,
+                    locked: h.locked,
+                    failures: h.failures,
+                })
+                .collect();
+            if last.as_ref() != Some(&now) {
+                let data = serde_json::to_string(&now).ok()?;
+                let event = Event::default().event("hosts").data(data);
+                return Some((Ok::<_, Infallible>(event), (state, Some(now), place)));
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
