@@ -38,7 +38,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the relay (until SIGTERM or Ctrl-C).
+    /// Run the relay (until SIGTERM or Ctrl-C), with its admin console on
+    /// admin_listen (127.0.0.1:8080 unless the config says otherwise or off).
     Serve {
         /// UDP address to listen on (default 0.0.0.0:4433). Overrides the config.
         #[arg(long)]

@@ -71,11 +71,17 @@ fn relay_address(config: &Config, store: &dyn Store) -> Result<String, ServiceEr
     }
     // The address the relay last bound (exact even for port 0), else the
     // configured one (so an invite made while the relay starts works).
-    let mut addr: SocketAddr = match store.meta("listen_addr")? {
+    let addr: SocketAddr = match store.meta("listen_addr")? {
         Some(listen) => listen.parse().map_err(|_| ServiceError::NoAddress)?,
         None if config.listen.port() != 0 => config.listen,
         None => return Err(ServiceError::NoAddress),
     };
+    Ok(reachable(addr).to_string())
+}
+
+/// `addr` as a device on this machine reaches it: loopback for an
+/// unspecified IP.
+fn reachable(mut addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             [127, 0, 0, 1].into()
@@ -83,7 +89,7 @@ fn relay_address(config: &Config, store: &dyn Store) -> Result<String, ServiceEr
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    Ok(addr.to_string())
+    addr
 }
 
 /// Creates the user or host (if new) and a one-time invite for its device.
@@ -254,14 +260,8 @@ fn console_url(config: &Config, store: &dyn Store) -> Result<String, ServiceErro
 }
 
 /// The console's URL when it listens on `addr`.
-pub fn console_url_for(config: &Config, mut addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
+pub fn console_url_for(config: &Config, addr: SocketAddr) -> String {
+    let addr = reachable(addr);
     let scheme = if config.admin_tls_cert.is_some() {
         "https"
     } else {

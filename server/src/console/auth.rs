@@ -201,11 +201,6 @@ impl FromRequestParts<Arc<ConsoleState>> for Client {
                 secure: https || state.tls,
             });
         }
-        if state.proxied_only {
-            return Err(ConsoleError::Forbidden(
-                "this console is served only through its proxy",
-            ));
-        }
         Ok(Self {
             source: peer,
             secure: state.tls,
@@ -240,9 +235,9 @@ impl FromRequestParts<Arc<ConsoleState>> for SignedIn {
         // The account as it is now: removed or reset since sign-in ends the
         // session. A lock does not: it stops guessing, and anyone who can
         // reach the sign-in page can cause one.
-        let (name, rule) = (admin.clone(), state.config.console_lockout());
+        let name = admin.clone();
         let current = state
-            .blocking(move |s| s.admin_credentials(&name, rule, crate::now_unix()))
+            .blocking(move |s| s.admin_credentials(&name))
             .await
             .map_err(IntoResponse::into_response)?;
         let valid = current.is_some_and(|c| credential(&c.password_hash) == signed_with);

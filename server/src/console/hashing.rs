@@ -59,7 +59,11 @@ impl Hashing {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .try_send(Box::new(move || {
-                let _ = tx.send(work());
+                // A sign-in whose requester gave up waiting is not run: it
+                // would record a login (and spend its code) nobody sees.
+                if !tx.is_closed() {
+                    let _ = tx.send(work());
+                }
             }))
             .map_err(|_| ConsoleError::Busy)?;
         tokio::time::timeout(WAIT, rx)

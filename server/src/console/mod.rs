@@ -64,21 +64,12 @@ pub struct ConsoleState {
     streams: Arc<tokio::sync::Semaphore>,
     /// Served over TLS: cookies are Secure.
     tls: bool,
-    /// A plain listener on a non-loopback address: only the trusted
-    /// proxies' requests are served.
-    proxied_only: bool,
 }
 
 impl ConsoleState {
     /// The state of a console for `store`.
     pub fn new(store: Arc<dyn Store>, config: Arc<Config>, pin: RelayPin, tls: bool) -> Self {
         let idle = Duration::from_secs(config.admin_session_idle_secs.max(60));
-        let proxied_only = !tls
-            && config
-                .console_listen()
-                .ok()
-                .flatten()
-                .is_some_and(|a| !a.ip().is_loopback());
         Self {
             store,
             config,
@@ -92,7 +83,6 @@ impl ConsoleState {
             hashing: hashing::Hashing::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(live::MAX_STREAMS)),
             tls,
-            proxied_only,
         }
     }
 
@@ -214,10 +204,13 @@ fn content_security_policy() -> HeaderValue {
     HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"))
 }
 
-/// The console's routes.
-pub fn router(state: Arc<ConsoleState>) -> Router {
+/// The console's routes, with `extra` ones that need no sign-in
+/// (`/metrics`), all behind the proxy rule where it applies.
+pub fn router(state: Arc<ConsoleState>, extra: Option<Router>) -> Router {
     let csp = content_security_policy();
-    Router::new()
+    let proxies =
+        proxied_only(&state.config).then(|| Arc::new(state.config.admin_trusted_proxies.clone()));
+    let mut app = Router::new()
         .route(paths::OVERVIEW, get(pages::overview))
         .route(paths::LOGIN, get(signin::show_login).post(signin::login))
         .route(paths::LOGOUT, post(signin::logout))
@@ -254,47 +247,54 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
                     response
                 }
             },
-        ))
+        ));
+    if let Some(extra) = extra {
+        app = match proxies {
+            Some(_) => app.merge(extra.layer(axum::middleware::from_fn(not_forwarded))),
+            None => app.merge(extra),
+        };
+    }
+    match proxies {
+        Some(proxies) => app.layer(axum::middleware::from_fn_with_state(proxies, only_proxies)),
+        None => app,
+    }
 }
 
-/// On a plain non-loopback listener, only the trusted proxies are served.
-#[derive(Clone)]
-struct ProxyGate {
-    proxies: Option<Arc<Vec<IpAddr>>>,
-}
-
-fn proxied_only_gate(config: &Config) -> ProxyGate {
-    let plain_public = config.admin_tls_cert.is_none()
+/// A plain listener on a non-loopback address: only the trusted proxies
+/// (which terminate TLS) are served there.
+fn proxied_only(config: &Config) -> bool {
+    config.admin_tls_cert.is_none()
         && config
             .console_listen()
             .ok()
             .flatten()
-            .is_some_and(|a| !a.ip().is_loopback());
-    ProxyGate {
-        proxies: plain_public.then(|| Arc::new(config.admin_trusted_proxies.clone())),
-    }
+            .is_some_and(|a| !a.ip().is_loopback())
 }
 
-impl ProxyGate {
-    async fn check(&self, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-        if let Some(proxies) = &self.proxies {
-            // What the proxy forwards is the public's; these routes are
-            // for whoever runs on the proxy's machine.
-            if req.headers().contains_key("x-forwarded-for") {
-                return ConsoleError::Forbidden("this is not served through the proxy")
-                    .into_response();
-            }
-            let peer = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_canonical());
-            if !peer.is_some_and(|p| proxies.contains(&p)) {
-                return ConsoleError::Forbidden("this console is served only through its proxy")
-                    .into_response();
-            }
-        }
-        next.run(req).await
+/// Serves only requests whose peer is one of `proxies`.
+async fn only_proxies(
+    axum::extract::State(proxies): axum::extract::State<Arc<Vec<IpAddr>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    if !peer.is_some_and(|p| proxies.contains(&p)) {
+        return ConsoleError::Forbidden("this console is served only through its proxy")
+            .into_response();
     }
+    next.run(req).await
+}
+
+/// Refuses what a proxy forwards: routes without a sign-in (metrics) are
+/// for whoever runs on the proxy's machine, not for the public.
+async fn not_forwarded(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.headers().contains_key("x-forwarded-for") {
+        return ConsoleError::Forbidden("this is not served through the proxy").into_response();
+    }
+    next.run(req).await
 }
 
 /// Errors starting the console.
@@ -388,15 +388,7 @@ pub async fn start(
         .local_addr()
         .map_err(|source| ConsoleStartError::Bind { addr, source })?;
     let state = Arc::new(ConsoleState::new(store, config.clone(), pin, tls.is_some()));
-    let mut app = router(state);
-    if let Some(extra) = extra {
-        // Routes without a sign-in (metrics) obey the proxy rule too.
-        let gate = proxied_only_gate(&config);
-        app = app.merge(extra.layer(axum::middleware::from_fn(move |req, next| {
-            let gate = gate.clone();
-            async move { gate.check(req, next).await }
-        })));
-    }
+    let app = router(state, extra);
     let url = crate::service::console_url_for(&config, bound);
     let task = listener::serve(listener, tls, app, shutdown)
         .map_err(|source| ConsoleStartError::Bind { addr, source })?;

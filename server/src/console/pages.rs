@@ -129,20 +129,20 @@ pub(super) async fn hosts(
     State(state): State<Arc<ConsoleState>>,
     me: SignedIn,
 ) -> Result<Markup, ConsoleError> {
-    let hosts = state
-        .blocking(|s| {
-            s.hosts()?
-                .into_iter()
-                .map(|h| {
-                    let name: HostName = h.name.parse().map_err(|_| {
-                        crate::store::StoreError::Corrupt(format!("host name {:?}", h.name))
-                    })?;
-                    let grants = s.grants_of(&name)?;
-                    Ok((h, grants))
-                })
-                .collect::<Result<Vec<_>, crate::store::StoreError>>()
-        })
+    let (hosts, all_grants) = state
+        .blocking(|s| Ok((s.hosts()?, s.grants_of(None)?)))
         .await?;
+    let mut by_host: std::collections::HashMap<String, Vec<GrantRow>> = Default::default();
+    for g in all_grants {
+        by_host.entry(g.host.clone()).or_default().push(g);
+    }
+    let hosts: Vec<(HostStatus, Vec<GrantRow>)> = hosts
+        .into_iter()
+        .map(|h| {
+            let grants = by_host.remove(&h.name).unwrap_or_default();
+            (h, grants)
+        })
+        .collect();
     let body = html! {
         div.table { table {
             thead { tr {
@@ -207,7 +207,7 @@ pub(super) async fn host_body(
             };
             Ok((
                 s.host_status(&h)?,
-                s.grants_of(&h)?,
+                s.grants_of(Some(&h))?,
                 s.users()?,
                 s.audit_page(&filter, 10)?,
                 s.audit_page(&locks, 1)?.pop(),

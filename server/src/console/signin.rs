@@ -134,7 +134,7 @@ pub(super) async fn login(
         .hashing
         .run(move || {
             let name = form.name.trim().to_string();
-            let creds = store.admin_credentials(&name, rule, now_unix())?;
+            let creds = store.admin_credentials(&name)?;
             let hash = creds
                 .as_ref()
                 .map_or(decoy_hash(), |c| c.password_hash.as_str());
@@ -146,7 +146,7 @@ pub(super) async fn login(
                     .check(&code, unix_now_u64())
             });
             let outcome = match (creds.as_ref(), password_ok, step) {
-                (Some(c), true, Some(totp_step)) if !c.locked => ConsoleLogin::Passed { totp_step },
+                (Some(_), true, Some(totp_step)) => ConsoleLogin::Passed { totp_step },
                 _ => ConsoleLogin::Failed,
             };
             let ok = store.console_login(&name, outcome, rule, client.source, now_unix())?;

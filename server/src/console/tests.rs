@@ -24,7 +24,7 @@ use crate::{
     datadir::DataDir,
     lockout::Proof,
     service,
-    store::{Actor, Event, InviteKind, SqliteStore, Store},
+    store::{Actor, ConsoleLogin, Event, InviteKind, SqliteStore, Store},
 };
 
 const PASSWORD: &str = "correct horse battery";
@@ -82,7 +82,7 @@ impl Browser {
             false,
         ));
         Self {
-            app: router(state),
+            app: router(state, None),
             store,
             config,
             jar: HashMap::new(),
@@ -351,7 +351,7 @@ async fn actions_need_the_sessions_csrf_token_and_are_audited_with_the_admin() {
         let page = b.post("/hosts/mypc/grant", &form).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
     }
-    assert!(b.store.grants_of(&host).expect("grants").is_empty());
+    assert!(b.store.grants_of(Some(&host)).expect("grants").is_empty());
     // A token that is not this session's is refused.
     let page = b
         .post(
@@ -366,7 +366,10 @@ async fn actions_need_the_sessions_csrf_token_and_are_audited_with_the_admin() {
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     assert_eq!(page.location(), "/hosts/mypc?done=granted");
-    assert_eq!(b.store.grants_of(&host).expect("grants")[0].user, "bob");
+    assert_eq!(
+        b.store.grants_of(Some(&host)).expect("grants")[0].user,
+        "bob"
+    );
     let audit = b.store.audit_page(&Default::default(), 1).expect("audit");
     assert_eq!(audit[0].event, "grant");
     assert_eq!(audit[0].source.as_deref(), Some("127.0.0.1"));
@@ -391,7 +394,7 @@ async fn actions_need_the_sessions_csrf_token_and_are_audited_with_the_admin() {
         .post("/hosts/mypc/revoke", &[("user", "bob"), ("csrf", &csrf)])
         .await;
     assert_eq!(page.location(), "/hosts/mypc?done=revoked", "{}", page.body);
-    assert!(b.store.grants_of(&host).expect("grants").is_empty());
+    assert!(b.store.grants_of(Some(&host)).expect("grants").is_empty());
 
     fail_logins(&*b.store, "alice", &host, 3);
     assert!(b.store.host_status(&host).expect("status").locked);
@@ -607,11 +610,20 @@ async fn console_logins_lock_the_account_after_repeated_failures() {
     assert!(b.store.admins(rule, later).expect("admins")[0]
         .locked_until
         .is_none());
-    let creds = b
+    let source = "127.0.0.1".parse().expect("ip");
+    let passed = ConsoleLogin::Passed {
+        totp_step: u64::MAX / 2,
+    };
+    assert!(
+        !b.store
+            .console_login("alice", passed, rule, source, now)
+            .expect("login"),
+        "a locked account signed in"
+    );
+    assert!(b
         .store
-        .admin_credentials("alice", rule, later)
-        .expect("read");
-    assert!(!creds.expect("enrolled").locked);
+        .console_login("alice", passed, rule, source, later)
+        .expect("login"));
     let events: Vec<String> = b
         .store
         .audit_page(&Default::default(), 50)
@@ -747,12 +759,8 @@ async fn behind_a_proxy_only_the_proxy_is_served_and_names_the_client() {
         admin_trusted_proxies: vec!["10.0.0.1".parse().expect("ip")],
         ..Config::default()
     });
-    let app = router(Arc::new(ConsoleState::new(
-        store,
-        config,
-        data.pin(),
-        false,
-    )));
+    let state = Arc::new(ConsoleState::new(store, config, data.pin(), false));
+    let app = router(state, None);
     let get = |peer: &str, forwarded: Option<&str>| {
         let mut req = Request::builder().uri("/login");
         if let Some(f) = forwarded {

@@ -54,16 +54,12 @@ pub struct AdminCredentials {
     pub password_hash: String,
     /// The TOTP key.
     pub totp_secret: zeroize::Zeroizing<Vec<u8>>,
-    /// Whether failed logins locked the account (a lock that has not
-    /// ended).
-    pub locked: bool,
 }
 
 impl std::fmt::Debug for AdminCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminCredentials")
             .field("name", &self.name)
-            .field("locked", &self.locked)
             .finish_non_exhaustive()
     }
 }
@@ -110,13 +106,9 @@ pub trait AdminAccounts {
         now: UnixTime,
     ) -> Result<String, StoreError>;
     /// What a login by `name` is checked against, if `name` is an
-    /// enrolled admin.
-    fn admin_credentials(
-        &self,
-        name: &str,
-        rule: ConsoleLockout,
-        now: UnixTime,
-    ) -> Result<Option<AdminCredentials>, StoreError>;
+    /// enrolled admin (whether a lock lets it in is
+    /// [`AdminAccounts::console_login`]'s to decide).
+    fn admin_credentials(&self, name: &str) -> Result<Option<AdminCredentials>, StoreError>;
     /// Records a console login's outcome: `true` if the admin is now
     /// signed in. A passed check whose code was used before, or by a
     /// locked account, counts as a failure. The `threshold`-th failure in a
@@ -231,7 +223,8 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (name) DO UPDATE SET
                    email = COALESCE(excluded.email, admins.email),
-                   password_hash = NULL, totp_secret = NULL, failures = 0, locked_at = NULL,
+                   password_hash = NULL, totp_secret = NULL, totp_last_step = 0,
+                   failures = 0, locked_at = NULL,
                    setup_digest = excluded.setup_digest,
                    setup_expires_at = excluded.setup_expires_at",
                 args![name, email, &digest[..], expires_at, now],
@@ -303,18 +296,12 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
         })
     }
 
-    fn admin_credentials(
-        &self,
-        name: &str,
-        rule: ConsoleLockout,
-        now: UnixTime,
-    ) -> Result<Option<AdminCredentials>, StoreError> {
+    fn admin_credentials(&self, name: &str) -> Result<Option<AdminCredentials>, StoreError> {
         self.read(|tx| {
             let Some(r) = tx.opt_row(
-                "SELECT name, password_hash, totp_secret,
-                        CASE WHEN locked_at IS NOT NULL AND locked_at > ?2 THEN 1 ELSE 0 END
+                "SELECT name, password_hash, totp_secret
                  FROM admins WHERE name = ?1 AND password_hash IS NOT NULL",
-                args![name, rule.ended_before(now)],
+                args![name],
             )?
             else {
                 return Ok(None);
@@ -323,7 +310,6 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
                 name: r.text(0)?,
                 password_hash: r.text(1)?,
                 totp_secret: zeroize::Zeroizing::new(r.blob(2)?),
-                locked: r.flag(3)?,
             }))
         })
     }

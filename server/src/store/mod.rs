@@ -322,6 +322,8 @@ impl Actor {
 /// A grant as the admin sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct GrantRow {
+    /// The host.
+    pub host: String,
     /// The secondary user.
     pub user: String,
     /// When shared access was granted (Unix seconds).
@@ -599,9 +601,10 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         since: Option<UnixTime>,
         limit: usize,
     ) -> Result<Vec<AuditRow>, StoreError>;
-    /// A host's secondary users, with when each was granted and when the
-    /// code it inherited was set.
-    fn grants_of(&self, host: &HostName) -> Result<Vec<GrantRow>, StoreError>;
+    /// The secondary users of `host` (of every host with `None`), with
+    /// when each was granted and when the code it inherited was set, in
+    /// one read.
+    fn grants_of(&self, host: Option<&HostName>) -> Result<Vec<GrantRow>, StoreError>;
     /// At most `limit` audit rows that match `filter`, newest first.
     fn audit_page(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
     /// How many audit rows of each event were written at or after `since`.

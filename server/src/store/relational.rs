@@ -1346,22 +1346,24 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
-    fn grants_of(&self, host: &HostName) -> Result<Vec<GrantRow>, StoreError> {
+    fn grants_of(&self, host: Option<&HostName>) -> Result<Vec<GrantRow>, StoreError> {
         self.read(|tx| {
-            let (host_id, _) = host_ids(tx, host.as_str())?;
             tx.rows(
-                "SELECT u.name, g.created_at, c.created_at FROM grants g
+                "SELECT h.name, u.name, g.created_at, c.created_at FROM grants g
+                 JOIN hosts h ON h.id = g.host_id
                  JOIN users u ON u.id = g.user_id
                  LEFT JOIN code_records c ON c.id = g.record_id
-                 WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
-                args![host_id],
+                 WHERE g.is_owner = 0 AND (CAST(?1 AS TEXT) IS NULL OR h.name = ?1)
+                 ORDER BY h.name, u.name",
+                args![host.map(|h| h.as_str())],
             )?
             .iter()
             .map(|r| {
                 Ok(GrantRow {
-                    user: r.text(0)?,
-                    granted_at: r.int(1)?,
-                    code_set_at: r.opt_int(2)?,
+                    host: r.text(0)?,
+                    user: r.text(1)?,
+                    granted_at: r.int(2)?,
+                    code_set_at: r.opt_int(3)?,
                 })
             })
             .collect()

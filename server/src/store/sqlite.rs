@@ -169,8 +169,11 @@ ALTER TABLE grants ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE attempts ADD COLUMN grant_generation INTEGER;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('grant_generation', '0');
 "#,
-    // The admin console: its accounts, and when each host was last seen.
+    // The admin console: its accounts, when each host was last seen, and
+    // the audit log by time (the overview counts the last hour's events;
+    // PostgreSQL's schema has had this index from its start).
     r#"
+CREATE INDEX audit_at ON audit(at);
 ALTER TABLE hosts ADD COLUMN last_seen INTEGER;
 CREATE TABLE admins (
     id INTEGER PRIMARY KEY,
