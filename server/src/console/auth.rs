@@ -183,14 +183,17 @@ impl FromRequestParts<Arc<ConsoleState>> for Client {
             .ok_or(ConsoleError::Internal("no peer address"))?;
         if state.config.admin_trusted_proxies.contains(&peer) {
             // The proxy appends the address it saw last.
+            // Only the last entry is the proxy's word; anything before it
+            // came from the client. One that does not parse is not
+            // replaced by an earlier one.
             let forwarded = parts
                 .headers
                 .get_all("x-forwarded-for")
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-                .next_back();
+                .next_back()
+                .and_then(|a| a.trim().parse::<IpAddr>().ok());
             let https = parts
                 .headers
                 .get("x-forwarded-proto")
@@ -214,6 +217,29 @@ pub(super) struct SignedIn {
     pub(super) admin: String,
     pub(super) csrf: String,
     pub(super) client: Client,
+    /// The session's cookie value, to check it again later.
+    token: String,
+}
+
+/// The admin and CSRF token of session `token`, if it is live and its
+/// account is as it was at sign-in: removed or reset since ends the
+/// session (a lock does not: it stops guessing, and anyone who can reach
+/// the sign-in page can cause one).
+async fn session_of(
+    state: &ConsoleState,
+    token: &str,
+) -> Result<Option<(String, String)>, ConsoleError> {
+    let Some((admin, csrf, signed_with)) = state.sessions.find(token) else {
+        return Ok(None);
+    };
+    let name = admin.clone();
+    let current = state.blocking(move |s| s.admin_credentials(&name)).await?;
+    if current.is_some_and(|c| credential(&c.password_hash) == signed_with) {
+        Ok(Some((admin, csrf)))
+    } else {
+        state.sessions.end(token);
+        Ok(None)
+    }
 }
 
 impl FromRequestParts<Arc<ConsoleState>> for SignedIn {
@@ -226,36 +252,31 @@ impl FromRequestParts<Arc<ConsoleState>> for SignedIn {
         let client = Client::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        let token = read_cookie(&parts.headers, SESSION_COOKIE);
-        let Some((admin, csrf, signed_with)) =
-            token.as_deref().and_then(|t| state.sessions.find(t))
-        else {
+        let Some(token) = read_cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(Redirect::to(paths::LOGIN).into_response());
         };
-        // The account as it is now: removed or reset since sign-in ends the
-        // session. A lock does not: it stops guessing, and anyone who can
-        // reach the sign-in page can cause one.
-        let name = admin.clone();
-        let current = state
-            .blocking(move |s| s.admin_credentials(&name))
+        match session_of(state, &token)
             .await
-            .map_err(IntoResponse::into_response)?;
-        let valid = current.is_some_and(|c| credential(&c.password_hash) == signed_with);
-        if !valid {
-            if let Some(t) = token {
-                state.sessions.end(&t);
-            }
-            return Err(Redirect::to(paths::LOGIN).into_response());
+            .map_err(IntoResponse::into_response)?
+        {
+            Some((admin, csrf)) => Ok(Self {
+                admin,
+                csrf,
+                client,
+                token,
+            }),
+            None => Err(Redirect::to(paths::LOGIN).into_response()),
         }
-        Ok(Self {
-            admin,
-            csrf,
-            client,
-        })
     }
 }
 
 impl SignedIn {
+    /// Whether the session is still live and its account unchanged (for a
+    /// request that outlasts one check, such as a live-status stream).
+    pub(super) async fn still_signed_in(&self, state: &ConsoleState) -> bool {
+        matches!(session_of(state, &self.token).await, Ok(Some(_)))
+    }
+
     /// The actor of this admin's changes.
     pub(super) fn actor(&self) -> crate::store::Actor {
         crate::store::Actor::console(&self.admin, self.client.source)

@@ -39,7 +39,7 @@ struct Live {
 /// GET /events
 pub(super) async fn events(
     State(state): State<Arc<ConsoleState>>,
-    _me: SignedIn,
+    me: SignedIn,
 ) -> Result<Response, ConsoleError> {
     let place = state
         .streams
@@ -47,10 +47,12 @@ pub(super) async fn events(
         .try_acquire_owned()
         .map_err(|_| ConsoleError::Busy)?;
     let ends = Instant::now() + LIFETIME;
-    let start = (state, None::<Vec<Live>>, place);
-    let stream = futures_util::stream::unfold(start, move |(state, last, place)| async move {
+    let start = (state, me, None::<Vec<Live>>, place);
+    let stream = futures_util::stream::unfold(start, move |(state, me, last, place)| async move {
         loop {
-            if Instant::now() >= ends {
+            // A session that ended (signed out, its admin reset or
+            // removed) ends its stream too.
+            if Instant::now() >= ends || !me.still_signed_in(&state).await {
                 return None;
             }
             let hosts = state.blocking(|s| s.hosts()).await.ok()?;
@@ -66,7 +68,7 @@ pub(super) async fn events(
             if last.as_ref() != Some(&now) {
                 let data = serde_json::to_string(&now).ok()?;
                 let event = Event::default().event("hosts").data(data);
-                return Some((Ok::<_, Infallible>(event), (state, Some(now), place)));
+                return Some((Ok::<_, Infallible>(event), (state, me, Some(now), place)));
             }
             tokio::time::sleep(EVERY).await;
         }

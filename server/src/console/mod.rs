@@ -225,39 +225,40 @@ pub fn router(state: Arc<ConsoleState>, extra: Option<Router>) -> Router {
         .route(paths::AUDIT, get(pages::audit))
         .route(paths::OUTBOX, get(pages::outbox))
         .route(paths::EVENTS, get(live::events))
-        .with_state(state)
-        .layer(axum::middleware::map_response(
-            move |mut response: Response| {
-                let csp = csp.clone();
-                async move {
-                    let headers = response.headers_mut();
-                    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
-                    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-                    headers.insert(
-                        header::X_CONTENT_TYPE_OPTIONS,
-                        HeaderValue::from_static("nosniff"),
-                    );
-                    headers.insert(
-                        header::REFERRER_POLICY,
-                        HeaderValue::from_static("no-referrer"),
-                    );
-                    headers
-                        .entry(header::CACHE_CONTROL)
-                        .or_insert(HeaderValue::from_static("no-store"));
-                    response
-                }
-            },
-        ));
+        .with_state(state);
     if let Some(extra) = extra {
         app = match proxies {
-            Some(_) => app.merge(extra.layer(axum::middleware::from_fn(not_forwarded))),
+            // On its routes only: unknown paths stay the router's 404.
+            Some(_) => app.merge(extra.route_layer(axum::middleware::from_fn(not_forwarded))),
             None => app.merge(extra),
         };
     }
-    match proxies {
-        Some(proxies) => app.layer(axum::middleware::from_fn_with_state(proxies, only_proxies)),
-        None => app,
+    if let Some(proxies) = proxies {
+        app = app.layer(axum::middleware::from_fn_with_state(proxies, only_proxies));
     }
+    // Outermost: every answer, refusals included, carries the headers.
+    app.layer(axum::middleware::map_response(
+        move |mut response: Response| {
+            let csp = csp.clone();
+            async move {
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+                headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                headers.insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                headers.insert(
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                );
+                headers
+                    .entry(header::CACHE_CONTROL)
+                    .or_insert(HeaderValue::from_static("no-store"));
+                response
+            }
+        },
+    ))
 }
 
 /// A plain listener on a non-loopback address: only the trusted proxies
@@ -291,7 +292,11 @@ async fn only_proxies(
 /// Refuses what a proxy forwards: routes without a sign-in (metrics) are
 /// for whoever runs on the proxy's machine, not for the public.
 async fn not_forwarded(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if req.headers().contains_key("x-forwarded-for") {
+    let headers = req.headers();
+    if ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+    {
         return ConsoleError::Forbidden("this is not served through the proxy").into_response();
     }
     next.run(req).await

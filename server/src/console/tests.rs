@@ -874,6 +874,16 @@ async fn live_host_status_streams_to_signed_in_admins_as_it_changes() {
     fail_logins(&*b.store, "alice", &host, 3);
     let second = next_event(&mut body).await;
     assert!(second.contains(r#""locked":true"#), "{second}");
+    // Resetting the admin ends the stream, not only their next page.
+    let alice: UserName = "alice".parse().expect("name");
+    service::add_admin(&*b.store, &b.config, &alice, None, &Actor::cli()).expect("reset");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(frame) = body.frame().await {
+            frame.expect("no error");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a reset admin's stream went on");
 }
 
 /// The next `hosts` event of a live-status stream.
