@@ -61,6 +61,9 @@ pub struct Home {
 pub struct UserConfig {
     /// The relay, `host:port`.
     pub relay: String,
+    /// The other relays of its cluster (same pin), as the invite listed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_relays: Vec<String>,
     /// The relay's pin (text form).
     pub pin: String,
     /// The user's account name.
@@ -73,6 +76,9 @@ pub struct UserConfig {
 pub struct HostConfig {
     /// The relay, `host:port`.
     pub relay: String,
+    /// The other relays of its cluster (same pin), as the invite listed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_relays: Vec<String>,
     /// The relay's pin (text form).
     pub pin: String,
     /// The host's name.
@@ -428,7 +434,23 @@ impl Home {
     }
 }
 
+/// `relay` then `others`, each once.
+fn all_relays(relay: &str, others: &[String]) -> Vec<String> {
+    let mut all = vec![relay.to_owned()];
+    for r in others {
+        if !all.contains(r) {
+            all.push(r.clone());
+        }
+    }
+    all
+}
+
 impl UserConfig {
+    /// Every relay this device may dial, its first relay first.
+    pub fn relays(&self) -> Vec<String> {
+        all_relays(&self.relay, &self.other_relays)
+    }
+
     /// The parsed pin.
     pub fn pin(&self) -> Result<RelayPin, ConfigError> {
         RelayPin::from_text(&self.pin).map_err(|e| ConfigError::Invalid {
@@ -440,9 +462,10 @@ impl UserConfig {
 
 impl HostConfig {
     /// A new host config with the defaults.
-    pub fn new(relay: String, pin: String, host: HostName) -> Self {
+    pub fn new(relays: &[String], pin: String, host: HostName) -> Self {
         Self {
-            relay,
+            relay: relays.first().cloned().unwrap_or_default(),
+            other_relays: relays.iter().skip(1).cloned().collect(),
             pin,
             host,
             allow_shell: true,
@@ -452,6 +475,11 @@ impl HostConfig {
             reboot_command: default_reboot_command(),
             session_user: None,
         }
+    }
+
+    /// Every relay this host may dial, its first relay first.
+    pub fn relays(&self) -> Vec<String> {
+        all_relays(&self.relay, &self.other_relays)
     }
 
     /// The parsed pin.

@@ -51,7 +51,7 @@ pub async fn redeem(token: &str, as_host: bool) -> Result<Enrolled, EnrollError>
         token: invite.secret.clone(),
         platform: Platform::current(),
     };
-    let (control, reply) = net::hello(&invite.relay, &invite.pin, &key, intent).await?;
+    let (control, reply) = net::hello(&invite.relays, &invite.pin, &key, intent).await?;
     control.relay.close(b"done").await;
     match reply {
         InitiatorReply::Enrolled { name, is_host } if is_host == as_host => {

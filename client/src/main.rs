@@ -472,7 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Host(HostCommand::Info) => {
             let (cfg, key) = home.host()?;
             println!("host:        {}", cfg.host);
-            println!("relay:       {}", cfg.relay);
+            println!("relay:       {}", cfg.relays().join(", "));
             println!("fingerprint: {}", key.public.fingerprint());
         }
         Command::Host(HostCommand::FileHelper { .. }) => unreachable!("handled first"),

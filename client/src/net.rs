@@ -103,6 +103,14 @@ pub enum NetError {
     /// A local problem (socket, TLS setup).
     #[error("{0}")]
     Local(String),
+    /// The host's agent is on another relay of the cluster, at this
+    /// address ([`login`] follows it once).
+    #[error("the host is on the relay at {0}")]
+    Redirected(String),
+    /// Sent on from the relay the login was sent to: the host's agent is
+    /// moving between relays.
+    #[error("host '{0}' is moving between relays (its agent reconnected elsewhere): try again in a moment")]
+    HostMoving(HostName),
 }
 
 /// Words for a refusal.
@@ -189,10 +197,26 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
+/// How soon a connection gives its relay up when nothing arrives from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Liveness {
+    /// Users' connections ride out 30 s of silence (a network change).
+    #[default]
+    Patient,
+    /// A host agent's connection gives up after 10 s, so a host whose relay
+    /// died reaches another relay of its cluster within seconds (keep-alives
+    /// every 2 s keep a live one open).
+    Agent,
+}
+
 /// Transport settings of client and host connections: keep-alives well
-/// inside the relay's idle timeout.
-fn transport_config() -> quinn::TransportConfig {
-    let mut t = wire::transport_config(Duration::from_secs(30), Duration::from_secs(5));
+/// inside the idle timeout.
+fn transport_config(liveness: Liveness) -> quinn::TransportConfig {
+    let (idle, keep_alive) = match liveness {
+        Liveness::Patient => (Duration::from_secs(30), Duration::from_secs(5)),
+        Liveness::Agent => (Duration::from_secs(10), Duration::from_secs(2)),
+    };
+    let mut t = wire::transport_config(idle, keep_alive);
     // quinn resends an unanswered first packet after about 3 × this
     // estimate, doubling each time: with 100 ms (not RFC 9002's 333 ms) a
     // lossy path gets five tries within [`CONNECT_TIMEOUT`] instead of
@@ -261,6 +285,16 @@ pub async fn connect_from(
     relay: &str,
     pin: &RelayPin,
 ) -> Result<RelayConn, NetError> {
+    connect_with(local, relay, pin, Liveness::Patient).await
+}
+
+/// [`connect_from`] with the given [`Liveness`].
+pub async fn connect_with(
+    local: &Local,
+    relay: &str,
+    pin: &RelayPin,
+    liveness: Liveness,
+) -> Result<RelayConn, NetError> {
     let addr: SocketAddr = tokio::net::lookup_host(relay)
         .await
         .map_err(|_| NetError::Resolve(relay.into()))?
@@ -283,7 +317,7 @@ pub async fn connect_from(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| NetError::Local(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport_config()));
+    client.transport_config(Arc::new(transport_config(liveness)));
     let endpoint = match local {
         Local::Shared(endpoint) => endpoint.clone(),
         Local::Any | Local::Bind(_) => {
@@ -314,6 +348,71 @@ pub async fn connect_from(
         Ok(Ok(conn)) => conn,
     };
     Ok(RelayConn { conn, endpoint })
+}
+
+/// How long a connection attempt to one relay of a cluster runs alone
+/// before the next relay is tried beside it (as Happy Eyeballs does for
+/// addresses): a dead relay costs this, not a whole connect timeout.
+const NEXT_RELAY_AFTER: Duration = Duration::from_millis(750);
+
+/// The longest relay address a redirect may name (a DNS name and a port).
+const MAX_RELAY_ADDR: usize = 260;
+
+/// Opens a QUIC connection to the first of `relays` (the relays of one
+/// cluster, which share a pin) that answers, trying them in order, each
+/// [`NEXT_RELAY_AFTER`] after the one before while those still try. Returns
+/// the connection and the relay's address. A pin mismatch stops the search:
+/// it is never a reason to try another relay.
+pub async fn connect_any(
+    local: &Local,
+    relays: &[String],
+    pin: &RelayPin,
+    liveness: Liveness,
+) -> Result<(RelayConn, String), NetError> {
+    let Some(first) = relays.first() else {
+        return Err(NetError::Local("no relay address is configured".into()));
+    };
+    if relays.len() == 1 {
+        return Ok((
+            connect_with(local, first, pin, liveness).await?,
+            first.clone(),
+        ));
+    }
+    let mut tries: tokio::task::JoinSet<(usize, Result<RelayConn, NetError>)> =
+        tokio::task::JoinSet::new();
+    let mut next = relays.iter().enumerate();
+    let mut first_error = None;
+    let mut stagger = Box::pin(tokio::time::sleep(Duration::ZERO));
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = tries.join_next(), if !tries.is_empty() => {
+                let Ok((i, result)) = done else { continue };
+                match result {
+                    Ok(conn) => return Ok((conn, relays[i].clone())),
+                    Err(e @ NetError::PinMismatch(_)) => return Err(e),
+                    Err(e) => {
+                        first_error.get_or_insert((i, e));
+                        // Its turn is over: the next one starts now.
+                        stagger.as_mut().reset(tokio::time::Instant::now());
+                    }
+                }
+            }
+            () = &mut stagger, if next.len() > 0 => {
+                if let Some((i, relay)) = next.next() {
+                    let (local, relay, pin) = (local.clone(), relay.clone(), *pin);
+                    tries.spawn(async move {
+                        (i, connect_with(&local, &relay, &pin, liveness).await)
+                    });
+                }
+                stagger.as_mut().reset(tokio::time::Instant::now() + NEXT_RELAY_AFTER);
+            }
+            else => break,
+        }
+    }
+    Err(first_error
+        .map(|(_, e)| e)
+        .unwrap_or_else(|| NetError::Local("no relay could be tried".into())))
 }
 
 /// The Noise prologue binding for this connection.
@@ -366,25 +465,31 @@ async fn step<T>(
         })
 }
 
-/// Runs a non-login handshake; returns the control stream and the reply.
+/// Runs a non-login handshake with the first of `relays` that answers;
+/// returns the control stream and the reply.
 pub async fn hello(
-    relay: &str,
+    relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
     intent: Intent,
 ) -> Result<(Control, InitiatorReply), NetError> {
-    hello_from(&Local::Any, relay, pin, device, intent).await
+    hello_from(&Local::Any, relays, pin, device, intent).await
 }
 
 /// [`hello`] from a chosen local socket.
 pub async fn hello_from(
     local: &Local,
-    relay: &str,
+    relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
     intent: Intent,
 ) -> Result<(Control, InitiatorReply), NetError> {
-    let rc = connect_from(local, relay, pin).await?;
+    // Only a host agent's own connection needs to notice a dead relay fast.
+    let liveness = match intent {
+        Intent::Host { .. } => Liveness::Agent,
+        _ => Liveness::Patient,
+    };
+    let (rc, _) = connect_any(local, relays, pin, liveness).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start(&mut OsRng, device, &pin.noise_key, &binding, intent)?;
@@ -404,23 +509,23 @@ pub async fn hello_from(
 /// Opens a device connection that must be welcomed (host agent, host
 /// admin, user requests).
 pub async fn welcome(
-    relay: &str,
+    relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
     intent: Intent,
 ) -> Result<Control, NetError> {
-    welcome_from(&Local::Any, relay, pin, device, intent).await
+    welcome_from(&Local::Any, relays, pin, device, intent).await
 }
 
 /// [`welcome`] from a chosen local socket.
 pub async fn welcome_from(
     local: &Local,
-    relay: &str,
+    relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
     intent: Intent,
 ) -> Result<Control, NetError> {
-    let (control, reply) = hello_from(local, relay, pin, device, intent).await?;
+    let (control, reply) = hello_from(local, relays, pin, device, intent).await?;
     match reply {
         InitiatorReply::Welcome { .. } => Ok(control),
         InitiatorReply::Refused(r) => Err(NetError::Refused(r)),
@@ -447,26 +552,54 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Logs in to `host` with the access code (SPEC A1-A3). Key stretching runs
-/// on a blocking thread. The code is tried once; a wrong code is an error,
-/// never retried.
+/// Logs in to `host` with the access code (SPEC A1-A3), on the first of
+/// `relays` that answers. Key stretching runs on a blocking thread. The
+/// code is tried once; a wrong code is an error, never retried.
 pub async fn login(
-    relay: &str,
+    relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
     user: &UserName,
     host: &HostName,
     code: AccessCode,
 ) -> Result<Session, NetError> {
-    login_from(&Local::Any, relay, pin, device, user, host, code).await
+    login_from(&Local::Any, relays, pin, device, user, host, code).await
 }
 
-/// [`login`] from a chosen local socket. A "busy" answer (other attempts on
-/// the host still being decided) spends nothing, so it is tried again a
-/// few times, with jittered backoff, for up to about ten seconds.
+/// [`login`] from a chosen local socket. A relay that holds no agent for
+/// the host sends the login to the relay of its cluster that does, before
+/// anything is tried; that redirect is followed once.
 pub async fn login_from(
     local: &Local,
-    relay: &str,
+    relays: &[String],
+    pin: &RelayPin,
+    device: &Keypair,
+    user: &UserName,
+    host: &HostName,
+    code: AccessCode,
+) -> Result<Session, NetError> {
+    match login_on(local, relays, pin, device, user, host, code.clone()).await {
+        Err(NetError::Redirected(to)) => {
+            if to.is_empty() || to.len() > MAX_RELAY_ADDR || to.chars().any(char::is_control) {
+                return Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
+                    "redirected to an invalid relay address",
+                )));
+            }
+            match login_on(local, &[to], pin, device, user, host, code).await {
+                Err(NetError::Redirected(_)) => Err(NetError::HostMoving(host.clone())),
+                other => other,
+            }
+        }
+        other => other,
+    }
+}
+
+/// A login on the first of `relays` that answers. A "busy" answer (other
+/// attempts on the host still being decided) spends nothing, so it is tried
+/// again a few times, with jittered backoff, for up to about ten seconds.
+async fn login_on(
+    local: &Local,
+    relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
     user: &UserName,
@@ -479,7 +612,7 @@ pub async fn login_from(
         .with_max_delay(std::time::Duration::from_secs(2))
         .with_jitter()
         .with_max_times(8);
-    let attempt = || login_once(local, relay, pin, device, user, host, code.clone());
+    let attempt = || login_once(local, relays, pin, device, user, host, code.clone());
     attempt
         .retry(backoff)
         .when(|e| matches!(e, NetError::Refused(Refusal::Busy)))
@@ -489,14 +622,14 @@ pub async fn login_from(
 /// One login, without retrying.
 async fn login_once(
     local: &Local,
-    relay: &str,
+    relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
     user: &UserName,
     host: &HostName,
     code: AccessCode,
 ) -> Result<Session, NetError> {
-    let rc = connect_from(local, relay, pin).await?;
+    let (rc, _) = connect_any(local, relays, pin, Liveness::Patient).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start_login(
@@ -549,6 +682,10 @@ async fn login_once(
         }
         InitiatorReply::Locked => Err(NetError::Locked(host.clone())),
         InitiatorReply::Refused(r) => Err(NetError::Refused(r)),
+        InitiatorReply::Redirect { relay } => {
+            rc.conn.close(quinn::VarInt::from_u32(0), b"redirected");
+            Err(NetError::Redirected(relay))
+        }
         _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
             "unexpected reply",
         ))),

@@ -95,6 +95,13 @@ pub enum HelloReply {
     },
     /// The relay will not serve this connection.
     Refused(Refusal),
+    /// Only to a proven grant holder's login: the host's agent is on
+    /// another relay of the same cluster (same pin); log in there. Nothing
+    /// was reserved here. A client follows one redirect per login.
+    Redirect {
+        /// That relay's address, `host:port`.
+        relay: String,
+    },
 }
 
 /// Why the relay refused a connection or a request. Short and vague on

@@ -16,8 +16,9 @@ const PREFIX: &str = "lk1-";
 /// A one-time invite for a user or a host device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invite {
-    /// The relay's address as `host:port`, as devices should dial it.
-    pub relay: String,
+    /// The addresses (`host:port`) of the relays devices may dial: the
+    /// relays of one cluster, which share the pin. Never empty.
+    pub relays: Vec<String>,
     /// What the device pins about the relay.
     pub pin: RelayPin,
     /// The one-time secret.
@@ -26,6 +27,9 @@ pub struct Invite {
     /// client can refuse the wrong command before the token is spent.
     pub for_host: bool,
 }
+
+/// The most relay addresses a token may carry.
+pub const MAX_RELAYS: usize = 16;
 
 impl Invite {
     /// The token as one copy-pastable word.
@@ -46,7 +50,11 @@ impl Invite {
             .strip_prefix(PREFIX)
             .ok_or(bad("not a latchkey token (lk1-...)"))?;
         let body = from_text_vec(rest, "invite token")?;
-        decode_body(&body).map_err(|_| bad("damaged token"))
+        let invite: Self = decode_body(&body).map_err(|_| bad("damaged token"))?;
+        if invite.relays.is_empty() || invite.relays.len() > MAX_RELAYS {
+            return Err(bad("damaged token (no relay, or too many)"));
+        }
+        Ok(invite)
     }
 }
 
@@ -58,7 +66,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_damage() {
         let invite = Invite {
-            relay: "127.0.0.1:4433".into(),
+            relays: vec!["127.0.0.1:4433".into(), "[::1]:4434".into()],
             pin: RelayPin {
                 noise_key: PublicKey([1; 32]),
                 cert_sha256: [2; 32],

@@ -565,7 +565,13 @@ pub fn run(
                         format!("{} (locks at {})", s.failures, s.lockout_threshold),
                     ],
                     vec!["locked".into(), yes(s.locked)],
-                    vec!["online".into(), yes(s.online)],
+                    vec![
+                        "online".into(),
+                        match (&s.relay, s.online) {
+                            (Some(relay), true) => format!("yes (on the relay at {relay})"),
+                            _ => yes(s.online),
+                        },
+                    ],
                 ];
                 for row in rows {
                     writeln!(out, "{:<16} {}", format!("{}:", row[0]), row[1])?;

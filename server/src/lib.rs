@@ -60,7 +60,7 @@ use latchkey_protocol::{handshake::RelayIdentity, ids::HostName, ksf::KsfProfile
 use thiserror::Error;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     config::{Config, MetricsListen},
@@ -73,6 +73,9 @@ use crate::{
     settle::Settler,
     store::{Location, Store, StoreError},
 };
+
+/// The store key of the pin every relay on a shared store must present.
+const CLUSTER_PIN_META: &str = "cluster_pin";
 
 /// Seconds since the Unix epoch (the relay's one clock for the store).
 pub fn now_unix() -> i64 {
@@ -116,6 +119,8 @@ pub fn default_data_dir() -> PathBuf {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// Where devices reach this relay (`public_addr`, else the bound one).
+    pub(crate) public_addr: String,
     pub(crate) identity: RelayIdentity,
     pub(crate) store: Arc<dyn Store>,
     limiter: Mutex<RateLimiter>,
@@ -225,8 +230,7 @@ impl RelayHandle {
         self.shutdown.cancel();
     }
 
-    /// Waits until a shutdown starts: asked for, or the relay's own (it lost
-    /// its PostgreSQL database to another relay).
+    /// Waits until a shutdown starts.
     pub async fn stopping(&self) {
         self.shutdown.cancelled().await;
     }
@@ -237,39 +241,17 @@ impl RelayHandle {
     }
 }
 
-/// How often a relay on PostgreSQL checks that the database is still its.
-const STORE_LOCK_CHECK: Duration = Duration::from_secs(2);
-
-/// Holds the PostgreSQL database for this relay until shutdown, taking the
-/// lock again when its connection broke; stops the relay if another relay
-/// took it meanwhile (two relays on one database would settle each other's
-/// attempts).
-async fn keep_store_lock(lock: Option<store::ServingLock>, shutdown: CancellationToken) {
-    let Some(mut lock) = lock else {
-        return;
-    };
+/// Records this relay's hosts online again whenever its heartbeat finds it
+/// forgotten (see [`Settler::forgotten`]), until shutdown.
+async fn relist_hosts(shared: Arc<Shared>) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(STORE_LOCK_CHECK) => {}
+            _ = shared.shutdown.cancelled() => return,
+            _ = shared.settler.forgotten.notified() => {}
         }
-        let checked = tokio::task::spawn_blocking(move || {
-            let result = lock.check();
-            (lock, result)
-        })
-        .await;
-        match checked {
-            Ok((kept, Ok(()))) => lock = kept,
-            Ok((_, Err(e))) => {
-                error!("{e}: this relay stops");
-                shutdown.cancel();
-                return;
-            }
-            Err(e) => {
-                error!("checking this relay's hold on the database failed ({e}): this relay stops");
-                shutdown.cancel();
-                return;
-            }
+        let hosts: Vec<HostName> = shared.hosts().keys().cloned().collect();
+        for host in &hosts {
+            shared.presence.set(host, true);
         }
     }
 }
@@ -287,28 +269,55 @@ impl Relay {
         // settle this one's attempts under its feet (SPEC S7a).
         let serving = data.lock_for_serving()?;
         let location = Location::parse(config.store.as_deref())?;
+        let shared_store = location.is_shared();
         let db_path = data.db_path();
         let metrics = Arc::new(Metrics::new()?);
         let latency = metrics.store_latency();
         let m = metrics.clone();
+        let pin = data.pin();
+        let fingerprint = pin.fingerprint();
+        let cluster_pin = fingerprint.clone();
         // The store's calls block (PostgreSQL's client runs a runtime of its
         // own), so they run off the async threads, here as everywhere.
-        let (store, store_lock) = tokio::task::spawn_blocking(move || {
-            let (store, lock) = location.open_for_serving(&db_path, Some(latency))?;
+        let store = tokio::task::spawn_blocking(move || {
+            let store = location.open_for_serving(&db_path, Some(latency))?;
             let now = now_unix();
-            // Whatever the last run left pending was cut off by its end.
-            let failed =
-                store.fail_pending_attempts(i64::MAX, "unfinished when the relay stopped", now)?;
+            let failed = if shared_store {
+                // Every relay of a cluster is one relay to devices: they
+                // pin one key and one certificate.
+                let pin = store.claim_meta(CLUSTER_PIN_META, &cluster_pin)?;
+                if pin != cluster_pin {
+                    return Err(RelayError::Config(format!(
+                        "this relay's identity ({cluster_pin}) is not the one the other relays on \
+                         this store share ({pin}): stop it, copy relay.key, tls.crt and tls.key \
+                         from one of them into its data directory, and start it again"
+                    )));
+                }
+                // Other relays may be serving: only what a relay that
+                // stopped answering left is settled here (the last run of
+                // this one among them, once its lease lapsed).
+                store.sweep_lapsed_relays(now - settle::RELAY_LEASE_SECS, now)?
+            } else {
+                // Alone on the embedded store (the data directory's lock):
+                // whatever the last run left pending was cut off by its end.
+                let failed = store.fail_pending_attempts(
+                    i64::MAX,
+                    "unfinished when the relay stopped",
+                    now,
+                )?;
+                store.sweep_lapsed_relays(i64::MAX, now)?;
+                store.end_open_sessions(now)?;
+                store.clear_online()?;
+                failed
+            };
             if failed > 0 {
                 m.abandoned(u64::try_from(failed).unwrap_or(u64::MAX));
                 warn!(
                     failed,
-                    "attempts left unfinished by the last run were counted as failures"
+                    "attempts left unfinished by a relay that stopped were counted as failures"
                 );
             }
-            store.end_open_sessions(now)?;
-            store.clear_online()?;
-            Ok::<_, StoreError>((store, lock))
+            Ok::<_, RelayError>(store)
         })
         .await
         .map_err(|e| RelayError::Config(format!("opening the store: {e}")))??;
@@ -331,8 +340,18 @@ impl Relay {
         tokio::task::spawn_blocking(move || s.set_meta("listen_addr", &listen_addr))
             .await
             .map_err(|e| RelayError::Config(format!("writing to the store: {e}")))??;
-        let pin = data.pin();
-        let fingerprint = pin.fingerprint();
+        // Where devices reach this relay: what invites list and what
+        // another relay of the cluster redirects logins to.
+        let public_addr = config
+            .public_addr
+            .clone()
+            .unwrap_or_else(|| service::reachable(addr).to_string());
+        if shared_store && config.public_addr.is_none() && addr.ip().is_unspecified() {
+            warn!(
+                "public_addr is not set: the other relays on this store send logins for this \
+                 relay's hosts to {public_addr}; set public_addr to where devices reach it"
+            );
+        }
         let mut identity = data.identity;
         identity.outsider_ksf = if config.allow_insecure_ksf {
             KsfProfile::InsecureFastForTests
@@ -369,7 +388,12 @@ impl Relay {
             None => None,
         };
         let console_url = console.as_ref().map(|c| c.url.clone());
-        let settler = Settler::spawn(store.clone(), config.handshake_timeout(), metrics.clone());
+        let settler = Settler::spawn(
+            store.clone(),
+            config.handshake_timeout(),
+            metrics.clone(),
+            public_addr.clone(),
+        );
         let shared = Arc::new(Shared {
             limiter: Mutex::new(RateLimiter::new(
                 config.per_source_burst,
@@ -377,6 +401,7 @@ impl Relay {
                 65_536,
             )),
             config,
+            public_addr,
             identity,
             hosts: Mutex::new(HashMap::new()),
             shutdown: shutdown.clone(),
@@ -394,7 +419,7 @@ impl Relay {
         });
         info!(%addr, %fingerprint, "relay listening");
         let admin_actions = tokio::spawn(notify::admin_actions(shared.clone()));
-        let store_lock = tokio::spawn(keep_store_lock(store_lock, shared.shutdown.clone()));
+        tokio::spawn(relist_hosts(shared.clone()));
         let outbox = tokio::spawn(notify::outbox(shared.clone()));
         let audit = tokio::spawn(audit_upkeep::run(shared.clone()));
         let metrics_server = metrics_listener.map(|listener| {
@@ -433,7 +458,6 @@ impl Relay {
             }
             // Released last: the directory is ours until everything is written.
             drop(serving);
-            let _ = store_lock.await;
         });
         Ok(RelayHandle {
             addr,

@@ -46,6 +46,7 @@ pub(crate) async fn within<T>(
 /// blocking pool. Store errors are kept, and the caller sends nothing if
 /// one happened (a failed reservation must never turn into a KE2).
 struct StoreAuthority<'a> {
+    shared: &'a Shared,
     store: &'a dyn Store,
     settler: &'a Settler,
     source: IpAddr,
@@ -58,6 +59,7 @@ struct StoreAuthority<'a> {
 impl<'a> StoreAuthority<'a> {
     fn new(shared: &'a Shared, source: IpAddr) -> Self {
         Self {
+            shared,
             store: &*shared.store,
             settler: &shared.settler,
             source,
@@ -65,6 +67,19 @@ impl<'a> StoreAuthority<'a> {
             error: None,
             outsider_reason: "",
         }
+    }
+
+    /// Where a proven grant holder's login for `host` goes instead: the
+    /// relay of the cluster that holds its agent, if not this one.
+    fn elsewhere(&mut self, host: &HostName) -> Option<String> {
+        if self.shared.hosts().contains_key(host) {
+            return None;
+        }
+        let lease_from = self.now - crate::settle::RELAY_LEASE_SECS;
+        let relay = self.store.host_elsewhere(host, lease_from);
+        // A restarted relay may find its last run still on record.
+        self.keep(relay)
+            .filter(|relay| *relay != self.shared.public_addr)
     }
 
     fn keep<T>(&mut self, r: Result<Option<T>, StoreError>) -> Option<T> {
@@ -204,7 +219,16 @@ pub(crate) async fn login(
     let s = shared.clone();
     let (first, error, outsider_reason) = blocking(move || {
         let mut authority = StoreAuthority::new(&s, source);
-        let claim = req.claim(&mut authority).map(|record| {
+        let record = req.claim(&mut authority);
+        // A host whose agent is on another relay of the cluster is reached
+        // there: the login goes there before anything is reserved.
+        if record.is_some() {
+            if let Some(relay) = authority.elsewhere(req.host()) {
+                let reply = req.redirect(relay);
+                return (First::Reply(Box::new(reply)), authority.error, "");
+            }
+        }
+        let claim = record.map(|record| {
             let reservation = authority.reserve_attempt(req.user(), req.host(), &record);
             (record, reservation)
         });
@@ -239,6 +263,7 @@ pub(crate) async fn login(
         AttemptDecision::Outsider => shared.metrics.login(LoginResult::Outsider),
         AttemptDecision::Locked => shared.metrics.login(LoginResult::Locked),
         AttemptDecision::Busy => shared.metrics.login(LoginResult::Busy),
+        AttemptDecision::Redirected => shared.metrics.login(LoginResult::Redirected),
         AttemptDecision::Evaluated => {}
     }
     if decision == AttemptDecision::Outsider {
@@ -272,10 +297,10 @@ pub(crate) async fn login(
     })
     .await?;
     let Some(mut awaiting) = awaiting else {
-        let why = if decision == AttemptDecision::Busy {
-            "other attempts on the host are in flight"
-        } else {
-            "host is locked"
+        let why = match decision {
+            AttemptDecision::Busy => "other attempts on the host are in flight",
+            AttemptDecision::Redirected => "sent to the relay that holds the host",
+            _ => "host is locked",
         };
         info!(%user, %host, %source, "login refused: {why}");
         return Ok(Login::Done);

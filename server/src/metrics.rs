@@ -124,15 +124,19 @@ pub enum LoginResult {
     /// An unknown user, a device key that is not the user's, or no grant on
     /// the host (also a right code whose grant was revoked meanwhile).
     Outsider,
+    /// The host is on another relay of the cluster: sent there, nothing
+    /// was tried here.
+    Redirected,
 }
 
 impl LoginResult {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Ok,
         Self::Wrong,
         Self::Locked,
         Self::Busy,
         Self::Outsider,
+        Self::Redirected,
     ];
 
     fn label(self) -> &'static str {
@@ -142,6 +146,7 @@ impl LoginResult {
             Self::Locked => "locked",
             Self::Busy => "busy",
             Self::Outsider => "outsider",
+            Self::Redirected => "redirected",
         }
     }
 }

@@ -201,7 +201,12 @@ mod tests {
         let store: Arc<dyn crate::store::Store> =
             Arc::new(crate::store::SqliteStore::in_memory().unwrap());
         let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
-        let settler = Settler::spawn(store, std::time::Duration::from_secs(1), metrics);
+        let settler = Settler::spawn(
+            store,
+            std::time::Duration::from_secs(1),
+            metrics,
+            String::new(),
+        );
         let mut entry = sessions.register(
             &settler,
             SessionId([1; 16]),

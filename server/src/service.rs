@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use latchkey_protocol::{
     ids::{HostName, RelayPin, TokenSecret, UserName},
-    invite::Invite,
+    invite::{Invite, MAX_RELAYS},
 };
 use rand::{rngs::OsRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -64,24 +64,33 @@ pub const ADMIN_SETUP_TTL_SECS: i64 = 24 * 3600;
 /// (exact even when it bound port 0).
 pub const CONSOLE_URL_META: &str = "console_url";
 
-/// The address put into invite tokens.
-fn relay_address(config: &Config, store: &dyn Store) -> Result<String, ServiceError> {
-    if let Some(addr) = &config.public_addr {
-        return Ok(addr.clone());
+/// The addresses put into invite tokens: `public_addr` if set, then those
+/// of the relays serving the store now (their heartbeats say where they
+/// are reached). With none of these: the address the relay last bound
+/// (exact even for port 0), or the configured one, so an invite made while
+/// the relay starts works.
+fn relay_addresses(config: &Config, store: &dyn Store) -> Result<Vec<String>, ServiceError> {
+    let live_after = now_unix() - crate::settle::RELAY_LEASE_SECS;
+    let mut all: Vec<String> = config.public_addr.iter().cloned().collect();
+    for addr in store.relay_addrs(live_after)? {
+        if !all.contains(&addr) && all.len() < MAX_RELAYS {
+            all.push(addr);
+        }
     }
-    // The address the relay last bound (exact even for port 0), else the
-    // configured one (so an invite made while the relay starts works).
-    let addr: SocketAddr = match store.meta("listen_addr")? {
-        Some(listen) => listen.parse().map_err(|_| ServiceError::NoAddress)?,
-        None if config.listen.port() != 0 => config.listen,
-        None => return Err(ServiceError::NoAddress),
-    };
-    Ok(reachable(addr).to_string())
+    if all.is_empty() {
+        let addr: SocketAddr = match store.meta("listen_addr")? {
+            Some(listen) => listen.parse().map_err(|_| ServiceError::NoAddress)?,
+            None if config.listen.port() != 0 => config.listen,
+            None => return Err(ServiceError::NoAddress),
+        };
+        all.push(reachable(addr).to_string());
+    }
+    Ok(all)
 }
 
 /// `addr` as a device on this machine reaches it: loopback for an
 /// unspecified IP.
-fn reachable(mut addr: SocketAddr) -> SocketAddr {
+pub(crate) fn reachable(mut addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             [127, 0, 0, 1].into()
@@ -104,7 +113,7 @@ pub fn invite(
     if let InviteKind::User { email: Some(e) } = &kind {
         check_email(e)?;
     }
-    let relay = relay_address(config, store)?;
+    let relays = relay_addresses(config, store)?;
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     let secret = TokenSecret(secret);
@@ -113,7 +122,7 @@ pub fn invite(
     store.create_invite(name, &kind, secret.digest(), expires_at, by, now)?;
     let is_host = matches!(kind, InviteKind::Host { .. });
     let token = Invite {
-        relay,
+        relays,
         pin: *pin,
         secret,
         for_host: is_host,

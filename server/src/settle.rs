@@ -35,7 +35,17 @@ const SWEEP_GRACE: Duration = Duration::from_secs(5);
 /// How long a relay on the same store may go without a heartbeat (one per
 /// sweep) before its pending attempts are settled and its sessions ended
 /// by the relays that outlive it.
-const RELAY_LEASE_SECS: i64 = 20;
+pub(crate) const RELAY_LEASE_SECS: i64 = 20;
+
+/// What the periodic sweep needs.
+struct Sweep {
+    /// How long an attempt may stay pending.
+    stale_after: Duration,
+    /// Where devices reach this relay (its heartbeat says).
+    addr: String,
+    /// See [`Settler::forgotten`].
+    forgotten: Arc<tokio::sync::Notify>,
+}
 
 enum Job {
     /// An attempt dropped without a verdict, with why (for the audit); it
@@ -59,22 +69,33 @@ pub(crate) struct Settler {
     /// Logins waiting for a settlement on their host.
     pub(crate) waiting: Arc<WaitingRooms>,
     metrics: Arc<Metrics>,
+    /// Told when this relay's heartbeat found it forgotten (another relay
+    /// took it for dead after a stall, and marked its hosts offline), so
+    /// its hosts are recorded online again.
+    pub(crate) forgotten: Arc<tokio::sync::Notify>,
 }
 
 impl Settler {
     /// Starts the settling task; it sweeps attempts pending for longer than
     /// `handshake_timeout` plus a grace, and ends when every handle is gone.
+    /// Its heartbeat says the relay is reached at `addr`.
     pub(crate) fn spawn(
         store: Arc<dyn Store>,
         handshake_timeout: Duration,
         metrics: Arc<Metrics>,
+        addr: String,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(WaitingRooms::default());
+        let forgotten = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(run(
             store,
             rx,
-            handshake_timeout + SWEEP_GRACE,
+            Sweep {
+                stale_after: handshake_timeout + SWEEP_GRACE,
+                addr,
+                forgotten: forgotten.clone(),
+            },
             waiting.clone(),
             metrics.clone(),
         ));
@@ -82,6 +103,7 @@ impl Settler {
             tx,
             waiting,
             metrics,
+            forgotten,
         }
     }
 
@@ -202,13 +224,14 @@ impl Drop for PendingAttempt {
 async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<Job>,
-    stale_after: Duration,
+    sweeping: Sweep,
     waiting: Arc<WaitingRooms>,
     metrics: Arc<Metrics>,
 ) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stale_secs = i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX / 4) + 1;
+    let stale_secs = i64::try_from(sweeping.stale_after.as_secs()).unwrap_or(i64::MAX / 4) + 1;
+    let mut first = true;
     loop {
         let job = tokio::select! {
             job = rx.recv() => match job {
@@ -217,12 +240,20 @@ async fn run(
             },
             _ = sweep.tick() => {
                 let now = now_unix();
-                let lapsed = logged_store_call(&store, move |s| {
-                    s.heartbeat(now)?;
-                    s.sweep_lapsed_relays(now - RELAY_LEASE_SECS, now)
+                let addr = sweeping.addr.clone();
+                let beat = logged_store_call(&store, move |s| {
+                    let new = s.heartbeat(&addr, now)?;
+                    Ok((new, s.sweep_lapsed_relays(now - RELAY_LEASE_SECS, now)?))
                 })
                 .await;
-                if let Some(n @ 1..) = lapsed {
+                if let Some((true, _)) = beat {
+                    if !first {
+                        warn!("this relay's heartbeat had lapsed and another relay took it for dead: its hosts are recorded online again");
+                    }
+                    sweeping.forgotten.notify_one();
+                }
+                first = false;
+                if let Some((_, n @ 1..)) = beat {
                     metrics.abandoned(u64::try_from(n).unwrap_or(u64::MAX));
                     warn!(attempts = n, "a relay sharing the store stopped: its pending attempts were settled as failures");
                     waiting.settled_anywhere();

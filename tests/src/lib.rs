@@ -274,6 +274,26 @@ impl Relay {
         Ok(())
     }
 
+    /// Starts another relay of this relay's cluster, as docs/relay.md tells
+    /// an admin to: its own data directory `data_dir` with this relay's
+    /// identity copied in (`relay.key`, `tls.crt`, `tls.key`), the same
+    /// settings and so the same store, on another port of 127.0.0.1.
+    pub fn join(&self, data_dir: PathBuf) -> Result<Relay> {
+        std::fs::create_dir_all(&data_dir)?;
+        for file in ["relay.key", "tls.crt", "tls.key"] {
+            std::fs::copy(self.data_dir.join(file), data_dir.join(file))
+                .with_context(|| format!("copying {file}"))?;
+        }
+        let mut relay = Relay {
+            proc: None,
+            addr: "127.0.0.1:0".parse()?,
+            data_dir,
+            env: self.env.clone(),
+        };
+        relay.launch()?;
+        Ok(relay)
+    }
+
     /// Kills the relay with SIGKILL (a crash).
     pub fn kill9(&mut self) {
         if let Some(mut p) = self.proc.take() {
@@ -473,17 +493,38 @@ impl Device {
         self.set_host_list("reboot_command", &words)
     }
 
-    fn set_host_list(&self, key: &str, values: &[String]) -> Result<()> {
-        let path = self.home.join("host.toml");
+    /// Sets the relays this device dials (user or host): `relays[0]`
+    /// first, then the others of the cluster.
+    pub fn set_relays(&self, relays: &[String]) -> Result<()> {
+        let file = if self.home.join("host.toml").exists() {
+            "host.toml"
+        } else {
+            "user.toml"
+        };
+        let (first, others) = relays.split_first().context("no relay")?;
+        self.edit_config(file, |cfg| {
+            cfg.insert("relay".into(), toml_edit_free::Value::String(first.clone()));
+            let others = others.iter().cloned().map(toml_edit_free::Value::String);
+            cfg.insert(
+                "other_relays".into(),
+                toml_edit_free::Value::Array(others.collect()),
+            );
+        })
+    }
+
+    fn edit_config(&self, file: &str, edit: impl FnOnce(&mut toml_edit_free::Table)) -> Result<()> {
+        let path = self.home.join(file);
         let mut cfg: toml_edit_free::Table = std::fs::read_to_string(&path)?.parse()?;
-        let list = values
-            .iter()
-            .cloned()
-            .map(toml_edit_free::Value::String)
-            .collect();
-        cfg.insert(key.into(), toml_edit_free::Value::Array(list));
+        edit(&mut cfg);
         std::fs::write(&path, cfg.to_string())?;
         Ok(())
+    }
+
+    fn set_host_list(&self, key: &str, values: &[String]) -> Result<()> {
+        let list = values.iter().cloned().map(toml_edit_free::Value::String);
+        self.edit_config("host.toml", |cfg| {
+            cfg.insert(key.into(), toml_edit_free::Value::Array(list.collect()));
+        })
     }
 
     /// Starts `latchkey host run` on this device.
@@ -533,7 +574,7 @@ impl Device {
             let pin = cfg.pin().map_err(|e| failed(e.to_string()))?;
             let host: HostName = host.parse().map_err(|_| failed("bad host".into()))?;
             let code = AccessCode::for_login(code).map_err(|e| failed(e.to_string()))?;
-            net::login_from(&local, &cfg.relay, &pin, &key, &cfg.user, &host, code).await
+            net::login_from(&local, &cfg.relays(), &pin, &key, &cfg.user, &host, code).await
         }
     }
 
@@ -588,8 +629,14 @@ impl Device {
     /// Starts a login by hand: connects and sends message 1, so a test can
     /// act between the steps the relay takes.
     pub async fn send_msg1(&self, host: &str, code: &str) -> Result<RawLogin> {
-        let (relay, pin, key) = self.identity()?;
-        let rc = net::connect(&relay, &pin).await?;
+        let (relay, _, _) = self.identity()?;
+        self.send_msg1_at(&relay, host, code).await
+    }
+
+    /// [`Device::send_msg1`] to the relay at `relay`.
+    pub async fn send_msg1_at(&self, relay: &str, host: &str, code: &str) -> Result<RawLogin> {
+        let (_, pin, key) = self.identity()?;
+        let rc = net::connect(relay, &pin).await?;
         let binding = net::channel_binding(&rc.conn)?;
         let (mut send, recv) = rc.conn.open_bi().await?;
         let code = AccessCode::for_login(code.into())?;

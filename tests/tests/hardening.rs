@@ -368,7 +368,7 @@ async fn a_fake_relay_with_the_certificate_but_not_the_noise_key_gets_message_1_
     let (_, pin, alice) = identity(&w.alice.home)?;
     let (cfg, _) = Home::locate(Some(w.alice.home.clone())).user()?;
     let err = net::login(
-        &fake.to_string(),
+        &[fake.to_string()],
         &pin,
         &alice,
         &cfg.user,
@@ -622,7 +622,7 @@ async fn a_burst_beyond_the_handshake_cap_waits_in_line_instead_of_being_refused
     for _ in 0..28 {
         let (relay, key, user) = (relay.clone(), key.clone(), user.clone());
         burst.spawn(async move {
-            let control = net::welcome(&relay, &pin, &key, Intent::User { user }).await?;
+            let control = net::welcome(&[relay], &pin, &key, Intent::User { user }).await?;
             control.relay.conn.close(0u32.into(), b"");
             Ok::<_, net::NetError>(())
         });

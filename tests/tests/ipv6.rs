@@ -40,8 +40,12 @@ async fn a_relay_on_ipv6_loopback_serves_a_host_and_an_exec() -> Result<()> {
     assert!(w.relay.addr.is_ipv6(), "{}", w.relay.addr);
     let token = w.relay.invite_user("dave")?;
     let invite = Invite::from_text(&token)?;
-    assert_eq!(invite.relay, w.relay.addr.to_string());
-    assert!(invite.relay.starts_with("[::1]:"), "{}", invite.relay);
+    assert_eq!(invite.relays, [w.relay.addr.to_string()]);
+    assert!(
+        invite.relays[0].starts_with("[::1]:"),
+        "{:?}",
+        invite.relays
+    );
     let _agent = w.start_agent()?;
     exec_echo(&w, "over-ipv6")?;
     let source = last_login_source(&w)?;

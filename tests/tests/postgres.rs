@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use latchkey_server::test_postgres::{start_or_skip, TestPostgres};
-use latchkey_tests::{wait_until, Device, Relay, World, OWNER_CODE};
+use latchkey_tests::{wait_until, Device, World, OWNER_CODE};
 
 fn store_env(url: &str) -> Vec<(String, String)> {
     vec![("LATCHKEY_RELAY_STORE".into(), url.into())]
@@ -75,40 +75,5 @@ async fn on_postgres_a_revoke_from_the_admin_cli_ends_the_live_session_at_once()
     // async threads).
     let status = w.relay.proc.take().expect("running").terminate()?;
     assert!(status.success(), "{status:?}");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_second_relay_on_the_same_database_refuses_and_its_admin_cli_still_works() -> Result<()> {
-    let Some(pg) = start_or_skip("a_second_relay_on_the_same_database") else {
-        return Ok(());
-    };
-    let w = world_on(&pg)?;
-    let second_dir = w.dir.path().join("second");
-    // Another data directory, the same database: refused, saying why,
-    // without the connection string.
-    let refused = std::process::Command::new(latchkey_tests::bin("latchkey-relay"))
-        .arg("--data-dir")
-        .arg(&second_dir)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("LATCHKEY_RELAY_ADMIN_LISTEN", "off")
-        .envs(w.relay.env.iter().cloned())
-        .output()?;
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("in use by another relay"), "{stderr}");
-    assert!(!stderr.contains("dbname"), "{stderr}");
-    // The admin CLI of that data directory reads and changes the same state.
-    let other = Relay {
-        proc: None,
-        addr: w.relay.addr,
-        data_dir: second_dir,
-        env: w.relay.env.clone(),
-    };
-    let hosts = other.admin_json(&["hosts"])?;
-    assert_eq!(hosts[0]["name"], "mypc", "{hosts}");
-    other.admin(&["revoke", "mypc", "bob"])?;
-    let status = w.relay.status("mypc")?;
-    assert_eq!(status["grants"], serde_json::json!([]), "{status}");
     Ok(())
 }

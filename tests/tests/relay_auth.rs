@@ -269,7 +269,7 @@ async fn outsiders_cannot_move_the_counter_whatever_they_send() -> Result<()> {
     let pin = cfg.pin()?;
     for user in ["bob", "nobody"] {
         let err = net::login(
-            &cfg.relay,
+            &cfg.relays(),
             &pin,
             &carol_key,
             &user.parse()?,

@@ -37,14 +37,52 @@ fn worth_retrying(e: &NetError) -> bool {
     )
 }
 
-/// Connects to the relay as `host`, retrying with jittered exponential
-/// backoff (200 ms up to 30 s) for as long as retrying could help: after a
-/// relay restart thousands of agents dial at once, and the jitter spreads
-/// them out. Public so the benchmark's fleets of hosts reconnect exactly
-/// as real agents do.
+/// The relays of a host's cluster in the order its agent dials them: from a
+/// place its name's hash picks (so a cluster's hosts spread over its relays)
+/// round the ring, moving on whenever a relay cannot be reached or a
+/// connection ends.
+#[derive(Debug)]
+pub struct RelayRing {
+    relays: Vec<String>,
+    at: std::sync::atomic::AtomicUsize,
+}
+
+impl RelayRing {
+    /// The ring of `relays` (never empty in a saved config) for `host`.
+    pub fn new(relays: Vec<String>, host: &HostName) -> Self {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(host.as_str().as_bytes());
+        let start = u64::from_be_bytes(hash[..8].try_into().unwrap_or_default());
+        let n = relays.len().max(1) as u64;
+        Self {
+            at: ((start % n) as usize).into(),
+            relays,
+        }
+    }
+
+    /// The relay to dial now.
+    pub fn current(&self) -> &str {
+        let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
+        self.relays
+            .get(at % self.relays.len().max(1))
+            .map_or("", String::as_str)
+    }
+
+    /// Moves on to the next relay.
+    pub fn advance(&self) {
+        self.at.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Connects to a relay of `ring` as `host`, retrying with jittered
+/// exponential backoff (200 ms up to 30 s) for as long as retrying could
+/// help, on the next relay of the ring each time: after a relay restart
+/// thousands of agents dial at once, and the jitter spreads them out.
+/// Public so the benchmark's fleets of hosts reconnect exactly as real
+/// agents do.
 pub async fn dial(
     local: &net::Local,
-    relay: &str,
+    ring: &RelayRing,
     pin: &RelayPin,
     key: &Keypair,
     host: &HostName,
@@ -54,7 +92,15 @@ pub async fn dial(
         .with_max_delay(Duration::from_secs(30))
         .with_jitter()
         .without_max_times();
-    let connect = || net::welcome_from(local, relay, pin, key, Intent::Host { host: host.clone() });
+    let connect = || async {
+        let relay = [ring.current().to_owned()];
+        let result =
+            net::welcome_from(local, &relay, pin, key, Intent::Host { host: host.clone() }).await;
+        if result.is_err() {
+            ring.advance();
+        }
+        result
+    };
     connect
         .retry(backoff)
         .when(worth_retrying)
@@ -78,20 +124,26 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         home: home.clone(),
         sessions: Sessions::new(home.clone(), key.clone()),
     });
+    let ring = RelayRing::new(cfg.relays(), &cfg.host);
     loop {
         let control = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            c = dial(&net::Local::Any, &cfg.relay, &pin, &key, &cfg.host) => c?,
+            c = dial(&net::Local::Any, &ring, &pin, &key, &cfg.host) => c?,
         };
-        info!(host = %cfg.host, relay = %cfg.relay, "online");
+        info!(host = %cfg.host, relay = %ring.current(), "online");
         let ended = serve(home, control, side.clone(), &shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
         match ended {
             Ended::Rebooting => return Ok(()),
-            Ended::Lost(why) => warn!("disconnected from the relay: {why}; reconnecting"),
+            Ended::Lost(why) => {
+                // The relay may be gone: the next of the cluster is tried
+                // first (with one relay, the same one again).
+                ring.advance();
+                warn!("disconnected from the relay: {why}; reconnecting");
+            }
             Ended::Refused(why) => {
                 warn!("the relay refused this agent: {why}; trying again in {REFUSED_WAIT:?}");
                 tokio::select! {

@@ -746,7 +746,7 @@ mod tests {
 
     fn cfg(allow: &[&str]) -> HostConfig {
         let mut cfg = HostConfig::new(
-            "relay:4433".into(),
+            &["relay:4433".into()],
             String::new(),
             "mypc".parse().expect("host name"),
         );

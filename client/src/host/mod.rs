@@ -8,7 +8,7 @@ mod channels;
 mod e2e;
 pub mod file_helper;
 
-pub use agent::{dial, run};
+pub use agent::{dial, run, RelayRing};
 pub use channel_log::CHANNEL_LOG;
 pub use channels::NO_CHANNEL_KEYS;
 
@@ -45,7 +45,7 @@ pub async fn enroll(
             "relay sent an invalid host name",
         ))
     })?;
-    let mut cfg = HostConfig::new(e.invite.relay.clone(), e.invite.pin.to_text(), name);
+    let mut cfg = HostConfig::new(&e.invite.relays, e.invite.pin.to_text(), name);
     cfg.session_user = session_user;
     home.save_host(&cfg, &e.key)?;
     Ok(e.name)
@@ -63,7 +63,7 @@ pub async fn set_code(
     let (cfg, key) = home.host()?;
     let pin = cfg.pin()?;
     let mut control = net::welcome(
-        &cfg.relay,
+        &cfg.relays(),
         &pin,
         &key,
         Intent::HostAdmin {

@@ -33,7 +33,8 @@ pub async fn enroll(home: &Home, token: &str) -> Result<String, UserError> {
         ))
     })?;
     let cfg = UserConfig {
-        relay: e.invite.relay.clone(),
+        relay: e.invite.relays[0].clone(),
+        other_relays: e.invite.relays[1..].to_vec(),
         pin: e.invite.pin.to_text(),
         user: name,
     };
@@ -46,7 +47,7 @@ pub async fn hosts(home: &Home) -> Result<Vec<HostInfo>, UserError> {
     let (cfg, key) = home.user()?;
     let pin = cfg.pin()?;
     let mut control = net::welcome(
-        &cfg.relay,
+        &cfg.relays(),
         &pin,
         &key,
         Intent::User {
@@ -76,5 +77,5 @@ pub async fn open_session(
 ) -> Result<Session, UserError> {
     let (cfg, key) = home.user()?;
     let pin = cfg.pin()?;
-    Ok(net::login(&cfg.relay, &pin, &key, &cfg.user, host, code).await?)
+    Ok(net::login(&cfg.relays(), &pin, &key, &cfg.user, host, code).await?)
 }

@@ -68,6 +68,11 @@ pub enum InitiatorReply {
     },
     /// The relay refused the connection.
     Refused(Refusal),
+    /// The host is on another relay of the cluster: log in there.
+    Redirect {
+        /// That relay's address, `host:port`.
+        relay: String,
+    },
 }
 
 /// After KE3 was sent: waits for the relay's verdict (message 4).
@@ -226,6 +231,7 @@ impl Initiator {
             }
             (HelloReply::Locked, Some(_)) => Ok(InitiatorReply::Locked),
             (HelloReply::Refused(r), _) => Ok(InitiatorReply::Refused(r)),
+            (HelloReply::Redirect { relay }, Some(_)) => Ok(InitiatorReply::Redirect { relay }),
             (HelloReply::Welcome, None) => Ok(InitiatorReply::Welcome { handshake_hash }),
             (HelloReply::Enrolled { name, is_host }, None) => {
                 Ok(InitiatorReply::Enrolled { name, is_host })

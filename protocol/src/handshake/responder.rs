@@ -192,6 +192,8 @@ pub enum AttemptDecision {
     Locked,
     /// Attempts in flight use up the rest of the budget: no KE2, no attempt.
     Busy,
+    /// The host is on another relay: sent there, no KE2, no attempt.
+    Redirected,
 }
 
 impl LoginRequest {
@@ -240,6 +242,19 @@ impl LoginRequest {
         } else {
             None
         }
+    }
+
+    /// Writes message 2 that sends a proven grant holder (after
+    /// [`LoginRequest::claim`]) to the relay of the cluster at `relay`,
+    /// which holds the host's agent; nothing was reserved.
+    pub fn redirect<A>(mut self, relay: String) -> Result<LoginReply<A>, HandshakeError> {
+        let reply = HelloReply::Redirect { relay };
+        let msg2 = write_noise(|p, b| self.hs.write_message(p, b), &encode_body(&reply)?)?;
+        Ok(LoginReply {
+            msg2,
+            decision: AttemptDecision::Redirected,
+            awaiting: None,
+        })
     }
 
     /// Writes message 2 for a grant holder's record and its reservation

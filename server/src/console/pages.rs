@@ -228,6 +228,9 @@ pub(super) async fn host_body(
                 tr { th { "Owner" } td { (status.owner) } }
                 tr { th { "Online" } td #online .online { (view::flag(status.online, false)) } }
                 tr { th { "Last seen" } td { (view::last_seen(status.online, status.last_seen)) } }
+                @if let Some(relay) = status.relay.as_ref().filter(|_| status.online) {
+                    tr { th { "Relay" } td { (relay) } }
+                }
                 tr { th { "Locked" } td #locked .locked { (view::flag(status.locked, true)) } }
                 @if let Some(lock) = last_lock.as_ref().filter(|_| status.locked) {
                     tr { th { "Locked since" } td #lock-cause {

@@ -21,7 +21,7 @@ use latchkey_protocol::{
     handshake::CodeRecord,
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
 };
-pub use postgres::{Postgres, PostgresStore, ServingLock};
+pub use postgres::{Postgres, PostgresStore};
 pub use relational::SqlStore;
 use serde::Serialize;
 pub use sql::EventFeed;
@@ -69,31 +69,33 @@ impl Location {
         })
     }
 
-    /// Opens the store for a serving relay, with what keeps a second relay
-    /// off it (the data directory's lock covers the embedded store), timing
-    /// its transactions with `latency` if given (the relay's metrics).
+    /// Opens the store for a serving relay, whose attempts, sessions and
+    /// hosts carry a new id of its own, timing its transactions with
+    /// `latency` if given (the relay's metrics). The data directory's lock
+    /// keeps a second relay off the embedded store; on PostgreSQL any
+    /// number serve at once.
     pub fn open_for_serving(
         &self,
         db_path: &std::path::Path,
         latency: Option<StoreLatency>,
-    ) -> Result<(Box<dyn Store>, Option<ServingLock>), StoreError> {
+    ) -> Result<Box<dyn Store>, StoreError> {
         Ok(match self {
-            Self::Embedded => (
-                Box::new(
-                    SqliteStore::open(db_path)?
-                        .with_latency(latency)
-                        .with_relay(relay_id()),
-                ),
-                None,
-            ),
-            Self::Postgres(url) => {
-                let store = PostgresStore::connect(url)?
+            Self::Embedded => Box::new(
+                SqliteStore::open(db_path)?
                     .with_latency(latency)
-                    .with_relay(relay_id());
-                let lock = store.lock_for_serving()?;
-                (Box::new(store), Some(lock))
-            }
+                    .with_relay(relay_id()),
+            ),
+            Self::Postgres(url) => Box::new(
+                PostgresStore::connect(url)?
+                    .with_latency(latency)
+                    .with_relay(relay_id()),
+            ),
         })
+    }
+
+    /// Whether several relays may serve this store at once.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
     }
 }
 
@@ -238,6 +240,8 @@ pub struct HostStatus {
     pub online: bool,
     /// When the agent last connected or left (Unix seconds), if ever.
     pub last_seen: Option<UnixTime>,
+    /// The address of the relay its agent is connected to, while online.
+    pub relay: Option<String>,
     /// Secondary users.
     pub grants: Vec<String>,
 }
@@ -366,6 +370,9 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Writes a setting the relay keeps about itself.
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Sets `key` to `value` unless it has a value already; returns the
+    /// value it has now (the first writer's, when several race).
+    fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError>;
 
     /// Creates the user or host (without a device yet) and its invite.
     fn create_invite(
@@ -482,7 +489,8 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
 
     /// Records which host agents connected or left, in one commit.
     fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError>;
-    /// Marks every host offline (at relay start).
+    /// Marks this store's relay's hosts offline (at its start and stop;
+    /// every host for a store that serves no relay).
     fn clear_online(&self) -> Result<(), StoreError>;
 
     /// All users.
@@ -613,9 +621,21 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     /// What the metrics read at scrape time (SPEC O2), in one read.
     fn gauges(&self) -> Result<StoreGauges, StoreError>;
 
-    /// Says this store's relay is alive (nothing for a store that serves
-    /// no relay, such as the admin CLI's).
-    fn heartbeat(&self, now: UnixTime) -> Result<(), StoreError>;
+    /// Says this store's relay is alive and reached at `addr` (nothing for
+    /// a store that serves no relay, such as the admin CLI's); `true` when
+    /// the relay was not on record (its first heartbeat, or another relay
+    /// forgot it as dead).
+    fn heartbeat(&self, addr: &str, now: UnixTime) -> Result<bool, StoreError>;
+    /// Where to send a login for `host`: the address of another relay
+    /// (heartbeat at or after `heartbeat_after`) that holds its agent now.
+    fn host_elsewhere(
+        &self,
+        host: &HostName,
+        heartbeat_after: UnixTime,
+    ) -> Result<Option<String>, StoreError>;
+    /// The addresses of the relays serving this store (heartbeat at or
+    /// after `heartbeat_after`), oldest first: what invites list.
+    fn relay_addrs(&self, heartbeat_after: UnixTime) -> Result<Vec<String>, StoreError>;
     /// Settles, as failures, the pending attempts of every other relay whose
     /// last heartbeat is older than `heartbeat_before`, ends their open
     /// sessions and forgets them; returns the attempts settled. A relay

@@ -50,9 +50,6 @@ const AUDIT_CHANNEL: &str = "latchkey_audit";
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x6c61_7463_686b_6579; // "latchkey"
 
-/// Key of the advisory lock a serving relay holds for its life.
-const SERVING_LOCK: i64 = 0x6c61_7463_686b_7276; // "latchkrv"
-
 /// Schema migrations, applied in order; `latchkey_schema.version` counts
 /// how many have run. Never edit one that has shipped: append. The first is
 /// the SQLite schema after its fifth migration, in PostgreSQL's types.
@@ -199,6 +196,12 @@ CREATE TABLE relays (
 ALTER TABLE attempts ADD COLUMN relay_id TEXT;
 ALTER TABLE sessions ADD COLUMN relay_id TEXT;
 "#,
+    // Several relays serving at once (issue 14, M3): where each relay is
+    // reached, and which relay holds each online host.
+    r#"
+ALTER TABLE relays ADD COLUMN addr TEXT;
+ALTER TABLE hosts ADD COLUMN relay_id TEXT;
+"#,
 ];
 
 /// Deadlines for what PostgreSQL does: the client's connection attempt,
@@ -287,90 +290,6 @@ impl SqlStore<Postgres> {
             latency: None,
             relay: None,
         })
-    }
-}
-
-/// The database is this relay's while the value lives: a session-level
-/// advisory lock on a connection of its own. Until relays share the
-/// database's attempts and sessions by relay (issue 14, M2), a second relay
-/// would settle this one's pending attempts at its start.
-///
-/// The lock lives as long as its connection: the relay calls
-/// [`ServingLock::check`] every few seconds, which takes the lock again on a
-/// new connection when the old one broke (PostgreSQL restarted), and fails
-/// when another relay took it meanwhile.
-pub struct ServingLock {
-    config: postgres::Config,
-    client: Option<PgClient>,
-}
-
-fn take_serving_lock(config: &postgres::Config) -> Result<PgClient, StoreError> {
-    let mut client = PgClient::connect(config)?;
-    let taken: bool = client
-        .get()
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK])?
-        .get(0);
-    if !taken {
-        return Err(StoreError::Refused(
-            "this PostgreSQL database is in use by another relay (one relay per database for now)"
-                .into(),
-        ));
-    }
-    Ok(client)
-}
-
-impl SqlStore<Postgres> {
-    /// Takes the database for one serving relay, or says another has it.
-    pub fn lock_for_serving(&self) -> Result<ServingLock, StoreError> {
-        Ok(ServingLock {
-            config: self.backend.config.clone(),
-            client: Some(take_serving_lock(&self.backend.config)?),
-        })
-    }
-}
-
-/// Gives the lock back before the connection closes: PostgreSQL frees a
-/// closed session's locks only once its backend process has exited, and a
-/// relay started right after this one stopped would find it still held.
-impl Drop for ServingLock {
-    fn drop(&mut self) {
-        let Some(mut client) = self.client.take() else {
-            return;
-        };
-        let mut unlock = move || {
-            let _ = client
-                .get()
-                .execute("SELECT pg_advisory_unlock($1)", &[&SERVING_LOCK]);
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = std::thread::Builder::new()
-                .name("pg-unlock".into())
-                .spawn(unlock);
-        } else {
-            unlock();
-        }
-    }
-}
-
-impl ServingLock {
-    /// Whether the lock is still this relay's: `Ok` while it is (or while
-    /// PostgreSQL cannot be reached, when no other relay can take it
-    /// either), [`StoreError::Refused`] once another relay holds it.
-    pub fn check(&mut self) -> Result<(), StoreError> {
-        if let Some(client) = &mut self.client {
-            if client.get().simple_query("SELECT 1").is_ok() {
-                return Ok(());
-            }
-            self.client = None;
-        }
-        match take_serving_lock(&self.config) {
-            Ok(client) => {
-                self.client = Some(client);
-                Ok(())
-            }
-            Err(e @ StoreError::Refused(_)) => Err(e),
-            Err(_) => Ok(()),
-        }
     }
 }
 
@@ -855,18 +774,17 @@ mod tests {
         );
     }
 
-    /// PostgreSQL ends every connection (as a restart does): the serving
-    /// lock is taken again, the feed listens anew and reads what was
-    /// committed meanwhile, and the store's pool reconnects.
+    /// PostgreSQL ends every connection (as a restart does): the feed
+    /// listens anew and reads what was committed meanwhile, and the store's
+    /// pool reconnects.
     #[test]
-    fn after_postgres_drops_every_connection_the_lock_the_feed_and_the_pool_recover() {
+    fn after_postgres_drops_every_connection_the_feed_and_the_pool_recover() {
         let Some(pg) = start_or_skip("after_postgres_drops_every_connection") else {
             return;
         };
         let url = pg.fresh_database();
         let store = PostgresStore::connect(&url).expect("connect");
         let (_, host, _) = suite::alice_owns_mypc(&store, 3);
-        let mut lock = store.lock_for_serving().expect("serve");
         let mut feed = store.event_feed().expect("feed");
         let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
         admin
@@ -896,11 +814,6 @@ mod tests {
             }
         }
         assert_eq!(seen, ["revoke"]);
-        lock.check().expect("the lock is taken again");
-        assert!(
-            other.lock_for_serving().is_err(),
-            "a second relay took the database"
-        );
         // Pool connections that broke are replaced.
         let mut ok = false;
         for _ in 0..3 {
@@ -910,11 +823,11 @@ mod tests {
         // Dropped on an async thread (the relay's last reference): no panic.
         tokio::runtime::Runtime::new()
             .expect("runtime")
-            .block_on(async move { drop((store, lock, feed)) });
+            .block_on(async move { drop((store, feed)) });
     }
 
     #[test]
-    fn relays_that_start_at_once_migrate_once_and_only_one_serves() {
+    fn relays_that_start_at_once_migrate_once() {
         let Some(pg) = start_or_skip("relays_that_start_at_once") else {
             return;
         };
@@ -928,18 +841,10 @@ mod tests {
                 .map(|h| h.join().expect("thread"))
                 .collect()
         });
-        let serving = stores[0].lock_for_serving().expect("the first serves");
-        let refused = stores[1]
-            .lock_for_serving()
-            .err()
-            .expect("a second is refused");
-        assert!(
-            refused.to_string().contains("in use by another relay"),
-            "{refused}"
-        );
-        drop(serving);
-        stores[2]
-            .lock_for_serving()
-            .expect("free again once the first let go");
+        // Each sees the one schema the first migration made.
+        let (_, host, _) = suite::alice_owns_mypc(&stores[0], 3);
+        for store in &stores[1..] {
+            assert_eq!(store.host_status(&host).expect("read").name, host.as_str());
+        }
     }
 }

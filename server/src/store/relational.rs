@@ -457,7 +457,8 @@ fn host_status(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         "SELECT h.name, o.name, CASE WHEN h.device_key IS NULL THEN 0 ELSE 1 END, h.platform,
                 CASE WHEN g.record_id IS NULL THEN 0 ELSE 1 END,
                 h.shared_access, h.lockout_threshold,
-                CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END, h.online, h.last_seen
+                CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END, h.online, h.last_seen,
+                (SELECT r.addr FROM relays r WHERE r.id = h.relay_id)
          FROM hosts h JOIN users o ON o.id = h.owner_id
          JOIN grants g ON g.host_id = h.id AND g.is_owner = 1
          WHERE h.id = ?1",
@@ -484,6 +485,7 @@ fn host_status(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         locked: r.flag(7)?,
         online: r.flag(8)?,
         last_seen: r.opt_int(9)?,
+        relay: r.opt_text(10)?,
         grants,
     })
 }
@@ -511,6 +513,17 @@ impl<B: Backend> Store for SqlStore<B> {
                 args![key, value],
             )?;
             Ok(())
+        })
+    }
+
+    fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                args![key, value],
+            )?;
+            tx.row("SELECT value FROM meta WHERE key = ?1", args![key])?
+                .text(0)
         })
     }
 
@@ -892,25 +905,69 @@ impl<B: Backend> Store for SqlStore<B> {
 
     fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError> {
         let now = crate::now_unix();
+        let me = self.relay.as_deref();
         self.write(|tx| {
             for (host, online) in changes {
-                tx.exec(
-                    "UPDATE hosts SET online = ?1, last_seen = ?3 WHERE name = ?2",
-                    args![*online, host.as_str(), now],
-                )?;
+                if *online {
+                    tx.exec(
+                        "UPDATE hosts SET online = 1, last_seen = ?1, relay_id = ?2 WHERE name = ?3",
+                        args![now, me, host.as_str()],
+                    )?;
+                } else {
+                    // Only while it is still ours: a host that moved to
+                    // another relay meanwhile stays online there.
+                    tx.exec(
+                        "UPDATE hosts SET online = 0, last_seen = ?1, relay_id = NULL
+                         WHERE name = ?2 AND (relay_id = ?3 OR relay_id IS NULL OR ?3 IS NULL)",
+                        args![now, host.as_str(), me],
+                    )?;
+                }
             }
             Ok(())
         })
     }
 
     fn clear_online(&self) -> Result<(), StoreError> {
+        let me = self.relay.as_deref();
         self.write(|tx| {
             tx.exec(
-                "UPDATE hosts SET online = 0,
-                 last_seen = CASE WHEN online = 1 THEN ?1 ELSE last_seen END",
-                args![crate::now_unix()],
+                "UPDATE hosts SET online = 0, relay_id = NULL,
+                 last_seen = CASE WHEN online = 1 THEN ?1 ELSE last_seen END
+                 WHERE online = 1 AND (relay_id = ?2 OR relay_id IS NULL OR ?2 IS NULL)",
+                args![crate::now_unix(), me],
             )?;
             Ok(())
+        })
+    }
+
+    fn host_elsewhere(
+        &self,
+        host: &HostName,
+        heartbeat_after: UnixTime,
+    ) -> Result<Option<String>, StoreError> {
+        let me = self.relay.as_deref().unwrap_or("");
+        self.read(|tx| {
+            tx.opt_row(
+                "SELECT r.addr FROM hosts h JOIN relays r ON r.id = h.relay_id
+                 WHERE h.name = ?1 AND h.online = 1 AND r.id <> ?2
+                   AND r.heartbeat_at >= ?3 AND r.addr IS NOT NULL",
+                args![host.as_str(), me, heartbeat_after],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
+        })
+    }
+
+    fn relay_addrs(&self, heartbeat_after: UnixTime) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            tx.rows(
+                "SELECT addr FROM relays WHERE heartbeat_at >= ?1 AND addr IS NOT NULL
+                 ORDER BY started_at, id",
+                args![heartbeat_after],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
         })
     }
 
@@ -1424,17 +1481,22 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
-    fn heartbeat(&self, now: UnixTime) -> Result<(), StoreError> {
+    fn heartbeat(&self, addr: &str, now: UnixTime) -> Result<bool, StoreError> {
         let Some(relay) = self.relay.as_deref() else {
-            return Ok(());
+            return Ok(false);
         };
         self.write(|tx| {
-            tx.exec(
-                "INSERT INTO relays (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
-                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                args![relay, now],
+            let updated = tx.exec(
+                "UPDATE relays SET heartbeat_at = ?2, addr = ?3 WHERE id = ?1",
+                args![relay, now, addr],
             )?;
-            Ok(())
+            if updated == 0 {
+                tx.exec(
+                    "INSERT INTO relays (id, started_at, heartbeat_at, addr) VALUES (?1, ?2, ?2, ?3)",
+                    args![relay, now, addr],
+                )?;
+            }
+            Ok(updated == 0)
         })
     }
 
@@ -1463,6 +1525,10 @@ impl<B: Backend> Store for SqlStore<B> {
                 settled += pending.len();
                 tx.exec(
                     "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL AND relay_id = ?2",
+                    args![now, &relay],
+                )?;
+                tx.exec(
+                    "UPDATE hosts SET online = 0, relay_id = NULL, last_seen = ?1 WHERE relay_id = ?2",
                     args![now, &relay],
                 )?;
                 tx.exec("DELETE FROM relays WHERE id = ?1", args![&relay])?;

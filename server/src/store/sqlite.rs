@@ -200,6 +200,12 @@ CREATE TABLE relays (
 ALTER TABLE attempts ADD COLUMN relay_id TEXT;
 ALTER TABLE sessions ADD COLUMN relay_id TEXT;
 "#,
+    // Several relays serving at once (issue 14, M3): where each relay is
+    // reached, and which relay holds each online host.
+    r#"
+ALTER TABLE relays ADD COLUMN addr TEXT;
+ALTER TABLE hosts ADD COLUMN relay_id TEXT;
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.

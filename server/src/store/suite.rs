@@ -738,8 +738,24 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
     )
     .expect("invite");
     a.grant(&host, &bob, &Actor::cli(), 0).expect("grant");
-    a.heartbeat(0).expect("heartbeat");
-    b.heartbeat(0).expect("heartbeat");
+    assert!(a.heartbeat("a.example:4433", 0).expect("heartbeat"), "new");
+    assert!(b.heartbeat("b.example:4433", 0).expect("heartbeat"), "new");
+    assert!(
+        !a.heartbeat("a.example:4433", 0).expect("heartbeat"),
+        "known"
+    );
+    // The host's agent is on A: B sends its logins there, A keeps them.
+    a.set_presence(&[(host.clone(), true)]).expect("presence");
+    assert_eq!(
+        b.host_elsewhere(&host, 0).expect("where").as_deref(),
+        Some("a.example:4433")
+    );
+    assert_eq!(a.host_elsewhere(&host, 0).expect("where"), None);
+    assert_eq!(
+        b.relay_addrs(0).expect("addrs").len(),
+        2,
+        "both relays are listed"
+    );
     let source = "127.0.0.1".parse().expect("address");
     let reserve = |s: &dyn Store, user: &UserName| match s
         .reserve_attempt(user, &host, &record.id, source, 1)
@@ -755,8 +771,11 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
     let alices = reserve(&*a, &alice);
     // On relay B: bob's next attempt.
     let bobs_next = reserve(&*b, &bob);
-    // A dies; B lives on past A's lease.
-    b.heartbeat(30).expect("heartbeat");
+    // A dies; B lives on past A's lease. A lapsed relay is no longer a
+    // place to send logins to, even before it is swept.
+    b.heartbeat("b.example:4433", 30).expect("heartbeat");
+    assert_eq!(b.host_elsewhere(&host, 10).expect("where"), None);
+    assert_eq!(b.relay_addrs(10).expect("addrs"), ["b.example:4433"]);
     assert_eq!(b.sweep_lapsed_relays(10, 30).expect("sweep"), 1);
     assert_eq!(
         b.sweep_lapsed_relays(10, 31).expect("sweep"),
@@ -788,9 +807,26 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         .is_some_and(|d| d.contains("its relay (relay-a) stopped answering"))));
     // bob's session on A was ended: no open session is left to end.
     assert_eq!(b.end_open_sessions(40).expect("end"), 0);
+    // Its host is offline, and A, had it only stalled, learns that it was
+    // forgotten at its next heartbeat.
+    assert!(!b.host_status(&host).expect("status").online);
+    assert!(a.heartbeat("a.example:4433", 41).expect("heartbeat"));
+    // A late "offline" from A does not undo the host's arrival on B.
+    b.set_presence(&[(host.clone(), true)]).expect("presence");
+    a.set_presence(&[(host.clone(), false)]).expect("presence");
+    assert!(b.host_status(&host).expect("status").online);
+    assert_eq!(
+        a.host_elsewhere(&host, 0).expect("where").as_deref(),
+        Some("b.example:4433")
+    );
+    a.clear_online().expect("clear");
+    assert!(
+        b.host_status(&host).expect("status").online,
+        "A cleared B's host"
+    );
     // A relay that keeps its heartbeat is never swept.
     let c = open("relay-c");
-    c.heartbeat(50).expect("heartbeat");
+    c.heartbeat("c.example:4433", 50).expect("heartbeat");
     let carols = reserve(&*c, &alice);
     assert_eq!(b.sweep_lapsed_relays(45, 55).expect("sweep"), 0);
     assert!(c

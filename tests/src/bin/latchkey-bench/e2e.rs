@@ -278,9 +278,9 @@ impl Client {
 async fn bench_host(w: &World) -> Result<()> {
     let home = Home::locate(Some(w.mypc.home.clone()));
     let (cfg, key) = home.host()?;
+    let ring = latchkey_client::host::RelayRing::new(cfg.relays(), &cfg.host);
     let control =
-        latchkey_client::host::dial(&net::Local::Any, &cfg.relay, &cfg.pin()?, &key, &cfg.host)
-            .await?;
+        latchkey_client::host::dial(&net::Local::Any, &ring, &cfg.pin()?, &key, &cfg.host).await?;
     tokio::spawn(host(home, control, Keys::default(), key));
     w.wait_online(true)
 }

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use latchkey_client::{
     config::Home,
-    host::dial,
+    host::{dial, RelayRing},
     net::{Local, NetError},
 };
 use latchkey_protocol::{
@@ -24,7 +24,7 @@ use latchkey_protocol::{
 };
 use latchkey_server::{
     datadir::DB_FILE,
-    store::{Actor, InviteKind, SqliteStore, Store},
+    store::{Actor, InviteKind, Location},
 };
 use latchkey_tests::{unlimited, World};
 use rand::{rngs::OsRng, RngCore};
@@ -35,8 +35,16 @@ use crate::measure::{median, report, rss_kib};
 /// Enrols `n` hosts owned by alice straight into the relay's store (as
 /// `invite-host` + `host enroll` would, without 2n processes), all with
 /// one device key.
-fn enrol(w: &World, n: usize, key: &Keypair) -> Result<Vec<HostName>> {
-    let store = SqliteStore::open(&w.relay.data_dir.join(DB_FILE))?;
+pub(crate) fn enrol(w: &World, n: usize, key: &Keypair) -> Result<Vec<HostName>> {
+    // The relay's own store: SQLite in its data directory, or the
+    // PostgreSQL database its environment names.
+    let setting = w
+        .relay
+        .env
+        .iter()
+        .find(|(k, _)| k == "LATCHKEY_RELAY_STORE")
+        .map(|(_, v)| v.as_str());
+    let store = Location::parse(setting)?.open(&w.relay.data_dir.join(DB_FILE))?;
     let now = latchkey_server::now_unix();
     let owner = w.alice.user()?;
     (0..n)
@@ -66,9 +74,9 @@ const BATCH: usize = 250;
 
 /// Hosts currently connected, and how many connections they have made.
 #[derive(Default)]
-struct Counters {
-    online: AtomicUsize,
-    connections: AtomicUsize,
+pub(crate) struct Counters {
+    pub(crate) online: AtomicUsize,
+    pub(crate) connections: AtomicUsize,
     /// How the relay's restart reached the agents: a close frame, a
     /// stateless reset at their next packet, or anything else.
     closed: AtomicUsize,
@@ -79,14 +87,15 @@ struct Counters {
 /// One agent: dials, stays until the relay drops it, dials again.
 async fn agent(
     local: Local,
-    relay: Arc<str>,
+    relays: Arc<Vec<String>>,
     pin: RelayPin,
     key: Arc<Keypair>,
     host: HostName,
     counters: Arc<Counters>,
 ) -> Result<(), NetError> {
+    let ring = RelayRing::new(relays.to_vec(), &host);
     loop {
-        let control = dial(&local, &relay, &pin, &key, &host).await?;
+        let control = dial(&local, &ring, &pin, &key, &host).await?;
         counters.connections.fetch_add(1, Ordering::SeqCst);
         counters.online.fetch_add(1, Ordering::SeqCst);
         let why = control.relay.conn.closed().await;
@@ -97,17 +106,23 @@ async fn agent(
             _ => &counters.other,
         };
         kind.fetch_add(1, Ordering::SeqCst);
+        // As the agent does: the next relay of the cluster first.
+        ring.advance();
     }
 }
 
-struct Fleet {
-    w: World,
-    tasks: JoinSet<Result<(), NetError>>,
-    counters: Arc<Counters>,
+pub(crate) struct Fleet {
+    pub(crate) w: World,
+    pub(crate) tasks: JoinSet<Result<(), NetError>>,
+    pub(crate) counters: Arc<Counters>,
     relay_pid: u32,
 }
 
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Result<Duration> {
+pub(crate) async fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<Duration> {
     let t = Instant::now();
     while !done() {
         anyhow::ensure!(t.elapsed() < limit, "timed out waiting for {what}");
@@ -129,25 +144,37 @@ fn fleet(n: usize) -> Result<(Fleet, Vec<HostName>, Arc<Keypair>)> {
         "fleet: enrolled {n} hosts in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let relay_pid = w.relay.proc.as_ref().context("relay")?.pid();
-    Ok((
-        Fleet {
+    Ok((Fleet::new(w)?, names, key))
+}
+
+impl Fleet {
+    /// No agent running yet.
+    pub(crate) fn new(w: World) -> Result<Self> {
+        let relay_pid = w.relay.proc.as_ref().context("relay")?.pid();
+        Ok(Fleet {
             w,
             tasks: JoinSet::new(),
             counters: Arc::default(),
             relay_pid,
-        },
-        names,
-        key,
-    ))
-}
+        })
+    }
 
-impl Fleet {
     fn launch(&mut self, names: Vec<HostName>, key: &Arc<Keypair>) -> Result<()> {
         let home = Home::locate(Some(self.w.alice.home.clone()));
         let (cfg, _) = home.user()?;
+        self.launch_on(names, key, Arc::new(cfg.relays()))
+    }
+
+    /// Starts an agent for each of `names`, dialling `relays` as agents do.
+    pub(crate) fn launch_on(
+        &mut self,
+        names: Vec<HostName>,
+        key: &Arc<Keypair>,
+        relay: Arc<Vec<String>>,
+    ) -> Result<()> {
+        let home = Home::locate(Some(self.w.alice.home.clone()));
+        let (cfg, _) = home.user()?;
         let pin = cfg.pin()?;
-        let relay: Arc<str> = cfg.relay.into();
         // One UDP socket per 250 agents (an endpoint's buffers are sized
         // for one busy connection, not for thousands of idle ones).
         let mut local = Local::Any;
@@ -167,7 +194,7 @@ impl Fleet {
         Ok(())
     }
 
-    fn online(&self) -> usize {
+    pub(crate) fn online(&self) -> usize {
         self.counters.online.load(Ordering::SeqCst)
     }
 }

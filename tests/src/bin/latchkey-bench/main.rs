@@ -4,6 +4,7 @@
 //! machines are shared and noisy. Build with `--release`; see
 //! docs/benchmarks.md.
 
+mod cluster;
 mod e2e;
 mod fleet;
 mod login;
@@ -24,6 +25,7 @@ const FIGURES: &[&str] = &[
     "e2e",
     "idle",
     "storm",
+    "cluster",
 ];
 
 async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
@@ -35,6 +37,7 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
         "e2e" => e2e::e2e().await,
         "idle" => fleet::idle(sizes).await,
         "storm" => fleet::storm().await,
+        "cluster" => cluster::cluster().await,
         other => anyhow::bail!("unknown figure {other}: use {} or all", FIGURES.join(", ")),
     }
 }
