@@ -26,6 +26,17 @@ struct Cli {
     /// config dir, e.g. ~/.config/latchkey).
     #[arg(long, global = true, env = "LATCHKEY_HOME")]
     home: Option<PathBuf>,
+    /// Seconds a session whose relay went away keeps trying to resume, on
+    /// another relay of the cluster or on the same one restarted, before it
+    /// ends (no code is asked).
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_RESUME_WAIT",
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
+    resume_wait: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -214,6 +225,7 @@ impl CodeInput {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    user::remote::set_resume_wait(std::time::Duration::from_secs(cli.resume_wait));
     let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

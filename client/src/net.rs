@@ -13,9 +13,9 @@ use std::{
 
 use latchkey_protocol::{
     e2e::ExportKey,
-    frame::{Intent, LoginOutcome, Refusal},
+    frame::{Intent, LoginOutcome, Refusal, RelayToClient},
     handshake::{Initiator, InitiatorReply, Keypair},
-    ids::{AccessCode, HostName, RelayPin, SessionId, UserName},
+    ids::{AccessCode, HostName, RelayPin, ResumeTicket, SessionId, UserName},
     HandshakeError,
 };
 use quinn::{RecvStream, SendStream};
@@ -200,13 +200,15 @@ impl ServerCertVerifier for PinnedCert {
 /// How soon a connection gives its relay up when nothing arrives from it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Liveness {
-    /// Users' connections ride out 30 s of silence (a network change).
+    /// One-off requests (a host list, an enrolment) ride out 30 s of
+    /// silence (a network change).
     #[default]
     Patient,
-    /// A host agent's connection gives up after 10 s, so a host whose relay
-    /// died reaches another relay of its cluster within seconds (keep-alives
-    /// every 2 s keep a live one open).
-    Agent,
+    /// Long-lived links, a host agent's and a session's, give up after
+    /// 10 s, so a host or a session whose relay died moves to another relay
+    /// of its cluster within seconds (keep-alives every 2 s keep a live one
+    /// open; a session resumes without the code).
+    Watchful,
 }
 
 /// Transport settings of client and host connections: keep-alives well
@@ -214,7 +216,7 @@ pub enum Liveness {
 fn transport_config(liveness: Liveness) -> quinn::TransportConfig {
     let (idle, keep_alive) = match liveness {
         Liveness::Patient => (Duration::from_secs(30), Duration::from_secs(5)),
-        Liveness::Agent => (Duration::from_secs(10), Duration::from_secs(2)),
+        Liveness::Watchful => (Duration::from_secs(10), Duration::from_secs(2)),
     };
     let mut t = wire::transport_config(idle, keep_alive);
     // quinn resends an unanswered first packet after about 3 × this
@@ -227,7 +229,7 @@ fn transport_config(liveness: Liveness) -> quinn::TransportConfig {
 }
 
 /// A QUIC connection to the relay (and the endpoint that drives it).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RelayConn {
     /// The connection.
     pub conn: quinn::Connection,
@@ -358,6 +360,17 @@ const NEXT_RELAY_AFTER: Duration = Duration::from_millis(750);
 /// The longest relay address a redirect may name (a DNS name and a port).
 const MAX_RELAY_ADDR: usize = 260;
 
+/// Checks the address a relay redirected us to before dialling it (the
+/// pin decides whether it is trusted; this only keeps nonsense out).
+pub fn check_redirect(to: &str) -> Result<(), NetError> {
+    if to.is_empty() || to.len() > MAX_RELAY_ADDR || to.chars().any(char::is_control) {
+        return Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
+            "redirected to an invalid relay address",
+        )));
+    }
+    Ok(())
+}
+
 /// Opens a QUIC connection to the first of `relays` (the relays of one
 /// cluster, which share a pin) that answers, trying them in order, each
 /// [`NEXT_RELAY_AFTER`] after the one before while those still try. Returns
@@ -484,9 +497,9 @@ pub async fn hello_from(
     device: &Keypair,
     intent: Intent,
 ) -> Result<(Control, InitiatorReply), NetError> {
-    // Only a host agent's own connection needs to notice a dead relay fast.
+    // Only long-lived links need to notice a dead relay fast.
     let liveness = match intent {
-        Intent::Host { .. } => Liveness::Agent,
+        Intent::Host { .. } | Intent::Resume { .. } => Liveness::Watchful,
         _ => Liveness::Patient,
     };
     let (rc, _) = connect_any(local, relays, pin, liveness).await?;
@@ -531,6 +544,49 @@ pub async fn welcome_from(
         InitiatorReply::Refused(r) => Err(NetError::Refused(r)),
         _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
             "unexpected reply",
+        ))),
+    }
+}
+
+/// Resumes a session whose relay went away, with its latest `ticket`, on
+/// the first of `relays` that answers; returns the control stream and the
+/// session's new id. [`NetError::Redirected`] names the relay that holds
+/// the host; [`Refusal::HostOffline`] means no relay does yet (the ticket
+/// is not spent: ask again).
+pub async fn resume(
+    relays: &[String],
+    pin: &RelayPin,
+    device: &Keypair,
+    user: &UserName,
+    host: &HostName,
+    ticket: &ResumeTicket,
+) -> Result<(Control, SessionId), NetError> {
+    let intent = Intent::Resume {
+        user: user.clone(),
+        host: host.clone(),
+        ticket: ticket.clone(),
+    };
+    let (mut control, reply) = hello_from(&Local::Any, relays, pin, device, intent).await?;
+    match reply {
+        InitiatorReply::Welcome { .. } => {}
+        InitiatorReply::Redirect { relay } => {
+            control
+                .relay
+                .conn
+                .close(quinn::VarInt::from_u32(0), b"redirected");
+            return Err(NetError::Redirected(relay));
+        }
+        InitiatorReply::Refused(r) => return Err(NetError::Refused(r)),
+        _ => {
+            return Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
+                "unexpected reply to a resume",
+            )))
+        }
+    }
+    match step(wire::read_frame::<RelayToClient>(&mut control.recv)).await? {
+        Some(RelayToClient::Resumed { session }) => Ok((control, session)),
+        _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
+            "a resumed session did not say its id",
         ))),
     }
 }
@@ -580,11 +636,7 @@ pub async fn login_from(
 ) -> Result<Session, NetError> {
     match login_on(local, relays, pin, device, user, host, code.clone()).await {
         Err(NetError::Redirected(to)) => {
-            if to.is_empty() || to.len() > MAX_RELAY_ADDR || to.chars().any(char::is_control) {
-                return Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
-                    "redirected to an invalid relay address",
-                )));
-            }
+            check_redirect(&to)?;
             match login_on(local, &[to], pin, device, user, host, code).await {
                 Err(NetError::Redirected(_)) => Err(NetError::HostMoving(host.clone())),
                 other => other,
@@ -629,7 +681,7 @@ async fn login_once(
     host: &HostName,
     code: AccessCode,
 ) -> Result<Session, NetError> {
-    let (rc, _) = connect_any(local, relays, pin, Liveness::Patient).await?;
+    let (rc, _) = connect_any(local, relays, pin, Liveness::Watchful).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start_login(

@@ -17,3 +17,6 @@ pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
 pub const INTERNAL: VarInt = VarInt::from_u32(5);
 /// Too many connections from the peer's address (its rate limit).
 pub const RATE_LIMITED: VarInt = VarInt::from_u32(6);
+/// The session's host came back on another relay of the cluster: the
+/// client resumes the session there with its ticket.
+pub const MOVED: VarInt = VarInt::from_u32(7);

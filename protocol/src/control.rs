@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     frame::{HostInfo, Refusal, RelayToClient},
-    ids::HostName,
+    ids::{HostName, ResumeTicket},
 };
 
 /// Why a session ended, as the relay tells the client.
@@ -273,6 +273,9 @@ pub enum Event {
     Refused(Refusal),
     /// The answer to a host list request.
     Hosts(Vec<HostInfo>),
+    /// A ticket that resumes the session elsewhere, valid this many
+    /// seconds; it replaces the one before.
+    Ticket(ResumeTicket, u64),
 }
 
 /// A control frame the relay's side never sends in the client's phase.
@@ -331,6 +334,10 @@ impl ClientSession {
             (Phase::Ready | Phase::Rebooting { .. }, RelayToClient::Hosts(h)) => {
                 return Ok(Event::Hosts(h))
             }
+            (
+                Phase::Ready | Phase::Rebooting { .. },
+                RelayToClient::Resumable { ticket, valid_secs },
+            ) => return Ok(Event::Ticket(ticket, valid_secs)),
             (Phase::Ready, RelayToClient::HostRebooting { deadline_secs }) => Phase::Rebooting {
                 since: now,
                 deadline_secs,
@@ -355,6 +362,34 @@ impl ClientSession {
         Ok(Event::Phase)
     }
 
+    /// The connection to the relay broke while the session was on: with a
+    /// resume ticket in hand the client tries to resume it elsewhere for up
+    /// to `wait_secs`, and the session waits as for a host gone away.
+    /// `false` (nothing changes) if the session was over or not yet paired.
+    pub fn relay_lost(&mut self, now: Instant, wait_secs: u64) -> bool {
+        if !matches!(self.phase, Phase::Ready | Phase::Rebooting { .. }) {
+            return false;
+        }
+        self.phase = Phase::Rebooting {
+            since: now,
+            deadline_secs: wait_secs,
+            away: true,
+        };
+        true
+    }
+
+    /// A resumed connection is up: the relay introduces the host again.
+    pub fn resuming(&mut self) {
+        if matches!(self.phase, Phase::Rebooting { .. }) {
+            self.phase = Phase::Pairing;
+        }
+    }
+
+    /// Ends the session with `why` (a resume that failed).
+    pub fn end(&mut self, why: String) {
+        self.phase = Phase::Ended(why);
+    }
+
     /// The connection to the relay closed.
     pub fn connection_lost(&mut self) {
         if !matches!(self.phase, Phase::Ended(_)) {
@@ -372,6 +407,8 @@ impl ClientSession {
                 RelayToClient::HostRebooting { .. } => "host-rebooting",
                 RelayToClient::HostBack => "host-back",
                 RelayToClient::HostAway { .. } => "host-away",
+                RelayToClient::Resumable { .. } => "a resume ticket",
+                RelayToClient::Resumed { .. } => "resumed",
             },
             phase: match self.phase {
                 Phase::Pairing => "pairing",

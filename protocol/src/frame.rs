@@ -68,6 +68,19 @@ pub enum Intent {
         /// The host's name.
         host: HostName,
     },
+    /// A user's session whose relay went away continues on another relay
+    /// of the cluster (or the same one, restarted) without the access code:
+    /// the single-use ticket the relay gave ([`RelayToClient::Resumable`]).
+    /// Answered with [`HelloReply::Welcome`] and then
+    /// [`RelayToClient::Resumed`], a redirect, or a refusal.
+    Resume {
+        /// The user's account.
+        user: UserName,
+        /// The session's host.
+        host: HostName,
+        /// The session's latest ticket.
+        ticket: ResumeTicket,
+    },
 }
 
 /// Payload of Noise message 2.
@@ -226,6 +239,22 @@ pub enum RelayToClient {
     HostAway {
         /// Seconds the relay waits before giving up.
         deadline_secs: u64,
+    },
+    /// A single-use ticket that resumes this session on any relay of the
+    /// cluster if this one goes ([`Intent::Resume`]); it replaces the one
+    /// before and expires after `valid_secs`. The client keeps it in memory
+    /// only.
+    Resumable {
+        /// The ticket.
+        ticket: ResumeTicket,
+        /// Seconds it stays valid.
+        valid_secs: u64,
+    },
+    /// First frame after a resume: the session's new id (the end-to-end
+    /// handshake binds it); [`RelayToClient::SessionReady`] follows.
+    Resumed {
+        /// The session's id on this relay.
+        session: SessionId,
     },
 }
 

@@ -4,9 +4,9 @@
 use std::{net::IpAddr, sync::Arc};
 
 use latchkey_protocol::{
-    frame::{HelloReply, Intent, Refusal},
+    frame::{HelloReply, Intent, Refusal, RelayToClient},
     handshake::{Msg1, Responder},
-    ids::{HostName, PublicKey, UserName},
+    ids::{HostName, PublicKey, SessionId, UserName},
 };
 use quinn::{RecvStream, SendStream};
 use rand::rngs::OsRng;
@@ -22,7 +22,7 @@ use crate::{
     login::{login, within, Login},
     metrics::{ConnRole, HandshakeResult},
     now_unix,
-    registry::SessionEntry,
+    registry::{Intro, SessionEntry},
     store::StoreError,
     wire, Shared,
 };
@@ -42,6 +42,8 @@ enum Role {
     HostAdmin(HostName),
     User(UserName),
     Session(Box<SessionEntry>),
+    /// A session resumed with a ticket: told its id, then served as one.
+    Resumed(Box<SessionEntry>),
     /// Enrolment or a refusal: nothing more to do.
     Done,
 }
@@ -131,7 +133,11 @@ pub(crate) async fn serve(
     });
     if matches!(
         role,
-        Ok(Role::Host(..) | Role::HostAdmin(_) | Role::User(_) | Role::Session(_))
+        Ok(Role::Host(..)
+            | Role::HostAdmin(_)
+            | Role::User(_)
+            | Role::Session(_)
+            | Role::Resumed(_))
     ) {
         // Known now: the full window (see `endpoint::UNAUTHENTICATED_RECEIVE_WINDOW`).
         conn.set_receive_window(crate::endpoint::AUTHENTICATED_RECEIVE_WINDOW.into());
@@ -164,6 +170,15 @@ pub(crate) async fn serve(
             // Only a session opens channels (one stream each).
             conn.set_max_concurrent_bi_streams(MAX_SESSION_STREAMS.into());
             Box::pin(crate::session::serve(&shared, &conn, *entry, send, recv)).await
+        }
+        Ok(Role::Resumed(entry)) => {
+            let _open = shared.metrics.connection(ConnRole::Session);
+            conn.set_max_concurrent_bi_streams(MAX_SESSION_STREAMS.into());
+            let resumed = RelayToClient::Resumed { session: entry.id };
+            match wire::write_frame(&mut send, &resumed).await {
+                Ok(()) => Box::pin(crate::session::serve(&shared, &conn, *entry, send, recv)).await,
+                Err(e) => Err(e.into()),
+            }
         }
         Err(ConnError::Timeout) => {
             debug!(%source, "handshake deadline passed");
@@ -238,21 +253,14 @@ async fn device_reply(
                 Ok(enrolled) => {
                     info!(name = %enrolled.name, host = enrolled.is_host, %source, "device enrolled");
                     // A re-enrolled device replaces the old one: what the old
-                    // key holds ends now.
-                    if enrolled.is_host {
-                        let old = enrolled
-                            .name
-                            .parse::<HostName>()
-                            .ok()
-                            .and_then(|h| shared.hosts().get(&h).map(|l| l.conn.clone()));
-                        if let Some(old) = old {
-                            old.close(close::REPLACED, b"the host was enrolled again");
-                        }
-                    } else {
-                        shared
-                            .sessions
-                            .end_user(&enrolled.name, "your device was enrolled again");
-                    }
+                    // key holds here ends now (on the other relays of a
+                    // cluster when they read the audit row).
+                    crate::notify::device_replaced(
+                        shared,
+                        &enrolled.name,
+                        enrolled.is_host,
+                        &device,
+                    );
                     Ok((
                         HelloReply::Enrolled {
                             name: enrolled.name,
@@ -291,6 +299,58 @@ async fn device_reply(
             } else {
                 info!(%user, %source, "user connection refused: unknown device key");
                 refuse(Refusal::UnknownDevice)
+            }
+        }
+        Intent::Resume { user, host, ticket } => {
+            let (s, u) = (store.clone(), user.clone());
+            let key = blocking(move || s.user_key(&u)).await??;
+            if key != Some(device) {
+                info!(%user, %source, "resume refused: unknown device key");
+                return refuse(Refusal::UnknownDevice);
+            }
+            // The ticket is spent only where the host is: elsewhere the
+            // client is sent on, and while the host is on no relay it asks
+            // again.
+            if !shared.hosts().contains_key(&host) {
+                let (s, h) = (shared.store.clone(), host.clone());
+                let lease_from = now - crate::settle::RELAY_LEASE_SECS;
+                let elsewhere = blocking(move || s.host_elsewhere(&h, lease_from)).await??;
+                return match elsewhere.filter(|r| *r != shared.public_addr) {
+                    Some(relay) => Ok((HelloReply::Redirect { relay }, Role::Done)),
+                    None => refuse(Refusal::HostOffline),
+                };
+            }
+            let mut id = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut OsRng, &mut id);
+            let session = SessionId(id);
+            let (u, h, digest) = (user.clone(), host.clone(), ticket.digest());
+            let resumed =
+                blocking(move || store.resume_session(digest, &u, &h, &session, source, now))
+                    .await??;
+            match resumed {
+                Ok(record) => {
+                    info!(%user, %host, %source, %session, "session resumed with a ticket");
+                    let mut entry = shared.sessions.register(
+                        &shared.settler,
+                        session,
+                        user,
+                        host,
+                        Intro {
+                            user_key: device,
+                            record,
+                        },
+                    );
+                    entry.started();
+                    entry.count_in(shared.metrics.session());
+                    entry.ending_because("client left");
+                    Ok((HelloReply::Welcome, Role::Resumed(Box::new(entry))))
+                }
+                Err(why) => {
+                    info!(%user, %host, %source, "resume refused: {why}");
+                    refuse(Refusal::NotAllowed(format!(
+                        "the session could not be resumed: {why}; log in again"
+                    )))
+                }
             }
         }
         // Logins arrive as `Msg1::Login`; anything else is refused.

@@ -140,7 +140,14 @@ pub(crate) async fn admin_actions(shared: Arc<Shared>) {
         };
         feed = Some(current);
         match events {
-            Ok(events) => events.iter().for_each(|e| end_revoked_sessions(&shared, e)),
+            Ok(events) => {
+                for event in &events {
+                    end_revoked_sessions(&shared, event);
+                    if event.event == "enrolled" {
+                        end_replaced_device(&shared, event).await;
+                    }
+                }
+            }
             Err(e) => {
                 warn!("reading the audit log: {e}");
                 if paused(&shared).await {
@@ -164,6 +171,64 @@ fn end_revoked_sessions(shared: &Shared, event: &AuditRow) {
         );
         if ended > 0 {
             info!(%host, %user, sessions = ended, "revoked: live sessions ended");
+        }
+    }
+}
+
+/// A device enrolled again, at any relay of the store: what its old key
+/// holds here ends. The key it has now is read from the store (the audit
+/// row may be older than a later enrolment).
+async fn end_replaced_device(shared: &Arc<Shared>, event: &AuditRow) {
+    let (name, is_host) = match (&event.host, &event.user) {
+        (Some(host), _) => (host.clone(), true),
+        (None, Some(user)) => (user.clone(), false),
+        (None, None) => return,
+    };
+    let key = if is_host {
+        let Ok(host) = name.parse::<latchkey_protocol::ids::HostName>() else {
+            return;
+        };
+        blocking(shared, move |s| s.host_key(&host)).await
+    } else {
+        let Ok(user) = name.parse::<latchkey_protocol::ids::UserName>() else {
+            return;
+        };
+        blocking(shared, move |s| s.user_key(&user)).await
+    };
+    if let Some(Some(key)) = key {
+        device_replaced(shared, &name, is_host, &key);
+    }
+}
+
+/// `name` (a host if `is_host`, else a user) is enrolled with `key` now:
+/// its agent's link or its sessions opened with another key end.
+pub(crate) fn device_replaced(
+    shared: &Shared,
+    name: &str,
+    is_host: bool,
+    key: &latchkey_protocol::ids::PublicKey,
+) {
+    if is_host {
+        let old = name
+            .parse::<latchkey_protocol::ids::HostName>()
+            .ok()
+            .and_then(|h| {
+                shared
+                    .hosts()
+                    .get(&h)
+                    .filter(|l| l.key != *key)
+                    .map(|l| l.conn.clone())
+            });
+        if let Some(old) = old {
+            info!(host = %name, "the host was enrolled again: its old agent's link ends");
+            old.close(crate::close::REPLACED, b"the host was enrolled again");
+        }
+    } else {
+        let ended = shared
+            .sessions
+            .end_user_except(name, key, "your device was enrolled again");
+        if ended > 0 {
+            info!(user = %name, sessions = ended, "the user's device was enrolled again: its sessions ended");
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::settle::Settler;
 struct Live {
     user: UserName,
     host: HostName,
+    /// The device key the session was opened with.
+    user_key: PublicKey,
     /// Set to the reason when the relay ends the session.
     end: watch::Sender<Option<String>>,
 }
@@ -54,6 +56,7 @@ impl Sessions {
             Live {
                 user: user.clone(),
                 host: host.clone(),
+                user_key: intro.user_key,
                 end,
             },
         );
@@ -90,9 +93,10 @@ impl Sessions {
         })
     }
 
-    /// Ends every live session of `user` (their device was replaced).
-    pub(crate) fn end_user(&self, user: &str, reason: &str) -> usize {
-        self.end_where(reason, |l| l.user.as_str() == user)
+    /// Ends every live session of `user` not opened with `key` (their
+    /// device was enrolled again with that key).
+    pub(crate) fn end_user_except(&self, user: &str, key: &PublicKey, reason: &str) -> usize {
+        self.end_where(reason, |l| l.user.as_str() == user && l.user_key != *key)
     }
 
     /// Sessions alive now.

@@ -13,7 +13,7 @@ use latchkey_protocol::{
     control::{EndReason, RelaySession, Request},
     e2e::Binding,
     frame::{ClientToRelay, Refusal, RelayToClient, RelayToHost},
-    ids::{HostName, SessionId, UserName},
+    ids::{HostName, ResumeTicket, SessionId, UserName},
     limits::MAX_NOISE_MESSAGE,
     session::{ChannelOpen, ChannelRequest, HostStream, Relayed},
 };
@@ -33,6 +33,44 @@ use crate::{
 
 /// How long a client has to say what a new channel is for.
 const CHANNEL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a resume ticket stays valid, and how often a session gets a
+/// new one: a relay that dies leaves its clients a ticket with at least
+/// 10 minutes to run, and a ticket that leaks is worth little for long.
+const TICKET_VALID_SECS: u64 = 15 * 60;
+const TICKET_EVERY: Duration = Duration::from_secs(5 * 60);
+/// How often a session whose host is away looks for it on the other relays.
+const MOVED_CHECK: Duration = Duration::from_secs(2);
+
+/// A new resume ticket for the session, stored by digest (replacing the
+/// one before), as the frame that hands it over; `None` if the store
+/// refused (the grant changed: the session is about to end anyway) or
+/// failed (the client keeps the ticket it has).
+async fn new_ticket(shared: &Arc<Shared>, entry: &SessionEntry) -> Option<RelayToClient> {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let ticket = ResumeTicket(secret);
+    let digest = ticket.digest();
+    let (session, host, user, record) = (
+        entry.id,
+        entry.host.clone(),
+        entry.user.clone(),
+        entry.intro.record,
+    );
+    let now = crate::now_unix();
+    let expires_at = now + i64::try_from(TICKET_VALID_SECS).unwrap_or(i64::MAX / 4);
+    let issued = crate::error::logged_store_call(&shared.store, move |s| {
+        s.issue_session_ticket(&session, digest, &host, &user, &record, expires_at, now)
+    })
+    .await;
+    issued
+        .filter(|issued| *issued)
+        .map(|_| RelayToClient::Resumable {
+            ticket,
+            valid_secs: TICKET_VALID_SECS,
+        })
+}
 
 /// Serves a logged-in client until it leaves, the host goes, the relay
 /// ends the session (a revoke) or the relay stops. The session's end is
@@ -59,6 +97,20 @@ pub(crate) async fn serve(
         record: entry.intro.record,
     };
     wire::write_frame(&mut send, &ready).await?;
+    // Whether the client holds a ticket: then a stopping relay lets the
+    // connection close without ending the session, which the client
+    // resumes on another relay (or on this one, restarted).
+    let mut resumable = false;
+    if let Some(frame) = new_ticket(shared, &entry).await {
+        wire::write_frame(&mut send, &frame).await?;
+        resumable = true;
+    }
+    let mut tickets =
+        tokio::time::interval_at(tokio::time::Instant::now() + TICKET_EVERY, TICKET_EVERY);
+    // While the host is away, whether it came back on another relay of the
+    // cluster: then the session follows it there (the client resumes).
+    let mut elsewhere = tokio::time::interval(MOVED_CHECK);
+    let mut moved = false;
     let mut control = frame_reader::<ClientToRelay>(recv);
     let mut channels = JoinSet::new();
     let channel_end = CancellationToken::new();
@@ -92,7 +144,29 @@ pub(crate) async fn serve(
             biased;
             _ = shutdown.cancelled() => {
                 entry.ending_because("relay shutting down");
-                machine.end(EndReason::RelayShutdown)
+                let frame = machine.end(EndReason::RelayShutdown);
+                // A client with a ticket resumes the session elsewhere.
+                frame.filter(|_| !resumable)
+            }
+            _ = tickets.tick() => {
+                let frame = new_ticket(shared, &entry).await;
+                resumable |= frame.is_some();
+                frame
+            }
+            _ = elsewhere.tick(), if host_conn.is_none() && resumable => {
+                let (h, lease_from) = (host.clone(), crate::now_unix() - crate::settle::RELAY_LEASE_SECS);
+                let found = crate::error::logged_store_call(&shared.store, move |s| s.host_elsewhere(&h, lease_from)).await;
+                match found.flatten().filter(|r| *r != shared.public_addr) {
+                    Some(relay) => {
+                        info!(%user, %host, %session, %relay, "session follows its host to another relay");
+                        entry.ending_because("the host came back on another relay");
+                        moved = true;
+                        // No frame: the client resumes with its ticket.
+                        let _ = machine.end(EndReason::Ended("the host moved".into()));
+                        None
+                    }
+                    None => None,
+                }
             }
             _ = entry.ended.changed() => {
                 let why = entry.ended.borrow().clone().unwrap_or_default();
@@ -248,6 +322,10 @@ pub(crate) async fn serve(
         let _ = link
             .tx
             .try_send(Box::new(RelayToHost::SessionEnded { session }));
+    }
+    if moved {
+        conn.close(crate::close::MOVED, b"the host is on another relay");
+        return Ok(());
     }
     // The last frame says why the session ended: the client closes once it
     // has read it (a close from here could discard it unread).

@@ -327,3 +327,126 @@ async fn a_relay_with_another_identity_is_refused_and_says_what_to_copy() -> Res
     assert!(!stderr.contains("dbname"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_resumes_without_the_code_when_its_relay_is_killed() -> Result<()> {
+    let Some(pg) = start_or_skip("a_forward_resumes_without_the_code") else {
+        return Ok(());
+    };
+    let mut cl = Cluster::start(&pg)?;
+    let target = latchkey_tests::hello_target().await?.to_string();
+    cl.w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    cl.w.mypc.set_relays(&cl.addrs())?;
+    cl.w.alice.set_relays(&cl.addrs())?;
+    let _agent = cl.w.start_agent()?;
+    let holder = cl.status()?["relay"]
+        .as_str()
+        .context("no relay holds mypc")?
+        .to_owned();
+    let (mut forward, local) = cl.w.start_forward(&target)?;
+    latchkey_tests::wait_until_forwarding(&local)?;
+    let victim = cl
+        .relays()
+        .iter()
+        .position(|r| r.addr.to_string() == holder)
+        .context("holder")?;
+    let survivor = (victim + 1) % 3;
+    let logins_before = count(&cl.relays()[survivor].audit_events("mypc")?, "login-ok");
+    let killed = Instant::now();
+    match victim {
+        0 => cl.w.relay.kill9(),
+        1 => cl.b.kill9(),
+        _ => cl.c.kill9(),
+    }
+    // The same forward process, never asked for the code again, reaches
+    // the host through what is left of the cluster.
+    latchkey_tests::wait_until_forwarding(&local)?;
+    println!(
+        "the forward worked again {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(forward.running(), "the forward gave up");
+    let survivor = cl.relays()[survivor];
+    let events = survivor.audit_events("mypc")?;
+    assert_eq!(count(&events, "login-ok"), logins_before, "{events:?}");
+    assert_eq!(count(&events, "session-resume"), 1, "{events:?}");
+    // A ticket works once: the session's next one is another.
+    let status = survivor.status("mypc")?;
+    assert_eq!(status["failures"], 0, "{status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_reboots_back_onto_another_relay_takes_its_sessions_along() -> Result<()> {
+    let Some(pg) = start_or_skip("a_host_that_reboots_back_onto_another_relay") else {
+        return Ok(());
+    };
+    let cl = Cluster::start(&pg)?;
+    cl.w.mypc.set_relays(&cl.addrs())?;
+    cl.w.alice.set_relays(&cl.addrs())?;
+    // The "reboot" runs `true`: the agent exits, and the test starts it
+    // again, on another relay.
+    cl.w.mypc.set_reboot_command(&["true"])?;
+    let mut agent = cl.w.start_agent()?;
+    let holder = cl.status()?["relay"]
+        .as_str()
+        .context("no relay holds mypc")?
+        .to_owned();
+    let mut reboot =
+        cl.w.alice
+            .spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    assert!(agent.wait_exit()?.success());
+    let other = cl
+        .addrs()
+        .into_iter()
+        .find(|a| *a != holder)
+        .context("another relay")?;
+    cl.w.mypc.set_relays(std::slice::from_ref(&other))?;
+    let back = Instant::now();
+    let _agent = cl.w.start_agent()?;
+    assert_eq!(cl.status()?["relay"], other.as_str());
+    // The waiting session, parked on the old relay, follows the host and
+    // sees it back; no code was asked again.
+    assert!(reboot.wait_exit()?.success());
+    println!(
+        "the session saw its host back {:?} after it returned elsewhere",
+        back.elapsed()
+    );
+    let events = cl.c.audit_events("mypc")?;
+    assert_eq!(count(&events, "session-resume"), 1, "{events:?}");
+    assert_eq!(count(&events, "login-ok"), 1, "{events:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_enrolled_again_through_one_relay_loses_its_sessions_on_another() -> Result<()> {
+    let Some(pg) = start_or_skip("a_device_enrolled_again_through_one_relay") else {
+        return Ok(());
+    };
+    let cl = Cluster::start(&pg)?;
+    let _agent = cl.w.start_agent()?;
+    // Bob's session is on A, the host's relay.
+    let mut sleeping = cl.w.bob_sleeping_on_mypc(60)?;
+    // Bob's device is enrolled again (a new laptop) through B alone.
+    let token = cl.c.invite_user("bob")?;
+    let mut invite = Invite::from_text(&token)?;
+    invite.relays = vec![cl.b.addr.to_string()];
+    let laptop = Device {
+        home: cl.w.dir.path().join("bob-laptop"),
+    };
+    let enrolled = Instant::now();
+    laptop.run(&["enroll", &invite.to_text()])?;
+    wait_until("bob's old session ends", || !sleeping.running())?;
+    println!(
+        "the old device's session on A ended {:?} after the enrolment through B",
+        enrolled.elapsed()
+    );
+    assert!(!sleeping.wait_exit()?.success());
+    // The new device logs in as bob.
+    let out = laptop.with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "new-laptop"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "new-laptop");
+    // A command that is done closes its session: nothing resumes it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&cl.c.audit_events("mypc")?, "session-resume"), 0);
+    Ok(())
+}

@@ -173,7 +173,7 @@ async fn hostile_streams(
     for _ in 0..n / 50 {
         let mut batch = Vec::new();
         for _ in 0..50 {
-            let conn = remote.conn.clone();
+            let conn = remote.conn();
             batch.push(tokio::spawn(async move {
                 let (mut send, mut recv) = conn.open_bi().await?;
                 send.write_all(&[0xFF; 4]).await?;
@@ -511,14 +511,14 @@ async fn many_stalled_streams_on_one_connection_cost_no_more_than_the_limits_all
     // request and sending half of it, then stalling.
     let mut streams = Vec::new();
     for _ in 0..254 {
-        let (mut send, recv) = tokio::time::timeout(WAIT, remote.conn.open_bi()).await??;
+        let (mut send, recv) = tokio::time::timeout(WAIT, remote.conn().open_bi()).await??;
         let mut partial = 60_000u32.to_be_bytes().to_vec();
         partial.extend_from_slice(&[0x41; 30_000]);
         send.write_all(&partial).await?;
         streams.push((send, recv));
     }
     // One more stream waits for a free place instead of growing the relay.
-    let extra = tokio::time::timeout(Duration::from_millis(500), remote.conn.open_bi()).await;
+    let extra = tokio::time::timeout(Duration::from_millis(500), remote.conn().open_bi()).await;
     assert!(
         extra.is_err(),
         "the relay allowed more than 256 concurrent streams"

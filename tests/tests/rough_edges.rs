@@ -509,11 +509,17 @@ type Shell = (
 );
 
 fn connect(w: &World) -> Result<Shell> {
+    connect_with(w, &[])
+}
+
+/// [`connect`] with more arguments for `latchkey`.
+fn connect_with(w: &World, more: &[&str]) -> Result<Shell> {
     use std::io::{BufRead, Read};
     let mut child = w
         .alice
         .cmd()
         .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+        .args(more)
         .args(["connect", "mypc"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -605,12 +611,13 @@ async fn connect_says_goodbye_and_which_side_went_away_on_lines_of_their_own() -
     );
     assert!(err.contains("did not come back"), "{err:?}");
 
-    // The relay goes away: the message says so, cause first.
+    // The relay goes away for good (the client tries to resume for 3 s):
+    // the message says so, cause first.
     let _agent = w.start_agent()?;
-    let (mut child, mut keys, lines, err) = connect(&w)?;
+    let (mut child, mut keys, lines, err) = connect_with(&w, &["--resume-wait", "3"])?;
     keys.write_all(b"echo up-$((3+3))\n")?;
     expect(&lines, "up-6")?;
-    w.relay.restart()?;
+    w.relay.kill9();
     assert!(!exit_of(&mut child)?.success());
     let err = err.join().map_err(|_| anyhow::anyhow!("stderr"))?;
     let last = err

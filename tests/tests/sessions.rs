@@ -418,3 +418,49 @@ async fn an_offline_host_gets_a_clear_error() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 14, M5, on the embedded store: a relay that crashes and comes
+/// back costs a forward a reconnect, not a login (its resume ticket); a
+/// revoke made while the relay was down keeps a user's session from
+/// coming back, and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_crash_costs_a_forward_a_reconnect_but_a_revoke_meanwhile_ends_it() -> Result<()> {
+    let target = latchkey_tests::hello_target().await?.to_string();
+    let mut w = World::new()?;
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let _agent = w.start_agent()?;
+    let (mut alices, alice_local) = w.start_forward(&target)?;
+    let bob_log = w.dir.path().join("bob-forward.log");
+    let mut bobs = Proc::spawn_logged(
+        w.bob.cmd().env("LATCHKEY_ACCESS_CODE", OWNER_CODE).args([
+            "forward",
+            "mypc",
+            &format!("0:{target}"),
+        ]),
+        std::fs::File::create(&bob_log)?,
+    )?;
+    let line = bobs.expect_line("forwarding")?;
+    let bob_local = line
+        .strip_prefix("forwarding ")
+        .and_then(|l| l.split(' ').next())
+        .context("bob's forward address")?
+        .to_string();
+    latchkey_tests::wait_until_forwarding(&alice_local)?;
+    latchkey_tests::wait_until_forwarding(&bob_local)?;
+    let logins = latchkey_tests::count(&w.relay.audit_events("mypc")?, "login-ok");
+    w.relay.kill9();
+    // While the relay is down, the admin CLI revokes bob.
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    w.relay.restart()?;
+    latchkey_tests::wait_until_forwarding(&alice_local)?;
+    assert!(alices.running());
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(latchkey_tests::count(&events, "login-ok"), logins);
+    assert_eq!(latchkey_tests::count(&events, "session-resume"), 1);
+    let status = bobs.wait_exit()?;
+    assert!(!status.success());
+    let out = std::fs::read_to_string(&bob_log)?;
+    assert!(out.contains("could not be resumed"), "{out}");
+    assert!(out.contains("revoked"), "{out}");
+    Ok(())
+}

@@ -155,8 +155,9 @@ pub struct Handshaker {
     /// From the login's export key (kept for the session's life, wiped
     /// when dropped).
     pub psk: SessionPsk,
-    /// The session and the code record.
-    pub binding: Binding,
+    /// The session and the code record (the session changes when it is
+    /// resumed on another relay).
+    binding: std::sync::Mutex<Binding>,
 }
 
 impl Handshaker {
@@ -176,8 +177,21 @@ impl Handshaker {
             device,
             host_key,
             psk: SessionPsk::derive(export_key, &record),
-            binding: Binding { session, record },
+            binding: std::sync::Mutex::new(Binding { session, record }),
         }
+    }
+
+    /// The session and the code record the handshake binds.
+    pub fn binding(&self) -> Binding {
+        *self.binding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session continues under a new id (resumed on another relay).
+    pub fn rebind(&self, session: latchkey_protocol::ids::SessionId) {
+        self.binding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .session = session;
     }
 
     /// Runs the handshake on a new stream of `conn`.
@@ -187,7 +201,7 @@ impl Handshaker {
             &self.device,
             &self.host_key,
             &self.psk,
-            &self.binding,
+            &self.binding(),
         )
         .map_err(NetError::from)?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;

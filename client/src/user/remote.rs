@@ -2,12 +2,16 @@
 //! the relay has paired us with the host, run the end-to-end handshake with
 //! the host ([`super::e2e`]), then open channels sealed with its keys.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use latchkey_protocol::{
     control::{ClientSession, Event},
     frame::{ClientToRelay, Refusal, RelayToClient},
-    ids::{AccessCode, HostName},
+    handshake::Keypair,
+    ids::{AccessCode, HostName, RelayPin, ResumeTicket, SessionId, UserName},
     session::{ChannelKind, ChannelReply, ChannelRequest, Relayed},
     HandshakeError,
 };
@@ -41,9 +45,9 @@ pub use latchkey_protocol::control::Phase;
 pub struct Remote {
     /// The host.
     pub host: HostName,
-    /// The QUIC connection to the relay.
-    pub conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
+    /// The QUIC connection to the relay: another one once the session was
+    /// resumed on another relay.
+    link: watch::Receiver<net::RelayConn>,
     /// The session's phase, updated from the control stream.
     pub phase: tokio::sync::watch::Receiver<Phase>,
     /// The relay's refusals of control requests (e.g. a reboot).
@@ -113,7 +117,7 @@ impl Remote {
                 return Err(NetError::HostOffline(host.clone()).into())
             }
             Ok(Event::Refused(r)) => return Err(NetError::Refused(r).into()),
-            Ok(Event::Hosts(_)) | Err(_) => {
+            Ok(Event::Hosts(_) | Event::Ticket(..)) | Err(_) => {
                 return Err(
                     NetError::Handshake(HandshakeError::PeerMisbehaved("no session reply")).into(),
                 )
@@ -135,60 +139,40 @@ impl Remote {
         ));
         drop(session.export_key);
         let keys = Arc::new(watch::Sender::new(Keys::Pending));
-        let mut rekey = tokio::spawn(settle_keys(
+        let rekey = tokio::spawn(settle_keys(
             handshaker.clone(),
             relay.conn.clone(),
             keys.clone(),
         ));
         let (phase_tx, phase) = tokio::sync::watch::channel(machine.phase().clone());
         let (refusal_tx, refusals) = tokio::sync::mpsc::channel(4);
-        let (control, mut requests) = tokio::sync::mpsc::channel::<ClientToRelay>(4);
+        let (control, requests) = tokio::sync::mpsc::channel::<ClientToRelay>(4);
+        let (link_tx, link) = watch::channel(relay.clone());
+        let resume = Resume {
+            relays: cfg.relays(),
+            pin: cfg.pin()?,
+            device: handshaker.device.clone(),
+            user: cfg.user.clone(),
+            host: host.clone(),
+        };
         // One task owns the control stream: it writes our requests and
         // follows what the relay says about the session; when the host
-        // comes back it runs the handshake again (the code is not needed).
-        let (rehandshake, conn) = (handshaker.clone(), relay.conn.clone());
-        let keys_tx = keys.clone();
-        tokio::spawn(async move {
-            let mut send = send;
-            let mut frames = wire::frame_reader::<RelayToClient>(recv);
-            loop {
-                tokio::select! {
-                    Some(request) = requests.recv() => {
-                        if wire::write_frame(&mut send, &request).await.is_err() {
-                            break;
-                        }
-                    }
-                    frame = frames.recv() => match frame {
-                        Some(Ok(Some(frame))) => match machine.on_frame(frame, Instant::now()) {
-                            Ok(Event::Phase) => {
-                                let back = matches!(machine.phase(), Phase::Ready)
-                                    && !matches!(*phase_tx.borrow(), Phase::Ready);
-                                if back {
-                                    rekey.abort();
-                                    keys_tx.send_replace(Keys::Pending);
-                                    rekey = tokio::spawn(settle_keys(rehandshake.clone(), conn.clone(), keys_tx.clone()));
-                                }
-                                let _ = phase_tx.send(machine.phase().clone());
-                            }
-                            Ok(Event::Refused(r)) => {
-                                let _ = refusal_tx.try_send(net::refusal_text(&r));
-                            }
-                            Ok(Event::Hosts(_)) => {}
-                            Err(e) => {
-                                tracing::warn!("{e}");
-                                break;
-                            }
-                        },
-                        _ => break,
-                    },
-                }
-                if matches!(machine.phase(), Phase::Ended(_)) {
-                    return;
-                }
+        // comes back, or the session was resumed on another relay, it runs
+        // the handshake again (the code is not needed).
+        tokio::spawn(
+            Follow {
+                machine,
+                phase_tx,
+                refusal_tx,
+                requests,
+                handshaker: handshaker.clone(),
+                keys: keys.clone(),
+                link_tx,
+                resume,
+                rekey,
             }
-            machine.connection_lost();
-            let _ = phase_tx.send(machine.phase().clone());
-        });
+            .run(send, recv),
+        );
         // The first handshake decides whether the session is usable at all
         // (a changed or impostor key, a host without the code's key).
         let mut settled = keys.subscribe();
@@ -211,8 +195,7 @@ impl Remote {
         }
         Ok(Self {
             host: host.clone(),
-            conn: relay.conn,
-            _endpoint: relay.endpoint,
+            link,
             phase,
             refusals: tokio::sync::Mutex::new(refusals),
             control,
@@ -246,6 +229,11 @@ impl Remote {
         }
     }
 
+    /// The current connection to the relay.
+    pub fn conn(&self) -> quinn::Connection {
+        self.link.borrow().conn.clone()
+    }
+
     /// Starts a new handshake, unless one is under way.
     fn rekey(&self) {
         if matches!(*self.keys.borrow(), Keys::Pending) {
@@ -254,7 +242,7 @@ impl Remote {
         self.keys.send_replace(Keys::Pending);
         tokio::spawn(settle_keys(
             self.handshaker.clone(),
-            self.conn.clone(),
+            self.conn(),
             self.keys.clone(),
         ));
     }
@@ -283,7 +271,7 @@ impl Remote {
             kind,
             ChannelKind::Upload { .. } | ChannelKind::Download { .. }
         );
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(ChannelError::from)?;
+        let (mut send, mut recv) = self.conn().open_bi().await.map_err(ChannelError::from)?;
         wire::write_frame(&mut send, &ChannelRequest::Channel { number, bulk })
             .await
             .map_err(ChannelError::from)?;
@@ -316,12 +304,8 @@ impl Remote {
     /// Ends the session and waits (briefly) until the relay has been told,
     /// so the host sees the session end now rather than at a timeout.
     pub async fn close(&self) {
-        self.conn.close(quinn::VarInt::from_u32(0), b"done");
-        let _ = timeout(
-            std::time::Duration::from_secs(1),
-            self._endpoint.wait_idle(),
-        )
-        .await;
+        let link = self.link.borrow().clone();
+        link.close(b"done").await;
     }
 
     /// What the host is doing while the session waits for it, for status
@@ -347,7 +331,7 @@ impl Remote {
         if let Some(reason) = self.end_reason() {
             return reason;
         }
-        match self.conn.close_reason() {
+        match self.conn().close_reason() {
             Some(e) => format!("the connection to the relay was lost ({e})"),
             None => format!(
                 "the channel to '{}' broke while the relay still answers: the host's agent stopped or lost its link",
@@ -409,6 +393,264 @@ impl Remote {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => on_wait(started.elapsed()),
             }
         }
+    }
+}
+
+/// How long a session whose relay went away tries to resume before it
+/// ends, unless [`set_resume_wait`] said otherwise (a relay's heartbeat
+/// lapses after 20 s; its hosts are back on another relay within about
+/// 12 s).
+const RESUME_WAIT: Duration = Duration::from_secs(60);
+
+static RESUME_WAIT_SET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets how long sessions try to resume (`latchkey --resume-wait`); the
+/// first call wins.
+pub fn set_resume_wait(wait: Duration) {
+    let _ = RESUME_WAIT_SET.set(wait);
+}
+
+fn resume_wait() -> Duration {
+    RESUME_WAIT_SET.get().copied().unwrap_or(RESUME_WAIT)
+}
+
+/// What resuming a session needs.
+struct Resume {
+    relays: Vec<String>,
+    pin: RelayPin,
+    device: Keypair,
+    user: UserName,
+    host: HostName,
+}
+
+impl Resume {
+    /// Resumes with `ticket`, following a redirect at once and asking again
+    /// every second while no relay holds the host or none answers, for up
+    /// to [`RESUME_WAIT`]; returns why not.
+    async fn run(&self, ticket: &ResumeTicket) -> Result<(net::Control, SessionId), String> {
+        let until = tokio::time::Instant::now() + resume_wait();
+        let mut target = self.relays.clone();
+        loop {
+            let result = net::resume(
+                &target,
+                &self.pin,
+                &self.device,
+                &self.user,
+                &self.host,
+                ticket,
+            )
+            .await;
+            let e = match result {
+                Ok(resumed) => return Ok(resumed),
+                Err(NetError::Redirected(to)) if target.len() > 1 || target[..] != [to.clone()] => {
+                    net::check_redirect(&to).map_err(|e| e.to_string())?;
+                    target = vec![to];
+                    continue;
+                }
+                // Spent, refused, or not our relay: asking again cannot help.
+                Err(
+                    e @ (NetError::Refused(Refusal::NotAllowed(_) | Refusal::UnknownDevice)
+                    | NetError::PinMismatch(_)),
+                ) => return Err(e.to_string()),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= until {
+                return Err(e.to_string());
+            }
+            tracing::debug!("resuming the session: {e}; asking again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            target = self.relays.clone();
+        }
+    }
+}
+
+/// How following the control stream ended.
+enum Followed {
+    /// The session is over (the relay said so, or broke the rules).
+    Over,
+    /// The connection to the relay broke.
+    Lost,
+    /// This client closed the connection (the command is done).
+    Closed,
+}
+
+/// The task that owns a session's control stream.
+struct Follow {
+    machine: ClientSession,
+    phase_tx: watch::Sender<Phase>,
+    refusal_tx: tokio::sync::mpsc::Sender<String>,
+    requests: tokio::sync::mpsc::Receiver<ClientToRelay>,
+    handshaker: Arc<Handshaker>,
+    keys: Arc<watch::Sender<Keys>>,
+    link_tx: watch::Sender<net::RelayConn>,
+    resume: Resume,
+    rekey: tokio::task::JoinHandle<()>,
+}
+
+type Frames = latchkey_protocol::quic::FrameReader<RelayToClient>;
+
+impl Follow {
+    /// Follows the session, resuming it on another relay (with the latest
+    /// ticket) whenever the connection to its relay breaks, until it ends.
+    async fn run(mut self, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let (mut send, mut frames) = (send, wire::frame_reader::<RelayToClient>(recv));
+        let mut ticket: Option<(ResumeTicket, tokio::time::Instant)> = None;
+        loop {
+            match self.follow(&mut send, &mut frames, &mut ticket).await {
+                Followed::Over => {
+                    self.publish();
+                    return;
+                }
+                Followed::Closed => {
+                    self.machine.connection_lost();
+                    self.publish();
+                    return;
+                }
+                Followed::Lost => {}
+            }
+            let now = tokio::time::Instant::now();
+            let usable = ticket.take().filter(|(_, until)| now < *until);
+            let Some((t, _)) = usable.filter(|_| {
+                self.machine
+                    .relay_lost(Instant::now(), resume_wait().as_secs())
+            }) else {
+                self.machine.connection_lost();
+                self.publish();
+                return;
+            };
+            self.rekey.abort();
+            self.keys.send_replace(Keys::Pending);
+            self.publish();
+            match self.resumed(&t).await {
+                Ok((s, f)) => (send, frames) = (s, f),
+                Err(why) => {
+                    self.machine.end(format!(
+                        "the connection to the relay was lost and the session could not be \
+                         resumed: {why}"
+                    ));
+                    self.publish();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let _ = self.phase_tx.send(self.machine.phase().clone());
+    }
+
+    fn rekey(&mut self) {
+        self.rekey.abort();
+        self.keys.send_replace(Keys::Pending);
+        let conn = self.link_tx.borrow().conn.clone();
+        self.rekey = tokio::spawn(settle_keys(
+            self.handshaker.clone(),
+            conn,
+            self.keys.clone(),
+        ));
+    }
+
+    async fn follow(
+        &mut self,
+        send: &mut quinn::SendStream,
+        frames: &mut Frames,
+        ticket: &mut Option<(ResumeTicket, tokio::time::Instant)>,
+    ) -> Followed {
+        loop {
+            tokio::select! {
+                Some(request) = self.requests.recv() => {
+                    if wire::write_frame(send, &request).await.is_err() {
+                        // The frames' side says whether it was closed here.
+                        continue;
+                    }
+                }
+                frame = frames.recv() => match frame {
+                    Some(Ok(Some(frame))) => match self.machine.on_frame(frame, Instant::now()) {
+                        Ok(Event::Phase) => {
+                            let back = matches!(self.machine.phase(), Phase::Ready)
+                                && !matches!(*self.phase_tx.borrow(), Phase::Ready);
+                            if back {
+                                self.rekey();
+                            }
+                            self.publish();
+                        }
+                        Ok(Event::Refused(r)) => {
+                            let _ = self.refusal_tx.try_send(net::refusal_text(&r));
+                        }
+                        Ok(Event::Ticket(t, valid_secs)) => {
+                            let valid = Duration::from_secs(valid_secs);
+                            *ticket = Some((t, tokio::time::Instant::now() + valid));
+                        }
+                        Ok(Event::Hosts(_)) => {}
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            return Followed::Over;
+                        }
+                    },
+                    // Closed here (the command is done, or the session
+                    // refused), or lost.
+                    _ => {
+                        let closed_here = matches!(
+                            self.link_tx.borrow().conn.close_reason(),
+                            Some(quinn::ConnectionError::LocallyClosed)
+                        );
+                        return if closed_here {
+                            Followed::Closed
+                        } else {
+                            Followed::Lost
+                        };
+                    }
+                },
+            }
+            if matches!(self.machine.phase(), Phase::Ended(_)) {
+                return Followed::Over;
+            }
+        }
+    }
+
+    /// Resumes the session with `ticket`: a new connection, the host
+    /// introduced again with the key and record the session started with,
+    /// the session's new id bound, new end-to-end keys.
+    async fn resumed(
+        &mut self,
+        ticket: &ResumeTicket,
+    ) -> Result<(quinn::SendStream, Frames), String> {
+        let (control, session) = self.resume.run(ticket).await?;
+        let net::Control { relay, send, recv } = control;
+        let mut frames = wire::frame_reader::<RelayToClient>(recv);
+        let first = timeout(STEP_TIMEOUT, frames.recv())
+            .await
+            .map_err(|_| "the relay did not introduce the host".to_string())?;
+        let expected = (self.handshaker.host_key, self.handshaker.binding().record);
+        match first {
+            Some(Ok(Some(ready @ RelayToClient::SessionReady { host_key, record })))
+                if (host_key, record) == expected =>
+            {
+                self.machine.resuming();
+                self.machine
+                    .on_frame(ready, Instant::now())
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(Ok(Some(RelayToClient::Refused(Refusal::HostOffline)))) => {
+                return Err(format!("host '{}' went offline", self.resume.host))
+            }
+            Some(Ok(Some(RelayToClient::Refused(r)))) => return Err(net::refusal_text(&r)),
+            _ => {
+                relay
+                    .conn
+                    .close(quinn::VarInt::from_u32(0), b"not the session's host");
+                return Err(
+                    "the relay introduced another host key or code record; refusing to continue"
+                        .into(),
+                );
+            }
+        }
+        self.handshaker.rebind(session);
+        self.link_tx.send_replace(relay);
+        self.rekey();
+        self.publish();
+        tracing::info!(host = %self.resume.host, "session resumed on a relay of the cluster");
+        Ok((send, frames))
     }
 }
 

@@ -231,7 +231,7 @@ impl Initiator {
             }
             (HelloReply::Locked, Some(_)) => Ok(InitiatorReply::Locked),
             (HelloReply::Refused(r), _) => Ok(InitiatorReply::Refused(r)),
-            (HelloReply::Redirect { relay }, Some(_)) => Ok(InitiatorReply::Redirect { relay }),
+            (HelloReply::Redirect { relay }, _) => Ok(InitiatorReply::Redirect { relay }),
             (HelloReply::Welcome, None) => Ok(InitiatorReply::Welcome { handshake_hash }),
             (HelloReply::Enrolled { name, is_host }, None) => {
                 Ok(InitiatorReply::Enrolled { name, is_host })

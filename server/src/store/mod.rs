@@ -626,6 +626,34 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     /// the relay was not on record (its first heartbeat, or another relay
     /// forgot it as dead).
     fn heartbeat(&self, addr: &str, now: UnixTime) -> Result<bool, StoreError>;
+    /// Gives `session` (of `user` on `host`, started with `record`) a new
+    /// resume ticket by its digest, replacing the one before; `false` if
+    /// the grant no longer has that record (no ticket then). Forgets
+    /// expired tickets.
+    #[allow(clippy::too_many_arguments)]
+    fn issue_session_ticket(
+        &self,
+        session: &SessionId,
+        digest: [u8; 32],
+        host: &HostName,
+        user: &UserName,
+        record: &RecordId,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Spends the resume ticket `digest` of `user` on `host` and, if the
+    /// lockout rule admits it (the same grant, the host not locked), starts
+    /// `session` for this store's relay in the same commit, audited
+    /// `session-resume`; returns the record the session uses, or why not.
+    fn resume_session(
+        &self,
+        digest: [u8; 32],
+        user: &UserName,
+        host: &HostName,
+        session: &SessionId,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Result<RecordId, &'static str>, StoreError>;
     /// Where to send a login for `host`: the address of another relay
     /// (heartbeat at or after `heartbeat_after`) that holds its agent now.
     fn host_elsewhere(

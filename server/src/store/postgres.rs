@@ -202,6 +202,20 @@ ALTER TABLE sessions ADD COLUMN relay_id TEXT;
 ALTER TABLE relays ADD COLUMN addr TEXT;
 ALTER TABLE hosts ADD COLUMN relay_id TEXT;
 "#,
+    // Sessions that outlive their relay (issue 14, M5): each live
+    // session's latest resume ticket, by digest, single-use.
+    r#"
+CREATE TABLE session_tickets (
+    session TEXT COLLATE "C" PRIMARY KEY,
+    digest BYTEA NOT NULL UNIQUE,
+    host_id BIGINT NOT NULL,
+    user_id BIGINT NOT NULL,
+    record_id BYTEA NOT NULL,
+    generation BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX session_tickets_expiry ON session_tickets (expires_at);
+"#,
 ];
 
 /// Deadlines for what PostgreSQL does: the client's connection attempt,
@@ -741,6 +755,21 @@ mod tests {
             "a_ticket_redeemed_from_many_connections",
             suite::a_ticket_redeemed_from_many_connections_succeeds_exactly_once,
         );
+    }
+
+    #[test]
+    fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it() {
+        let Some(pg) = start_or_skip("a_session_ticket_resumes_once") else {
+            return;
+        };
+        let url = pg.fresh_database();
+        suite::a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(&|relay| {
+            Box::new(
+                PostgresStore::connect(&url)
+                    .expect("connect")
+                    .with_relay(relay),
+            )
+        });
     }
 
     #[test]

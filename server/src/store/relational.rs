@@ -940,6 +940,114 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
+    fn issue_session_ticket(
+        &self,
+        session: &SessionId,
+        digest: [u8; 32],
+        host: &HostName,
+        user: &UserName,
+        record: &RecordId,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let id = session.to_string();
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM session_tickets WHERE expires_at <= ?1 OR session = ?2",
+                args![now, &id],
+            )?;
+            let issued = tx.exec(
+                "INSERT INTO session_tickets
+                     (session, digest, host_id, user_id, record_id, generation, expires_at)
+                 SELECT ?1, ?2, g.host_id, g.user_id, g.record_id, g.generation, ?3
+                 FROM grants g JOIN hosts h ON h.id = g.host_id JOIN users u ON u.id = g.user_id
+                 WHERE h.name = ?4 AND u.name = ?5 AND g.record_id = ?6",
+                args![
+                    &id,
+                    &digest[..],
+                    expires_at,
+                    host.as_str(),
+                    user.as_str(),
+                    &record.0[..]
+                ],
+            )?;
+            Ok(issued > 0)
+        })
+    }
+
+    fn resume_session(
+        &self,
+        digest: [u8; 32],
+        user: &UserName,
+        host: &HostName,
+        session: &SessionId,
+        source: IpAddr,
+        now: UnixTime,
+    ) -> Result<Result<RecordId, &'static str>, StoreError> {
+        let (id, relay) = (session.to_string(), self.relay.as_deref());
+        self.write(|tx| {
+            let Some(t) = tx.opt_row(
+                "SELECT t.session, t.host_id, t.user_id, t.record_id, t.generation, t.expires_at
+                 FROM session_tickets t JOIN hosts h ON h.id = t.host_id
+                 JOIN users u ON u.id = t.user_id
+                 WHERE t.digest = ?1 AND h.name = ?2 AND u.name = ?3",
+                args![&digest[..], host.as_str(), user.as_str()],
+            )?
+            else {
+                return Ok(Err("the resume ticket is unknown or was used"));
+            };
+            let (old, host_id, user_id) = (t.text(0)?, t.int(1)?, t.int(2)?);
+            let (record, generation, expires_at) = (t.blob(3)?, t.int(4)?, t.int(5)?);
+            // Single use, whatever follows.
+            tx.exec(
+                "DELETE FROM session_tickets WHERE digest = ?1",
+                args![&digest[..]],
+            )?;
+            if expires_at <= now {
+                return Ok(Err("the resume ticket expired"));
+            }
+            let grant_current = tx
+                .opt_row(
+                    "SELECT 1 FROM grants
+                     WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
+                    args![host_id, user_id, &record, generation],
+                )?
+                .is_some();
+            // The ticket proves what the login's right code did; the rule
+            // decides as for a verdict.
+            match lockout::settle(Proof::RightCode, grant_current, &tally(tx, host_id)?) {
+                Settlement::Success => {}
+                Settlement::Void(VoidReason::Locked) => return Ok(Err("the host is locked")),
+                _ => {
+                    return Ok(Err(
+                        "your access was revoked or its code replaced since you logged in",
+                    ))
+                }
+            }
+            let record = RecordId(
+                record
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("record id is not 16 bytes".into()))?,
+            );
+            tx.exec(
+                "UPDATE sessions SET ended_at = ?1 WHERE id = ?2 AND ended_at IS NULL",
+                args![now, &old],
+            )?;
+            tx.exec(
+                "INSERT INTO sessions (id, host_id, user_id, started_at, relay_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                args![&id, host_id, user_id, now, relay],
+            )?;
+            let e = Event {
+                source: Some(source),
+                detail: Some(format!("session {id} continues session {old}")),
+                ..event("session-resume", Some(host.as_str()), Some(user.as_str()))
+            };
+            insert_audit(tx, &e, now)?;
+            Ok(Ok(record))
+        })
+    }
+
     fn host_elsewhere(
         &self,
         host: &HostName,

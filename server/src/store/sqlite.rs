@@ -206,6 +206,20 @@ ALTER TABLE sessions ADD COLUMN relay_id TEXT;
 ALTER TABLE relays ADD COLUMN addr TEXT;
 ALTER TABLE hosts ADD COLUMN relay_id TEXT;
 "#,
+    // Sessions that outlive their relay (issue 14, M5): each live
+    // session's latest resume ticket, by digest, single-use.
+    r#"
+CREATE TABLE session_tickets (
+    session TEXT PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,
+    host_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    record_id BLOB NOT NULL,
+    generation INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX session_tickets_expiry ON session_tickets (expires_at);
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.
@@ -440,6 +454,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("relay.db");
         suite::a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(&|relay| {
+            Box::new(SqliteStore::open(&path).expect("open").with_relay(relay))
+        });
+    }
+
+    #[test]
+    fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relay.db");
+        suite::a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(&|relay| {
             Box::new(SqliteStore::open(&path).expect("open").with_relay(relay))
         });
     }

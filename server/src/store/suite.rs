@@ -834,3 +834,106 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         .expect("settle")
         .is_some());
 }
+
+/// A session's resume ticket, as relays A and B of one store use it: it
+/// resumes once, for its user on its host, on another relay; not after it
+/// expired, the grant changed or the host locked; a session's new ticket
+/// replaces its last; expired ones are forgotten.
+pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(open: OpenAs<'_>) {
+    let (a, b) = (open("relay-a"), open("relay-b"));
+    let (alice, host, record) = alice_owns_mypc(&*a, 3);
+    let source = "127.0.0.1".parse().expect("address");
+    let first = SessionId([1; 16]);
+    let issue = |digest: [u8; 32], expires_at: i64| {
+        a.issue_session_ticket(&first, digest, &host, &alice, &record.id, expires_at, 10)
+            .expect("issue")
+    };
+    assert!(issue([7; 32], 100));
+    // A newer ticket replaces the older one.
+    assert!(issue([8; 32], 100));
+    let resume = |digest: [u8; 32], user: &UserName, id: u8, now: i64| {
+        b.resume_session(digest, user, &host, &SessionId([id; 16]), source, now)
+            .expect("resume")
+    };
+    assert!(resume([7; 32], &alice, 2, 20).is_err(), "a replaced ticket");
+    // Someone else's claim spends nothing.
+    let bob: UserName = "bob".parse().expect("name");
+    assert!(resume([8; 32], &bob, 2, 20).is_err());
+    assert_eq!(resume([8; 32], &alice, 2, 20), Ok(record.id));
+    assert!(resume([8; 32], &alice, 3, 21).is_err(), "used twice");
+    let events = b.audit_log(Some(&host), None, 50).expect("audit");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event == "session-resume")
+            .count(),
+        1
+    );
+    // Expired.
+    let second = SessionId([2; 16]);
+    assert!(b
+        .issue_session_ticket(&second, [9; 32], &host, &alice, &record.id, 30, 20)
+        .expect("issue"));
+    assert_eq!(
+        resume([9; 32], &alice, 4, 30),
+        Err("the resume ticket expired")
+    );
+    // Locked: spent and refused.
+    assert!(b
+        .issue_session_ticket(&second, [10; 32], &host, &alice, &record.id, 100, 40)
+        .expect("issue"));
+    for n in 0..3 {
+        let Reservation::Reserved(id) = b
+            .reserve_attempt(&alice, &host, &record.id, source, 41)
+            .expect("reserve")
+        else {
+            panic!("not reserved");
+        };
+        b.settle_attempt(id, Proof::NotProven, "wrong", &SessionId([20 + n; 16]), 41)
+            .expect("settle");
+    }
+    assert_eq!(resume([10; 32], &alice, 5, 42), Err("the host is locked"));
+    b.unlock(&host, &Actor::cli(), 43).expect("unlock");
+    // The code replaced: the session's record is not the grant's any more.
+    assert!(b
+        .issue_session_ticket(&second, [11; 32], &host, &alice, &record.id, 100, 44)
+        .expect("issue"));
+    let newer = CodeRecord {
+        id: RecordId([6; 16]),
+        ..record.clone()
+    };
+    b.set_code(&host, &CodeTarget::Owner, &newer, 45)
+        .expect("code");
+    assert!(resume([11; 32], &alice, 6, 46).is_err());
+    // No ticket for a record the grant no longer has.
+    assert!(!b
+        .issue_session_ticket(&second, [12; 32], &host, &alice, &record.id, 100, 47)
+        .expect("issue"));
+    // Expired tickets are forgotten at the next issue.
+    assert!(b
+        .issue_session_ticket(
+            &SessionId([3; 16]),
+            [13; 32],
+            &host,
+            &alice,
+            &newer.id,
+            50,
+            48
+        )
+        .expect("issue"));
+    assert!(b
+        .issue_session_ticket(
+            &SessionId([4; 16]),
+            [14; 32],
+            &host,
+            &alice,
+            &newer.id,
+            200,
+            60
+        )
+        .expect("issue"));
+    assert_eq!(
+        resume([13; 32], &alice, 7, 61),
+        Err("the resume ticket is unknown or was used")
+    );
+}
