@@ -71,14 +71,16 @@ async fn rate(users: &[latchkey_tests::Device]) -> Result<f64> {
     Ok((LOGINS / USERS * USERS) as f64 / t.elapsed().as_secs_f64())
 }
 
-pub(crate) async fn cluster() -> Result<()> {
-    let pg = start_or_skip("latchkey-bench cluster")
-        .context("the cluster figure needs PostgreSQL (Debian's postgresql package)")?;
-    logins(&pg).await?;
-    failover(&pg).await
+fn postgres(figure: &str) -> Result<TestPostgres> {
+    start_or_skip(&format!("latchkey-bench {figure}")).with_context(|| {
+        format!("the {figure} figure needs PostgreSQL (Debian's postgresql package)")
+    })
 }
 
-async fn logins(pg: &TestPostgres) -> Result<()> {
+/// Logins per second on one SQLite relay, one PostgreSQL relay and three.
+pub(crate) async fn logins() -> Result<()> {
+    let pg = postgres("cluster")?;
+    let pg = &pg;
     let sqlite = World::with_env(unlimited())?;
     let sqlite_users = users(&sqlite, &[])?;
     let (one, _) = cluster_on(pg, 0, "warn")?;
@@ -112,7 +114,9 @@ async fn logins(pg: &TestPostgres) -> Result<()> {
 
 /// 5,000 hosts on three relays; one relay is killed (SIGKILL): how long
 /// until its hosts are back on the other two.
-async fn failover(pg: &TestPostgres) -> Result<()> {
+pub(crate) async fn failover() -> Result<()> {
+    let pg = postgres("failover")?;
+    let pg = &pg;
     let n = 5_000;
     let (w, mut more) = cluster_on(pg, 2, "warn")?;
     let mut addrs = vec![w.relay.addr.to_string()];
@@ -121,7 +125,8 @@ async fn failover(pg: &TestPostgres) -> Result<()> {
         &mut rand::rngs::OsRng,
     ));
     let t = Instant::now();
-    let names = enrol(&w, n, &key)?;
+    // The store's client blocks: off the async threads.
+    let names = tokio::task::block_in_place(|| enrol(&w, n, &key))?;
     eprintln!(
         "cluster: enrolled {n} hosts in {:.1} s",
         t.elapsed().as_secs_f64()

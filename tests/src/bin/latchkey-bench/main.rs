@@ -26,6 +26,7 @@ const FIGURES: &[&str] = &[
     "idle",
     "storm",
     "cluster",
+    "failover",
 ];
 
 async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
@@ -37,7 +38,8 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
         "e2e" => e2e::e2e().await,
         "idle" => fleet::idle(sizes).await,
         "storm" => fleet::storm().await,
-        "cluster" => cluster::cluster().await,
+        "cluster" => cluster::logins().await,
+        "failover" => cluster::failover().await,
         other => anyhow::bail!("unknown figure {other}: use {} or all", FIGURES.join(", ")),
     }
 }
