@@ -312,10 +312,9 @@ async fn device_reply(
             // client is sent on, and while the host is on no relay it asks
             // again.
             if !shared.hosts().contains_key(&host) {
-                let (s, h) = (shared.store.clone(), host.clone());
-                let lease_from = now - crate::settle::RELAY_LEASE_SECS;
-                let elsewhere = blocking(move || s.host_elsewhere(&h, lease_from)).await??;
-                return match elsewhere.filter(|r| *r != shared.public_addr) {
+                let (s, h) = (shared.clone(), host.clone());
+                let elsewhere = blocking(move || s.host_elsewhere(&h)).await??;
+                return match elsewhere {
                     Some(relay) => Ok((HelloReply::Redirect { relay }, Role::Done)),
                     None => refuse(Refusal::HostOffline),
                 };

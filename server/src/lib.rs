@@ -203,6 +203,21 @@ impl Shared {
         }
     }
 
+    /// The address of the relay of the cluster that holds `host`'s agent
+    /// now, if that is not this one. Reads the store: call it off the
+    /// async threads.
+    pub(crate) fn host_elsewhere(&self, host: &HostName) -> Result<Option<String>, StoreError> {
+        if self.hosts().contains_key(host) {
+            return Ok(None);
+        }
+        let lease_from = now_unix() - settle::RELAY_LEASE_SECS;
+        // A restarted relay may find its last run on record at its address.
+        Ok(self
+            .store
+            .host_elsewhere(host, lease_from)?
+            .filter(|relay| *relay != self.public_addr))
+    }
+
     /// Records a host agent arriving or leaving (written in batches).
     pub(crate) fn set_online(&self, host: &HostName, online: bool) {
         if !online && self.shutdown.is_cancelled() {

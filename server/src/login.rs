@@ -72,14 +72,8 @@ impl<'a> StoreAuthority<'a> {
     /// Where a proven grant holder's login for `host` goes instead: the
     /// relay of the cluster that holds its agent, if not this one.
     fn elsewhere(&mut self, host: &HostName) -> Option<String> {
-        if self.shared.hosts().contains_key(host) {
-            return None;
-        }
-        let lease_from = self.now - crate::settle::RELAY_LEASE_SECS;
-        let relay = self.store.host_elsewhere(host, lease_from);
-        // A restarted relay may find its last run still on record.
+        let relay = self.shared.host_elsewhere(host);
         self.keep(relay)
-            .filter(|relay| *relay != self.shared.public_addr)
     }
 
     fn keep<T>(&mut self, r: Result<Option<T>, StoreError>) -> Option<T> {

@@ -154,10 +154,10 @@ pub(crate) async fn serve(
                 frame
             }
             _ = elsewhere.tick(), if host_conn.is_none() && resumable => {
-                let (h, lease_from) = (host.clone(), crate::now_unix() - crate::settle::RELAY_LEASE_SECS);
-                let found = crate::error::logged_store_call(&shared.store, move |s| s.host_elsewhere(&h, lease_from)).await;
-                match found.flatten().filter(|r| *r != shared.public_addr) {
-                    Some(relay) => {
+                let (s, h) = (shared.clone(), host.clone());
+                let found = crate::error::blocking(move || s.host_elsewhere(&h)).await;
+                match found {
+                    Ok(Ok(Some(relay))) => {
                         info!(%user, %host, %session, %relay, "session follows its host to another relay");
                         entry.ending_because("the host came back on another relay");
                         moved = true;
@@ -165,7 +165,8 @@ pub(crate) async fn serve(
                         let _ = machine.end(EndReason::Ended("the host moved".into()));
                         None
                     }
-                    None => None,
+                    // Not found, or the store failed: looked at again next tick.
+                    _ => None,
                 }
             }
             _ = entry.ended.changed() => {

@@ -509,14 +509,20 @@ impl Follow {
                 Followed::Lost => {}
             }
             let now = tokio::time::Instant::now();
-            let usable = ticket.take().filter(|(_, until)| now < *until);
-            let Some((t, _)) = usable.filter(|_| {
-                self.machine
-                    .relay_lost(Instant::now(), resume_wait().as_secs())
-            }) else {
-                self.machine.connection_lost();
-                self.publish();
-                return;
+            let t = match ticket.take() {
+                Some((t, until))
+                    if now < until
+                        && self
+                            .machine
+                            .relay_lost(Instant::now(), resume_wait().as_secs()) =>
+                {
+                    t
+                }
+                _ => {
+                    self.machine.connection_lost();
+                    self.publish();
+                    return;
+                }
             };
             self.rekey.abort();
             self.keys.send_replace(Keys::Pending);
