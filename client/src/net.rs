@@ -107,6 +107,16 @@ pub enum NetError {
     /// address ([`login`] follows it once).
     #[error("the host is on the relay at {0}")]
     Redirected(String),
+    /// The relay of the cluster that holds the host could not be reached.
+    #[error("host '{host}' is on the relay at {relay}, which could not be reached ({why}); if that relay just stopped, its host moves to another within seconds: try again")]
+    HostsRelayUnreachable {
+        /// The host.
+        host: HostName,
+        /// Where its agent is, as the relays record it.
+        relay: String,
+        /// Why it could not be reached.
+        why: String,
+    },
     /// Sent on from the relay the login was sent to: the host's agent is
     /// moving between relays.
     #[error("host '{0}' is moving between relays (its agent reconnected elsewhere): try again in a moment")]
@@ -637,8 +647,28 @@ pub async fn login_from(
     match login_on(local, relays, pin, device, user, host, code.clone()).await {
         Err(NetError::Redirected(to)) => {
             check_redirect(&to)?;
-            match login_on(local, &[to], pin, device, user, host, code).await {
+            match login_on(
+                local,
+                std::slice::from_ref(&to),
+                pin,
+                device,
+                user,
+                host,
+                code,
+            )
+            .await
+            {
                 Err(NetError::Redirected(_)) => Err(NetError::HostMoving(host.clone())),
+                Err(
+                    e @ (NetError::Timeout
+                    | NetError::Unreachable { .. }
+                    | NetError::RelayGaveUp
+                    | NetError::Resolve(_)),
+                ) => Err(NetError::HostsRelayUnreachable {
+                    host: host.clone(),
+                    relay: to,
+                    why: e.to_string(),
+                }),
                 other => other,
             }
         }

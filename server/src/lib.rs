@@ -264,10 +264,15 @@ async fn relist_hosts(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = shared.settler.forgotten.notified() => {}
         }
-        let hosts: Vec<HostName> = shared.hosts().keys().cloned().collect();
-        for host in &hosts {
-            shared.presence.set(host, true);
-        }
+        // Only links still open, and only hosts no other relay claimed
+        // meanwhile (a host whose agent moved stays where it is).
+        let hosts: Vec<HostName> = shared
+            .hosts()
+            .iter()
+            .filter(|(_, link)| link.conn.close_reason().is_none())
+            .map(|(host, _)| host.clone())
+            .collect();
+        shared.presence.reclaim(hosts);
     }
 }
 
@@ -308,10 +313,11 @@ impl Relay {
                          from one of them into its data directory, and start it again"
                     )));
                 }
-                // Other relays may be serving: only what a relay that
-                // stopped answering left is settled here (the last run of
-                // this one among them, once its lease lapsed).
-                store.sweep_lapsed_relays(now - settle::RELAY_LEASE_SECS, now)?
+                // Other relays may be serving: what a relay that stopped
+                // answering left (the last run of this one among them) is
+                // settled by the settler's sweep, once this relay has
+                // heartbeats of its own to judge by.
+                0
             } else {
                 // Alone on the embedded store (the data directory's lock):
                 // whatever the last run left pending was cut off by its end.
@@ -321,6 +327,7 @@ impl Relay {
                     now,
                 )?;
                 store.sweep_lapsed_relays(i64::MAX, now)?;
+                // (Its last run's row and hosts: nothing else serves here.)
                 store.end_open_sessions(now)?;
                 store.clear_online()?;
                 failed
@@ -361,6 +368,24 @@ impl Relay {
             .public_addr
             .clone()
             .unwrap_or_else(|| service::reachable(addr).to_string());
+        if shared_store {
+            // Logins for the hosts of a relay on record at this same address
+            // are never sent there: say so while it can still be fixed.
+            let (s, mine) = (store.clone(), public_addr.clone());
+            let live_after = now_unix() - settle::RELAY_LEASE_SECS;
+            let taken = tokio::task::spawn_blocking(move || s.relay_addrs(live_after))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|addrs| addrs.contains(&mine));
+            if taken {
+                warn!(
+                    "another relay on this store was heard from at {public_addr} in the last 20 s: \
+                     this relay's last run (then ignore this), or a relay with the same \
+                     public_addr (give each relay its own)"
+                );
+            }
+        }
         if shared_store && config.public_addr.is_none() && addr.ip().is_unspecified() {
             warn!(
                 "public_addr is not set: the other relays on this store send logins for this \
@@ -625,6 +650,8 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     shared.presence.all_offline().await;
     // Attempts and sessions dropped by the drain are settled before we go.
     shared.settler.flush().await;
+    // No longer listed in invites nor sent logins.
+    let _ = error::logged_store_call(&shared.store, |s| s.relay_stopped()).await;
     // Long enough for the close frames to leave; peers that miss them learn
     // of the restart from a stateless reset at their next packet.
     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;

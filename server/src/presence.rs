@@ -14,6 +14,8 @@ use crate::store::Store;
 
 enum Change {
     Set(HostName, bool),
+    /// Online again unless another relay holds them now.
+    Reclaim(Vec<HostName>),
     /// Every host offline (the relay is stopping); answers when written.
     AllOffline(oneshot::Sender<()>),
 }
@@ -36,6 +38,12 @@ impl Presence {
         let _ = self.tx.send(Change::Set(host.clone(), online));
     }
 
+    /// Records `hosts` online here again, unless another relay holds them
+    /// by then (after this relay was taken for dead).
+    pub(crate) fn reclaim(&self, hosts: Vec<HostName>) {
+        let _ = self.tx.send(Change::Reclaim(hosts));
+    }
+
     /// Marks every host offline after the changes already reported, and
     /// waits until that is written.
     pub(crate) async fn all_offline(&self) {
@@ -55,6 +63,16 @@ async fn write(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Change>) {
                 // The last word on a host wins.
                 Change::Set(host, online) => {
                     batch.insert(host, online);
+                }
+                Change::Reclaim(hosts) => {
+                    flush(&store, std::mem::take(&mut batch)).await;
+                    let s = store.clone();
+                    if !matches!(
+                        tokio::task::spawn_blocking(move || s.reclaim_hosts(&hosts)).await,
+                        Ok(Ok(()))
+                    ) {
+                        warn!("could not record this relay's hosts online again");
+                    }
                 }
                 Change::AllOffline(done) => {
                     flush(&store, std::mem::take(&mut batch)).await;

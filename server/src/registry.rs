@@ -189,8 +189,7 @@ impl Drop for SessionEntry {
         self.sessions.map().remove(&self.id);
         if self.started {
             let reason = format!("{} ({})", self.reason, self.traffic.summary());
-            self.settler
-                .session_ended(self.id, self.host.clone(), self.user.clone(), reason);
+            self.settler.session_ended(self.id, reason);
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use latchkey_protocol::ids::{HostName, RecordId, SessionId, UserName};
+use latchkey_protocol::ids::{HostName, RecordId, SessionId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -52,12 +52,7 @@ enum Job {
     /// counts as pending until the job is done.
     Fail(AttemptId, HostName, &'static str, Pending),
     /// A session that ended.
-    SessionEnded {
-        session: SessionId,
-        host: HostName,
-        user: UserName,
-        reason: String,
-    },
+    SessionEnded { session: SessionId, reason: String },
     /// Answers once every job sent before it is done.
     Flush(oneshot::Sender<()>),
 }
@@ -121,19 +116,8 @@ impl Settler {
     }
 
     /// Records the end of a session (soon, off the caller's path).
-    pub(crate) fn session_ended(
-        &self,
-        session: SessionId,
-        host: HostName,
-        user: UserName,
-        reason: String,
-    ) {
-        let _ = self.tx.send(Job::SessionEnded {
-            session,
-            host,
-            user,
-            reason,
-        });
+    pub(crate) fn session_ended(&self, session: SessionId, reason: String) {
+        let _ = self.tx.send(Job::SessionEnded { session, reason });
     }
 
     /// Waits until everything handed over so far is written.
@@ -232,6 +216,12 @@ async fn run(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stale_secs = i64::try_from(sweeping.stale_after.as_secs()).unwrap_or(i64::MAX / 4) + 1;
     let mut first = true;
+    // Since when this relay's heartbeats have gone through: a relay that
+    // could not reach the store itself (an outage that every relay saw)
+    // does not take the others for dead until they have had a lease to
+    // write theirs again.
+    let mut healthy_since: Option<tokio::time::Instant> = None;
+    let lease = Duration::from_secs(RELAY_LEASE_SECS.unsigned_abs());
     loop {
         let job = tokio::select! {
             job = rx.recv() => match job {
@@ -241,22 +231,39 @@ async fn run(
             _ = sweep.tick() => {
                 let now = now_unix();
                 let addr = sweeping.addr.clone();
-                let beat = logged_store_call(&store, move |s| {
-                    let new = s.heartbeat(&addr, now)?;
-                    Ok((new, s.sweep_lapsed_relays(now - RELAY_LEASE_SECS, now)?))
-                })
-                .await;
-                if let Some((true, _)) = beat {
-                    if !first {
-                        warn!("this relay's heartbeat had lapsed and another relay took it for dead: its hosts are recorded online again");
+                let beat = logged_store_call(&store, move |s| s.heartbeat(&addr, now)).await;
+                match beat {
+                    Some(forgotten) => {
+                        if forgotten {
+                            if !first {
+                                warn!("this relay's heartbeat had lapsed and another relay took it for dead: its hosts are recorded online again");
+                            }
+                            sweeping.forgotten.notify_one();
+                        }
+                        first = false;
+                        healthy_since.get_or_insert_with(tokio::time::Instant::now);
                     }
-                    sweeping.forgotten.notify_one();
+                    None => healthy_since = None,
                 }
-                first = false;
-                if let Some((_, n @ 1..)) = beat {
-                    metrics.abandoned(u64::try_from(n).unwrap_or(u64::MAX));
-                    warn!(attempts = n, "a relay sharing the store stopped: its pending attempts were settled as failures");
-                    waiting.settled_anywhere();
+                let judge = healthy_since.is_some_and(|t| t.elapsed() >= lease);
+                let lapsed = if judge {
+                    logged_store_call(&store, move |s| {
+                        s.sweep_lapsed_relays(now - RELAY_LEASE_SECS, now)
+                    })
+                    .await
+                } else {
+                    None
+                };
+                if let Some(swept) = lapsed.filter(|s| s.relays > 0) {
+                    warn!(
+                        relays = swept.relays,
+                        attempts = swept.attempts,
+                        "relays sharing the store stopped answering: their pending attempts were settled as failures and their sessions ended"
+                    );
+                    if swept.attempts > 0 {
+                        metrics.abandoned(u64::try_from(swept.attempts).unwrap_or(u64::MAX));
+                        waiting.settled_anywhere();
+                    }
                 }
                 let swept = logged_store_call(&store, move |s| {
                     s.fail_pending_attempts(now - stale_secs, "abandoned: settled by the sweeper", now)
@@ -286,14 +293,9 @@ async fn run(
                 drop(pending);
                 waiting.settled(&host);
             }
-            Job::SessionEnded {
-                session,
-                host,
-                user,
-                reason,
-            } => {
+            Job::SessionEnded { session, reason } => {
                 logged_store_call(&store, move |s| {
-                    s.session_ended(&session, &host, &user, &reason, now_unix())
+                    s.session_ended(&session, &reason, now_unix())
                 })
                 .await;
             }

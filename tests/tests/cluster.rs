@@ -261,21 +261,26 @@ async fn when_a_relay_is_killed_its_host_moves_its_attempt_settles_and_nothing_i
             .is_ok_and(|s| s["online"] == true && s["relay"] != holder.as_str())
     })?;
     println!("mypc was back {:?} after the kill", killed.elapsed());
-    // The dead relay's attempt is settled as a failure once its lease
-    // lapses (20 s, swept every 5 s).
-    let settled_by_the_sweep = || -> Result<bool> {
+    // The dead relay's attempt is settled as a failure: by its age (past
+    // the handshake deadline) or when the relay's lease lapses (20 s),
+    // whichever sweep comes first; and the relay is forgotten.
+    let settled = || -> Result<bool> {
         let rows = survivor.admin_json(&["audit", "--host", "mypc"])?;
         Ok(rows.as_array().is_some_and(|rows| {
             rows.iter().any(|r| {
                 r["event"] == "login-failed"
-                    && r["detail"]
-                        .as_str()
-                        .is_some_and(|d| d.contains("stopped answering"))
+                    && r["detail"].as_str().is_some_and(|d| {
+                        d.contains("stopped answering") || d.contains("settled by the sweeper")
+                    })
             })
         }))
     };
     wait_until("the dead relay's attempt is settled", || {
-        settled_by_the_sweep().unwrap_or(false)
+        settled().unwrap_or(false)
+    })?;
+    wait_until("the dead relay is forgotten", || {
+        Invite::from_text(&survivor.invite_user("probe-after").unwrap_or_default())
+            .is_ok_and(|i| i.relays.len() == 2 && !i.relays.contains(&holder))
     })?;
     println!(
         "its attempt was settled {:?} after the kill",

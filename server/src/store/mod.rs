@@ -489,6 +489,9 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
 
     /// Records which host agents connected or left, in one commit.
     fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError>;
+    /// Records `hosts` online on this store's relay again, each only if no
+    /// relay holds it now (after another relay took this one for dead).
+    fn reclaim_hosts(&self, hosts: &[HostName]) -> Result<(), StoreError>;
     /// Marks this store's relay's hosts offline (at its start and stop;
     /// every host for a store that serves no relay).
     fn clear_online(&self) -> Result<(), StoreError>;
@@ -528,8 +531,6 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     fn session_ended(
         &self,
         session: &SessionId,
-        host: &HostName,
-        user: &UserName,
         reason: &str,
         now: UnixTime,
     ) -> Result<(), StoreError>;
@@ -666,14 +667,26 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     fn relay_addrs(&self, heartbeat_after: UnixTime) -> Result<Vec<String>, StoreError>;
     /// Settles, as failures, the pending attempts of every other relay whose
     /// last heartbeat is older than `heartbeat_before`, ends their open
-    /// sessions and forgets them; returns the attempts settled. A relay
+    /// sessions and forgets them. A relay
     /// that dies therefore holds no attempt against a host for longer than
     /// its lease, whichever relay outlives it.
     fn sweep_lapsed_relays(
         &self,
         heartbeat_before: UnixTime,
         now: UnixTime,
-    ) -> Result<usize, StoreError>;
+    ) -> Result<SweptRelays, StoreError>;
+    /// Forgets this store's relay (a clean stop): it is no longer listed in
+    /// invites or sent logins.
+    fn relay_stopped(&self) -> Result<(), StoreError>;
+}
+
+/// What [`Store::sweep_lapsed_relays`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweptRelays {
+    /// Relays taken for dead.
+    pub relays: usize,
+    /// Their pending attempts, settled as failures.
+    pub attempts: usize,
 }
 
 /// Counts only the store knows, for the metrics ([`Store::gauges`]).

@@ -21,7 +21,7 @@ use super::{
     notice::{self, Notice},
     sql::{args, audit_row, Backend, EventFeed, Row, Tx},
     Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus, InviteKind,
-    OutboxRow, Store, StoreError, StoreGauges, UnixTime, UserRow,
+    OutboxRow, Store, StoreError, StoreGauges, SweptRelays, UnixTime, UserRow,
 };
 
 /// A store on the SQL backend `B`.
@@ -267,6 +267,38 @@ fn settle_one(
         lock_host(tx, host_id, &host, Some(&user), source, &after, &cause, now)?;
     }
     Ok(Some(settlement))
+}
+
+/// Ends the open session `id` in the caller's transaction: its end audited
+/// and, for a secondary user, the owner told (SPEC S2); `false` if it was
+/// not open.
+fn end_session(tx: &mut dyn Tx, id: &str, reason: &str, now: UnixTime) -> Result<bool, StoreError> {
+    let Some(r) = tx.opt_row(
+        "SELECT s.host_id, h.owner_id, s.user_id, h.name, u.name FROM sessions s
+         JOIN hosts h ON h.id = s.host_id JOIN users u ON u.id = s.user_id
+         WHERE s.id = ?1 AND s.ended_at IS NULL",
+        args![id],
+    )?
+    else {
+        return Ok(false);
+    };
+    let (host_id, owner_id, user_id) = (r.int(0)?, r.int(1)?, r.int(2)?);
+    let (host, user) = (r.text(3)?, r.text(4)?);
+    tx.exec(
+        "UPDATE sessions SET ended_at = ?1 WHERE id = ?2",
+        args![now, id],
+    )?;
+    let e = Event {
+        detail: Some(format!("session {id}: {reason}")),
+        ..event("session-end", Some(&host), Some(&user))
+    };
+    insert_audit(tx, &e, now)?;
+    if user_id != owner_id {
+        enqueue_for_owner(tx, host_id, now, |owner| {
+            notice::secondary_session_ended(&host, owner, &user)
+        })?;
+    }
+    Ok(true)
 }
 
 /// Locks a host, with its audit row and notices, in the caller's transaction.
@@ -927,6 +959,20 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
+    fn reclaim_hosts(&self, hosts: &[HostName]) -> Result<(), StoreError> {
+        let (now, me) = (crate::now_unix(), self.relay.as_deref());
+        self.write(|tx| {
+            for host in hosts {
+                tx.exec(
+                    "UPDATE hosts SET online = 1, last_seen = ?1, relay_id = ?2
+                     WHERE name = ?3 AND (relay_id IS NULL OR relay_id = ?2)",
+                    args![now, me, host.as_str()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     fn clear_online(&self) -> Result<(), StoreError> {
         let me = self.relay.as_deref();
         self.write(|tx| {
@@ -1241,45 +1287,24 @@ impl<B: Backend> Store for SqlStore<B> {
     fn session_ended(
         &self,
         session: &SessionId,
-        host: &HostName,
-        user: &UserName,
         reason: &str,
         now: UnixTime,
     ) -> Result<(), StoreError> {
         let id = session.to_string();
         self.write(|tx| {
-            let (host_id, owner_id) = host_ids(tx, host.as_str())?;
-            let user_id = user_id(tx, user.as_str())?;
-            let closed = tx.exec(
-                "UPDATE sessions SET ended_at = ?1 WHERE id = ?2 AND ended_at IS NULL",
-                args![now, &id],
-            )?;
-            if closed == 0 {
-                // Ended already, or never registered (a verdict whose commit
-                // failed may or may not have registered it).
-                return Ok(());
-            }
-            let e = Event {
-                detail: Some(format!("session {session}: {reason}")),
-                ..event("session-end", Some(host.as_str()), Some(user.as_str()))
-            };
-            insert_audit(tx, &e, now)?;
-            if user_id != owner_id {
-                enqueue_for_owner(tx, host_id, now, |owner| {
-                    notice::secondary_session_ended(host.as_str(), owner, user.as_str())
-                })?;
-            }
-            Ok(())
+            // Ended already (or never registered: a verdict whose commit
+            // failed may or may not have registered it): nothing to do.
+            end_session(tx, &id, reason, now).map(drop)
         })
     }
 
     fn end_open_sessions(&self, now: UnixTime) -> Result<usize, StoreError> {
         self.write(|tx| {
-            let n = tx.exec(
-                "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL",
-                args![now],
-            )?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            let open = tx.rows("SELECT id FROM sessions WHERE ended_at IS NULL", args![])?;
+            for r in &open {
+                end_session(tx, &r.text(0)?, "the relay stopped with it open", now)?;
+            }
+            Ok(open.len())
         })
     }
 
@@ -1612,7 +1637,7 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         heartbeat_before: UnixTime,
         now: UnixTime,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<SweptRelays, StoreError> {
         let me = self.relay.as_deref().unwrap_or("");
         self.write(|tx| {
             let lapsed = tx.rows(
@@ -1631,17 +1656,33 @@ impl<B: Backend> Store for SqlStore<B> {
                     settle_one(tx, a.int(0)?, Proof::NotProven, &why, None, now)?;
                 }
                 settled += pending.len();
-                tx.exec(
-                    "UPDATE sessions SET ended_at = ?1 WHERE ended_at IS NULL AND relay_id = ?2",
-                    args![now, &relay],
+                let open = tx.rows(
+                    "SELECT id FROM sessions WHERE ended_at IS NULL AND relay_id = ?1",
+                    args![&relay],
                 )?;
+                for s in &open {
+                    end_session(tx, &s.text(0)?, &why, now)?;
+                }
                 tx.exec(
                     "UPDATE hosts SET online = 0, relay_id = NULL, last_seen = ?1 WHERE relay_id = ?2",
                     args![now, &relay],
                 )?;
                 tx.exec("DELETE FROM relays WHERE id = ?1", args![&relay])?;
             }
-            Ok(settled)
+            Ok(SweptRelays {
+                relays: lapsed.len(),
+                attempts: settled,
+            })
+        })
+    }
+
+    fn relay_stopped(&self) -> Result<(), StoreError> {
+        let Some(relay) = self.relay.as_deref() else {
+            return Ok(());
+        };
+        self.write(|tx| {
+            tx.exec("DELETE FROM relays WHERE id = ?1", args![relay])?;
+            Ok(())
         })
     }
 }

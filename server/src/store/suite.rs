@@ -18,7 +18,7 @@ use latchkey_protocol::{
 };
 use proptest::prelude::*;
 
-use super::{Actor, AttemptId, Event, InviteKind, Store};
+use super::{Actor, AttemptId, Event, InviteKind, Store, SweptRelays};
 use crate::lockout::{Proof, Settlement, VoidReason};
 
 const THRESHOLD: u32 = 3;
@@ -593,9 +593,7 @@ pub(crate) fn a_sessions_end_is_recorded_once_and_only_if_it_began(store: &dyn S
             .count()
     };
     let never_began = SessionId([1; 16]);
-    store
-        .session_ended(&never_began, &host, &alice, "test", 1)
-        .expect("end");
+    store.session_ended(&never_began, "test", 1).expect("end");
     assert_eq!(ends(), 0);
     let Reservation::Reserved(a) = store
         .reserve_attempt(&alice, &host, &record.id, source, 1)
@@ -608,9 +606,7 @@ pub(crate) fn a_sessions_end_is_recorded_once_and_only_if_it_began(store: &dyn S
         .settle_attempt(a, Proof::RightCode, "", &began, 1)
         .expect("settle");
     for _ in 0..2 {
-        store
-            .session_ended(&began, &host, &alice, "test", 2)
-            .expect("end");
+        store.session_ended(&began, "test", 2).expect("end");
     }
     assert_eq!(ends(), 1);
 }
@@ -776,10 +772,16 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
     b.heartbeat("b.example:4433", 30).expect("heartbeat");
     assert_eq!(b.host_elsewhere(&host, 10).expect("where"), None);
     assert_eq!(b.relay_addrs(10).expect("addrs"), ["b.example:4433"]);
-    assert_eq!(b.sweep_lapsed_relays(10, 30).expect("sweep"), 1);
+    assert_eq!(
+        b.sweep_lapsed_relays(10, 30).expect("sweep"),
+        SweptRelays {
+            relays: 1,
+            attempts: 1
+        }
+    );
     assert_eq!(
         b.sweep_lapsed_relays(10, 31).expect("sweep"),
-        0,
+        SweptRelays::default(),
         "swept twice"
     );
     // alice's attempt counted as a failure, bob's on B still pending.
@@ -805,7 +807,12 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         .detail
         .as_deref()
         .is_some_and(|d| d.contains("its relay (relay-a) stopped answering"))));
-    // bob's session on A was ended: no open session is left to end.
+    // bob's session on A was ended, its end audited (and alice told, as
+    // for any end of a secondary user's session): no open session is left.
+    assert!(why.iter().any(|r| r.event == "session-end"
+        && r.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("stopped answering"))));
     assert_eq!(b.end_open_sessions(40).expect("end"), 0);
     // Its host is offline, and A, had it only stalled, learns that it was
     // forgotten at its next heartbeat.
@@ -824,11 +831,28 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         b.host_status(&host).expect("status").online,
         "A cleared B's host"
     );
+    // Nor does A reclaiming its hosts, once it finds itself forgotten.
+    a.reclaim_hosts(std::slice::from_ref(&host))
+        .expect("reclaim");
+    assert_eq!(
+        a.host_elsewhere(&host, 0).expect("where").as_deref(),
+        Some("b.example:4433")
+    );
     // A relay that keeps its heartbeat is never swept.
     let c = open("relay-c");
     c.heartbeat("c.example:4433", 50).expect("heartbeat");
     let carols = reserve(&*c, &alice);
-    assert_eq!(b.sweep_lapsed_relays(45, 55).expect("sweep"), 0);
+    // (A's heartbeat at 41 has lapsed by then: A alone is swept.)
+    assert_eq!(
+        b.sweep_lapsed_relays(45, 55).expect("sweep"),
+        SweptRelays {
+            relays: 1,
+            attempts: 0
+        }
+    );
+    // A relay that stops cleanly is no longer listed.
+    c.relay_stopped().expect("stopped");
+    assert_eq!(b.relay_addrs(0).expect("addrs"), ["b.example:4433"]);
     assert!(c
         .settle_attempt(carols, Proof::NotProven, "wrong", &SessionId([4; 16]), 56)
         .expect("settle")
