@@ -308,6 +308,17 @@ async fn device_reply(
                 info!(%user, %source, "resume refused: unknown device key");
                 return refuse(Refusal::UnknownDevice);
             }
+            // Nothing about the host is said to a device without a live
+            // ticket for it (as logins say nothing to outsiders).
+            let (s, u, h, digest) = (store.clone(), user.clone(), host.clone(), ticket.digest());
+            let valid = blocking(move || s.session_ticket_valid(digest, &u, &h, now)).await??;
+            if !valid {
+                info!(%user, %host, %source, "resume refused: unknown, used or expired ticket");
+                shared.penalize(source);
+                return refuse(Refusal::NotAllowed(
+                    "its resume ticket is unknown, used or expired".into(),
+                ));
+            }
             // The ticket is spent only where the host is: elsewhere the
             // client is sent on, and while the host is on no relay it asks
             // again.
@@ -322,23 +333,27 @@ async fn device_reply(
             let mut id = [0u8; 16];
             rand::RngCore::fill_bytes(&mut OsRng, &mut id);
             let session = SessionId(id);
-            let (u, h, digest) = (user.clone(), host.clone(), ticket.digest());
+            // Registered before the resume commits, as a login's session is
+            // before its verdict: a revoke committed after it finds it here.
+            let mut entry = shared.sessions.register(
+                &shared.settler,
+                session,
+                user.clone(),
+                host.clone(),
+                Intro {
+                    user_key: device,
+                    // Until the store says which record the session uses.
+                    record: latchkey_protocol::ids::RecordId([0; 16]),
+                },
+            );
+            let (u, h) = (user.clone(), host.clone());
             let resumed =
                 blocking(move || store.resume_session(digest, &u, &h, &session, source, now))
                     .await??;
             match resumed {
                 Ok(record) => {
                     info!(%user, %host, %source, %session, "session resumed with a ticket");
-                    let mut entry = shared.sessions.register(
-                        &shared.settler,
-                        session,
-                        user,
-                        host,
-                        Intro {
-                            user_key: device,
-                            record,
-                        },
-                    );
+                    entry.intro.record = record;
                     entry.started();
                     entry.count_in(shared.metrics.session());
                     entry.ending_because("client left");
@@ -346,9 +361,7 @@ async fn device_reply(
                 }
                 Err(why) => {
                     info!(%user, %host, %source, "resume refused: {why}");
-                    refuse(Refusal::NotAllowed(format!(
-                        "the session could not be resumed: {why}; log in again"
-                    )))
+                    refuse(Refusal::NotAllowed(why.into()))
                 }
             }
         }

@@ -19,7 +19,7 @@ use std::{
 use latchkey_protocol::ids::{HostName, PublicKey, RecordId, SessionId, UserName};
 use tokio::sync::watch;
 
-use crate::settle::Settler;
+use crate::{settle::Settler, store::SessionEnd};
 
 struct Live {
     user: UserName,
@@ -71,6 +71,7 @@ impl Sessions {
             traffic: Arc::default(),
             started: false,
             reason: "client left".into(),
+            how: SessionEnd::Final,
             counted: None,
         }
     }
@@ -122,6 +123,8 @@ pub(crate) struct SessionEntry {
     pub(crate) traffic: Arc<Traffic>,
     started: bool,
     reason: String,
+    /// Whether the session is over, or continues on another relay.
+    how: SessionEnd,
     /// Counts the session in the metrics while it lives, once started.
     counted: Option<crate::metrics::Open>,
 }
@@ -141,6 +144,14 @@ impl SessionEntry {
     /// Why the session ends, for the audit.
     pub(crate) fn ending_because(&mut self, reason: impl Into<String>) {
         self.reason = reason.into();
+        self.how = SessionEnd::Final;
+    }
+
+    /// The session leaves this relay but goes on: its client resumes it
+    /// elsewhere with its ticket (the relay stops, or the host moved).
+    pub(crate) fn handing_over(&mut self, reason: impl Into<String>) {
+        self.reason = reason.into();
+        self.how = SessionEnd::Continues;
     }
 }
 
@@ -189,7 +200,7 @@ impl Drop for SessionEntry {
         self.sessions.map().remove(&self.id);
         if self.started {
             let reason = format!("{} ({})", self.reason, self.traffic.summary());
-            self.settler.session_ended(self.id, reason);
+            self.settler.session_ended(self.id, reason, self.how);
         }
     }
 }

@@ -143,10 +143,15 @@ pub(crate) async fn serve(
         let to_client = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                entry.ending_because("relay shutting down");
                 let frame = machine.end(EndReason::RelayShutdown);
-                // A client with a ticket resumes the session elsewhere.
-                frame.filter(|_| !resumable)
+                if resumable {
+                    // The client resumes the session elsewhere.
+                    entry.handing_over("relay shutting down");
+                    None
+                } else {
+                    entry.ending_because("relay shutting down");
+                    frame
+                }
             }
             _ = tickets.tick() => {
                 let frame = new_ticket(shared, &entry).await;
@@ -159,7 +164,7 @@ pub(crate) async fn serve(
                 match found {
                     Ok(Ok(Some(relay))) => {
                         info!(%user, %host, %session, %relay, "session follows its host to another relay");
-                        entry.ending_because("the host came back on another relay");
+                        entry.handing_over("the host came back on another relay");
                         moved = true;
                         // No frame: the client resumes with its ticket.
                         let _ = machine.end(EndReason::Ended("the host moved".into()));

@@ -23,7 +23,7 @@ use crate::{
     lockout::{Proof, Settlement},
     metrics::{Metrics, Pending},
     now_unix,
-    store::{AttemptId, Store, StoreError},
+    store::{AttemptId, SessionEnd, Store, StoreError},
     waiting::WaitingRooms,
 };
 
@@ -52,7 +52,11 @@ enum Job {
     /// counts as pending until the job is done.
     Fail(AttemptId, HostName, &'static str, Pending),
     /// A session that ended.
-    SessionEnded { session: SessionId, reason: String },
+    SessionEnded {
+        session: SessionId,
+        reason: String,
+        how: SessionEnd,
+    },
     /// Answers once every job sent before it is done.
     Flush(oneshot::Sender<()>),
 }
@@ -116,8 +120,12 @@ impl Settler {
     }
 
     /// Records the end of a session (soon, off the caller's path).
-    pub(crate) fn session_ended(&self, session: SessionId, reason: String) {
-        let _ = self.tx.send(Job::SessionEnded { session, reason });
+    pub(crate) fn session_ended(&self, session: SessionId, reason: String, how: SessionEnd) {
+        let _ = self.tx.send(Job::SessionEnded {
+            session,
+            reason,
+            how,
+        });
     }
 
     /// Waits until everything handed over so far is written.
@@ -293,9 +301,13 @@ async fn run(
                 drop(pending);
                 waiting.settled(&host);
             }
-            Job::SessionEnded { session, reason } => {
+            Job::SessionEnded {
+                session,
+                reason,
+                how,
+            } => {
                 logged_store_call(&store, move |s| {
-                    s.session_ended(&session, &reason, now_unix())
+                    s.session_ended(&session, &reason, how, now_unix())
                 })
                 .await;
             }

@@ -430,6 +430,9 @@ impl Resume {
     async fn run(&self, ticket: &ResumeTicket) -> Result<(net::Control, SessionId), String> {
         let until = tokio::time::Instant::now() + resume_wait();
         let mut target = self.relays.clone();
+        // One redirect per round: relays whose records disagree for a
+        // moment cannot send the client round in circles.
+        let mut followed = false;
         loop {
             let result = net::resume(
                 &target,
@@ -442,10 +445,16 @@ impl Resume {
             .await;
             let e = match result {
                 Ok(resumed) => return Ok(resumed),
-                Err(NetError::Redirected(to)) if target.len() > 1 || target[..] != [to.clone()] => {
+                Err(NetError::Redirected(to))
+                    if !followed && tokio::time::Instant::now() < until =>
+                {
                     net::check_redirect(&to).map_err(|e| e.to_string())?;
                     target = vec![to];
+                    followed = true;
                     continue;
+                }
+                Err(NetError::Refused(Refusal::HostOffline)) => {
+                    NetError::HostOffline(self.host.clone())
                 }
                 // Spent, refused, or not our relay: asking again cannot help.
                 Err(
@@ -460,6 +469,7 @@ impl Resume {
             tracing::debug!("resuming the session: {e}; asking again");
             tokio::time::sleep(Duration::from_secs(1)).await;
             target = self.relays.clone();
+            followed = false;
         }
     }
 }
@@ -655,7 +665,7 @@ impl Follow {
         self.link_tx.send_replace(relay);
         self.rekey();
         self.publish();
-        tracing::info!(host = %self.resume.host, "session resumed on a relay of the cluster");
+        tracing::debug!(host = %self.resume.host, "session resumed on a relay of the cluster");
         Ok((send, frames))
     }
 }

@@ -532,6 +532,7 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         &self,
         session: &SessionId,
         reason: &str,
+        how: SessionEnd,
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Ends the sessions a previous run of the relay left open; returns how many.
@@ -642,10 +643,19 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
+    /// Whether `digest` is an unexpired resume ticket of `user` on `host`
+    /// (read only: asked before anything about the host is answered).
+    fn session_ticket_valid(
+        &self,
+        digest: [u8; 32],
+        user: &UserName,
+        host: &HostName,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
     /// Spends the resume ticket `digest` of `user` on `host` and, if the
     /// lockout rule admits it (the same grant, the host not locked), starts
     /// `session` for this store's relay in the same commit, audited
-    /// `session-resume`; returns the record the session uses, or why not.
+    /// `session-resume` (a refusal `session-resume-refused`); returns the record the session uses, or why not.
     fn resume_session(
         &self,
         digest: [u8; 32],
@@ -678,6 +688,17 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     /// Forgets this store's relay (a clean stop): it is no longer listed in
     /// invites or sent logins.
     fn relay_stopped(&self) -> Result<(), StoreError>;
+}
+
+/// How a session's end is recorded (always with its `session-end` row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// It is over: its resume ticket goes, and a secondary user's owner is
+    /// told to change the code (SPEC S3).
+    Final,
+    /// Its relay went away or handed it to another: the client may resume
+    /// it with its ticket, so nobody is told it ended.
+    Continues,
 }
 
 /// What [`Store::sweep_lapsed_relays`] did.

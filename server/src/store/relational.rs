@@ -21,7 +21,7 @@ use super::{
     notice::{self, Notice},
     sql::{args, audit_row, Backend, EventFeed, Row, Tx},
     Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus, InviteKind,
-    OutboxRow, Store, StoreError, StoreGauges, SweptRelays, UnixTime, UserRow,
+    OutboxRow, SessionEnd, Store, StoreError, StoreGauges, SweptRelays, UnixTime, UserRow,
 };
 
 /// A store on the SQL backend `B`.
@@ -269,10 +269,16 @@ fn settle_one(
     Ok(Some(settlement))
 }
 
-/// Ends the open session `id` in the caller's transaction: its end audited
-/// and, for a secondary user, the owner told (SPEC S2); `false` if it was
-/// not open.
-fn end_session(tx: &mut dyn Tx, id: &str, reason: &str, now: UnixTime) -> Result<bool, StoreError> {
+/// Ends the open session `id` in the caller's transaction, its end
+/// audited; a final end also spends its resume ticket and tells a
+/// secondary user's owner (SPEC S3). `false` if it was not open.
+fn end_session(
+    tx: &mut dyn Tx,
+    id: &str,
+    reason: &str,
+    how: SessionEnd,
+    now: UnixTime,
+) -> Result<bool, StoreError> {
     let Some(r) = tx.opt_row(
         "SELECT s.host_id, h.owner_id, s.user_id, h.name, u.name FROM sessions s
          JOIN hosts h ON h.id = s.host_id JOIN users u ON u.id = s.user_id
@@ -293,10 +299,13 @@ fn end_session(tx: &mut dyn Tx, id: &str, reason: &str, now: UnixTime) -> Result
         ..event("session-end", Some(&host), Some(&user))
     };
     insert_audit(tx, &e, now)?;
-    if user_id != owner_id {
-        enqueue_for_owner(tx, host_id, now, |owner| {
-            notice::secondary_session_ended(&host, owner, &user)
-        })?;
+    if how == SessionEnd::Final {
+        tx.exec("DELETE FROM session_tickets WHERE session = ?1", args![id])?;
+        if user_id != owner_id {
+            enqueue_for_owner(tx, host_id, now, |owner| {
+                notice::secondary_session_ended(&host, owner, &user)
+            })?;
+        }
     }
     Ok(true)
 }
@@ -1021,6 +1030,25 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
+    fn session_ticket_valid(
+        &self,
+        digest: [u8; 32],
+        user: &UserName,
+        host: &HostName,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .opt_row(
+                    "SELECT 1 FROM session_tickets t JOIN hosts h ON h.id = t.host_id
+                     JOIN users u ON u.id = t.user_id
+                     WHERE t.digest = ?1 AND h.name = ?2 AND u.name = ?3 AND t.expires_at > ?4",
+                    args![&digest[..], host.as_str(), user.as_str(), now],
+                )?
+                .is_some())
+        })
+    }
+
     fn resume_session(
         &self,
         digest: [u8; 32],
@@ -1061,23 +1089,36 @@ impl<B: Backend> Store for SqlStore<B> {
                 .is_some();
             // The ticket proves what the login's right code did; the rule
             // decides as for a verdict.
-            match lockout::settle(Proof::RightCode, grant_current, &tally(tx, host_id)?) {
-                Settlement::Success => {}
-                Settlement::Void(VoidReason::Locked) => return Ok(Err("the host is locked")),
-                _ => {
-                    return Ok(Err(
-                        "your access was revoked or its code replaced since you logged in",
-                    ))
-                }
+            let refused =
+                match lockout::settle(Proof::RightCode, grant_current, &tally(tx, host_id)?) {
+                    Settlement::Success => None,
+                    Settlement::Void(VoidReason::Locked) => Some("the host is locked"),
+                    _ => Some("your access was revoked or its code replaced since you logged in"),
+                };
+            if let Some(why) = refused {
+                let e = Event {
+                    source: Some(source),
+                    detail: Some(format!("session {old}: {why}")),
+                    ..event(
+                        "session-resume-refused",
+                        Some(host.as_str()),
+                        Some(user.as_str()),
+                    )
+                };
+                insert_audit(tx, &e, now)?;
+                return Ok(Err(why));
             }
             let record = RecordId(
                 record
                     .try_into()
                     .map_err(|_| StoreError::Corrupt("record id is not 16 bytes".into()))?,
             );
-            tx.exec(
-                "UPDATE sessions SET ended_at = ?1 WHERE id = ?2 AND ended_at IS NULL",
-                args![now, &old],
+            end_session(
+                tx,
+                &old,
+                &format!("its relay went away; it continues as session {id}"),
+                SessionEnd::Continues,
+                now,
             )?;
             tx.exec(
                 "INSERT INTO sessions (id, host_id, user_id, started_at, relay_id)
@@ -1288,13 +1329,14 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         session: &SessionId,
         reason: &str,
+        how: SessionEnd,
         now: UnixTime,
     ) -> Result<(), StoreError> {
         let id = session.to_string();
         self.write(|tx| {
             // Ended already (or never registered: a verdict whose commit
             // failed may or may not have registered it): nothing to do.
-            end_session(tx, &id, reason, now).map(drop)
+            end_session(tx, &id, reason, how, now).map(drop)
         })
     }
 
@@ -1302,7 +1344,13 @@ impl<B: Backend> Store for SqlStore<B> {
         self.write(|tx| {
             let open = tx.rows("SELECT id FROM sessions WHERE ended_at IS NULL", args![])?;
             for r in &open {
-                end_session(tx, &r.text(0)?, "the relay stopped with it open", now)?;
+                end_session(
+                    tx,
+                    &r.text(0)?,
+                    "the relay stopped with it open",
+                    SessionEnd::Continues,
+                    now,
+                )?;
             }
             Ok(open.len())
         })
@@ -1661,7 +1709,7 @@ impl<B: Backend> Store for SqlStore<B> {
                     args![&relay],
                 )?;
                 for s in &open {
-                    end_session(tx, &s.text(0)?, &why, now)?;
+                    end_session(tx, &s.text(0)?, &why, SessionEnd::Continues, now)?;
                 }
                 tx.exec(
                     "UPDATE hosts SET online = 0, relay_id = NULL, last_seen = ?1 WHERE relay_id = ?2",

@@ -18,7 +18,7 @@ use latchkey_protocol::{
 };
 use proptest::prelude::*;
 
-use super::{Actor, AttemptId, Event, InviteKind, Store, SweptRelays};
+use super::{Actor, AttemptId, Event, InviteKind, SessionEnd, Store, SweptRelays};
 use crate::lockout::{Proof, Settlement, VoidReason};
 
 const THRESHOLD: u32 = 3;
@@ -593,7 +593,9 @@ pub(crate) fn a_sessions_end_is_recorded_once_and_only_if_it_began(store: &dyn S
             .count()
     };
     let never_began = SessionId([1; 16]);
-    store.session_ended(&never_began, "test", 1).expect("end");
+    store
+        .session_ended(&never_began, "test", SessionEnd::Final, 1)
+        .expect("end");
     assert_eq!(ends(), 0);
     let Reservation::Reserved(a) = store
         .reserve_attempt(&alice, &host, &record.id, source, 1)
@@ -606,7 +608,9 @@ pub(crate) fn a_sessions_end_is_recorded_once_and_only_if_it_began(store: &dyn S
         .settle_attempt(a, Proof::RightCode, "", &began, 1)
         .expect("settle");
     for _ in 0..2 {
-        store.session_ended(&began, "test", 2).expect("end");
+        store
+            .session_ended(&began, "test", SessionEnd::Final, 2)
+            .expect("end");
     }
     assert_eq!(ends(), 1);
 }
@@ -960,4 +964,35 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
         resume([13; 32], &alice, 7, 61),
         Err("the resume ticket is unknown or was used")
     );
+    // A session that ends for good takes its ticket along.
+    assert_eq!(resume([14; 32], &alice, 8, 62), Ok(newer.id));
+    let last = SessionId([8; 16]);
+    assert!(b
+        .issue_session_ticket(&last, [15; 32], &host, &alice, &newer.id, 300, 63)
+        .expect("issue"));
+    assert!(b
+        .session_ticket_valid([15; 32], &alice, &host, 64)
+        .expect("valid"));
+    assert!(!b
+        .session_ticket_valid([15; 32], &bob, &host, 64)
+        .expect("valid"));
+    // Resumed once more: S8 ends as continuing as S9.
+    assert_eq!(resume([15; 32], &alice, 9, 65), Ok(newer.id));
+    let last = SessionId([9; 16]);
+    assert!(b
+        .issue_session_ticket(&last, [16; 32], &host, &alice, &newer.id, 300, 66)
+        .expect("issue"));
+    b.session_ended(&last, "client left", SessionEnd::Final, 67)
+        .expect("end");
+    assert!(!b
+        .session_ticket_valid([16; 32], &alice, &host, 68)
+        .expect("valid"));
+    // The resumed session ends as continuing elsewhere.
+    let ends = b.audit_log(Some(&host), None, 100).expect("audit");
+    assert!(ends.iter().any(|e| e.event == "session-end"
+        && e.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("continues as session"))));
+    // A refusal for a live ticket is audited.
+    assert!(ends.iter().any(|e| e.event == "session-resume-refused"));
 }
