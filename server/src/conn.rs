@@ -6,7 +6,7 @@ use std::{net::IpAddr, sync::Arc};
 use latchkey_protocol::{
     frame::{HelloReply, Intent, Refusal, RelayToClient},
     handshake::{Msg1, Responder},
-    ids::{HostName, PublicKey, SessionId, UserName},
+    ids::{HostName, PublicKey, UserName},
 };
 use quinn::{RecvStream, SendStream};
 use rand::rngs::OsRng;
@@ -330,9 +330,7 @@ async fn device_reply(
                     None => refuse(Refusal::HostOffline),
                 };
             }
-            let mut id = [0u8; 16];
-            rand::RngCore::fill_bytes(&mut OsRng, &mut id);
-            let session = SessionId(id);
+            let session = crate::registry::Sessions::new_id();
             // Registered before the resume commits, as a login's session is
             // before its verdict: a revoke committed after it finds it here.
             let mut entry = shared.sessions.register(

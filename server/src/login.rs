@@ -13,10 +13,10 @@ use latchkey_protocol::{
     handshake::{
         AttemptDecision, CodeRecord, LoginAuthority, LoginReply, LoginRequest, Reservation,
     },
-    ids::{HostName, PublicKey, RecordId, SessionId, UserName},
+    ids::{HostName, PublicKey, RecordId, UserName},
 };
 use quinn::{RecvStream, SendStream};
-use rand::{rngs::OsRng, RngCore};
+use rand::rngs::OsRng;
 use tokio::time::{timeout_at, Instant};
 use tracing::{info, warn};
 
@@ -313,9 +313,7 @@ pub(crate) async fn login(
     within(deadline, fault::at(Step::Ke3Check)).await?;
     // Registered before the verdict commits, so a revoke that commits after
     // it finds the session (see `registry`).
-    let mut id = [0u8; 16];
-    OsRng.fill_bytes(&mut id);
-    let session = SessionId(id);
+    let session = crate::registry::Sessions::new_id();
     let mut entry = shared.sessions.register(
         &shared.settler,
         session,

@@ -41,6 +41,13 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A new session's id: random, so it says nothing and cannot be guessed.
+    pub(crate) fn new_id() -> SessionId {
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        SessionId(id)
+    }
+
     /// Registers a session about to be decided.
     pub(crate) fn register(
         self: &Arc<Self>,

@@ -52,6 +52,30 @@ impl Cluster {
     fn status(&self) -> Result<serde_json::Value> {
         self.c.status("mypc")
     }
+
+    /// The address of the relay that holds mypc's agent, and its place
+    /// in [`Cluster::relays`].
+    fn holder(&self) -> Result<(String, usize)> {
+        let holder = self.status()?["relay"]
+            .as_str()
+            .context("no relay holds mypc")?
+            .to_owned();
+        let at = self
+            .relays()
+            .iter()
+            .position(|r| r.addr.to_string() == holder)
+            .context("the holder is not one of the cluster's relays")?;
+        Ok((holder, at))
+    }
+
+    /// Kills the relay at `at` in [`Cluster::relays`] with SIGKILL.
+    fn kill(&mut self, at: usize) {
+        match at {
+            0 => self.w.relay.kill9(),
+            1 => self.b.kill9(),
+            _ => self.c.kill9(),
+        }
+    }
 }
 
 fn rand_suffix() -> u32 {
@@ -222,10 +246,7 @@ async fn when_a_relay_is_killed_its_host_moves_its_attempt_settles_and_nothing_i
     cl.w.mypc.set_relays(&cl.addrs())?;
     cl.w.alice.set_relays(&cl.addrs())?;
     let _agent = cl.w.start_agent()?;
-    let holder = cl.status()?["relay"]
-        .as_str()
-        .context("no relay holds mypc")?
-        .to_owned();
+    let (holder, victim) = cl.holder()?;
     // Before the kill, on the host's relay: a session, a grant, and an
     // attempt still being decided (message 1 sent, never finished).
     let session = login_at(&cl.w.bob, &holder, OWNER_CODE).await?;
@@ -233,11 +254,6 @@ async fn when_a_relay_is_killed_its_host_moves_its_attempt_settles_and_nothing_i
     let dave = Device {
         home: cl.w.dir.path().join("dave"),
     };
-    let victim = cl
-        .relays()
-        .iter()
-        .position(|r| r.addr.to_string() == holder)
-        .context("holder")?;
     let survivor = (victim + 1) % 3;
     dave.run(&["enroll", &cl.relays()[victim].invite_user("dave")?])?;
     cl.relays()[victim].admin(&["grant", "mypc", "dave"])?;
@@ -248,11 +264,7 @@ async fn when_a_relay_is_killed_its_host_moves_its_attempt_settles_and_nothing_i
             .is_ok_and(|s| s["failures"] == 1)
     })?;
     let killed = Instant::now();
-    match victim {
-        0 => cl.w.relay.kill9(),
-        1 => cl.b.kill9(),
-        _ => cl.c.kill9(),
-    }
+    cl.kill(victim);
     let survivor = cl.relays()[survivor];
     // The agent is on another relay within seconds.
     wait_until("mypc back on another relay", || {
@@ -344,25 +356,13 @@ async fn a_forward_resumes_without_the_code_when_its_relay_is_killed() -> Result
     cl.w.mypc.set_relays(&cl.addrs())?;
     cl.w.alice.set_relays(&cl.addrs())?;
     let _agent = cl.w.start_agent()?;
-    let holder = cl.status()?["relay"]
-        .as_str()
-        .context("no relay holds mypc")?
-        .to_owned();
+    let (_, victim) = cl.holder()?;
     let (mut forward, local) = cl.w.start_forward(&target)?;
     latchkey_tests::wait_until_forwarding(&local)?;
-    let victim = cl
-        .relays()
-        .iter()
-        .position(|r| r.addr.to_string() == holder)
-        .context("holder")?;
     let survivor = (victim + 1) % 3;
     let logins_before = count(&cl.relays()[survivor].audit_events("mypc")?, "login-ok");
     let killed = Instant::now();
-    match victim {
-        0 => cl.w.relay.kill9(),
-        1 => cl.b.kill9(),
-        _ => cl.c.kill9(),
-    }
+    cl.kill(victim);
     // The same forward process, never asked for the code again, reaches
     // the host through what is left of the cluster.
     latchkey_tests::wait_until_forwarding(&local)?;
@@ -393,10 +393,7 @@ async fn a_host_that_reboots_back_onto_another_relay_takes_its_sessions_along() 
     // again, on another relay.
     cl.w.mypc.set_reboot_command(&["true"])?;
     let mut agent = cl.w.start_agent()?;
-    let holder = cl.status()?["relay"]
-        .as_str()
-        .context("no relay holds mypc")?
-        .to_owned();
+    let (holder, _) = cl.holder()?;
     let mut reboot =
         cl.w.alice
             .spawn_with_code(OWNER_CODE, &["reboot", "mypc"])?;
