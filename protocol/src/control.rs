@@ -250,18 +250,30 @@ pub enum Phase {
     Pairing,
     /// Paired with the host.
     Ready,
-    /// The host is rebooting, or its agent dropped (`away`); the relay
-    /// waits up to `deadline_secs`.
+    /// The session waits, up to `deadline_secs`: for its host to come
+    /// back, or for a relay to resume it on.
     Rebooting {
         /// When we heard.
         since: Instant,
-        /// How long the relay waits.
+        /// How long the wait lasts.
         deadline_secs: u64,
-        /// The agent dropped without a reboot (a restart, a blip).
-        away: bool,
+        /// What the session waits for.
+        waiting: Waiting,
     },
     /// Over, with the reason.
     Ended(String),
+}
+
+/// Why a session waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// The host reboots.
+    Reboot,
+    /// The host's agent dropped without a reboot (a restart, a blip).
+    HostAway,
+    /// The connection to the relay broke: the client resumes the session
+    /// on a relay of the cluster.
+    RelayLost,
 }
 
 /// What a control frame from the relay meant.
@@ -341,12 +353,12 @@ impl ClientSession {
             (Phase::Ready, RelayToClient::HostRebooting { deadline_secs }) => Phase::Rebooting {
                 since: now,
                 deadline_secs,
-                away: false,
+                waiting: Waiting::Reboot,
             },
             (Phase::Ready, RelayToClient::HostAway { deadline_secs }) => Phase::Rebooting {
                 since: now,
                 deadline_secs,
-                away: true,
+                waiting: Waiting::HostAway,
             },
             (Phase::Rebooting { .. }, RelayToClient::HostBack) => Phase::Ready,
             (Phase::Ready | Phase::Rebooting { .. }, RelayToClient::SessionEnded(why)) => {
@@ -373,7 +385,7 @@ impl ClientSession {
         self.phase = Phase::Rebooting {
             since: now,
             deadline_secs: wait_secs,
-            away: true,
+            waiting: Waiting::RelayLost,
         };
         true
     }
@@ -488,7 +500,10 @@ mod tests {
         deliver(&mut client, frame, now);
         assert!(matches!(
             client.phase(),
-            Phase::Rebooting { away: true, .. }
+            Phase::Rebooting {
+                waiting: Waiting::HostAway,
+                ..
+            }
         ));
         let refused = relay.channel_allowed().unwrap_err();
         assert!(refused.contains("went offline"), "{refused}");

@@ -46,7 +46,12 @@ const MOVED_CHECK: Duration = Duration::from_secs(2);
 /// one before), as the frame that hands it over; `None` if the store
 /// refused (the grant changed: the session is about to end anyway) or
 /// failed (the client keeps the ticket it has).
-async fn new_ticket(shared: &Arc<Shared>, entry: &SessionEntry) -> Option<RelayToClient> {
+/// Runs on a task of its own, so a slow store never holds up the session's
+/// channels.
+fn new_ticket(
+    shared: &Arc<Shared>,
+    entry: &SessionEntry,
+) -> impl std::future::Future<Output = Option<RelayToClient>> + Send + 'static {
     use rand::RngCore;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -58,18 +63,21 @@ async fn new_ticket(shared: &Arc<Shared>, entry: &SessionEntry) -> Option<RelayT
         entry.user.clone(),
         entry.intro.record,
     );
-    let now = crate::now_unix();
-    let expires_at = now + i64::try_from(TICKET_VALID_SECS).unwrap_or(i64::MAX / 4);
-    let issued = crate::error::logged_store_call(&shared.store, move |s| {
-        s.issue_session_ticket(&session, digest, &host, &user, &record, expires_at, now)
-    })
-    .await;
-    issued
-        .filter(|issued| *issued)
-        .map(|_| RelayToClient::Resumable {
-            ticket,
-            valid_secs: TICKET_VALID_SECS,
+    let store = shared.store.clone();
+    async move {
+        let now = crate::now_unix();
+        let expires_at = now + i64::try_from(TICKET_VALID_SECS).unwrap_or(i64::MAX / 4);
+        let issued = crate::error::logged_store_call(&store, move |s| {
+            s.issue_session_ticket(&session, digest, &host, &user, &record, expires_at, now)
         })
+        .await;
+        issued
+            .filter(|issued| *issued)
+            .map(|_| RelayToClient::Resumable {
+                ticket,
+                valid_secs: TICKET_VALID_SECS,
+            })
+    }
 }
 
 /// Serves a logged-in client until it leaves, the host goes, the relay
@@ -100,13 +108,11 @@ pub(crate) async fn serve(
     // Whether the client holds a ticket: then a stopping relay lets the
     // connection close without ending the session, which the client
     // resumes on another relay (or on this one, restarted).
+    // The first ticket at once, then one every TICKET_EVERY, each issued on
+    // a task of its own and sent when it is stored.
     let mut resumable = false;
-    if let Some(frame) = new_ticket(shared, &entry).await {
-        wire::write_frame(&mut send, &frame).await?;
-        resumable = true;
-    }
-    let mut tickets =
-        tokio::time::interval_at(tokio::time::Instant::now() + TICKET_EVERY, TICKET_EVERY);
+    let mut tickets = tokio::time::interval(TICKET_EVERY);
+    let mut issuing = JoinSet::new();
     // While the host is away, whether it came back on another relay of the
     // cluster: then the session follows it there (the client resumes).
     let mut elsewhere = tokio::time::interval(MOVED_CHECK);
@@ -154,7 +160,13 @@ pub(crate) async fn serve(
                 }
             }
             _ = tickets.tick() => {
-                let frame = new_ticket(shared, &entry).await;
+                if issuing.is_empty() {
+                    issuing.spawn(new_ticket(shared, &entry));
+                }
+                None
+            }
+            Some(issued) = issuing.join_next(), if !issuing.is_empty() => {
+                let frame = issued.ok().flatten();
                 resumable |= frame.is_some();
                 frame
             }

@@ -39,7 +39,7 @@ enum Keys {
     Failed(String),
 }
 
-pub use latchkey_protocol::control::Phase;
+pub use latchkey_protocol::control::{Phase, Waiting};
 
 /// A paired session.
 pub struct Remote {
@@ -308,11 +308,19 @@ impl Remote {
         link.close(b"done").await;
     }
 
-    /// What the host is doing while the session waits for it, for status
-    /// lines: rebooting, or gone offline (an agent restart, a blip).
+    /// What the session waits for, for status lines: the host rebooting,
+    /// the host gone offline (an agent restart, a blip), or a relay to
+    /// resume on.
     pub fn waiting_text(&self) -> &'static str {
         match &*self.phase.borrow() {
-            Phase::Rebooting { away: true, .. } => "went offline; waiting…",
+            Phase::Rebooting {
+                waiting: Waiting::HostAway,
+                ..
+            } => "went offline; waiting…",
+            Phase::Rebooting {
+                waiting: Waiting::RelayLost,
+                ..
+            } => "is out of reach: its relay went away; resuming…",
             _ => "is rebooting…",
         }
     }
