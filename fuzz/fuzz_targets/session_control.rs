@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use latchkey_protocol::{
     codec,
-    control::{ClientSession, EndReason, Phase, RelaySession, Request},
+    control::{ClientSession, EndReason, Phase, RelaySession, Request, Waiting},
     frame::{ClientToRelay, RelayToClient},
 };
 use libfuzzer_sys::fuzz_target;
@@ -21,10 +21,10 @@ fn agree(relay: &RelaySession, client: &ClientSession) {
             assert!(relay.channel_allowed().is_ok());
             assert!(relay.deadline().is_none());
         }
-        Phase::Rebooting { away, .. } => {
+        Phase::Rebooting { waiting, .. } => {
             assert!(relay.deadline().is_some());
             assert!(relay.channel_allowed().is_err());
-            assert_eq!(*away, !relay.waits_for_reboot());
+            assert_eq!(*waiting == Waiting::HostAway, !relay.waits_for_reboot());
         }
         Phase::Ended(_) => assert!(relay.is_over()),
         Phase::Pairing => panic!("a paired client is pairing again"),
