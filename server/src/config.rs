@@ -11,6 +11,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::rules::{account_lockout::ConsoleLockout, lockout};
+
 /// Errors reading the configuration.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -244,7 +246,7 @@ impl Default for Config {
             outsider_penalty: 4,
             idle_timeout_ms: 30_000,
             invite_ttl_secs: 86_400,
-            lockout_threshold: crate::lockout::DEFAULT_THRESHOLD,
+            lockout_threshold: lockout::DEFAULT_THRESHOLD,
             allow_insecure_ksf: false,
             log_format: LogFormat::Text,
             admin_email: None,
@@ -319,9 +321,12 @@ impl Config {
                 .unwrap_or(toml::Value::String(value));
             table.insert(name, parsed);
         }
-        table
+        let config: Self = table
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(without_values(e.message())))
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(without_values(e.message())))?;
+        lockout::checked_threshold(config.lockout_threshold)
+            .map_err(|why| ConfigError::Invalid(format!("lockout_threshold: {why}")))?;
+        Ok(config)
     }
 
     /// [`Config::first_message_timeout_ms`] as a duration, at most the
@@ -353,12 +358,8 @@ impl Config {
     }
 
     /// The console's lockout rule.
-    pub fn console_lockout(&self) -> crate::store::ConsoleLockout {
-        crate::store::ConsoleLockout {
-            threshold: self.admin_login_lockout.max(1),
-            // A lock of less than a minute would not stop guessing.
-            lasts_secs: i64::try_from(self.admin_lockout_secs.max(60)).unwrap_or(i64::MAX / 2),
-        }
+    pub fn console_lockout(&self) -> ConsoleLockout {
+        ConsoleLockout::new(self.admin_login_lockout, self.admin_lockout_secs)
     }
 
     /// [`Config::idle_timeout_ms`] as a duration.

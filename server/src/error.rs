@@ -24,9 +24,8 @@ pub(crate) enum ConnError {
     Join,
     #[error("handshake deadline passed")]
     Timeout,
-    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-    #[error("injected fault at {0:?}")]
-    Injected(crate::fault::Step),
+    #[error(transparent)]
+    Injected(#[from] crate::testing::fault::Injected),
 }
 
 /// Runs `f` on the blocking pool (crypto and the store).

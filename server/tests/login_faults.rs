@@ -1,4 +1,4 @@
-//! Fault injection on the login path (issue 12, SPEC S4, S6, S7a): at each
+//! Fault injection on the login path (SPEC S4, S6, S7a): at each
 //! step after the reservation, the relay's step fails every way it can (an
 //! error, a stall until the deadline, the task cancelled) and the peer
 //! walks away every way it can (stops reading, closes, goes silent); after
@@ -24,8 +24,8 @@ use latchkey_protocol::{
 use latchkey_server::{
     config::Config,
     datadir::DataDir,
-    fault::{self, Fault, Step},
     store::{Actor, InviteKind, SqliteStore, Store},
+    testing::fault::{self, Fault, Step},
     Relay, RelayHandle,
 };
 use rand::rngs::OsRng;

@@ -894,7 +894,9 @@ impl World {
     /// Raises mypc's lockout threshold to the highest allowed (1,000), for
     /// tests that make many attempts without meaning to lock the host.
     pub fn without_lockout(&self) -> Result<()> {
-        let highest = latchkey_server::lockout::THRESHOLDS.end().to_string();
+        let highest = latchkey_server::rules::lockout::THRESHOLDS
+            .end()
+            .to_string();
         self.relay
             .admin(&["policy", "mypc", "--lockout-threshold", &highest])
             .map(drop)

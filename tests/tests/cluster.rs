@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use latchkey_client::net::{self, NetError};
 use latchkey_protocol::{ids::AccessCode, invite::Invite};
-use latchkey_server::test_postgres::{start_or_skip, TestPostgres};
+use latchkey_server::testing::postgres::{start_or_skip, TestPostgres};
 use latchkey_tests::{count, unlimited, wait_until, Device, Relay, World, OWNER_CODE};
 
 /// A world whose relay (A) is joined by two more (B and C) on one database,

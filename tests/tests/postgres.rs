@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use latchkey_server::test_postgres::{start_or_skip, TestPostgres};
+use latchkey_server::testing::postgres::{start_or_skip, TestPostgres};
 use latchkey_tests::{wait_until, Device, World, OWNER_CODE};
 
 fn store_env(url: &str) -> Vec<(String, String)> {

@@ -1,6 +1,6 @@
 //! X25519 for snow from aws-lc-rs: about twice as fast per Diffie-Hellman
 //! as the default resolver's curve25519-dalek on this project's machines,
-//! and the relay does three per login (issue 16). No unsafe code; keys are
+//! and the relay does three per login. No unsafe code; keys are
 //! wiped when dropped.
 
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};

@@ -1,5 +1,5 @@
 //! The console's state-changing forms. Each takes an [`Action`] (a
-//! signed-in admin whose CSRF token matched) and calls [`crate::service`],
+//! signed-in admin whose CSRF token matched) and calls [`crate::admin::service`],
 //! exactly as the CLI does; a refusal re-renders the page with the reason.
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{auth::Action, pages, paths, view, ConsoleError, ConsoleState};
 use crate::{
-    service::{self, ServiceError},
+    admin::service::{self, ServiceError},
     store::{InviteKind, StoreError},
 };
 
@@ -152,30 +152,6 @@ pub(super) async fn set_email(
     Ok(Redirect::to(&format!("{}?done=email", paths::USERS)).into_response())
 }
 
-/// The form that invites a user.
-pub(super) fn invite_user_form(csrf: &str) -> maud::Markup {
-    html! {
-        form.stack method="post" action=(paths::INVITE_USER) {
-            (view::csrf_field(csrf))
-            label { "Name" input name="name" required pattern="[A-Za-z0-9][A-Za-z0-9._-]*"; }
-            label { "Email for notices (optional)" input type="email" name="email"; }
-            button type="submit" { "Invite user" }
-        }
-    }
-}
-
-/// The form that invites a host.
-pub(super) fn invite_host_form(csrf: &str) -> maud::Markup {
-    html! {
-        form.stack method="post" action=(paths::INVITE_HOST) {
-            (view::csrf_field(csrf))
-            label { "Host name" input name="name" required pattern="[A-Za-z0-9][A-Za-z0-9._-]*"; }
-            label { "Owner (a user)" input name="owner" required; }
-            button type="submit" { "Invite host" }
-        }
-    }
-}
-
 /// The invite forms.
 #[derive(Deserialize)]
 pub(super) struct InviteForm {
@@ -221,7 +197,7 @@ pub(super) async fn invite(
         Err(e) if refusal(&e) => {
             let body = html! {
                 (view::notice(&e.to_string(), true))
-                @if for_host { (invite_host_form(&by.csrf)) } @else { (invite_user_form(&by.csrf)) }
+                @if for_host { (view::invite_host_form(&by.csrf)) } @else { (view::invite_user_form(&by.csrf)) }
             };
             return Ok((
                 StatusCode::CONFLICT,

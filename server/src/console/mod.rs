@@ -1,6 +1,6 @@
 //! The admin console: server-rendered pages (axum and maud, no JavaScript
 //! needed) on their own TCP listener, for what `latchkey-relay admin` does.
-//! Its actions are [`crate::service`]'s, so a change made here is audited
+//! Its actions are [`crate::admin::service`]'s, so a change made here is audited
 //! with the admin's name and address and reaches live sessions exactly as
 //! the CLI's does.
 //!
@@ -39,9 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    admin::service::ServiceError,
     config::Config,
-    ratelimit::RateLimiter,
-    service::ServiceError,
+    rules::ratelimit::RateLimiter,
     store::{Store, StoreError},
 };
 
@@ -394,7 +394,7 @@ pub async fn start(
         .map_err(|source| ConsoleStartError::Bind { addr, source })?;
     let state = Arc::new(ConsoleState::new(store, config.clone(), pin, tls.is_some()));
     let app = router(state, extra);
-    let url = crate::service::console_url_for(&config, bound);
+    let url = crate::admin::service::console_url_for(&config, bound);
     let task = listener::serve(listener, tls, app, shutdown)
         .map_err(|source| ConsoleStartError::Bind { addr, source })?;
     info!(%url, "admin console listening");

@@ -10,9 +10,31 @@ use serde::Deserialize;
 
 use super::{auth::SignedIn, paths, view, ConsoleError, ConsoleState};
 use crate::{
-    human_time, now_unix,
-    store::{AuditFilter, AuditRow, GrantRow, HostStatus},
+    admin::human_time,
+    clock::now_unix,
+    store::{AuditEvent, AuditFilter, AuditRow, GrantRow, HostStatus},
 };
+
+/// The events the audit page offers as filters.
+const FILTERED_EVENTS: [AuditEvent; 17] = [
+    AuditEvent::LoginOk,
+    AuditEvent::LoginFailed,
+    AuditEvent::LoginLocked,
+    AuditEvent::LoginBusy,
+    AuditEvent::LoginRefused,
+    AuditEvent::HostLocked,
+    AuditEvent::Unlock,
+    AuditEvent::Grant,
+    AuditEvent::Revoke,
+    AuditEvent::Policy,
+    AuditEvent::InviteCreated,
+    AuditEvent::Enrolled,
+    AuditEvent::SessionStart,
+    AuditEvent::SessionEnd,
+    AuditEvent::ConsoleLogin,
+    AuditEvent::ConsoleLoginFailed,
+    AuditEvent::ConsoleAdminLocked,
+];
 
 /// Rows per page of the audit log.
 const AUDIT_PAGE: usize = 50;
@@ -87,20 +109,20 @@ pub(super) async fn overview(
             ))
         })
         .await?;
-    let count = |event: &str| {
+    let count = |event: AuditEvent| {
         counts
             .iter()
-            .find(|(e, _)| e == event)
+            .find(|(e, _)| e == event.name())
             .map_or(0, |(_, n)| *n)
     };
     let online = hosts.iter().filter(|h| h.online).count();
     let locked: Vec<&HostStatus> = hosts.iter().filter(|h| h.locked).collect();
-    let failures = count("login-failed") + count("login-locked");
+    let failures = count(AuditEvent::LoginFailed) + count(AuditEvent::LoginLocked);
     let body = html! {
         div.cards {
             div.card { b { (online) " / " (hosts.len()) } "hosts online" }
             div.card { b.bad[!locked.is_empty()] { (locked.len()) } "hosts locked" }
-            div.card { b { (count("login-ok")) } "logins in the last hour" }
+            div.card { b { (count(AuditEvent::LoginOk)) } "logins in the last hour" }
             div.card { b.bad[failures > 0] { (failures) } "failed logins in the last hour" }
         }
         @if !locked.is_empty() {
@@ -164,7 +186,7 @@ pub(super) async fn hosts(
             }
         } }
         h2 { "Invite a host" }
-        (super::actions::invite_host_form(&me.csrf))
+        (view::invite_host_form(&me.csrf))
     };
     Ok(view::page("Hosts", Some((&me.admin, &me.csrf)), body))
 }
@@ -202,7 +224,7 @@ pub(super) async fn host_body(
                 ..AuditFilter::default()
             };
             let locks = AuditFilter {
-                event: Some("host-locked".into()),
+                event: Some(AuditEvent::HostLocked.name().into()),
                 ..filter.clone()
             };
             Ok((
@@ -328,7 +350,7 @@ pub(super) async fn users(
             }
         } }
         h2 { "Invite a user" }
-        (super::actions::invite_user_form(csrf))
+        (view::invite_user_form(csrf))
     };
     Ok(view::page("Users", Some((&me.admin, csrf)), body))
 }
@@ -381,10 +403,8 @@ pub(super) async fn audit(
             " "
             label { "Event " input name="event" list="events" value=(filter.event.as_deref().unwrap_or("")); }
             datalist #events {
-                @for e in ["login-ok", "login-failed", "login-locked", "login-busy", "login-refused", "host-locked",
-                           "unlock", "grant", "revoke", "policy", "invite-created", "enrolled", "session-start",
-                           "session-end", "console-login", "console-login-failed", "console-admin-locked"] {
-                    option value=(e) {}
+                @for e in FILTERED_EVENTS {
+                    option value=(e.name()) {}
                 }
             }
             " " button type="submit" { "Filter" }

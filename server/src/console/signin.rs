@@ -25,7 +25,8 @@ use super::{
     hashing, paths, view, ConsoleError, ConsoleState,
 };
 use crate::{
-    now_unix, service,
+    admin::service,
+    clock::now_unix,
     store::{ConsoleLogin, StoreError},
 };
 

@@ -20,10 +20,10 @@ use tower::ServiceExt;
 
 use super::{router, ConsoleState};
 use crate::{
+    admin::service,
     config::Config,
     datadir::DataDir,
-    lockout::Proof,
-    service,
+    rules::lockout::Proof,
     store::{Actor, ConsoleLogin, Event, InviteKind, SqliteStore, Store},
 };
 
@@ -546,7 +546,7 @@ async fn what_users_and_hosts_can_write_is_escaped_everywhere() {
     b.store
         .audit(
             Event {
-                event: "login-failed",
+                event: crate::store::AuditEvent::LoginFailed,
                 host: Some("mypc"),
                 user: Some("bob"),
                 source: None,
@@ -601,7 +601,7 @@ async fn console_logins_lock_the_account_after_repeated_failures() {
     let page = b.log_in("alice", PASSWORD, &code).await;
     assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
     let rule = b.config.console_lockout();
-    let now = crate::now_unix();
+    let now = crate::clock::now_unix();
     assert!(b.store.admins(rule, now).expect("admins")[0]
         .locked_until
         .is_some());

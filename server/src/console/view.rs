@@ -5,7 +5,7 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::paths;
-use crate::human_time;
+use crate::admin::human_time;
 
 /// Readable on a phone: one column, tables that scroll sideways.
 pub(super) const STYLE: &str = r#"
@@ -163,6 +163,30 @@ pub(super) fn button_form(
                 input type="hidden" name=(name) value=(value);
             }
             button type="submit" { (label) }
+        }
+    }
+}
+
+/// The form that invites a user.
+pub(super) fn invite_user_form(csrf: &str) -> maud::Markup {
+    html! {
+        form.stack method="post" action=(paths::INVITE_USER) {
+            (csrf_field(csrf))
+            label { "Name" input name="name" required pattern="[A-Za-z0-9][A-Za-z0-9._-]*"; }
+            label { "Email for notices (optional)" input type="email" name="email"; }
+            button type="submit" { "Invite user" }
+        }
+    }
+}
+
+/// The form that invites a host.
+pub(super) fn invite_host_form(csrf: &str) -> maud::Markup {
+    html! {
+        form.stack method="post" action=(paths::INVITE_HOST) {
+            (csrf_field(csrf))
+            label { "Host name" input name="name" required pattern="[A-Za-z0-9][A-Za-z0-9._-]*"; }
+            label { "Owner (a user)" input name="owner" required; }
+            button type="submit" { "Invite host" }
         }
     }
 }

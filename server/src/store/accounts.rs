@@ -8,11 +8,13 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::rules::account_lockout::{AccountState, ConsoleLockout};
+
 use super::{
     notice,
     relational::{enqueue, insert_audit, SqlStore},
     sql::{args, Backend, Tx},
-    Actor, Event, StoreError, UnixTime,
+    Actor, AuditEvent, Event, StoreError, UnixTime,
 };
 
 /// An admin account as the CLI lists it.
@@ -26,23 +28,6 @@ pub struct AdminRow {
     pub enrolled: bool,
     /// Until when failed logins locked the account (Unix seconds).
     pub locked_until: Option<UnixTime>,
-}
-
-/// The console's lockout rule: `threshold` failed logins in a row lock an
-/// account for `lasts_secs` (then the next failure starts a new count).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConsoleLockout {
-    /// Failures in a row that lock.
-    pub threshold: u32,
-    /// How long a lock lasts.
-    pub lasts_secs: i64,
-}
-
-impl ConsoleLockout {
-    /// Locks taken at or before this time have ended.
-    fn ended_before(&self, now: UnixTime) -> UnixTime {
-        now.saturating_sub(self.lasts_secs.max(0))
-    }
 }
 
 /// What a console login is checked against.
@@ -129,7 +114,7 @@ pub trait AdminAccounts {
     fn admin_email(&self, name: &str) -> Result<Option<String>, StoreError>;
 }
 
-fn console_event<'a>(event: &'a str, source: IpAddr, detail: String) -> Event<'a> {
+fn console_event<'a>(event: AuditEvent, source: IpAddr, detail: String) -> Event<'a> {
     Event {
         event,
         host: None,
@@ -139,7 +124,23 @@ fn console_event<'a>(event: &'a str, source: IpAddr, detail: String) -> Event<'a
     }
 }
 
-/// The failure count after one more failure, locking at `threshold`.
+/// An account's lockout state, if the account exists.
+fn account_state(tx: &mut dyn Tx, name: &str) -> Result<Option<AccountState>, StoreError> {
+    tx.opt_row(
+        "SELECT failures, locked_at FROM admins WHERE name = ?1",
+        args![name],
+    )?
+    .map(|r| {
+        Ok(AccountState {
+            failures: r.u32(0)?,
+            locked_at: r.opt_int(1)?,
+        })
+    })
+    .transpose()
+}
+
+/// Records one more failure as [`ConsoleLockout::after_failure`] says and,
+/// when it locks the account, tells the other admins.
 fn fail(
     tx: &mut dyn Tx,
     name: &str,
@@ -147,41 +148,31 @@ fn fail(
     source: IpAddr,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    // A lock that has ended starts a new count.
-    let counted = tx.opt_row(
-        "UPDATE admins SET
-           failures = CASE WHEN locked_at IS NOT NULL AND locked_at <= ?2 THEN 1
-                           ELSE failures + 1 END,
-           locked_at = CASE WHEN locked_at IS NOT NULL AND locked_at <= ?2 THEN NULL
-                            ELSE locked_at END
-         WHERE name = ?1
-         RETURNING failures, CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END",
-        args![name, rule.ended_before(now)],
-    )?;
     insert_audit(
         tx,
         &console_event(
-            "console-login-failed",
+            AuditEvent::ConsoleLoginFailed,
             source,
             format!("admin '{}'", name.escape_debug()),
         ),
         now,
     )?;
-    let Some(row) = counted else {
+    let Some(state) = account_state(tx, name)? else {
         return Ok(());
     };
-    let (failures, locked) = (row.int(0)?, row.flag(1)?);
-    if locked || failures < i64::from(rule.threshold.max(1)) {
+    let (after, locks) = rule.after_failure(&state, now);
+    tx.exec(
+        "UPDATE admins SET failures = ?1, locked_at = ?2 WHERE name = ?3",
+        args![after.failures, after.locked_at, name],
+    )?;
+    if !locks {
         return Ok(());
     }
-    tx.exec(
-        "UPDATE admins SET locked_at = ?1 WHERE name = ?2",
-        args![now, name],
-    )?;
+    let failures = i64::from(after.failures);
     insert_audit(
         tx,
         &console_event(
-            "console-admin-locked",
+            AuditEvent::ConsoleAdminLocked,
             source,
             format!(
                 "admin '{}' for {} min after {failures} failed logins",
@@ -232,7 +223,7 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
             insert_audit(
                 tx,
                 &Event {
-                    event: "console-admin-setup",
+                    event: AuditEvent::ConsoleAdminSetup,
                     host: None,
                     user: None,
                     source: by.source,
@@ -283,7 +274,7 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
             insert_audit(
                 tx,
                 &console_event(
-                    "console-admin-enrolled",
+                    AuditEvent::ConsoleAdminEnrolled,
                     source,
                     format!(
                         "admin '{}' set a password and a second factor",
@@ -325,17 +316,19 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
         self.write(|tx| {
             if let ConsoleLogin::Passed { totp_step } = outcome {
                 let step = i64::try_from(totp_step).unwrap_or(i64::MAX);
-                let signed_in = tx.exec(
-                    "UPDATE admins SET failures = 0, totp_last_step = ?1, locked_at = NULL
-                     WHERE name = ?2 AND (locked_at IS NULL OR locked_at <= ?3)
-                       AND password_hash IS NOT NULL AND totp_last_step < ?1",
-                    args![step, name, rule.ended_before(now)],
-                )?;
-                if signed_in == 1 {
+                let open = account_state(tx, name)?.is_some_and(|s| !rule.is_locked(&s, now));
+                // A code of a step used before is a replay: a failure.
+                let signed_in = open
+                    && tx.exec(
+                        "UPDATE admins SET failures = 0, totp_last_step = ?1, locked_at = NULL
+                         WHERE name = ?2 AND password_hash IS NOT NULL AND totp_last_step < ?1",
+                        args![step, name],
+                    )? == 1;
+                if signed_in {
                     insert_audit(
                         tx,
                         &console_event(
-                            "console-login",
+                            AuditEvent::ConsoleLogin,
                             source,
                             format!("admin '{}'", name.escape_debug()),
                         ),
@@ -353,17 +346,21 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
         self.read(|tx| {
             tx.rows(
                 "SELECT name, email, CASE WHEN password_hash IS NULL THEN 0 ELSE 1 END,
-                        CASE WHEN locked_at IS NOT NULL AND locked_at > ?1 THEN locked_at END
+                        failures, locked_at
                  FROM admins ORDER BY name",
-                args![rule.ended_before(now)],
+                args![],
             )?
             .iter()
             .map(|r| {
+                let state = AccountState {
+                    failures: r.u32(3)?,
+                    locked_at: r.opt_int(4)?,
+                };
                 Ok(AdminRow {
                     name: r.text(0)?,
                     email: r.opt_text(1)?,
                     enrolled: r.flag(2)?,
-                    locked_until: r.opt_int(3)?.map(|at| at + rule.lasts_secs),
+                    locked_until: rule.locked_until(&state, now),
                 })
             })
             .collect()
@@ -380,7 +377,7 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
             insert_audit(
                 tx,
                 &Event {
-                    event: "console-admin-removed",
+                    event: AuditEvent::ConsoleAdminRemoved,
                     host: None,
                     user: None,
                     source: by.source,

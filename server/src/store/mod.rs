@@ -5,6 +5,7 @@
 //! returns (SPEC B2).
 
 mod accounts;
+mod audit_event;
 pub mod notice;
 mod postgres;
 mod relational;
@@ -13,9 +14,10 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
-pub use accounts::{AdminAccounts, AdminCredentials, AdminRow, ConsoleLockout, ConsoleLogin};
+pub use accounts::{AdminAccounts, AdminCredentials, AdminRow, ConsoleLogin};
+pub use audit_event::AuditEvent;
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::CodeRecord,
@@ -27,10 +29,7 @@ use serde::Serialize;
 pub use sql::EventFeed;
 pub use sqlite::{Sqlite, SqliteStore};
 
-use crate::{
-    lockout::{Proof, Settlement},
-    metrics::StoreLatency,
-};
+use crate::rules::lockout::{Proof, Settlement};
 use thiserror::Error;
 
 /// Where a relay keeps its state (the `store` setting).
@@ -77,7 +76,7 @@ impl Location {
     pub fn open_for_serving(
         &self,
         db_path: &std::path::Path,
-        latency: Option<StoreLatency>,
+        latency: Option<Arc<dyn TxTimer>>,
     ) -> Result<Box<dyn Store>, StoreError> {
         Ok(match self {
             Self::Embedded => Box::new(
@@ -120,6 +119,15 @@ impl std::fmt::Debug for Location {
 
 /// Seconds since the Unix epoch; the store never reads a clock itself.
 pub type UnixTime = i64;
+
+/// Told how long each transaction took, commit and retries included (the
+/// relay's metrics time the store through this).
+pub trait TxTimer: Send + Sync {
+    /// A read transaction took `took`.
+    fn read(&self, took: std::time::Duration);
+    /// A write transaction took `took`.
+    fn write(&self, took: std::time::Duration);
+}
 
 /// Errors of the store layer. The messages are for the admin CLI and the
 /// relay log; they never contain secrets.
@@ -350,10 +358,10 @@ pub struct AuditFilter {
 }
 
 /// An audit event about to be written.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Event<'a> {
     /// What happened.
-    pub event: &'a str,
+    pub event: AuditEvent,
     /// The host concerned.
     pub host: Option<&'a str>,
     /// The user concerned.
@@ -362,6 +370,13 @@ pub struct Event<'a> {
     pub source: Option<IpAddr>,
     /// Free text without secrets.
     pub detail: Option<String>,
+}
+
+impl AuditRow {
+    /// Whether the row records `event`.
+    pub fn is(&self, event: AuditEvent) -> bool {
+        self.event == event.name()
+    }
 }
 
 /// The relay's durable state.
@@ -408,7 +423,7 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     /// Reserves one attempt against the host's count (SPEC A3, S6, S7),
     /// made with `record`. It counts as a failure until settled; none is
     /// reserved if the host is locked, or if pending attempts use up what is
-    /// left before the lock ([`crate::lockout::admit`]).
+    /// left before the lock ([`crate::rules::lockout::admit`]).
     fn reserve_attempt(
         &self,
         user: &UserName,
@@ -423,10 +438,10 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         &self,
         host: &HostName,
         user: &UserName,
-    ) -> Result<crate::lockout::Admission, StoreError>;
+    ) -> Result<crate::rules::lockout::Admission, StoreError>;
     /// Settles a pending attempt in one transaction with everything that
     /// depends on it (SPEC S4, S7a): the verdict of
-    /// [`crate::lockout::settle`] from a fresh look at the grant and the
+    /// [`crate::rules::lockout::settle`] from a fresh look at the grant and the
     /// lock, the user's failures, the lock and its notices, and for a
     /// success the registration of `session`. `None` if the attempt was not
     /// pending any more (settled by the sweeper): then nothing may start.
@@ -488,13 +503,13 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<u32, StoreError>;
 
     /// Records which host agents connected or left, in one commit.
-    fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError>;
+    fn set_presence(&self, changes: &[(HostName, bool)], now: UnixTime) -> Result<(), StoreError>;
     /// Records `hosts` online on this store's relay again, each only if no
     /// relay holds it now (after another relay took this one for dead).
-    fn reclaim_hosts(&self, hosts: &[HostName]) -> Result<(), StoreError>;
+    fn reclaim_hosts(&self, hosts: &[HostName], now: UnixTime) -> Result<(), StoreError>;
     /// Marks this store's relay's hosts offline (at its start and stop;
     /// every host for a store that serves no relay).
-    fn clear_online(&self) -> Result<(), StoreError>;
+    fn clear_online(&self, now: UnixTime) -> Result<(), StoreError>;
 
     /// All users.
     fn users(&self) -> Result<Vec<UserRow>, StoreError>;

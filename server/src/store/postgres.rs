@@ -1,4 +1,4 @@
-//! The PostgreSQL backend, for relays that share their state (issue 14).
+//! The PostgreSQL backend, for relays that share their state (SPEC M1).
 //!
 //! - Writes run SERIALIZABLE, so each behaves as SQLite's `BEGIN
 //!   IMMEDIATE` does: as if it ran alone. A write that loses a race is
@@ -185,7 +185,7 @@ CREATE TABLE admins (
     created_at BIGINT NOT NULL
 );
 "#,
-    // Several relays on one store (issue 14): each serving relay's
+    // Several relays on one store (SPEC M2): each serving relay's
     // heartbeat, and whose attempts and sessions are whose.
     r#"
 CREATE TABLE relays (
@@ -196,13 +196,13 @@ CREATE TABLE relays (
 ALTER TABLE attempts ADD COLUMN relay_id TEXT;
 ALTER TABLE sessions ADD COLUMN relay_id TEXT;
 "#,
-    // Several relays serving at once (issue 14, M3): where each relay is
+    // Several relays serving at once (SPEC M3): where each relay is
     // reached, and which relay holds each online host.
     r#"
 ALTER TABLE relays ADD COLUMN addr TEXT;
 ALTER TABLE hosts ADD COLUMN relay_id TEXT;
 "#,
-    // Sessions that outlive their relay (issue 14, M5): each live
+    // Sessions that outlive their relay (SPEC M5): each live
     // session's latest resume ticket, by digest, single-use.
     r#"
 CREATE TABLE session_tickets (
@@ -669,7 +669,7 @@ mod tests {
     use super::{dollar_placeholders, PostgresStore};
     use crate::{
         store::{suite, Store},
-        test_postgres::start_or_skip,
+        testing::postgres::start_or_skip,
     };
 
     #[test]
@@ -825,7 +825,7 @@ mod tests {
         // The feed's connection is gone: the first read fails, then it
         // listens again and catches up on what was committed meanwhile.
         let revoke_meanwhile = crate::store::Event {
-            event: "revoke",
+            event: crate::store::AuditEvent::Revoke,
             host: Some(host.as_str()),
             user: Some("bob"),
             source: None,

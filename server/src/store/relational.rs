@@ -1,9 +1,9 @@
 //! The [`Store`] written once for every SQL backend: each method is one
 //! transaction of statements in the dialect both engines run
-//! ([`super::sql`]). The lockout rule itself is [`crate::lockout`]; this
+//! ([`super::sql`]). The lockout rule itself is [`crate::rules::lockout`]; this
 //! module loads what the rule reads and writes what it answers.
 
-use std::{net::IpAddr, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
@@ -12,23 +12,21 @@ use latchkey_protocol::{
     ksf::KsfProfile,
 };
 
-use crate::{
-    lockout::{self, Admission, Proof, Settlement, Tally, VoidReason},
-    metrics::StoreLatency,
-};
+use crate::rules::lockout::{self, Admission, Proof, Settlement, Tally, VoidReason};
 
 use super::{
     notice::{self, Notice},
     sql::{args, audit_row, Backend, EventFeed, Row, Tx},
-    Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus, InviteKind,
-    OutboxRow, SessionEnd, Store, StoreError, StoreGauges, SweptRelays, UnixTime, UserRow,
+    Actor, AttemptId, AuditEvent, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus,
+    InviteKind, OutboxRow, SessionEnd, Store, StoreError, StoreGauges, SweptRelays, TxTimer,
+    UnixTime, UserRow,
 };
 
 /// A store on the SQL backend `B`.
 pub struct SqlStore<B> {
     pub(crate) backend: B,
     /// Times every transaction, for a serving relay's metrics.
-    pub(crate) latency: Option<StoreLatency>,
+    pub(crate) latency: Option<Arc<dyn TxTimer>>,
     /// The serving relay this store works for: its attempts and sessions
     /// carry this id, and its heartbeat keeps them its own.
     pub(crate) relay: Option<String>,
@@ -37,7 +35,7 @@ pub struct SqlStore<B> {
 impl<B> SqlStore<B> {
     /// Times every transaction (from the wait for a connection to the
     /// commit, retries included) with `latency`, if given.
-    pub fn with_latency(mut self, latency: Option<StoreLatency>) -> Self {
+    pub fn with_latency(mut self, latency: Option<Arc<dyn TxTimer>>) -> Self {
         self.latency = latency;
         self
     }
@@ -59,7 +57,7 @@ impl<B: Backend> SqlStore<B> {
         let started = Instant::now();
         let result = self.backend.write(&mut body);
         if let Some(latency) = &self.latency {
-            latency.write(started);
+            latency.write(started.elapsed());
         }
         result
     }
@@ -71,7 +69,7 @@ impl<B: Backend> SqlStore<B> {
         let started = Instant::now();
         let result = self.backend.read(&mut body);
         if let Some(latency) = &self.latency {
-            latency.read(started);
+            latency.read(started.elapsed());
         }
         result
     }
@@ -121,7 +119,7 @@ pub(super) fn insert_audit(
     let source = e.source.map(|s| s.to_string());
     tx.exec(
         r#"INSERT INTO audit (at, event, host, "user", source, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"#,
-        args![now, e.event, e.host, e.user, source.as_ref(), e.detail.as_ref()],
+        args![now, e.event.name(), e.host, e.user, source.as_ref(), e.detail.as_ref()],
     )?;
     Ok(())
 }
@@ -140,7 +138,7 @@ fn outbox_row(r: &Row) -> Result<OutboxRow, StoreError> {
     })
 }
 
-/// The host's lockout state, as [`crate::lockout`] reads it.
+/// The host's lockout state, as [`crate::rules::lockout`] reads it.
 fn tally(tx: &mut dyn Tx, host_id: i64) -> Result<Tally, StoreError> {
     let r = tx.row(
         "SELECT lockout_threshold, CASE WHEN locked_at IS NULL THEN 0 ELSE 1 END,
@@ -155,6 +153,25 @@ fn tally(tx: &mut dyn Tx, host_id: i64) -> Result<Tally, StoreError> {
         decided: r.u32(2)?,
         pending: r.u32(3)?,
     })
+}
+
+/// Whether the user still holds the very grant a login (or a session's
+/// ticket) was made under: the same code record, and not revoked and
+/// granted again meanwhile (a new grant has a new generation).
+fn grant_is_current(
+    tx: &mut dyn Tx,
+    host_id: i64,
+    user_id: i64,
+    record: &[u8],
+    generation: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx
+        .opt_row(
+            "SELECT 1 FROM grants
+             WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
+            args![host_id, user_id, record, generation],
+        )?
+        .is_some())
 }
 
 fn user_pending(tx: &mut dyn Tx, host_id: i64, user_id: i64) -> Result<u32, StoreError> {
@@ -196,16 +213,10 @@ fn settle_one(
     let (host_id, user_id, host, user) = (r.int(0)?, r.int(1)?, r.text(2)?, r.text(3)?);
     let source: Option<IpAddr> = r.text(4)?.parse().ok();
     let (record, generation) = (r.opt_blob(5)?, r.opt_int(6)?);
-    // The very grant the attempt was reserved under: the same code record,
-    // and not revoked and granted again meanwhile.
     let grant_current = match (&record, generation) {
-        (Some(record), Some(generation)) => tx
-            .opt_row(
-                "SELECT 1 FROM grants
-                 WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
-                args![host_id, user_id, record, generation],
-            )?
-            .is_some(),
+        (Some(record), Some(generation)) => {
+            grant_is_current(tx, host_id, user_id, record, generation)?
+        }
         _ => false,
     };
     let before = tally(tx, host_id)?;
@@ -213,16 +224,16 @@ fn settle_one(
     let settlement = lockout::settle(proof, grant_current, &before);
     let (after, locks) = lockout::after_settling(&before, settlement, user_before);
     let (state, event_name, detail) = match settlement {
-        Settlement::Success => ("success", "login-ok", None),
-        Settlement::Failure => ("failed", "login-failed", Some(detail.to_string())),
+        Settlement::Success => ("success", AuditEvent::LoginOk, None),
+        Settlement::Failure => ("failed", AuditEvent::LoginFailed, Some(detail.to_string())),
         Settlement::Void(VoidReason::GrantGone) => (
             "refused",
-            "login-refused",
+            AuditEvent::LoginRefused,
             Some("right code, but the grant was revoked or its code replaced meanwhile".into()),
         ),
         Settlement::Void(VoidReason::Locked) => (
             "refused",
-            "login-refused",
+            AuditEvent::LoginRefused,
             Some("right code, but the host was locked meanwhile".into()),
         ),
     };
@@ -255,7 +266,7 @@ fn settle_one(
         let e = Event {
             source,
             detail: Some(format!("session {session}")),
-            ..event("session-start", Some(&host), Some(&user))
+            ..event(AuditEvent::SessionStart, Some(&host), Some(&user))
         };
         insert_audit(tx, &e, now)?;
     }
@@ -296,7 +307,7 @@ fn end_session(
     )?;
     let e = Event {
         detail: Some(format!("session {id}: {reason}")),
-        ..event("session-end", Some(&host), Some(&user))
+        ..event(AuditEvent::SessionEnd, Some(&host), Some(&user))
     };
     insert_audit(tx, &e, now)?;
     if how == SessionEnd::Final {
@@ -332,7 +343,7 @@ fn lock_host(
             "{} failed attempts (threshold {}): {cause}",
             tally.decided, tally.threshold
         )),
-        ..event("host-locked", Some(host), user)
+        ..event(AuditEvent::HostLocked, Some(host), user)
     };
     insert_audit(tx, &e, now)?;
     enqueue_for_owner(tx, host_id, now, |owner| {
@@ -381,7 +392,7 @@ fn owner_of(tx: &mut dyn Tx, host_id: i64) -> Result<String, StoreError> {
 
 /// An admin change's audit row: who made it, and from where.
 fn by_admin<'a>(
-    event: &'a str,
+    event: AuditEvent,
     host: Option<&'a str>,
     user: Option<&'a str>,
     by: &Actor,
@@ -395,12 +406,13 @@ fn by_admin<'a>(
     }
 }
 
-fn event<'a>(event: &'a str, host: Option<&'a str>, user: Option<&'a str>) -> Event<'a> {
+fn event<'a>(event: AuditEvent, host: Option<&'a str>, user: Option<&'a str>) -> Event<'a> {
     Event {
         event,
         host,
         user,
-        ..Default::default()
+        source: None,
+        detail: None,
     }
 }
 
@@ -455,7 +467,12 @@ fn grant_in(
     }
     insert_audit(
         tx,
-        &by_admin("grant", Some(host.as_str()), Some(user.as_str()), by),
+        &by_admin(
+            AuditEvent::Grant,
+            Some(host.as_str()),
+            Some(user.as_str()),
+            by,
+        ),
         now,
     )?;
     enqueue_for_owner(tx, host_id, now, |owner| {
@@ -484,7 +501,12 @@ fn revoke_in(
     }
     insert_audit(
         tx,
-        &by_admin("revoke", Some(host.as_str()), Some(user.as_str()), by),
+        &by_admin(
+            AuditEvent::Revoke,
+            Some(host.as_str()),
+            Some(user.as_str()),
+            by,
+        ),
         now,
     )?;
     enqueue_for_owner(tx, host_id, now, |owner| {
@@ -610,7 +632,13 @@ impl<B: Backend> Store for SqlStore<B> {
                                 .row(
                                     "INSERT INTO hosts (name, owner_id, lockout_threshold, created_at)
                                      VALUES (?1, ?2, ?3, ?4) RETURNING id",
-                                    args![name, owner_id, (*lockout_threshold).max(1), now],
+                                    args![
+                                        name,
+                                        owner_id,
+                                        lockout::checked_threshold(*lockout_threshold)
+                                            .map_err(StoreError::Refused)?,
+                                        now
+                                    ],
                                 )?
                                 .int(0)?;
                             tx.exec(
@@ -644,7 +672,7 @@ impl<B: Backend> Store for SqlStore<B> {
                     by.detail()
                 )),
                 ..by_admin(
-                    "invite-created",
+                    AuditEvent::InviteCreated,
                     (kind_text == "host").then_some(name),
                     (kind_text == "user").then_some(name),
                     by,
@@ -692,7 +720,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 source: Some(source),
                 detail: Some(format!("device key {}", device_key.to_text())),
                 ..event(
-                    "enrolled",
+                    AuditEvent::Enrolled,
                     is_host.then_some(&name),
                     (!is_host).then_some(&name),
                 )
@@ -705,10 +733,11 @@ impl<B: Backend> Store for SqlStore<B> {
             None => {
                 self.audit(
                     Event {
-                        event: "enroll-refused",
+                        event: AuditEvent::EnrollRefused,
+                        host: None,
+                        user: None,
                         source: Some(source),
                         detail: Some("unknown, used or expired invite".into()),
-                        ..Default::default()
                     },
                     now,
                 )?;
@@ -788,11 +817,11 @@ impl<B: Backend> Store for SqlStore<B> {
             let admission = lockout::admit(&tally(tx, host_id)?, user_pending(tx, host_id, user_id)?);
             match admission {
                 Admission::Locked => {
-                    insert_audit(tx, &ev("login-locked"), now)?;
+                    insert_audit(tx, &ev(AuditEvent::LoginLocked), now)?;
                     Ok(Reservation::Locked)
                 }
                 Admission::Busy => {
-                    insert_audit(tx, &ev("login-busy"), now)?;
+                    insert_audit(tx, &ev(AuditEvent::LoginBusy), now)?;
                     Ok(Reservation::Busy)
                 }
                 Admission::Reserve => {
@@ -873,8 +902,8 @@ impl<B: Backend> Store for SqlStore<B> {
                 args![&record.id.0[..], host_id, record.ksf.as_str(), &record.record, now],
             )?;
             let (user_id, event_name) = match target {
-                CodeTarget::Owner => (owner_id, "code-changed"),
-                CodeTarget::Grant(user) => (user_id(tx, user.as_str())?, "code-reset"),
+                CodeTarget::Owner => (owner_id, AuditEvent::CodeChanged),
+                CodeTarget::Grant(user) => (user_id(tx, user.as_str())?, AuditEvent::CodeReset),
                 _ => return Err(StoreError::Refused("unknown code target".into())),
             };
             let is_owner = matches!(target, CodeTarget::Owner);
@@ -930,22 +959,29 @@ impl<B: Backend> Store for SqlStore<B> {
     fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<u32, StoreError> {
         self.write(|tx| {
             let (host_id, _) = host_ids(tx, host.as_str())?;
-            tx.exec(
-                "UPDATE hosts SET locked_at = NULL WHERE id = ?1",
-                args![host_id],
+            let after = lockout::unlocked(&tally(tx, host_id)?);
+            if !after.locked {
+                tx.exec(
+                    "UPDATE hosts SET locked_at = NULL WHERE id = ?1",
+                    args![host_id],
+                )?;
+            }
+            if after.decided == 0 {
+                tx.exec(
+                    "DELETE FROM user_failures WHERE host_id = ?1",
+                    args![host_id],
+                )?;
+            }
+            insert_audit(
+                tx,
+                &by_admin(AuditEvent::Unlock, Some(host.as_str()), None, by),
+                now,
             )?;
-            tx.exec(
-                "DELETE FROM user_failures WHERE host_id = ?1",
-                args![host_id],
-            )?;
-            insert_audit(tx, &by_admin("unlock", Some(host.as_str()), None, by), now)?;
-            // Attempts still pending stay counted until they are settled.
-            Ok(tally(tx, host_id)?.count())
+            Ok(after.count())
         })
     }
 
-    fn set_presence(&self, changes: &[(HostName, bool)]) -> Result<(), StoreError> {
-        let now = crate::now_unix();
+    fn set_presence(&self, changes: &[(HostName, bool)], now: UnixTime) -> Result<(), StoreError> {
         let me = self.relay.as_deref();
         self.write(|tx| {
             for (host, online) in changes {
@@ -968,8 +1004,8 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
-    fn reclaim_hosts(&self, hosts: &[HostName]) -> Result<(), StoreError> {
-        let (now, me) = (crate::now_unix(), self.relay.as_deref());
+    fn reclaim_hosts(&self, hosts: &[HostName], now: UnixTime) -> Result<(), StoreError> {
+        let me = self.relay.as_deref();
         self.write(|tx| {
             for host in hosts {
                 tx.exec(
@@ -982,14 +1018,14 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 
-    fn clear_online(&self) -> Result<(), StoreError> {
+    fn clear_online(&self, now: UnixTime) -> Result<(), StoreError> {
         let me = self.relay.as_deref();
         self.write(|tx| {
             tx.exec(
                 "UPDATE hosts SET online = 0, relay_id = NULL,
                  last_seen = CASE WHEN online = 1 THEN ?1 ELSE last_seen END
                  WHERE online = 1 AND (relay_id = ?2 OR relay_id IS NULL OR ?2 IS NULL)",
-                args![crate::now_unix(), me],
+                args![now, me],
             )?;
             Ok(())
         })
@@ -1080,13 +1116,7 @@ impl<B: Backend> Store for SqlStore<B> {
             if expires_at <= now {
                 return Ok(Err("the resume ticket expired"));
             }
-            let grant_current = tx
-                .opt_row(
-                    "SELECT 1 FROM grants
-                     WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
-                    args![host_id, user_id, &record, generation],
-                )?
-                .is_some();
+            let grant_current = grant_is_current(tx, host_id, user_id, &record, generation)?;
             // The ticket proves what the login's right code did; the rule
             // decides as for a verdict.
             let refused =
@@ -1100,7 +1130,7 @@ impl<B: Backend> Store for SqlStore<B> {
                     source: Some(source),
                     detail: Some(format!("session {old}: {why}")),
                     ..event(
-                        "session-resume-refused",
+                        AuditEvent::SessionResumeRefused,
                         Some(host.as_str()),
                         Some(user.as_str()),
                     )
@@ -1128,7 +1158,11 @@ impl<B: Backend> Store for SqlStore<B> {
             let e = Event {
                 source: Some(source),
                 detail: Some(format!("session {id} continues session {old}")),
-                ..event("session-resume", Some(host.as_str()), Some(user.as_str()))
+                ..event(
+                    AuditEvent::SessionResume,
+                    Some(host.as_str()),
+                    Some(user.as_str()),
+                )
             };
             insert_audit(tx, &e, now)?;
             Ok(Ok(record))
@@ -1247,7 +1281,7 @@ impl<B: Backend> Store for SqlStore<B> {
             )?;
             insert_audit(
                 tx,
-                &by_admin("email-changed", None, Some(user.as_str()), by),
+                &by_admin(AuditEvent::EmailChanged, None, Some(user.as_str()), by),
                 now,
             )
         })
@@ -1280,13 +1314,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 )?;
             }
             if let Some(threshold) = lockout_threshold {
-                if !lockout::THRESHOLDS.contains(&threshold) {
-                    return Err(StoreError::Refused(format!(
-                        "the lockout threshold must be {} to {}",
-                        lockout::THRESHOLDS.start(),
-                        lockout::THRESHOLDS.end()
-                    )));
-                }
+                lockout::checked_threshold(threshold).map_err(StoreError::Refused)?;
                 tx.exec(
                     "UPDATE hosts SET lockout_threshold = ?1 WHERE id = ?2",
                     args![threshold, host_id],
@@ -1318,7 +1346,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 tx,
                 &Event {
                     detail: Some(detail),
-                    ..by_admin("policy", Some(host.as_str()), None, by)
+                    ..by_admin(AuditEvent::Policy, Some(host.as_str()), None, by)
                 },
                 now,
             )
@@ -1469,7 +1497,7 @@ impl<B: Backend> Store for SqlStore<B> {
             )?;
             let e = Event {
                 detail: Some(format!("session {session}")),
-                ..event("reboot", Some(host.as_str()), Some(user.as_str()))
+                ..event(AuditEvent::Reboot, Some(host.as_str()), Some(user.as_str()))
             };
             insert_audit(tx, &e, now)
         })
@@ -1511,8 +1539,8 @@ impl<B: Backend> Store for SqlStore<B> {
                 )?;
             }
             let (name, detail) = match &verdict {
-                Ok(session) => ("resume", format!("session {session}")),
-                Err(why) => ("resume-refused", (*why).to_string()),
+                Ok(session) => (AuditEvent::Resume, format!("session {session}")),
+                Err(why) => (AuditEvent::ResumeRefused, (*why).to_string()),
             };
             let e = Event {
                 source: Some(source),
@@ -1548,7 +1576,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 detail: Some(format!(
                     "connected from {newer} while connected from {older}; the newer was refused"
                 )),
-                ..event("host-key-twice", Some(host.as_str()), None)
+                ..event(AuditEvent::HostKeyTwice, Some(host.as_str()), None)
             };
             insert_audit(tx, &e, now)?;
             enqueue_for_owner(tx, host_id, now, |owner| {

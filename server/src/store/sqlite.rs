@@ -189,7 +189,7 @@ CREATE TABLE admins (
     created_at INTEGER NOT NULL
 );
 "#,
-    // Several relays on one store (issue 14): each serving relay's
+    // Several relays on one store (SPEC M2): each serving relay's
     // heartbeat, and whose attempts and sessions are whose.
     r#"
 CREATE TABLE relays (
@@ -200,13 +200,13 @@ CREATE TABLE relays (
 ALTER TABLE attempts ADD COLUMN relay_id TEXT;
 ALTER TABLE sessions ADD COLUMN relay_id TEXT;
 "#,
-    // Several relays serving at once (issue 14, M3): where each relay is
+    // Several relays serving at once (SPEC M3): where each relay is
     // reached, and which relay holds each online host.
     r#"
 ALTER TABLE relays ADD COLUMN addr TEXT;
 ALTER TABLE hosts ADD COLUMN relay_id TEXT;
 "#,
-    // Sessions that outlive their relay (issue 14, M5): each live
+    // Sessions that outlive their relay (SPEC M5): each live
     // session's latest resume ticket, by digest, single-use.
     r#"
 CREATE TABLE session_tickets (
@@ -346,7 +346,7 @@ impl EventFeed for SqliteFeed {
 }
 
 /// Statements go through SQLite's statement cache: parsing each anew took
-/// about 9 % of the relay's CPU per login (issue 16).
+/// about 9 % of the relay's CPU per login.
 struct SqliteTx<'c>(&'c Connection);
 
 impl ToSql for Value<'_> {

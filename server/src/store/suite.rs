@@ -6,7 +6,7 @@
 //! interleavings of reservations, verdicts (right or wrong code), revokes
 //! and re-grants, code changes, unlocks, sweeps of stale attempts and
 //! crashes, by three users of one host. The model is written as plainly as
-//! possible and does not call `crate::lockout`.
+//! possible and does not call `crate::rules::lockout`.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -18,8 +18,8 @@ use latchkey_protocol::{
 };
 use proptest::prelude::*;
 
-use super::{Actor, AttemptId, Event, InviteKind, SessionEnd, Store, SweptRelays};
-use crate::lockout::{Proof, Settlement, VoidReason};
+use super::{Actor, AttemptId, AuditEvent, Event, InviteKind, SessionEnd, Store, SweptRelays};
+use crate::rules::lockout::{Proof, Settlement, VoidReason};
 
 const THRESHOLD: u32 = 3;
 /// Users: 0 owns the host, 1 and 2 hold grants (at first).
@@ -224,7 +224,7 @@ pub(crate) fn lowering_the_threshold_to_the_failures_counted_locks_at_once(store
 pub(crate) fn audit_rows_are_pruned_by_age(store: &dyn Store) {
     let (_, host, _) = alice_owns_mypc(store, 3);
     let event = |detail: &str| Event {
-        event: "login-refused",
+        event: AuditEvent::LoginRefused,
         host: Some(host.as_str()),
         user: Some("carol"),
         source: None,
@@ -404,7 +404,7 @@ pub(crate) type Open<'a> = &'a (dyn Fn() -> Box<dyn Store> + Sync);
 
 /// Wrong codes for one host from many connections at once, by many grant
 /// holders: exactly `threshold` attempts are evaluated, every one of them
-/// fails, and the host ends locked (SPEC S6, S7; issue 14's M2).
+/// fails, and the host ends locked (SPEC S6, S7, M2).
 pub(crate) fn attempts_from_many_connections_at_once_evaluate_exactly_the_threshold(
     open: Open<'_>,
 ) {
@@ -553,7 +553,7 @@ pub(crate) fn the_event_feed_sees_other_connections_commits_in_order(open: Open<
     let mut feed = store.event_feed().expect("feed");
     let other = open();
     let event = |detail: &str| Event {
-        event: "test-event",
+        event: AuditEvent::Policy,
         host: Some(host.as_str()),
         user: None,
         source: None,
@@ -745,7 +745,8 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         "known"
     );
     // The host's agent is on A: B sends its logins there, A keeps them.
-    a.set_presence(&[(host.clone(), true)]).expect("presence");
+    a.set_presence(&[(host.clone(), true)], 1)
+        .expect("presence");
     assert_eq!(
         b.host_elsewhere(&host, 0).expect("where").as_deref(),
         Some("a.example:4433")
@@ -823,20 +824,22 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
     assert!(!b.host_status(&host).expect("status").online);
     assert!(a.heartbeat("a.example:4433", 41).expect("heartbeat"));
     // A late "offline" from A does not undo the host's arrival on B.
-    b.set_presence(&[(host.clone(), true)]).expect("presence");
-    a.set_presence(&[(host.clone(), false)]).expect("presence");
+    b.set_presence(&[(host.clone(), true)], 1)
+        .expect("presence");
+    a.set_presence(&[(host.clone(), false)], 2)
+        .expect("presence");
     assert!(b.host_status(&host).expect("status").online);
     assert_eq!(
         a.host_elsewhere(&host, 0).expect("where").as_deref(),
         Some("b.example:4433")
     );
-    a.clear_online().expect("clear");
+    a.clear_online(3).expect("clear");
     assert!(
         b.host_status(&host).expect("status").online,
         "A cleared B's host"
     );
     // Nor does A reclaiming its hosts, once it finds itself forgotten.
-    a.reclaim_hosts(std::slice::from_ref(&host))
+    a.reclaim_hosts(std::slice::from_ref(&host), 4)
         .expect("reclaim");
     assert_eq!(
         a.host_elsewhere(&host, 0).expect("where").as_deref(),

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use latchkey_server::test_postgres::{start_or_skip, TestPostgres};
+use latchkey_server::testing::postgres::{start_or_skip, TestPostgres};
 use latchkey_tests::{unlimited, Relay, World};
 
 use crate::{

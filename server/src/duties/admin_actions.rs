@@ -1,0 +1,125 @@
+//! Admin actions made anywhere (this relay's console, another relay, the
+//! admin CLI) reach this relay's live sessions through the store's feed of
+//! audit rows: a revoke ends the user's sessions on the host within a tick
+//! (SPEC S4, M4), whatever the mail server does; a device enrolled again
+//! loses what its old key holds here.
+
+use std::{sync::Arc, time::Duration};
+
+use tracing::{info, warn};
+
+use crate::{
+    error::logged_store_call,
+    state::Shared,
+    store::{AuditEvent, AuditRow, Store, StoreError},
+};
+
+/// How often the relay looks for admin actions.
+const TICK: Duration = Duration::from_millis(200);
+
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Option<T> {
+    logged_store_call(&shared.store, f).await
+}
+
+/// Waits a moment before trying the store again; `true` if the relay is
+/// stopping meanwhile.
+async fn paused(shared: &Shared) -> bool {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => true,
+        _ = tokio::time::sleep(TICK * 5) => false,
+    }
+}
+
+/// Applies admin actions made outside the relay (the admin CLI) to live
+/// sessions, until shutdown. The feed picks up where it stopped after an
+/// error, so it is opened again only if its task was lost.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut feed = None;
+    loop {
+        let mut current = match feed.take() {
+            Some(current) => current,
+            None => match blocking(&shared, |s| s.event_feed()).await {
+                Some(new) => new,
+                None if paused(&shared).await => return,
+                None => continue,
+            },
+        };
+        let next = tokio::task::spawn_blocking(move || {
+            let events = current.next(TICK);
+            (current, events)
+        });
+        let (current, events) = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return,
+            joined = next => match joined {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!("the audit feed's task failed ({e}); opening it again");
+                    continue;
+                }
+            },
+        };
+        feed = Some(current);
+        match events {
+            Ok(events) => {
+                for event in &events {
+                    end_revoked_sessions(&shared, event);
+                    if event.is(AuditEvent::Enrolled) {
+                        end_replaced_device(&shared, event).await;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("reading the audit log: {e}");
+                if paused(&shared).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A revoke ends the user's live sessions on the host.
+fn end_revoked_sessions(shared: &Shared, event: &AuditRow) {
+    if !event.is(AuditEvent::Revoke) {
+        return;
+    }
+    if let (Some(host), Some(user)) = (&event.host, &event.user) {
+        let ended = shared.sessions.end(
+            host,
+            user,
+            &format!("your shared access to '{host}' was revoked"),
+        );
+        if ended > 0 {
+            info!(%host, %user, sessions = ended, "revoked: live sessions ended");
+        }
+    }
+}
+
+/// A device enrolled again, at any relay of the store: what its old key
+/// holds here ends. The key it has now is read from the store (the audit
+/// row may be older than a later enrolment).
+async fn end_replaced_device(shared: &Arc<Shared>, event: &AuditRow) {
+    let (name, is_host) = match (&event.host, &event.user) {
+        (Some(host), _) => (host.clone(), true),
+        (None, Some(user)) => (user.clone(), false),
+        (None, None) => return,
+    };
+    let key = if is_host {
+        let Ok(host) = name.parse::<latchkey_protocol::ids::HostName>() else {
+            return;
+        };
+        blocking(shared, move |s| s.host_key(&host)).await
+    } else {
+        let Ok(user) = name.parse::<latchkey_protocol::ids::UserName>() else {
+            return;
+        };
+        blocking(shared, move |s| s.user_key(&user)).await
+    };
+    if let Some(Some(key)) = key {
+        shared.device_replaced(&name, is_host, &key);
+    }
+}

@@ -1,0 +1,246 @@
+//! The relay's live sessions, so admin actions reach them (SPEC S4).
+//!
+//! A login registers its session *before* its verdict commits: a revoke
+//! that commits after the verdict then always finds the session here (the
+//! relay hears of admin actions after they commit), and a revoke that
+//! commits before the verdict makes the verdict refuse (the store checks
+//! the grant in the verdict's transaction). A [`SessionEntry`] leaves the
+//! map when dropped, and records the session's end if it had started, so
+//! the map holds exactly the sessions that are alive.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+use latchkey_protocol::ids::{HostName, PublicKey, RecordId, SessionId, UserName};
+use tokio::sync::watch;
+
+use crate::{login::settle::Settler, store::SessionEnd};
+
+struct Live {
+    user: UserName,
+    host: HostName,
+    /// The device key the session was opened with.
+    user_key: PublicKey,
+    /// Set to the reason when the relay ends the session.
+    end: watch::Sender<Option<String>>,
+}
+
+/// Every live session of this relay.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<SessionId, Live>>,
+}
+
+impl Sessions {
+    fn map(&self) -> MutexGuard<'_, HashMap<SessionId, Live>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new session's id: random, so it says nothing and cannot be guessed.
+    pub(crate) fn new_id() -> SessionId {
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        SessionId(id)
+    }
+
+    /// Registers a session about to be decided.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        settler: &Settler,
+        id: SessionId,
+        user: UserName,
+        host: HostName,
+        intro: Intro,
+    ) -> SessionEntry {
+        let (end, ended) = watch::channel(None);
+        self.map().insert(
+            id,
+            Live {
+                user: user.clone(),
+                host: host.clone(),
+                user_key: intro.user_key,
+                end,
+            },
+        );
+        SessionEntry {
+            sessions: self.clone(),
+            settler: settler.clone(),
+            id,
+            user,
+            host,
+            ended,
+            intro,
+            traffic: Arc::default(),
+            started: false,
+            reason: "client left".into(),
+            how: SessionEnd::Final,
+            counted: None,
+        }
+    }
+
+    /// Ends the live sessions that `matches` picks; returns how many.
+    fn end_where(&self, reason: &str, matches: impl Fn(&Live) -> bool) -> usize {
+        let map = self.map();
+        let mut ended = 0;
+        for live in map.values().filter(|l| matches(l)) {
+            live.end.send_replace(Some(reason.to_string()));
+            ended += 1;
+        }
+        ended
+    }
+
+    /// Ends every live session of `user` on `host`.
+    pub(crate) fn end(&self, host: &str, user: &str, reason: &str) -> usize {
+        self.end_where(reason, |l| {
+            l.host.as_str() == host && l.user.as_str() == user
+        })
+    }
+
+    /// Ends every live session of `user` not opened with `key` (their
+    /// device was enrolled again with that key).
+    pub(crate) fn end_user_except(&self, user: &str, key: &PublicKey, reason: &str) -> usize {
+        self.end_where(reason, |l| l.user.as_str() == user && l.user_key != *key)
+    }
+
+    /// Sessions alive now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+/// One registered session: leaves the map when dropped, and records its end
+/// in the store if the verdict started it.
+pub(crate) struct SessionEntry {
+    sessions: Arc<Sessions>,
+    settler: Settler,
+    pub(crate) id: SessionId,
+    pub(crate) user: UserName,
+    pub(crate) host: HostName,
+    /// Changes when the relay ends the session.
+    pub(crate) ended: watch::Receiver<Option<String>>,
+    /// What the relay introduces to the two ends for their handshake.
+    pub(crate) intro: Intro,
+    /// What the session's channels moved (recorded with its end).
+    pub(crate) traffic: Arc<Traffic>,
+    started: bool,
+    reason: String,
+    /// Whether the session is over, or continues on another relay.
+    how: SessionEnd,
+    /// Counts the session in the metrics while it lives, once started.
+    counted: Option<crate::metrics::Open>,
+}
+
+impl SessionEntry {
+    /// The verdict committed the session (its `session-start` is audited):
+    /// from now on dropping the entry records `session-end`.
+    pub(crate) fn started(&mut self) {
+        self.started = true;
+    }
+
+    /// Counts the started session in the metrics until the entry drops.
+    pub(crate) fn count_in(&mut self, open: crate::metrics::Open) {
+        self.counted = Some(open);
+    }
+
+    /// Why the session ends, for the audit.
+    pub(crate) fn ending_because(&mut self, reason: impl Into<String>) {
+        self.reason = reason.into();
+        self.how = SessionEnd::Final;
+    }
+
+    /// The session leaves this relay but goes on: its client resumes it
+    /// elsewhere with its ticket (the relay stops, or the host moved).
+    pub(crate) fn handing_over(&mut self, reason: impl Into<String>) {
+        self.reason = reason.into();
+        self.how = SessionEnd::Continues;
+    }
+}
+
+/// The keys the relay introduces for a session's end-to-end handshake
+/// (see `latchkey_protocol::e2e`): the user's device key to the host, and
+/// the code record the login used to both.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Intro {
+    pub(crate) user_key: PublicKey,
+    pub(crate) record: RecordId,
+}
+
+/// What a session's channels moved: all the relay can know of them, since
+/// it splices sealed records (the host keeps the channel log).
+#[derive(Default, Debug)]
+pub(crate) struct Traffic {
+    channels: AtomicU64,
+    to_host: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Traffic {
+    /// Counts one channel opened.
+    pub(crate) fn channel(&self) {
+        self.channels.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the bytes one channel moved each way.
+    pub(crate) fn moved(&self, to_host: u64, to_client: u64) {
+        self.to_host.fetch_add(to_host, Ordering::Relaxed);
+        self.to_client.fetch_add(to_client, Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} channels, {} bytes to the host, {} to the client",
+            self.channels.load(Ordering::Relaxed),
+            self.to_host.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl Drop for SessionEntry {
+    fn drop(&mut self) {
+        self.sessions.map().remove(&self.id);
+        if self.started {
+            let reason = format!("{} ({})", self.reason, self.traffic.summary());
+            self.settler.session_ended(self.id, reason, self.how);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_entry_leaves_the_map_when_dropped_and_sees_an_end_sent_before_it_listens() {
+        let sessions = Arc::new(Sessions::default());
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::SqliteStore::in_memory().unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let (settler, _settling) =
+            Settler::spawn(store, std::time::Duration::from_secs(1), metrics);
+        let mut entry = sessions.register(
+            &settler,
+            SessionId([1; 16]),
+            "bob".parse().unwrap(),
+            "mypc".parse().unwrap(),
+            Intro {
+                user_key: PublicKey([1; 32]),
+                record: RecordId([2; 16]),
+            },
+        );
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions.end("mypc", "bob", "revoked"), 1);
+        assert_eq!(sessions.end("mypc", "alice", "revoked"), 0);
+        // The end was sent before anyone listened: it is still seen.
+        entry.ended.changed().await.unwrap();
+        assert_eq!(entry.ended.borrow().as_deref(), Some("revoked"));
+        drop(entry);
+        assert_eq!(sessions.len(), 0);
+    }
+}
