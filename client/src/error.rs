@@ -1,12 +1,12 @@
 //! The one error type of the `latchkey` commands (user and host alike):
 //! what failed is the identity files, the enrolment or the relay, and each
-//! says what to do.
+//! says what to do. (A session's channel errors convert to it where they
+//! are defined, in `user/remote/error.rs`.)
 
 use latchkey_protocol::HandshakeError;
 
 use crate::{
-    config::ConfigError, enroll::EnrollError, net::NetError, user::e2e::E2eError,
-    user::remote::ChannelError, wire::WireError,
+    config::ConfigError, enroll::EnrollError, net::NetError, user::e2e::E2eError, wire::WireError,
 };
 
 /// Errors of `latchkey` commands.
@@ -35,14 +35,5 @@ impl From<WireError> for CommandError {
 impl From<HandshakeError> for CommandError {
     fn from(e: HandshakeError) -> Self {
         Self::Net(e.into())
-    }
-}
-
-impl From<ChannelError> for CommandError {
-    fn from(e: ChannelError) -> Self {
-        match e {
-            ChannelError::Net(n) => Self::Net(n),
-            ChannelError::Refused(why) => Self::Net(NetError::Local(why)),
-        }
     }
 }

@@ -1,22 +1,21 @@
 //! `latchkey`: reach your hosts through a Latchkey relay, or run the agent
-//! on a host. A thin clap shell over the library.
+//! on a host. A thin clap shell over the library: this file defines the
+//! command line and sends each command to its handling in `cli/`.
+
+mod cli;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use latchkey_client::{
-    code,
     config::Home,
     host,
-    user::{self, copy::CopySpec, forward::ForwardSpec, remote::Remote},
+    user::{self, forward::ForwardSpec},
 };
 use latchkey_protocol::{
-    frame::CodeTarget,
     ids::{HostName, UserName},
     ksf::KsfProfile,
 };
-use tokio_util::sync::CancellationToken;
 
 /// Reach your computers through a Latchkey relay.
 #[derive(Debug, Parser)]
@@ -224,8 +223,8 @@ impl CodeInput {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    user::remote::set_resume_wait(std::time::Duration::from_secs(cli.resume_wait));
+    let args = Cli::parse();
+    user::remote::set_resume_wait(std::time::Duration::from_secs(args.resume_wait));
     let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -240,7 +239,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(args));
     // Do not wait for a blocked read of the terminal.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
@@ -252,20 +251,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs in to `host` (asking for the code once) and waits for the pairing.
-async fn open(home: &Home, host: &HostName, code: &LoginCode) -> anyhow::Result<Remote> {
-    let access = code::for_login(code.code_stdin, host.as_str())?;
-    Ok(Remote::open(home, host, access).await?)
-}
-
-/// An exit status as a process exit code.
-fn exit_code(status: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(status).unwrap_or(255))
-}
-
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Host(HostCommand::FileHelper { op }) = &cli.command {
-        // The agent shows the user this line as it is.
+/// Runs one command (its handling is in `cli/`).
+async fn run(args: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Host(HostCommand::FileHelper { op }) = &args.command {
         let done = match op {
             FileOp::Read { path } => host::file_helper::read(path).await,
             FileOp::Write {
@@ -275,264 +263,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mode,
             } => host::file_helper::write(path, name, *size, *mode).await,
         };
-        return Ok(match done {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(why) => {
-                eprintln!("{why}");
-                ExitCode::FAILURE
-            }
-        });
+        return Ok(cli::host::file_helper_exit(done));
     }
-    let home = Home::locate(cli.home);
-    match cli.command {
-        Command::Enroll { token } => {
-            let name = user::enroll(&home, &token).await?;
-            println!(
-                "enrolled as user '{name}' (identity in {})",
-                home.path.display()
-            );
-        }
+    let home = Home::locate(args.home);
+    match args.command {
+        Command::Enroll { token } => cli::user::enroll(&home, &token).await,
         Command::Hosts {
             forget: Some(host), ..
-        } => {
-            let (cfg, _) = home.user()?;
-            if home.forget_host_key(&cfg.pin, &host)? {
-                println!("forgot the pinned key of '{host}'; the next connection pins the key it is offered");
-            } else {
-                println!("no key was pinned for '{host}'");
-            }
-        }
+        } => cli::user::forget_host_key(&home, &host),
         Command::Hosts {
             keys: true, json, ..
-        } => {
-            let (cfg, _) = home.user()?;
-            let mut pinned = home.known_hosts()?;
-            pinned.retain(|(relay, _, _)| *relay == cfg.pin);
-            if json {
-                let rows: Vec<_> = pinned
-                    .iter()
-                    .map(|(_, host, key)| {
-                        serde_json::json!({ "host": host.as_str(), "fingerprint": key.fingerprint() })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{:<24} FINGERPRINT", "HOST");
-                for (_, host, key) in pinned {
-                    println!("{:<24} {}", host, key.fingerprint());
-                }
-            }
-        }
-        Command::Hosts { json, .. } => {
-            let hosts = user::hosts(&home).await?;
-            if json {
-                let rows: Vec<_> = hosts
-                    .iter()
-                    .map(|h| {
-                        serde_json::json!({
-                            "host": h.name.as_str(), "owner": h.owner.as_str(),
-                            "online": h.online, "locked": h.locked, "owner_access": h.is_owner,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:<24} {:<16} {:<8} {:<8} ACCESS",
-                    "HOST", "OWNER", "ONLINE", "LOCKED"
-                );
-                for h in hosts {
-                    let yes = |b| if b { "yes" } else { "no" };
-                    let access = if h.is_owner { "owner" } else { "shared" };
-                    println!(
-                        "{:<24} {:<16} {:<8} {:<8} {access}",
-                        h.name,
-                        h.owner,
-                        yes(h.online),
-                        yes(h.locked)
-                    );
-                }
-            }
-        }
-        Command::Connect { host, code } => {
-            let remote = open(&home, &host, &code).await?;
-            let status = tokio::select! {
-                status = user::shell::connect(&remote) => status,
-                // A closed terminal (SIGHUP) or SIGTERM: the terminal's
-                // mode is restored as the shell's future drops, and
-                // closing tells the host at once, which hangs up the shell.
-                code = interrupted() => {
-                    remote.close().await;
-                    return Ok(ExitCode::from(code));
-                }
-            };
-            remote.close().await;
-            return Ok(exit_code(status?));
-        }
+        } => cli::user::pinned_keys(&home, json),
+        Command::Hosts { json, .. } => cli::user::hosts(&home, json).await,
+        Command::Connect { host, code } => cli::user::connect(&home, &host, code.code_stdin).await,
         Command::Exec {
             host,
             code,
             command,
-        } => {
-            let remote = open(&home, &host, &code).await?;
-            let status = tokio::select! {
-                status = user::exec::exec(&remote, command) => status,
-                code = interrupted() => {
-                    // Closing tells the host at once: it hangs up the command.
-                    remote.close().await;
-                    return Ok(ExitCode::from(code));
-                }
-            };
-            remote.close().await;
-            return Ok(exit_code(status?));
-        }
+        } => cli::user::exec(&home, &host, code.code_stdin, command).await,
         Command::Forward { host, spec, code } => {
-            let remote = std::sync::Arc::new(open(&home, &host, &code).await?);
-            let target = spec.target.clone();
-            let ended = tokio::select! {
-                r = user::forward::forward(remote.clone(), &spec, |local| {
-                    println!("forwarding {local} -> {target} via {host} (Ctrl-C to stop)");
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
-                }) => r?,
-                _ = shutdown_signal() => {
-                    remote.close().await;
-                    return Ok(ExitCode::SUCCESS);
-                }
-            };
-            anyhow::bail!("session ended: {ended}");
+            cli::user::forward(&home, &host, &spec, code.code_stdin).await
         }
-        Command::Reboot { host, code } => {
-            let remote = open(&home, &host, &code).await?;
-            if let Err(e) = remote.request_reboot().await {
-                // End the session now, not at the relay's idle timeout.
-                remote.close().await;
-                return Err(e.into());
-            }
-            eprintln!("{host} is rebooting…");
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let waited = remote
-                .wait_if_rebooting(|t| {
-                    if tty {
-                        eprint!("\rwaiting for {host}: {} s", t.as_secs());
-                    }
-                })
-                .await;
-            remote.close().await;
-            let waited = waited?;
-            eprintln!("\r{host} is back after {} s", waited.as_secs());
-        }
-        Command::Cp { src, dst, code } => {
-            let spec = CopySpec::parse(&src, &dst).map_err(anyhow::Error::msg)?;
-            let host: HostName = spec.host().parse()?;
-            let remote = open(&home, &host, &code).await?;
-            let copy = async {
-                match &spec {
-                    CopySpec::Upload {
-                        local,
-                        remote: path,
-                        ..
-                    } => user::copy::upload(&remote, local, path).await,
-                    CopySpec::Download {
-                        remote: path,
-                        local,
-                        ..
-                    } => user::copy::download(&remote, path, local).await,
-                }
-            };
-            // Interrupting drops the copy, whose partial file removes
-            // itself; closing the session makes the host remove its own.
-            let copied = tokio::select! {
-                copied = copy => copied,
-                code = interrupted() => {
-                    remote.close().await;
-                    eprintln!("interrupted: nothing copied");
-                    return Ok(ExitCode::from(code));
-                }
-            };
-            // End the session now, not at the relay's idle timeout.
-            remote.close().await;
-            let bytes = copied?;
-            eprintln!("copied {bytes} bytes, checksum verified");
-        }
+        Command::Reboot { host, code } => cli::user::reboot(&home, &host, code.code_stdin).await,
+        Command::Cp { src, dst, code } => cli::user::copy(&home, &src, &dst, code.code_stdin).await,
         Command::Host(HostCommand::Enroll {
             token,
             session_user,
-        }) => {
-            let name = host::enroll(&home, &token, session_user).await?;
-            println!(
-                "enrolled as host '{name}' (config in {})",
-                home.host_config_path().display()
-            );
-            println!("next: `latchkey host set-code`, then `latchkey host run`");
-        }
+        }) => cli::host::enroll(&home, &token, session_user).await,
         Command::Host(HostCommand::SetCode { input }) => {
-            let code = code::new_code(input.code_stdin)?;
-            host::set_code(&home, CodeTarget::Owner, code, input.ksf())
-                .await
-                .context("setting the access code")?;
-            println!("access code set; users granted shared access from now on inherit it");
+            cli::host::set_code(&home, input.code_stdin, input.ksf()).await
         }
         Command::Host(HostCommand::ResetCode { user, input }) => {
-            let code = code::new_code(input.code_stdin)?;
-            host::set_code(&home, CodeTarget::Grant(user.clone()), code, input.ksf())
-                .await
-                .with_context(|| format!("resetting the access code of '{user}'"))?;
-            println!(
-                "access code of '{user}' on this host reset; other users' codes are unchanged"
-            );
+            cli::host::reset_code(&home, &user, input.code_stdin, input.ksf()).await
         }
-        Command::Host(HostCommand::Info) => {
-            let (cfg, key) = home.host()?;
-            println!("host:        {}", cfg.host);
-            println!("relay:       {}", cfg.relays().join(", "));
-            println!("fingerprint: {}", key.public.fingerprint());
-        }
+        Command::Host(HostCommand::Info) => cli::host::info(&home),
         Command::Host(HostCommand::FileHelper { .. }) => unreachable!("handled first"),
-        Command::Host(HostCommand::Run) => {
-            let shutdown = CancellationToken::new();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                stop.cancel();
-            });
-            host::run(&home, shutdown).await?;
-        }
+        Command::Host(HostCommand::Run) => cli::host::run(&home).await,
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Waits for Ctrl-C, SIGTERM or SIGHUP (the terminal closed); returns the
-/// exit status a shell gives a command they end (128 + the signal's number).
-async fn interrupted() -> u8 {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            tokio::select! {
-                _ = term.recv() => return 143,
-                _ = hup.recv() => return 129,
-                _ = tokio::signal::ctrl_c() => return 130,
-            }
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    130
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

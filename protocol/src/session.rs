@@ -77,6 +77,41 @@ pub enum ChannelKind {
     },
 }
 
+impl ChannelKind {
+    /// The kind's name in logs and in the refusal of a kind a host does not
+    /// allow: "shell", "exec", "forward", "forward check" or "file copy".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Shell { .. } => "shell",
+            Self::Exec { .. } => "exec",
+            Self::Forward { .. } => "forward",
+            Self::ForwardCheck { .. } => "forward check",
+            Self::Upload { .. } | Self::Download { .. } => "file copy",
+        }
+    }
+
+    /// What the channel was asked to do, in one line of text (the host's
+    /// channel log): the terminal, the command, the target or the file.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Shell { term, cols, rows } => format!("{term} {cols}x{rows}"),
+            Self::Exec { argv } => argv.join(" "),
+            Self::Forward { target } | Self::ForwardCheck { target } => target.clone(),
+            Self::Upload {
+                path, name, size, ..
+            } => format!("{name} ({size} bytes) to {path}"),
+            Self::Download { path } => path.clone(),
+        }
+    }
+
+    /// Whether the channel carries bulk data (a copy), which the relay
+    /// queues behind interactive channels ([`ChannelRequest::Channel`]'s
+    /// `bulk`).
+    pub fn is_bulk(&self) -> bool {
+        matches!(self, Self::Upload { .. } | Self::Download { .. })
+    }
+}
+
 /// First frame of a stream the client opens in a session (client to
 /// relay, in the clear).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,4 +245,51 @@ pub enum ExecOut {
     Stderr(Vec<u8>),
     /// The command exited with this status (negative: killed by a signal).
     Exit(i32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_copies_are_bulk_and_each_kind_says_what_it_was_asked() {
+        let upload = ChannelKind::Upload {
+            path: "/tmp/".into(),
+            name: "a.txt".into(),
+            size: 3,
+            mode: 0o644,
+        };
+        let download = ChannelKind::Download {
+            path: "notes.txt".into(),
+        };
+        let shell = ChannelKind::Shell {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+        };
+        let exec = ChannelKind::Exec {
+            argv: vec!["ls".into(), "-l".into()],
+        };
+        let forward = ChannelKind::Forward {
+            target: "127.0.0.1:22".into(),
+        };
+        let check = ChannelKind::ForwardCheck {
+            target: "127.0.0.1:5900".into(),
+        };
+        let facts: Vec<_> = [&shell, &exec, &forward, &check, &upload, &download]
+            .into_iter()
+            .map(|k| (k.name(), k.is_bulk(), k.detail()))
+            .collect();
+        assert_eq!(
+            facts,
+            [
+                ("shell", false, "xterm 80x24".to_string()),
+                ("exec", false, "ls -l".into()),
+                ("forward", false, "127.0.0.1:22".into()),
+                ("forward check", false, "127.0.0.1:5900".into()),
+                ("file copy", true, "a.txt (3 bytes) to /tmp/".into()),
+                ("file copy", true, "notes.txt".into()),
+            ]
+        );
+    }
 }

@@ -18,10 +18,10 @@ use super::{
     account::SessionAccount,
     channels::{self, HostSide},
     e2e::Sessions,
-    HostError,
 };
 use crate::{
     config::{Home, HostConfig},
+    error::CommandError as HostError,
     net::{self, Control, NetError},
     wire,
 };

@@ -12,25 +12,10 @@ use latchkey_protocol::{
 };
 use tracing::warn;
 
-use super::channels::kind_name;
 use crate::config::Home;
 
 /// The log's file name in the agent's home.
 pub const CHANNEL_LOG: &str = "channels.log";
-
-/// What a channel was asked to do, in one line of text.
-fn detail(kind: &ChannelKind) -> String {
-    match kind {
-        ChannelKind::Shell { term, cols, rows } => format!("{term} {cols}x{rows}"),
-        ChannelKind::Exec { argv } => argv.join(" "),
-        ChannelKind::Forward { target } | ChannelKind::ForwardCheck { target } => target.clone(),
-        ChannelKind::Upload {
-            path, name, size, ..
-        } => format!("{name} ({size} bytes) to {path}"),
-        ChannelKind::Download { path } => path.clone(),
-        _ => String::new(),
-    }
-}
 
 /// Appends one channel to the log. A log that cannot be written is
 /// warned about, and the channel still runs (as sshd does with syslog).
@@ -49,8 +34,8 @@ pub(crate) fn record(
         "session": format!("{session:?}"),
         "user": user.as_str(),
         "user_key": user_key.fingerprint(),
-        "kind": kind_name(kind),
-        "detail": detail(kind),
+        "kind": kind.name(),
+        "detail": kind.detail(),
     });
     let path = home.path.join(CHANNEL_LOG);
     let mut options = std::fs::OpenOptions::new();

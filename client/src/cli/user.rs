@@ -1,0 +1,236 @@
+//! The commands a remote user runs: enrolment, the host list and the keys
+//! pinned for hosts, and sessions on a host (shell, exec, forward, reboot,
+//! copy).
+
+use std::process::ExitCode;
+
+use latchkey_client::{
+    code,
+    config::Home,
+    user::{self, copy::CopySpec, forward::ForwardSpec, remote::Remote},
+};
+use latchkey_protocol::ids::HostName;
+
+use super::signal::{interrupted, shutdown_signal};
+
+/// Logs in to `host` (asking for the code once) and waits for the pairing.
+async fn open(home: &Home, host: &HostName, code_stdin: bool) -> anyhow::Result<Remote> {
+    let access = code::for_login(code_stdin, host.as_str())?;
+    Ok(Remote::open(home, host, access).await?)
+}
+
+/// An exit status as a process exit code.
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(status).unwrap_or(255))
+}
+
+/// `latchkey enroll TOKEN`.
+pub(crate) async fn enroll(home: &Home, token: &str) -> anyhow::Result<ExitCode> {
+    let name = user::enroll(home, token).await?;
+    println!(
+        "enrolled as user '{name}' (identity in {})",
+        home.path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey hosts --forget HOST`.
+pub(crate) fn forget_host_key(home: &Home, host: &HostName) -> anyhow::Result<ExitCode> {
+    let (cfg, _) = home.user()?;
+    if home.forget_host_key(&cfg.pin, host)? {
+        println!(
+            "forgot the pinned key of '{host}'; the next connection pins the key it is offered"
+        );
+    } else {
+        println!("no key was pinned for '{host}'");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey hosts --keys [--json]`.
+pub(crate) fn pinned_keys(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
+    let (cfg, _) = home.user()?;
+    let mut pinned = home.known_hosts()?;
+    pinned.retain(|(relay, _, _)| *relay == cfg.pin);
+    if json {
+        let rows: Vec<_> = pinned
+            .iter()
+            .map(|(_, host, key)| {
+                serde_json::json!({ "host": host.as_str(), "fingerprint": key.fingerprint() })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<24} FINGERPRINT", "HOST");
+        for (_, host, key) in pinned {
+            println!("{:<24} {}", host, key.fingerprint());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey hosts [--json]`.
+pub(crate) async fn hosts(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
+    let hosts = user::hosts(home).await?;
+    if json {
+        let rows: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "host": h.name.as_str(), "owner": h.owner.as_str(),
+                    "online": h.online, "locked": h.locked, "owner_access": h.is_owner,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<24} {:<16} {:<8} {:<8} ACCESS",
+            "HOST", "OWNER", "ONLINE", "LOCKED"
+        );
+        for h in hosts {
+            let yes = |b| if b { "yes" } else { "no" };
+            let access = if h.is_owner { "owner" } else { "shared" };
+            println!(
+                "{:<24} {:<16} {:<8} {:<8} {access}",
+                h.name,
+                h.owner,
+                yes(h.online),
+                yes(h.locked)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey connect HOST`: exits with the shell's status.
+pub(crate) async fn connect(
+    home: &Home,
+    host: &HostName,
+    code_stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    let remote = open(home, host, code_stdin).await?;
+    let status = tokio::select! {
+        status = user::shell::connect(&remote) => status,
+        // A closed terminal (SIGHUP) or SIGTERM: the terminal's
+        // mode is restored as the shell's future drops, and
+        // closing tells the host at once, which hangs up the shell.
+        code = interrupted() => {
+            remote.close().await;
+            return Ok(ExitCode::from(code));
+        }
+    };
+    remote.close().await;
+    Ok(exit_code(status?))
+}
+
+/// `latchkey exec HOST -- COMMAND...`: exits with the command's status.
+pub(crate) async fn exec(
+    home: &Home,
+    host: &HostName,
+    code_stdin: bool,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let remote = open(home, host, code_stdin).await?;
+    let status = tokio::select! {
+        status = user::exec::exec(&remote, command) => status,
+        code = interrupted() => {
+            // Closing tells the host at once: it hangs up the command.
+            remote.close().await;
+            return Ok(ExitCode::from(code));
+        }
+    };
+    remote.close().await;
+    Ok(exit_code(status?))
+}
+
+/// `latchkey forward HOST SPEC`: runs until stopped, or fails when the
+/// session ends.
+pub(crate) async fn forward(
+    home: &Home,
+    host: &HostName,
+    spec: &ForwardSpec,
+    code_stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    let remote = std::sync::Arc::new(open(home, host, code_stdin).await?);
+    let target = spec.target.clone();
+    let ended = tokio::select! {
+        r = user::forward::forward(remote.clone(), spec, |local| {
+            println!("forwarding {local} -> {target} via {host} (Ctrl-C to stop)");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }) => r?,
+        _ = shutdown_signal() => {
+            remote.close().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    anyhow::bail!("session ended: {ended}");
+}
+
+/// `latchkey reboot HOST`: returns once the host is back.
+pub(crate) async fn reboot(
+    home: &Home,
+    host: &HostName,
+    code_stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    let remote = open(home, host, code_stdin).await?;
+    if let Err(e) = remote.request_reboot().await {
+        // End the session now, not at the relay's idle timeout.
+        remote.close().await;
+        return Err(e.into());
+    }
+    eprintln!("{host} is rebooting…");
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let waited = remote
+        .wait_if_rebooting(|t| {
+            if tty {
+                eprint!("\rwaiting for {host}: {} s", t.as_secs());
+            }
+        })
+        .await;
+    remote.close().await;
+    let waited = waited?;
+    eprintln!("\r{host} is back after {} s", waited.as_secs());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey cp SRC DST`, one side `HOST:PATH`.
+pub(crate) async fn copy(
+    home: &Home,
+    src: &str,
+    dst: &str,
+    code_stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    let spec = CopySpec::parse(src, dst).map_err(anyhow::Error::msg)?;
+    let host: HostName = spec.host().parse()?;
+    let remote = open(home, &host, code_stdin).await?;
+    let copy = async {
+        match &spec {
+            CopySpec::Upload {
+                local,
+                remote: path,
+                ..
+            } => user::copy::upload(&remote, local, path).await,
+            CopySpec::Download {
+                remote: path,
+                local,
+                ..
+            } => user::copy::download(&remote, path, local).await,
+        }
+    };
+    // Interrupting drops the copy, whose partial file removes
+    // itself; closing the session makes the host remove its own.
+    let copied = tokio::select! {
+        copied = copy => copied,
+        code = interrupted() => {
+            remote.close().await;
+            eprintln!("interrupted: nothing copied");
+            return Ok(ExitCode::from(code));
+        }
+    };
+    // End the session now, not at the relay's idle timeout.
+    remote.close().await;
+    let bytes = copied?;
+    eprintln!("copied {bytes} bytes, checksum verified");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,25 @@
+//! Reaching the relay: QUIC with TLS 1.3 pinned to the relay's certificate
+//! hash, then the Noise IK handshake (with OPAQUE for logins) on the first
+//! stream, bound to this connection by the TLS exporter.
+//!
+//! `dial.rs` opens the QUIC connection (to the first relay of a cluster that
+//! answers), `pin.rs` checks the relay's certificate against the pin,
+//! `handshake.rs` runs the Noise handshake for every purpose but a login,
+//! `login.rs` the login with an access code, and `error.rs` names what
+//! went wrong.
+
+mod dial;
+mod error;
+mod handshake;
+mod login;
+mod pin;
+
+pub use dial::{
+    check_redirect, connect, connect_any, connect_from, connect_with, udp_endpoint, Liveness,
+    Local, RelayConn,
+};
+pub use error::{refusal_text, NetError};
+pub use handshake::{
+    channel_binding, hello, hello_from, resume, welcome, welcome_from, Control, STEP_TIMEOUT,
+};
+pub use login::{login, login_from, Session};

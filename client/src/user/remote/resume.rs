@@ -1,0 +1,299 @@
+//! Keeping a session alive across a relay's death: the task that owns the
+//! session's control stream ([`Follow`]) follows what the relay says about
+//! the session, and when the connection to its relay breaks it resumes the
+//! session with its latest ticket ([`Resume`]) on another relay of the
+//! cluster (or the same one restarted), without the access code.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use latchkey_protocol::{
+    control::{ClientSession, Event, Phase},
+    frame::{ClientToRelay, Refusal, RelayToClient},
+    handshake::Keypair,
+    ids::{HostName, RelayPin, ResumeTicket, SessionId, UserName},
+};
+use tokio::{sync::watch, time::timeout};
+
+use super::keys::{settle_keys, Keys};
+use crate::{
+    net::{self, NetError, STEP_TIMEOUT},
+    user::e2e::Handshaker,
+    wire,
+};
+
+/// How long a session whose relay went away tries to resume before it
+/// ends, unless [`set_resume_wait`] said otherwise (a relay's heartbeat
+/// lapses after 20 s; its hosts are back on another relay within about
+/// 12 s).
+const RESUME_WAIT: Duration = Duration::from_secs(60);
+
+static RESUME_WAIT_SET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets how long sessions try to resume (`latchkey --resume-wait`); the
+/// first call wins.
+pub fn set_resume_wait(wait: Duration) {
+    let _ = RESUME_WAIT_SET.set(wait);
+}
+
+fn resume_wait() -> Duration {
+    RESUME_WAIT_SET.get().copied().unwrap_or(RESUME_WAIT)
+}
+
+/// What resuming a session needs.
+pub(super) struct Resume {
+    pub(super) relays: Vec<String>,
+    pub(super) pin: RelayPin,
+    pub(super) device: Keypair,
+    pub(super) user: UserName,
+    pub(super) host: HostName,
+}
+
+impl Resume {
+    /// Resumes with `ticket`, following a redirect at once and asking again
+    /// every second while no relay holds the host or none answers, for up
+    /// to [`RESUME_WAIT`]; returns why not.
+    async fn run(&self, ticket: &ResumeTicket) -> Result<(net::Control, SessionId), String> {
+        let until = tokio::time::Instant::now() + resume_wait();
+        let mut target = self.relays.clone();
+        // One redirect per round: relays whose records disagree for a
+        // moment cannot send the client round in circles.
+        let mut followed = false;
+        loop {
+            let result = net::resume(
+                &target,
+                &self.pin,
+                &self.device,
+                &self.user,
+                &self.host,
+                ticket,
+            )
+            .await;
+            let e = match result {
+                Ok(resumed) => return Ok(resumed),
+                Err(NetError::Redirected(to))
+                    if !followed && tokio::time::Instant::now() < until =>
+                {
+                    net::check_redirect(&to).map_err(|e| e.to_string())?;
+                    target = vec![to];
+                    followed = true;
+                    continue;
+                }
+                Err(NetError::Refused(Refusal::HostOffline)) => {
+                    NetError::HostOffline(self.host.clone())
+                }
+                // Spent, refused, or not our relay: asking again cannot help.
+                Err(
+                    e @ (NetError::Refused(Refusal::NotAllowed(_) | Refusal::UnknownDevice)
+                    | NetError::PinMismatch(_)),
+                ) => return Err(e.to_string()),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= until {
+                return Err(e.to_string());
+            }
+            tracing::debug!("resuming the session: {e}; asking again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            target = self.relays.clone();
+            followed = false;
+        }
+    }
+}
+
+/// How following the control stream ended.
+enum Followed {
+    /// The session is over (the relay said so, or broke the rules).
+    Over,
+    /// The connection to the relay broke.
+    Lost,
+    /// This client closed the connection (the command is done).
+    Closed,
+}
+
+/// The task that owns a session's control stream.
+pub(super) struct Follow {
+    pub(super) machine: ClientSession,
+    pub(super) phase_tx: watch::Sender<Phase>,
+    pub(super) refusal_tx: tokio::sync::mpsc::Sender<String>,
+    pub(super) requests: tokio::sync::mpsc::Receiver<ClientToRelay>,
+    pub(super) handshaker: Arc<Handshaker>,
+    pub(super) keys: Arc<watch::Sender<Keys>>,
+    pub(super) link_tx: watch::Sender<net::RelayConn>,
+    pub(super) resume: Resume,
+    pub(super) rekey: tokio::task::JoinHandle<()>,
+}
+
+type Frames = latchkey_protocol::quic::FrameReader<RelayToClient>;
+
+impl Follow {
+    /// Follows the session, resuming it on another relay (with the latest
+    /// ticket) whenever the connection to its relay breaks, until it ends.
+    pub(super) async fn run(mut self, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let (mut send, mut frames) = (send, wire::frame_reader::<RelayToClient>(recv));
+        let mut ticket: Option<(ResumeTicket, tokio::time::Instant)> = None;
+        loop {
+            match self.follow(&mut send, &mut frames, &mut ticket).await {
+                Followed::Over => {
+                    self.publish();
+                    return;
+                }
+                Followed::Closed => {
+                    self.machine.connection_lost();
+                    self.publish();
+                    return;
+                }
+                Followed::Lost => {}
+            }
+            let now = tokio::time::Instant::now();
+            let t = match ticket.take() {
+                Some((t, until))
+                    if now < until
+                        && self
+                            .machine
+                            .relay_lost(Instant::now(), resume_wait().as_secs()) =>
+                {
+                    t
+                }
+                _ => {
+                    self.machine.connection_lost();
+                    self.publish();
+                    return;
+                }
+            };
+            self.rekey.abort();
+            self.keys.send_replace(Keys::Pending);
+            self.publish();
+            match self.resumed(&t).await {
+                Ok((s, f)) => (send, frames) = (s, f),
+                Err(why) => {
+                    self.machine.end(format!(
+                        "the connection to the relay was lost and the session could not be \
+                         resumed: {why}"
+                    ));
+                    self.publish();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let _ = self.phase_tx.send(self.machine.phase().clone());
+    }
+
+    fn rekey(&mut self) {
+        self.rekey.abort();
+        self.keys.send_replace(Keys::Pending);
+        let conn = self.link_tx.borrow().conn.clone();
+        self.rekey = tokio::spawn(settle_keys(
+            self.handshaker.clone(),
+            conn,
+            self.keys.clone(),
+        ));
+    }
+
+    async fn follow(
+        &mut self,
+        send: &mut quinn::SendStream,
+        frames: &mut Frames,
+        ticket: &mut Option<(ResumeTicket, tokio::time::Instant)>,
+    ) -> Followed {
+        loop {
+            tokio::select! {
+                Some(request) = self.requests.recv() => {
+                    if wire::write_frame(send, &request).await.is_err() {
+                        // The frames' side says whether it was closed here.
+                        continue;
+                    }
+                }
+                frame = frames.recv() => match frame {
+                    Some(Ok(Some(frame))) => match self.machine.on_frame(frame, Instant::now()) {
+                        Ok(Event::Phase) => {
+                            let back = matches!(self.machine.phase(), Phase::Ready)
+                                && !matches!(*self.phase_tx.borrow(), Phase::Ready);
+                            if back {
+                                self.rekey();
+                            }
+                            self.publish();
+                        }
+                        Ok(Event::Refused(r)) => {
+                            let _ = self.refusal_tx.try_send(net::refusal_text(&r));
+                        }
+                        Ok(Event::Ticket(t, valid_secs)) => {
+                            let valid = Duration::from_secs(valid_secs);
+                            *ticket = Some((t, tokio::time::Instant::now() + valid));
+                        }
+                        Ok(Event::Hosts(_)) => {}
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            return Followed::Over;
+                        }
+                    },
+                    // Closed here (the command is done, or the session
+                    // refused), or lost.
+                    _ => {
+                        let closed_here = matches!(
+                            self.link_tx.borrow().conn.close_reason(),
+                            Some(quinn::ConnectionError::LocallyClosed)
+                        );
+                        return if closed_here {
+                            Followed::Closed
+                        } else {
+                            Followed::Lost
+                        };
+                    }
+                },
+            }
+            if matches!(self.machine.phase(), Phase::Ended(_)) {
+                return Followed::Over;
+            }
+        }
+    }
+
+    /// Resumes the session with `ticket`: a new connection, the host
+    /// introduced again with the key and record the session started with,
+    /// the session's new id bound, new end-to-end keys.
+    async fn resumed(
+        &mut self,
+        ticket: &ResumeTicket,
+    ) -> Result<(quinn::SendStream, Frames), String> {
+        let (control, session) = self.resume.run(ticket).await?;
+        let net::Control { relay, send, recv } = control;
+        let mut frames = wire::frame_reader::<RelayToClient>(recv);
+        let first = timeout(STEP_TIMEOUT, frames.recv())
+            .await
+            .map_err(|_| "the relay did not introduce the host".to_string())?;
+        let expected = (self.handshaker.host_key, self.handshaker.binding().record);
+        match first {
+            Some(Ok(Some(ready @ RelayToClient::SessionReady { host_key, record })))
+                if (host_key, record) == expected =>
+            {
+                self.machine.resuming();
+                self.machine
+                    .on_frame(ready, Instant::now())
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(Ok(Some(RelayToClient::Refused(Refusal::HostOffline)))) => {
+                return Err(format!("host '{}' went offline", self.resume.host))
+            }
+            Some(Ok(Some(RelayToClient::Refused(r)))) => return Err(net::refusal_text(&r)),
+            _ => {
+                relay
+                    .conn
+                    .close(quinn::VarInt::from_u32(0), b"not the session's host");
+                return Err(
+                    "the relay introduced another host key or code record; refusing to continue"
+                        .into(),
+                );
+            }
+        }
+        self.handshaker.rebind(session);
+        self.link_tx.send_replace(relay);
+        self.rekey();
+        self.publish();
+        tracing::debug!(host = %self.resume.host, "session resumed on a relay of the cluster");
+        Ok((send, frames))
+    }
+}
