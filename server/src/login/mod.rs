@@ -15,9 +15,10 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use latchkey_protocol::{
     frame::{LoginOutcome, Refusal},
     handshake::{
-        AttemptDecision, CodeRecord, LoginAuthority, LoginReply, LoginRequest, Reservation,
+        AttemptDecision, AwaitingKe3, CodeRecord, Ke3Result, LoginAuthority, LoginReply,
+        LoginRequest, Reservation,
     },
-    ids::{HostName, PublicKey, RecordId, UserName},
+    ids::{HostName, PublicKey, RecordId, SessionId, UserName},
 };
 use quinn::{RecvStream, SendStream};
 use rand::rngs::OsRng;
@@ -30,7 +31,7 @@ use crate::{
     login::settle::{PendingAttempt, Settler},
     metrics::LoginResult,
     rules::lockout::{Admission, Proof, Settlement, VoidReason},
-    session::registry::{Intro, SessionEntry},
+    session::registry::{Intro, SessionEntry, Sessions},
     state::Shared,
     store::{AuditEvent, Event, Store, StoreError},
     testing::fault::{self, Step},
@@ -203,24 +204,16 @@ pub(crate) enum Login {
     Done,
 }
 
-/// Answers a login's message 1 and sees it through to its verdict.
-pub(crate) async fn login(
+/// Who is asking and, for a grant holder, the reservation; then message 2,
+/// in the same trip to the blocking pool unless the attempt has to wait
+/// its turn. A store error means nothing is sent (a failed reservation
+/// must never turn into a KE2).
+async fn first_trip(
     shared: &Arc<Shared>,
     source: IpAddr,
-    deadline: Instant,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
     req: LoginRequest,
-) -> Result<Login, ConnError> {
+) -> Result<(First, &'static str), ConnError> {
     let (user, host) = (req.user().clone(), req.host().clone());
-    let user_key = req.device_key();
-    // Every answer to a login's message 1 leaves no earlier than this, so
-    // the store work that differs between a grant holder's attempt and an
-    // outsider's does not show in the timing (SPEC A4).
-    let reply_not_before = Instant::now() + shared.config.login_reply_floor();
-    // Who is asking and, for a grant holder, the reservation; then message
-    // 2, in the same trip to the blocking pool unless the attempt has to
-    // wait its turn.
     let s = shared.clone();
     let (first, error, outsider_reason) = blocking(move || {
         let mut authority = StoreAuthority::new(&s, source);
@@ -250,6 +243,154 @@ pub(crate) async fn login(
         warn!(%user, %host, "store failed during login: {e}");
         return Err(e.into());
     }
+    Ok((first, outsider_reason))
+}
+
+/// How a decision at message 2 counts in the metrics (a grant holder's
+/// attempt counts when its verdict is taken).
+fn counted_at_message_2(decision: AttemptDecision) -> Option<LoginResult> {
+    match decision {
+        AttemptDecision::Outsider => Some(LoginResult::Outsider),
+        AttemptDecision::Locked => Some(LoginResult::Locked),
+        AttemptDecision::Busy => Some(LoginResult::Busy),
+        AttemptDecision::Redirected => Some(LoginResult::Redirected),
+        AttemptDecision::Evaluated => None,
+    }
+}
+
+/// An outsider's login: refused, rate-limited and logged (SPEC S8), never
+/// counted against the host.
+async fn refuse_outsider(
+    shared: &Arc<Shared>,
+    user: &UserName,
+    host: &HostName,
+    source: IpAddr,
+    reason: &'static str,
+) -> Result<(), ConnError> {
+    info!(%user, %host, %source, reason, "login by an outsider");
+    shared.admission.penalize(source, std::time::Instant::now());
+    let store = shared.store.clone();
+    let (u, h) = (user.clone(), host.clone());
+    let now = now_unix();
+    blocking(move || {
+        store.audit(
+            Event {
+                event: AuditEvent::LoginRefused,
+                host: Some(h.as_str()),
+                user: Some(u.as_str()),
+                source: Some(source),
+                detail: Some(reason.into()),
+            },
+            now,
+        )
+    })
+    .await??;
+    Ok(())
+}
+
+/// KE3 and the verdict's commit, in one trip to the blocking pool: the
+/// verdict is committed before the client hears it (SPEC B2), and a KE3 that
+/// does not even parse is a failure like a wrong one. The session's entry
+/// travels with the verdict: if the login's task is cancelled while the
+/// verdict commits, the commit still finishes and the entry, dropped there,
+/// records the session's end. The settlement is `None` for an outsider,
+/// `Some(None)` for an attempt the sweeper settled first.
+async fn commit_verdict(
+    store: Arc<dyn Store>,
+    awaiting: AwaitingKe3<PendingAttempt>,
+    msg3: Vec<u8>,
+    session: SessionId,
+    mut entry: SessionEntry,
+) -> Result<
+    (
+        Ke3Result<PendingAttempt>,
+        Option<Option<Settlement>>,
+        SessionEntry,
+    ),
+    ConnError,
+> {
+    blocking(move || {
+        let mut result = awaiting.read_msg3(&msg3).map_err(|(e, _attempt)| e)?;
+        let settled = match result.attempt.take() {
+            Some(attempt) => {
+                let proof = if result.verified {
+                    Proof::RightCode
+                } else {
+                    Proof::NotProven
+                };
+                match attempt.settle(&*store, proof, &session) {
+                    Ok(settled) => Some(settled),
+                    Err(e) => {
+                        // The commit's outcome is unknown (PostgreSQL lost
+                        // the connection during COMMIT): the session may be
+                        // registered, so its end is recorded, which does
+                        // nothing if it was not.
+                        entry.started();
+                        entry.ending_because("the verdict's commit failed");
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
+        if settled == Some(Some(Settlement::Success)) {
+            entry.started();
+        }
+        Ok::<_, ConnError>((result, settled, entry))
+    })
+    .await?
+}
+
+/// What a verdict counts as in the metrics, and what the client is told.
+fn outcome(
+    settled: Option<Option<Settlement>>,
+    session: SessionId,
+    host: &HostName,
+) -> (Option<LoginResult>, LoginOutcome) {
+    match settled {
+        Some(Some(Settlement::Success)) => {
+            (Some(LoginResult::Ok), LoginOutcome::Accepted { session })
+        }
+        // No grant any more when the verdict was taken.
+        Some(Some(Settlement::Void(VoidReason::GrantGone))) => (
+            Some(LoginResult::Outsider),
+            LoginOutcome::Refused(Refusal::NotAllowed(format!(
+                "your access to '{host}' was revoked or its access code replaced; ask your admin"
+            ))),
+        ),
+        Some(Some(Settlement::Void(VoidReason::Locked))) => {
+            (Some(LoginResult::Locked), LoginOutcome::Locked)
+        }
+        Some(Some(Settlement::Failure)) => (Some(LoginResult::Wrong), LoginOutcome::Rejected),
+        // Settled by the sweeper first (counted as abandoned): the login
+        // took too long.
+        Some(None) => (
+            None,
+            LoginOutcome::Refused(Refusal::NotAllowed(
+                "the login took too long; try again".into(),
+            )),
+        ),
+        // An outsider (counted at message 2).
+        None => (None, LoginOutcome::Rejected),
+    }
+}
+
+/// Answers a login's message 1 and sees it through to its verdict.
+pub(crate) async fn login(
+    shared: &Arc<Shared>,
+    source: IpAddr,
+    deadline: Instant,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    req: LoginRequest,
+) -> Result<Login, ConnError> {
+    let (user, host) = (req.user().clone(), req.host().clone());
+    let user_key = req.device_key();
+    // Every answer to a login's message 1 leaves no earlier than this, so
+    // the store work that differs between a grant holder's attempt and an
+    // outsider's does not show in the timing (SPEC A4, A6).
+    let reply_not_before = Instant::now() + shared.config.login_reply_floor();
+    let (first, outsider_reason) = first_trip(shared, source, req).await?;
     let reply = match first {
         First::Reply(reply) => *reply,
         First::Wait(req, record) => {
@@ -262,35 +403,11 @@ pub(crate) async fn login(
         decision,
         mut awaiting,
     } = reply?;
-    // Refusals are counted when decided; a grant holder's attempt when
-    // its verdict is (below).
-    match decision {
-        AttemptDecision::Outsider => shared.metrics.login(LoginResult::Outsider),
-        AttemptDecision::Locked => shared.metrics.login(LoginResult::Locked),
-        AttemptDecision::Busy => shared.metrics.login(LoginResult::Busy),
-        AttemptDecision::Redirected => shared.metrics.login(LoginResult::Redirected),
-        AttemptDecision::Evaluated => {}
+    if let Some(result) = counted_at_message_2(decision) {
+        shared.metrics.login(result);
     }
     if decision == AttemptDecision::Outsider {
-        // Refused, rate-limited and logged (SPEC S8); never counted.
-        info!(%user, %host, %source, reason = outsider_reason, "login by an outsider");
-        shared.admission.penalize(source, std::time::Instant::now());
-        let store = shared.store.clone();
-        let (u, h) = (user.clone(), host.clone());
-        let now = now_unix();
-        blocking(move || {
-            store.audit(
-                Event {
-                    event: AuditEvent::LoginRefused,
-                    host: Some(h.as_str()),
-                    user: Some(u.as_str()),
-                    source: Some(source),
-                    detail: Some(outsider_reason.into()),
-                },
-                now,
-            )
-        })
-        .await??;
+        refuse_outsider(shared, &user, &host, source, outsider_reason).await?;
     }
     if let Some(attempt) = awaiting.as_mut().and_then(|a| a.attempt_mut()) {
         attempt.waiting_for("KE2 not delivered");
@@ -324,8 +441,8 @@ pub(crate) async fn login(
     fault_point(deadline, Step::Ke3Check).await?;
     // Registered before the verdict commits, so a revoke that commits after
     // it finds the session (see `registry`).
-    let session = crate::session::registry::Sessions::new_id();
-    let mut entry = shared.sessions.register(
+    let session = Sessions::new_id();
+    let entry = shared.sessions.register(
         &shared.settler,
         session,
         user.clone(),
@@ -337,74 +454,15 @@ pub(crate) async fn login(
         },
     );
     fault_point(deadline, Step::VerdictCommit).await?;
-    // KE3 and the verdict's commit in one trip to the blocking pool: the
-    // verdict is committed before the client hears it (SPEC B2), and a KE3
-    // that does not even parse is a failure like a wrong one.
-    // The entry travels with the verdict: if this task is cancelled while
-    // the verdict commits on the blocking pool, the commit still finishes
-    // and the entry, dropped there, records the session's end.
-    let store = shared.store.clone();
-    let (mut result, settled, mut entry) = blocking(move || {
-        let mut result = awaiting.read_msg3(&msg3).map_err(|(e, _attempt)| e)?;
-        let settled = match result.attempt.take() {
-            Some(attempt) => {
-                let proof = if result.verified {
-                    Proof::RightCode
-                } else {
-                    Proof::NotProven
-                };
-                match attempt.settle(&*store, proof, &session) {
-                    Ok(settled) => Some(settled),
-                    Err(e) => {
-                        // The commit's outcome is unknown (PostgreSQL lost
-                        // the connection during COMMIT): the session may be
-                        // registered, so its end is recorded, which does
-                        // nothing if it was not.
-                        entry.started();
-                        entry.ending_because("the verdict's commit failed");
-                        return Err(e.into());
-                    }
-                }
-            }
-            None => None,
-        };
-        if settled == Some(Some(Settlement::Success)) {
-            entry.started();
-        }
-        Ok::<_, ConnError>((result, settled, entry))
-    })
-    .await??;
-    let counted = match settled {
-        Some(Some(Settlement::Success)) => Some(LoginResult::Ok),
-        Some(Some(Settlement::Failure)) => Some(LoginResult::Wrong),
-        Some(Some(Settlement::Void(VoidReason::Locked))) => Some(LoginResult::Locked),
-        // No grant any more when the verdict was taken.
-        Some(Some(Settlement::Void(VoidReason::GrantGone))) => Some(LoginResult::Outsider),
-        // Swept first (counted as abandoned), or an outsider (counted at
-        // message 2).
-        Some(None) | None => None,
-    };
+    let (mut result, settled, mut entry) =
+        commit_verdict(shared.store.clone(), awaiting, msg3, session, entry).await?;
+    let (counted, outcome) = outcome(settled, session, &host);
     if let Some(result) = counted {
         shared.metrics.login(result);
     }
     if counted == Some(LoginResult::Ok) {
         entry.count_in(shared.metrics.session());
     }
-    let outcome = match settled {
-        Some(Some(Settlement::Success)) => LoginOutcome::Accepted { session },
-        Some(Some(Settlement::Void(VoidReason::GrantGone))) => {
-            LoginOutcome::Refused(Refusal::NotAllowed(format!(
-                "your access to '{host}' was revoked or its access code replaced; ask your admin"
-            )))
-        }
-        Some(Some(Settlement::Void(VoidReason::Locked))) => LoginOutcome::Locked,
-        // Settled by the sweeper first: the login took too long.
-        Some(None) => LoginOutcome::Refused(Refusal::NotAllowed(
-            "the login took too long; try again".into(),
-        )),
-        // A wrong code, or an outsider.
-        Some(Some(Settlement::Failure)) | None => LoginOutcome::Rejected,
-    };
     fault_point(deadline, Step::VerdictWrite).await?;
     let msg4 = result.reply(&outcome)?;
     if !matches!(outcome, LoginOutcome::Accepted { .. }) {

@@ -8,29 +8,37 @@
 //! themselves down when dropped, so no path can leave them drifting; the
 //! ones that are "open" also keep an opened/closed counter pair, whose
 //! difference is the gauge. What only the store knows (hosts locked,
-//! notices by state) is read from it at scrape time ([`Store::gauges`]).
+//! notices by state) is read from it at scrape time
+//! ([`Store::gauges`](crate::store::Store::gauges)).
 //!
 //! Labels are small fixed sets: never a user or host name or an address
 //! (their number is unbounded, and they are not the scraper's business).
+//!
+//! This file holds [`Metrics`] and what builds it; `labels` the label
+//! enums, `guards` the values that count while they live, `http` the
+//! endpoint.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+mod guards;
+mod http;
+mod labels;
 
-use axum::{
-    extract::State,
-    http::{header, StatusCode},
-    response::{IntoResponse, Response},
-    routing::get,
-    Router,
-};
+use std::{net::SocketAddr, time::Duration};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
-use crate::store::{Store, StoreGauges, TxTimer};
+use crate::store::{StoreGauges, TxTimer};
+use guards::Tracked;
+
+pub(crate) use guards::{Handshake, Open, Pending};
+pub(crate) use http::{bind, serve};
+pub use http::{router, CONTENT_TYPE};
+pub use labels::{
+    ChannelKind, ConnRole, HandshakeResult, LoginResult, RebootResult, RefusedReason,
+};
 
 /// Errors setting the metrics up.
 #[derive(Debug, Error)]
@@ -46,289 +54,6 @@ pub enum MetricsError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// What an authenticated connection turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnRole {
-    /// A host agent's live link.
-    Host,
-    /// A host's administrative connection (`latchkey host set-code`).
-    HostAdmin,
-    /// A proven user without a session (the host list).
-    User,
-    /// A user's logged-in session with a host.
-    Session,
-}
-
-impl ConnRole {
-    const ALL: [Self; 4] = [Self::Host, Self::HostAdmin, Self::User, Self::Session];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Host => "host",
-            Self::HostAdmin => "host_admin",
-            Self::User => "user",
-            Self::Session => "session",
-        }
-    }
-}
-
-/// How a connection's handshake ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeResult {
-    /// The peer was proven and took a role ([`ConnRole`]).
-    Authenticated,
-    /// Answered and done: an enrolment, a refusal, or a login that did not
-    /// start a session.
-    Answered,
-    /// The QUIC or Latchkey handshake failed (bad input, peer gone).
-    Failed,
-    /// A handshake deadline passed.
-    Timeout,
-    /// Its source had no connection tokens left.
-    RateLimited,
-}
-
-impl HandshakeResult {
-    const ALL: [Self; 5] = [
-        Self::Authenticated,
-        Self::Answered,
-        Self::Failed,
-        Self::Timeout,
-        Self::RateLimited,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Authenticated => "authenticated",
-            Self::Answered => "answered",
-            Self::Failed => "failed",
-            Self::Timeout => "timeout",
-            Self::RateLimited => "rate_limited",
-        }
-    }
-}
-
-/// A login's verdict, as the relay decided it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoginResult {
-    /// The right code: a session started.
-    Ok,
-    /// A wrong access code: counted against the host.
-    Wrong,
-    /// The host is locked (or was locked while the login ran).
-    Locked,
-    /// Attempts in flight used up the host's budget: nothing was tried.
-    Busy,
-    /// An unknown user, a device key that is not the user's, or no grant on
-    /// the host (also a right code whose grant was revoked meanwhile).
-    Outsider,
-    /// The host is on another relay of the cluster: sent there, nothing
-    /// was tried here.
-    Redirected,
-}
-
-impl LoginResult {
-    const ALL: [Self; 6] = [
-        Self::Ok,
-        Self::Wrong,
-        Self::Locked,
-        Self::Busy,
-        Self::Outsider,
-        Self::Redirected,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Wrong => "wrong",
-            Self::Locked => "locked",
-            Self::Busy => "busy",
-            Self::Outsider => "outsider",
-            Self::Redirected => "redirected",
-        }
-    }
-}
-
-/// What a stream of a session carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChannelKind {
-    /// The end-to-end key exchange between client and host.
-    Handshake,
-    /// A shell, a command, a forwarded connection.
-    Interactive,
-    /// A copy (sent after interactive traffic).
-    Bulk,
-}
-
-impl ChannelKind {
-    const ALL: [Self; 3] = [Self::Handshake, Self::Interactive, Self::Bulk];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Handshake => "handshake",
-            Self::Interactive => "interactive",
-            Self::Bulk => "bulk",
-        }
-    }
-}
-
-/// Why a connection was refused before its handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusedReason {
-    /// Its source address had no connection tokens left.
-    RateLimited,
-    /// Every handshake place and place in line was taken.
-    TooManyHandshakes,
-}
-
-impl RefusedReason {
-    const ALL: [Self; 2] = [Self::RateLimited, Self::TooManyHandshakes];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::RateLimited => "rate_limited",
-            Self::TooManyHandshakes => "too_many_handshakes",
-        }
-    }
-}
-
-/// How a reboot request ended, as far as the relay sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RebootResult {
-    /// The ticket was issued and the host asked to reboot.
-    Asked,
-    /// Refused by the relay (rate limit, policy, host offline).
-    Refused,
-    /// The host's reboot command failed; the host stayed up.
-    Failed,
-}
-
-impl RebootResult {
-    const ALL: [Self; 3] = [Self::Asked, Self::Refused, Self::Failed];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Asked => "asked",
-            Self::Refused => "refused",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// A live thing counted by an opened/closed pair and a gauge.
-#[derive(Clone)]
-struct Tracked {
-    opened: IntCounterVec,
-    closed: IntCounterVec,
-    open: IntGaugeVec,
-}
-
-impl Tracked {
-    /// `what` is the metric's stem (`connections`), `label` its one label
-    /// (if any) and `values` that label's values.
-    fn new(
-        registry: &Registry,
-        what: &str,
-        help: &str,
-        label: Option<&str>,
-        values: &[&str],
-    ) -> Result<Self, prometheus::Error> {
-        let labels: Vec<&str> = label.into_iter().collect();
-        let opened = counter_vec(
-            registry,
-            &format!("latchkey_{what}_opened_total"),
-            &format!("{help}: opened."),
-            &labels,
-        )?;
-        let closed = counter_vec(
-            registry,
-            &format!("latchkey_{what}_closed_total"),
-            &format!("{help}: closed."),
-            &labels,
-        )?;
-        let open = IntGaugeVec::new(
-            Opts::new(format!("latchkey_{what}"), format!("{help}: open now.")),
-            &labels,
-        )?;
-        registry.register(Box::new(open.clone()))?;
-        let series: Vec<Vec<&str>> = match label {
-            Some(_) => values.iter().map(|v| vec![*v]).collect(),
-            None => vec![Vec::new()],
-        };
-        for s in &series {
-            opened.with_label_values(s);
-            closed.with_label_values(s);
-            open.with_label_values(s);
-        }
-        Ok(Self {
-            opened,
-            closed,
-            open,
-        })
-    }
-
-    /// One more open, with `values` for the label (none if it has none).
-    fn open(&self, values: &[&str]) -> Open {
-        let open = Open {
-            closed: self.closed.with_label_values(values),
-            open: self.open.with_label_values(values),
-        };
-        self.opened.with_label_values(values).inc();
-        open.open.inc();
-        open
-    }
-}
-
-/// One open connection, session or channel: counted closed when dropped.
-#[must_use = "the thing counts as closed when this is dropped"]
-pub(crate) struct Open {
-    closed: IntCounter,
-    open: IntGauge,
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.open.dec();
-        self.closed.inc();
-    }
-}
-
-/// One attempt reserved in the store and not yet settled there: carried by
-/// the value that settles it, so the gauge follows it on every path.
-#[must_use = "the attempt counts as settled when this is dropped"]
-pub(crate) struct Pending(IntGauge);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// A handshake in progress: recorded once, as `Failed` if dropped before
-/// [`Handshake::finish`] (a cancelled task).
-pub(crate) struct Handshake {
-    counter: IntCounterVec,
-    done: bool,
-}
-
-impl Handshake {
-    /// Records how the handshake ended.
-    pub(crate) fn finish(mut self, result: HandshakeResult) {
-        self.counter.with_label_values(&[result.label()]).inc();
-        self.done = true;
-    }
-}
-
-impl Drop for Handshake {
-    fn drop(&mut self) {
-        if !self.done {
-            self.counter
-                .with_label_values(&[HandshakeResult::Failed.label()])
-                .inc();
-        }
-    }
 }
 
 /// Times store transactions; given to the store when a serving relay
@@ -580,10 +305,7 @@ impl Metrics {
 
     /// A handshake that starts now.
     pub(crate) fn handshake(&self) -> Handshake {
-        Handshake {
-            counter: self.handshakes.clone(),
-            done: false,
-        }
+        Handshake::new(self.handshakes.clone())
     }
 
     /// A login's verdict.
@@ -593,8 +315,7 @@ impl Metrics {
 
     /// An attempt just reserved, until the guard drops.
     pub(crate) fn pending_attempt(&self) -> Pending {
-        self.attempts_pending.inc();
-        Pending(self.attempts_pending.clone())
+        Pending::new(&self.attempts_pending)
     }
 
     /// `n` attempts settled as failures without a verdict.
@@ -669,79 +390,13 @@ impl Metrics {
     }
 }
 
-/// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
-
-/// What the `/metrics` handler needs.
-#[derive(Clone)]
-struct Scrape {
-    metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
-}
-
-/// `GET /metrics`, without a login, for a relay's own listener or for
-/// merging into the admin console's router (`Router::merge`). Any other
-/// path is axum's 404.
-pub fn router(metrics: Arc<Metrics>, store: Arc<dyn Store>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(Scrape { metrics, store })
-}
-
-async fn scrape(State(s): State<Scrape>) -> Response {
-    // The store's calls block: off the async threads.
-    let store = s.store.clone();
-    match tokio::task::spawn_blocking(move || store.gauges()).await {
-        Ok(Ok(g)) => s.metrics.set_store_gauges(&g),
-        Ok(Err(e)) => {
-            warn!("metrics: reading the store's gauges: {e}");
-            s.metrics.store_gauge_errors.inc();
-        }
-        Err(e) => {
-            warn!("metrics: reading the store's gauges: {e}");
-            s.metrics.store_gauge_errors.inc();
-        }
-    }
-    match s.metrics.render() {
-        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
-        Err(e) => {
-            warn!("{e}");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
-/// Binds `addr` for `/metrics` (before the relay says it listens, so a
-/// taken address fails the start).
-pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind { addr, source })
-}
-
-/// Serves [`router`] on `listener` until `shutdown`.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
-    shutdown: CancellationToken,
-) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "metrics listening");
-    }
-    let served = axum::serve(listener, router(metrics, store))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        warn!("metrics listener stopped: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn value(text: &str, series: &str) -> Option<f64> {
+    /// The value of `series` in rendered `text` (shared with the guards'
+    /// tests).
+    pub(super) fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
@@ -759,58 +414,6 @@ mod tests {
             value(&text, "latchkey_connections{role=\"host_admin\"}"),
             Some(0.0)
         );
-    }
-
-    #[test]
-    fn an_open_gauge_is_its_opened_minus_closed_counters() {
-        let m = Metrics::new().unwrap();
-        let a = m.channel(ChannelKind::Bulk);
-        let b = m.channel(ChannelKind::Bulk);
-        let c = m.channel(ChannelKind::Interactive);
-        drop(a);
-        let text = m.render().unwrap();
-        let get = |name: &str, kind: &str| {
-            value(&text, &format!("{name}{{kind=\"{kind}\"}}")).unwrap_or(f64::NAN)
-        };
-        for kind in ["bulk", "interactive", "handshake"] {
-            assert_eq!(
-                get("latchkey_channels", kind),
-                get("latchkey_channels_opened_total", kind)
-                    - get("latchkey_channels_closed_total", kind),
-                "{kind}"
-            );
-        }
-        assert_eq!(get("latchkey_channels", "bulk"), 1.0);
-        assert_eq!(get("latchkey_channels_closed_total", "bulk"), 1.0);
-        assert_eq!(get("latchkey_channels", "interactive"), 1.0);
-        drop((b, c));
-    }
-
-    #[test]
-    fn a_handshake_dropped_unfinished_counts_as_failed_once() {
-        let m = Metrics::new().unwrap();
-        m.handshake().finish(HandshakeResult::Timeout);
-        drop(m.handshake());
-        let text = m.render().unwrap();
-        assert_eq!(
-            value(&text, "latchkey_handshakes_total{result=\"timeout\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, "latchkey_handshakes_total{result=\"failed\"}"),
-            Some(1.0)
-        );
-    }
-
-    #[test]
-    fn a_pending_attempt_counts_until_its_guard_drops() {
-        let m = Metrics::new().unwrap();
-        let a = m.pending_attempt();
-        let b = m.pending_attempt();
-        assert_eq!(m.attempts_pending.get(), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(m.attempts_pending.get(), 0);
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! Hosts: invite one (a token for its agent), list them, show one, change
+//! its shared-access policy, unlock it.
+
+use latchkey_protocol::ids::{HostName, UserName};
+
+use super::{
+    output::{emit, enabled, invitation, print_table, yes},
+    AdminError, Context,
+};
+use crate::{
+    admin::service,
+    store::{HostStatus, InviteKind},
+};
+
+/// `invite-host`: creates the host if new and prints a token for its agent.
+pub(super) fn invite(
+    cx: &mut Context<'_>,
+    name: &HostName,
+    owner: &UserName,
+) -> Result<(), AdminError> {
+    let kind = InviteKind::Host {
+        owner: owner.clone(),
+        lockout_threshold: cx.config.lockout_threshold,
+    };
+    let invite = service::invite(
+        cx.store,
+        cx.config,
+        &cx.data.pin(),
+        name.as_str(),
+        kind,
+        &cx.by,
+    )?;
+    invitation(cx, name.as_str(), &invite)
+}
+
+/// `hosts`: every host with its owner, state and secondary users.
+pub(super) fn list(cx: &mut Context<'_>) -> Result<(), AdminError> {
+    let hosts = cx.store.hosts()?;
+    emit(cx, &hosts, |out| {
+        let rows: Vec<Vec<String>> = hosts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.name.clone(),
+                    h.owner.clone(),
+                    yes(h.online),
+                    yes(h.locked),
+                    format!("{}/{}", h.failures, h.lockout_threshold),
+                    h.grants.join(","),
+                ]
+            })
+            .collect();
+        print_table(
+            out,
+            &[
+                "HOST",
+                "OWNER",
+                "ONLINE",
+                "LOCKED",
+                "FAILURES",
+                "SHARED WITH",
+            ],
+            &rows,
+        )
+    })
+}
+
+/// `status`: one host, a field a line.
+pub(super) fn status(cx: &mut Context<'_>, host: &HostName) -> Result<(), AdminError> {
+    let s = cx.store.host_status(host)?;
+    emit(cx, &s, |out| {
+        for (field, value) in status_fields(&s) {
+            writeln!(out, "{:<16} {}", format!("{field}:"), value)?;
+        }
+        Ok(())
+    })
+}
+
+/// The fields `status` prints, in order.
+fn status_fields(s: &HostStatus) -> Vec<(&'static str, String)> {
+    vec![
+        ("host", s.name.clone()),
+        ("owner", s.owner.clone()),
+        ("enrolled", yes(s.enrolled)),
+        ("platform", s.platform.clone().unwrap_or_else(|| "-".into())),
+        ("access code set", yes(s.code_set)),
+        ("shared access", enabled(s.shared_access).into()),
+        (
+            "shared with",
+            if s.grants.is_empty() {
+                "-".into()
+            } else {
+                s.grants.join(", ")
+            },
+        ),
+        (
+            "failures",
+            format!("{} (locks at {})", s.failures, s.lockout_threshold),
+        ),
+        ("locked", yes(s.locked)),
+        (
+            "online",
+            match (&s.relay, s.online) {
+                (Some(relay), true) => format!("yes (on the relay at {relay})"),
+                _ => yes(s.online),
+            },
+        ),
+    ]
+}
+
+/// `policy`: changes what is given, then shows the host's policy.
+pub(super) fn policy(
+    cx: &mut Context<'_>,
+    host: &HostName,
+    shared_access: Option<&str>,
+    lockout_threshold: Option<u32>,
+) -> Result<(), AdminError> {
+    let shared = shared_access.map(|s| s == "enabled");
+    service::set_policy(cx.store, host, shared, lockout_threshold, &cx.by)?;
+    let s = cx.store.host_status(host)?;
+    emit(cx, &s, |out| {
+        let locked = if s.locked {
+            format!(" (locked: {} counted)", s.failures)
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "'{host}': shared access {}, locks after {} failed attempts{locked}",
+            enabled(s.shared_access),
+            s.lockout_threshold,
+        )
+    })
+}
+
+/// `unlock`: unlocks the host and says what still counts.
+pub(super) fn unlock(cx: &mut Context<'_>, host: &HostName) -> Result<(), AdminError> {
+    let left = service::unlock(cx.store, host, &cx.by)?;
+    emit(
+        cx,
+        &serde_json::json!({"unlocked": true, "host": host.as_str(), "failures": left}),
+        |out| match left {
+            0 => writeln!(out, "'{host}' is unlocked; its failure count is 0."),
+            n => writeln!(
+                out,
+                "'{host}' is unlocked; {n} attempt(s) still being decided count until they end."
+            ),
+        },
+    )
+}

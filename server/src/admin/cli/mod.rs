@@ -1,0 +1,226 @@
+//! `latchkey-relay admin ...`: manages users, hosts and grants directly in
+//! the relay's store, so it works whether or not the relay runs (SQLite in
+//! WAL mode lets both write; the relay re-reads lock and grant state on
+//! every attempt). The actions themselves are [`crate::admin::service`]'s, which
+//! the web console calls too; this module parses and prints: the commands
+//! and their errors here, each group of commands in a module of its own
+//! (`users`, `hosts`, `grants`, `admins`, `logs`), and the printing they
+//! share in `output`.
+
+mod admins;
+mod grants;
+mod hosts;
+mod logs;
+mod output;
+mod users;
+
+use std::io::Write;
+
+use clap::Subcommand;
+use latchkey_protocol::ids::{HostName, UserName};
+use thiserror::Error;
+
+use self::logs::parse_since;
+use crate::{
+    admin::service::ServiceError,
+    config::Config,
+    datadir::DataDir,
+    store::{Actor, Store, StoreError},
+};
+
+/// Admin subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Create a user (if new) and print a one-time invite token for their device.
+    InviteUser {
+        /// The user's name.
+        name: UserName,
+        /// Where to email the user's notices (shared access granted, code
+        /// change recommended, host locked).
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Set (or with no ADDRESS, clear) where a user's notices are emailed.
+    SetEmail {
+        /// The user.
+        user: UserName,
+        /// The address.
+        address: Option<String>,
+    },
+    /// Change a host's shared-access policy.
+    Policy {
+        /// The host.
+        host: HostName,
+        /// Whether shared access may be granted on the host.
+        #[arg(long, value_parser = ["enabled", "disabled"])]
+        shared_access: Option<String>,
+        /// Failed attempts that lock the host (default 3); a host whose
+        /// failures already reach the new threshold locks at once.
+        #[arg(long)]
+        lockout_threshold: Option<u32>,
+    },
+    /// Show the newest notices (emails and host notices) and whether they were delivered.
+    Outbox {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Create a host owned by USER (if new) and print a one-time invite token for its agent.
+    InviteHost {
+        /// The host's name.
+        name: HostName,
+        /// The user who owns the host.
+        #[arg(long)]
+        owner: UserName,
+    },
+    /// List users.
+    Users,
+    /// List hosts with their state.
+    Hosts,
+    /// Create a console admin (or reset one: a new password and second
+    /// factor, unlocked) and print their one-time setup link.
+    AddAdmin {
+        /// The admin's name.
+        name: UserName,
+        /// Where to email them when another console admin is locked out.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// List console admins.
+    Admins,
+    /// Delete a console admin; their open console sessions end at once.
+    RemoveAdmin {
+        /// The admin's name.
+        name: UserName,
+    },
+    /// Give USER shared access to HOST with the owner's current access code.
+    Grant {
+        /// The host.
+        host: HostName,
+        /// The secondary user.
+        user: UserName,
+    },
+    /// Take USER's shared access to HOST away.
+    Revoke {
+        /// The host.
+        host: HostName,
+        /// The secondary user.
+        user: UserName,
+    },
+    /// Revoke USER's shared access to HOST and grant it again, in one step,
+    /// so they inherit the owner's current access code.
+    Regrant {
+        /// The host.
+        host: HostName,
+        /// The secondary user.
+        user: UserName,
+    },
+    /// Unlock a host locked by failed access-code attempts.
+    Unlock {
+        /// The host.
+        host: HostName,
+    },
+    /// Show one host: owner, grants, failure count, locked, online.
+    Status {
+        /// The host.
+        host: HostName,
+    },
+    /// Show the audit log, oldest first, in local time (ISO 8601 with
+    /// `--json`). Says so when older events were left out.
+    Audit {
+        /// Only events about this host.
+        #[arg(long)]
+        host: Option<HostName>,
+        /// Show at most this many of the newest events.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only events at or after this time: a date or date and time in
+        /// local time (`2026-11-28`, `2026-11-28 14:30`), an ISO 8601
+        /// timestamp (`2026-11-28T14:30:00Z`), or an age (`2h`, `3d`, `30m`).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<jiff::Timestamp>,
+    },
+}
+
+/// Errors of admin commands (shown to the admin, exit status 1).
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The action failed.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// Output failed.
+    #[error("output: {0}")]
+    Io(#[from] std::io::Error),
+    /// Output failed.
+    #[error("output: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl AdminError {
+    /// Whether the output's reader went away (`admin audit | head`).
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            Self::Io(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+            Self::Json(e) => e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe),
+            _ => false,
+        }
+    }
+}
+
+/// What every command works with: the relay's data and store, how it
+/// prints, and who the audit log says acted.
+struct Context<'a> {
+    data: &'a DataDir,
+    store: &'a dyn Store,
+    config: &'a Config,
+    /// JSON instead of text.
+    json: bool,
+    out: &'a mut dyn Write,
+    by: Actor,
+}
+
+/// Runs one admin command.
+pub fn run(
+    cmd: &AdminCommand,
+    data: &DataDir,
+    store: &dyn Store,
+    config: &Config,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let cx = &mut Context {
+        data,
+        store,
+        config,
+        json,
+        out,
+        by: Actor::cli(),
+    };
+    match cmd {
+        AdminCommand::InviteUser { name, email } => users::invite(cx, name, email.as_deref()),
+        AdminCommand::SetEmail { user, address } => users::set_email(cx, user, address.as_deref()),
+        AdminCommand::Users => users::list(cx),
+        AdminCommand::InviteHost { name, owner } => hosts::invite(cx, name, owner),
+        AdminCommand::Hosts => hosts::list(cx),
+        AdminCommand::Status { host } => hosts::status(cx, host),
+        AdminCommand::Policy {
+            host,
+            shared_access,
+            lockout_threshold,
+        } => hosts::policy(cx, host, shared_access.as_deref(), *lockout_threshold),
+        AdminCommand::Unlock { host } => hosts::unlock(cx, host),
+        AdminCommand::Grant { host, user } => grants::grant(cx, host, user),
+        AdminCommand::Revoke { host, user } => grants::revoke(cx, host, user),
+        AdminCommand::Regrant { host, user } => grants::regrant(cx, host, user),
+        AdminCommand::AddAdmin { name, email } => admins::add(cx, name, email.as_deref()),
+        AdminCommand::Admins => admins::list(cx),
+        AdminCommand::RemoveAdmin { name } => admins::remove(cx, name),
+        AdminCommand::Audit { host, limit, since } => {
+            logs::audit(cx, host.as_ref(), *limit, *since)
+        }
+        AdminCommand::Outbox { limit } => logs::outbox(cx, *limit),
+    }
+}

@@ -1,0 +1,65 @@
+//! Users: invite one (a token for their device), set where their notices
+//! are emailed, list them.
+
+use latchkey_protocol::ids::UserName;
+
+use super::{
+    output::{emit, invitation, print_table, printable, yes},
+    AdminError, Context,
+};
+use crate::{admin::service, store::InviteKind};
+
+/// `invite-user`: creates the user if new and prints a token for their device.
+pub(super) fn invite(
+    cx: &mut Context<'_>,
+    name: &UserName,
+    email: Option<&str>,
+) -> Result<(), AdminError> {
+    let kind = InviteKind::User {
+        email: email.map(str::to_owned),
+    };
+    let invite = service::invite(
+        cx.store,
+        cx.config,
+        &cx.data.pin(),
+        name.as_str(),
+        kind,
+        &cx.by,
+    )?;
+    invitation(cx, name.as_str(), &invite)
+}
+
+/// `set-email`: sets or clears where the user's notices go.
+pub(super) fn set_email(
+    cx: &mut Context<'_>,
+    user: &UserName,
+    address: Option<&str>,
+) -> Result<(), AdminError> {
+    service::set_email(cx.store, user, address, &cx.by)?;
+    emit(
+        cx,
+        &serde_json::json!({"user": user.as_str(), "email": address}),
+        |out| match address {
+            Some(a) => writeln!(out, "notices for '{user}' go to {}", printable(a)),
+            None => writeln!(out, "'{user}' gets no email notices"),
+        },
+    )
+}
+
+/// `users`: every user, whether their device enrolled, and their email.
+pub(super) fn list(cx: &mut Context<'_>) -> Result<(), AdminError> {
+    let users = cx.store.users()?;
+    emit(cx, &users, |out| {
+        let rows: Vec<Vec<String>> = users
+            .iter()
+            .map(|u| {
+                vec![
+                    u.name.clone(),
+                    yes(u.enrolled),
+                    u.email.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(out, &["USER", "ENROLLED", "EMAIL"], &rows)
+    })
+}
