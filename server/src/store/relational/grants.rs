@@ -1,0 +1,241 @@
+//! Who may log in to a host, and with which code: the owner's grant and
+//! the secondary users' shared access (grant, revoke, regrant), and the
+//! code records the grants point to.
+
+use latchkey_protocol::{
+    frame::CodeTarget,
+    handshake::CodeRecord,
+    ids::{HostName, RecordId, UserName},
+    ksf::KsfProfile,
+};
+
+use super::{
+    audit::{by_admin, event, insert_audit},
+    outbox::enqueue_for_owner,
+    rows::{host_ids, user_id},
+};
+use crate::store::{
+    notice,
+    sql::{args, Tx},
+    Actor, AuditEvent, GrantRow, StoreError, UnixTime,
+};
+
+/// Whether the user still holds the very grant a login (or a session's
+/// ticket) was made under: the same code record, and not revoked and
+/// granted again meanwhile (a new grant has a new generation).
+pub(super) fn grant_is_current(
+    tx: &mut dyn Tx,
+    host_id: i64,
+    user_id: i64,
+    record: &[u8],
+    generation: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx
+        .opt_row(
+            "SELECT 1 FROM grants
+             WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
+            args![host_id, user_id, record, generation],
+        )?
+        .is_some())
+}
+
+/// Gives `user` shared access to `host` with the owner's current code.
+pub(super) fn grant(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+    by: &Actor,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+    let user_id = user_id(tx, user.as_str())?;
+    let r = tx.row(
+        "SELECT h.shared_access, g.record_id FROM hosts h
+             JOIN grants g ON g.host_id = h.id AND g.is_owner = 1 WHERE h.id = ?1",
+        args![host_id],
+    )?;
+    let (shared, owner_record) = (r.flag(0)?, r.opt_blob(1)?);
+    if !shared {
+        return Err(StoreError::Refused(format!(
+            "shared access is disabled on host '{host}': enable it first"
+        )));
+    }
+    if user_id == owner_id {
+        return Err(StoreError::Refused(format!(
+            "'{user}' owns host '{host}' already"
+        )));
+    }
+    let Some(record) = owner_record else {
+        return Err(StoreError::Refused(format!(
+            "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
+        )));
+    };
+    let generation = tx
+        .row(
+            "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
+                 WHERE key = 'grant_generation' RETURNING CAST(value AS BIGINT)",
+            args![],
+        )?
+        .int(0)?;
+    let inserted = tx.exec(
+        "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT DO NOTHING",
+        args![host_id, user_id, &record, now, generation],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::Refused(format!(
+                "'{user}' has shared access to '{host}' already (revoke and grant again to give them the current code)"
+            )));
+    }
+    insert_audit(
+        tx,
+        &by_admin(
+            AuditEvent::Grant,
+            Some(host.as_str()),
+            Some(user.as_str()),
+            by,
+        ),
+        now,
+    )?;
+    enqueue_for_owner(tx, host_id, now, |owner| {
+        notice::granted(host.as_str(), owner, user.as_str())
+    })
+}
+
+/// Takes `user`'s shared access to `host` away.
+pub(super) fn revoke(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+    by: &Actor,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let (host_id, _) = host_ids(tx, host.as_str())?;
+    let user_id = user_id(tx, user.as_str())?;
+    let removed = tx.exec(
+        "DELETE FROM grants WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
+        args![host_id, user_id],
+    )?;
+    if removed == 0 {
+        return Err(StoreError::Refused(format!(
+            "'{user}' has no shared access to '{host}'"
+        )));
+    }
+    insert_audit(
+        tx,
+        &by_admin(
+            AuditEvent::Revoke,
+            Some(host.as_str()),
+            Some(user.as_str()),
+            by,
+        ),
+        now,
+    )?;
+    enqueue_for_owner(tx, host_id, now, |owner| {
+        notice::revoked(host.as_str(), owner, user.as_str())
+    })
+}
+
+/// Revokes and grants again, so the grant inherits the owner's current code.
+pub(super) fn regrant(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+    by: &Actor,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    revoke(tx, host, user, by, now)?;
+    grant(tx, host, user, by, now)
+}
+
+/// The secondary users of `host` (of every host with `None`).
+pub(super) fn list(tx: &mut dyn Tx, host: Option<&HostName>) -> Result<Vec<GrantRow>, StoreError> {
+    tx.rows(
+        "SELECT h.name, u.name, g.created_at, c.created_at FROM grants g
+         JOIN hosts h ON h.id = g.host_id
+         JOIN users u ON u.id = g.user_id
+         LEFT JOIN code_records c ON c.id = g.record_id
+         WHERE g.is_owner = 0 AND (CAST(?1 AS TEXT) IS NULL OR h.name = ?1)
+         ORDER BY h.name, u.name",
+        args![host.map(|h| h.as_str())],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(GrantRow {
+            host: r.text(0)?,
+            user: r.text(1)?,
+            granted_at: r.int(2)?,
+            code_set_at: r.opt_int(3)?,
+        })
+    })
+    .collect()
+}
+
+/// The code record `user` logs in to `host` with, if any.
+pub(super) fn code_record(
+    tx: &mut dyn Tx,
+    user: &UserName,
+    host: &HostName,
+) -> Result<Option<CodeRecord>, StoreError> {
+    let Some(r) = tx.opt_row(
+        "SELECT r.id, r.ksf, r.record FROM grants g
+         JOIN users u ON u.id = g.user_id
+         JOIN hosts h ON h.id = g.host_id
+         JOIN code_records r ON r.id = g.record_id
+         WHERE u.name = ?1 AND h.name = ?2",
+        args![user.as_str(), host.as_str()],
+    )?
+    else {
+        return Ok(None);
+    };
+    let ksf = r.text(1)?;
+    Ok(Some(CodeRecord {
+        id: RecordId(
+            r.blob(0)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("record id is not 16 bytes".into()))?,
+        ),
+        ksf: KsfProfile::parse(&ksf)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown key-stretching profile {ksf}")))?,
+        record: r.blob(2)?,
+    }))
+}
+
+/// Stores a new code record and points the owner's grant or one
+/// secondary user's grant at it.
+pub(super) fn set_code(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    target: &CodeTarget,
+    record: &CodeRecord,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+    tx.exec(
+        "INSERT INTO code_records (id, host_id, ksf, record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        args![&record.id.0[..], host_id, record.ksf.as_str(), &record.record, now],
+    )?;
+    let (user_id, event_name) = match target {
+        CodeTarget::Owner => (owner_id, AuditEvent::CodeChanged),
+        CodeTarget::Grant(user) => (user_id(tx, user.as_str())?, AuditEvent::CodeReset),
+        _ => return Err(StoreError::Refused("unknown code target".into())),
+    };
+    let is_owner = matches!(target, CodeTarget::Owner);
+    let changed = tx.exec(
+        "UPDATE grants SET record_id = ?1 WHERE host_id = ?2 AND user_id = ?3 AND is_owner = ?4",
+        args![&record.id.0[..], host_id, user_id, is_owner],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::Refused(format!(
+            "that user has no shared access to host '{host}'"
+        )));
+    }
+    let user = tx
+        .row("SELECT name FROM users WHERE id = ?1", args![user_id])?
+        .text(0)?;
+    insert_audit(
+        tx,
+        &event(event_name, Some(host.as_str()), Some(&user)),
+        now,
+    )
+}

@@ -1,0 +1,36 @@
+//! Lookups every domain of the store makes: a user's or host's ids by
+//! name, and a device key read from its column.
+
+use latchkey_protocol::ids::PublicKey;
+
+use crate::store::{
+    sql::{args, Tx},
+    StoreError,
+};
+
+/// A stored device key, if any; one that is not 32 bytes is corrupt.
+pub(super) fn key_from(blob: Option<Vec<u8>>) -> Result<Option<PublicKey>, StoreError> {
+    blob.map(|b| {
+        b.try_into()
+            .map(PublicKey)
+            .map_err(|_| StoreError::Corrupt("device key is not 32 bytes".into()))
+    })
+    .transpose()
+}
+
+pub(super) fn user_id(tx: &mut dyn Tx, user: &str) -> Result<i64, StoreError> {
+    tx.opt_row("SELECT id FROM users WHERE name = ?1", args![user])?
+        .ok_or_else(|| StoreError::NoSuchUser(user.into()))?
+        .int(0)
+}
+
+/// (id, owner id) of a host.
+pub(super) fn host_ids(tx: &mut dyn Tx, host: &str) -> Result<(i64, i64), StoreError> {
+    let row = tx
+        .opt_row(
+            "SELECT id, owner_id FROM hosts WHERE name = ?1",
+            args![host],
+        )?
+        .ok_or_else(|| StoreError::NoSuchHost(host.into()))?;
+    Ok((row.int(0)?, row.int(1)?))
+}
