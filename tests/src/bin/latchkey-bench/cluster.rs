@@ -1,4 +1,4 @@
-//! Several relays on one PostgreSQL (issue 14): logins per second on one
+//! Several relays on one PostgreSQL (SPEC M1, M2, M5): logins per second on one
 //! SQLite relay (the baseline), one PostgreSQL relay and three, in the same
 //! run; then 5,000 hosts spread over three relays when one of them is killed.
 

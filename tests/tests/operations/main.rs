@@ -1,0 +1,9 @@
+//! Operating a relay (SPEC O2, O4, S9, I2): the admin CLI's audit log,
+//! the admin console (as the real relay serves it, and in a real headless
+//! browser), the metrics endpoint, and a relay listening on IPv6.
+
+mod audit;
+mod console;
+mod console_browser;
+mod ipv6;
+mod metrics;
