@@ -12,8 +12,12 @@
 //!   than reading "rows after the last id".
 //! - Connections come from an r2d2 pool; each keeps its prepared
 //!   statements.
+//! - Connections over TCP use TLS whenever the server offers it, and the
+//!   server's certificate is always verified (rustls' webpki verifier)
+//!   against `sslrootcert` or the platform's roots; `sslmode` decides
+//!   whether TLS is required (`connect`).
 
-use std::{collections::HashMap, error::Error as StdError, str::FromStr, time::Duration};
+use std::{collections::HashMap, error::Error as StdError, time::Duration};
 
 use backon::{BlockingRetryable, ExponentialBuilder};
 use bytes::BytesMut;
@@ -21,9 +25,12 @@ use postgres::{
     error::SqlState,
     fallible_iterator::FallibleIterator,
     types::{to_sql_checked, IsNull, ToSql, Type},
-    Client, IsolationLevel, NoTls, Statement,
+    Client, IsolationLevel, Statement,
 };
 
+mod connect;
+
+use self::connect::Connector;
 use super::{
     relational::SqlStore,
     sql::{audit_row, Backend, Body, Cell, EventFeed, Row, Tx, Value},
@@ -218,14 +225,9 @@ CREATE INDEX session_tickets_expiry ON session_tickets (expires_at);
 "#,
 ];
 
-/// Deadlines for what PostgreSQL does: the client's connection attempt,
-/// a peer that vanished from the network (TCP keep-alives and the user
-/// timeout), and the server's own work on a statement or an abandoned
-/// transaction. A server that stops answering on a Unix socket is the one
-/// case none of these bounds.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadlines for the server's own work on a statement or an abandoned
+/// transaction (those for connecting and for a peer that vanished are
+/// [`connect`]'s).
 const SESSION_SETTINGS: &str =
     "SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '30s'; SET lock_timeout = '10s'";
 
@@ -236,8 +238,8 @@ const SESSION_SETTINGS: &str =
 struct PgClient(Option<Client>);
 
 impl PgClient {
-    fn connect(config: &postgres::Config) -> Result<Self, postgres::Error> {
-        let mut client = config.connect(NoTls)?;
+    fn connect(connector: &Connector) -> Result<Self, StoreError> {
+        let mut client = connector.connect()?;
         client.batch_execute(SESSION_SETTINGS)?;
         Ok(Self(Some(client)))
     }
@@ -261,34 +263,19 @@ impl Drop for PgClient {
     }
 }
 
-/// The connection settings with this store's deadlines, where the
-/// connection string sets none.
-fn with_deadlines(mut config: postgres::Config) -> postgres::Config {
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    // The client's own default: two hours.
-    if config.get_keepalives_idle() == postgres::Config::new().get_keepalives_idle() {
-        config.keepalives_idle(TCP_KEEPALIVE_IDLE);
-    }
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(TCP_USER_TIMEOUT);
-    }
-    config
-}
-
 /// The PostgreSQL backend.
 pub struct Postgres {
-    config: postgres::Config,
+    connector: Connector,
     pool: r2d2::Pool<Manager>,
 }
 
 impl SqlStore<Postgres> {
     /// Connects to the database at `url` (`postgres://user@host/db`, or
-    /// the key=value form) and creates or migrates its schema.
+    /// the key=value form, with libpq's `sslmode` and `sslrootcert`) and
+    /// creates or migrates its schema.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let config = with_deadlines(postgres::Config::from_str(url)?);
-        let mut client = PgClient::connect(&config)?;
+        let connector = Connector::new(url)?;
+        let mut client = PgClient::connect(&connector)?;
         migrate(client.get())?;
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
@@ -296,11 +283,11 @@ impl SqlStore<Postgres> {
             .connection_timeout(POOL_WAIT)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(Manager {
-                config: config.clone(),
+                connector: connector.clone(),
             })
             .map_err(pool_error)?;
         Ok(SqlStore {
-            backend: Postgres { config, pool },
+            backend: Postgres { connector, pool },
             latency: None,
             relay: None,
         })
@@ -345,7 +332,7 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 
 /// Opens pool connections, each with its own prepared statements.
 struct Manager {
-    config: postgres::Config,
+    connector: Connector,
 }
 
 struct Conn {
@@ -355,17 +342,17 @@ struct Conn {
 
 impl r2d2::ManageConnection for Manager {
     type Connection = Conn;
-    type Error = postgres::Error;
+    type Error = StoreError;
 
-    fn connect(&self) -> Result<Conn, postgres::Error> {
+    fn connect(&self) -> Result<Conn, StoreError> {
         Ok(Conn {
-            client: PgClient::connect(&self.config)?,
+            client: PgClient::connect(&self.connector)?,
             statements: HashMap::new(),
         })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        conn.client.get().simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        Ok(conn.client.get().simple_query("").map(|_| ())?)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
@@ -423,7 +410,7 @@ impl Backend for Postgres {
     }
 
     fn event_feed(&self) -> Result<Box<dyn EventFeed>, StoreError> {
-        let mut client = PgFeed::listen(&self.config)?;
+        let mut client = PgFeed::listen(&self.connector)?;
         // Listening first, then the newest row: a row committed between
         // the two is announced (and read) all the same.
         let last: i64 = client
@@ -431,7 +418,7 @@ impl Backend for Postgres {
             .query_one("SELECT COALESCE(MAX(id), 0) FROM audit", &[])?
             .get(0);
         Ok(Box::new(PgFeed {
-            config: self.config.clone(),
+            connector: self.connector.clone(),
             client: Some(client),
             announced: Vec::new(),
             last,
@@ -556,7 +543,7 @@ impl ToSql for Value<'_> {
 /// and first reads the rows with ids above the highest it returned: only a
 /// row with a lower id committed while no connection listened is missed.
 struct PgFeed {
-    config: postgres::Config,
+    connector: Connector,
     client: Option<PgClient>,
     /// Ids announced but not yet returned (kept across a failed read).
     announced: Vec<i64>,
@@ -565,8 +552,8 @@ struct PgFeed {
 }
 
 impl PgFeed {
-    fn listen(config: &postgres::Config) -> Result<PgClient, StoreError> {
-        let mut client = PgClient::connect(config)?;
+    fn listen(connector: &Connector) -> Result<PgClient, StoreError> {
+        let mut client = PgClient::connect(connector)?;
         client
             .get()
             .batch_execute(&format!("LISTEN {AUDIT_CHANNEL}"))?;
@@ -588,7 +575,7 @@ impl PgFeed {
     fn read(&mut self, wait: Duration) -> Result<Vec<AuditRow>, StoreError> {
         let mut caught_up = Vec::new();
         if self.client.is_none() {
-            let mut client = Self::listen(&self.config)?;
+            let mut client = Self::listen(&self.connector)?;
             // The newest rows first, at most CATCH_UP of them, put back
             // in id order.
             caught_up = Self::rows(
@@ -666,11 +653,19 @@ impl EventFeed for PgFeed {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use super::{dollar_placeholders, PostgresStore};
+    use super::{dollar_placeholders, Connector, PostgresStore};
     use crate::{
-        store::{suite, Store},
-        testing::postgres::start_or_skip,
+        store::{suite, Store, StoreError},
+        testing::postgres::{start_or_skip, TestCa, TestPostgres},
     };
+
+    /// A plain client on the store's connection code (and so its TLS).
+    fn client(url: &str) -> postgres::Client {
+        Connector::new(url)
+            .expect("connection string")
+            .connect()
+            .expect("connect")
+    }
 
     #[test]
     fn placeholders_are_rewritten_and_nothing_else() {
@@ -695,9 +690,7 @@ mod tests {
             return;
         };
         let url = pg.fresh_database();
-        let admin = std::sync::Mutex::new(
-            postgres::Client::connect(&url, postgres::NoTls).expect("connect"),
-        );
+        let admin = std::sync::Mutex::new(client(&url));
         let n = AtomicU32::new(0);
         // A schema per case: each starts from nothing, as SQLite's in-memory
         // stores do. Fewer cases than SQLite's 1,000: each costs a schema.
@@ -731,6 +724,13 @@ mod tests {
     fn a_sessions_end_is_recorded_once_and_only_if_it_began() {
         on_fresh_database("a_sessions_end_is_recorded_once", |open| {
             suite::a_sessions_end_is_recorded_once_and_only_if_it_began(&*open())
+        });
+    }
+
+    #[test]
+    fn a_right_code_starts_no_session_beyond_the_users_cap() {
+        on_fresh_database("a_right_code_starts_no_session", |open| {
+            suite::a_right_code_starts_no_session_beyond_the_users_cap(&*open())
         });
     }
 
@@ -815,7 +815,7 @@ mod tests {
         let store = PostgresStore::connect(&url).expect("connect");
         let (_, host, _) = suite::alice_owns_mypc(&store, 3);
         let mut feed = store.event_feed().expect("feed");
-        let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        let mut admin = client(&url);
         admin
             .batch_execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -875,5 +875,160 @@ mod tests {
         for store in &stores[1..] {
             assert_eq!(store.host_status(&host).expect("read").name, host.as_str());
         }
+    }
+
+    /// Connections to `db` as the server sees them: (with TLS, without).
+    fn connections_by_tls(pg: &TestPostgres, db: &str) -> (i64, i64) {
+        let mut admin = postgres::Client::connect(&pg.socket_url_of("postgres"), postgres::NoTls)
+            .expect("connect on the socket");
+        let row = admin
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = $1",
+                &[&db],
+            )
+            .expect("pg_stat_ssl");
+        (row.get(0), row.get(1))
+    }
+
+    fn connect_error(url: &str) -> String {
+        let started = std::time::Instant::now();
+        let e = match PostgresStore::connect(url) {
+            Ok(_) => panic!("connected"),
+            Err(e) => e,
+        };
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "refusing took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(e, StoreError::Connection(_)), "{e:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn the_store_connects_over_tls_verified_against_the_tests_own_ca() {
+        let Some(pg) = start_or_skip("the_store_connects_over_tls") else {
+            return;
+        };
+        let db = pg.fresh_database_name();
+        let store = PostgresStore::connect(&pg.url_of(&db)).expect("connect over TLS");
+        suite::alice_owns_mypc(&store, 3);
+        let (tls, plain) = connections_by_tls(&pg, &db);
+        assert!(tls >= 1 && plain == 0, "{tls} with TLS, {plain} without");
+        drop(store);
+        // The URL form too, its parameters percent-encoded.
+        let url = format!(
+            "postgresql://latchkey@localhost:{}/{db}?hostaddr=127.0.0.1&sslmode=verify%2Dfull&sslrootcert={}",
+            pg.port(),
+            pg.ca_file().display()
+        );
+        let mut c = client(&url);
+        let ssl: bool = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .expect("query")
+            .get(0);
+        assert!(ssl);
+    }
+
+    #[test]
+    fn a_server_whose_certificate_does_not_verify_is_refused_in_every_tls_mode() {
+        let Some(pg) = start_or_skip("a_server_whose_certificate_does_not_verify") else {
+            return;
+        };
+        let db = pg.fresh_database_name();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other_ca = dir.path().join("other-ca.crt");
+        std::fs::write(&other_ca, TestCa::new("another CA").expect("CA").pem()).expect("write");
+        // `prefer` verifies too when the server offers TLS.
+        for mode in ["prefer", "require", "verify-ca", "verify-full"] {
+            let url = format!(
+                "{} password=hunter2 sslmode={mode} sslrootcert={}",
+                pg.tcp_url_of(&db),
+                other_ca.display()
+            );
+            let e = connect_error(&url);
+            assert!(
+                e.contains("TLS") && e.contains("certificate") && e.contains("UnknownIssuer"),
+                "{mode}: {e}"
+            );
+            assert!(!e.contains("hunter2") && !e.contains("dbname"), "{e}");
+        }
+    }
+
+    #[test]
+    fn verify_ca_accepts_a_certificate_for_another_name_and_verify_full_does_not() {
+        let Some(pg) = start_or_skip("verify_ca_accepts_a_certificate_for_another_name") else {
+            return;
+        };
+        let db = pg.fresh_database_name();
+        // The certificate names `localhost`, not 127.0.0.1.
+        let url = |mode: &str| {
+            format!(
+                "host=127.0.0.1 port={} user=latchkey dbname={db} sslmode={mode} sslrootcert={}",
+                pg.port(),
+                pg.ca_file().display()
+            )
+        };
+        PostgresStore::connect(&url("verify-ca")).expect("verify-ca ignores the name");
+        let e = connect_error(&url("verify-full"));
+        assert!(e.contains("TLS") && e.contains("not valid for name"), "{e}");
+        // `require` checks the name as `verify-full` does.
+        let e = connect_error(&url("require"));
+        assert!(e.contains("not valid for name"), "{e}");
+    }
+
+    #[test]
+    fn sslmode_disable_connects_in_plain_text_to_a_server_that_offers_tls() {
+        let Some(pg) = start_or_skip("sslmode_disable_connects_in_plain_text") else {
+            return;
+        };
+        let db = pg.fresh_database_name();
+        let url = format!("{} sslmode=disable", pg.tcp_url_of(&db));
+        let store = PostgresStore::connect(&url).expect("connect in plain text");
+        suite::alice_owns_mypc(&store, 3);
+        let (tls, plain) = connections_by_tls(&pg, &db);
+        assert!(tls == 0 && plain >= 1, "{tls} with TLS, {plain} without");
+    }
+
+    #[test]
+    fn a_unix_socket_ignores_sslmode_as_libpq_does() {
+        let Some(pg) = start_or_skip("a_unix_socket_ignores_sslmode") else {
+            return;
+        };
+        let db = pg.fresh_database_name();
+        let url = format!("{} sslmode=verify-full", pg.socket_url_of(&db));
+        PostgresStore::connect(&url).expect("connect on the socket");
+    }
+
+    #[test]
+    fn an_unusable_sslrootcert_is_named_and_the_string_is_not_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.crt");
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "no certificate here\n").expect("write");
+        for (path, why) in [
+            (&missing, "cannot be read"),
+            (&empty, "holds no certificate"),
+        ] {
+            let url = format!(
+                "host=db.example password=hunter2 sslmode=require sslrootcert='{}'",
+                path.display()
+            );
+            let Err(e) = Connector::new(&url) else {
+                panic!("accepted {why}");
+            };
+            let e = e.to_string();
+            assert!(e.contains("sslrootcert") && e.contains(why), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("db.example"), "{e}");
+        }
+        let Err(e) = Connector::new("host=db.example password=hunter2 sslmode=verify") else {
+            panic!("accepted sslmode=verify");
+        };
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }
