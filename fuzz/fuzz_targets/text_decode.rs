@@ -1,12 +1,14 @@
 //! The text forms people paste: invite tokens, relay pins, keys, names and
 //! key-stretching profile names. Whatever parses must print back to the
-//! same value, and nothing panics.
+//! same value, and nothing panics. And any text a peer sends, once shown,
+//! holds no control or format character.
 #![no_main]
 
 use latchkey_protocol::{
     ids::{HostName, PublicKey, RelayPin, UserName},
     invite::Invite,
     ksf::KsfProfile,
+    text,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -27,5 +29,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = text.parse::<HostName>();
     if let Some(profile) = KsfProfile::parse(text) {
         assert_eq!(profile.as_str(), text);
+    }
+    let shown = text::shown(text);
+    assert!(!shown.chars().any(text::is_hidden));
+    if !text.chars().any(text::is_hidden) {
+        assert_eq!(shown, text);
     }
 });

@@ -33,5 +33,6 @@ pub mod limits;
 pub mod quic;
 pub mod record;
 pub mod session;
+pub mod text;
 
 pub use error::{CodecError, HandshakeError, ParseError};

@@ -34,6 +34,14 @@ pub enum DataDirError {
     /// The certificate could not be generated.
     #[error("cannot generate the TLS certificate: {0}")]
     Certificate(String),
+    /// No relay has kept its data here (the admin CLI and `info` never
+    /// make a new relay: a wrong path would give it a new identity).
+    #[error(
+        "no relay data in {}: pass --data-dir with the directory `latchkey-relay serve` uses \
+         (and --store for a relay on PostgreSQL), or start the relay there first",
+        .0.display()
+    )]
+    Missing(PathBuf),
     /// Another relay serves this directory.
     #[error("data directory {} is in use by another relay (pid {pid})", dir.display())]
     InUse {
@@ -125,6 +133,19 @@ impl DataDir {
             cert_der,
             key_der,
         })
+    }
+
+    /// Opens the data directory of a relay that has started before (the
+    /// admin CLI and `info`), without making one: a mistyped path must not
+    /// quietly become a new relay with a new identity and an empty store.
+    /// With `embedded_store`, its SQLite database must exist too.
+    pub fn open_existing(path: &Path, embedded_store: bool) -> Result<Self, DataDirError> {
+        let missing = !path.join(IDENTITY_FILE).is_file()
+            || (embedded_store && !path.join(DB_FILE).is_file());
+        if missing {
+            return Err(DataDirError::Missing(path.to_owned()));
+        }
+        Self::open_or_create(path)
     }
 
     /// Takes the directory for one serving relay, or says which process has

@@ -91,7 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve(config)
         }
         Command::Info => {
-            let data = DataDir::open_or_create(&data_dir)?;
+            let data = DataDir::open_existing(&data_dir, !location.is_shared())?;
             let store = location.open(&data.db_path())?;
             let addr = store
                 .meta("listen_addr")?
@@ -109,7 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin { json, command } => {
-            let data = DataDir::open_or_create(&data_dir)?;
+            let data = DataDir::open_existing(&data_dir, !location.is_shared())?;
             let store = match location {
                 Location::Embedded => location
                     .open(&data.db_path())

@@ -33,21 +33,54 @@ fn every_subcommand_has_help() {
 }
 
 #[test]
-fn info_creates_a_private_data_dir_and_prints_the_pin() {
+fn admin_and_info_make_no_relay_where_there_is_none() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    for args in [
+        vec!["info"],
+        vec!["admin", "users"],
+        vec!["admin", "invite-user", "alice"],
+    ] {
+        let out = relay()
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no relay data in") && stderr.contains("--data-dir"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!data.exists(), "{args:?} created {}", data.display());
+    }
+}
+
+#[test]
+fn info_prints_the_pin_of_a_private_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // What `serve` makes on its first start.
+    let made = latchkey_server::datadir::DataDir::open_or_create(&data).unwrap();
+    latchkey_server::store::SqliteStore::open(&made.db_path()).unwrap();
     let out = relay()
         .arg("--data-dir")
         .arg(&data)
         .arg("info")
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("fingerprint:") && text.contains("pin:"),
         "{text}"
     );
+    assert!(text.contains(&made.pin().to_text()), "{text}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -73,6 +106,8 @@ fn info_creates_a_private_data_dir_and_prints_the_pin() {
 fn admin_errors_say_what_to_do_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let made = latchkey_server::datadir::DataDir::open_or_create(&data).unwrap();
+    latchkey_server::store::SqliteStore::open(&made.db_path()).unwrap();
     let run = |args: &[&str]| {
         relay()
             .arg("--data-dir")
@@ -90,7 +125,7 @@ fn admin_errors_say_what_to_do_and_exit_non_zero() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("start it once"));
-    // With a configured port, invites work before the first start.
+    // With a configured port, invites work before the relay listens.
     let out = run(&["admin", "invite-user", "alice"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("lk1-"));

@@ -161,8 +161,13 @@ impl SessionAccount {
             cmd.current_dir(dir);
         }
         #[cfg(unix)]
-        if let Self::User(u) = self {
-            cmd.uid(u.uid).gid(u.gid).env_clear().envs(u.env());
+        match self {
+            Self::User(u) => {
+                cmd.uid(u.uid).gid(u.gid).env_clear().envs(u.env());
+            }
+            Self::Agent => {
+                cmd.env_clear().envs(RunAs::agent().env());
+            }
         }
         cmd
     }
@@ -253,6 +258,16 @@ impl SessionAccount {
                 cmd
             }
         };
+        // The agent's own account gets a fresh environment too: nothing of
+        // the agent's (LATCHKEY_HOME, the service manager's variables)
+        // reaches a session.
+        #[cfg(unix)]
+        if let Self::Agent = self {
+            cmd.env_clear();
+            for (key, value) in RunAs::agent().env() {
+                cmd.env(key, value);
+            }
+        }
         cmd.env("TERM", term);
         if let Some(dir) = self.start_dir() {
             cmd.cwd(dir);
@@ -271,6 +286,36 @@ impl SessionAccount {
 
 #[cfg(unix)]
 impl RunAs {
+    /// The account the agent itself runs as, from the password database
+    /// (its own environment only where the database has no entry).
+    fn agent() -> Self {
+        let uid = nix::unistd::geteuid();
+        match nix::unistd::User::from_uid(uid).ok().flatten() {
+            Some(u) => Self {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+                shell: u.shell,
+            },
+            None => {
+                let var = |k: &str| std::env::var_os(k).unwrap_or_default();
+                Self {
+                    name: var("USER").to_string_lossy().into_owned(),
+                    uid: uid.as_raw(),
+                    gid: nix::unistd::getegid().as_raw(),
+                    home: var("HOME").into(),
+                    shell: PathBuf::from(match var("SHELL") {
+                        s if s.is_empty() => "/bin/sh".into(),
+                        s => s,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A session's whole environment, as `su -` gives (and `TERM` for a
+    /// shell): docs/host.md lists it.
     fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
         vec![
             ("HOME", self.home.clone().into_os_string()),

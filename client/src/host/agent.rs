@@ -9,6 +9,7 @@ use latchkey_protocol::{
     frame::{HostToRelay, Intent, Refusal, RelayToHost},
     handshake::Keypair,
     ids::{HostName, RelayPin},
+    text::Shown,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -142,7 +143,7 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
                 // The relay may be gone: the next of the cluster is tried
                 // first (with one relay, the same one again).
                 ring.advance();
-                warn!("disconnected from the relay: {why}; reconnecting");
+                warn!("disconnected from the relay: {}; reconnecting", Shown(&why));
             }
             Ended::Refused(why) => {
                 warn!("the relay refused this agent: {why}; trying again in {REFUSED_WAIT:?}");
@@ -308,7 +309,7 @@ async fn serve(
                     return Ended::Refused(crate::net::refusal_text(&r));
                 }
                 Some(Ok(Some(RelayToHost::Notice(text)))) => {
-                    info!(notice = %text, "notice from the relay");
+                    info!(notice = %Shown(&text), "notice from the relay");
                 }
                 Some(Ok(Some(other))) => warn!(?other, "unexpected frame from the relay"),
                 Some(Ok(None)) | None => return "relay closed the control stream".into(),

@@ -5,7 +5,7 @@
 //! and the channel number; the keys prove the rest.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::BTreeSet,
     sync::{Arc, Mutex},
 };
 
@@ -17,13 +17,8 @@ use latchkey_protocol::{
 };
 use rand::rngs::OsRng;
 
+use super::fair_share::FairShare;
 use crate::config::Home;
-
-/// Sessions whose keys the agent keeps at once. The relay says when a
-/// session ends, and its keys go; beyond this many live ones, the least
-/// recently used is forgotten (its client re-handshakes, as after a
-/// reboot).
-const MAX_SESSIONS: usize = 256;
 
 /// Channel numbers remembered above the floor of one session's keys.
 const MAX_REMEMBERED_NUMBERS: usize = 1024;
@@ -61,6 +56,12 @@ struct Epoch {
     used: UsedNumbers,
 }
 
+/// The sessions' keys. The relay says when a session ends, and its keys
+/// go; beyond a user's fair share, their least recently used session's are
+/// forgotten (its client re-handshakes, as after a reboot), never another
+/// user's ([`FairShare`]).
+type Keys = FairShare<SessionId, Epoch>;
+
 /// What a channel's task gets: its record keys, and who it serves.
 pub(crate) struct ChannelKeys {
     pub(crate) sealer: Sealer,
@@ -73,7 +74,7 @@ pub(crate) struct ChannelKeys {
 pub(crate) struct Sessions {
     home: Home,
     key: Keypair,
-    inner: Mutex<(HashMap<SessionId, Epoch>, VecDeque<SessionId>)>,
+    inner: Mutex<Keys>,
 }
 
 impl Sessions {
@@ -81,7 +82,7 @@ impl Sessions {
         Self {
             home,
             key,
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            inner: Mutex::new(Keys::new()),
         }
     }
 
@@ -120,49 +121,41 @@ impl Sessions {
                  code key, does not match"
                     .to_string()
             })?;
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *inner;
         let epoch = Epoch {
             keys: Arc::new(keys),
-            user,
+            user: user.clone(),
             user_key,
             used: UsedNumbers::default(),
         };
-        map.insert(session, epoch);
-        order.retain(|s| *s != session);
-        order.push_back(session);
-        while map.len() > MAX_SESSIONS {
-            match order.pop_front() {
-                Some(oldest) => {
-                    map.remove(&oldest);
-                }
-                None => break,
-            }
+        let evicted = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session, user, epoch);
+        if !evicted.is_empty() {
+            tracing::debug!(
+                sessions = evicted.len(),
+                "end-to-end keys of idle sessions forgotten"
+            );
         }
         Ok(msg2)
     }
 
     /// Forgets an ended session's keys.
     pub(crate) fn forget(&self, session: SessionId) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *inner;
-        map.remove(&session);
-        order.retain(|s| *s != session);
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session);
     }
 
     /// The keys of channel `number` of `session`, once: a number already
     /// used, or a session without a handshake, is refused.
     pub(crate) fn channel(&self, session: SessionId, number: u64) -> Result<ChannelKeys, String> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *inner;
-        let epoch = map
+        let epoch = inner
             .get_mut(&session)
             .ok_or("no end-to-end handshake for this session")?;
-        // Most recently used last: eviction takes the front.
-        if order.back() != Some(&session) {
-            order.retain(|s| *s != session);
-            order.push_back(session);
-        }
         if !epoch.used.claim(number) {
             return Err(format!("channel number {number} was used already"));
         }

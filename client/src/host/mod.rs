@@ -6,6 +6,7 @@ mod agent;
 mod channel_log;
 mod channels;
 mod e2e;
+mod fair_share;
 pub mod file_helper;
 
 pub use agent::{dial, run, RelayRing};

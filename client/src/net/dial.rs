@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use latchkey_protocol::{ids::RelayPin, HandshakeError};
+use latchkey_protocol::{ids::RelayPin, text, HandshakeError};
 use tokio::time::timeout;
 
 use super::{
@@ -181,7 +181,7 @@ const MAX_RELAY_ADDR: usize = 260;
 /// Checks the address a relay redirected us to before dialling it (the
 /// pin decides whether it is trusted; this only keeps nonsense out).
 pub fn check_redirect(to: &str) -> Result<(), NetError> {
-    if to.is_empty() || to.len() > MAX_RELAY_ADDR || to.chars().any(char::is_control) {
+    if to.is_empty() || to.len() > MAX_RELAY_ADDR || to.chars().any(text::is_hidden) {
         return Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
             "redirected to an invalid relay address",
         )));

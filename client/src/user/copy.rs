@@ -163,7 +163,7 @@ pub async fn upload(remote: &Remote, local: &Path, path: &str) -> Result<u64, Ch
     progress.finish_and_clear();
     match recv.read_frame::<ChannelReply>().await? {
         Some(ChannelReply::Accepted { .. }) => Ok(size),
-        Some(ChannelReply::Refused(why)) => Err(ChannelError::Refused(why)),
+        Some(ChannelReply::Refused(why)) => Err(ChannelError::said_by_peer(&why)),
         _ => Err(ChannelError::Refused(
             "the host did not confirm the copy".into(),
         )),

@@ -12,6 +12,7 @@ use latchkey_protocol::{
     ids::{HostName, PublicKey},
     limits::MAX_NOISE_MESSAGE,
     session::{ChannelRequest, HandshakeReply, Relayed},
+    text::shown,
 };
 use rand::rngs::OsRng;
 use tokio::time::timeout;
@@ -210,7 +211,11 @@ impl Handshaker {
             let relayed = wire::read_frame::<Relayed>(&mut recv).await?;
             let reply = match relayed {
                 Some(Relayed::Spliced) => wire::read_frame::<HandshakeReply>(&mut recv).await?,
-                Some(Relayed::Refused(why)) => return Ok(Err(E2eError::Net(NetError::Local(why)))),
+                Some(Relayed::Refused(why)) => {
+                    return Ok(Err(E2eError::Net(NetError::Local(
+                        shown(&why).into_owned(),
+                    ))))
+                }
                 _ => None,
             };
             Ok::<_, wire::WireError>(Ok(reply))
@@ -231,7 +236,7 @@ impl Handshaker {
             }
             Some(HandshakeReply::Refused(why)) => Err(E2eError::Refused {
                 host: self.host.clone(),
-                why,
+                why: shown(&why).into_owned(),
             }),
             _ => Err(E2eError::Failed {
                 host: self.host.clone(),

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use latchkey_protocol::{
     ids::{HostName, RelayPin, TokenSecret, UserName},
     invite::{Invite, MAX_RELAYS},
+    text,
 };
 use rand::{rngs::OsRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -203,19 +204,11 @@ pub fn set_email(
 fn check_email(address: &str) -> Result<(), ServiceError> {
     // Control and format characters (C0, C1, bidirectional overrides)
     // would reach a terminal or a mail header as they are.
-    let printable = !address.chars().any(|c| c.is_control() || is_format(c));
+    let printable = !address.chars().any(text::is_hidden);
     match address.parse::<lettre::Address>() {
         Ok(_) if printable && address.len() <= 254 => Ok(()),
         _ => Err(ServiceError::BadEmail(address.to_string())),
     }
-}
-
-/// Unicode format characters that change how text around them shows
-/// (bidirectional controls, zero-width marks).
-pub fn is_format(c: char) -> bool {
-    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// The digest under which a console setup token is stored.

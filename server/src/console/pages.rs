@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use latchkey_protocol::ids::HostName;
+use latchkey_protocol::{ids::HostName, text::shown};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -86,7 +86,7 @@ fn events_table(rows: &[AuditRow]) -> Markup {
                         td { @if let Some(h) = &r.host { a href=(paths::host(h)) { (h) } } }
                         td { (r.user.as_deref().unwrap_or("")) }
                         td { (r.source.as_deref().unwrap_or("")) }
-                        td { (r.detail.as_deref().map(|d| human_time::times_in_text(d, &zone)).unwrap_or_default()) }
+                        td { (r.detail.as_deref().map(|d| shown(&human_time::times_in_text(d, &zone)).into_owned()).unwrap_or_default()) }
                     }
                 }
             }
@@ -257,7 +257,7 @@ pub(super) async fn host_body(
                 @if let Some(lock) = last_lock.as_ref().filter(|_| status.locked) {
                     tr { th { "Locked since" } td #lock-cause {
                         (view::time(lock.at))
-                        @if let Some(d) = &lock.detail { ": " (d) }
+                        @if let Some(d) = &lock.detail { ": " (shown(d)) }
                     } }
                 }
                 tr { th { "Failures" } td #failures { (status.failures) " (locks at " (status.lockout_threshold) ")" } }
@@ -430,8 +430,8 @@ pub(super) async fn outbox(
                 @for r in &rows {
                     tr {
                         td { (r.id) } td { (r.channel) } td { (r.recipient) }
-                        td { (r.state) } td { (r.attempts) } td { (r.subject) }
-                        td { (r.last_error.as_deref().unwrap_or("")) }
+                        td { (r.state) } td { (r.attempts) } td { (shown(&r.subject)) }
+                        td { (shown(r.last_error.as_deref().unwrap_or(""))) }
                     }
                 }
             }

@@ -283,12 +283,11 @@ pub(super) async fn setup(
     };
     let secret = Zeroizing::new(secret.as_ref().to_vec());
     let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
-    if totp(&secret, &admin)?
-        .check(&code, unix_now_u64())
-        .is_none()
-    {
+    // The code proves the app holds the key; as a sign-in's, it is spent
+    // (the first sign-in needs a newer one).
+    let Some(totp_step) = totp(&secret, &admin)?.check(&code, unix_now_u64()) else {
         return again("That code does not match: check the app's clock and type the newest code.");
-    }
+    };
     let store = state.store.clone();
     let digest = service::setup_digest(&token);
     let password = form.password.clone();
@@ -300,7 +299,7 @@ pub(super) async fn setup(
                 .hash_password(password.as_bytes(), &salt)
                 .map_err(|_| StoreError::Refused("the password could not be hashed".into()))?
                 .to_string();
-            store.finish_admin_setup(digest, &hash, &secret, client.source, now_unix())
+            store.finish_admin_setup(digest, &hash, &secret, totp_step, client.source, now_unix())
         })
         .await??;
     Ok(Redirect::to(&format!("{}?ready=true", paths::LOGIN)).into_response())

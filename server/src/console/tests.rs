@@ -36,6 +36,8 @@ struct Browser {
     jar: HashMap<String, String>,
     peer: SocketAddr,
     _dir: tempfile::TempDir,
+    /// The TOTP code the last set-up used.
+    setup_code: String,
 }
 
 struct Page {
@@ -56,6 +58,16 @@ impl Page {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
+}
+
+/// A code of the next TOTP step: the current one was spent at set-up, and
+/// the server takes one step of clock skew.
+fn next_code(totp: &totp_rs::Totp) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    totp.generate(now + 30).to_string()
 }
 
 fn between(text: &str, start: &str, end: &str) -> String {
@@ -87,6 +99,7 @@ impl Browser {
             config,
             jar: HashMap::new(),
             peer: "127.0.0.1:50000".parse().expect("address"),
+            setup_code: String::new(),
             _dir: dir,
         }
     }
@@ -139,6 +152,7 @@ impl Browser {
             config: self.config.clone(),
             jar: HashMap::new(),
             peer: self.peer,
+            setup_code: String::new(),
             _dir: tempfile::tempdir().expect("tempdir"),
         }
     }
@@ -184,6 +198,7 @@ impl Browser {
             )
             .await;
         assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        self.setup_code = code;
         // The link works once.
         assert_eq!(self.get(&path).await.status, StatusCode::NOT_FOUND);
         totp
@@ -207,9 +222,7 @@ impl Browser {
     async fn signed_in() -> (Self, totp_rs::Totp) {
         let mut b = Self::new();
         let totp = b.set_up_admin("alice", None).await;
-        let page = b
-            .log_in("alice", PASSWORD, &totp.generate_current().to_string())
-            .await;
+        let page = b.log_in("alice", PASSWORD, &next_code(&totp)).await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
         assert_eq!(page.location(), "/");
         (b, totp)
@@ -289,9 +302,7 @@ async fn every_page_needs_a_sign_in_and_then_shows() {
         assert_eq!(page.location(), "/login", "{path}");
     }
     let totp = b.set_up_admin("root", None).await;
-    let login = b
-        .log_in("root", PASSWORD, &totp.generate_current().to_string())
-        .await;
+    let login = b.log_in("root", PASSWORD, &next_code(&totp)).await;
     assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.body);
     let cookie = login
         .headers
@@ -590,7 +601,7 @@ async fn console_logins_lock_the_account_after_repeated_failures() {
     let mut b = Browser::new();
     let totp = b.set_up_admin("alice", None).await;
     b.set_up_admin("bob", Some("bob@example.com")).await;
-    let code = totp.generate_current().to_string();
+    let code = next_code(&totp);
     let threshold = b.config.admin_login_lockout as usize;
     for _ in 0..threshold {
         let page = b.log_in("alice", "wrong password!", &code).await;
@@ -651,9 +662,22 @@ async fn console_logins_lock_the_account_after_repeated_failures() {
     );
     // A new setup link unlocks it.
     let totp = b.set_up_admin("alice", None).await;
-    let page = b
-        .log_in("alice", PASSWORD, &totp.generate_current().to_string())
-        .await;
+    let page = b.log_in("alice", PASSWORD, &next_code(&totp)).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+}
+
+#[tokio::test]
+async fn the_code_that_finished_the_set_up_cannot_sign_in() {
+    let mut b = Browser::new();
+    let totp = b.set_up_admin("alice", None).await;
+    let spent = b.setup_code.clone();
+    let page = b.log_in("alice", PASSWORD, &spent).await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNAUTHORIZED,
+        "the set-up's code signed in"
+    );
+    let page = b.log_in("alice", PASSWORD, &next_code(&totp)).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
 }
 
@@ -661,7 +685,7 @@ async fn console_logins_lock_the_account_after_repeated_failures() {
 async fn a_totp_code_signs_in_once_and_one_address_is_rate_limited() {
     let mut b = Browser::new();
     let totp = b.set_up_admin("alice", None).await;
-    let code = totp.generate_current().to_string();
+    let code = next_code(&totp);
     assert_eq!(
         b.log_in("alice", PASSWORD, &code).await.status,
         StatusCode::SEE_OTHER
@@ -809,7 +833,7 @@ async fn a_reset_or_removal_ends_the_admins_open_sessions_and_a_lock_does_not() 
     let (mut b, totp) = Browser::signed_in().await;
     let mut attacker = b.clone_app();
     attacker.peer = "127.0.0.9:40000".parse().expect("address");
-    let code = totp.generate_current().to_string();
+    let code = next_code(&totp);
     for _ in 0..b.config.admin_login_lockout {
         attacker.log_in("alice", "guessed wrong!", &code).await;
     }

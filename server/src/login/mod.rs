@@ -361,6 +361,10 @@ fn outcome(
         Some(Some(Settlement::Void(VoidReason::Locked))) => {
             (Some(LoginResult::Locked), LoginOutcome::Locked)
         }
+        Some(Some(Settlement::Void(VoidReason::SessionsFull(full)))) => (
+            Some(LoginResult::TooManySessions),
+            LoginOutcome::Refused(Refusal::NotAllowed(full.explain(host.as_str()))),
+        ),
         Some(Some(Settlement::Failure)) => (Some(LoginResult::Wrong), LoginOutcome::Rejected),
         // Settled by the sweeper first (counted as abandoned): the login
         // took too long.

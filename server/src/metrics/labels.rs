@@ -82,16 +82,20 @@ pub enum LoginResult {
     /// The host is on another relay of the cluster: sent there, nothing
     /// was tried here.
     Redirected,
+    /// The right code, but the user holds as many sessions as they may:
+    /// no session started, nothing counted.
+    TooManySessions,
 }
 
 impl LoginResult {
-    pub(super) const ALL: [Self; 6] = [
+    pub(super) const ALL: [Self; 7] = [
         Self::Ok,
         Self::Wrong,
         Self::Locked,
         Self::Busy,
         Self::Outsider,
         Self::Redirected,
+        Self::TooManySessions,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -102,6 +106,7 @@ impl LoginResult {
             Self::Busy => "busy",
             Self::Outsider => "outsider",
             Self::Redirected => "redirected",
+            Self::TooManySessions => "too_many_sessions",
         }
     }
 }

@@ -135,6 +135,8 @@ pub enum VoidReason {
     GrantGone,
     /// A concurrent attempt locked the host meanwhile.
     Locked,
+    /// The user holds as many sessions as they may ([`super::session_cap`]).
+    SessionsFull(super::session_cap::Full),
 }
 
 /// How a pending attempt ends.
@@ -150,13 +152,22 @@ pub enum Settlement {
 
 /// Settles an attempt from what it proved and what the store sees now:
 /// whether the user's grant still points at the record the attempt used,
-/// and whether the host is locked.
-pub fn settle(proof: Proof, grant_current: bool, tally: &Tally) -> Settlement {
+/// whether the host is locked, and whether the user has room for one more
+/// session. A right code never counts as a failure, whatever stops it.
+pub fn settle(
+    proof: Proof,
+    grant_current: bool,
+    tally: &Tally,
+    room: Result<(), super::session_cap::Full>,
+) -> Settlement {
     match proof {
         Proof::NotProven => Settlement::Failure,
         Proof::RightCode if !grant_current => Settlement::Void(VoidReason::GrantGone),
         Proof::RightCode if tally.locked => Settlement::Void(VoidReason::Locked),
-        Proof::RightCode => Settlement::Success,
+        Proof::RightCode => match room {
+            Ok(()) => Settlement::Success,
+            Err(full) => Settlement::Void(VoidReason::SessionsFull(full)),
+        },
     }
 }
 
@@ -258,21 +269,38 @@ mod tests {
     }
 
     #[test]
+    fn a_right_code_without_room_for_a_session_counts_nothing() {
+        use super::super::session_cap::Full;
+        let settled = settle(Proof::RightCode, true, &tally(1, 1), Err(Full::OnHost));
+        assert_eq!(
+            settled,
+            Settlement::Void(VoidReason::SessionsFull(Full::OnHost))
+        );
+        let (t, locks) = after_settling(&tally(1, 1), settled, 1);
+        assert_eq!((t.decided, t.pending, locks), (1, 0, false));
+        // A wrong code is a failure whether there is room or not.
+        assert_eq!(
+            settle(Proof::NotProven, true, &tally(0, 1), Err(Full::InAll)),
+            Settlement::Failure
+        );
+    }
+
+    #[test]
     fn a_right_code_after_a_revoke_or_a_lock_counts_nothing() {
         let locked = Tally {
             locked: true,
             ..tally(3, 1)
         };
         assert_eq!(
-            settle(Proof::RightCode, true, &locked),
+            settle(Proof::RightCode, true, &locked, Ok(())),
             Settlement::Void(VoidReason::Locked)
         );
         assert_eq!(
-            settle(Proof::RightCode, false, &tally(0, 1)),
+            settle(Proof::RightCode, false, &tally(0, 1), Ok(())),
             Settlement::Void(VoidReason::GrantGone)
         );
         assert_eq!(
-            settle(Proof::NotProven, false, &locked),
+            settle(Proof::NotProven, false, &locked, Ok(())),
             Settlement::Failure
         );
         let (t, locks) = after_settling(&tally(1, 1), Settlement::Void(VoidReason::GrantGone), 1);

@@ -8,3 +8,4 @@ pub mod budget;
 pub mod lease;
 pub mod lockout;
 pub mod ratelimit;
+pub mod session_cap;

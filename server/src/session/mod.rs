@@ -368,12 +368,17 @@ async fn refuse_channel(mut send: SendStream, why: String) {
 /// The stream error code of a channel whose session ended under it.
 const CHANNEL_ABORTED: u32 = 2;
 
-/// The place a stream holds until it ends: the session's one handshake
-/// place, or one of the user's share of the host's channels.
-enum Held {
-    Handshake(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
-    Channel(#[allow(dead_code)] crate::rules::budget::Place),
+/// The places a stream holds until it ends: one of the user's share of the
+/// host's streams, and for a handshake the session's one handshake place.
+struct Held {
+    _stream: crate::rules::budget::Place,
+    _handshake: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// How long a handshake stream may stay open: two messages each way, well
+/// within this; a client that sends message 1 and stops must not hold a
+/// stream of the host's link for longer.
+const HANDSHAKE_STREAM_DEADLINE: Duration = Duration::from_secs(15);
 
 /// What a channel's task knows of its session.
 struct Pairing {
@@ -450,13 +455,26 @@ async fn channel(
         let _ = c_send.reset(quinn::VarInt::from_u32(1));
         return;
     };
-    // A handshake takes the session's one handshake place, a channel one of
-    // the user's share of the host link's streams (`budget`); either is
-    // held until the stream ends.
+    // Every stream takes one of the user's share of the host link's
+    // streams (`budget`), a handshake also the session's one handshake
+    // place; both are held until the stream ends.
+    let Some(place) = pairing
+        .shared
+        .channel_budgets
+        .take(&pairing.host, &pairing.user)
+    else {
+        let why = format!(
+            "you have {} channels open on '{}' already",
+            crate::rules::budget::MAX_CHANNELS_PER_USER,
+            pairing.host
+        );
+        refuse_channel(c_send, why).await;
+        return;
+    };
     let (stream, bulk, _place) = match request {
         ChannelRequest::Handshake { msg1 } if msg1.len() <= MAX_NOISE_MESSAGE => {
-            let place = match pairing.handshakes.enter() {
-                Ok(place) => place,
+            let handshake = match pairing.handshakes.enter() {
+                Ok(handshake) => handshake,
                 Err(why) => {
                     refuse_channel(c_send, why.into()).await;
                     return;
@@ -476,19 +494,13 @@ async fn channel(
                 msg1,
             };
             let open = pairing.shared.metrics.channel(ChannelKind::Handshake);
-            (stream, false, (Held::Handshake(place), open))
+            let held = Held {
+                _stream: place,
+                _handshake: Some(handshake),
+            };
+            (stream, false, (held, open))
         }
         ChannelRequest::Channel { number, bulk } => {
-            let budgets = &pairing.shared.channel_budgets;
-            let Some(place) = budgets.take(&pairing.host, &pairing.user) else {
-                let why = format!(
-                    "you have {} channels open on '{}' already",
-                    crate::rules::budget::MAX_CHANNELS_PER_USER,
-                    pairing.host
-                );
-                refuse_channel(c_send, why).await;
-                return;
-            };
             pairing.traffic.channel();
             let kind = if bulk {
                 ChannelKind::Bulk
@@ -499,7 +511,13 @@ async fn channel(
             (
                 HostStream::Channel { number },
                 bulk,
-                (Held::Channel(place), open),
+                (
+                    Held {
+                        _stream: place,
+                        _handshake: None,
+                    },
+                    open,
+                ),
             )
         }
         _ => {
@@ -540,7 +558,19 @@ async fn channel(
     }
     let traffic = &pairing.traffic;
     let (to_host, to_client) = pairing.shared.metrics.relayed();
-    tokio::select! {
+    let is_handshake = matches!(open.stream, HostStream::Handshake { .. });
+    let cut_off = async {
+        if is_handshake {
+            tokio::time::sleep(HANDSHAKE_STREAM_DEADLINE).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    // Cut short when the session ends (a revoke, the client gone, the
+    // relay stopping) or a handshake outlives its deadline: reset both
+    // ways, so the host ends what the channel started instead of seeing a
+    // clean end of input.
+    let cut = tokio::select! {
         _ = async {
             tokio::join!(
                 wire::splice(&mut c_recv, &mut h_send, |chunk| {
@@ -554,16 +584,15 @@ async fn channel(
                     fault::spliced(chunk);
                 })
             )
-        } => {}
-        _ = ended.cancelled() => {
-            // The session is over (a revoke, the client gone, the relay
-            // stopping): reset both ways, so the host ends what the channel
-            // started instead of seeing a clean end of input.
-            let code = quinn::VarInt::from_u32(CHANNEL_ABORTED);
-            let _ = h_send.reset(code);
-            let _ = h_recv.stop(code);
-            let _ = c_send.reset(code);
-            let _ = c_recv.stop(code);
-        }
+        } => false,
+        _ = cut_off => true,
+        _ = ended.cancelled() => true,
+    };
+    if cut {
+        let code = quinn::VarInt::from_u32(CHANNEL_ABORTED);
+        let _ = h_send.reset(code);
+        let _ = h_recv.stop(code);
+        let _ = c_send.reset(code);
+        let _ = c_recv.stop(code);
     }
 }

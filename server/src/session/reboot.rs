@@ -9,6 +9,7 @@ use std::{sync::Arc, time::Duration};
 use latchkey_protocol::{
     frame::RelayToHost,
     ids::{HostName, ResumeTicket, SessionId, UserName},
+    text::Shown,
 };
 use rand::{rngs::OsRng, RngCore};
 use tracing::info;
@@ -107,7 +108,7 @@ pub(crate) async fn failed(
     let reason: String = reason.chars().take(MAX_REASON).collect();
     shared.reboots.forget(host, session);
     shared.metrics.reboot(RebootResult::Failed);
-    tracing::warn!(%host, %session, %reason, "reboot failed on the host");
+    tracing::warn!(%host, %session, reason = %Shown(&reason), "reboot failed on the host");
     let store = shared.store.clone();
     let (h, detail, now) = (
         host.clone(),

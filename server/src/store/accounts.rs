@@ -82,11 +82,14 @@ pub trait AdminAccounts {
         now: UnixTime,
     ) -> Result<Option<String>, StoreError>;
     /// Uses a setup link, once: sets the password hash and TOTP secret.
+    /// The code that proved the secret, of step `totp_step`, counts as
+    /// used: it cannot sign in.
     fn finish_admin_setup(
         &self,
         digest: [u8; 32],
         password_hash: &str,
         totp_secret: &[u8],
+        totp_step: u64,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<String, StoreError>;
@@ -258,16 +261,18 @@ impl<B: Backend> AdminAccounts for SqlStore<B> {
         digest: [u8; 32],
         password_hash: &str,
         totp_secret: &[u8],
+        totp_step: u64,
         source: IpAddr,
         now: UnixTime,
     ) -> Result<String, StoreError> {
+        let step = i64::try_from(totp_step).unwrap_or(i64::MAX);
         self.write(|tx| {
             let name = tx
                 .opt_row(
-                    "UPDATE admins SET password_hash = ?1, totp_secret = ?2,
+                    "UPDATE admins SET password_hash = ?1, totp_secret = ?2, totp_last_step = ?5,
                        setup_digest = NULL, setup_expires_at = NULL, failures = 0, locked_at = NULL
                      WHERE setup_digest = ?3 AND setup_expires_at > ?4 RETURNING name",
-                    args![password_hash, totp_secret, &digest[..], now],
+                    args![password_hash, totp_secret, &digest[..], now, step],
                 )?
                 .ok_or(StoreError::InvalidInvite)?
                 .text(0)?;

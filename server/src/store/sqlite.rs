@@ -435,6 +435,11 @@ mod tests {
     }
 
     #[test]
+    fn a_right_code_starts_no_session_beyond_the_users_cap() {
+        suite::a_right_code_starts_no_session_beyond_the_users_cap(&fresh());
+    }
+
+    #[test]
     fn attempts_from_many_connections_at_once_evaluate_exactly_the_threshold() {
         on_file(suite::attempts_from_many_connections_at_once_evaluate_exactly_the_threshold);
     }

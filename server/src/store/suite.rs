@@ -66,6 +66,8 @@ struct Model {
     grants: [Option<(u8, u32)>; 3],
     owner_record: u8,
     generations: u32,
+    /// Sessions each user started (none ends here).
+    sessions: [u32; 3],
 }
 
 impl Model {
@@ -90,8 +92,13 @@ impl Model {
             Some(Settlement::Void(VoidReason::GrantGone))
         } else if self.locked {
             Some(Settlement::Void(VoidReason::Locked))
+        } else if self.sessions[user] >= crate::rules::session_cap::PER_HOST {
+            Some(Settlement::Void(VoidReason::SessionsFull(
+                crate::rules::session_cap::Full::OnHost,
+            )))
         } else {
             self.failures[user] = 0;
+            self.sessions[user] += 1;
             Some(Settlement::Success)
         }
     }
@@ -267,6 +274,7 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         grants: [Some((0, 0)), Some((0, 1)), Some((0, 2))],
         owner_record: 0,
         generations: 2,
+        sessions: [0; 3],
     };
     let source: IpAddr = "127.0.0.1".parse().expect("address");
     let mut attempts: Vec<AttemptId> = Vec::new();
@@ -613,6 +621,40 @@ pub(crate) fn a_sessions_end_is_recorded_once_and_only_if_it_began(store: &dyn S
             .expect("end");
     }
     assert_eq!(ends(), 1);
+}
+
+/// A user holds at most `session_cap::PER_HOST` sessions on a host: the
+/// next right code starts none and counts nothing, a session that ends
+/// frees a place, and another user is not held back.
+pub(crate) fn a_right_code_starts_no_session_beyond_the_users_cap(store: &dyn Store) {
+    use crate::rules::session_cap::{Full, PER_HOST};
+    let (alice, host, record) = alice_owns_mypc(store, 3);
+    let source = "127.0.0.1".parse().expect("address");
+    let login = |n: u8| {
+        let Reservation::Reserved(a) = store
+            .reserve_attempt(&alice, &host, &record.id, source, 1)
+            .expect("reserve")
+        else {
+            panic!("not reserved")
+        };
+        store
+            .settle_attempt(a, Proof::RightCode, "", &SessionId([n; 16]), 1)
+            .expect("settle")
+    };
+    for n in 0..PER_HOST {
+        let n = u8::try_from(n).expect("small") + 1;
+        assert_eq!(login(n), Some(Settlement::Success), "session {n}");
+    }
+    assert_eq!(
+        login(200),
+        Some(Settlement::Void(VoidReason::SessionsFull(Full::OnHost)))
+    );
+    let status = store.host_status(&host).expect("status");
+    assert_eq!((status.failures, status.locked), (0, false));
+    store
+        .session_ended(&SessionId([1; 16]), "test", SessionEnd::Final, 2)
+        .expect("end");
+    assert_eq!(login(201), Some(Settlement::Success));
 }
 
 /// The metrics' store gauges count locked hosts and notices by state,

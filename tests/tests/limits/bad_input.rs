@@ -1,7 +1,8 @@
 //! Hostile bytes at the relay's handshake (SPEC A3, A5, B1): garbage,
 //! truncated and oversized messages 1 and 3 close the connection cleanly,
 //! the relay stays up and serves the next client, and the counter moves
-//! only for a grant holder's attempt, which was spent when KE2 left.
+//! only for a grant holder's attempt, which was spent when KE2 left. A
+//! peer's words reach the host's log escaped (SPEC X7).
 
 use std::time::{Duration, Instant};
 
@@ -141,5 +142,44 @@ async fn hostile_message_3s_close_cleanly_and_only_a_grant_holders_spent_attempt
         }
     }
     w.alice.login("mypc", OWNER_CODE).await?;
+    Ok(())
+}
+
+/// A forward target sent by a client, refused by the host, reaches the
+/// agent's log with its control characters escaped: a peer cannot write a
+/// line of its choosing into the host's log (or the journal).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peers_words_reach_the_hosts_log_escaped() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mut session = w.bob.login("mypc", OWNER_CODE).await?;
+    let epoch = w.bob.session_keys(&mut session, "mypc").await?;
+    let forged = "127.0.0.1:1\nINFO latchkey: host mypc handed over to mallory\u{1b}[2J";
+    let kind = ChannelKind::Forward {
+        target: forged.into(),
+    };
+    let (_send, mut recv, _opener) =
+        open_channel(&session.control.relay.conn, &epoch, &kind).await?;
+    // The host's answer (a refusal) arrives; by then it has logged it.
+    let _ = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 16)).await;
+    let log = w.dir.path().join("mypc-agent.log");
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log)?;
+        if text.contains("handed over") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains("\\nINFO latchkey: host mypc handed over to mallory\\u{1b}[2J"),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("INFO latchkey: host mypc handed over")),
+        "a forged line reached the host's log:\n{text}"
+    );
     Ok(())
 }

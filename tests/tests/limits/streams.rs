@@ -130,22 +130,27 @@ async fn one_user_holding_300_channels_does_not_stop_anothers_copy() -> Result<(
     let w = World::with_env(unlimited())?;
     w.mypc.allow_forward(std::slice::from_ref(&target))?;
     let _agent = w.start_agent()?;
-    // Two sessions of bob's, 150 channels each.
+    // Two sessions of bob's, 150 channels each. Both agree their keys
+    // first: a handshake's stream counts against bob's share too, so once
+    // his channels fill it, he can start no more.
     let mut sessions = Vec::new();
     let mut channels = Vec::new();
     let mut refused = 0;
+    let mut keyed = Vec::new();
     for _ in 0..2 {
         let mut session = w.bob.login("mypc", latchkey_tests::OWNER_CODE).await?;
         let epoch = w.bob.session_keys(&mut session, "mypc").await?;
-        let conn = session.control.relay.conn.clone();
+        keyed.push((session.control.relay.conn.clone(), epoch));
         sessions.push(session);
+    }
+    for (conn, epoch) in &keyed {
         let kind = ChannelKind::Forward {
             target: target.clone(),
         };
         for _ in 0..150 {
             let opened = tokio::time::timeout(
                 Duration::from_secs(2),
-                latchkey_tests::open_channel(&conn, &epoch, &kind),
+                latchkey_tests::open_channel(conn, epoch, &kind),
             )
             .await;
             match opened {

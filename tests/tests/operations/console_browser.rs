@@ -155,10 +155,16 @@ async fn open_browser(driver: &ChromeDriver, tools: &Tools, dir: &Path) -> Resul
 
 /// The current TOTP code for the base32 `key`, as an authenticator app
 /// shows it (SHA-1, 6 digits, 30 s).
-fn totp_code(key: &str) -> Result<String> {
+/// The authenticator's code `steps_ahead` 30 s steps from now: the set-up
+/// spends the current one, so sign-in uses the next (the console takes one
+/// step of clock skew).
+fn totp_code(key: &str, steps_ahead: u64) -> Result<String> {
     let secret = totp_rs::Secret::try_from_base32(key.trim())?;
     let totp = totp_rs::Builder::new().with_secret(secret).build()?;
-    Ok(totp.generate_current().to_string())
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    Ok(totp.generate(now + 30 * steps_ahead).to_string())
 }
 
 /// Saves a screenshot of the window as `NAME.png`.
@@ -260,7 +266,7 @@ async fn set_up_admin(browser: &Client, link: &str) -> Result<String> {
     fill(
         browser,
         "Code from your authenticator app",
-        &totp_code(&key)?,
+        &totp_code(&key, 0)?,
     )
     .await?;
     press(browser, "Finish setup").await?;
@@ -268,7 +274,8 @@ async fn set_up_admin(browser: &Client, link: &str) -> Result<String> {
     Ok(key)
 }
 
-/// Signs in on `console`/login with the name, password and a fresh code.
+/// Signs in on `console`/login with the name, password and a fresh code
+/// (the next step's: the set-up's is spent).
 async fn sign_in(browser: &Client, console: &str, admin: &str, key: &str) -> Result<()> {
     if !browser.current_url().await?.path().ends_with("/login") {
         browser.goto(&format!("{console}/login")).await?;
@@ -278,7 +285,7 @@ async fn sign_in(browser: &Client, console: &str, admin: &str, key: &str) -> Res
     fill(
         browser,
         "Code from your authenticator app",
-        &totp_code(key)?,
+        &totp_code(key, 1)?,
     )
     .await?;
     press(browser, "Sign in").await?;

@@ -1,7 +1,8 @@
 //! `latchkey exec` (SPEC X2, R5, B4): output, exit status and standard
 //! input; a missing program named, with the status a shell gives; the
 //! remote command ends when the client goes (SIGHUP, then SIGKILL); every
-//! command ends its session when it exits; an offline host is said so.
+//! command ends its session when it exits; an offline host is said so; a
+//! session's environment is only what docs/host.md lists.
 
 use std::{process::Command, time::Duration};
 
@@ -257,5 +258,31 @@ async fn an_offline_host_gets_a_clear_error() -> Result<()> {
         "{}",
         text(&out.stderr)
     );
+    Ok(())
+}
+
+/// A session's environment is fresh whatever account it runs as: only
+/// what docs/host.md lists, nothing of the agent's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sessions_environment_holds_only_what_the_docs_list() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "env"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    for name in &names {
+        assert!(
+            ["HOME", "USER", "LOGNAME", "SHELL", "PATH"].contains(name),
+            "{name} leaked into a session:\n{env}"
+        );
+    }
+    assert!(names.contains(&"HOME") && names.contains(&"PATH"), "{env}");
     Ok(())
 }

@@ -2,7 +2,10 @@
 //! account, its standard streams carried as frames and its exit status
 //! reported as a shell would; hung up when its client goes away.
 
-use latchkey_protocol::session::{ExecIn, ExecOut, MAX_CHUNK};
+use latchkey_protocol::{
+    session::{ExecIn, ExecOut, MAX_CHUNK},
+    text::Shown,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
@@ -68,7 +71,7 @@ pub(super) async fn exec(
         Err(e) => {
             // Like sh and ssh: the command ran and failed with 127 (or 126).
             let (code, why) = spawn_failure(program, &e);
-            info!(reason = %why, "exec failed");
+            info!(reason = %Shown(&why), "exec failed");
             accept(&mut send, None).await?;
             send.write_frame(&ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()))
                 .await?;

@@ -2,7 +2,7 @@
 //! download's size) or refused with a reason the user sees; and why a
 //! channel ended early, for the host's log.
 
-use latchkey_protocol::session::ChannelReply;
+use latchkey_protocol::{session::ChannelReply, text::Shown};
 use thiserror::Error;
 use tracing::info;
 
@@ -21,7 +21,7 @@ pub(super) enum ChannelError {
 
 /// Refuses the channel with `why`, which the user sees, and ends it.
 pub(super) async fn refuse(mut send: SealedSend, why: String) -> Result<(), ChannelError> {
-    info!(reason = %why, "channel refused");
+    info!(reason = %Shown(&why), "channel refused");
     send.write_frame_padded(&ChannelReply::Refused(why)).await?;
     send.finish().await?;
     Ok(())

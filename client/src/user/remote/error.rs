@@ -2,19 +2,28 @@
 //! connection failed; and, within one try, the host's word that it has no
 //! keys for this session (so new ones are agreed).
 
-use latchkey_protocol::HandshakeError;
+use latchkey_protocol::{text::shown, HandshakeError};
 
 use crate::{error::CommandError, host::NO_CHANNEL_KEYS, net::NetError, user::e2e::E2eError, wire};
 
 /// Errors opening a channel.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
-    /// The host refused.
+    /// The host or the relay refused (their words already made safe to
+    /// show: see [`ChannelError::said_by_peer`]).
     #[error("{0}")]
     Refused(String),
     /// The relay or connection failed.
     #[error(transparent)]
     Net(#[from] NetError),
+}
+
+impl ChannelError {
+    /// A refusal in a peer's words (the host's or the relay's), shown with
+    /// every control and format character escaped.
+    pub fn said_by_peer(why: &str) -> Self {
+        Self::Refused(shown(why).into_owned())
+    }
 }
 
 impl From<E2eError> for ChannelError {

@@ -18,6 +18,7 @@ use latchkey_protocol::{
     frame::{ClientToRelay, Refusal, RelayToClient},
     ids::{AccessCode, HostName},
     session::{ChannelKind, ChannelReply, ChannelRequest, Relayed},
+    text::shown,
     HandshakeError,
 };
 use tokio::{sync::watch, time::timeout};
@@ -247,14 +248,18 @@ impl Remote {
         let answer = async {
             match wire::read_frame::<Relayed>(&mut recv).await {
                 Ok(Some(Relayed::Spliced)) => {}
-                Ok(Some(Relayed::Refused(why))) => return Err(ChannelError::Refused(why).into()),
+                Ok(Some(Relayed::Refused(why))) => {
+                    return Err(ChannelError::said_by_peer(&why).into())
+                }
                 Ok(_) => return Err(closed_early().into()),
                 Err(e) => return Err(Attempt::from_wire(e)),
             }
             let mut recv = OpenedRecv::new(recv, opener);
             match recv.read_frame::<ChannelReply>().await {
                 Ok(Some(ChannelReply::Accepted { size })) => Ok((recv, size)),
-                Ok(Some(ChannelReply::Refused(why))) => Err(ChannelError::Refused(why).into()),
+                Ok(Some(ChannelReply::Refused(why))) => {
+                    Err(ChannelError::said_by_peer(&why).into())
+                }
                 Ok(_) => Err(closed_early().into()),
                 Err(e) => Err(Attempt::from_wire(e)),
             }
@@ -292,7 +297,7 @@ impl Remote {
     /// Why the session ended, if it has.
     pub fn end_reason(&self) -> Option<String> {
         match &*self.phase.borrow() {
-            Phase::Ended(reason) => Some(reason.clone()),
+            Phase::Ended(reason) => Some(shown(reason).into_owned()),
             _ => None,
         }
     }
@@ -323,9 +328,12 @@ impl Remote {
             .map_err(|_| ChannelError::Refused("the session is over".into()))?;
         let mut phase = self.phase.clone();
         tokio::select! {
-            refusal = refusals.recv() => Err(ChannelError::Refused(refusal.unwrap_or_else(|| "the session is over".into()))),
+            refusal = refusals.recv() => Err(match refusal {
+                Some(why) => ChannelError::said_by_peer(&why),
+                None => ChannelError::Refused("the session is over".into()),
+            }),
             r = phase.wait_for(|p| !matches!(p, Phase::Ready)) => match r.map(|p| p.clone()) {
-                Ok(Phase::Ended(why)) => Err(ChannelError::Refused(why)),
+                Ok(Phase::Ended(why)) => Err(ChannelError::said_by_peer(&why)),
                 Ok(_) => Ok(()),
                 Err(_) => Err(ChannelError::Refused("the session is over".into())),
             },
@@ -350,7 +358,7 @@ impl Remote {
         .map(|r| r.map(|p| (*p).clone()));
         let started = match rebooting {
             Ok(Ok(Phase::Rebooting { since, .. })) => since,
-            Ok(Ok(Phase::Ended(why))) => return Err(ChannelError::Refused(why)),
+            Ok(Ok(Phase::Ended(why))) => return Err(ChannelError::said_by_peer(&why)),
             _ => return Err(ChannelError::Refused(self.lost_reason())),
         };
         loop {
@@ -358,7 +366,7 @@ impl Remote {
                 r = phase.wait_for(|p| !matches!(p, Phase::Rebooting { .. })) => {
                     return match r.map(|p| (*p).clone()) {
                         Ok(Phase::Ready) => Ok(started.elapsed()),
-                        Ok(Phase::Ended(why)) => Err(ChannelError::Refused(why)),
+                        Ok(Phase::Ended(why)) => Err(ChannelError::said_by_peer(&why)),
                         _ => Err(ChannelError::Refused("connection to the relay lost".into())),
                     };
                 }

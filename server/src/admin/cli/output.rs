@@ -3,27 +3,15 @@
 
 use std::io::Write;
 
+use latchkey_protocol::text::shown;
 use serde::Serialize;
 
 use super::{AdminError, Context};
 use crate::admin::service;
 
-/// `text` with control characters escaped.
+/// `text` with control and format characters escaped.
 pub(super) fn printable(text: &str) -> String {
-    let hidden = |c: char| c.is_control() || service::is_format(c);
-    if text.chars().any(hidden) {
-        text.chars()
-            .map(|c| {
-                if hidden(c) {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        text.to_string()
-    }
+    shown(text).into_owned()
 }
 
 /// Prints `rows` under `headers`, each column as wide as its widest cell.

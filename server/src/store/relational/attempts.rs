@@ -19,7 +19,10 @@ use super::{
     rows::{host_ids, user_id},
 };
 use crate::{
-    rules::lockout::{self, Admission, Proof, Settlement, Tally, VoidReason},
+    rules::{
+        lockout::{self, Admission, Proof, Settlement, Tally, VoidReason},
+        session_cap,
+    },
     store::{
         notice,
         sql::{args, Tx},
@@ -125,6 +128,23 @@ pub(super) fn admission(
     ))
 }
 
+/// The user's open sessions, on `host_id` and in all.
+fn open_sessions(
+    tx: &mut dyn Tx,
+    host_id: i64,
+    user_id: i64,
+) -> Result<session_cap::Open, StoreError> {
+    let r = tx.row(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN host_id = ?2 THEN 1 ELSE 0 END), 0)
+         FROM sessions WHERE user_id = ?1 AND ended_at IS NULL",
+        args![user_id, host_id],
+    )?;
+    Ok(session_cap::Open {
+        in_all: r.u32(0)?,
+        on_host: r.u32(1)?,
+    })
+}
+
 /// Settles one pending attempt: the rule decides, this writes the verdict,
 /// the user's failures, the lock with its audit row and notices, and for a
 /// success the session. `None` if it was not pending.
@@ -156,7 +176,8 @@ pub(super) fn settle(
     };
     let before = tally(tx, host_id)?;
     let user_before = user_failures(tx, host_id, user_id)?;
-    let settlement = lockout::settle(proof, grant_current, &before);
+    let room = session_cap::room_for_one_more(open_sessions(tx, host_id, user_id)?);
+    let settlement = lockout::settle(proof, grant_current, &before, room);
     let (after, locks) = lockout::after_settling(&before, settlement, user_before);
     let (state, event_name, detail) = match settlement {
         Settlement::Success => ("success", AuditEvent::LoginOk, None),
@@ -170,6 +191,17 @@ pub(super) fn settle(
             "refused",
             AuditEvent::LoginRefused,
             Some("right code, but the host was locked meanwhile".into()),
+        ),
+        Settlement::Void(VoidReason::SessionsFull(full)) => (
+            "refused",
+            AuditEvent::LoginRefused,
+            Some(format!(
+                "right code, but the user holds too many sessions ({})",
+                match full {
+                    session_cap::Full::OnHost => "on this host",
+                    session_cap::Full::InAll => "in all",
+                }
+            )),
         ),
     };
     tx.exec(

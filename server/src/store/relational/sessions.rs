@@ -170,7 +170,9 @@ pub(super) fn resume(
     let grant_current = grant_is_current(tx, host_id, user_id, &record, generation)?;
     // The ticket proves what the login's right code did; the rule
     // decides as for a verdict.
-    let refused = match lockout::settle(Proof::RightCode, grant_current, &tally(tx, host_id)?) {
+    // A resumed session replaces its old one: it takes no new place.
+    let tally = tally(tx, host_id)?;
+    let refused = match lockout::settle(Proof::RightCode, grant_current, &tally, Ok(())) {
         Settlement::Success => None,
         Settlement::Void(VoidReason::Locked) => Some("the host is locked"),
         _ => Some("your access was revoked or its code replaced since you logged in"),
