@@ -217,6 +217,25 @@ pub async fn splice(
     }
 }
 
+/// What one stream may make its receiver buffer.
+pub const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// What one connection may make its receiver buffer, across its streams.
+pub const RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// The connection-level receive window of a host's link, on both ends (the
+/// relay's and the agent's). A stream whose reader stops (a client that
+/// never reads a command's output, a command that never reads its input)
+/// keeps up to a stream's window unread, and unread data counts against the
+/// whole connection: with the link's window only [`RECEIVE_WINDOW`], eight
+/// such streams of one user stopped the host's link for every user. So the
+/// link's window holds all of one user's streams stalled
+/// ([`MAX_CHANNELS_PER_USER`](crate::limits::MAX_CHANNELS_PER_USER)) and a
+/// whole [`RECEIVE_WINDOW`] more for everyone else. It is credit, not
+/// memory: a link buffers that much only while streams are stalled.
+pub const HOST_LINK_RECEIVE_WINDOW: u32 =
+    crate::limits::MAX_CHANNELS_PER_USER as u32 * STREAM_RECEIVE_WINDOW + RECEIVE_WINDOW;
+
 /// The transport settings of every Latchkey connection, relay and peers
 /// alike (and the benchmark's direct baseline, so it compares like with
 /// like). Clients open one control stream and one stream per channel, so
@@ -230,9 +249,9 @@ pub fn transport_config(
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
-    t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
-    t.send_window(16 * 1024 * 1024);
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+    t.send_window(u64::from(RECEIVE_WINDOW));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t.keep_alive_interval(Some(keep_alive));
     t

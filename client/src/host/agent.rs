@@ -97,6 +97,13 @@ pub async fn dial(
         let relay = [ring.current().to_owned()];
         let result =
             net::welcome_from(local, &relay, pin, key, Intent::Host { host: host.clone() }).await;
+        if let Ok(control) = &result {
+            // Room for one user's stalled streams and everyone else's.
+            control
+                .relay
+                .conn
+                .set_receive_window(wire::HOST_LINK_RECEIVE_WINDOW.into());
+        }
         if result.is_err() {
             ring.advance();
         }

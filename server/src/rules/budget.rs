@@ -12,8 +12,8 @@ use std::{
 use latchkey_protocol::ids::{HostName, UserName};
 
 /// Channels one user may have open on one host at once (the host takes
-/// 256 streams in all).
-pub const MAX_CHANNELS_PER_USER: usize = 96;
+/// 256 streams in all; see the protocol's limit for why this many).
+pub const MAX_CHANNELS_PER_USER: usize = latchkey_protocol::limits::MAX_CHANNELS_PER_USER;
 
 type Key = (HostName, UserName);
 

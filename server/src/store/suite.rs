@@ -655,6 +655,51 @@ pub(crate) fn a_right_code_starts_no_session_beyond_the_users_cap(store: &dyn St
         .session_ended(&SessionId([1; 16]), "test", SessionEnd::Final, 2)
         .expect("end");
     assert_eq!(login(201), Some(Settlement::Success));
+    // A session whose relay went away keeps its ticket, but gives its place
+    // up: resumed after another login took the place, it is refused.
+    assert!(store
+        .issue_session_ticket(
+            &SessionId([2; 16]),
+            [9; 32],
+            &host,
+            &alice,
+            &record.id,
+            100,
+            3
+        )
+        .expect("ticket"));
+    store
+        .session_ended(
+            &SessionId([2; 16]),
+            "relay stopped",
+            SessionEnd::Continues,
+            3,
+        )
+        .expect("end");
+    assert_eq!(login(202), Some(Settlement::Success));
+    let resumed = store
+        .resume_session([9; 32], &alice, &host, &SessionId([203; 16]), source, 4)
+        .expect("resume");
+    assert!(
+        resumed.is_err_and(|why| why.contains("as many sessions")),
+        "a resume went beyond the cap"
+    );
+    // One whose old session still holds its place takes that place.
+    assert!(store
+        .issue_session_ticket(
+            &SessionId([3; 16]),
+            [10; 32],
+            &host,
+            &alice,
+            &record.id,
+            100,
+            5
+        )
+        .expect("ticket"));
+    let resumed = store
+        .resume_session([10; 32], &alice, &host, &SessionId([204; 16]), source, 6)
+        .expect("resume");
+    assert_eq!(resumed, Ok(record.id));
 }
 
 /// The metrics' store gauges count locked hosts and notices by state,

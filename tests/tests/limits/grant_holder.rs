@@ -1,13 +1,14 @@
 //! What one grant holder can hold on a host (SPEC X5, X6): at most 16
 //! sessions on it, each of whose streams, handshakes included, counts
 //! against the user's share of the host's link, a handshake's stream for
-//! 15 s at most. However bob uses what he may hold, the host stays
-//! reachable for alice.
+//! 15 s at most, and the link's flow control has room for all of one
+//! user's streams stalled. However bob uses what he may hold, the host
+//! stays reachable for alice.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use latchkey_tests::{fetch, hello_target, unlimited, World, OWNER_CODE};
+use latchkey_tests::{count, fetch, hello_target, unlimited, wait_until, World, OWNER_CODE};
 
 /// bob holds every session he may on mypc, each with an end-to-end
 /// handshake left hanging (its stream held until the relay's deadline):
@@ -81,5 +82,64 @@ async fn a_grant_holder_holding_all_he_may_leaves_the_host_to_the_others() -> Re
             Err(e) => bail!("bob's freed place was not given back: {e}"),
         }
     }
+    Ok(())
+}
+
+/// Kills the processes it holds when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// bob runs as many commands as he may, each pouring out output that his
+/// client never reads: what piles up for him stays within his share of the
+/// link's flow control, and alice's command goes through as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_holder_who_never_reads_leaves_the_hosts_link_to_the_others() -> Result<()> {
+    let w = World::with_env(unlimited())?;
+    let _agent = w.start_agent()?;
+    let sessions = latchkey_server::rules::session_cap::PER_HOST as usize;
+    let mut stalled = Children(Vec::new());
+    for _ in 0..sessions {
+        let child = w
+            .bob
+            .cmd()
+            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+            .args(["exec", "mypc", "--", "cat", "/dev/zero"])
+            .stdin(std::process::Stdio::null())
+            // Piped and never read: the client stops reading the stream.
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        stalled.0.push(child);
+    }
+    wait_until("bob's sessions", || {
+        w.relay
+            .audit_events("mypc")
+            .is_ok_and(|e| count(&e, "session-start") >= sessions)
+    })?;
+    // Long enough for each stalled stream to fill its window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "still mine"])?;
+    assert!(
+        out.status.success(),
+        "alice's command failed beside bob's stalled ones: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still mine");
+    println!(
+        "alice's exec beside {sessions} stalled ones of bob's: {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
     Ok(())
 }

@@ -42,6 +42,9 @@ impl Drop for AbortOnDrop {
 /// A command that could not start, as a shell reports it: its status
 /// (127 not found, 126 not executable) and a line for standard error.
 fn spawn_failure(program: &str, e: &std::io::Error) -> (i32, String) {
+    // The name is the client's: it reaches its terminal (and this log)
+    // escaped.
+    let program = Shown(program);
     match e.kind() {
         std::io::ErrorKind::NotFound => (127, format!("cannot run '{program}': command not found")),
         std::io::ErrorKind::PermissionDenied => {
@@ -71,7 +74,7 @@ pub(super) async fn exec(
         Err(e) => {
             // Like sh and ssh: the command ran and failed with 127 (or 126).
             let (code, why) = spawn_failure(program, &e);
-            info!(reason = %Shown(&why), "exec failed");
+            info!(reason = %why, "exec failed");
             accept(&mut send, None).await?;
             send.write_frame(&ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()))
                 .await?;

@@ -129,7 +129,7 @@ pub(super) fn admission(
 }
 
 /// The user's open sessions, on `host_id` and in all.
-fn open_sessions(
+pub(super) fn open_sessions(
     tx: &mut dyn Tx,
     host_id: i64,
     user_id: i64,

@@ -84,8 +84,9 @@ pub(super) fn grant(
     )?;
     if inserted == 0 {
         return Err(StoreError::Refused(format!(
-                "'{user}' has shared access to '{host}' already (revoke and grant again to give them the current code)"
-            )));
+            "'{user}' has shared access to '{host}' already (revoke and grant again to give them \
+             the current code)"
+        )));
     }
     insert_audit(
         tx,

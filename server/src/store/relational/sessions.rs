@@ -7,14 +7,17 @@ use std::net::IpAddr;
 use latchkey_protocol::ids::{HostName, RecordId, SessionId, UserName};
 
 use super::{
-    attempts::tally,
+    attempts::{open_sessions, tally},
     audit::{event, insert_audit},
     grants::grant_is_current,
     outbox::enqueue_for_owner,
     rows::{host_ids, user_id},
 };
 use crate::{
-    rules::lockout::{self, Proof, Settlement, VoidReason},
+    rules::{
+        lockout::{self, Proof, Settlement, VoidReason},
+        session_cap,
+    },
     store::{
         notice,
         sql::{args, Tx},
@@ -169,12 +172,28 @@ pub(super) fn resume(
     }
     let grant_current = grant_is_current(tx, host_id, user_id, &record, generation)?;
     // The ticket proves what the login's right code did; the rule
-    // decides as for a verdict.
-    // A resumed session replaces its old one: it takes no new place.
+    // decides as for a verdict. A resumed session takes its old one's
+    // place if the old one still holds it; one already ended (its relay
+    // stopped) gave its place up, and the user's cap applies as to a login.
     let tally = tally(tx, host_id)?;
-    let refused = match lockout::settle(Proof::RightCode, grant_current, &tally, Ok(())) {
+    let mut open = open_sessions(tx, host_id, user_id)?;
+    let old_still_open = tx
+        .opt_row(
+            "SELECT 1 FROM sessions WHERE id = ?1 AND ended_at IS NULL",
+            args![&old],
+        )?
+        .is_some();
+    if old_still_open {
+        open.on_host = open.on_host.saturating_sub(1);
+        open.in_all = open.in_all.saturating_sub(1);
+    }
+    let room = session_cap::room_for_one_more(open);
+    let refused = match lockout::settle(Proof::RightCode, grant_current, &tally, room) {
         Settlement::Success => None,
         Settlement::Void(VoidReason::Locked) => Some("the host is locked"),
+        Settlement::Void(VoidReason::SessionsFull(_)) => {
+            Some("you hold as many sessions as one user may: end one, then log in again")
+        }
         _ => Some("your access was revoked or its code replaced since you logged in"),
     };
     if let Some(why) = refused {
