@@ -4,7 +4,7 @@
 use latchkey_protocol::ids::{HostName, UserName};
 
 use super::{
-    output::{emit, enabled, invitation, print_table, yes},
+    output::{emit, enabled, invite_and_show, print_table, yes},
     AdminError, Context,
 };
 use crate::{
@@ -22,15 +22,7 @@ pub(super) fn invite(
         owner: owner.clone(),
         lockout_threshold: cx.config.lockout_threshold,
     };
-    let invite = service::invite(
-        cx.store,
-        cx.config,
-        &cx.data.pin(),
-        name.as_str(),
-        kind,
-        &cx.by,
-    )?;
-    invitation(cx, name.as_str(), &invite)
+    invite_and_show(cx, name.as_str(), kind)
 }
 
 /// `hosts`: every host with its owner, state and secondary users.

@@ -78,9 +78,20 @@ pub(super) fn emit<T: Serialize>(
     Ok(())
 }
 
+/// Creates `name` (if new) and its invite of `kind`, and prints the token
+/// with the command that redeems it.
+pub(super) fn invite_and_show(
+    cx: &mut Context<'_>,
+    name: &str,
+    kind: crate::store::InviteKind,
+) -> Result<(), AdminError> {
+    let made = service::invite(cx.store, cx.config, &cx.data.pin(), name, kind, &cx.by)?;
+    invitation(cx, name, &made)
+}
+
 /// Prints an invite token with the command that redeems it, for a user's
 /// device or a host's agent.
-pub(super) fn invitation(
+fn invitation(
     cx: &mut Context<'_>,
     name: &str,
     invitation: &service::Invitation,

@@ -4,7 +4,7 @@
 use latchkey_protocol::ids::UserName;
 
 use super::{
-    output::{emit, invitation, print_table, printable, yes},
+    output::{emit, invite_and_show, print_table, printable, yes},
     AdminError, Context,
 };
 use crate::{admin::service, store::InviteKind};
@@ -18,15 +18,7 @@ pub(super) fn invite(
     let kind = InviteKind::User {
         email: email.map(str::to_owned),
     };
-    let invite = service::invite(
-        cx.store,
-        cx.config,
-        &cx.data.pin(),
-        name.as_str(),
-        kind,
-        &cx.by,
-    )?;
-    invitation(cx, name.as_str(), &invite)
+    invite_and_show(cx, name.as_str(), kind)
 }
 
 /// `set-email`: sets or clears where the user's notices go.
