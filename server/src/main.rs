@@ -21,7 +21,9 @@ struct Cli {
     /// TOML config file (every key is optional; see docs/relay.md).
     #[arg(long, global = true, env = "LATCHKEY_RELAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory (keys, certificate, database). Overrides the config.
+    /// Data directory (keys, certificate, database). `serve` creates it on
+    /// its first start; `info` and `admin` need one that exists. Overrides
+    /// the config.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Where the state lives: `sqlite` (in the data directory) or a
@@ -45,9 +47,11 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Print the relay's address and the pin that clients and hosts check.
+    /// Print the relay's address and the pin that clients and hosts check
+    /// (of a relay that has started in the data directory).
     Info,
-    /// Manage users, hosts, grants and locks (works while the relay runs).
+    /// Manage users, hosts, grants and locks (works while the relay runs; the
+    /// data directory must exist: `serve` makes it).
     Admin {
         /// Print JSON instead of tables.
         #[arg(long, global = true)]

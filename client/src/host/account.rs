@@ -287,8 +287,14 @@ impl SessionAccount {
 #[cfg(unix)]
 impl RunAs {
     /// The account the agent itself runs as, from the password database
-    /// (its own environment only where the database has no entry).
-    fn agent() -> Self {
+    /// (its own environment only where the database has no entry); looked
+    /// up once, as it cannot change while the agent runs.
+    fn agent() -> &'static Self {
+        static AGENT: std::sync::OnceLock<RunAs> = std::sync::OnceLock::new();
+        AGENT.get_or_init(Self::look_up_agent)
+    }
+
+    fn look_up_agent() -> Self {
         let uid = nix::unistd::geteuid();
         match nix::unistd::User::from_uid(uid).ok().flatten() {
             Some(u) => Self {
