@@ -65,41 +65,57 @@ async fn a_connection_without_message_1_is_closed_at_the_first_message_deadline(
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_users_still_get_in(
 ) -> Result<()> {
+    // The deadline leaves room for the 500 handshakes below (ten waves of
+    // at most a second each) before the first of them is closed.
+    const DEADLINE: Duration = Duration::from_secs(20);
+    let deadline_ms = DEADLINE.as_millis().to_string();
     let w = World::with_env(vec![
-        ("LATCHKEY_RELAY_HANDSHAKE_TIMEOUT_MS".into(), "8000".into()),
+        (
+            "LATCHKEY_RELAY_HANDSHAKE_TIMEOUT_MS".into(),
+            deadline_ms.clone(),
+        ),
         (
             "LATCHKEY_RELAY_FIRST_MESSAGE_TIMEOUT_MS".into(),
-            "8000".into(),
+            deadline_ms,
         ),
         ("LATCHKEY_RELAY_MAX_UNAUTHENTICATED".into(), "520".into()),
         ("LATCHKEY_RELAY_PER_SOURCE_BURST".into(), "100000".into()),
     ])?;
     let (relay, pin, _) = identity(&w.alice.home)?;
     // 500 connections that send half of a message 1 and stall.
+    let ramp = Instant::now();
     let mut stalled = Vec::new();
     for _ in 0..10 {
         let mut batch = Vec::new();
         for _ in 0..50 {
             let (relay, pin) = (relay.clone(), pin);
-            batch.push(tokio::spawn(async move {
-                let rc = net::connect(&relay, &pin).await?;
-                let (mut send, recv) = rc.conn.open_bi().await?;
-                let mut partial = 213u32.to_be_bytes().to_vec();
-                partial.extend_from_slice(&[0u8; 50]);
-                send.write_all(&partial).await?;
-                Ok::<_, anyhow::Error>((rc, send, recv, Instant::now()))
-            }));
+            batch.push(tokio::spawn(tokio::time::timeout(
+                Duration::from_secs(1),
+                async move {
+                    let rc = net::connect(&relay, &pin).await?;
+                    let (mut send, recv) = rc.conn.open_bi().await?;
+                    let mut partial = 213u32.to_be_bytes().to_vec();
+                    partial.extend_from_slice(&[0u8; 50]);
+                    send.write_all(&partial).await?;
+                    Ok::<_, anyhow::Error>((rc, send, recv, Instant::now()))
+                },
+            )));
         }
-        // Under a loaded test machine an odd QUIC handshake gets no
-        // answer in time (see CONNECT_TIMEOUT in client/src/net/dial.rs); the
-        // attack does not need every one, and `still_open` below checks
-        // that most got in.
+        // An odd QUIC handshake gets no answer for seconds (see
+        // CONNECT_TIMEOUT in client/src/net/dial.rs; two of them once made
+        // the 500 take 22 s). The attack does not need every one: each
+        // gets a second, and `still_open` below checks that most got in.
         for b in batch {
-            if let Ok(stalled_conn) = b.await? {
+            if let Ok(Ok(stalled_conn)) = b.await? {
                 stalled.push(stalled_conn);
             }
         }
     }
+    println!(
+        "{} of 500 stalled handshakes made in {:?}",
+        stalled.len(),
+        ramp.elapsed()
+    );
     // A user from another address gets in meanwhile.
     let t = Instant::now();
     let session = w
@@ -142,7 +158,7 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
         extra_ok <= free,
         "{extra_ok} handshakes admitted with {free} places free"
     );
-    // Every stalled connection is closed at the deadline (8 s), not later.
+    // Every stalled connection is closed at the deadline, not later.
     for (rc, _send, _recv, opened) in stalled {
         let closed = tokio::time::timeout(WAIT, rc.conn.closed()).await?;
         assert!(
@@ -150,7 +166,7 @@ async fn slowloris_connections_are_closed_at_the_deadline_the_cap_holds_and_user
             "{closed:?}"
         );
         assert!(
-            opened.elapsed() < Duration::from_secs(10),
+            opened.elapsed() < DEADLINE + Duration::from_secs(2),
             "closed after {:?}",
             opened.elapsed()
         );
