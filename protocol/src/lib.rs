@@ -32,7 +32,10 @@ pub mod limits;
 #[cfg(feature = "quinn")]
 pub mod quic;
 pub mod record;
+pub mod route;
 pub mod session;
 pub mod text;
+#[cfg(feature = "quinn")]
+pub mod udp;
 
 pub use error::{CodecError, HandshakeError, ParseError};
