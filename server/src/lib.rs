@@ -15,6 +15,8 @@
 //!   outbox, audit upkeep);
 //! - [`admin`] (the service layer and its CLI) and [`console`] (the same
 //!   service in the browser);
+//! - [`routes`]: the end-to-end datagrams the relay forwards unread, and
+//!   the socket layer under its endpoint that forwards them;
 //! - [`metrics`], [`store`] and the pure [`rules`] at the bottom.
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,7 @@ mod hosts;
 mod login;
 pub mod metrics;
 pub mod relay;
+pub mod routes;
 pub mod rules;
 mod session;
 mod state;

@@ -7,7 +7,11 @@ use quinn::TransportConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 
-use crate::{config::Config, datadir::DataDir};
+use crate::{
+    config::Config,
+    datadir::DataDir,
+    routes::{socket::ForwardingSocket, RouteTable},
+};
 
 /// The ALPN protocol id of Latchkey 1.
 pub const ALPN: &[u8] = b"latchkey/1";
@@ -92,11 +96,20 @@ fn endpoint_config(data: &DataDir) -> quinn::EndpointConfig {
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
+    // Every QUIC packet keeps its fixed bit, so the socket layer can tell
+    // routed datagrams (bit clear) from the relay's own packets: quinn
+    // would otherwise let peers clear it on about half of theirs.
+    config.grease_quic_bit(false);
     config
 }
 
-/// Binds the relay's UDP socket with its TLS identity.
-pub fn server_endpoint(config: &Config, data: &DataDir) -> Result<quinn::Endpoint, EndpointError> {
+/// Binds the relay's UDP socket with its TLS identity, forwarding routed
+/// datagrams by `routes` beneath it.
+pub fn server_endpoint(
+    config: &Config,
+    data: &DataDir,
+    routes: Arc<RouteTable>,
+) -> Result<quinn::Endpoint, EndpointError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cert = CertificateDer::from(data.cert_der.clone());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(data.key_der.clone()));
@@ -126,7 +139,11 @@ pub fn server_endpoint(config: &Config, data: &DataDir) -> Result<quinn::Endpoin
              raise net.core.rmem_max"
         );
     }
-    quinn::Endpoint::new(
+    let socket = ForwardingSocket::new(
+        latchkey_protocol::udp::async_socket(socket).map_err(bind_err)?,
+        routes,
+    );
+    quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(data),
         Some(server),
         socket,

@@ -176,3 +176,44 @@ impl RebootResult {
         }
     }
 }
+
+/// Why the relay did not forward a routed datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardDrop {
+    /// Not a route header this relay reads.
+    Malformed,
+    /// A leg no live route has.
+    UnknownLeg,
+    /// A live leg, from an address it is not bound to.
+    WrongSource,
+    /// The route's sender has used its byte budget for now.
+    OverBudget,
+    /// The relay's socket could not take the datagram (its send buffer
+    /// was full): lost, as on any congested path.
+    SendFailed,
+}
+
+impl ForwardDrop {
+    /// Every value, in [`Self::index`] order.
+    pub const ALL: [Self; 5] = [
+        Self::Malformed,
+        Self::UnknownLeg,
+        Self::WrongSource,
+        Self::OverBudget,
+        Self::SendFailed,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownLeg => "unknown_leg",
+            Self::WrongSource => "wrong_source",
+            Self::OverBudget => "over_budget",
+            Self::SendFailed => "send_failed",
+        }
+    }
+}

@@ -37,7 +37,7 @@ pub(crate) use guards::{Handshake, Open, Pending};
 pub(crate) use http::{bind, serve};
 pub use http::{router, CONTENT_TYPE};
 pub use labels::{
-    ChannelKind, ConnRole, HandshakeResult, LoginResult, RebootResult, RefusedReason,
+    ChannelKind, ConnRole, ForwardDrop, HandshakeResult, LoginResult, RebootResult, RefusedReason,
 };
 
 /// Errors setting the metrics up.
@@ -105,6 +105,30 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, promet
     Ok(g)
 }
 
+/// The forwarding counters, held by the socket layer so that counting a
+/// datagram costs no label lookup.
+#[derive(Clone, Debug)]
+pub struct ForwardCounters {
+    /// Datagrams forwarded.
+    pub datagrams: IntCounter,
+    /// Bytes forwarded.
+    pub bytes: IntCounter,
+    /// Datagrams dropped, indexed by [`ForwardDrop::index`].
+    dropped: [IntCounter; ForwardDrop::ALL.len()],
+}
+
+impl ForwardCounters {
+    /// Counts `n` datagrams dropped for `why`.
+    pub fn dropped(&self, why: ForwardDrop, n: u64) {
+        self.dropped[why.index()].inc_by(n);
+    }
+
+    /// How many were dropped for `why` so far.
+    pub fn dropped_so_far(&self, why: ForwardDrop) -> u64 {
+        self.dropped[why.index()].get()
+    }
+}
+
 /// Every metric of one relay. The help text of each (its doc comment here,
 /// shortened) is what a scraper shows; docs/relay.md lists them all.
 pub struct Metrics {
@@ -148,6 +172,13 @@ pub struct Metrics {
     /// Bytes spliced between clients and hosts, by direction: the relay's
     /// bandwidth bill.
     relayed_bytes: IntCounterVec,
+    /// Datagrams of end-to-end connections forwarded between devices, and
+    /// their bytes (`latchkey_forwarded_bytes_total`).
+    forwarded_datagrams: IntCounter,
+    forwarded_bytes: IntCounter,
+    /// Routed datagrams dropped, by reason: `unknown_leg` or `wrong_source`
+    /// that keeps rising is someone probing for other sessions' routes.
+    forward_dropped: IntCounterVec,
     /// Store transactions' latency, by kind (read or write), including the
     /// wait for a connection: every login waits on a few of these.
     store_latency: HistogramVec,
@@ -221,6 +252,22 @@ impl Metrics {
                 "Bytes spliced between clients and hosts.",
                 &["direction"],
             )?,
+            forwarded_datagrams: counter(
+                r,
+                "latchkey_forwarded_datagrams_total",
+                "Datagrams of end-to-end connections forwarded between devices.",
+            )?,
+            forwarded_bytes: counter(
+                r,
+                "latchkey_forwarded_bytes_total",
+                "Bytes of end-to-end datagrams forwarded between devices.",
+            )?,
+            forward_dropped: counter_vec(
+                r,
+                "latchkey_forward_dropped_total",
+                "Routed datagrams dropped, by reason.",
+                &["reason"],
+            )?,
             store_latency: {
                 let h = HistogramVec::new(
                     HistogramOpts::new(
@@ -273,6 +320,9 @@ impl Metrics {
         }
         for v in ["to_host", "to_client"] {
             m.relayed_bytes.with_label_values(&[v]);
+        }
+        for v in ForwardDrop::ALL {
+            m.forward_dropped.with_label_values(&[v.label()]);
         }
         for v in ["read", "write"] {
             m.store_latency.with_label_values(&[v]);
@@ -345,6 +395,16 @@ impl Metrics {
             self.relayed_bytes.with_label_values(&["to_host"]),
             self.relayed_bytes.with_label_values(&["to_client"]),
         )
+    }
+
+    /// The counters the socket layer adds forwarded and dropped datagrams
+    /// to.
+    pub fn forwarding(&self) -> ForwardCounters {
+        ForwardCounters {
+            datagrams: self.forwarded_datagrams.clone(),
+            bytes: self.forwarded_bytes.clone(),
+            dropped: ForwardDrop::ALL.map(|v| self.forward_dropped.with_label_values(&[v.label()])),
+        }
     }
 
     /// A reboot request's result.

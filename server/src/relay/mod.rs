@@ -31,6 +31,7 @@ use crate::{
     hosts::links::HostLinks,
     login::settle::Settler,
     metrics::{self, Metrics, MetricsError},
+    routes::{RouteTable, LEG_BUDGET},
     rules::{admission::Admission, budget::ChannelBudgets, lease},
     session::{reboots::Reboots, registry::Sessions},
     state::Shared,
@@ -171,7 +172,8 @@ impl Relay {
                     .into(),
             ));
         }
-        let endpoint = endpoint::server_endpoint(&config, &data)?;
+        let routes = RouteTable::new(LEG_BUDGET, metrics.forwarding());
+        let endpoint = endpoint::server_endpoint(&config, &data, routes)?;
         let addr = endpoint
             .local_addr()
             .map_err(|e| RelayError::Config(format!("no local address: {e}")))?;
