@@ -13,6 +13,7 @@ mod error;
 mod handshake;
 mod login;
 mod pin;
+pub mod socket;
 
 pub use dial::{
     check_redirect, connect, connect_any, connect_from, connect_with, udp_endpoint, Liveness,
