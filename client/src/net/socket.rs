@@ -333,6 +333,12 @@ fn classify(table: &Table, source: SocketAddr, datagram: &[u8]) -> Verdict {
 /// several (`stride` apart) where the system coalesces receives (GRO):
 /// there, the datagrams that do not match the first kept one (QUIC, or
 /// routed from the same peer) are dropped, as one entry has one source.
+/// The relay sends a route's datagrams in batches of their own, so a
+/// coalesced batch is nearly always of one kind; a network that merges a
+/// relay's own packet into one loses that packet, which QUIC recovers as
+/// any loss. Coalescing stays on because it is the relay's saving:
+/// without it the relay's kernel delivers every datagram on its own
+/// (measured on loopback, 2.3 instead of 1.4-1.6 s of relay CPU per GiB).
 fn inbound(table: &Table, v4_socket: bool, buf: &mut [u8], meta: &mut RecvMeta) -> (u64, u64) {
     let len = meta.len.min(buf.len());
     let stride = if meta.stride == 0 || meta.stride > len {
@@ -390,10 +396,6 @@ fn inbound(table: &Table, v4_socket: bool, buf: &mut [u8], meta: &mut RecvMeta) 
 pub struct DeviceSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     peers: Peers,
-    /// 1 where coalesced receives (GRO) are off, as they are made to be on
-    /// Linux: a coalesced batch may mix routed and unrouted datagrams,
-    /// whose sizes change differently when headers are stripped.
-    receive_segments: usize,
 }
 
 impl fmt::Debug for DeviceSocket {
@@ -401,7 +403,6 @@ impl fmt::Debug for DeviceSocket {
         f.debug_struct("DeviceSocket")
             .field("inner", &self.inner)
             .field("v4_socket", &self.peers.0.v4_socket)
-            .field("receive_segments", &self.receive_segments)
             .finish_non_exhaustive()
     }
 }
@@ -410,30 +411,11 @@ impl DeviceSocket {
     /// Wraps `socket` (quinn's own socket layer where the system allows it,
     /// see [`udp::async_socket`]). Must run inside a tokio runtime.
     pub fn new(socket: std::net::UdpSocket) -> io::Result<(Arc<Self>, Peers)> {
-        #[cfg(target_os = "linux")]
-        let spare = socket.try_clone()?;
         let inner = udp::async_socket(socket)?;
-        // quinn-udp turns GRO on; the same socket through another
-        // descriptor turns it off again.
-        #[cfg(target_os = "linux")]
-        let receive_segments = match nix::sys::socket::setsockopt(
-            &spare,
-            nix::sys::socket::sockopt::UdpGroSegment,
-            &false,
-        ) {
-            Ok(()) => 1,
-            Err(e) => {
-                tracing::debug!(error = %e, "could not turn UDP GRO off");
-                inner.max_receive_segments()
-            }
-        };
-        #[cfg(not(target_os = "linux"))]
-        let receive_segments = inner.max_receive_segments();
         let peers = Peers::new(inner.local_addr()?.is_ipv4());
         let socket = Arc::new(Self {
             inner,
             peers: peers.clone(),
-            receive_segments,
         });
         Ok((socket, peers))
     }
@@ -552,7 +534,7 @@ impl AsyncUdpSocket for DeviceSocket {
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.receive_segments
+        self.inner.max_receive_segments()
     }
 
     fn may_fragment(&self) -> bool {
