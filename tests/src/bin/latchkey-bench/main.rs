@@ -11,6 +11,7 @@ mod login;
 mod measure;
 mod peer;
 mod rathole;
+mod routed;
 mod ssh;
 mod transfer;
 
@@ -21,6 +22,7 @@ const FIGURES: &[&str] = &[
     "handshake",
     "logins",
     "forward",
+    "routed",
     "latency",
     "e2e",
     "idle",
@@ -34,6 +36,7 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
         "handshake" => tokio::task::spawn_blocking(login::handshake).await?,
         "logins" => login::logins().await,
         "forward" => transfer::forward().await,
+        "routed" => routed::routed().await,
         "latency" => transfer::latency().await,
         "e2e" => e2e::e2e().await,
         "idle" => fleet::idle(sizes).await,
@@ -60,6 +63,15 @@ async fn main() -> Result<()> {
             .next()
             .context("usage: latchkey-bench quinn-peer CERT_PATH")?;
         return peer::serve(cert.as_ref()).await;
+    }
+    if which == "forwarder" {
+        return routed::serve_forwarder().await;
+    }
+    if which == "routed-peer" {
+        let cert = args
+            .next()
+            .context("usage: latchkey-bench routed-peer CERT_PATH")?;
+        return routed::serve_routed_peer(cert.as_ref()).await;
     }
     if which == "quinn-idle-peer" {
         let cert = args
