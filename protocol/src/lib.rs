@@ -15,6 +15,7 @@
 //!    ([`codec`], one enum per direction in [`frame`]).
 #![forbid(unsafe_code)]
 
+pub mod bucket;
 #[cfg(feature = "quinn")]
 pub mod close;
 pub mod codec;

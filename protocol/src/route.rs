@@ -34,6 +34,8 @@ use std::{
 
 use rand::{CryptoRng, RngCore};
 
+use crate::bucket::TokenBucket;
+
 /// Length of the route header.
 pub const HEADER_LEN: usize = 8;
 
@@ -153,37 +155,13 @@ impl Budget {
         rate: u64::MAX,
         burst: u64::MAX,
     };
-}
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: u64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(budget: Budget, now: Instant) -> Self {
-        Self {
-            tokens: budget.burst,
-            at: now,
-        }
+    fn new_bucket(self, now: Instant) -> TokenBucket {
+        TokenBucket::full(self.burst as f64, now)
     }
 
-    /// Takes `bytes` if the bucket holds them after refilling to `now`.
-    fn take(&mut self, budget: Budget, now: Instant, bytes: u64) -> bool {
-        let elapsed = now.saturating_duration_since(self.at);
-        if !elapsed.is_zero() {
-            let earned = u128::from(budget.rate) * elapsed.as_nanos() / 1_000_000_000;
-            let earned = u64::try_from(earned).unwrap_or(u64::MAX);
-            self.tokens = self.tokens.saturating_add(earned).min(budget.burst);
-            self.at = now;
-        }
-        if self.tokens >= bytes {
-            self.tokens -= bytes;
-            true
-        } else {
-            false
-        }
+    fn take(self, bucket: &mut TokenBucket, now: Instant, bytes: usize) -> bool {
+        bucket.take(now, self.rate as f64, self.burst as f64, bytes as f64)
     }
 }
 
@@ -203,7 +181,7 @@ struct Leg {
     /// leg's are sent.
     bound: SocketAddr,
     peer: LegId,
-    bucket: Bucket,
+    bucket: TokenBucket,
     sent: LegCounts,
 }
 
@@ -282,7 +260,7 @@ impl Routes {
                 Leg {
                     bound,
                     peer,
-                    bucket: Bucket::new(self.budget, now),
+                    bucket: self.budget.new_bucket(now),
                     sent: LegCounts::default(),
                 },
             );
@@ -350,12 +328,11 @@ impl Routes {
         if sender.bound != from {
             return Err(Dropped::WrongSource);
         }
-        let len = datagram.len() as u64;
-        if !sender.bucket.take(budget, now, len) {
+        if !budget.take(&mut sender.bucket, now, datagram.len()) {
             return Err(Dropped::OverBudget);
         }
         sender.sent.datagrams += 1;
-        sender.sent.bytes += len;
+        sender.sent.bytes += datagram.len() as u64;
         let peer = sender.peer;
         let to = self.legs.get(&peer).ok_or(Dropped::UnknownLeg)?.bound;
         rewrite(datagram, peer);

@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, net::IpAddr, time::Instant};
 
+use latchkey_protocol::bucket::TokenBucket;
+
 /// The bucket an address is charged to: IPv4 addresses one each, IPv6 by
 /// /64 (anyone holding a /64 has 2^64 addresses to rotate through).
 fn bucket_of(source: IpAddr) -> IpAddr {
@@ -23,13 +25,7 @@ pub struct RateLimiter {
     burst: f64,
     per_sec: f64,
     max_sources: usize,
-    buckets: HashMap<IpAddr, Bucket>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    buckets: HashMap<IpAddr, TokenBucket>,
 }
 
 impl RateLimiter {
@@ -51,29 +47,17 @@ impl RateLimiter {
             self.evict_full(now);
         }
         let (burst, per_sec) = (self.burst, self.per_sec);
-        let bucket = self.buckets.entry(source).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(burst);
-        bucket.last = now;
-        if bucket.tokens >= cost {
-            bucket.tokens -= cost;
-            true
-        } else {
-            false
-        }
+        self.buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::full(burst, now))
+            .take(now, per_sec, burst, cost)
     }
 
     /// Whether `source` has `cost` tokens now, without taking them.
     pub fn would_allow(&self, source: IpAddr, cost: f64, now: Instant) -> bool {
         match self.buckets.get(&bucket_of(source)) {
             None => true,
-            Some(b) => {
-                let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-                (b.tokens + elapsed * self.per_sec).min(self.burst) >= cost
-            }
+            Some(b) => b.level(now, self.per_sec, self.burst) >= cost,
         }
     }
 
@@ -81,14 +65,13 @@ impl RateLimiter {
     /// ones), or failing that the least recently seen half.
     fn evict_full(&mut self, now: Instant) {
         let (burst, per_sec) = (self.burst, self.per_sec);
-        self.buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * per_sec < burst
-        });
+        self.buckets
+            .retain(|_, b| b.level(now, per_sec, burst) < burst);
         if self.buckets.len() >= self.max_sources {
-            let mut seen: Vec<Instant> = self.buckets.values().map(|b| b.last).collect();
+            let mut seen: Vec<Instant> = self.buckets.values().map(|b| b.last()).collect();
             seen.sort();
             let cut = seen[seen.len() / 2];
-            self.buckets.retain(|_, b| b.last > cut);
+            self.buckets.retain(|_, b| b.last() > cut);
         }
     }
 

@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -27,10 +27,9 @@ use latchkey_tests::{cpu_secs, Proc};
 use crate::{
     measure::{median, report, GIB},
     peer,
+    transfer::{quinn_pull, quinn_push, SIZE},
 };
 
-/// Bytes per transfer.
-const SIZE: u64 = 1 << 30;
 /// Transfers per path and direction.
 const RUNS: usize = 3;
 
@@ -157,13 +156,11 @@ pub(crate) async fn routed() -> Result<()> {
         ] {
             for (dir, push) in [("client_to_host", true), ("host_to_client", false)] {
                 let before: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
-                let t = Instant::now();
-                if push {
-                    push_bytes(conn).await?;
+                let mb_s = if push {
+                    quinn_push(conn).await?
                 } else {
-                    pull_bytes(conn).await?;
-                }
-                let mb_s = SIZE as f64 / 1e6 / t.elapsed().as_secs_f64();
+                    quinn_pull(conn).await?
+                };
                 let cpu =
                     (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - before) / (SIZE as f64 / GIB);
                 let entry = figures.entry(format!("{name}_{dir}")).or_default();
@@ -194,28 +191,5 @@ pub(crate) async fn routed() -> Result<()> {
         }),
     );
     drop((forwarder, host, direct));
-    Ok(())
-}
-
-async fn push_bytes(conn: &quinn::Connection) -> Result<()> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(b"S").await?;
-    peer::send_bytes(&mut send, SIZE).await?;
-    send.finish()?;
-    let mut n = [0u8; 8];
-    recv.read_exact(&mut n).await?;
-    anyhow::ensure!(u64::from_be_bytes(n) == SIZE, "the peer got fewer bytes");
-    Ok(())
-}
-
-async fn pull_bytes(conn: &quinn::Connection) -> Result<()> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(b"G").await?;
-    send.write_all(&SIZE.to_be_bytes()).await?;
-    let mut got = 0u64;
-    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
-        got += chunk.bytes.len() as u64;
-    }
-    anyhow::ensure!(got == SIZE, "pulled {got} bytes");
     Ok(())
 }

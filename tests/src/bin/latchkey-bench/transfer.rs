@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// Bytes moved per run, each way.
-const SIZE: u64 = 1 << 30;
+pub(crate) const SIZE: u64 = 1 << 30;
 /// Runs per path and direction.
 const RUNS: usize = 3;
 /// Round trips per latency figure.
@@ -130,7 +130,8 @@ async fn tcp_push(addr: &str, sunk: &mut mpsc::UnboundedReceiver<u64>) -> Result
     Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
-async fn quinn_push(conn: &quinn::Connection) -> Result<f64> {
+/// Pushes [`SIZE`] bytes to a baseline peer's sink; MB/s.
+pub(crate) async fn quinn_push(conn: &quinn::Connection) -> Result<f64> {
     let t = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(b"S").await?;
@@ -142,7 +143,8 @@ async fn quinn_push(conn: &quinn::Connection) -> Result<f64> {
     Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
-async fn quinn_pull(conn: &quinn::Connection) -> Result<f64> {
+/// Pulls [`SIZE`] bytes from a baseline peer; MB/s.
+pub(crate) async fn quinn_pull(conn: &quinn::Connection) -> Result<f64> {
     let t = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(b"G").await?;
