@@ -120,6 +120,11 @@ impl ForwardingSocket {
         tally: &mut Tally,
     ) -> usize {
         let len = meta.len.min(buf.len());
+        if len == 0 {
+            // An empty datagram: nothing to forward, nothing for quinn.
+            tally.drop(ForwardDrop::Malformed, 1);
+            return 0;
+        }
         let stride = if meta.stride == 0 { len } else { meta.stride };
         let mut kept = 0;
         let mut run: Option<Run> = None;
@@ -342,12 +347,13 @@ mod tests {
             .await
             .unwrap();
         stranger.send_to(&[0x01, 0x02, 0x03], at).await.unwrap();
+        stranger.send_to(&[], at).await.unwrap();
         a.send_to(&[0x21; 8], at).await.unwrap();
         assert!(recv(&b).await.is_none() && recv(&stranger).await.is_none());
         let c = table.counters();
         assert_eq!(c.dropped_so_far(ForwardDrop::WrongSource), 1);
         assert_eq!(c.dropped_so_far(ForwardDrop::UnknownLeg), 1);
-        assert_eq!(c.dropped_so_far(ForwardDrop::Malformed), 2);
+        assert_eq!(c.dropped_so_far(ForwardDrop::Malformed), 3);
         assert_eq!((c.datagrams.get(), c.bytes.get()), (2, 31));
         quic_still_works(&endpoint, &client).await;
         // A closed route forwards nothing more.
