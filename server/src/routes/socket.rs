@@ -60,7 +60,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn drop(&mut self, why: ForwardDrop, n: u64) {
+    fn dropped(&mut self, why: ForwardDrop, n: u64) {
         self.dropped[why.index()] += n;
     }
 
@@ -104,7 +104,7 @@ impl ForwardingSocket {
                     tally.datagrams += segments as u64;
                     tally.bytes += chunk.len() as u64;
                 }
-                Err(_) => tally.drop(ForwardDrop::SendFailed, segments as u64),
+                Err(_) => tally.dropped(ForwardDrop::SendFailed, segments as u64),
             }
         }
     }
@@ -122,7 +122,7 @@ impl ForwardingSocket {
         let len = meta.len.min(buf.len());
         if len == 0 {
             // An empty datagram: nothing to forward, nothing for quinn.
-            tally.drop(ForwardDrop::Malformed, 1);
+            tally.dropped(ForwardDrop::Malformed, 1);
             return 0;
         }
         let stride = if meta.stride == 0 { len } else { meta.stride };
@@ -152,9 +152,9 @@ impl ForwardingSocket {
                             }
                         }
                     },
-                    Err(why) => tally.drop(drop_reason(why), 1),
+                    Err(why) => tally.dropped(drop_reason(why), 1),
                 },
-                Kind::Other => tally.drop(ForwardDrop::Malformed, 1),
+                Kind::Other => tally.dropped(ForwardDrop::Malformed, 1),
             }
             at = end;
         }
