@@ -26,11 +26,7 @@
 //! [`Routes`] is that decision, with no I/O: the relay's socket layer runs
 //! it on every datagram.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use rand::{CryptoRng, RngCore};
 
@@ -340,21 +336,16 @@ impl Routes {
     }
 }
 
-/// How long a token bucket takes to earn `bytes` at `rate` (for docs and
-/// tests: a leg over budget waits this long for its next datagram).
-pub fn refill_time(rate: u64, bytes: u64) -> Duration {
-    if rate == 0 {
-        return Duration::MAX;
-    }
-    Duration::from_nanos(
-        u64::try_from(u128::from(bytes) * 1_000_000_000 / u128::from(rate)).unwrap_or(u64::MAX),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::rngs::OsRng;
+    use std::time::Duration;
+
+    /// How long a bucket filling at `rate` takes to earn `bytes`.
+    fn refill_time(rate: u64, bytes: u64) -> Duration {
+        Duration::from_nanos(bytes * 1_000_000_000 / rate)
+    }
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))

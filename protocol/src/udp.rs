@@ -26,9 +26,9 @@ pub fn async_socket(socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpS
     async_socket_with(socket, false)
 }
 
-/// [`async_socket`], with quinn's layer skipped when `plain` (how tests
+/// [`async_socket`], with quinn's layer skipped when `plain` (how the tests
 /// reach the fallback on a system that would not need it).
-pub fn async_socket_with(
+fn async_socket_with(
     socket: std::net::UdpSocket,
     plain: bool,
 ) -> io::Result<Arc<dyn AsyncUdpSocket>> {

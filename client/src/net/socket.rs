@@ -197,12 +197,6 @@ impl Peers {
         ))
     }
 
-    /// Whether `addr` is a virtual address (allocated or not): such
-    /// destinations are routed or dropped, never sent to the network.
-    pub fn is_virtual(&self, addr: &SocketAddr) -> bool {
-        virtual_key(*addr).is_some()
-    }
-
     /// Routes `peer` through `relay` with this device's own leg id `leg`,
     /// replacing its earlier path (whose leg no longer leads to it). A leg
     /// of `relay` that led to another peer leads to `peer` now, and that
@@ -1110,7 +1104,7 @@ mod tests {
         let mut buf = [route::header(new_leg).to_vec(), vec![1; 100]].concat();
         let mut m = meta(relay, 108, 108);
         assert_eq!(inbound(&peers.read(), true, &mut buf, &mut m), (0, 1));
-        assert!(peers.is_virtual(&peer) && !peers.is_virtual(&relay));
+        assert!(virtual_key(peer).is_some() && virtual_key(relay).is_none());
         assert_ne!(peers.allocate(), peers.allocate());
     }
 }

@@ -16,14 +16,14 @@ use std::{
     net::SocketAddr,
     ops::Range,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, MutexGuard},
     task::{ready, Context, Poll},
     time::Instant,
 };
 
 use latchkey_protocol::route::{self, Dropped, Kind, Routes};
 use quinn::{
-    udp::{RecvMeta, Transmit},
+    udp::{EcnCodepoint, RecvMeta, Transmit},
     AsyncUdpSocket, UdpPoller,
 };
 
@@ -87,14 +87,21 @@ struct Run {
 
 impl ForwardingSocket {
     /// Sends `run` out of `buf`, at most `max_segments` datagrams a call.
-    fn send_run(&self, buf: &[u8], run: &Run, stride: usize, ecn: &RecvMeta, tally: &mut Tally) {
+    fn send_run(
+        &self,
+        buf: &[u8],
+        run: &Run,
+        stride: usize,
+        ecn: Option<EcnCodepoint>,
+        tally: &mut Tally,
+    ) {
         let max = self.inner.max_transmit_segments().max(1);
         let bytes = &buf[run.range.clone()];
         for chunk in bytes.chunks(stride * max) {
             let segments = chunk.len().div_ceil(stride);
             let transmit = Transmit {
                 destination: run.to,
-                ecn: ecn.ecn,
+                ecn,
                 contents: chunk,
                 segment_size: (segments > 1).then_some(stride),
                 src_ip: None,
@@ -134,7 +141,7 @@ impl ForwardingSocket {
             match route::kind(&buf[at..end]) {
                 Kind::Quic => {
                     if let Some(done) = run.take() {
-                        self.send_run(buf, &done, stride, meta, tally);
+                        self.send_run(buf, &done, stride, meta.ecn, tally);
                     }
                     if kept != at {
                         buf.copy_within(at..end, kept);
@@ -148,7 +155,7 @@ impl ForwardingSocket {
                         }
                         _ => {
                             if let Some(done) = run.replace(Run { to, range: at..end }) {
-                                self.send_run(buf, &done, stride, meta, tally);
+                                self.send_run(buf, &done, stride, meta.ecn, tally);
                             }
                         }
                     },
@@ -159,7 +166,7 @@ impl ForwardingSocket {
             at = end;
         }
         if let Some(done) = run {
-            self.send_run(buf, &done, stride, meta, tally);
+            self.send_run(buf, &done, stride, meta.ecn, tally);
         }
         kept
     }
@@ -191,20 +198,19 @@ impl AsyncUdpSocket for ForwardingSocket {
     ) -> Poll<io::Result<usize>> {
         let received = ready!(self.inner.poll_recv(cx, bufs, meta))?;
         let mut tally = Tally::default();
-        {
-            let mut routes = self.table.lock();
-            let now = Instant::now();
-            for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()).take(received) {
-                // The common case, the relay's own packet, costs one byte's
-                // look.
-                if meta.stride >= meta.len
-                    && route::kind(&buf[..meta.len.min(buf.len())]) == Kind::Quic
-                {
-                    continue;
-                }
-                meta.len = self.sort_entry(&mut routes, now, buf, meta, &mut tally);
+        // Taken only for a batch that holds something other than the
+        // relay's own packets.
+        let mut routes: Option<(MutexGuard<'_, Routes>, Instant)> = None;
+        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()).take(received) {
+            // The common case, the relay's own packet, costs one byte's look.
+            if meta.stride >= meta.len && route::kind(&buf[..meta.len.min(buf.len())]) == Kind::Quic
+            {
+                continue;
             }
+            let (routes, now) = routes.get_or_insert_with(|| (self.table.lock(), Instant::now()));
+            meta.len = self.sort_entry(routes, *now, buf, meta, &mut tally);
         }
+        drop(routes);
         tally.publish(&self.table);
         // Entries left empty are skipped by quinn, which counts the batch
         // as work all the same: a flood of routed datagrams yields the

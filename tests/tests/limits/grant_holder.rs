@@ -10,6 +10,20 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use latchkey_tests::{count, fetch, hello_target, unlimited, wait_until, World, OWNER_CODE};
 
+/// alice's `exec` on mypc runs and answers (`beside` says what bob is doing).
+fn alices_exec_works(w: &World, beside: &str) -> Result<()> {
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "still mine"])?;
+    assert!(
+        out.status.success(),
+        "alice's command failed {beside}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still mine");
+    Ok(())
+}
+
 /// bob holds every session he may on mypc, each with an end-to-end
 /// handshake left hanging (its stream held until the relay's deadline):
 /// the next right code starts no session and counts nothing, and alice's
@@ -50,15 +64,7 @@ async fn a_grant_holder_holding_all_he_may_leaves_the_host_to_the_others() -> Re
         .any(|e| e == "login-refused"));
 
     let started = Instant::now();
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "still mine"])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still mine");
+    alices_exec_works(&w, "beside bob's full share of sessions")?;
     let (_forward, local) = w.start_forward(&target.to_string())?;
     assert!(fetch(local).await?.contains("hello"));
     let (shell, mut stdin) = w.alice.spawn_shell("mypc")?;
@@ -127,15 +133,7 @@ async fn a_grant_holder_who_never_reads_leaves_the_hosts_link_to_the_others() ->
     // Long enough for each stalled stream to fill its window.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
-    let out = w
-        .alice
-        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "still mine"])?;
-    assert!(
-        out.status.success(),
-        "alice's command failed beside bob's stalled ones: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still mine");
+    alices_exec_works(&w, "beside bob's stalled ones")?;
     println!(
         "alice's exec beside {sessions} stalled ones of bob's: {:?}",
         started.elapsed()
