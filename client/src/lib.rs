@@ -11,4 +11,4 @@ pub mod files;
 pub mod host;
 pub mod net;
 pub mod user;
-pub use latchkey_protocol::quic as wire;
+pub use latchkey_protocol::{channel, quic as wire};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::{
     frame::{HostInfo, Refusal, RelayToClient},
     ids::{HostName, ResumeTicket},
+    route::LegId,
 };
 
 /// Why a session ended, as the relay tells the client.
@@ -288,6 +289,8 @@ pub enum Event {
     /// A ticket that resumes the session elsewhere, valid this many
     /// seconds; it replaces the one before.
     Ticket(ResumeTicket, u64),
+    /// A new route to the host: connect to it (again) under this leg.
+    Route(LegId),
 }
 
 /// A control frame the relay's side never sends in the client's phase.
@@ -350,6 +353,7 @@ impl ClientSession {
                 Phase::Ready | Phase::Rebooting { .. },
                 RelayToClient::Resumable { ticket, valid_secs },
             ) => return Ok(Event::Ticket(ticket, valid_secs)),
+            (Phase::Ready, RelayToClient::Route { leg }) => return Ok(Event::Route(leg)),
             (Phase::Ready, RelayToClient::HostRebooting { deadline_secs }) => Phase::Rebooting {
                 since: now,
                 deadline_secs,
@@ -421,6 +425,7 @@ impl ClientSession {
                 RelayToClient::HostAway { .. } => "host-away",
                 RelayToClient::Resumable { .. } => "a resume ticket",
                 RelayToClient::Resumed { .. } => "resumed",
+                RelayToClient::Route { .. } => "a route",
             },
             phase: match self.phase {
                 Phase::Pairing => "pairing",

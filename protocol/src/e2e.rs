@@ -1,24 +1,29 @@
-//! End-to-end keys between a user's client and a host, so the relay, which
-//! carries every byte of a session, reads none of them (SPEC X4).
+//! End-to-end authentication between a user's client and a host, so the
+//! relay, which carries every datagram of a session, reads none of them
+//! (SPEC X4).
 //!
-//! At session start the relay introduces the two device keys it knows: the
-//! host's to the client, the user's (and the code record the login used)
-//! to the host. The two then run Noise KKpsk0 through the relay:
+//! A session is one QUIC connection from the client to the host, which the
+//! relay forwards without holding its keys ([`crate::route`]). Its TLS
+//! certificates prove nothing; what authenticates both ends is a Noise
+//! handshake on the connection's first stream, before any other. At session
+//! start the relay introduces the two device keys it knows: the host's to
+//! the client, the user's (and the code record the login used) to the host.
 //!
 //! ```text
 //! client (initiator)                               host (responder)
-//!   psk, e, es, ss   ->     (the relay splices it)
+//!   psk, e, es, ss   ->     (stream 0 of the end-to-end connection)
 //!                    <-     e, ee, se
-//! psk = HKDF-SHA256(OPAQUE export key, "latchkey e2e" ‖ record id)
+//! psk      = HKDF-SHA256(OPAQUE export key, "latchkey e2e" ‖ record id)
+//! prologue = "latchkey/3 e2e" ‖ session id ‖ record id ‖ TLS exporter
 //! ```
 //!
 //! OPAQUE's export key comes out of the login on the client and out of the
 //! registration on the host, which ran the client side of it; the relay
 //! never learns it. A relay that introduces keys of its own therefore also
 //! needs the psk, which means guessing the access code offline at one
-//! Argon2id per guess. The handshake's split keys seed one key per channel
-//! and direction ([`SessionKeys::channel`]), so opening a channel costs no
-//! round trip; the records themselves are in [`record`](crate::record).
+//! Argon2id per guess. A relay that terminates the QUIC connection itself
+//! shares one TLS session with each end, not one between them: the
+//! exporters in the two prologues differ, and the handshake fails.
 
 use hkdf::Hkdf;
 use rand::{CryptoRng, RngCore};
@@ -30,14 +35,13 @@ use crate::{
     error::HandshakeError,
     handshake::{noise_builder_for, read_noise, write_noise, Keypair},
     ids::{PublicKey, RecordId, SessionId},
-    record::{Opener, Sealer},
 };
 
 /// The Noise protocol of the end-to-end handshake.
 pub const E2E_NOISE_PARAMS: &str = "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s";
 
 /// Prefix of the end-to-end prologue (with the protocol version in it).
-const PROLOGUE_LABEL: &[u8] = b"latchkey/2 e2e";
+const PROLOGUE_LABEL: &[u8] = b"latchkey/3 e2e";
 
 /// OPAQUE's export key for one code record: the client's from its login,
 /// the host's from registering the code. Wiped when dropped.
@@ -88,79 +92,40 @@ impl std::fmt::Debug for SessionPsk {
     }
 }
 
-/// Which end of the session a [`SessionKeys`] belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The user's client (the handshake's initiator).
-    Client,
-    /// The host agent (the responder).
-    Host,
-}
-
-/// The keys of one end-to-end handshake: every channel of the session
-/// until the next handshake (after a reboot or a host's reconnect) takes
-/// its keys from these.
-pub struct SessionKeys {
-    to_host: Zeroizing<[u8; 32]>,
-    to_client: Zeroizing<[u8; 32]>,
-    role: Role,
-}
-
-impl std::fmt::Debug for SessionKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SessionKeys({:?}, ..)", self.role)
-    }
-}
-
-impl SessionKeys {
-    fn from_split(hs: &mut HandshakeState, role: Role) -> Self {
-        let (to_host, to_client) = hs.dangerously_get_raw_split();
-        Self {
-            to_host: Zeroizing::new(to_host),
-            to_client: Zeroizing::new(to_client),
-            role,
-        }
-    }
-
-    /// The sealer and opener of channel `number`, for this end. Each
-    /// number gives two fresh keys (one per direction); a number must be
-    /// used for one channel only, which the host enforces.
-    pub fn channel(&self, number: u64) -> (Sealer, Opener) {
-        let to_host = channel_key(&self.to_host, b"to host", number);
-        let to_client = channel_key(&self.to_client, b"to client", number);
-        match self.role {
-            Role::Client => (Sealer::new(&to_host), Opener::new(&to_client)),
-            Role::Host => (Sealer::new(&to_client), Opener::new(&to_host)),
-        }
-    }
-}
-
-fn channel_key(secret: &[u8; 32], direction: &[u8], number: u64) -> Zeroizing<[u8; 32]> {
-    let mut info = b"latchkey channel ".to_vec();
-    info.extend_from_slice(direction);
-    info.extend_from_slice(&number.to_be_bytes());
-    let mut key = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(None, secret)
-        .expand(&info, key.as_mut_slice())
-        .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF length"));
-    key
-}
-
-fn prologue(session: &SessionId, record: &RecordId) -> Vec<u8> {
+fn prologue(binding: &Binding) -> Vec<u8> {
     let mut p = PROLOGUE_LABEL.to_vec();
-    p.extend_from_slice(&session.0);
-    p.extend_from_slice(&record.0);
+    p.extend_from_slice(&binding.session.0);
+    p.extend_from_slice(&binding.record.0);
+    p.extend_from_slice(&binding.connection.0);
     p
 }
 
-/// What both ends must agree on before the handshake: which session, and
-/// which code record's export key made the psk.
+/// The label of the TLS keying-material exporter ([RFC 5705], [RFC 8446
+/// section 7.5]) whose output binds the handshake to its QUIC connection.
+///
+/// [RFC 5705]: https://www.rfc-editor.org/rfc/rfc5705
+/// [RFC 8446 section 7.5]: https://www.rfc-editor.org/rfc/rfc8446#section-7.5
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-latchkey-e2e";
+
+/// The end-to-end QUIC connection's keying material for
+/// [`EXPORTER_LABEL`]: equal at both ends only if they share one TLS
+/// session, so a relay that terminates the connection (two TLS sessions,
+/// one with each end) makes the two prologues differ and the handshake
+/// fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionBinding(pub [u8; 32]);
+
+/// What both ends must agree on before the handshake: which session, which
+/// code record's export key made the psk, and which QUIC connection it
+/// runs on.
 #[derive(Clone, Copy, Debug)]
 pub struct Binding {
     /// The session.
     pub session: SessionId,
     /// The code record the login used.
     pub record: RecordId,
+    /// The connection the handshake authenticates.
+    pub connection: ConnectionBinding,
 }
 
 fn build(
@@ -171,7 +136,7 @@ fn build(
     binding: &Binding,
     initiator: bool,
 ) -> Result<HandshakeState, HandshakeError> {
-    let prologue = prologue(&binding.session, &binding.record);
+    let prologue = prologue(binding);
     let builder = noise_builder_for(E2E_NOISE_PARAMS, rng)
         .local_private_key(me.secret.as_bytes())
         .and_then(|b| b.remote_public_key(&peer.0))
@@ -206,21 +171,22 @@ impl E2eInitiator {
     }
 
     /// Reads the host's message 2. It fails if the host does not hold the
-    /// introduced key or the export key of the record: the relay swapped a
-    /// key, or the host lost (or never had) that record's key.
-    pub fn finish(mut self, msg2: &[u8]) -> Result<SessionKeys, HandshakeError> {
+    /// introduced key or the export key of the record (the relay swapped a
+    /// key, or the host lost or never had that record's key), or if the
+    /// host's end of the connection is not this one's.
+    pub fn finish(mut self, msg2: &[u8]) -> Result<(), HandshakeError> {
         let payload = read_noise(|m, b| self.hs.read_message(m, b), msg2)?;
         if !payload.is_empty() || !self.hs.is_handshake_finished() {
             return Err(HandshakeError::PeerMisbehaved(
                 "unexpected end-to-end message",
             ));
         }
-        Ok(SessionKeys::from_split(&mut self.hs, Role::Client))
+        Ok(())
     }
 }
 
 /// The host's side: reads message 1 from the user whose key is `user` and
-/// returns the session's keys and message 2.
+/// returns message 2.
 pub fn respond(
     rng: &mut (impl RngCore + CryptoRng),
     host: &Keypair,
@@ -228,7 +194,7 @@ pub fn respond(
     psk: &SessionPsk,
     binding: &Binding,
     msg1: &[u8],
-) -> Result<(SessionKeys, Vec<u8>), HandshakeError> {
+) -> Result<Vec<u8>, HandshakeError> {
     let mut hs = build(rng, host, user, psk, binding, false)?;
     let payload = read_noise(|m, b| hs.read_message(m, b), msg1)?;
     if !payload.is_empty() {
@@ -240,13 +206,12 @@ pub fn respond(
     if !hs.is_handshake_finished() {
         return Err(HandshakeError::Misuse("handshake not finished"));
     }
-    Ok((SessionKeys::from_split(&mut hs, Role::Host), msg2))
+    Ok(msg2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Opened;
     use rand::{rngs::StdRng, SeedableRng};
 
     struct Fixture {
@@ -271,47 +236,44 @@ mod tests {
             binding: Binding {
                 session: SessionId([1; 16]),
                 record,
+                connection: ConnectionBinding([9; 32]),
             },
         }
     }
 
-    fn handshake(f: &mut Fixture) -> Result<(SessionKeys, SessionKeys), HandshakeError> {
+    /// The host answers message 1 made under `client`'s binding with its
+    /// own; the client reads the answer.
+    fn handshake(f: &mut Fixture, host_binding: Binding) -> Result<(), HandshakeError> {
         let (init, msg1) =
             E2eInitiator::start(&mut f.rng, &f.user, &f.host.public, &f.psk, &f.binding)?;
-        let (host_keys, msg2) = respond(
+        let msg2 = respond(
             &mut f.rng,
             &f.host,
             &f.user.public,
             &f.psk,
-            &f.binding,
+            &host_binding,
             &msg1,
         )?;
-        Ok((init.finish(&msg2)?, host_keys))
+        init.finish(&msg2)
     }
 
     #[test]
-    fn both_ends_derive_the_same_channel_keys_and_channels_differ() {
+    fn the_same_keys_session_record_and_connection_agree() {
         let mut f = fixture();
-        let (client, host) = handshake(&mut f).expect("handshake");
-        let (mut c_seal, mut c_open) = client.channel(1);
-        let (mut h_seal, mut h_open) = host.channel(1);
-        let mut wire = Vec::new();
-        c_seal.seal(b"ls -l", &mut wire).expect("seal");
-        assert_eq!(
-            h_open.open(&mut wire[4..]).expect("open"),
-            Opened::Data(&b"ls -l"[..])
-        );
-        let mut back = Vec::new();
-        h_seal.seal(b"total 0", &mut back).expect("seal");
-        assert_eq!(
-            c_open.open(&mut back[4..]).expect("open"),
-            Opened::Data(&b"total 0"[..])
-        );
-        // Channel 2's keys open nothing of channel 1.
-        let (_, mut other) = host.channel(2);
-        let mut again = Vec::new();
-        client.channel(1).0.seal(b"x", &mut again).expect("seal");
-        assert!(other.open(&mut again[4..]).is_err());
+        let binding = f.binding;
+        handshake(&mut f, binding).expect("handshake");
+    }
+
+    #[test]
+    fn another_connection_fails_the_handshake() {
+        // A relay that terminated the QUIC connection: each end exports
+        // its own TLS session's keying material.
+        let mut f = fixture();
+        let other = Binding {
+            connection: ConnectionBinding([8; 32]),
+            ..f.binding
+        };
+        assert!(handshake(&mut f, other).is_err());
     }
 
     #[test]
@@ -349,20 +311,13 @@ mod tests {
         )
         .is_err());
         // Even answering with a message of its own, the client refuses it.
-        let (fake_init, _) =
-            E2eInitiator::start(&mut f.rng, &relay, &f.user.public, &guess, &f.binding)
-                .expect("start");
-        drop(fake_init);
         assert!(init.finish(&[0u8; 48]).is_err());
         // Message 1 replayed into another session.
         let mut f = fixture();
-        let (_, msg1) =
-            E2eInitiator::start(&mut f.rng, &f.user, &f.host.public, &f.psk, &f.binding)
-                .expect("start");
         let other = Binding {
             session: SessionId([2; 16]),
             ..f.binding
         };
-        assert!(respond(&mut f.rng, &f.host, &f.user.public, &f.psk, &other, &msg1).is_err());
+        assert!(handshake(&mut f, other).is_err());
     }
 }

@@ -15,13 +15,16 @@ use crate::{
         HostName, Platform, PublicKey, RecordId, ResumeTicket, SessionId, TokenSecret, UserName,
     },
     ksf::KsfProfile,
+    route::LegId,
 };
 
 /// The protocol version this crate speaks. Message 1 carries it, so a relay
 /// can refuse (or later adapt to) another version before doing any work.
-/// Version 2 made every channel end-to-end encrypted: a peer of version 1
-/// is refused, there is no plaintext fallback.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2 made every channel end-to-end encrypted; version 3 carries a
+/// session as one end-to-end QUIC connection the relay forwards without
+/// reading ([`crate::route`]). A peer of another version is refused with a
+/// message that says to upgrade; there is no fallback.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Payload of Noise message 1: who is asking, for what.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +259,15 @@ pub enum RelayToClient {
         /// The session's id on this relay.
         session: SessionId,
     },
+    /// The relay opened a route to the host for this session (after
+    /// [`RelayToClient::SessionReady`], and again after
+    /// [`RelayToClient::HostBack`]): the client's end-to-end datagrams go
+    /// to this relay under `leg` ([`crate::route`]), and it connects to
+    /// the host (again) over it.
+    Route {
+        /// The client's own leg of the route.
+        leg: LegId,
+    },
 }
 
 /// Control frames from a host agent to the relay.
@@ -325,9 +337,28 @@ pub enum RelayToHost {
     },
     /// The ticket was accepted: the sessions waiting for the host resume.
     Resumed,
-    /// A session ended: the host forgets its end-to-end keys.
+    /// A session ended: the host closes its end-to-end connection.
     SessionEnded {
         /// The session.
         session: SessionId,
+    },
+    /// A session the relay admitted, and its route: the host accepts one
+    /// end-to-end connection arriving under `leg`, and on it the Noise
+    /// handshake of `user_key` with the export key of `record`
+    /// ([`crate::e2e`]). Sent before the client learns its own leg, and
+    /// again (with a new leg) whenever the session is paired with this
+    /// host anew.
+    Session {
+        /// The session.
+        session: SessionId,
+        /// The authenticated user (the relay's word; the handshake proves
+        /// the key and the code record's export key).
+        user: UserName,
+        /// The user's device key, as the relay knows it.
+        user_key: PublicKey,
+        /// The code record the login used.
+        record: RecordId,
+        /// The host's own leg of the route.
+        leg: LegId,
     },
 }

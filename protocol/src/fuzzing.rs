@@ -50,13 +50,3 @@ pub fn msg2_with_payload(
     read_noise(|m, b| hs.read_message(m, b), msg1).ok()?;
     write_noise(|p, b| hs.write_message(p, b), payload).ok()
 }
-
-/// A sealer and an opener sharing `key`, so a target can make valid
-/// records from fuzzer-chosen payloads and feed the opener anything.
-pub fn record_pair(key: [u8; 32]) -> (crate::record::Sealer, crate::record::Opener) {
-    let key = zeroize::Zeroizing::new(key);
-    (
-        crate::record::Sealer::new(&key),
-        crate::record::Opener::new(&key),
-    )
-}

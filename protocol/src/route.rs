@@ -29,6 +29,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use rand::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
 
 use crate::bucket::TokenBucket;
 
@@ -68,9 +69,25 @@ pub fn kind(datagram: &[u8]) -> Kind {
 }
 
 /// One device's end of a route, as named in route headers: random, so that
-/// nobody can guess another session's, and nonzero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// nobody can guess another session's, and nonzero. On the wire (the
+/// relay hands each device its own) it is checked as it is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct LegId(u64);
+
+impl TryFrom<u64> for LegId {
+    type Error = &'static str;
+
+    fn try_from(value: u64) -> Result<Self, Self::Error> {
+        Self::from_u64(value).ok_or("a leg id is nonzero and 56 bits wide")
+    }
+}
+
+impl From<LegId> for u64 {
+    fn from(leg: LegId) -> u64 {
+        leg.0
+    }
+}
 
 impl LegId {
     /// A fresh random leg id.
@@ -168,6 +185,15 @@ pub struct LegCounts {
     pub datagrams: u64,
     /// Bytes forwarded (headers included).
     pub bytes: u64,
+}
+
+impl LegCounts {
+    /// Adds what another leg (an earlier route of the same session)
+    /// carried.
+    pub fn add(&mut self, other: LegCounts) {
+        self.datagrams = self.datagrams.saturating_add(other.datagrams);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
 }
 
 #[derive(Debug)]
@@ -339,6 +365,15 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A route is two entries of the leg map: what a relay keeps per live
+    /// route stays small (docs/protocol.md quotes it).
+    #[test]
+    fn a_route_costs_two_small_map_entries() {
+        let entry = std::mem::size_of::<(LegId, Leg)>();
+        println!("one leg: {entry} bytes in the map");
+        assert!(entry <= 112, "a leg takes {entry} bytes");
+    }
     use rand::rngs::OsRng;
     use std::time::Duration;
 

@@ -1,18 +1,14 @@
-//! Session channels. After a login the client opens one QUIC stream per
-//! channel; its first frame, the only one the relay reads, is a
-//! [`ChannelRequest`]: the end-to-end handshake, or a channel number. The
-//! relay opens a matching stream to the host, sends a [`ChannelOpen`]
-//! (which session, which user, and for a handshake the keys it introduces),
-//! answers the client with [`Relayed`] and from then on splices the two
-//! streams. Everything after that is sealed records ([`crate::record`])
-//! under the channel's keys ([`crate::e2e`]): the client's first record is
-//! the [`ChannelKind`], the host's first is a [`ChannelReply`], then the
-//! channel's own frames (shell, exec) or raw bytes (forward, copy), each
-//! frame one record.
+//! Session channels. A session is one end-to-end QUIC connection from the
+//! client to the host ([`crate::e2e`], [`crate::route`]). Its first stream
+//! carries the Noise handshake ([`HandshakeRequest`], [`HandshakeReply`]);
+//! every later stream is one channel: the client's first frame is the
+//! [`ChannelKind`] (padded, [`crate::quic::ChannelSend::write_frame_padded`]),
+//! the host's first a [`ChannelReply`], then the channel's own frames (shell,
+//! exec) or raw bytes (forward, copy). A clean end is the stream's finish;
+//! a cut is its reset. The relay sees none of it: not how many channels
+//! there are, nor what they are for, nor their sizes (only datagrams).
 
 use serde::{Deserialize, Serialize};
-
-use crate::ids::{PublicKey, RecordId, SessionId, UserName};
 
 /// Largest data chunk in a shell or exec frame (frames stay far below the
 /// 64 KiB frame limit).
@@ -104,80 +100,21 @@ impl ChannelKind {
         }
     }
 
-    /// Whether the channel carries bulk data (a copy), which the relay
-    /// queues behind interactive channels ([`ChannelRequest::Channel`]'s
-    /// `bulk`).
+    /// Whether the channel carries bulk data (a copy), which both ends
+    /// send behind interactive channels (a lower QUIC stream priority).
     pub fn is_bulk(&self) -> bool {
         matches!(self, Self::Upload { .. } | Self::Download { .. })
     }
 }
 
-/// First frame of a stream the client opens in a session (client to
-/// relay, in the clear).
+/// The client's first frame on the end-to-end connection's first stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ChannelRequest {
-    /// The end-to-end handshake's message 1: at session start, and again
-    /// whenever the host comes back.
-    Handshake {
-        /// Noise KKpsk0 message 1.
-        msg1: Vec<u8>,
-    },
-    /// A channel sealed with the keys of `number` (never reused within a
-    /// handshake's keys).
-    Channel {
-        /// The channel's number.
-        number: u64,
-        /// Bulk data (a copy): the relay queues it behind interactive
-        /// channels. The one thing about a channel's purpose the relay learns.
-        bulk: bool,
-    },
+pub struct HandshakeRequest {
+    /// Noise KKpsk0 message 1 ([`crate::e2e`]).
+    pub msg1: Vec<u8>,
 }
 
-/// The relay's first frame back on every stream the client opens.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Relayed {
-    /// The host's stream is open; what follows comes from the host.
-    Spliced,
-    /// The relay did not pass the stream on (budget, host away, limits).
-    Refused(String),
-}
-
-/// First frame of a stream the relay opens to the host (in the clear).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelOpen {
-    /// The session the stream belongs to.
-    pub session: SessionId,
-    /// The authenticated user (the relay's word; the handshake proves the
-    /// user's key and the code record's export key).
-    pub user: UserName,
-    /// What the stream is for.
-    pub stream: HostStream,
-}
-
-/// What a stream the relay opens to the host is for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum HostStream {
-    /// The client's end-to-end handshake.
-    Handshake {
-        /// The user's device key, as the relay knows it.
-        user_key: PublicKey,
-        /// The code record the login used.
-        record: RecordId,
-        /// Noise KKpsk0 message 1.
-        msg1: Vec<u8>,
-    },
-    /// A channel sealed with the keys of `number`.
-    Channel {
-        /// The channel's number.
-        number: u64,
-    },
-}
-
-/// The host's answer on a handshake stream (in the clear: message 2 is
-/// Noise's own).
+/// The host's answer on the handshake stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum HandshakeReply {
@@ -187,7 +124,7 @@ pub enum HandshakeReply {
     Refused(String),
 }
 
-/// The host's first record on a channel.
+/// The host's first frame on a channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ChannelReply {

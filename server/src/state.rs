@@ -3,8 +3,8 @@
 //! the host agents connected here ([`HostLinks`]), the live sessions
 //! ([`Sessions`]), admission of new connections ([`Admission`]), this
 //! relay's place in its cluster ([`Cluster`]), reboots in progress
-//! ([`Reboots`]), each user's share of a host's channels, and where
-//! attempts and sessions settle ([`Settler`]).
+//! ([`Reboots`]), the routes sessions' datagrams take ([`RouteTable`]),
+//! and where attempts and sessions settle ([`Settler`]).
 
 use std::sync::Arc;
 
@@ -21,7 +21,8 @@ use crate::{
     hosts::links::HostLinks,
     login::settle::Settler,
     metrics::Metrics,
-    rules::{admission::Admission, budget::ChannelBudgets},
+    routes::RouteTable,
+    rules::admission::Admission,
     session::{reboots::Reboots, registry::Sessions},
     store::{Store, StoreError},
 };
@@ -41,8 +42,9 @@ pub(crate) struct Shared {
     pub(crate) cluster: Arc<Cluster>,
     /// The live sessions, so admin actions reach them.
     pub(crate) sessions: Arc<Sessions>,
-    /// Each user's share of their hosts' streams.
-    pub(crate) channel_budgets: ChannelBudgets,
+    /// The routes of sessions' end-to-end connections, which the socket
+    /// layer forwards by.
+    pub(crate) routes: Arc<RouteTable>,
     /// Where reserved attempts and ended sessions settle.
     pub(crate) settler: Settler,
     pub(crate) reboots: Reboots,

@@ -1,20 +1,23 @@
 //! Logins and channels in the test's own process, through the library the
 //! `latchkey` binary uses: many attempts at once, a login driven step by
 //! step (so a test can act between the relay's steps), and channels opened
-//! by hand on a session.
+//! by hand on a session's end-to-end connection.
 
 use anyhow::{bail, Result};
 use latchkey_client::{
+    channel::{ChannelRecv, ChannelSend},
     net,
-    user::e2e::{Epoch, Handshaker},
-    wire::SealedSend,
+    user::{
+        e2e::Handshaker,
+        remote::{connect_to_host, HostConnection},
+    },
 };
 use latchkey_protocol::{
     frame::{LoginOutcome, RelayToClient},
     handshake::{Initiator, InitiatorReply, Keypair},
     ids::{AccessCode, HostName, RelayPin},
-    record::Opener,
-    session::{ChannelKind, ChannelRequest},
+    route::LegId,
+    session::ChannelKind,
 };
 
 use crate::{device::Device, world::OWNER_CODE};
@@ -73,31 +76,65 @@ impl Device {
         Ok((cfg.relay, pin, key))
     }
 
-    /// A logged-in session's end-to-end keys, for tests that open channels
-    /// by hand ([`open_channel`]): reads the relay's `SessionReady` and runs
-    /// the handshake with the host, as `latchkey` does (without pinning).
-    pub async fn session_keys(&self, session: &mut net::Session, host: &str) -> Result<Epoch> {
-        let handshaker = self.handshaker(session, host).await?;
-        Ok(handshaker.run(&session.control.relay.conn).await?)
+    /// A logged-in session's end-to-end connection to the host, for tests
+    /// that open channels by hand ([`open_channel`]): reads the relay's
+    /// `SessionReady` and route, connects over it and runs the handshake, as
+    /// `latchkey` does (without pinning).
+    pub async fn host_connection(
+        &self,
+        session: &mut net::Session,
+        host: &str,
+    ) -> Result<HostConnection> {
+        let (handshaker, leg) = self.handshaker(session, host).await?;
+        Ok(connect_to_host(&handshaker, &session.control.relay, leg).await?)
     }
 
-    /// What [`Device::session_keys`] runs the handshake with (it can run it
-    /// again, as after the host came back).
-    pub async fn handshaker(&self, session: &mut net::Session, host: &str) -> Result<Handshaker> {
+    /// A session's QUIC connection to the host over its route, with no
+    /// handshake on it yet: for tests of a client that stops there.
+    pub async fn raw_host_connection(
+        &self,
+        session: &mut net::Session,
+        host: &str,
+    ) -> Result<quinn::Connection> {
+        let (_, leg) = self.handshaker(session, host).await?;
+        let relay = &session.control.relay;
+        let at = relay.peers.allocate();
+        relay.peers.set(at, relay.conn.remote_address(), leg)?;
+        let connecting =
+            relay
+                .endpoint
+                .connect_with(net::peer::client_config()?, at, net::peer::PEER_NAME)?;
+        Ok(tokio::time::timeout(std::time::Duration::from_secs(15), connecting).await??)
+    }
+
+    /// What [`Device::host_connection`] connects with: the handshake's
+    /// inputs from the relay's `SessionReady`, and the client's leg of the
+    /// route that follows it.
+    pub async fn handshaker(
+        &self,
+        session: &mut net::Session,
+        host: &str,
+    ) -> Result<(Handshaker, LegId)> {
         let (_, _, device) = self.identity()?;
         let ready: Option<RelayToClient> =
             latchkey_client::wire::read_frame(&mut session.control.recv).await?;
         let Some(RelayToClient::SessionReady { host_key, record }) = ready else {
             bail!("no session: {ready:?}");
         };
-        Ok(Handshaker::new(
+        let routed: Option<RelayToClient> =
+            latchkey_client::wire::read_frame(&mut session.control.recv).await?;
+        let Some(RelayToClient::Route { leg }) = routed else {
+            bail!("no route: {routed:?}");
+        };
+        let handshaker = Handshaker::new(
             host.parse()?,
             device,
             host_key,
             &session.export_key,
             session.id,
             record,
-        ))
+        );
+        Ok((handshaker, leg))
     }
 
     /// Starts a login by hand: connects and sends message 1, so a test can
@@ -134,24 +171,17 @@ impl Device {
     }
 }
 
-/// Opens a channel by hand on a session whose keys are `epoch` ([`Device::session_keys`]):
-/// sends the request and the sealed kind, and returns the streams without
-/// waiting for the host's answer.
+/// Opens a channel by hand on a session's connection to the host
+/// ([`Device::host_connection`]): sends the request, and returns the channel
+/// without waiting for the host's answer.
 pub async fn open_channel(
-    conn: &quinn::Connection,
-    epoch: &Epoch,
+    host: &HostConnection,
     kind: &ChannelKind,
-) -> Result<(SealedSend, quinn::RecvStream, Opener)> {
-    let (number, sealer, opener) = epoch.next_channel();
-    let (mut send, recv) = conn.open_bi().await?;
-    let request = ChannelRequest::Channel {
-        number,
-        bulk: false,
-    };
-    latchkey_client::wire::write_frame(&mut send, &request).await?;
-    let mut send = SealedSend::new(send, sealer);
+) -> Result<(ChannelSend, ChannelRecv)> {
+    let (send, recv) = host.conn().open_bi().await?;
+    let mut send = ChannelSend::new(send);
     send.write_frame_padded(kind).await?;
-    Ok((send, recv, opener))
+    Ok((send, ChannelRecv::new(recv)))
 }
 
 /// A login in progress, driven step by step ([`Device::send_msg1`]).

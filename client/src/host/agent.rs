@@ -97,13 +97,6 @@ pub async fn dial(
         let relay = [ring.current().to_owned()];
         let result =
             net::welcome_from(local, &relay, pin, key, Intent::Host { host: host.clone() }).await;
-        if let Ok(control) = &result {
-            // Room for one user's stalled streams and everyone else's.
-            control
-                .relay
-                .conn
-                .set_receive_window(wire::HOST_LINK_RECEIVE_WINDOW.into());
-        }
         if result.is_err() {
             ring.advance();
         }
@@ -131,16 +124,32 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         account,
         home: home.clone(),
         sessions: Sessions::new(home.clone(), key.clone()),
+        rebooting: false.into(),
     });
     let ring = RelayRing::new(cfg.relays(), &cfg.host);
+    // One socket for the agent's life: its links to relays and its
+    // sessions' end-to-end connections, which arrive through those links.
+    // Dual stack where the system has IPv6, else IPv4 alone.
+    let server = net::peer::server_config()?;
+    let device = net::DeviceEndpoint::bind(
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        Some(server.clone()),
+    )
+    .or_else(|_| {
+        net::DeviceEndpoint::bind((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), Some(server))
+    })?;
+    let local = net::Local::Shared(device.clone());
     loop {
         let control = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            c = dial(&net::Local::Any, &ring, &pin, &key, &cfg.host) => c?,
+            c = dial(&local, &ring, &pin, &key, &cfg.host) => c?,
         };
         info!(host = %cfg.host, relay = %ring.current(), "online");
-        let ended = serve(home, control, side.clone(), &shutdown).await;
+        let ended = serve(home, control, &device, side.clone(), &shutdown).await;
+        // The link's routes went with it: its sessions' connections close
+        // (the relay announces the sessions again when they resume).
+        side.sessions.end_all();
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -235,12 +244,14 @@ async fn reboot(
     Ok(())
 }
 
-/// Serves one connection (control frames and channel streams); returns
-/// why it ended. Channels die with the connection (their processes are
+/// Serves one link to a relay (its control frames) and the end-to-end
+/// connections of the sessions it announces; returns why it ended. The
+/// sessions' connections end with the link (their channels' processes are
 /// killed on drop).
 async fn serve(
     home: &Home,
     control: Control,
+    device: &net::DeviceEndpoint,
     side: Arc<HostSide>,
     shutdown: &CancellationToken,
 ) -> Ended {
@@ -258,7 +269,8 @@ async fn serve(
             return e.to_string().into();
         }
     }
-    let mut channels = JoinSet::new();
+    let mut sessions = JoinSet::new();
+    let relay_addr = relay.conn.remote_address();
     loop {
         tokio::select! {
             biased;
@@ -269,12 +281,26 @@ async fn serve(
                 let _ = tokio::time::timeout(Duration::from_secs(1), relay.endpoint.wait_idle()).await;
                 return "agent stopping".into();
             }
-            stream = relay.conn.accept_bi() => match stream {
-                Ok((s, r)) => {
-                    channels.spawn(channels::serve(side.clone(), s, r));
+            incoming = device.endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    if let Some((who, incoming)) = side.sessions.admit(incoming) {
+                        let side = side.clone();
+                        sessions.spawn(async move {
+                            if let Some(conn) = side.sessions.handshake(&who, incoming).await {
+                                channels::serve_session(side, who, conn).await;
+                            }
+                        });
+                    }
                 }
-                Err(e) => return e.to_string().into(),
+                None => return "the agent's endpoint closed".into(),
             },
+            _ = relay.conn.closed() => {
+                return relay
+                    .conn
+                    .close_reason()
+                    .map_or_else(|| "connection closed".into(), |e| e.to_string())
+                    .into();
+            }
             frame = frames.recv() => match frame {
                 Some(Ok(Some(RelayToHost::Ping))) => {
                     if let Err(e) = wire::write_frame(&mut send, &HostToRelay::Pong).await {
@@ -283,6 +309,7 @@ async fn serve(
                 }
                 Some(Ok(Some(RelayToHost::Reboot { session, ticket }))) => {
                     info!(%session, "reboot requested in a session");
+                    side.rebooting.store(true, std::sync::atomic::Ordering::Relaxed);
                     match reboot(home, cfg, &ticket, &mut send).await {
                         Ok(()) => {
                             relay.conn.close(quinn::VarInt::from_u32(0), b"rebooting");
@@ -291,6 +318,7 @@ async fn serve(
                         }
                         Err(e) => {
                             home.clear_ticket();
+                            side.rebooting.store(false, std::sync::atomic::Ordering::Relaxed);
                             warn!("reboot failed: {e}");
                             // The user waits for the answer: tell them why.
                             let reason: String = e.chars().take(MAX_REASON).collect();
@@ -310,7 +338,10 @@ async fn serve(
                     warn!("resume refused: {}", crate::net::refusal_text(&r));
                 }
                 Some(Ok(Some(RelayToHost::SessionEnded { session }))) => {
-                    side.sessions.forget(session);
+                    side.sessions.end(session);
+                }
+                Some(Ok(Some(RelayToHost::Session { session, user, user_key, record, leg }))) => {
+                    side.sessions.announce(&device.peers, relay_addr, session, user, user_key, record, leg);
                 }
                 Some(Ok(Some(RelayToHost::Refused(r)))) => {
                     return Ended::Refused(crate::net::refusal_text(&r));
@@ -322,7 +353,7 @@ async fn serve(
                 Some(Ok(None)) | None => return "relay closed the control stream".into(),
                 Some(Err(e)) => return e.to_string().into(),
             },
-            Some(_) = channels.join_next(), if !channels.is_empty() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The host's own record of what each channel did. The relay splices
-//! sealed records and cannot see a channel's command, path or target any
-//! more (SPEC X4), so the host that runs them keeps the log: one JSON line
+//! The host's own record of what each channel did. The relay forwards
+//! datagrams it cannot read and sees no channel, let alone its command,
+//! path or target (SPEC X4), so the host that runs them keeps the log: one JSON line
 //! per channel in `channels.log` in the agent's home (owner-only, like
 //! `host.key`), and the same line in the agent's log.
 

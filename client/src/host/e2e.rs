@@ -1,80 +1,73 @@
-//! The host's end of end-to-end encryption (SPEC X4, see
-//! `latchkey_protocol::e2e`): it answers a session's handshake with the
-//! export key of the code record the login used, then opens that session's
-//! channels with the keys the handshake made. The relay names the session
-//! and the channel number; the keys prove the rest.
+//! The host's end of a session (SPEC X4, see `latchkey_protocol::e2e`):
+//! the sessions the relay announced, each with its route and at most one
+//! end-to-end connection, which the host accepts only under that route and
+//! serves only after the client's handshake proved the user's key and the
+//! code's export key. The relay names the session and the user; the
+//! handshake proves the rest.
 
 use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex},
+    net::SocketAddr,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
 use latchkey_protocol::{
-    e2e::{respond, Binding, SessionKeys, SessionPsk},
+    channel::{ChannelRecv, ChannelSend},
+    e2e::{respond, Binding, SessionPsk},
     handshake::Keypair,
     ids::{PublicKey, RecordId, SessionId, UserName},
-    record::{Opener, Sealer},
+    route::LegId,
+    session::{HandshakeReply, HandshakeRequest},
 };
 use rand::rngs::OsRng;
+use tokio::time::timeout;
+use tracing::{debug, info};
 
 use super::fair_share::FairShare;
-use crate::config::Home;
+use crate::{
+    config::Home,
+    net::{peer, socket::Peers},
+};
 
-/// Channel numbers remembered above the floor of one session's keys.
-const MAX_REMEMBERED_NUMBERS: usize = 1024;
+/// How long a client has, once its connection is up, to complete the
+/// handshake on it.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
 
-/// The channel numbers a session's keys have served: each number opens one
-/// channel only, so a relay cannot replay a recorded channel (a command,
-/// an upload) to run it again. Numbers below the floor are refused too;
-/// clients number channels upwards, so only a channel held back behind
-/// more than [`MAX_REMEMBERED_NUMBERS`] later ones is ever refused wrongly.
-#[derive(Default)]
-struct UsedNumbers {
-    floor: u64,
-    above: BTreeSet<u64>,
+/// Who a session is for, as the relay announced it.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionUser {
+    pub(crate) session: SessionId,
+    pub(crate) user: UserName,
+    pub(crate) user_key: PublicKey,
+    record: RecordId,
 }
 
-impl UsedNumbers {
-    fn claim(&mut self, number: u64) -> bool {
-        if number < self.floor || !self.above.insert(number) {
-            return false;
+/// One announced session: its virtual address (the client, as this host's
+/// quinn sees it) and its connection once accepted. Dropped, it closes the
+/// connection and forgets the route.
+struct Announced {
+    who: SessionUser,
+    at: SocketAddr,
+    peers: Peers,
+    conn: Option<quinn::Connection>,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        if let Some(conn) = &self.conn {
+            conn.close(quinn::VarInt::from_u32(0), b"session ended");
         }
-        while self.above.len() > MAX_REMEMBERED_NUMBERS {
-            if let Some(lowest) = self.above.pop_first() {
-                self.floor = lowest.saturating_add(1);
-            }
-        }
-        true
+        self.peers.remove(self.at);
     }
 }
 
-/// One session's keys from its latest handshake.
-struct Epoch {
-    keys: Arc<SessionKeys>,
-    user: UserName,
-    user_key: PublicKey,
-    used: UsedNumbers,
-}
-
-/// The sessions' keys. The relay says when a session ends, and its keys
-/// go; beyond a user's fair share, their least recently used session's are
-/// forgotten (its client re-handshakes, as after a reboot), never another
-/// user's ([`FairShare`]).
-type Keys = FairShare<SessionId, Epoch>;
-
-/// What a channel's task gets: its record keys, and who it serves.
-pub(crate) struct ChannelKeys {
-    pub(crate) sealer: Sealer,
-    pub(crate) opener: Opener,
-    pub(crate) user: UserName,
-    pub(crate) user_key: PublicKey,
-}
-
-/// The sessions this agent has keys for.
+/// The sessions the relay announced. Beyond a user's fair share, their
+/// least recently announced session goes (its connection closes), never
+/// another user's ([`FairShare`]).
 pub(crate) struct Sessions {
     home: Home,
     key: Keypair,
-    inner: Mutex<Keys>,
+    inner: Mutex<FairShare<SessionId, Announced>>,
 }
 
 impl Sessions {
@@ -82,21 +75,171 @@ impl Sessions {
         Self {
             home,
             key,
-            inner: Mutex::new(Keys::new()),
+            inner: Mutex::new(FairShare::new()),
         }
     }
 
-    /// Answers a session's handshake; returns message 2, or why not (the
-    /// user sees it).
-    pub(crate) fn handshake(
+    fn lock(&self) -> MutexGuard<'_, FairShare<SessionId, Announced>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The relay admitted `session` of `user` and routes it to this host
+    /// through `relay` under `leg`: from now on one connection may arrive
+    /// under that route. A session announced again (paired anew) replaces
+    /// what it had.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn announce(
         &self,
+        peers: &Peers,
+        relay: SocketAddr,
         session: SessionId,
         user: UserName,
         user_key: PublicKey,
         record: RecordId,
+        leg: LegId,
+    ) {
+        let at = peers.allocate();
+        if let Err(e) = peers.set(at, relay, leg) {
+            debug!("session {session:?} not routed: {e}");
+            return;
+        }
+        let announced = Announced {
+            who: SessionUser {
+                session,
+                user: user.clone(),
+                user_key,
+                record,
+            },
+            at,
+            peers: peers.clone(),
+            conn: None,
+        };
+        let evicted = self.lock().insert(session, user, announced);
+        if !evicted.is_empty() {
+            debug!(
+                sessions = evicted.len(),
+                "least recent sessions of a user closed"
+            );
+        }
+    }
+
+    /// The session ended: its connection closes and its route goes.
+    pub(crate) fn end(&self, session: SessionId) {
+        let ended = self.lock().remove(&session);
+        drop(ended);
+    }
+
+    /// The relay link is gone, and with it every route: all sessions end
+    /// here (the relay announces them again when they resume).
+    pub(crate) fn end_all(&self) {
+        let all = self.lock().drain();
+        drop(all);
+    }
+
+    /// Takes `incoming` if it arrived under an announced session's route
+    /// and that session has no connection yet; `None` (refused) otherwise.
+    pub(crate) fn admit(
+        &self,
+        incoming: quinn::Incoming,
+    ) -> Option<(SessionUser, quinn::Incoming)> {
+        let from = incoming.remote_address();
+        let mut inner = self.lock();
+        let found = inner.find_mut(|a| a.at == from && a.conn.is_none());
+        match found {
+            Some(announced) => Some((announced.who.clone(), incoming)),
+            None => {
+                drop(inner);
+                incoming.refuse();
+                None
+            }
+        }
+    }
+
+    /// Keeps `conn` as `session`'s connection, so that the session's end
+    /// closes it; `false` if the session ended meanwhile (then it is
+    /// closed now).
+    fn attach(&self, session: SessionId, conn: &quinn::Connection) -> bool {
+        match self.lock().get_mut(&session) {
+            Some(announced) if announced.conn.is_none() => {
+                announced.conn = Some(conn.clone());
+                true
+            }
+            _ => {
+                conn.close(quinn::VarInt::from_u32(0), b"session ended");
+                false
+            }
+        }
+    }
+
+    /// Accepts a session's connection and answers its handshake on the
+    /// first stream; returns the connection once the client proved itself.
+    pub(crate) async fn handshake(
+        &self,
+        who: &SessionUser,
+        incoming: quinn::Incoming,
+    ) -> Option<quinn::Connection> {
+        let conn = match timeout(HANDSHAKE_DEADLINE, incoming).await {
+            Ok(Ok(conn)) => conn,
+            _ => return None,
+        };
+        if !self.attach(who.session, &conn) {
+            return None;
+        }
+        let answered = timeout(HANDSHAKE_DEADLINE, self.answer(who, &conn)).await;
+        match answered {
+            Ok(Ok(())) => {
+                info!(user = %who.user, session = %who.session, key = %who.user_key.fingerprint(), "end-to-end handshake");
+                Some(conn)
+            }
+            Ok(Err(why)) => {
+                info!(user = %who.user, session = %who.session, "end-to-end handshake refused: {why}");
+                conn.close(quinn::VarInt::from_u32(0), b"handshake refused");
+                None
+            }
+            Err(_) => {
+                conn.close(quinn::VarInt::from_u32(0), b"handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// Reads message 1 on the connection's first stream and answers it;
+    /// `Err` says why not (the client is told too, where it can be).
+    async fn answer(&self, who: &SessionUser, conn: &quinn::Connection) -> Result<(), String> {
+        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = (ChannelSend::new(send), ChannelRecv::new(recv));
+        let request = recv
+            .read_frame::<HandshakeRequest>()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no handshake")?;
+        let reply = match self.respond(who, conn, &request.msg1) {
+            Ok(msg2) => HandshakeReply::Msg2(msg2),
+            Err(why) => HandshakeReply::Refused(why),
+        };
+        let refused = match &reply {
+            HandshakeReply::Refused(why) => Some(why.clone()),
+            _ => None,
+        };
+        send.write_frame(&reply).await.map_err(|e| e.to_string())?;
+        let _ = send.finish().await;
+        match refused {
+            Some(why) => {
+                // Let the refusal reach the client before the close.
+                let _ = timeout(Duration::from_secs(1), send.stopped()).await;
+                Err(why)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn respond(
+        &self,
+        who: &SessionUser,
+        conn: &quinn::Connection,
         msg1: &[u8],
     ) -> Result<Vec<u8>, String> {
-        let export = match self.home.export_key(&record, &user) {
+        let export = match self.home.export_key(&who.record, &who.user) {
             Ok(Some(export)) => export,
             Ok(None) => {
                 return Err(
@@ -113,79 +256,17 @@ impl Sessions {
                 return Err("the host cannot read its end-to-end keys (its log says why)".into());
             }
         };
-        let psk = SessionPsk::derive(&export, &record);
-        let binding = Binding { session, record };
-        let (keys, msg2) = respond(&mut OsRng, &self.key, &user_key, &psk, &binding, msg1)
-            .map_err(|_| {
-                "the end-to-end handshake failed: the key the relay introduced for you, or the \
-                 code key, does not match"
-                    .to_string()
-            })?;
-        let epoch = Epoch {
-            keys: Arc::new(keys),
-            user: user.clone(),
-            user_key,
-            used: UsedNumbers::default(),
+        let binding = Binding {
+            session: who.session,
+            record: who.record,
+            connection: peer::binding(conn).map_err(|e| e.to_string())?,
         };
-        let evicted = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session, user, epoch);
-        if !evicted.is_empty() {
-            tracing::debug!(
-                sessions = evicted.len(),
-                "end-to-end keys of idle sessions forgotten"
-            );
-        }
-        Ok(msg2)
-    }
-
-    /// Forgets an ended session's keys.
-    pub(crate) fn forget(&self, session: SessionId) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&session);
-    }
-
-    /// The keys of channel `number` of `session`, once: a number already
-    /// used, or a session without a handshake, is refused.
-    pub(crate) fn channel(&self, session: SessionId, number: u64) -> Result<ChannelKeys, String> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let epoch = inner
-            .get_mut(&session)
-            .ok_or("no end-to-end handshake for this session")?;
-        if !epoch.used.claim(number) {
-            return Err(format!("channel number {number} was used already"));
-        }
-        let (sealer, opener) = epoch.keys.channel(number);
-        Ok(ChannelKeys {
-            sealer,
-            opener,
-            user: epoch.user.clone(),
-            user_key: epoch.user_key,
+        let psk = SessionPsk::derive(&export, &who.record);
+        respond(&mut OsRng, &self.key, &who.user_key, &psk, &binding, msg1).map_err(|_| {
+            "the end-to-end handshake failed: the key the relay introduced for you, the code \
+             key, or the connection does not match (the relay, or someone between, may be \
+             trying to read your session)"
+                .to_string()
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::UsedNumbers;
-
-    #[test]
-    fn a_channel_number_serves_once_and_old_numbers_stay_refused() {
-        let mut used = UsedNumbers::default();
-        assert!(used.claim(1));
-        assert!(!used.claim(1));
-        assert!(used.claim(3));
-        assert!(used.claim(2));
-        for n in 4..2000 {
-            assert!(used.claim(n));
-        }
-        // Forgotten numbers are below the floor: still refused.
-        assert!(!used.claim(5));
-        assert!(!used.claim(1999));
-        assert!(used.claim(2001));
     }
 }

@@ -1,4 +1,4 @@
-//! What the agent keeps per session (its end-to-end keys), shared fairly
+//! What the agent keeps per session (its route and connection), shared fairly
 //! between users: each user may hold at most [`PER_USER`] sessions' state,
 //! and when the agent holds [`IN_ALL`] the one to go is the least recently
 //! used of whoever holds the most. So no number of sessions by one user
@@ -95,6 +95,19 @@ impl<K: Eq + Hash + Clone, V> FairShare<K, V> {
     /// Forgets `key`.
     pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         self.entries.remove(key).map(|e| e.value)
+    }
+
+    /// The first state `which` picks (not marked as used).
+    pub(crate) fn find_mut(&mut self, which: impl Fn(&V) -> bool) -> Option<&mut V> {
+        self.entries
+            .values_mut()
+            .map(|e| &mut e.value)
+            .find(|v| which(v))
+    }
+
+    /// Forgets everything; returns what was kept.
+    pub(crate) fn drain(&mut self) -> Vec<V> {
+        self.entries.drain().map(|(_, e)| e.value).collect()
     }
 
     fn evict(&mut self, key: K) -> K {

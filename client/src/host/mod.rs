@@ -11,7 +11,6 @@ pub mod file_helper;
 
 pub use agent::{dial, run, RelayRing};
 pub use channel_log::CHANNEL_LOG;
-pub use channels::NO_CHANNEL_KEYS;
 
 use latchkey_protocol::{
     frame::{CodeTarget, HostToRelay, Intent, RelayToHost},

@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use super::{
     error::{relay_gave_up, NetError},
     pin::tls_config,
-    socket::{self, DeviceSocket},
+    socket::{self, DeviceSocket, Peers},
 };
 use crate::wire;
 
@@ -70,6 +70,30 @@ pub struct RelayConn {
     pub conn: quinn::Connection,
     /// Kept alive as long as the connection is used.
     pub endpoint: quinn::Endpoint,
+    /// The endpoint's virtual peers: a session's end-to-end connection
+    /// goes through this relay on the same socket.
+    pub peers: Peers,
+}
+
+/// A device's endpoint and its virtual peers, for connections that share
+/// one socket: a host agent's relay link and its sessions' connections,
+/// or the benchmark's fleets.
+#[derive(Clone, Debug)]
+pub struct DeviceEndpoint {
+    /// The endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// Its virtual peers.
+    pub peers: Peers,
+}
+
+impl DeviceEndpoint {
+    /// A device endpoint on a new socket bound to `bind`, accepting
+    /// end-to-end connections with `server` (a host's).
+    pub fn bind(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<Self, NetError> {
+        let (endpoint, peers) = socket::device_endpoint(bind, server)
+            .map_err(|e| NetError::Local(format!("UDP socket: {e}")))?;
+        Ok(Self { endpoint, peers })
+    }
 }
 
 impl RelayConn {
@@ -92,9 +116,12 @@ pub async fn connect(relay: &str, pin: &RelayPin) -> Result<RelayConn, NetError>
 /// measured, 4 MiB ones let a bulk transfer queue milliseconds of packets
 /// in front of an interactive session's (p50 round trip under load
 /// 0.6 ms with the default, 3.2 ms with 4 MiB).
-pub fn udp_endpoint(bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let (socket, _) = DeviceSocket::bind(bind, Some(wire::UDP_BUFFER_BYTES))?;
-    socket::endpoint(socket, None)
+pub fn udp_endpoint(bind: SocketAddr) -> std::io::Result<DeviceEndpoint> {
+    let (socket, peers) = DeviceSocket::bind(bind, Some(wire::UDP_BUFFER_BYTES))?;
+    Ok(DeviceEndpoint {
+        endpoint: socket::endpoint(socket, None)?,
+        peers,
+    })
 }
 
 /// Where a connection's packets leave from.
@@ -106,9 +133,10 @@ pub enum Local {
     /// A new UDP socket on this address (tests use other loopback
     /// addresses to play other sources).
     Bind(SocketAddr),
-    /// A shared endpoint: many connections on one socket (benchmarks run
-    /// thousands of lightweight agents in one process).
-    Shared(quinn::Endpoint),
+    /// A shared endpoint: many connections on one socket (a host agent's
+    /// links and its sessions; benchmarks run thousands of lightweight
+    /// agents in one process).
+    Shared(DeviceEndpoint),
 }
 
 /// [`connect`] from a chosen local socket.
@@ -135,17 +163,15 @@ pub async fn connect_with(
     let (crypto, mismatch) = tls_config(pin)?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config(liveness)));
-    let endpoint = match local {
-        Local::Shared(endpoint) => endpoint.clone(),
+    let DeviceEndpoint { endpoint, peers } = match local {
+        Local::Shared(device) => device.clone(),
         Local::Any | Local::Bind(_) => {
             let bind = match local {
                 Local::Bind(addr) => *addr,
                 _ if addr.is_ipv4() => ([0, 0, 0, 0], 0).into(),
                 _ => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
             };
-            socket::device_endpoint(bind, None)
-                .map_err(|e| NetError::Local(format!("UDP socket: {e}")))?
-                .0
+            DeviceEndpoint::bind(bind, None)?
         }
     };
     let connecting = endpoint
@@ -165,7 +191,11 @@ pub async fn connect_with(
         }
         Ok(Ok(conn)) => conn,
     };
-    Ok(RelayConn { conn, endpoint })
+    Ok(RelayConn {
+        conn,
+        endpoint,
+        peers,
+    })
 }
 /// How long a connection attempt to one relay of a cluster runs alone
 /// before the next relay is tried beside it (as Happy Eyeballs does for

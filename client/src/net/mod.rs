@@ -3,7 +3,9 @@
 //! stream, bound to this connection by the TLS exporter.
 //!
 //! `dial.rs` opens the QUIC connection (to the first relay of a cluster that
-//! answers), `pin.rs` checks the relay's certificate against the pin,
+//! answers) on the device's one socket (`socket.rs`), `pin.rs` checks the
+//! relay's certificate against the pin, `peer.rs` sets up a session's
+//! end-to-end connection between client and host,
 //! `handshake.rs` runs the Noise handshake for every purpose but a login,
 //! `login.rs` the login with an access code, and `error.rs` names what
 //! went wrong.
@@ -12,12 +14,13 @@ mod dial;
 mod error;
 mod handshake;
 mod login;
+pub mod peer;
 mod pin;
 pub mod socket;
 
 pub use dial::{
-    check_redirect, connect, connect_any, connect_from, connect_with, udp_endpoint, Liveness,
-    Local, RelayConn,
+    check_redirect, connect, connect_any, connect_from, connect_with, udp_endpoint, DeviceEndpoint,
+    Liveness, Local, RelayConn,
 };
 pub use error::{refusal_text, NetError};
 pub use handshake::{

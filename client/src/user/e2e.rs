@@ -1,17 +1,17 @@
 //! The client's end of end-to-end encryption (SPEC X4, see
 //! `latchkey_protocol::e2e`): the host's key is pinned on first use, as
-//! ssh's `known_hosts` does, and each session runs one handshake with the
-//! host through the relay (again whenever the host comes back). There is no
-//! plaintext fallback.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! ssh's `known_hosts` does, and each end-to-end connection to the host
+//! starts with one handshake that authenticates both ends and binds the
+//! connection (again whenever the host comes back). There is no plaintext
+//! fallback.
 
 use latchkey_protocol::{
-    e2e::{Binding, E2eInitiator, SessionKeys, SessionPsk},
+    channel::{ChannelRecv, ChannelSend},
+    e2e::{Binding, E2eInitiator, SessionPsk},
     handshake::Keypair,
-    ids::{HostName, PublicKey},
+    ids::{HostName, PublicKey, RecordId, SessionId},
     limits::MAX_NOISE_MESSAGE,
-    session::{ChannelRequest, HandshakeReply, Relayed},
+    session::{HandshakeReply, HandshakeRequest},
     text::shown,
 };
 use rand::rngs::OsRng;
@@ -19,7 +19,7 @@ use tokio::time::timeout;
 
 use crate::{
     config::{ConfigError, Home},
-    net::{NetError, STEP_TIMEOUT},
+    net::{peer, NetError, STEP_TIMEOUT},
     wire,
 };
 
@@ -124,27 +124,6 @@ pub fn pin_new(
     Ok(())
 }
 
-/// One handshake's keys and the next channel number under them.
-pub struct Epoch {
-    keys: SessionKeys,
-    next: AtomicU64,
-}
-
-impl Epoch {
-    /// A fresh number and the channel keys that go with it.
-    pub fn next_channel(
-        &self,
-    ) -> (
-        u64,
-        latchkey_protocol::record::Sealer,
-        latchkey_protocol::record::Opener,
-    ) {
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
-        let (sealer, opener) = self.keys.channel(number);
-        (number, sealer, opener)
-    }
-}
-
 /// What a session needs to run its handshake again without the code.
 pub struct Handshaker {
     /// The host.
@@ -156,9 +135,11 @@ pub struct Handshaker {
     /// From the login's export key (kept for the session's life, wiped
     /// when dropped).
     pub psk: SessionPsk,
-    /// The session and the code record (the session changes when it is
-    /// resumed on another relay).
-    binding: std::sync::Mutex<Binding>,
+    /// The session (it changes when the session is resumed on another
+    /// relay).
+    session: std::sync::Mutex<SessionId>,
+    /// The code record the login used.
+    pub record: RecordId,
 }
 
 impl Handshaker {
@@ -170,68 +151,56 @@ impl Handshaker {
         device: Keypair,
         host_key: PublicKey,
         export_key: &latchkey_protocol::e2e::ExportKey,
-        session: latchkey_protocol::ids::SessionId,
-        record: latchkey_protocol::ids::RecordId,
+        session: SessionId,
+        record: RecordId,
     ) -> Self {
         Self {
             host,
             device,
             host_key,
             psk: SessionPsk::derive(export_key, &record),
-            binding: std::sync::Mutex::new(Binding { session, record }),
+            session: std::sync::Mutex::new(session),
+            record,
         }
     }
 
-    /// The session and the code record the handshake binds.
-    pub fn binding(&self) -> Binding {
-        *self.binding.lock().unwrap_or_else(|p| p.into_inner())
+    /// The session's id now.
+    fn session(&self) -> SessionId {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The session continues under a new id (resumed on another relay).
-    pub fn rebind(&self, session: latchkey_protocol::ids::SessionId) {
-        self.binding
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .session = session;
+    pub fn rebind(&self, session: SessionId) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = session;
     }
 
-    /// Runs the handshake on a new stream of `conn`.
-    pub async fn run(&self, conn: &quinn::Connection) -> Result<Epoch, E2eError> {
+    /// Runs the handshake on the first stream of `conn`, the new
+    /// end-to-end connection to the host, bound to it.
+    pub async fn run(&self, conn: &quinn::Connection) -> Result<(), E2eError> {
+        let binding = Binding {
+            session: self.session(),
+            record: self.record,
+            connection: peer::binding(conn)?,
+        };
         let (init, msg1) = E2eInitiator::start(
             &mut OsRng,
             &self.device,
             &self.host_key,
             &self.psk,
-            &self.binding(),
+            &binding,
         )
         .map_err(NetError::from)?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
-        wire::write_frame(&mut send, &ChannelRequest::Handshake { msg1 }).await?;
-        let answer = async {
-            let relayed = wire::read_frame::<Relayed>(&mut recv).await?;
-            let reply = match relayed {
-                Some(Relayed::Spliced) => wire::read_frame::<HandshakeReply>(&mut recv).await?,
-                Some(Relayed::Refused(why)) => {
-                    return Ok(Err(E2eError::Net(NetError::Local(
-                        shown(&why).into_owned(),
-                    ))))
-                }
-                _ => None,
-            };
-            Ok::<_, wire::WireError>(Ok(reply))
-        };
-        let reply = timeout(STEP_TIMEOUT, answer)
+        let (send, recv) = conn.open_bi().await.map_err(NetError::from)?;
+        let (mut send, mut recv) = (ChannelSend::new(send), ChannelRecv::new(recv));
+        send.write_frame(&HandshakeRequest { msg1 }).await?;
+        let reply = timeout(STEP_TIMEOUT, recv.read_frame::<HandshakeReply>())
             .await
-            .map_err(|_| NetError::Timeout)???;
-        let _ = send.finish();
+            .map_err(|_| NetError::Timeout)??;
+        let _ = send.finish().await;
         match reply {
             Some(HandshakeReply::Msg2(msg2)) if msg2.len() <= MAX_NOISE_MESSAGE => {
-                let keys = init.finish(&msg2).map_err(|_| E2eError::Failed {
+                init.finish(&msg2).map_err(|_| E2eError::Failed {
                     host: self.host.clone(),
-                })?;
-                Ok(Epoch {
-                    keys,
-                    next: AtomicU64::new(0),
                 })
             }
             Some(HandshakeReply::Refused(why)) => Err(E2eError::Refused {

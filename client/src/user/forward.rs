@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::remote::{ChannelError, Remote};
-use crate::wire;
+use crate::channel;
 
 /// A parsed forward specification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ pub async fn forward(
 async fn one(remote: &Remote, tcp: TcpStream, target: String) -> Result<(), ChannelError> {
     tcp.set_nodelay(true).ok();
     let (mut send, mut recv, _) = remote.channel(ChannelKind::Forward { target }).await?;
-    wire::splice_tcp(tcp, &mut send, &mut recv).await;
+    channel::splice_tcp(tcp, &mut send, &mut recv).await;
     debug!("forwarded connection closed");
     Ok(())
 }

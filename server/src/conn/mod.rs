@@ -161,8 +161,6 @@ pub(crate) async fn serve(
         }
         Ok(Role::Host(host, key)) => {
             let _open = shared.metrics.connection(ConnRole::Host);
-            // Room for one user's stalled streams and everyone else's.
-            conn.set_receive_window(wire::HOST_LINK_RECEIVE_WINDOW.into());
             Box::pin(crate::hosts::serve(&shared, &conn, host, key, send, recv)).await
         }
         Ok(Role::HostAdmin(host)) => {

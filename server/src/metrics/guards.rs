@@ -140,30 +140,30 @@ impl Drop for Handshake {
 
 #[cfg(test)]
 mod tests {
-    use crate::metrics::{tests::value, ChannelKind, HandshakeResult, Metrics};
+    use crate::metrics::{tests::value, ConnRole, HandshakeResult, Metrics};
 
     #[test]
     fn an_open_gauge_is_its_opened_minus_closed_counters() {
         let m = Metrics::new().unwrap();
-        let a = m.channel(ChannelKind::Bulk);
-        let b = m.channel(ChannelKind::Bulk);
-        let c = m.channel(ChannelKind::Interactive);
+        let a = m.connection(ConnRole::Session);
+        let b = m.connection(ConnRole::Session);
+        let c = m.connection(ConnRole::Host);
         drop(a);
         let text = m.render().unwrap();
-        let get = |name: &str, kind: &str| {
-            value(&text, &format!("{name}{{kind=\"{kind}\"}}")).unwrap_or(f64::NAN)
+        let get = |name: &str, role: &str| {
+            value(&text, &format!("{name}{{role=\"{role}\"}}")).unwrap_or(f64::NAN)
         };
-        for kind in ["bulk", "interactive", "handshake"] {
+        for role in ["session", "host", "user"] {
             assert_eq!(
-                get("latchkey_channels", kind),
-                get("latchkey_channels_opened_total", kind)
-                    - get("latchkey_channels_closed_total", kind),
-                "{kind}"
+                get("latchkey_connections", role),
+                get("latchkey_connections_opened_total", role)
+                    - get("latchkey_connections_closed_total", role),
+                "{role}"
             );
         }
-        assert_eq!(get("latchkey_channels", "bulk"), 1.0);
-        assert_eq!(get("latchkey_channels_closed_total", "bulk"), 1.0);
-        assert_eq!(get("latchkey_channels", "interactive"), 1.0);
+        assert_eq!(get("latchkey_connections", "session"), 1.0);
+        assert_eq!(get("latchkey_connections_closed_total", "session"), 1.0);
+        assert_eq!(get("latchkey_connections", "host"), 1.0);
         drop((b, c));
     }
 

@@ -111,29 +111,6 @@ impl LoginResult {
     }
 }
 
-/// What a stream of a session carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChannelKind {
-    /// The end-to-end key exchange between client and host.
-    Handshake,
-    /// A shell, a command, a forwarded connection.
-    Interactive,
-    /// A copy (sent after interactive traffic).
-    Bulk,
-}
-
-impl ChannelKind {
-    pub(super) const ALL: [Self; 3] = [Self::Handshake, Self::Interactive, Self::Bulk];
-
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Self::Handshake => "handshake",
-            Self::Interactive => "interactive",
-            Self::Bulk => "bulk",
-        }
-    }
-}
-
 /// Why a connection was refused before its handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefusedReason {

@@ -3,7 +3,7 @@
 //! is no global one), handed to the parts that count as `Arc<Metrics>`, and
 //! the `/metrics` endpoint that renders it.
 //!
-//! Gauges of live things (connections, sessions, channels, pending
+//! Gauges of live things (connections, sessions, routes, pending
 //! attempts) are moved only by guards ([`Open`], [`Pending`]) that count
 //! themselves down when dropped, so no path can leave them drifting; the
 //! ones that are "open" also keep an opened/closed counter pair, whose
@@ -37,7 +37,7 @@ pub(crate) use guards::{Handshake, Open, Pending};
 pub(crate) use http::{bind, serve};
 pub use http::{router, CONTENT_TYPE};
 pub use labels::{
-    ChannelKind, ConnRole, ForwardDrop, HandshakeResult, LoginResult, RebootResult, RefusedReason,
+    ConnRole, ForwardDrop, HandshakeResult, LoginResult, RebootResult, RefusedReason,
 };
 
 /// Errors setting the metrics up.
@@ -166,12 +166,10 @@ pub struct Metrics {
     /// Parked sessions (host rebooting or reconnecting) that carried on
     /// with their host back.
     sessions_resumed: IntCounter,
-    /// Channels of sessions by kind (`latchkey_channels_opened_total`,
-    /// `_closed_total`, `latchkey_channels`).
-    channels: Tracked,
-    /// Bytes spliced between clients and hosts, by direction: the relay's
-    /// bandwidth bill.
-    relayed_bytes: IntCounterVec,
+    /// Routes between the devices of sessions (`latchkey_routes_opened_total`,
+    /// `_closed_total`, `latchkey_routes`): one per session paired with its
+    /// host, a new one each time it is paired again.
+    routes: Tracked,
     /// Datagrams of end-to-end connections forwarded between devices, and
     /// their bytes (`latchkey_forwarded_bytes_total`).
     forwarded_datagrams: IntCounter,
@@ -201,7 +199,6 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let roles: Vec<_> = ConnRole::ALL.iter().map(|v| v.label()).collect();
-        let kinds: Vec<_> = ChannelKind::ALL.iter().map(|v| v.label()).collect();
         let m = Self {
             connections: Tracked::new(
                 r,
@@ -245,13 +242,7 @@ impl Metrics {
                 "latchkey_sessions_resumed_total",
                 "Parked sessions that carried on with their host back.",
             )?,
-            channels: Tracked::new(r, "channels", "Session channels", Some("kind"), &kinds)?,
-            relayed_bytes: counter_vec(
-                r,
-                "latchkey_relayed_bytes_total",
-                "Bytes spliced between clients and hosts.",
-                &["direction"],
-            )?,
+            routes: Tracked::new(r, "routes", "Routes between session devices", None, &[])?,
             forwarded_datagrams: counter(
                 r,
                 "latchkey_forwarded_datagrams_total",
@@ -318,9 +309,6 @@ impl Metrics {
         for v in LoginResult::ALL {
             m.logins.with_label_values(&[v.label()]);
         }
-        for v in ["to_host", "to_client"] {
-            m.relayed_bytes.with_label_values(&[v]);
-        }
         for v in ForwardDrop::ALL {
             m.forward_dropped.with_label_values(&[v.label()]);
         }
@@ -383,18 +371,9 @@ impl Metrics {
         self.sessions_resumed.inc();
     }
 
-    /// A channel of `kind`, until the guard drops.
-    pub(crate) fn channel(&self, kind: ChannelKind) -> Open {
-        self.channels.open(&[kind.label()])
-    }
-
-    /// The counters of bytes moved (to the host, to the client), for a
-    /// channel's splice loops to add to.
-    pub(crate) fn relayed(&self) -> (IntCounter, IntCounter) {
-        (
-            self.relayed_bytes.with_label_values(&["to_host"]),
-            self.relayed_bytes.with_label_values(&["to_client"]),
-        )
+    /// A route, until the guard drops.
+    pub(crate) fn route(&self) -> Open {
+        self.routes.open(&[])
     }
 
     /// The counters the socket layer adds forwarded and dropped datagrams

@@ -32,7 +32,7 @@ use crate::{
     login::settle::Settler,
     metrics::{self, Metrics, MetricsError},
     routes::{RouteTable, LEG_BUDGET},
-    rules::{admission::Admission, budget::ChannelBudgets, lease},
+    rules::{admission::Admission, lease},
     session::{reboots::Reboots, registry::Sessions},
     state::Shared,
     store::{Store, StoreError},
@@ -173,7 +173,7 @@ impl Relay {
             ));
         }
         let routes = RouteTable::new(LEG_BUDGET, metrics.forwarding());
-        let endpoint = endpoint::server_endpoint(&config, &data, routes)?;
+        let endpoint = endpoint::server_endpoint(&config, &data, routes.clone())?;
         let addr = endpoint
             .local_addr()
             .map_err(|e| RelayError::Config(format!("no local address: {e}")))?;
@@ -248,7 +248,7 @@ impl Relay {
             hosts: hosts.clone(),
             cluster: cluster.clone(),
             sessions: Arc::new(Sessions::default()),
-            channel_budgets: ChannelBudgets::default(),
+            routes,
             settler: settler.clone(),
             reboots: Reboots::default(),
         });

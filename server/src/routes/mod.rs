@@ -101,14 +101,14 @@ impl OpenRoute {
         self.table.lock().counts(self.route).unwrap_or_default()
     }
 
-    /// The client's relay connection is now at `to`.
-    pub fn rebind_client(&self, to: SocketAddr) {
-        self.table.lock().rebind(self.route.client, to);
-    }
-
-    /// The host's relay connection is now at `to`.
-    pub fn rebind_host(&self, to: SocketAddr) {
-        self.table.lock().rebind(self.route.host, to);
+    /// The two devices' relay connections are at `client` and `host` now:
+    /// a leg whose connection migrated follows it. Only addresses of
+    /// authenticated connections (which quinn validated) come here, so no
+    /// datagram can move a route.
+    pub fn follow(&self, client: SocketAddr, host: SocketAddr) {
+        let mut routes = self.table.lock();
+        routes.rebind(self.route.client, client);
+        routes.rebind(self.route.host, host);
     }
 
     /// Removes the route, saying what it carried.

@@ -149,16 +149,19 @@ impl ForwardingSocket {
                     kept += end - at;
                 }
                 Kind::Routed => match routes.forward(now, meta.addr, &mut buf[at..end]) {
-                    Ok(to) => match &mut run {
-                        Some(r) if r.to == to && r.range.end == at => {
-                            r.range.end = end;
-                        }
-                        _ => {
-                            if let Some(done) = run.replace(Run { to, range: at..end }) {
-                                self.send_run(buf, &done, stride, meta.ecn, tally);
+                    Ok(to) => {
+                        crate::testing::fault::forwarded(&buf[at..end]);
+                        match &mut run {
+                            Some(r) if r.to == to && r.range.end == at => {
+                                r.range.end = end;
+                            }
+                            _ => {
+                                if let Some(done) = run.replace(Run { to, range: at..end }) {
+                                    self.send_run(buf, &done, stride, meta.ecn, tally);
+                                }
                             }
                         }
-                    },
+                    }
                     Err(why) => tally.dropped(drop_reason(why), 1),
                 },
                 Kind::Other => tally.dropped(ForwardDrop::Malformed, 1),

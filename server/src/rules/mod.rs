@@ -4,7 +4,6 @@
 
 pub mod account_lockout;
 pub mod admission;
-pub mod budget;
 pub mod lease;
 pub mod lockout;
 pub mod ratelimit;

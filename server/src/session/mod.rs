@@ -1,11 +1,14 @@
 //! A user's session with a host (SPEC X1-X3): the relay pairs the logged-in
 //! client with the host's live connection, introduces the two device keys
-//! for their end-to-end handshake (SPEC X4, `latchkey_protocol::e2e`), then
-//! for every stream the client opens it opens one to the host, says which
-//! session, user and channel number it is, and splices the two. What a
-//! channel carries is sealed between client and host: the relay counts its
-//! bytes and nothing more. Each channel is its own task on its own streams,
-//! so a slow channel only ever waits on its own flow control.
+//! for their end-to-end handshake (SPEC X4, `latchkey_protocol::e2e`), and
+//! opens a route between the two devices' connections
+//! ([`crate::routes`]). The client's one QUIC connection to the host, and
+//! every channel in it, then travels through the relay as datagrams it
+//! forwards without reading: the relay sees their sizes and timing and
+//! counts their bytes, nothing more. This file follows the session's
+//! control stream: reboots, the host going and coming back (a new route
+//! each time), tickets to resume elsewhere, and the session's end, which
+//! closes its route at once.
 //!
 //! The live sessions ([`registry`]) and in-session reboots ([`reboot`],
 //! [`reboots`]) are this folder's other files.
@@ -18,28 +21,66 @@ use std::{sync::Arc, time::Duration};
 
 use latchkey_protocol::{
     control::{EndReason, RelaySession, Request},
-    e2e::Binding,
     frame::{ClientToRelay, Refusal, RelayToClient, RelayToHost},
-    ids::{HostName, ResumeTicket, SessionId, UserName},
-    limits::MAX_NOISE_MESSAGE,
-    session::{ChannelOpen, ChannelRequest, HostStream, Relayed},
+    ids::ResumeTicket,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::{sync::broadcast, task::JoinSet, time::timeout};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{
-    error::ConnError,
-    metrics::{ChannelKind, RebootResult},
-    session::registry::{Intro, SessionEntry, Traffic},
-    state::Shared,
+    error::ConnError, metrics::RebootResult, session::registry::SessionEntry, state::Shared,
     testing::fault,
 };
 use latchkey_protocol::quic::{self as wire, frame_reader};
 
-/// How long a client has to say what a new channel is for.
-const CHANNEL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay waits for room in a host's queue of control frames
+/// to announce a session's route; a host that takes longer is not served.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a paired session checks whether either device's connection
+/// moved to another address (a NAT rebinding, a network change), so its
+/// route follows.
+const ROUTE_FOLLOW: Duration = Duration::from_secs(1);
+
+/// The stream error code for a stream a client opens on its relay
+/// connection: a session's channels go end to end, not to the relay.
+const NOT_HERE: u32 = 1;
+
+/// Opens a route between the session's client and the host's connection
+/// `host_conn`, tells the host (its own leg, and who the session is), and
+/// returns the frame that gives the client its leg. The route replaces the
+/// session's previous one. `None` if the host could not be told in time:
+/// the session then waits as if the host were away.
+async fn pair(
+    shared: &Arc<Shared>,
+    entry: &mut SessionEntry,
+    client_conn: &quinn::Connection,
+    host_conn: &quinn::Connection,
+) -> Option<RelayToClient> {
+    let route = shared
+        .routes
+        .open(client_conn.remote_address(), host_conn.remote_address());
+    let legs = route.legs();
+    entry.route_through(route, shared.metrics.route());
+    let announce = RelayToHost::Session {
+        session: entry.id,
+        user: entry.user.clone(),
+        user_key: entry.intro.user_key,
+        record: entry.intro.record,
+        leg: legs.host,
+    };
+    // The host hears of the route before the client does, so the client's
+    // first datagram finds the host ready for it.
+    let tx = shared.hosts.tx(&entry.host)?;
+    match timeout(ANNOUNCE_TIMEOUT, tx.send(Box::new(announce))).await {
+        Ok(Ok(())) => Some(RelayToClient::Route { leg: legs.client }),
+        _ => {
+            entry.close_route();
+            None
+        }
+    }
+}
 
 /// How long a resume ticket stays valid, and how often a session gets a
 /// new one: a relay that dies leaves its clients a ticket with at least
@@ -112,6 +153,18 @@ pub(crate) async fn serve(
         record: entry.intro.record,
     };
     wire::write_frame(&mut send, &ready).await?;
+    match pair(shared, &mut entry, conn, &host_conn).await {
+        Some(route) => wire::write_frame(&mut send, &route).await?,
+        None => {
+            info!(%user, %host, "session refused: the host did not take it");
+            entry.ending_because("host not answering");
+            let why = format!("host '{host}' did not take the session (busy or going away)");
+            wire::write_frame(&mut send, &RelayToClient::SessionEnded(why)).await?;
+            let _ = send.finish();
+            let _ = timeout(Duration::from_secs(2), conn.closed()).await;
+            return Ok(());
+        }
+    }
     // Whether the client holds a ticket: then a stopping relay lets the
     // connection close without ending the session, which the client
     // resumes on another relay (or on this one, restarted).
@@ -125,15 +178,13 @@ pub(crate) async fn serve(
     let mut elsewhere = tokio::time::interval(MOVED_CHECK);
     let mut moved = false;
     let mut control = frame_reader::<ClientToRelay>(recv);
-    let mut channels = JoinSet::new();
-    let channel_end = CancellationToken::new();
+    let mut follow = tokio::time::interval(ROUTE_FOLLOW);
     let shutdown = shared.shutdown.clone();
     let mut back = shared.hosts.comebacks();
     let mut reboot_failed = shared.reboots.failures();
     let reboot_wait = Duration::from_secs(shared.config.reboot_deadline_secs);
     let grace = Duration::from_secs(shared.config.host_grace_secs);
     let mut machine = RelaySession::new(host.clone(), reboot_wait, grace);
-    let handshakes = Arc::new(HandshakeGate::default());
     // `None` while the host reboots: the session is parked until it is back
     // with its ticket, or until the deadline (SPEC R2-R4).
     let mut host_conn = Some(host_conn);
@@ -199,6 +250,7 @@ pub(crate) async fn serve(
                 machine.end(EndReason::Ended(why))
             }
             _ = host_gone => {
+                entry.close_route();
                 let old = host_conn.take().map(|c| c.stable_id());
                 let deadline = shared.reboots.deadline(&host).map(|d| d.into_std());
                 let frame = machine.host_lost(std::time::Instant::now(), deadline);
@@ -265,43 +317,23 @@ pub(crate) async fn serve(
                 _ => None,
             },
             stream = conn.accept_bi() => match stream {
-                Ok((s, r)) => {
-                    // While the host runs its reboot command it is still
-                    // connected, but about to go: refuse at once rather than
-                    // start a channel that would hang, then break.
-                    let allowed = machine.channel_allowed().and_then(|()| {
-                        match shared.reboots.deadline(&host) {
-                            Some(_) => Err(format!("host '{host}' is rebooting")),
-                            None => Ok(()),
-                        }
-                    });
-                    match (allowed, &host_conn) {
-                        (Ok(()), Some(c)) => {
-                            channels.spawn(channel(
-                                channel_end.clone(),
-                                c.clone(),
-                                Pairing {
-                                    shared: shared.clone(),
-                                    session,
-                                    host: host.clone(),
-                                    user: user.clone(),
-                                    intro: entry.intro,
-                                    traffic: entry.traffic.clone(),
-                                    handshakes: handshakes.clone(),
-                                },
-                                s,
-                                r,
-                            ));
-                        }
-                        (refused, _) => {
-                            let why = refused.err().unwrap_or_else(|| "host went offline".into());
-                            refuse_channel(s, why).await;
-                        }
-                    }
+                Ok((mut s, mut r)) => {
+                    // Channels go end to end; a stream here is a client of
+                    // another protocol version, or a probe.
+                    let _ = s.reset(quinn::VarInt::from_u32(NOT_HERE));
+                    let _ = r.stop(quinn::VarInt::from_u32(NOT_HERE));
                     None
                 }
                 Err(_) => machine.end(EndReason::ClientLeft),
             },
+            _ = follow.tick(), if entry.route().is_some() => {
+                // A device whose connection migrated: the route follows its
+                // authenticated connection (quinn validated the new path).
+                if let (Some(route), Some(h)) = (entry.route(), &host_conn) {
+                    route.follow(conn.remote_address(), h.remote_address());
+                }
+                None
+            }
             frame = control.recv() => match frame {
                 Some(Ok(Some(frame))) => match machine.request(&frame) {
                     Request::ListHosts => Some(crate::conn::user::host_list(shared, &user).await?),
@@ -320,28 +352,38 @@ pub(crate) async fn serve(
                 },
                 _ => machine.end(EndReason::ClientLeft),
             },
-            Some(_) = channels.join_next(), if !channels.is_empty() => None,
         };
         if let Some(frame) = to_client {
             if let RelayToClient::SessionEnded(why) = &frame {
                 debug!(%user, %host, %session, reason = %why, "session ending");
             }
+            let back = matches!(frame, RelayToClient::HostBack);
             let sent = wire::write_frame(&mut send, &frame).await;
             if machine.is_over() {
                 let _ = send.finish();
             } else {
                 sent?;
             }
+            // The host is back: a new route to its new connection.
+            if let (true, Some(h)) = (back, &host_conn) {
+                let route = pair(shared, &mut entry, conn, h).await;
+                wire::write_frame(
+                    &mut send,
+                    &route.unwrap_or_else(|| {
+                        let _ = machine.end(EndReason::HostOffline);
+                        entry.ending_because("host not answering");
+                        RelayToClient::SessionEnded(format!(
+                            "host '{host}' did not take the session back (busy or going away)"
+                        ))
+                    }),
+                )
+                .await?;
+            }
         }
     }
-    // Channels reset their streams and end; any that hangs is dropped.
-    channel_end.cancel();
-    let _ = timeout(Duration::from_secs(1), async {
-        while channels.join_next().await.is_some() {}
-    })
-    .await;
-    channels.abort_all();
-    // The host forgets the session's end-to-end keys.
+    // From here on the relay forwards none of the session's datagrams.
+    entry.close_route();
+    // The host closes the session's end-to-end connection.
     shared
         .hosts
         .try_send(&host, RelayToHost::SessionEnded { session });
@@ -357,242 +399,4 @@ pub(crate) async fn serve(
     let _ = timeout(Duration::from_secs(2), conn.closed()).await;
     debug!(%user, %host, %session, "session over");
     Ok(())
-}
-
-/// Answers a stream with the relay's refusal and ends it.
-async fn refuse_channel(mut send: SendStream, why: String) {
-    let _ = wire::write_frame(&mut send, &Relayed::Refused(why)).await;
-    let _ = send.finish();
-}
-
-/// The stream error code of a channel whose session ended under it.
-const CHANNEL_ABORTED: u32 = 2;
-
-/// The places a stream holds until it ends: one of the user's share of the
-/// host's streams, and for a handshake the session's one handshake place.
-struct Held {
-    _stream: crate::rules::budget::Place,
-    _handshake: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-/// How long a handshake stream may stay open: two messages each way, well
-/// within this; a client that sends message 1 and stops must not hold a
-/// stream of the host's link for longer.
-const HANDSHAKE_STREAM_DEADLINE: Duration = Duration::from_secs(15);
-
-/// What a channel's task knows of its session.
-struct Pairing {
-    shared: Arc<Shared>,
-    session: SessionId,
-    host: HostName,
-    user: UserName,
-    intro: Intro,
-    traffic: Arc<Traffic>,
-    handshakes: Arc<HandshakeGate>,
-}
-
-/// Handshakes a session may start in [`HANDSHAKE_WINDOW`]: one at start and
-/// one each time the host comes back, with retries, need far fewer; a
-/// client that loops would otherwise keep the host busy with key exchanges.
-const HANDSHAKES_PER_WINDOW: usize = 30;
-const HANDSHAKE_WINDOW: Duration = Duration::from_secs(60);
-
-/// A session's end-to-end handshakes: one at a time (each holds a stream
-/// of the host's link), and at most [`HANDSHAKES_PER_WINDOW`] a minute.
-struct HandshakeGate {
-    one: Arc<tokio::sync::Semaphore>,
-    recent: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
-}
-
-impl Default for HandshakeGate {
-    fn default() -> Self {
-        Self {
-            one: Arc::new(tokio::sync::Semaphore::new(1)),
-            recent: std::sync::Mutex::default(),
-        }
-    }
-}
-
-impl HandshakeGate {
-    fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, &'static str> {
-        let now = tokio::time::Instant::now();
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > HANDSHAKE_WINDOW)
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= HANDSHAKES_PER_WINDOW {
-            return Err("too many end-to-end handshakes in this session; wait a minute");
-        }
-        let place = self
-            .one
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| "an end-to-end handshake is under way already")?;
-        recent.push_back(now);
-        Ok(place)
-    }
-}
-
-/// One stream: read the client's cleartext request (a handshake or a
-/// channel number), open the host's stream, introduce it, splice, until
-/// both sides are done or `ended` fires.
-async fn channel(
-    ended: CancellationToken,
-    host_conn: quinn::Connection,
-    pairing: Pairing,
-    mut c_send: SendStream,
-    mut c_recv: RecvStream,
-) {
-    let request = timeout(
-        CHANNEL_REQUEST_TIMEOUT,
-        wire::read_frame::<ChannelRequest>(&mut c_recv),
-    )
-    .await;
-    let Ok(Ok(Some(request))) = request else {
-        let _ = c_send.reset(quinn::VarInt::from_u32(1));
-        return;
-    };
-    // Every stream takes one of the user's share of the host link's
-    // streams (`budget`), a handshake also the session's one handshake
-    // place; both are held until the stream ends.
-    let Some(place) = pairing
-        .shared
-        .channel_budgets
-        .take(&pairing.host, &pairing.user)
-    else {
-        let why = format!(
-            "you have {} channels open on '{}' already",
-            crate::rules::budget::MAX_CHANNELS_PER_USER,
-            pairing.host
-        );
-        refuse_channel(c_send, why).await;
-        return;
-    };
-    let (stream, bulk, _place) = match request {
-        ChannelRequest::Handshake { msg1 } if msg1.len() <= MAX_NOISE_MESSAGE => {
-            let handshake = match pairing.handshakes.enter() {
-                Ok(handshake) => handshake,
-                Err(why) => {
-                    refuse_channel(c_send, why.into()).await;
-                    return;
-                }
-            };
-            if fault::impersonating_host() {
-                let binding = Binding {
-                    session: pairing.session,
-                    record: pairing.intro.record,
-                };
-                fault::answer_as_host(&mut c_send, pairing.intro.user_key, binding, &msg1).await;
-                return;
-            }
-            let stream = HostStream::Handshake {
-                user_key: pairing.intro.user_key,
-                record: pairing.intro.record,
-                msg1,
-            };
-            let open = pairing.shared.metrics.channel(ChannelKind::Handshake);
-            let held = Held {
-                _stream: place,
-                _handshake: Some(handshake),
-            };
-            (stream, false, (held, open))
-        }
-        ChannelRequest::Channel { number, bulk } => {
-            pairing.traffic.channel();
-            let kind = if bulk {
-                ChannelKind::Bulk
-            } else {
-                ChannelKind::Interactive
-            };
-            let open = pairing.shared.metrics.channel(kind);
-            (
-                HostStream::Channel { number },
-                bulk,
-                (
-                    Held {
-                        _stream: place,
-                        _handshake: None,
-                    },
-                    open,
-                ),
-            )
-        }
-        _ => {
-            refuse_channel(c_send, "request outside protocol limits".into()).await;
-            return;
-        }
-    };
-    // Keystrokes before bulk: a copy's packets never queue ahead of a
-    // shell's or a command's (quinn sends higher priorities first).
-    let priority = if bulk { 0 } else { 1 };
-    let _ = c_send.set_priority(priority);
-    // Bounded: a host link whose streams are all taken answers "busy"
-    // rather than holding the client's request for ever.
-    let Ok(Ok((mut h_send, mut h_recv))) =
-        timeout(CHANNEL_REQUEST_TIMEOUT, host_conn.open_bi()).await
-    else {
-        refuse_channel(
-            c_send,
-            "the host did not take the channel (offline or busy)".into(),
-        )
-        .await;
-        return;
-    };
-    let _ = h_send.set_priority(priority);
-    let open = ChannelOpen {
-        session: pairing.session,
-        user: pairing.user,
-        stream,
-    };
-    if wire::write_frame(&mut h_send, &open).await.is_err()
-        || wire::write_frame(&mut c_send, &Relayed::Spliced)
-            .await
-            .is_err()
-    {
-        let _ = c_send.reset(quinn::VarInt::from_u32(1));
-        let _ = h_send.reset(quinn::VarInt::from_u32(1));
-        return;
-    }
-    let traffic = &pairing.traffic;
-    let (to_host, to_client) = pairing.shared.metrics.relayed();
-    let is_handshake = matches!(open.stream, HostStream::Handshake { .. });
-    let cut_off = async {
-        if is_handshake {
-            tokio::time::sleep(HANDSHAKE_STREAM_DEADLINE).await
-        } else {
-            std::future::pending().await
-        }
-    };
-    // Cut short when the session ends (a revoke, the client gone, the
-    // relay stopping) or a handshake outlives its deadline: reset both
-    // ways, so the host ends what the channel started instead of seeing a
-    // clean end of input.
-    let cut = tokio::select! {
-        _ = async {
-            tokio::join!(
-                wire::splice(&mut c_recv, &mut h_send, |chunk| {
-                    traffic.moved(chunk.len() as u64, 0);
-                    to_host.inc_by(chunk.len() as u64);
-                    fault::spliced(chunk);
-                }),
-                wire::splice(&mut h_recv, &mut c_send, |chunk| {
-                    traffic.moved(0, chunk.len() as u64);
-                    to_client.inc_by(chunk.len() as u64);
-                    fault::spliced(chunk);
-                })
-            )
-        } => false,
-        _ = cut_off => true,
-        _ = ended.cancelled() => true,
-    };
-    if cut {
-        let code = quinn::VarInt::from_u32(CHANNEL_ABORTED);
-        let _ = h_send.reset(code);
-        let _ = h_recv.stop(code);
-        let _ = c_send.reset(code);
-        let _ = c_recv.stop(code);
-    }
 }

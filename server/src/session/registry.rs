@@ -10,16 +10,16 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+    sync::{Arc, Mutex, MutexGuard},
 };
 
-use latchkey_protocol::ids::{HostName, PublicKey, RecordId, SessionId, UserName};
+use latchkey_protocol::{
+    ids::{HostName, PublicKey, RecordId, SessionId, UserName},
+    route::RouteCounts,
+};
 use tokio::sync::watch;
 
-use crate::{login::settle::Settler, store::SessionEnd};
+use crate::{login::settle::Settler, metrics::Open, routes::OpenRoute, store::SessionEnd};
 
 struct Live {
     user: UserName,
@@ -75,7 +75,8 @@ impl Sessions {
             host,
             ended,
             intro,
-            traffic: Arc::default(),
+            route: None,
+            carried: RouteCounts::default(),
             started: false,
             reason: "client left".into(),
             how: SessionEnd::Final,
@@ -126,8 +127,12 @@ pub(crate) struct SessionEntry {
     pub(crate) ended: watch::Receiver<Option<String>>,
     /// What the relay introduces to the two ends for their handshake.
     pub(crate) intro: Intro,
-    /// What the session's channels moved (recorded with its end).
-    pub(crate) traffic: Arc<Traffic>,
+    /// The route the session's connection takes now, while the session is
+    /// paired with its host: removed with the entry, so no end of a session
+    /// leaves it behind.
+    route: Option<(OpenRoute, Open)>,
+    /// What the session's closed routes carried (recorded with its end).
+    carried: RouteCounts,
     started: bool,
     reason: String,
     /// Whether the session is over, or continues on another relay.
@@ -160,6 +165,38 @@ impl SessionEntry {
         self.reason = reason.into();
         self.how = SessionEnd::Continues;
     }
+
+    /// The session's connection takes `route` from now on (the one before,
+    /// if any, is closed); `counted` counts it in the metrics while it lives.
+    pub(crate) fn route_through(&mut self, route: OpenRoute, counted: Open) {
+        self.close_route();
+        self.route = Some((route, counted));
+    }
+
+    /// The session's current route, if it is paired with its host.
+    pub(crate) fn route(&self) -> Option<&OpenRoute> {
+        self.route.as_ref().map(|(route, _)| route)
+    }
+
+    /// Closes the session's route (its host went, or the session ends):
+    /// from now on the relay forwards none of its datagrams.
+    pub(crate) fn close_route(&mut self) {
+        if let Some((route, _counted)) = self.route.take() {
+            let counts = route.close();
+            self.carried.from_client.add(counts.from_client);
+            self.carried.from_host.add(counts.from_host);
+        }
+    }
+
+    /// What the session's routes carried, for the audit: all the relay can
+    /// know of a session's traffic, since it forwards datagrams it cannot
+    /// read (the host keeps the channel log).
+    fn traffic(&self) -> String {
+        format!(
+            "{} bytes to the host, {} to the client",
+            self.carried.from_client.bytes, self.carried.from_host.bytes
+        )
+    }
 }
 
 /// The keys the relay introduces for a session's end-to-end handshake
@@ -171,42 +208,12 @@ pub(crate) struct Intro {
     pub(crate) record: RecordId,
 }
 
-/// What a session's channels moved: all the relay can know of them, since
-/// it splices sealed records (the host keeps the channel log).
-#[derive(Default, Debug)]
-pub(crate) struct Traffic {
-    channels: AtomicU64,
-    to_host: AtomicU64,
-    to_client: AtomicU64,
-}
-
-impl Traffic {
-    /// Counts one channel opened.
-    pub(crate) fn channel(&self) {
-        self.channels.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds the bytes one channel moved each way.
-    pub(crate) fn moved(&self, to_host: u64, to_client: u64) {
-        self.to_host.fetch_add(to_host, Ordering::Relaxed);
-        self.to_client.fetch_add(to_client, Ordering::Relaxed);
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "{} channels, {} bytes to the host, {} to the client",
-            self.channels.load(Ordering::Relaxed),
-            self.to_host.load(Ordering::Relaxed),
-            self.to_client.load(Ordering::Relaxed)
-        )
-    }
-}
-
 impl Drop for SessionEntry {
     fn drop(&mut self) {
+        self.close_route();
         self.sessions.map().remove(&self.id);
         if self.started {
-            let reason = format!("{} ({})", self.reason, self.traffic.summary());
+            let reason = format!("{} ({})", self.reason, self.traffic());
             self.settler.session_ended(self.id, reason, self.how);
         }
     }

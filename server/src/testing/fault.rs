@@ -102,12 +102,11 @@ pub(crate) async fn cancelled() {
 /// End-to-end faults of a test relay, armed by environment variables so
 /// the end-to-end tests can start a real relay process with them (only in
 /// builds with the `fault-injection` feature):
-/// - `LATCHKEY_TEST_SPLICE_CAPTURE=FILE`: every byte the relay splices
-///   between a client and a host is appended to FILE, so a test can show
-///   that no plaintext ever passed through the relay;
+/// - `LATCHKEY_TEST_FORWARD_CAPTURE=FILE`: every datagram the relay
+///   forwards between a client and a host is appended to FILE, so a test
+///   can show that no plaintext ever passed through the relay;
 /// - `LATCHKEY_TEST_IMPERSONATE_HOST=1`: the relay introduces a key of its
-///   own as the host's and answers the end-to-end handshake itself, as a
-///   relay that wanted to read sessions would.
+///   own as the host's, as a relay that wanted to read sessions would.
 #[cfg(feature = "fault-injection")]
 mod e2e_faults {
     use std::{io::Write, sync::Mutex, sync::OnceLock};
@@ -117,7 +116,7 @@ mod e2e_faults {
     pub(super) fn capture() -> Option<&'static Mutex<std::fs::File>> {
         static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
         FILE.get_or_init(|| {
-            let path = std::env::var_os("LATCHKEY_TEST_SPLICE_CAPTURE")?;
+            let path = std::env::var_os("LATCHKEY_TEST_FORWARD_CAPTURE")?;
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -146,11 +145,12 @@ mod e2e_faults {
     }
 }
 
-/// Shows a test relay's capture each chunk it splices (a no-op otherwise).
-pub(crate) fn spliced(_chunk: &[u8]) {
+/// Shows a test relay's capture each datagram it forwards (a no-op
+/// otherwise).
+pub(crate) fn forwarded(_datagram: &[u8]) {
     #[cfg(feature = "fault-injection")]
     if let Some(file) = e2e_faults::capture() {
-        e2e_faults::write(file, _chunk);
+        e2e_faults::write(file, _datagram);
     }
 }
 
@@ -164,46 +164,4 @@ pub(crate) fn introduced_host_key(
         return impostor.public;
     }
     key
-}
-
-/// Whether a test relay answers end-to-end handshakes itself.
-pub(crate) fn impersonating_host() -> bool {
-    #[cfg(feature = "fault-injection")]
-    if e2e_faults::impostor().is_some() {
-        return true;
-    }
-    false
-}
-
-/// The impersonating relay's answer to a handshake: it runs the host's
-/// side with its own key and the best psk it has (it never learns an export
-/// key, so it guesses), and sends whatever that yields.
-pub(crate) async fn answer_as_host(
-    _send: &mut quinn::SendStream,
-    _user_key: latchkey_protocol::ids::PublicKey,
-    _binding: latchkey_protocol::e2e::Binding,
-    _msg1: &[u8],
-) {
-    #[cfg(feature = "fault-injection")]
-    if let Some(impostor) = e2e_faults::impostor() {
-        use latchkey_protocol::{
-            e2e::{respond, ExportKey, SessionPsk},
-            session::{HandshakeReply, Relayed},
-        };
-        let guess = SessionPsk::derive(&ExportKey::from_bytes(vec![0; 64]), &_binding.record);
-        let mut rng = rand::rngs::OsRng;
-        // The guess fails to open message 1; a relay can still send a
-        // message 2 of the right shape, which the client must refuse.
-        let msg2 = match respond(&mut rng, impostor, &_user_key, &guess, &_binding, _msg1) {
-            Ok((_, msg2)) => msg2,
-            Err(_) => {
-                let mut fake = vec![0u8; 48];
-                rand::RngCore::fill_bytes(&mut rng, &mut fake);
-                fake
-            }
-        };
-        let _ = latchkey_protocol::quic::write_frame(_send, &Relayed::Spliced).await;
-        let _ = latchkey_protocol::quic::write_frame(_send, &HandshakeReply::Msg2(msg2)).await;
-        let _ = _send.finish();
-    }
 }

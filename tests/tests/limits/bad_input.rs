@@ -153,15 +153,14 @@ async fn a_peers_words_reach_the_hosts_log_escaped() -> Result<()> {
     let w = World::new()?;
     let _agent = w.start_agent()?;
     let mut session = w.bob.login("mypc", OWNER_CODE).await?;
-    let epoch = w.bob.session_keys(&mut session, "mypc").await?;
+    let host = w.bob.host_connection(&mut session, "mypc").await?;
     let forged = "127.0.0.1:1\nINFO latchkey: host mypc handed over to mallory\u{1b}[2J";
     let kind = ChannelKind::Forward {
         target: forged.into(),
     };
-    let (_send, mut recv, _opener) =
-        open_channel(&session.control.relay.conn, &epoch, &kind).await?;
+    let (_send, mut recv) = open_channel(&host, &kind).await?;
     // The host's answer (a refusal) arrives; by then it has logged it.
-    let _ = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 16)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), recv.recv()).await;
     let log = w.dir.path().join("mypc-agent.log");
     let mut text = String::new();
     for _ in 0..50 {

@@ -24,10 +24,10 @@ fn alices_exec_works(w: &World, beside: &str) -> Result<()> {
     Ok(())
 }
 
-/// bob holds every session he may on mypc, each with an end-to-end
-/// handshake left hanging (its stream held until the relay's deadline):
-/// the next right code starts no session and counts nothing, and alice's
-/// exec, forward and shell all work as usual meanwhile.
+/// bob holds every session he may on mypc, each with its end-to-end
+/// connection up and its handshake left hanging (message 1 sent, the
+/// answer never read): the next right code starts no session and counts
+/// nothing, and alice's exec, forward and shell all work as usual meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_holder_holding_all_he_may_leaves_the_host_to_the_others() -> Result<()> {
     let w = World::with_env(unlimited())?;
@@ -37,15 +37,15 @@ async fn a_grant_holder_holding_all_he_may_leaves_the_host_to_the_others() -> Re
     let mut held = Vec::new();
     for n in 0..latchkey_server::rules::session_cap::PER_HOST {
         let mut session = w.bob.login("mypc", OWNER_CODE).await?;
-        let _ready = w.bob.handshaker(&mut session, "mypc").await?;
+        let conn = w.bob.raw_host_connection(&mut session, "mypc").await?;
         // Message 1 sent, and nothing after: the host's answer is never
         // read, the stream never finished.
-        let (mut send, recv) = session.control.relay.conn.open_bi().await?;
-        let request = latchkey_protocol::session::ChannelRequest::Handshake {
+        let (mut send, recv) = conn.open_bi().await?;
+        let request = latchkey_protocol::session::HandshakeRequest {
             msg1: vec![n as u8; 48],
         };
         latchkey_client::wire::write_frame(&mut send, &request).await?;
-        held.push((session, send, recv));
+        held.push((session, conn, send, recv));
     }
     match w.bob.login("mypc", OWNER_CODE).await {
         Ok(_) => bail!("bob started a 17th session on mypc"),

@@ -181,3 +181,62 @@ fn a_taken_metrics_address_fails_the_start_naming_the_setting() -> Result<()> {
     assert!(log.contains("metrics_listen"), "{log}");
     Ok(())
 }
+
+/// A session's route lives exactly as long as the session: it carries the
+/// session's connection, a revoke removes it at once (the gauge falls to
+/// zero), and what the revoked client still sends under it is dropped and
+/// counted, never forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_removes_the_sessions_route_and_its_datagrams_are_dropped_and_counted(
+) -> Result<()> {
+    use latchkey_protocol::session::{ChannelKind, ChannelReply};
+    let (w, metrics) = world_with_metrics()?;
+    let _agent = w.start_agent()?;
+    let routes = |text: &str| value(text, "latchkey_routes");
+    let dropped = |text: &str| {
+        value(
+            text,
+            "latchkey_forward_dropped_total{reason=\"unknown_leg\"}",
+        )
+    };
+    let mut session = w.bob.login("mypc", OWNER_CODE).await?;
+    let host = w.bob.host_connection(&mut session, "mypc").await?;
+    let check = ChannelKind::ForwardCheck {
+        target: "127.0.0.1:22".into(),
+    };
+    let (_send, mut recv) = latchkey_tests::open_channel(&host, &check).await?;
+    let reply = recv.read_frame_padded::<ChannelReply>().await?;
+    assert!(reply.is_some(), "the host did not answer through the route");
+    let (_, text) = scrape(metrics)?;
+    assert_eq!(routes(&text)?, 1.0);
+    assert!(value(&text, "latchkey_forwarded_datagrams_total")? > 0.0);
+    let before = dropped(&text)?;
+
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    wait_until("the route's removal", || {
+        scrape(metrics)
+            .ok()
+            .and_then(|(_, t)| routes(&t).ok())
+            .is_some_and(|n| n == 0.0)
+    })?;
+    // bob's client still holds its end and sends on it: the relay drops
+    // every datagram, and says so.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        latchkey_tests::open_channel(&host, &check),
+    )
+    .await;
+    wait_until("bob's datagrams counted as dropped", || {
+        scrape(metrics)
+            .ok()
+            .and_then(|(_, t)| dropped(&t).ok())
+            .is_some_and(|n| n > before)
+    })?;
+    // The host, told of the end, closed its side of the connection.
+    let out = w.alice.with_code(
+        OWNER_CODE,
+        &["exec", "mypc", "--", "echo", "alice-still-in"],
+    )?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice-still-in\n");
+    Ok(())
+}

@@ -28,8 +28,13 @@ async fn revoke_ends_live_session() -> Result<()> {
         took < Duration::from_secs(2),
         "session outlived the revoke by {took:?}"
     );
-    let events = w.relay.audit_events("mypc")?;
-    assert!(events.iter().any(|e| e == "session-end"), "{events:?}");
+    // The end is audited by the relay's settler, a moment after.
+    wait_until("the session's end in the audit", || {
+        w.relay
+            .audit_events("mypc")
+            .map(|e| e.iter().any(|e| e == "session-end"))
+            .unwrap_or(false)
+    })?;
     Ok(())
 }
 

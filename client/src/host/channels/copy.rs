@@ -14,8 +14,8 @@ use tracing::info;
 
 use super::reply::{accept, refuse, ChannelError};
 use crate::{
+    channel::{ChannelRecv, ChannelSend},
     host::account::SessionAccount,
-    wire::{OpenedRecv, SealedSend},
 };
 
 /// Buffer size for bulk copies (forward, file transfer).
@@ -77,8 +77,8 @@ impl Helper {
 
 pub(super) async fn upload(
     account: &SessionAccount,
-    mut send: SealedSend,
-    mut recv: OpenedRecv,
+    mut send: ChannelSend,
+    mut recv: ChannelRecv,
     path: &str,
     name: &str,
     size: u64,
@@ -108,19 +108,19 @@ pub(super) async fn upload(
     };
     let received = async {
         while left > 0 {
-            let Some(data) = recv.recv().await? else {
+            let want = usize::try_from(left).unwrap_or(usize::MAX);
+            let Some(data) = recv.recv_at_most(want).await? else {
                 return Err(ChannelError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             };
-            let data = &data[..data.len().min(usize::try_from(left).unwrap_or(usize::MAX))];
-            hasher.update(data);
-            stdin.write_all(data).await?;
+            hasher.update(&data);
+            stdin.write_all(&data).await?;
             left -= data.len() as u64;
         }
         let mut sent = [0u8; 32];
         recv.read_exact(&mut sent).await?;
         Ok::<_, ChannelError>(sent)
     };
-    // A client that went away is seen at once (the relay stops our reply
+    // A client that went away is seen at once (its end stops our reply
     // stream), not after the data still in flight has been written.
     let stopped = send.stopped();
     let received = tokio::select! {
@@ -167,7 +167,7 @@ pub(super) async fn upload(
 
 pub(super) async fn download(
     account: &SessionAccount,
-    mut send: SealedSend,
+    mut send: ChannelSend,
     path: &str,
 ) -> Result<(), ChannelError> {
     let mut helper = match Helper::spawn(account, &["read", "--", path]) {

@@ -14,8 +14,8 @@ use super::{
     reply::{accept, refuse, ChannelError},
 };
 use crate::{
+    channel::{ChannelRecv, ChannelSend},
     host::account::SessionAccount,
-    wire::{OpenedRecv, SealedSend},
 };
 
 /// The exit status as one number: the code, or 128 + signal like a shell.
@@ -56,8 +56,8 @@ fn spawn_failure(program: &str, e: &std::io::Error) -> (i32, String) {
 
 pub(super) async fn exec(
     account: &SessionAccount,
-    mut send: SealedSend,
-    mut recv: OpenedRecv,
+    mut send: ChannelSend,
+    mut recv: ChannelRecv,
     argv: Vec<String>,
 ) -> Result<(), ChannelError> {
     let Some((program, args)) = argv.split_first() else {

@@ -9,8 +9,8 @@ use tokio::time::timeout;
 
 use super::reply::{accept, refuse, ChannelError};
 use crate::{
+    channel::{self, ChannelRecv, ChannelSend},
     config::HostConfig,
-    wire::{self, OpenedRecv, SealedSend},
 };
 
 /// The address to forward to if `forward_allow` permits `target`, else
@@ -41,7 +41,7 @@ fn allowed_target(cfg: &HostConfig, target: &str) -> Result<SocketAddr, String> 
 /// a check never reaches (or wakes) the target.
 pub(super) async fn forward_check(
     cfg: &HostConfig,
-    mut send: SealedSend,
+    mut send: ChannelSend,
     target: String,
 ) -> Result<(), ChannelError> {
     match allowed_target(cfg, &target) {
@@ -56,8 +56,8 @@ pub(super) async fn forward_check(
 
 pub(super) async fn forward(
     cfg: &HostConfig,
-    mut send: SealedSend,
-    mut recv: OpenedRecv,
+    mut send: ChannelSend,
+    mut recv: ChannelRecv,
     target: String,
 ) -> Result<(), ChannelError> {
     let addr = match allowed_target(cfg, &target) {
@@ -84,7 +84,7 @@ pub(super) async fn forward(
     };
     tcp.set_nodelay(true)?;
     accept(&mut send, None).await?;
-    wire::splice_tcp(tcp, &mut send, &mut recv).await;
+    channel::splice_tcp(tcp, &mut send, &mut recv).await;
     Ok(())
 }
 

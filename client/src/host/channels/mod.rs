@@ -1,12 +1,13 @@
 //! The host's side of session channels: a shell on a PTY, one command,
-//! a TCP forward to an allowed target, a file in or out. Every channel is
-//! end-to-end encrypted ([`super::e2e`]): the relay only says which session
-//! and channel number a stream is, so what it is for, and everything on it,
-//! is read here first, and logged here ([`super::channel_log`]). What is
-//! allowed comes from the host's config; everything else is refused with a
-//! reason the user sees.
+//! a TCP forward to an allowed target, a file in or out. Each channel is a
+//! stream of the session's end-to-end connection ([`super::e2e`]), which
+//! the relay forwards without reading: what a channel is for, and
+//! everything on it, is read here first, and logged here
+//! ([`super::channel_log`]). What is allowed comes from the host's config;
+//! everything else is refused with a reason the user sees.
 //!
-//! This file reads a stream's opening and sends it to its kind's file:
+//! This file serves a session's connection and reads each stream's opening,
+//! then sends it to its kind's file:
 //! `shell.rs`, `exec.rs`, `forward.rs` (forwards and forward checks) and
 //! `copy.rs` (uploads and downloads). `reply.rs` holds the channel's first
 //! answer (accepted or refused) and `hang_up.rs` how a command whose client
@@ -21,94 +22,86 @@ mod shell;
 
 use std::{sync::Arc, time::Duration};
 
-use latchkey_protocol::session::{ChannelKind, ChannelOpen, HandshakeReply, HostStream};
+use latchkey_protocol::session::ChannelKind;
 use quinn::{RecvStream, SendStream};
-use tokio::time::timeout;
+use tokio::{task::JoinSet, time::timeout};
 use tracing::{debug, info};
 
 use self::reply::refuse;
-use super::{account::SessionAccount, channel_log, e2e::Sessions};
+use super::{
+    account::SessionAccount,
+    channel_log,
+    e2e::{SessionUser, Sessions},
+};
 use crate::{
+    channel::{ChannelRecv, ChannelSend},
     config::{Home, HostConfig},
-    wire::{self, OpenedRecv, SealedSend},
 };
 
-/// What every channel task shares: the config, and the sessions' keys.
+/// What every channel task shares: the config, and the sessions.
 pub(crate) struct HostSide {
     pub(crate) cfg: Arc<HostConfig>,
     /// Who sessions run as.
     pub(crate) account: SessionAccount,
     pub(crate) home: Home,
     pub(crate) sessions: Sessions,
+    /// Set while the reboot command runs: the host is about to go, so a
+    /// new channel is refused at once rather than cut when it goes.
+    pub(crate) rebooting: std::sync::atomic::AtomicBool,
 }
 
-/// The stream error code for a channel this host has no keys for (it
-/// restarted since the handshake, or the number was used): the client
-/// re-handshakes and tries again.
-pub const NO_CHANNEL_KEYS: u32 = 3;
+/// How long a client has to say what a new channel is for.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one stream opened by the relay: a session's end-to-end
-/// handshake, or one of its channels.
-pub(crate) async fn serve(side: Arc<HostSide>, mut send: SendStream, mut recv: RecvStream) {
-    let open = match timeout(
-        Duration::from_secs(10),
-        wire::read_frame::<ChannelOpen>(&mut recv),
-    )
-    .await
-    {
-        Ok(Ok(Some(open))) => open,
-        _ => return,
-    };
-    let ChannelOpen {
-        session,
-        user,
-        stream,
-    } = open;
-    let number = match stream {
-        HostStream::Handshake {
-            user_key,
-            record,
-            msg1,
-        } => {
-            let reply = match side.sessions.handshake(
-                session,
-                user.clone(),
-                user_key,
-                record,
-                &msg1,
-            ) {
-                Ok(msg2) => {
-                    info!(%user, %session, key = %user_key.fingerprint(), "end-to-end handshake");
-                    HandshakeReply::Msg2(msg2)
+/// How long a session's channels have, once its connection is gone, to end
+/// what they started (a command is hung up, with its grace) before they are
+/// dropped.
+const WIND_DOWN: Duration = Duration::from_secs(4);
+
+/// Serves a session's connection, after its handshake: every stream the
+/// client opens is one channel. When the connection ends (the session
+/// ended, the client left, the host closed it), its channels end what they
+/// started.
+pub(crate) async fn serve_session(side: Arc<HostSide>, who: SessionUser, conn: quinn::Connection) {
+    let mut channels = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    channels.spawn(serve(side.clone(), who.clone(), send, recv));
                 }
-                Err(why) => {
-                    info!(%user, %session, "end-to-end handshake refused: {why}");
-                    HandshakeReply::Refused(why)
+                Err(e) => {
+                    debug!(session = %who.session, "session connection ended: {e}");
+                    break;
                 }
-            };
-            let _ = wire::write_frame(&mut send, &reply).await;
-            let _ = send.finish();
-            return;
+            },
+            Some(_) = channels.join_next(), if !channels.is_empty() => {}
         }
-        HostStream::Channel { number } => number,
-        _ => return,
-    };
-    let keys = match side.sessions.channel(session, number) {
-        Ok(keys) => keys,
-        Err(why) => {
-            info!(%user, %session, "channel refused: {why}");
-            let _ = send.reset(quinn::VarInt::from_u32(NO_CHANNEL_KEYS));
-            return;
-        }
-    };
-    let send = SealedSend::new(send, keys.sealer);
-    let mut recv = OpenedRecv::new(recv, keys.opener);
-    let kind = match timeout(Duration::from_secs(10), recv.read_frame::<ChannelKind>()).await {
+    }
+    let _ = timeout(WIND_DOWN, async {
+        while channels.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Serves one channel: reads what it is for, and runs it if allowed.
+async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: RecvStream) {
+    let send = ChannelSend::new(send);
+    let mut recv = ChannelRecv::new(recv);
+    let kind = match timeout(REQUEST_TIMEOUT, recv.read_frame_padded::<ChannelKind>()).await {
         Ok(Ok(Some(kind))) => kind,
         _ => return,
     };
-    info!(user = %keys.user, %session, kind = kind.name(), "channel");
-    channel_log::record(&side.home, session, &keys.user, &keys.user_key, &kind);
+    // Keystrokes before bulk, this way too.
+    send.set_priority(if kind.is_bulk() { 0 } else { 1 });
+    let session = who.session;
+    if side.rebooting.load(std::sync::atomic::Ordering::Relaxed) {
+        let host = &side.cfg.host;
+        let _ = refuse(send, format!("host '{host}' is rebooting")).await;
+        return;
+    }
+    info!(user = %who.user, %session, kind = kind.name(), "channel");
+    channel_log::record(&side.home, session, &who.user, &who.user_key, &kind);
     let cfg = &side.cfg;
     let result = match kind {
         ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {

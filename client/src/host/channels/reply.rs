@@ -6,7 +6,7 @@ use latchkey_protocol::{session::ChannelReply, text::Shown};
 use thiserror::Error;
 use tracing::info;
 
-use crate::wire::{SealedSend, WireError};
+use crate::{channel::ChannelSend, wire::WireError};
 
 /// Why a channel ended early (logged on the host).
 #[derive(Debug, Error)]
@@ -20,7 +20,7 @@ pub(super) enum ChannelError {
 }
 
 /// Refuses the channel with `why`, which the user sees, and ends it.
-pub(super) async fn refuse(mut send: SealedSend, why: String) -> Result<(), ChannelError> {
+pub(super) async fn refuse(mut send: ChannelSend, why: String) -> Result<(), ChannelError> {
     info!(reason = %Shown(&why), "channel refused");
     send.write_frame_padded(&ChannelReply::Refused(why)).await?;
     send.finish().await?;
@@ -28,7 +28,7 @@ pub(super) async fn refuse(mut send: SealedSend, why: String) -> Result<(), Chan
 }
 
 /// Accepts the channel (`size`: a download's size).
-pub(super) async fn accept(send: &mut SealedSend, size: Option<u64>) -> Result<(), ChannelError> {
+pub(super) async fn accept(send: &mut ChannelSend, size: Option<u64>) -> Result<(), ChannelError> {
     send.write_frame_padded(&ChannelReply::Accepted { size })
         .await?;
     Ok(())

@@ -17,8 +17,8 @@ use super::{
     reply::{accept, refuse, ChannelError},
 };
 use crate::{
+    channel::{ChannelRecv, ChannelSend},
     host::account::SessionAccount,
-    wire::{OpenedRecv, SealedSend},
 };
 
 fn pty_err(e: impl std::fmt::Display) -> ChannelError {
@@ -27,8 +27,8 @@ fn pty_err(e: impl std::fmt::Display) -> ChannelError {
 
 pub(super) async fn shell(
     account: &SessionAccount,
-    mut send: SealedSend,
-    mut input: OpenedRecv,
+    mut send: ChannelSend,
+    mut input: ChannelRecv,
     term: String,
     cols: u16,
     rows: u16,

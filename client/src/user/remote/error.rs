@@ -1,10 +1,9 @@
 //! Why a channel did not open: the host refused it, or the relay or the
-//! connection failed; and, within one try, the host's word that it has no
-//! keys for this session (so new ones are agreed).
+//! connection failed.
 
 use latchkey_protocol::{text::shown, HandshakeError};
 
-use crate::{error::CommandError, host::NO_CHANNEL_KEYS, net::NetError, user::e2e::E2eError, wire};
+use crate::{error::CommandError, net::NetError, user::e2e::E2eError, wire};
 
 /// Errors opening a channel.
 #[derive(Debug, thiserror::Error)]
@@ -54,35 +53,6 @@ impl From<ChannelError> for CommandError {
         match e {
             ChannelError::Net(n) => Self::Net(n),
             ChannelError::Refused(why) => Self::Net(NetError::Local(why)),
-        }
-    }
-}
-
-/// One try at opening a channel.
-pub(super) enum Attempt {
-    /// The host reset the stream: it has no keys for this session.
-    NoKeys,
-    /// Anything else.
-    Failed(ChannelError),
-}
-
-impl From<ChannelError> for Attempt {
-    fn from(e: ChannelError) -> Self {
-        Self::Failed(e)
-    }
-}
-
-impl Attempt {
-    /// A stream that failed: a reset with [`NO_CHANNEL_KEYS`] is the host
-    /// saying it has no keys for this session.
-    pub(super) fn from_wire(e: wire::WireError) -> Self {
-        match e {
-            wire::WireError::Read(quinn::ReadError::Reset(code))
-                if code == quinn::VarInt::from_u32(NO_CHANNEL_KEYS) =>
-            {
-                Self::NoKeys
-            }
-            e => Self::Failed(e.into()),
         }
     }
 }

@@ -1,48 +1,119 @@
-//! The session's end-to-end keys: the handshake with the host
-//! ([`crate::user::e2e`]), run until it settles, and where its keys stand
-//! for the channels that wait for them.
+//! The session's end-to-end connection to the host: made over the route
+//! the relay gave this client, authenticated by the handshake
+//! ([`crate::user::e2e`]), and where it stands for the channels that wait
+//! for it.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
-use tokio::sync::watch;
+use latchkey_protocol::route::LegId;
+use tokio::{sync::watch, time::timeout};
 
 use crate::{
-    net::STEP_TIMEOUT,
-    user::e2e::{E2eError, Epoch, Handshaker},
+    net::{peer, socket::Peers, NetError, RelayConn, STEP_TIMEOUT},
+    user::e2e::{E2eError, Handshaker},
 };
 
-/// Where the session's end-to-end keys stand.
+/// Where the session's end-to-end connection stands.
 #[derive(Clone)]
-pub(super) enum Keys {
-    /// A handshake is under way (at start, or the host just came back).
+pub(super) enum Link {
+    /// Being made (at start, or the host just came back), or waiting for
+    /// the relay's route.
     Pending,
-    /// Channels open with these.
-    Ready(Arc<Epoch>),
-    /// The last handshake failed: channels fail with this.
+    /// Channels open on this one.
+    Ready(Arc<HostConnection>),
+    /// The last attempt failed: channels fail with this.
     Failed(String),
 }
 
-/// Runs the handshake until it settles, and publishes the keys or why
-/// there are none. A failure of the path (the host's link just replaced,
-/// the host away a moment) is tried again for up to [`STEP_TIMEOUT`]; a
-/// failure of the handshake itself is final.
-pub(super) async fn settle_keys(
-    handshaker: Arc<Handshaker>,
+/// A virtual address routed to the host through one relay under one leg,
+/// forgotten when dropped.
+struct Path {
+    peers: Peers,
+    at: SocketAddr,
+}
+
+impl Path {
+    fn through(relay: &RelayConn, leg: LegId) -> Result<Self, NetError> {
+        let at = relay.peers.allocate();
+        relay
+            .peers
+            .set(at, relay.conn.remote_address(), leg)
+            .map_err(|e| NetError::Local(e.to_string()))?;
+        Ok(Self {
+            peers: relay.peers.clone(),
+            at,
+        })
+    }
+}
+
+impl Drop for Path {
+    fn drop(&mut self) {
+        self.peers.remove(self.at);
+    }
+}
+
+/// An authenticated end-to-end connection to the host. Dropping it closes
+/// the connection and forgets its route, so a connection replaced (the
+/// host came back, the session moved relays) leaves nothing behind.
+pub struct HostConnection {
     conn: quinn::Connection,
-    keys: Arc<watch::Sender<Keys>>,
+    _path: Path,
+}
+
+impl HostConnection {
+    /// The connection: each bidirectional stream opened on it is a channel.
+    pub fn conn(&self) -> &quinn::Connection {
+        &self.conn
+    }
+}
+
+impl Drop for HostConnection {
+    fn drop(&mut self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"replaced");
+    }
+}
+
+/// Connects to the host through `relay` under `leg`, runs the handshake,
+/// and publishes the connection, or why there is none.
+pub(super) async fn settle(
+    handshaker: Arc<Handshaker>,
+    relay: RelayConn,
+    leg: LegId,
+    link: Arc<watch::Sender<Link>>,
 ) {
-    let until = tokio::time::Instant::now() + STEP_TIMEOUT;
-    let settled = loop {
-        match handshaker.run(&conn).await {
-            Ok(epoch) => break Keys::Ready(Arc::new(epoch)),
-            Err(E2eError::Net(e))
-                if tokio::time::Instant::now() < until && conn.close_reason().is_none() =>
-            {
-                tracing::debug!("end-to-end handshake: {e}; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            }
-            Err(e) => break Keys::Failed(e.to_string()),
+    let settled = match connect(&handshaker, &relay, leg).await {
+        Ok(conn) => Link::Ready(Arc::new(conn)),
+        Err(e) => Link::Failed(e.to_string()),
+    };
+    link.send_replace(settled);
+}
+
+/// Connects to the host through `relay` under the client's own `leg` of
+/// the session's route, and runs the handshake on the new connection.
+pub async fn connect(
+    handshaker: &Handshaker,
+    relay: &RelayConn,
+    leg: LegId,
+) -> Result<HostConnection, E2eError> {
+    let path = Path::through(relay, leg)?;
+    let host = &handshaker.host;
+    let connecting = relay
+        .endpoint
+        .connect_with(peer::client_config()?, path.at, peer::PEER_NAME)
+        .map_err(|e| NetError::Local(e.to_string()))?;
+    let conn = match timeout(STEP_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => HostConnection { conn, _path: path },
+        Ok(Err(e)) => {
+            return Err(NetError::Local(format!("no connection to host '{host}': {e}")).into())
+        }
+        Err(_) => {
+            return Err(NetError::Local(format!(
+                "host '{host}' did not answer through the relay in {} s",
+                STEP_TIMEOUT.as_secs()
+            ))
+            .into())
         }
     };
-    keys.send_replace(settled);
+    handshaker.run(&conn.conn).await?;
+    Ok(conn)
 }

@@ -1,11 +1,13 @@
 //! A session on a host, as the user's commands use it: log in, wait until
-//! the relay has paired us with the host, run the end-to-end handshake with
-//! the host ([`super::e2e`]), then open channels sealed with its keys.
+//! the relay has paired us with the host and given us a route, connect to
+//! the host over it and run the end-to-end handshake ([`super::e2e`]), then
+//! open channels as streams of that connection.
 //!
-//! This file holds [`Remote`], the session the commands use; `keys.rs` runs
-//! the end-to-end handshake and publishes its keys, `resume.rs` follows the
-//! session's control stream and resumes the session on another relay when
-//! its relay goes away, and `error.rs` says why a channel did not open.
+//! This file holds [`Remote`], the session the commands use; `keys.rs`
+//! makes the end-to-end connection and publishes it, `resume.rs` follows
+//! the session's control stream and resumes the session on another relay
+//! when its relay goes away, and `error.rs` says why a channel did not
+//! open.
 
 mod error;
 mod keys;
@@ -14,31 +16,36 @@ mod resume;
 use std::{sync::Arc, time::Instant};
 
 use latchkey_protocol::{
+    channel::{ChannelRecv, ChannelSend},
     control::{ClientSession, Event},
     frame::{ClientToRelay, Refusal, RelayToClient},
     ids::{AccessCode, HostName},
-    session::{ChannelKind, ChannelReply, ChannelRequest, Relayed},
+    session::{ChannelKind, ChannelReply},
     text::shown,
     HandshakeError,
 };
 use tokio::{sync::watch, time::timeout};
 
 use self::{
-    error::{closed_early, Attempt},
-    keys::{settle_keys, Keys},
+    error::closed_early,
+    keys::{settle, Link},
     resume::{Follow, Resume},
 };
 use super::{
-    e2e::{check_pin, pin_new, Epoch, Handshaker, Pin},
+    e2e::{check_pin, pin_new, Handshaker, Pin},
     UserError,
 };
 use crate::{
     config::Home,
     net::{self, NetError, STEP_TIMEOUT},
-    wire::{self, OpenedRecv, SealedSend},
+    wire,
 };
 
-pub use self::{error::ChannelError, resume::set_resume_wait};
+pub use self::{
+    error::ChannelError,
+    keys::{connect as connect_to_host, HostConnection},
+    resume::set_resume_wait,
+};
 pub use latchkey_protocol::control::{Phase, Waiting};
 
 /// A paired session.
@@ -53,8 +60,8 @@ pub struct Remote {
     /// The relay's refusals of control requests (e.g. a reboot).
     refusals: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
     control: tokio::sync::mpsc::Sender<ClientToRelay>,
-    handshaker: Arc<Handshaker>,
-    keys: Arc<watch::Sender<Keys>>,
+    /// The end-to-end connection to the host, once it is made.
+    host_link: Arc<watch::Sender<Link>>,
 }
 
 impl Remote {
@@ -85,7 +92,7 @@ impl Remote {
                 return Err(NetError::HostOffline(host.clone()).into())
             }
             Ok(Event::Refused(r)) => return Err(NetError::Refused(r).into()),
-            Ok(Event::Hosts(_) | Event::Ticket(..)) | Err(_) => {
+            Ok(Event::Hosts(_) | Event::Ticket(..) | Event::Route(_)) | Err(_) => {
                 return Err(
                     NetError::Handshake(HandshakeError::PeerMisbehaved("no session reply")).into(),
                 )
@@ -97,6 +104,27 @@ impl Remote {
             );
         };
         let pin = check_pin(home, &cfg.pin, host, &host_key)?;
+        // The route to the host follows at once.
+        let routed = timeout(STEP_TIMEOUT, wire::read_frame::<RelayToClient>(&mut recv))
+            .await
+            .map_err(|_| NetError::Timeout)?
+            .map_err(NetError::from)?;
+        let leg = match routed.map(|f| machine.on_frame(f, Instant::now())) {
+            Some(Ok(Event::Route(leg))) => leg,
+            Some(Ok(Event::Phase)) if !matches!(machine.phase(), Phase::Ready) => {
+                let why = match machine.phase() {
+                    Phase::Ended(why) => shown(why).into_owned(),
+                    _ => "the session did not start".into(),
+                };
+                return Err(NetError::Local(why).into());
+            }
+            _ => {
+                return Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
+                    "no route to the host",
+                ))
+                .into())
+            }
+        };
         let handshaker = Arc::new(Handshaker::new(
             host.clone(),
             device,
@@ -106,11 +134,12 @@ impl Remote {
             record,
         ));
         drop(session.export_key);
-        let keys = Arc::new(watch::Sender::new(Keys::Pending));
-        let rekey = tokio::spawn(settle_keys(
+        let host_link = Arc::new(watch::Sender::new(Link::Pending));
+        let connecting = tokio::spawn(settle(
             handshaker.clone(),
-            relay.conn.clone(),
-            keys.clone(),
+            relay.clone(),
+            leg,
+            host_link.clone(),
         ));
         let (phase_tx, phase) = tokio::sync::watch::channel(machine.phase().clone());
         let (refusal_tx, refusals) = tokio::sync::mpsc::channel(4);
@@ -133,32 +162,46 @@ impl Remote {
                 phase_tx,
                 refusal_tx,
                 requests,
-                handshaker: handshaker.clone(),
-                keys: keys.clone(),
+                handshaker,
+                host_link: host_link.clone(),
                 link_tx,
                 resume,
-                rekey,
+                connecting,
             }
             .run(send, recv),
         );
-        // The first handshake decides whether the session is usable at all
-        // (a changed or impostor key, a host without the code's key).
-        let mut settled = keys.subscribe();
-        let first = timeout(
-            STEP_TIMEOUT * 2,
-            settled.wait_for(|k| !matches!(k, Keys::Pending)),
-        )
-        .await
-        .map_err(|_| NetError::Timeout)?
-        .map(|k| k.clone());
+        // The first connection decides whether the session is usable at all
+        // (a changed or impostor key, a host without the code's key). A host
+        // that went away meanwhile (its agent restarting) is waited for.
+        let mut settled = host_link.subscribe();
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT * 2;
+        let first = loop {
+            let link = tokio::time::timeout_at(
+                deadline,
+                settled.wait_for(|k| !matches!(k, Link::Pending)),
+            )
+            .await
+            .map_err(|_| NetError::Timeout)?
+            .map(|k| k.clone());
+            let away = matches!(*phase.borrow(), Phase::Rebooting { .. });
+            match link {
+                Ok(Link::Failed(_)) if away => {
+                    tokio::time::timeout_at(deadline, settled.changed())
+                        .await
+                        .map_err(|_| NetError::Timeout)?
+                        .map_err(|_| NetError::Local("the session is over".into()))?;
+                }
+                other => break other,
+            }
+        };
         match first {
-            Ok(Keys::Failed(why)) => {
+            Ok(Link::Failed(why)) => {
                 relay
                     .conn
                     .close(quinn::VarInt::from_u32(0), b"end-to-end handshake failed");
                 return Err(NetError::Local(why).into());
             }
-            Ok(Keys::Ready(_)) if pin == Pin::New => pin_new(home, &cfg.pin, host, &host_key)?,
+            Ok(Link::Ready(_)) if pin == Pin::New => pin_new(home, &cfg.pin, host, &host_key)?,
             _ => {}
         }
         Ok(Self {
@@ -167,34 +210,34 @@ impl Remote {
             phase,
             refusals: tokio::sync::Mutex::new(refusals),
             control,
-            handshaker,
-            keys,
+            host_link,
         })
     }
 
-    /// Opens a channel; returns its streams and the size the host announced.
-    /// A copy is marked as bulk ([`ChannelKind::is_bulk`]), which the relay
-    /// queues behind interactive channels.
+    /// Opens a channel; returns its two halves and the size the host
+    /// announced. A copy goes behind interactive channels
+    /// ([`ChannelKind::is_bulk`]).
     pub async fn channel(
         &self,
         kind: ChannelKind,
-    ) -> Result<(SealedSend, OpenedRecv, Option<u64>), ChannelError> {
-        match self.try_channel(kind).await {
-            Ok(opened) => Ok(opened),
-            Err(Attempt::Failed(e)) => Err(e),
-            // The host has no keys for this session (it lost them: a
-            // restart we have not heard of yet). New keys for the next
-            // channel; this one is not sent again, since the request may
-            // have run (a command, an upload) before the stream was reset.
-            Err(Attempt::NoKeys) => {
-                self.rekey();
-                Err(ChannelError::Refused(format!(
-                    "host '{}' had lost this session's end-to-end keys; new ones are being \
-                     agreed: try again",
-                    self.host
-                )))
+    ) -> Result<(ChannelSend, ChannelRecv, Option<u64>), ChannelError> {
+        let host = self.host_conn().await?;
+        let (send, recv) = host.conn().open_bi().await?;
+        let (mut send, mut recv) = (ChannelSend::new(send), ChannelRecv::new(recv));
+        // Keystrokes before bulk: quinn sends higher priorities first.
+        send.set_priority(if kind.is_bulk() { 0 } else { 1 });
+        send.write_frame_padded(&kind).await?;
+        let answer = async {
+            match recv.read_frame_padded::<ChannelReply>().await? {
+                Some(ChannelReply::Accepted { size }) => Ok(size),
+                Some(ChannelReply::Refused(why)) => Err(ChannelError::said_by_peer(&why)),
+                Some(_) | None => Err(closed_early()),
             }
-        }
+        };
+        let size = timeout(STEP_TIMEOUT, answer)
+            .await
+            .map_err(|_| ChannelError::from(NetError::Timeout))??;
+        Ok((send, recv, size))
     }
 
     /// The current connection to the relay.
@@ -202,77 +245,25 @@ impl Remote {
         self.link.borrow().conn.clone()
     }
 
-    /// Starts a new handshake, unless one is under way.
-    fn rekey(&self) {
-        if matches!(*self.keys.borrow(), Keys::Pending) {
-            return;
-        }
-        self.keys.send_replace(Keys::Pending);
-        tokio::spawn(settle_keys(
-            self.handshaker.clone(),
-            self.conn(),
-            self.keys.clone(),
-        ));
-    }
-
-    /// The keys of the current handshake, once it is done.
-    async fn epoch(&self) -> Result<Arc<Epoch>, ChannelError> {
-        let mut keys = self.keys.subscribe();
-        let ready = timeout(STEP_TIMEOUT, keys.wait_for(|k| !matches!(k, Keys::Pending)))
+    /// The end-to-end connection to the host, once it is made.
+    async fn host_conn(&self) -> Result<Arc<HostConnection>, ChannelError> {
+        let mut link = self.host_link.subscribe();
+        let ready = timeout(STEP_TIMEOUT, link.wait_for(|k| !matches!(k, Link::Pending)))
             .await
             .map_err(|_| NetError::Timeout)?
             .map(|k| k.clone());
         match ready {
-            Ok(Keys::Ready(epoch)) => Ok(epoch),
-            Ok(Keys::Failed(why)) => Err(ChannelError::Refused(why)),
+            Ok(Link::Ready(host)) => Ok(host),
+            Ok(Link::Failed(why)) => Err(ChannelError::Refused(why)),
             _ => Err(ChannelError::Refused("the session is over".into())),
         }
-    }
-
-    async fn try_channel(
-        &self,
-        kind: ChannelKind,
-    ) -> Result<(SealedSend, OpenedRecv, Option<u64>), Attempt> {
-        let epoch = self.epoch().await?;
-        let (number, sealer, opener) = epoch.next_channel();
-        let bulk = kind.is_bulk();
-        let (mut send, mut recv) = self.conn().open_bi().await.map_err(ChannelError::from)?;
-        wire::write_frame(&mut send, &ChannelRequest::Channel { number, bulk })
-            .await
-            .map_err(ChannelError::from)?;
-        let mut send = SealedSend::new(send, sealer);
-        // Sent at once, before the relay's answer: no extra round trip.
-        send.write_frame_padded(&kind)
-            .await
-            .map_err(ChannelError::from)?;
-        let answer = async {
-            match wire::read_frame::<Relayed>(&mut recv).await {
-                Ok(Some(Relayed::Spliced)) => {}
-                Ok(Some(Relayed::Refused(why))) => {
-                    return Err(ChannelError::said_by_peer(&why).into())
-                }
-                Ok(_) => return Err(closed_early().into()),
-                Err(e) => return Err(Attempt::from_wire(e)),
-            }
-            let mut recv = OpenedRecv::new(recv, opener);
-            match recv.read_frame::<ChannelReply>().await {
-                Ok(Some(ChannelReply::Accepted { size })) => Ok((recv, size)),
-                Ok(Some(ChannelReply::Refused(why))) => {
-                    Err(ChannelError::said_by_peer(&why).into())
-                }
-                Ok(_) => Err(closed_early().into()),
-                Err(e) => Err(Attempt::from_wire(e)),
-            }
-        };
-        let (recv, size) = timeout(STEP_TIMEOUT, answer)
-            .await
-            .map_err(|_| ChannelError::from(NetError::Timeout))??;
-        Ok((send, recv, size))
     }
 
     /// Ends the session and waits (briefly) until the relay has been told,
     /// so the host sees the session end now rather than at a timeout.
     pub async fn close(&self) {
+        self.host_link
+            .send_replace(Link::Failed("the session is over".into()));
         let link = self.link.borrow().clone();
         link.close(b"done").await;
     }

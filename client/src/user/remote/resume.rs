@@ -17,7 +17,7 @@ use latchkey_protocol::{
 };
 use tokio::{sync::watch, time::timeout};
 
-use super::keys::{settle_keys, Keys};
+use super::keys::{settle, Link};
 use crate::{
     net::{self, NetError, STEP_TIMEOUT},
     user::e2e::Handshaker,
@@ -119,10 +119,11 @@ pub(super) struct Follow {
     pub(super) refusal_tx: tokio::sync::mpsc::Sender<String>,
     pub(super) requests: tokio::sync::mpsc::Receiver<ClientToRelay>,
     pub(super) handshaker: Arc<Handshaker>,
-    pub(super) keys: Arc<watch::Sender<Keys>>,
+    pub(super) host_link: Arc<watch::Sender<Link>>,
     pub(super) link_tx: watch::Sender<net::RelayConn>,
     pub(super) resume: Resume,
-    pub(super) rekey: tokio::task::JoinHandle<()>,
+    /// The end-to-end connection being made.
+    pub(super) connecting: tokio::task::JoinHandle<()>,
 }
 
 type Frames = latchkey_protocol::quic::FrameReader<RelayToClient>;
@@ -131,6 +132,15 @@ impl Follow {
     /// Follows the session, resuming it on another relay (with the latest
     /// ticket) whenever the connection to its relay breaks, until it ends.
     pub(super) async fn run(mut self, send: quinn::SendStream, recv: quinn::RecvStream) {
+        self.follow_all(send, recv).await;
+        let why = match self.machine.phase() {
+            Phase::Ended(why) => latchkey_protocol::text::shown(why).into_owned(),
+            _ => "the session is over".into(),
+        };
+        self.set_link(Link::Failed(why));
+    }
+
+    async fn follow_all(&mut self, send: quinn::SendStream, recv: quinn::RecvStream) {
         let (mut send, mut frames) = (send, wire::frame_reader::<RelayToClient>(recv));
         let mut ticket: Option<(ResumeTicket, tokio::time::Instant)> = None;
         loop {
@@ -162,8 +172,9 @@ impl Follow {
                     return;
                 }
             };
-            self.rekey.abort();
-            self.keys.send_replace(Keys::Pending);
+            // The relay is gone, and the route with it: channels wait for
+            // the connection the resumed session's route will carry.
+            self.set_link(Link::Pending);
             self.publish();
             match self.resumed(&t).await {
                 Ok((s, f)) => (send, frames) = (s, f),
@@ -183,15 +194,52 @@ impl Follow {
         let _ = self.phase_tx.send(self.machine.phase().clone());
     }
 
-    fn rekey(&mut self) {
-        self.rekey.abort();
-        self.keys.send_replace(Keys::Pending);
-        let conn = self.link_tx.borrow().conn.clone();
-        self.rekey = tokio::spawn(settle_keys(
+    /// Stops making a connection, and says where the link stands now (the
+    /// connection it had, if any, closes).
+    fn set_link(&mut self, link: Link) {
+        self.connecting.abort();
+        self.host_link.send_replace(link);
+    }
+
+    /// Connects to the host (again) over the route the relay just gave.
+    fn connect(&mut self, leg: latchkey_protocol::route::LegId) {
+        self.set_link(Link::Pending);
+        let relay = self.link_tx.borrow().clone();
+        self.connecting = tokio::spawn(settle(
             self.handshaker.clone(),
-            conn,
-            self.keys.clone(),
+            relay,
+            leg,
+            self.host_link.clone(),
         ));
+    }
+
+    /// The phase changed: publishes it, and with it where the link stands.
+    /// A host that went leaves the session's connection dead (channels are
+    /// refused at once meanwhile, saying why: said after the phase, so a
+    /// waiter that sees the refusal sees the host away too); one that came
+    /// back is reached again once its route comes (said before the phase,
+    /// so channels asked for once it is back wait for the connection).
+    fn on_phase(&mut self) {
+        let was_ready = matches!(*self.phase_tx.borrow(), Phase::Ready);
+        match self.machine.phase() {
+            Phase::Ready if !was_ready => {
+                self.set_link(Link::Pending);
+                self.publish();
+            }
+            Phase::Rebooting { .. } => {
+                self.publish();
+                self.set_link(Link::Failed(format!(
+                    "host '{}' went offline; waiting for it to come back",
+                    self.resume.host
+                )));
+            }
+            Phase::Ended(why) => {
+                let why = latchkey_protocol::text::shown(why).into_owned();
+                self.publish();
+                self.set_link(Link::Failed(why));
+            }
+            _ => self.publish(),
+        }
     }
 
     async fn follow(
@@ -210,14 +258,8 @@ impl Follow {
                 }
                 frame = frames.recv() => match frame {
                     Some(Ok(Some(frame))) => match self.machine.on_frame(frame, Instant::now()) {
-                        Ok(Event::Phase) => {
-                            let back = matches!(self.machine.phase(), Phase::Ready)
-                                && !matches!(*self.phase_tx.borrow(), Phase::Ready);
-                            if back {
-                                self.rekey();
-                            }
-                            self.publish();
-                        }
+                        Ok(Event::Phase) => self.on_phase(),
+                        Ok(Event::Route(leg)) => self.connect(leg),
                         Ok(Event::Refused(r)) => {
                             let _ = self.refusal_tx.try_send(net::refusal_text(&r));
                         }
@@ -254,7 +296,8 @@ impl Follow {
 
     /// Resumes the session with `ticket`: a new connection, the host
     /// introduced again with the key and record the session started with,
-    /// the session's new id bound, new end-to-end keys.
+    /// the session's new id bound; the route that follows brings a new
+    /// end-to-end connection.
     async fn resumed(
         &mut self,
         ticket: &ResumeTicket,
@@ -265,7 +308,7 @@ impl Follow {
         let first = timeout(STEP_TIMEOUT, frames.recv())
             .await
             .map_err(|_| "the relay did not introduce the host".to_string())?;
-        let expected = (self.handshaker.host_key, self.handshaker.binding().record);
+        let expected = (self.handshaker.host_key, self.handshaker.record);
         match first {
             Some(Ok(Some(ready @ RelayToClient::SessionReady { host_key, record })))
                 if (host_key, record) == expected =>
@@ -291,7 +334,6 @@ impl Follow {
         }
         self.handshaker.rebind(session);
         self.link_tx.send_replace(relay);
-        self.rekey();
         self.publish();
         tracing::debug!(host = %self.resume.host, "session resumed on a relay of the cluster");
         Ok((send, frames))

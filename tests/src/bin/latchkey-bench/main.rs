@@ -5,7 +5,6 @@
 //! docs/benchmarks.md.
 
 mod cluster;
-mod e2e;
 mod fleet;
 mod login;
 mod measure;
@@ -24,7 +23,6 @@ const FIGURES: &[&str] = &[
     "forward",
     "routed",
     "latency",
-    "e2e",
     "idle",
     "storm",
     "cluster",
@@ -38,7 +36,6 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
         "forward" => transfer::forward().await,
         "routed" => routed::routed().await,
         "latency" => transfer::latency().await,
-        "e2e" => e2e::e2e().await,
         "idle" => fleet::idle(sizes).await,
         "storm" => fleet::storm().await,
         "cluster" => cluster::logins().await,
