@@ -133,7 +133,8 @@ impl Relay {
         let out = self.admin_output(args)?;
         if !out.status.success() {
             bail!(
-                "admin {args:?} failed: {}",
+                "admin {args:?} failed ({}): {}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
         }

@@ -128,14 +128,6 @@ impl HostLinks {
         self.links().get(host).map(|l| l.tx.clone())
     }
 
-    /// Queues `frame` for `host`'s agent without waiting; `false` if it is
-    /// not here or its queue is full.
-    pub(crate) fn try_send(&self, host: &HostName, frame: RelayToHost) -> bool {
-        self.links()
-            .get(host)
-            .is_some_and(|l| l.tx.try_send(Box::new(frame)).is_ok())
-    }
-
     /// `host`'s connection if it was made with a key other than `key` (the
     /// host was enrolled again since).
     pub(crate) fn conn_with_other_key(

@@ -35,7 +35,8 @@ use crate::{
 use latchkey_protocol::quic::{self as wire, frame_reader};
 
 /// How long the relay waits for room in a host's queue of control frames
-/// to announce a session's route; a host that takes longer is not served.
+/// to announce a session's route (a host that takes longer is not served)
+/// or its end.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often a paired session checks whether either device's connection
@@ -383,10 +384,13 @@ pub(crate) async fn serve(
     }
     // From here on the relay forwards none of the session's datagrams.
     entry.close_route();
-    // The host closes the session's end-to-end connection.
-    shared
-        .hosts
-        .try_send(&host, RelayToHost::SessionEnded { session });
+    // The host closes the session's end-to-end connection, which ends its
+    // channels (a running command is hung up). Waited for, within a bound:
+    // a host that never hears it still sees the connection go silent.
+    if let Some(tx) = shared.hosts.tx(&host) {
+        let ended = Box::new(RelayToHost::SessionEnded { session });
+        let _ = timeout(ANNOUNCE_TIMEOUT, tx.send(ended)).await;
+    }
     if moved {
         conn.close(
             latchkey_protocol::close::MOVED,

@@ -317,3 +317,56 @@ async fn a_cut_channel_resets_the_forwarded_connection_instead_of_ending_it() ->
     }
     Ok(())
 }
+
+/// On the end-to-end connection the host serves nothing before the
+/// handshake on the first stream succeeds: a channel opened beside an
+/// unfinished handshake gets no answer, and a forged message 1 closes the
+/// connection with nothing run.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_serves_no_channel_before_the_handshake() -> Result<()> {
+    use latchkey_client::channel::{ChannelRecv, ChannelSend};
+    use latchkey_protocol::session::HandshakeRequest;
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mut session = w.bob.login("mypc", OWNER_CODE).await?;
+    let conn = w.bob.raw_host_connection(&mut session, "mypc").await?;
+    // Stream 0, the handshake's, opened and left waiting; a channel beside it.
+    let (handshake_send, _handshake_recv) = conn.open_bi().await?;
+    let mut handshake = ChannelSend::new(handshake_send);
+    handshake.write_all(&[]).await?;
+    let (send, recv) = conn.open_bi().await?;
+    let (mut send, mut recv) = (ChannelSend::new(send), ChannelRecv::new(recv));
+    let exec = ChannelKind::Exec {
+        argv: vec![
+            "touch".into(),
+            w.dir.path().join("ran").display().to_string(),
+        ],
+    };
+    send.write_frame_padded(&exec).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(3), recv.recv()).await;
+    assert!(
+        answer.is_err(),
+        "the host answered a channel before the handshake: {answer:?}"
+    );
+    // A forged message 1: the host refuses and closes the connection.
+    handshake
+        .write_frame(&HandshakeRequest { msg1: vec![7; 96] })
+        .await?;
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "the host kept a connection whose handshake failed"
+    );
+    assert!(
+        !w.dir.path().join("ran").exists(),
+        "a command ran without a handshake"
+    );
+    assert!(
+        !w.mypc
+            .home
+            .join(latchkey_client::host::CHANNEL_LOG)
+            .exists(),
+        "a channel reached the host"
+    );
+    Ok(())
+}
