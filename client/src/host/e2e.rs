@@ -42,19 +42,31 @@ pub(crate) struct SessionUser {
     record: RecordId,
 }
 
+/// Where an announced session's connection stands.
+enum Arrival {
+    /// None has arrived yet.
+    Waiting,
+    /// One is being accepted: no other is let in meanwhile, so a client
+    /// that sends Initial after Initial under its route holds one pending
+    /// handshake at most, not one per packet.
+    Accepting,
+    /// Accepted: the session's one connection.
+    Accepted(quinn::Connection),
+}
+
 /// One announced session: its virtual address (the client, as this host's
-/// quinn sees it) and its connection once accepted. Dropped, it closes the
-/// connection and forgets the route.
+/// quinn sees it) and its connection. Dropped, it closes the connection
+/// and forgets the route.
 struct Announced {
     who: SessionUser,
     at: SocketAddr,
     peers: Peers,
-    conn: Option<quinn::Connection>,
+    arrival: Arrival,
 }
 
 impl Drop for Announced {
     fn drop(&mut self) {
-        if let Some(conn) = &self.conn {
+        if let Arrival::Accepted(conn) = &self.arrival {
             conn.close(quinn::VarInt::from_u32(0), b"session ended");
         }
         self.peers.remove(self.at);
@@ -112,7 +124,7 @@ impl Sessions {
             },
             at,
             peers: peers.clone(),
-            conn: None,
+            arrival: Arrival::Waiting,
         };
         let evicted = self.lock().insert(session, user, announced);
         if !evicted.is_empty() {
@@ -137,16 +149,21 @@ impl Sessions {
     }
 
     /// Takes `incoming` if it arrived under an announced session's route
-    /// and that session has no connection yet; `None` (refused) otherwise.
+    /// while that session waits for its connection; `None` (refused)
+    /// otherwise. Until [`Sessions::handshake`] settles it, no other is
+    /// taken for the session.
     pub(crate) fn admit(
         &self,
         incoming: quinn::Incoming,
     ) -> Option<(SessionUser, quinn::Incoming)> {
         let from = incoming.remote_address();
         let mut inner = self.lock();
-        let found = inner.find_mut(|a| a.at == from && a.conn.is_none());
+        let found = inner.find_mut(|a| a.at == from && matches!(a.arrival, Arrival::Waiting));
         match found {
-            Some(announced) => Some((announced.who.clone(), incoming)),
+            Some(announced) => {
+                announced.arrival = Arrival::Accepting;
+                Some((announced.who.clone(), incoming))
+            }
             None => {
                 drop(inner);
                 incoming.refuse();
@@ -155,19 +172,29 @@ impl Sessions {
         }
     }
 
-    /// Keeps `conn` as `session`'s connection, so that the session's end
-    /// closes it; `false` if the session ended meanwhile (then it is
-    /// closed now).
-    fn attach(&self, session: SessionId, conn: &quinn::Connection) -> bool {
-        match self.lock().get_mut(&session) {
-            Some(announced) if announced.conn.is_none() => {
-                announced.conn = Some(conn.clone());
+    /// Settles the connection being accepted for `session`: kept as the
+    /// session's connection (so that the session's end closes it), or, with
+    /// `None`, the session waits for another. `false` if the session ended
+    /// meanwhile (then `conn` is closed now).
+    fn arrived(&self, session: SessionId, conn: Option<&quinn::Connection>) -> bool {
+        let mut inner = self.lock();
+        let accepting = inner
+            .get_mut(&session)
+            .filter(|a| matches!(a.arrival, Arrival::Accepting));
+        match (accepting, conn) {
+            (Some(announced), Some(conn)) => {
+                announced.arrival = Arrival::Accepted(conn.clone());
                 true
             }
-            _ => {
+            (Some(announced), None) => {
+                announced.arrival = Arrival::Waiting;
+                false
+            }
+            (None, Some(conn)) => {
                 conn.close(quinn::VarInt::from_u32(0), b"session ended");
                 false
             }
+            (None, None) => false,
         }
     }
 
@@ -180,9 +207,12 @@ impl Sessions {
     ) -> Option<quinn::Connection> {
         let conn = match timeout(HANDSHAKE_DEADLINE, incoming).await {
             Ok(Ok(conn)) => conn,
-            _ => return None,
+            _ => {
+                self.arrived(who.session, None);
+                return None;
+            }
         };
-        if !self.attach(who.session, &conn) {
+        if !self.arrived(who.session, Some(&conn)) {
             return None;
         }
         let answered = timeout(HANDSHAKE_DEADLINE, self.answer(who, &conn)).await;

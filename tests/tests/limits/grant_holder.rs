@@ -1,9 +1,8 @@
 //! What one grant holder can hold on a host (SPEC X5, X6): at most 16
-//! sessions on it, each of whose streams, handshakes included, counts
-//! against the user's share of the host's link, a handshake's stream for
-//! 15 s at most, and the link's flow control has room for all of one
-//! user's streams stalled. However bob uses what he may hold, the host
-//! stays reachable for alice.
+//! sessions on it, each with one end-to-end connection whose streams and
+//! unread bytes the host caps, and under each session's route one pending
+//! connection at a time, however many Initials he sends. However bob uses
+//! what he may hold, the host stays reachable for alice.
 
 use std::time::{Duration, Instant};
 
@@ -139,5 +138,84 @@ async fn a_grant_holder_who_never_reads_leaves_the_hosts_link_to_the_others() ->
         started.elapsed()
     );
     drop(stalled);
+    Ok(())
+}
+
+/// bob sends QUIC Initials with fresh connection ids under his own route,
+/// from his own relay connection's address, and finishes none: the host
+/// takes one pending connection for his session at a time and refuses the
+/// rest at once, so its memory stays flat and alice's exec still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn initials_flooded_under_ones_own_route_hold_one_pending_connection() -> Result<()> {
+    use latchkey_client::net;
+    use std::{net::UdpSocket, sync::Arc};
+    let w = World::with_env(unlimited())?;
+    let agent = w.start_agent()?;
+    let pid = agent.pid();
+    // bob's session on a socket the test keeps a second handle to, so its
+    // datagrams come from his relay connection's address.
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let raw = socket.try_clone()?;
+    let (device, peers) = net::socket::DeviceSocket::new(socket)?;
+    let endpoint = net::socket::endpoint(device, None)?;
+    let local = net::Local::Shared(net::DeviceEndpoint { endpoint, peers });
+    let mut session = w.bob.login_from(local, "mypc", OWNER_CODE).await?;
+    let (_, leg) = w.bob.handshaker(&mut session, "mypc").await?;
+    let relay = match session.control.relay.conn.remote_address() {
+        std::net::SocketAddr::V6(a) => a
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(a.into(), |v4| (v4, a.port()).into()),
+        v4 => v4,
+    };
+    // 6,000 client Initials, each a new connection, as quinn builds them.
+    let config = net::peer::client_config()?;
+    let mut maker = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        None,
+    );
+    let now = Instant::now();
+    let mut initials = Vec::new();
+    for _ in 0..6_000 {
+        let (_, mut conn) = maker.connect(
+            now,
+            config.clone(),
+            ([127, 0, 0, 1], 9).into(),
+            net::peer::PEER_NAME,
+        )?;
+        let mut buf = latchkey_protocol::route::header(leg).to_vec();
+        let mut packet = Vec::new();
+        let sent = conn.poll_transmit(now, 1, &mut packet).expect("an Initial");
+        buf.extend_from_slice(&packet[..sent.size]);
+        initials.push(buf);
+    }
+    let before = latchkey_tests::rss_kib(pid);
+    let flood = std::thread::spawn(move || {
+        // 2,000 a second for 3 s.
+        let started = Instant::now();
+        for (i, datagram) in initials.iter().enumerate() {
+            while raw.send_to(datagram, relay).is_err() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let due = started + Duration::from_micros(i as u64 * 500);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alices_exec_works(&w, "while bob floods his route with Initials")?;
+    flood
+        .join()
+        .map_err(|_| anyhow::anyhow!("the flood panicked"))?;
+    let after = latchkey_tests::rss_kib(pid);
+    println!("6,000 Initials under bob's route: host agent RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "the host agent grew from {before} KiB to {after} KiB"
+    );
+    alices_exec_works(&w, "after bob's flood")?;
     Ok(())
 }
