@@ -30,9 +30,7 @@ pub const MAX_HOSTS_LISTED: usize = 1024;
 /// Longest free-form text (notices, refusal details) in a frame, in bytes.
 pub const MAX_TEXT_LEN: usize = 4096;
 
-/// Streams one user's sessions may hold on one host's link at once, of the
-/// 256 a link takes: with every one of them stalled (data its reader never
-/// takes), they pin [`MAX_CHANNELS_PER_USER`] times a stream's window of
-/// the link's connection-level window, which is sized to leave the other
-/// users room (`quic::HOST_LINK_RECEIVE_WINDOW`).
-pub const MAX_CHANNELS_PER_USER: usize = 32;
+/// Channels one session's end-to-end connection may hold open at once (the
+/// host's QUIC stream limit, with one more stream for the handshake): with
+/// the cap of sessions per user, what one user can hold on a host.
+pub const MAX_CHANNELS_PER_SESSION: usize = 32;

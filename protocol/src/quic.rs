@@ -180,10 +180,11 @@ pub const RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// The transport settings of every Latchkey connection, relay and peers
 /// alike (and the benchmark's direct baseline, so it compares like with
-/// like). Clients open one control stream and one stream per channel, so
-/// 256 concurrent bidirectional streams is generous; unidirectional streams
-/// are not used. The windows bound what one connection can make the other
-/// side buffer, and let one forward run fast.
+/// like); a session's end-to-end connection narrows them
+/// (`client/src/net/peer.rs`). 256 concurrent bidirectional streams is
+/// generous (a relay connection carries one control stream);
+/// unidirectional streams are not used. The windows bound what one
+/// connection can make the other side buffer, and let one forward run fast.
 pub fn transport_config(
     idle_timeout: std::time::Duration,
     keep_alive: std::time::Duration,

@@ -15,14 +15,12 @@ use latchkey_protocol::{
     quic as wire,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
-    DigitallySignedStruct, SignatureScheme,
-};
+use rustls::pki_types::PrivatePkcs8KeyDer;
 
-use super::error::NetError;
+use super::{
+    error::NetError,
+    pin::{client_tls, Accept},
+};
 
 /// The name the client asks for and the host's certificate carries (it is
 /// not checked: the Noise handshake authenticates).
@@ -34,7 +32,7 @@ const ALPN: &[u8] = b"latchkey-e2e/3";
 /// Channels one session's connection may hold at once, the handshake's
 /// stream included: the host's QUIC stream limit, so a user who opens more
 /// waits for one to end rather than taking the host's memory.
-pub const MAX_STREAMS: u32 = latchkey_protocol::limits::MAX_CHANNELS_PER_USER as u32 + 1;
+pub const MAX_STREAMS: u32 = latchkey_protocol::limits::MAX_CHANNELS_PER_SESSION as u32 + 1;
 
 /// What one session's connection may make the other end buffer: with every
 /// channel stalled (a command that never reads its input), a user's 16
@@ -57,19 +55,10 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// The client's settings for connecting to a host.
+/// The client's settings for connecting to a host: any certificate (the
+/// Noise handshake authenticates), its signature checked.
 pub fn client_config() -> Result<quinn::ClientConfig, NetError> {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Local(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
-        .with_no_client_auth();
+    let mut tls = client_tls(Accept::Any)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     tls.enable_early_data = false;
@@ -85,7 +74,8 @@ pub fn server_config() -> Result<quinn::ServerConfig, NetError> {
     let certified = rcgen::generate_simple_self_signed(vec![PEER_NAME.to_string()])
         .map_err(|e| NetError::Local(format!("end-to-end certificate: {e}")))?;
     let key = PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Local(e.to_string()))?
         .with_no_client_auth()
@@ -107,58 +97,6 @@ pub fn binding(conn: &quinn::Connection) -> Result<ConnectionBinding, NetError> 
     conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
         .map_err(|_| NetError::Local("the connection exported no keying material".into()))?;
     Ok(ConnectionBinding(out))
-}
-
-/// Takes any certificate, but checks that the handshake's signature is the
-/// certificate key's (so TLS stays well formed); who the host is, the Noise
-/// handshake proves.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

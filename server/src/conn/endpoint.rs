@@ -50,8 +50,7 @@ const STREAMS_BEFORE_SESSION: u32 = 2;
 pub const UNAUTHENTICATED_RECEIVE_WINDOW: u32 = 72 * 1024;
 
 /// The connection-level receive window of an authenticated peer (the
-/// shared transport settings' value; a host's link gets
-/// `quic::HOST_LINK_RECEIVE_WINDOW`).
+/// shared transport settings' value).
 pub const AUTHENTICATED_RECEIVE_WINDOW: u32 = latchkey_protocol::quic::RECEIVE_WINDOW;
 
 /// The relay's transport settings: the shared ones, with the configured
