@@ -62,6 +62,7 @@ impl RouteTable {
         OpenRoute {
             table: self.clone(),
             route,
+            bound: (client, host),
             closed: false,
         }
     }
@@ -87,6 +88,8 @@ impl RouteTable {
 pub struct OpenRoute {
     table: Arc<RouteTable>,
     route: Route,
+    /// The addresses the client's and the host's legs are bound to.
+    bound: (SocketAddr, SocketAddr),
     closed: bool,
 }
 
@@ -102,13 +105,17 @@ impl OpenRoute {
     }
 
     /// The two devices' relay connections are at `client` and `host` now:
-    /// a leg whose connection migrated follows it. Only addresses of
-    /// authenticated connections (which quinn validated) come here, so no
-    /// datagram can move a route.
-    pub fn follow(&self, client: SocketAddr, host: SocketAddr) {
+    /// a leg whose connection migrated follows it (the table's lock is
+    /// taken only then). Only addresses of authenticated connections (which
+    /// quinn validated) come here, so no datagram can move a route.
+    pub fn follow(&mut self, client: SocketAddr, host: SocketAddr) {
+        if self.bound == (client, host) {
+            return;
+        }
         let mut routes = self.table.lock();
         routes.rebind(self.route.client, client);
         routes.rebind(self.route.host, host);
+        self.bound = (client, host);
     }
 
     /// Removes the route, saying what it carried.
@@ -123,5 +130,53 @@ impl Drop for OpenRoute {
         if !self.closed {
             self.table.lock().close(self.route);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_protocol::route::{header, Budget};
+
+    fn counters() -> ForwardCounters {
+        crate::metrics::Metrics::new().unwrap().forwarding()
+    }
+
+    /// A datagram from `from` under `leg`: where the table forwards it.
+    fn forwarded(
+        table: &RouteTable,
+        leg: latchkey_protocol::route::LegId,
+        from: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let mut datagram = header(leg).to_vec();
+        datagram.extend_from_slice(b"payload");
+        table
+            .lock()
+            .forward(Instant::now(), from, &mut datagram)
+            .ok()
+    }
+
+    #[test]
+    fn a_route_follows_a_migrated_connection_and_leaves_the_table_when_dropped() {
+        let table = RouteTable::new(Budget::UNLIMITED, counters());
+        let (client, host, moved): (SocketAddr, SocketAddr, SocketAddr) = (
+            "127.0.0.1:1000".parse().unwrap(),
+            "127.0.0.1:2000".parse().unwrap(),
+            "127.0.0.1:3000".parse().unwrap(),
+        );
+        let mut route = table.open(client, host);
+        let legs = route.legs();
+        assert_eq!(forwarded(&table, legs.client, client), Some(host));
+        // The client's connection migrated: its old address no longer
+        // sends under its leg, the new one does, and the host's datagrams
+        // go to the new one.
+        route.follow(moved, host);
+        assert_eq!(forwarded(&table, legs.client, client), None);
+        assert_eq!(forwarded(&table, legs.client, moved), Some(host));
+        assert_eq!(forwarded(&table, legs.host, host), Some(moved));
+        assert_eq!(table.len(), 1);
+        drop(route);
+        assert!(table.is_empty());
+        assert_eq!(forwarded(&table, legs.host, host), None);
     }
 }

@@ -327,7 +327,7 @@ pub(crate) async fn serve(
                 }
                 Err(_) => machine.end(EndReason::ClientLeft),
             },
-            _ = follow.tick(), if entry.route().is_some() => {
+            _ = follow.tick(), if host_conn.is_some() => {
                 // A device whose connection migrated: the route follows its
                 // authenticated connection (quinn validated the new path).
                 if let (Some(route), Some(h)) = (entry.route(), &host_conn) {

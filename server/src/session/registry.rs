@@ -174,8 +174,8 @@ impl SessionEntry {
     }
 
     /// The session's current route, if it is paired with its host.
-    pub(crate) fn route(&self) -> Option<&OpenRoute> {
-        self.route.as_ref().map(|(route, _)| route)
+    pub(crate) fn route(&mut self) -> Option<&mut OpenRoute> {
+        self.route.as_mut().map(|(route, _)| route)
     }
 
     /// Closes the session's route (its host went, or the session ends):
