@@ -8,7 +8,10 @@
 
 use std::io::IsTerminal;
 
-use latchkey_protocol::session::{ChannelKind, ShellIn, ShellOut, MAX_CHUNK};
+use latchkey_protocol::{
+    ids::HostName,
+    session::{ChannelKind, ShellIn, ShellOut, MAX_CHUNK},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::mpsc,
@@ -211,12 +214,10 @@ async fn shells(
         let waited = remote
             .wait_if_rebooting(|t| {
                 status_line.set(true);
-                let doing = remote.waiting_text();
                 eprint!(
-                    "
-[latchkey: host {host} {doing} {} s]",
-                    t.as_secs()
-                )
+                    "{}",
+                    waiting_line(&host, remote.waiting_text(), t.as_secs())
+                );
             })
             .await
             .map_err(|e| {
@@ -235,9 +236,25 @@ async fn shells(
     }
 }
 
+/// The status line while the host is away, redrawn in place every second:
+/// the terminal is in raw mode, so a line feed would not return to the
+/// start of the line; a carriage return does, and the rest of the older,
+/// longer line is erased.
+fn waiting_line(host: &HostName, doing: &str, secs: u64) -> String {
+    format!("\r[latchkey: host {host} {doing} {secs} s]\x1b[K")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_waiting_line_is_redrawn_in_place() {
+        let host: HostName = "mypc".parse().unwrap();
+        let line = waiting_line(&host, "is rebooting…", 7);
+        assert_eq!(line, "\r[latchkey: host mypc is rebooting… 7 s]\x1b[K");
+        assert!(!line.contains('\n'));
+    }
 
     #[test]
     fn escapes_only_at_line_start() {
