@@ -32,12 +32,13 @@ fuzz_target!(|data: &[u8]| {
         5 => round_trip::<RelayToClient>(data),
         6 => round_trip::<HostToRelay>(data),
         7 => round_trip::<RelayToHost>(data),
-        8 => round_trip::<ChannelRequest>(data),
-        9 => round_trip::<ChannelOpen>(data),
+        8 => round_trip::<HandshakeRequest>(data),
+        9 => round_trip::<HandshakeReply>(data),
         10 => round_trip::<ChannelReply>(data),
         11 => round_trip::<ShellIn>(data),
         12 => round_trip::<ShellOut>(data),
         13 => round_trip::<ExecIn>(data),
+        14 => round_trip::<ChannelKind>(data),
         _ => round_trip::<ExecOut>(data),
     }
 });
