@@ -37,6 +37,7 @@ pub(crate) struct RunAs {
 }
 
 /// The `session_user` value that lets a root agent run sessions as root.
+#[cfg(unix)]
 const ROOT: &str = "root";
 
 impl SessionAccount {
@@ -151,6 +152,8 @@ impl SessionAccount {
                 cmd
             }
             _ => {
+                // Only Unix starts it in a process group of its own.
+                #[cfg_attr(not(unix), allow(unused_mut))]
                 let mut cmd = tokio::process::Command::new(program);
                 #[cfg(unix)]
                 cmd.process_group(0);

@@ -147,9 +147,26 @@ pub async fn connect(remote: &Remote) -> Result<i32, ChannelError> {
         }
     });
 
+    // Windows has no SIGWINCH: the console's size is looked at instead,
+    // four times a second.
+    #[cfg(not(unix))]
+    let resizes = tokio::spawn(async move {
+        let mut last = crossterm::terminal::size().ok();
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            every.tick().await;
+            let now = crossterm::terminal::size().ok();
+            if let (true, Some((cols, rows))) = (now != last, now) {
+                if tx.send(Input::Resize(cols, rows)).await.is_err() {
+                    return;
+                }
+            }
+            last = now;
+        }
+    });
+
     let result = shells(remote, &term, size, &mut keys).await;
     reader.abort();
-    #[cfg(unix)]
     resizes.abort();
     result
 }
