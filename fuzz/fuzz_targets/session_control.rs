@@ -1,7 +1,7 @@
 //! The session control state machines, relay and client, driven together
 //! by fuzzer-chosen events: every frame the relay's side emits goes through
 //! the codec to the client's side, which must accept it and end up in the
-//! matching phase; a parked or ended session never opens a channel; an
+//! matching phase; a parked or ended session is never paired; an
 //! ended one never says another word. A second client follows raw
 //! fuzzer-chosen frames and must only ever answer with a typed error.
 #![no_main]
@@ -18,12 +18,12 @@ use libfuzzer_sys::fuzz_target;
 fn agree(relay: &RelaySession, client: &ClientSession) {
     match client.phase() {
         Phase::Ready => {
-            assert!(relay.channel_allowed().is_ok());
+            assert!(relay.is_paired());
             assert!(relay.deadline().is_none());
         }
         Phase::Rebooting { waiting, .. } => {
             assert!(relay.deadline().is_some());
-            assert!(relay.channel_allowed().is_err());
+            assert!(!relay.is_paired());
             assert_eq!(*waiting == Waiting::HostAway, !relay.waits_for_reboot());
         }
         Phase::Ended(_) => assert!(relay.is_over()),
@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
                 2 => {
                     // The client left: nobody to tell, nothing to agree on.
                     assert_eq!(relay.end(EndReason::ClientLeft), None);
-                    assert!(relay.is_over() && relay.channel_allowed().is_err());
+                    assert!(relay.is_over() && !relay.is_paired());
                     return;
                 }
                 _ => relay.end(EndReason::Ended(format!("admin {arg}"))),
@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
                     Request::ListHosts => Some(RelayToClient::Hosts(vec![])),
                     Request::Ignore => None,
                     Request::Reboot => {
-                        assert!(relay.channel_allowed().is_ok(), "a reboot from a parked or ended session");
+                        assert!(relay.is_paired(), "a reboot from a parked or ended session");
                         None
                     }
                 }

@@ -87,21 +87,10 @@ impl RelaySession {
         }
     }
 
-    /// Whether channels may be opened now; the refusal text otherwise.
-    pub fn channel_allowed(&self) -> Result<(), String> {
-        match self.phase {
-            RelayPhase::Ready => Ok(()),
-            RelayPhase::Parked {
-                rebooting: true, ..
-            } => Err(format!("host '{}' is rebooting", self.host)),
-            RelayPhase::Parked {
-                rebooting: false, ..
-            } => Err(format!(
-                "host '{}' went offline; waiting for it to come back",
-                self.host
-            )),
-            RelayPhase::Ended => Err("the session is over".into()),
-        }
+    /// Whether the session is paired with its host now (it has a route):
+    /// neither parked nor over.
+    pub fn is_paired(&self) -> bool {
+        self.phase == RelayPhase::Ready
     }
 
     /// Whether the session has ended.
@@ -485,7 +474,7 @@ mod tests {
         );
         deliver(&mut client, frame, now);
         assert!(matches!(client.phase(), Phase::Rebooting { .. }));
-        assert!(relay.channel_allowed().is_err());
+        assert!(!relay.is_paired());
         assert!(matches!(
             relay.request(&ClientToRelay::Reboot),
             Request::Refuse(_)
@@ -494,7 +483,7 @@ mod tests {
         assert_eq!(relay.host_back(false), None);
         deliver(&mut client, relay.host_back(true), now);
         assert_eq!(client.phase(), &Phase::Ready);
-        assert_eq!(relay.channel_allowed(), Ok(()));
+        assert!(relay.is_paired());
     }
 
     #[test]
@@ -510,8 +499,7 @@ mod tests {
                 ..
             }
         ));
-        let refused = relay.channel_allowed().unwrap_err();
-        assert!(refused.contains("went offline"), "{refused}");
+        assert!(!relay.is_paired() && !relay.waits_for_reboot());
         assert!(matches!(
             relay.request(&ClientToRelay::Reboot),
             Request::Refuse(_)
@@ -570,7 +558,7 @@ mod tests {
             None
         );
         assert_eq!(relay.tick(now + Duration::from_secs(9)), None);
-        assert!(relay.channel_allowed().is_err());
+        assert!(!relay.is_paired());
         assert_eq!(relay.request(&ClientToRelay::Reboot), Request::Ignore);
     }
 

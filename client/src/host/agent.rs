@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::{
     account::SessionAccount,
     channels::{self, HostSide},
-    e2e::Sessions,
+    e2e::{SessionUser, Sessions},
 };
 use crate::{
     config::{Home, HostConfig},
@@ -341,7 +341,8 @@ async fn serve(
                     side.sessions.end(session);
                 }
                 Some(Ok(Some(RelayToHost::Session { session, user, user_key, record, leg }))) => {
-                    side.sessions.announce(&device.peers, relay_addr, session, user, user_key, record, leg);
+                    let who = SessionUser { session, user, user_key, record };
+                    side.sessions.announce(&device.peers, relay_addr, who, leg);
                 }
                 Some(Ok(Some(RelayToHost::Refused(r)))) => {
                     return Ended::Refused(crate::net::refusal_text(&r));

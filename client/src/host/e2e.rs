@@ -39,7 +39,7 @@ pub(crate) struct SessionUser {
     pub(crate) session: SessionId,
     pub(crate) user: UserName,
     pub(crate) user_key: PublicKey,
-    record: RecordId,
+    pub(crate) record: RecordId,
 }
 
 /// Where an announced session's connection stands.
@@ -95,33 +95,19 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The relay admitted `session` of `user` and routes it to this host
+    /// The relay admitted the session `who` and routes it to this host
     /// through `relay` under `leg`: from now on one connection may arrive
     /// under that route. A session announced again (paired anew) replaces
     /// what it had.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn announce(
-        &self,
-        peers: &Peers,
-        relay: SocketAddr,
-        session: SessionId,
-        user: UserName,
-        user_key: PublicKey,
-        record: RecordId,
-        leg: LegId,
-    ) {
+    pub(crate) fn announce(&self, peers: &Peers, relay: SocketAddr, who: SessionUser, leg: LegId) {
         let at = peers.allocate();
         if let Err(e) = peers.set(at, relay, leg) {
-            debug!("session {session:?} not routed: {e}");
+            debug!(session = %who.session, "session not routed: {e}");
             return;
         }
+        let (session, user) = (who.session, who.user.clone());
         let announced = Announced {
-            who: SessionUser {
-                session,
-                user: user.clone(),
-                user_key,
-                record,
-            },
+            who,
             at,
             peers: peers.clone(),
             arrival: Arrival::Waiting,

@@ -22,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 use latchkey_protocol::{
     control::{EndReason, RelaySession, Request},
     frame::{ClientToRelay, Refusal, RelayToClient, RelayToHost},
-    ids::ResumeTicket,
+    ids::{HostName, ResumeTicket, SessionId},
 };
 use quinn::{RecvStream, SendStream};
 use tokio::{sync::broadcast, task::JoinSet, time::timeout};
@@ -131,8 +131,38 @@ fn new_ticket(
 
 /// Serves a logged-in client until it leaves, the host goes, the relay
 /// ends the session (a revoke) or the relay stops. The session's end is
-/// recorded when `entry` drops.
+/// recorded, and its route removed, when `entry` drops; the host hears of
+/// the end however the session stopped, a failed write to the client
+/// included.
 pub(crate) async fn serve(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    entry: SessionEntry,
+    send: SendStream,
+    recv: RecvStream,
+) -> Result<(), ConnError> {
+    let (host, session) = (entry.host.clone(), entry.id);
+    let served = follow(shared, conn, entry, send, recv).await;
+    if served.is_err() {
+        tell_host_ended(shared, &host, session).await;
+    }
+    served
+}
+
+/// Tells `host` that `session` ended, so it closes the session's
+/// connection, which ends its channels (a running command is hung up).
+/// Waited for, within a bound: a host that never hears it still sees the
+/// connection go silent.
+async fn tell_host_ended(shared: &Shared, host: &HostName, session: SessionId) {
+    if let Some(tx) = shared.hosts.tx(host) {
+        let ended = Box::new(RelayToHost::SessionEnded { session });
+        let _ = timeout(ANNOUNCE_TIMEOUT, tx.send(ended)).await;
+    }
+}
+
+/// [`serve`], until the session stops; an error is a failed write to the
+/// client.
+async fn follow(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     mut entry: SessionEntry,
@@ -179,7 +209,7 @@ pub(crate) async fn serve(
     let mut elsewhere = tokio::time::interval(MOVED_CHECK);
     let mut moved = false;
     let mut control = frame_reader::<ClientToRelay>(recv);
-    let mut follow = tokio::time::interval(ROUTE_FOLLOW);
+    let mut migrations = tokio::time::interval(ROUTE_FOLLOW);
     let shutdown = shared.shutdown.clone();
     let mut back = shared.hosts.comebacks();
     let mut reboot_failed = shared.reboots.failures();
@@ -327,7 +357,7 @@ pub(crate) async fn serve(
                 }
                 Err(_) => machine.end(EndReason::ClientLeft),
             },
-            _ = follow.tick(), if host_conn.is_some() => {
+            _ = migrations.tick(), if machine.is_paired() => {
                 // A device whose connection migrated: the route follows its
                 // authenticated connection (quinn validated the new path).
                 if let (Some(route), Some(h)) = (entry.route(), &host_conn) {
@@ -384,13 +414,7 @@ pub(crate) async fn serve(
     }
     // From here on the relay forwards none of the session's datagrams.
     entry.close_route();
-    // The host closes the session's end-to-end connection, which ends its
-    // channels (a running command is hung up). Waited for, within a bound:
-    // a host that never hears it still sees the connection go silent.
-    if let Some(tx) = shared.hosts.tx(&host) {
-        let ended = Box::new(RelayToHost::SessionEnded { session });
-        let _ = timeout(ANNOUNCE_TIMEOUT, tx.send(ended)).await;
-    }
+    tell_host_ended(shared, &host, session).await;
     if moved {
         conn.close(
             latchkey_protocol::close::MOVED,

@@ -3,14 +3,14 @@
 //! the host over it and run the end-to-end handshake ([`super::e2e`]), then
 //! open channels as streams of that connection.
 //!
-//! This file holds [`Remote`], the session the commands use; `keys.rs`
+//! This file holds [`Remote`], the session the commands use; `host_link.rs`
 //! makes the end-to-end connection and publishes it, `resume.rs` follows
 //! the session's control stream and resumes the session on another relay
 //! when its relay goes away, and `error.rs` says why a channel did not
 //! open.
 
 mod error;
-mod keys;
+mod host_link;
 mod resume;
 
 use std::{sync::Arc, time::Instant};
@@ -28,7 +28,7 @@ use tokio::{sync::watch, time::timeout};
 
 use self::{
     error::closed_early,
-    keys::{settle, Link},
+    host_link::{settle, Link},
     resume::{Follow, Resume},
 };
 use super::{
@@ -43,7 +43,7 @@ use crate::{
 
 pub use self::{
     error::ChannelError,
-    keys::{connect as connect_to_host, HostConnection},
+    host_link::{connect as connect_to_host, HostConnection},
     resume::set_resume_wait,
 };
 pub use latchkey_protocol::control::{Phase, Waiting};

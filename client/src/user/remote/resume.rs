@@ -17,7 +17,7 @@ use latchkey_protocol::{
 };
 use tokio::{sync::watch, time::timeout};
 
-use super::keys::{settle, Link};
+use super::host_link::{settle, Link};
 use crate::{
     net::{self, NetError, STEP_TIMEOUT},
     user::e2e::Handshaker,
