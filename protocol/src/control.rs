@@ -278,8 +278,14 @@ pub enum Event {
     /// A ticket that resumes the session elsewhere, valid this many
     /// seconds; it replaces the one before.
     Ticket(ResumeTicket, u64),
-    /// A new route to the host: connect to it (again) under this leg.
-    Route(LegId),
+    /// A new route to the host: move the kept connection onto it, or
+    /// connect (again) under this leg.
+    Route {
+        /// The client's own leg.
+        leg: LegId,
+        /// Whether the host kept the session's connection.
+        kept: bool,
+    },
 }
 
 /// A control frame the relay's side never sends in the client's phase.
@@ -342,7 +348,9 @@ impl ClientSession {
                 Phase::Ready | Phase::Rebooting { .. },
                 RelayToClient::Resumable { ticket, valid_secs },
             ) => return Ok(Event::Ticket(ticket, valid_secs)),
-            (Phase::Ready, RelayToClient::Route { leg }) => return Ok(Event::Route(leg)),
+            (Phase::Ready, RelayToClient::Route { leg, kept }) => {
+                return Ok(Event::Route { leg, kept })
+            }
             (Phase::Ready, RelayToClient::HostRebooting { deadline_secs }) => Phase::Rebooting {
                 since: now,
                 deadline_secs,

@@ -262,11 +262,15 @@ pub enum RelayToClient {
     /// The relay opened a route to the host for this session (after
     /// [`RelayToClient::SessionReady`], and again after
     /// [`RelayToClient::HostBack`]): the client's end-to-end datagrams go
-    /// to this relay under `leg` ([`crate::route`]), and it connects to
-    /// the host (again) over it.
+    /// to this relay under `leg` ([`crate::route`]). With `kept`, the host
+    /// kept the session's end-to-end connection: the client moves its own
+    /// onto the route (no new handshake) if it still has it; otherwise it
+    /// connects to the host (again) over the route.
     Route {
         /// The client's own leg of the route.
         leg: LegId,
+        /// Whether the host kept the session's connection.
+        kept: bool,
     },
 }
 
@@ -294,6 +298,17 @@ pub enum HostToRelay {
     RebootAck,
     /// First frame after a reboot: resume the sessions that waited.
     Resume(ResumeTicket),
+    /// The host is ready for an announced session's route
+    /// ([`RelayToHost::Session`]); `kept` says that it kept the
+    /// session's end-to-end connection (from before a relay's loss or its
+    /// own link's), which then continues on the new route without a new
+    /// handshake.
+    Routed {
+        /// The session, as announced.
+        session: SessionId,
+        /// Whether its connection was kept.
+        kept: bool,
+    },
     /// The reboot command failed and the host stays up: the relay tells
     /// the session that asked, and the host may be asked again at once.
     RebootFailed {
@@ -345,12 +360,18 @@ pub enum RelayToHost {
     /// A session the relay admitted, and its route: the host accepts one
     /// end-to-end connection arriving under `leg`, and on it the Noise
     /// handshake of `user_key` with the export key of `record`
-    /// ([`crate::e2e`]). Sent before the client learns its own leg, and
-    /// again (with a new leg) whenever the session is paired with this
-    /// host anew.
+    /// ([`crate::e2e`]). Sent again (with a new leg) whenever the session
+    /// is paired with this host anew, or resumed on another relay. The host
+    /// answers [`HostToRelay::Routed`] before the client learns its own
+    /// leg, so the client's first datagram finds the host ready.
     Session {
         /// The session.
         session: SessionId,
+        /// The session this one continues (a resume with a ticket gives a
+        /// session a new id): a host that still holds that session's
+        /// connection, for the same user and key, keeps it on the new
+        /// route.
+        continues: Option<SessionId>,
         /// The authenticated user (the relay's word; the handshake proves
         /// the key and the code record's export key).
         user: UserName,

@@ -123,7 +123,7 @@ impl Device {
         };
         let routed: Option<RelayToClient> =
             latchkey_client::wire::read_frame(&mut session.control.recv).await?;
-        let Some(RelayToClient::Route { leg }) = routed else {
+        let Some(RelayToClient::Route { leg, .. }) = routed else {
             bail!("no route: {routed:?}");
         };
         let handshaker = Handshaker::new(

@@ -139,6 +139,9 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         net::DeviceEndpoint::bind((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), Some(server))
     })?;
     let local = net::Local::Shared(device.clone());
+    // The sessions' tasks outlive a link: a session whose connection is
+    // kept goes on when the next link announces it again.
+    let mut sessions = JoinSet::new();
     loop {
         let control = tokio::select! {
             biased;
@@ -146,22 +149,23 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
             c = dial(&local, &ring, &pin, &key, &cfg.host) => c?,
         };
         info!(host = %cfg.host, relay = %ring.current(), "online");
-        let ended = serve(home, control, &device, side.clone(), &shutdown).await;
-        // The link's routes went with it: its sessions' connections close
-        // (the relay announces the sessions again when they resume).
-        side.sessions.end_all();
+        let ended = serve(home, control, &device, &side, &mut sessions, &shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
         match ended {
             Ended::Rebooting => return Ok(()),
             Ended::Lost(why) => {
+                // The link's routes went with it: connections wait, unrouted,
+                // for their sessions to be announced on the next link.
+                side.sessions.detach_all();
                 // The relay may be gone: the next of the cluster is tried
                 // first (with one relay, the same one again).
                 ring.advance();
                 warn!("disconnected from the relay: {}; reconnecting", Shown(&why));
             }
             Ended::Refused(why) => {
+                side.sessions.end_all();
                 warn!("the relay refused this agent: {why}; trying again in {REFUSED_WAIT:?}");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -245,14 +249,14 @@ async fn reboot(
 }
 
 /// Serves one link to a relay (its control frames) and the end-to-end
-/// connections of the sessions it announces; returns why it ended. The
-/// sessions' connections end with the link (their channels' processes are
-/// killed on drop).
+/// connections of the sessions it announces, whose tasks go into
+/// `sessions`; returns why it ended.
 async fn serve(
     home: &Home,
     control: Control,
     device: &net::DeviceEndpoint,
-    side: Arc<HostSide>,
+    side: &Arc<HostSide>,
+    sessions: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> Ended {
     let cfg = &side.cfg;
@@ -269,14 +273,26 @@ async fn serve(
             return e.to_string().into();
         }
     }
-    let mut sessions = JoinSet::new();
     let relay_addr = relay.conn.remote_address();
+    // Sessions kept from the last link that this one does not announce by
+    // then end.
+    let unresumed = tokio::time::sleep(super::e2e::CONTINUE_WAIT);
+    tokio::pin!(unresumed);
+    let mut unresumed_done = false;
     loop {
         tokio::select! {
             biased;
+            () = &mut unresumed, if !unresumed_done => {
+                unresumed_done = true;
+                side.sessions.end_detached();
+            }
             _ = shutdown.cancelled() => {
-                // Said out loud, so the relay parks our sessions now (SPEC
-                // R5) rather than at its idle timeout.
+                // The sessions' connections close (their channels cut), and
+                // the link is closed out loud, so the relay parks our
+                // sessions now (SPEC R5) rather than at its idle timeout;
+                // the wait lets both reach the other ends.
+                sessions.abort_all();
+                side.sessions.close_all(b"agent stopping");
                 relay.conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
                 let _ = tokio::time::timeout(Duration::from_secs(1), relay.endpoint.wait_idle()).await;
                 return "agent stopping".into();
@@ -287,7 +303,8 @@ async fn serve(
                         let side = side.clone();
                         sessions.spawn(async move {
                             if let Some(conn) = side.sessions.handshake(&who, incoming).await {
-                                channels::serve_session(side, who, conn).await;
+                                channels::serve_session(side.clone(), who, conn.clone()).await;
+                                side.sessions.finished(&conn);
                             }
                         });
                     }
@@ -340,9 +357,12 @@ async fn serve(
                 Some(Ok(Some(RelayToHost::SessionEnded { session }))) => {
                     side.sessions.end(session);
                 }
-                Some(Ok(Some(RelayToHost::Session { session, user, user_key, record, leg }))) => {
+                Some(Ok(Some(RelayToHost::Session { session, continues, user, user_key, record, leg }))) => {
                     let who = SessionUser { session, user, user_key, record };
-                    side.sessions.announce(&device.peers, relay_addr, who, leg);
+                    let kept = side.sessions.announce(&device.peers, relay_addr, who, leg, continues);
+                    if let Err(e) = wire::write_frame(&mut send, &HostToRelay::Routed { session, kept }).await {
+                        return e.to_string().into();
+                    }
                 }
                 Some(Ok(Some(RelayToHost::Refused(r)))) => {
                     return Ended::Refused(crate::net::refusal_text(&r));

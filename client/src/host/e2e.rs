@@ -4,6 +4,15 @@
 //! serves only after the client's handshake proved the user's key and the
 //! code's export key. The relay names the session and the user; the
 //! handshake proves the rest.
+//!
+//! When the agent's link to its relay goes (the relay died, the network
+//! blinked), a session's connection is kept, without a route, until the
+//! session is announced again on the next link (on this relay or another,
+//! see [`Sessions::announce`]): it then goes on without a new handshake,
+//! its channels intact. One not announced within [`CONTINUE_WAIT`] of the
+//! next link, or silent for the connection's idle timeout, ends: a session
+//! the relay no longer admits (revoked meanwhile) is not resumed, and its
+//! channels end soon after the host is back online.
 
 use std::{
     net::SocketAddr,
@@ -32,6 +41,11 @@ use crate::{
 /// How long a client has, once its connection is up, to complete the
 /// handshake on it.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// How long a session kept across a lost relay link waits, once the agent
+/// has a new link, for the relay to announce it again: a client resumes
+/// within seconds of the relay (its retry is once a second).
+pub(crate) const CONTINUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Who a session is for, as the relay announced it.
 #[derive(Clone, Debug)]
@@ -62,6 +76,18 @@ struct Announced {
     at: SocketAddr,
     peers: Peers,
     arrival: Arrival,
+    /// Kept across a lost relay link, not announced again yet.
+    detached: bool,
+}
+
+impl Announced {
+    /// Whether this session's connection may go on as `who`'s: it is alive
+    /// and was proved by the same user's key with the same code record.
+    fn can_continue_as(&self, who: &SessionUser) -> bool {
+        let same = (&self.who.user, self.who.user_key, self.who.record)
+            == (&who.user, who.user_key, who.record);
+        same && matches!(&self.arrival, Arrival::Accepted(c) if c.close_reason().is_none())
+    }
 }
 
 impl Drop for Announced {
@@ -96,29 +122,57 @@ impl Sessions {
     }
 
     /// The relay admitted the session `who` and routes it to this host
-    /// through `relay` under `leg`: from now on one connection may arrive
-    /// under that route. A session announced again (paired anew) replaces
-    /// what it had.
-    pub(crate) fn announce(&self, peers: &Peers, relay: SocketAddr, who: SessionUser, leg: LegId) {
-        let at = peers.allocate();
-        if let Err(e) = peers.set(at, relay, leg) {
-            debug!(session = %who.session, "session not routed: {e}");
-            return;
-        }
+    /// through `relay` under `leg`. If the session (or the one it
+    /// `continues`, for a resume) still has its connection, for the same
+    /// user, key and code record, that connection moves onto the route and
+    /// `true` is returned. Otherwise one new connection may arrive under
+    /// the route, replacing whatever the session had.
+    pub(crate) fn announce(
+        &self,
+        peers: &Peers,
+        relay: SocketAddr,
+        who: SessionUser,
+        leg: LegId,
+        continues: Option<SessionId>,
+    ) -> bool {
+        let mut inner = self.lock();
+        let kept = [Some(who.session), continues]
+            .into_iter()
+            .flatten()
+            .find(|id| inner.get_mut(id).is_some_and(|a| a.can_continue_as(&who)));
         let (session, user) = (who.session, who.user.clone());
-        let announced = Announced {
-            who,
-            at,
-            peers: peers.clone(),
-            arrival: Arrival::Waiting,
+        let (announced, kept) = match kept.and_then(|id| inner.remove(&id)) {
+            Some(mut announced) if peers.set(announced.at, relay, leg).is_ok() => {
+                info!(user = %who.user, %session, "session continues on a new route");
+                announced.who = who;
+                announced.detached = false;
+                (announced, true)
+            }
+            // Not kept (dropped here if it was: its connection closes).
+            _ => {
+                let at = peers.allocate();
+                if let Err(e) = peers.set(at, relay, leg) {
+                    debug!(%session, "session not routed: {e}");
+                    return false;
+                }
+                let announced = Announced {
+                    who,
+                    at,
+                    peers: peers.clone(),
+                    arrival: Arrival::Waiting,
+                    detached: false,
+                };
+                (announced, false)
+            }
         };
-        let evicted = self.lock().insert(session, user, announced);
+        let evicted = inner.insert(session, user, announced);
         if !evicted.is_empty() {
             debug!(
                 sessions = evicted.len(),
                 "least recent sessions of a user closed"
             );
         }
+        kept
     }
 
     /// The session ended: its connection closes and its route goes.
@@ -127,27 +181,78 @@ impl Sessions {
         drop(ended);
     }
 
-    /// The relay link is gone, and with it every route: all sessions end
-    /// here (the relay announces them again when they resume).
+    /// Closes every session's connection, its route kept so that the close
+    /// reaches the client (the agent stops: the client cuts its channels
+    /// at once rather than at the connection's idle timeout).
+    pub(crate) fn close_all(&self, reason: &[u8]) {
+        for announced in self.lock().values() {
+            if let Arrival::Accepted(conn) = &announced.arrival {
+                conn.close(quinn::VarInt::from_u32(0), reason);
+            }
+        }
+    }
+
+    /// Every session ends here (another agent holds the host).
     pub(crate) fn end_all(&self) {
         let all = self.lock().drain();
         drop(all);
     }
 
+    /// The relay link is gone, and with it every route: sessions with a
+    /// connection keep it, unrouted, until they are announced again or it
+    /// times out; the others end (the relay announces them again when they
+    /// resume, and their clients connect anew).
+    pub(crate) fn detach_all(&self) {
+        self.lock().retain(|a| match &a.arrival {
+            Arrival::Accepted(conn) if conn.close_reason().is_none() => {
+                a.peers.remove(a.at);
+                a.detached = true;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// The sessions kept across a lost link that the relay did not announce
+    /// again in time end.
+    pub(crate) fn end_detached(&self) {
+        self.lock().retain(|a| !a.detached);
+    }
+
+    /// The connection `conn` ended (timed out, closed by either end): its
+    /// session, if it still has it, ends too.
+    pub(crate) fn finished(&self, conn: &quinn::Connection) {
+        let id = conn.stable_id();
+        let mut inner = self.lock();
+        let session = inner
+            .find_mut(|a| matches!(&a.arrival, Arrival::Accepted(c) if c.stable_id() == id))
+            .map(|a| a.who.session);
+        if let Some(session) = session {
+            let ended = inner.remove(&session);
+            drop(inner);
+            drop(ended);
+        }
+    }
+
     /// Takes `incoming` if it arrived under an announced session's route
-    /// while that session waits for its connection; `None` (refused)
-    /// otherwise. Until [`Sessions::handshake`] settles it, no other is
-    /// taken for the session.
+    /// and no other is being accepted for that session; `None` (refused)
+    /// otherwise. A connection the session had is closed: its client made
+    /// a new one (it lost the old, say in a relay's failover). Until
+    /// [`Sessions::handshake`] settles it, no other is taken for the
+    /// session.
     pub(crate) fn admit(
         &self,
         incoming: quinn::Incoming,
     ) -> Option<(SessionUser, quinn::Incoming)> {
         let from = incoming.remote_address();
         let mut inner = self.lock();
-        let found = inner.find_mut(|a| a.at == from && matches!(a.arrival, Arrival::Waiting));
+        let found = inner.find_mut(|a| a.at == from && !matches!(a.arrival, Arrival::Accepting));
         match found {
             Some(announced) => {
-                announced.arrival = Arrival::Accepting;
+                let old = std::mem::replace(&mut announced.arrival, Arrival::Accepting);
+                if let Arrival::Accepted(conn) = old {
+                    conn.close(quinn::VarInt::from_u32(0), b"replaced by a new connection");
+                }
                 Some((announced.who.clone(), incoming))
             }
             None => {

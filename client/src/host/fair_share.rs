@@ -105,6 +105,16 @@ impl<K: Eq + Hash + Clone, V> FairShare<K, V> {
             .find(|v| which(v))
     }
 
+    /// Every state, in no order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|e| &e.value)
+    }
+
+    /// Keeps only the states `keep` says to (it may change them).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&mut V) -> bool) {
+        self.entries.retain(|_, e| keep(&mut e.value));
+    }
+
     /// Forgets everything; returns what was kept.
     pub(crate) fn drain(&mut self) -> Vec<V> {
         self.entries.drain().map(|(_, e)| e.value).collect()

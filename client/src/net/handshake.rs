@@ -134,13 +134,14 @@ pub async fn welcome_from(
 }
 
 /// Resumes a session whose relay went away, with its latest `ticket`, on
-/// the first of `relays` that answers; returns the control stream and the
+/// the first of `relays` that answers, dialled from `local`; returns the control stream and the
 /// session's new id. [`NetError::Redirected`] names the relay that holds
 /// the host; [`Refusal::HostOffline`] means no relay does yet (the ticket
 /// is not spent: ask again).
 ///
 /// [`Refusal::HostOffline`]: latchkey_protocol::frame::Refusal::HostOffline
 pub async fn resume(
+    local: &Local,
     relays: &[String],
     pin: &RelayPin,
     device: &Keypair,
@@ -153,7 +154,7 @@ pub async fn resume(
         host: host.clone(),
         ticket: ticket.clone(),
     };
-    let (mut control, reply) = hello_from(&Local::Any, relays, pin, device, intent).await?;
+    let (mut control, reply) = hello_from(local, relays, pin, device, intent).await?;
     match reply {
         InitiatorReply::Welcome { .. } => {}
         InitiatorReply::Redirect { relay } => {

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use latchkey_protocol::{
     e2e::{ConnectionBinding, EXPORTER_LABEL},
-    quic as wire,
+    quic as wire, route,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::PrivatePkcs8KeyDer;
@@ -52,8 +52,16 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.receive_window(CONNECTION_WINDOW.into());
     t.send_window(u64::from(CONNECTION_WINDOW));
     t.stream_receive_window(wire::STREAM_RECEIVE_WINDOW.min(CONNECTION_WINDOW).into());
+    // Every datagram crosses the relay with a route header: the largest
+    // QUIC packet leaves room for it within Ethernet's 1500 bytes (IPv6).
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(ETHERNET_UDP_PAYLOAD - route::HEADER_LEN as u16);
+    t.mtu_discovery_config(Some(mtu));
     t
 }
+
+/// The largest UDP payload that fits Ethernet's MTU over IPv6.
+const ETHERNET_UDP_PAYLOAD: u16 = 1452;
 
 /// The client's settings for connecting to a host: any certificate (the
 /// Noise handshake authenticates), its signature checked.

@@ -249,6 +249,11 @@ impl Peers {
         self.read().paths.get(&key).map(|p| (p.relay, p.leg))
     }
 
+    /// Whether `other` is this socket's table too.
+    pub fn same_socket(&self, other: &Peers) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// What the socket has dropped so far.
     pub fn dropped(&self) -> DropCounts {
         DropCounts {

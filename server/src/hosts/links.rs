@@ -21,9 +21,9 @@ use std::{
 
 use latchkey_protocol::{
     frame::RelayToHost,
-    ids::{HostName, PublicKey},
+    ids::{HostName, PublicKey, SessionId},
 };
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::{
@@ -73,11 +73,15 @@ pub(crate) struct HostLinks {
     /// Hosts that came back: `true` with a valid reboot ticket, `false` when
     /// the agent reconnected (sessions parked for a reboot wait for the former).
     back: broadcast::Sender<(HostName, bool)>,
+    /// Announced routes whose host has not said it is ready for them yet
+    /// ([`RoutedWait`]): one per session being paired.
+    routed: Mutex<HashMap<(HostName, SessionId), oneshot::Sender<bool>>>,
 }
 
 impl Default for HostLinks {
     fn default() -> Self {
         Self {
+            routed: Mutex::default(),
             links: Mutex::default(),
             next_id: AtomicU64::new(1),
             reports: Reports::default(),
@@ -121,6 +125,34 @@ impl HostLinks {
     /// `host`'s connection and device key, if its agent is here.
     pub(crate) fn conn_and_key(&self, host: &HostName) -> Option<(quinn::Connection, PublicKey)> {
         self.links().get(host).map(|l| (l.conn.clone(), l.key))
+    }
+
+    /// Waits for `host`'s answer to the announcement of `session`'s route
+    /// (made after this call, so no answer comes before the wait).
+    pub(crate) fn await_routed(&self, host: &HostName, session: SessionId) -> RoutedWait<'_> {
+        let (tx, rx) = oneshot::channel();
+        let key = (host.clone(), session);
+        self.routed_waits().insert(key.clone(), tx);
+        RoutedWait {
+            links: self,
+            key,
+            rx,
+        }
+    }
+
+    /// `host` is ready for `session`'s route, and kept its connection or
+    /// not. An answer nobody waits for (late, or made up) is dropped.
+    pub(crate) fn routed(&self, host: &HostName, session: SessionId, kept: bool) {
+        let waiting = self.routed_waits().remove(&(host.clone(), session));
+        if let Some(tx) = waiting {
+            let _ = tx.send(kept);
+        }
+    }
+
+    fn routed_waits(
+        &self,
+    ) -> MutexGuard<'_, HashMap<(HostName, SessionId), oneshot::Sender<bool>>> {
+        self.routed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where frames for `host`'s agent go, if it is here.
@@ -315,5 +347,27 @@ pub(crate) async fn record_silent_replacement(
     .await;
     if !matches!(written, Ok(Ok(()))) {
         warn!(%host, "cannot record the replaced connection");
+    }
+}
+
+/// A wait for a host's [`HostLinks::routed`] answer; dropped, it stops
+/// waiting, so no way out of a pairing leaves an entry behind.
+pub(crate) struct RoutedWait<'a> {
+    links: &'a HostLinks,
+    key: (HostName, SessionId),
+    rx: oneshot::Receiver<bool>,
+}
+
+impl RoutedWait<'_> {
+    /// Whether the host kept the session's connection; `None` if the wait
+    /// ended without an answer (the host's link went).
+    pub(crate) async fn kept(&mut self) -> Option<bool> {
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for RoutedWait<'_> {
+    fn drop(&mut self) {
+        self.links.routed_waits().remove(&self.key);
     }
 }

@@ -97,6 +97,10 @@ pub(crate) async fn serve(
                         pong_tx.send_modify(|n| *n += 1);
                         continue;
                     }
+                    HostToRelay::Routed { session, kept } => {
+                        shared.hosts.routed(&host, session, kept);
+                        continue;
+                    }
                     HostToRelay::RebootAck => {
                         info!(%host, "host acknowledged the reboot");
                         continue;

@@ -87,9 +87,10 @@ pub(crate) async fn resume(
     let resumed =
         blocking(move || store.resume_session(digest, &u, &h, &session, source, now)).await??;
     match resumed {
-        Ok(record) => {
+        Ok((record, continued)) => {
             info!(%user, %host, %source, %session, "session resumed with a ticket");
             entry.intro.record = record;
+            entry.continues = Some(continued);
             entry.started();
             entry.count_in(shared.metrics.session());
             entry.ending_because("client left");

@@ -39,6 +39,10 @@ use latchkey_protocol::quic::{self as wire, frame_reader};
 /// or its end.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the relay waits for the host to say it is ready for a route
+/// before it gives the client the route anyway.
+const ROUTED_WAIT: Duration = Duration::from_secs(1);
+
 /// How often a paired session checks whether either device's connection
 /// moved to another address (a NAT rebinding, a network change), so its
 /// route follows.
@@ -66,21 +70,31 @@ async fn pair(
     entry.route_through(route, shared.metrics.route());
     let announce = RelayToHost::Session {
         session: entry.id,
+        continues: entry.continues,
         user: entry.user.clone(),
         user_key: entry.intro.user_key,
         record: entry.intro.record,
         leg: legs.host,
     };
-    // The host hears of the route before the client does, so the client's
-    // first datagram finds the host ready for it.
+    // The host is ready for the route before the client hears of it, so
+    // the client's first datagram finds the host ready for it.
     let tx = shared.hosts.tx(&entry.host)?;
-    match timeout(ANNOUNCE_TIMEOUT, tx.send(Box::new(announce))).await {
-        Ok(Ok(())) => Some(RelayToClient::Route { leg: legs.client }),
-        _ => {
-            entry.close_route();
-            None
-        }
+    let mut routed = shared.hosts.await_routed(&entry.host, entry.id);
+    if !matches!(
+        timeout(ANNOUNCE_TIMEOUT, tx.send(Box::new(announce))).await,
+        Ok(Ok(()))
+    ) {
+        entry.close_route();
+        return None;
     }
+    // A link that is about to be replaced (its agent died unseen) never
+    // answers: then the client is given the route all the same, and its
+    // first packets are sent again until the host is ready.
+    let kept = timeout(ROUTED_WAIT, routed.kept()).await;
+    Some(RelayToClient::Route {
+        leg: legs.client,
+        kept: matches!(kept, Ok(Some(true))),
+    })
 }
 
 /// How long a resume ticket stays valid, and how often a session gets a

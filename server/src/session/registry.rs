@@ -75,6 +75,7 @@ impl Sessions {
             host,
             ended,
             intro,
+            continues: None,
             route: None,
             carried: RouteCounts::default(),
             started: false,
@@ -127,6 +128,9 @@ pub(crate) struct SessionEntry {
     pub(crate) ended: watch::Receiver<Option<String>>,
     /// What the relay introduces to the two ends for their handshake.
     pub(crate) intro: Intro,
+    /// The session this one continues (a resume with a ticket), whose
+    /// end-to-end connection the host may have kept.
+    pub(crate) continues: Option<SessionId>,
     /// The route the session's connection takes now, while the session is
     /// paired with its host: removed with the entry, so no end of a session
     /// leaves it behind.

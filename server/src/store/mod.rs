@@ -670,7 +670,8 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     /// Spends the resume ticket `digest` of `user` on `host` and, if the
     /// lockout rule admits it (the same grant, the host not locked), starts
     /// `session` for this store's relay in the same commit, audited
-    /// `session-resume` (a refusal `session-resume-refused`); returns the record the session uses, or why not.
+    /// `session-resume` (a refusal `session-resume-refused`); returns the
+    /// record the session uses and the session it continues, or why not.
     fn resume_session(
         &self,
         digest: [u8; 32],
@@ -679,7 +680,7 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         session: &SessionId,
         source: IpAddr,
         now: UnixTime,
-    ) -> Result<Result<RecordId, &'static str>, StoreError>;
+    ) -> Result<Result<(RecordId, SessionId), &'static str>, StoreError>;
     /// Where to send a login for `host`: the address of another relay
     /// (heartbeat at or after `heartbeat_after`) that holds its agent now.
     fn host_elsewhere(

@@ -699,7 +699,7 @@ pub(crate) fn a_right_code_starts_no_session_beyond_the_users_cap(store: &dyn St
     let resumed = store
         .resume_session([10; 32], &alice, &host, &SessionId([204; 16]), source, 6)
         .expect("resume");
-    assert_eq!(resumed, Ok(record.id));
+    assert_eq!(resumed, Ok((record.id, SessionId([3; 16]))));
 }
 
 /// The metrics' store gauges count locked hosts and notices by state,
@@ -977,7 +977,8 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
     // Someone else's claim spends nothing.
     let bob: UserName = "bob".parse().expect("name");
     assert!(resume([8; 32], &bob, 2, 20).is_err());
-    assert_eq!(resume([8; 32], &alice, 2, 20), Ok(record.id));
+    // It names the session it continues.
+    assert_eq!(resume([8; 32], &alice, 2, 20), Ok((record.id, first)));
     assert!(resume([8; 32], &alice, 3, 21).is_err(), "used twice");
     let events = b.audit_log(Some(&host), None, 50).expect("audit");
     assert_eq!(
@@ -1055,7 +1056,10 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
         Err("the resume ticket is unknown or was used")
     );
     // A session that ends for good takes its ticket along.
-    assert_eq!(resume([14; 32], &alice, 8, 62), Ok(newer.id));
+    assert_eq!(
+        resume([14; 32], &alice, 8, 62),
+        Ok((newer.id, SessionId([4; 16])))
+    );
     let last = SessionId([8; 16]);
     assert!(b
         .issue_session_ticket(&last, [15; 32], &host, &alice, &newer.id, 300, 63)
@@ -1067,7 +1071,7 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
         .session_ticket_valid([15; 32], &bob, &host, 64)
         .expect("valid"));
     // Resumed once more: S8 ends as continuing as S9.
-    assert_eq!(resume([15; 32], &alice, 9, 65), Ok(newer.id));
+    assert_eq!(resume([15; 32], &alice, 9, 65), Ok((newer.id, last)));
     let last = SessionId([9; 16]);
     assert!(b
         .issue_session_ticket(&last, [16; 32], &host, &alice, &newer.id, 300, 66)

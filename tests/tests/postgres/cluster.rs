@@ -358,13 +358,18 @@ async fn a_forward_resumes_without_the_code_when_its_relay_is_killed() -> Result
     };
     let mut cl = Cluster::start(&pg)?;
     let target = latchkey_tests::hello_target().await?.to_string();
-    cl.w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let echo = latchkey_tests::tcp::echo_target().await?.to_string();
+    cl.w.mypc.allow_forward(&[target.clone(), echo.clone()])?;
     cl.w.mypc.set_relays(&cl.addrs())?;
     cl.w.alice.set_relays(&cl.addrs())?;
     let _agent = cl.w.start_agent()?;
     let (_, victim) = cl.holder()?;
     let (mut forward, local) = cl.w.start_forward(&target)?;
     latchkey_tests::wait_until_forwarding(&local)?;
+    // A second forward, with a connection open through it across the kill.
+    let (_echoes, echo_local) = cl.w.start_forward(&echo)?;
+    let mut open = latchkey_tests::tcp::Echoes::connect(&echo_local).await?;
+    open.echo("before", Duration::from_secs(10)).await?;
     let survivor = (victim + 1) % 3;
     let logins_before = count(&cl.relays()[survivor].audit_events("mypc")?, "login-ok");
     let killed = Instant::now();
@@ -376,11 +381,18 @@ async fn a_forward_resumes_without_the_code_when_its_relay_is_killed() -> Result
         "the forward worked again {:?} after the kill",
         killed.elapsed()
     );
+    // The open connection went on: its session's end-to-end connection
+    // moved to the surviving relay (SPEC R7).
+    open.echo("after", Duration::from_secs(30)).await?;
+    println!(
+        "the connection open through the other forward answered again {:?} after the kill",
+        killed.elapsed()
+    );
     assert!(forward.running(), "the forward gave up");
     let survivor = cl.relays()[survivor];
     let events = survivor.audit_events("mypc")?;
     assert_eq!(count(&events, "login-ok"), logins_before, "{events:?}");
-    assert_eq!(count(&events, "session-resume"), 1, "{events:?}");
+    assert_eq!(count(&events, "session-resume"), 2, "{events:?}");
     // A ticket works once: the session's next one is another.
     let status = survivor.status("mypc")?;
     assert_eq!(status["failures"], 0, "{status}");

@@ -107,3 +107,104 @@ async fn a_relay_crash_costs_a_forward_a_reconnect_but_a_revoke_meanwhile_ends_i
     assert!(out.contains("revoked"), "{out}");
     Ok(())
 }
+
+/// A relay's crash does not cut what runs in a session: the host keeps the
+/// session's end-to-end connection while its link is down, the client
+/// resumes the session on the restarted relay from the same socket, and
+/// the connection continues on the new route (a path change under the
+/// same virtual address). A TCP connection open through a forward goes on,
+/// and the host made one end-to-end handshake in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_through_a_forward_survives_a_relay_crash_without_a_new_handshake(
+) -> Result<()> {
+    use std::time::{Duration, Instant};
+    let target = latchkey_tests::tcp::echo_target().await?.to_string();
+    let mut w = World::new()?;
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let _agent = w.start_agent()?;
+    let (mut forward, local) = w.start_forward(&target)?;
+    let mut open = latchkey_tests::tcp::Echoes::connect(&local).await?;
+    open.echo("before the crash", Duration::from_secs(10))
+        .await?;
+    let agent_log = w.dir.path().join("mypc-agent.log");
+    let handshakes = || -> Result<usize> {
+        Ok(std::fs::read_to_string(&agent_log)?
+            .matches("end-to-end handshake")
+            .count())
+    };
+    assert_eq!(handshakes()?, 1);
+    w.relay.kill9();
+    let killed = Instant::now();
+    w.relay.restart()?;
+    open.echo("after the crash", Duration::from_secs(40))
+        .await?;
+    println!(
+        "the connection through the forward answered again {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(forward.running());
+    let log = std::fs::read_to_string(&agent_log)?;
+    assert_eq!(handshakes()?, 1, "{log}");
+    assert!(log.contains("session continues on a new route"), "{log}");
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "session-resume"), 1, "{events:?}");
+    Ok(())
+}
+
+/// The other side of a kept connection: a session revoked while its relay
+/// was down is not resumed, and what ran in it on the host ends soon after
+/// the host is back online (the host waits a few seconds for the relay to
+/// announce the session again), not at the connection's idle timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_session_revoked_while_its_relay_was_down_ran_ends_when_the_host_is_back(
+) -> Result<()> {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A target that greets each connection, holds it, and says when it
+    // closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?.to_string();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"hi\n").await;
+                let mut buf = [0u8; 64];
+                while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                let _ = closed_tx.send(Instant::now());
+            });
+        }
+    });
+    let mut w = World::new()?;
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let _agent = w.start_agent()?;
+    let mut bobs = w
+        .bob
+        .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
+    let line = bobs.expect_line("forwarding")?;
+    let local = line
+        .strip_prefix("forwarding ")
+        .and_then(|l| l.split(' ').next())
+        .context("bob's forward address")?
+        .to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&local).await?;
+    let mut hi = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut hi)).await??;
+    w.relay.kill9();
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    w.relay.restart()?;
+    let back = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(25), closed.recv())
+        .await
+        .context("bob's connection on the host still open 25 s after the relay came back")?
+        .context("the target stopped")?;
+    println!(
+        "bob's connection on the host ended {:?} after the relay came back",
+        ended.saturating_duration_since(back)
+    );
+    assert!(!bobs.wait_exit()?.success());
+    drop(tcp);
+    Ok(())
+}

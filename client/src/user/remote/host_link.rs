@@ -46,6 +46,22 @@ impl Path {
     }
 }
 
+impl Path {
+    /// Routes the same virtual address through `relay` under `leg`: the
+    /// connection on it continues over the new route. Only on the socket
+    /// the connection lives on (`relay` was dialled from it).
+    fn rebind(&self, relay: &RelayConn, leg: LegId) -> Result<(), NetError> {
+        if !self.peers.same_socket(&relay.peers) {
+            return Err(NetError::Local(
+                "the relay connection is on another socket".into(),
+            ));
+        }
+        self.peers
+            .set(self.at, relay.conn.remote_address(), leg)
+            .map_err(|e| NetError::Local(e.to_string()))
+    }
+}
+
 impl Drop for Path {
     fn drop(&mut self) {
         self.peers.remove(self.at);
@@ -57,13 +73,23 @@ impl Drop for Path {
 /// host came back, the session moved relays) leaves nothing behind.
 pub struct HostConnection {
     conn: quinn::Connection,
-    _path: Path,
+    path: Path,
 }
 
 impl HostConnection {
     /// The connection: each bidirectional stream opened on it is a channel.
     pub fn conn(&self) -> &quinn::Connection {
         &self.conn
+    }
+
+    /// Moves the connection onto a new route through `relay` (the host kept
+    /// its end): no new handshake, channels go on. Fails if the connection
+    /// is gone or `relay` is on another socket.
+    pub(super) fn move_to(&self, relay: &RelayConn, leg: LegId) -> Result<(), NetError> {
+        if let Some(why) = self.conn.close_reason() {
+            return Err(NetError::Local(why.to_string()));
+        }
+        self.path.rebind(relay, leg)
     }
 }
 
@@ -102,7 +128,7 @@ pub async fn connect(
         .connect_with(peer::client_config()?, path.at, peer::PEER_NAME)
         .map_err(|e| NetError::Local(e.to_string()))?;
     let conn = match timeout(STEP_TIMEOUT, connecting).await {
-        Ok(Ok(conn)) => HostConnection { conn, _path: path },
+        Ok(Ok(conn)) => HostConnection { conn, path },
         Ok(Err(e)) => {
             return Err(NetError::Local(format!("no connection to host '{host}': {e}")).into())
         }

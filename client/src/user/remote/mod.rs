@@ -92,7 +92,7 @@ impl Remote {
                 return Err(NetError::HostOffline(host.clone()).into())
             }
             Ok(Event::Refused(r)) => return Err(NetError::Refused(r).into()),
-            Ok(Event::Hosts(_) | Event::Ticket(..) | Event::Route(_)) | Err(_) => {
+            Ok(Event::Hosts(_) | Event::Ticket(..) | Event::Route { .. }) | Err(_) => {
                 return Err(
                     NetError::Handshake(HandshakeError::PeerMisbehaved("no session reply")).into(),
                 )
@@ -110,7 +110,7 @@ impl Remote {
             .map_err(|_| NetError::Timeout)?
             .map_err(NetError::from)?;
         let leg = match routed.map(|f| machine.on_frame(f, Instant::now())) {
-            Some(Ok(Event::Route(leg))) => leg,
+            Some(Ok(Event::Route { leg, .. })) => leg,
             Some(Ok(Event::Phase)) if !matches!(machine.phase(), Phase::Ready) => {
                 let why = match machine.phase() {
                     Phase::Ended(why) => shown(why).into_owned(),
@@ -167,6 +167,7 @@ impl Remote {
                 link_tx,
                 resume,
                 connecting,
+                held: None,
             }
             .run(send, recv),
         );

@@ -10,14 +10,14 @@ use std::{
 };
 
 use latchkey_protocol::{
-    control::{ClientSession, Event, Phase},
+    control::{ClientSession, Event, Phase, Waiting},
     frame::{ClientToRelay, Refusal, RelayToClient},
     handshake::Keypair,
     ids::{HostName, RelayPin, ResumeTicket, SessionId, UserName},
 };
 use tokio::{sync::watch, time::timeout};
 
-use super::host_link::{settle, Link};
+use super::host_link::{settle, HostConnection, Link};
 use crate::{
     net::{self, NetError, STEP_TIMEOUT},
     user::e2e::Handshaker,
@@ -55,7 +55,11 @@ impl Resume {
     /// Resumes with `ticket`, following a redirect at once and asking again
     /// every second while no relay holds the host or none answers, for up
     /// to [`RESUME_WAIT`]; returns why not.
-    async fn run(&self, ticket: &ResumeTicket) -> Result<(net::Control, SessionId), String> {
+    async fn run(
+        &self,
+        local: &net::Local,
+        ticket: &ResumeTicket,
+    ) -> Result<(net::Control, SessionId), String> {
         let until = tokio::time::Instant::now() + resume_wait();
         let mut target = self.relays.clone();
         // One redirect per round: relays whose records disagree for a
@@ -63,6 +67,7 @@ impl Resume {
         let mut followed = false;
         loop {
             let result = net::resume(
+                local,
                 &target,
                 &self.pin,
                 &self.device,
@@ -124,6 +129,10 @@ pub(super) struct Follow {
     pub(super) resume: Resume,
     /// The end-to-end connection being made.
     pub(super) connecting: tokio::task::JoinHandle<()>,
+    /// The session's connection while it has no route (its relay went, or
+    /// the host's agent did): moved onto the next route if the host kept
+    /// its end, closed otherwise.
+    pub(super) held: Option<Arc<HostConnection>>,
 }
 
 type Frames = latchkey_protocol::quic::FrameReader<RelayToClient>;
@@ -172,9 +181,9 @@ impl Follow {
                     return;
                 }
             };
-            // The relay is gone, and the route with it: channels wait for
-            // the connection the resumed session's route will carry.
-            self.set_link(Link::Pending);
+            // The relay is gone, and the route with it: the connection is
+            // held for the resumed session's route, and new channels wait.
+            self.hold_link(Link::Pending);
             self.publish();
             match self.resumed(&t).await {
                 Ok((s, f)) => (send, frames) = (s, f),
@@ -195,16 +204,51 @@ impl Follow {
     }
 
     /// Stops making a connection, and says where the link stands now (the
-    /// connection it had, if any, closes).
+    /// connection it had or held, if any, closes).
     fn set_link(&mut self, link: Link) {
         self.connecting.abort();
+        self.held = None;
         self.host_link.send_replace(link);
     }
 
-    /// Connects to the host (again) over the route the relay just gave.
-    fn connect(&mut self, leg: latchkey_protocol::route::LegId) {
-        self.set_link(Link::Pending);
+    /// The route is gone: says `meanwhile` to new channels, and holds the
+    /// connection (its channels stay open) for the next route.
+    fn hold_link(&mut self, meanwhile: Link) {
+        let ready = match &*self.host_link.borrow() {
+            Link::Ready(conn) => Some(conn.clone()),
+            _ => None,
+        };
+        let held = ready.or_else(|| self.held.take());
+        self.set_link(meanwhile);
+        self.held = held;
+    }
+
+    /// The relay gave a route to the host: the held connection moves onto
+    /// it if the host kept its end, or a new one is made over it.
+    fn route(&mut self, leg: latchkey_protocol::route::LegId, kept: bool) {
         let relay = self.link_tx.borrow().clone();
+        let moved = match self.held.take() {
+            Some(conn) if kept => match conn.move_to(&relay, leg) {
+                Ok(()) => Some(conn),
+                Err(e) => {
+                    tracing::debug!("the session's connection cannot continue: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        match moved {
+            Some(conn) => {
+                tracing::debug!(host = %self.resume.host, "the session's connection continues on a new route");
+                self.set_link(Link::Ready(conn));
+            }
+            None => self.connect(relay, leg),
+        }
+    }
+
+    /// Connects to the host (again) over the route the relay just gave.
+    fn connect(&mut self, relay: net::RelayConn, leg: latchkey_protocol::route::LegId) {
+        self.set_link(Link::Pending);
         self.connecting = tokio::spawn(settle(
             self.handshaker.clone(),
             relay,
@@ -223,15 +267,24 @@ impl Follow {
         let was_ready = matches!(*self.phase_tx.borrow(), Phase::Ready);
         match self.machine.phase() {
             Phase::Ready if !was_ready => {
-                self.set_link(Link::Pending);
+                self.hold_link(Link::Pending);
                 self.publish();
             }
-            Phase::Rebooting { .. } => {
+            Phase::Rebooting { waiting, .. } => {
+                let rebooting = *waiting == Waiting::Reboot;
                 self.publish();
-                self.set_link(Link::Failed(format!(
+                let meanwhile = Link::Failed(format!(
                     "host '{}' went offline; waiting for it to come back",
                     self.resume.host
-                )));
+                ));
+                if rebooting {
+                    // The host's agent is gone with its end of the
+                    // connection.
+                    self.set_link(meanwhile);
+                } else {
+                    // An agent whose link dropped may have kept its end.
+                    self.hold_link(meanwhile);
+                }
             }
             Phase::Ended(why) => {
                 let why = latchkey_protocol::text::shown(why).into_owned();
@@ -259,7 +312,7 @@ impl Follow {
                 frame = frames.recv() => match frame {
                     Some(Ok(Some(frame))) => match self.machine.on_frame(frame, Instant::now()) {
                         Ok(Event::Phase) => self.on_phase(),
-                        Ok(Event::Route(leg)) => self.connect(leg),
+                        Ok(Event::Route { leg, kept }) => self.route(leg, kept),
                         Ok(Event::Refused(r)) => {
                             let _ = self.refusal_tx.try_send(net::refusal_text(&r));
                         }
@@ -294,15 +347,24 @@ impl Follow {
         }
     }
 
-    /// Resumes the session with `ticket`: a new connection, the host
-    /// introduced again with the key and record the session started with,
-    /// the session's new id bound; the route that follows brings a new
-    /// end-to-end connection.
+    /// Resumes the session with `ticket`: a new relay connection on the
+    /// session's socket, the host introduced again with the key and record
+    /// the session started with, the session's new id bound; the route
+    /// that follows carries the held end-to-end connection, or a new one.
     async fn resumed(
         &mut self,
         ticket: &ResumeTicket,
     ) -> Result<(quinn::SendStream, Frames), String> {
-        let (control, session) = self.resume.run(ticket).await?;
+        // From the session's own socket, where its end-to-end connection
+        // lives: the new relay's route is bound to that socket's address.
+        let local = {
+            let relay = self.link_tx.borrow();
+            net::Local::Shared(net::DeviceEndpoint {
+                endpoint: relay.endpoint.clone(),
+                peers: relay.peers.clone(),
+            })
+        };
+        let (control, session) = self.resume.run(&local, ticket).await?;
         let net::Control { relay, send, recv } = control;
         let mut frames = wire::frame_reader::<RelayToClient>(recv);
         let first = timeout(STEP_TIMEOUT, frames.recv())

@@ -285,7 +285,7 @@ impl<B: Backend> Store for SqlStore<B> {
         session: &SessionId,
         source: IpAddr,
         now: UnixTime,
-    ) -> Result<Result<RecordId, &'static str>, StoreError> {
+    ) -> Result<Result<(RecordId, SessionId), &'static str>, StoreError> {
         let relay = self.relay.as_deref();
         self.write(|tx| sessions::resume(tx, digest, user, host, session, source, now, relay))
     }

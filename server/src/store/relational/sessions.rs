@@ -148,7 +148,7 @@ pub(super) fn resume(
     source: IpAddr,
     now: UnixTime,
     relay: Option<&str>,
-) -> Result<Result<RecordId, &'static str>, StoreError> {
+) -> Result<Result<(RecordId, SessionId), &'static str>, StoreError> {
     let id = session.to_string();
     let Some(t) = tx.opt_row(
         "SELECT t.session, t.host_id, t.user_id, t.record_id, t.generation, t.expires_at
@@ -236,7 +236,11 @@ pub(super) fn resume(
         )
     };
     insert_audit(tx, &e, now)?;
-    Ok(Ok(record))
+    let continued = SessionId(
+        latchkey_protocol::ids::from_text(&old, "session id")
+            .map_err(|_| StoreError::Corrupt("a resume ticket's session id".into()))?,
+    );
+    Ok(Ok((record, continued)))
 }
 
 /// Stores the digest of the ticket a host presents after the reboot
