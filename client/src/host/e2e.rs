@@ -235,24 +235,22 @@ impl Sessions {
     }
 
     /// Takes `incoming` if it arrived under an announced session's route
-    /// and no other is being accepted for that session; `None` (refused)
-    /// otherwise. A connection the session had is closed: its client made
-    /// a new one (it lost the old, say in a relay's failover). Until
-    /// [`Sessions::handshake`] settles it, no other is taken for the
-    /// session.
+    /// while that session waits for its connection; `None` (refused)
+    /// otherwise. One connection per announcement: until
+    /// [`Sessions::handshake`] settles it no other is taken, and a session
+    /// that has its connection (or had it: a closed one) takes none, so a
+    /// client cannot make the host run handshake after handshake under one
+    /// route.
     pub(crate) fn admit(
         &self,
         incoming: quinn::Incoming,
     ) -> Option<(SessionUser, quinn::Incoming)> {
         let from = incoming.remote_address();
         let mut inner = self.lock();
-        let found = inner.find_mut(|a| a.at == from && !matches!(a.arrival, Arrival::Accepting));
+        let found = inner.find_mut(|a| a.at == from && matches!(a.arrival, Arrival::Waiting));
         match found {
             Some(announced) => {
-                let old = std::mem::replace(&mut announced.arrival, Arrival::Accepting);
-                if let Arrival::Accepted(conn) = old {
-                    conn.close(quinn::VarInt::from_u32(0), b"replaced by a new connection");
-                }
+                announced.arrival = Arrival::Accepting;
                 Some((announced.who.clone(), incoming))
             }
             None => {
