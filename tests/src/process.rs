@@ -47,6 +47,33 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     bail!("timed out waiting for {what}")
 }
 
+/// `cmd` started through `prefix` (`ip netns exec NS`, say, to run it in
+/// a network namespace): `PREFIX... PROGRAM ARGS...` with `cmd`'s
+/// environment changes and working directory. An empty prefix gives an
+/// equal command.
+pub fn prefixed(prefix: &[String], cmd: &Command) -> Command {
+    let (program, args) = match prefix.split_first() {
+        Some((first, rest)) => (first.as_ref(), rest),
+        None => (cmd.get_program(), &[][..]),
+    };
+    let mut out = Command::new(program);
+    out.args(args);
+    if !prefix.is_empty() {
+        out.arg(cmd.get_program());
+    }
+    out.args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => out.env(key, value),
+            None => out.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        out.current_dir(dir);
+    }
+    out
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc {
     child: Child,

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::{
     device::Device,
-    process::{wait_until, Proc},
+    process::{prefixed, wait_until, Proc},
     relay::{count, Relay},
 };
 
@@ -39,8 +39,18 @@ impl World {
     /// Starts the host agent (its log goes to `mypc-agent.log` in the
     /// world's directory) and waits until the relay sees it online.
     pub fn start_agent(&self) -> Result<Proc> {
+        self.start_agent_through(&[])
+    }
+
+    /// [`World::start_agent`] with the command started through `prefix`
+    /// (see [`prefixed`]: `ip netns exec NS` runs it in a network
+    /// namespace).
+    pub fn start_agent_through(&self, prefix: &[String]) -> Result<Proc> {
         let log = std::fs::File::create(self.dir.path().join("mypc-agent.log"))?;
-        let agent = Proc::spawn_logged(self.mypc.cmd().args(["host", "run"]), log)?;
+        let agent = Proc::spawn_logged(
+            &mut prefixed(prefix, self.mypc.cmd().args(["host", "run"])),
+            log,
+        )?;
         self.wait_online(true)?;
         Ok(agent)
     }
@@ -48,9 +58,19 @@ impl World {
     /// Starts `latchkey forward mypc 0:TARGET` as alice; returns the process
     /// and the local address it listens on.
     pub fn start_forward(&self, target: &str) -> Result<(Proc, String)> {
-        let forward = self
-            .alice
-            .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
+        self.start_forward_through(&[], target)
+    }
+
+    /// [`World::start_forward`] with the command started through `prefix`
+    /// (see [`prefixed`]).
+    pub fn start_forward_through(&self, prefix: &[String], target: &str) -> Result<(Proc, String)> {
+        let forward = Proc::spawn(&mut prefixed(
+            prefix,
+            self.alice
+                .cmd()
+                .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+                .args(["forward", "mypc", &format!("0:{target}")]),
+        ))?;
         let line = forward.expect_line("forwarding")?;
         let local = line
             .strip_prefix("forwarding ")

@@ -1,13 +1,16 @@
 //! `latchkey-bench [FIGURE|all]`: measures the relay with real processes
-//! on loopback and prints a table plus one JSON line per figure. Medians
+//! on loopback (and, in `forward-netns`, in network namespaces) and prints
+//! a table plus one JSON line per figure. Medians
 //! and ratios against a baseline measured in the same run, because these
 //! machines are shared and noisy. Build with `--release`; see
 //! docs/benchmarks.md.
 
 mod cluster;
+mod ends;
 mod fleet;
 mod login;
 mod measure;
+mod netns;
 mod peer;
 mod rathole;
 mod routed;
@@ -21,6 +24,7 @@ const FIGURES: &[&str] = &[
     "handshake",
     "logins",
     "forward",
+    "forward-netns",
     "routed",
     "latency",
     "idle",
@@ -33,7 +37,8 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
     match figure {
         "handshake" => tokio::task::spawn_blocking(login::handshake).await?,
         "logins" => login::logins().await,
-        "forward" => transfer::forward().await,
+        "forward" => tokio::task::spawn_blocking(transfer::forward).await?,
+        "forward-netns" => tokio::task::spawn_blocking(netns::forward).await?,
         "routed" => routed::routed().await,
         "latency" => transfer::latency().await,
         "idle" => fleet::idle(sizes).await,
@@ -58,8 +63,29 @@ async fn main() -> Result<()> {
     if which == "quinn-peer" {
         let cert = args
             .next()
-            .context("usage: latchkey-bench quinn-peer CERT_PATH")?;
-        return peer::serve(cert.as_ref()).await;
+            .context("usage: latchkey-bench quinn-peer CERT_PATH [IP]")?;
+        let ip = match args.next() {
+            Some(ip) => ip.parse()?,
+            None => std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        return peer::serve(cert.as_ref(), ip).await;
+    }
+    if which == "quinn-client" {
+        let (Some(addr), Some(cert)) = (args.next(), args.next()) else {
+            anyhow::bail!("usage: latchkey-bench quinn-client ADDR CERT_PATH");
+        };
+        return ends::serve_quinn(addr.parse()?, cert.as_ref()).await;
+    }
+    if which == "tcp-ends" {
+        return ends::serve_tcp().await;
+    }
+    if which == netns::INSIDE {
+        let (Some(tag), Some(offloads)) = (args.next(), args.next()) else {
+            anyhow::bail!("usage: latchkey-bench {} TAG on|off", netns::INSIDE);
+        };
+        let at = netns::Layout::netns(&tag, offloads == "on");
+        return tokio::task::spawn_blocking(move || transfer::forward_at(&at, "forward-netns"))
+            .await?;
     }
     if which == "forwarder" {
         return routed::serve_forwarder().await;

@@ -1,5 +1,5 @@
-//! The direct-QUIC baseline: `latchkey-bench quinn-peer CERT` runs as its
-//! own process, a quinn server with the very transport settings of Latchkey
+//! The direct-QUIC baseline: `latchkey-bench quinn-peer CERT [IP]` runs as
+//! its own process (listening on IP, 127.0.0.1 by default), a quinn server with the very transport settings of Latchkey
 //! connections, and the bench talks to it without a relay. Each stream
 //! starts with one byte saying what it is for: `S` sink (read to the end,
 //! answer the byte count), `G` + u64 generate (send that many bytes), `E`
@@ -11,7 +11,7 @@
 //! control stream) and nothing else.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -20,6 +20,8 @@ use std::{
 use anyhow::{Context, Result};
 use latchkey_protocol::quic::transport_config;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+use crate::netns::Place;
 
 /// A baseline peer process (`latchkey-bench MODE CERT_PATH`, killed when
 /// dropped), where it listens and the certificate it wrote.
@@ -31,15 +33,21 @@ pub(crate) struct PeerProc {
 }
 
 /// Starts this binary as a peer in `mode` (`quinn-peer` or
-/// `quinn-idle-peer`) and waits until it listens.
+/// `quinn-idle-peer`) on 127.0.0.1 and waits until it listens.
 pub(crate) fn spawn(mode: &str) -> Result<PeerProc> {
+    spawn_at(mode, &Place::loopback())
+}
+
+/// [`spawn`] at `at`, listening on its address.
+pub(crate) fn spawn_at(mode: &str, at: &Place) -> Result<PeerProc> {
     let dir = tempfile::tempdir()?;
     let cert = dir.path().join("peer.der");
     let log = std::fs::File::create(dir.path().join("peer.log"))?;
     let proc = latchkey_tests::Proc::spawn_logged(
-        std::process::Command::new(std::env::current_exe()?)
+        at.command(std::env::current_exe()?)
             .arg(mode)
-            .arg(&cert),
+            .arg(&cert)
+            .arg(at.ip.to_string()),
         log,
     )?;
     let line = proc.expect_line("listening")?;
@@ -60,13 +68,13 @@ fn transport() -> Arc<quinn::TransportConfig> {
     ))
 }
 
-/// Runs the peer until killed: writes its certificate to `cert_path` and
-/// prints `listening ADDR`.
-pub(crate) async fn serve(cert_path: &Path) -> Result<()> {
+/// Runs the peer on `ip` until killed: writes its certificate to
+/// `cert_path` and prints `listening ADDR`.
+pub(crate) async fn serve(cert_path: &Path, ip: IpAddr) -> Result<()> {
     let (mut server, cert) = latchkey_tests::self_signed_server()?;
     std::fs::write(cert_path, cert)?;
     server.transport_config(transport());
-    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse()?)?;
+    let endpoint = Endpoint::server(server, SocketAddr::new(ip, 0))?;
     println!("listening {}", endpoint.local_addr()?);
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(async move {
@@ -127,7 +135,12 @@ fn bytes_of(n: usize) -> bytes::Bytes {
 pub(crate) async fn connect(addr: SocketAddr, cert: &Path) -> Result<(Endpoint, Connection)> {
     let mut client = latchkey_tests::client_trusting(&std::fs::read(cert)?)?;
     client.transport_config(transport());
-    let mut endpoint = Endpoint::client("127.0.0.1:0".parse()?)?;
+    let bind: SocketAddr = if addr.ip().is_loopback() {
+        "127.0.0.1:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let mut endpoint = Endpoint::client(bind)?;
     endpoint.set_default_client_config(client);
     let conn = endpoint
         .connect(addr, "localhost")?

@@ -1,14 +1,19 @@
 //! A peer to beat: a rathole tunnel (server + client, its Noise transport,
 //! which encrypts the client ↔ server leg) in front of the same target.
+//! rathole's server stands where the relay does and its client where the
+//! host agent does; users connect to the server's service port, so at the
+//! client's place there is no rathole process, only the user's TCP.
 //! rathole is not a Debian package: `cargo install rathole` puts it on
 //! PATH, or `LATCHKEY_BENCH_RATHOLE` names the binary. Skipped, with the
 //! reason printed, when it is not there.
 
-use std::{path::PathBuf, process::Command};
+use std::{net::SocketAddr, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context, Result};
 use latchkey_tests::Proc;
 use tempfile::TempDir;
+
+use crate::netns::Layout;
 
 /// A running rathole server and client; both are killed when dropped.
 pub(crate) struct RatholeForward {
@@ -53,9 +58,9 @@ fn keypair(rathole: &PathBuf) -> Result<(String, String)> {
     }
 }
 
-/// Starts a rathole server and client tunnelling to `target`, or says why
-/// not.
-pub(crate) fn start(target: &str) -> Result<Result<RatholeForward, String>> {
+/// Starts a rathole server at the relay's place and a client at the
+/// host's, tunnelling to `target`, or says why not.
+pub(crate) fn start(target: &str, at: &Layout) -> Result<Result<RatholeForward, String>> {
     let Some(rathole) = binary() else {
         return Ok(Err(
             "rathole is not installed (cargo install rathole, or set LATCHKEY_BENCH_RATHOLE)"
@@ -66,30 +71,36 @@ pub(crate) fn start(target: &str) -> Result<Result<RatholeForward, String>> {
     let p = |name: &str| dir.path().join(name);
     let (private, public) = keypair(&rathole)?;
     let (control, service) = (free_port()?, free_port()?);
+    let relay = at.relay.ip;
+    let (control, service) = (
+        SocketAddr::new(relay, control),
+        SocketAddr::new(relay, service),
+    );
     std::fs::write(
         p("server.toml"),
         format!(
-            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n\
+            "[server]\nbind_addr = \"{control}\"\n\
              [server.transport]\ntype = \"noise\"\n\
              [server.transport.noise]\nlocal_private_key = \"{private}\"\n\
-             [server.services.bench]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{service}\"\nnodelay = true\n"
+             [server.services.bench]\ntoken = \"bench\"\nbind_addr = \"{service}\"\nnodelay = true\n"
         ),
     )?;
     std::fs::write(
         p("client.toml"),
         format!(
-            "[client]\nremote_addr = \"127.0.0.1:{control}\"\n\
+            "[client]\nremote_addr = \"{control}\"\n\
              [client.transport]\ntype = \"noise\"\n\
              [client.transport.noise]\nremote_public_key = \"{public}\"\n\
              [client.services.bench]\ntoken = \"bench\"\nlocal_addr = \"{target}\"\nnodelay = true\n"
         ),
     )?;
     let server = Proc::spawn_logged(
-        Command::new(&rathole).arg("-s").arg(p("server.toml")),
+        at.relay.command(&rathole).arg("-s").arg(p("server.toml")),
         std::fs::File::create(p("server.log"))?,
     )?;
     let client = Proc::spawn_logged(
-        Command::new(&rathole)
+        at.host
+            .command(&rathole)
             .arg("-c")
             .arg(p("client.toml"))
             .env("RUST_LOG", "info"),
@@ -102,7 +113,7 @@ pub(crate) fn start(target: &str) -> Result<Result<RatholeForward, String>> {
     Ok(Ok(RatholeForward {
         server,
         client,
-        local: format!("127.0.0.1:{service}"),
+        local: service.to_string(),
         _dir: dir,
     }))
 }

@@ -1,13 +1,16 @@
 //! The baseline users would otherwise pick: an OpenSSH `ssh -L` forward to
-//! a private `sshd` on loopback (its own keys and config in a temporary
-//! directory, public-key login only). Skipped, with the reason printed,
-//! where `sshd` is not installed.
+//! a private `sshd` (its own keys and config in a temporary directory,
+//! public-key login only), `sshd` at the host's place and `ssh` at the
+//! client's. Skipped, with the reason printed, where `sshd` is not
+//! installed.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context, Result};
-use latchkey_tests::{wait_until, Proc};
+use latchkey_tests::Proc;
 use tempfile::TempDir;
+
+use crate::{ends::TcpEnds, netns::Layout};
 
 /// A running `sshd` and `ssh -N -L` pair; both are killed when dropped.
 pub(crate) struct SshForward {
@@ -43,8 +46,14 @@ fn keygen(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts `sshd` and `ssh -L 127.0.0.1:PORT:target`, or says why not.
-pub(crate) fn start(target: &str) -> Result<Result<SshForward, String>> {
+/// Starts `sshd` at the host's place and `ssh -L 127.0.0.1:PORT:target`
+/// at the client's (`ends` waits there for them to listen), or says why
+/// not.
+pub(crate) fn start(
+    target: &str,
+    at: &Layout,
+    ends: &mut TcpEnds,
+) -> Result<Result<SshForward, String>> {
     let Some(sshd) = sshd_path() else {
         return Ok(Err(
             "sshd is not installed (apt-get install openssh-server)".into(),
@@ -61,9 +70,10 @@ pub(crate) fn start(target: &str) -> Result<Result<SshForward, String>> {
     std::fs::write(
         p("sshd_config"),
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+            "Port {port}\nListenAddress {}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PidFile {}\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\n",
+            at.host.ip,
             p("host_key").display(),
             p("authorized_keys").display(),
             p("sshd.pid").display(),
@@ -71,19 +81,23 @@ pub(crate) fn start(target: &str) -> Result<Result<SshForward, String>> {
     )?;
     let log = std::fs::File::create(p("sshd.log"))?;
     let sshd = Proc::spawn_logged(
-        Command::new(sshd)
+        at.host
+            .command(sshd)
             .args(["-D", "-e", "-f"])
             .arg(p("sshd_config")),
         log,
     )?;
-    wait_until("sshd listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })?;
+    let logs = || {
+        std::fs::read_to_string(p("ssh.log")).unwrap_or_default()
+            + &std::fs::read_to_string(p("sshd.log")).unwrap_or_default()
+    };
+    ends.wait(at.host.ip, port).with_context(logs)?;
     let local_port = free_port()?;
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let log = std::fs::File::create(p("ssh.log"))?;
     let ssh = Proc::spawn_logged(
-        Command::new("ssh")
+        at.client
+            .command("ssh")
             .args(["-N", "-i"])
             .arg(p("user_key"))
             .args([
@@ -99,22 +113,13 @@ pub(crate) fn start(target: &str) -> Result<Result<SshForward, String>> {
                 &port.to_string(),
                 "-L",
                 &format!("127.0.0.1:{local_port}:{target}"),
-                &format!("{user}@127.0.0.1"),
+                &format!("{user}@{}", at.host.ip),
             ]),
         log,
     )?;
+    let localhost = std::net::Ipv4Addr::LOCALHOST.into();
+    ends.wait(localhost, local_port).with_context(logs)?;
     let local = format!("127.0.0.1:{local_port}");
-    wait_until("ssh -L listening", || {
-        std::net::TcpStream::connect_timeout(
-            &local.parse().expect("address"),
-            Duration::from_secs(1),
-        )
-        .is_ok()
-    })
-    .with_context(|| {
-        std::fs::read_to_string(p("ssh.log")).unwrap_or_default()
-            + &std::fs::read_to_string(p("sshd.log")).unwrap_or_default()
-    })?;
     Ok(Ok(SshForward {
         _sshd: sshd,
         _ssh: ssh,

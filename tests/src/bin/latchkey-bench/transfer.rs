@@ -1,9 +1,12 @@
 //! Bulk transfer and round trips through an open forward: relayed by the
 //! relay, against a direct quinn stream with the same transport settings
-//! (a peer process, see `peer`), plain loopback TCP, an OpenSSH `ssh -L`
-//! forward and a rathole tunnel (see `rathole`), all in the same run.
+//! (a peer process, see `peer`), plain TCP, an OpenSSH `ssh -L` forward
+//! and a rathole tunnel (see `rathole`), all in the same run. The bulk
+//! transfer runs on loopback (`forward`) or between network namespaces
+//! (`forward-netns`, see `netns`) by one implementation, [`forward_at`].
 
 use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,7 +20,9 @@ use tokio::{
 };
 
 use crate::{
+    ends::{Ends, TcpEnds},
     measure::{cpu_secs, median, percentile, report, GIB},
+    netns::Layout,
     peer, rathole, ssh,
 };
 
@@ -31,17 +36,18 @@ const ROUND_TRIPS: usize = 10_000;
 /// The targets the host connects to: one that sends `SIZE` bytes to every
 /// connection, one that counts what it gets and reports each connection's
 /// total, and one that echoes.
-struct Targets {
-    source: String,
-    sink: String,
-    echo: String,
-    sunk: mpsc::UnboundedReceiver<u64>,
+pub(crate) struct Targets {
+    pub(crate) source: String,
+    pub(crate) sink: String,
+    pub(crate) echo: String,
+    pub(crate) sunk: mpsc::UnboundedReceiver<u64>,
 }
 
-async fn targets() -> Result<Targets> {
-    let source = TcpListener::bind("127.0.0.1:0").await?;
-    let sink = TcpListener::bind("127.0.0.1:0").await?;
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
+/// The targets, listening on `ip`.
+pub(crate) async fn targets(ip: IpAddr) -> Result<Targets> {
+    let source = TcpListener::bind((ip, 0)).await?;
+    let sink = TcpListener::bind((ip, 0)).await?;
+    let echo = TcpListener::bind((ip, 0)).await?;
     let addrs = (
         source.local_addr()?.to_string(),
         sink.local_addr()?.to_string(),
@@ -100,7 +106,7 @@ async fn targets() -> Result<Targets> {
 }
 
 /// MB/s pulling `SIZE` bytes from a TCP address (a forward of the source).
-async fn tcp_pull(addr: &str) -> Result<f64> {
+pub(crate) async fn tcp_pull(addr: &str) -> Result<f64> {
     let mut tcp = TcpStream::connect(addr).await?;
     let mut buf = vec![0u8; 1 << 16];
     let (t, mut got) = (Instant::now(), 0u64);
@@ -112,21 +118,6 @@ async fn tcp_pull(addr: &str) -> Result<f64> {
         got += n as u64;
     }
     anyhow::ensure!(got == SIZE, "pulled {got} bytes");
-    Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
-}
-
-/// MB/s pushing `SIZE` bytes into a TCP address (a forward of the sink),
-/// timed until the sink has them all.
-async fn tcp_push(addr: &str, sunk: &mut mpsc::UnboundedReceiver<u64>) -> Result<f64> {
-    let chunk = vec![0x5au8; 1 << 20];
-    let mut tcp = TcpStream::connect(addr).await?;
-    let t = Instant::now();
-    for _ in 0..SIZE >> 20 {
-        tcp.write_all(&chunk).await?;
-    }
-    tokio::time::timeout(Duration::from_secs(120), sunk.recv())
-        .await
-        .context("the sink never got everything")?;
     Ok(SIZE as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
@@ -159,7 +150,7 @@ pub(crate) async fn quinn_pull(conn: &quinn::Connection) -> Result<f64> {
 
 /// A direct quinn peer process and our connection to it.
 struct Peer {
-    server: peer::PeerProc,
+    _server: peer::PeerProc,
     conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
 }
@@ -168,7 +159,7 @@ async fn start_peer() -> Result<Peer> {
     let server = peer::spawn("quinn-peer")?;
     let (endpoint, conn) = peer::connect(server.addr, &server.cert).await?;
     Ok(Peer {
-        server,
+        _server: server,
         conn,
         _endpoint: endpoint,
     })
@@ -197,120 +188,124 @@ impl Samples {
 
 /// Times `f` and charges the CPU that `pids` (and all of `tunnel`) spent
 /// meanwhile to it.
-async fn sample<F: std::future::Future<Output = Result<f64>>>(
+fn sample(
     into: &mut Samples,
     pids: &[u32],
     tunnel: &[u32],
-    f: F,
+    f: impl FnOnce() -> Result<f64>,
 ) -> Result<()> {
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
     let (before, all_before) = (cpu(pids), cpu(tunnel));
-    into.mb_s.push(f.await?);
+    into.mb_s.push(f()?);
     let gib = SIZE as f64 / GIB;
     into.cpu_per_gib.push((cpu(pids) - before) / gib);
     into.all_cpu_per_gib.push((cpu(tunnel) - all_before) / gib);
     Ok(())
 }
 
-/// Bulk transfer both ways: relayed, direct quinn, direct TCP, ssh -L.
-pub(crate) async fn forward() -> Result<()> {
-    let mut t = targets().await?;
-    let w = World::new()?;
+/// `forward`: bulk transfer both ways on loopback.
+pub(crate) fn forward() -> Result<()> {
+    forward_at(&Layout::loopback(), "forward")
+}
+
+/// Bulk transfer both ways between the client's and the host's places of
+/// `at` (see `netns`): relayed, direct quinn, direct TCP, ssh -L and
+/// rathole; reported as `figure`. The bench runs at the relay's place. The
+/// TCP and quinn ends are processes at the client's and the host's places
+/// (see `ends`), the host's TCP targets on the host's address.
+pub(crate) fn forward_at(at: &Layout, figure: &str) -> Result<()> {
+    let mut t = TcpEnds::start(&at.client, &at.host)?;
+    let w = World::listening_on(SocketAddr::new(at.relay.ip, 0), Vec::new())?;
     w.mypc.allow_forward(&[t.source.clone(), t.sink.clone()])?;
-    let agent = w.start_agent()?;
-    let (f1, relayed_source) = w.start_forward(&t.source)?;
-    let (f2, relayed_sink) = w.start_forward(&t.sink)?;
-    let ssh_source = ssh::start(&t.source)?;
-    let ssh_sink = ssh::start(&t.sink)?;
-    let rathole_source = rathole::start(&t.source)?;
-    let rathole_sink = rathole::start(&t.sink)?;
-    let peer = start_peer().await?;
+    let agent = w.start_agent_through(&at.host.prefix)?;
+    let (f1, relayed_source) = w.start_forward_through(&at.client.prefix, &t.source)?;
+    let (f2, relayed_sink) = w.start_forward_through(&at.client.prefix, &t.sink)?;
+    let (source, sink) = (t.source.clone(), t.sink.clone());
+    let ssh_source = ssh::start(&source, at, &mut t)?;
+    let ssh_sink = ssh::start(&sink, at, &mut t)?;
+    let rathole_source = rathole::start(&source, at)?;
+    let rathole_sink = rathole::start(&sink, at)?;
+    let peer = peer::spawn_at("quinn-peer", &at.host)?;
+    let mut quinn = Ends::quinn(&at.client, peer.addr, &peer.cert)?;
     let relay = w.relay.proc.as_ref().context("relay")?.pid();
     // The relay, the agent and the forward: the tunnel's three processes.
     let tunnel = |forward: &Proc| [relay, agent.pid(), forward.pid()];
-    let direct = [peer.server.proc.pid(), std::process::id()];
+    let direct = [peer.proc.pid(), quinn.proc.pid()];
     let mut s: std::collections::BTreeMap<&str, Samples> = Default::default();
     for _ in 0..RUNS {
         sample(
             s.entry("relayed_host_to_client").or_default(),
             &[relay],
             &tunnel(&f1),
-            tcp_pull(&relayed_source),
-        )
-        .await?;
+            || t.pull(&relayed_source),
+        )?;
         sample(
             s.entry("relayed_client_to_host").or_default(),
             &[relay],
             &tunnel(&f2),
-            tcp_push(&relayed_sink, &mut t.sunk),
-        )
-        .await?;
+            || t.push(&relayed_sink),
+        )?;
         sample(
             s.entry("direct_quinn_host_to_client").or_default(),
             &direct,
             &direct,
-            quinn_pull(&peer.conn),
-        )
-        .await?;
+            || quinn.mb_s("pull"),
+        )?;
         sample(
             s.entry("direct_quinn_client_to_host").or_default(),
             &direct,
             &direct,
-            quinn_push(&peer.conn),
-        )
-        .await?;
+            || quinn.mb_s("push"),
+        )?;
         sample(
             s.entry("direct_tcp_host_to_client").or_default(),
             &[],
             &[],
-            tcp_pull(&t.source),
-        )
-        .await?;
+            || t.pull(&source),
+        )?;
         sample(
             s.entry("direct_tcp_client_to_host").or_default(),
             &[],
             &[],
-            tcp_push(&t.sink, &mut t.sunk),
-        )
-        .await?;
+            || t.push(&sink),
+        )?;
         if let (Ok(a), Ok(b)) = (&ssh_source, &ssh_sink) {
             sample(
                 s.entry("ssh_l_host_to_client").or_default(),
                 &[],
                 &[],
-                tcp_pull(&a.local),
-            )
-            .await?;
+                || t.pull(&a.local),
+            )?;
             sample(
                 s.entry("ssh_l_client_to_host").or_default(),
                 &[],
                 &[],
-                tcp_push(&b.local, &mut t.sunk),
-            )
-            .await?;
+                || t.push(&b.local),
+            )?;
         }
         if let (Ok(a), Ok(b)) = (&rathole_source, &rathole_sink) {
             sample(
                 s.entry("rathole_host_to_client").or_default(),
                 &[a.server.pid()],
                 &[a.server.pid(), a.client.pid()],
-                tcp_pull(&a.local),
-            )
-            .await?;
+                || t.pull(&a.local),
+            )?;
             sample(
                 s.entry("rathole_client_to_host").or_default(),
                 &[b.server.pid()],
                 &[b.server.pid(), b.client.pid()],
-                tcp_push(&b.local, &mut t.sunk),
-            )
-            .await?;
+                || t.push(&b.local),
+            )?;
         }
     }
+    if let Some(line) = at.describe(figure) {
+        println!("{line}");
+    }
     if let Err(why) = &rathole_source {
-        println!("forward: no rathole baseline: {why}");
+        println!("{figure}: no rathole baseline: {why}");
     }
     if let Err(why) = &ssh_source {
-        println!("forward: no ssh -L baseline: {why}");
+        println!("{figure}: no ssh -L baseline: {why}");
     }
     let med = |k: &str| s.get(k).map(|v| median(v.mb_s.clone())).unwrap_or(f64::NAN);
     let cpu = |k: &str| {
@@ -330,7 +325,7 @@ pub(crate) async fn forward() -> Result<()> {
             cpu(&format!("direct_quinn_{dir}")),
         );
         println!(
-            "forward {dir}: relayed {r:.0} MB/s, direct quinn {q:.0} MB/s (ratio {:.2}), ssh -L {ssh:.0} MB/s (relayed/ssh {:.2}), direct TCP {tcp:.0} MB/s; \
+            "{figure} {dir}: relayed {r:.0} MB/s, direct quinn {q:.0} MB/s (ratio {:.2}), ssh -L {ssh:.0} MB/s (relayed/ssh {:.2}), direct TCP {tcp:.0} MB/s; \
              relay CPU {rc:.2} s/GiB vs direct quinn sender+receiver {qc:.2} s/GiB (ratio {:.2})",
             r / q,
             r / ssh,
@@ -349,7 +344,7 @@ pub(crate) async fn forward() -> Result<()> {
                 all(&format!("rathole_{dir}")),
             );
             println!(
-                "forward {dir} against rathole (Noise): relayed {r:.0} MB/s, rathole {rh:.0} MB/s (ratio {:.2}); \
+                "{figure} {dir} against rathole (Noise): relayed {r:.0} MB/s, rathole {rh:.0} MB/s (ratio {:.2}); \
                  relay CPU {rc:.2} s/GiB vs rathole server {rhc:.2} s/GiB (ratio {:.2}); all tunnel processes {ra:.2} vs {rha:.2} s/GiB (ratio {:.2})",
                 r / rh,
                 rc / rhc,
@@ -358,9 +353,10 @@ pub(crate) async fn forward() -> Result<()> {
         }
     }
     report(
-        "forward",
+        figure,
         serde_json::json!({
             "bytes_per_run": SIZE,
+            "network": at.network(),
             "paths": s.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
             "ratio_relayed_to_direct_quinn": {
                 "host_to_client": med("relayed_host_to_client") / med("direct_quinn_host_to_client"),
@@ -412,14 +408,14 @@ async fn quinn_rtts(conn: &quinn::Connection) -> Result<Vec<f64>> {
 /// relayed while another session saturates the relay, direct quinn and
 /// direct TCP.
 pub(crate) async fn latency() -> Result<()> {
-    let t = targets().await?;
+    let t = targets(Ipv4Addr::LOCALHOST.into()).await?;
     let w = World::new()?;
     w.mypc.allow_forward(&[t.echo.clone(), t.source.clone()])?;
     let _agent = w.start_agent()?;
     let (_f1, relayed_echo) = w.start_forward(&t.echo)?;
     let (_f2, relayed_source) = w.start_forward(&t.source)?;
     let peer = start_peer().await?;
-    let rathole_echo = rathole::start(&t.echo)?;
+    let rathole_echo = rathole::start(&t.echo, &Layout::loopback())?;
     let direct_tcp = tcp_rtts(&t.echo).await?;
     let direct_quinn = quinn_rtts(&peer.conn).await?;
     let relayed = tcp_rtts(&relayed_echo).await?;
