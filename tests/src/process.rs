@@ -128,6 +128,26 @@ impl Proc {
         Ok(Self { child, stdout: rx })
     }
 
+    /// Spawns with standard input kept open for the test to write, and
+    /// standard error's lines among standard output's (status lines, such as
+    /// a shell's notices, go there).
+    pub fn spawn_interactive_merged(cmd: &mut Command) -> Result<(Self, std::process::ChildStdin)> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning")?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let (tx, rx) = mpsc::channel();
+        send_lines(
+            child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?,
+            tx.clone(),
+        );
+        send_lines(child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?, tx);
+        Ok((Self { child, stdout: rx }, stdin))
+    }
+
     /// Spawns with standard input kept open for the test to write.
     pub fn spawn_interactive(cmd: &mut Command) -> Result<(Self, std::process::ChildStdin)> {
         let mut child = cmd
@@ -214,6 +234,12 @@ impl Drop for Proc {
 /// Hands a child's output over a channel, line by line, from a thread.
 fn lines(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
+    send_lines(out, tx);
+    rx
+}
+
+/// Sends each line `out` prints to `tx`, from a thread of its own.
+fn send_lines(out: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -221,7 +247,6 @@ fn lines(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
             }
         }
     });
-    rx
 }
 
 /// Runs `cmd` with one line of `input` on its standard input.

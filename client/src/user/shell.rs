@@ -5,10 +5,15 @@
 //! Like ssh, a `~` at the start of a line begins an escape: `~R` reboots
 //! the host (the session waits for it and opens a new shell when it is
 //! back), `~.` disconnects, `~~` sends one `~`.
+//!
+//! When the relay goes away, or the host's agent loses its link, the shell
+//! itself usually lives on (the session's connection is kept): a line says
+//! so at once, and another when the session is back.
 
 use std::io::IsTerminal;
 
 use latchkey_protocol::{
+    control::{Phase, Waiting},
     ids::HostName,
     session::{ChannelKind, ShellIn, ShellOut, MAX_CHUNK},
 };
@@ -189,8 +194,18 @@ async fn shells(
                 rows,
             })
             .await?;
+        let mut phase = remote.phase.clone();
+        let mut away: Option<std::time::Instant> = None;
+        let mut phase_open = true;
         loop {
             tokio::select! {
+                changed = phase.changed(), if phase_open => {
+                    phase_open = changed.is_ok();
+                    let now = phase.borrow_and_update().clone();
+                    if let Some(line) = out_of_reach_line(&remote.host, &now, &mut away, remote.waiting_text()) {
+                        eprint!("{line}");
+                    }
+                }
                 key = keys.recv(), if keys_open => match key {
                     Some(Input::Data(bytes)) => {
                         let _ = send.write_frame(&ShellIn::Data(bytes)).await;
@@ -253,6 +268,34 @@ async fn shells(
     }
 }
 
+/// What to say when the session loses its route while the shell lives on
+/// (the relay went away, or the host's agent lost its link), and when it is
+/// back; `away` holds when it went.
+fn out_of_reach_line(
+    host: &HostName,
+    phase: &Phase,
+    away: &mut Option<std::time::Instant>,
+    doing: &str,
+) -> Option<String> {
+    match phase {
+        Phase::Rebooting {
+            since,
+            waiting: Waiting::RelayLost | Waiting::HostAway,
+            ..
+        } if away.is_none() => {
+            *away = Some(*since);
+            Some(format!("\r\n[latchkey: host {host} {doing}]\r\n"))
+        }
+        Phase::Ready => away.take().map(|since| {
+            format!(
+                "\r\n[latchkey: {host} is back after {} s; the shell went on]\r\n",
+                since.elapsed().as_secs()
+            )
+        }),
+        _ => None,
+    }
+}
+
 /// The status line while the host is away, redrawn in place every second:
 /// the terminal is in raw mode, so a line feed would not return to the
 /// start of the line; a carriage return does, and the rest of the older,
@@ -271,6 +314,33 @@ mod tests {
         let line = waiting_line(&host, "is rebooting…", 7);
         assert_eq!(line, "\r[latchkey: host mypc is rebooting… 7 s]\x1b[K");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn losing_and_regaining_the_route_is_said_once_each() {
+        let host: HostName = "mypc".parse().unwrap();
+        let lost = Phase::Rebooting {
+            since: std::time::Instant::now(),
+            deadline_secs: 60,
+            waiting: Waiting::RelayLost,
+        };
+        let mut away = None;
+        let said = out_of_reach_line(&host, &lost, &mut away, "is out of reach").unwrap();
+        assert_eq!(said, "\r\n[latchkey: host mypc is out of reach]\r\n");
+        assert!(out_of_reach_line(&host, &lost, &mut away, "is out of reach").is_none());
+        let back = out_of_reach_line(&host, &Phase::Ready, &mut away, "").unwrap();
+        assert!(
+            back.contains("mypc is back after 0 s; the shell went on"),
+            "{back}"
+        );
+        assert!(out_of_reach_line(&host, &Phase::Ready, &mut away, "").is_none());
+        // A reboot ends the shell: the waiting line says so instead.
+        let rebooting = Phase::Rebooting {
+            since: std::time::Instant::now(),
+            deadline_secs: 60,
+            waiting: Waiting::Reboot,
+        };
+        assert!(out_of_reach_line(&host, &rebooting, &mut away, "").is_none());
     }
 
     #[test]

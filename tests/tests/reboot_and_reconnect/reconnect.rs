@@ -208,3 +208,30 @@ async fn what_a_session_revoked_while_its_relay_was_down_ran_ends_when_the_host_
     drop(tcp);
     Ok(())
 }
+
+/// The shell of `connect` lives through a relay's crash: the same shell (a
+/// variable set before the crash is still set after it), with a line that
+/// says the relay went away and one when the session is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shell_lives_through_a_relay_crash_and_says_so() -> Result<()> {
+    use std::io::Write;
+    let mut w = World::new()?;
+    let _agent = w.start_agent()?;
+    let (mut shell, mut keys) = latchkey_tests::Proc::spawn_interactive_merged(
+        w.alice
+            .cmd()
+            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+            .args(["connect", "mypc"]),
+    )?;
+    keys.write_all(b"KEPT=same-$((6*7)); echo set-$KEPT\n")?;
+    shell.expect_line("set-same-42")?;
+    w.relay.kill9();
+    w.relay.restart()?;
+    shell.expect_line("its relay went away")?;
+    shell.expect_line("is back after")?;
+    keys.write_all(b"echo still-$KEPT\n")?;
+    shell.expect_line("still-same-42")?;
+    keys.write_all(b"exit 3\n")?;
+    assert_eq!(shell.wait_exit()?.code(), Some(3));
+    Ok(())
+}
