@@ -7,16 +7,32 @@ use std::process::ExitCode;
 use latchkey_client::{
     code,
     config::Home,
-    user::{self, copy::CopySpec, forward::ForwardSpec, remote::Remote},
+    net::NetError,
+    user::{self, copy::CopySpec, forward::ForwardSpec, remote::Remote, UserError},
 };
 use latchkey_protocol::ids::HostName;
 
 use super::signal::{interrupted, shutdown_signal};
 
 /// Logs in to `host` (asking for the code once) and waits for the pairing.
+/// A host that is not the user's is said to be so: before the prompt when
+/// a person types the code, after a refused login when a script gave it.
 async fn open(home: &Home, host: &HostName, code_stdin: bool) -> anyhow::Result<Remote> {
+    let prompted = !code_stdin && std::env::var(code::CODE_ENV).is_err();
+    if prompted {
+        user::check_host_is_yours(home, host).await?;
+    }
     let access = code::for_login(code_stdin, host.as_str())?;
-    Ok(Remote::open(home, host, access).await?)
+    match Remote::open(home, host, access).await {
+        Ok(remote) => Ok(remote),
+        Err(e @ UserError::Net(NetError::WrongCode(_))) => {
+            if !prompted {
+                user::check_host_is_yours(home, host).await?;
+            }
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An exit status as a process exit code.

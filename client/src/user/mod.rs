@@ -69,6 +69,23 @@ pub async fn hosts(home: &Home) -> Result<Vec<HostInfo>, UserError> {
     }
 }
 
+/// Checks that `host` is among the hosts this user may reach, so that a
+/// typo is told as one, not as a wrong code. The list is the user's own
+/// (what `latchkey hosts` shows), so nothing new is told; if it cannot be
+/// had, the check passes and the login says what it says.
+pub async fn check_host_is_yours(home: &Home, host: &HostName) -> Result<(), UserError> {
+    let Ok(hosts) = hosts(home).await else {
+        return Ok(());
+    };
+    if hosts.iter().any(|h| h.name == *host) {
+        return Ok(());
+    }
+    Err(UserError::UnknownHost {
+        host: host.clone(),
+        yours: hosts.into_iter().map(|h| h.name).collect(),
+    })
+}
+
 /// Logs in to `host` as this device's user.
 pub async fn open_session(
     home: &Home,

@@ -286,3 +286,28 @@ async fn a_sessions_environment_holds_only_what_the_docs_list() -> Result<()> {
     assert!(names.contains(&"HOME") && names.contains(&"PATH"), "{env}");
     Ok(())
 }
+
+/// A typo in a host's name is told as one, naming the user's hosts, not
+/// as a wrong code; a wrong code for one of them is still a wrong code,
+/// and neither counts a failure against mypc.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_name_with_a_typo_is_said_to_be_no_host_of_yours() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypcc", "--", "true"])?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no host 'mypcc' among yours: mypc"), "{err}");
+    assert!(!err.contains("wrong access code"), "{err}");
+    let out = w
+        .alice
+        .with_code("not-the-code", &["exec", "mypc", "--", "true"])?;
+    let err = text(&out.stderr);
+    assert!(err.contains("wrong access code for host 'mypc'"), "{err}");
+    assert!(!err.contains("among yours"), "{err}");
+    let status = w.relay.status("mypc")?;
+    assert_eq!(status["failures"], 1, "{status}");
+    Ok(())
+}
