@@ -100,6 +100,27 @@ enum Command {
         #[command(flatten)]
         code: LoginCode,
     },
+    /// Join standard input and output to TARGET:PORT as seen from HOST
+    /// (default: the host's own SSH server, 127.0.0.1:22), like `ssh -W`:
+    /// ssh's ProxyCommand (`latchkey ssh-config` writes the blocks). The
+    /// code is asked on the terminal (or taken from LATCHKEY_ACCESS_CODE).
+    /// Exits 255 when Latchkey fails, as ssh does.
+    Proxy {
+        /// The host.
+        host: HostName,
+        /// The target as seen from the host: an IP address and a port.
+        target: Option<String>,
+    },
+    /// Print an OpenSSH config block for each host you may reach (`Host
+    /// NAME.latchkey`, through `latchkey proxy`), so that `ssh
+    /// mypc.latchkey`, scp, sftp, rsync and git work; `--write` installs
+    /// them in ~/.ssh/config.d/latchkey and includes that file from
+    /// ~/.ssh/config (once).
+    SshConfig {
+        /// Install the blocks instead of printing them.
+        #[arg(long)]
+        write: bool,
+    },
     /// Copy a file to or from a host: `cp LOCAL HOST:PATH` or `cp HOST:PATH LOCAL`
     /// (relative host paths start in the host user's home directory). A
     /// destination that is a directory (or ends in `/`) receives the file
@@ -265,6 +286,9 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
         };
         return Ok(cli::host::file_helper_exit(done));
     }
+    // Given on the command line or in LATCHKEY_HOME: `ssh-config` passes
+    // it on to the ProxyCommands it writes.
+    let explicit_home = args.home.clone();
     let home = Home::locate(args.home);
     match args.command {
         Command::Enroll { token } => cli::user::enroll(&home, &token).await,
@@ -285,6 +309,10 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
             cli::user::forward(&home, &host, &spec, code.code_stdin).await
         }
         Command::Reboot { host, code } => cli::user::reboot(&home, &host, code.code_stdin).await,
+        Command::Proxy { host, target } => cli::user::proxy(&home, &host, target.as_deref()).await,
+        Command::SshConfig { write } => {
+            cli::user::ssh_config(&home, explicit_home.as_deref(), write).await
+        }
         Command::Cp { src, dst, code } => cli::user::copy(&home, &src, &dst, code.code_stdin).await,
         Command::Host(HostCommand::Enroll {
             token,

@@ -301,7 +301,9 @@ pub async fn copy_out_of_channel<W: tokio::io::AsyncWrite + Unpin>(
     loop {
         match from.recv().await? {
             Some(data) => {
-                if to.write_all(&data).await.is_err() {
+                // Flushed each time: a writer that buffers (standard
+                // output) must not hold back what the peer waits for.
+                if to.write_all(&data).await.is_err() || to.flush().await.is_err() {
                     from.stop(VarInt::from_u32(0));
                     return Err(WireError::Closed);
                 }

@@ -18,6 +18,7 @@ pub mod process;
 pub mod quic;
 pub mod relay;
 pub mod smtp;
+pub mod sshd;
 pub mod tcp;
 pub mod world;
 

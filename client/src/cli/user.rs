@@ -183,6 +183,75 @@ pub(crate) async fn forward(
     anyhow::bail!("session ended: {ended}");
 }
 
+/// `latchkey proxy HOST [TARGET:PORT]`: exits 0 when the target closed
+/// cleanly, 255 (as ssh does) when Latchkey failed, having said why.
+pub(crate) async fn proxy(
+    home: &Home,
+    host: &HostName,
+    target: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let target = target.unwrap_or(user::proxy::DEFAULT_TARGET);
+    let joined = async {
+        if target.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "invalid target '{target}': give an IP address and port, e.g. 127.0.0.1:22"
+            );
+        }
+        // Standard input is the data: the code comes from the terminal or
+        // the environment, never from it.
+        let remote = open(home, host, false).await?;
+        let joined = tokio::select! {
+            r = user::proxy::proxy(&remote, target) => r.map_err(anyhow::Error::from),
+            _ = shutdown_signal() => Ok(()),
+        };
+        remote.close().await;
+        joined
+    };
+    match joined.await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("latchkey proxy: {e:#}");
+            Ok(ExitCode::from(255))
+        }
+    }
+}
+
+/// `latchkey ssh-config [--write]`.
+pub(crate) async fn ssh_config(
+    home: &Home,
+    explicit_home: Option<&std::path::Path>,
+    write: bool,
+) -> anyhow::Result<ExitCode> {
+    let hosts: Vec<HostName> = user::hosts(home)
+        .await?
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    let exe = std::env::current_exe()?;
+    let home_dir = explicit_home.map(std::path::absolute).transpose()?;
+    let text = user::ssh_config::render(&hosts, &exe, home_dir.as_deref());
+    if !write {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ssh_dir = directories::BaseDirs::new()
+        .map(|d| d.home_dir().join(".ssh"))
+        .ok_or_else(|| anyhow::anyhow!("cannot tell your home directory"))?;
+    let written = user::ssh_config::write(&ssh_dir, &text)?;
+    println!(
+        "wrote {} host(s) to {}",
+        hosts.len(),
+        written.file.display()
+    );
+    if let Some(config) = written.included_in {
+        println!("included it from {}", config.display());
+    }
+    if let Some(first) = hosts.first() {
+        println!("try: ssh {first}{}", user::ssh_config::SUFFIX);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `latchkey reboot HOST`: returns once the host is back.
 pub(crate) async fn reboot(
     home: &Home,

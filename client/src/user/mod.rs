@@ -5,8 +5,10 @@ pub mod copy;
 pub mod e2e;
 pub mod exec;
 pub mod forward;
+pub mod proxy;
 pub mod remote;
 pub mod shell;
+pub mod ssh_config;
 
 use latchkey_protocol::{
     frame::{ClientToRelay, HostInfo, Intent, RelayToClient},

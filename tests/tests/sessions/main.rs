@@ -10,6 +10,7 @@ mod exec;
 mod forward;
 mod host_key;
 mod shell;
+mod ssh;
 
 use std::{
     path::Path,
