@@ -1,6 +1,6 @@
 //! ssh through Latchkey: `latchkey proxy` as OpenSSH's ProxyCommand, with
-//! Debian's OpenSSH server at the host and its ssh, scp and sftp here, and
-//! the blocks `latchkey ssh-config` writes.
+//! Debian's OpenSSH server at the host and its ssh, scp, sftp (and rsync)
+//! here, and the blocks `latchkey ssh-config` writes.
 
 use std::process::Command;
 
@@ -26,7 +26,7 @@ fn openssh(program: &str, w: &World, server: &sshd::TestSshd) -> Result<Command>
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ssh_scp_and_sftp_reach_the_host_through_latchkey_proxy() -> Result<()> {
+async fn ssh_scp_rsync_and_sftp_reach_the_host_through_latchkey_proxy() -> Result<()> {
     let Some(server) = sshd::start_or_skip("ssh_scp_and_sftp_reach_the_host") else {
         return Ok(());
     };
@@ -58,6 +58,25 @@ async fn ssh_scp_and_sftp_reach_the_host_through_latchkey_proxy() -> Result<()> 
         .output()?;
     assert!(get.status.success(), "{}", text(&get.stderr));
     assert!(std::fs::read(&back)? == body, "scp changed the file");
+    // rsync over ssh, where rsync is installed (CI installs it).
+    if std::path::Path::new("/usr/bin/rsync").exists() {
+        let ssh = openssh("ssh", &w, &server)?;
+        let mut e = String::from("ssh");
+        for arg in ssh.get_args() {
+            e.push_str(&format!(" '{}'", arg.to_string_lossy()));
+        }
+        let synced = dir.path().join("synced");
+        let out = Command::new("rsync")
+            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+            .args(["-a", "-e", &e])
+            .arg(format!("{at}:{}", path_str(&remote)?))
+            .arg(&synced)
+            .output()?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(std::fs::read(&synced)? == body, "rsync changed the file");
+    } else if std::env::var_os("CI").is_some() {
+        anyhow::bail!("rsync is needed in CI (apt-get install rsync)");
+    }
     // sftp, in batch mode.
     let batch = dir.path().join("batch");
     std::fs::write(&batch, format!("ls {}\n", path_str(dir.path())?))?;
