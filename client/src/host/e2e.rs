@@ -38,6 +38,12 @@ use crate::{
     net::{peer, socket::Peers},
 };
 
+/// Connections a client may start under one announcement of its session:
+/// its first, and a few more where one failed or its end was lost (a
+/// relay's death in the middle of a handshake, a route announced as not
+/// kept while the host kept it). Each costs the host a TLS handshake.
+const CONNECTIONS_PER_ANNOUNCEMENT: u8 = 3;
+
 /// How long a client has, once its connection is up, to complete the
 /// handshake on it.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(15);
@@ -78,6 +84,8 @@ struct Announced {
     arrival: Arrival,
     /// Kept across a lost relay link, not announced again yet.
     detached: bool,
+    /// Connections taken under this announcement so far.
+    attempts: u8,
 }
 
 impl Announced {
@@ -146,6 +154,7 @@ impl Sessions {
                 info!(user = %who.user, %session, "session continues on a new route");
                 announced.who = who;
                 announced.detached = false;
+                announced.attempts = 0;
                 (announced, true)
             }
             // Not kept (dropped here if it was: its connection closes).
@@ -161,6 +170,7 @@ impl Sessions {
                     peers: peers.clone(),
                     arrival: Arrival::Waiting,
                     detached: false,
+                    attempts: 0,
                 };
                 (announced, false)
             }
@@ -234,23 +244,30 @@ impl Sessions {
         }
     }
 
-    /// Takes `incoming` if it arrived under an announced session's route
-    /// while that session waits for its connection; `None` (refused)
-    /// otherwise. One connection per announcement: until
-    /// [`Sessions::handshake`] settles it no other is taken, and a session
-    /// that has its connection (or had it: a closed one) takes none, so a
-    /// client cannot make the host run handshake after handshake under one
-    /// route.
+    /// Takes `incoming` if it arrived under an announced session's route,
+    /// none is being accepted for that session, and the announcement has
+    /// not used up its [`CONNECTIONS_PER_ANNOUNCEMENT`]; `None` (refused)
+    /// otherwise. A connection the session had is closed: its client made
+    /// a new one, having lost its own end. So a client cannot make the host
+    /// run handshake after handshake under one route.
     pub(crate) fn admit(
         &self,
         incoming: quinn::Incoming,
     ) -> Option<(SessionUser, quinn::Incoming)> {
         let from = incoming.remote_address();
         let mut inner = self.lock();
-        let found = inner.find_mut(|a| a.at == from && matches!(a.arrival, Arrival::Waiting));
+        let found = inner.find_mut(|a| {
+            a.at == from
+                && !matches!(a.arrival, Arrival::Accepting)
+                && a.attempts < CONNECTIONS_PER_ANNOUNCEMENT
+        });
         match found {
             Some(announced) => {
-                announced.arrival = Arrival::Accepting;
+                announced.attempts += 1;
+                let old = std::mem::replace(&mut announced.arrival, Arrival::Accepting);
+                if let Arrival::Accepted(conn) = old {
+                    conn.close(quinn::VarInt::from_u32(0), b"replaced by a new connection");
+                }
                 Some((announced.who.clone(), incoming))
             }
             None => {

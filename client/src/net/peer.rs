@@ -95,6 +95,11 @@ pub fn server_config() -> Result<quinn::ServerConfig, NetError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Local(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
+    // A session's connection has one peer address, the virtual one of its
+    // route, for its whole life (a new route keeps it). A packet of the
+    // connection from anywhere else is a client going around the relay
+    // (its route, its budget, its end on a revoke): dropped.
+    config.migration(false);
     Ok(config)
 }
 
@@ -171,6 +176,42 @@ mod tests {
             Ok(msg2) => init.finish(&msg2).is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// Echoes one stream's bytes, within `limit`; whether they came back.
+    async fn echoes(client: &quinn::Connection, host: &quinn::Connection, limit: u64) -> bool {
+        let limit = std::time::Duration::from_millis(limit);
+        let host = host.clone();
+        let served = tokio::spawn(async move {
+            let (mut send, mut recv) = host.accept_bi().await.ok()?;
+            let got = recv.read_to_end(1024).await.ok()?;
+            send.write_all(&got).await.ok()?;
+            send.finish().ok()
+        });
+        let asked = async {
+            let (mut send, mut recv) = client.open_bi().await.ok()?;
+            send.write_all(b"ping").await.ok()?;
+            send.finish().ok()?;
+            recv.read_to_end(1024).await.ok()
+        };
+        let back = tokio::time::timeout(limit, asked).await.ok().flatten();
+        served.abort();
+        back.as_deref() == Some(&b"ping"[..])
+    }
+
+    /// The host takes a session's packets from its route's address only: a
+    /// client that moves its connection to another address (around the
+    /// relay, in the product) is not followed.
+    #[tokio::test]
+    async fn a_connection_that_moves_to_another_address_is_not_followed() {
+        let (client, host, endpoints) = connected().await;
+        assert!(echoes(&client, &host, 5_000).await);
+        let moved = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+        endpoints[0].rebind(moved).unwrap();
+        assert!(
+            !echoes(&client, &host, 1_500).await,
+            "the host followed a migration"
+        );
     }
 
     #[tokio::test]

@@ -219,3 +219,55 @@ async fn initials_flooded_under_ones_own_route_hold_one_pending_connection() -> 
     alices_exec_works(&w, "after bob's flood")?;
     Ok(())
 }
+
+/// bob starts connection after connection under his route and abandons
+/// each once the host has made its TLS flight (his client refuses the
+/// host's certificate): the host takes a few per announcement of his
+/// session and refuses the rest at once, so he cannot spend its CPU on
+/// handshake after handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_abandoned_under_ones_own_route_are_taken_a_few_times_only() -> Result<()> {
+    use std::sync::Arc;
+    let w = World::with_env(unlimited())?;
+    let _agent = w.start_agent()?;
+    let mut session = w.bob.login("mypc", OWNER_CODE).await?;
+    let (_, leg) = w.bob.handshaker(&mut session, "mypc").await?;
+    let relay = &session.control.relay;
+    let at = relay.peers.allocate();
+    relay.peers.set(at, relay.conn.remote_address(), leg)?;
+    // The host's protocol, and a root that is not the host's certificate.
+    let stranger = rcgen::generate_simple_self_signed(vec!["elsewhere".into()])?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(stranger.cert.der().clone())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"latchkey-e2e/3".to_vec()];
+    let config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
+    let (mut flights, mut refused) = (0, 0);
+    for _ in 0..10 {
+        let connecting = relay.endpoint.connect_with(
+            config.clone(),
+            at,
+            latchkey_client::net::peer::PEER_NAME,
+        )?;
+        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                refused += 1
+            }
+            Ok(Err(_)) => flights += 1,
+            other => bail!("unexpected: {other:?}"),
+        }
+    }
+    println!("10 abandoned connections: {flights} taken by the host, {refused} refused");
+    assert!(flights <= 3, "the host took {flights}");
+    assert!(refused >= 7, "refused {refused}");
+    alices_exec_works(&w, "after bob's abandoned connections")?;
+    Ok(())
+}

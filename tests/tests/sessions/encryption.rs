@@ -364,3 +364,33 @@ async fn the_host_serves_no_channel_before_the_handshake() -> Result<()> {
     no_channel_reached_the_host(&w);
     Ok(())
 }
+
+/// A client that lost its end of the session's connection (a relay's death
+/// in the middle of its handshake, say) connects again under the same
+/// route: the host takes the new connection (and closes the old one),
+/// rather than refusing the session for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_connection_under_a_route_replaces_the_first() -> Result<()> {
+    use latchkey_client::user::remote::connect_to_host;
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let mut session = w.alice.login("mypc", OWNER_CODE).await?;
+    let (handshaker, leg) = w.alice.handshaker(&mut session, "mypc").await?;
+    // The first is left behind, as a client that lost it would (its route
+    // leads to the second now).
+    let _first = connect_to_host(&handshaker, &session.control.relay, leg).await?;
+    let second = connect_to_host(&handshaker, &session.control.relay, leg).await?;
+    let exec = ChannelKind::Exec {
+        argv: vec!["echo".into(), "on-the-second".into()],
+    };
+    let (_send, mut recv) = latchkey_tests::open_channel(&second, &exec).await?;
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), recv.recv()).await? {
+        out.extend_from_slice(&chunk);
+    }
+    assert!(
+        String::from_utf8_lossy(&out).contains("on-the-second"),
+        "{out:?}"
+    );
+    Ok(())
+}
