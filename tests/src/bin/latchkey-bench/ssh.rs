@@ -4,11 +4,11 @@
 //! client's. Skipped, with the reason printed, where `sshd` is not
 //! installed.
 
-use std::{path::PathBuf, process::Command};
-
-use anyhow::{bail, Context, Result};
-use latchkey_tests::Proc;
-use tempfile::TempDir;
+use anyhow::{Context, Result};
+use latchkey_tests::{
+    sshd::{free_port, sshd_path, SshdFiles},
+    Proc,
+};
 
 use crate::{ends::TcpEnds, netns::Layout};
 
@@ -18,32 +18,7 @@ pub(crate) struct SshForward {
     _ssh: Proc,
     /// Where the forward listens.
     pub(crate) local: String,
-    _dir: TempDir,
-}
-
-fn sshd_path() -> Option<PathBuf> {
-    ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/usr/bin/sshd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn keygen(path: &std::path::Path) -> Result<()> {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()?
-        .success();
-    if !ok {
-        bail!("ssh-keygen failed");
-    }
-    Ok(())
+    _files: SshdFiles,
 }
 
 /// Starts `sshd` at the host's place and `ssh -L 127.0.0.1:PORT:target`
@@ -59,32 +34,15 @@ pub(crate) fn start(
             "sshd is not installed (apt-get install openssh-server)".into(),
         ));
     };
-    let dir = tempfile::tempdir()?;
-    let p = |name: &str| dir.path().join(name);
-    keygen(&p("host_key"))?;
-    keygen(&p("user_key"))?;
-    std::fs::copy(p("user_key.pub"), p("authorized_keys"))?;
-    // sshd wants its privilege-separation directory even on a high port.
-    let _ = std::fs::create_dir_all("/run/sshd");
     let port = free_port()?;
-    std::fs::write(
-        p("sshd_config"),
-        format!(
-            "Port {port}\nListenAddress {}\nHostKey {}\nAuthorizedKeysFile {}\n\
-             PidFile {}\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\n",
-            at.host.ip,
-            p("host_key").display(),
-            p("authorized_keys").display(),
-            p("sshd.pid").display(),
-        ),
-    )?;
+    let files = SshdFiles::new(at.host.ip, port)?;
+    let p = |name: &str| files.path(name);
     let log = std::fs::File::create(p("sshd.log"))?;
     let sshd = Proc::spawn_logged(
         at.host
             .command(sshd)
             .args(["-D", "-e", "-f"])
-            .arg(p("sshd_config")),
+            .arg(files.config()),
         log,
     )?;
     let logs = || {
@@ -99,7 +57,7 @@ pub(crate) fn start(
         at.client
             .command("ssh")
             .args(["-N", "-i"])
-            .arg(p("user_key"))
+            .arg(files.user_key())
             .args([
                 "-o",
                 "StrictHostKeyChecking=no",
@@ -124,6 +82,6 @@ pub(crate) fn start(
         _sshd: sshd,
         _ssh: ssh,
         local,
-        _dir: dir,
+        _files: files,
     }))
 }
