@@ -132,32 +132,34 @@ impl Proc {
     /// standard error's lines among standard output's (status lines, such as
     /// a shell's notices, go there).
     pub fn spawn_interactive_merged(cmd: &mut Command) -> Result<(Self, std::process::ChildStdin)> {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning")?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        let (tx, rx) = mpsc::channel();
-        send_lines(
-            child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?,
-            tx.clone(),
-        );
-        send_lines(child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?, tx);
-        Ok((Self { child, stdout: rx }, stdin))
+        Self::interactive(cmd, true)
     }
 
     /// Spawns with standard input kept open for the test to write.
     pub fn spawn_interactive(cmd: &mut Command) -> Result<(Self, std::process::ChildStdin)> {
+        Self::interactive(cmd, false)
+    }
+
+    /// Standard input kept open; standard error read with standard output
+    /// when `merged`, else shown as it comes.
+    fn interactive(cmd: &mut Command, merged: bool) -> Result<(Self, std::process::ChildStdin)> {
+        let stderr = if merged {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .context("spawning")?;
         let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        let rx = lines(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+        let (tx, rx) = mpsc::channel();
+        if let Some(stderr) = child.stderr.take() {
+            send_lines(stderr, tx.clone());
+        }
+        send_lines(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?, tx);
         Ok((Self { child, stdout: rx }, stdin))
     }
 
