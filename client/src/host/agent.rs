@@ -287,12 +287,22 @@ async fn serve(
                 side.sessions.end_detached();
             }
             _ = shutdown.cancelled() => {
-                // The sessions' connections close (their channels cut), and
-                // the link is closed out loud, so the relay parks our
-                // sessions now (SPEC R5) rather than at its idle timeout;
-                // the wait lets both reach the other ends.
-                sessions.abort_all();
+                // The sessions' connections close (their channels cut; first,
+                // so that no stream of a task stopped below ends as if
+                // complete), and the link is closed out loud, so the relay
+                // parks our sessions now (SPEC R5) rather than at its idle
+                // timeout; the wait lets both reach the other ends.
                 side.sessions.close_all(b"agent stopping");
+                sessions.abort_all();
+                // The closes go through the relay on the link's route: the
+                // link closes once they are out (each closed connection
+                // leaves the count when it is done), or after a second.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while relay.endpoint.open_connections() > 1 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
                 relay.conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
                 let _ = tokio::time::timeout(Duration::from_secs(1), relay.endpoint.wait_idle()).await;
                 return "agent stopping".into();
