@@ -71,12 +71,7 @@ impl World {
                 .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
                 .args(["forward", "mypc", &format!("0:{target}")]),
         ))?;
-        let line = forward.expect_line("forwarding")?;
-        let local = line
-            .strip_prefix("forwarding ")
-            .and_then(|l| l.split(' ').next())
-            .ok_or_else(|| anyhow!("unexpected forward output {line:?}"))?
-            .to_string();
+        let local = forward_address(&forward)?;
         Ok((forward, local))
     }
 
@@ -196,4 +191,15 @@ impl World {
             mypc,
         })
     }
+}
+
+/// Where a started `latchkey forward` listens, from its "forwarding ADDR
+/// -> ..." line.
+pub fn forward_address(forward: &Proc) -> Result<String> {
+    let line = forward.expect_line("forwarding")?;
+    Ok(line
+        .strip_prefix("forwarding ")
+        .and_then(|l| l.split(' ').next())
+        .ok_or_else(|| anyhow!("unexpected forward output {line:?}"))?
+        .to_string())
 }

@@ -82,12 +82,7 @@ async fn a_relay_crash_costs_a_forward_a_reconnect_but_a_revoke_meanwhile_ends_i
         ]),
         std::fs::File::create(&bob_log)?,
     )?;
-    let line = bobs.expect_line("forwarding")?;
-    let bob_local = line
-        .strip_prefix("forwarding ")
-        .and_then(|l| l.split(' ').next())
-        .context("bob's forward address")?
-        .to_string();
+    let bob_local = latchkey_tests::world::forward_address(&bobs)?;
     latchkey_tests::wait_until_forwarding(&alice_local)?;
     latchkey_tests::wait_until_forwarding(&bob_local)?;
     let logins = latchkey_tests::count(&w.relay.audit_events("mypc")?, "login-ok");
@@ -183,12 +178,7 @@ async fn what_a_session_revoked_while_its_relay_was_down_ran_ends_when_the_host_
     let mut bobs = w
         .bob
         .spawn_with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{target}")])?;
-    let line = bobs.expect_line("forwarding")?;
-    let local = line
-        .strip_prefix("forwarding ")
-        .and_then(|l| l.split(' ').next())
-        .context("bob's forward address")?
-        .to_string();
+    let local = latchkey_tests::world::forward_address(&bobs)?;
     let mut tcp = tokio::net::TcpStream::connect(&local).await?;
     let mut hi = [0u8; 3];
     tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut hi)).await??;
