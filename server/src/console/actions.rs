@@ -13,7 +13,10 @@ use latchkey_protocol::ids::{HostName, UserName};
 use maud::html;
 use serde::Deserialize;
 
-use super::{auth::Action, pages, paths, view, ConsoleError, ConsoleState};
+use super::{
+    auth::{Action, SignedIn},
+    pages, paths, view, ConsoleError, ConsoleState,
+};
 use crate::{
     admin::service::{self, ServiceError},
     store::{InviteKind, StoreError},
@@ -64,6 +67,9 @@ pub(super) async fn host_action(
     let (done, result) = match action.as_str() {
         "grant" | "revoke" | "regrant" => {
             let user = parse_user(&field("user"))?;
+            if action == "revoke" && field("confirm") != "yes" {
+                return Ok(confirm_revoke(&by, &host, &user));
+            }
             let (h, kind) = (host.clone(), action.clone());
             let result = state
                 .run(move |s| match kind.as_str() {
@@ -129,6 +135,26 @@ pub(super) async fn host_action(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A revoke ends the user's sessions at once, so the first press only
+/// asks; the revoke itself needs the form this page posts (`confirm=yes`),
+/// which works without JavaScript.
+fn confirm_revoke(by: &SignedIn, host: &HostName, user: &UserName) -> Response {
+    let body = html! {
+        p { "Revoke " strong { (user) } "'s shared access to " strong { (host) } "? "
+            "Their sessions on " (host) " end at once, and they cannot log in to it again "
+            "until an admin grants access anew." }
+        form.inline method="post" action=(paths::host_action(host.as_str(), "revoke")) {
+            (view::csrf_field(&by.csrf))
+            input type="hidden" name="user" value=(user);
+            input type="hidden" name="confirm" value="yes";
+            button type="submit" { "Revoke" }
+        }
+        " "
+        a href=(paths::host(host.as_str())) { "Cancel" }
+    };
+    view::page("Revoke shared access?", Some((&by.admin, &by.csrf)), body).into_response()
 }
 
 /// The email form.

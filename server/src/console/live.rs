@@ -1,7 +1,8 @@
 //! Live host status for open pages: server-sent events with every host's
-//! online and locked state, sent when it changes. A few streams at once,
-//! each for a bounded time (the browser reconnects, signed in again), so
-//! open tabs cost the store a bounded number of reads.
+//! online and locked state, failures, last seen and lock action, sent when
+//! any of them changes. A few streams at once, each for a bounded time (the
+//! browser reconnects, signed in again), so open tabs cost the store a
+//! bounded number of reads.
 
 use std::{
     convert::Infallible,
@@ -18,7 +19,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{auth::SignedIn, ConsoleError, ConsoleState};
+use super::{auth::SignedIn, view, ConsoleError, ConsoleState};
 
 /// Streams open at once, across every admin.
 pub(super) const MAX_STREAMS: usize = 32;
@@ -27,13 +28,17 @@ const EVERY: Duration = Duration::from_secs(2);
 /// How long one stream lasts before the browser opens another.
 const LIFETIME: Duration = Duration::from_secs(300);
 
-/// One host's live state.
+/// One host's live state, with its texts made as the pages make them.
 #[derive(Serialize, PartialEq)]
 struct Live {
     host: String,
     online: bool,
     locked: bool,
     failures: u32,
+    /// When it was last seen ([`view::last_seen_text`]).
+    seen: String,
+    /// The lock action it offers ([`view::lock_offer`]).
+    offer: Option<&'static str>,
 }
 
 /// GET /events
@@ -59,6 +64,8 @@ pub(super) async fn events(
             let now: Vec<Live> = hosts
                 .into_iter()
                 .map(|h| Live {
+                    seen: view::last_seen_text(h.online, h.last_seen),
+                    offer: view::lock_offer(h.locked, h.failures),
                     host: h.name,
                     online: h.online,
                     locked: h.locked,

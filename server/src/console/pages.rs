@@ -76,17 +76,17 @@ pub(super) struct DoneQuery {
 fn events_table(rows: &[AuditRow]) -> Markup {
     let zone = jiff::tz::TimeZone::system();
     html! {
-        div.table { table {
+        div.table { table.rows {
             thead { tr { th { "When" } th { "Event" } th { "Host" } th { "User" } th { "From" } th { "Detail" } } }
             tbody {
                 @for r in rows {
                     tr {
-                        td { (view::time(r.at)) }
-                        td.event { (r.event) }
-                        td { @if let Some(h) = &r.host { a href=(paths::host(h)) { (h) } } }
-                        td { (r.user.as_deref().unwrap_or("")) }
-                        td { (r.source.as_deref().unwrap_or("")) }
-                        td { (r.detail.as_deref().map(|d| shown(&human_time::times_in_text(d, &zone)).into_owned()).unwrap_or_default()) }
+                        td data-label="When" { (view::time(r.at)) }
+                        td.event data-label="Event" { (r.event) }
+                        td data-label="Host" { @if let Some(h) = &r.host { a href=(paths::host(h)) { (h) } } }
+                        td data-label="User" { (r.user.as_deref().unwrap_or("")) }
+                        td data-label="From" { (r.source.as_deref().unwrap_or("")) }
+                        td data-label="Detail" { (r.detail.as_deref().map(|d| shown(&human_time::times_in_text(d, &zone)).into_owned()).unwrap_or_default()) }
                     }
                 }
             }
@@ -166,7 +166,7 @@ pub(super) async fn hosts(
         })
         .collect();
     let body = html! {
-        div.table { table {
+        div.table { table.rows {
             thead { tr {
                 th { "Host" } th { "Owner" } th { "Online" } th { "Locked" } th { "Failures" }
                 th { "Shared with (code inherited)" } th { "Last seen" }
@@ -174,13 +174,13 @@ pub(super) async fn hosts(
             tbody {
                 @for (h, grants) in &hosts {
                     tr data-host=(h.name) {
-                        td { a href=(paths::host(&h.name)) { (h.name) } }
-                        td { (h.owner) }
-                        td.online { (view::flag(h.online, false)) }
-                        td.locked { (view::flag(h.locked, true)) }
-                        td { (h.failures) " / " (h.lockout_threshold) }
-                        td { (grants_cell(grants)) }
-                        td { (view::last_seen(h.online, h.last_seen)) }
+                        td data-label="Host" { a href=(paths::host(&h.name)) { (h.name) } }
+                        td data-label="Owner" { (h.owner) }
+                        td data-label="Online" { span.online { (view::flag(h.online, false)) } }
+                        td data-label="Locked" { (view::locked_cell(&h.name, &me.csrf, h.locked, h.failures)) }
+                        td data-label="Failures" { (view::failures_cell(&h.name, &me.csrf, h.locked, h.failures, h.lockout_threshold)) }
+                        td data-label="Shared with" { (grants_cell(grants)) }
+                        td data-label="Last seen" { (view::last_seen(h.online, h.last_seen)) }
                     }
                 }
             }
@@ -245,44 +245,40 @@ pub(super) async fn host_body(
         .collect();
     Ok(html! {
         @if let Some((text, error)) = message { (view::notice(text, error)) }
-        div.table { table #host-status data-host=(host.as_str()) {
+        div.table { table.pairs #host-status data-host=(host.as_str()) {
             tbody {
                 tr { th { "Owner" } td { (status.owner) } }
-                tr { th { "Online" } td #online .online { (view::flag(status.online, false)) } }
+                tr { th { "Online" } td { span.online { (view::flag(status.online, false)) } } }
                 tr { th { "Last seen" } td { (view::last_seen(status.online, status.last_seen)) } }
                 @if let Some(relay) = status.relay.as_ref().filter(|_| status.online) {
-                    tr { th { "Relay" } td { (relay) } }
+                    tr.relay { th { "Relay" } td { (relay) } }
                 }
-                tr { th { "Locked" } td #locked .locked { (view::flag(status.locked, true)) } }
+                tr { th { "Locked" } td { (view::locked_cell(name, csrf, status.locked, status.failures)) } }
                 @if let Some(lock) = last_lock.as_ref().filter(|_| status.locked) {
                     tr { th { "Locked since" } td #lock-cause {
                         (view::time(lock.at))
                         @if let Some(d) = &lock.detail { ": " (shown(d)) }
                     } }
                 }
-                tr { th { "Failures" } td #failures { (status.failures) " (locks at " (status.lockout_threshold) ")" } }
+                tr { th { "Failures" } td { (view::failures_cell(name, csrf, status.locked, status.failures, status.lockout_threshold)) } }
                 tr { th { "Access code set" } td { (view::flag(status.code_set, false)) } }
                 tr { th { "Shared access" } td { @if status.shared_access { "enabled" } @else { "disabled" } } }
                 tr { th { "Platform" } td { (status.platform.as_deref().unwrap_or("-")) } }
             }
         } }
-        @if status.locked || status.failures > 0 {
-            p { (view::button_form(&paths::host_action(name, "unlock"), csrf, &[], "Unlock")) }
-        }
         h2 { "Shared access" }
         @if grants.is_empty() { p { "Nobody but the owner." } }
         @else {
-            div.table { table {
-                thead { tr { th { "User" } th { "Granted" } th { "Code inherited" } th {} } }
+            div.table { table.rows {
+                thead { tr { th { "User" } th { "Granted" } th { "Code inherited" } th { "Actions" } } }
                 tbody {
                     @for g in &grants {
                         tr {
-                            td { (g.user) }
-                            td { (view::time(g.granted_at)) }
-                            td { @if let Some(at) = g.code_set_at { "set " (view::time(at)) } @else { "-" } }
-                            td {
+                            td data-label="User" { (g.user) }
+                            td data-label="Granted" { (view::time(g.granted_at)) }
+                            td data-label="Code inherited" { @if let Some(at) = g.code_set_at { "set " (view::time(at)) } @else { "-" } }
+                            td.actions {
                                 (view::button_form(&paths::host_action(name, "revoke"), csrf, &[("user", &g.user)], "Revoke"))
-                                " "
                                 (view::button_form(&paths::host_action(name, "regrant"), csrf, &[("user", &g.user)], "Grant again (current code)"))
                             }
                         }
@@ -331,14 +327,14 @@ pub(super) async fn users(
     let csrf = me.csrf.as_str();
     let body = html! {
         @if let Some(d) = query.done { (view::notice(d.text(), false)) }
-        div.table { table {
+        div.table { table.rows {
             thead { tr { th { "User" } th { "Device" } th { "Email for notices" } } }
             tbody {
                 @for u in &users {
                     tr {
-                        td { (u.name) }
-                        td { @if let Some(d) = &u.device { "enrolled, key " code { (d) } } @else { "not enrolled" } }
-                        td {
+                        td data-label="User" { (u.name) }
+                        td data-label="Device" { @if let Some(d) = &u.device { "enrolled, key " code { (d) } } @else { "not enrolled" } }
+                        td data-label="Email" {
                             form.inline method="post" action=(paths::user_email(&u.name)) {
                                 (view::csrf_field(csrf))
                                 input type="email" name="address" value=(u.email.as_deref().unwrap_or("")) aria-label={ "Email of " (u.name) };
@@ -396,18 +392,16 @@ pub(super) async fn audit(
         .unwrap_or_default()
     });
     let body = html! {
-        form method="get" action=(paths::AUDIT) {
-            label { "Host " input name="host" value=(filter.host.as_deref().unwrap_or("")); }
-            " "
-            label { "User " input name="user" value=(filter.user.as_deref().unwrap_or("")); }
-            " "
-            label { "Event " input name="event" list="events" value=(filter.event.as_deref().unwrap_or("")); }
+        form.filters method="get" action=(paths::AUDIT) {
+            label { "Host " input name="host" size="12" value=(filter.host.as_deref().unwrap_or("")); }
+            label { "User " input name="user" size="12" value=(filter.user.as_deref().unwrap_or("")); }
+            label { "Event " input name="event" size="16" list="events" value=(filter.event.as_deref().unwrap_or("")); }
             datalist #events {
                 @for e in FILTERED_EVENTS {
                     option value=(e.name()) {}
                 }
             }
-            " " button type="submit" { "Filter" }
+            button type="submit" { "Filter" }
         }
         (events_table(&rows))
         @if rows.is_empty() { p { "No events match." } }
@@ -424,14 +418,14 @@ pub(super) async fn outbox(
     let rows = state.blocking(|s| s.outbox(OUTBOX_ROWS)).await?;
     let body = html! {
         p { "Notices are sent at least once: a relay that stops between sending one and recording it sends it again." }
-        div.table { table {
+        div.table { table.rows {
             thead { tr { th { "#" } th { "Via" } th { "To" } th { "State" } th { "Tries" } th { "Subject" } th { "Last error" } } }
             tbody {
                 @for r in &rows {
                     tr {
-                        td { (r.id) } td { (r.channel) } td { (r.recipient) }
-                        td { (r.state) } td { (r.attempts) } td { (shown(&r.subject)) }
-                        td { (shown(r.last_error.as_deref().unwrap_or(""))) }
+                        td data-label="#" { (r.id) } td data-label="Via" { (r.channel) } td data-label="To" { (r.recipient) }
+                        td data-label="State" { (r.state) } td data-label="Tries" { (r.attempts) } td data-label="Subject" { (shown(&r.subject)) }
+                        td data-label="Last error" { (shown(r.last_error.as_deref().unwrap_or(""))) }
                     }
                 }
             }

@@ -27,6 +27,7 @@ use super::{
 use crate::{
     admin::service,
     clock::now_unix,
+    rules::account_lockout::ConsoleLockout,
     store::{ConsoleLogin, StoreError},
 };
 
@@ -61,13 +62,21 @@ fn decoy_hash() -> &'static str {
     })
 }
 
-fn login_page(csrf: &str, message: Option<&str>, error: bool, status: StatusCode) -> Response {
+/// The sign-in form, with the name typed before (a password or code is
+/// never sent back).
+fn login_page(
+    csrf: &str,
+    name: &str,
+    message: Option<&str>,
+    error: bool,
+    status: StatusCode,
+) -> Response {
     let body = html! {
         @if let Some(m) = message { (view::notice(m, error)) }
         form.stack method="post" action=(paths::LOGIN) {
             (view::csrf_field(csrf))
-            label { "Name" input name="name" autocomplete="username" required autofocus; }
-            label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+            label { "Name" input name="name" value=(name) autocomplete="username" required autofocus[name.is_empty()]; }
+            label { "Password" input type="password" name="password" autocomplete="current-password" required autofocus[!name.is_empty()]; }
             label { "Code from your authenticator app"
                 input name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]*" required;
             }
@@ -94,7 +103,7 @@ pub(super) async fn show_login(
     let ready = query
         .ready
         .then_some("Your account is ready: sign in with your password and a new code.");
-    with_cookie(login_page(&csrf, ready, false, StatusCode::OK), cookie)
+    with_cookie(login_page(&csrf, "", ready, false, StatusCode::OK), cookie)
 }
 
 /// The login page's query: `?ready=true` right after setup.
@@ -113,8 +122,27 @@ pub(super) struct LoginForm {
     csrf: String,
 }
 
-const SIGN_IN_FAILED: &str = "Sign-in failed: the name, password or code is wrong, or the \
-    account is locked (after repeated failures; another admin can give you a new setup link).";
+/// Why a sign-in failed, as vague as it must be (it never says which
+/// field was wrong, or whether the account is locked), with how long a lock
+/// lasts, from the rule the store enforces.
+fn sign_in_failed(rule: ConsoleLockout) -> String {
+    format!(
+        "Sign-in failed: the name, password or code is wrong, or the account is locked \
+         after repeated failures. A lock ends by itself {} after it began (or at once \
+         with a new setup link from another admin).",
+        duration_text(rule.lasts_secs)
+    )
+}
+
+/// A duration for people: whole hours, whole minutes, or seconds.
+fn duration_text(secs: i64) -> String {
+    let (n, unit) = match secs {
+        s if s % 3600 == 0 => (s / 3600, "hour"),
+        s if s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
 
 /// POST /login
 pub(super) async fn login(
@@ -124,6 +152,7 @@ pub(super) async fn login(
     if !state.allow_login(client.source) {
         return Ok(login_page(
             &form.csrf,
+            form.name.trim(),
             Some("Too many sign-in attempts from your address: wait a minute."),
             true,
             StatusCode::TOO_MANY_REQUESTS,
@@ -131,6 +160,8 @@ pub(super) async fn login(
     }
     let store = state.store.clone();
     let rule = state.config.console_lockout();
+    let name = form.name.trim().to_string();
+    let csrf = form.csrf.clone();
     let signed_in = state
         .hashing
         .run(move || {
@@ -158,8 +189,9 @@ pub(super) async fn login(
     Ok(match signed_in {
         Some((admin, credential)) => auth::sign_in(&state, &admin, credential, client),
         None => login_page(
-            &form.csrf,
-            Some(SIGN_IN_FAILED),
+            &csrf,
+            &name,
+            Some(&sign_in_failed(rule)),
             true,
             StatusCode::UNAUTHORIZED,
         ),
@@ -185,12 +217,38 @@ pub(super) struct SetupForm {
     csrf: String,
 }
 
+/// What a set-up form got wrong, field by field: each message is shown
+/// beside its field, which is marked invalid.
+#[derive(Default)]
+struct SetupErrors {
+    password: Option<String>,
+    password_again: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl SetupErrors {
+    fn any(&self) -> bool {
+        self.password.is_some() || self.password_again.is_some() || self.code.is_some()
+    }
+}
+
+/// One field's error beside it, under `id` (which the field names as its
+/// description).
+fn field_error(id: &str, error: Option<&str>) -> Markup {
+    html! { @if let Some(e) = error { span.field-error id=(id) { (e) } } }
+}
+
+/// The set-up page. After a refusal it keeps the key and the code typed
+/// (neither is a secret from the person at this page: the key is shown on
+/// it) and marks each wrong field; the passwords are never sent back, so
+/// they are typed again.
 fn setup_page(
     token: &str,
     admin: &str,
     secret_b32: &str,
     csrf: &str,
-    error: Option<&str>,
+    code: &str,
+    errors: &SetupErrors,
 ) -> Result<Markup, ConsoleError> {
     let secret = Secret::try_from_base32(secret_b32)
         .map_err(|_| ConsoleError::BadInput("the second-factor key is not valid".into()))?;
@@ -198,14 +256,18 @@ fn setup_page(
         .to_url()
         .map_err(|_| ConsoleError::Internal("no authenticator URL"))?;
     let qr = qrcode::QrCode::new(url.as_bytes())
-        .map(|code| {
-            code.render::<qrcode::render::svg::Color<'_>>()
+        .map(|qr| {
+            qr.render::<qrcode::render::svg::Color<'_>>()
                 .min_dimensions(200, 200)
                 .build()
         })
         .unwrap_or_default();
+    let invalid = |e: bool| e.then_some("true");
     Ok(html! {
-        @if let Some(e) = error { (view::notice(e, true)) }
+        @if errors.any() {
+            (view::notice("Nothing is saved yet: correct the marked fields. For safety the \
+                page never sends a password back, so type both passwords again.", true))
+        }
         p { "Welcome, " strong { (admin) } ". Choose a password and add Latchkey to your authenticator app "
             "(scan the code, or type the key), then enter the code it shows." }
         figure aria-label="Authenticator QR code" { (PreEscaped(qr)) }
@@ -214,11 +276,22 @@ fn setup_page(
             (view::csrf_field(csrf))
             input type="hidden" name="secret" value=(secret_b32);
             label { "Password (at least " (MIN_PASSWORD) " characters)"
-                input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD) required;
+                input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD) required
+                    aria-invalid=[invalid(errors.password.is_some())]
+                    aria-describedby=[errors.password.as_ref().map(|_| "password-error")];
+                (field_error("password-error", errors.password.as_deref()))
             }
-            label { "Password again" input type="password" name="password_again" autocomplete="new-password" required; }
+            label { "Password again"
+                input type="password" name="password_again" autocomplete="new-password" required
+                    aria-invalid=[invalid(errors.password_again.is_some())]
+                    aria-describedby=[errors.password_again.map(|_| "password-again-error")];
+                (field_error("password-again-error", errors.password_again))
+            }
             label { "Code from your authenticator app"
-                input name="code" inputmode="numeric" autocomplete="one-time-code" required;
+                input name="code" value=(code) inputmode="numeric" autocomplete="one-time-code" required
+                    aria-invalid=[invalid(errors.code.is_some())]
+                    aria-describedby=[errors.code.map(|_| "code-error")];
+                (field_error("code-error", errors.code))
             }
             button type="submit" { "Finish setup" }
         }
@@ -246,7 +319,7 @@ pub(super) async fn show_setup(
     let admin = setup_admin(&state, &token).await?;
     let (csrf, cookie) = auth::form_token(&headers, client);
     let secret = Secret::generate().to_base32();
-    let body = setup_page(&token, &admin, &secret, &csrf, None)?;
+    let body = setup_page(&token, &admin, &secret, &csrf, "", &SetupErrors::default())?;
     Ok(with_cookie(
         view::page("Set up your admin account", None, body).into_response(),
         cookie,
@@ -260,33 +333,36 @@ pub(super) async fn setup(
     PublicForm { client, form }: PublicForm<SetupForm>,
 ) -> Result<Response, ConsoleError> {
     let admin = setup_admin(&state, &token).await?;
-    let again = |error: &str| -> Result<Response, ConsoleError> {
-        let body = setup_page(&token, &admin, &form.secret, &form.csrf, Some(error))?;
-        Ok((
-            StatusCode::BAD_REQUEST,
-            view::page("Set up your admin account", None, body),
-        )
-            .into_response())
-    };
-    if form.password.trim().chars().count() < MIN_PASSWORD {
-        return again(&format!(
-            "The password needs at least {MIN_PASSWORD} characters."
-        ));
-    }
-    if *form.password != *form.password_again {
-        return again("The two passwords differ.");
-    }
     let Ok(secret) = Secret::try_from_base32(form.secret.as_str()) else {
         return Err(ConsoleError::BadInput(
             "the second-factor key is not valid".into(),
         ));
     };
     let secret = Zeroizing::new(secret.as_ref().to_vec());
-    let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
+    let code = form.code.trim();
+    let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    // Every field is checked, so that each wrong one is named at once.
+    let mut errors = SetupErrors::default();
+    if form.password.trim().chars().count() < MIN_PASSWORD {
+        errors.password = Some(format!(
+            "The password needs at least {MIN_PASSWORD} characters."
+        ));
+    } else if *form.password != *form.password_again {
+        errors.password_again = Some("This differs from the password above.");
+    }
     // The code proves the app holds the key; as a sign-in's, it is spent
     // (the first sign-in needs a newer one).
-    let Some(totp_step) = totp(&secret, &admin)?.check(&code, unix_now_u64()) else {
-        return again("That code does not match: check the app's clock and type the newest code.");
+    let totp_step = totp(&secret, &admin)?.check(&digits, unix_now_u64());
+    if totp_step.is_none() {
+        errors.code = Some("This code does not match the key above: check the app's clock and type the newest code.");
+    }
+    let Some(totp_step) = totp_step.filter(|_| !errors.any()) else {
+        let body = setup_page(&token, &admin, &form.secret, &form.csrf, code, &errors)?;
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            view::page("Set up your admin account", None, body),
+        )
+            .into_response());
     };
     let store = state.store.clone();
     let digest = service::setup_digest(&token);

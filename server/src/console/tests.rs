@@ -78,6 +78,11 @@ fn between(text: &str, start: &str, end: &str) -> String {
 
 impl Browser {
     fn new() -> Self {
+        Self::with_config(Config::default())
+    }
+
+    /// A console with `config`, on the addresses the tests use.
+    fn with_config(config: Config) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::open_or_create(&dir.path().join("relay")).expect("data dir");
         let store: Arc<dyn Store> =
@@ -85,7 +90,7 @@ impl Browser {
         let config = Arc::new(Config {
             admin_listen: "127.0.0.1:8080".into(),
             listen: "127.0.0.1:4433".parse().expect("address"),
-            ..Config::default()
+            ..config
         });
         let state = Arc::new(ConsoleState::new(
             store.clone(),
@@ -402,7 +407,10 @@ async fn actions_need_the_sessions_csrf_token_and_are_audited_with_the_admin() {
         page.body
     );
     let page = b
-        .post("/hosts/mypc/revoke", &[("user", "bob"), ("csrf", &csrf)])
+        .post(
+            "/hosts/mypc/revoke",
+            &[("user", "bob"), ("confirm", "yes"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(page.location(), "/hosts/mypc?done=revoked", "{}", page.body);
     assert!(b.store.grants_of(Some(&host)).expect("grants").is_empty());
@@ -925,4 +933,257 @@ async fn next_event(body: &mut Body) -> String {
             }
         }
     }
+}
+
+/// Whether the first host in `body` shows its lock action `action`
+/// (`unlock` or `reset`): the form is always there, hidden unless the host
+/// offers it.
+fn offers(body: &str, action: &str) -> bool {
+    !between(body, &format!("data-offered=\"{action}\""), ">").contains("hidden")
+}
+
+#[tokio::test]
+async fn a_hosts_lock_actions_sit_beside_its_lock_state_and_follow_it() {
+    let (mut b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    for path in ["/hosts", "/hosts/mypc"] {
+        let body = b.get(path).await.body;
+        assert!(
+            !offers(&body, "unlock") && !offers(&body, "reset"),
+            "{path}"
+        );
+    }
+    // Failures short of the lock: Reset beside the count.
+    fail_logins(&*b.store, "alice", &host, 1);
+    let body = b.get("/hosts/mypc").await.body;
+    let failures_row = between(&body, "<th>Failures</th>", "</tr>");
+    assert!(
+        failures_row.contains("data-offered=\"reset\""),
+        "{failures_row}"
+    );
+    assert!(offers(&body, "reset") && !offers(&body, "unlock"), "{body}");
+    // Locked: Unlock beside "yes", in the list and on the host's page.
+    fail_logins(&*b.store, "alice", &host, 2);
+    for path in ["/hosts", "/hosts/mypc"] {
+        let body = b.get(path).await.body;
+        assert!(offers(&body, "unlock") && !offers(&body, "reset"), "{path}");
+    }
+    let body = b.get("/hosts/mypc").await.body;
+    let locked_row = between(&body, "<th>Locked</th>", "</tr>");
+    assert!(
+        locked_row.contains("class=\"locked\"") && locked_row.contains(">Unlock</button>"),
+        "the Unlock button is not beside the lock state: {locked_row}"
+    );
+    // The live status names the action too, so an open page shows it.
+    let first = first_event(&b).await;
+    assert!(first.contains(r#""offer":"unlock""#), "{first}");
+}
+
+#[tokio::test]
+async fn a_revoke_happens_only_once_confirmed() {
+    let (mut b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    let bob: UserName = "bob".parse().expect("name");
+    b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    let csrf = b.get("/hosts/mypc").await.csrf();
+    // The Revoke button only asks, with a form that confirms (no script).
+    let page = b
+        .post("/hosts/mypc/revoke", &[("user", "bob"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Revoke shared access?"), "{}", page.body);
+    assert!(
+        page.body
+            .contains(r#"<input type="hidden" name="confirm" value="yes">"#),
+        "{}",
+        page.body
+    );
+    assert_eq!(b.store.grants_of(Some(&host)).expect("grants").len(), 1);
+    // Anything but the confirmation is refused in the same way.
+    for confirm in ["", "no", "YES "] {
+        b.post(
+            "/hosts/mypc/revoke",
+            &[("user", "bob"), ("confirm", confirm), ("csrf", &csrf)],
+        )
+        .await;
+        assert_eq!(
+            b.store.grants_of(Some(&host)).expect("grants").len(),
+            1,
+            "revoked with confirm={confirm:?}"
+        );
+    }
+    let audit = b.store.audit_page(&Default::default(), 20).expect("audit");
+    assert!(audit.iter().all(|r| r.event != "revoke"));
+    let page = b
+        .post(
+            "/hosts/mypc/revoke",
+            &[("user", "bob"), ("confirm", "yes"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.location(), "/hosts/mypc?done=revoked", "{}", page.body);
+    assert!(b.store.grants_of(Some(&host)).expect("grants").is_empty());
+}
+
+/// A six-digit code that `totp` accepts at no step near now.
+fn wrong_code(totp: &totp_rs::Totp) -> String {
+    let now = crate::clock::now_unix() as u64;
+    (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| (0..=4).all(|i| totp.generate(now + i * 30 - 60).to_string() != *c))
+        .expect("a wrong code")
+}
+
+#[tokio::test]
+async fn a_refused_set_up_keeps_the_code_names_each_wrong_field_and_never_echoes_a_password() {
+    let mut b = Browser::new();
+    let admin: UserName = "alice".parse().expect("name");
+    let setup =
+        service::add_admin(&*b.store, &b.config, &admin, None, &Actor::cli()).expect("add admin");
+    let path = setup
+        .link
+        .trim_start_matches("http://127.0.0.1:8080")
+        .to_string();
+    let page = b.get(&path).await;
+    let secret = between(&page.body, "id=\"totp-secret\">", "<");
+    let totp = super::signin::totp(
+        totp_rs::Secret::try_from_base32(&secret)
+            .expect("base32")
+            .as_ref(),
+        "alice",
+    )
+    .expect("totp");
+    let csrf = page.csrf();
+    let form = |password, again, code| {
+        [
+            ("csrf", csrf.as_str()),
+            ("secret", secret.as_str()),
+            ("password", password),
+            ("password_again", again),
+            ("code", code),
+        ]
+    };
+    let invalid = |body: &str, field: &str| {
+        let input = between(body, &format!("name=\"{field}\""), ">");
+        input.contains("aria-invalid=\"true\"")
+    };
+
+    // Good passwords, a wrong code: only the code is marked, and kept.
+    let code = wrong_code(&totp);
+    let page = b.post(&path, &form(PASSWORD, PASSWORD, &code)).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+    assert!(invalid(&page.body, "code"), "{}", page.body);
+    assert!(!invalid(&page.body, "password") && !invalid(&page.body, "password_again"));
+    assert!(
+        page.body.contains("This code does not match"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!("value=\"{code}\"")),
+        "the code typed was lost"
+    );
+    assert!(page.body.contains(&secret), "the key changed");
+    assert!(!page.body.contains(PASSWORD), "a password was sent back");
+
+    // A short password with a right code: the password is marked, the code kept.
+    let code = totp.generate_current().to_string();
+    let page = b.post(&path, &form("short", "short", &code)).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(invalid(&page.body, "password") && !invalid(&page.body, "code"));
+    assert!(
+        page.body.contains("at least 12 characters"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(&format!("value=\"{code}\"")));
+
+    // Passwords that differ, and a wrong code: both are named at once.
+    let wrong = wrong_code(&totp);
+    let page = b
+        .post(&path, &form(PASSWORD, "correct horse battery!", &wrong))
+        .await;
+    assert!(invalid(&page.body, "password_again") && invalid(&page.body, "code"));
+    assert!(!invalid(&page.body, "password"));
+    assert!(page.body.contains("differs from the password above"));
+    assert!(!page.body.contains(PASSWORD) && !page.body.contains("battery!"));
+
+    // Nothing was saved: the link still works, and finishes the set-up.
+    let page = b.post(&path, &form(PASSWORD, PASSWORD, &code)).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+}
+
+#[tokio::test]
+async fn a_failed_sign_in_says_how_long_a_lock_lasts_by_the_rule_and_keeps_the_name() {
+    for (secs, says) in [(900, "15 minutes"), (3600, "1 hour"), (90, "90 seconds")] {
+        let mut b = Browser::with_config(Config {
+            admin_lockout_secs: secs,
+            ..Config::default()
+        });
+        b.set_up_admin("alice", None).await;
+        let page = b.log_in("alice", "wrong password!", "000000").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+        let ends = format!("A lock ends by itself {says} after it began");
+        assert!(page.body.contains(&ends), "{}", page.body);
+        assert!(page.body.contains(r#"name="name" value="alice""#));
+        assert!(!page.body.contains("wrong password!"));
+    }
+}
+
+#[tokio::test]
+async fn an_offline_host_shows_when_it_was_last_seen_not_now() {
+    let (mut b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    let now = crate::clock::now_unix();
+    b.store
+        .set_presence(&[(host.clone(), true)], now - 600)
+        .expect("online");
+    for path in ["/hosts", "/hosts/mypc"] {
+        let body = b.get(path).await.body;
+        assert!(
+            body.contains(r#"<span class="last-seen">now</span>"#),
+            "{path}"
+        );
+    }
+    assert!(first_event(&b).await.contains(r#""seen":"now""#));
+    let left = now - 180;
+    b.store
+        .set_presence(&[(host.clone(), false)], left)
+        .expect("offline");
+    let zone = jiff::tz::TimeZone::system();
+    let shown = super::view::short_time(left, now, &zone);
+    for path in ["/hosts", "/hosts/mypc"] {
+        let body = b.get(path).await.body;
+        let cell = between(&body, "class=\"last-seen\"", "</span>");
+        assert!(
+            cell.ends_with(&format!(">{shown}")) && !cell.contains(">now"),
+            "{path}: {cell}"
+        );
+    }
+    // The live status, which updates a page left open, says the same.
+    let event = first_event(&b).await;
+    assert!(event.contains(&format!(r#""seen":"{shown}""#)), "{event}");
+}
+
+#[test]
+fn times_are_short_enough_for_a_phone_and_still_clear() {
+    let zone = jiff::tz::TimeZone::UTC;
+    let now = 1_796_000_000; // 2026-11-30 00:53:20 UTC
+    let short = |at| super::view::short_time(at, now, &zone);
+    assert_eq!(short(now - 60), "00:52:20");
+    assert_eq!(short(now - 3600), "29 Nov 23:53");
+    assert_eq!(short(now - 300 * 86_400), "3 Feb 00:53");
+    assert_eq!(short(now - 400 * 86_400), "2025-10-26");
+}
+
+/// The first `hosts` event of a new live-status stream of `b`'s session.
+async fn first_event(b: &Browser) -> String {
+    let cookies: Vec<String> = b.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut req = Request::builder()
+        .uri("/events")
+        .header(header::COOKIE, cookies.join("; "))
+        .body(Body::empty())
+        .expect("request");
+    req.extensions_mut().insert(ConnectInfo(b.peer));
+    let response = b.app.clone().oneshot(req).await.expect("response");
+    next_event(&mut response.into_body()).await
 }

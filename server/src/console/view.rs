@@ -5,12 +5,16 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::paths;
-use crate::admin::human_time;
+use crate::{admin::human_time, clock::now_unix};
 
-/// Readable on a phone: one column, tables that scroll sideways.
+/// The console's one style sheet. Wide screens get tables; under 40rem
+/// (a phone) each row of a list becomes a card of "label: value" lines (the
+/// labels come from each cell's `data-label`), so nothing is wider than the
+/// screen and no empty column takes room.
 pub(super) const STYLE: &str = r#"
 :root { color-scheme: light dark; --accent: #2b6cb0; --bad: #c53030; --ok: #2f855a; }
 * { box-sizing: border-box; }
+[hidden] { display: none !important; }
 body { font: 16px/1.45 system-ui, sans-serif; margin: 0; }
 header { display: flex; flex-wrap: wrap; gap: .25rem 1rem; align-items: center;
          padding: .6rem 1rem; border-bottom: 1px solid #8884; }
@@ -20,26 +24,48 @@ main { padding: 1rem; max-width: 70rem; margin: auto; }
 a { color: var(--accent); }
 .table { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; margin: .5rem 0 1rem; }
-td.event { white-space: nowrap; }
-form.stack label { display: grid; gap: .2rem; }
-th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #8883; vertical-align: top; }
+th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #8883; vertical-align: top;
+         overflow-wrap: anywhere; }
+td.event, time { white-space: nowrap; }
+td.actions form + form { margin-left: .4rem; }
 form.inline { display: inline; }
 form.stack { display: grid; gap: .5rem; max-width: 26rem; margin: .5rem 0 1rem; }
-input, select, button { font: inherit; padding: .35rem .5rem; }
+form.stack label { display: grid; gap: .2rem; }
+form.filters { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: end; }
+input, select, button { font: inherit; padding: .35rem .5rem; max-width: 100%; }
 button { cursor: pointer; }
 .bad { color: var(--bad); font-weight: 600; }
 .good { color: var(--ok); }
+.field-error { color: var(--bad); font-size: .95rem; }
 .notice { padding: .6rem .8rem; border-left: 4px solid var(--accent); background: #8881; margin: .5rem 0 1rem; }
 .notice.error { border-color: var(--bad); }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(9rem, 1fr)); gap: .6rem; }
 .card { border: 1px solid #8884; border-radius: .4rem; padding: .6rem .8rem; }
 .card b { display: block; font-size: 1.6rem; }
+code { overflow-wrap: anywhere; }
 code.token { display: block; word-break: break-all; padding: .5rem; background: #8882; }
+@media (max-width: 40rem) {
+  main { padding: .75rem; }
+  table.rows, table.rows tbody, table.rows tr, table.rows td { display: block; width: 100%; }
+  table.rows thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); }
+  table.rows tr { border: 1px solid #8884; border-radius: .4rem; margin: 0 0 .6rem; padding: .3rem .6rem; }
+  table.rows td { border: 0; padding: .15rem 0 .15rem 7.5rem; }
+  table.rows td::before { content: attr(data-label); float: left; width: 7rem; margin-left: -7.5rem;
+                          font-weight: 600; }
+  table.rows td::after { content: ""; display: block; clear: both; }
+  table.rows td:empty { display: none; }
+  table.rows td.actions { display: flex; flex-wrap: wrap; gap: .4rem; padding: .3rem 0; }
+  table.rows td.actions form + form { margin-left: 0; }
+  table.rows td.actions::before, table.rows td.actions::after { content: none; }
+  table.pairs th { width: 7.5rem; }
+}
 "#;
 
-/// Progressive enhancement: where a page shows hosts, their online and
-/// locked cells follow `/events` (server-sent events). Text only, through
-/// the DOM: nothing received becomes markup.
+/// Progressive enhancement: where a page shows hosts, their online, locked,
+/// failures and last-seen values, which lock action they offer, and the
+/// relay (shown while online) follow `/events` (server-sent events). The
+/// server makes every value and picks the action; this only copies them,
+/// as text through the DOM: nothing received becomes markup.
 pub(super) const LIVE_SCRIPT: &str = r#"
 if (window.EventSource && document.querySelector('[data-host]')) {
   const events = new EventSource('/events');
@@ -50,6 +76,7 @@ if (window.EventSource && document.querySelector('[data-host]')) {
     if (on) text.className = badWhenOn ? 'bad' : 'good';
     cell.replaceChildren(text);
   };
+  const write = (cell, text) => { if (cell) cell.textContent = text; };
   events.addEventListener('hosts', (e) => {
     const hosts = new Map(JSON.parse(e.data).map((h) => [h.host, h]));
     for (const row of document.querySelectorAll('[data-host]')) {
@@ -57,6 +84,13 @@ if (window.EventSource && document.querySelector('[data-host]')) {
       if (!h) continue;
       show(row.querySelector('.online'), h.online, false);
       show(row.querySelector('.locked'), h.locked, true);
+      write(row.querySelector('.failures'), String(h.failures));
+      write(row.querySelector('.last-seen'), h.seen);
+      const relay = row.querySelector('.relay');
+      if (relay) relay.hidden = !h.online;
+      for (const form of row.querySelectorAll('form[data-offered]')) {
+        form.hidden = form.dataset.offered !== h.offer;
+      }
     }
   });
 }
@@ -123,24 +157,109 @@ pub(super) fn flag(on: bool, bad_when_on: bool) -> Markup {
     }
 }
 
-/// A time as people read it, in the relay's time zone, with the exact
-/// instant for machines.
+/// A time as people read it, in the relay's time zone: short enough for
+/// a phone's column (see [`short_time`]), with the full time on hover and
+/// the exact instant for machines.
 pub(super) fn time(at: i64) -> Markup {
     let zone = jiff::tz::TimeZone::system();
     match jiff::Timestamp::from_second(at) {
         Ok(t) => html! {
-            time datetime=(t.to_string()) { (human_time::local_time(at, &zone)) }
+            time datetime=(t.to_string()) title=(human_time::local_time(at, &zone)) {
+                (short_time(at, now_unix(), &zone))
+            }
         },
         Err(_) => html! { (at) },
     }
 }
 
-/// When a host was last seen: now while it is online.
+/// `at` as briefly as it stays clear beside `now`: the time of day for
+/// today (`14:03:05`), the day and minute this year (`29 Nov 14:03`), else
+/// the date (`2025-11-29`).
+pub(super) fn short_time(at: i64, now: i64, zone: &jiff::tz::TimeZone) -> String {
+    let (Ok(at), Ok(now)) = (
+        jiff::Timestamp::from_second(at),
+        jiff::Timestamp::from_second(now),
+    ) else {
+        return at.to_string();
+    };
+    let (at, now) = (at.to_zoned(zone.clone()), now.to_zoned(zone.clone()));
+    let format = if at.date() == now.date() {
+        "%H:%M:%S"
+    } else if at.year() == now.year() {
+        "%-d %b %H:%M"
+    } else {
+        "%Y-%m-%d"
+    };
+    at.strftime(format).to_string()
+}
+
+/// When a host was last seen, as text: "now" while its agent is connected,
+/// else when it left (the store records that moment as it goes offline).
+/// Pages and the live status both say it this way.
+pub(super) fn last_seen_text(online: bool, at: Option<i64>) -> String {
+    match (online, at) {
+        (true, _) => "now".into(),
+        (false, Some(at)) => short_time(at, now_unix(), &jiff::tz::TimeZone::system()),
+        (false, None) => "never".into(),
+    }
+}
+
+/// [`last_seen_text`] in a page, where the live status rewrites it.
 pub(super) fn last_seen(online: bool, at: Option<i64>) -> Markup {
+    let zone = jiff::tz::TimeZone::system();
+    let full = at
+        .filter(|_| !online)
+        .map(|at| human_time::local_time(at, &zone));
+    html! { span.last-seen title=[full] { (last_seen_text(online, at)) } }
+}
+
+/// The lock action a host offers: Unlock while it is locked, Reset while
+/// it counts failures short of the lock (both clear the count).
+pub(super) fn lock_offer(locked: bool, failures: u32) -> Option<&'static str> {
+    if locked {
+        Some("unlock")
+    } else if failures > 0 {
+        Some("reset")
+    } else {
+        None
+    }
+}
+
+/// A lock action's button, present in every host row so that the live
+/// status can show it; hidden unless the host offers it.
+fn lock_action(host: &str, csrf: &str, offer: Option<&str>, action: &str, label: &str) -> Markup {
     html! {
-        @if online { "now" }
-        @else if let Some(at) = at { (time(at)) }
-        @else { "never" }
+        " "
+        form.inline method="post" action=(paths::host_action(host, "unlock"))
+            data-offered=(action) hidden[offer != Some(action)] {
+            (csrf_field(csrf))
+            button type="submit" { (label) }
+        }
+    }
+}
+
+/// Whether a host is locked, with its Unlock button beside it.
+pub(super) fn locked_cell(host: &str, csrf: &str, locked: bool, failures: u32) -> Markup {
+    let offer = lock_offer(locked, failures);
+    html! {
+        span.locked { (flag(locked, true)) }
+        (lock_action(host, csrf, offer, "unlock", "Unlock"))
+    }
+}
+
+/// A host's failure count and the threshold, with its Reset button beside
+/// them.
+pub(super) fn failures_cell(
+    host: &str,
+    csrf: &str,
+    locked: bool,
+    failures: u32,
+    threshold: u32,
+) -> Markup {
+    let offer = lock_offer(locked, failures);
+    html! {
+        span.failures { (failures) } " of " (threshold)
+        (lock_action(host, csrf, offer, "reset", "Reset"))
     }
 }
 

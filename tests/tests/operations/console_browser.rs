@@ -4,8 +4,12 @@
 //!
 //! An admin sets up their account from the one-time link (the TOTP code
 //! computed here), signs in, grants bob shared access on the host's page,
-//! sees the host locked after bob's three wrong codes, presses Unlock, and
-//! sees the owner's login in the audit log. Screenshots of each step go to
+//! sees the host locked after bob's three wrong codes, presses Unlock
+//! beside the lock, and sees the owner's login in the audit log. Then every
+//! page is opened as a phone shows it (390 px wide), where no table, list
+//! or form may be wider than the screen nor any time wrap; bob's access is
+//! revoked there through its confirmation step; and the host page, left
+//! open, shows when the host went offline. Screenshots of each step go to
 //! `target/console-screenshots/`.
 //!
 //! Without Chromium and chromedriver the test is skipped with the reason
@@ -21,6 +25,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use fantoccini::{elements::Element, Client, ClientBuilder, Locator};
 use latchkey_tests::{wait_until, Proc, World, OWNER_CODE};
+use serde_json::Value;
 
 /// Longest wait for any one thing in the browser.
 const STEP: Duration = Duration::from_secs(10);
@@ -244,6 +249,48 @@ async fn wait_text(browser: &Client, css: &str, ok: impl Fn(&str) -> bool) -> Re
     )
 }
 
+/// Checks, in the page, that it fits a phone's screen: the page does not
+/// scroll sideways, no table, list or form is wider than the window or
+/// reaches past its edge, and no time wraps onto a second line. Saves a
+/// screenshot as `name` first, so a failure can be seen.
+async fn fits_phone(browser: &Client, name: &str) -> Result<()> {
+    const CHECK: &str = r#"
+        const width = window.innerWidth;
+        const describe = (e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+            + (e.className ? '.' + e.className : '');
+        const wide = [...document.querySelectorAll('table, ul, ol, dl, form')].filter((e) => {
+            const r = e.getBoundingClientRect();
+            return r.width > width || r.right > width;
+        }).map(describe);
+        const wrapped = [...document.querySelectorAll('time')]
+            .filter((t) => t.getClientRects().length > 1).map((t) => t.textContent);
+        return { width, scrollWidth: document.documentElement.scrollWidth, wide, wrapped };
+    "#;
+    screenshot(browser, name).await?;
+    let found = browser.execute(CHECK, Vec::new()).await?;
+    let width = found["width"].as_u64().context("no width")?;
+    let scroll_width = found["scrollWidth"].as_u64().context("no scroll width")?;
+    ensure!(
+        width <= u64::from(PHONE.0),
+        "{name}: the window is {width} px wide, not a phone's"
+    );
+    ensure!(
+        scroll_width <= width,
+        "{name}: the page is {scroll_width} px wide on a {width} px screen"
+    );
+    ensure!(
+        found["wide"] == Value::Array(Vec::new()),
+        "{name}: wider than the screen: {}",
+        found["wide"]
+    );
+    ensure!(
+        found["wrapped"] == Value::Array(Vec::new()),
+        "{name}: times that wrap: {}",
+        found["wrapped"]
+    );
+    Ok(())
+}
+
 /// Waits for the status or error notice on top of the page to say `text`.
 async fn notice(browser: &Client, text: &str) -> Result<String> {
     wait_text(browser, "p.notice", |t| t.contains(text)).await
@@ -379,7 +426,7 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
     grant_on_host_page(browser, "bob").await?;
     let users = shared_with(browser).await?;
     ensure!(users == ["bob"], "shared with {users:?}, not bob");
-    wait_text(browser, "#locked", |t| t == "no").await?;
+    wait_text(browser, "#host-status .locked", |t| t == "no").await?;
     screenshot(browser, "03-host-bob-granted").await?;
 
     // 3. Bob types a wrong code three times, with the real client; the
@@ -401,38 +448,39 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
 
     // The host page still open shows the lock by itself (live status
     // through server-sent events), before any reload.
-    wait_text(browser, "#locked", |t| t == "yes").await?;
+    wait_text(browser, "#host-status .locked", |t| t == "yes").await?;
 
-    // 4. The console shows mypc locked: the hosts list, then its page.
+    // 4. The console shows mypc locked: the hosts list, then its page,
+    // with Unlock beside the lock.
     browser.goto(&format!("{console}/hosts")).await?;
-    wait_text(browser, "tr[data-host='mypc'] td.locked", |t| t == "yes").await?;
+    wait_text(browser, "tr[data-host='mypc'] .locked", |t| t == "yes").await?;
     screenshot(browser, "04-hosts-locked").await?;
     browser.goto(&format!("{console}/hosts/mypc")).await?;
-    wait_text(browser, "#locked", |t| t == "yes").await?;
-    wait_text(browser, "#failures", |t| t.starts_with("3 ")).await?;
+    wait_text(browser, "#host-status .locked", |t| t == "yes").await?;
+    wait_text(browser, "#host-status .failures", |t| t == "3").await?;
+    ensure!(
+        find(
+            browser,
+            Locator::XPath("//tr[th='Locked']/td//button[normalize-space()='Unlock']")
+        )
+        .await?
+        .is_displayed()
+        .await?,
+        "no Unlock beside the lock"
+    );
     screenshot(browser, "05-host-locked").await?;
 
-    // The same page on a phone: nothing wider than the screen.
+    // The same page on a phone.
     browser.set_window_size(PHONE.0, PHONE.1).await?;
-    wait_text(browser, "#locked", |t| t == "yes").await?;
-    let fits = browser
-        .execute(
-            "return document.documentElement.scrollWidth <= window.innerWidth",
-            Vec::new(),
-        )
-        .await?;
-    screenshot(browser, "06-host-locked-phone").await?;
-    ensure!(
-        fits == serde_json::Value::Bool(true),
-        "the host page is wider than a phone's screen"
-    );
+    wait_text(browser, "#host-status .locked", |t| t == "yes").await?;
+    fits_phone(browser, "06-host-locked-phone").await?;
     browser.set_window_size(DESKTOP.0, DESKTOP.1).await?;
 
     // 5. Unlock.
     press(browser, "Unlock").await?;
     notice(browser, "Host unlocked").await?;
-    wait_text(browser, "#locked", |t| t == "no").await?;
-    wait_text(browser, "#failures", |t| t.starts_with("0 ")).await?;
+    wait_text(browser, "#host-status .locked", |t| t == "no").await?;
+    wait_text(browser, "#host-status .failures", |t| t == "0").await?;
     ensure!(
         shared_with(browser).await? == ["bob"],
         "the unlock changed the grants"
@@ -474,6 +522,74 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
     Ok(())
 }
 
+/// Every page as a phone shows it, then a revoke through its confirmation
+/// step, a host going offline under an open page, and the sign-in and
+/// set-up pages.
+async fn on_a_phone(w: &World, agent: &mut Proc, browser: &Client, console: &str) -> Result<()> {
+    browser.set_window_size(PHONE.0, PHONE.1).await?;
+    let pages = [
+        ("/", "Overview", "10-phone-overview"),
+        ("/hosts", "Hosts", "11-phone-hosts"),
+        ("/hosts/mypc", "Host mypc", "12-phone-host"),
+        ("/users", "Users", "13-phone-users"),
+        ("/audit", "Audit log", "14-phone-audit"),
+        ("/audit?host=mypc", "Audit log", "15-phone-audit-mypc"),
+        ("/outbox", "Outbox", "16-phone-outbox"),
+    ];
+    for (path, title, name) in pages {
+        browser.goto(&format!("{console}{path}")).await?;
+        wait_text(browser, "h1", |t| t == title).await?;
+        fits_phone(browser, name).await?;
+    }
+
+    // Revoke asks first; nothing changes until it is confirmed.
+    browser.goto(&format!("{console}/hosts/mypc")).await?;
+    press(browser, "Revoke").await?;
+    wait_text(browser, "h1", |t| t == "Revoke shared access?").await?;
+    fits_phone(browser, "17-phone-revoke-confirm").await?;
+    let out = w.relay.admin(&["status", "mypc"])?;
+    ensure!(
+        out.lines()
+            .any(|l| l.starts_with("shared with:") && l.contains("bob")),
+        "bob lost access before the confirmation: {out}"
+    );
+    press(browser, "Revoke").await?;
+    notice(browser, "Shared access revoked").await?;
+    ensure!(
+        shared_with(browser).await?.is_empty(),
+        "bob still has access"
+    );
+
+    // The host's agent stops: the open page says when it was last seen.
+    wait_text(browser, "#host-status .last-seen", |t| t == "now").await?;
+    tokio::task::block_in_place(|| agent.terminate())?;
+    wait_text(browser, "#host-status .online", |t| t == "no").await?;
+    wait_text(browser, "#host-status .last-seen", |t| {
+        t.contains(':') && t != "now"
+    })
+    .await?;
+    ensure!(
+        !browser
+            .find(Locator::Css("#host-status .relay"))
+            .await?
+            .is_displayed()
+            .await?,
+        "an offline host still shows its relay"
+    );
+    fits_phone(browser, "18-phone-host-offline").await?;
+
+    // Signed out: the sign-in page, then a new admin's set-up page.
+    press(browser, &format!("Sign out {ADMIN}")).await?;
+    wait_text(browser, "h1", |t| t == "Sign in").await?;
+    fits_phone(browser, "19-phone-sign-in").await?;
+    let out = w.relay.admin(&["add-admin", "dave"])?;
+    let link = out.lines().last().context("no setup link")?.trim();
+    browser.goto(link).await?;
+    wait_text(browser, "h1", |t| t == "Set up your admin account").await?;
+    fits_phone(browser, "20-phone-setup").await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_grants_sees_the_lock_and_unlocks_in_a_browser() -> Result<()> {
     let Some(tools) = tools("admin_grants_sees_the_lock_and_unlocks_in_a_browser") else {
@@ -498,11 +614,14 @@ async fn admin_grants_sees_the_lock_and_unlocks_in_a_browser() -> Result<()> {
         .context("no console address")?
         .trim_end_matches('/')
         .to_string();
-    let _agent = w.start_agent()?;
+    let mut agent = w.start_agent()?;
     let driver = ChromeDriver::start(&tools, w.dir.path())?;
     let browser = open_browser(&driver, &tools, w.dir.path()).await?;
 
-    let outcome = admin_unlocks_a_host(&w, &browser, &console).await;
+    let mut outcome = admin_unlocks_a_host(&w, &browser, &console).await;
+    if outcome.is_ok() {
+        outcome = on_a_phone(&w, &mut agent, &browser, &console).await;
+    }
     if outcome.is_err() {
         let _ = screenshot(&browser, "failure").await;
     }
