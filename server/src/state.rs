@@ -63,23 +63,39 @@ impl Shared {
 
     /// `name` (a host if `is_host`, else a user) is enrolled with `key` now,
     /// through this relay or another (SPEC I2): its agent's link, or its
-    /// sessions, opened with another key end.
-    pub(crate) fn device_replaced(&self, name: &str, is_host: bool, key: &PublicKey) {
+    /// sessions, opened with another key end. A device with no key (`None`)
+    /// was removed: everything it holds here ends, and so does every
+    /// session on a removed host.
+    pub(crate) fn device_replaced(&self, name: &str, is_host: bool, key: Option<&PublicKey>) {
         if is_host {
             let old = name
                 .parse::<HostName>()
                 .ok()
-                .and_then(|h| self.hosts.conn_with_other_key(&h, key));
+                .and_then(|h| self.hosts.conn_unless_key(&h, key));
+            let why = match key {
+                Some(_) => "the host was enrolled again",
+                None => "the host was removed",
+            };
             if let Some(old) = old {
-                info!(host = %name, "the host was enrolled again: its old agent's link ends");
-                old.close(close::REPLACED, b"the host was enrolled again");
+                info!(host = %name, "{why}: its old agent's link ends");
+                old.close(close::REPLACED, why.as_bytes());
+            }
+            if key.is_none() {
+                let ended = self
+                    .sessions
+                    .end_on_host(name, &format!("'{name}' was removed by an admin"));
+                if ended > 0 {
+                    info!(host = %name, sessions = ended, "the host was removed: its sessions ended");
+                }
             }
         } else {
-            let ended = self
-                .sessions
-                .end_user_except(name, key, "your device was enrolled again");
+            let why = match key {
+                Some(_) => "your device was enrolled again",
+                None => "your account was removed by an admin",
+            };
+            let ended = self.sessions.end_user_except(name, key, why);
             if ended > 0 {
-                info!(user = %name, sessions = ended, "the user's device was enrolled again: its sessions ended");
+                info!(user = %name, sessions = ended, "{why}: the user's sessions ended");
             }
         }
     }

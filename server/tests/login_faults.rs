@@ -418,7 +418,13 @@ async fn abandoned_attempts_lock_the_host_and_after_an_unlock_the_owner_gets_in(
         got.contains("ocked"),
         "a locked host let the owner in: {got}"
     );
-    assert_eq!(h.store.unlock(&h.host, &Actor::cli(), 2)?, 0);
+    assert_eq!(
+        h.store.unlock(&h.host, &Actor::cli(), 2)?,
+        latchkey_server::store::Unlock::Done {
+            was_locked: true,
+            still_counted: 0
+        }
+    );
     let got = attempt(&h, "alice", &h.alice, CODE, Peer::Proper).await;
     assert!(got.starts_with("Accepted"), "{got}");
     h.settled("after unlock").await?;

@@ -85,7 +85,8 @@ pub fn refusal_text(r: &Refusal) -> String {
             format!("the relay speaks protocol version {supported}; update latchkey")
         }
         Refusal::UnknownDevice => {
-            "the relay does not know this device: enroll it again with a new invite".into()
+            "the relay does not know this device (an admin removed it, or it was enrolled again \
+             elsewhere): ask your admin for a new invite".into()
         }
         Refusal::InvalidToken => {
             "the invite token is unknown, already used or expired: ask your admin for a new one"

@@ -11,7 +11,7 @@ pub mod shell;
 pub mod ssh_config;
 
 use latchkey_protocol::{
-    frame::{ClientToRelay, HostInfo, Intent, RelayToClient},
+    frame::{ClientToRelay, HostInfo, Intent, Refusal, RelayToClient},
     ids::{AccessCode, HostName},
     HandshakeError,
 };
@@ -73,11 +73,15 @@ pub async fn hosts(home: &Home) -> Result<Vec<HostInfo>, UserError> {
 
 /// Checks that `host` is among the hosts this user may reach, so that a
 /// typo is told as one, not as a wrong code. The list is the user's own
-/// (what `latchkey hosts` shows), so nothing new is told; if it cannot be
-/// had, the check passes and the login says what it says.
+/// (what `latchkey hosts` shows), so nothing new is told. A device the
+/// relay does not know (removed, or enrolled again elsewhere) is told so;
+/// if the list cannot be had otherwise, the check passes and the login
+/// says what it says.
 pub async fn check_host_is_yours(home: &Home, host: &HostName) -> Result<(), UserError> {
-    let Ok(hosts) = hosts(home).await else {
-        return Ok(());
+    let hosts = match hosts(home).await {
+        Ok(hosts) => hosts,
+        Err(e @ UserError::Net(NetError::Refused(Refusal::UnknownDevice))) => return Err(e),
+        Err(_) => return Ok(()),
     };
     if hosts.iter().any(|h| h.name == *host) {
         return Ok(());

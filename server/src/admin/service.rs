@@ -19,7 +19,7 @@ use crate::{
     clock::now_unix,
     config::Config,
     rules::lease,
-    store::{Actor, InviteKind, Store, StoreError},
+    store::{Actor, InviteKind, Removal, Store, StoreError, Unlock},
 };
 
 /// Errors of admin actions.
@@ -168,13 +168,34 @@ pub fn regrant(
     Ok(store.regrant(host, user, by, now_unix())?)
 }
 
-/// Unlocks `host`; returns the attempts still being decided, which count
-/// until they end.
-pub fn unlock(store: &dyn Store, host: &HostName, by: &Actor) -> Result<u32, ServiceError> {
+/// Removes a user who left (their history stays); refused while they own
+/// a host.
+pub fn remove_user(
+    store: &dyn Store,
+    user: &UserName,
+    by: &Actor,
+) -> Result<Removal, ServiceError> {
+    Ok(store.remove_user(user, by, now_unix())?)
+}
+
+/// Removes a host (its history stays).
+pub fn remove_host(
+    store: &dyn Store,
+    host: &HostName,
+    by: &Actor,
+) -> Result<Removal, ServiceError> {
+    Ok(store.remove_host(host, by, now_unix())?)
+}
+
+/// Unlocks `host` and clears its failure count, if there is anything to
+/// unlock or clear.
+pub fn unlock(store: &dyn Store, host: &HostName, by: &Actor) -> Result<Unlock, ServiceError> {
     Ok(store.unlock(host, by, now_unix())?)
 }
 
-/// Changes a host's shared-access policy.
+/// Changes a host's shared-access policy. With no setting given nothing
+/// changes, so nothing is written (an audit row saying "unchanged" twice
+/// would only be noise).
 pub fn set_policy(
     store: &dyn Store,
     host: &HostName,
@@ -182,6 +203,9 @@ pub fn set_policy(
     lockout_threshold: Option<u32>,
     by: &Actor,
 ) -> Result<(), ServiceError> {
+    if shared_access.is_none() && lockout_threshold.is_none() {
+        return Ok(());
+    }
     Ok(store.set_policy(host, shared_access, lockout_threshold, by, now_unix())?)
 }
 

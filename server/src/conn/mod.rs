@@ -261,7 +261,7 @@ async fn device_reply(
                     // A re-enrolled device replaces the old one: what the old
                     // key holds here ends now (on the other relays of a
                     // cluster when they read the audit row).
-                    shared.device_replaced(&enrolled.name, enrolled.is_host, &device);
+                    shared.device_replaced(&enrolled.name, enrolled.is_host, Some(&device));
                     Ok((
                         HelloReply::Enrolled {
                             name: enrolled.name,

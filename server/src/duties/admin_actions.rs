@@ -2,7 +2,7 @@
 //! admin CLI) reach this relay's live sessions through the store's feed of
 //! audit rows: a revoke ends the user's sessions on the host within a tick
 //! (SPEC S4, M4), whatever the mail server does; a device enrolled again
-//! loses what its old key holds here.
+//! loses what its old key holds here, and a removed one all it holds.
 
 use std::{sync::Arc, time::Duration};
 
@@ -70,6 +70,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     if event.is(AuditEvent::Enrolled) {
                         end_replaced_device(&shared, event).await;
                     }
+                    end_removed_device(&shared, event);
                 }
             }
             Err(e) => {
@@ -120,6 +121,22 @@ async fn end_replaced_device(shared: &Arc<Shared>, event: &AuditRow) {
         blocking(shared, move |s| s.user_key(&user)).await
     };
     if let Some(Some(key)) = key {
-        shared.device_replaced(&name, is_host, &key);
+        shared.device_replaced(&name, is_host, Some(&key));
+    }
+}
+
+/// A user or host was removed, at any relay of the store: what it holds
+/// here ends (a removed row never gets a key back; inviting the name again
+/// makes a new device, which enrols after this row).
+fn end_removed_device(shared: &Shared, event: &AuditRow) {
+    let removed = if event.is(AuditEvent::HostRemoved) {
+        event.host.as_deref().map(|h| (h, true))
+    } else if event.is(AuditEvent::UserRemoved) {
+        event.user.as_deref().map(|u| (u, false))
+    } else {
+        None
+    };
+    if let Some((name, is_host)) = removed {
+        shared.device_replaced(name, is_host, None);
     }
 }

@@ -160,16 +160,16 @@ impl HostLinks {
         self.links().get(host).map(|l| l.tx.clone())
     }
 
-    /// `host`'s connection if it was made with a key other than `key` (the
-    /// host was enrolled again since).
-    pub(crate) fn conn_with_other_key(
+    /// `host`'s connection unless it was made with `key` (the host was
+    /// enrolled again since; with `None`, removed).
+    pub(crate) fn conn_unless_key(
         &self,
         host: &HostName,
-        key: &PublicKey,
+        key: Option<&PublicKey>,
     ) -> Option<quinn::Connection> {
         self.links()
             .get(host)
-            .filter(|l| l.key != *key)
+            .filter(|l| Some(&l.key) != key)
             .map(|l| l.conn.clone())
     }
 

@@ -103,10 +103,22 @@ impl Sessions {
         })
     }
 
-    /// Ends every live session of `user` not opened with `key` (their
-    /// device was enrolled again with that key).
-    pub(crate) fn end_user_except(&self, user: &str, key: &PublicKey, reason: &str) -> usize {
-        self.end_where(reason, |l| l.user.as_str() == user && l.user_key != *key)
+    /// Ends every live session of `user` not opened with `keep` (their
+    /// device was enrolled again with that key; with `None`, removed).
+    pub(crate) fn end_user_except(
+        &self,
+        user: &str,
+        keep: Option<&PublicKey>,
+        reason: &str,
+    ) -> usize {
+        self.end_where(reason, |l| {
+            l.user.as_str() == user && Some(&l.user_key) != keep
+        })
+    }
+
+    /// Ends every live session on `host`.
+    pub(crate) fn end_on_host(&self, host: &str, reason: &str) -> usize {
+        self.end_where(reason, |l| l.host.as_str() == host)
     }
 
     /// Sessions alive now.

@@ -26,6 +26,10 @@ pub enum AuditEvent {
     Grant,
     /// Shared access revoked (live sessions end).
     Revoke,
+    /// A user was removed: their device and grants end, their history stays.
+    UserRemoved,
+    /// A host was removed: its device, grants and sessions end.
+    HostRemoved,
     /// A host's sharing policy changed.
     Policy,
     /// An invite was created.
@@ -86,6 +90,8 @@ impl AuditEvent {
         Self::Unlock,
         Self::Grant,
         Self::Revoke,
+        Self::UserRemoved,
+        Self::HostRemoved,
         Self::Policy,
         Self::InviteCreated,
         Self::Enrolled,
@@ -123,6 +129,8 @@ impl AuditEvent {
             Self::Unlock => "unlock",
             Self::Grant => "grant",
             Self::Revoke => "revoke",
+            Self::UserRemoved => "user-removed",
+            Self::HostRemoved => "host-removed",
             Self::Policy => "policy",
             Self::InviteCreated => "invite-created",
             Self::Enrolled => "enrolled",

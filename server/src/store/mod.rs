@@ -331,6 +331,32 @@ impl Actor {
     }
 }
 
+/// What an unlock did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unlock {
+    /// The host was locked, or counted failures: it is open and its
+    /// decided failures are cleared (audited).
+    Done {
+        /// Whether it was locked.
+        was_locked: bool,
+        /// Attempts still being decided, which count until they end.
+        still_counted: u32,
+    },
+    /// The host was open and counted no failure: nothing was changed, and
+    /// nothing audited, so an unlock "just in case" leaves no noise.
+    NotLocked,
+}
+
+/// What removing a user or a host ended, for the admin's report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Removal {
+    /// The grants that ended: a removed user's hosts, or a removed host's
+    /// shared users.
+    pub grants: Vec<String>,
+    /// Unused invites that could have enrolled the device again.
+    pub invites_cancelled: u64,
+}
+
 /// A grant as the admin sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct GrantRow {
@@ -498,9 +524,27 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError>;
-    /// Unlocks a host and clears every user's failures; returns the count
-    /// left (attempts still pending stay counted until settled).
-    fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<u32, StoreError>;
+    /// Removes a user: their device key, shared access, invites and
+    /// tickets go; their history stays. Refused while they own a host.
+    fn remove_user(
+        &self,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<Removal, StoreError>;
+    /// Removes a host: its device key, grants, code records, invites and
+    /// tickets go; its history stays.
+    fn remove_host(
+        &self,
+        host: &HostName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<Removal, StoreError>;
+    /// Unlocks a host and clears every user's failures (attempts still
+    /// pending stay counted until settled), audited; a host that is open
+    /// and counts nothing is left as it is, unaudited, in the same
+    /// transaction as the look.
+    fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<Unlock, StoreError>;
 
     /// Records which host agents connected or left, in one commit.
     fn set_presence(&self, changes: &[(HostName, bool)], now: UnixTime) -> Result<(), StoreError>;

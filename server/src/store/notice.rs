@@ -50,14 +50,11 @@ pub fn granted(host: &str, owner: &str, user: &str) -> Notice {
     }
 }
 
-/// Shared access was revoked: the owner and the revoked user are told.
+/// Shared access was revoked: the owner's notice (the revoked user gets
+/// [`access_revoked`]).
 pub fn revoked(host: &str, owner: &str, user: &str) -> Notice {
     Notice {
-        to: vec![
-            (Channel::Email, owner.into()),
-            (Channel::Email, user.into()),
-            (Channel::Host, host.into()),
-        ],
+        to: vec![(Channel::Email, owner.into()), (Channel::Host, host.into())],
         subject: format!("Shared access to {host} revoked for {user}"),
         body: format!(
             "Your admin revoked {user}'s shared access to {host}.\n\
@@ -68,7 +65,75 @@ pub fn revoked(host: &str, owner: &str, user: &str) -> Notice {
     }
 }
 
-/// A secondary user's session ended (SPEC S3).
+/// Shared access was revoked: the revoked user's notice.
+pub fn access_revoked(host: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, user.into())],
+        subject: format!("Your shared access to {host} was revoked"),
+        body: format!(
+            "Your admin revoked your shared access to {host}.\n\
+             Any session you had on {host} was ended, and you can no\n\
+             longer connect to it. Ask your admin if you still need it.\n"
+        ),
+    }
+}
+
+/// A user was removed: the owner of each host they shared is told.
+pub fn user_removed(host: &str, owner: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, owner.into()), (Channel::Host, host.into())],
+        subject: format!("{user} was removed: their shared access to {host} ended"),
+        body: format!(
+            "Your admin removed {user} from Latchkey.\n\
+             Their shared access to {host} ended, and any session they\n\
+             had on {host} was ended.\n\
+             If {user} knew your access code, we recommend that you\n\
+             change it (latchkey host set-code on {host}).\n"
+        ),
+    }
+}
+
+/// A host was removed: its owner's notice.
+pub fn host_removed(host: &str, owner: &str, shared: &[String]) -> Notice {
+    let shared = match shared {
+        [] => String::new(),
+        users => format!(
+            "The shared access of {} to it ended too.\n",
+            users.join(", ")
+        ),
+    };
+    Notice {
+        to: vec![(Channel::Email, owner.into())],
+        subject: format!("{host} was removed from Latchkey"),
+        body: format!(
+            "Your admin removed your host {host} from Latchkey.\n\
+             Every session on {host} was ended, and its agent can no\n\
+             longer connect: stop the agent on {host}, or ask your\n\
+             admin for a new invite to use it again.\n\
+             {shared}"
+        ),
+    }
+}
+
+/// A host was removed: the notice to each user who had shared access.
+pub fn host_removed_for_user(host: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, user.into())],
+        subject: format!("{host} was removed: your shared access ended"),
+        body: format!(
+            "Your admin removed the host {host} from Latchkey.\n\
+             Your shared access to it ended, and any session you had\n\
+             on it was ended.\n"
+        ),
+    }
+}
+
+/// How long a secondary user goes without a session before their next
+/// session's end mails the owner again: one recommendation to change the
+/// code per run of sessions.
+pub const SESSION_RUN_GAP_SECS: i64 = 3600;
+
+/// A secondary user's session ended (SPEC S3), the first of a run.
 pub fn secondary_session_ended(host: &str, owner: &str, user: &str) -> Notice {
     Notice {
         to: vec![(Channel::Email, owner.into()), (Channel::Host, host.into())],

@@ -220,6 +220,18 @@ CREATE TABLE session_tickets (
 );
 CREATE INDEX session_tickets_expiry ON session_tickets (expires_at);
 "#,
+    // Offboarding: a removed user or host keeps its row (and so its
+    // lockout counts and the history that points at it) but nothing that
+    // lets a device in; inviting the name again brings it back.
+    r#"
+ALTER TABLE users ADD COLUMN removed_at INTEGER;
+ALTER TABLE hosts ADD COLUMN removed_at INTEGER;
+"#,
+    // When a secondary user's last run of sessions on a host ended, so the
+    // owner is told of a run once, not of every session.
+    r#"
+ALTER TABLE grants ADD COLUMN run_ended_at INTEGER;
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.
@@ -480,5 +492,20 @@ mod tests {
     #[test]
     fn gauges_count_locked_hosts_and_notices_by_state() {
         suite::gauges_count_locked_hosts_and_notices_by_state(&fresh());
+    }
+
+    #[test]
+    fn a_removed_user_keeps_nothing_that_lets_them_in() {
+        suite::a_removed_user_keeps_nothing_that_lets_them_in(&fresh());
+    }
+
+    #[test]
+    fn a_removed_host_keeps_nothing_that_lets_it_in() {
+        suite::a_removed_host_keeps_nothing_that_lets_it_in(&fresh());
+    }
+
+    #[test]
+    fn a_run_of_secondary_sessions_tells_the_owner_once() {
+        suite::a_run_of_secondary_sessions_tells_the_owner_once(&fresh());
     }
 }

@@ -13,12 +13,14 @@ use std::{collections::BTreeMap, net::IpAddr};
 use latchkey_protocol::{
     frame::CodeTarget,
     handshake::{CodeRecord, Reservation},
-    ids::{HostName, RecordId, SessionId, UserName},
+    ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
     ksf::KsfProfile,
 };
 use proptest::prelude::*;
 
-use super::{Actor, AttemptId, AuditEvent, Event, InviteKind, SessionEnd, Store, SweptRelays};
+use super::{
+    Actor, AttemptId, AuditEvent, Event, InviteKind, SessionEnd, Store, StoreError, SweptRelays,
+};
 use crate::rules::lockout::{Proof, Settlement, VoidReason};
 
 const THRESHOLD: u32 = 3;
@@ -367,10 +369,19 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.grants[u] = model.grants[u].map(|(_, generation)| (n, generation));
             }
             Op::Unlock => {
-                let left = w.store.unlock(&w.host, &Actor::cli(), now).expect("unlock");
+                let done = w.store.unlock(&w.host, &Actor::cli(), now).expect("unlock");
+                let expected = if !model.locked && model.count() == 0 {
+                    super::Unlock::NotLocked
+                } else {
+                    super::Unlock::Done {
+                        was_locked: model.locked,
+                        still_counted: model.pending.len() as u32,
+                    }
+                };
                 model.locked = false;
                 model.failures = [0; 3];
-                prop_assert_eq!(left, model.count());
+                prop_assert_eq!(done, expected);
+                prop_assert_eq!(model.count(), model.pending.len() as u32);
             }
             Op::Sweep(age) => {
                 let before = now - age;
@@ -1089,4 +1100,230 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
             .is_some_and(|d| d.contains("continues as session"))));
     // A refusal for a live ticket is audited.
     assert!(ends.iter().any(|e| e.event == "session-resume-refused"));
+}
+
+/// bob, enrolled with a device key and granted shared access to alice's
+/// mypc.
+fn bob_shares_mypc(store: &dyn Store, host: &HostName) -> UserName {
+    let bob: UserName = "bob".parse().expect("name");
+    let user = InviteKind::User {
+        email: Some("bob@example.com".into()),
+    };
+    store
+        .create_invite("bob", &user, [3; 32], 100, &Actor::cli(), 0)
+        .expect("invite");
+    store
+        .redeem_invite(
+            [3; 32],
+            PublicKey([7; 32]),
+            Platform::Linux,
+            "127.0.0.1".parse().expect("address"),
+            1,
+        )
+        .expect("enrol");
+    store.grant(host, &bob, &Actor::cli(), 1).expect("grant");
+    bob
+}
+
+/// Whether the outbox holds a notice to `recipient` whose subject has `text`.
+fn notice_to(store: &dyn Store, recipient: &str, text: &str) -> bool {
+    store
+        .outbox(1000)
+        .expect("outbox")
+        .iter()
+        .any(|n| n.recipient == recipient && n.subject.contains(text))
+}
+
+/// Removing a user takes their device key, grants, invites and email in
+/// one commit, keeps the failures they made (the host's count) and their
+/// history, and tells the owners; a user who owns a host is refused; the
+/// name invited again is a new user with nothing.
+pub(crate) fn a_removed_user_keeps_nothing_that_lets_them_in(store: &dyn Store) {
+    let (alice, host, record) = alice_owns_mypc(store, 3);
+    let bob = bob_shares_mypc(store, &host);
+    let source = "127.0.0.1".parse().expect("address");
+    let Reservation::Reserved(a) = store
+        .reserve_attempt(&bob, &host, &record.id, source, 2)
+        .expect("reserve")
+    else {
+        panic!("not reserved")
+    };
+    store
+        .settle_attempt(a, Proof::NotProven, "wrong", &SessionId([0; 16]), 2)
+        .expect("settle");
+    let user = InviteKind::User { email: None };
+    store
+        .create_invite("bob", &user, [4; 32], 100, &Actor::cli(), 2)
+        .expect("a second invite");
+
+    let refused = store.remove_user(&alice, &Actor::cli(), 3);
+    assert!(
+        matches!(&refused, Err(StoreError::Refused(why)) if why.contains("owns mypc")),
+        "{refused:?}"
+    );
+    let removed = store.remove_user(&bob, &Actor::cli(), 3).expect("remove");
+    assert_eq!(removed.grants, ["mypc"]);
+    assert_eq!(removed.invites_cancelled, 1);
+    assert_eq!(store.user_key(&bob).expect("key"), None);
+    assert!(store.code_record(&bob, &host).expect("record").is_none());
+    assert!(store
+        .users()
+        .expect("users")
+        .iter()
+        .all(|u| u.name != "bob"));
+    assert_eq!(store.user_email("bob").expect("email"), None);
+    assert_eq!(store.host_status(&host).expect("status").failures, 1);
+    assert!(store
+        .redeem_invite([4; 32], PublicKey([8; 32]), Platform::Linux, source, 4)
+        .is_err());
+    assert!(matches!(
+        store.grant(&host, &bob, &Actor::cli(), 4),
+        Err(StoreError::NoSuchUser(_))
+    ));
+    assert!(matches!(
+        store.remove_user(&bob, &Actor::cli(), 4),
+        Err(StoreError::NoSuchUser(_))
+    ));
+    let audit = store.audit_log(None, None, 1000).expect("audit");
+    assert!(audit
+        .iter()
+        .any(|r| r.event == "user-removed" && r.user.as_deref() == Some("bob")));
+    assert!(notice_to(store, "alice", "bob was removed"));
+
+    store
+        .create_invite("bob", &user, [5; 32], 100, &Actor::cli(), 5)
+        .expect("invited again");
+    store
+        .redeem_invite([5; 32], PublicKey([9; 32]), Platform::Linux, source, 5)
+        .expect("enrolled again");
+    assert_eq!(store.user_key(&bob).expect("key"), Some(PublicKey([9; 32])));
+    assert!(store
+        .users()
+        .expect("users")
+        .iter()
+        .any(|u| u.name == "bob"));
+    assert!(store.code_record(&bob, &host).expect("record").is_none());
+}
+
+/// Removing a host takes its device key, grants, code records and invites
+/// in one commit and tells its owner and shared users; the name invited
+/// again is a new host, unlocked, with a new owner and no code.
+pub(crate) fn a_removed_host_keeps_nothing_that_lets_it_in(store: &dyn Store) {
+    let (alice, host, record) = alice_owns_mypc(store, 1);
+    let bob = bob_shares_mypc(store, &host);
+    let source = "127.0.0.1".parse().expect("address");
+    let Reservation::Reserved(a) = store
+        .reserve_attempt(&bob, &host, &record.id, source, 2)
+        .expect("reserve")
+    else {
+        panic!("not reserved")
+    };
+    store
+        .settle_attempt(a, Proof::NotProven, "wrong", &SessionId([0; 16]), 2)
+        .expect("settle");
+    assert!(store.host_status(&host).expect("status").locked);
+
+    let removed = store.remove_host(&host, &Actor::cli(), 3).expect("remove");
+    assert_eq!(removed.grants, ["bob"]);
+    assert_eq!(store.host_key(&host).expect("key"), None);
+    assert!(store.code_record(&alice, &host).expect("record").is_none());
+    assert!(store.code_record(&bob, &host).expect("record").is_none());
+    assert!(store.hosts().expect("hosts").is_empty());
+    assert!(store.hosts_for_user(&bob).expect("hosts").is_empty());
+    assert!(matches!(
+        store.host_status(&host),
+        Err(StoreError::NoSuchHost(_))
+    ));
+    assert!(matches!(
+        store.reserve_attempt(&alice, &host, &record.id, source, 3),
+        Err(StoreError::NoSuchHost(_))
+    ));
+    let audit = store.audit_log(Some(&host), None, 1000).expect("audit");
+    assert!(audit.iter().any(|r| r.event == "host-removed"));
+    assert!(
+        audit.iter().any(|r| r.event == "login-failed"),
+        "history stays"
+    );
+    assert!(notice_to(store, "alice", "mypc was removed"));
+    assert!(notice_to(store, "bob", "mypc was removed"));
+    // bob owned nothing, so he may go; alice, who owned mypc, may now too.
+    store
+        .remove_user(&alice, &Actor::cli(), 4)
+        .expect("owner removed");
+
+    let kind = InviteKind::Host {
+        owner: bob.clone(),
+        lockout_threshold: 3,
+    };
+    store
+        .create_invite("mypc", &kind, [6; 32], 100, &Actor::cli(), 5)
+        .expect("invited again");
+    let status = store.host_status(&host).expect("status");
+    assert_eq!(
+        (
+            status.owner.as_str(),
+            status.locked,
+            status.failures,
+            status.code_set
+        ),
+        ("bob", false, 0, false)
+    );
+    assert!(status.grants.is_empty());
+}
+
+/// The owner is told once per run of a secondary user's sessions (gaps
+/// under an hour), when the last open one ends; not for a session ended by
+/// a revoke, whose own notice tells them.
+pub(crate) fn a_run_of_secondary_sessions_tells_the_owner_once(store: &dyn Store) {
+    use super::notice::SESSION_RUN_GAP_SECS as GAP;
+    let (_, host, record) = alice_owns_mypc(store, 3);
+    let bob = bob_shares_mypc(store, &host);
+    let source = "127.0.0.1".parse().expect("address");
+    let start = |n: u8, at: i64| {
+        let Reservation::Reserved(a) = store
+            .reserve_attempt(&bob, &host, &record.id, source, at)
+            .expect("reserve")
+        else {
+            panic!("not reserved")
+        };
+        let settled = store
+            .settle_attempt(a, Proof::RightCode, "", &SessionId([n; 16]), at)
+            .expect("settle");
+        assert_eq!(settled, Some(Settlement::Success));
+    };
+    let end = |n: u8, at: i64| {
+        store
+            .session_ended(&SessionId([n; 16]), "client left", SessionEnd::Final, at)
+            .expect("end")
+    };
+    let told = || {
+        store
+            .outbox(1000)
+            .expect("outbox")
+            .iter()
+            .filter(|n| n.recipient == "alice" && n.subject.contains("bob ended"))
+            .count()
+    };
+    start(1, 10);
+    end(1, 20);
+    assert_eq!(told(), 1, "the first session's end");
+    start(2, 20 + GAP - 1);
+    end(2, 20 + GAP + 100);
+    assert_eq!(told(), 1, "a session within the gap continues the run");
+    // Two sessions at once, a gap later: the last to end tells.
+    let later = 20 + 3 * GAP;
+    start(3, later);
+    start(4, later + 1);
+    end(3, later + 2);
+    assert_eq!(told(), 1, "bob's other session is still open");
+    end(4, later + 3);
+    assert_eq!(told(), 2, "the end of a new run");
+    // A session ended by a revoke: the revoke's notice says it.
+    let last = later + 3 * GAP;
+    start(5, last);
+    store
+        .revoke(&host, &bob, &Actor::cli(), last + 1)
+        .expect("revoke");
+    end(5, last + 2);
+    assert_eq!(told(), 2, "told of a revoked user's session end");
 }

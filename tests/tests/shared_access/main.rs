@@ -5,4 +5,5 @@
 
 mod grants;
 mod notices;
+mod removals;
 mod revokes;

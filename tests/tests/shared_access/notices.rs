@@ -79,21 +79,70 @@ async fn grant_sends_email_to_owner() -> Result<()> {
     Ok(())
 }
 
-/// A revoke tells the owner and the revoked user (SPEC S4).
+/// A revoke tells the owner and the revoked user (SPEC S4), each in words
+/// for them; the session it ends sends no "change your code" mail of its
+/// own.
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_emails_the_owner_and_the_revoked_user() -> Result<()> {
     let sink = SmtpSink::start("127.0.0.1:0".parse()?).await?;
     let w = world_with_mail(sink.addr.port())?;
+    let _agent = w.start_agent()?;
+    let mut session = w.bob_sleeping_on_mypc(30)?;
     w.relay.admin(&["revoke", "mypc", "bob"])?;
-    for to in ["alice@example.test", "bob@example.test"] {
-        let mail = wait_for_mail(&sink, "the revoke email", |m| {
-            m.contains(&format!("To: {to}")) && m.contains("revoked")
+    wait_until("bob's session to end", || !session.running())?;
+    let owners = wait_for_mail(&sink, "the owner's revoke email", |m| {
+        m.contains("To: alice@example.test") && m.contains("revoked")
+    })?;
+    assert!(
+        owners.contains("Shared access to mypc revoked for bob"),
+        "{owners}"
+    );
+    assert!(owners.contains("change it"), "{owners}");
+    let bobs = wait_for_mail(&sink, "bob's revoke email", |m| {
+        m.contains("To: bob@example.test") && m.contains("revoked")
+    })?;
+    assert!(
+        bobs.contains("Your shared access to mypc was revoked"),
+        "{bobs}"
+    );
+    assert!(
+        !bobs.contains("change it"),
+        "the owner's advice to bob: {bobs}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        sink.received().iter().all(|m| !m.contains("bob ended")),
+        "a session-end mail after the revoke: {:#?}",
+        sink.received()
+    );
+    Ok(())
+}
+
+/// Removing a user mails the owners of the hosts they shared; removing a
+/// host mails its owner and its shared users.
+#[tokio::test(flavor = "multi_thread")]
+async fn removals_email_whom_they_concern() -> Result<()> {
+    let sink = SmtpSink::start("127.0.0.1:0".parse()?).await?;
+    let w = world_with_mail(sink.addr.port())?;
+    w.granted_user("dave")?;
+    w.relay.admin(&["set-email", "dave", "dave@example.test"])?;
+    w.relay.admin(&["remove-user", "bob"])?;
+    let mail = wait_for_mail(&sink, "the user's removal email", |m| {
+        m.contains("bob was removed")
+    })?;
+    assert!(mail.contains("To: alice@example.test"), "{mail}");
+    w.relay.admin(&["remove-host", "mypc"])?;
+    for to in ["alice@example.test", "dave@example.test"] {
+        wait_for_mail(&sink, "the host's removal email", |m| {
+            m.contains(&format!("To: {to}")) && m.contains("mypc was removed")
         })?;
-        assert!(
-            mail.contains("Shared access to mypc revoked for bob"),
-            "{mail}"
-        );
     }
+    assert!(
+        sink.received()
+            .iter()
+            .all(|m| !(m.contains("To: bob@") && m.contains("mypc was removed"))),
+        "a removed user was mailed"
+    );
     Ok(())
 }
 
@@ -113,6 +162,18 @@ async fn secondary_session_end_recommends_code_change() -> Result<()> {
     })?;
     assert!(mail.contains("To: alice@example.test"));
     assert!(mail.contains("change your access code"));
+    // bob's next session, within the hour, continues the run: no mail.
+    let out = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let told = sink
+        .received()
+        .iter()
+        .filter(|m| m.contains("bob ended their connection"))
+        .count();
+    assert_eq!(told, 1, "one mail per session, not per run");
     // The owner's own sessions send no such mail.
     let before = sink.received().len();
     w.alice

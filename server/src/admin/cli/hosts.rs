@@ -25,6 +25,32 @@ pub(super) fn invite(
     invite_and_show(cx, name.as_str(), kind)
 }
 
+/// `remove-host`: offboards a host.
+pub(super) fn remove(cx: &mut Context<'_>, name: &HostName) -> Result<(), AdminError> {
+    let removed = service::remove_host(cx.store, name, &cx.by)?;
+    emit(cx, &removed, |out| {
+        writeln!(
+            out,
+            "removed host '{name}': its agent can no longer connect, and every session on it ends."
+        )?;
+        if !removed.grants.is_empty() {
+            writeln!(
+                out,
+                "Shared access of {} ended; they and the owner are emailed.",
+                removed.grants.join(", ")
+            )?;
+        }
+        if removed.invites_cancelled > 0 {
+            writeln!(
+                out,
+                "Unused invites cancelled: {}.",
+                removed.invites_cancelled
+            )?;
+        }
+        writeln!(out, "Its audit history stays (admin audit --host {name}).")
+    })
+}
+
 /// `hosts`: every host with its owner, state and secondary users.
 pub(super) fn list(cx: &mut Context<'_>) -> Result<(), AdminError> {
     let hosts = cx.store.hosts()?;

@@ -40,6 +40,13 @@ pub enum AdminCommand {
         #[arg(long)]
         email: Option<String>,
     },
+    /// Remove a user who left: their device can no longer log in, their
+    /// shared access and live sessions end, the owners of those hosts are
+    /// emailed. Their audit history stays. Remove the hosts they own first.
+    RemoveUser {
+        /// The user.
+        name: UserName,
+    },
     /// Set (or with no ADDRESS, clear) where a user's notices are emailed.
     SetEmail {
         /// The user.
@@ -72,6 +79,14 @@ pub enum AdminCommand {
         /// The user who owns the host.
         #[arg(long)]
         owner: UserName,
+    },
+    /// Remove a host: its agent can no longer connect, every session on
+    /// it and every grant of it end, its owner and shared users are
+    /// emailed. Its audit history stays; inviting the name again makes it
+    /// a new host.
+    RemoveHost {
+        /// The host.
+        name: HostName,
     },
     /// List users.
     Users,
@@ -202,8 +217,10 @@ pub fn run(
     match cmd {
         AdminCommand::InviteUser { name, email } => users::invite(cx, name, email.as_deref()),
         AdminCommand::SetEmail { user, address } => users::set_email(cx, user, address.as_deref()),
+        AdminCommand::RemoveUser { name } => users::remove(cx, name),
         AdminCommand::Users => users::list(cx),
         AdminCommand::InviteHost { name, owner } => hosts::invite(cx, name, owner),
+        AdminCommand::RemoveHost { name } => hosts::remove(cx, name),
         AdminCommand::Hosts => hosts::list(cx),
         AdminCommand::Status { host } => hosts::status(cx, host),
         AdminCommand::Policy {

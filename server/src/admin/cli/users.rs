@@ -1,5 +1,5 @@
 //! Users: invite one (a token for their device), set where their notices
-//! are emailed, list them.
+//! are emailed, list them, remove one.
 
 use latchkey_protocol::ids::UserName;
 
@@ -36,6 +36,33 @@ pub(super) fn set_email(
             None => writeln!(out, "'{user}' gets no email notices"),
         },
     )
+}
+
+/// `remove-user`: offboards a user.
+pub(super) fn remove(cx: &mut Context<'_>, name: &UserName) -> Result<(), AdminError> {
+    let removed = service::remove_user(cx.store, name, &cx.by)?;
+    emit(cx, &removed, |out| {
+        writeln!(
+            out,
+            "removed user '{name}': their device can no longer log in."
+        )?;
+        match removed.grants.as_slice() {
+            [] => writeln!(out, "They had no shared access.")?,
+            hosts => writeln!(
+                out,
+                "Their shared access to {} ended, with any session on it; the owners are emailed.",
+                hosts.join(", ")
+            )?,
+        }
+        if removed.invites_cancelled > 0 {
+            writeln!(
+                out,
+                "Unused invites cancelled: {}.",
+                removed.invites_cancelled
+            )?;
+        }
+        writeln!(out, "Their audit history stays (admin audit).")
+    })
 }
 
 /// `users`: every user, whether their device enrolled, and their email.

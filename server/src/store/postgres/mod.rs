@@ -223,6 +223,18 @@ CREATE TABLE session_tickets (
 );
 CREATE INDEX session_tickets_expiry ON session_tickets (expires_at);
 "#,
+    // Offboarding: a removed user or host keeps its row (and so its
+    // lockout counts and the history that points at it) but nothing that
+    // lets a device in; inviting the name again brings it back.
+    r#"
+ALTER TABLE users ADD COLUMN removed_at BIGINT;
+ALTER TABLE hosts ADD COLUMN removed_at BIGINT;
+"#,
+    // When a secondary user's last run of sessions on a host ended, so the
+    // owner is told of a run once, not of every session.
+    r#"
+ALTER TABLE grants ADD COLUMN run_ended_at BIGINT;
+"#,
 ];
 
 /// Deadlines for the server's own work on a statement or an abandoned
@@ -738,6 +750,27 @@ mod tests {
     fn gauges_count_locked_hosts_and_notices_by_state() {
         on_fresh_database("gauges_count_locked_hosts", |open| {
             suite::gauges_count_locked_hosts_and_notices_by_state(&*open())
+        });
+    }
+
+    #[test]
+    fn a_removed_user_keeps_nothing_that_lets_them_in() {
+        on_fresh_database("a_removed_user", |open| {
+            suite::a_removed_user_keeps_nothing_that_lets_them_in(&*open())
+        });
+    }
+
+    #[test]
+    fn a_removed_host_keeps_nothing_that_lets_it_in() {
+        on_fresh_database("a_removed_host", |open| {
+            suite::a_removed_host_keeps_nothing_that_lets_it_in(&*open())
+        });
+    }
+
+    #[test]
+    fn a_run_of_secondary_sessions_tells_the_owner_once() {
+        on_fresh_database("a_run_of_secondary_sessions", |open| {
+            suite::a_run_of_secondary_sessions_tells_the_owner_once(&*open())
         });
     }
 

@@ -26,7 +26,7 @@ use crate::{
     store::{
         notice,
         sql::{args, Tx},
-        Actor, AttemptId, AuditEvent, Event, StoreError, UnixTime,
+        Actor, AttemptId, AuditEvent, Event, StoreError, UnixTime, Unlock,
     },
 };
 
@@ -301,9 +301,13 @@ pub(super) fn unlock(
     host: &HostName,
     by: &Actor,
     now: UnixTime,
-) -> Result<u32, StoreError> {
+) -> Result<Unlock, StoreError> {
     let (host_id, _) = host_ids(tx, host.as_str())?;
-    let after = lockout::unlocked(&tally(tx, host_id)?);
+    let before = tally(tx, host_id)?;
+    if !before.locked && before.count() == 0 {
+        return Ok(Unlock::NotLocked);
+    }
+    let after = lockout::unlocked(&before);
     if !after.locked {
         tx.exec(
             "UPDATE hosts SET locked_at = NULL WHERE id = ?1",
@@ -321,5 +325,8 @@ pub(super) fn unlock(
         &by_admin(AuditEvent::Unlock, Some(host.as_str()), None, by),
         now,
     )?;
-    Ok(after.count())
+    Ok(Unlock::Done {
+        was_locked: before.locked,
+        still_counted: after.count(),
+    })
 }

@@ -35,6 +35,12 @@ pub(super) fn create_invite(
                 "INSERT INTO users (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 args![name, now],
             )?;
+            // A removed user invited again comes back with nothing: no
+            // device, grants or address (removal took them).
+            tx.exec(
+                "UPDATE users SET removed_at = NULL WHERE name = ?1",
+                args![name],
+            )?;
             if let Some(email) = email {
                 tx.exec(
                     "UPDATE users SET email = ?1 WHERE name = ?2",
@@ -57,19 +63,9 @@ pub(super) fn create_invite(
                 }
                 Ok(_) => {}
                 Err(StoreError::NoSuchHost(_)) => {
-                    let host_id = tx
-                        .row(
-                            "INSERT INTO hosts (name, owner_id, lockout_threshold, created_at)
-                             VALUES (?1, ?2, ?3, ?4) RETURNING id",
-                            args![
-                                name,
-                                owner_id,
-                                lockout::checked_threshold(*lockout_threshold)
-                                    .map_err(StoreError::Refused)?,
-                                now
-                            ],
-                        )?
-                        .int(0)?;
+                    let threshold = lockout::checked_threshold(*lockout_threshold)
+                        .map_err(StoreError::Refused)?;
+                    let host_id = new_host(tx, name, owner_id, threshold, now)?;
                     tx.exec(
                         "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at)
                          VALUES (?1, ?2, NULL, 1, ?3)",
@@ -108,6 +104,36 @@ pub(super) fn create_invite(
         )
     };
     insert_audit(tx, &e, now)
+}
+
+/// Creates host `name`, or brings back a removed host of that name as new:
+/// its row (and the history that points at it) stays, its owner, policy
+/// and lockout start again.
+fn new_host(
+    tx: &mut dyn Tx,
+    name: &str,
+    owner_id: i64,
+    threshold: u32,
+    now: UnixTime,
+) -> Result<i64, StoreError> {
+    let revived = tx.opt_row(
+        "UPDATE hosts SET removed_at = NULL, owner_id = ?2, lockout_threshold = ?3,
+                shared_access = 1, locked_at = NULL, platform = NULL, last_seen = NULL,
+                created_at = ?4
+         WHERE name = ?1 AND removed_at IS NOT NULL RETURNING id",
+        args![name, owner_id, threshold, now],
+    )?;
+    if let Some(row) = revived {
+        let id = row.int(0)?;
+        tx.exec("DELETE FROM user_failures WHERE host_id = ?1", args![id])?;
+        return Ok(id);
+    }
+    tx.row(
+        "INSERT INTO hosts (name, owner_id, lockout_threshold, created_at)
+         VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        args![name, owner_id, threshold, now],
+    )?
+    .int(0)
 }
 
 /// Spends a live invite, registering `device_key`; `None` (and nothing

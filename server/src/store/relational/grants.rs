@@ -11,7 +11,7 @@ use latchkey_protocol::{
 
 use super::{
     audit::{by_admin, event, insert_audit},
-    outbox::enqueue_for_owner,
+    outbox::{enqueue, enqueue_for_owner},
     rows::{host_ids, user_id},
 };
 use crate::store::{
@@ -103,7 +103,8 @@ pub(super) fn grant(
     })
 }
 
-/// Takes `user`'s shared access to `host` away.
+/// Takes `user`'s shared access to `host` away, and tells the owner and
+/// the user.
 pub(super) fn revoke(
     tx: &mut dyn Tx,
     host: &HostName,
@@ -111,6 +112,26 @@ pub(super) fn revoke(
     by: &Actor,
     now: UnixTime,
 ) -> Result<(), StoreError> {
+    let host_id = take_away(tx, host, user, by, now)?;
+    enqueue_for_owner(tx, host_id, now, |owner| {
+        notice::revoked(host.as_str(), owner, user.as_str())
+    })?;
+    enqueue(
+        tx,
+        &notice::access_revoked(host.as_str(), user.as_str()),
+        now,
+    )
+}
+
+/// Deletes `user`'s grant on `host` with its `revoke` audit row (which
+/// ends their live sessions); returns the host's id.
+fn take_away(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+    by: &Actor,
+    now: UnixTime,
+) -> Result<i64, StoreError> {
     let (host_id, _) = host_ids(tx, host.as_str())?;
     let user_id = user_id(tx, user.as_str())?;
     let removed = tx.exec(
@@ -132,12 +153,11 @@ pub(super) fn revoke(
         ),
         now,
     )?;
-    enqueue_for_owner(tx, host_id, now, |owner| {
-        notice::revoked(host.as_str(), owner, user.as_str())
-    })
+    Ok(host_id)
 }
 
-/// Revokes and grants again, so the grant inherits the owner's current code.
+/// Revokes and grants again, so the grant inherits the owner's current
+/// code. Only the grant's notice goes out: the user keeps their access.
 pub(super) fn regrant(
     tx: &mut dyn Tx,
     host: &HostName,
@@ -145,7 +165,7 @@ pub(super) fn regrant(
     by: &Actor,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    revoke(tx, host, user, by, now)?;
+    take_away(tx, host, user, by, now)?;
     grant(tx, host, user, by, now)
 }
 

@@ -121,10 +121,13 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
 
 /// Every host as the admin sees it, by name.
 pub(super) fn all(tx: &mut dyn Tx) -> Result<Vec<HostStatus>, StoreError> {
-    tx.rows("SELECT id FROM hosts ORDER BY name", args![])?
-        .iter()
-        .map(|r| status_of(tx, r.int(0)?))
-        .collect()
+    tx.rows(
+        "SELECT id FROM hosts WHERE removed_at IS NULL ORDER BY name",
+        args![],
+    )?
+    .iter()
+    .map(|r| status_of(tx, r.int(0)?))
+    .collect()
 }
 
 /// One host as the admin sees it, by name.

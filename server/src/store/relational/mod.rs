@@ -13,6 +13,7 @@
 //!   [`crate::rules::lockout`]);
 //! - [`hosts`] and [`sessions`]: presence, status and policy; session ends
 //!   and their tickets;
+//! - [`removal`]: offboarding a user or a host;
 //! - [`cluster`]: several relays on one store, and the sweep of dead ones.
 
 mod attempts;
@@ -23,6 +24,7 @@ mod grants;
 mod hosts;
 mod meta;
 mod outbox;
+mod removal;
 mod rows;
 mod sessions;
 mod users;
@@ -39,7 +41,8 @@ pub(super) use self::{audit::insert_audit, outbox::enqueue};
 use super::{
     sql::{Backend, EventFeed, Tx},
     Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus, InviteKind,
-    OutboxRow, SessionEnd, Store, StoreError, StoreGauges, SweptRelays, TxTimer, UnixTime, UserRow,
+    OutboxRow, Removal, SessionEnd, Store, StoreError, StoreGauges, SweptRelays, TxTimer, UnixTime,
+    Unlock, UserRow,
 };
 use crate::rules::lockout::{Admission, Proof, Settlement};
 
@@ -233,7 +236,25 @@ impl<B: Backend> Store for SqlStore<B> {
         self.write(|tx| grants::regrant(tx, host, user, by, now))
     }
 
-    fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<u32, StoreError> {
+    fn remove_user(
+        &self,
+        user: &UserName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<Removal, StoreError> {
+        self.write(|tx| removal::remove_user(tx, user.as_str(), by, now))
+    }
+
+    fn remove_host(
+        &self,
+        host: &HostName,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<Removal, StoreError> {
+        self.write(|tx| removal::remove_host(tx, host.as_str(), by, now))
+    }
+
+    fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<Unlock, StoreError> {
         self.write(|tx| attempts::unlock(tx, host, by, now))
     }
 

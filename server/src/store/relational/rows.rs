@@ -18,17 +18,21 @@ pub(super) fn key_from(blob: Option<Vec<u8>>) -> Result<Option<PublicKey>, Store
     .transpose()
 }
 
+/// The id of user `user`; a removed user is no user.
 pub(super) fn user_id(tx: &mut dyn Tx, user: &str) -> Result<i64, StoreError> {
-    tx.opt_row("SELECT id FROM users WHERE name = ?1", args![user])?
-        .ok_or_else(|| StoreError::NoSuchUser(user.into()))?
-        .int(0)
+    tx.opt_row(
+        "SELECT id FROM users WHERE name = ?1 AND removed_at IS NULL",
+        args![user],
+    )?
+    .ok_or_else(|| StoreError::NoSuchUser(user.into()))?
+    .int(0)
 }
 
-/// (id, owner id) of a host.
+/// (id, owner id) of a host; a removed host is no host.
 pub(super) fn host_ids(tx: &mut dyn Tx, host: &str) -> Result<(i64, i64), StoreError> {
     let row = tx
         .opt_row(
-            "SELECT id, owner_id FROM hosts WHERE name = ?1",
+            "SELECT id, owner_id FROM hosts WHERE name = ?1 AND removed_at IS NULL",
             args![host],
         )?
         .ok_or_else(|| StoreError::NoSuchHost(host.into()))?;

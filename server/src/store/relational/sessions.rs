@@ -36,7 +36,7 @@ pub(super) fn end(
     now: UnixTime,
 ) -> Result<bool, StoreError> {
     let Some(r) = tx.opt_row(
-        "SELECT s.host_id, h.owner_id, s.user_id, h.name, u.name FROM sessions s
+        "SELECT s.host_id, h.owner_id, s.user_id, h.name, u.name, s.started_at FROM sessions s
          JOIN hosts h ON h.id = s.host_id JOIN users u ON u.id = s.user_id
          WHERE s.id = ?1 AND s.ended_at IS NULL",
         args![id],
@@ -45,7 +45,7 @@ pub(super) fn end(
         return Ok(false);
     };
     let (host_id, owner_id, user_id) = (r.int(0)?, r.int(1)?, r.int(2)?);
-    let (host, user) = (r.text(3)?, r.text(4)?);
+    let (host, user, started_at) = (r.text(3)?, r.text(4)?, r.int(5)?);
     tx.exec(
         "UPDATE sessions SET ended_at = ?1 WHERE id = ?2",
         args![now, id],
@@ -57,13 +57,53 @@ pub(super) fn end(
     insert_audit(tx, &e, now)?;
     if how == SessionEnd::Final {
         tx.exec("DELETE FROM session_tickets WHERE session = ?1", args![id])?;
-        if user_id != owner_id {
+        if user_id != owner_id && ends_a_run(tx, id, host_id, user_id, started_at, now)? {
             enqueue_for_owner(tx, host_id, now, |owner| {
                 notice::secondary_session_ended(&host, owner, &user)
             })?;
         }
     }
     Ok(true)
+}
+
+/// Whether the end of session `id` (started at `started_at`) is the one
+/// the owner hears of: the last of a run. A run is the user's sessions on
+/// the host with gaps under [`notice::SESSION_RUN_GAP_SECS`]; its end is
+/// told once, when no other session of the user is open there and the
+/// run's previous end (kept on the grant) is older than the gap. A user
+/// without a grant (revoked, removed) is not told of: their revoke sent
+/// its own notice.
+fn ends_a_run(
+    tx: &mut dyn Tx,
+    id: &str,
+    host_id: i64,
+    user_id: i64,
+    started_at: UnixTime,
+    now: UnixTime,
+) -> Result<bool, StoreError> {
+    let others_open = tx
+        .row(
+            "SELECT COUNT(*) FROM sessions
+             WHERE host_id = ?1 AND user_id = ?2 AND id <> ?3 AND ended_at IS NULL",
+            args![host_id, user_id, id],
+        )?
+        .int(0)?;
+    if others_open > 0 {
+        return Ok(false);
+    }
+    let Some(grant) = tx.opt_row(
+        "SELECT run_ended_at FROM grants WHERE host_id = ?1 AND user_id = ?2",
+        args![host_id, user_id],
+    )?
+    else {
+        return Ok(false);
+    };
+    let previous_end = grant.opt_int(0)?;
+    tx.exec(
+        "UPDATE grants SET run_ended_at = ?3 WHERE host_id = ?1 AND user_id = ?2",
+        args![host_id, user_id, now],
+    )?;
+    Ok(previous_end.is_none_or(|end| end < started_at - notice::SESSION_RUN_GAP_SECS))
 }
 
 /// Ends every open session, as a relay's last run left them; returns how

@@ -21,10 +21,10 @@ fn fingerprint(key: &PublicKey) -> String {
         .collect()
 }
 
-/// Every user, by name.
+/// Every user, by name (not the removed ones).
 pub(super) fn all(tx: &mut dyn Tx) -> Result<Vec<UserRow>, StoreError> {
     tx.rows(
-        "SELECT name, device_key, email FROM users ORDER BY name",
+        "SELECT name, device_key, email FROM users WHERE removed_at IS NULL ORDER BY name",
         args![],
     )?
     .iter()
