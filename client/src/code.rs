@@ -4,12 +4,19 @@
 
 use std::io::BufRead;
 
-use latchkey_protocol::ids::AccessCode;
+use latchkey_protocol::{
+    ids::AccessCode,
+    limits::{MAX_ACCESS_CODE_LEN, MIN_ACCESS_CODE_LEN},
+};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 /// The variable scripts may set instead of typing the code.
 pub const CODE_ENV: &str = "LATCHKEY_ACCESS_CODE";
+
+/// Tries a person gets to type a new code that keeps the length rule and
+/// is typed the same twice.
+pub const NEW_CODE_TRIES: usize = 3;
 
 /// Errors reading a code.
 #[derive(Debug, Error)]
@@ -17,9 +24,14 @@ pub enum CodeError {
     /// Reading failed.
     #[error("cannot read the access code: {0}")]
     Io(#[from] std::io::Error),
-    /// The two entries differ.
-    #[error("the two codes differ; nothing was changed")]
-    Mismatch,
+    /// Every try at typing a new code failed.
+    #[error("no access code set after {tries} tries (the last: {last}); nothing was changed")]
+    NoNewCode {
+        /// How many tries.
+        tries: usize,
+        /// What was wrong with the last.
+        last: String,
+    },
     /// The code breaks the length rules.
     #[error(transparent)]
     Invalid(#[from] latchkey_protocol::ParseError),
@@ -48,14 +60,45 @@ pub fn for_login(from_stdin: bool, host: &str) -> Result<AccessCode, CodeError> 
     Ok(AccessCode::for_login(code.to_string())?)
 }
 
-/// Reads a new code; prompts twice when a person types it.
+/// The rule a new code must keep, said before a person types one.
+pub fn new_code_rule() -> String {
+    format!(
+        "An access code is {MIN_ACCESS_CODE_LEN} to {MAX_ACCESS_CODE_LEN} bytes long \
+         (a phrase with spaces works)."
+    )
+}
+
+/// Reads a new code. A script's (standard input, the environment) is read
+/// once; a person is told the rule first, types the code twice, and is
+/// asked again after a code that breaks the rule or a repeat that differs,
+/// [`NEW_CODE_TRIES`] times in all.
 pub fn new_code(from_stdin: bool) -> Result<AccessCode, CodeError> {
-    let first = source(from_stdin, "New access code: ")?;
-    if !from_stdin && std::env::var(CODE_ENV).is_err() {
-        let again = Zeroizing::new(rpassword::prompt_password("Repeat the new access code: ")?);
-        if *again != *first {
-            return Err(CodeError::Mismatch);
-        }
+    if from_stdin || std::env::var(CODE_ENV).is_ok() {
+        let code = source(from_stdin, "")?;
+        return Ok(AccessCode::new(code.to_string())?);
     }
-    Ok(AccessCode::new(first.to_string())?)
+    // Said in the prompt: it goes to the terminal the person types at.
+    let mut said = new_code_rule();
+    let mut last = String::new();
+    for _ in 0..NEW_CODE_TRIES {
+        let first = Zeroizing::new(rpassword::prompt_password(format!(
+            "{said}\nNew access code: "
+        ))?);
+        match AccessCode::new(first.to_string()) {
+            Err(e) => last = e.to_string(),
+            Ok(code) => {
+                let again =
+                    Zeroizing::new(rpassword::prompt_password("Repeat the new access code: ")?);
+                if *again == *first {
+                    return Ok(code);
+                }
+                last = "the two codes differ".into();
+            }
+        }
+        said = format!("{last}; try again.");
+    }
+    Err(CodeError::NoNewCode {
+        tries: NEW_CODE_TRIES,
+        last,
+    })
 }

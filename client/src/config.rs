@@ -142,6 +142,9 @@ const EXPORT_KEYS: &str = "e2e.keys";
 /// The host keys a user's client pinned on first use, one line per host:
 /// `RELAY-PIN HOST KEY` (like ssh's `known_hosts`).
 const KNOWN_HOSTS: &str = "known_hosts";
+/// The names `latchkey hosts` last listed, one a line: what shell
+/// completion offers for a HOST argument without asking the relay.
+const LISTED_HOSTS: &str = "listed_hosts";
 
 impl Home {
     /// `--home`/`LATCHKEY_HOME` if given, else the platform config dir.
@@ -334,6 +337,19 @@ impl Home {
             self.write_private(KNOWN_HOSTS, out.as_bytes())?;
         }
         Ok(forgot)
+    }
+
+    /// Remembers the hosts the relay just listed, for shell completion.
+    pub fn save_listed_hosts(&self, hosts: &[HostName]) -> Result<(), ConfigError> {
+        let text: String = hosts.iter().map(|h| format!("{h}\n")).collect();
+        self.write_private(LISTED_HOSTS, text.as_bytes())
+    }
+
+    /// The hosts `latchkey hosts` last listed (none before the first
+    /// listing); lines that are not host names are skipped.
+    pub fn listed_hosts(&self) -> Result<Vec<HostName>, ConfigError> {
+        let text = self.read_private_text(LISTED_HOSTS)?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
     /// A private text file's contents, empty if it does not exist.
@@ -530,5 +546,21 @@ mod tests {
             .export_key(&RecordId([3; 16]), &bob)
             .expect("read")
             .is_none());
+    }
+
+    #[test]
+    fn the_listed_hosts_are_replaced_by_the_next_listing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home {
+            path: dir.path().join("home"),
+        };
+        assert!(home.listed_hosts().expect("read").is_empty());
+        let names =
+            |v: &[&str]| -> Vec<HostName> { v.iter().map(|n| n.parse().expect("name")).collect() };
+        home.save_listed_hosts(&names(&["mypc", "lab"]))
+            .expect("save");
+        assert_eq!(home.listed_hosts().expect("read"), names(&["mypc", "lab"]));
+        home.save_listed_hosts(&names(&["other"])).expect("save");
+        assert_eq!(home.listed_hosts().expect("read"), names(&["other"]));
     }
 }

@@ -6,7 +6,8 @@ mod cli;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::{ArgValueCandidates, ArgValueCompleter};
 use latchkey_client::{
     config::Home,
     host,
@@ -27,10 +28,10 @@ struct Cli {
     home: Option<PathBuf>,
     /// Seconds a session whose relay went away keeps trying to resume, on
     /// another relay of the cluster or on the same one restarted, before it
-    /// ends (no code is asked).
+    /// ends (no code is asked). Given before the command (`latchkey
+    /// --resume-wait 10 connect HOST`): host commands have no use for it.
     #[arg(
         long,
-        global = true,
         env = "LATCHKEY_RESUME_WAIT",
         default_value_t = 60,
         value_name = "SECS"
@@ -48,8 +49,12 @@ enum Command {
         token: String,
     },
     /// List the hosts you may reach, online or not, locked or not.
+    ///
+    /// The names listed are saved (`listed_hosts` in the home) for shell
+    /// completion of HOST arguments.
     Hosts {
-        /// Print JSON.
+        /// Print JSON (fields: host, owner, online, locked, owner_access;
+        /// with --keys: host, fingerprint).
         #[arg(long)]
         json: bool,
         /// List the host keys this device pinned on first use (compare a
@@ -59,7 +64,7 @@ enum Command {
         keys: bool,
         /// Forget HOST's pinned key, to accept a new one at the next
         /// connection (after comparing fingerprints: see `--keys`).
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", add = ArgValueCandidates::new(cli::complete::hosts))]
         forget: Option<HostName>,
     },
     /// Open an interactive shell on HOST (a PTY there, raw mode here).
@@ -67,6 +72,7 @@ enum Command {
     /// (a new shell opens when it is back), `~.` disconnects, `~~` sends `~`.
     Connect {
         /// The host.
+        #[arg(add = ArgValueCandidates::new(cli::complete::hosts))]
         host: HostName,
         #[command(flatten)]
         code: LoginCode,
@@ -81,6 +87,7 @@ enum Command {
     #[command(override_usage = "latchkey exec [OPTIONS] <HOST> -- <COMMAND>...")]
     Exec {
         /// The host.
+        #[arg(add = ArgValueCandidates::new(cli::complete::hosts))]
         host: HostName,
         #[command(flatten)]
         code: LoginCode,
@@ -94,6 +101,7 @@ enum Command {
     /// does not allow ends the command with the targets it allows.
     Forward {
         /// The host.
+        #[arg(add = ArgValueCandidates::new(cli::complete::hosts))]
         host: HostName,
         /// [BIND:]LOCALPORT:TARGET:PORT, e.g. 5900:127.0.0.1:5900 (LOCALPORT 0 picks a free port).
         spec: ForwardSpec,
@@ -107,6 +115,7 @@ enum Command {
     /// Exits 255 when Latchkey fails, as ssh does.
     Proxy {
         /// The host.
+        #[arg(add = ArgValueCandidates::new(cli::complete::hosts))]
         host: HostName,
         /// The target as seen from the host: an IP address and a port.
         target: Option<String>,
@@ -130,8 +139,10 @@ enum Command {
     #[command(override_usage = "latchkey cp [OPTIONS] <SRC> <DST>")]
     Cp {
         /// Source.
+        #[arg(add = ArgValueCompleter::new(cli::complete::host_or_path))]
         src: String,
         /// Destination.
+        #[arg(add = ArgValueCompleter::new(cli::complete::host_or_path))]
         dst: String,
         #[command(flatten)]
         code: LoginCode,
@@ -142,6 +153,7 @@ enum Command {
     /// first line of stderr) at once.
     Reboot {
         /// The host.
+        #[arg(add = ArgValueCandidates::new(cli::complete::hosts))]
         host: HostName,
         #[command(flatten)]
         code: LoginCode,
@@ -149,6 +161,25 @@ enum Command {
     /// Commands that run on a host.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Bash: `latchkey completions bash >
+    /// /usr/share/bash-completion/completions/latchkey` (or `source
+    /// <(latchkey completions bash)` in ~/.bashrc). The script asks
+    /// `latchkey` itself what to offer at each Tab, so a HOST argument
+    /// completes to the hosts `latchkey hosts` last listed.
+    Completions {
+        /// The shell.
+        shell: cli::complete::Shell,
+    },
+    /// Write a man page for `latchkey` and each of its commands into DIR.
+    ///
+    /// For packagers: `latchkey man --dir /usr/share/man/man1`.
+    Man {
+        /// The directory to write the pages to (made if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,8 +203,11 @@ enum HostCommand {
         #[arg(long, value_name = "ACCOUNT")]
         session_user: Option<String>,
     },
-    /// Set or change the owner's access code (asked twice, without echo).
-    /// Users granted shared access keep the code they inherited.
+    /// Set or change the owner's access code (8 to 256 bytes, typed twice
+    /// without echo).
+    ///
+    /// A code too short or a repeat that differs is asked again, 3 tries in
+    /// all. Users granted shared access keep the code they inherited.
     SetCode {
         #[command(flatten)]
         input: CodeInput,
@@ -191,7 +225,11 @@ enum HostCommand {
     Run,
     /// Show this host's name, relay and key fingerprint (users compare it
     /// with `latchkey hosts --keys` when their client reports a changed key).
-    Info,
+    Info {
+        /// Print JSON (fields: host, relays, fingerprint).
+        #[arg(long)]
+        json: bool,
+    },
     /// The agent's file helper for copies, run as the session's account
     /// (internal).
     #[command(hide = true)]
@@ -244,6 +282,8 @@ impl CodeInput {
 }
 
 fn main() -> ExitCode {
+    // A shell asking what to complete is answered, and the process ends.
+    cli::complete::answer(Cli::command);
     let args = Cli::parse();
     user::remote::set_resume_wait(std::time::Duration::from_secs(args.resume_wait));
     let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
@@ -286,6 +326,11 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
         };
         return Ok(cli::host::file_helper_exit(done));
     }
+    match &args.command {
+        Command::Completions { shell } => return cli::complete::print_script(*shell),
+        Command::Man { dir } => return cli::man::write_pages(Cli::command(), dir),
+        _ => {}
+    }
     // Given on the command line or in LATCHKEY_HOME: `ssh-config` passes
     // it on to the ProxyCommands it writes.
     let explicit_home = args.home.clone();
@@ -324,8 +369,10 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Host(HostCommand::ResetCode { user, input }) => {
             cli::host::reset_code(&home, &user, input.code_stdin, input.ksf()).await
         }
-        Command::Host(HostCommand::Info) => cli::host::info(&home),
-        Command::Host(HostCommand::FileHelper { .. }) => unreachable!("handled first"),
+        Command::Host(HostCommand::Info { json }) => cli::host::info(&home, json),
+        Command::Host(HostCommand::FileHelper { .. })
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled first"),
         Command::Host(HostCommand::Run) => cli::host::run(&home).await,
     }
 }

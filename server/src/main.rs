@@ -1,10 +1,16 @@
 //! `latchkey-relay`: the relay's command line. A thin shell over the
-//! library: parse flags, set up logging, run one command.
+//! library: parse flags, set up logging, run one command; and the shell
+//! completion and man pages made from those flags.
 
-use std::{io::Write, path::PathBuf, process::ExitCode};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap_complete::env::{Bash, CompleteEnv, EnvCompleter, Fish, Zsh};
 use latchkey_server::{
     admin::{self, AdminCommand},
     config::{Config, LogFormat},
@@ -59,10 +65,58 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Bash: `latchkey-relay completions bash >
+    /// /usr/share/bash-completion/completions/latchkey-relay`. The script
+    /// asks `latchkey-relay` itself what to offer at each Tab.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Write a man page for `latchkey-relay` and each of its commands into
+    /// DIR (made if missing).
+    ///
+    /// For packagers: `latchkey-relay man --dir /usr/share/man/man1`.
+    Man {
+        /// The directory to write the pages to.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// The shells `completions` writes a script for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Shell {
+    /// GNU Bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// The variable that makes the binary answer a completion request (named
+/// for the product: clap's default, `COMPLETE`, may be set for other
+/// reasons).
+const COMPLETE_VAR: &str = "LATCHKEY_RELAY_COMPLETE";
+
+/// The program the completion scripts complete and call, from the PATH.
+const BIN: &str = "latchkey-relay";
+
+/// The command line as clap reads it: the admin commands in their groups.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("admin", admin::cli::arrange)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A shell asking what to complete is answered, and the process ends.
+    CompleteEnv::with_factory(command)
+        .var(COMPLETE_VAR)
+        .bin(BIN)
+        .completer(BIN)
+        .complete();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -73,6 +127,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Neither needs a config nor a data directory.
+    match &cli.command {
+        Command::Completions { shell } => return print_completions(*shell),
+        Command::Man { dir } => return write_man_pages(dir),
+        _ => {}
+    }
     let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(dir) = cli.data_dir {
         config.data_dir = Some(dir);
@@ -128,7 +188,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r => Ok(r?),
             }
         }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled first"),
     }
+}
+
+/// `completions SHELL`.
+fn print_completions(shell: Shell) -> anyhow::Result<()> {
+    let shell: &dyn EnvCompleter = match shell {
+        Shell::Bash => &Bash,
+        Shell::Zsh => &Zsh,
+        Shell::Fish => &Fish,
+    };
+    let mut out = std::io::stdout().lock();
+    shell.write_registration(COMPLETE_VAR, BIN, BIN, BIN, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `man --dir DIR`: a page for the binary and one per visible command
+/// (`latchkey-relay-admin-grant.1`).
+fn write_man_pages(dir: &Path) -> anyhow::Result<()> {
+    fn write(cmd: &clap::Command, dir: &Path, source: &str, n: &mut usize) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir, source, n)?;
+        }
+        clap_mangen::Man::new(cmd.clone())
+            .source(source)
+            .manual("Latchkey")
+            .generate_to(dir)?;
+        *n += 1;
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = command().disable_help_subcommand(true);
+    cmd.build();
+    let source = format!("{BIN} {}", env!("CARGO_PKG_VERSION"));
+    let mut written = 0;
+    write(&cmd, dir, &source, &mut written)
+        .with_context(|| format!("writing man pages to {}", dir.display()))?;
+    println!("wrote {written} man pages to {}", dir.display());
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -55,12 +55,22 @@ pub(crate) async fn reset_code(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `latchkey host info`.
-pub(crate) fn info(home: &Home) -> anyhow::Result<ExitCode> {
+/// `latchkey host info [--json]`.
+pub(crate) fn info(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
     let (cfg, key) = home.host()?;
-    println!("host:        {}", cfg.host);
-    println!("relay:       {}", cfg.relays().join(", "));
-    println!("fingerprint: {}", key.public.fingerprint());
+    let fingerprint = key.public.fingerprint();
+    if json {
+        let info = serde_json::json!({
+            "host": cfg.host.as_str(),
+            "relays": cfg.relays(),
+            "fingerprint": fingerprint,
+        });
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!("host:        {}", cfg.host);
+        println!("relay:       {}", cfg.relays().join(", "));
+        println!("fingerprint: {fingerprint}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

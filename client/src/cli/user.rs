@@ -88,6 +88,11 @@ pub(crate) fn pinned_keys(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
 /// `latchkey hosts [--json]`.
 pub(crate) async fn hosts(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
     let hosts = user::hosts(home).await?;
+    let names: Vec<HostName> = hosts.iter().map(|h| h.name.clone()).collect();
+    if let Err(e) = home.save_listed_hosts(&names) {
+        // Only completion reads it: the listing stands.
+        eprintln!("warning: cannot save the host names for shell completion: {e}");
+    }
     if json {
         let rows: Vec<_> = hosts
             .iter()

@@ -287,6 +287,27 @@ impl SessionAccount {
     }
 }
 
+/// The account by name and uid, as the agent's log says who sessions run
+/// as.
+impl std::fmt::Display for SessionAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(unix)]
+            Self::Agent => {
+                let me = RunAs::agent();
+                write!(f, "{} (uid {}), the agent's own account", me.name, me.uid)
+            }
+            #[cfg(not(unix))]
+            Self::Agent => {
+                let me = std::env::var("USERNAME").unwrap_or_else(|_| "?".into());
+                write!(f, "{me}, the agent's own account")
+            }
+            #[cfg(unix)]
+            Self::User(u) => write!(f, "{} (uid {})", u.name, u.uid),
+        }
+    }
+}
+
 #[cfg(unix)]
 impl RunAs {
     /// The account the agent itself runs as, from the password database

@@ -118,7 +118,7 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
     #[cfg(unix)]
     super::account::seal_inherited_fds();
     account.check_file_helper().await.map_err(NetError::Local)?;
-    info!(account = ?account, "sessions run as");
+    info!("sessions run as {account}");
     let side = Arc::new(HostSide {
         cfg: cfg.clone(),
         account,

@@ -1,8 +1,10 @@
 //! Operating a relay (SPEC O2, O4, S9, I2): the admin CLI's audit log,
 //! the admin console (as the real relay serves it, and in a real headless
-//! browser), the metrics endpoint, and a relay listening on IPv6.
+//! browser), the metrics endpoint, a relay listening on IPv6, and the
+//! command lines themselves (completion, man pages, JSON, prompts, help).
 
 mod audit;
+mod cli;
 mod console;
 mod console_browser;
 mod ipv6;

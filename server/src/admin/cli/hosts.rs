@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     admin::service,
-    store::{HostStatus, InviteKind},
+    store::{HostStatus, InviteKind, Unlock},
 };
 
 /// `invite-host`: creates the host if new and prints a token for its agent.
@@ -151,15 +151,35 @@ pub(super) fn policy(
     })
 }
 
-/// `unlock`: unlocks the host and says what still counts.
+/// `unlock`: unlocks the host and says what still counts; a host with
+/// nothing to unlock is said to be so (exit status 0: the host is open, as
+/// asked).
 pub(super) fn unlock(cx: &mut Context<'_>, host: &HostName) -> Result<(), AdminError> {
-    let left = service::unlock(cx.store, host, &cx.by)?;
+    let done = service::unlock(cx.store, host, &cx.by)?;
+    let (was_locked, changed, left) = match done {
+        Unlock::Done {
+            was_locked,
+            still_counted,
+        } => (was_locked, true, still_counted),
+        Unlock::NotLocked => (false, false, 0),
+    };
     emit(
         cx,
-        &serde_json::json!({"unlocked": true, "host": host.as_str(), "failures": left}),
-        |out| match left {
-            0 => writeln!(out, "'{host}' is unlocked; its failure count is 0."),
-            n => writeln!(
+        &serde_json::json!({
+            "unlocked": true, "host": host.as_str(), "failures": left,
+            "was_locked": was_locked, "changed": changed,
+        }),
+        |out| match (done, left) {
+            (Unlock::NotLocked, _) => writeln!(
+                out,
+                "host '{host}' is not locked and counts no failed attempts; nothing was changed."
+            ),
+            (_, 0) if !was_locked => writeln!(
+                out,
+                "host '{host}' was not locked; its failure count is reset to 0."
+            ),
+            (_, 0) => writeln!(out, "'{host}' is unlocked; its failure count is 0."),
+            (_, n) => writeln!(
                 out,
                 "'{host}' is unlocked; {n} attempt(s) still being decided count until they end."
             ),

@@ -54,11 +54,19 @@ pub enum AdminCommand {
         /// The address.
         address: Option<String>,
     },
-    /// Change a host's shared-access policy.
+    /// Show a host's shared-access policy, or change it with a flag (with
+    /// no flag nothing is written, not even an audit row).
+    ///
+    /// Disabling shared access refuses new grants and regrants, and
+    /// in-session reboots by anyone, the owner too. Grants already made
+    /// stay: their users keep logging in with the code each inherited, and
+    /// live sessions go on. Revoke a grant to end it.
     Policy {
         /// The host.
         host: HostName,
-        /// Whether shared access may be granted on the host.
+        /// Whether shared access may be granted on the host. `disabled`
+        /// refuses new grants, regrants and in-session reboots; existing
+        /// grants stay and keep working until revoked.
         #[arg(long, value_parser = ["enabled", "disabled"])]
         shared_access: Option<String>,
         /// Failed attempts that lock the host (default 3); a host whose
@@ -130,7 +138,12 @@ pub enum AdminCommand {
         /// The secondary user.
         user: UserName,
     },
-    /// Unlock a host locked by failed access-code attempts.
+    /// Unlock a host locked by failed access-code attempts and clear its
+    /// failure count.
+    ///
+    /// A host that is not locked and counts no failures is said to be so
+    /// and left alone: nothing is audited, and the exit status is 0 (the
+    /// host is open, as asked), so scripts may unlock "just in case".
     Unlock {
         /// The host.
         host: HostName,
@@ -155,6 +168,96 @@ pub enum AdminCommand {
         #[arg(long, value_parser = parse_since)]
         since: Option<jiff::Timestamp>,
     },
+}
+
+/// The admin commands in the groups `admin --help` lists them in, each
+/// group in the order an admin takes them: make, list, change, remove.
+const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "Users",
+        &["invite-user", "users", "set-email", "remove-user"],
+    ),
+    (
+        "Hosts",
+        &[
+            "invite-host",
+            "hosts",
+            "status",
+            "policy",
+            "unlock",
+            "remove-host",
+        ],
+    ),
+    ("Shared access", &["grant", "revoke", "regrant"]),
+    ("Console admins", &["add-admin", "admins", "remove-admin"]),
+    ("Logs", &["audit", "outbox"]),
+];
+
+/// The heading of commands no group names (none, while [`GROUPS`] is
+/// complete).
+const OTHER: &str = "Other";
+
+/// `admin` as the binary builds it: its commands in [`GROUPS`]' order (man
+/// pages and completion list them so), and `--help` listing them under a
+/// heading per group, which clap cannot do for subcommands by itself.
+pub fn arrange(mut admin: clap::Command) -> clap::Command {
+    for (order, name) in GROUPS.iter().flat_map(|(_, names)| *names).enumerate() {
+        if admin.find_subcommand(name).is_some() {
+            admin = admin.mut_subcommand(name, |c| c.display_order(order));
+        }
+    }
+    let template = grouped_help(&admin);
+    admin.help_template(template)
+}
+
+/// clap's help layout, with the commands written in as [`GROUPS`] has them.
+fn grouped_help(admin: &clap::Command) -> String {
+    use std::fmt::Write as _;
+    let styles = admin.get_styles();
+    let (header, literal) = (styles.get_header(), styles.get_literal());
+    let visible: Vec<&clap::Command> = admin
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .collect();
+    let width = visible
+        .iter()
+        .map(|c| c.get_name().len())
+        .max()
+        .unwrap_or(0);
+    let mut groups: Vec<(&str, Vec<&clap::Command>)> = GROUPS
+        .iter()
+        .map(|(heading, names)| {
+            let members = names
+                .iter()
+                .filter_map(|n| visible.iter().copied().find(|c| c.get_name() == *n));
+            (*heading, members.collect())
+        })
+        .collect();
+    let grouped = |c: &&clap::Command| {
+        GROUPS
+            .iter()
+            .any(|(_, names)| names.contains(&c.get_name()))
+    };
+    groups.push((
+        OTHER,
+        visible.iter().copied().filter(|c| !grouped(c)).collect(),
+    ));
+    let mut text = String::from("{before-help}{about-with-newline}\n{usage-heading} {usage}\n\n");
+    for (heading, members) in groups.iter().filter(|(_, m)| !m.is_empty()) {
+        let _ = writeln!(text, "{header}{heading}:{header:#}");
+        for c in members {
+            let name = c.get_name();
+            let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+            let pad = width - name.len();
+            let _ = writeln!(text, "  {literal}{name}{literal:#}{:pad$}  {about}", "");
+        }
+        text.push('\n');
+    }
+    let _ = write!(
+        text,
+        "{header}Options:{header:#}\n{{options}}{{after-help}}"
+    );
+    text
 }
 
 /// Errors of admin commands (shown to the admin, exit status 1).
@@ -239,5 +342,26 @@ pub fn run(
             logs::audit(cx, host.as_ref(), *limit, *since)
         }
         AdminCommand::Outbox { limit } => logs::outbox(cx, *limit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Subcommand;
+
+    use super::*;
+
+    #[test]
+    fn every_admin_command_has_a_group() {
+        let admin = AdminCommand::augment_subcommands(clap::Command::new("admin"));
+        for c in admin.get_subcommands() {
+            assert!(
+                GROUPS
+                    .iter()
+                    .any(|(_, names)| names.contains(&c.get_name())),
+                "`admin {}` is in no group of GROUPS",
+                c.get_name()
+            );
+        }
     }
 }
