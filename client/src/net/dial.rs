@@ -178,7 +178,7 @@ pub async fn connect_with(
         .connect_with(client, addr, SERVER_NAME)
         .map_err(|e| NetError::Local(e.to_string()))?;
     let conn = match timeout(CONNECT_TIMEOUT, connecting).await {
-        Err(_) => return Err(NetError::Timeout),
+        Err(_) => return Err(NetError::RelayTimeout(relay.into())),
         Ok(Err(_)) if mismatch.load(Ordering::Relaxed) => {
             return Err(NetError::PinMismatch(relay.into()))
         }
@@ -239,7 +239,7 @@ pub async fn connect_any(
     let mut tries: tokio::task::JoinSet<(usize, Result<RelayConn, NetError>)> =
         tokio::task::JoinSet::new();
     let mut next = relays.iter().enumerate();
-    let mut first_error = None;
+    let mut errors: Vec<(usize, NetError)> = Vec::new();
     let mut stagger = Box::pin(tokio::time::sleep(Duration::ZERO));
     loop {
         tokio::select! {
@@ -250,7 +250,7 @@ pub async fn connect_any(
                     Ok(conn) => return Ok((conn, relays[i].clone())),
                     Err(e @ NetError::PinMismatch(_)) => return Err(e),
                     Err(e) => {
-                        first_error.get_or_insert((i, e));
+                        errors.push((i, e));
                         // Its turn is over: the next one starts now.
                         stagger.as_mut().reset(tokio::time::Instant::now());
                     }
@@ -268,7 +268,93 @@ pub async fn connect_any(
             else => break,
         }
     }
-    Err(first_error
-        .map(|(_, e)| e)
-        .unwrap_or_else(|| NetError::Local("no relay could be tried".into())))
+    Err(every_relay_failed(relays, errors))
+}
+
+/// The error when no relay of a cluster could be reached: each relay
+/// tried, in the configured order, with why (a lone error names its
+/// relay already).
+fn every_relay_failed(relays: &[String], mut errors: Vec<(usize, NetError)>) -> NetError {
+    errors.sort_by_key(|(i, _)| *i);
+    if errors.len() <= 1 {
+        return errors
+            .pop()
+            .map(|(_, e)| e)
+            .unwrap_or_else(|| NetError::Local("no relay could be tried".into()));
+    }
+    NetError::NoRelay(
+        errors
+            .into_iter()
+            .map(|(i, e)| {
+                let (relay, why) = (&relays[i], e.to_string());
+                if why.contains(relay.as_str()) {
+                    why
+                } else {
+                    format!("{relay}: {why}")
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay that never answers: its socket is bound, and nothing reads.
+    fn silent_relay() -> (std::net::UdpSocket, String) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("address").to_string();
+        (socket, addr)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_relay_is_named() {
+        let (_socket, relay) = silent_relay();
+        let pin = RelayPin {
+            noise_key: latchkey_protocol::ids::PublicKey([1; 32]),
+            cert_sha256: [7; 32],
+        };
+        let e = connect_any(
+            &Local::Any,
+            std::slice::from_ref(&relay),
+            &pin,
+            Liveness::Patient,
+        )
+        .await
+        .expect_err("no relay answers");
+        let said = e.to_string();
+        assert!(
+            said.contains(&relay) && said.contains("did not answer"),
+            "{said}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_no_relay_of_a_cluster_answers_each_is_named_in_order() {
+        let (_one, first) = silent_relay();
+        let (_two, second) = silent_relay();
+        let relays = [
+            first.clone(),
+            "no-such-relay.invalid:4433".to_string(),
+            second.clone(),
+        ];
+        let pin = RelayPin {
+            noise_key: latchkey_protocol::ids::PublicKey([1; 32]),
+            cert_sha256: [7; 32],
+        };
+        let e = connect_any(&Local::Any, &relays, &pin, Liveness::Patient)
+            .await
+            .expect_err("no relay answers");
+        let said = e.to_string();
+        let at = |needle: &str| {
+            said.find(needle)
+                .unwrap_or_else(|| panic!("{needle} not in {said}"))
+        };
+        assert!(
+            at(&first) < at("no-such-relay.invalid") && at("no-such-relay.invalid") < at(&second),
+            "{said}"
+        );
+        assert!(said.starts_with("no relay answered"), "{said}");
+    }
 }

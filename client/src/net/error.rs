@@ -26,9 +26,17 @@ pub enum NetError {
     /// The relay's certificate is not the pinned one.
     #[error("the relay at {0} is not the relay this device enrolled with (its certificate does not match the pin); refusing to continue")]
     PinMismatch(String),
-    /// The relay took too long.
-    #[error("the relay did not answer in time")]
-    Timeout,
+    /// The relay at this address took too long: the relay (its process,
+    /// or the network to it) is at fault.
+    #[error("the relay at {0} did not answer in time: is it running, and does UDP reach it?")]
+    RelayTimeout(String),
+    /// The relay answered, but the host did not in time: the host's agent
+    /// (or its network) is at fault.
+    #[error("host '{0}' did not answer in time: the relay answers, but the host's agent or its network is slow or stuck")]
+    HostTimeout(HostName),
+    /// None of a cluster's relays could be reached: each with why.
+    #[error("no relay answered: {}", .0.join("; "))]
+    NoRelay(Vec<String>),
     /// The relay closed the connection because this device's handshake
     /// took longer than it allows.
     #[error("the relay gave up waiting for this device's handshake (a slow or lossy network?); try again")]

@@ -44,14 +44,16 @@ pub struct Control {
     pub recv: RecvStream,
 }
 
-/// One step of a handshake: at most [`STEP_TIMEOUT`], and the relay's
-/// closing for a handshake that took too long read as such.
+/// One step of a handshake with the relay at `relay`: at most
+/// [`STEP_TIMEOUT`], and the relay's closing for a handshake that took too
+/// long read as such.
 pub(super) async fn step<T>(
+    relay: &str,
     f: impl std::future::Future<Output = Result<T, WireError>>,
 ) -> Result<T, NetError> {
     timeout(STEP_TIMEOUT, f)
         .await
-        .map_err(|_| NetError::Timeout)?
+        .map_err(|_| NetError::RelayTimeout(relay.into()))?
         .map_err(|e| match e {
             WireError::Read(quinn::ReadError::ConnectionLost(c))
             | WireError::Write(quinn::WriteError::ConnectionLost(c))
@@ -87,12 +89,12 @@ pub async fn hello_from(
         Intent::Host { .. } | Intent::Resume { .. } => Liveness::Watchful,
         _ => Liveness::Patient,
     };
-    let (rc, _) = connect_any(local, relays, pin, liveness).await?;
+    let (rc, relay) = connect_any(local, relays, pin, liveness).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start(&mut OsRng, device, &pin.noise_key, &binding, intent)?;
-    step(wire::write_message(&mut send, &msg1)).await?;
-    let msg2 = step(wire::read_message(&mut recv)).await?;
+    step(&relay, wire::write_message(&mut send, &msg1)).await?;
+    let msg2 = step(&relay, wire::read_message(&mut recv)).await?;
     let reply = init.read_msg2(&mut OsRng, &msg2, None)?;
     Ok((
         Control {
@@ -171,7 +173,8 @@ pub async fn resume(
             )))
         }
     }
-    match step(wire::read_frame::<RelayToClient>(&mut control.recv)).await? {
+    let relay = control.relay.conn.remote_address().to_string();
+    match step(&relay, wire::read_frame::<RelayToClient>(&mut control.recv)).await? {
         Some(RelayToClient::Resumed { session }) => Ok((control, session)),
         _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(
             "a resumed session did not say its id",

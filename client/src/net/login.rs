@@ -78,7 +78,7 @@ pub async fn login_from(
             {
                 Err(NetError::Redirected(_)) => Err(NetError::HostMoving(host.clone())),
                 Err(
-                    e @ (NetError::Timeout
+                    e @ (NetError::RelayTimeout(_)
                     | NetError::Unreachable { .. }
                     | NetError::RelayGaveUp
                     | NetError::Resolve(_)),
@@ -129,7 +129,7 @@ async fn login_once(
     host: &HostName,
     code: AccessCode,
 ) -> Result<Session, NetError> {
-    let (rc, _) = connect_any(local, relays, pin, Liveness::Watchful).await?;
+    let (rc, relay) = connect_any(local, relays, pin, Liveness::Watchful).await?;
     let binding = channel_binding(&rc.conn)?;
     let (mut send, mut recv) = rc.conn.open_bi().await?;
     let (init, msg1) = Initiator::start_login(
@@ -141,15 +141,15 @@ async fn login_once(
         host.clone(),
         &code,
     )?;
-    step(wire::write_message(&mut send, &msg1)).await?;
-    let msg2 = step(wire::read_message(&mut recv)).await?;
+    step(&relay, wire::write_message(&mut send, &msg1)).await?;
+    let msg2 = step(&relay, wire::read_message(&mut recv)).await?;
     let reply = tokio::task::spawn_blocking(move || init.read_msg2(&mut OsRng, &msg2, Some(&code)))
         .await
         .map_err(|_| NetError::Local("key stretching failed".into()))??;
     match reply {
         InitiatorReply::SendKe3 { msg3, awaiting } => {
-            step(wire::write_message(&mut send, &msg3)).await?;
-            let msg4 = step(wire::read_message(&mut recv)).await?;
+            step(&relay, wire::write_message(&mut send, &msg3)).await?;
+            let msg4 = step(&relay, wire::read_message(&mut recv)).await?;
             match awaiting.read_outcome(&msg4)? {
                 (LoginOutcome::Accepted { session }, Some(export_key)) => Ok(Session {
                     id: session,
@@ -173,8 +173,8 @@ async fn login_once(
         InitiatorReply::WrongCode { abort, awaiting } => {
             // Tell the relay at once and wait until it has the failure on
             // record, so what the user does next sees the counter as it is.
-            let _ = step(wire::write_message(&mut send, &abort)).await;
-            if let Ok(msg4) = step(wire::read_message(&mut recv)).await {
+            let _ = step(&relay, wire::write_message(&mut send, &abort)).await;
+            if let Ok(msg4) = step(&relay, wire::read_message(&mut recv)).await {
                 let _ = awaiting.read_outcome(&msg4);
             }
             rc.conn.close(quinn::VarInt::from_u32(0), b"wrong code");

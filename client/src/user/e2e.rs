@@ -195,7 +195,7 @@ impl Handshaker {
         send.write_frame(&HandshakeRequest { msg1 }).await?;
         let reply = timeout(STEP_TIMEOUT, recv.read_frame::<HandshakeReply>())
             .await
-            .map_err(|_| NetError::Timeout)??;
+            .map_err(|_| NetError::HostTimeout(self.host.clone()))??;
         let _ = send.finish().await;
         match reply {
             Some(HandshakeReply::Msg2(msg2)) if msg2.len() <= MAX_NOISE_MESSAGE => {

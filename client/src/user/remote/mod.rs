@@ -77,7 +77,7 @@ impl Remote {
         let mut machine = ClientSession::new();
         let first = timeout(STEP_TIMEOUT, wire::read_frame::<RelayToClient>(&mut recv))
             .await
-            .map_err(|_| NetError::Timeout)?
+            .map_err(|_| NetError::RelayTimeout(relay.conn.remote_address().to_string()))?
             .map_err(NetError::from)?
             .ok_or(NetError::Handshake(HandshakeError::PeerMisbehaved(
                 "no session reply",
@@ -107,7 +107,7 @@ impl Remote {
         // The route to the host follows at once.
         let routed = timeout(STEP_TIMEOUT, wire::read_frame::<RelayToClient>(&mut recv))
             .await
-            .map_err(|_| NetError::Timeout)?
+            .map_err(|_| NetError::RelayTimeout(relay.conn.remote_address().to_string()))?
             .map_err(NetError::from)?;
         let leg = match routed.map(|f| machine.on_frame(f, Instant::now())) {
             Some(Ok(Event::Route { leg, .. })) => leg,
@@ -182,14 +182,14 @@ impl Remote {
                 settled.wait_for(|k| !matches!(k, Link::Pending)),
             )
             .await
-            .map_err(|_| NetError::Timeout)?
+            .map_err(|_| NetError::HostTimeout(host.clone()))?
             .map(|k| k.clone());
             let away = matches!(*phase.borrow(), Phase::Rebooting { .. });
             match link {
                 Ok(Link::Failed(_)) if away => {
                     tokio::time::timeout_at(deadline, settled.changed())
                         .await
-                        .map_err(|_| NetError::Timeout)?
+                        .map_err(|_| NetError::HostTimeout(host.clone()))?
                         .map_err(|_| NetError::Local("the session is over".into()))?;
                 }
                 other => break other,
@@ -237,7 +237,7 @@ impl Remote {
         };
         let size = timeout(STEP_TIMEOUT, answer)
             .await
-            .map_err(|_| ChannelError::from(NetError::Timeout))??;
+            .map_err(|_| ChannelError::from(NetError::HostTimeout(self.host.clone())))??;
         Ok((send, recv, size))
     }
 
@@ -251,7 +251,7 @@ impl Remote {
         let mut link = self.host_link.subscribe();
         let ready = timeout(STEP_TIMEOUT, link.wait_for(|k| !matches!(k, Link::Pending)))
             .await
-            .map_err(|_| NetError::Timeout)?
+            .map_err(|_| NetError::HostTimeout(self.host.clone()))?
             .map(|k| k.clone());
         match ready {
             Ok(Link::Ready(host)) => Ok(host),
@@ -329,7 +329,7 @@ impl Remote {
                 Ok(_) => Ok(()),
                 Err(_) => Err(ChannelError::Refused("the session is over".into())),
             },
-            _ = tokio::time::sleep(STEP_TIMEOUT) => Err(ChannelError::Net(NetError::Timeout)),
+            _ = tokio::time::sleep(STEP_TIMEOUT) => Err(ChannelError::Net(NetError::HostTimeout(self.host.clone()))),
         }
     }
 
