@@ -40,19 +40,44 @@ pub enum Liveness {
     #[default]
     Patient,
     /// Long-lived links, a host agent's and a session's, give up after
-    /// 10 s, so a host or a session whose relay died moves to another relay
-    /// of its cluster within seconds (keep-alives every 2 s keep a live one
-    /// open; a session resumes without the code).
+    /// [`WATCHFUL_SILENCE`], so a host or a session whose relay died moves
+    /// to another relay of its cluster within seconds (keep-alives every
+    /// second keep a live one open, through the loss of five in a row; a
+    /// session resumes without the code, and its connection to the host
+    /// goes on).
     Watchful,
+}
+
+/// How long a [`Liveness::Watchful`] link hears nothing from its relay
+/// before it gives the relay up.
+pub const WATCHFUL_SILENCE: Duration = Duration::from_secs(6);
+
+impl Liveness {
+    /// How long the relay had been silent when a connection `e` ended:
+    /// an idle timeout ends a connection that long after its last packet.
+    pub fn silence_before(self, e: &quinn::ConnectionError) -> Duration {
+        match e {
+            quinn::ConnectionError::TimedOut => self.idle(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn idle(self) -> Duration {
+        match self {
+            Self::Patient => Duration::from_secs(30),
+            Self::Watchful => WATCHFUL_SILENCE,
+        }
+    }
 }
 
 /// Transport settings of client and host connections: keep-alives well
 /// inside the idle timeout.
 fn transport_config(liveness: Liveness) -> quinn::TransportConfig {
-    let (idle, keep_alive) = match liveness {
-        Liveness::Patient => (Duration::from_secs(30), Duration::from_secs(5)),
-        Liveness::Watchful => (Duration::from_secs(10), Duration::from_secs(2)),
+    let keep_alive = match liveness {
+        Liveness::Patient => Duration::from_secs(5),
+        Liveness::Watchful => Duration::from_secs(1),
     };
+    let idle = liveness.idle();
     let mut t = wire::transport_config(idle, keep_alive);
     // quinn resends an unanswered first packet after about 3 × this
     // estimate, doubling each time: with 100 ms (not RFC 9002's 333 ms) a

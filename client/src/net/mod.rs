@@ -20,7 +20,7 @@ pub mod socket;
 
 pub use dial::{
     check_redirect, connect, connect_any, connect_from, connect_with, udp_endpoint, DeviceEndpoint,
-    Liveness, Local, RelayConn,
+    Liveness, Local, RelayConn, WATCHFUL_SILENCE,
 };
 pub use error::{refusal_text, NetError};
 pub use handshake::{

@@ -3,6 +3,8 @@
 //! agent reconnects by itself after a relay restart, and a revoke made while
 //! the relay was down keeps a session from coming back.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result};
 use latchkey_tests::{count, Proc, World, OWNER_CODE};
 
@@ -215,10 +217,26 @@ async fn a_shell_lives_through_a_relay_crash_and_says_so() -> Result<()> {
     )?;
     keys.write_all(b"KEPT=same-$((6*7)); echo set-$KEPT\n")?;
     shell.expect_line("set-same-42")?;
+    let killed = Instant::now();
     w.relay.kill9();
     w.relay.restart()?;
     shell.expect_line("its relay went away")?;
-    shell.expect_line("is back after")?;
+    let back = shell.expect_line("is back after")?;
+    // The outage it reports runs from the relay's silence, not from when
+    // the client gave the relay up.
+    let outage = Duration::from_secs(
+        back.split("is back after ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no outage in {back:?}"))?,
+    );
+    let seen = killed.elapsed();
+    println!("outage reported {outage:?}; measured {seen:?}");
+    assert!(
+        outage + Duration::from_secs(2) >= seen && outage <= seen,
+        "reported {outage:?} for an outage of {seen:?}"
+    );
     keys.write_all(b"echo still-$KEPT\n")?;
     shell.expect_line("still-same-42")?;
     keys.write_all(b"exit 3\n")?;

@@ -27,7 +27,7 @@ use crate::{
 /// How long a session whose relay went away tries to resume before it
 /// ends, unless [`set_resume_wait`] said otherwise (a relay's heartbeat
 /// lapses after 20 s; its hosts are back on another relay within about
-/// 12 s).
+/// 7 s).
 const RESUME_WAIT: Duration = Duration::from_secs(60);
 
 static RESUME_WAIT_SET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
@@ -42,6 +42,19 @@ fn resume_wait() -> Duration {
     RESUME_WAIT_SET.get().copied().unwrap_or(RESUME_WAIT)
 }
 
+/// How soon a resume that found no relay holding the host asks again: the
+/// host's agent comes back on another relay about when the client noticed
+/// the loss, so the first rounds should not wait long.
+const ASK_AGAIN: Duration = Duration::from_millis(300);
+
+/// `relays` with the one at `lost` (when it is written as that address)
+/// moved to the end.
+fn lost_last(relays: &[String], lost: std::net::SocketAddr) -> Vec<String> {
+    let is_lost = |r: &String| r.parse::<std::net::SocketAddr>() == Ok(lost);
+    let (dead, live): (Vec<String>, Vec<String>) = relays.iter().cloned().partition(is_lost);
+    live.into_iter().chain(dead).collect()
+}
+
 /// What resuming a session needs.
 pub(super) struct Resume {
     pub(super) relays: Vec<String>,
@@ -53,15 +66,19 @@ pub(super) struct Resume {
 
 impl Resume {
     /// Resumes with `ticket`, following a redirect at once and asking again
-    /// every second while no relay holds the host or none answers, for up
-    /// to [`RESUME_WAIT`]; returns why not.
+    /// every [`ASK_AGAIN`] while no relay holds the host or none answers,
+    /// for up to [`RESUME_WAIT`]; returns why not. The relay that was lost
+    /// (at `lost`) is asked last: it costs each round a connect's head
+    /// start while it stays dead.
     async fn run(
         &self,
         local: &net::Local,
         ticket: &ResumeTicket,
+        lost: std::net::SocketAddr,
     ) -> Result<(net::Control, SessionId), String> {
         let until = tokio::time::Instant::now() + resume_wait();
-        let mut target = self.relays.clone();
+        let ring = lost_last(&self.relays, lost);
+        let mut target = ring.clone();
         // One redirect per round: relays whose records disagree for a
         // moment cannot send the client round in circles.
         let mut followed = false;
@@ -100,8 +117,8 @@ impl Resume {
                 return Err(e.to_string());
             }
             tracing::debug!("resuming the session: {e}; asking again");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            target = self.relays.clone();
+            tokio::time::sleep(ASK_AGAIN).await;
+            target = ring.clone();
             followed = false;
         }
     }
@@ -166,12 +183,23 @@ impl Follow {
                 Followed::Lost => {}
             }
             let now = tokio::time::Instant::now();
+            // The outage began with the relay's silence, not when the
+            // connection gave it up.
+            let lost = {
+                let relay = self.link_tx.borrow();
+                relay.conn.close_reason().map_or(Duration::ZERO, |e| {
+                    net::Liveness::Watchful.silence_before(&e)
+                })
+            };
+            let silent_since = Instant::now()
+                .checked_sub(lost)
+                .unwrap_or_else(Instant::now);
             let t = match ticket.take() {
                 Some((t, until))
                     if now < until
                         && self
                             .machine
-                            .relay_lost(Instant::now(), resume_wait().as_secs()) =>
+                            .relay_lost(silent_since, resume_wait().as_secs()) =>
                 {
                     t
                 }
@@ -357,14 +385,15 @@ impl Follow {
     ) -> Result<(quinn::SendStream, Frames), String> {
         // From the session's own socket, where its end-to-end connection
         // lives: the new relay's route is bound to that socket's address.
-        let local = {
+        let (local, lost) = {
             let relay = self.link_tx.borrow();
-            net::Local::Shared(net::DeviceEndpoint {
+            let local = net::Local::Shared(net::DeviceEndpoint {
                 endpoint: relay.endpoint.clone(),
                 peers: relay.peers.clone(),
-            })
+            });
+            (local, relay.conn.remote_address())
         };
-        let (control, session) = self.resume.run(&local, ticket).await?;
+        let (control, session) = self.resume.run(&local, ticket, lost).await?;
         let net::Control { relay, send, recv } = control;
         let mut frames = wire::frame_reader::<RelayToClient>(recv);
         let first = timeout(STEP_TIMEOUT, frames.recv())
@@ -399,5 +428,24 @@ impl Follow {
         self.publish();
         tracing::debug!(host = %self.resume.host, "session resumed on a relay of the cluster");
         Ok((send, frames))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lost_relay_is_asked_last() {
+        let relays: Vec<String> = ["10.0.0.1:4433", "10.0.0.2:4433", "relay.example:4433"]
+            .map(String::from)
+            .to_vec();
+        let lost = "10.0.0.1:4433".parse().expect("address");
+        assert_eq!(
+            lost_last(&relays, lost),
+            ["10.0.0.2:4433", "relay.example:4433", "10.0.0.1:4433"]
+        );
+        let elsewhere = "10.0.0.9:4433".parse().expect("address");
+        assert_eq!(lost_last(&relays, elsewhere), relays);
     }
 }
