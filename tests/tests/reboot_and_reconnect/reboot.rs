@@ -338,3 +338,100 @@ async fn a_relay_restart_while_the_host_reboots_leaves_no_stuck_state() -> Resul
     assert!(log.contains("resume refused"), "{log}");
     Ok(())
 }
+
+/// What `connect` shows in a terminal while the host reboots, read from a
+/// terminal emulator's screen: the status line is redrawn in place at the
+/// left margin (the terminal is in raw mode, so every line must start with
+/// a carriage return), not a staircase of lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn reboot_status_lines_stay_in_place_on_the_screen() -> Result<()> {
+    use std::sync::{Arc, Mutex};
+
+    use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+    const COLS: u16 = 100;
+    let w = world(Vec::new())?;
+    let mut agent = w.start_agent()?;
+    let pty = native_pty_system()
+        .openpty(PtySize {
+            rows: 30,
+            cols: COLS,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cmd = CommandBuilder::new(latchkey_tests::bin("latchkey"));
+    let home = w
+        .alice
+        .home
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("path"))?;
+    cmd.args(["--home", home, "connect", "mypc"]);
+    cmd.env("LATCHKEY_ACCESS_CODE", OWNER_CODE);
+    cmd.env("LATCHKEY_LOG", "warn");
+    cmd.env("PS1", "$ ");
+    let mut child = pty
+        .slave
+        .spawn_command(cmd)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(pty.slave);
+    let terminal = Arc::new(Mutex::new(vt100::Parser::new(30, COLS, 0)));
+    let mut reader = pty
+        .master
+        .try_clone_reader()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let drawing = terminal.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut reader, &mut buf) {
+            if let Ok(mut t) = drawing.lock() {
+                t.process(&buf[..n]);
+            }
+        }
+    });
+    let mut keys = pty
+        .master
+        .take_writer()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let screen = || {
+        terminal
+            .lock()
+            .map(|t| t.screen().rows(0, COLS).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let shows = |text: &str| screen().iter().any(|row| row.contains(text));
+    keys.write_all(b"echo ready-$((1+1))\r")?;
+    wait_until("the shell", || shows("ready-2"))?;
+    keys.write_all(b"~R")?;
+    let status = agent.wait_exit()?;
+    assert!(status.success(), "agent exited with {status}");
+    // Several redraws of the waiting line.
+    wait_until("a few seconds of waiting", || shows("rebooting… 3 s"))?;
+    let _agent = w.start_agent()?;
+    wait_until("the shell back", || shows("is back after"))?;
+    keys.write_all(b"echo after-$((2+3))\r")?;
+    wait_until("a command after the reboot", || shows("after-5"))?;
+
+    let rows = screen();
+    let drawn = rows.join("\n");
+    for row in rows.iter().filter(|r| r.contains("[latchkey:")) {
+        assert!(
+            row.starts_with("[latchkey:"),
+            "a status line off the left margin: {row:?}\n{drawn}"
+        );
+    }
+    let waiting = rows.iter().filter(|r| r.contains("rebooting…")).count();
+    assert_eq!(
+        waiting, 1,
+        "the waiting line was not redrawn in place:\n{drawn}"
+    );
+    keys.write_all(b"exit\r")?;
+    let started = Instant::now();
+    while child.try_wait()?.is_none() {
+        anyhow::ensure!(
+            started.elapsed() < latchkey_tests::WAIT,
+            "connect did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
