@@ -20,7 +20,16 @@ use latchkey_protocol::{
 
 /// Reach your computers through a Latchkey relay.
 #[derive(Debug, Parser)]
-#[command(name = "latchkey", version, about)]
+#[command(
+    name = "latchkey",
+    version,
+    about,
+    after_help = "Exit status, as ssh's: `connect` and `exec` exit with the remote \
+                  command's status; `connect`, `exec`, `cp`, `forward`, `proxy` and \
+                  `reboot` exit 255 when Latchkey itself fails (relay unreachable, wrong \
+                  code, host locked or offline, access revoked), each failure with its own \
+                  message; other commands exit 1 when they fail."
+)]
 struct Cli {
     /// Directory holding this device's identities (default: the platform
     /// config dir, e.g. ~/.config/latchkey).
@@ -300,6 +309,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let failure = if args.command.reaches_host() {
+        ExitCode::from(cli::LATCHKEY_FAILED)
+    } else {
+        ExitCode::FAILURE
+    };
     let result = runtime.block_on(run(args));
     // Do not wait for a blocked read of the terminal.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -307,8 +321,24 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            failure
         }
+    }
+}
+
+impl Command {
+    /// Whether the command reaches a host, and so exits 255 when Latchkey
+    /// fails (its other statuses are the remote command's).
+    fn reaches_host(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Exec { .. }
+                | Self::Forward { .. }
+                | Self::Proxy { .. }
+                | Self::Cp { .. }
+                | Self::Reboot { .. }
+        )
     }
 }
 

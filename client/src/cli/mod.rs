@@ -10,3 +10,7 @@ pub(crate) mod host;
 pub(crate) mod man;
 mod signal;
 pub(crate) mod user;
+
+/// The exit status of a command that reaches a host when Latchkey itself
+/// failed, as ssh's: the remote command's own statuses keep the rest.
+pub(crate) const LATCHKEY_FAILED: u8 = 255;

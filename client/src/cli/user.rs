@@ -216,7 +216,7 @@ pub(crate) async fn proxy(
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("latchkey proxy: {e:#}");
-            Ok(ExitCode::from(255))
+            Ok(ExitCode::from(super::LATCHKEY_FAILED))
         }
     }
 }

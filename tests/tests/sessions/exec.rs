@@ -311,3 +311,45 @@ async fn a_host_name_with_a_typo_is_said_to_be_no_host_of_yours() -> Result<()> 
     assert_eq!(status["failures"], 1, "{status}");
     Ok(())
 }
+
+/// Latchkey's own failures exit 255, as ssh's do, each with its own
+/// message; the remote command's statuses stay its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn latchkeys_own_failures_exit_255_each_said_apart() -> Result<()> {
+    let w = World::new()?;
+    let failed = |args: &[&str], code: &str, said: &str| -> Result<()> {
+        let out = w.alice.with_code(code, args)?;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{args:?}: {err}");
+        assert!(err.contains(said), "{args:?}: {said:?} not in {err}");
+        Ok(())
+    };
+    let exec = ["exec", "mypc", "--", "true"];
+    failed(&exec, OWNER_CODE, "host 'mypc' is offline")?;
+    let _agent = w.start_agent()?;
+    failed(
+        &["exec", "mypcc", "--", "true"],
+        OWNER_CODE,
+        "no host 'mypcc'",
+    )?;
+    failed(
+        &["cp", "mypc:/no/such/file", "here"],
+        OWNER_CODE,
+        "/no/such/file",
+    )?;
+    for _ in 0..3 {
+        failed(&exec, "not-the-code", "wrong access code for host 'mypc'")?;
+    }
+    failed(&exec, OWNER_CODE, "host 'mypc' is locked")?;
+    w.relay.admin(&["unlock", "mypc"])?;
+    let out = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "sh", "-c", "exit 7"])?;
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    // A relay that does not answer: a port with nothing behind it.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = silent.local_addr()?.to_string();
+    w.alice.set_relays(&[addr.clone()])?;
+    failed(&exec, OWNER_CODE, &format!("the relay at {addr}"))?;
+    Ok(())
+}
