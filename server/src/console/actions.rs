@@ -1,6 +1,9 @@
 //! The console's state-changing forms. Each takes an [`Action`] (a
 //! signed-in admin whose CSRF token matched) and calls [`crate::admin::service`],
 //! exactly as the CLI does; a refusal re-renders the page with the reason.
+//! What cannot be undone at once (a revoke, a removal) asks first: the
+//! button opens a confirmation page, and only its form (`confirm=yes`)
+//! changes anything.
 
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use latchkey_protocol::ids::{HostName, UserName};
-use maud::html;
+use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{
@@ -19,7 +22,7 @@ use super::{
 };
 use crate::{
     admin::service::{self, ServiceError},
-    store::{InviteKind, StoreError},
+    store::{InviteKind, Removal, StoreError},
 };
 
 /// The policy form.
@@ -64,6 +67,9 @@ pub(super) async fn host_action(
     let host = parse_host(&host)?;
     let actor = by.actor();
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if action == "remove" {
+        return remove_host(&state, &by, host, field("confirm") == "yes").await;
+    }
     let (done, result) = match action.as_str() {
         "grant" | "revoke" | "regrant" => {
             let user = parse_user(&field("user"))?;
@@ -155,6 +161,286 @@ fn confirm_revoke(by: &SignedIn, host: &HostName, user: &UserName) -> Response {
         a href=(paths::host(host.as_str())) { "Cancel" }
     };
     view::page("Revoke shared access?", Some((&by.admin, &by.csrf)), body).into_response()
+}
+
+/// A list of names as a sentence says it: "a", "a and b", "a, b and c".
+fn and_list(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// A page that asks before a removal: what will happen, then the form that
+/// confirms (`confirm=yes`, no script needed) and a way back.
+fn confirm_page(
+    by: &SignedIn,
+    title: &str,
+    warning: Option<Markup>,
+    what: Markup,
+    action: &str,
+    button: &str,
+    back: &str,
+) -> Response {
+    let body = html! {
+        @if let Some(warning) = warning { (warning) }
+        (what)
+        form.inline method="post" action=(action) {
+            (view::csrf_field(&by.csrf))
+            input type="hidden" name="confirm" value="yes";
+            button type="submit" { (button) }
+        }
+        " "
+        a href=(back) { "Cancel" }
+    };
+    view::page(title, Some((&by.admin, &by.csrf)), body).into_response()
+}
+
+/// Hosts as links to their pages, where each is removed.
+fn host_links(hosts: &[String]) -> Markup {
+    html! {
+        @for (i, h) in hosts.iter().enumerate() {
+            @if i > 0 { ", " }
+            a href=(paths::host(h)) { (h) }
+        }
+    }
+}
+
+/// Asks before removing `host`, saying what the removal ends.
+async fn confirm_remove_host(
+    state: &ConsoleState,
+    by: &SignedIn,
+    host: &HostName,
+) -> Result<Response, ConsoleError> {
+    let h = host.clone();
+    let (status, grants) = state
+        .blocking(move |s| Ok((s.host_status(&h)?, s.grants_of(Some(&h))?)))
+        .await?;
+    let shared: Vec<String> = grants.into_iter().map(|g| g.user).collect();
+    let what = html! {
+        p { "Remove host " strong { (host) } " (owner " (status.owner) ") from Latchkey? "
+            "This cannot be undone:" }
+        ul {
+            li { "Every session on " (host) " ends at once, on every relay." }
+            li { "Its agent is refused as an unknown device and stops. " (host)
+                 " can come back only through a new invite, as a new host with nothing of this one." }
+            @if shared.is_empty() {
+                li { "Nobody else has shared access to it." }
+            } @else {
+                li { "The shared access of " (and_list(&shared)) " ends." }
+            }
+            li { "Any unused invite for it is cancelled." }
+            @if shared.is_empty() {
+                li { "Its owner, " (status.owner) ", is emailed." }
+            } @else {
+                li { "Its owner, " (status.owner) ", and " (and_list(&shared)) " are emailed." }
+            }
+            li { "Its audit history stays." }
+        }
+    };
+    Ok(confirm_page(
+        by,
+        &format!("Remove host {host}?"),
+        None,
+        what,
+        &paths::host_action(host.as_str(), "remove"),
+        &format!("Remove host {host}"),
+        &paths::host(host.as_str()),
+    ))
+}
+
+/// What a host's removal ended, for the notice on the hosts list.
+fn host_removed_text(host: &HostName, removal: &Removal) -> String {
+    let mut text = format!(
+        "Host {host} removed: its agent can no longer connect, and every session on it ended."
+    );
+    if removal.grants.is_empty() {
+        text.push_str(" Nobody else had shared access; the owner is emailed.");
+    } else {
+        text.push_str(&format!(
+            " The shared access of {} ended; they and the owner are emailed.",
+            and_list(&removal.grants)
+        ));
+    }
+    if removal.invites_cancelled > 0 {
+        text.push_str(&format!(
+            " Unused invites cancelled: {}.",
+            removal.invites_cancelled
+        ));
+    }
+    text.push_str(" Its audit history stays.");
+    text
+}
+
+/// POST /hosts/{host}/remove: asks first; with `confirmed`, removes the
+/// host and shows the hosts list with what ended.
+async fn remove_host(
+    state: &ConsoleState,
+    by: &SignedIn,
+    host: HostName,
+    confirmed: bool,
+) -> Result<Response, ConsoleError> {
+    if !confirmed {
+        return confirm_remove_host(state, by, &host).await;
+    }
+    let (h, actor) = (host.clone(), by.actor());
+    let (status, message) = match state
+        .run(move |s| service::remove_host(s, &h, &actor))
+        .await
+    {
+        Ok(removal) => (
+            StatusCode::OK,
+            view::notice(&host_removed_text(&host, &removal), false),
+        ),
+        Err(e) if refusal(&e) => (StatusCode::CONFLICT, view::notice(&e.to_string(), true)),
+        Err(e) => return Err(e.into()),
+    };
+    let body = pages::hosts_body(state, by, Some(message)).await?;
+    Ok((
+        status,
+        view::page("Hosts", Some((&by.admin, &by.csrf)), body),
+    )
+        .into_response())
+}
+
+/// Asks before removing `user`, saying what the removal ends; a user who
+/// owns hosts is told that those go first.
+async fn confirm_remove_user(
+    state: &ConsoleState,
+    by: &SignedIn,
+    user: &UserName,
+) -> Result<Response, ConsoleError> {
+    let (users, hosts, grants) = state
+        .blocking(|s| Ok((s.users()?, s.hosts()?, s.grants_of(None)?)))
+        .await?;
+    let name = user.as_str();
+    if !users.iter().any(|u| u.name == name) {
+        return Err(ConsoleError::NotFound("There is no such user."));
+    }
+    let owned: Vec<String> = hosts
+        .iter()
+        .filter(|h| h.owner == name)
+        .map(|h| h.name.clone())
+        .collect();
+    let shared: Vec<String> = grants
+        .iter()
+        .filter(|g| g.user == name)
+        .map(|g| g.host.clone())
+        .collect();
+    let warning = (!owned.is_empty()).then(|| {
+        html! {
+            p.notice.error role="alert" {
+                strong { (user) } " owns " (host_links(&owned)) ". A user who owns hosts cannot be "
+                "removed, so that no host is left without an owner: remove "
+                @if owned.len() == 1 { "that host" } @else { "those hosts" }
+                " first (Remove host, on its page), then " (user) "."
+            }
+        }
+    });
+    let what = html! {
+        p { "Remove user " strong { (user) } " from Latchkey? This cannot be undone:" }
+        ul {
+            li { "Their device can no longer log in, and any session they have ends at once, on every relay." }
+            @if shared.is_empty() {
+                li { "They have no shared access to any host." }
+            } @else {
+                li { "Their shared access to " (and_list(&shared)) " ends, and "
+                     @if shared.len() == 1 { "its owner is" } @else { "the owners are" } " emailed." }
+            }
+            li { "Any unused invite for them is cancelled." }
+            li { "Their audit history stays. Inviting " (user) " again makes a new user with nothing of this one." }
+        }
+    };
+    Ok(confirm_page(
+        by,
+        &format!("Remove user {user}?"),
+        warning,
+        what,
+        &paths::user_remove(name),
+        &format!("Remove user {user}"),
+        paths::USERS,
+    ))
+}
+
+/// What a user's removal ended, for the notice on the users list.
+fn user_removed_text(user: &UserName, removal: &Removal) -> String {
+    let mut text = format!("User {user} removed: their device can no longer log in.");
+    if removal.grants.is_empty() {
+        text.push_str(" They had no shared access.");
+    } else {
+        text.push_str(&format!(
+            " Their shared access to {} ended, with any session on it; the owners are emailed.",
+            and_list(&removal.grants)
+        ));
+    }
+    if removal.invites_cancelled > 0 {
+        text.push_str(&format!(
+            " Unused invites cancelled: {}.",
+            removal.invites_cancelled
+        ));
+    }
+    text.push_str(" Their audit history stays.");
+    text
+}
+
+/// The removal form: `confirm=yes` only on the confirmation page's.
+#[derive(Deserialize)]
+pub(super) struct RemoveForm {
+    #[serde(default)]
+    confirm: String,
+}
+
+/// POST /users/{user}/remove: asks first; confirmed, removes the user and
+/// shows the users list with what ended, or why not (a user who owns
+/// hosts is refused).
+pub(super) async fn remove_user(
+    State(state): State<Arc<ConsoleState>>,
+    Path(user): Path<String>,
+    Action { by, form }: Action<RemoveForm>,
+) -> Result<Response, ConsoleError> {
+    let user = parse_user(&user)?;
+    if form.confirm != "yes" {
+        return confirm_remove_user(&state, &by, &user).await;
+    }
+    let (u, actor) = (user.clone(), by.actor());
+    let (status, message) = match state
+        .run(move |s| service::remove_user(s, &u, &actor))
+        .await
+    {
+        Ok(removal) => (
+            StatusCode::OK,
+            view::notice(&user_removed_text(&user, &removal), false),
+        ),
+        Err(e) if refusal(&e) => {
+            let name = user.to_string();
+            let owned: Vec<String> = state
+                .blocking(move |s| {
+                    Ok(s.hosts()?
+                        .into_iter()
+                        .filter(|h| h.owner == name)
+                        .map(|h| h.name)
+                        .collect())
+                })
+                .await?;
+            let message = html! {
+                (view::notice(&e.to_string(), true))
+                @if !owned.is_empty() {
+                    p { "Remove " (if owned.len() == 1 { "that host" } else { "those hosts" })
+                        " from " (if owned.len() == 1 { "its page" } else { "their pages" })
+                        " first: " (host_links(&owned)) "." }
+                }
+            };
+            (StatusCode::CONFLICT, message)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let body = pages::users_body(&state, &by, Some(message)).await?;
+    Ok((
+        status,
+        view::page("Users", Some((&by.admin, &by.csrf)), body),
+    )
+        .into_response())
 }
 
 /// The email form.

@@ -220,6 +220,7 @@ pub fn router(state: Arc<ConsoleState>, extra: Option<Router>) -> Router {
         .route(paths::HOST_ACTION, post(actions::host_action))
         .route(paths::USERS, get(pages::users))
         .route(paths::USER_EMAIL, post(actions::set_email))
+        .route(paths::USER_REMOVE, post(actions::remove_user))
         .route(paths::INVITE_USER, post(actions::invite))
         .route(paths::INVITE_HOST, post(actions::invite))
         .route(paths::AUDIT, get(pages::audit))

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The events the audit page offers as filters.
-const FILTERED_EVENTS: [AuditEvent; 17] = [
+const FILTERED_EVENTS: [AuditEvent; 19] = [
     AuditEvent::LoginOk,
     AuditEvent::LoginFailed,
     AuditEvent::LoginLocked,
@@ -26,6 +26,8 @@ const FILTERED_EVENTS: [AuditEvent; 17] = [
     AuditEvent::Unlock,
     AuditEvent::Grant,
     AuditEvent::Revoke,
+    AuditEvent::UserRemoved,
+    AuditEvent::HostRemoved,
     AuditEvent::Policy,
     AuditEvent::InviteCreated,
     AuditEvent::Enrolled,
@@ -151,6 +153,16 @@ pub(super) async fn hosts(
     State(state): State<Arc<ConsoleState>>,
     me: SignedIn,
 ) -> Result<Markup, ConsoleError> {
+    let body = hosts_body(&state, &me, None).await?;
+    Ok(view::page("Hosts", Some((&me.admin, &me.csrf)), body))
+}
+
+/// The hosts list, with `message` (a notice) on top.
+pub(super) async fn hosts_body(
+    state: &ConsoleState,
+    me: &SignedIn,
+    message: Option<Markup>,
+) -> Result<Markup, ConsoleError> {
     let (hosts, all_grants) = state
         .blocking(|s| Ok((s.hosts()?, s.grants_of(None)?)))
         .await?;
@@ -165,7 +177,8 @@ pub(super) async fn hosts(
             (h, grants)
         })
         .collect();
-    let body = html! {
+    Ok(html! {
+        @if let Some(message) = message { (message) }
         div.table { table.rows {
             thead { tr {
                 th { "Host" } th { "Owner" } th { "Online" } th { "Locked" } th { "Failures" }
@@ -187,8 +200,7 @@ pub(super) async fn hosts(
         } }
         h2 { "Invite a host" }
         (view::invite_host_form(&me.csrf))
-    };
-    Ok(view::page("Hosts", Some((&me.admin, &me.csrf)), body))
+    })
 }
 
 /// GET /hosts/{host}
@@ -311,6 +323,10 @@ pub(super) async fn host_body(
             }
             button type="submit" { "Save policy" }
         }
+        h2 { "Remove host" }
+        p { "For a host that is gone or leaves Latchkey: every session on it and every grant of it end, "
+            "and its agent can no longer connect. The next page says what will happen and asks you to confirm." }
+        (view::button_form(&paths::host_action(name, "remove"), csrf, &[], "Remove host"))
         h2 { "Recent events" }
         (events_table(&events))
         p { a href={ (paths::AUDIT) "?host=" (name) } { "All events of " (name) } }
@@ -323,12 +339,23 @@ pub(super) async fn users(
     me: SignedIn,
     Query(query): Query<DoneQuery>,
 ) -> Result<Markup, ConsoleError> {
+    let message = query.done.map(|d| view::notice(d.text(), false));
+    let body = users_body(&state, &me, message).await?;
+    Ok(view::page("Users", Some((&me.admin, &me.csrf)), body))
+}
+
+/// The users list, with `message` (a notice) on top.
+pub(super) async fn users_body(
+    state: &ConsoleState,
+    me: &SignedIn,
+    message: Option<Markup>,
+) -> Result<Markup, ConsoleError> {
     let users = state.blocking(|s| s.users()).await?;
     let csrf = me.csrf.as_str();
-    let body = html! {
-        @if let Some(d) = query.done { (view::notice(d.text(), false)) }
+    Ok(html! {
+        @if let Some(message) = message { (message) }
         div.table { table.rows {
-            thead { tr { th { "User" } th { "Device" } th { "Email for notices" } } }
+            thead { tr { th { "User" } th { "Device" } th { "Email for notices" } th { "Actions" } } }
             tbody {
                 @for u in &users {
                     tr {
@@ -341,14 +368,19 @@ pub(super) async fn users(
                                 " " button type="submit" { "Save" }
                             }
                         }
+                        td.actions {
+                            form.inline method="post" action=(paths::user_remove(&u.name)) {
+                                (view::csrf_field(csrf))
+                                button type="submit" aria-label={ "Remove " (u.name) } { "Remove" }
+                            }
+                        }
                     }
                 }
             }
         } }
         h2 { "Invite a user" }
         (view::invite_user_form(csrf))
-    };
-    Ok(view::page("Users", Some((&me.admin, csrf)), body))
+    })
 }
 
 /// The audit page's filters.

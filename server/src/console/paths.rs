@@ -23,6 +23,8 @@ pub(crate) const USERS: &str = "/users";
 pub(crate) const INVITE_USER: &str = "/invite/user";
 /// Set a user's email (`/users/NAME/email`).
 pub(crate) const USER_EMAIL: &str = "/users/{user}/email";
+/// Remove a user (`/users/NAME/remove`): asks first.
+pub(crate) const USER_REMOVE: &str = "/users/{user}/remove";
 /// The audit log.
 pub(crate) const AUDIT: &str = "/audit";
 /// The notices.
@@ -36,7 +38,7 @@ pub(crate) fn host(name: &str) -> String {
 }
 
 /// An action on host `name` (`grant`, `revoke`, `regrant`, `unlock`,
-/// `policy`).
+/// `policy`, `remove`).
 pub(crate) fn host_action(name: &str, action: &str) -> String {
     format!("/hosts/{name}/{action}")
 }
@@ -44,6 +46,11 @@ pub(crate) fn host_action(name: &str, action: &str) -> String {
 /// Where a user's email is set.
 pub(crate) fn user_email(name: &str) -> String {
     format!("/users/{name}/email")
+}
+
+/// Where a user is removed.
+pub(crate) fn user_remove(name: &str) -> String {
+    format!("/users/{name}/remove")
 }
 
 /// A setup link's path.

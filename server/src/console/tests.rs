@@ -1187,3 +1187,257 @@ async fn first_event(b: &Browser) -> String {
     let response = b.app.clone().oneshot(req).await.expect("response");
     next_event(&mut response.into_body()).await
 }
+
+/// Whether the store still has user `name`.
+fn has_user(store: &dyn Store, name: &str) -> bool {
+    store.users().expect("users").iter().any(|u| u.name == name)
+}
+
+/// Whether the store still has host `name`.
+fn has_host(store: &dyn Store, name: &str) -> bool {
+    store.hosts().expect("hosts").iter().any(|h| h.name == name)
+}
+
+/// The audit rows of `event`, newest first.
+fn audited(store: &dyn Store, event: &str) -> Vec<crate::store::AuditRow> {
+    store
+        .audit_page(&Default::default(), 100)
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.event == event)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_user_is_removed_only_once_confirmed_and_then_leaves_the_list() {
+    let (mut b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    let bob: UserName = "bob".parse().expect("name");
+    b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    let users = b.get("/users").await;
+    assert!(
+        users.body.contains(r#"action="/users/bob/remove""#)
+            && users.body.contains(r#"aria-label="Remove bob""#),
+        "{}",
+        users.body
+    );
+    let csrf = users.csrf();
+    // The Remove button only asks, saying what will happen.
+    let page = b.post("/users/bob/remove", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Remove user bob?"), "{}", page.body);
+    for says in [
+        "any session they have ends at once",
+        "Their shared access to mypc ends, and its owner is emailed",
+        "Any unused invite for them is cancelled",
+        "Their audit history stays",
+    ] {
+        assert!(page.body.contains(says), "{says:?} not on {}", page.body);
+    }
+    assert!(
+        page.body
+            .contains(r#"<input type="hidden" name="confirm" value="yes">"#),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("cannot be removed"), "{}", page.body);
+    // Anything but the confirmation changes nothing.
+    for confirm in ["", "no", "YES "] {
+        let page = b
+            .post(
+                "/users/bob/remove",
+                &[("confirm", confirm), ("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(has_user(&*b.store, "bob"), "removed with {confirm:?}");
+    }
+    assert_eq!(b.store.grants_of(Some(&host)).expect("grants").len(), 1);
+    assert!(audited(&*b.store, "user-removed").is_empty());
+
+    let page = b
+        .post("/users/bob/remove", &[("confirm", "yes"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let notice = between(&page.body, r#"<p class="notice" role="status">"#, "</p>");
+    assert_eq!(
+        notice,
+        "User bob removed: their device can no longer log in. Their shared access to mypc \
+         ended, with any session on it; the owners are emailed. Unused invites cancelled: 1. \
+         Their audit history stays."
+    );
+    assert!(!page.body.contains("Remove bob"), "{}", page.body);
+    assert!(!has_user(&*b.store, "bob"));
+    assert!(b.store.grants_of(Some(&host)).expect("grants").is_empty());
+    let users = b.get("/users").await.body;
+    assert!(
+        !users.contains("/users/bob/") && users.contains("/users/alice/remove"),
+        "{users}"
+    );
+    let rows = audited(&*b.store, "user-removed");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].user.as_deref(), Some("bob"));
+    assert_eq!(rows[0].source.as_deref(), Some("127.0.0.1"));
+    assert!(
+        rows[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("by console admin 'alice'")),
+        "{:?}",
+        rows[0].detail
+    );
+    let audit = b.get("/audit?event=user-removed").await.body;
+    assert!(audit.contains(">user-removed<"), "{audit}");
+    // Sent again (a reload), it says there is no such user.
+    let again = b
+        .post("/users/bob/remove", &[("confirm", "yes"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.body.contains("no user named"), "{}", again.body);
+    assert_eq!(audited(&*b.store, "user-removed").len(), 1);
+}
+
+#[tokio::test]
+async fn a_host_is_removed_only_once_confirmed_and_then_leaves_the_list() {
+    let (mut b, _) = Browser::signed_in().await;
+    let host = alice_owns_mypc(&*b.store);
+    let bob: UserName = "bob".parse().expect("name");
+    b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    let page = b.get("/hosts/mypc").await;
+    let section = between(&page.body, "<h2>Remove host</h2>", "<h2>");
+    assert!(
+        section.contains(r#"action="/hosts/mypc/remove""#)
+            && section.contains(">Remove host</button>"),
+        "{section}"
+    );
+    let csrf = page.csrf();
+    let page = b.post("/hosts/mypc/remove", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Remove host mypc?"), "{}", page.body);
+    for says in [
+        "Every session on mypc ends at once",
+        "refused as an unknown device",
+        "The shared access of bob ends",
+        "Its owner, alice, and bob are emailed",
+        "Its audit history stays",
+    ] {
+        assert!(page.body.contains(says), "{says:?} not on {}", page.body);
+    }
+    for confirm in ["", "no"] {
+        b.post(
+            "/hosts/mypc/remove",
+            &[("confirm", confirm), ("csrf", &csrf)],
+        )
+        .await;
+        assert!(has_host(&*b.store, "mypc"), "removed with {confirm:?}");
+    }
+    assert!(audited(&*b.store, "host-removed").is_empty());
+
+    let page = b
+        .post("/hosts/mypc/remove", &[("confirm", "yes"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("<h1>Hosts</h1>"), "{}", page.body);
+    let notice = between(&page.body, r#"<p class="notice" role="status">"#, "</p>");
+    assert_eq!(
+        notice,
+        "Host mypc removed: its agent can no longer connect, and every session on it ended. \
+         The shared access of bob ended; they and the owner are emailed. Unused invites \
+         cancelled: 1. Its audit history stays."
+    );
+    assert!(!page.body.contains(r#"data-host="mypc""#), "{}", page.body);
+    assert!(!has_host(&*b.store, "mypc"));
+    assert!(!b.get("/hosts").await.body.contains(r#"data-host="mypc""#));
+    assert_eq!(b.get("/hosts/mypc").await.status, StatusCode::NOT_FOUND);
+    let rows = audited(&*b.store, "host-removed");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].host.as_deref(), Some("mypc"));
+    assert!(rows[0]
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("by console admin 'alice'")));
+    let audit = b.get("/audit?event=host-removed").await.body;
+    assert!(audit.contains(">host-removed<"), "{audit}");
+    // With its host gone, the owner may go too.
+    let page = b
+        .post(
+            "/users/alice/remove",
+            &[("confirm", "yes"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("User alice removed"), "{}", page.body);
+}
+
+#[tokio::test]
+async fn an_owner_of_hosts_is_told_to_remove_them_first_and_refused_if_confirmed_anyway() {
+    let (mut b, _) = Browser::signed_in().await;
+    alice_owns_mypc(&*b.store);
+    let csrf = b.get("/users").await.csrf();
+    let page = b.post("/users/alice/remove", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let warning = between(
+        &page.body,
+        r#"<p class="notice error" role="alert">"#,
+        "</p>",
+    );
+    assert!(
+        warning.contains(r#"<a href="/hosts/mypc">mypc</a>"#)
+            && warning.contains("cannot be removed")
+            && warning.contains("remove that host first"),
+        "{warning}"
+    );
+    let page = b
+        .post(
+            "/users/alice/remove",
+            &[("confirm", "yes"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+    let refusal = between(
+        &page.body,
+        r#"<p class="notice error" role="alert">"#,
+        "</p>",
+    );
+    assert!(
+        refusal.contains("'alice' owns mypc: remove it first"),
+        "{refusal}"
+    );
+    assert!(
+        page.body
+            .contains(r#"first: <a href="/hosts/mypc">mypc</a>."#),
+        "{}",
+        page.body
+    );
+    assert!(has_user(&*b.store, "alice") && has_host(&*b.store, "mypc"));
+    assert!(audited(&*b.store, "user-removed").is_empty());
+    assert_eq!(
+        b.post("/users/nobody/remove", &[("csrf", &csrf)])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_removal_needs_the_sessions_csrf_token() {
+    let (mut b, _) = Browser::signed_in().await;
+    alice_owns_mypc(&*b.store);
+    let forged = super::auth::random_token();
+    for path in ["/users/bob/remove", "/hosts/mypc/remove"] {
+        for form in [
+            vec![("confirm", "yes")],
+            vec![("confirm", "yes"), ("csrf", "forged")],
+            vec![("confirm", "yes"), ("csrf", forged.as_str())],
+        ] {
+            let page = b.post(path, &form).await;
+            assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}: {}", page.body);
+        }
+        // Not even the confirmation page is shown without it.
+        let page = b.post(path, &[("csrf", "forged")]).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert!(has_user(&*b.store, "bob") && has_host(&*b.store, "mypc"));
+    assert!(audited(&*b.store, "user-removed").is_empty());
+    assert!(audited(&*b.store, "host-removed").is_empty());
+}

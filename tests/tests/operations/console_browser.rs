@@ -8,9 +8,11 @@
 //! beside the lock, and sees the owner's login in the audit log. Then every
 //! page is opened as a phone shows it (390 px wide), where no table, list
 //! or form may be wider than the screen nor any time wrap; bob's access is
-//! revoked there through its confirmation step; and the host page, left
-//! open, shows when the host went offline. Screenshots of each step go to
-//! `target/console-screenshots/`.
+//! revoked there through its confirmation step; the host page, left open,
+//! shows when the host went offline; and, each through its confirmation
+//! page, alice (who owns mypc) is refused removal, bob is removed, then
+//! mypc, and the audit log shows both removals. Screenshots of each step go
+//! to `target/console-screenshots/`.
 //!
 //! Without Chromium and chromedriver the test is skipped with the reason
 //! printed, except in CI (`CI` set), where it fails.
@@ -382,11 +384,12 @@ fn exec(who: &latchkey_tests::Device, code: &str, args: &[&str]) -> Result<std::
 async fn audit_row(
     browser: &Client,
     event: &str,
+    host: &str,
     user: &str,
     detail: &str,
 ) -> Result<Option<Element>> {
     let xpath = format!(
-        "//table//tbody/tr[td[2][normalize-space()='{event}'] and td[3][normalize-space()='mypc'] \
+        "//table//tbody/tr[td[2][normalize-space()='{event}'] and td[3][normalize-space()='{host}'] \
          and td[4][normalize-space()='{user}'] and td[6][contains(normalize-space(), \"{detail}\")]]"
     );
     Ok(browser
@@ -500,20 +503,22 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
         .await?;
     wait_text(browser, "h1", |t| t == "Audit log").await?;
     ensure!(
-        audit_row(browser, "login-ok", "alice", "").await?.is_some(),
+        audit_row(browser, "login-ok", "mypc", "alice", "")
+            .await?
+            .is_some(),
         "no login-ok of alice on mypc in the audit log"
     );
     screenshot(browser, "08-audit-login-ok").await?;
     browser.goto(&format!("{console}/audit?host=mypc")).await?;
     wait_text(browser, "h1", |t| t == "Audit log").await?;
     ensure!(
-        audit_row(browser, "unlock", "", "by console admin 'alice'")
+        audit_row(browser, "unlock", "mypc", "", "by console admin 'alice'")
             .await?
             .is_some(),
         "no unlock by console admin 'alice' in the audit log"
     );
     ensure!(
-        audit_row(browser, "grant", "bob", "by console admin 'alice'")
+        audit_row(browser, "grant", "mypc", "bob", "by console admin 'alice'")
             .await?
             .is_some(),
         "no grant to bob by console admin 'alice' in the audit log"
@@ -522,9 +527,115 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
     Ok(())
 }
 
+/// The users the relay has, as `admin users --json` lists them.
+fn relay_users(w: &World) -> Result<Vec<String>> {
+    let users = w.relay.admin_json(&["users"])?;
+    Ok(users
+        .as_array()
+        .context("a list of users")?
+        .iter()
+        .filter_map(|u| u["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Presses the users list's Remove button of `user` (its label names them).
+async fn press_remove_user(browser: &Client, user: &str) -> Result<()> {
+    find(
+        browser,
+        Locator::XPath(&format!("//button[@aria-label='Remove {user}']")),
+    )
+    .await?
+    .click()
+    .await?;
+    Ok(())
+}
+
+/// Offboarding on a phone, each step through its confirmation page: alice
+/// owns mypc, so she is told it goes first and refused when confirmed
+/// anyway; bob is removed; then mypc; the audit log shows both.
+async fn removals_on_a_phone(w: &World, browser: &Client, console: &str) -> Result<()> {
+    browser.goto(&format!("{console}/users")).await?;
+    wait_text(browser, "h1", |t| t == "Users").await?;
+    press_remove_user(browser, "alice").await?;
+    wait_text(browser, "h1", |t| t == "Remove user alice?").await?;
+    notice(browser, "alice owns mypc").await?;
+    fits_phone(browser, "19-phone-remove-owner-confirm").await?;
+    press(browser, "Remove user alice").await?;
+    wait_text(browser, "h1", |t| t == "Users").await?;
+    notice(browser, "'alice' owns mypc: remove it first").await?;
+    ensure!(
+        relay_users(w)?.contains(&"alice".to_string()),
+        "an owner of a host was removed"
+    );
+    fits_phone(browser, "20-phone-remove-owner-refused").await?;
+
+    press_remove_user(browser, "bob").await?;
+    wait_text(browser, "h1", |t| t == "Remove user bob?").await?;
+    wait_text(browser, "main", |t| t.contains("Their audit history stays")).await?;
+    fits_phone(browser, "21-phone-remove-user-confirm").await?;
+    ensure!(
+        relay_users(w)?.contains(&"bob".to_string()),
+        "bob was removed before the confirmation"
+    );
+    press(browser, "Remove user bob").await?;
+    wait_text(browser, "h1", |t| t == "Users").await?;
+    notice(browser, "User bob removed").await?;
+    ensure!(
+        browser
+            .find_all(Locator::XPath("//button[@aria-label='Remove bob']"))
+            .await?
+            .is_empty(),
+        "bob is still listed"
+    );
+    ensure!(
+        !relay_users(w)?.contains(&"bob".to_string()),
+        "the relay still has bob"
+    );
+    fits_phone(browser, "22-phone-user-removed").await?;
+
+    browser.goto(&format!("{console}/hosts/mypc")).await?;
+    wait_text(browser, "h1", |t| t == "Host mypc").await?;
+    press(browser, "Remove host").await?;
+    wait_text(browser, "h1", |t| t == "Remove host mypc?").await?;
+    wait_text(browser, "main", |t| {
+        t.contains("Every session on mypc ends")
+    })
+    .await?;
+    fits_phone(browser, "23-phone-remove-host-confirm").await?;
+    press(browser, "Remove host mypc").await?;
+    wait_text(browser, "h1", |t| t == "Hosts").await?;
+    notice(browser, "Host mypc removed").await?;
+    ensure!(
+        browser
+            .find_all(Locator::Css("tr[data-host='mypc']"))
+            .await?
+            .is_empty(),
+        "mypc is still listed"
+    );
+    fits_phone(browser, "24-phone-host-removed").await?;
+
+    browser.goto(&format!("{console}/audit")).await?;
+    wait_text(browser, "h1", |t| t == "Audit log").await?;
+    let by = "by console admin 'alice'";
+    ensure!(
+        audit_row(browser, "user-removed", "", "bob", by)
+            .await?
+            .is_some(),
+        "no user-removed of bob by console admin 'alice' in the audit log"
+    );
+    ensure!(
+        audit_row(browser, "host-removed", "mypc", "", by)
+            .await?
+            .is_some(),
+        "no host-removed of mypc by console admin 'alice' in the audit log"
+    );
+    fits_phone(browser, "25-phone-audit-removals").await?;
+    Ok(())
+}
+
 /// Every page as a phone shows it, then a revoke through its confirmation
-/// step, a host going offline under an open page, and the sign-in and
-/// set-up pages.
+/// step, a host going offline under an open page, removals, and the
+/// sign-in and set-up pages.
 async fn on_a_phone(w: &World, agent: &mut Proc, browser: &Client, console: &str) -> Result<()> {
     browser.set_window_size(PHONE.0, PHONE.1).await?;
     let pages = [
@@ -578,15 +689,17 @@ async fn on_a_phone(w: &World, agent: &mut Proc, browser: &Client, console: &str
     );
     fits_phone(browser, "18-phone-host-offline").await?;
 
+    removals_on_a_phone(w, browser, console).await?;
+
     // Signed out: the sign-in page, then a new admin's set-up page.
     press(browser, &format!("Sign out {ADMIN}")).await?;
     wait_text(browser, "h1", |t| t == "Sign in").await?;
-    fits_phone(browser, "19-phone-sign-in").await?;
+    fits_phone(browser, "26-phone-sign-in").await?;
     let out = w.relay.admin(&["add-admin", "dave"])?;
     let link = out.lines().last().context("no setup link")?.trim();
     browser.goto(link).await?;
     wait_text(browser, "h1", |t| t == "Set up your admin account").await?;
-    fits_phone(browser, "20-phone-setup").await?;
+    fits_phone(browser, "27-phone-setup").await?;
     Ok(())
 }
 

@@ -349,7 +349,7 @@ async fn latchkeys_own_failures_exit_255_each_said_apart() -> Result<()> {
     // A relay that does not answer: a port with nothing behind it.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let addr = silent.local_addr()?.to_string();
-    w.alice.set_relays(&[addr.clone()])?;
+    w.alice.set_relays(std::slice::from_ref(&addr))?;
     failed(&exec, OWNER_CODE, &format!("the relay at {addr}"))?;
     Ok(())
 }

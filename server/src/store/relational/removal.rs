@@ -15,8 +15,8 @@ use crate::store::{
     Actor, AuditEvent, Event, Removal, StoreError, UnixTime,
 };
 
-/// Cancels the unused invites of a device, so none enrolls it after its
-/// removal; returns how many.
+/// Cancels the live invites of a device (unused, unexpired), so none
+/// enrolls it after its removal; returns how many.
 fn cancel_invites(
     tx: &mut dyn Tx,
     kind: &str,
@@ -24,7 +24,8 @@ fn cancel_invites(
     now: UnixTime,
 ) -> Result<u64, StoreError> {
     tx.exec(
-        "UPDATE invites SET used_at = ?1 WHERE kind = ?2 AND name = ?3 AND used_at IS NULL",
+        "UPDATE invites SET used_at = ?1
+         WHERE kind = ?2 AND name = ?3 AND used_at IS NULL AND expires_at > ?1",
         args![now, kind, name],
     )
 }
