@@ -2,6 +2,8 @@
 //! library: parse flags, set up logging, run one command; and the shell
 //! completion and man pages made from those flags.
 
+mod service_manager;
+
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -259,6 +261,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             println!("admin console on {url}");
         }
         let _ = std::io::stdout().flush();
+        service_manager::ready(&format!("listening on {}", relay.addr));
+        service_manager::spawn_watchdog();
         let asked = tokio::select! {
             _ = shutdown_signal() => true,
             _ = relay.stopping() => false,
@@ -266,6 +270,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if asked {
             tracing::info!("shutdown requested");
         }
+        service_manager::stopping();
         relay.shutdown();
         relay.join().await;
         if asked {

@@ -19,6 +19,7 @@ use super::{
     account::SessionAccount,
     channels::{self, HostSide},
     e2e::{SessionUser, Sessions},
+    service_manager,
 };
 use crate::{
     config::{Home, HostConfig},
@@ -139,6 +140,27 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         net::DeviceEndpoint::bind((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), Some(server))
     })?;
     let local = net::Local::Shared(device.clone());
+    service_manager::ready(&format!("connecting to {}", ring.current()));
+    service_manager::spawn_watchdog();
+    let ran = links(home, &key, &pin, &ring, &local, &device, &side, &shutdown).await;
+    service_manager::stopping();
+    ran
+}
+
+/// The agent's links to its relays, one after another, until it stops or
+/// reboots.
+#[allow(clippy::too_many_arguments)]
+async fn links(
+    home: &Home,
+    key: &Keypair,
+    pin: &RelayPin,
+    ring: &RelayRing,
+    local: &net::Local,
+    device: &net::DeviceEndpoint,
+    side: &Arc<HostSide>,
+    shutdown: &CancellationToken,
+) -> Result<(), HostError> {
+    let cfg = &side.cfg;
     // The sessions' tasks outlive a link: a session whose connection is
     // kept goes on when the next link announces it again.
     let mut sessions = JoinSet::new();
@@ -146,10 +168,11 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         let control = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            c = dial(&local, &ring, &pin, &key, &cfg.host) => c?,
+            c = dial(local, ring, pin, key, &cfg.host) => c?,
         };
         info!(host = %cfg.host, relay = %ring.current(), "online");
-        let ended = serve(home, control, &device, &side, &mut sessions, &shutdown).await;
+        service_manager::status(&format!("online through {}", ring.current()));
+        let ended = serve(home, control, device, side, &mut sessions, shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -163,6 +186,7 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
                 // first (with one relay, the same one again).
                 ring.advance();
                 warn!("disconnected from the relay: {}; reconnecting", Shown(&why));
+                service_manager::status(&format!("reconnecting: {}", Shown(&why)));
             }
             Ended::Refused(why) => {
                 side.sessions.end_all();

@@ -8,6 +8,7 @@ mod channels;
 mod e2e;
 mod fair_share;
 pub mod file_helper;
+mod service_manager;
 
 pub use agent::{dial, run, RelayRing};
 pub use channel_log::CHANNEL_LOG;

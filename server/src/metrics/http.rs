@@ -68,17 +68,17 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Me
         .map_err(|source| MetricsError::Bind { addr, source })
 }
 
-/// Serves [`router`] on `listener` until `shutdown`.
+/// Serves `app` ([`router`] and the probes) on `listener` until
+/// `shutdown`.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
+    app: Router,
     shutdown: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics listening");
     }
-    let served = axum::serve(listener, router(metrics, store))
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(e) = served {

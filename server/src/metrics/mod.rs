@@ -19,6 +19,7 @@
 //! endpoint.
 
 mod guards;
+pub mod health;
 mod http;
 mod labels;
 

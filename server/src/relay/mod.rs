@@ -199,14 +199,19 @@ impl Relay {
         let mut tasks = Tasks::default();
         let console_url = match console_addr {
             Some(at) => {
-                let metrics_here = (config.metrics_listen == MetricsListen::Console)
-                    .then(|| metrics::router(metrics.clone(), store.clone()));
+                let probes = metrics::health::router(store.clone(), shutdown.clone());
+                let extra = match config.metrics_listen {
+                    MetricsListen::Console => {
+                        probes.merge(metrics::router(metrics.clone(), store.clone()))
+                    }
+                    _ => probes,
+                };
                 let console = console::start(
                     at,
                     store.clone(),
                     Arc::new(config.clone()),
                     pin,
-                    metrics_here,
+                    Some(extra),
                     shutdown.clone(),
                 )
                 .await?;
@@ -222,7 +227,9 @@ impl Relay {
         if let Some(listener) = metrics_listener {
             // A scraper holding its connection open does not hold the
             // relay's stop up for long.
-            let server = metrics::serve(listener, metrics.clone(), store.clone(), shutdown.clone());
+            let app = metrics::router(metrics.clone(), store.clone())
+                .merge(metrics::health::router(store.clone(), shutdown.clone()));
+            let server = metrics::serve(listener, app, shutdown.clone());
             tasks.spawn("metrics", Duration::from_secs(2), server);
         }
         let (settler, settling) =

@@ -108,6 +108,12 @@ fn the_console_serves_https_with_the_admins_certificate() -> Result<()> {
     assert_eq!(metrics.status(), 200);
     let text = metrics.into_body().read_to_string()?;
     assert!(text.contains("latchkey_logins_total"), "{text}");
+    // Nor do the probes.
+    for (path, said) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let probe = agent.get(&format!("{url}{path}")).call()?;
+        assert_eq!(probe.status(), 200, "{path}");
+        assert_eq!(probe.into_body().read_to_string()?, said, "{path}");
+    }
     // Pages do.
     let overview = agent.get(&url).config().max_redirects(0).build().call()?;
     assert_eq!(overview.status(), 303);

@@ -144,8 +144,21 @@ async fn scraped_login_counters_equal_the_logins_that_happened() -> Result<()> {
     Ok(())
 }
 
+/// The probes a service manager or an orchestrator reads: alive, and
+/// ready (serving, with its store answering).
 #[test]
-fn only_metrics_is_served_on_the_metrics_listener() -> Result<()> {
+fn the_probes_say_alive_and_ready() -> Result<()> {
+    let (_w, metrics) = world_with_metrics()?;
+    for (path, said) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let mut response = ureq::get(&format!("http://{metrics}{path}")).call()?;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.body_mut().read_to_string()?, said, "{path}");
+    }
+    Ok(())
+}
+
+#[test]
+fn only_metrics_and_the_probes_are_served_on_the_metrics_listener() -> Result<()> {
     let (_w, metrics) = world_with_metrics()?;
     match ureq::get(&format!("http://{metrics}/")).call() {
         Err(ureq::Error::StatusCode(404)) => {}

@@ -76,3 +76,40 @@ async fn on_postgres_a_revoke_from_the_admin_cli_ends_the_live_session_at_once()
     assert!(status.success(), "{status:?}");
     Ok(())
 }
+
+/// The readiness probe follows the store: ready while PostgreSQL answers,
+/// not ready (saying only that the store is unreachable) once it is gone,
+/// while the liveness probe still answers.
+#[test]
+fn on_postgres_the_readiness_probe_follows_the_store() -> Result<()> {
+    let Some(pg) = start_or_skip("on_postgres_the_readiness_probe") else {
+        return Ok(());
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let probes = format!("127.0.0.1:{port}");
+    let mut env = store_env(&pg.fresh_database());
+    env.push(("LATCHKEY_RELAY_METRICS_LISTEN".into(), probes.clone()));
+    let _w = World::with_env(env)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let probe = |path: &str| -> Result<(u16, String)> {
+        let mut response = agent.get(&format!("http://{probes}{path}")).call()?;
+        Ok((
+            response.status().as_u16(),
+            response.body_mut().read_to_string()?,
+        ))
+    };
+    assert_eq!(probe("/readyz")?, (200, "ready\n".into()));
+    drop(pg);
+    wait_until("the relay not ready", || {
+        probe("/readyz")
+            .is_ok_and(|(status, said)| status == 503 && said == "not ready: store unreachable\n")
+    })?;
+    assert_eq!(probe("/healthz")?, (200, "ok\n".into()));
+    Ok(())
+}
