@@ -48,20 +48,17 @@ pub enum Liveness {
     Watchful,
 }
 
+/// A relay's address as people write it: an IPv4 address seen through a
+/// dual-stack socket without its `::ffff:` prefix.
+pub fn relay_text(addr: SocketAddr) -> String {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string()
+}
+
 /// How long a [`Liveness::Watchful`] link hears nothing from its relay
 /// before it gives the relay up.
 pub const WATCHFUL_SILENCE: Duration = Duration::from_secs(6);
 
 impl Liveness {
-    /// How long the relay had been silent when a connection `e` ended:
-    /// an idle timeout ends a connection that long after its last packet.
-    pub fn silence_before(self, e: &quinn::ConnectionError) -> Duration {
-        match e {
-            quinn::ConnectionError::TimedOut => self.idle(),
-            _ => Duration::ZERO,
-        }
-    }
-
     fn idle(self) -> Duration {
         match self {
             Self::Patient => Duration::from_secs(30),

@@ -173,7 +173,7 @@ pub async fn resume(
             )))
         }
     }
-    let relay = control.relay.conn.remote_address().to_string();
+    let relay = super::relay_text(control.relay.conn.remote_address());
     match step(&relay, wire::read_frame::<RelayToClient>(&mut control.recv)).await? {
         Some(RelayToClient::Resumed { session }) => Ok((control, session)),
         _ => Err(NetError::Handshake(HandshakeError::PeerMisbehaved(

@@ -19,8 +19,8 @@ mod pin;
 pub mod socket;
 
 pub use dial::{
-    check_redirect, connect, connect_any, connect_from, connect_with, udp_endpoint, DeviceEndpoint,
-    Liveness, Local, RelayConn, WATCHFUL_SILENCE,
+    check_redirect, connect, connect_any, connect_from, connect_with, relay_text, udp_endpoint,
+    DeviceEndpoint, Liveness, Local, RelayConn, WATCHFUL_SILENCE,
 };
 pub use error::{refusal_text, NetError};
 pub use handshake::{

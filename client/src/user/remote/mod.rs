@@ -29,7 +29,7 @@ use tokio::{sync::watch, time::timeout};
 use self::{
     error::closed_early,
     host_link::{settle, Link},
-    resume::{Follow, Resume},
+    resume::{Follow, Heard, Resume},
 };
 use super::{
     e2e::{check_pin, pin_new, Handshaker, Pin},
@@ -55,6 +55,10 @@ pub struct Remote {
     /// The QUIC connection to the relay: another one once the session was
     /// resumed on another relay.
     link: watch::Receiver<net::RelayConn>,
+    /// Since when the relay has been silent, once that is long enough to
+    /// tell the user (before the connection gives the relay up); `None`
+    /// while it is heard.
+    pub quiet: watch::Receiver<Option<std::time::Instant>>,
     /// The session's phase, updated from the control stream.
     pub phase: tokio::sync::watch::Receiver<Phase>,
     /// The relay's refusals of control requests (e.g. a reboot).
@@ -77,7 +81,7 @@ impl Remote {
         let mut machine = ClientSession::new();
         let first = timeout(STEP_TIMEOUT, wire::read_frame::<RelayToClient>(&mut recv))
             .await
-            .map_err(|_| NetError::RelayTimeout(relay.conn.remote_address().to_string()))?
+            .map_err(|_| NetError::RelayTimeout(net::relay_text(relay.conn.remote_address())))?
             .map_err(NetError::from)?
             .ok_or(NetError::Handshake(HandshakeError::PeerMisbehaved(
                 "no session reply",
@@ -107,7 +111,7 @@ impl Remote {
         // The route to the host follows at once.
         let routed = timeout(STEP_TIMEOUT, wire::read_frame::<RelayToClient>(&mut recv))
             .await
-            .map_err(|_| NetError::RelayTimeout(relay.conn.remote_address().to_string()))?
+            .map_err(|_| NetError::RelayTimeout(net::relay_text(relay.conn.remote_address())))?
             .map_err(NetError::from)?;
         let leg = match routed.map(|f| machine.on_frame(f, Instant::now())) {
             Some(Ok(Event::Route { leg, .. })) => leg,
@@ -145,6 +149,7 @@ impl Remote {
         let (refusal_tx, refusals) = tokio::sync::mpsc::channel(4);
         let (control, requests) = tokio::sync::mpsc::channel::<ClientToRelay>(4);
         let (link_tx, link) = watch::channel(relay.clone());
+        let (quiet_tx, quiet) = watch::channel(None);
         let resume = Resume {
             relays: cfg.relays(),
             pin: cfg.pin()?,
@@ -168,6 +173,8 @@ impl Remote {
                 resume,
                 connecting,
                 held: None,
+                heard: Heard::default(),
+                quiet_tx,
             }
             .run(send, recv),
         );
@@ -208,6 +215,7 @@ impl Remote {
         Ok(Self {
             host: host.clone(),
             link,
+            quiet,
             phase,
             refusals: tokio::sync::Mutex::new(refusals),
             control,

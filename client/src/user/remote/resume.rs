@@ -150,6 +150,51 @@ pub(super) struct Follow {
     /// the host's agent did): moved onto the next route if the host kept
     /// its end, closed otherwise.
     pub(super) held: Option<Arc<HostConnection>>,
+    /// When the relay was last heard from.
+    pub(super) heard: Heard,
+    /// Since when the relay has been silent, once that is worth telling.
+    pub(super) quiet_tx: watch::Sender<Option<Instant>>,
+}
+
+/// How often the session looks whether its relay still sends anything.
+const LOOK: Duration = Duration::from_millis(500);
+
+/// How long a relay that keeps the link alive (keep-alives every second,
+/// each answered) may say nothing before the user is told: well before the
+/// connection gives the relay up.
+const QUIET: Duration = Duration::from_millis(2500);
+
+/// When the relay was last heard from: the datagrams received on its
+/// connection, counted, and when the count last moved. A connection's end
+/// says the relay was lost; this says since when.
+#[derive(Default)]
+pub(super) struct Heard {
+    last: Option<(u64, Instant)>,
+}
+
+impl Heard {
+    /// `count` datagrams received by `now`; returns since when the relay
+    /// has been silent.
+    fn look(&mut self, count: u64, now: Instant) -> Instant {
+        match self.last {
+            Some((before, since)) if before == count => since,
+            _ => {
+                self.last = Some((count, now));
+                now
+            }
+        }
+    }
+
+    /// When the count last moved (the relay's last word, to a look's
+    /// precision).
+    fn since(&self) -> Option<Instant> {
+        self.last.map(|(_, since)| since)
+    }
+
+    /// A new connection: nothing heard on it yet.
+    fn forget(&mut self) {
+        self.last = None;
+    }
 }
 
 type Frames = latchkey_protocol::quic::FrameReader<RelayToClient>;
@@ -185,15 +230,12 @@ impl Follow {
             let now = tokio::time::Instant::now();
             // The outage began with the relay's silence, not when the
             // connection gave it up.
-            let lost = {
-                let relay = self.link_tx.borrow();
-                relay.conn.close_reason().map_or(Duration::ZERO, |e| {
-                    net::Liveness::Watchful.silence_before(&e)
-                })
-            };
-            let silent_since = Instant::now()
-                .checked_sub(lost)
-                .unwrap_or_else(Instant::now);
+            // As of the last look: the datagram that ended the connection
+            // (a reset from a restarted relay) says nothing of when the
+            // relay went.
+            let silent_since = self.heard.since().unwrap_or_else(Instant::now);
+            self.heard.forget();
+            self.quiet_tx.send_replace(None);
             let t = match ticket.take() {
                 Some((t, until))
                     if now < until
@@ -225,6 +267,24 @@ impl Follow {
                 }
             }
         }
+    }
+
+    /// Looks whether the relay was heard from since the last look, and
+    /// tells whoever watches when it has been silent for [`QUIET`] (and
+    /// when it speaks again); returns since when it has been silent.
+    fn look_at_relay(&mut self) -> Instant {
+        let count = self.link_tx.borrow().conn.stats().udp_rx.datagrams;
+        let now = Instant::now();
+        let since = self.heard.look(count, now);
+        let quiet = (now.duration_since(since) >= QUIET).then_some(since);
+        self.quiet_tx.send_if_modified(|told| {
+            let changed = told.is_some() != quiet.is_some();
+            if changed {
+                *told = quiet;
+            }
+            changed
+        });
+        since
     }
 
     fn publish(&self) {
@@ -329,8 +389,12 @@ impl Follow {
         frames: &mut Frames,
         ticket: &mut Option<(ResumeTicket, tokio::time::Instant)>,
     ) -> Followed {
+        let mut look = tokio::time::interval(LOOK);
         loop {
             tokio::select! {
+                _ = look.tick() => {
+                    self.look_at_relay();
+                }
                 Some(request) = self.requests.recv() => {
                     if wire::write_frame(send, &request).await.is_err() {
                         // The frames' side says whether it was closed here.
