@@ -4,15 +4,18 @@
 //! file readable only by its owner.
 
 use std::{
-    fs,
+    fmt, fs,
     io::Write,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
 use latchkey_protocol::{
     e2e::ExportKey,
     handshake::Keypair,
     ids::{HostName, PublicKey, RecordId, RelayPin, SecretKey, UserName},
+    session::DesktopProtocol,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -68,6 +71,79 @@ pub struct UserConfig {
     pub pin: String,
     /// The user's account name.
     pub user: UserName,
+    /// The programs `latchkey desktop` opens a host's desktop with, by
+    /// protocol (a `[viewer]` table). Default: none, so the system's
+    /// opener (`xdg-open`, `open`, `mstsc`).
+    #[serde(default, skip_serializing_if = "Viewers::is_empty")]
+    pub viewer: Viewers,
+}
+
+/// A user's own desktop viewers in `user.toml`, one per protocol:
+///
+/// ```toml
+/// [viewer]
+/// vnc = ["vncviewer", "127.0.0.1::{port}"]
+/// rdp = ["xfreerdp", "/v:{addr}"]
+/// ```
+///
+/// In each word `{addr}` stands for the forwarded desktop's local
+/// `127.0.0.1:PORT`, `{port}` for its port and `{url}` for
+/// `vnc://127.0.0.1:PORT`: viewers disagree on how they take an address
+/// (TigerVNC's `vncviewer` reads `HOST:N` as a display number).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Viewers {
+    /// The VNC viewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<ViewerCommand>,
+    /// The RDP viewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdp: Option<ViewerCommand>,
+}
+
+impl Viewers {
+    /// Whether the user named no viewer at all.
+    pub fn is_empty(&self) -> bool {
+        self.vnc.is_none() && self.rdp.is_none()
+    }
+
+    /// The user's viewer for `protocol`, if they named one.
+    pub fn get(&self, protocol: DesktopProtocol) -> Option<&ViewerCommand> {
+        match protocol {
+            DesktopProtocol::Vnc => self.vnc.as_ref(),
+            DesktopProtocol::Rdp => self.rdp.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// A viewer's program and its arguments; never empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct ViewerCommand(Vec<String>);
+
+impl ViewerCommand {
+    /// The program, then its arguments (with their placeholders).
+    pub fn words(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl TryFrom<Vec<String>> for ViewerCommand {
+    type Error = &'static str;
+
+    fn try_from(words: Vec<String>) -> Result<Self, Self::Error> {
+        match words.first() {
+            Some(program) if !program.is_empty() => Ok(Self(words)),
+            _ => Err("a viewer is a program and its arguments, e.g. [\"vncviewer\", \"127.0.0.1::{port}\"]"),
+        }
+    }
+}
+
+impl From<ViewerCommand> for Vec<String> {
+    fn from(command: ViewerCommand) -> Self {
+        command.0
+    }
 }
 
 /// A host agent's configuration.
@@ -107,6 +183,104 @@ pub struct HostConfig {
     /// `"root"` allows it anyway). Unset: the agent's own account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_user: Option<String>,
+    /// The remote desktop `latchkey desktop` opens, `vnc://IP:PORT` or
+    /// `rdp://IP:PORT` as seen from this host; `forward_allow` must permit
+    /// it, since clients reach it through ordinary forwards. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<DesktopUrl>,
+}
+
+/// A host's `desktop`: `vnc://IP:PORT` or `rdp://IP:PORT`, parsed when
+/// `host.toml` is read, so an agent never starts declaring a desktop it
+/// could not reach. An IP, not a name: the host connects to it as
+/// `forward_allow` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DesktopUrl {
+    /// What it speaks.
+    pub protocol: DesktopProtocol,
+    /// Where it listens, as seen from the host.
+    pub target: SocketAddr,
+}
+
+/// Why a `desktop` is not `vnc://IP:PORT` or `rdp://IP:PORT`.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DesktopUrlError {
+    /// Not a URL at all.
+    #[error("desktop '{0}' is not a URL ({1}): give vnc://IP:PORT or rdp://IP:PORT")]
+    NotUrl(String, url::ParseError),
+    /// A scheme other than `vnc` and `rdp`.
+    #[error("desktop '{0}': the scheme must be vnc or rdp")]
+    Scheme(String),
+    /// A host name, or no host.
+    #[error("desktop '{0}': give an IP address, such as 127.0.0.1, not a name")]
+    NotIp(String),
+    /// No port.
+    #[error("desktop '{0}': give its port, e.g. vnc://127.0.0.1:5900")]
+    NoPort(String),
+    /// A user, password, path, query or fragment, which nothing would use.
+    #[error("desktop '{0}': give only the scheme, IP and port (no user, path, query or fragment)")]
+    Extra(String),
+}
+
+impl DesktopUrl {
+    /// The desktop `protocol` at `target`.
+    pub fn new(protocol: DesktopProtocol, target: SocketAddr) -> Self {
+        Self { protocol, target }
+    }
+}
+
+impl FromStr for DesktopUrl {
+    type Err = DesktopUrlError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let given = || text.to_string();
+        let parsed = url::Url::parse(text).map_err(|e| DesktopUrlError::NotUrl(given(), e))?;
+        let protocol = DesktopProtocol::from_scheme(parsed.scheme())
+            .ok_or_else(|| DesktopUrlError::Scheme(given()))?;
+        // `vnc` and `rdp` are not schemes the URL standard knows, so an
+        // IPv4 address comes back as an opaque host: read it as an IP here.
+        let ip: IpAddr = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.into(),
+            Some(url::Host::Ipv6(ip)) => ip.into(),
+            Some(url::Host::Domain(name)) => {
+                name.parse().map_err(|_| DesktopUrlError::NotIp(given()))?
+            }
+            None => return Err(DesktopUrlError::NotIp(given())),
+        };
+        let port = parsed
+            .port()
+            .ok_or_else(|| DesktopUrlError::NoPort(given()))?;
+        let extra = !parsed.username().is_empty()
+            || parsed.password().is_some()
+            || !matches!(parsed.path(), "" | "/")
+            || parsed.query().is_some()
+            || parsed.fragment().is_some();
+        if extra {
+            return Err(DesktopUrlError::Extra(given()));
+        }
+        Ok(Self::new(protocol, SocketAddr::new(ip, port)))
+    }
+}
+
+impl TryFrom<String> for DesktopUrl {
+    type Error = DesktopUrlError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<DesktopUrl> for String {
+    fn from(url: DesktopUrl) -> Self {
+        url.to_string()
+    }
+}
+
+impl fmt::Display for DesktopUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.protocol.scheme(), self.target)
+    }
 }
 
 fn default_reboot_command() -> Vec<String> {
@@ -172,6 +346,10 @@ impl Home {
     /// Reads the host identity.
     pub fn host(&self) -> Result<(HostConfig, Keypair), ConfigError> {
         let cfg: HostConfig = self.read_toml(HOST_FILE, "host", "latchkey host enroll TOKEN")?;
+        cfg.check().map_err(|why| ConfigError::Invalid {
+            path: self.host_config_path(),
+            why,
+        })?;
         let key = self.read_key(HOST_KEY)?;
         Ok((cfg, key))
     }
@@ -490,6 +668,29 @@ impl HostConfig {
             forward_allow: default_forward_allow(),
             reboot_command: default_reboot_command(),
             session_user: None,
+            desktop: None,
+        }
+    }
+
+    /// The targets `forward_allow` permits: its `IP:PORT` entries (others
+    /// permit nothing).
+    pub fn allowed_targets(&self) -> Vec<SocketAddr> {
+        self.forward_allow
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// What the file's syntax cannot say: a `desktop` that `forward_allow`
+    /// does not permit could never be reached, so it is refused at load
+    /// rather than at a user's first connection.
+    fn check(&self) -> Result<(), String> {
+        match self.desktop {
+            Some(desktop) if !self.allowed_targets().contains(&desktop.target) => Err(format!(
+                "desktop {desktop} is not a target forward_allow permits: add \"{}\" to forward_allow",
+                desktop.target
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -546,6 +747,77 @@ mod tests {
             .export_key(&RecordId([3; 16]), &bob)
             .expect("read")
             .is_none());
+    }
+
+    #[test]
+    fn a_desktop_is_a_vnc_or_rdp_url_with_an_ip_and_a_port() {
+        let vnc: DesktopUrl = "vnc://127.0.0.1:5900".parse().expect("vnc");
+        assert_eq!(
+            vnc,
+            DesktopUrl::new(
+                DesktopProtocol::Vnc,
+                "127.0.0.1:5900".parse().expect("addr")
+            )
+        );
+        assert_eq!(vnc.to_string(), "vnc://127.0.0.1:5900");
+        let rdp: DesktopUrl = "RDP://[::1]:3389/".parse().expect("rdp");
+        assert_eq!(rdp.to_string(), "rdp://[::1]:3389");
+        use DesktopUrlError as E;
+        let refused = |text: &str| text.parse::<DesktopUrl>().expect_err(text);
+        assert!(matches!(refused("127.0.0.1:5900"), E::NotUrl(..)));
+        assert!(matches!(refused("http://127.0.0.1:80"), E::Scheme(_)));
+        assert!(matches!(refused("vnc://localhost:5900"), E::NotIp(_)));
+        assert!(matches!(refused("vnc:5900"), E::NotIp(_)));
+        assert!(matches!(refused("vnc://127.0.0.1"), E::NoPort(_)));
+        assert!(matches!(refused("vnc://me@127.0.0.1:5900"), E::Extra(_)));
+        assert!(matches!(refused("vnc://127.0.0.1:5900/x?y"), E::Extra(_)));
+        assert!(matches!(
+            refused("vnc://127.0.0.1:99999"),
+            E::NotUrl(_, url::ParseError::InvalidPort)
+        ));
+    }
+
+    #[test]
+    fn a_desktop_that_forward_allow_does_not_permit_is_a_config_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::locate(Some(dir.path().to_owned()));
+        let key = Keypair::from_secret(SecretKey::from_bytes([5; 32]));
+        let mut cfg = HostConfig::new(
+            &["relay:4433".into()],
+            String::new(),
+            "mypc".parse().expect("name"),
+        );
+        cfg.desktop = Some("vnc://127.0.0.1:5901".parse().expect("desktop"));
+        home.save_host(&cfg, &key).expect("save");
+        let Err(err) = home.host() else {
+            panic!("a desktop outside forward_allow was accepted");
+        };
+        assert!(
+            err.to_string().ends_with(
+                "host.toml: desktop vnc://127.0.0.1:5901 is not a target forward_allow \
+                 permits: add \"127.0.0.1:5901\" to forward_allow"
+            ),
+            "{err}"
+        );
+        cfg.desktop = Some("vnc://127.0.0.1:5900".parse().expect("desktop"));
+        home.save_host(&cfg, &key).expect("save");
+        assert_eq!(home.host().expect("valid").0.desktop, cfg.desktop);
+    }
+
+    #[test]
+    fn a_viewer_is_a_program_and_its_arguments() {
+        let cfg: UserConfig = toml::from_str(
+            "relay = \"r:1\"\npin = \"p\"\nuser = \"alice\"\n\
+             [viewer]\nvnc = [\"vncviewer\", \"127.0.0.1::{port}\"]\n",
+        )
+        .expect("user.toml");
+        let vnc = cfg.viewer.get(DesktopProtocol::Vnc).expect("vnc viewer");
+        assert_eq!(vnc.words(), ["vncviewer", "127.0.0.1::{port}"]);
+        assert!(cfg.viewer.get(DesktopProtocol::Rdp).is_none());
+        let empty = toml::from_str::<UserConfig>(
+            "relay = \"r:1\"\npin = \"p\"\nuser = \"alice\"\n[viewer]\nrdp = []\n",
+        );
+        assert!(empty.is_err());
     }
 
     #[test]

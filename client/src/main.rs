@@ -25,8 +25,8 @@ use latchkey_protocol::{
     version,
     about,
     after_help = "Exit status, as ssh's: `connect` and `exec` exit with the remote \
-                  command's status; `connect`, `exec`, `cp`, `forward`, `proxy` and \
-                  `reboot` exit 255 when Latchkey itself fails (relay unreachable, wrong \
+                  command's status; `connect`, `exec`, `cp`, `forward`, `desktop`, `proxy` \
+                  and `reboot` exit 255 when Latchkey itself fails (relay unreachable, wrong \
                   code, host locked or offline, access revoked), each failure with its own \
                   message; other commands exit 1 when they fail."
 )]
@@ -114,6 +114,31 @@ enum Command {
         host: HostName,
         /// [BIND:]LOCALPORT:TARGET:PORT, e.g. 5900:127.0.0.1:5900 (LOCALPORT 0 picks a free port).
         spec: ForwardSpec,
+        #[command(flatten)]
+        code: LoginCode,
+    },
+    /// Open HOST's remote desktop (VNC or RDP) in a viewer here, until
+    /// Ctrl-C.
+    ///
+    /// The host says which desktop it declares (`desktop` in its
+    /// host.toml); a local port on 127.0.0.1 is forwarded to it, as by
+    /// `latchkey forward`, its address printed (`desktop of HOST at
+    /// vnc://127.0.0.1:PORT`) and a viewer opened on it: yours, named in
+    /// user.toml (`[viewer]` with `vnc = ["vncviewer", "127.0.0.1::{port}"]`
+    /// or `rdp = [...]`; `{addr}`, `{port}` and `{url}` are filled in), else
+    /// xdg-open (Linux), open (macOS) or mstsc (RDP on Windows). Where there
+    /// is none, only the address is printed.
+    Desktop {
+        /// The host.
+        #[arg(add = ArgValueCandidates::new(cli::complete::hosts))]
+        host: HostName,
+        /// Only print the address; open no viewer.
+        #[arg(long)]
+        no_viewer: bool,
+        /// The local port on 127.0.0.1 to listen on (default, or 0: a free
+        /// one).
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
         #[command(flatten)]
         code: LoginCode,
     },
@@ -335,6 +360,7 @@ impl Command {
             Self::Connect { .. }
                 | Self::Exec { .. }
                 | Self::Forward { .. }
+                | Self::Desktop { .. }
                 | Self::Proxy { .. }
                 | Self::Cp { .. }
                 | Self::Reboot { .. }
@@ -383,6 +409,12 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Forward { host, spec, code } => {
             cli::user::forward(&home, &host, &spec, code.code_stdin).await
         }
+        Command::Desktop {
+            host,
+            no_viewer,
+            port,
+            code,
+        } => cli::user::desktop(&home, &host, !no_viewer, port, code.code_stdin).await,
         Command::Reboot { host, code } => cli::user::reboot(&home, &host, code.code_stdin).await,
         Command::Proxy { host, target } => cli::user::proxy(&home, &host, target.as_deref()).await,
         Command::SshConfig { write } => {

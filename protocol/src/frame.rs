@@ -16,6 +16,7 @@ use crate::{
     },
     ksf::KsfProfile,
     route::LegId,
+    session::DesktopProtocol,
 };
 
 /// The protocol version this crate speaks. Message 1 carries it, so a relay
@@ -52,6 +53,9 @@ pub enum Intent {
     Host {
         /// The host's name.
         host: HostName,
+        /// The protocol of the remote desktop the host declares, shown in
+        /// its users' host lists; where it listens stays on the host.
+        desktop: Option<DesktopProtocol>,
     },
     /// A user asks for something that needs no access code (the host list).
     User {
@@ -198,6 +202,9 @@ pub struct HostInfo {
     pub locked: bool,
     /// Whether the asking user is the owner (else a secondary user).
     pub is_owner: bool,
+    /// The remote desktop the host declared when its agent last came
+    /// online (`latchkey desktop` opens it), if any.
+    pub desktop: Option<DesktopProtocol>,
 }
 
 /// Control frames from a user's client to the relay.

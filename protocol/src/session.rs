@@ -4,7 +4,7 @@
 //! every later stream is one channel: the client's first frame is the
 //! [`ChannelKind`] (padded, [`crate::quic::ChannelSend::write_frame_padded`]),
 //! the host's first a [`ChannelReply`], then the channel's own frames (shell,
-//! exec) or raw bytes (forward, copy). A clean end is the stream's finish;
+//! exec, the desktop's [`DesktopService`]) or raw bytes (forward, copy). A clean end is the stream's finish;
 //! a cut is its reset. The relay sees none of it: not how many channels
 //! there are, nor what they are for, nor their sizes (only datagrams).
 
@@ -71,11 +71,26 @@ pub enum ChannelKind {
         /// The target a forward would connect to.
         target: String,
     },
+    /// Which remote desktop the host declares (`desktop` in its
+    /// `host.toml`), asked once when `latchkey desktop` starts. The host
+    /// answers `Accepted` and one [`DesktopService`] frame, or `Refused`
+    /// when it declares none; then the stream ends. The client then
+    /// forwards to that target with ordinary `Forward` channels, which the
+    /// host checks against `forward_allow` like any other.
+    ///
+    /// Asked on the session's end-to-end connection rather than of the
+    /// relay, so the relay learns nothing new: not that a desktop is used,
+    /// nor where it listens. Appended last, so the kinds above keep their
+    /// numbers and an agent older than it, which cannot decode it, closes
+    /// the stream: the client says the agent is too old instead of
+    /// misreading another kind's answer.
+    Desktop,
 }
 
 impl ChannelKind {
     /// The kind's name in logs and in the refusal of a kind a host does not
-    /// allow: "shell", "exec", "forward", "forward check" or "file copy".
+    /// allow: "shell", "exec", "forward", "forward check", "file copy" or
+    /// "desktop".
     pub fn name(&self) -> &'static str {
         match self {
             Self::Shell { .. } => "shell",
@@ -83,11 +98,13 @@ impl ChannelKind {
             Self::Forward { .. } => "forward",
             Self::ForwardCheck { .. } => "forward check",
             Self::Upload { .. } | Self::Download { .. } => "file copy",
+            Self::Desktop => "desktop",
         }
     }
 
     /// What the channel was asked to do, in one line of text (the host's
-    /// channel log): the terminal, the command, the target or the file.
+    /// channel log): the terminal, the command, the target or the file
+    /// (nothing for a desktop question, whose answer is the host's own).
     pub fn detail(&self) -> String {
         match self {
             Self::Shell { term, cols, rows } => format!("{term} {cols}x{rows}"),
@@ -97,6 +114,7 @@ impl ChannelKind {
                 path, name, size, ..
             } => format!("{name} ({size} bytes) to {path}"),
             Self::Download { path } => path.clone(),
+            Self::Desktop => String::new(),
         }
     }
 
@@ -105,6 +123,46 @@ impl ChannelKind {
     pub fn is_bulk(&self) -> bool {
         matches!(self, Self::Upload { .. } | Self::Download { .. })
     }
+}
+
+/// The protocol a host's desktop speaks, which tells the client what to
+/// open it with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DesktopProtocol {
+    /// VNC (RFB), e.g. x11vnc, macOS Screen Sharing, TigerVNC.
+    Vnc,
+    /// Microsoft's Remote Desktop Protocol, e.g. Windows' own, xrdp.
+    Rdp,
+}
+
+impl DesktopProtocol {
+    /// Every protocol, for messages that list them.
+    pub const ALL: [Self; 2] = [Self::Vnc, Self::Rdp];
+
+    /// The URL scheme that names it: `vnc` or `rdp`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Self::Vnc => "vnc",
+            Self::Rdp => "rdp",
+        }
+    }
+
+    /// The protocol a URL scheme names (lower case, as URL parsers give it).
+    pub fn from_scheme(scheme: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.scheme() == scheme)
+    }
+}
+
+/// The host's answer to [`ChannelKind::Desktop`], after `Accepted`: its
+/// desktop's protocol, and where it listens as seen from the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesktopService {
+    /// What the desktop speaks.
+    pub protocol: DesktopProtocol,
+    /// `IP:PORT`, as in [`ChannelKind::Forward`] (at most
+    /// [`MAX_PATH_LEN`] bytes).
+    pub target: String,
 }
 
 /// The client's first frame on the end-to-end connection's first stream.
@@ -213,10 +271,13 @@ mod tests {
         let check = ChannelKind::ForwardCheck {
             target: "127.0.0.1:5900".into(),
         };
-        let facts: Vec<_> = [&shell, &exec, &forward, &check, &upload, &download]
-            .into_iter()
-            .map(|k| (k.name(), k.is_bulk(), k.detail()))
-            .collect();
+        let desktop = ChannelKind::Desktop;
+        let facts: Vec<_> = [
+            &shell, &exec, &forward, &check, &upload, &download, &desktop,
+        ]
+        .into_iter()
+        .map(|k| (k.name(), k.is_bulk(), k.detail()))
+        .collect();
         assert_eq!(
             facts,
             [
@@ -226,7 +287,19 @@ mod tests {
                 ("forward check", false, "127.0.0.1:5900".into()),
                 ("file copy", true, "a.txt (3 bytes) to /tmp/".into()),
                 ("file copy", true, "notes.txt".into()),
+                ("desktop", false, String::new()),
             ]
         );
+    }
+
+    #[test]
+    fn a_desktop_protocol_is_named_by_its_url_scheme() {
+        for protocol in DesktopProtocol::ALL {
+            assert_eq!(
+                DesktopProtocol::from_scheme(protocol.scheme()),
+                Some(protocol)
+            );
+        }
+        assert_eq!(DesktopProtocol::from_scheme("http"), None);
     }
 }

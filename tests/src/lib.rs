@@ -10,7 +10,8 @@
 //!   by step when a test needs to act in between;
 //! - [`world`]: the ready-made relay, users and host most tests start from;
 //! - [`tcp`], [`quic`], [`smtp`]: services on the test's side (a forward's
-//!   target, plain QUIC endpoints, a mail sink).
+//!   target, plain QUIC endpoints, a mail sink);
+//! - [`vnc`]: a real VNC desktop (Xvfb and x11vnc) and an RFB client.
 
 pub mod device;
 pub mod in_process;
@@ -20,6 +21,7 @@ pub mod relay;
 pub mod smtp;
 pub mod sshd;
 pub mod tcp;
+pub mod vnc;
 pub mod world;
 
 pub use device::Device;

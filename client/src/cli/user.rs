@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use latchkey_client::{
     code,
-    config::Home,
+    config::{DesktopUrl, Home, Viewers},
     net::NetError,
-    user::{self, copy::CopySpec, forward::ForwardSpec, remote::Remote, UserError},
+    user::{
+        self, copy::CopySpec, desktop::Viewer, forward::ForwardSpec, remote::Remote, UserError,
+    },
 };
 use latchkey_protocol::ids::HostName;
 
@@ -100,20 +102,22 @@ pub(crate) async fn hosts(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "host": h.name.as_str(), "owner": h.owner.as_str(),
                     "online": h.online, "locked": h.locked, "owner_access": h.is_owner,
+                    "desktop": h.desktop.map(|d| d.scheme()),
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<24} {:<16} {:<8} {:<8} ACCESS",
-            "HOST", "OWNER", "ONLINE", "LOCKED"
+            "{:<24} {:<16} {:<8} {:<8} {:<8} DESKTOP",
+            "HOST", "OWNER", "ONLINE", "LOCKED", "ACCESS"
         );
         for h in hosts {
             let yes = |b| if b { "yes" } else { "no" };
             let access = if h.is_owner { "owner" } else { "shared" };
+            let desktop = h.desktop.map_or("-", |d| d.scheme());
             println!(
-                "{:<24} {:<16} {:<8} {:<8} {access}",
+                "{:<24} {:<16} {:<8} {:<8} {access:<8} {desktop}",
                 h.name,
                 h.owner,
                 yes(h.online),
@@ -186,6 +190,72 @@ pub(crate) async fn forward(
         }
     };
     anyhow::bail!("session ended: {ended}");
+}
+
+/// `latchkey desktop HOST`: forwards the desktop the host declares to a
+/// local port and opens a viewer on it (`viewer`); runs until stopped, or
+/// fails when the session ends.
+pub(crate) async fn desktop(
+    home: &Home,
+    host: &HostName,
+    viewer: bool,
+    port: Option<u16>,
+    code_stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    // Read first, so a user.toml in error fails before the code is asked.
+    let viewers = home.user()?.0.viewer;
+    let remote = std::sync::Arc::new(open(home, host, code_stdin).await?);
+    let desktop = match user::desktop::ask(&remote).await {
+        Ok(desktop) => desktop,
+        Err(e) => {
+            // End the session now, not at the relay's idle timeout.
+            remote.close().await;
+            return Err(e.into());
+        }
+    };
+    let spec = user::desktop::forward_spec(&desktop, port.unwrap_or(0));
+    // Held while forwarding: it watches the viewer for a failure to tell.
+    let mut opened = None;
+    let ended = tokio::select! {
+        r = user::forward::forward(remote.clone(), &spec, |local| {
+            let local = DesktopUrl::new(desktop.protocol, local);
+            println!("desktop of {host} at {local} (Ctrl-C to stop)");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            if viewer {
+                opened = open_viewer(&local, &viewers);
+            }
+        }) => r,
+        _ = shutdown_signal() => {
+            remote.close().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    drop(opened);
+    remote.close().await;
+    anyhow::bail!("session ended: {}", ended?);
+}
+
+/// Opens the user's viewer (or the system's opener) on the forwarded
+/// desktop `local`; where there is none, says how to connect instead.
+fn open_viewer(local: &DesktopUrl, viewers: &Viewers) -> Option<Viewer> {
+    let scheme = local.protocol.scheme();
+    let instead = format!(
+        "connect your {} viewer to {}, or name one in user.toml ([viewer] {scheme})",
+        scheme.to_uppercase(),
+        local.target
+    );
+    let Some(argv) = user::desktop::viewer_command(local, viewers, std::env::consts::OS) else {
+        eprintln!("no viewer to open it here: {instead}");
+        return None;
+    };
+    match user::desktop::open_viewer(&argv, local) {
+        Ok(opened) => Some(opened),
+        Err(e) => {
+            let program = argv.first().map(String::as_str).unwrap_or_default();
+            eprintln!("cannot start the viewer {program}: {e}; {instead}");
+            None
+        }
+    }
 }
 
 /// `latchkey proxy HOST [TARGET:PORT]`: exits 0 when the target closed

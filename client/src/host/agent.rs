@@ -9,6 +9,7 @@ use latchkey_protocol::{
     frame::{HostToRelay, Intent, Refusal, RelayToHost},
     handshake::Keypair,
     ids::{HostName, RelayPin},
+    session::DesktopProtocol,
     text::Shown,
 };
 use tokio::task::JoinSet;
@@ -88,7 +89,12 @@ pub async fn dial(
     pin: &RelayPin,
     key: &Keypair,
     host: &HostName,
+    desktop: Option<DesktopProtocol>,
 ) -> Result<Control, NetError> {
+    let intent = Intent::Host {
+        host: host.clone(),
+        desktop,
+    };
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(30))
@@ -96,8 +102,7 @@ pub async fn dial(
         .without_max_times();
     let connect = || async {
         let relay = [ring.current().to_owned()];
-        let result =
-            net::welcome_from(local, &relay, pin, key, Intent::Host { host: host.clone() }).await;
+        let result = net::welcome_from(local, &relay, pin, key, intent.clone()).await;
         if result.is_err() {
             ring.advance();
         }
@@ -168,7 +173,7 @@ async fn links(
         let control = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            c = dial(local, ring, pin, key, &cfg.host) => c?,
+            c = dial(local, ring, pin, key, &cfg.host, cfg.desktop.map(|d| d.protocol)) => c?,
         };
         info!(host = %cfg.host, relay = %ring.current(), "online");
         service_manager::status(&format!("online through {}", ring.current()));

@@ -2,6 +2,7 @@
 //! hosts (shell, exec, forward, copy).
 
 pub mod copy;
+pub mod desktop;
 pub mod e2e;
 pub mod exec;
 pub mod forward;
@@ -39,6 +40,7 @@ pub async fn enroll(home: &Home, token: &str) -> Result<String, UserError> {
         other_relays: e.invite.relays[1..].to_vec(),
         pin: e.invite.pin.to_text(),
         user: name,
+        viewer: Default::default(),
     };
     home.save_user(&cfg, &e.key)?;
     Ok(e.name)

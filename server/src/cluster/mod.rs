@@ -16,7 +16,7 @@ use self::presence::Presence;
 use crate::{
     clock::now_unix,
     rules::lease,
-    store::{Store, StoreError},
+    store::{HostPresence, Store, StoreError},
 };
 
 /// This relay in its cluster.
@@ -60,12 +60,12 @@ impl Cluster {
     }
 
     /// Records a host agent arriving or leaving (written in batches).
-    pub(crate) fn set_online(&self, host: &HostName, online: bool) {
-        if !online && self.shutdown.is_cancelled() {
+    pub(crate) fn set_presence(&self, host: &HostName, presence: HostPresence) {
+        if presence == HostPresence::Offline && self.shutdown.is_cancelled() {
             // Stopping: every host goes offline in one write at the end.
             return;
         }
-        self.presence.set(host, online);
+        self.presence.set(host, presence);
     }
 
     /// Records `hosts` online here again, unless another relay holds them

@@ -10,10 +10,13 @@ use latchkey_protocol::ids::HostName;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::{clock::now_unix, store::Store};
+use crate::{
+    clock::now_unix,
+    store::{HostPresence, Store},
+};
 
 enum Change {
-    Set(HostName, bool),
+    Set(HostName, HostPresence),
     /// Online again unless another relay holds them now.
     Reclaim(Vec<HostName>),
     /// Every host offline (the relay is stopping); answers when written.
@@ -34,8 +37,8 @@ impl Presence {
     }
 
     /// Records that `host` came online or went offline (soon, in order).
-    pub(crate) fn set(&self, host: &HostName, online: bool) {
-        let _ = self.tx.send(Change::Set(host.clone(), online));
+    pub(crate) fn set(&self, host: &HostName, presence: HostPresence) {
+        let _ = self.tx.send(Change::Set(host.clone(), presence));
     }
 
     /// Records `hosts` online here again, unless another relay holds them
@@ -57,12 +60,12 @@ impl Presence {
 async fn write(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Change>) {
     let mut pending = Vec::new();
     while rx.recv_many(&mut pending, 4096).await > 0 {
-        let mut batch: HashMap<HostName, bool> = HashMap::new();
+        let mut batch: HashMap<HostName, HostPresence> = HashMap::new();
         for change in pending.drain(..) {
             match change {
                 // The last word on a host wins.
-                Change::Set(host, online) => {
-                    batch.insert(host, online);
+                Change::Set(host, presence) => {
+                    batch.insert(host, presence);
                 }
                 Change::Reclaim(hosts) => {
                     flush(&store, std::mem::take(&mut batch)).await;
@@ -92,11 +95,11 @@ async fn write(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Change>) {
     }
 }
 
-async fn flush(store: &Arc<dyn Store>, batch: HashMap<HostName, bool>) {
+async fn flush(store: &Arc<dyn Store>, batch: HashMap<HostName, HostPresence>) {
     if batch.is_empty() {
         return;
     }
-    let changes: Vec<(HostName, bool)> = batch.into_iter().collect();
+    let changes: Vec<(HostName, HostPresence)> = batch.into_iter().collect();
     let n = changes.len();
     let s = store.clone();
     if !matches!(

@@ -12,6 +12,7 @@ use latchkey_protocol::{
     frame::{HelloReply, Intent, Refusal, RelayToClient},
     handshake::{Msg1, Responder},
     ids::{HostName, PublicKey, UserName},
+    session::DesktopProtocol,
 };
 use quinn::{RecvStream, SendStream};
 use rand::rngs::OsRng;
@@ -44,7 +45,7 @@ fn channel_binding(conn: &quinn::Connection) -> Result<[u8; 32], ConnError> {
 /// What a connection turned out to be after its handshake.
 enum Role {
     /// A host agent, and its device key.
-    Host(HostName, PublicKey),
+    Host(HostName, PublicKey, Option<DesktopProtocol>),
     HostAdmin(HostName),
     User(UserName),
     Session(Box<SessionEntry>),
@@ -159,9 +160,10 @@ pub(crate) async fn serve(
             .await;
             Ok(())
         }
-        Ok(Role::Host(host, key)) => {
+        Ok(Role::Host(host, key, desktop)) => {
             let _open = shared.metrics.connection(ConnRole::Host);
-            Box::pin(crate::hosts::serve(&shared, &conn, host, key, send, recv)).await
+            let agent = crate::hosts::Agent { host, key, desktop };
+            Box::pin(crate::hosts::serve(&shared, &conn, agent, send, recv)).await
         }
         Ok(Role::HostAdmin(host)) => {
             let _open = shared.metrics.connection(ConnRole::HostAdmin);
@@ -277,14 +279,13 @@ async fn device_reply(
                 Err(e) => Err(e.into()),
             }
         }
-        Intent::Host { host } | Intent::HostAdmin { host } => {
+        Intent::Host { ref host, .. } | Intent::HostAdmin { ref host } => {
             let h = host.clone();
             let key = blocking(move || store.host_key(&h)).await??;
             if key == Some(device) {
-                let role = if matches!(intent, Intent::Host { .. }) {
-                    Role::Host(host, device)
-                } else {
-                    Role::HostAdmin(host)
+                let role = match intent {
+                    Intent::Host { host, desktop } => Role::Host(host.clone(), device, *desktop),
+                    _ => Role::HostAdmin(host.clone()),
                 };
                 Ok((HelloReply::Welcome, role))
             } else {

@@ -24,7 +24,7 @@ use crate::{
     config::Config,
     datadir::DataDir,
     rules::lockout::Proof,
-    store::{Actor, ConsoleLogin, Event, InviteKind, SqliteStore, Store},
+    store::{Actor, ConsoleLogin, Event, HostPresence, InviteKind, SqliteStore, Store},
 };
 
 const PASSWORD: &str = "correct horse battery";
@@ -1135,7 +1135,10 @@ async fn an_offline_host_shows_when_it_was_last_seen_not_now() {
     let host = alice_owns_mypc(&*b.store);
     let now = crate::clock::now_unix();
     b.store
-        .set_presence(&[(host.clone(), true)], now - 600)
+        .set_presence(
+            &[(host.clone(), HostPresence::Online { desktop: None })],
+            now - 600,
+        )
         .expect("online");
     for path in ["/hosts", "/hosts/mypc"] {
         let body = b.get(path).await.body;
@@ -1147,7 +1150,7 @@ async fn an_offline_host_shows_when_it_was_last_seen_not_now() {
     assert!(first_event(&b).await.contains(r#""seen":"now""#));
     let left = now - 180;
     b.store
-        .set_presence(&[(host.clone(), false)], left)
+        .set_presence(&[(host.clone(), HostPresence::Offline)], left)
         .expect("offline");
     let zone = jiff::tz::TimeZone::system();
     let shown = super::view::short_time(left, now, &zone);
@@ -1214,6 +1217,13 @@ async fn a_user_is_removed_only_once_confirmed_and_then_leaves_the_list() {
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
     b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    // An invite still open (the first expired long ago), which the removal
+    // cancels and counts.
+    let kind = InviteKind::User { email: None };
+    let now = crate::clock::now_unix();
+    b.store
+        .create_invite("bob", &kind, [7; 32], now + 3600, &Actor::cli(), now)
+        .expect("invite");
     let users = b.get("/users").await;
     assert!(
         users.body.contains(r#"action="/users/bob/remove""#)
@@ -1303,6 +1313,16 @@ async fn a_host_is_removed_only_once_confirmed_and_then_leaves_the_list() {
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
     b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    // An invite still open (the first expired long ago), which the removal
+    // cancels and counts.
+    let kind = InviteKind::Host {
+        owner: "alice".parse().expect("name"),
+        lockout_threshold: 3,
+    };
+    let now = crate::clock::now_unix();
+    b.store
+        .create_invite("mypc", &kind, [7; 32], now + 3600, &Actor::cli(), now)
+        .expect("invite");
     let page = b.get("/hosts/mypc").await;
     let section = between(&page.body, "<h2>Remove host</h2>", "<h2>");
     assert!(

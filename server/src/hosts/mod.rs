@@ -12,6 +12,7 @@ use std::sync::Arc;
 use latchkey_protocol::{
     frame::{HostToRelay, Refusal, RelayToHost},
     ids::{HostName, PublicKey},
+    session::DesktopProtocol,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
@@ -21,19 +22,30 @@ use self::{code_registration::register_code, links::record_silent_replacement};
 use crate::{
     error::{blocking, ConnError},
     state::Shared,
+    store::HostPresence,
 };
 use latchkey_protocol::close;
 use latchkey_protocol::quic as wire;
+
+/// A host agent as its handshake introduced it.
+pub(crate) struct Agent {
+    /// The host it serves.
+    pub(crate) host: HostName,
+    /// Its device key.
+    pub(crate) key: PublicKey,
+    /// The desktop it declares.
+    pub(crate) desktop: Option<DesktopProtocol>,
+}
 
 /// Serves a host agent's connection until it goes away.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
-    host: HostName,
-    key: PublicKey,
+    agent: Agent,
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<(), ConnError> {
+    let Agent { host, key, desktop } = agent;
     let (tx, mut rx) = mpsc::channel::<Box<RelayToHost>>(64);
     let (pong_tx, pongs) = tokio::sync::watch::channel(0u64);
     let mut frames = wire::frame_reader::<HostToRelay>(recv);
@@ -71,7 +83,9 @@ pub(crate) async fn serve(
         old.conn
             .close(close::REPLACED, b"replaced by a newer connection");
     }
-    shared.cluster.set_online(&host, true);
+    shared
+        .cluster
+        .set_presence(&host, HostPresence::Online { desktop });
     info!(%host, remote = %conn.remote_address(), "host online");
     // Sessions waiting for an agent that dropped carry on (SPEC R5).
     shared.hosts.announce_back(&host, false);
@@ -123,7 +137,7 @@ pub(crate) async fn serve(
         }
     };
     if shared.hosts.leave(&host, id) {
-        shared.cluster.set_online(&host, false);
+        shared.cluster.set_presence(&host, HostPresence::Offline);
     }
     info!(%host, "host offline");
     result

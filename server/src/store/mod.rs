@@ -22,6 +22,7 @@ use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::CodeRecord,
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
+    session::DesktopProtocol,
 };
 pub use postgres::{Postgres, PostgresStore};
 pub use relational::SqlStore;
@@ -347,6 +348,19 @@ pub enum Unlock {
     NotLocked,
 }
 
+/// A host agent's arrival or departure, as its relay records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPresence {
+    /// The agent connected, declaring this desktop (kept while it is away,
+    /// so its users still see what the host offers).
+    Online {
+        /// The declared desktop's protocol.
+        desktop: Option<DesktopProtocol>,
+    },
+    /// The agent left.
+    Offline,
+}
+
 /// What removing a user or a host ended, for the admin's report.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Removal {
@@ -547,7 +561,11 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
     fn unlock(&self, host: &HostName, by: &Actor, now: UnixTime) -> Result<Unlock, StoreError>;
 
     /// Records which host agents connected or left, in one commit.
-    fn set_presence(&self, changes: &[(HostName, bool)], now: UnixTime) -> Result<(), StoreError>;
+    fn set_presence(
+        &self,
+        changes: &[(HostName, HostPresence)],
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
     /// Records `hosts` online on this store's relay again, each only if no
     /// relay holds it now (after another relay took this one for dead).
     fn reclaim_hosts(&self, hosts: &[HostName], now: UnixTime) -> Result<(), StoreError>;

@@ -232,6 +232,11 @@ ALTER TABLE hosts ADD COLUMN removed_at INTEGER;
     r#"
 ALTER TABLE grants ADD COLUMN run_ended_at INTEGER;
 "#,
+    // The remote desktop a host's agent declared when it last came online
+    // (its protocol only), for its users' host lists.
+    r#"
+ALTER TABLE hosts ADD COLUMN desktop TEXT;
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.

@@ -15,11 +15,13 @@ use latchkey_protocol::{
     handshake::{CodeRecord, Reservation},
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
     ksf::KsfProfile,
+    session::DesktopProtocol,
 };
 use proptest::prelude::*;
 
 use super::{
-    Actor, AttemptId, AuditEvent, Event, InviteKind, SessionEnd, Store, StoreError, SweptRelays,
+    Actor, AttemptId, AuditEvent, Event, HostPresence, InviteKind, SessionEnd, Store, StoreError,
+    SweptRelays,
 };
 use crate::rules::lockout::{Proof, Settlement, VoidReason};
 
@@ -843,7 +845,7 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         "known"
     );
     // The host's agent is on A: B sends its logins there, A keeps them.
-    a.set_presence(&[(host.clone(), true)], 1)
+    a.set_presence(&[(host.clone(), HostPresence::Online { desktop: None })], 1)
         .expect("presence");
     assert_eq!(
         b.host_elsewhere(&host, 0).expect("where").as_deref(),
@@ -922,9 +924,9 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
     assert!(!b.host_status(&host).expect("status").online);
     assert!(a.heartbeat("a.example:4433", 41).expect("heartbeat"));
     // A late "offline" from A does not undo the host's arrival on B.
-    b.set_presence(&[(host.clone(), true)], 1)
+    b.set_presence(&[(host.clone(), HostPresence::Online { desktop: None })], 1)
         .expect("presence");
-    a.set_presence(&[(host.clone(), false)], 2)
+    a.set_presence(&[(host.clone(), HostPresence::Offline)], 2)
         .expect("presence");
     assert!(b.host_status(&host).expect("status").online);
     assert_eq!(
@@ -1222,6 +1224,25 @@ pub(crate) fn a_removed_host_keeps_nothing_that_lets_it_in(store: &dyn Store) {
         .settle_attempt(a, Proof::NotProven, "wrong", &SessionId([0; 16]), 2)
         .expect("settle");
     assert!(store.host_status(&host).expect("status").locked);
+    // Its agent declared a VNC desktop, which its users see while it is
+    // away too.
+    let vnc = HostPresence::Online {
+        desktop: Some(DesktopProtocol::Vnc),
+    };
+    store
+        .set_presence(&[(host.clone(), vnc)], 2)
+        .expect("online");
+    store
+        .set_presence(&[(host.clone(), HostPresence::Offline)], 2)
+        .expect("offline");
+    let listed = store.hosts_for_user(&bob).expect("hosts");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|h| (h.online, h.desktop))
+            .collect::<Vec<_>>(),
+        [(false, Some(DesktopProtocol::Vnc))]
+    );
 
     let removed = store.remove_host(&host, &Actor::cli(), 3).expect("remove");
     assert_eq!(removed.grants, ["bob"]);
@@ -1269,6 +1290,12 @@ pub(crate) fn a_removed_host_keeps_nothing_that_lets_it_in(store: &dyn Store) {
         ("bob", false, 0, false)
     );
     assert!(status.grants.is_empty());
+    let listed = store.hosts_for_user(&bob).expect("hosts");
+    assert_eq!(
+        listed.iter().map(|h| h.desktop).collect::<Vec<_>>(),
+        [None],
+        "the old agent's desktop is not the new host's"
+    );
 }
 
 /// The owner is told once per run of a secondary user's sessions (gaps

@@ -1,10 +1,12 @@
 //! Sessions and their channels (SPEC X1-X4, E1-E3, E5, R5, B4): exec, an
-//! interactive shell, TCP forwarding and file copy through the relay,
-//! end-to-end encrypted between client and host, with the host's key
-//! pinned by clients and out of a session's reach. Real binaries on
-//! loopback; the TCP services are in this process.
+//! interactive shell, TCP forwarding, the host's desktop and file copy
+//! through the relay, end-to-end encrypted between client and host, with
+//! the host's key pinned by clients and out of a session's reach. Real
+//! binaries on loopback; the TCP services are in this process (the desktop
+//! is a real Xvfb and x11vnc).
 
 mod copy;
+mod desktop;
 mod encryption;
 mod exec;
 mod forward;

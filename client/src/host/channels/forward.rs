@@ -17,11 +17,7 @@ use crate::{
 /// the refusal the user sees: the target and every target that is allowed
 /// (entries that are not `IP:PORT` permit nothing, so they are not listed).
 fn allowed_target(cfg: &HostConfig, target: &str) -> Result<SocketAddr, String> {
-    let allowed: Vec<SocketAddr> = cfg
-        .forward_allow
-        .iter()
-        .filter_map(|a| a.parse::<SocketAddr>().ok())
-        .collect();
+    let allowed = cfg.allowed_targets();
     match target.parse::<SocketAddr>() {
         Ok(addr) if allowed.contains(&addr) => Ok(addr),
         _ if allowed.is_empty() => Err(format!(

@@ -1,5 +1,6 @@
 //! The host's side of session channels: a shell on a PTY, one command,
-//! a TCP forward to an allowed target, a file in or out. Each channel is a
+//! a TCP forward to an allowed target, a file in or out, the desktop the
+//! host declares. Each channel is a
 //! stream of the session's end-to-end connection ([`super::e2e`]), which
 //! the relay forwards without reading: what a channel is for, and
 //! everything on it, is read here first, and logged here
@@ -8,12 +9,13 @@
 //!
 //! This file serves a session's connection and reads each stream's opening,
 //! then sends it to its kind's file:
-//! `shell.rs`, `exec.rs`, `forward.rs` (forwards and forward checks) and
-//! `copy.rs` (uploads and downloads). `reply.rs` holds the channel's first
+//! `shell.rs`, `exec.rs`, `forward.rs` (forwards and forward checks),
+//! `copy.rs` (uploads and downloads) and `desktop.rs` (which desktop). `reply.rs` holds the channel's first
 //! answer (accepted or refused) and `hang_up.rs` how a command whose client
 //! went away is ended.
 
 mod copy;
+mod desktop;
 mod exec;
 mod forward;
 mod hang_up;
@@ -123,6 +125,7 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
         ChannelKind::Download { path } if cfg.allow_copy => {
             copy::download(&side.account, send, &path).await
         }
+        ChannelKind::Desktop => desktop::desktop(cfg, send).await,
         other => {
             refuse(
                 send,

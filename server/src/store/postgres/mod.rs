@@ -235,6 +235,11 @@ ALTER TABLE hosts ADD COLUMN removed_at BIGINT;
     r#"
 ALTER TABLE grants ADD COLUMN run_ended_at BIGINT;
 "#,
+    // The remote desktop a host's agent declared when it last came online
+    // (its protocol only), for its users' host lists.
+    r#"
+ALTER TABLE hosts ADD COLUMN desktop TEXT;
+"#,
 ];
 
 /// Deadlines for the server's own work on a statement or an abandoned

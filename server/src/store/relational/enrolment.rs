@@ -118,7 +118,7 @@ fn new_host(
 ) -> Result<i64, StoreError> {
     let revived = tx.opt_row(
         "UPDATE hosts SET removed_at = NULL, owner_id = ?2, lockout_threshold = ?3,
-                shared_access = 1, locked_at = NULL, platform = NULL, last_seen = NULL,
+                shared_access = 1, locked_at = NULL, platform = NULL, last_seen = NULL, desktop = NULL,
                 created_at = ?4
          WHERE name = ?1 AND removed_at IS NOT NULL RETURNING id",
         args![name, owner_id, threshold, now],

@@ -5,6 +5,7 @@
 use latchkey_protocol::{
     frame::HostInfo,
     ids::{HostName, UserName},
+    session::DesktopProtocol,
 };
 
 use super::{
@@ -18,22 +19,23 @@ use crate::{
     store::{
         notice,
         sql::{args, Tx},
-        Actor, AuditEvent, Event, HostStatus, StoreError, UnixTime,
+        Actor, AuditEvent, Event, HostPresence, HostStatus, StoreError, UnixTime,
     },
 };
 
 /// Records agents that connected to the serving relay `me` or left it.
 pub(super) fn set_presence(
     tx: &mut dyn Tx,
-    changes: &[(HostName, bool)],
+    changes: &[(HostName, HostPresence)],
     now: UnixTime,
     me: Option<&str>,
 ) -> Result<(), StoreError> {
-    for (host, online) in changes {
-        if *online {
+    for (host, presence) in changes {
+        if let HostPresence::Online { desktop } = presence {
             tx.exec(
-                "UPDATE hosts SET online = 1, last_seen = ?1, relay_id = ?2 WHERE name = ?3",
-                args![now, me, host.as_str()],
+                "UPDATE hosts SET online = 1, last_seen = ?1, relay_id = ?2, desktop = ?3
+                 WHERE name = ?4",
+                args![now, me, desktop.map(DesktopProtocol::scheme), host.as_str()],
             )?;
         } else {
             // Only while it is still ours: a host that moved to
@@ -145,7 +147,7 @@ fn parse_host(name: &str) -> Result<HostName, StoreError> {
 pub(super) fn for_user(tx: &mut dyn Tx, user: &UserName) -> Result<Vec<HostInfo>, StoreError> {
     tx.rows(
         "SELECT h.name, o.name, h.online, CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END,
-                g.is_owner
+                g.is_owner, h.desktop
          FROM grants g JOIN users u ON u.id = g.user_id
          JOIN hosts h ON h.id = g.host_id JOIN users o ON o.id = h.owner_id
          WHERE u.name = ?1 ORDER BY h.name LIMIT ?2",
@@ -165,6 +167,11 @@ pub(super) fn for_user(tx: &mut dyn Tx, user: &UserName) -> Result<Vec<HostInfo>
             online: r.flag(2)?,
             locked: r.flag(3)?,
             is_owner: r.flag(4)?,
+            // One a newer relay of the cluster knows and this one does
+            // not is left out rather than failing the list.
+            desktop: r
+                .opt_text(5)?
+                .and_then(|scheme| DesktopProtocol::from_scheme(&scheme)),
         })
     })
     .collect()

@@ -40,9 +40,9 @@ use latchkey_protocol::{
 pub(super) use self::{audit::insert_audit, outbox::enqueue};
 use super::{
     sql::{Backend, EventFeed, Tx},
-    Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostStatus, InviteKind,
-    OutboxRow, Removal, SessionEnd, Store, StoreError, StoreGauges, SweptRelays, TxTimer, UnixTime,
-    Unlock, UserRow,
+    Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostPresence, HostStatus,
+    InviteKind, OutboxRow, Removal, SessionEnd, Store, StoreError, StoreGauges, SweptRelays,
+    TxTimer, UnixTime, Unlock, UserRow,
 };
 use crate::rules::lockout::{Admission, Proof, Settlement};
 
@@ -258,7 +258,11 @@ impl<B: Backend> Store for SqlStore<B> {
         self.write(|tx| attempts::unlock(tx, host, by, now))
     }
 
-    fn set_presence(&self, changes: &[(HostName, bool)], now: UnixTime) -> Result<(), StoreError> {
+    fn set_presence(
+        &self,
+        changes: &[(HostName, HostPresence)],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
         let me = self.relay.as_deref();
         self.write(|tx| hosts::set_presence(tx, changes, now, me))
     }

@@ -95,7 +95,7 @@ async fn agent(
 ) -> Result<(), NetError> {
     let ring = RelayRing::new(relays.to_vec(), &host);
     loop {
-        let control = dial(&local, &ring, &pin, &key, &host).await?;
+        let control = dial(&local, &ring, &pin, &key, &host, None).await?;
         counters.connections.fetch_add(1, Ordering::SeqCst);
         counters.online.fetch_add(1, Ordering::SeqCst);
         let why = control.relay.conn.closed().await;
