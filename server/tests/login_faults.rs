@@ -99,7 +99,7 @@ impl Harness {
             ksf: KsfProfile::InsecureFastForTests,
             record: validate_upload(&upload)?,
         };
-        store.set_code(&host, &CodeTarget::Owner, &record, 0)?;
+        store.set_code(&host, &host_key.public, &CodeTarget::Owner, &record, 0)?;
         store.grant(&host, &"bob".parse()?, &Actor::cli(), 0)?;
         Ok(Self {
             pin: keys.pin(),

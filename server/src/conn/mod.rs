@@ -34,6 +34,15 @@ use crate::{
 use latchkey_protocol::close;
 use latchkey_protocol::quic as wire;
 
+/// Finishes a control stream whose last frame ends the connection (a
+/// refusal), and waits until the peer has it, at most 2 s: the connection
+/// closes when its handler returns, and would otherwise take the frame's
+/// retransmission with it, leaving the peer a bare "closed".
+pub(crate) async fn finish_delivered(send: &mut SendStream) {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
+}
+
 /// The connection's TLS exporter value: the Noise prologue binding.
 fn channel_binding(conn: &quinn::Connection) -> Result<[u8; 32], ConnError> {
     let mut out = [0u8; 32];
@@ -46,8 +55,8 @@ fn channel_binding(conn: &quinn::Connection) -> Result<[u8; 32], ConnError> {
 enum Role {
     /// A host agent, and its device key.
     Host(HostName, PublicKey, Option<DesktopProtocol>),
-    HostAdmin(HostName),
-    User(UserName),
+    HostAdmin(HostName, PublicKey),
+    User(UserName, PublicKey),
     Session(Box<SessionEntry>),
     /// A session resumed with a ticket: told its id, then served as one.
     Resumed(Box<SessionEntry>),
@@ -141,8 +150,8 @@ pub(crate) async fn serve(
     if matches!(
         role,
         Ok(Role::Host(..)
-            | Role::HostAdmin(_)
-            | Role::User(_)
+            | Role::HostAdmin(..)
+            | Role::User(..)
             | Role::Session(_)
             | Role::Resumed(_))
     ) {
@@ -165,13 +174,13 @@ pub(crate) async fn serve(
             let agent = crate::hosts::Agent { host, key, desktop };
             Box::pin(crate::hosts::serve(&shared, &conn, agent, send, recv)).await
         }
-        Ok(Role::HostAdmin(host)) => {
+        Ok(Role::HostAdmin(host, key)) => {
             let _open = shared.metrics.connection(ConnRole::HostAdmin);
-            Box::pin(crate::hosts::serve_admin(&shared, host, send, recv)).await
+            Box::pin(crate::hosts::serve_admin(&shared, host, key, send, recv)).await
         }
-        Ok(Role::User(user)) => {
+        Ok(Role::User(user, key)) => {
             let _open = shared.metrics.connection(ConnRole::User);
-            Box::pin(crate::conn::user::serve(&shared, &user, send, recv)).await
+            Box::pin(crate::conn::user::serve(&shared, &user, key, send, recv)).await
         }
         Ok(Role::Session(entry)) => {
             let _open = shared.metrics.connection(ConnRole::Session);
@@ -285,7 +294,7 @@ async fn device_reply(
             if key == Some(device) {
                 let role = match intent {
                     Intent::Host { host, desktop } => Role::Host(host.clone(), device, *desktop),
-                    _ => Role::HostAdmin(host.clone()),
+                    _ => Role::HostAdmin(host.clone(), device),
                 };
                 Ok((HelloReply::Welcome, role))
             } else {
@@ -297,7 +306,7 @@ async fn device_reply(
             let u = user.clone();
             let key = blocking(move || store.user_key(&u)).await??;
             if key == Some(device) {
-                Ok((HelloReply::Welcome, Role::User(user)))
+                Ok((HelloReply::Welcome, Role::User(user, device)))
             } else {
                 info!(%user, %source, "user connection refused: unknown device key");
                 refuse(Refusal::UnknownDevice)

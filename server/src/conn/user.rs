@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use latchkey_protocol::{
     frame::{ClientToRelay, Refusal, RelayToClient},
-    ids::UserName,
+    ids::{PublicKey, UserName},
 };
 use quinn::{RecvStream, SendStream};
 
@@ -28,10 +28,14 @@ pub(crate) async fn host_list(
     ))
 }
 
-/// Serves a proven user's control stream until they leave.
+/// Serves a proven user's control stream until they leave, or until
+/// their device is not the one their name is enrolled with any more (the
+/// user was removed, or enrolled again elsewhere): a connection held open
+/// must not list the hosts of whoever has the name next.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     user: &UserName,
+    device: PublicKey,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), ConnError> {
@@ -43,6 +47,13 @@ pub(crate) async fn serve(
             f = wire::read_frame::<ClientToRelay>(&mut recv) => f?,
         };
         let Some(frame) = frame else { return Ok(()) };
+        let (store, u) = (shared.store.clone(), user.clone());
+        if blocking(move || store.user_key(&u)).await?? != Some(device) {
+            let refusal = RelayToClient::Refused(Refusal::UnknownDevice);
+            wire::write_frame(&mut send, &refusal).await?;
+            super::finish_delivered(&mut send).await;
+            return Ok(());
+        }
         let reply = match frame {
             ClientToRelay::ListHosts => host_list(shared, user).await?,
             _ => RelayToClient::Refused(Refusal::NotAllowed("unsupported request".into())),

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use latchkey_protocol::{
     frame::CodeTarget,
     handshake::{CodeRecord, Reservation},
-    ids::{HostName, RecordId, SessionId, UserName},
+    ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
     ksf::KsfProfile,
 };
 use tower::ServiceExt;
@@ -261,8 +261,13 @@ fn alice_owns_mypc(store: &dyn Store) -> HostName {
         ksf: KsfProfile::InsecureFastForTests,
         record: vec![1; 8],
     };
+    let key = PublicKey([0x48; 32]);
+    let source = "127.0.0.1".parse().expect("address");
     store
-        .set_code(&host, &CodeTarget::Owner, &record, 1)
+        .redeem_invite([9; 32], key, Platform::Linux, source, 0)
+        .expect("host enrolled");
+    store
+        .set_code(&host, &key, &CodeTarget::Owner, &record, 1)
         .expect("code");
     host
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use latchkey_protocol::{
     frame::{CodeTarget, HostToRelay, Refusal, RelayToHost},
     handshake::{registration_response, validate_upload, CodeRecord},
-    ids::{HostName, RecordId},
+    ids::{HostName, PublicKey, RecordId},
     ksf::KsfProfile,
 };
 use rand::{rngs::OsRng, RngCore};
@@ -24,11 +24,14 @@ use crate::{
 /// new record's id.
 pub(crate) type Pending = Option<(CodeTarget, KsfProfile, RecordId)>;
 
-/// Handles one code registration on a host's control stream; returns the
-/// reply to send. `pending` carries the record between the two steps.
+/// Handles one code registration on a host's control stream from the
+/// device `device`; returns the reply to send (after which the connection
+/// ends if it is [`is_final`]). `pending` carries the record between the
+/// two steps.
 pub(crate) async fn register_code(
     shared: &Arc<Shared>,
     host: &HostName,
+    device: &PublicKey,
     frame: HostToRelay,
     pending: &mut Pending,
 ) -> Result<RelayToHost, ConnError> {
@@ -68,14 +71,19 @@ pub(crate) async fn register_code(
                 record: validate_upload(&upload)?,
             };
             let store = shared.store.clone();
-            let (h, t) = (host.clone(), target.clone());
+            let (h, d, t) = (host.clone(), *device, target.clone());
             let now = now_unix();
-            match blocking(move || store.set_code(&h, &t, &record, now)).await? {
+            match blocking(move || store.set_code(&h, &d, &t, &record, now)).await? {
                 Ok(()) => {
                     info!(%host, ?target, "access code set");
                     Ok(RelayToHost::CodeSet { target })
                 }
                 Err(StoreError::Refused(why)) => Ok(RelayToHost::Refused(Refusal::NotAllowed(why))),
+                // Removed, or enrolled again elsewhere, since it connected.
+                Err(StoreError::NotEnrolled(_)) => {
+                    info!(%host, "access code refused: the device is no longer the host's");
+                    Ok(RelayToHost::Refused(Refusal::UnknownDevice))
+                }
                 Err(e) => Err(e.into()),
             }
         }
@@ -83,4 +91,10 @@ pub(crate) async fn register_code(
             "unexpected frame".into(),
         ))),
     }
+}
+
+/// Whether a reply ends the connection: the device is not the host's any
+/// more, and nothing it sends later can be.
+pub(crate) fn is_final(reply: &RelayToHost) -> bool {
+    matches!(reply, RelayToHost::Refused(Refusal::UnknownDevice))
 }

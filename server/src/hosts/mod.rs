@@ -124,7 +124,7 @@ pub(crate) async fn serve(
                         continue;
                     }
                     HostToRelay::Resume(ticket) => resume(shared, &host, &ticket, conn).await,
-                    frame => register_code(shared, &host, frame, &mut pending).await,
+                    frame => register_code(shared, &host, &key, frame, &mut pending).await,
                 };
                 let reply = match reply {
                     Ok(r) => r,
@@ -132,6 +132,10 @@ pub(crate) async fn serve(
                 };
                 if let Err(e) = wire::write_frame(&mut send, &reply).await {
                     break Err(e.into());
+                }
+                if code_registration::is_final(&reply) {
+                    crate::conn::finish_delivered(&mut send).await;
+                    break Ok(());
                 }
             }
         }
@@ -191,6 +195,7 @@ async fn resume(
 pub(crate) async fn serve_admin(
     shared: &Arc<Shared>,
     host: HostName,
+    key: PublicKey,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), ConnError> {
@@ -203,7 +208,11 @@ pub(crate) async fn serve_admin(
             f = wire::read_frame::<HostToRelay>(&mut recv) => f?,
         };
         let Some(frame) = frame else { return Ok(()) };
-        let reply = register_code(shared, &host, frame, &mut pending).await?;
+        let reply = register_code(shared, &host, &key, frame, &mut pending).await?;
         wire::write_frame(&mut send, &reply).await?;
+        if code_registration::is_final(&reply) {
+            crate::conn::finish_delivered(&mut send).await;
+            return Ok(());
+        }
     }
 }

@@ -158,6 +158,10 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
+    /// The device's key is not the one its name is enrolled with (any
+    /// more): it was removed, or enrolled again elsewhere.
+    #[error("'{0}' is not enrolled with this device")]
+    NotEnrolled(String),
     /// The invite is unknown, used or expired.
     #[error("invite is unknown, already used or expired")]
     InvalidInvite,
@@ -503,10 +507,14 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<usize, StoreError>;
 
-    /// Stores a new code record for the owner or one grant.
+    /// Stores a new code record for the owner or one grant, set by the
+    /// host's device `device`: checked in the same transaction, so a device
+    /// removed or replaced meanwhile cannot set the code of the host that
+    /// now has its name.
     fn set_code(
         &self,
         host: &HostName,
+        device: &PublicKey,
         target: &CodeTarget,
         record: &CodeRecord,
         now: UnixTime,

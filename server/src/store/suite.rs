@@ -133,6 +133,7 @@ impl World {
         store
             .create_invite("mypc", &kind, [9; 32], 10, &Actor::cli(), 0)
             .expect("host");
+        enroll_host(&*store, [9; 32]);
         let mut w = Self {
             store,
             host,
@@ -156,7 +157,7 @@ impl World {
             record: vec![n; 8],
         };
         self.store
-            .set_code(&self.host, target, &record, now)
+            .set_code(&self.host, &HOST_KEY, target, &record, now)
             .expect("set code");
         self.records.insert(n, id);
     }
@@ -195,15 +196,27 @@ pub(crate) fn alice_owns_mypc(
     store
         .create_invite("mypc", &kind, [2; 32], 10, &Actor::cli(), 0)
         .expect("host");
+    enroll_host(store, [2; 32]);
     let record = CodeRecord {
         id: RecordId([5; 16]),
         ksf: KsfProfile::InsecureFastForTests,
         record: vec![0; 8],
     };
     store
-        .set_code(&host, &CodeTarget::Owner, &record, 0)
+        .set_code(&host, &HOST_KEY, &CodeTarget::Owner, &record, 0)
         .expect("code");
     (alice, host, record)
+}
+
+/// The device key the test hosts enroll with.
+const HOST_KEY: PublicKey = PublicKey([0x48; 32]);
+
+/// Redeems a host's invite with [`HOST_KEY`].
+fn enroll_host(store: &dyn Store, invite: [u8; 32]) {
+    let source = "127.0.0.1".parse().expect("address");
+    store
+        .redeem_invite(invite, HOST_KEY, Platform::Linux, source, 0)
+        .expect("host enrolled");
 }
 
 /// Lowering a host's threshold to the failures it already counts locks it
@@ -1034,7 +1047,7 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
         id: RecordId([6; 16]),
         ..record.clone()
     };
-    b.set_code(&host, &CodeTarget::Owner, &newer, 45)
+    b.set_code(&host, &HOST_KEY, &CodeTarget::Owner, &newer, 45)
         .expect("code");
     assert!(resume([11; 32], &alice, 6, 46).is_err());
     // No ticket for a record the grant no longer has.
@@ -1157,6 +1170,10 @@ pub(crate) fn a_removed_user_keeps_nothing_that_lets_them_in(store: &dyn Store) 
     store
         .create_invite("bob", &user, [4; 32], 100, &Actor::cli(), 2)
         .expect("a second invite");
+    // bob asked for a reboot, which the owner's session waits for too.
+    store
+        .create_ticket([12; 32], &host, &bob, "bobs", 1_000, 2)
+        .expect("reboot ticket");
 
     let refused = store.remove_user(&alice, &Actor::cli(), 3);
     assert!(
@@ -1175,6 +1192,13 @@ pub(crate) fn a_removed_user_keeps_nothing_that_lets_them_in(store: &dyn Store) 
         .all(|u| u.name != "bob"));
     assert_eq!(store.user_email("bob").expect("email"), None);
     assert_eq!(store.host_status(&host).expect("status").failures, 1);
+    assert_eq!(
+        store
+            .redeem_ticket([12; 32], &host, Some("bobs"), source, 3)
+            .expect("redeem"),
+        Ok("bobs".to_string()),
+        "the host comes back from the reboot bob asked for"
+    );
     assert!(store
         .redeem_invite([4; 32], PublicKey([8; 32]), Platform::Linux, source, 4)
         .is_err());
@@ -1244,8 +1268,19 @@ pub(crate) fn a_removed_host_keeps_nothing_that_lets_it_in(store: &dyn Store) {
         [(false, Some(DesktopProtocol::Vnc))]
     );
 
+    // The agent, away, has not had the grant's notice yet.
+    assert!(notice_to(store, "mypc", "Shared access enabled"));
+
     let removed = store.remove_host(&host, &Actor::cli(), 3).expect("remove");
     assert_eq!(removed.grants, ["bob"]);
+    assert!(
+        !store
+            .outbox(1000)
+            .expect("outbox")
+            .iter()
+            .any(|n| n.recipient == "mypc" && n.channel == "host"),
+        "a notice for the removed agent would reach the next machine of the name"
+    );
     assert_eq!(store.host_key(&host).expect("key"), None);
     assert!(store.code_record(&alice, &host).expect("record").is_none());
     assert!(store.code_record(&bob, &host).expect("record").is_none());
@@ -1296,6 +1331,23 @@ pub(crate) fn a_removed_host_keeps_nothing_that_lets_it_in(store: &dyn Store) {
         [None],
         "the old agent's desktop is not the new host's"
     );
+    // The removed device, if it still holds a connection, cannot set the
+    // new host's code: neither before the new device enrolls nor after.
+    let stale = CodeRecord {
+        id: RecordId([8; 16]),
+        ..record.clone()
+    };
+    let set_by_old = |at| store.set_code(&host, &HOST_KEY, &CodeTarget::Owner, &stale, at);
+    assert!(matches!(set_by_old(6), Err(StoreError::NotEnrolled(_))));
+    let new_key = PublicKey([0x49; 32]);
+    store
+        .redeem_invite([6; 32], new_key, Platform::Linux, source, 6)
+        .expect("new device");
+    assert!(matches!(set_by_old(7), Err(StoreError::NotEnrolled(_))));
+    assert!(!store.host_status(&host).expect("status").code_set);
+    store
+        .set_code(&host, &new_key, &CodeTarget::Owner, &stale, 8)
+        .expect("the new device sets its code");
 }
 
 /// The owner is told once per run of a secondary user's sessions (gaps

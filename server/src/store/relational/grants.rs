@@ -5,7 +5,7 @@
 use latchkey_protocol::{
     frame::CodeTarget,
     handshake::CodeRecord,
-    ids::{HostName, RecordId, UserName},
+    ids::{HostName, PublicKey, RecordId, UserName},
     ksf::KsfProfile,
 };
 
@@ -227,11 +227,19 @@ pub(super) fn code_record(
 pub(super) fn set_code(
     tx: &mut dyn Tx,
     host: &HostName,
+    device: &PublicKey,
     target: &CodeTarget,
     record: &CodeRecord,
     now: UnixTime,
 ) -> Result<(), StoreError> {
     let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+    let enrolled = tx.opt_row(
+        "SELECT 1 FROM hosts WHERE id = ?1 AND device_key = ?2",
+        args![host_id, &device.0[..]],
+    )?;
+    if enrolled.is_none() {
+        return Err(StoreError::NotEnrolled(host.to_string()));
+    }
     tx.exec(
         "INSERT INTO code_records (id, host_id, ksf, record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         args![&record.id.0[..], host_id, record.ksf.as_str(), &record.record, now],

@@ -199,11 +199,12 @@ impl<B: Backend> Store for SqlStore<B> {
     fn set_code(
         &self,
         host: &HostName,
+        device: &PublicKey,
         target: &CodeTarget,
         record: &CodeRecord,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        self.write(|tx| grants::set_code(tx, host, target, record, now))
+        self.write(|tx| grants::set_code(tx, host, device, target, record, now))
     }
 
     fn grant(

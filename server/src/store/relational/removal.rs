@@ -81,7 +81,8 @@ pub(super) fn remove_user(
         .collect::<Result<_, StoreError>>()?;
     tx.exec("DELETE FROM grants WHERE user_id = ?1", args![id])?;
     tx.exec("DELETE FROM session_tickets WHERE user_id = ?1", args![id])?;
-    tx.exec("DELETE FROM resume_tickets WHERE user_id = ?1", args![id])?;
+    // Not the reboot tickets the user asked for: a ticket is the host's,
+    // and the other sessions waiting for its reboot still need it.
     let invites = cancel_invites(tx, "user", user, now)?;
     tx.exec(
         "UPDATE users SET device_key = NULL, email = NULL, removed_at = ?1 WHERE id = ?2",
@@ -129,6 +130,12 @@ pub(super) fn remove_host(
     tx.exec("DELETE FROM code_records WHERE host_id = ?1", args![id])?;
     tx.exec("DELETE FROM session_tickets WHERE host_id = ?1", args![id])?;
     tx.exec("DELETE FROM resume_tickets WHERE host_id = ?1", args![id])?;
+    // Notices not yet delivered to the removed agent would otherwise reach
+    // whichever machine is enrolled under the name next.
+    tx.exec(
+        "DELETE FROM outbox WHERE channel = 'host' AND recipient = ?1 AND state = 'pending'",
+        args![host],
+    )?;
     let invites = cancel_invites(tx, "host", host, now)?;
     tx.exec(
         "UPDATE hosts SET device_key = NULL, online = 0, relay_id = NULL, locked_at = NULL,
