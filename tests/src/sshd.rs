@@ -151,14 +151,5 @@ fn keygen(path: &Path) -> Result<()> {
 
 /// Starts a server, or says why not: `None` outside CI, a panic in CI.
 pub fn start_or_skip(test: &str) -> Option<TestSshd> {
-    match TestSshd::start() {
-        Ok(sshd) => Some(sshd),
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: OpenSSH is needed in CI and could not start: {why:#}")
-        }
-        Err(why) => {
-            eprintln!("skipping {test}: cannot start sshd here: {why:#}");
-            None
-        }
-    }
+    latchkey_server::testing::needed_in_ci(test, "OpenSSH (sshd)", TestSshd::start())
 }

@@ -89,20 +89,14 @@ impl TestDesktop {
     }
 }
 
-/// Starts `what` for `test`, or says why not: `None` outside CI (the
-/// reason printed), a panic in CI, where the test's packages are
-/// installed.
-pub fn start_or_skip<T>(test: &str, what: &str, started: Result<T>) -> Option<T> {
-    match started {
-        Ok(started) => Some(started),
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: {what} is needed in CI and could not start: {why:#}")
-        }
-        Err(why) => {
-            eprintln!("skipping {test}: cannot start {what} here: {why:#}");
-            None
-        }
-    }
+/// Starts a desktop for `test`, or says why not: `None` outside CI (the
+/// reason printed), a panic in CI, where Xvfb and x11vnc are installed.
+pub fn start_or_skip(test: &str, width: u16, height: u16) -> Option<TestDesktop> {
+    latchkey_server::testing::needed_in_ci(
+        test,
+        "a VNC desktop (Xvfb and x11vnc)",
+        TestDesktop::start(width, height),
+    )
 }
 
 /// What a VNC server said of its screen in ServerInit.

@@ -37,16 +37,7 @@ const START_TRIES: u32 = 3;
 
 /// Starts a server, or says why not: `None` outside CI, a panic in CI.
 pub fn start_or_skip(test: &str) -> Option<TestPostgres> {
-    match TestPostgres::start() {
-        Ok(pg) => Some(pg),
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: PostgreSQL is needed in CI and could not start: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipping {test}: cannot start PostgreSQL here: {why}");
-            None
-        }
-    }
+    super::needed_in_ci(test, "PostgreSQL", TestPostgres::start())
 }
 
 /// The directory of the newest installed PostgreSQL's programs.

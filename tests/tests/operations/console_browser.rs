@@ -74,16 +74,8 @@ fn tools(test: &str) -> Option<Tools> {
                 chromedriver,
             })
         });
-    match found {
-        Ok(t) => Some(t),
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: a browser is needed in CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("{test}: skipped: {why} (apt-get install chromium chromium-driver)");
-            None
-        }
-    }
+    let found = found.map_err(|why| format!("{why} (apt-get install chromium chromium-driver)"));
+    latchkey_server::testing::needed_in_ci(test, "a browser", found)
 }
 
 /// Where the screenshots are kept: `target/console-screenshots/`.
