@@ -57,13 +57,14 @@ enum Command {
         /// The token (lk1-...).
         token: String,
     },
-    /// List the hosts you may reach, online or not, locked or not.
+    /// List the hosts you may reach, online or not, locked or not, and the
+    /// desktop each offers (`latchkey desktop`).
     ///
     /// The names listed are saved (`listed_hosts` in the home) for shell
     /// completion of HOST arguments.
     Hosts {
-        /// Print JSON (fields: host, owner, online, locked, owner_access;
-        /// with --keys: host, fingerprint).
+        /// Print JSON (fields: host, owner, online, locked, owner_access,
+        /// desktop; with --keys: host, fingerprint).
         #[arg(long)]
         json: bool,
         /// List the host keys this device pinned on first use (compare a
