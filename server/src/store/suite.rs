@@ -1273,13 +1273,18 @@ pub(crate) fn a_removed_host_keeps_nothing_that_lets_it_in(store: &dyn Store) {
 
     let removed = store.remove_host(&host, &Actor::cli(), 3).expect("remove");
     assert_eq!(removed.grants, ["bob"]);
+    let for_agent: Vec<_> = store
+        .outbox(1000)
+        .expect("outbox")
+        .into_iter()
+        .filter(|n| n.recipient == "mypc" && n.channel == "host")
+        .map(|n| (n.state, n.last_error))
+        .collect();
+    assert!(!for_agent.is_empty());
     assert!(
-        !store
-            .outbox(1000)
-            .expect("outbox")
-            .iter()
-            .any(|n| n.recipient == "mypc" && n.channel == "host"),
-        "a notice for the removed agent would reach the next machine of the name"
+        for_agent.iter().all(|(state, why)| state == "stored"
+            && why.as_deref() == Some("the host was removed before delivery")),
+        "a notice for the removed agent would reach the next machine of the name: {for_agent:?}"
     );
     assert_eq!(store.host_key(&host).expect("key"), None);
     assert!(store.code_record(&alice, &host).expect("record").is_none());

@@ -131,9 +131,12 @@ pub(super) fn remove_host(
     tx.exec("DELETE FROM session_tickets WHERE host_id = ?1", args![id])?;
     tx.exec("DELETE FROM resume_tickets WHERE host_id = ?1", args![id])?;
     // Notices not yet delivered to the removed agent would otherwise reach
-    // whichever machine is enrolled under the name next.
+    // whichever machine is enrolled under the name next. Kept as `stored`
+    // (no address any more), not deleted: a deleted row's id could be
+    // given to the next notice while a delivery of the old one finishes.
     tx.exec(
-        "DELETE FROM outbox WHERE channel = 'host' AND recipient = ?1 AND state = 'pending'",
+        "UPDATE outbox SET state = 'stored', last_error = 'the host was removed before delivery'
+         WHERE channel = 'host' AND recipient = ?1 AND state = 'pending'",
         args![host],
     )?;
     let invites = cancel_invites(tx, "host", host, now)?;
