@@ -184,6 +184,7 @@ pub(crate) async fn forward(
             println!("forwarding {local} -> {target} via {host} (Ctrl-C to stop)");
             let _ = std::io::Write::flush(&mut std::io::stdout());
         }) => r?,
+        never = user::status::report(&remote) => match never {},
         _ = shutdown_signal() => {
             remote.close().await;
             return Ok(ExitCode::SUCCESS);
@@ -225,6 +226,7 @@ pub(crate) async fn desktop(
                 opened = open_viewer(&local, &viewers);
             }
         }) => r,
+        never = user::status::report(&remote) => match never {},
         _ = shutdown_signal() => {
             remote.close().await;
             return Ok(ExitCode::SUCCESS);
@@ -278,6 +280,7 @@ pub(crate) async fn proxy(
         let joined = tokio::select! {
             r = user::proxy::proxy(&remote, target) => r.map_err(anyhow::Error::from),
             _ = shutdown_signal() => Ok(()),
+            never = user::status::report(&remote) => match never {},
         };
         remote.close().await;
         joined

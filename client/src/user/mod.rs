@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod remote;
 pub mod shell;
 pub mod ssh_config;
+pub mod status;
 
 use latchkey_protocol::{
     frame::{ClientToRelay, HostInfo, Intent, Refusal, RelayToClient},

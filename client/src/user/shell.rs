@@ -22,7 +22,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::remote::{ChannelError, Remote};
+use super::{
+    remote::{ChannelError, Remote},
+    status::quiet_relay_text,
+};
 
 /// Restores the terminal however the session ends.
 struct RawMode;
@@ -215,8 +218,8 @@ async fn shells(
                 Ok(()) = quiet.changed() => {
                     let since = *quiet.borrow_and_update();
                     let relay = crate::net::relay_text(remote.conn().remote_address());
-                    if let Some(line) = quiet_relay_line(&relay, since, &mut told_quiet, away.is_some()) {
-                        eprint!("{line}");
+                    if let Some(text) = quiet_relay_text(&relay, since, &mut told_quiet, away.is_some()) {
+                        eprint!("\r\n{text}\r\n");
                     }
                 }
                 key = keys.recv(), if keys_open => match key {
@@ -281,32 +284,6 @@ async fn shells(
     }
 }
 
-/// What to say when the relay went quiet (`since`, before the connection
-/// gives it up) or speaks again; nothing while the session is already out
-/// of reach (`away`: its own line says so).
-fn quiet_relay_line(
-    relay: &str,
-    since: Option<std::time::Instant>,
-    told: &mut bool,
-    away: bool,
-) -> Option<String> {
-    match since {
-        Some(since) if !away && !*told => {
-            *told = true;
-            Some(format!(
-                "\r\n[latchkey: relay lost: {relay} silent for {} s; resuming on another \
-                 relay if it stays so…]\r\n",
-                since.elapsed().as_secs()
-            ))
-        }
-        None if *told => {
-            *told = false;
-            (!away).then(|| format!("\r\n[latchkey: relay {relay} answers again]\r\n"))
-        }
-        _ => None,
-    }
-}
-
 /// What to say when the session loses its route while the shell lives on
 /// (the relay went away, or the host's agent lost its link), and when it is
 /// back; `away` holds when it went.
@@ -346,24 +323,6 @@ fn waiting_line(host: &HostName, doing: &str, secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_quiet_relay_is_told_once_and_its_return_too() {
-        let relay = "192.0.2.1:4433";
-        let since = std::time::Instant::now() - std::time::Duration::from_secs(3);
-        let mut told = false;
-        let said = quiet_relay_line(relay, Some(since), &mut told, false).expect("told");
-        assert!(
-            said.starts_with("\r\n[latchkey: relay lost: 192.0.2.1:4433 silent for 3 s"),
-            "{said}"
-        );
-        assert!(quiet_relay_line(relay, Some(since), &mut told, false).is_none());
-        let back = quiet_relay_line(relay, None, &mut told, false).expect("told back");
-        assert!(back.contains("answers again"), "{back}");
-        assert!(quiet_relay_line(relay, None, &mut told, false).is_none());
-        // Out of reach already: that line says it.
-        assert!(quiet_relay_line(relay, Some(since), &mut told, true).is_none());
-    }
 
     #[test]
     fn the_waiting_line_is_redrawn_in_place() {

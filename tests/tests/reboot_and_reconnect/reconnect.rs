@@ -205,12 +205,23 @@ async fn what_a_session_revoked_while_its_relay_was_down_ran_ends_when_the_host_
 /// variable set before the crash is still set after it), with a line that
 /// says the relay went quiet (within seconds, before the connection gives
 /// it up), one that it went away, and one when the session is back that
-/// counts the outage from the relay's last word.
+/// counts the outage from the relay's last word. A forward beside it,
+/// which has no screen of its own, says the same on standard error.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shell_lives_through_a_relay_crash_and_says_so() -> Result<()> {
     use std::io::Write;
+    let target = latchkey_tests::hello_target().await?;
     let mut w = World::new()?;
+    w.mypc.allow_forward(&[target.to_string()])?;
     let _agent = w.start_agent()?;
+    let (forward, _forward_in) = Proc::spawn_interactive_merged(
+        w.bob.cmd().env("LATCHKEY_ACCESS_CODE", OWNER_CODE).args([
+            "forward",
+            "mypc",
+            &format!("0:{target}"),
+        ]),
+    )?;
+    let local = latchkey_tests::world::forward_address(&forward)?;
     let (mut shell, mut keys) = latchkey_tests::Proc::spawn_interactive_merged(
         w.alice
             .cmd()
@@ -247,6 +258,10 @@ async fn a_shell_lives_through_a_relay_crash_and_says_so() -> Result<()> {
     );
     keys.write_all(b"echo still-$KEPT\n")?;
     shell.expect_line("still-same-42")?;
+    forward.expect_line("relay lost:")?;
+    forward.expect_line("its relay went away")?;
+    forward.expect_line("is back after")?;
+    assert!(latchkey_tests::fetch(local).await?.contains("hello"));
     keys.write_all(b"exit 3\n")?;
     assert_eq!(shell.wait_exit()?.code(), Some(3));
     Ok(())
