@@ -165,15 +165,25 @@ impl Proc {
 
     /// Waits for a line of output containing `needle`.
     pub fn expect_line(&self, needle: &str) -> Result<String> {
+        let mut lines = self.lines_until(needle)?;
+        lines.pop().context("no line")
+    }
+
+    /// The lines of output up to the first containing `needle`, that one
+    /// last.
+    pub fn lines_until(&self, needle: &str) -> Result<Vec<String>> {
         let deadline = Instant::now() + WAIT;
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self
                 .stdout
                 .recv_timeout(left)
                 .with_context(|| format!("no output line with {needle:?}"))?;
-            if line.contains(needle) {
-                return Ok(line);
+            let found = line.contains(needle);
+            lines.push(line);
+            if found {
+                return Ok(lines);
             }
         }
     }

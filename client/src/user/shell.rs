@@ -24,7 +24,7 @@ use tokio::{
 
 use super::{
     remote::{ChannelError, Remote},
-    status::quiet_relay_text,
+    status::{is_waiting, quiet_relay_text},
 };
 
 /// Restores the terminal however the session ends.
@@ -218,7 +218,7 @@ async fn shells(
                 Ok(()) = quiet.changed() => {
                     let since = *quiet.borrow_and_update();
                     let relay = crate::net::relay_text(remote.conn().remote_address());
-                    if let Some(text) = quiet_relay_text(&relay, since, &mut told_quiet, away.is_some()) {
+                    if let Some(text) = quiet_relay_text(&relay, since, &mut told_quiet, away.is_some() || is_waiting(&phase)) {
                         eprint!("\r\n{text}\r\n");
                     }
                 }

@@ -11,8 +11,9 @@ use latchkey_protocol::control::Phase;
 use super::remote::Remote;
 
 /// What to say when the relay went quiet (`since`, before the connection
-/// gives it up) or speaks again; nothing while the session is already out
-/// of reach (`away`: its own line says so). `told` remembers what was said.
+/// gives it up) or speaks again; nothing while the session is out of reach
+/// (`away`: the wait's own line says so, and the silence ends there only
+/// because a new connection began). `told` remembers what was said.
 pub(crate) fn quiet_relay_text(
     relay: &str,
     since: Option<Instant>,
@@ -23,8 +24,8 @@ pub(crate) fn quiet_relay_text(
         Some(since) if !away && !*told => {
             *told = true;
             Some(format!(
-                "[latchkey: relay lost: {relay} silent for {} s; resuming on another relay if \
-                 it stays so…]",
+                "[latchkey: relay lost: {relay} silent for {} s; resuming the session if it \
+                 stays so…]",
                 since.elapsed().as_secs()
             ))
         }
@@ -61,6 +62,12 @@ fn wait_text(
     }
 }
 
+/// Whether the session waits now (the phase as last published, which the
+/// relay's silence is cleared after), whether or not its line was said.
+pub(crate) fn is_waiting(phase: &tokio::sync::watch::Receiver<Phase>) -> bool {
+    matches!(*phase.borrow(), Phase::Rebooting { .. } | Phase::Ended(_))
+}
+
 /// Tells standard error of every change in the session's path, as lines
 /// ended by "\r\n" (they stay lines under a terminal in raw mode, such as
 /// ssh's around `latchkey proxy`). Never returns: run it beside the
@@ -87,7 +94,7 @@ pub async fn report(remote: &Remote) -> Infallible {
                 quiet_open = changed.is_ok();
                 let since = *quiet.borrow_and_update();
                 let relay = crate::net::relay_text(remote.conn().remote_address());
-                quiet_relay_text(&relay, since, &mut told_quiet, away.is_some())
+                quiet_relay_text(&relay, since, &mut told_quiet, away.is_some() || is_waiting(&phase))
             }
         };
         if let Some(text) = text {

@@ -259,8 +259,17 @@ async fn a_shell_lives_through_a_relay_crash_and_says_so() -> Result<()> {
     keys.write_all(b"echo still-$KEPT\n")?;
     shell.expect_line("still-same-42")?;
     forward.expect_line("relay lost:")?;
-    forward.expect_line("its relay went away")?;
-    forward.expect_line("is back after")?;
+    let said = forward.lines_until("is back after")?;
+    assert!(
+        said.iter().any(|l| l.contains("its relay went away")),
+        "{said:?}"
+    );
+    // The relay never answered again: the resumed session is on a new
+    // connection, which the old one's silence ending does not mean.
+    assert!(
+        !said.iter().any(|l| l.contains("answers again")),
+        "{said:?}"
+    );
     assert!(latchkey_tests::fetch(local).await?.contains("hello"));
     keys.write_all(b"exit 3\n")?;
     assert_eq!(shell.wait_exit()?.code(), Some(3));

@@ -235,7 +235,6 @@ impl Follow {
             // relay went.
             let silent_since = self.heard.since().unwrap_or_else(Instant::now);
             self.heard.forget();
-            self.quiet_tx.send_replace(None);
             let t = match ticket.take() {
                 Some((t, until))
                     if now < until
@@ -255,6 +254,10 @@ impl Follow {
             // held for the resumed session's route, and new channels wait.
             self.hold_link(Link::Pending);
             self.publish();
+            // Only now, so that whoever watches sees the session waiting
+            // when the silence is cleared, and does not take the new
+            // connection's start for the relay answering again.
+            self.quiet_tx.send_replace(None);
             match self.resumed(&t).await {
                 Ok((s, f)) => (send, frames) = (s, f),
                 Err(why) => {
