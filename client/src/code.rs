@@ -21,9 +21,13 @@ pub const NEW_CODE_TRIES: usize = 3;
 /// Errors reading a code.
 #[derive(Debug, Error)]
 pub enum CodeError {
-    /// Reading failed.
-    #[error("cannot read the access code: {0}")]
+    /// Reading failed (the cause follows in the error's chain).
+    #[error("cannot read the access code")]
     Io(#[from] std::io::Error),
+    /// No code in the environment or on standard input, and no terminal
+    /// to ask on (a script, a service, ssh's ProxyCommand without one).
+    #[error("no terminal to ask for the access code on: set {CODE_ENV} or pass --code-stdin")]
+    NoTerminal,
     /// Every try at typing a new code failed.
     #[error("no access code set after {tries} tries (the last: {last}); nothing was changed")]
     NoNewCode {
@@ -51,7 +55,29 @@ fn source(from_stdin: bool, prompt: &str) -> Result<Zeroizing<String>, CodeError
     if let Ok(code) = std::env::var(CODE_ENV) {
         return Ok(Zeroizing::new(code));
     }
-    Ok(Zeroizing::new(rpassword::prompt_password(prompt)?))
+    rpassword::prompt_password(prompt)
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            if no_terminal(&e) {
+                CodeError::NoTerminal
+            } else {
+                e.into()
+            }
+        })
+}
+
+/// Whether a prompt failed for want of a terminal: the process has no
+/// controlling terminal to open (`/dev/tty`).
+fn no_terminal(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
 }
 
 /// Reads the code for a login.

@@ -18,7 +18,7 @@ use latchkey_protocol::{
     HandshakeError,
 };
 use tokio::time::timeout;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     forward::ForwardSpec,
@@ -124,7 +124,7 @@ impl Drop for Viewer {
 
 /// Starts `argv` (from [`viewer_command`]) and watches it: a viewer that
 /// fails (an opener with no handler for the URL exits non-zero) is
-/// warned about, and the forward goes on for a viewer of the user's.
+/// told on standard error, and the forward goes on for a viewer of the user's.
 pub fn open_viewer(argv: &[String], local: &DesktopUrl) -> std::io::Result<Viewer> {
     let Some((program, args)) = argv.split_first() else {
         return Err(std::io::ErrorKind::InvalidInput.into());
@@ -139,13 +139,15 @@ pub fn open_viewer(argv: &[String], local: &DesktopUrl) -> std::io::Result<Viewe
     let watch = tokio::spawn(async move {
         match child.wait().await {
             Ok(status) if status.success() => {}
-            Ok(status) => warn!(
+            // Said as the command's other lines are, on standard error:
+            // the user is reading the terminal, not a log.
+            Ok(status) => eprintln!(
                 "the viewer ({program}) failed ({status}): connect yours to {}, \
                  or name one in user.toml ([viewer] {})",
                 local.target,
                 local.protocol.scheme()
             ),
-            Err(e) => warn!("cannot wait for the viewer ({program}): {e}"),
+            Err(e) => eprintln!("cannot wait for the viewer ({program}): {e}"),
         }
     });
     Ok(Viewer { watch })

@@ -541,3 +541,28 @@ fn help_groups_admin_commands_and_keeps_resume_wait_off_host_commands() -> Resul
     }
     Ok(())
 }
+
+/// A command run where there is no code and no terminal (a script, a
+/// service) says how to give the code, once, rather than an OS error.
+#[test]
+fn without_a_code_or_a_terminal_the_client_says_how_to_give_one() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    // `setsid`: no controlling terminal to prompt on.
+    let mut cmd = latchkey_tests::process::prefixed(
+        &["setsid".into()],
+        w.alice.cmd().args(["exec", "mypc", "--", "true"]),
+    );
+    let out = cmd.stdin(std::process::Stdio::null()).output()?;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no terminal to ask for the access code on: set LATCHKEY_ACCESS_CODE or pass \
+             --code-stdin"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("os error"), "{stderr}");
+    Ok(())
+}
