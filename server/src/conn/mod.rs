@@ -35,12 +35,13 @@ use latchkey_protocol::close;
 use latchkey_protocol::quic as wire;
 
 /// Finishes a control stream whose last frame ends the connection (a
-/// refusal), and waits until the peer has it, at most 2 s: the connection
-/// closes when its handler returns, and would otherwise take the frame's
-/// retransmission with it, leaving the peer a bare "closed".
-pub(crate) async fn finish_delivered(send: &mut SendStream) {
+/// reply, a refusal), and lets the peer read it and close, for at most
+/// 2 s: the connection closes when its handler returns, and a peer whose
+/// connection is closed can no longer read what it had received, so it
+/// would be left a bare "closed".
+pub(crate) async fn finish_and_let_close(conn: &quinn::Connection, send: &mut SendStream) {
     let _ = send.finish();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
 }
 
 /// The connection's TLS exporter value: the Noise prologue binding.
@@ -160,13 +161,7 @@ pub(crate) async fn serve(
     }
     let result = match role {
         Ok(Role::Done) => {
-            // Let the reply reach the peer, then close.
-            let _ = send.finish();
-            let _ = timeout_at(
-                Instant::now() + std::time::Duration::from_secs(2),
-                conn.closed(),
-            )
-            .await;
+            finish_and_let_close(&conn, &mut send).await;
             Ok(())
         }
         Ok(Role::Host(host, key, desktop)) => {
@@ -176,11 +171,17 @@ pub(crate) async fn serve(
         }
         Ok(Role::HostAdmin(host, key)) => {
             let _open = shared.metrics.connection(ConnRole::HostAdmin);
-            Box::pin(crate::hosts::serve_admin(&shared, host, key, send, recv)).await
+            Box::pin(crate::hosts::serve_admin(
+                &shared, &conn, host, key, send, recv,
+            ))
+            .await
         }
         Ok(Role::User(user, key)) => {
             let _open = shared.metrics.connection(ConnRole::User);
-            Box::pin(crate::conn::user::serve(&shared, &user, key, send, recv)).await
+            Box::pin(crate::conn::user::serve(
+                &shared, &conn, &user, key, send, recv,
+            ))
+            .await
         }
         Ok(Role::Session(entry)) => {
             let _open = shared.metrics.connection(ConnRole::Session);

@@ -34,6 +34,7 @@ pub(crate) async fn host_list(
 /// must not list the hosts of whoever has the name next.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
+    conn: &quinn::Connection,
     user: &UserName,
     device: PublicKey,
     mut send: SendStream,
@@ -51,7 +52,7 @@ pub(crate) async fn serve(
         if blocking(move || store.user_key(&u)).await?? != Some(device) {
             let refusal = RelayToClient::Refused(Refusal::UnknownDevice);
             wire::write_frame(&mut send, &refusal).await?;
-            super::finish_delivered(&mut send).await;
+            super::finish_and_let_close(conn, &mut send).await;
             return Ok(());
         }
         let reply = match frame {

@@ -263,11 +263,9 @@ fn host_removed_text(host: &HostName, removal: &Removal) -> String {
             and_list(&removal.grants)
         ));
     }
-    if removal.invites_cancelled > 0 {
-        text.push_str(&format!(
-            " Unused invites cancelled: {}.",
-            removal.invites_cancelled
-        ));
+    if let Some(invites) = removal.invites_sentence() {
+        text.push(' ');
+        text.push_str(&invites);
     }
     text.push_str(" Its audit history stays.");
     text
@@ -374,11 +372,9 @@ fn user_removed_text(user: &UserName, removal: &Removal) -> String {
             and_list(&removal.grants)
         ));
     }
-    if removal.invites_cancelled > 0 {
-        text.push_str(&format!(
-            " Unused invites cancelled: {}.",
-            removal.invites_cancelled
-        ));
+    if let Some(invites) = removal.invites_sentence() {
+        text.push(' ');
+        text.push_str(&invites);
     }
     text.push_str(" Their audit history stays.");
     text

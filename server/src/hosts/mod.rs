@@ -65,8 +65,7 @@ pub(crate) async fn serve(
                  its owner and the admin were told"
             )));
             let _ = wire::write_frame(&mut send, &refusal).await;
-            let _ = send.finish();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+            crate::conn::finish_and_let_close(conn, &mut send).await;
             return Ok(());
         }
     };
@@ -134,7 +133,7 @@ pub(crate) async fn serve(
                     break Err(e.into());
                 }
                 if code_registration::is_final(&reply) {
-                    crate::conn::finish_delivered(&mut send).await;
+                    crate::conn::finish_and_let_close(conn, &mut send).await;
                     break Ok(());
                 }
             }
@@ -194,6 +193,7 @@ async fn resume(
 /// registrations only, without touching the agent's live link.
 pub(crate) async fn serve_admin(
     shared: &Arc<Shared>,
+    conn: &quinn::Connection,
     host: HostName,
     key: PublicKey,
     mut send: SendStream,
@@ -211,7 +211,7 @@ pub(crate) async fn serve_admin(
         let reply = register_code(shared, &host, &key, frame, &mut pending).await?;
         wire::write_frame(&mut send, &reply).await?;
         if code_registration::is_final(&reply) {
-            crate::conn::finish_delivered(&mut send).await;
+            crate::conn::finish_and_let_close(conn, &mut send).await;
             return Ok(());
         }
     }

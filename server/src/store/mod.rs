@@ -375,6 +375,15 @@ pub struct Removal {
     pub invites_cancelled: u64,
 }
 
+impl Removal {
+    /// The sentence the admin's report gives the cancelled invites, if
+    /// there were any.
+    pub fn invites_sentence(&self) -> Option<String> {
+        (self.invites_cancelled > 0)
+            .then(|| format!("Unused invites cancelled: {}.", self.invites_cancelled))
+    }
+}
+
 /// A grant as the admin sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct GrantRow {

@@ -40,12 +40,8 @@ pub(super) fn remove(cx: &mut Context<'_>, name: &HostName) -> Result<(), AdminE
                 removed.grants.join(", ")
             )?;
         }
-        if removed.invites_cancelled > 0 {
-            writeln!(
-                out,
-                "Unused invites cancelled: {}.",
-                removed.invites_cancelled
-            )?;
+        if let Some(invites) = removed.invites_sentence() {
+            writeln!(out, "{invites}")?;
         }
         writeln!(out, "Its audit history stays (admin audit --host {name}).")
     })

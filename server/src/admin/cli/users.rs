@@ -54,12 +54,8 @@ pub(super) fn remove(cx: &mut Context<'_>, name: &UserName) -> Result<(), AdminE
                 hosts.join(", ")
             )?,
         }
-        if removed.invites_cancelled > 0 {
-            writeln!(
-                out,
-                "Unused invites cancelled: {}.",
-                removed.invites_cancelled
-            )?;
+        if let Some(invites) = removed.invites_sentence() {
+            writeln!(out, "{invites}")?;
         }
         writeln!(out, "Their audit history stays (admin audit).")
     })

@@ -12,7 +12,7 @@ use super::{
     attempts::{lock_host, tally},
     audit::{by_admin, event, insert_audit},
     outbox::enqueue_for_owner,
-    rows::host_ids,
+    rows::{host_ids, shared_users},
 };
 use crate::{
     rules::lockout,
@@ -95,15 +95,7 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
          WHERE h.id = ?1",
         args![id],
     )?;
-    let grants = tx
-        .rows(
-            "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
-             WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
-            args![id],
-        )?
-        .iter()
-        .map(|g| g.text(0))
-        .collect::<Result<_, _>>()?;
+    let grants = shared_users(tx, id)?;
     Ok(HostStatus {
         name: r.text(0)?,
         owner: r.text(1)?,

@@ -7,7 +7,7 @@
 use super::{
     audit::{by_admin, insert_audit},
     outbox::{enqueue, enqueue_for_owner},
-    rows::{host_ids, user_id},
+    rows::{host_ids, shared_users, user_id},
 };
 use crate::store::{
     notice,
@@ -117,15 +117,7 @@ pub(super) fn remove_host(
     let owner = tx
         .row("SELECT name FROM users WHERE id = ?1", args![owner_id])?
         .text(0)?;
-    let shared: Vec<String> = tx
-        .rows(
-            "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
-             WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
-            args![id],
-        )?
-        .iter()
-        .map(|r| r.text(0))
-        .collect::<Result<_, _>>()?;
+    let shared = shared_users(tx, id)?;
     tx.exec("DELETE FROM grants WHERE host_id = ?1", args![id])?;
     tx.exec("DELETE FROM code_records WHERE host_id = ?1", args![id])?;
     tx.exec("DELETE FROM session_tickets WHERE host_id = ?1", args![id])?;

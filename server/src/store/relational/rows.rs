@@ -38,3 +38,15 @@ pub(super) fn host_ids(tx: &mut dyn Tx, host: &str) -> Result<(i64, i64), StoreE
         .ok_or_else(|| StoreError::NoSuchHost(host.into()))?;
     Ok((row.int(0)?, row.int(1)?))
 }
+
+/// The names of a host's shared (secondary) users, by name.
+pub(super) fn shared_users(tx: &mut dyn Tx, host_id: i64) -> Result<Vec<String>, StoreError> {
+    tx.rows(
+        "SELECT u.name FROM grants g JOIN users u ON u.id = g.user_id
+         WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
+        args![host_id],
+    )?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
+}
