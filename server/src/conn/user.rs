@@ -8,6 +8,7 @@ use latchkey_protocol::{
     ids::{PublicKey, UserName},
 };
 use quinn::{RecvStream, SendStream};
+use tracing::info;
 
 use crate::{
     error::{blocking, ConnError},
@@ -50,6 +51,7 @@ pub(crate) async fn serve(
         let Some(frame) = frame else { return Ok(()) };
         let (store, u) = (shared.store.clone(), user.clone());
         if blocking(move || store.user_key(&u)).await?? != Some(device) {
+            info!(%user, "request refused: the device is no longer the user's");
             let refusal = RelayToClient::Refused(Refusal::UnknownDevice);
             wire::write_frame(&mut send, &refusal).await?;
             super::finish_and_let_close(conn, &mut send).await;

@@ -1273,6 +1273,10 @@ pub(crate) fn a_removed_host_keeps_nothing_that_lets_it_in(store: &dyn Store) {
 
     let removed = store.remove_host(&host, &Actor::cli(), 3).expect("remove");
     assert_eq!(removed.grants, ["bob"]);
+    assert!(matches!(
+        store.set_code(&host, &HOST_KEY, &CodeTarget::Owner, &record, 3),
+        Err(StoreError::NotEnrolled(_))
+    ));
     let for_agent: Vec<_> = store
         .outbox(1000)
         .expect("outbox")

@@ -232,7 +232,12 @@ pub(super) fn set_code(
     record: &CodeRecord,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    let (host_id, owner_id) = host_ids(tx, host.as_str())?;
+    // A device whose host was removed is no longer enrolled either: it is
+    // told so, as one replaced by another device is.
+    let (host_id, owner_id) = host_ids(tx, host.as_str()).map_err(|e| match e {
+        StoreError::NoSuchHost(name) => StoreError::NotEnrolled(name),
+        e => e,
+    })?;
     let enrolled = tx.opt_row(
         "SELECT 1 FROM hosts WHERE id = ?1 AND device_key = ?2",
         args![host_id, &device.0[..]],
