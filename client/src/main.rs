@@ -46,6 +46,14 @@ struct Cli {
         value_name = "SECS"
     )]
     resume_wait: u64,
+    /// How long the session a command opens to a host stays after its last
+    /// command, as ssh's ControlPersist (seconds, or e.g. 30s, 10m, 2h;
+    /// default 10m). Commands to that host meanwhile (`exec`, `cp`,
+    /// `proxy`, `forward`, `desktop`, `connect`, `reboot`) reuse it, ask no
+    /// code and count no attempt; `latchkey disconnect HOST` ends it. 0
+    /// keeps none, and ends one kept before once this command is done.
+    #[arg(long, global = true, env = "LATCHKEY_PERSIST", value_name = "TIME", value_parser = user::reuse::parse_persist)]
+    persist: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -181,6 +189,23 @@ enum Command {
         dst: String,
         #[command(flatten)]
         code: LoginCode,
+    },
+    /// End the session kept for HOST (see --persist), and the commands
+    /// still using it.
+    Disconnect {
+        /// The host.
+        #[arg(add = ArgValueCandidates::new(cli::complete::hosts))]
+        host: HostName,
+    },
+    /// Hold HOST's session for the commands that follow (started by them,
+    /// in the background; the code comes on standard input).
+    #[command(hide = true)]
+    HoldSession {
+        /// The host.
+        host: HostName,
+        /// How long the session stays after its last command.
+        #[arg(long = "idle-limit", value_parser = user::reuse::parse_persist)]
+        idle_limit: std::time::Duration,
     },
     /// Reboot HOST and wait until it is back (needs shared access enabled
     /// on the host; the relay waits up to its reboot deadline, 10 minutes by default).
@@ -320,7 +345,12 @@ fn main() -> ExitCode {
     // A shell asking what to complete is answered, and the process ends.
     cli::complete::answer(Cli::command);
     let args = Cli::parse();
+    #[cfg(unix)]
+    if matches!(args.command, Command::HoldSession { .. }) {
+        user::reuse::close_inherited_fds();
+    }
     user::remote::set_resume_wait(std::time::Duration::from_secs(args.resume_wait));
+    cli::user::set_persist(args.persist);
     let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -417,6 +447,10 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
             code,
         } => cli::user::desktop(&home, &host, !no_viewer, port, code.code_stdin).await,
         Command::Reboot { host, code } => cli::user::reboot(&home, &host, code.code_stdin).await,
+        Command::Disconnect { host } => cli::user::disconnect(&home, &host).await,
+        Command::HoldSession { host, idle_limit } => {
+            cli::user::hold_session(&home, &host, idle_limit).await
+        }
         Command::Proxy { host, target } => cli::user::proxy(&home, &host, target.as_deref()).await,
         Command::SshConfig { write } => {
             cli::user::ssh_config(&home, explicit_home.as_deref(), write).await

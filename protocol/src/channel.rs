@@ -5,6 +5,13 @@
 //! speaks in frames and raw bytes where it moves data. A clean end is the
 //! stream's finish and a cut is its reset, which QUIC tells apart and which
 //! nobody between the two ends can forge.
+//!
+//! A channel may also reach its stream through the process that holds a
+//! reused session (`latchkey`'s session reuse): then its halves run over a
+//! local byte stream (a Unix socket) carrying [`Piece`]s, and that process
+//! copies them to and from the QUIC stream. The channel's users see no
+//! difference: a finish is a [`Piece::Finish`], and a cut is the local
+//! stream ending without one, which is what a process that dies leaves.
 
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
@@ -25,28 +32,121 @@ pub const PAD_TO: usize = 256;
 /// Largest chunk a read takes from quinn at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Largest data a [`Piece`] carries: its frame stays under
+/// [`MAX_FRAME_LEN`].
+const PIECE_DATA: usize = 32 * 1024;
+
+/// What a channel's local byte stream carries, each as one
+/// length-prefixed frame whose body is a tag byte and, for data, the
+/// bytes as they are (no encoding to pass them through):
+///
+/// ```text
+/// piece = len: u32 ‖ 0 ‖ data        (data: 1 to 32 KiB)
+///       | len: u32 ‖ 1               (finish)
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// The channel's next bytes.
+    Data(Bytes),
+    /// The clean end of this direction.
+    Finish,
+}
+
+const PIECE_DATA_TAG: u8 = 0;
+const PIECE_FINISH_TAG: u8 = 1;
+
+impl Piece {
+    /// The frame of a data piece.
+    fn data_frame(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(LEN_PREFIX + 1 + data.len());
+        // At most PIECE_DATA + 1: fits.
+        out.extend_from_slice(&((1 + data.len()) as u32).to_be_bytes());
+        out.push(PIECE_DATA_TAG);
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// The frame of a finish.
+    fn finish_frame() -> [u8; LEN_PREFIX + 1] {
+        let mut out = [0u8; LEN_PREFIX + 1];
+        out[..LEN_PREFIX].copy_from_slice(&1u32.to_be_bytes());
+        out[LEN_PREFIX] = PIECE_FINISH_TAG;
+        out
+    }
+
+    /// Reads a frame's body.
+    fn decode(mut body: Bytes) -> Result<Self, CodecError> {
+        match body.first().copied() {
+            Some(PIECE_DATA_TAG) => Ok(Self::Data(body.split_off(1))),
+            Some(PIECE_FINISH_TAG) if body.len() == 1 => Ok(Self::Finish),
+            _ => Err(CodecError::Malformed("not a channel piece".into())),
+        }
+    }
+}
+
+/// A local byte stream's writing half; dropping it must end the stream
+/// (tokio's Unix socket halves shut down their direction when dropped).
+pub type LocalWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+/// A local byte stream's reading half.
+pub type LocalRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Where a channel sends.
+enum Sender {
+    Quic(SendStream),
+    /// `None` once finished or cut: the stream was dropped, which ends it.
+    Local(Option<LocalWrite>),
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Quic(s) => s.fmt(f),
+            Self::Local(_) => f.write_str("Local"),
+        }
+    }
+}
+
 /// The sending half of a channel.
 #[derive(Debug)]
 pub struct ChannelSend {
-    inner: SendStream,
+    inner: Sender,
 }
 
 impl ChannelSend {
     /// The channel that sends on `inner`.
     pub fn new(inner: SendStream) -> Self {
-        Self { inner }
+        Self {
+            inner: Sender::Quic(inner),
+        }
+    }
+
+    /// The channel that sends on a local byte stream, as [`Piece`]s.
+    pub fn local(inner: LocalWrite) -> Self {
+        Self {
+            inner: Sender::Local(Some(inner)),
+        }
     }
 
     /// Sends `data` as it is.
     pub async fn write_all(&mut self, data: &[u8]) -> Result<(), WireError> {
-        self.inner.write_all(data).await?;
+        match &mut self.inner {
+            Sender::Quic(s) => s.write_all(data).await?,
+            Sender::Local(w) => {
+                use tokio::io::AsyncWriteExt;
+                let w = w.as_mut().ok_or(WireError::Closed)?;
+                for chunk in data.chunks(PIECE_DATA) {
+                    let piece = Piece::data_frame(chunk);
+                    w.write_all(&piece).await.map_err(|_| WireError::Closed)?;
+                }
+                w.flush().await.map_err(|_| WireError::Closed)?;
+            }
+        }
         Ok(())
     }
 
     /// Sends one frame.
     pub async fn write_frame<T: Serialize>(&mut self, frame: &T) -> Result<(), WireError> {
-        self.inner.write_all(&codec::frame_bytes(frame)?).await?;
-        Ok(())
+        self.write_all(&codec::frame_bytes(frame)?).await
     }
 
     /// Sends one frame padded to a multiple of [`PAD_TO`] bytes: for a
@@ -74,37 +174,117 @@ impl ChannelSend {
         out.extend_from_slice(&body_len.to_be_bytes());
         out.extend_from_slice(&body);
         out.resize(total, 0);
-        self.inner.write_all(&out).await?;
-        Ok(())
+        self.write_all(&out).await
     }
 
     /// Ends the channel cleanly: the peer reads its end after everything
-    /// sent. (Async only so that callers can treat it like the writes.)
+    /// sent.
     pub async fn finish(&mut self) -> Result<(), WireError> {
-        self.inner
-            .finish()
-            .map_err(|_| WireError::Write(quinn::WriteError::ClosedStream))
+        match &mut self.inner {
+            Sender::Quic(s) => s
+                .finish()
+                .map_err(|_| WireError::Write(quinn::WriteError::ClosedStream)),
+            Sender::Local(w) => {
+                use tokio::io::AsyncWriteExt;
+                let mut w = w.take().ok_or(WireError::Closed)?;
+                w.write_all(&Piece::finish_frame())
+                    .await
+                    .map_err(|_| WireError::Closed)?;
+                w.shutdown().await.map_err(|_| WireError::Closed)
+            }
+        }
     }
 
     /// Abandons the channel: the peer sees a cut, not an end.
     pub fn reset(&mut self, code: VarInt) {
-        let _ = self.inner.reset(code);
+        match &mut self.inner {
+            Sender::Quic(s) => {
+                let _ = s.reset(code);
+            }
+            // Ended without a finish: the far side reads a cut.
+            Sender::Local(w) => drop(w.take()),
+        }
     }
 
-    /// Resolves when the peer stops reading (it went away).
+    /// Resolves when the peer stops reading (it went away). A local
+    /// stream does not say so: its writes fail instead.
     pub fn stopped(
         &self,
     ) -> impl std::future::Future<Output = Result<Option<VarInt>, quinn::StoppedError>>
            + Send
            + Sync
            + 'static {
-        self.inner.stopped()
+        let stopped = match &self.inner {
+            Sender::Quic(s) => Some(s.stopped()),
+            Sender::Local(_) => None,
+        };
+        async move {
+            match stopped {
+                Some(stopped) => stopped.await,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// The stream's send priority (higher goes first): interactive channels
-    /// ahead of copies.
+    /// ahead of copies. The process holding a reused session sets it for a
+    /// local channel.
     pub fn set_priority(&self, priority: i32) {
-        let _ = self.inner.set_priority(priority);
+        if let Sender::Quic(s) = &self.inner {
+            let _ = s.set_priority(priority);
+        }
+    }
+}
+
+/// Where a channel reads from.
+enum Receiver {
+    Quic(RecvStream),
+    /// The local stream, and what arrived of the next [`Piece`].
+    Local(LocalRead, BytesMut),
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Quic(r) => r.fmt(f),
+            Self::Local(..) => f.write_str("Local"),
+        }
+    }
+}
+
+impl Receiver {
+    /// The next chunk of data, at most `max` bytes (from QUIC; a local
+    /// piece comes whole); `Ok(None)` at the clean end. Cancel-safe.
+    async fn chunk(&mut self, max: usize) -> Result<Option<Bytes>, WireError> {
+        match self {
+            Self::Quic(r) => match r.read_chunk(max, true).await {
+                Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
+                Ok(None) => Ok(None),
+                Err(quinn::ReadError::Reset(_)) => Err(WireError::Truncated),
+                Err(e) => Err(e.into()),
+            },
+            Self::Local(r, raw) => loop {
+                if let Some(prefix) = raw.first_chunk::<LEN_PREFIX>() {
+                    let len = codec::body_len(*prefix, MAX_FRAME_LEN)?;
+                    if raw.len() >= LEN_PREFIX + len {
+                        raw.advance(LEN_PREFIX);
+                        let body = raw.split_to(len).freeze();
+                        return match Piece::decode(body)? {
+                            Piece::Data(data) if !data.is_empty() => Ok(Some(data)),
+                            Piece::Data(_) => continue,
+                            Piece::Finish => Ok(None),
+                        };
+                    }
+                }
+                use tokio::io::AsyncReadExt;
+                match r.read_buf(raw).await {
+                    // Ended without a finish: the holder of the other end
+                    // cut the channel, or died.
+                    Ok(0) | Err(_) => return Err(WireError::Truncated),
+                    Ok(_) => {}
+                }
+            },
+        }
     }
 }
 
@@ -112,7 +292,7 @@ impl ChannelSend {
 /// stays buffered for the next one.
 #[derive(Debug)]
 pub struct ChannelRecv {
-    inner: RecvStream,
+    inner: Receiver,
     /// Arrived and not yet handed out; never more than one frame and one
     /// chunk.
     buf: BytesMut,
@@ -124,7 +304,16 @@ impl ChannelRecv {
     /// The channel that reads from `inner`.
     pub fn new(inner: RecvStream) -> Self {
         Self {
-            inner,
+            inner: Receiver::Quic(inner),
+            buf: BytesMut::new(),
+            ended: false,
+        }
+    }
+
+    /// The channel that reads [`Piece`]s from a local byte stream.
+    pub fn local(inner: LocalRead) -> Self {
+        Self {
+            inner: Receiver::Local(inner, BytesMut::new()),
             buf: BytesMut::new(),
             ended: false,
         }
@@ -135,17 +324,15 @@ impl ChannelRecv {
         if self.ended {
             return Ok(false);
         }
-        match self.inner.read_chunk(at_most.max(1), true).await {
-            Ok(Some(chunk)) => {
-                self.buf.extend_from_slice(&chunk.bytes);
+        match self.inner.chunk(at_most.max(1)).await? {
+            Some(chunk) => {
+                self.buf.extend_from_slice(&chunk);
                 Ok(true)
             }
-            Ok(None) => {
+            None => {
                 self.ended = true;
                 Ok(false)
             }
-            Err(quinn::ReadError::Reset(_)) => Err(WireError::Truncated),
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -167,14 +354,17 @@ impl ChannelRecv {
         if self.ended {
             return Ok(None);
         }
-        match self.inner.read_chunk(max.min(READ_CHUNK), true).await {
-            Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
-            Ok(None) => {
+        match self.inner.chunk(max.min(READ_CHUNK)).await? {
+            // A local piece may be longer than asked: the rest stays.
+            Some(mut chunk) if chunk.len() > max => {
+                self.buf.extend_from_slice(&chunk.split_off(max));
+                Ok(Some(chunk))
+            }
+            Some(chunk) => Ok(Some(chunk)),
+            None => {
                 self.ended = true;
                 Ok(None)
             }
-            Err(quinn::ReadError::Reset(_)) => Err(WireError::Truncated),
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -255,9 +445,32 @@ impl ChannelRecv {
         Ok(Some(codec::decode_body(&padded[..len])?))
     }
 
-    /// Tells the sender to stop (we will not read any more).
+    /// Resolves once the far end of a local channel has closed its stream
+    /// (what it sends after its finish is dropped): a process that holds a
+    /// channel open after finishing its side is still using it. Never for
+    /// a QUIC stream, whose peer says more with a reset or a stop.
+    pub async fn far_end_closed(&mut self) {
+        match &mut self.inner {
+            Receiver::Quic(_) => std::future::pending().await,
+            Receiver::Local(r, raw) => {
+                use tokio::io::AsyncReadExt;
+                loop {
+                    raw.clear();
+                    match r.read_buf(raw).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the sender to stop (we will not read any more). A local
+    /// stream's sender learns it when the whole local stream closes.
     pub fn stop(&mut self, code: VarInt) {
-        let _ = self.inner.stop(code);
+        if let Receiver::Quic(r) = &mut self.inner {
+            let _ = r.stop(code);
+        }
     }
 }
 
@@ -351,6 +564,98 @@ pub async fn splice_tcp(
     if cut {
         if let Ok(tcp) = tcp_read.reunite(tcp_write) {
             let _ = tcp.set_zero_linger();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two halves of one local channel direction.
+    fn local_pair() -> (ChannelSend, ChannelRecv) {
+        let (a, b) = tokio::io::duplex(8 * 1024);
+        let (_, write) = tokio::io::split(a);
+        let (read, _) = tokio::io::split(b);
+        (
+            ChannelSend::local(Box::new(write)),
+            ChannelRecv::local(Box::new(read)),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_local_channel_carries_frames_data_and_its_clean_end() {
+        let (mut send, mut recv) = local_pair();
+        let big = vec![7u8; 100_000];
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            send.write_frame_padded(&"request".to_string()).await?;
+            send.write_all(&sent).await?;
+            send.write_frame(&42u32).await?;
+            send.finish().await
+        });
+        let request: Option<String> = recv.read_frame_padded().await.expect("request");
+        assert_eq!(request.as_deref(), Some("request"));
+        let mut data = vec![0u8; big.len()];
+        recv.read_exact(&mut data).await.expect("data");
+        assert_eq!(data, big);
+        assert_eq!(recv.read_frame::<u32>().await.expect("frame"), Some(42));
+        assert_eq!(recv.recv().await.expect("end"), None);
+        writer.await.expect("joined").expect("written");
+    }
+
+    #[tokio::test]
+    async fn a_local_channel_dropped_without_finish_reads_as_a_cut() {
+        let (mut send, mut recv) = local_pair();
+        send.write_all(b"partial").await.expect("written");
+        send.reset(VarInt::from_u32(0));
+        assert_eq!(
+            recv.recv().await.expect("data").as_deref(),
+            Some(&b"partial"[..])
+        );
+        assert!(matches!(recv.recv().await, Err(WireError::Truncated)));
+        assert!(send.write_all(b"more").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_local_piece_longer_than_asked_is_handed_out_in_parts() {
+        let (mut send, mut recv) = local_pair();
+        let writer = tokio::spawn(async move {
+            send.write_all(b"0123456789").await?;
+            send.finish().await
+        });
+        let first = recv.recv_at_most(4).await.expect("first").expect("data");
+        assert_eq!(&first[..], b"0123");
+        let rest = recv.recv_at_most(100).await.expect("rest").expect("data");
+        assert_eq!(&rest[..], b"456789");
+        assert_eq!(recv.recv().await.expect("end"), None);
+        writer.await.expect("joined").expect("written");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_local_piece_is_refused_before_it_is_buffered() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, b) = tokio::io::duplex(1024);
+        let (read, _) = tokio::io::split(b);
+        let mut recv = ChannelRecv::local(Box::new(read));
+        a.write_all(&u32::MAX.to_be_bytes()).await.expect("written");
+        assert!(matches!(recv.recv().await, Err(WireError::Codec(_))));
+    }
+
+    #[tokio::test]
+    async fn a_local_piece_of_no_known_kind_is_refused() {
+        use tokio::io::AsyncWriteExt;
+        for body in [&[7u8][..], &[], &[1, 0]] {
+            let (mut a, b) = tokio::io::duplex(1024);
+            let (read, _) = tokio::io::split(b);
+            let mut recv = ChannelRecv::local(Box::new(read));
+            let len = u32::try_from(body.len()).expect("short");
+            a.write_all(&len.to_be_bytes()).await.expect("written");
+            a.write_all(body).await.expect("written");
+            assert!(
+                matches!(recv.recv().await, Err(WireError::Codec(_))),
+                "{body:?}"
+            );
         }
     }
 }

@@ -365,6 +365,12 @@ impl AccessCode {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    /// The code as typed, to hand to the process that logs in with it
+    /// (over a pipe); never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Debug for AccessCode {

@@ -28,6 +28,19 @@ impl Device {
         cmd.arg("--home").arg(&self.home);
         cmd.env("LATCHKEY_LOG", "info,quinn=warn");
         cmd.env_remove("LATCHKEY_ACCESS_CODE");
+        // Each command logs in on its own, as most tests count logins;
+        // the tests of kept sessions turn it on (`keeping_sessions`).
+        // Kept sessions' sockets live in the device's home.
+        cmd.env("LATCHKEY_PERSIST", "0");
+        cmd.env("XDG_RUNTIME_DIR", &self.home);
+        cmd
+    }
+
+    /// A `latchkey` command for this device whose sessions stay for the
+    /// commands that follow, `persist` long after the last.
+    pub fn keeping_sessions(&self, persist: &str) -> Command {
+        let mut cmd = self.cmd();
+        cmd.env("LATCHKEY_PERSIST", persist);
         cmd
     }
 

@@ -2,7 +2,7 @@
 //! pinned for hosts, and sessions on a host (shell, exec, forward, reboot,
 //! copy).
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use latchkey_client::{
     code,
@@ -16,24 +16,156 @@ use latchkey_protocol::ids::HostName;
 
 use super::signal::{interrupted, shutdown_signal};
 
-/// Logs in to `host` (asking for the code once) and waits for the pairing.
-/// A host that is not the user's is said to be so: before the prompt when
-/// a person types the code, after a refused login when a script gave it.
+/// `--persist`, when given.
+static PERSIST: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+
+/// Sets `--persist` for this process; the first call wins.
+pub(crate) fn set_persist(persist: Option<Duration>) {
+    let _ = PERSIST.set(persist);
+}
+
+#[cfg(unix)]
+fn persist_given() -> Option<Duration> {
+    PERSIST.get().copied().flatten()
+}
+
+/// The session to `host`: the one kept for it (see `--persist`) if one
+/// answers, else a new login (asking for the code once), kept for the
+/// commands that follow unless `--persist 0`. A host that is not the
+/// user's is said to be so: before the prompt when a person types the
+/// code, after a refused login when a script gave it.
 async fn open(home: &Home, host: &HostName, code_stdin: bool) -> anyhow::Result<Remote> {
+    #[cfg(unix)]
+    match user::reuse::reach(home, host).await {
+        Ok(Some(remote)) => {
+            // A script's code line is read all the same: what follows it
+            // is the command's input, and the code must not become part
+            // of it.
+            if code_stdin {
+                drop(code::for_login(true, host.as_str())?);
+            }
+            if let Some(persist) = persist_given() {
+                remote.set_persist(persist).await;
+            }
+            return Ok(remote);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
     let prompted = !code_stdin && std::env::var(code::CODE_ENV).is_err();
     if prompted {
         user::check_host_is_yours(home, host).await?;
     }
     let access = code::for_login(code_stdin, host.as_str())?;
+    let wrong_code = || async {
+        if !prompted {
+            user::check_host_is_yours(home, host).await?;
+        }
+        anyhow::Ok(())
+    };
+    #[cfg(unix)]
+    if let Some(remote) = open_held(home, host, &access).await {
+        return match remote {
+            Ok(remote) => Ok(remote),
+            Err((error, is_wrong_code)) => {
+                if is_wrong_code {
+                    wrong_code().await?;
+                }
+                Err(anyhow::anyhow!(error))
+            }
+        };
+    }
     match Remote::open(home, host, access).await {
         Ok(remote) => Ok(remote),
         Err(e @ UserError::Net(NetError::WrongCode(_))) => {
-            if !prompted {
-                user::check_host_is_yours(home, host).await?;
-            }
+            wrong_code().await?;
             Err(e.into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Starts a process that logs in and keeps the session for the commands
+/// that follow, and reaches it: `None` when the session is not to be kept
+/// or cannot be (the command then logs in itself), else the session or
+/// the login's failure (and whether the code was wrong).
+#[cfg(unix)]
+async fn open_held(
+    home: &Home,
+    host: &HostName,
+    access: &latchkey_protocol::ids::AccessCode,
+) -> Option<Result<Remote, (String, bool)>> {
+    use user::reuse::Started;
+    let persist = persist_given().unwrap_or(user::reuse::PERSIST);
+    if persist.is_zero() {
+        return None;
+    }
+    // A holder that another command is starting is waited for; if it
+    // fails (a wrong code), this command starts its own, a few times.
+    for _ in 0..3 {
+        let started = match user::reuse::start(home, host, access, persist).await {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::warn!("{e}; this command logs in on its own");
+                return None;
+            }
+        };
+        match started {
+            Started::Failed { error, wrong_code } => return Some(Err((error, wrong_code))),
+            Started::Ready => break,
+            Started::Busy => {
+                let place = user::reuse::Place::of(home, host).ok()?;
+                let until = tokio::time::Instant::now() + latchkey_client::net::STEP_TIMEOUT * 2;
+                loop {
+                    if let Ok(Some(remote)) = user::reuse::reach(home, host).await {
+                        return Some(Ok(remote));
+                    }
+                    if !user::reuse::holder_runs(&place) {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= until {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    user::reuse::reach(home, host).await.ok().flatten().map(Ok)
+}
+
+/// `latchkey disconnect HOST`.
+pub(crate) async fn disconnect(home: &Home, host: &HostName) -> anyhow::Result<ExitCode> {
+    #[cfg(unix)]
+    if user::reuse::disconnect(home, host).await? {
+        println!("disconnected from {host}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    #[cfg(not(unix))]
+    let _ = home;
+    println!("no session to {host} was kept");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey hold-session HOST`: started by a command, in the background.
+pub(crate) async fn hold_session(
+    home: &Home,
+    host: &HostName,
+    persist: Duration,
+) -> anyhow::Result<ExitCode> {
+    #[cfg(unix)]
+    {
+        user::reuse::hold(home, host, persist, |started| {
+            println!("{}", started.line());
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        })
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (home, host, persist);
+        anyhow::bail!("sessions are not kept on this platform")
     }
 }
 

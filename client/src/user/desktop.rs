@@ -40,7 +40,7 @@ pub async fn ask(remote: &Remote) -> Result<DesktopUrl, ChannelError> {
         Ok((send, recv, _)) => (send, recv),
         Err(e @ ChannelError::Refused(_)) => return Err(e),
         // The session itself is gone: that is the news.
-        Err(e) if remote.conn().close_reason().is_some() => return Err(e),
+        Err(e) if remote.relay_gone() => return Err(e),
         Err(e) => {
             debug!("desktop question: {e}");
             return Err(ChannelError::Refused(format!(

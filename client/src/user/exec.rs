@@ -45,7 +45,8 @@ pub async fn exec(remote: &Remote, argv: Vec<String>) -> Result<i32, ChannelErro
             Ok(Some(_)) => {}
             _ => {
                 let why = remote
-                    .end_reason()
+                    .ended_why()
+                    .await
                     .unwrap_or_else(|| "connection lost".into());
                 break Err(ChannelError::Refused(format!(
                     "the command's exit status was lost: {why}"

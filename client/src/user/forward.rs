@@ -77,7 +77,7 @@ pub async fn check(remote: &Remote, target: &str) -> Result<(), ChannelError> {
             remote.host
         ))),
         // The session itself is gone: nothing could be forwarded.
-        Err(e) if remote.conn().close_reason().is_some() => Err(e),
+        Err(e) if remote.relay_gone() => Err(e),
         // The session lives but the check got no answer: a relay or agent
         // from before the check (the relay resets a kind it cannot parse, an
         // agent closes the stream). Each connection is still checked by the

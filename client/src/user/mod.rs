@@ -8,6 +8,7 @@ pub mod exec;
 pub mod forward;
 pub mod proxy;
 pub mod remote;
+pub mod reuse;
 pub mod shell;
 pub mod ssh_config;
 pub mod status;

@@ -217,7 +217,7 @@ async fn shells(
                 }
                 Ok(()) = quiet.changed() => {
                     let since = *quiet.borrow_and_update();
-                    let relay = crate::net::relay_text(remote.conn().remote_address());
+                    let relay = remote.relay_text();
                     if let Some(text) = quiet_relay_text(&relay, since, &mut told_quiet, away.is_some() || is_waiting(&phase)) {
                         eprint!("\r\n{text}\r\n");
                     }

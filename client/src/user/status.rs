@@ -93,7 +93,7 @@ pub async fn report(remote: &Remote) -> Infallible {
             changed = quiet.changed(), if quiet_open => {
                 quiet_open = changed.is_ok();
                 let since = *quiet.borrow_and_update();
-                let relay = crate::net::relay_text(remote.conn().remote_address());
+                let relay = remote.relay_text();
                 quiet_relay_text(&relay, since, &mut told_quiet, away.is_some() || is_waiting(&phase))
             }
         };

@@ -27,7 +27,7 @@ async fn hostile_streams(
     for _ in 0..n / 50 {
         let mut batch = Vec::new();
         for _ in 0..50 {
-            let conn = remote.conn();
+            let conn = remote.relay_conn().context("a session of our own")?;
             batch.push(tokio::spawn(async move {
                 let (mut send, mut recv) = conn.open_bi().await?;
                 if send.write_all(&[0xFF; 4]).await.is_err() {

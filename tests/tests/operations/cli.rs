@@ -245,6 +245,8 @@ impl Terminal {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut cmd = CommandBuilder::new(bin("latchkey"));
         cmd.args(args);
+        // One login per command, as the test devices run.
+        cmd.env("LATCHKEY_PERSIST", "0");
         for (k, v) in env {
             cmd.env(k, v);
         }

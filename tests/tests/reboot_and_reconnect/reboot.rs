@@ -368,6 +368,8 @@ async fn reboot_status_lines_stay_in_place_on_the_screen() -> Result<()> {
     cmd.args(["--home", home, "connect", "mypc"]);
     cmd.env("LATCHKEY_ACCESS_CODE", OWNER_CODE);
     cmd.env("LATCHKEY_LOG", "warn");
+    cmd.env("LATCHKEY_PERSIST", "0");
+    cmd.env("XDG_RUNTIME_DIR", home);
     cmd.env("PS1", "$ ");
     let mut child = pty
         .slave
@@ -433,5 +435,47 @@ async fn reboot_status_lines_stay_in_place_on_the_screen() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// `reboot` on a kept session (`--persist`) asks no code, and the session
+/// it rebooted stays kept for the next command, with one login in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reboot_on_a_kept_session_leaves_it_kept_for_the_next_command() -> Result<()> {
+    let w = world(Vec::new())?;
+    let mut agent = w.start_agent()?;
+    let kept = || {
+        let mut cmd = w.alice.keeping_sessions("60s");
+        cmd.stdin(std::process::Stdio::null());
+        cmd
+    };
+    let out = kept()
+        .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+        .args(["exec", "mypc", "--", "true"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reboot = Proc::spawn_logged(
+        kept().args(["reboot", "mypc"]),
+        std::fs::File::create(w.dir.path().join("kept-reboot.log"))?,
+    )?;
+    let _agent = supervise(&w, &mut agent)?;
+    assert!(reboot.wait_exit()?.success());
+    let out = kept()
+        .args(["exec", "mypc", "--", "echo", "after"])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "after\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "login-ok"), 1, "{events:?}");
+    assert_eq!(count(&events, "reboot"), 1, "{events:?}");
+    w.alice.run(&["disconnect", "mypc"])?;
     Ok(())
 }

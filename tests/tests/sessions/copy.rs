@@ -303,6 +303,8 @@ async fn the_progress_bar_fits_an_80_column_terminal() -> Result<()> {
     ]);
     cmd.env("LATCHKEY_ACCESS_CODE", OWNER_CODE);
     cmd.env("LATCHKEY_LOG", "warn");
+    cmd.env("LATCHKEY_PERSIST", "0");
+    cmd.env("XDG_RUNTIME_DIR", &w.alice.home);
     let mut child = pty
         .slave
         .spawn_command(cmd)

@@ -1,7 +1,8 @@
 //! `latchkey exec` (SPEC X2, R5, B4): output, exit status and standard
 //! input; a missing program named, with the status a shell gives; the
-//! remote command ends when the client goes (SIGHUP, then SIGKILL); every
-//! command ends its session when it exits; an offline host is said so; a
+//! remote command ends when the client goes (SIGHUP, then SIGKILL); a
+//! command that keeps no session (`--persist 0`, as the test devices run)
+//! ends its session when it exits; an offline host is said so; a
 //! session's environment is only what docs/host.md lists.
 
 use std::{process::Command, time::Duration};
@@ -90,7 +91,7 @@ async fn a_missing_program_exits_127_and_is_named() -> Result<()> {
 }
 
 /// Whether a process is gone (a zombie counts as gone: it runs nothing).
-fn gone(pid: u32) -> bool {
+pub(crate) fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit(')')
@@ -101,7 +102,7 @@ fn gone(pid: u32) -> bool {
     }
 }
 
-fn agent_log(w: &World) -> String {
+pub(crate) fn agent_log(w: &World) -> String {
     std::fs::read_to_string(w.dir.path().join("mypc-agent.log")).unwrap_or_default()
 }
 

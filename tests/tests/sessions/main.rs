@@ -11,6 +11,7 @@ mod encryption;
 mod exec;
 mod forward;
 mod host_key;
+mod reuse;
 mod shell;
 mod ssh;
 

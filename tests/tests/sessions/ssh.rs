@@ -5,12 +5,13 @@
 use std::process::Command;
 
 use anyhow::Result;
-use latchkey_tests::{bin, sshd, World, OWNER_CODE};
+use latchkey_tests::{bin, count, sshd, World, OWNER_CODE};
 
 use crate::{path_str, text};
 
 /// An OpenSSH client command (`ssh`, `scp`, `sftp`) for `server`, reaching
-/// it through `latchkey proxy` as alice with the owner's code.
+/// it through `latchkey proxy` as alice with the owner's code, on the
+/// session the first one keeps (its socket in alice's home).
 fn openssh(program: &str, w: &World, server: &sshd::TestSshd) -> Result<Command> {
     let proxy = format!(
         "{} --home {} proxy mypc 127.0.0.1:{}",
@@ -19,7 +20,9 @@ fn openssh(program: &str, w: &World, server: &sshd::TestSshd) -> Result<Command>
         server.port
     );
     let mut cmd = Command::new(program);
-    cmd.env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+    cmd.env("LATCHKEY_PERSIST", "60s")
+        .env("XDG_RUNTIME_DIR", &w.alice.home)
+        .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
         .args(server.client_options())
         .args(["-o", &format!("ProxyCommand={proxy}")]);
     Ok(cmd)
@@ -67,7 +70,7 @@ async fn ssh_scp_rsync_and_sftp_reach_the_host_through_latchkey_proxy() -> Resul
         }
         let synced = dir.path().join("synced");
         let out = Command::new("rsync")
-            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+            .envs(ssh.get_envs().filter_map(|(k, v)| Some((k, v?))))
             .args(["-a", "-e", &e])
             .arg(format!("{at}:{}", path_str(&remote)?))
             .arg(&synced)
@@ -91,6 +94,10 @@ async fn ssh_scp_rsync_and_sftp_reach_the_host_through_latchkey_proxy() -> Resul
         "{}",
         text(&listed.stdout)
     );
+    // All of them on one kept session: one login.
+    let events = w.relay.audit_events("mypc")?;
+    assert_eq!(count(&events, "login-ok"), 1, "{events:?}");
+    w.alice.run(&["disconnect", "mypc"])?;
     Ok(())
 }
 

@@ -44,23 +44,38 @@ use crate::{
 pub use self::{
     error::ChannelError,
     host_link::{connect as connect_to_host, HostConnection},
-    resume::set_resume_wait,
+    resume::{resume_wait, set_resume_wait},
 };
 pub use latchkey_protocol::control::{Phase, Waiting};
 
-/// A paired session.
+/// A paired session: this process's own, or one that another process
+/// holds for reuse.
 pub struct Remote {
     /// The host.
     pub host: HostName,
-    /// The QUIC connection to the relay: another one once the session was
-    /// resumed on another relay.
-    link: watch::Receiver<net::RelayConn>,
     /// Since when the relay has been silent, once that is long enough to
     /// tell the user (before the connection gives the relay up); `None`
     /// while it is heard.
     pub quiet: watch::Receiver<Option<std::time::Instant>>,
     /// The session's phase, updated from the control stream.
     pub phase: tokio::sync::watch::Receiver<Phase>,
+    way: Way,
+}
+
+/// How this process reaches the session.
+enum Way {
+    /// It holds the session itself.
+    Own(Own),
+    /// Another process holds it ([`crate::user::reuse`]).
+    #[cfg(unix)]
+    Shared(crate::user::reuse::Shared),
+}
+
+/// A session this process holds.
+struct Own {
+    /// The QUIC connection to the relay: another one once the session was
+    /// resumed on another relay.
+    link: watch::Receiver<net::RelayConn>,
     /// The relay's refusals of control requests (e.g. a reboot).
     refusals: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
     control: tokio::sync::mpsc::Sender<ClientToRelay>,
@@ -214,13 +229,49 @@ impl Remote {
         }
         Ok(Self {
             host: host.clone(),
-            link,
             quiet,
             phase,
-            refusals: tokio::sync::Mutex::new(refusals),
-            control,
-            host_link,
+            way: Way::Own(Own {
+                link,
+                refusals: tokio::sync::Mutex::new(refusals),
+                control,
+                host_link,
+            }),
         })
+    }
+
+    /// A session another process holds, followed through `shared`.
+    #[cfg(unix)]
+    pub(crate) fn shared(
+        host: HostName,
+        shared: crate::user::reuse::Shared,
+        phase: watch::Receiver<Phase>,
+        quiet: watch::Receiver<Option<std::time::Instant>>,
+    ) -> Self {
+        Self {
+            host,
+            quiet,
+            phase,
+            way: Way::Shared(shared),
+        }
+    }
+
+    /// Sets how long the process holding this session keeps it after its
+    /// last command; a session of this process's own ends with it anyway.
+    pub async fn set_persist(&self, persist: std::time::Duration) {
+        #[cfg(unix)]
+        if let Way::Shared(shared) = &self.way {
+            if let Err(e) = shared.set_persist(persist).await {
+                tracing::warn!("{e}");
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = persist;
+    }
+
+    /// Whether another process holds this session.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self.way, Way::Own(_))
     }
 
     /// Opens a channel; returns its two halves and the size the host
@@ -230,8 +281,94 @@ impl Remote {
         &self,
         kind: ChannelKind,
     ) -> Result<(ChannelSend, ChannelRecv, Option<u64>), ChannelError> {
-        let host = self.host_conn().await?;
-        let (send, recv) = host.conn().open_bi().await?;
+        match &self.way {
+            Way::Own(own) => own.channel(&self.host, kind).await,
+            #[cfg(unix)]
+            Way::Shared(shared) => shared.channel(kind).await,
+        }
+    }
+
+    /// The connection to the relay, when this process holds the session
+    /// (tests speak to the relay on it directly).
+    pub fn relay_conn(&self) -> Option<quinn::Connection> {
+        match &self.way {
+            Way::Own(own) => Some(own.conn()),
+            #[cfg(unix)]
+            Way::Shared(_) => None,
+        }
+    }
+
+    /// The relay the session goes through, as the user knows it.
+    pub fn relay_text(&self) -> String {
+        match &self.way {
+            Way::Own(own) => net::relay_text(own.conn().remote_address()),
+            #[cfg(unix)]
+            Way::Shared(shared) => shared.relay_text(),
+        }
+    }
+
+    /// Whether the session's relay connection is gone for good (closed,
+    /// not resumed), or the process holding the session stopped.
+    pub fn relay_gone(&self) -> bool {
+        self.gone_reason().is_some()
+    }
+
+    fn gone_reason(&self) -> Option<String> {
+        match &self.way {
+            Way::Own(own) => own
+                .conn()
+                .close_reason()
+                .map(|e| format!("the connection to the relay was lost ({e})")),
+            #[cfg(unix)]
+            Way::Shared(shared) => shared.gone_reason(),
+        }
+    }
+
+    /// Ends the session and waits (briefly) until the relay has been told,
+    /// so the host sees the session end now rather than at a timeout. A
+    /// session another process holds stays: this process only leaves it.
+    pub async fn close(&self) {
+        match &self.way {
+            Way::Own(own) => own.close().await,
+            #[cfg(unix)]
+            Way::Shared(_) => {}
+        }
+    }
+
+    /// Asks the relay to reboot the host (SPEC R1). Returns once the host
+    /// is going down, or with the relay's refusal.
+    pub async fn request_reboot(&self) -> Result<(), ChannelError> {
+        match &self.way {
+            Way::Own(own) => own.request_reboot(&self.host, self.phase.clone()).await,
+            #[cfg(unix)]
+            Way::Shared(shared) => {
+                shared.request_reboot().await?;
+                let mut phase = self.phase.clone();
+                let going = async {
+                    phase
+                        .wait_for(|p| !matches!(p, Phase::Ready))
+                        .await
+                        .map(|p| p.clone())
+                };
+                match timeout(STEP_TIMEOUT, going).await {
+                    Ok(Ok(Phase::Ended(why))) => Err(ChannelError::said_by_peer(&why)),
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(_)) => Err(ChannelError::Refused("the session is over".into())),
+                    Err(_) => Err(ChannelError::Net(NetError::HostTimeout(self.host.clone()))),
+                }
+            }
+        }
+    }
+}
+
+impl Own {
+    async fn channel(
+        &self,
+        host: &HostName,
+        kind: ChannelKind,
+    ) -> Result<(ChannelSend, ChannelRecv, Option<u64>), ChannelError> {
+        let conn = self.host_conn(host).await?;
+        let (send, recv) = conn.conn().open_bi().await?;
         let (mut send, mut recv) = (ChannelSend::new(send), ChannelRecv::new(recv));
         // Keystrokes before bulk: quinn sends higher priorities first.
         send.set_priority(if kind.is_bulk() { 0 } else { 1 });
@@ -245,21 +382,21 @@ impl Remote {
         };
         let size = timeout(STEP_TIMEOUT, answer)
             .await
-            .map_err(|_| ChannelError::from(NetError::HostTimeout(self.host.clone())))??;
+            .map_err(|_| ChannelError::from(NetError::HostTimeout(host.clone())))??;
         Ok((send, recv, size))
     }
 
     /// The current connection to the relay.
-    pub fn conn(&self) -> quinn::Connection {
+    fn conn(&self) -> quinn::Connection {
         self.link.borrow().conn.clone()
     }
 
     /// The end-to-end connection to the host, once it is made.
-    async fn host_conn(&self) -> Result<Arc<HostConnection>, ChannelError> {
+    async fn host_conn(&self, host: &HostName) -> Result<Arc<HostConnection>, ChannelError> {
         let mut link = self.host_link.subscribe();
         let ready = timeout(STEP_TIMEOUT, link.wait_for(|k| !matches!(k, Link::Pending)))
             .await
-            .map_err(|_| NetError::HostTimeout(self.host.clone()))?
+            .map_err(|_| NetError::HostTimeout(host.clone()))?
             .map(|k| k.clone());
         match ready {
             Ok(Link::Ready(host)) => Ok(host),
@@ -268,15 +405,40 @@ impl Remote {
         }
     }
 
-    /// Ends the session and waits (briefly) until the relay has been told,
-    /// so the host sees the session end now rather than at a timeout.
-    pub async fn close(&self) {
+    async fn close(&self) {
         self.host_link
             .send_replace(Link::Failed("the session is over".into()));
         let link = self.link.borrow().clone();
         link.close(b"done").await;
     }
 
+    async fn request_reboot(
+        &self,
+        host: &HostName,
+        mut phase: watch::Receiver<Phase>,
+    ) -> Result<(), ChannelError> {
+        let mut refusals = self.refusals.lock().await;
+        while refusals.try_recv().is_ok() {}
+        self.control
+            .send(ClientToRelay::Reboot)
+            .await
+            .map_err(|_| ChannelError::Refused("the session is over".into()))?;
+        tokio::select! {
+            refusal = refusals.recv() => Err(match refusal {
+                Some(why) => ChannelError::said_by_peer(&why),
+                None => ChannelError::Refused("the session is over".into()),
+            }),
+            r = phase.wait_for(|p| !matches!(p, Phase::Ready)) => match r.map(|p| p.clone()) {
+                Ok(Phase::Ended(why)) => Err(ChannelError::said_by_peer(&why)),
+                Ok(_) => Ok(()),
+                Err(_) => Err(ChannelError::Refused("the session is over".into())),
+            },
+            _ = tokio::time::sleep(STEP_TIMEOUT) => Err(ChannelError::Net(NetError::HostTimeout(host.clone()))),
+        }
+    }
+}
+
+impl Remote {
     /// What the session waits for, for status lines: the host rebooting,
     /// the host gone offline (an agent restart, a blip), or a relay to
     /// resume on.
@@ -294,6 +456,16 @@ impl Remote {
         }
     }
 
+    /// Why the session ended, once the news reaches this process: a
+    /// channel breaks a moment before it (on a kept session, the holder
+    /// says why on another connection). `None` if 3 s bring none.
+    pub async fn ended_why(&self) -> Option<String> {
+        let mut phase = self.phase.clone();
+        let ended = phase.wait_for(|p| matches!(p, Phase::Ended(_)));
+        let _ = timeout(std::time::Duration::from_secs(3), ended).await;
+        self.end_reason()
+    }
+
     /// Why the session ended, if it has.
     pub fn end_reason(&self) -> Option<String> {
         match &*self.phase.borrow() {
@@ -308,36 +480,12 @@ impl Remote {
         if let Some(reason) = self.end_reason() {
             return reason;
         }
-        match self.conn().close_reason() {
-            Some(e) => format!("the connection to the relay was lost ({e})"),
+        match self.gone_reason() {
+            Some(why) => why,
             None => format!(
                 "the channel to '{}' broke while the relay still answers: the host's agent stopped or lost its link",
                 self.host
             ),
-        }
-    }
-
-    /// Asks the relay to reboot the host (SPEC R1). Returns once the host
-    /// is going down, or with the relay's refusal.
-    pub async fn request_reboot(&self) -> Result<(), ChannelError> {
-        let mut refusals = self.refusals.lock().await;
-        while refusals.try_recv().is_ok() {}
-        self.control
-            .send(ClientToRelay::Reboot)
-            .await
-            .map_err(|_| ChannelError::Refused("the session is over".into()))?;
-        let mut phase = self.phase.clone();
-        tokio::select! {
-            refusal = refusals.recv() => Err(match refusal {
-                Some(why) => ChannelError::said_by_peer(&why),
-                None => ChannelError::Refused("the session is over".into()),
-            }),
-            r = phase.wait_for(|p| !matches!(p, Phase::Ready)) => match r.map(|p| p.clone()) {
-                Ok(Phase::Ended(why)) => Err(ChannelError::said_by_peer(&why)),
-                Ok(_) => Ok(()),
-                Err(_) => Err(ChannelError::Refused("the session is over".into())),
-            },
-            _ = tokio::time::sleep(STEP_TIMEOUT) => Err(ChannelError::Net(NetError::HostTimeout(self.host.clone()))),
         }
     }
 

@@ -38,7 +38,8 @@ pub fn set_resume_wait(wait: Duration) {
     let _ = RESUME_WAIT_SET.set(wait);
 }
 
-fn resume_wait() -> Duration {
+/// How long sessions try to resume.
+pub fn resume_wait() -> Duration {
     RESUME_WAIT_SET.get().copied().unwrap_or(RESUME_WAIT)
 }
 

@@ -13,6 +13,7 @@ mod measure;
 mod netns;
 mod peer;
 mod rathole;
+mod reuse;
 mod routed;
 mod ssh;
 mod transfer;
@@ -31,6 +32,7 @@ const FIGURES: &[&str] = &[
     "storm",
     "cluster",
     "failover",
+    "reuse",
 ];
 
 async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
@@ -45,6 +47,7 @@ async fn run(figure: &str, sizes: &[usize]) -> Result<()> {
         "storm" => fleet::storm().await,
         "cluster" => cluster::logins().await,
         "failover" => cluster::failover().await,
+        "reuse" => tokio::task::spawn_blocking(reuse::exec).await?,
         other => anyhow::bail!("unknown figure {other}: use {} or all", FIGURES.join(", ")),
     }
 }

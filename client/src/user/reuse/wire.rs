@@ -1,0 +1,148 @@
+//! What a command and the holder of a session say over the holder's Unix
+//! socket: one [`Request`] per connection, then [`Reply`]s, each a
+//! length-prefixed frame read exactly (nothing past it), so that a
+//! channel's [`latchkey_protocol::channel::Piece`]s can follow on the same
+//! connection.
+
+use std::time::{Duration, Instant};
+
+use latchkey_protocol::{
+    codec::{self, LEN_PREFIX},
+    control::{Phase, Waiting},
+    limits::MAX_FRAME_LEN,
+    session::ChannelKind,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::ReuseError;
+
+/// What a connection to the holder is for.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Request {
+    /// Follow the session: [`Reply::Status`] now and at each change.
+    Follow,
+    /// Open a channel; once [`Reply::Accepted`], the connection carries it.
+    Channel(ChannelKind),
+    /// Reboot the host.
+    Reboot,
+    /// Keep the session this long after its last command.
+    Persist(Duration),
+    /// End the session now.
+    Stop,
+}
+
+/// The holder's answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Reply {
+    /// Where the session stands.
+    Status(Status),
+    /// The host opened the channel (with the size it announced).
+    Accepted(Option<u64>),
+    /// Refused, or failed, with why.
+    Refused(String),
+    /// Done as asked.
+    Done,
+}
+
+/// Where a held session stands, for a command's status lines.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct Status {
+    pub(super) phase: PhaseSaid,
+    /// How long the relay has been silent, once that is worth telling.
+    pub(super) quiet: Option<Duration>,
+    /// The relay, as the user knows it.
+    pub(super) relay: String,
+}
+
+/// [`Phase`], with its instants as times elapsed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) enum PhaseSaid {
+    Pairing,
+    Ready,
+    Rebooting {
+        waited: Duration,
+        deadline_secs: u64,
+        waiting: WaitingSaid,
+    },
+    Ended(String),
+}
+
+/// [`Waiting`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(super) enum WaitingSaid {
+    Reboot,
+    HostAway,
+    RelayLost,
+}
+
+impl PhaseSaid {
+    pub(super) fn of(phase: &Phase) -> Self {
+        match phase {
+            Phase::Pairing => Self::Pairing,
+            Phase::Ready => Self::Ready,
+            Phase::Rebooting {
+                since,
+                deadline_secs,
+                waiting,
+            } => Self::Rebooting {
+                waited: since.elapsed(),
+                deadline_secs: *deadline_secs,
+                waiting: match waiting {
+                    Waiting::Reboot => WaitingSaid::Reboot,
+                    Waiting::HostAway => WaitingSaid::HostAway,
+                    Waiting::RelayLost => WaitingSaid::RelayLost,
+                },
+            },
+            Phase::Ended(why) => Self::Ended(why.clone()),
+        }
+    }
+
+    pub(super) fn phase(&self, now: Instant) -> Phase {
+        match self {
+            Self::Pairing => Phase::Pairing,
+            Self::Ready => Phase::Ready,
+            Self::Rebooting {
+                waited,
+                deadline_secs,
+                waiting,
+            } => Phase::Rebooting {
+                since: now.checked_sub(*waited).unwrap_or(now),
+                deadline_secs: *deadline_secs,
+                waiting: match waiting {
+                    WaitingSaid::Reboot => Waiting::Reboot,
+                    WaitingSaid::HostAway => Waiting::HostAway,
+                    WaitingSaid::RelayLost => Waiting::RelayLost,
+                },
+            },
+            Self::Ended(why) => Phase::Ended(why.clone()),
+        }
+    }
+}
+
+/// Sends one message.
+pub(super) async fn send<T: Serialize>(
+    to: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+) -> Result<(), ReuseError> {
+    to.write_all(&codec::frame_bytes(message)?).await?;
+    to.flush().await?;
+    Ok(())
+}
+
+/// Reads one message, exactly (nothing past it is taken); `Ok(None)` when
+/// the connection ends before one.
+pub(super) async fn read<T: DeserializeOwned + Serialize>(
+    from: &mut (impl AsyncRead + Unpin),
+) -> Result<Option<T>, ReuseError> {
+    let mut prefix = [0u8; LEN_PREFIX];
+    match from.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = codec::body_len(prefix, MAX_FRAME_LEN)?;
+    let mut body = vec![0u8; len];
+    from.read_exact(&mut body).await?;
+    Ok(Some(codec::decode_body(&body)?))
+}

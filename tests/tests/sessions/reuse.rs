@@ -1,0 +1,313 @@
+//! Kept sessions, as ssh's ControlPersist: the first command to a host
+//! leaves a process of the user's holding the session; the next commands
+//! reach it over a private Unix socket, ask no code, log in no more,
+//! carry data both ways with the remote command's status; `disconnect`,
+//! `--persist 0`, the persist time and a revoke end it, and a command
+//! interrupted while using it hangs up its remote command.
+
+use std::{
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use latchkey_tests::{count, Device, Proc, World, OWNER_CODE};
+
+use crate::{
+    exec::{agent_log, gone},
+    path_str, text, within,
+};
+
+/// The kept session's socket on `device`, if one is bound.
+fn socket(device: &Device) -> Option<PathBuf> {
+    std::fs::read_dir(device.home.join("latchkey"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "sock"))
+}
+
+fn logins(w: &World) -> Result<usize> {
+    Ok(count(&w.relay.audit_events("mypc")?, "login-ok"))
+}
+
+fn exec(cmd: &mut Command, argv: &[&str]) -> Result<std::process::Output> {
+    Ok(cmd
+        .args(["exec", "mypc", "--"])
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn later_commands_reuse_the_kept_session_without_the_code() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let kept = || w.alice.keeping_sessions("30s");
+    // The first command logs in, and returns while the session stays:
+    // the holder keeps none of its descriptors (`.output()` waits for all
+    // of the pipe's holders; a test harness's or `$(…)`'s descriptor 3
+    // too).
+    let started = std::time::Instant::now();
+    let mut first = kept();
+    first.env("LATCHKEY_ACCESS_CODE", OWNER_CODE);
+    let mut through_sh = Command::new("sh");
+    through_sh
+        .args(["-c", "exec 3>&1; exec \"$0\" \"$@\""])
+        .arg(first.get_program())
+        .args(first.get_args())
+        .envs(first.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(["exec", "mypc", "--", "echo", "one"]);
+    let out = through_sh.stdin(Stdio::null()).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the first command's output stayed open for {:?}",
+        started.elapsed()
+    );
+    let sock = socket(&w.alice).context("no kept session")?;
+    let mode = |p: &std::path::Path| -> Result<u32> {
+        Ok(std::fs::symlink_metadata(p)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(sock.parent().context("dir")?)?, 0o700);
+    assert_eq!(mode(&sock)?, 0o600);
+    assert_eq!(logins(&w)?, 1);
+
+    // No code now: standard input, both outputs and the exit status.
+    let mut child = kept()
+        .args([
+            "exec",
+            "mypc",
+            "--",
+            "sh",
+            "-c",
+            "wc -c; echo err >&2; exit 7",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(&[b'x'; 300_000])?;
+    let out = child.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "300000");
+    assert!(text(&out.stderr).contains("err"), "{}", text(&out.stderr));
+
+    // A copy each way, with a code line on standard input that is read
+    // and not used.
+    let here = w.dir.path().join("kept-up.bin");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&here, &data)?;
+    let there = w.dir.path().join("kept-there.bin");
+    let up = kept()
+        .args(["cp", "--code-stdin", path_str(&here)?])
+        .arg(format!("mypc:{}", path_str(&there)?))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let up = {
+        let mut up = up;
+        up.stdin
+            .take()
+            .context("stdin")?
+            .write_all(b"not the code\n")?;
+        up.wait_with_output()?
+    };
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    assert_eq!(std::fs::read(&there)?, data);
+    let back = w.dir.path().join("kept-back.bin");
+    let down = kept()
+        .arg("cp")
+        .arg(format!("mypc:{}", path_str(&there)?))
+        .arg(&back)
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert_eq!(std::fs::read(&back)?, data);
+
+    // Many commands, one login, no attempt counted.
+    for i in 0..5 {
+        let out = exec(&mut kept(), &["echo", &i.to_string()])?;
+        assert_eq!(text(&out.stdout), format!("{i}\n"));
+    }
+    assert_eq!(logins(&w)?, 1);
+    let status = w.relay.status("mypc")?;
+    assert_eq!(status["failures"], 0, "{status}");
+
+    // `disconnect` ends it: the next command logs in again.
+    let said = w.alice.run(&["disconnect", "mypc"])?;
+    assert!(said.contains("disconnected from mypc"), "{said}");
+    within(Duration::from_secs(5), "the kept session ending", || {
+        socket(&w.alice).is_none()
+    })?;
+    let said = w.alice.run(&["disconnect", "mypc"])?;
+    assert!(said.contains("no session to mypc was kept"), "{said}");
+    let out = exec(
+        kept().env("LATCHKEY_ACCESS_CODE", "wrong code 1"),
+        &["true"],
+    )?;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("wrong"), "{}", text(&out.stderr));
+    assert!(socket(&w.alice).is_none(), "a failed login keeps nothing");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_session_ends_after_its_persist_time_with_persist_0_and_with_a_revoke() -> Result<()>
+{
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    // Idle for its persist time.
+    let out = exec(
+        w.bob
+            .keeping_sessions("2s")
+            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE),
+        &["true"],
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(socket(&w.bob).is_some());
+    within(Duration::from_secs(8), "the idle session ending", || {
+        socket(&w.bob).is_none()
+    })?;
+    // `--persist 0` on a command that reuses it: ends once it is done.
+    let kept = || w.bob.keeping_sessions("30s");
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    assert!(socket(&w.bob).is_some());
+    let out = exec(kept().args(["--persist", "0"]), &["echo", "last"])?;
+    assert_eq!(text(&out.stdout), "last\n", "{}", text(&out.stderr));
+    within(
+        Duration::from_secs(5),
+        "the session ending after --persist 0",
+        || socket(&w.bob).is_none(),
+    )?;
+    // A revoke ends it, and a command using it.
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    let sleeping = Proc::spawn_logged(
+        kept().args([
+            "exec",
+            "mypc",
+            "--",
+            "sh",
+            "-c",
+            "echo pid $$; exec sleep 30",
+        ]),
+        std::fs::File::create(w.dir.path().join("kept-sleep.log"))?,
+    )?;
+    let line = sleeping.expect_line("pid ")?;
+    let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+    w.relay.admin(&["revoke", "mypc", "bob"])?;
+    let mut sleeping = sleeping;
+    let status = sleeping.wait_exit()?;
+    assert_eq!(status.code(), Some(255));
+    within(
+        Duration::from_secs(5),
+        "the revoked session's holder ending",
+        || socket(&w.bob).is_none(),
+    )?;
+    within(Duration::from_secs(5), "the remote command ending", || {
+        gone(pid)
+    })
+    .with_context(|| agent_log(&w))?;
+    let out = exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(socket(&w.bob).is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupting_a_command_on_a_kept_session_hangs_up_its_remote_command() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let kept = || w.alice.keeping_sessions("30s");
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    for kill in [false, true] {
+        let mut client = Proc::spawn_logged(
+            kept().args([
+                "exec",
+                "mypc",
+                "--",
+                "sh",
+                "-c",
+                "echo pid $$; exec sleep 30",
+            ]),
+            std::fs::File::create(w.dir.path().join("kept-int.log"))?,
+        )?;
+        let line = client.expect_line("pid ")?;
+        let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+        if kill {
+            client.kill9();
+        } else {
+            assert_eq!(client.terminate()?.code(), Some(143));
+        }
+        let took = within(Duration::from_secs(5), "the remote command ending", || {
+            gone(pid)
+        })
+        .with_context(|| agent_log(&w))?;
+        println!("kill -9 {kill}: remote command gone after {took:?}");
+    }
+    // The session stays for the next command.
+    let out = exec(&mut kept(), &["echo", "still"])?;
+    assert_eq!(text(&out.stdout), "still\n", "{}", text(&out.stderr));
+    w.alice.run(&["disconnect", "mypc"])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_proxy_and_a_shell_run_on_the_kept_session() -> Result<()> {
+    let w = World::new()?;
+    let target = latchkey_tests::hello_target().await?.to_string();
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let _agent = w.start_agent()?;
+    let kept = || w.alice.keeping_sessions("30s");
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    // A forward, several connections through it.
+    let forward = Proc::spawn_logged(
+        kept().args(["forward", "mypc", &format!("0:{target}")]),
+        std::fs::File::create(w.dir.path().join("kept-forward.log"))?,
+    )?;
+    let local = latchkey_tests::world::forward_address(&forward)?;
+    for _ in 0..3 {
+        let got = latchkey_tests::fetch(local.clone()).await?;
+        assert_eq!(got, "hello from the host side\n");
+    }
+    drop(forward);
+    // ssh's ProxyCommand: standard input and output joined to the target.
+    let out = kept()
+        .args(["proxy", "mypc", &target])
+        .stdin(Stdio::null())
+        .output()?;
+    assert_eq!(
+        text(&out.stdout),
+        "hello from the host side\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // An interactive shell, with its exit status.
+    let (mut shell, mut keys) = Proc::spawn_interactive(kept().args(["connect", "mypc"]))?;
+    keys.write_all(b"echo kept-$((40+2))\n")?;
+    shell.expect_line("kept-42")?;
+    keys.write_all(b"exit 3\n")?;
+    assert_eq!(shell.wait_exit()?.code(), Some(3));
+    assert_eq!(logins(&w)?, 1);
+    // `disconnect` ends a shell on it, which says so.
+    let (mut shell, mut keys) = Proc::spawn_interactive_merged(kept().args(["connect", "mypc"]))?;
+    keys.write_all(b"echo open-$((1+1))\n")?;
+    shell.expect_line("open-2")?;
+    w.alice.run(&["disconnect", "mypc"])?;
+    let said = shell.lines_until("disconnect")?;
+    assert!(
+        said.iter()
+            .any(|l| l.contains("kept for 'mypc' ended: disconnected")),
+        "{said:?}"
+    );
+    assert_eq!(shell.wait_exit()?.code(), Some(255));
+    Ok(())
+}
