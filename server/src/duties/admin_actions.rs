@@ -1,8 +1,9 @@
 //! Admin actions made anywhere (this relay's console, another relay, the
 //! admin CLI) reach this relay's live sessions through the store's feed of
 //! audit rows: a revoke ends the user's sessions on the host within a tick
-//! (SPEC S4, M4), whatever the mail server does; a device enrolled again
-//! loses what its old key holds here, and a removed one all it holds.
+//! (SPEC S4, M4), whatever the mail server does; a lock ends every session
+//! on the host (X4); a device enrolled again loses what its old key holds
+//! here, and a removed one all it holds.
 
 use std::{sync::Arc, time::Duration};
 
@@ -67,6 +68,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Ok(events) => {
                 for event in &events {
                     end_revoked_sessions(&shared, event);
+                    end_locked_sessions(&shared, event);
                     if event.is(AuditEvent::Enrolled) {
                         end_replaced_device(&shared, event).await;
                     }
@@ -96,6 +98,26 @@ fn end_revoked_sessions(shared: &Shared, event: &AuditRow) {
         );
         if ended > 0 {
             info!(%host, %user, sessions = ended, "revoked: live sessions ended");
+        }
+    }
+}
+
+/// A lock, at any relay of the store, ends every live session on the host
+/// (SPEC X4): a locked host is locked for the sessions that were already
+/// in, kept ones included, not only for new logins.
+fn end_locked_sessions(shared: &Shared, event: &AuditRow) {
+    if !event.is(AuditEvent::HostLocked) {
+        return;
+    }
+    if let Some(host) = &event.host {
+        let ended = shared.sessions.end_on_host(
+            host,
+            &format!(
+                "'{host}' was locked after failed access-code attempts; an admin must unlock it"
+            ),
+        );
+        if ended > 0 {
+            info!(%host, sessions = ended, "locked: live sessions ended");
         }
     }
 }

@@ -311,3 +311,46 @@ async fn forward_proxy_and_a_shell_run_on_the_kept_session() -> Result<()> {
     assert_eq!(shell.wait_exit()?.code(), Some(255));
     Ok(())
 }
+
+/// A lock ends every live session on the host (SPEC X4): alice's kept one
+/// and the command running on it, and bob's own, each told why; the next
+/// command is refused as locked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_ends_kept_and_own_sessions_on_the_host() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let kept = || w.alice.keeping_sessions("60s");
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    let on_kept = Proc::spawn_logged(
+        kept().args([
+            "exec",
+            "mypc",
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 30",
+        ]),
+        std::fs::File::create(w.dir.path().join("locked-kept.log"))?,
+    )?;
+    on_kept.expect_line("started")?;
+    let own = w.bob_sleeping_on_mypc(30)?;
+    w.bob_locks_mypc_for(&[]).await?;
+    for mut proc in [on_kept, own] {
+        assert_eq!(proc.wait_exit()?.code(), Some(255));
+    }
+    let said = std::fs::read_to_string(w.dir.path().join("locked-kept.log"))?;
+    assert!(said.contains("locked"), "{said}");
+    within(
+        Duration::from_secs(5),
+        "the kept session's holder ending",
+        || socket(&w.alice).is_none(),
+    )?;
+    let out = exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("locked"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
