@@ -354,3 +354,46 @@ async fn a_lock_ends_kept_and_own_sessions_on_the_host() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two first commands at once, the earlier with a wrong code and a slow
+/// login: the one with the right code waits for the other's holder while
+/// it logs in, and starts its own once that one fails, at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_command_whose_login_fails_does_not_hold_up_another() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let relay = w.relay.proc.as_ref().context("relay")?.pid().to_string();
+    let kept = |code: &str, word: &str, log: &str| -> Result<Proc> {
+        Proc::spawn_logged(
+            w.alice
+                .keeping_sessions("30s")
+                .env("LATCHKEY_ACCESS_CODE", code)
+                .args(["exec", "mypc", "--", "echo", word]),
+            std::fs::File::create(w.dir.path().join(log))?,
+        )
+    };
+    // The relay stopped: the first login takes as long as it stays so.
+    anyhow::ensure!(Command::new("kill")
+        .args(["-STOP", &relay])
+        .status()?
+        .success());
+    let mut wrong = kept("wrong code 1", "wrong", "first-wrong.log")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let right = kept(OWNER_CODE, "right", "first-right.log")?;
+    // Longer than a new holder waits for the lock: the right one is told
+    // another holder is starting.
+    std::thread::sleep(Duration::from_secs(2));
+    anyhow::ensure!(Command::new("kill")
+        .args(["-CONT", &relay])
+        .status()?
+        .success());
+    let resumed = std::time::Instant::now();
+    assert_eq!(wrong.wait_exit()?.code(), Some(255));
+    right.expect_line("right")?;
+    let took = resumed.elapsed();
+    println!("the right command ran {took:?} after the relay went on");
+    assert!(took < Duration::from_secs(10), "held up for {took:?}");
+    assert!(socket(&w.alice).is_some());
+    w.alice.run(&["disconnect", "mypc"])?;
+    Ok(())
+}

@@ -301,24 +301,29 @@ async fn follow(
     let (mut from, mut to) = conn.into_split();
     let mut phase = remote.phase.clone();
     let mut quiet = remote.quiet.clone();
+    let (mut phase_open, mut quiet_open) = (true, true);
     let mut gone = [0u8; 1];
     loop {
         let last = ending.borrow_and_update().clone();
+        let now = match &last {
+            Some(why) => PhaseSaid::Ended(why.clone()),
+            None => PhaseSaid::of(&phase.borrow_and_update()),
+        };
+        let over = matches!(now, PhaseSaid::Ended(_));
         let status = Status {
-            phase: match &last {
-                Some(why) => PhaseSaid::Ended(why.clone()),
-                None => PhaseSaid::of(&phase.borrow_and_update()),
-            },
+            phase: now,
             quiet: quiet.borrow_and_update().map(|since| since.elapsed()),
             relay: remote.relay_text(),
         };
         wire::send(&mut to, &Reply::Status(status)).await?;
-        if last.is_some() {
+        // An end is the last word; a session whose phase can no longer
+        // change has said its last too.
+        if over || !phase_open {
             return Ok(());
         }
         tokio::select! {
-            changed = phase.changed() => if changed.is_err() { return Ok(()) },
-            changed = quiet.changed() => if changed.is_err() { return Ok(()) },
+            changed = phase.changed() => phase_open = changed.is_ok(),
+            changed = quiet.changed(), if quiet_open => quiet_open = changed.is_ok(),
             _ = ending.changed() => {}
             // A command says nothing more: any read is its end.
             _ = tokio::io::AsyncReadExt::read(&mut from, &mut gone) => return Ok(()),
