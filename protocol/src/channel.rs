@@ -32,16 +32,16 @@ pub const PAD_TO: usize = 256;
 /// Largest chunk a read takes from quinn at once.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Largest data a [`Piece`] carries: its frame stays under
-/// [`MAX_FRAME_LEN`].
-const PIECE_DATA: usize = 32 * 1024;
+/// Largest data a [`Piece`] carries: with its tag, a frame of
+/// [`MAX_FRAME_LEN`], so a QUIC read of up to 64 KiB goes in one or two.
+const PIECE_DATA: usize = MAX_FRAME_LEN - 1;
 
 /// What a channel's local byte stream carries, each as one
 /// length-prefixed frame whose body is a tag byte and, for data, the
 /// bytes as they are (no encoding to pass them through):
 ///
 /// ```text
-/// piece = len: u32 ‖ 0 ‖ data        (data: 1 to 32 KiB)
+/// piece = len: u32 ‖ 0 ‖ data        (data: 1 B to 64 KiB - 1)
 ///       | len: u32 ‖ 1               (finish)
 /// ```
 #[derive(Debug, PartialEq, Eq)]
