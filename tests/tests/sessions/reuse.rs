@@ -33,6 +33,25 @@ fn logins(w: &World) -> Result<usize> {
     Ok(count(&w.relay.audit_events("mypc")?, "login-ok"))
 }
 
+/// Starts `cmd exec mypc -- sleep 30` (its log in `log`); returns it and
+/// the remote command's pid, once it runs.
+fn sleeping_on(cmd: &mut Command, w: &World, log: &str) -> Result<(Proc, u32)> {
+    let proc = Proc::spawn_logged(
+        cmd.args([
+            "exec",
+            "mypc",
+            "--",
+            "sh",
+            "-c",
+            "echo pid $$; exec sleep 30",
+        ]),
+        std::fs::File::create(w.dir.path().join(log))?,
+    )?;
+    let line = proc.expect_line("pid ")?;
+    let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+    Ok((proc, pid))
+}
+
 fn exec(cmd: &mut Command, argv: &[&str]) -> Result<std::process::Output> {
     Ok(cmd
         .args(["exec", "mypc", "--"])
@@ -190,21 +209,8 @@ async fn a_kept_session_ends_after_its_persist_time_with_persist_0_and_with_a_re
     )?;
     // A revoke ends it, and a command using it.
     exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
-    let sleeping = Proc::spawn_logged(
-        kept().args([
-            "exec",
-            "mypc",
-            "--",
-            "sh",
-            "-c",
-            "echo pid $$; exec sleep 30",
-        ]),
-        std::fs::File::create(w.dir.path().join("kept-sleep.log"))?,
-    )?;
-    let line = sleeping.expect_line("pid ")?;
-    let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+    let (mut sleeping, pid) = sleeping_on(&mut kept(), &w, "kept-sleep.log")?;
     w.relay.admin(&["revoke", "mypc", "bob"])?;
-    let mut sleeping = sleeping;
     let status = sleeping.wait_exit()?;
     assert_eq!(status.code(), Some(255));
     within(
@@ -229,19 +235,7 @@ async fn interrupting_a_command_on_a_kept_session_hangs_up_its_remote_command() 
     let kept = || w.alice.keeping_sessions("30s");
     exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
     for kill in [false, true] {
-        let mut client = Proc::spawn_logged(
-            kept().args([
-                "exec",
-                "mypc",
-                "--",
-                "sh",
-                "-c",
-                "echo pid $$; exec sleep 30",
-            ]),
-            std::fs::File::create(w.dir.path().join("kept-int.log"))?,
-        )?;
-        let line = client.expect_line("pid ")?;
-        let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+        let (mut client, pid) = sleeping_on(&mut kept(), &w, "kept-int.log")?;
         if kill {
             client.kill9();
         } else {
@@ -321,18 +315,7 @@ async fn a_lock_ends_kept_and_own_sessions_on_the_host() -> Result<()> {
     let _agent = w.start_agent()?;
     let kept = || w.alice.keeping_sessions("60s");
     exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
-    let on_kept = Proc::spawn_logged(
-        kept().args([
-            "exec",
-            "mypc",
-            "--",
-            "sh",
-            "-c",
-            "echo started; exec sleep 30",
-        ]),
-        std::fs::File::create(w.dir.path().join("locked-kept.log"))?,
-    )?;
-    on_kept.expect_line("started")?;
+    let (on_kept, _) = sleeping_on(&mut kept(), &w, "locked-kept.log")?;
     let own = w.bob_sleeping_on_mypc(30)?;
     w.bob_locks_mypc_for(&[]).await?;
     for mut proc in [on_kept, own] {

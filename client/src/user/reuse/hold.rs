@@ -331,6 +331,38 @@ async fn follow(
     }
 }
 
+/// How one direction of a carried channel ended.
+#[derive(PartialEq, Eq)]
+enum Pumped {
+    /// Its sender finished it, and the finish was passed on.
+    Finished,
+    /// Its sender cut it, and the cut was passed on.
+    Cut,
+    /// The receiving side no longer takes it.
+    Unread,
+}
+
+/// Copies one direction of a channel until it ends, passing the end on.
+async fn pump(from: &mut ChannelRecv, to: &mut ChannelSend) -> Pumped {
+    loop {
+        match from.recv().await {
+            Ok(Some(data)) => {
+                if to.write_all(&data).await.is_err() {
+                    return Pumped::Unread;
+                }
+            }
+            Ok(None) => {
+                let _ = to.finish().await;
+                return Pumped::Finished;
+            }
+            Err(_) => {
+                to.reset(quinn::VarInt::from_u32(0));
+                return Pumped::Cut;
+            }
+        }
+    }
+}
+
 /// Carries a channel between a command's connection and the host, both
 /// ways, until the command closes its connection: a command keeps it
 /// open while it uses the channel, even after finishing its side, so its
@@ -341,44 +373,14 @@ async fn carry(conn: UnixStream, mut to_host: ChannelSend, mut from_host: Channe
     let mut from_cmd = ChannelRecv::local(Box::new(read));
     let mut to_cmd = ChannelSend::local(Box::new(write));
     let up = async {
-        loop {
-            match from_cmd.recv().await {
-                Ok(Some(data)) => {
-                    // The host stopped reading: the rest is not for it.
-                    if to_host.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    let _ = to_host.finish().await;
-                    break;
-                }
-                Err(_) => {
-                    to_host.reset(quinn::VarInt::from_u32(0));
-                    return;
-                }
-            }
+        if pump(&mut from_cmd, &mut to_host).await == Pumped::Cut {
+            return;
         }
         from_cmd.far_end_closed().await;
     };
     let down = async {
-        loop {
-            match from_host.recv().await {
-                Ok(Some(data)) => {
-                    if to_cmd.write_all(&data).await.is_err() {
-                        from_host.stop(quinn::VarInt::from_u32(0));
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    let _ = to_cmd.finish().await;
-                    break;
-                }
-                Err(_) => {
-                    to_cmd.reset(quinn::VarInt::from_u32(0));
-                    break;
-                }
-            }
+        if pump(&mut from_host, &mut to_cmd).await == Pumped::Unread {
+            from_host.stop(quinn::VarInt::from_u32(0));
         }
         std::future::pending::<()>().await;
     };
