@@ -1023,7 +1023,7 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
         resume([9; 32], &alice, 4, 30),
         Err("the resume ticket expired")
     );
-    // Locked: spent and refused.
+    // Locked.
     assert!(b
         .issue_session_ticket(&second, [10; 32], &host, &alice, &record.id, 100, 40)
         .expect("issue"));
@@ -1037,8 +1037,16 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
         b.settle_attempt(id, Proof::NotProven, "wrong", &SessionId([20 + n; 16]), 41)
             .expect("settle");
     }
-    assert_eq!(resume([10; 32], &alice, 5, 42), Err("the host is locked"));
+    // The lock spent the host's tickets, none is issued while it holds,
+    // and after an unlock one from before the lock resumes nothing.
+    assert!(!b
+        .issue_session_ticket(&second, [14; 32], &host, &alice, &record.id, 100, 42)
+        .expect("issue"));
     b.unlock(&host, &Actor::cli(), 43).expect("unlock");
+    assert_eq!(
+        resume([10; 32], &alice, 5, 43),
+        Err("the resume ticket is unknown or was used")
+    );
     // The code replaced: the session's record is not the grant's any more.
     assert!(b
         .issue_session_ticket(&second, [11; 32], &host, &alice, &record.id, 100, 44)

@@ -265,7 +265,8 @@ pub(super) fn fail_pending(
     Ok(pending.len())
 }
 
-/// Locks a host, with its audit row and notices, in the caller's transaction.
+/// Locks a host, with its audit row and notices, in the caller's
+/// transaction; the host's resume tickets are spent.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn lock_host(
     tx: &mut dyn Tx,
@@ -280,6 +281,12 @@ pub(super) fn lock_host(
     tx.exec(
         "UPDATE hosts SET locked_at = ?1 WHERE id = ?2",
         args![now, host_id],
+    )?;
+    // A lock ends every session on the host (SPEC X4), those waiting to
+    // resume too: their tickets go with it, and an unlock revives none.
+    tx.exec(
+        "DELETE FROM session_tickets WHERE host_id = ?1",
+        args![host_id],
     )?;
     let e = Event {
         source,

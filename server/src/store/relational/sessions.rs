@@ -123,7 +123,7 @@ pub(super) fn end_open(tx: &mut dyn Tx, now: UnixTime) -> Result<usize, StoreErr
 }
 
 /// Gives `session` a new resume ticket while its grant still has
-/// `record`; forgets expired tickets.
+/// `record` and the host is not locked; forgets expired tickets.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn issue_ticket(
     tx: &mut dyn Tx,
@@ -145,7 +145,7 @@ pub(super) fn issue_ticket(
              (session, digest, host_id, user_id, record_id, generation, expires_at)
          SELECT ?1, ?2, g.host_id, g.user_id, g.record_id, g.generation, ?3
          FROM grants g JOIN hosts h ON h.id = g.host_id JOIN users u ON u.id = g.user_id
-         WHERE h.name = ?4 AND u.name = ?5 AND g.record_id = ?6",
+         WHERE h.name = ?4 AND u.name = ?5 AND g.record_id = ?6 AND h.locked_at IS NULL",
         args![
             &id,
             &digest[..],
