@@ -100,6 +100,9 @@ async fn open_held(
     if persist.is_zero() {
         return None;
     }
+    // Where no socket can be (said once already, by `reach`), no holder
+    // is started.
+    let place = user::reuse::Place::of(home, host).ok()?;
     // A holder that another command is starting is waited for; if it
     // fails (a wrong code), this command starts its own, a few times.
     for _ in 0..3 {
@@ -114,7 +117,6 @@ async fn open_held(
             Started::Failed { error, wrong_code } => return Some(Err((error, wrong_code))),
             Started::Ready => break,
             Started::Busy => {
-                let place = user::reuse::Place::of(home, host).ok()?;
                 let until = tokio::time::Instant::now() + latchkey_client::net::STEP_TIMEOUT * 2;
                 loop {
                     if let Ok(Some(remote)) = user::reuse::reach(home, host).await {
@@ -122,6 +124,15 @@ async fn open_held(
                     }
                     if !user::reuse::holder_runs(&place) {
                         break;
+                    }
+                    // Serving (its socket bound) and not answering: stopped
+                    // or hung. This command does not wait for it.
+                    if place.socket.exists() {
+                        tracing::warn!(
+                            "the process keeping the session to '{host}' does not answer; \
+                             this command logs in on its own"
+                        );
+                        return None;
                     }
                     if tokio::time::Instant::now() >= until {
                         return None;

@@ -380,3 +380,45 @@ async fn a_first_command_whose_login_fails_does_not_hold_up_another() -> Result<
     w.alice.run(&["disconnect", "mypc"])?;
     Ok(())
 }
+
+/// The pid of the process keeping `device`'s session to mypc.
+fn holder_pid(device: &Device) -> Option<u32> {
+    let home = device.home.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.contains("hold-session") && cmdline.contains(&home)).then_some(pid)
+    })
+}
+
+/// A holder that stopped answering (here: stopped with SIGSTOP) does not
+/// hold up the next command, which logs in on its own within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_that_does_not_answer_is_passed_by() -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let kept = || w.alice.keeping_sessions("30s");
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    let pid = holder_pid(&w.alice).context("no holder")?.to_string();
+    anyhow::ensure!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?
+        .success());
+    let started = std::time::Instant::now();
+    let out = exec(
+        kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE),
+        &["echo", "passed"],
+    );
+    let took = started.elapsed();
+    anyhow::ensure!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()?
+        .success());
+    let out = out?;
+    assert_eq!(text(&out.stdout), "passed\n", "{}", text(&out.stderr));
+    println!("a command passed a stopped holder in {took:?}");
+    assert!(took < Duration::from_secs(12), "held up for {took:?}");
+    w.alice.run(&["disconnect", "mypc"])?;
+    Ok(())
+}

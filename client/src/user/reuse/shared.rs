@@ -65,8 +65,13 @@ pub async fn reach(home: &Home, host: &HostName) -> Result<Option<Remote>, Reuse
     let (gone_tx, gone) = watch::channel(None);
     let stopped = format!("the process holding the session to '{host}' stopped");
     let follower = tokio::spawn(async move {
+        let mut stopped = stopped;
         while let Ok(Some(Reply::Status(status))) = wire::read::<Reply>(&mut conn).await {
             let now = Instant::now();
+            // The holder's last word is why it stops.
+            if let wire::PhaseSaid::Ended(why) = &status.phase {
+                stopped.clone_from(why);
+            }
             phase_tx.send_replace(status.phase.phase(now));
             quiet_tx.send_replace(status.quiet.map(|q| now - q));
             relay_tx.send_replace(status.relay);
