@@ -6,11 +6,13 @@
 //! This file holds [`Remote`], the session the commands use; `host_link.rs`
 //! makes the end-to-end connection and publishes it, `resume.rs` follows
 //! the session's control stream and resumes the session on another relay
-//! when its relay goes away, and `error.rs` says why a channel did not
-//! open.
+//! when its relay goes away, `kept/` reaches a session another process
+//! keeps (`user::reuse`), and `error.rs` says why a channel did not open.
 
 mod error;
 mod host_link;
+#[cfg(unix)]
+pub(crate) mod kept;
 mod resume;
 
 use std::{sync::Arc, time::Instant};
@@ -66,9 +68,9 @@ pub struct Remote {
 enum Way {
     /// It holds the session itself.
     Own(Own),
-    /// Another process holds it ([`crate::user::reuse`]).
+    /// Another process holds it ([`kept`]).
     #[cfg(unix)]
-    Shared(crate::user::reuse::Shared),
+    Shared(kept::Shared),
 }
 
 /// A session this process holds.
@@ -244,7 +246,7 @@ impl Remote {
     #[cfg(unix)]
     pub(crate) fn shared(
         host: HostName,
-        shared: crate::user::reuse::Shared,
+        shared: kept::Shared,
         phase: watch::Receiver<Phase>,
         quiet: watch::Receiver<Option<std::time::Instant>>,
     ) -> Self {

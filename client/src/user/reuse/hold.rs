@@ -19,11 +19,10 @@ use tokio::{
     time::timeout,
 };
 
-use super::{
-    place::Place,
-    start::Started,
+use super::start::Started;
+use crate::user::remote::kept::{
     wire::{self, PhaseSaid, Reply, Request, Status},
-    ReuseError,
+    Place, ReuseError,
 };
 use crate::{
     code,

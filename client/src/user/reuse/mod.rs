@@ -1,12 +1,14 @@
 //! Session reuse, as OpenSSH's ControlMaster and ControlPersist: the first
 //! command to a host starts a process of the user's own (one per home and
-//! host, [`hold`]) that logs in and keeps the verified session; later
-//! commands reach it over a Unix socket ([`Shared`]) and ask no code. Each
+//! host, [`hold`], started by [`start`]) that logs in and keeps the
+//! verified session; later commands reach it over a Unix socket
+//! (`user::remote::kept`, where the socket's place and wire live) and ask
+//! no code. Each
 //! of their channels is a connection to that socket, which the holder
 //! copies to and from a stream of the session's end-to-end connection
 //! ([`latchkey_protocol::channel`]). A reused session is no login, so it
 //! counts nothing towards a lockout; whatever ends the session (a revoke, a
-//! lock, a new code, the relay) ends the holder, and the next command logs
+//! lock, the relay) ends the holder, and the next command logs
 //! in again.
 //!
 //! The socket is the session: whoever can connect to it can use the
@@ -17,51 +19,21 @@
 #[cfg(unix)]
 mod hold;
 #[cfg(unix)]
-mod place;
-#[cfg(unix)]
-mod shared;
-#[cfg(unix)]
 mod start;
-#[cfg(unix)]
-mod wire;
 
 use std::time::Duration;
 
 #[cfg(unix)]
 pub use self::{
     hold::{close_inherited_fds, hold, holder_runs},
-    place::Place,
-    shared::{disconnect, reach, Shared},
     start::{start, Started},
 };
+#[cfg(unix)]
+pub use crate::user::remote::kept::{disconnect, reach, Place, ReuseError};
 
 /// How long a held session stays after its last command, unless said
 /// otherwise (`--persist`).
 pub const PERSIST: Duration = Duration::from_secs(600);
-
-/// Errors of session reuse. None of them stops a command: it logs in on
-/// its own instead.
-#[derive(Debug, thiserror::Error)]
-pub enum ReuseError {
-    /// The directory for the socket is not private to this user, or not
-    /// usable for a socket.
-    #[error("{path}: {why}; sessions are not kept until it is fixed")]
-    UnsafeDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// The socket, the lock or the holder process.
-    #[error("session reuse: {0}")]
-    Io(#[from] std::io::Error),
-    /// A message that does not decode.
-    #[error("session reuse: {0}")]
-    Codec(#[from] latchkey_protocol::CodecError),
-    /// The holder went away or said something out of turn.
-    #[error("session reuse: {0}")]
-    Holder(String),
-}
 
 /// Reads `--persist`: seconds, or a span such as `30s`, `10m`, `2h`.
 pub fn parse_persist(text: &str) -> Result<Duration, String> {

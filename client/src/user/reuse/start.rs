@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use zeroize::Zeroizing;
 
-use super::ReuseError;
+use crate::user::remote::kept::ReuseError;
 use crate::{code::CODE_ENV, config::Home, user::remote::resume_wait};
 
 /// How long a holder may take to log in and say so: longer than any login

@@ -1,6 +1,11 @@
-//! A command's side of a held session: [`reach`] finds the holder and
-//! follows its status into the [`Remote`] the command uses; [`Shared`]
-//! opens channels through it.
+//! A command's side of a session another process keeps for it (see
+//! `user::reuse`, which keeps it): [`reach`] finds the holder and follows
+//! its status into the [`Remote`] the command uses; [`Shared`] opens
+//! channels through it. `wire.rs` is what command and holder say over the
+//! holder's socket, `place.rs` where that socket lives.
+
+mod place;
+pub(crate) mod wire;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -12,23 +17,44 @@ use latchkey_protocol::{
 };
 use tokio::{net::UnixStream, sync::watch, time::timeout};
 
-use super::{
-    place::Place,
-    wire::{self, Reply, Request},
-    ReuseError,
-};
+pub use self::place::Place;
+use self::wire::{Reply, Request};
 use crate::{
     config::Home,
     net::STEP_TIMEOUT,
     user::remote::{ChannelError, Remote},
 };
 
+/// Errors of session reuse. None of them stops a command: it logs in on
+/// its own instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ReuseError {
+    /// The directory for the socket is not private to this user, or not
+    /// usable for a socket.
+    #[error("{path}: {why}; sessions are not kept until it is fixed")]
+    UnsafeDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The socket, the lock or the holder process.
+    #[error("session reuse: {0}")]
+    Io(#[from] std::io::Error),
+    /// A message that does not decode.
+    #[error("session reuse: {0}")]
+    Codec(#[from] latchkey_protocol::CodecError),
+    /// The holder went away or said something out of turn.
+    #[error("session reuse: {0}")]
+    Holder(String),
+}
+
 /// How long a holder has to answer a command's first question: it is
 /// local, so only a holder that hangs takes longer.
 const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A session another process holds.
-pub struct Shared {
+pub(crate) struct Shared {
     socket: PathBuf,
     host: HostName,
     relay: watch::Receiver<String>,

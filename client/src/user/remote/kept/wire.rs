@@ -19,7 +19,7 @@ use super::ReuseError;
 
 /// What a connection to the holder is for.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Request {
+pub(crate) enum Request {
     /// Follow the session: [`Reply::Status`] now and at each change.
     Follow,
     /// Open a channel; once [`Reply::Accepted`], the connection carries it.
@@ -34,7 +34,7 @@ pub(super) enum Request {
 
 /// The holder's answers.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Reply {
+pub(crate) enum Reply {
     /// Where the session stands.
     Status(Status),
     /// The host opened the channel (with the size it announced).
@@ -47,17 +47,17 @@ pub(super) enum Reply {
 
 /// Where a held session stands, for a command's status lines.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) struct Status {
-    pub(super) phase: PhaseSaid,
+pub(crate) struct Status {
+    pub(crate) phase: PhaseSaid,
     /// How long the relay has been silent, once that is worth telling.
-    pub(super) quiet: Option<Duration>,
+    pub(crate) quiet: Option<Duration>,
     /// The relay, as the user knows it.
-    pub(super) relay: String,
+    pub(crate) relay: String,
 }
 
 /// [`Phase`], with its instants as times elapsed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) enum PhaseSaid {
+pub(crate) enum PhaseSaid {
     Pairing,
     Ready,
     Rebooting {
@@ -70,14 +70,14 @@ pub(super) enum PhaseSaid {
 
 /// [`Waiting`].
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub(super) enum WaitingSaid {
+pub(crate) enum WaitingSaid {
     Reboot,
     HostAway,
     RelayLost,
 }
 
 impl PhaseSaid {
-    pub(super) fn of(phase: &Phase) -> Self {
+    pub(crate) fn of(phase: &Phase) -> Self {
         match phase {
             Phase::Pairing => Self::Pairing,
             Phase::Ready => Self::Ready,
@@ -98,7 +98,7 @@ impl PhaseSaid {
         }
     }
 
-    pub(super) fn phase(&self, now: Instant) -> Phase {
+    pub(crate) fn phase(&self, now: Instant) -> Phase {
         match self {
             Self::Pairing => Phase::Pairing,
             Self::Ready => Phase::Ready,
@@ -121,7 +121,7 @@ impl PhaseSaid {
 }
 
 /// Sends one message.
-pub(super) async fn send<T: Serialize>(
+pub(crate) async fn send<T: Serialize>(
     to: &mut (impl AsyncWrite + Unpin),
     message: &T,
 ) -> Result<(), ReuseError> {
@@ -132,7 +132,7 @@ pub(super) async fn send<T: Serialize>(
 
 /// Reads one message, exactly (nothing past it is taken); `Ok(None)` when
 /// the connection ends before one.
-pub(super) async fn read<T: DeserializeOwned + Serialize>(
+pub(crate) async fn read<T: DeserializeOwned + Serialize>(
     from: &mut (impl AsyncRead + Unpin),
 ) -> Result<Option<T>, ReuseError> {
     let mut prefix = [0u8; LEN_PREFIX];
