@@ -154,7 +154,8 @@ enum Command {
     /// Join standard input and output to TARGET:PORT as seen from HOST
     /// (default: the host's own SSH server, 127.0.0.1:22), like `ssh -W`:
     /// ssh's ProxyCommand (`latchkey ssh-config` writes the blocks). The
-    /// code is asked on the terminal (or taken from LATCHKEY_ACCESS_CODE).
+    /// code is asked on the terminal (or taken from LATCHKEY_ACCESS_CODE),
+    /// unless a session to HOST is kept (see --persist).
     /// Exits 255 when Latchkey fails, as ssh does.
     Proxy {
         /// The host.

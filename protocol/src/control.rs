@@ -255,7 +255,7 @@ pub enum Phase {
 }
 
 /// Why a session waits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Waiting {
     /// The host reboots.
     Reboot,

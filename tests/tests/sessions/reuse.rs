@@ -29,6 +29,12 @@ fn socket(device: &Device) -> Option<PathBuf> {
         .find(|p| p.extension().is_some_and(|x| x == "sock"))
 }
 
+/// Waits up to `secs` for `device`'s kept session to be gone (its socket
+/// removed), failing with `what`.
+fn holder_gone(device: &Device, what: &str, secs: u64) -> Result<Duration> {
+    within(Duration::from_secs(secs), what, || socket(device).is_none())
+}
+
 fn logins(w: &World) -> Result<usize> {
     Ok(count(&w.relay.audit_events("mypc")?, "login-ok"))
 }
@@ -164,9 +170,7 @@ async fn later_commands_reuse_the_kept_session_without_the_code() -> Result<()> 
     // `disconnect` ends it: the next command logs in again.
     let said = w.alice.run(&["disconnect", "mypc"])?;
     assert!(said.contains("disconnected from mypc"), "{said}");
-    within(Duration::from_secs(5), "the kept session ending", || {
-        socket(&w.alice).is_none()
-    })?;
+    holder_gone(&w.alice, "the kept session ending", 5)?;
     let said = w.alice.run(&["disconnect", "mypc"])?;
     assert!(said.contains("no session to mypc was kept"), "{said}");
     let out = exec(
@@ -193,31 +197,21 @@ async fn a_kept_session_ends_after_its_persist_time_with_persist_0_and_with_a_re
     )?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(socket(&w.bob).is_some());
-    within(Duration::from_secs(8), "the idle session ending", || {
-        socket(&w.bob).is_none()
-    })?;
+    holder_gone(&w.bob, "the idle session ending", 8)?;
     // `--persist 0` on a command that reuses it: ends once it is done.
     let kept = || w.bob.keeping_sessions("30s");
     exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
     assert!(socket(&w.bob).is_some());
     let out = exec(kept().args(["--persist", "0"]), &["echo", "last"])?;
     assert_eq!(text(&out.stdout), "last\n", "{}", text(&out.stderr));
-    within(
-        Duration::from_secs(5),
-        "the session ending after --persist 0",
-        || socket(&w.bob).is_none(),
-    )?;
+    holder_gone(&w.bob, "the session ending after --persist 0", 5)?;
     // A revoke ends it, and a command using it.
     exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
     let (mut sleeping, pid) = sleeping_on(&mut kept(), &w, "kept-sleep.log")?;
     w.relay.admin(&["revoke", "mypc", "bob"])?;
     let status = sleeping.wait_exit()?;
     assert_eq!(status.code(), Some(255));
-    within(
-        Duration::from_secs(5),
-        "the revoked session's holder ending",
-        || socket(&w.bob).is_none(),
-    )?;
+    holder_gone(&w.bob, "the revoked session's holder ending", 5)?;
     within(Duration::from_secs(5), "the remote command ending", || {
         gone(pid)
     })
@@ -323,11 +317,7 @@ async fn a_lock_ends_kept_and_own_sessions_on_the_host() -> Result<()> {
     }
     let said = std::fs::read_to_string(w.dir.path().join("locked-kept.log"))?;
     assert!(said.contains("locked"), "{said}");
-    within(
-        Duration::from_secs(5),
-        "the kept session's holder ending",
-        || socket(&w.alice).is_none(),
-    )?;
+    holder_gone(&w.alice, "the kept session's holder ending", 5)?;
     let out = exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
     assert_eq!(out.status.code(), Some(255));
     assert!(

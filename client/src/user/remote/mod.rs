@@ -345,21 +345,29 @@ impl Remote {
             #[cfg(unix)]
             Way::Shared(shared) => {
                 shared.request_reboot().await?;
-                let mut phase = self.phase.clone();
-                let going = async {
-                    phase
-                        .wait_for(|p| !matches!(p, Phase::Ready))
-                        .await
-                        .map(|p| p.clone())
-                };
-                match timeout(STEP_TIMEOUT, going).await {
-                    Ok(Ok(Phase::Ended(why))) => Err(ChannelError::said_by_peer(&why)),
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(_)) => Err(ChannelError::Refused("the session is over".into())),
-                    Err(_) => Err(ChannelError::Net(NetError::HostTimeout(self.host.clone()))),
-                }
+                going_down(&self.host, self.phase.clone()).await
             }
         }
+    }
+}
+
+/// Waits (up to [`STEP_TIMEOUT`]) until a reboot asked for shows in the
+/// session's phase: the host going down, or the session's end.
+async fn going_down(
+    host: &HostName,
+    mut phase: watch::Receiver<Phase>,
+) -> Result<(), ChannelError> {
+    let left_ready = async {
+        phase
+            .wait_for(|p| !matches!(p, Phase::Ready))
+            .await
+            .map(|p| p.clone())
+    };
+    match timeout(STEP_TIMEOUT, left_ready).await {
+        Ok(Ok(Phase::Ended(why))) => Err(ChannelError::said_by_peer(&why)),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(ChannelError::Refused("the session is over".into())),
+        Err(_) => Err(ChannelError::Net(NetError::HostTimeout(host.clone()))),
     }
 }
 
@@ -417,7 +425,7 @@ impl Own {
     async fn request_reboot(
         &self,
         host: &HostName,
-        mut phase: watch::Receiver<Phase>,
+        phase: watch::Receiver<Phase>,
     ) -> Result<(), ChannelError> {
         let mut refusals = self.refusals.lock().await;
         while refusals.try_recv().is_ok() {}
@@ -430,12 +438,7 @@ impl Own {
                 Some(why) => ChannelError::said_by_peer(&why),
                 None => ChannelError::Refused("the session is over".into()),
             }),
-            r = phase.wait_for(|p| !matches!(p, Phase::Ready)) => match r.map(|p| p.clone()) {
-                Ok(Phase::Ended(why)) => Err(ChannelError::said_by_peer(&why)),
-                Ok(_) => Ok(()),
-                Err(_) => Err(ChannelError::Refused("the session is over".into())),
-            },
-            _ = tokio::time::sleep(STEP_TIMEOUT) => Err(ChannelError::Net(NetError::HostTimeout(host.clone()))),
+            gone = going_down(host, phase) => gone,
         }
     }
 }

@@ -63,17 +63,9 @@ pub(crate) enum PhaseSaid {
     Rebooting {
         waited: Duration,
         deadline_secs: u64,
-        waiting: WaitingSaid,
+        waiting: Waiting,
     },
     Ended(String),
-}
-
-/// [`Waiting`].
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub(crate) enum WaitingSaid {
-    Reboot,
-    HostAway,
-    RelayLost,
 }
 
 impl PhaseSaid {
@@ -88,11 +80,7 @@ impl PhaseSaid {
             } => Self::Rebooting {
                 waited: since.elapsed(),
                 deadline_secs: *deadline_secs,
-                waiting: match waiting {
-                    Waiting::Reboot => WaitingSaid::Reboot,
-                    Waiting::HostAway => WaitingSaid::HostAway,
-                    Waiting::RelayLost => WaitingSaid::RelayLost,
-                },
+                waiting: *waiting,
             },
             Phase::Ended(why) => Self::Ended(why.clone()),
         }
@@ -109,11 +97,7 @@ impl PhaseSaid {
             } => Phase::Rebooting {
                 since: now.checked_sub(*waited).unwrap_or(now),
                 deadline_secs: *deadline_secs,
-                waiting: match waiting {
-                    WaitingSaid::Reboot => Waiting::Reboot,
-                    WaitingSaid::HostAway => Waiting::HostAway,
-                    WaitingSaid::RelayLost => Waiting::RelayLost,
-                },
+                waiting: *waiting,
             },
             Self::Ended(why) => Phase::Ended(why.clone()),
         }
