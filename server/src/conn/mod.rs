@@ -20,7 +20,7 @@ use tokio::{
     sync::OwnedSemaphorePermit,
     time::{timeout_at, Instant},
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     clock::now_unix,
@@ -204,7 +204,13 @@ pub(crate) async fn serve(
             return;
         }
         Err(e) => {
-            debug!(%source, "handshake failed: {e}");
+            // A peer's bad bytes are its own business; the relay's own
+            // failure (the store, a worker) is the operator's.
+            if matches!(e, ConnError::Store(_) | ConnError::Join) {
+                warn!(%source, "handshake failed: {e}");
+            } else {
+                debug!(%source, "handshake failed: {e}");
+            }
             conn.close(close::PROTOCOL, b"handshake failed");
             return;
         }
