@@ -15,6 +15,7 @@ use latchkey_protocol::{
     e2e::ExportKey,
     handshake::Keypair,
     ids::{HostName, PublicKey, RecordId, RelayPin, SecretKey, UserName},
+    rights::Rights,
     session::DesktopProtocol,
 };
 use serde::{Deserialize, Serialize};
@@ -183,11 +184,38 @@ pub struct HostConfig {
     /// `"root"` allows it anyway). Unset: the agent's own account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_user: Option<String>,
+    /// The most a shared user may do here, whatever their grant allows:
+    /// a comma-separated list of shell, exec, copy-from, copy-to, forward,
+    /// reboot (the owner's say on their own machine; the owner's own
+    /// access is never narrowed). Default: all, that is, what the grant
+    /// allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_rights: Option<SharedRights>,
     /// The remote desktop `latchkey desktop` opens, `vnc://IP:PORT` or
     /// `rdp://IP:PORT` as seen from this host; `forward_allow` must permit
     /// it, since clients reach it through ordinary forwards. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desktop: Option<DesktopUrl>,
+}
+
+/// A host's `shared_rights`, read when `host.toml` is, so an agent never
+/// starts with a list it cannot apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SharedRights(pub Rights);
+
+impl TryFrom<String> for SharedRights {
+    type Error = latchkey_protocol::rights::RightsError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse().map(Self)
+    }
+}
+
+impl From<SharedRights> for String {
+    fn from(r: SharedRights) -> String {
+        r.0.to_string()
+    }
 }
 
 /// A host's `desktop`: `vnc://IP:PORT` or `rdp://IP:PORT`, parsed when
@@ -668,8 +696,16 @@ impl HostConfig {
             forward_allow: default_forward_allow(),
             reboot_command: default_reboot_command(),
             session_user: None,
+            shared_rights: None,
             desktop: None,
         }
+    }
+
+    /// The most a shared user may do here (`shared_rights`, else all).
+    pub fn shared_at_most(&self) -> Rights {
+        self.shared_rights
+            .as_ref()
+            .map_or_else(Rights::all, |r| r.0.clone())
     }
 
     /// The targets `forward_allow` permits: its `IP:PORT` entries (others

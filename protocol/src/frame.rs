@@ -15,6 +15,7 @@ use crate::{
         HostName, Platform, PublicKey, RecordId, ResumeTicket, SessionId, TokenSecret, UserName,
     },
     ksf::KsfProfile,
+    rights::GrantRights,
     route::LegId,
     session::DesktopProtocol,
 };
@@ -23,9 +24,10 @@ use crate::{
 /// can refuse (or later adapt to) another version before doing any work.
 /// Version 2 made every channel end-to-end encrypted; version 3 carries a
 /// session as one end-to-end QUIC connection the relay forwards without
-/// reading ([`crate::route`]). A peer of another version is refused with a
+/// reading ([`crate::route`]); version 4 tells the host what each session
+/// may do ([`crate::rights`]). A peer of another version is refused with a
 /// message that says to upgrade; there is no fallback.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Payload of Noise message 1: who is asking, for what.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -388,5 +390,16 @@ pub enum RelayToHost {
         record: RecordId,
         /// The host's own leg of the route.
         leg: LegId,
+        /// What the user may do in it.
+        rights: GrantRights,
+    },
+    /// An admin changed a shared user's rights on this host: the host
+    /// applies them to the user's sessions at once, ending running channels
+    /// the rights no longer allow.
+    Rights {
+        /// Whose.
+        user: UserName,
+        /// The rights now.
+        rights: GrantRights,
     },
 }

@@ -41,6 +41,7 @@ pub mod ksf;
 pub mod limits;
 #[cfg(feature = "quinn")]
 pub mod quic;
+pub mod rights;
 pub mod route;
 pub mod session;
 pub mod text;

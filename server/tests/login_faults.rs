@@ -100,7 +100,13 @@ impl Harness {
             record: validate_upload(&upload)?,
         };
         store.set_code(&host, &host_key.public, &CodeTarget::Owner, &record, 0)?;
-        store.grant(&host, &"bob".parse()?, &Actor::cli(), 0)?;
+        store.grant(
+            &host,
+            &"bob".parse()?,
+            &latchkey_protocol::rights::Rights::all(),
+            &Actor::cli(),
+            0,
+        )?;
         Ok(Self {
             pin: keys.pin(),
             _dir: dir,

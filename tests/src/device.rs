@@ -101,6 +101,13 @@ impl Device {
         self.set_host_list("forward_allow", targets)
     }
 
+    /// Sets the most a shared user may do on this host (`shared_rights`).
+    pub fn set_shared_rights(&self, rights: &str) -> Result<()> {
+        self.edit_config("host.toml", |cfg| {
+            cfg.insert("shared_rights".into(), toml::Value::String(rights.into()));
+        })
+    }
+
     /// Sets the command an in-session reboot runs (tests: one that just
     /// succeeds, so the agent exits and the test restarts it).
     pub fn set_reboot_command(&self, words: &[&str]) -> Result<()> {

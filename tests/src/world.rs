@@ -64,12 +64,22 @@ impl World {
     /// [`World::start_forward`] with the command started through `prefix`
     /// (see [`prefixed`]).
     pub fn start_forward_through(&self, prefix: &[String], target: &str) -> Result<(Proc, String)> {
+        Self::start_forward_as(&self.alice, prefix, target)
+    }
+
+    /// [`World::start_forward_through`] as the user of `device`.
+    pub fn start_forward_as(
+        device: &Device,
+        prefix: &[String],
+        target: &str,
+    ) -> Result<(Proc, String)> {
         let forward = Proc::spawn(&mut prefixed(
             prefix,
-            self.alice
-                .cmd()
-                .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
-                .args(["forward", "mypc", &format!("0:{target}")]),
+            device.cmd().env("LATCHKEY_ACCESS_CODE", OWNER_CODE).args([
+                "forward",
+                "mypc",
+                &format!("0:{target}"),
+            ]),
         ))?;
         let local = forward_address(&forward)?;
         Ok((forward, local))

@@ -9,6 +9,7 @@ use latchkey_protocol::{
     frame::{HostToRelay, Intent, Refusal, RelayToHost},
     handshake::Keypair,
     ids::{HostName, RelayPin},
+    rights::Right,
     session::DesktopProtocol,
     text::Shown,
 };
@@ -20,6 +21,7 @@ use super::{
     account::SessionAccount,
     channels::{self, HostSide},
     e2e::{SessionUser, Sessions},
+    rights::UserRights,
     service_manager,
 };
 use crate::{
@@ -130,6 +132,7 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         account,
         home: home.clone(),
         sessions: Sessions::new(home.clone(), key.clone()),
+        rights: UserRights::new(cfg.shared_at_most()),
         rebooting: false.into(),
     });
     let ring = RelayRing::new(cfg.relays(), &cfg.host);
@@ -365,6 +368,19 @@ async fn serve(
                 }
                 Some(Ok(Some(RelayToHost::Reboot { session, ticket }))) => {
                     info!(%session, "reboot requested in a session");
+                    let host = cfg.host.as_str();
+                    let refused = match side.sessions.user_of(session).and_then(|u| side.rights.follow(&u)) {
+                        Some(rights) => rights.refusal_of(Right::Reboot, host),
+                        None => Some(Right::Reboot.refusal(host)),
+                    };
+                    if let Some(reason) = refused {
+                        info!(%session, "reboot refused: not among the user's rights");
+                        let failed = HostToRelay::RebootFailed { session, reason };
+                        if let Err(e) = wire::write_frame(&mut send, &failed).await {
+                            return e.to_string().into();
+                        }
+                        continue;
+                    }
                     side.rebooting.store(true, std::sync::atomic::Ordering::Relaxed);
                     match reboot(home, cfg, &ticket, &mut send).await {
                         Ok(()) => {
@@ -396,12 +412,17 @@ async fn serve(
                 Some(Ok(Some(RelayToHost::SessionEnded { session }))) => {
                     side.sessions.end(session);
                 }
-                Some(Ok(Some(RelayToHost::Session { session, continues, user, user_key, record, leg }))) => {
+                Some(Ok(Some(RelayToHost::Session { session, continues, user, user_key, record, leg, rights }))) => {
+                    side.rights.tell(&user, rights);
                     let who = SessionUser { session, user, user_key, record };
                     let kept = side.sessions.announce(&device.peers, relay_addr, who, leg, continues);
                     if let Err(e) = wire::write_frame(&mut send, &HostToRelay::Routed { session, kept }).await {
                         return e.to_string().into();
                     }
+                }
+                Some(Ok(Some(RelayToHost::Rights { user, rights }))) => {
+                    info!(%user, rights = %rights.rights, "the user's rights changed");
+                    side.rights.tell(&user, rights);
                 }
                 Some(Ok(Some(RelayToHost::Refused(r)))) => {
                     return Ended::Refused(crate::net::refusal_text(&r));

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use latchkey_protocol::{
     ids::{PublicKey, SessionId, UserName},
+    rights::Right,
     session::ChannelKind,
 };
 use tracing::warn;
@@ -26,7 +27,31 @@ pub(crate) fn record(
     user_key: &PublicKey,
     kind: &ChannelKind,
 ) {
-    let line = serde_json::json!({
+    append(home, line(session, user, user_key, kind));
+}
+
+/// Appends a channel the user's grant did not allow, with the right it
+/// lacked.
+pub(crate) fn refused(
+    home: &Home,
+    session: SessionId,
+    user: &UserName,
+    user_key: &PublicKey,
+    kind: &ChannelKind,
+    lacked: Right,
+) {
+    let mut line = line(session, user, user_key, kind);
+    line["refused"] = format!("the grant does not allow {lacked}").into();
+    append(home, line);
+}
+
+fn line(
+    session: SessionId,
+    user: &UserName,
+    user_key: &PublicKey,
+    kind: &ChannelKind,
+) -> serde_json::Value {
+    serde_json::json!({
         "at": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -36,7 +61,10 @@ pub(crate) fn record(
         "user_key": user_key.fingerprint(),
         "kind": kind.name(),
         "detail": kind.detail(),
-    });
+    })
+}
+
+fn append(home: &Home, line: serde_json::Value) {
     let path = home.path.join(CHANNEL_LOG);
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);

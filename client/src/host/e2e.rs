@@ -186,6 +186,11 @@ impl Sessions {
     }
 
     /// The session ended: its connection closes and its route goes.
+    /// Whose session `session` is, if the host holds it.
+    pub(crate) fn user_of(&self, session: SessionId) -> Option<UserName> {
+        self.lock().get_mut(&session).map(|a| a.who.user.clone())
+    }
+
     pub(crate) fn end(&self, session: SessionId) {
         let ended = self.lock().remove(&session);
         drop(ended);

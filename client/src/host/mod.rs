@@ -8,6 +8,7 @@ mod channels;
 mod e2e;
 mod fair_share;
 pub mod file_helper;
+mod rights;
 mod service_manager;
 
 pub use agent::{dial, run, RelayRing};

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use latchkey_protocol::{
     ids::{HostName, RelayPin, TokenSecret, UserName},
     invite::{Invite, MAX_RELAYS},
+    rights::{Rights, RightsError},
     text,
 };
 use rand::{rngs::OsRng, RngCore};
@@ -39,6 +40,9 @@ pub enum ServiceError {
     /// Not an email address.
     #[error("'{}' is not an email address", .0.escape_debug())]
     BadEmail(String),
+    /// Rights that cannot be given.
+    #[error(transparent)]
+    Rights(#[from] RightsError),
 }
 
 /// An invite token, shown once.
@@ -137,14 +141,41 @@ pub fn invite(
     })
 }
 
-/// Gives `user` shared access to `host` with the owner's current code.
+/// Gives `user` shared access to `host` with the owner's current code and
+/// `rights`.
 pub fn grant(
     store: &dyn Store,
     host: &HostName,
     user: &UserName,
+    rights: &Rights,
     by: &Actor,
 ) -> Result<(), ServiceError> {
-    Ok(store.grant(host, user, by, now_unix())?)
+    Ok(store.grant(host, user, rights, by, now_unix())?)
+}
+
+/// Sets what `user` may do on `host`; running channels the new rights do
+/// not allow end.
+pub fn set_rights(
+    store: &dyn Store,
+    host: &HostName,
+    user: &UserName,
+    rights: &Rights,
+    by: &Actor,
+) -> Result<(), ServiceError> {
+    Ok(store.set_rights(host, user, rights, by, now_unix())?)
+}
+
+/// Rights from `--allow` (default: all) and `--forward-to` (default: any
+/// target the host allows).
+pub fn rights_from(
+    allow: Option<&Rights>,
+    forward_to: &[SocketAddr],
+) -> Result<Rights, ServiceError> {
+    let rights = allow.cloned().unwrap_or_default();
+    if forward_to.is_empty() {
+        return Ok(rights);
+    }
+    Ok(rights.forwarding_only_to(forward_to.to_vec())?)
 }
 
 /// Takes `user`'s shared access to `host` away; their sessions end.

@@ -12,7 +12,10 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
-use latchkey_protocol::ids::{HostName, UserName};
+use latchkey_protocol::{
+    ids::{HostName, UserName},
+    rights::Rights,
+};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -79,7 +82,7 @@ pub(super) async fn host_action(
             let (h, kind) = (host.clone(), action.clone());
             let result = state
                 .run(move |s| match kind.as_str() {
-                    "grant" => service::grant(s, &h, &user, &actor),
+                    "grant" => service::grant(s, &h, &user, &Rights::all(), &actor),
                     "revoke" => service::revoke(s, &h, &user, &actor),
                     _ => service::regrant(s, &h, &user, &actor),
                 })

@@ -15,6 +15,7 @@ use latchkey_protocol::{
     handshake::{CodeRecord, Reservation},
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
     ksf::KsfProfile,
+    rights::Rights,
 };
 use tower::ServiceExt;
 
@@ -326,7 +327,13 @@ async fn every_page_needs_a_sign_in_and_then_shows() {
     }
     assert!(!cookie.contains("Secure"), "plain loopback HTTP: {cookie}");
     b.store
-        .grant(&host, &"bob".parse().expect("n"), &Actor::cli(), 3)
+        .grant(
+            &host,
+            &"bob".parse().expect("n"),
+            &Rights::all(),
+            &Actor::cli(),
+            3,
+        )
         .expect("grant");
     for path in pages {
         let page = b.get(path).await;
@@ -557,7 +564,13 @@ async fn what_users_and_hosts_can_write_is_escaped_everywhere() {
     let host = alice_owns_mypc(&*b.store);
     const XSS: &str = "<script>alert(1)</script>";
     b.store
-        .grant(&host, &"bob".parse().expect("n"), &Actor::cli(), 3)
+        .grant(
+            &host,
+            &"bob".parse().expect("n"),
+            &Rights::all(),
+            &Actor::cli(),
+            3,
+        )
         .expect("grant");
     b.store
         .set_email(
@@ -989,7 +1002,9 @@ async fn a_revoke_happens_only_once_confirmed() {
     let (mut b, _) = Browser::signed_in().await;
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
-    b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    b.store
+        .grant(&host, &bob, &Rights::all(), &Actor::cli(), 3)
+        .expect("grant");
     let csrf = b.get("/hosts/mypc").await.csrf();
     // The Revoke button only asks, with a form that confirms (no script).
     let page = b
@@ -1221,7 +1236,9 @@ async fn a_user_is_removed_only_once_confirmed_and_then_leaves_the_list() {
     let (mut b, _) = Browser::signed_in().await;
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
-    b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    b.store
+        .grant(&host, &bob, &Rights::all(), &Actor::cli(), 3)
+        .expect("grant");
     // An invite still open (the first expired long ago), which the removal
     // cancels and counts.
     let kind = InviteKind::User { email: None };
@@ -1317,7 +1334,9 @@ async fn a_host_is_removed_only_once_confirmed_and_then_leaves_the_list() {
     let (mut b, _) = Browser::signed_in().await;
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
-    b.store.grant(&host, &bob, &Actor::cli(), 3).expect("grant");
+    b.store
+        .grant(&host, &bob, &Rights::all(), &Actor::cli(), 3)
+        .expect("grant");
     // An invite still open (the first expired long ago), which the removal
     // cancels and counts.
     let kind = InviteKind::Host {

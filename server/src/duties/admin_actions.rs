@@ -7,6 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use latchkey_protocol::frame::RelayToHost;
 use tracing::{info, warn};
 
 use crate::{
@@ -68,6 +69,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Ok(events) => {
                 for event in &events {
                     end_revoked_sessions(&shared, event);
+                    if event.is(AuditEvent::Rights) {
+                        // On a task of its own: a host slow to take it
+                        // holds up no other admin action.
+                        tokio::spawn(tell_host_rights(shared.clone(), event.clone()));
+                    }
                     end_locked_sessions(&shared, event);
                     if event.is(AuditEvent::Enrolled) {
                         end_replaced_device(&shared, event).await;
@@ -101,6 +107,51 @@ fn end_revoked_sessions(shared: &Shared, event: &AuditRow) {
         }
     }
 }
+
+/// A shared user's rights changed, at any relay of the store: the relay
+/// that holds the host tells it what they are now (read from the store, so
+/// the newest wins whatever order the rows come in; the host keeps the
+/// newest stamp it was told).
+async fn tell_host_rights(shared: Arc<Shared>, event: AuditRow) {
+    let (Some(host), Some(user)) = (&event.host, &event.user) else {
+        return;
+    };
+    let (Ok(host), Ok(user)) = (
+        host.parse::<latchkey_protocol::ids::HostName>(),
+        user.parse::<latchkey_protocol::ids::UserName>(),
+    ) else {
+        return;
+    };
+    let Some(tx) = shared.hosts.tx(&host) else {
+        return;
+    };
+    let (h, u) = (host.clone(), user.clone());
+    let Some(Some(rights)) = blocking(&shared, move |s| s.grant_rights(&h, &u)).await else {
+        return;
+    };
+    let frame = RelayToHost::Rights {
+        user: user.clone(),
+        rights,
+    };
+    match tokio::time::timeout(TELL_HOST, tx.send(Box::new(frame))).await {
+        Ok(Ok(())) => info!(%host, %user, "rights changed: host told"),
+        // A host that cannot take it now reads them again with the
+        // session's next announcement; until then its sessions end, so
+        // nothing runs under rights taken away.
+        _ => {
+            let ended = shared.sessions.end(
+                host.as_str(),
+                user.as_str(),
+                &format!("your rights on '{host}' changed; connect again"),
+            );
+            warn!(%host, %user, sessions = ended, "rights changed: the host could not be told in time, so the user's sessions ended");
+        }
+    }
+}
+
+/// How long the relay waits for room in a host's queue of control frames
+/// to tell it of changed rights.
+const TELL_HOST: Duration = Duration::from_secs(5);
 
 /// A lock, at any relay of the store, ends every live session on the host
 /// (SPEC X4): a locked host is locked for the sessions that were already

@@ -52,17 +52,49 @@ const ROUTE_FOLLOW: Duration = Duration::from_secs(1);
 /// connection: a session's channels go end to end, not to the relay.
 const NOT_HERE: u32 = 1;
 
+/// Why a session could not be paired with its host: what the client is
+/// told, and the audit's reason.
+struct Unpaired {
+    why: String,
+    reason: &'static str,
+}
+
 /// Opens a route between the session's client and the host's connection
-/// `host_conn`, tells the host (its own leg, and who the session is), and
-/// returns the frame that gives the client its leg. The route replaces the
-/// session's previous one. `None` if the host could not be told in time:
-/// the session then waits as if the host were away.
+/// `host_conn`, tells the host (its own leg, who the session is and what
+/// it may do, read from the grant now), and returns the frame that gives
+/// the client its leg. The route replaces the session's previous one.
+/// An error if the grant is gone or unreadable, or the host could not be
+/// told in time: the session then ends.
 async fn pair(
     shared: &Arc<Shared>,
     entry: &mut SessionEntry,
     client_conn: &quinn::Connection,
     host_conn: &quinn::Connection,
-) -> Option<RelayToClient> {
+    back: bool,
+) -> Result<RelayToClient, Unpaired> {
+    let (h, u) = (entry.host.clone(), entry.user.clone());
+    let rights =
+        match crate::error::logged_store_call(&shared.store, move |s| s.grant_rights(&h, &u)).await
+        {
+            Some(Some(rights)) => rights,
+            Some(None) => {
+                return Err(Unpaired {
+                    why: format!("you no longer have access to '{}'", entry.host),
+                    reason: "grant gone",
+                })
+            }
+            None => {
+                return Err(Unpaired {
+                    why: "the relay could not read your grant; try again".into(),
+                    reason: "store failed",
+                })
+            }
+        };
+    let host = entry.host.clone();
+    let not_taken = |again: &str| Unpaired {
+        why: format!("host '{host}' did not take the session{again} (busy or going away)"),
+        reason: "host not answering",
+    };
     let route = shared
         .routes
         .open(client_conn.remote_address(), host_conn.remote_address());
@@ -75,23 +107,28 @@ async fn pair(
         user_key: entry.intro.user_key,
         record: entry.intro.record,
         leg: legs.host,
+        rights,
     };
     // The host is ready for the route before the client hears of it, so
     // the client's first datagram finds the host ready for it.
-    let tx = shared.hosts.tx(&entry.host)?;
+    let again = if back { " back" } else { "" };
+    let Some(tx) = shared.hosts.tx(&entry.host) else {
+        entry.close_route();
+        return Err(not_taken(again));
+    };
     let mut routed = shared.hosts.await_routed(&entry.host, entry.id);
     if !matches!(
         timeout(ANNOUNCE_TIMEOUT, tx.send(Box::new(announce))).await,
         Ok(Ok(()))
     ) {
         entry.close_route();
-        return None;
+        return Err(not_taken(again));
     }
     // A link that is about to be replaced (its agent died unseen) never
     // answers: then the client is given the route all the same, and its
     // first packets are sent again until the host is ready.
     let kept = timeout(ROUTED_WAIT, routed.kept()).await;
-    Some(RelayToClient::Route {
+    Ok(RelayToClient::Route {
         leg: legs.client,
         kept: matches!(kept, Ok(Some(true))),
     })
@@ -198,12 +235,11 @@ async fn follow(
         record: entry.intro.record,
     };
     wire::write_frame(&mut send, &ready).await?;
-    match pair(shared, &mut entry, conn, &host_conn).await {
-        Some(route) => wire::write_frame(&mut send, &route).await?,
-        None => {
-            info!(%user, %host, "session refused: the host did not take it");
-            entry.ending_because("host not answering");
-            let why = format!("host '{host}' did not take the session (busy or going away)");
+    match pair(shared, &mut entry, conn, &host_conn, false).await {
+        Ok(route) => wire::write_frame(&mut send, &route).await?,
+        Err(Unpaired { why, reason }) => {
+            info!(%user, %host, "session refused: {reason}");
+            entry.ending_because(reason);
             wire::write_frame(&mut send, &RelayToClient::SessionEnded(why)).await?;
             let _ = send.finish();
             let _ = timeout(Duration::from_secs(2), conn.closed()).await;
@@ -411,15 +447,13 @@ async fn follow(
             }
             // The host is back: a new route to its new connection.
             if let (true, Some(h)) = (back, &host_conn) {
-                let route = pair(shared, &mut entry, conn, h).await;
+                let route = pair(shared, &mut entry, conn, h, true).await;
                 wire::write_frame(
                     &mut send,
-                    &route.unwrap_or_else(|| {
+                    &route.unwrap_or_else(|Unpaired { why, reason }| {
                         let _ = machine.end(EndReason::HostOffline);
-                        entry.ending_because("host not answering");
-                        RelayToClient::SessionEnded(format!(
-                            "host '{host}' did not take the session back (busy or going away)"
-                        ))
+                        entry.ending_because(reason);
+                        RelayToClient::SessionEnded(why)
                     }),
                 )
                 .await?;

@@ -24,6 +24,9 @@ pub enum AuditEvent {
     Unlock,
     /// Shared access granted.
     Grant,
+    /// A shared user's rights changed (running channels they no longer
+    /// allow end).
+    Rights,
     /// Shared access revoked (live sessions end).
     Revoke,
     /// A user was removed: their device and grants end, their history stays.
@@ -89,6 +92,7 @@ impl AuditEvent {
         Self::HostLocked,
         Self::Unlock,
         Self::Grant,
+        Self::Rights,
         Self::Revoke,
         Self::UserRemoved,
         Self::HostRemoved,
@@ -128,6 +132,7 @@ impl AuditEvent {
             Self::HostLocked => "host-locked",
             Self::Unlock => "unlock",
             Self::Grant => "grant",
+            Self::Rights => "rights",
             Self::Revoke => "revoke",
             Self::UserRemoved => "user-removed",
             Self::HostRemoved => "host-removed",

@@ -22,6 +22,7 @@ use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::CodeRecord,
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
+    rights::{GrantRights, Rights},
     session::DesktopProtocol,
 };
 pub use postgres::{Postgres, PostgresStore};
@@ -257,6 +258,8 @@ pub struct HostStatus {
     pub relay: Option<String>,
     /// Secondary users.
     pub grants: Vec<String>,
+    /// What each secondary user may do (`all`, or the list of rights).
+    pub rights: std::collections::BTreeMap<String, String>,
 }
 
 /// One audit log entry.
@@ -395,6 +398,8 @@ pub struct GrantRow {
     pub granted_at: UnixTime,
     /// When the owner set the access code the grant inherited.
     pub code_set_at: Option<UnixTime>,
+    /// What the shared user may do.
+    pub rights: Rights,
 }
 
 /// Which audit rows to show.
@@ -534,9 +539,27 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         &self,
         host: &HostName,
         user: &UserName,
+        rights: &Rights,
         by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError>;
+    /// Sets what a shared user may do on a host (audited as `rights`; the
+    /// relays holding the host tell it).
+    fn set_rights(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        rights: &Rights,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// What `user` may do on `host`: everything for its owner, the grant's
+    /// rights for a shared user, `None` without a grant.
+    fn grant_rights(
+        &self,
+        host: &HostName,
+        user: &UserName,
+    ) -> Result<Option<GrantRights>, StoreError>;
     /// Removes a grant.
     fn revoke(
         &self,

@@ -78,6 +78,19 @@ pub fn access_revoked(host: &str, user: &str) -> Notice {
     }
 }
 
+/// A shared user's rights changed: the user is told what they may do now.
+pub fn rights_changed(host: &str, user: &str, rights: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, user.into())],
+        subject: format!("Your rights on {host} changed"),
+        body: format!(
+            "Your admin changed what your shared access to {host} allows.\n\
+             It now allows: {rights}.\n\
+             Anything you had running that it no longer allows was ended.\n"
+        ),
+    }
+}
+
 /// A user was removed: the owner of each host they shared is told.
 pub fn user_removed(host: &str, owner: &str, user: &str) -> Notice {
     Notice {

@@ -237,6 +237,16 @@ ALTER TABLE grants ADD COLUMN run_ended_at INTEGER;
     r#"
 ALTER TABLE hosts ADD COLUMN desktop TEXT;
 "#,
+    // What a shared user may do (a bit per right, see
+    // `latchkey_protocol::rights`), the forward targets they are narrowed
+    // to (space-separated, none: any the host allows), and when an admin
+    // last set them (from the store-wide counter, so a host keeps the
+    // newer of two messages that cross).
+    r#"
+ALTER TABLE grants ADD COLUMN rights INTEGER NOT NULL DEFAULT 63;
+ALTER TABLE grants ADD COLUMN forward_to TEXT;
+ALTER TABLE grants ADD COLUMN rights_stamp INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// How long a writer waits for another process's transaction.
@@ -502,6 +512,11 @@ mod tests {
     #[test]
     fn a_removed_user_keeps_nothing_that_lets_them_in() {
         suite::a_removed_user_keeps_nothing_that_lets_them_in(&fresh());
+    }
+
+    #[test]
+    fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner() {
+        suite::a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(&fresh());
     }
 
     #[test]

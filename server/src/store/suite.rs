@@ -15,6 +15,7 @@ use latchkey_protocol::{
     handshake::{CodeRecord, Reservation},
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
     ksf::KsfProfile,
+    rights::Rights,
     session::DesktopProtocol,
 };
 use proptest::prelude::*;
@@ -143,7 +144,7 @@ impl World {
         w.set_code(0, 0, &CodeTarget::Owner);
         for u in 1..3 {
             w.store
-                .grant(&w.host, &w.users[u], &Actor::cli(), 0)
+                .grant(&w.host, &w.users[u], &Rights::all(), &Actor::cli(), 0)
                 .expect("grant");
         }
         w
@@ -360,7 +361,7 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Grant(u) => {
                 let granted = w
                     .store
-                    .grant(&w.host, &w.users[u], &Actor::cli(), now)
+                    .grant(&w.host, &w.users[u], &Rights::all(), &Actor::cli(), now)
                     .is_ok();
                 prop_assert_eq!(granted, model.grants[u].is_none());
                 if granted {
@@ -460,7 +461,9 @@ pub(crate) fn attempts_from_many_connections_at_once_evaluate_exactly_the_thresh
                 0,
             )
             .expect("invite");
-        store.grant(&host, user, &Actor::cli(), 0).expect("grant");
+        store
+            .grant(&host, user, &Rights::all(), &Actor::cli(), 0)
+            .expect("grant");
     }
     let reserved: u32 = std::thread::scope(|scope| {
         let handles: Vec<_> = users
@@ -850,7 +853,8 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         0,
     )
     .expect("invite");
-    a.grant(&host, &bob, &Actor::cli(), 0).expect("grant");
+    a.grant(&host, &bob, &Rights::all(), &Actor::cli(), 0)
+        .expect("grant");
     assert!(a.heartbeat("a.example:4433", 0).expect("heartbeat"), "new");
     assert!(b.heartbeat("b.example:4433", 0).expect("heartbeat"), "new");
     assert!(
@@ -1144,7 +1148,9 @@ fn bob_shares_mypc(store: &dyn Store, host: &HostName) -> UserName {
             1,
         )
         .expect("enrol");
-    store.grant(host, &bob, &Actor::cli(), 1).expect("grant");
+    store
+        .grant(host, &bob, &Rights::all(), &Actor::cli(), 1)
+        .expect("grant");
     bob
 }
 
@@ -1155,6 +1161,62 @@ fn notice_to(store: &dyn Store, recipient: &str, text: &str) -> bool {
         .expect("outbox")
         .iter()
         .any(|n| n.recipient == recipient && n.subject.contains(text))
+}
+
+/// A grant's rights: stored with it, read for the host with a stamp that
+/// grows with each change, kept by a regrant, audited and told to the user;
+/// an owner's are everything and cannot be narrowed.
+pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store: &dyn Store) {
+    let (alice, host, _) = alice_owns_mypc(store, 3);
+    let bob = bob_shares_mypc(store, &host);
+    let first = store
+        .grant_rights(&host, &bob)
+        .expect("read")
+        .expect("bob's");
+    assert!(first.shared && first.rights.is_all());
+    let copy_only: Rights = "copy-from,copy-to".parse().expect("rights");
+    store
+        .set_rights(&host, &bob, &copy_only, &Actor::cli(), 2)
+        .expect("set");
+    let second = store
+        .grant_rights(&host, &bob)
+        .expect("read")
+        .expect("bob's");
+    assert_eq!(second.rights, copy_only);
+    assert!(second.stamp > first.stamp);
+    let forward_only = Rights::only([latchkey_protocol::rights::Right::Forward])
+        .forwarding_only_to(vec!["127.0.0.1:22".parse().expect("addr")])
+        .expect("targets");
+    store
+        .set_rights(&host, &bob, &forward_only, &Actor::cli(), 3)
+        .expect("set");
+    store
+        .regrant(&host, &bob, &Actor::cli(), 4)
+        .expect("regrant");
+    let third = store
+        .grant_rights(&host, &bob)
+        .expect("read")
+        .expect("bob's");
+    assert_eq!(third.rights, forward_only, "a regrant keeps the rights");
+    assert!(third.stamp > second.stamp);
+    assert_eq!(
+        store.host_status(&host).expect("status").rights["bob"],
+        "forward(127.0.0.1:22)"
+    );
+    let owner = store
+        .grant_rights(&host, &alice)
+        .expect("read")
+        .expect("alice's");
+    assert!(!owner.shared && owner.rights.is_all());
+    assert!(matches!(
+        store.set_rights(&host, &alice, &copy_only, &Actor::cli(), 5),
+        Err(StoreError::Refused(_))
+    ));
+    let carol: UserName = "carol".parse().expect("name");
+    assert!(store.grant_rights(&host, &carol).expect("read").is_none());
+    let audit = store.audit_log(None, None, 1000).expect("audit");
+    assert_eq!(audit.iter().filter(|r| r.event == "rights").count(), 2);
+    assert!(notice_to(store, "bob", "Your rights on mypc changed"));
 }
 
 /// Removing a user takes their device key, grants, invites and email in
@@ -1211,7 +1273,7 @@ pub(crate) fn a_removed_user_keeps_nothing_that_lets_them_in(store: &dyn Store) 
         .redeem_invite([4; 32], PublicKey([8; 32]), Platform::Linux, source, 4)
         .is_err());
     assert!(matches!(
-        store.grant(&host, &bob, &Actor::cli(), 4),
+        store.grant(&host, &bob, &Rights::all(), &Actor::cli(), 4),
         Err(StoreError::NoSuchUser(_))
     ));
     assert!(matches!(

@@ -7,3 +7,4 @@ mod grants;
 mod notices;
 mod removals;
 mod revokes;
+mod rights;

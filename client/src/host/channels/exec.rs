@@ -59,6 +59,7 @@ pub(super) async fn exec(
     mut send: ChannelSend,
     mut recv: ChannelRecv,
     argv: Vec<String>,
+    lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ChannelError> {
     let Some((program, args)) = argv.split_first() else {
         return refuse(send, "no command given".into()).await;
@@ -126,6 +127,7 @@ pub(super) async fn exec(
         }
     };
     tokio::pin!(gone);
+    tokio::pin!(lost);
     let (mut out_buf, mut err_buf) = (vec![0u8; MAX_CHUNK], vec![0u8; MAX_CHUNK]);
     let (mut out_open, mut err_open) = (true, true);
     while out_open || err_open {
@@ -135,6 +137,7 @@ pub(super) async fn exec(
                 hang_up(&mut child).await;
                 return Ok(());
             }
+            why = &mut lost => return end_here(&mut send, &mut child, &why).await,
             n = stdout.read(&mut out_buf), if out_open => match n {
                 Ok(n) if n > 0 => ExecOut::Stdout(out_buf[..n].to_vec()),
                 _ => { out_open = false; continue; }
@@ -155,10 +158,26 @@ pub(super) async fn exec(
             hang_up(&mut child).await;
             return Ok(());
         }
+        why = &mut lost => return end_here(&mut send, &mut child, &why).await,
         status = child.wait() => status?,
     };
     send.write_frame(&ExecOut::Exit(status_code(status)))
         .await?;
+    send.finish().await?;
+    Ok(())
+}
+
+/// Ends the command on the host's own account (its right was taken away):
+/// hung up, with Latchkey's message and ssh's 255 for its own failures.
+async fn end_here(
+    send: &mut ChannelSend,
+    child: &mut tokio::process::Child,
+    why: &str,
+) -> Result<(), ChannelError> {
+    hang_up(child).await;
+    send.write_frame(&ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()))
+        .await?;
+    send.write_frame(&ExecOut::Exit(255)).await?;
     send.finish().await?;
     Ok(())
 }

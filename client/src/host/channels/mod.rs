@@ -34,6 +34,7 @@ use super::{
     account::SessionAccount,
     channel_log,
     e2e::{SessionUser, Sessions},
+    rights::UserRights,
 };
 use crate::{
     channel::{ChannelRecv, ChannelSend},
@@ -47,6 +48,8 @@ pub(crate) struct HostSide {
     pub(crate) account: SessionAccount,
     pub(crate) home: Home,
     pub(crate) sessions: Sessions,
+    /// What each user may do, as the relay said.
+    pub(crate) rights: UserRights,
     /// Set while the reboot command runs: the host is about to go, so a
     /// new channel is refused at once rather than cut when it goes.
     pub(crate) rebooting: std::sync::atomic::AtomicBool,
@@ -102,16 +105,56 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
         let _ = refuse(send, format!("host '{host}' is rebooting")).await;
         return;
     }
+    let host = side.cfg.host.as_str();
+    // The relay names a session's user and rights before its connection
+    // may arrive, so a user it never named here may do nothing.
+    let Some(rights) = side.rights.follow(&who.user) else {
+        return;
+    };
+    if let Some((right, why)) = rights.refusal(&kind, host) {
+        info!(user = %who.user, %session, kind = kind.name(), "channel refused: not among the user's rights");
+        channel_log::refused(&side.home, session, &who.user, &who.user_key, &kind, right);
+        let _ = refuse(send, why).await;
+        return;
+    }
     info!(user = %who.user, %session, kind = kind.name(), "channel");
     channel_log::record(&side.home, session, &who.user, &who.user_key, &kind);
+    // A right taken away while the channel runs ends it: the shell and the
+    // command say why before they hang up; anything else is cut.
+    let lost = rights.lost(kind.clone(), host.to_owned());
     let cfg = &side.cfg;
     let result = match kind {
         ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {
-            shell::shell(&side.account, send, recv, term, cols, rows).await
+            shell::shell(&side.account, send, recv, term, cols, rows, lost).await
         }
         ChannelKind::Exec { argv } if cfg.allow_exec => {
-            exec::exec(&side.account, send, recv, argv).await
+            exec::exec(&side.account, send, recv, argv, lost).await
         }
+        other => {
+            tokio::select! {
+                result = serve_other(cfg, &side.account, send, recv, other) => result,
+                why = lost => {
+                    info!(user = %who.user, %session, reason = %why, "channel ended: its right was taken away");
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!("channel ended: {e}");
+    }
+}
+
+/// Serves the channels that end by being cut: forwards, copies and the
+/// desktop question (and refuses what the host does not allow).
+async fn serve_other(
+    cfg: &HostConfig,
+    account: &SessionAccount,
+    send: ChannelSend,
+    recv: ChannelRecv,
+    kind: ChannelKind,
+) -> Result<(), reply::ChannelError> {
+    match kind {
         ChannelKind::Forward { target } => forward::forward(cfg, send, recv, target).await,
         ChannelKind::ForwardCheck { target } => forward::forward_check(cfg, send, target).await,
         ChannelKind::Upload {
@@ -119,11 +162,9 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
             name,
             size,
             mode,
-        } if cfg.allow_copy => {
-            copy::upload(&side.account, send, recv, &path, &name, size, mode).await
-        }
+        } if cfg.allow_copy => copy::upload(account, send, recv, &path, &name, size, mode).await,
         ChannelKind::Download { path } if cfg.allow_copy => {
-            copy::download(&side.account, send, &path).await
+            copy::download(account, send, &path).await
         }
         ChannelKind::Desktop => desktop::desktop(cfg, send).await,
         other => {
@@ -133,8 +174,5 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
             )
             .await
         }
-    };
-    if let Err(e) = result {
-        debug!("channel ended: {e}");
     }
 }

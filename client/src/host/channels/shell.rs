@@ -32,6 +32,7 @@ pub(super) async fn shell(
     term: String,
     cols: u16,
     rows: u16,
+    lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ChannelError> {
     let size = |cols, rows| PtySize {
         rows,
@@ -92,12 +93,19 @@ pub(super) async fn shell(
     // breaks off; a clean end of input alone is `echo ... | connect`.
     let stopped = send.stopped();
     tokio::pin!(stopped);
+    tokio::pin!(lost);
     let mut gone = false;
+    // Why the host ends the shell itself (its right was taken away).
+    let mut ended_here = None;
     loop {
         tokio::select! {
             biased;
             _ = &mut stopped => {
                 gone = true;
+                break;
+            }
+            why = &mut lost => {
+                ended_here = Some(why);
                 break;
             }
             data = out_rx.recv() => match data {
@@ -128,9 +136,9 @@ pub(super) async fn shell(
             },
         }
     }
-    if gone {
+    if gone || ended_here.is_some() {
         // SIGHUP (as when a terminal hangs up), then SIGKILL after the grace.
-        info!("the client went away: hanging up the shell");
+        info!("hanging up the shell");
         let _ = killer.kill();
         drop(pair.master);
         let deadline = tokio::time::Instant::now() + HANGUP_GRACE;
@@ -142,6 +150,15 @@ pub(super) async fn shell(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        if let Some(why) = ended_here {
+            // Latchkey's own end of the shell: its message, and ssh's 255.
+            send.write_frame(&ShellOut::Data(
+                format!("\r\nlatchkey: {why}\r\n").into_bytes(),
+            ))
+            .await?;
+            send.write_frame(&ShellOut::Exit(255)).await?;
+            send.finish().await?;
+        }
         return Ok(());
     }
     let status = tokio::task::spawn_blocking(move || child.wait())

@@ -3,7 +3,10 @@
 
 use std::io::Write;
 
-use latchkey_protocol::ids::{HostName, UserName};
+use latchkey_protocol::{
+    ids::{HostName, UserName},
+    rights::Rights,
+};
 
 use super::{output::emit, AdminError, Context};
 use crate::admin::service;
@@ -13,17 +16,51 @@ pub(super) fn grant(
     cx: &mut Context<'_>,
     host: &HostName,
     user: &UserName,
+    rights: &Rights,
 ) -> Result<(), AdminError> {
-    service::grant(cx.store, host, user, &cx.by)?;
+    service::grant(cx.store, host, user, rights, &cx.by)?;
     emit(
         cx,
-        &serde_json::json!({"granted": true, "host": host.as_str(), "user": user.as_str()}),
+        &serde_json::json!({
+            "granted": true,
+            "host": host.as_str(),
+            "user": user.as_str(),
+            "rights": rights.to_string(),
+        }),
         |out| {
             writeln!(
                 out,
                 "'{user}' now has shared access to '{host}' with the owner's current access code."
             )?;
+            if !rights.is_all() {
+                writeln!(out, "It allows: {rights}.")?;
+            }
             tell_owner(out, user)
+        },
+    )
+}
+
+/// `rights`: sets what `user` may do on `host`.
+pub(super) fn set_rights(
+    cx: &mut Context<'_>,
+    host: &HostName,
+    user: &UserName,
+    rights: &Rights,
+) -> Result<(), AdminError> {
+    service::set_rights(cx.store, host, user, rights, &cx.by)?;
+    emit(
+        cx,
+        &serde_json::json!({
+            "host": host.as_str(),
+            "user": user.as_str(),
+            "rights": rights.to_string(),
+        }),
+        |out| {
+            writeln!(
+                out,
+                "'{user}' may now do on '{host}': {rights}. What they had running that this no \
+                 longer allows ends."
+            )
         },
     )
 }

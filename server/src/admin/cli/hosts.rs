@@ -104,7 +104,15 @@ fn status_fields(s: &HostStatus) -> Vec<(&'static str, String)> {
             if s.grants.is_empty() {
                 "-".into()
             } else {
-                s.grants.join(", ")
+                let with_rights = |user: &String| match s.rights.get(user) {
+                    Some(rights) if rights != "all" => format!("{user} ({rights})"),
+                    _ => user.clone(),
+                };
+                s.grants
+                    .iter()
+                    .map(with_rights)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
         ),
         (

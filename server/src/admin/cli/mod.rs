@@ -17,7 +17,10 @@ mod users;
 use std::io::Write;
 
 use clap::Subcommand;
-use latchkey_protocol::ids::{HostName, UserName};
+use latchkey_protocol::{
+    ids::{HostName, UserName},
+    rights::Rights,
+};
 use thiserror::Error;
 
 use self::logs::parse_since;
@@ -27,6 +30,26 @@ use crate::{
     datadir::DataDir,
     store::{Actor, Store, StoreError},
 };
+
+/// What a shared user may do, as `grant` and `rights` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RightsArgs {
+    /// What the user may do, comma-separated: shell, exec, copy-from,
+    /// copy-to, forward, reboot; or all, or none. The host's own config
+    /// may narrow it further; an owner's access is never narrowed.
+    #[arg(long, value_name = "RIGHTS", default_value = "all")]
+    allow: Rights,
+    /// Forward only to these targets (IP:PORT, comma-separated) among those
+    /// the host allows. Default: any the host allows.
+    #[arg(long, value_name = "IP:PORT", value_delimiter = ',')]
+    forward_to: Vec<std::net::SocketAddr>,
+}
+
+impl RightsArgs {
+    fn rights(&self) -> Result<Rights, ServiceError> {
+        crate::admin::service::rights_from(Some(&self.allow), &self.forward_to)
+    }
+}
 
 /// Admin subcommands.
 #[derive(Debug, Clone, Subcommand)]
@@ -122,6 +145,20 @@ pub enum AdminCommand {
         host: HostName,
         /// The secondary user.
         user: UserName,
+        /// What they may do.
+        #[command(flatten)]
+        rights: RightsArgs,
+    },
+    /// Set what USER may do on HOST with their shared access. Running
+    /// channels the new rights do not allow end at once.
+    Rights {
+        /// The host.
+        host: HostName,
+        /// The secondary user.
+        user: UserName,
+        /// What they may do from now on.
+        #[command(flatten)]
+        rights: RightsArgs,
     },
     /// Take USER's shared access to HOST away.
     Revoke {
@@ -188,7 +225,7 @@ const GROUPS: &[(&str, &[&str])] = &[
             "remove-host",
         ],
     ),
-    ("Shared access", &["grant", "revoke", "regrant"]),
+    ("Shared access", &["grant", "rights", "revoke", "regrant"]),
     ("Console admins", &["add-admin", "admins", "remove-admin"]),
     ("Logs", &["audit", "outbox"]),
 ];
@@ -332,7 +369,12 @@ pub fn run(
             lockout_threshold,
         } => hosts::policy(cx, host, shared_access.as_deref(), *lockout_threshold),
         AdminCommand::Unlock { host } => hosts::unlock(cx, host),
-        AdminCommand::Grant { host, user } => grants::grant(cx, host, user),
+        AdminCommand::Grant { host, user, rights } => {
+            grants::grant(cx, host, user, &rights.rights()?)
+        }
+        AdminCommand::Rights { host, user, rights } => {
+            grants::set_rights(cx, host, user, &rights.rights()?)
+        }
         AdminCommand::Revoke { host, user } => grants::revoke(cx, host, user),
         AdminCommand::Regrant { host, user } => grants::regrant(cx, host, user),
         AdminCommand::AddAdmin { name, email } => admins::add(cx, name, email.as_deref()),

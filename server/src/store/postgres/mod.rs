@@ -240,6 +240,16 @@ ALTER TABLE grants ADD COLUMN run_ended_at BIGINT;
     r#"
 ALTER TABLE hosts ADD COLUMN desktop TEXT;
 "#,
+    // What a shared user may do (a bit per right, see
+    // `latchkey_protocol::rights`), the forward targets they are narrowed
+    // to (space-separated, none: any the host allows), and when an admin
+    // last set them (from the store-wide counter, so a host keeps the
+    // newer of two messages that cross).
+    r#"
+ALTER TABLE grants ADD COLUMN rights BIGINT NOT NULL DEFAULT 63;
+ALTER TABLE grants ADD COLUMN forward_to TEXT;
+ALTER TABLE grants ADD COLUMN rights_stamp BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Deadlines for the server's own work on a statement or an abandoned
@@ -762,6 +772,13 @@ mod tests {
     fn a_removed_user_keeps_nothing_that_lets_them_in() {
         on_fresh_database("a_removed_user", |open| {
             suite::a_removed_user_keeps_nothing_that_lets_them_in(&*open())
+        });
+    }
+
+    #[test]
+    fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner() {
+        on_fresh_database("a_grants_rights", |open| {
+            suite::a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(&*open())
         });
     }
 

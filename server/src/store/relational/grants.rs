@@ -7,6 +7,7 @@ use latchkey_protocol::{
     handshake::CodeRecord,
     ids::{HostName, PublicKey, RecordId, UserName},
     ksf::KsfProfile,
+    rights::{GrantRights, Rights},
 };
 
 use super::{
@@ -39,11 +40,50 @@ pub(super) fn grant_is_current(
         .is_some())
 }
 
-/// Gives `user` shared access to `host` with the owner's current code.
+/// The next number of the store-wide counter that grants and their rights
+/// are stamped with.
+fn next_generation(tx: &mut dyn Tx) -> Result<i64, StoreError> {
+    tx.row(
+        "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
+             WHERE key = 'grant_generation' RETURNING CAST(value AS BIGINT)",
+        args![],
+    )?
+    .int(0)
+}
+
+/// The forward targets of `rights` as the store keeps them.
+fn stored_targets(rights: &Rights) -> Option<String> {
+    rights.forward_targets().map(|targets| {
+        targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+/// Rights from a grant's stored columns.
+pub(super) fn read_rights(bits: i64, targets: Option<String>) -> Result<Rights, StoreError> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("a grant's rights: {e}"));
+    let bits = u8::try_from(bits).map_err(|e| corrupt(e.to_string()))?;
+    let targets = targets
+        .map(|t| {
+            t.split(' ')
+                .filter(|t| !t.is_empty())
+                .map(|t| t.parse().map_err(|_| corrupt(format!("target {t}"))))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    Rights::from_stored(bits, targets).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Gives `user` shared access to `host` with the owner's current code and
+/// `rights`.
 pub(super) fn grant(
     tx: &mut dyn Tx,
     host: &HostName,
     user: &UserName,
+    rights: &Rights,
     by: &Actor,
     now: UnixTime,
 ) -> Result<(), StoreError> {
@@ -70,17 +110,21 @@ pub(super) fn grant(
             "the owner of host '{host}' has not set an access code yet (latchkey host set-code)"
         )));
     };
-    let generation = tx
-        .row(
-            "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
-                 WHERE key = 'grant_generation' RETURNING CAST(value AS BIGINT)",
-            args![],
-        )?
-        .int(0)?;
+    let generation = next_generation(tx)?;
+    let targets = stored_targets(rights);
     let inserted = tx.exec(
-        "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation)
-             VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT DO NOTHING",
-        args![host_id, user_id, &record, now, generation],
+        "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation,
+                             rights, forward_to, rights_stamp)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?5) ON CONFLICT DO NOTHING",
+        args![
+            host_id,
+            user_id,
+            &record,
+            now,
+            generation,
+            i64::from(rights.bits()),
+            targets.as_deref()
+        ],
     )?;
     if inserted == 0 {
         return Err(StoreError::Refused(format!(
@@ -88,16 +132,16 @@ pub(super) fn grant(
              the current code)"
         )));
     }
-    insert_audit(
-        tx,
-        &by_admin(
-            AuditEvent::Grant,
-            Some(host.as_str()),
-            Some(user.as_str()),
-            by,
-        ),
-        now,
-    )?;
+    let mut row = by_admin(
+        AuditEvent::Grant,
+        Some(host.as_str()),
+        Some(user.as_str()),
+        by,
+    );
+    if !rights.is_all() {
+        row.detail = Some(format!("{}; rights: {rights}", by.detail()));
+    }
+    insert_audit(tx, &row, now)?;
     enqueue_for_owner(tx, host_id, now, |owner| {
         notice::granted(host.as_str(), owner, user.as_str())
     })
@@ -157,7 +201,8 @@ fn take_away(
 }
 
 /// Revokes and grants again, so the grant inherits the owner's current
-/// code. Only the grant's notice goes out: the user keeps their access.
+/// code, with the rights it had. Only the grant's notice goes out: the user
+/// keeps their access.
 pub(super) fn regrant(
     tx: &mut dyn Tx,
     host: &HostName,
@@ -165,14 +210,92 @@ pub(super) fn regrant(
     by: &Actor,
     now: UnixTime,
 ) -> Result<(), StoreError> {
+    let rights = match rights_of(tx, host, user)? {
+        Some(GrantRights {
+            shared: true,
+            rights,
+            ..
+        }) => rights,
+        _ => Rights::all(),
+    };
     take_away(tx, host, user, by, now)?;
-    grant(tx, host, user, by, now)
+    grant(tx, host, user, &rights, by, now)
+}
+
+/// Sets what `user` may do on `host` with their shared access.
+pub(super) fn set_rights(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+    rights: &Rights,
+    by: &Actor,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let (host_id, _) = host_ids(tx, host.as_str())?;
+    let user_id = user_id(tx, user.as_str())?;
+    let stamp = next_generation(tx)?;
+    let targets = stored_targets(rights);
+    let changed = tx.exec(
+        "UPDATE grants SET rights = ?1, forward_to = ?2, rights_stamp = ?3
+         WHERE host_id = ?4 AND user_id = ?5 AND is_owner = 0",
+        args![
+            i64::from(rights.bits()),
+            targets.as_deref(),
+            stamp,
+            host_id,
+            user_id
+        ],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::Refused(format!(
+            "'{user}' has no shared access to '{host}' (an owner's rights are never narrowed)"
+        )));
+    }
+    let mut row = by_admin(
+        AuditEvent::Rights,
+        Some(host.as_str()),
+        Some(user.as_str()),
+        by,
+    );
+    row.detail = Some(format!("{}; rights: {rights}", by.detail()));
+    insert_audit(tx, &row, now)?;
+    enqueue(
+        tx,
+        &notice::rights_changed(host.as_str(), user.as_str(), &rights.to_string()),
+        now,
+    )
+}
+
+/// What `user` may do on `host` (see [`crate::store::Store::grant_rights`]).
+pub(super) fn rights_of(
+    tx: &mut dyn Tx,
+    host: &HostName,
+    user: &UserName,
+) -> Result<Option<GrantRights>, StoreError> {
+    let Some(r) = tx.opt_row(
+        "SELECT g.is_owner, g.rights, g.forward_to, g.rights_stamp FROM grants g
+         JOIN users u ON u.id = g.user_id
+         JOIN hosts h ON h.id = g.host_id
+         WHERE u.name = ?1 AND h.name = ?2",
+        args![user.as_str(), host.as_str()],
+    )?
+    else {
+        return Ok(None);
+    };
+    if r.flag(0)? {
+        return Ok(Some(GrantRights::owner()));
+    }
+    Ok(Some(GrantRights {
+        rights: read_rights(r.int(1)?, r.opt_text(2)?)?,
+        shared: true,
+        stamp: u64::try_from(r.int(3)?).unwrap_or(0),
+    }))
 }
 
 /// The secondary users of `host` (of every host with `None`).
 pub(super) fn list(tx: &mut dyn Tx, host: Option<&HostName>) -> Result<Vec<GrantRow>, StoreError> {
     tx.rows(
-        "SELECT h.name, u.name, g.created_at, c.created_at FROM grants g
+        "SELECT h.name, u.name, g.created_at, c.created_at, g.rights, g.forward_to FROM grants g
          JOIN hosts h ON h.id = g.host_id
          JOIN users u ON u.id = g.user_id
          LEFT JOIN code_records c ON c.id = g.record_id
@@ -187,6 +310,7 @@ pub(super) fn list(tx: &mut dyn Tx, host: Option<&HostName>) -> Result<Vec<Grant
             user: r.text(1)?,
             granted_at: r.int(2)?,
             code_set_at: r.opt_int(3)?,
+            rights: read_rights(r.int(4)?, r.opt_text(5)?)?,
         })
     })
     .collect()

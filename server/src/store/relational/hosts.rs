@@ -11,6 +11,7 @@ use latchkey_protocol::{
 use super::{
     attempts::{lock_host, tally},
     audit::{by_admin, event, insert_audit},
+    grants::read_rights,
     outbox::enqueue_for_owner,
     rows::{host_ids, shared_users},
 };
@@ -96,6 +97,20 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         args![id],
     )?;
     let grants = shared_users(tx, id)?;
+    let rights = tx
+        .rows(
+            "SELECT u.name, g.rights, g.forward_to FROM grants g JOIN users u ON u.id = g.user_id
+             WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
+            args![id],
+        )?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.text(0)?,
+                read_rights(r.int(1)?, r.opt_text(2)?)?.to_string(),
+            ))
+        })
+        .collect::<Result<_, StoreError>>()?;
     Ok(HostStatus {
         name: r.text(0)?,
         owner: r.text(1)?,
@@ -110,6 +125,7 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         last_seen: r.opt_int(9)?,
         relay: r.opt_text(10)?,
         grants,
+        rights,
     })
 }
 

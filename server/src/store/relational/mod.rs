@@ -35,6 +35,7 @@ use latchkey_protocol::{
     frame::{CodeTarget, HostInfo},
     handshake::{CodeRecord, Reservation},
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
+    rights::{GrantRights, Rights},
 };
 
 pub(super) use self::{audit::insert_audit, outbox::enqueue};
@@ -211,10 +212,30 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         host: &HostName,
         user: &UserName,
+        rights: &Rights,
         by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        self.write(|tx| grants::grant(tx, host, user, by, now))
+        self.write(|tx| grants::grant(tx, host, user, rights, by, now))
+    }
+
+    fn set_rights(
+        &self,
+        host: &HostName,
+        user: &UserName,
+        rights: &Rights,
+        by: &Actor,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| grants::set_rights(tx, host, user, rights, by, now))
+    }
+
+    fn grant_rights(
+        &self,
+        host: &HostName,
+        user: &UserName,
+    ) -> Result<Option<GrantRights>, StoreError> {
+        self.read(|tx| grants::rights_of(tx, host, user))
     }
 
     fn revoke(

@@ -1,0 +1,195 @@
+//! Rights per grant: what a shared user may do on a host (shell, exec,
+//! copy-from, copy-to, forward to some targets, reboot), set by the admin
+//! and enforced by the host, the only place that sees what a channel is
+//! for. The host's own config narrows them further; the owner is never
+//! narrowed. Real relay, agent and client binaries on loopback.
+
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use latchkey_tests::{fetch, hello_target, tcp::echo_target, World, OWNER_CODE};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_only_grant_opens_no_shell_and_runs_no_command() -> Result<()> {
+    let w = World::new()?;
+    w.relay
+        .admin(&["rights", "mypc", "bob", "--allow", "copy-from,copy-to"])?;
+    let _agent = w.start_agent()?;
+    let exec = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "ran"])?;
+    assert_eq!(exec.status.code(), Some(255), "{}", stderr(&exec));
+    assert!(!String::from_utf8_lossy(&exec.stdout).contains("ran"));
+    assert!(
+        stderr(&exec)
+            .contains("your grant on mypc does not allow running commands on it; ask your admin"),
+        "{}",
+        stderr(&exec)
+    );
+    let shell = w.bob.with_code(OWNER_CODE, &["connect", "mypc"])?;
+    assert_eq!(shell.status.code(), Some(255));
+    assert!(
+        stderr(&shell).contains("does not allow opening a shell on it"),
+        "{}",
+        stderr(&shell)
+    );
+    // Copies both ways work.
+    let src = w.dir.path().join("to-host.txt");
+    std::fs::write(&src, "copied")?;
+    let on_host = w.dir.path().join("on-host.txt");
+    let up = w.bob.with_code(
+        OWNER_CODE,
+        &[
+            "cp",
+            &src.display().to_string(),
+            &format!("mypc:{}", on_host.display()),
+        ],
+    )?;
+    assert!(up.status.success(), "{}", stderr(&up));
+    let back = w.dir.path().join("back.txt");
+    let down = w.bob.with_code(
+        OWNER_CODE,
+        &[
+            "cp",
+            &format!("mypc:{}", on_host.display()),
+            &back.display().to_string(),
+        ],
+    )?;
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(std::fs::read_to_string(&back)?, "copied");
+    // The owner is not narrowed.
+    let owner = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "owner-ran"])?;
+    assert!(String::from_utf8_lossy(&owner.stdout).contains("owner-ran"));
+    // The host logged each refusal with the right it lacked.
+    let log = std::fs::read_to_string(w.mypc.home.join("channels.log"))?;
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    assert!(refusals[0].contains("\"kind\":\"exec\"") && refusals[0].contains("allow exec"));
+    assert!(refusals[1].contains("\"kind\":\"shell\""));
+    // The grant's rights are on record, with who set them.
+    let status = w.relay.status("mypc")?;
+    assert_eq!(status["rights"]["bob"], "copy-from,copy-to", "{status}");
+    let events = w.relay.audit_events("mypc")?;
+    assert!(events.iter().any(|e| e == "rights"), "{events:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_only_grant_reaches_only_its_targets() -> Result<()> {
+    let w = World::new()?;
+    let hello = hello_target().await?.to_string();
+    let echo = echo_target().await?.to_string();
+    w.mypc.allow_forward(&[hello.clone(), echo.clone()])?;
+    w.relay.admin(&[
+        "rights",
+        "mypc",
+        "bob",
+        "--allow",
+        "forward",
+        "--forward-to",
+        &hello,
+    ])?;
+    let _agent = w.start_agent()?;
+    // The target outside the grant is refused when the forward starts.
+    let refused = w
+        .bob
+        .with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{echo}")])?;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("does not allow forwarding through it"),
+        "{}",
+        stderr(&refused)
+    );
+    // The one inside it works.
+    let (mut forward, local) = World::start_forward_as(&w.bob, &[], &hello)?;
+    assert!(fetch(local).await?.contains("hello from the host side"));
+    forward.terminate()?;
+    let exec = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert_eq!(exec.status.code(), Some(255));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn taking_the_shell_away_ends_a_live_shell_at_once_and_leaves_the_owner_alone() -> Result<()>
+{
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let (mut shell, mut keys) = w.bob.spawn_shell("mypc")?;
+    keys.write_all(b"echo ready-$((1+1))\n")?;
+    shell.expect_line("ready-2")?;
+    let (mut owner, mut owner_keys) = w.alice.spawn_shell("mypc")?;
+    owner_keys.write_all(b"echo owner-$((3+3))\n")?;
+    owner.expect_line("owner-6")?;
+    let taken = Instant::now();
+    w.relay
+        .admin(&["rights", "mypc", "bob", "--allow", "exec"])?;
+    let status = shell.wait_exit()?;
+    println!(
+        "the shell ended {:?} after its right was taken",
+        taken.elapsed()
+    );
+    assert!(taken.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(255));
+    shell.lines_until("does not allow opening a shell on it")?;
+    // What the grant still allows works, in a new command.
+    let exec = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "still-exec"])?;
+    assert!(String::from_utf8_lossy(&exec.stdout).contains("still-exec"));
+    // The owner's shell went on.
+    owner_keys.write_all(b"echo owner-$((4+4))\n")?;
+    owner.expect_line("owner-8")?;
+    owner_keys.write_all(b"exit\n")?;
+    assert!(owner.wait_exit()?.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hosts_config_narrows_a_wider_grant() -> Result<()> {
+    let w = World::new()?;
+    w.mypc.set_shared_rights("exec")?;
+    w.mypc.set_reboot_command(&["true"])?;
+    let mut agent = w.start_agent()?;
+    let src = w.dir.path().join("up.txt");
+    std::fs::write(&src, "x")?;
+    let dest = format!("mypc:{}", w.dir.path().join("up-on-host.txt").display());
+    let up = w
+        .bob
+        .with_code(OWNER_CODE, &["cp", &src.display().to_string(), &dest])?;
+    assert_eq!(up.status.code(), Some(255));
+    assert!(
+        stderr(&up).contains("the owner of mypc allows no shared user copying files to it"),
+        "{}",
+        stderr(&up)
+    );
+    let exec = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "bob-ran"])?;
+    assert!(String::from_utf8_lossy(&exec.stdout).contains("bob-ran"));
+    // Nor may bob reboot it: the agent stays.
+    let reboot = w.bob.with_code(OWNER_CODE, &["reboot", "mypc"])?;
+    assert!(!reboot.status.success());
+    assert!(
+        stderr(&reboot).contains("the owner of mypc allows no shared user rebooting it"),
+        "{}",
+        stderr(&reboot)
+    );
+    assert!(agent.running());
+    // The owner copies all the same.
+    let owner_up = w
+        .alice
+        .with_code(OWNER_CODE, &["cp", &src.display().to_string(), &dest])?;
+    assert!(owner_up.status.success(), "{}", stderr(&owner_up));
+    Ok(())
+}
