@@ -89,6 +89,16 @@ pub(super) async fn host_action(
                 .await;
             (action.clone(), result)
         }
+        "rights" => {
+            let user = parse_user(&field("user"))?;
+            let rights =
+                view::rights_from_form(field).map_err(|e| ConsoleError::BadInput(e.to_string()))?;
+            let h = host.clone();
+            let result = state
+                .run(move |s| service::set_rights(s, &h, &user, &rights, &actor))
+                .await;
+            ("rights".to_string(), result)
+        }
         "unlock" => {
             let h = host.clone();
             let result = state

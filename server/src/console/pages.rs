@@ -51,6 +51,7 @@ pub(super) enum Done {
     Granted,
     Revoked,
     Regranted,
+    Rights,
     Unlocked,
     Policy,
     Email,
@@ -62,6 +63,7 @@ impl Done {
             Self::Granted => "Shared access granted: the owner was told to give the user their current access code.",
             Self::Revoked => "Shared access revoked: the user's sessions on this host were ended.",
             Self::Regranted => "Shared access granted again: the user now inherits the owner's current access code.",
+            Self::Rights => "Rights set: what the user had running that they no longer allow was ended, and the user was told.",
             Self::Unlocked => "Host unlocked: its failure count is back to zero.",
             Self::Policy => "Policy saved.",
             Self::Email => "Email address saved.",
@@ -282,13 +284,14 @@ pub(super) async fn host_body(
         @if grants.is_empty() { p { "Nobody but the owner." } }
         @else {
             div.table { table.rows {
-                thead { tr { th { "User" } th { "Granted" } th { "Code inherited" } th { "Actions" } } }
+                thead { tr { th { "User" } th { "Granted" } th { "Code inherited" } th { "Rights" } th { "Actions" } } }
                 tbody {
                     @for g in &grants {
-                        tr {
+                        tr data-user=(g.user) {
                             td data-label="User" { (g.user) }
                             td data-label="Granted" { (view::time(g.granted_at)) }
                             td data-label="Code inherited" { @if let Some(at) = g.code_set_at { "set " (view::time(at)) } @else { "-" } }
+                            td data-label="Rights" { (view::rights_form(&paths::host_action(name, "rights"), csrf, &g.user, &g.rights)) }
                             td.actions {
                                 (view::button_form(&paths::host_action(name, "revoke"), csrf, &[("user", &g.user)], "Revoke"))
                                 (view::button_form(&paths::host_action(name, "regrant"), csrf, &[("user", &g.user)], "Grant again (current code)"))

@@ -409,6 +409,48 @@ async fn actions_need_the_sessions_csrf_token_and_are_audited_with_the_admin() {
     assert_eq!(page.status, StatusCode::CONFLICT);
     assert!(page.body.contains("has shared access to"), "{}", page.body);
 
+    // Rights: the boxes ticked, the targets typed.
+    let page = b
+        .post(
+            "/hosts/mypc/rights",
+            &[
+                ("user", "bob"),
+                ("right-exec", "on"),
+                ("right-forward", "on"),
+                ("forward_to", "127.0.0.1:22, 127.0.0.1:5900"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(page.location(), "/hosts/mypc?done=rights", "{}", page.body);
+    let bob: UserName = "bob".parse().expect("name");
+    let rights = b
+        .store
+        .grant_rights(&host, &bob)
+        .expect("read")
+        .expect("bob's");
+    assert_eq!(
+        rights.rights.to_string(),
+        "exec,forward(127.0.0.1:22 127.0.0.1:5900)"
+    );
+    let host_page = b.get("/hosts/mypc").await.body;
+    assert!(
+        host_page.contains(r#"name="right-exec" value="on" checked"#),
+        "{host_page}"
+    );
+    assert!(!host_page.contains(r#"name="right-shell" value="on" checked"#));
+    assert!(host_page.contains("127.0.0.1:22, 127.0.0.1:5900"));
+    let page = b
+        .post(
+            "/hosts/mypc/rights",
+            &[("user", "bob"), ("forward_to", "nonsense"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+    assert!(page.body.contains("is not IP:PORT"), "{}", page.body);
+    let audit = b.store.audit_page(&Default::default(), 1).expect("audit");
+    assert_eq!(audit[0].event, "rights");
+
     let page = b
         .post("/hosts/mypc/regrant", &[("user", "bob"), ("csrf", &csrf)])
         .await;

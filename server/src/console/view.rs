@@ -2,6 +2,7 @@
 //! value goes through maud, which escapes it: nothing a user, a host or an
 //! audit row carries is ever written into a page as markup.
 
+use latchkey_protocol::rights::{Right, Rights};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::paths;
@@ -31,6 +32,10 @@ td.actions form + form { margin-left: .4rem; }
 form.inline { display: inline; }
 form.stack { display: grid; gap: .5rem; max-width: 26rem; margin: .5rem 0 1rem; }
 form.stack label { display: grid; gap: .2rem; }
+form.rights { display: flex; flex-wrap: wrap; gap: .3rem .8rem; align-items: center; max-width: 24rem; }
+form.rights label { white-space: nowrap; }
+form.rights label.targets { white-space: normal; flex-basis: 100%; }
+form.rights label.targets input { display: block; width: 100%; max-width: 16rem; }
 form.filters { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: end; }
 input, select, button { font: inherit; padding: .35rem .5rem; max-width: 100%; }
 button { cursor: pointer; }
@@ -283,6 +288,53 @@ pub(super) fn button_form(
             }
             button type="submit" { (label) }
         }
+    }
+}
+
+/// A shared user's rights as a form: a checkbox per right, the forward
+/// targets they are narrowed to, and a button that sets them.
+pub(super) fn rights_form(action: &str, csrf: &str, user: &str, rights: &Rights) -> Markup {
+    let targets = rights
+        .forward_targets()
+        .map(|t| {
+            t.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    html! {
+        form.rights method="post" action=(action) {
+            (csrf_field(csrf))
+            input type="hidden" name="user" value=(user);
+            @for right in Right::ALL {
+                label {
+                    input type="checkbox" name=(format!("right-{right}")) value="on" checked[rights.allows(right)];
+                    " " (right.name())
+                }
+            }
+            label.targets { "Forward only to (IP:PORT, comma-separated)"
+                input type="text" name="forward_to" value=(targets) placeholder="any the host allows";
+            }
+            button type="submit" { "Set rights" }
+        }
+    }
+}
+
+/// Rights from [`rights_form`]'s fields.
+pub(super) fn rights_from_form(
+    field: impl Fn(&str) -> String,
+) -> Result<Rights, latchkey_protocol::rights::RightsError> {
+    let rights = Rights::only(
+        Right::ALL
+            .into_iter()
+            .filter(|r| field(&format!("right-{r}")) == "on"),
+    );
+    let targets = latchkey_protocol::rights::parse_targets(&field("forward_to"))?;
+    if targets.is_empty() {
+        Ok(rights)
+    } else {
+        rights.forwarding_only_to(targets)
     }
 }
 

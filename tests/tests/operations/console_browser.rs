@@ -5,7 +5,8 @@
 //! An admin sets up their account from the one-time link (the TOTP code
 //! computed here), signs in, grants bob shared access on the host's page,
 //! sees the host locked after bob's three wrong codes, presses Unlock
-//! beside the lock, and sees the owner's login in the audit log. Then every
+//! beside the lock, unticks bob's exec right and sees the host refuse his
+//! next command, and sees the owner's login in the audit log. Then every
 //! page is opened as a phone shows it (390 px wide), where no table, list
 //! or form may be wider than the screen nor any time wrap; bob's access is
 //! revoked there through its confirmation step; the host page, left open,
@@ -482,6 +483,44 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
     );
     screenshot(browser, "07-host-unlocked").await?;
 
+    // Bob's rights: exec unticked on his row; the host refuses his next
+    // command, with the reason.
+    let bobs = |name: &str| format!("//tr[@data-user='bob']//input[@name='right-{name}']");
+    let exec_box = find(browser, Locator::XPath(&bobs("exec"))).await?;
+    ensure!(
+        exec_box.is_selected().await?,
+        "bob's exec box starts unticked"
+    );
+    exec_box.click().await?;
+    find(
+        browser,
+        Locator::XPath("//tr[@data-user='bob']//button[normalize-space()='Set rights']"),
+    )
+    .await?
+    .click()
+    .await?;
+    notice(browser, "Rights set").await?;
+    ensure!(
+        !find(browser, Locator::XPath(&bobs("exec")))
+            .await?
+            .is_selected()
+            .await?
+            && find(browser, Locator::XPath(&bobs("shell")))
+                .await?
+                .is_selected()
+                .await?,
+        "the boxes do not show bob's rights as set"
+    );
+    let out = exec(&w.bob, OWNER_CODE, &["echo", "bob ran"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(255)
+            && stderr.contains("your grant on mypc does not allow running commands on it")
+            && !String::from_utf8_lossy(&out.stdout).contains("bob ran"),
+        "bob ran a command his rights no longer allow: {stderr}"
+    );
+    screenshot(browser, "07b-host-rights-set").await?;
+
     // 6. The owner logs in again with the real client, and the audit log
     // shows it, and who unlocked.
     let out = exec(&w.alice, OWNER_CODE, &["echo", "back in"])?;
@@ -514,6 +553,12 @@ async fn admin_unlocks_a_host(w: &World, browser: &Client, console: &str) -> Res
             .await?
             .is_some(),
         "no grant to bob by console admin 'alice' in the audit log"
+    );
+    ensure!(
+        audit_row(browser, "rights", "mypc", "bob", "by console admin 'alice'")
+            .await?
+            .is_some(),
+        "no change of bob's rights by console admin 'alice' in the audit log"
     );
     screenshot(browser, "09-audit-mypc").await?;
     Ok(())
