@@ -207,6 +207,9 @@ pub struct HostInfo {
     /// The remote desktop the host declared when its agent last came
     /// online (`latchkey desktop` opens it), if any.
     pub desktop: Option<DesktopProtocol>,
+    /// When the asking user's shared access ends by itself (Unix seconds),
+    /// if the admin gave it an end.
+    pub expires_at: Option<i64>,
 }
 
 /// Control frames from a user's client to the relay.

@@ -103,7 +103,7 @@ impl Harness {
         store.grant(
             &host,
             &"bob".parse()?,
-            &latchkey_protocol::rights::Rights::all(),
+            &latchkey_server::store::GrantTerms::default(),
             &Actor::cli(),
             0,
         )?;

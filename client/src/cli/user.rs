@@ -246,6 +246,8 @@ pub(crate) async fn hosts(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
                     "host": h.name.as_str(), "owner": h.owner.as_str(),
                     "online": h.online, "locked": h.locked, "owner_access": h.is_owner,
                     "desktop": h.desktop.map(|d| d.scheme()),
+                    "expires_at": h.expires_at.and_then(|at| jiff::Timestamp::from_second(at).ok())
+                        .map(|t| t.to_string()),
                 })
             })
             .collect();
@@ -257,7 +259,18 @@ pub(crate) async fn hosts(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         );
         for h in hosts {
             let yes = |b| if b { "yes" } else { "no" };
-            let access = if h.is_owner { "owner" } else { "shared" };
+            let access = match (h.is_owner, h.expires_at) {
+                (true, _) => "owner".to_string(),
+                (false, None) => "shared".to_string(),
+                // Until when, in local time: the admin gave it an end.
+                (false, Some(at)) => jiff::Timestamp::from_second(at).map_or_else(
+                    |_| "shared".into(),
+                    |t| {
+                        let local = t.to_zoned(jiff::tz::TimeZone::system());
+                        format!("shared until {}", local.strftime("%Y-%m-%d %H:%M"))
+                    },
+                ),
+            };
             let desktop = h.desktop.map_or("-", |d| d.scheme());
             println!(
                 "{:<24} {:<16} {:<8} {:<8} {access:<8} {desktop}",

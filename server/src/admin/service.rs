@@ -20,7 +20,7 @@ use crate::{
     clock::now_unix,
     config::Config,
     rules::lease,
-    store::{Actor, InviteKind, Removal, Store, StoreError, Unlock},
+    store::{Actor, GrantTerms, InviteKind, Removal, Store, StoreError, Unlock},
 };
 
 /// Errors of admin actions.
@@ -141,16 +141,16 @@ pub fn invite(
     })
 }
 
-/// Gives `user` shared access to `host` with the owner's current code and
-/// `rights`.
+/// Gives `user` shared access to `host` with the owner's current code, on
+/// `terms`.
 pub fn grant(
     store: &dyn Store,
     host: &HostName,
     user: &UserName,
-    rights: &Rights,
+    terms: &GrantTerms,
     by: &Actor,
 ) -> Result<(), ServiceError> {
-    Ok(store.grant(host, user, rights, by, now_unix())?)
+    Ok(store.grant(host, user, terms, by, now_unix())?)
 }
 
 /// Sets what `user` may do on `host`; running channels the new rights do

@@ -12,10 +12,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
-use latchkey_protocol::{
-    ids::{HostName, UserName},
-    rights::Rights,
-};
+use latchkey_protocol::ids::{HostName, UserName};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -25,7 +22,7 @@ use super::{
 };
 use crate::{
     admin::service::{self, ServiceError},
-    store::{InviteKind, Removal, StoreError},
+    store::{GrantTerms, InviteKind, Removal, StoreError},
 };
 
 /// The policy form.
@@ -82,7 +79,7 @@ pub(super) async fn host_action(
             let (h, kind) = (host.clone(), action.clone());
             let result = state
                 .run(move |s| match kind.as_str() {
-                    "grant" => service::grant(s, &h, &user, &Rights::all(), &actor),
+                    "grant" => service::grant(s, &h, &user, &GrantTerms::default(), &actor),
                     "revoke" => service::revoke(s, &h, &user, &actor),
                     _ => service::regrant(s, &h, &user, &actor),
                 })

@@ -289,7 +289,10 @@ pub(super) async fn host_body(
                     @for g in &grants {
                         tr data-user=(g.user) {
                             td data-label="User" { (g.user) }
-                            td data-label="Granted" { (view::time(g.granted_at)) }
+                            td data-label="Granted" {
+                                (view::time(g.granted_at))
+                                @if let Some(at) = g.expires_at { br; span.ends { "ends " (view::time(at)) } }
+                            }
                             td data-label="Code inherited" { @if let Some(at) = g.code_set_at { "set " (view::time(at)) } @else { "-" } }
                             td data-label="Rights" { (view::rights_form(&paths::host_action(name, "rights"), csrf, &g.user, &g.rights)) }
                             td.actions {

@@ -15,7 +15,6 @@ use latchkey_protocol::{
     handshake::{CodeRecord, Reservation},
     ids::{HostName, Platform, PublicKey, RecordId, SessionId, UserName},
     ksf::KsfProfile,
-    rights::Rights,
 };
 use tower::ServiceExt;
 
@@ -25,7 +24,7 @@ use crate::{
     config::Config,
     datadir::DataDir,
     rules::lockout::Proof,
-    store::{Actor, ConsoleLogin, Event, HostPresence, InviteKind, SqliteStore, Store},
+    store::{Actor, ConsoleLogin, Event, GrantTerms, HostPresence, InviteKind, SqliteStore, Store},
 };
 
 const PASSWORD: &str = "correct horse battery";
@@ -330,7 +329,7 @@ async fn every_page_needs_a_sign_in_and_then_shows() {
         .grant(
             &host,
             &"bob".parse().expect("n"),
-            &Rights::all(),
+            &GrantTerms::default(),
             &Actor::cli(),
             3,
         )
@@ -609,7 +608,7 @@ async fn what_users_and_hosts_can_write_is_escaped_everywhere() {
         .grant(
             &host,
             &"bob".parse().expect("n"),
-            &Rights::all(),
+            &GrantTerms::default(),
             &Actor::cli(),
             3,
         )
@@ -1045,7 +1044,7 @@ async fn a_revoke_happens_only_once_confirmed() {
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
     b.store
-        .grant(&host, &bob, &Rights::all(), &Actor::cli(), 3)
+        .grant(&host, &bob, &GrantTerms::default(), &Actor::cli(), 3)
         .expect("grant");
     let csrf = b.get("/hosts/mypc").await.csrf();
     // The Revoke button only asks, with a form that confirms (no script).
@@ -1279,7 +1278,7 @@ async fn a_user_is_removed_only_once_confirmed_and_then_leaves_the_list() {
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
     b.store
-        .grant(&host, &bob, &Rights::all(), &Actor::cli(), 3)
+        .grant(&host, &bob, &GrantTerms::default(), &Actor::cli(), 3)
         .expect("grant");
     // An invite still open (the first expired long ago), which the removal
     // cancels and counts.
@@ -1377,7 +1376,7 @@ async fn a_host_is_removed_only_once_confirmed_and_then_leaves_the_list() {
     let host = alice_owns_mypc(&*b.store);
     let bob: UserName = "bob".parse().expect("name");
     b.store
-        .grant(&host, &bob, &Rights::all(), &Actor::cli(), 3)
+        .grant(&host, &bob, &GrantTerms::default(), &Actor::cli(), 3)
         .expect("grant");
     // An invite still open (the first expired long ago), which the removal
     // cancels and counts.

@@ -91,19 +91,22 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// A revoke ends the user's live sessions on the host.
+/// A revoke, or a grant's end, ends the user's live sessions on the host.
 fn end_revoked_sessions(shared: &Shared, event: &AuditRow) {
-    if !event.is(AuditEvent::Revoke) {
+    let how = if event.is(AuditEvent::Revoke) {
+        "was revoked"
+    } else if event.is(AuditEvent::GrantExpired) {
+        "expired"
+    } else {
         return;
-    }
+    };
     if let (Some(host), Some(user)) = (&event.host, &event.user) {
-        let ended = shared.sessions.end(
-            host,
-            user,
-            &format!("your shared access to '{host}' was revoked"),
-        );
+        let ended =
+            shared
+                .sessions
+                .end(host, user, &format!("your shared access to '{host}' {how}"));
         if ended > 0 {
-            info!(%host, %user, sessions = ended, "revoked: live sessions ended");
+            info!(%host, %user, sessions = ended, "shared access {how}: live sessions ended");
         }
     }
 }

@@ -274,6 +274,8 @@ impl Relay {
         let s = shared.clone();
         tasks.spawn("admin actions", wait, duties::admin_actions::run(s));
         let s = shared.clone();
+        tasks.spawn("grant expiry", wait, duties::grant_expiry::run(s));
+        let s = shared.clone();
         tasks.spawn("outbox", wait, duties::outbox::run(s));
         let s = shared.clone();
         tasks.spawn("audit upkeep", wait, duties::audit_upkeep::run(s));

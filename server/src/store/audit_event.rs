@@ -29,6 +29,8 @@ pub enum AuditEvent {
     Rights,
     /// Shared access revoked (live sessions end).
     Revoke,
+    /// A grant reached its end (as a revoke: live sessions end).
+    GrantExpired,
     /// A user was removed: their device and grants end, their history stays.
     UserRemoved,
     /// A host was removed: its device, grants and sessions end.
@@ -94,6 +96,7 @@ impl AuditEvent {
         Self::Grant,
         Self::Rights,
         Self::Revoke,
+        Self::GrantExpired,
         Self::UserRemoved,
         Self::HostRemoved,
         Self::Policy,
@@ -134,6 +137,7 @@ impl AuditEvent {
             Self::Grant => "grant",
             Self::Rights => "rights",
             Self::Revoke => "revoke",
+            Self::GrantExpired => "grant-expired",
             Self::UserRemoved => "user-removed",
             Self::HostRemoved => "host-removed",
             Self::Policy => "policy",

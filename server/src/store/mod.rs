@@ -260,6 +260,18 @@ pub struct HostStatus {
     pub grants: Vec<String>,
     /// What each secondary user may do (`all`, or the list of rights).
     pub rights: std::collections::BTreeMap<String, String>,
+    /// When each secondary user's grant ends by itself, for those that do.
+    pub expires: std::collections::BTreeMap<String, UnixTime>,
+}
+
+/// What a grant gives besides the owner's code: what the user may do, and
+/// until when.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrantTerms {
+    /// What the user may do (default: everything the host allows).
+    pub rights: Rights,
+    /// When the grant ends by itself (Unix seconds); `None`: when revoked.
+    pub expires_at: Option<UnixTime>,
 }
 
 /// One audit log entry.
@@ -400,6 +412,8 @@ pub struct GrantRow {
     pub code_set_at: Option<UnixTime>,
     /// What the shared user may do.
     pub rights: Rights,
+    /// When the grant ends by itself, if it does.
+    pub expires_at: Option<UnixTime>,
 }
 
 /// Which audit rows to show.
@@ -539,10 +553,15 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         &self,
         host: &HostName,
         user: &UserName,
-        rights: &Rights,
+        terms: &GrantTerms,
         by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError>;
+    /// Ends every shared-access grant whose time is up at `now`, each as a
+    /// revoke ends one (audited `grant-expired`, which ends its sessions on
+    /// every relay; owner and user are told); returns the (host, user)
+    /// pairs ended. Each grant ends once, whichever relay sweeps first.
+    fn expire_grants(&self, now: UnixTime) -> Result<Vec<(String, String)>, StoreError>;
     /// Sets what a shared user may do on a host (audited as `rights`; the
     /// relays holding the host tell it).
     fn set_rights(

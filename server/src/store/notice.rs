@@ -78,6 +78,33 @@ pub fn access_revoked(host: &str, user: &str) -> Notice {
     }
 }
 
+/// A grant reached its end: the owner's notice.
+pub fn grant_expired(host: &str, owner: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, owner.into()), (Channel::Host, host.into())],
+        subject: format!("{user}'s shared access to {host} expired"),
+        body: format!(
+            "{user}'s shared access to {host} reached the end your admin set.\n\
+             Any session {user} had on {host} was ended.\n\
+             If {user} knew your access code, we recommend that you\n\
+             change it (latchkey host set-code on {host}).\n"
+        ),
+    }
+}
+
+/// A grant reached its end: the user's notice.
+pub fn access_expired(host: &str, user: &str) -> Notice {
+    Notice {
+        to: vec![(Channel::Email, user.into())],
+        subject: format!("Your shared access to {host} expired"),
+        body: format!(
+            "Your shared access to {host} reached the end your admin set.\n\
+             Any session you had on {host} was ended. Ask your admin if\n\
+             you still need it.\n"
+        ),
+    }
+}
+
 /// A shared user's rights changed: the user is told what they may do now.
 pub fn rights_changed(host: &str, user: &str, rights: &str) -> Notice {
     Notice {

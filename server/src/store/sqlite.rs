@@ -241,11 +241,13 @@ ALTER TABLE hosts ADD COLUMN desktop TEXT;
     // `latchkey_protocol::rights`), the forward targets they are narrowed
     // to (space-separated, none: any the host allows), and when an admin
     // last set them (from the store-wide counter, so a host keeps the
-    // newer of two messages that cross).
+    // newer of two messages that cross); and when the grant ends by itself.
     r#"
 ALTER TABLE grants ADD COLUMN rights INTEGER NOT NULL DEFAULT 63;
 ALTER TABLE grants ADD COLUMN forward_to TEXT;
 ALTER TABLE grants ADD COLUMN rights_stamp INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE grants ADD COLUMN expires_at INTEGER;
+CREATE INDEX grants_expiry ON grants (expires_at);
 "#,
 ];
 
@@ -517,6 +519,11 @@ mod tests {
     #[test]
     fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner() {
         suite::a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(&fresh());
+    }
+
+    #[test]
+    fn a_grant_with_an_end_ends_once_as_a_revoke_does() {
+        suite::a_grant_with_an_end_ends_once_as_a_revoke_does(&fresh());
     }
 
     #[test]

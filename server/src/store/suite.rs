@@ -21,8 +21,8 @@ use latchkey_protocol::{
 use proptest::prelude::*;
 
 use super::{
-    Actor, AttemptId, AuditEvent, Event, HostPresence, InviteKind, SessionEnd, Store, StoreError,
-    SweptRelays,
+    Actor, AttemptId, AuditEvent, Event, GrantTerms, HostPresence, InviteKind, SessionEnd, Store,
+    StoreError, SweptRelays,
 };
 use crate::rules::lockout::{Proof, Settlement, VoidReason};
 
@@ -144,7 +144,13 @@ impl World {
         w.set_code(0, 0, &CodeTarget::Owner);
         for u in 1..3 {
             w.store
-                .grant(&w.host, &w.users[u], &Rights::all(), &Actor::cli(), 0)
+                .grant(
+                    &w.host,
+                    &w.users[u],
+                    &GrantTerms::default(),
+                    &Actor::cli(),
+                    0,
+                )
                 .expect("grant");
         }
         w
@@ -361,7 +367,13 @@ fn run(store: Box<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Grant(u) => {
                 let granted = w
                     .store
-                    .grant(&w.host, &w.users[u], &Rights::all(), &Actor::cli(), now)
+                    .grant(
+                        &w.host,
+                        &w.users[u],
+                        &GrantTerms::default(),
+                        &Actor::cli(),
+                        now,
+                    )
                     .is_ok();
                 prop_assert_eq!(granted, model.grants[u].is_none());
                 if granted {
@@ -462,7 +474,7 @@ pub(crate) fn attempts_from_many_connections_at_once_evaluate_exactly_the_thresh
             )
             .expect("invite");
         store
-            .grant(&host, user, &Rights::all(), &Actor::cli(), 0)
+            .grant(&host, user, &GrantTerms::default(), &Actor::cli(), 0)
             .expect("grant");
     }
     let reserved: u32 = std::thread::scope(|scope| {
@@ -853,7 +865,7 @@ pub(crate) fn a_dead_relays_attempts_are_settled_by_the_one_that_outlives_it(ope
         0,
     )
     .expect("invite");
-    a.grant(&host, &bob, &Rights::all(), &Actor::cli(), 0)
+    a.grant(&host, &bob, &GrantTerms::default(), &Actor::cli(), 0)
         .expect("grant");
     assert!(a.heartbeat("a.example:4433", 0).expect("heartbeat"), "new");
     assert!(b.heartbeat("b.example:4433", 0).expect("heartbeat"), "new");
@@ -1149,7 +1161,7 @@ fn bob_shares_mypc(store: &dyn Store, host: &HostName) -> UserName {
         )
         .expect("enrol");
     store
-        .grant(host, &bob, &Rights::all(), &Actor::cli(), 1)
+        .grant(host, &bob, &GrantTerms::default(), &Actor::cli(), 1)
         .expect("grant");
     bob
 }
@@ -1219,6 +1231,87 @@ pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store:
     assert!(notice_to(store, "bob", "Your rights on mypc changed"));
 }
 
+/// A grant with an end: listed with it, kept by a regrant, refused in the
+/// past; past its end no login or resume is admitted even before a sweep,
+/// and the sweep ends it once (audited, owner and user told).
+pub(crate) fn a_grant_with_an_end_ends_once_as_a_revoke_does(store: &dyn Store) {
+    let (_, host, record) = alice_owns_mypc(store, 3);
+    let bob = {
+        let bob: UserName = "bob".parse().expect("name");
+        let user = InviteKind::User { email: None };
+        store
+            .create_invite("bob", &user, [3; 32], 100, &Actor::cli(), 1)
+            .expect("invite");
+        store
+            .redeem_invite(
+                [3; 32],
+                PublicKey([7; 32]),
+                Platform::Linux,
+                "127.0.0.1".parse().expect("address"),
+                1,
+            )
+            .expect("enrol");
+        bob
+    };
+    let ending = |at| GrantTerms {
+        expires_at: Some(at),
+        ..GrantTerms::default()
+    };
+    assert!(matches!(
+        store.grant(&host, &bob, &ending(5), &Actor::cli(), 5),
+        Err(StoreError::Refused(_))
+    ));
+    store
+        .grant(&host, &bob, &ending(20), &Actor::cli(), 5)
+        .expect("grant");
+    store
+        .regrant(&host, &bob, &Actor::cli(), 6)
+        .expect("regrant");
+    assert_eq!(
+        store.grants_of(Some(&host)).expect("grants")[0].expires_at,
+        Some(20)
+    );
+    assert_eq!(store.host_status(&host).expect("status").expires["bob"], 20);
+    // Past the end, before any sweep: a right code starts no session.
+    let source = "127.0.0.1".parse().expect("address");
+    let Reservation::Reserved(a) = store
+        .reserve_attempt(&bob, &host, &record.id, source, 19)
+        .expect("reserve")
+    else {
+        panic!("not reserved")
+    };
+    let settled = store
+        .settle_attempt(a, Proof::RightCode, "right code", &SessionId([1; 16]), 21)
+        .expect("settle");
+    assert_eq!(
+        settled,
+        Some(Settlement::Void(VoidReason::GrantGone)),
+        "a login past the grant's end started a session"
+    );
+    assert!(store.expire_grants(19).expect("sweep").is_empty());
+    assert_eq!(
+        store.expire_grants(21).expect("sweep"),
+        [("mypc".to_string(), "bob".to_string())]
+    );
+    assert!(store.expire_grants(22).expect("sweep").is_empty());
+    assert!(store.grant_rights(&host, &bob).expect("read").is_none());
+    let audit = store.audit_log(None, None, 1000).expect("audit");
+    assert_eq!(
+        audit.iter().filter(|r| r.event == "grant-expired").count(),
+        1
+    );
+    assert!(notice_to(
+        store,
+        "alice",
+        "bob's shared access to mypc expired"
+    ));
+    assert!(notice_to(
+        store,
+        "bob",
+        "Your shared access to mypc expired"
+    ));
+}
+
 /// Removing a user takes their device key, grants, invites and email in
 /// one commit, keeps the failures they made (the host's count) and their
 /// history, and tells the owners; a user who owns a host is refused; the
@@ -1273,7 +1366,7 @@ pub(crate) fn a_removed_user_keeps_nothing_that_lets_them_in(store: &dyn Store) 
         .redeem_invite([4; 32], PublicKey([8; 32]), Platform::Linux, source, 4)
         .is_err());
     assert!(matches!(
-        store.grant(&host, &bob, &Rights::all(), &Actor::cli(), 4),
+        store.grant(&host, &bob, &GrantTerms::default(), &Actor::cli(), 4),
         Err(StoreError::NoSuchUser(_))
     ));
     assert!(matches!(

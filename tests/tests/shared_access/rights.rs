@@ -193,3 +193,67 @@ async fn the_hosts_config_narrows_a_wider_grant() -> Result<()> {
     assert!(owner_up.status.success(), "{}", stderr(&owner_up));
     Ok(())
 }
+
+/// A grant given an end (`--for`) ends by itself as a revoke does: the
+/// live session goes within a second of the end, owner and user are
+/// mailed, and the audit says why. Until then it is listed with its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_that_expires_ends_its_live_session_and_says_so() -> Result<()> {
+    use latchkey_tests::{smtp::SmtpSink, wait_until};
+    let sink = SmtpSink::start("127.0.0.1:0".parse()?).await?;
+    let smtp = format!(
+        "{{ host = \"127.0.0.1\", port = {}, from = \"Latchkey <relay@example.test>\", tls = \"none\" }}",
+        sink.addr.port()
+    );
+    let w = World::without_grant(vec![("LATCHKEY_RELAY_SMTP".into(), smtp)])?;
+    w.relay
+        .admin(&["set-email", "alice", "alice@example.test"])?;
+    w.relay.admin(&["set-email", "bob", "bob@example.test"])?;
+    // A past or zero end is refused, changing nothing.
+    let refused = w
+        .relay
+        .admin_output(&["grant", "mypc", "bob", "--until", "2020-01-01T00:00"])?;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("in the future"),
+        "{}",
+        stderr(&refused)
+    );
+    w.relay.admin(&["grant", "mypc", "bob", "--for", "6s"])?;
+    let hosts = w.bob.run(&["hosts"])?;
+    assert!(hosts.contains("shared until"), "{hosts}");
+    let status = w.relay.status("mypc")?;
+    let ends = status["expires"]["bob"]
+        .as_u64()
+        .map(|at| std::time::UNIX_EPOCH + Duration::from_secs(at))
+        .ok_or_else(|| anyhow::anyhow!("no end in {status}"))?;
+    let _agent = w.start_agent()?;
+    let mut sleeping = w.bob_sleeping_on_mypc(60)?;
+    assert!(
+        std::time::SystemTime::now() < ends,
+        "the session started after the grant's end"
+    );
+    wait_until("bob's session to end", || !sleeping.running())?;
+    let late = std::time::SystemTime::now().duration_since(ends)?;
+    println!("the session ended {late:?} after the grant's end");
+    assert!(
+        late < Duration::from_secs(1),
+        "ended {late:?} after the grant's end"
+    );
+    let events = w.relay.audit_events("mypc")?;
+    assert!(events.iter().any(|e| e == "grant-expired"), "{events:?}");
+    wait_until("the mails", || {
+        let mail = sink.received();
+        mail.iter()
+            .any(|m| m.contains("To: alice@example.test") && m.contains("expired"))
+            && mail
+                .iter()
+                .any(|m| m.contains("To: bob@example.test") && m.contains("expired"))
+    })?;
+    // And bob is out: his code no longer opens mypc.
+    let out = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
+    assert!(!out.status.success());
+    Ok(())
+}

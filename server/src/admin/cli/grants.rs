@@ -9,16 +9,21 @@ use latchkey_protocol::{
 };
 
 use super::{output::emit, AdminError, Context};
-use crate::admin::service;
+use crate::{
+    admin::{human_time, service},
+    store::GrantTerms,
+};
 
 /// `grant`: gives `user` shared access to `host`.
 pub(super) fn grant(
     cx: &mut Context<'_>,
     host: &HostName,
     user: &UserName,
-    rights: &Rights,
+    terms: &GrantTerms,
 ) -> Result<(), AdminError> {
-    service::grant(cx.store, host, user, rights, &cx.by)?;
+    service::grant(cx.store, host, user, terms, &cx.by)?;
+    let rights = &terms.rights;
+    let zone = jiff::tz::TimeZone::system();
     emit(
         cx,
         &serde_json::json!({
@@ -26,6 +31,7 @@ pub(super) fn grant(
             "host": host.as_str(),
             "user": user.as_str(),
             "rights": rights.to_string(),
+            "expires_at": terms.expires_at.map(|at| human_time::iso_time(at, &zone)),
         }),
         |out| {
             writeln!(
@@ -35,9 +41,50 @@ pub(super) fn grant(
             if !rights.is_all() {
                 writeln!(out, "It allows: {rights}.")?;
             }
+            if let Some(at) = terms.expires_at {
+                writeln!(
+                    out,
+                    "It ends by itself at {}, as a revoke would.",
+                    human_time::local_time(at, &zone)
+                )?;
+            }
             tell_owner(out, user)
         },
     )
+}
+
+/// `--until`: a local date and time (`2026-12-31T18:00`), or a timestamp
+/// with its offset.
+pub(super) fn parse_until(s: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    match s.parse::<jiff::civil::DateTime>() {
+        Ok(dt) => dt
+            .to_zoned(jiff::tz::TimeZone::system())
+            .map(|z| z.timestamp())
+            .map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "'{s}' is not a time: give a local date and time (2026-12-31T18:00) or a \
+             timestamp (2026-12-31T18:00:00Z)"
+        )),
+    }
+}
+
+/// When a grant given `--for` or `--until` ends (Unix seconds).
+pub(super) fn grant_end(
+    lasting: Option<&jiff::Span>,
+    until: Option<&jiff::Timestamp>,
+) -> Result<Option<crate::store::UnixTime>, AdminError> {
+    let end = match (lasting, until) {
+        (Some(span), _) => jiff::Zoned::now()
+            .checked_add(*span)
+            .map(|z| z.timestamp())
+            .map_err(|e| AdminError::Input(format!("--for {span}: {e}")))?,
+        (None, Some(at)) => *at,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(end.as_second()))
 }
 
 /// `rights`: sets what `user` may do on `host`.

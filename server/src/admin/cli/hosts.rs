@@ -8,7 +8,7 @@ use super::{
     AdminError, Context,
 };
 use crate::{
-    admin::service,
+    admin::{human_time, service},
     store::{HostStatus, InviteKind, Unlock},
 };
 
@@ -104,9 +104,20 @@ fn status_fields(s: &HostStatus) -> Vec<(&'static str, String)> {
             if s.grants.is_empty() {
                 "-".into()
             } else {
-                let with_rights = |user: &String| match s.rights.get(user) {
-                    Some(rights) if rights != "all" => format!("{user} ({rights})"),
-                    _ => user.clone(),
+                let zone = jiff::tz::TimeZone::system();
+                let with_rights = |user: &String| {
+                    let mut terms = Vec::new();
+                    if let Some(rights) = s.rights.get(user).filter(|r| *r != "all") {
+                        terms.push(rights.clone());
+                    }
+                    if let Some(at) = s.expires.get(user) {
+                        terms.push(format!("until {}", human_time::local_time(*at, &zone)));
+                    }
+                    if terms.is_empty() {
+                        user.clone()
+                    } else {
+                        format!("{user} ({})", terms.join("; "))
+                    }
                 };
                 s.grants
                     .iter()

@@ -148,6 +148,14 @@ pub enum AdminCommand {
         /// What they may do.
         #[command(flatten)]
         rights: RightsArgs,
+        /// End the grant by itself after this long (8h, 2d, 90m); it ends
+        /// as a revoke does: sessions end, owner and user are emailed.
+        #[arg(long = "for", value_name = "DURATION", conflicts_with = "until")]
+        lasting: Option<jiff::Span>,
+        /// End the grant by itself at this local time (2026-12-31T18:00,
+        /// or a timestamp with its offset).
+        #[arg(long, value_name = "TIME", value_parser = grants::parse_until)]
+        until: Option<jiff::Timestamp>,
     },
     /// Set what USER may do on HOST with their shared access. Running
     /// channels the new rights do not allow end at once.
@@ -312,6 +320,9 @@ pub enum AdminError {
     /// Output failed.
     #[error("output: {0}")]
     Json(#[from] serde_json::Error),
+    /// An argument that cannot be used.
+    #[error("{0}")]
+    Input(String),
 }
 
 impl AdminError {
@@ -369,8 +380,18 @@ pub fn run(
             lockout_threshold,
         } => hosts::policy(cx, host, shared_access.as_deref(), *lockout_threshold),
         AdminCommand::Unlock { host } => hosts::unlock(cx, host),
-        AdminCommand::Grant { host, user, rights } => {
-            grants::grant(cx, host, user, &rights.rights()?)
+        AdminCommand::Grant {
+            host,
+            user,
+            rights,
+            lasting,
+            until,
+        } => {
+            let terms = crate::store::GrantTerms {
+                rights: rights.rights()?,
+                expires_at: grants::grant_end(lasting.as_ref(), until.as_ref())?,
+            };
+            grants::grant(cx, host, user, &terms)
         }
         AdminCommand::Rights { host, user, rights } => {
             grants::set_rights(cx, host, user, &rights.rights()?)

@@ -244,11 +244,13 @@ ALTER TABLE hosts ADD COLUMN desktop TEXT;
     // `latchkey_protocol::rights`), the forward targets they are narrowed
     // to (space-separated, none: any the host allows), and when an admin
     // last set them (from the store-wide counter, so a host keeps the
-    // newer of two messages that cross).
+    // newer of two messages that cross); and when the grant ends by itself.
     r#"
 ALTER TABLE grants ADD COLUMN rights BIGINT NOT NULL DEFAULT 63;
 ALTER TABLE grants ADD COLUMN forward_to TEXT;
 ALTER TABLE grants ADD COLUMN rights_stamp BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE grants ADD COLUMN expires_at BIGINT;
+CREATE INDEX grants_expiry ON grants (expires_at);
 "#,
 ];
 
@@ -779,6 +781,13 @@ mod tests {
     fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner() {
         on_fresh_database("a_grants_rights", |open| {
             suite::a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(&*open())
+        });
+    }
+
+    #[test]
+    fn a_grant_with_an_end_ends_once_as_a_revoke_does() {
+        on_fresh_database("a_grant_with_an_end", |open| {
+            suite::a_grant_with_an_end_ends_once_as_a_revoke_does(&*open())
         });
     }
 

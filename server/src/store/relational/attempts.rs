@@ -170,7 +170,7 @@ pub(super) fn settle(
     let (record, generation) = (r.opt_blob(5)?, r.opt_int(6)?);
     let grant_current = match (&record, generation) {
         (Some(record), Some(generation)) => {
-            grant_is_current(tx, host_id, user_id, record, generation)?
+            grant_is_current(tx, host_id, user_id, record, generation, now)?
         }
         _ => false,
     };

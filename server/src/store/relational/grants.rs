@@ -18,24 +18,27 @@ use super::{
 use crate::store::{
     notice,
     sql::{args, Tx},
-    Actor, AuditEvent, GrantRow, StoreError, UnixTime,
+    Actor, AuditEvent, GrantRow, GrantTerms, StoreError, UnixTime,
 };
 
 /// Whether the user still holds the very grant a login (or a session's
-/// ticket) was made under: the same code record, and not revoked and
-/// granted again meanwhile (a new grant has a new generation).
+/// ticket) was made under: the same code record, not revoked and granted
+/// again meanwhile (a new grant has a new generation), and not past its
+/// end at `now` (whether or not a sweep has ended it yet).
 pub(super) fn grant_is_current(
     tx: &mut dyn Tx,
     host_id: i64,
     user_id: i64,
     record: &[u8],
     generation: i64,
+    now: UnixTime,
 ) -> Result<bool, StoreError> {
     Ok(tx
         .opt_row(
             "SELECT 1 FROM grants
-             WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4",
-            args![host_id, user_id, record, generation],
+             WHERE host_id = ?1 AND user_id = ?2 AND record_id = ?3 AND generation = ?4
+               AND (expires_at IS NULL OR expires_at > ?5)",
+            args![host_id, user_id, record, generation, now],
         )?
         .is_some())
 }
@@ -77,16 +80,22 @@ pub(super) fn read_rights(bits: i64, targets: Option<String>) -> Result<Rights, 
     Rights::from_stored(bits, targets).map_err(|e| corrupt(e.to_string()))
 }
 
-/// Gives `user` shared access to `host` with the owner's current code and
-/// `rights`.
+/// Gives `user` shared access to `host` with the owner's current code, on
+/// `terms`.
 pub(super) fn grant(
     tx: &mut dyn Tx,
     host: &HostName,
     user: &UserName,
-    rights: &Rights,
+    terms: &GrantTerms,
     by: &Actor,
     now: UnixTime,
 ) -> Result<(), StoreError> {
+    let rights = &terms.rights;
+    if terms.expires_at.is_some_and(|at| at <= now) {
+        return Err(StoreError::Refused(
+            "a grant cannot end before it starts: give a time in the future".into(),
+        ));
+    }
     let (host_id, owner_id) = host_ids(tx, host.as_str())?;
     let user_id = user_id(tx, user.as_str())?;
     let r = tx.row(
@@ -114,8 +123,8 @@ pub(super) fn grant(
     let targets = stored_targets(rights);
     let inserted = tx.exec(
         "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation,
-                             rights, forward_to, rights_stamp)
-             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?5) ON CONFLICT DO NOTHING",
+                             rights, forward_to, rights_stamp, expires_at)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?5, ?8) ON CONFLICT DO NOTHING",
         args![
             host_id,
             user_id,
@@ -123,7 +132,8 @@ pub(super) fn grant(
             now,
             generation,
             i64::from(rights.bits()),
-            targets.as_deref()
+            targets.as_deref(),
+            terms.expires_at
         ],
     )?;
     if inserted == 0 {
@@ -138,9 +148,15 @@ pub(super) fn grant(
         Some(user.as_str()),
         by,
     );
+    let mut detail = by.detail();
     if !rights.is_all() {
-        row.detail = Some(format!("{}; rights: {rights}", by.detail()));
+        detail.push_str(&format!("; rights: {rights}"));
     }
+    if let Some(at) = terms.expires_at {
+        // Shown in local time by the CLI and the console.
+        detail.push_str(&format!("; expires at {at}"));
+    }
+    row.detail = Some(detail);
     insert_audit(tx, &row, now)?;
     enqueue_for_owner(tx, host_id, now, |owner| {
         notice::granted(host.as_str(), owner, user.as_str())
@@ -210,16 +226,54 @@ pub(super) fn regrant(
     by: &Actor,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    let rights = match rights_of(tx, host, user)? {
-        Some(GrantRights {
-            shared: true,
-            rights,
-            ..
-        }) => rights,
-        _ => Rights::all(),
+    let (host_id, _) = host_ids(tx, host.as_str())?;
+    let user_id = user_id(tx, user.as_str())?;
+    let kept = tx.opt_row(
+        "SELECT rights, forward_to, expires_at FROM grants
+         WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
+        args![host_id, user_id],
+    )?;
+    let terms = match kept {
+        Some(r) => GrantTerms {
+            rights: read_rights(r.int(0)?, r.opt_text(1)?)?,
+            expires_at: r.opt_int(2)?,
+        },
+        None => GrantTerms::default(),
     };
     take_away(tx, host, user, by, now)?;
-    grant(tx, host, user, &rights, by, now)
+    grant(tx, host, user, &terms, by, now)
+}
+
+/// Ends the grants whose time is up (see
+/// [`crate::store::Store::expire_grants`]).
+pub(super) fn expire(tx: &mut dyn Tx, now: UnixTime) -> Result<Vec<(String, String)>, StoreError> {
+    let ended: Vec<(i64, i64, String, String)> = tx
+        .rows(
+            "SELECT g.host_id, g.user_id, h.name, u.name FROM grants g
+             JOIN hosts h ON h.id = g.host_id JOIN users u ON u.id = g.user_id
+             WHERE g.is_owner = 0 AND g.expires_at IS NOT NULL AND g.expires_at <= ?1
+             ORDER BY g.expires_at",
+            args![now],
+        )?
+        .iter()
+        .map(|r| Ok((r.int(0)?, r.int(1)?, r.text(2)?, r.text(3)?)))
+        .collect::<Result<_, StoreError>>()?;
+    for (host_id, user_id, host, user) in &ended {
+        tx.exec(
+            "DELETE FROM grants WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
+            args![*host_id, *user_id],
+        )?;
+        insert_audit(
+            tx,
+            &event(AuditEvent::GrantExpired, Some(host), Some(user)),
+            now,
+        )?;
+        enqueue_for_owner(tx, *host_id, now, |owner| {
+            notice::grant_expired(host, owner, user)
+        })?;
+        enqueue(tx, &notice::access_expired(host, user), now)?;
+    }
+    Ok(ended.into_iter().map(|(_, _, h, u)| (h, u)).collect())
 }
 
 /// Sets what `user` may do on `host` with their shared access.
@@ -295,7 +349,8 @@ pub(super) fn rights_of(
 /// The secondary users of `host` (of every host with `None`).
 pub(super) fn list(tx: &mut dyn Tx, host: Option<&HostName>) -> Result<Vec<GrantRow>, StoreError> {
     tx.rows(
-        "SELECT h.name, u.name, g.created_at, c.created_at, g.rights, g.forward_to FROM grants g
+        "SELECT h.name, u.name, g.created_at, c.created_at, g.rights, g.forward_to, g.expires_at
+         FROM grants g
          JOIN hosts h ON h.id = g.host_id
          JOIN users u ON u.id = g.user_id
          LEFT JOIN code_records c ON c.id = g.record_id
@@ -311,6 +366,7 @@ pub(super) fn list(tx: &mut dyn Tx, host: Option<&HostName>) -> Result<Vec<Grant
             granted_at: r.int(2)?,
             code_set_at: r.opt_int(3)?,
             rights: read_rights(r.int(4)?, r.opt_text(5)?)?,
+            expires_at: r.opt_int(6)?,
         })
     })
     .collect()

@@ -2,6 +2,8 @@
 //! the admin and the users' clients see them, and the owner's policy
 //! (shared access, lockout threshold).
 
+use std::collections::BTreeMap;
+
 use latchkey_protocol::{
     frame::HostInfo,
     ids::{HostName, UserName},
@@ -97,20 +99,23 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         args![id],
     )?;
     let grants = shared_users(tx, id)?;
-    let rights = tx
-        .rows(
-            "SELECT u.name, g.rights, g.forward_to FROM grants g JOIN users u ON u.id = g.user_id
-             WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
-            args![id],
-        )?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.text(0)?,
-                read_rights(r.int(1)?, r.opt_text(2)?)?.to_string(),
-            ))
-        })
-        .collect::<Result<_, StoreError>>()?;
+    let terms = tx.rows(
+        "SELECT u.name, g.rights, g.forward_to, g.expires_at FROM grants g
+         JOIN users u ON u.id = g.user_id
+         WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
+        args![id],
+    )?;
+    let (mut rights, mut expires) = (BTreeMap::new(), BTreeMap::new());
+    for r in &terms {
+        let user = r.text(0)?;
+        rights.insert(
+            user.clone(),
+            read_rights(r.int(1)?, r.opt_text(2)?)?.to_string(),
+        );
+        if let Some(at) = r.opt_int(3)? {
+            expires.insert(user, at);
+        }
+    }
     Ok(HostStatus {
         name: r.text(0)?,
         owner: r.text(1)?,
@@ -126,6 +131,7 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         relay: r.opt_text(10)?,
         grants,
         rights,
+        expires,
     })
 }
 
@@ -155,7 +161,7 @@ fn parse_host(name: &str) -> Result<HostName, StoreError> {
 pub(super) fn for_user(tx: &mut dyn Tx, user: &UserName) -> Result<Vec<HostInfo>, StoreError> {
     tx.rows(
         "SELECT h.name, o.name, h.online, CASE WHEN h.locked_at IS NULL THEN 0 ELSE 1 END,
-                g.is_owner, h.desktop
+                g.is_owner, h.desktop, g.expires_at
          FROM grants g JOIN users u ON u.id = g.user_id
          JOIN hosts h ON h.id = g.host_id JOIN users o ON o.id = h.owner_id
          WHERE u.name = ?1 ORDER BY h.name LIMIT ?2",
@@ -180,6 +186,7 @@ pub(super) fn for_user(tx: &mut dyn Tx, user: &UserName) -> Result<Vec<HostInfo>
             desktop: r
                 .opt_text(5)?
                 .and_then(|scheme| DesktopProtocol::from_scheme(&scheme)),
+            expires_at: r.opt_int(6)?,
         })
     })
     .collect()

@@ -41,9 +41,9 @@ use latchkey_protocol::{
 pub(super) use self::{audit::insert_audit, outbox::enqueue};
 use super::{
     sql::{Backend, EventFeed, Tx},
-    Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, HostPresence, HostStatus,
-    InviteKind, OutboxRow, Removal, SessionEnd, Store, StoreError, StoreGauges, SweptRelays,
-    TxTimer, UnixTime, Unlock, UserRow,
+    Actor, AttemptId, AuditFilter, AuditRow, Enrolled, Event, GrantRow, GrantTerms, HostPresence,
+    HostStatus, InviteKind, OutboxRow, Removal, SessionEnd, Store, StoreError, StoreGauges,
+    SweptRelays, TxTimer, UnixTime, Unlock, UserRow,
 };
 use crate::rules::lockout::{Admission, Proof, Settlement};
 
@@ -212,11 +212,15 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         host: &HostName,
         user: &UserName,
-        rights: &Rights,
+        terms: &GrantTerms,
         by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        self.write(|tx| grants::grant(tx, host, user, rights, by, now))
+        self.write(|tx| grants::grant(tx, host, user, terms, by, now))
+    }
+
+    fn expire_grants(&self, now: UnixTime) -> Result<Vec<(String, String)>, StoreError> {
+        self.write(|tx| grants::expire(tx, now))
     }
 
     fn set_rights(

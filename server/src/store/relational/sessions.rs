@@ -210,7 +210,7 @@ pub(super) fn resume(
     if expires_at <= now {
         return Ok(Err("the resume ticket expired"));
     }
-    let grant_current = grant_is_current(tx, host_id, user_id, &record, generation)?;
+    let grant_current = grant_is_current(tx, host_id, user_id, &record, generation, now)?;
     // The ticket proves what the login's right code did; the rule
     // decides as for a verdict. A resumed session takes its old one's
     // place if the old one still holds it; one already ended (its relay
