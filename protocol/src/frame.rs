@@ -330,6 +330,14 @@ pub enum HostToRelay {
         /// its standard error.
         reason: String,
     },
+    /// A session had no channel traffic for its grant's idle limit: the
+    /// host closed its connection, and the relay ends it with the reason.
+    SessionIdle {
+        /// The session.
+        session: SessionId,
+        /// The limit it reached, in seconds.
+        idle_secs: u32,
+    },
 }
 
 /// Control frames from the relay to a host agent.

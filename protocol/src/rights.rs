@@ -330,6 +330,8 @@ pub struct GrantRights {
     pub shared: bool,
     /// Grows each time an admin sets a grant's rights (store-wide).
     pub stamp: u64,
+    /// A session with no channel traffic for this long ends (seconds).
+    pub idle_secs: Option<u32>,
 }
 
 impl GrantRights {
@@ -339,6 +341,7 @@ impl GrantRights {
             rights: Rights::all(),
             shared: false,
             stamp: 0,
+            idle_secs: None,
         }
     }
 }

@@ -288,7 +288,7 @@ async fn serve(
     control: Control,
     device: &net::DeviceEndpoint,
     side: &Arc<HostSide>,
-    sessions: &mut JoinSet<()>,
+    sessions: &mut JoinSet<Option<HostToRelay>>,
     shutdown: &CancellationToken,
 ) -> Ended {
     let cfg = &side.cfg;
@@ -344,10 +344,10 @@ async fn serve(
                     if let Some((who, incoming)) = side.sessions.admit(incoming) {
                         let side = side.clone();
                         sessions.spawn(async move {
-                            if let Some(conn) = side.sessions.handshake(&who, incoming).await {
-                                channels::serve_session(side.clone(), who, conn.clone()).await;
-                                side.sessions.finished(&conn);
-                            }
+                            let conn = side.sessions.handshake(&who, incoming).await?;
+                            let ended_here = channels::serve_session(side.clone(), who, conn.clone()).await;
+                            side.sessions.finished(&conn);
+                            ended_here
                         });
                     }
                 }
@@ -434,7 +434,15 @@ async fn serve(
                 Some(Ok(None)) | None => return "relay closed the control stream".into(),
                 Some(Err(e)) => return e.to_string().into(),
             },
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                // A session this host ended (idle): the relay ends it too, and
+                // says why. On a later link it is gone from the relay anyway.
+                if let Ok(Some(frame)) = done {
+                    if let Err(e) = wire::write_frame(&mut send, &frame).await {
+                        return e.to_string().into();
+                    }
+                }
+            }
         }
     }
 }

@@ -90,6 +90,11 @@ impl Following {
         }
     }
 
+    /// The grant's idle limit in seconds, if it has one.
+    pub(crate) fn idle_limit(&self) -> Option<u32> {
+        self.rx.borrow().idle_secs
+    }
+
     /// `None` if a channel of `kind` is allowed, else what the user is told:
     /// their grant lacks the right, or the owner's config does.
     pub(crate) fn refusal(&self, kind: &ChannelKind, host: &str) -> Option<(Right, String)> {
@@ -144,6 +149,7 @@ mod tests {
             rights: rights.parse().expect("rights"),
             shared: true,
             stamp,
+            idle_secs: None,
         }
     }
 

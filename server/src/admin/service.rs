@@ -43,6 +43,9 @@ pub enum ServiceError {
     /// Rights that cannot be given.
     #[error(transparent)]
     Rights(#[from] RightsError),
+    /// Not an idle limit.
+    #[error("'{}' is not an idle limit: give a duration from 1s to 7d, such as 15m", .0.escape_debug())]
+    BadIdle(String),
 }
 
 /// An invite token, shown once.
@@ -160,9 +163,22 @@ pub fn set_rights(
     host: &HostName,
     user: &UserName,
     rights: &Rights,
+    idle_secs: Option<u32>,
     by: &Actor,
 ) -> Result<(), ServiceError> {
-    Ok(store.set_rights(host, user, rights, by, now_unix())?)
+    Ok(store.set_rights(host, user, rights, idle_secs, by, now_unix())?)
+}
+
+/// An idle limit as given (`15m`, `1h 30m`, `90s`), in whole seconds:
+/// at least a second, at most a week.
+pub fn idle_limit(text: &str) -> Result<u32, ServiceError> {
+    let bad = || ServiceError::BadIdle(text.to_string());
+    let d: jiff::SignedDuration = text.trim().parse().map_err(|_| bad())?;
+    let secs = u32::try_from(d.as_secs()).map_err(|_| bad())?;
+    if !(1..=7 * 86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(secs)
 }
 
 /// Rights from `--allow` (default: all) and `--forward-to` (default: any

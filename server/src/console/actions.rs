@@ -90,9 +90,15 @@ pub(super) async fn host_action(
             let user = parse_user(&field("user"))?;
             let rights =
                 view::rights_from_form(field).map_err(|e| ConsoleError::BadInput(e.to_string()))?;
+            let idle = match field("idle").trim() {
+                "" => None,
+                text => Some(
+                    service::idle_limit(text).map_err(|e| ConsoleError::BadInput(e.to_string()))?,
+                ),
+            };
             let h = host.clone();
             let result = state
-                .run(move |s| service::set_rights(s, &h, &user, &rights, &actor))
+                .run(move |s| service::set_rights(s, &h, &user, &rights, idle, &actor))
                 .await;
             ("rights".to_string(), result)
         }

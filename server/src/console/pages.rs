@@ -294,7 +294,7 @@ pub(super) async fn host_body(
                                 @if let Some(at) = g.expires_at { br; span.ends { "ends " (view::time(at)) } }
                             }
                             td data-label="Code inherited" { @if let Some(at) = g.code_set_at { "set " (view::time(at)) } @else { "-" } }
-                            td data-label="Rights" { (view::rights_form(&paths::host_action(name, "rights"), csrf, &g.user, &g.rights)) }
+                            td data-label="Rights" { (view::rights_form(&paths::host_action(name, "rights"), csrf, &g.user, &g.rights, g.idle_secs)) }
                             td.actions {
                                 (view::button_form(&paths::host_action(name, "revoke"), csrf, &[("user", &g.user)], "Revoke"))
                                 (view::button_form(&paths::host_action(name, "regrant"), csrf, &[("user", &g.user)], "Grant again (current code)"))

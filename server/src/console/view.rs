@@ -293,7 +293,16 @@ pub(super) fn button_form(
 
 /// A shared user's rights as a form: a checkbox per right, the forward
 /// targets they are narrowed to, and a button that sets them.
-pub(super) fn rights_form(action: &str, csrf: &str, user: &str, rights: &Rights) -> Markup {
+pub(super) fn rights_form(
+    action: &str,
+    csrf: &str,
+    user: &str,
+    rights: &Rights,
+    idle_secs: Option<u32>,
+) -> Markup {
+    let idle = idle_secs.map_or(String::new(), |s| {
+        jiff::SignedDuration::from_secs(i64::from(s)).to_string()
+    });
     let targets = rights
         .forward_targets()
         .map(|t| {
@@ -315,6 +324,9 @@ pub(super) fn rights_form(action: &str, csrf: &str, user: &str, rights: &Rights)
             }
             label.targets { "Forward only to (IP:PORT, comma-separated)"
                 input type="text" name="forward_to" value=(targets) placeholder="any the host allows";
+            }
+            label.targets { "End a session idle for (15m, 1h)"
+                input type="text" name="idle" value=(idle) placeholder="no limit";
             }
             button type="submit" { "Set rights" }
         }

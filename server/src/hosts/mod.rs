@@ -118,6 +118,16 @@ pub(crate) async fn serve(
                         info!(%host, "host acknowledged the reboot");
                         continue;
                     }
+                    HostToRelay::SessionIdle { session, idle_secs } => {
+                        let idle = jiff::SignedDuration::from_secs(i64::from(idle_secs));
+                        let why = format!(
+                            "your session on '{host}' had no traffic for {idle:#}, your grant's idle limit"
+                        );
+                        if shared.sessions.end_one(&host, session, &why) {
+                            info!(%host, %session, idle_secs, "session ended: idle");
+                        }
+                        continue;
+                    }
                     HostToRelay::RebootFailed { session, reason } => {
                         crate::session::reboot::failed(shared, &host, session, reason).await;
                         continue;

@@ -96,6 +96,18 @@ impl Sessions {
         ended
     }
 
+    /// Ends the live session `id` if it is on `host` (a host ends only its
+    /// own); whether it did.
+    pub(crate) fn end_one(&self, host: &HostName, id: SessionId, reason: &str) -> bool {
+        match self.map().get(&id) {
+            Some(live) if live.host == *host => {
+                live.end.send_replace(Some(reason.to_string()));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Ends every live session of `user` on `host`.
     pub(crate) fn end(&self, host: &str, user: &str, reason: &str) -> usize {
         self.end_where(reason, |l| {

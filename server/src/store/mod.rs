@@ -262,6 +262,8 @@ pub struct HostStatus {
     pub rights: std::collections::BTreeMap<String, String>,
     /// When each secondary user's grant ends by itself, for those that do.
     pub expires: std::collections::BTreeMap<String, UnixTime>,
+    /// Each secondary user's idle limit in seconds, for those with one.
+    pub idle: std::collections::BTreeMap<String, u32>,
 }
 
 /// What a grant gives besides the owner's code: what the user may do, and
@@ -272,6 +274,8 @@ pub struct GrantTerms {
     pub rights: Rights,
     /// When the grant ends by itself (Unix seconds); `None`: when revoked.
     pub expires_at: Option<UnixTime>,
+    /// A session with no channel traffic for this long ends (seconds).
+    pub idle_secs: Option<u32>,
 }
 
 /// One audit log entry.
@@ -414,6 +418,8 @@ pub struct GrantRow {
     pub rights: Rights,
     /// When the grant ends by itself, if it does.
     pub expires_at: Option<UnixTime>,
+    /// A session with no channel traffic for this long ends (seconds).
+    pub idle_secs: Option<u32>,
 }
 
 /// Which audit rows to show.
@@ -569,6 +575,7 @@ pub trait Store: AdminAccounts + Send + Sync + 'static {
         host: &HostName,
         user: &UserName,
         rights: &Rights,
+        idle_secs: Option<u32>,
         by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError>;

@@ -1188,7 +1188,7 @@ pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store:
     assert!(first.shared && first.rights.is_all());
     let copy_only: Rights = "copy-from,copy-to".parse().expect("rights");
     store
-        .set_rights(&host, &bob, &copy_only, &Actor::cli(), 2)
+        .set_rights(&host, &bob, &copy_only, None, &Actor::cli(), 2)
         .expect("set");
     let second = store
         .grant_rights(&host, &bob)
@@ -1200,7 +1200,7 @@ pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store:
         .forwarding_only_to(vec!["127.0.0.1:22".parse().expect("addr")])
         .expect("targets");
     store
-        .set_rights(&host, &bob, &forward_only, &Actor::cli(), 3)
+        .set_rights(&host, &bob, &forward_only, Some(900), &Actor::cli(), 3)
         .expect("set");
     store
         .regrant(&host, &bob, &Actor::cli(), 4)
@@ -1210,6 +1210,7 @@ pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store:
         .expect("read")
         .expect("bob's");
     assert_eq!(third.rights, forward_only, "a regrant keeps the rights");
+    assert_eq!(third.idle_secs, Some(900), "and the idle limit");
     assert!(third.stamp > second.stamp);
     assert_eq!(
         store.host_status(&host).expect("status").rights["bob"],
@@ -1221,7 +1222,7 @@ pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store:
         .expect("alice's");
     assert!(!owner.shared && owner.rights.is_all());
     assert!(matches!(
-        store.set_rights(&host, &alice, &copy_only, &Actor::cli(), 5),
+        store.set_rights(&host, &alice, &copy_only, None, &Actor::cli(), 5),
         Err(StoreError::Refused(_))
     ));
     let carol: UserName = "carol".parse().expect("name");

@@ -257,3 +257,52 @@ async fn a_grant_that_expires_ends_its_live_session_and_says_so() -> Result<()> 
     assert!(!out.status.success());
     Ok(())
 }
+
+/// A grant's idle limit (`--idle`): a session with no channel traffic for
+/// that long ends, saying why; one whose command prints now and then does
+/// not; the owner has no limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_ends_and_a_busy_one_does_not() -> Result<()> {
+    let w = World::new()?;
+    w.relay.admin(&["rights", "mypc", "bob", "--idle", "2s"])?;
+    assert!(w
+        .relay
+        .admin(&["status", "mypc"])?
+        .contains("idle limit 2s"));
+    let _agent = w.start_agent()?;
+    let started = Instant::now();
+    let quiet = w
+        .bob
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "sleep", "20"])?;
+    println!("the quiet session ended after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(quiet.status.code(), Some(255), "{}", stderr(&quiet));
+    assert!(
+        stderr(&quiet).contains("had no traffic for 2s, your grant's idle limit"),
+        "{}",
+        stderr(&quiet)
+    );
+    let busy = w.bob.with_code(
+        OWNER_CODE,
+        &[
+            "exec",
+            "mypc",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4; do echo tick; sleep 1; done",
+        ],
+    )?;
+    assert!(busy.status.success(), "{}", stderr(&busy));
+    assert_eq!(
+        String::from_utf8_lossy(&busy.stdout)
+            .matches("tick")
+            .count(),
+        4
+    );
+    let owner = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "sleep", "3"])?;
+    assert!(owner.status.success(), "{}", stderr(&owner));
+    Ok(())
+}

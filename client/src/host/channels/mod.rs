@@ -24,7 +24,7 @@ mod shell;
 
 use std::{sync::Arc, time::Duration};
 
-use latchkey_protocol::session::ChannelKind;
+use latchkey_protocol::{frame::HostToRelay, session::ChannelKind};
 use quinn::{RecvStream, SendStream};
 use tokio::{task::JoinSet, time::timeout};
 use tracing::{debug, info};
@@ -63,12 +63,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// dropped.
 const WIND_DOWN: Duration = Duration::from_secs(4);
 
+/// How often a session's channel traffic is looked at, for its grant's
+/// idle limit.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// Serves a session's connection, after its handshake: every stream the
 /// client opens is one channel. When the connection ends (the session
 /// ended, the client left, the host closed it), its channels end what they
-/// started.
-pub(crate) async fn serve_session(side: Arc<HostSide>, who: SessionUser, conn: quinn::Connection) {
+/// started. A session with no channel traffic for its grant's idle limit
+/// is closed here; the frame returned asks the relay to end it, with why.
+pub(crate) async fn serve_session(
+    side: Arc<HostSide>,
+    who: SessionUser,
+    conn: quinn::Connection,
+) -> Option<HostToRelay> {
     let mut channels = JoinSet::new();
+    let mut idle = IdleClock::new(&conn);
+    let mut check = tokio::time::interval(IDLE_CHECK);
+    let mut ended_here = None;
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
@@ -81,12 +93,55 @@ pub(crate) async fn serve_session(side: Arc<HostSide>, who: SessionUser, conn: q
                 }
             },
             Some(_) = channels.join_next(), if !channels.is_empty() => {}
+            _ = check.tick() => {
+                let limit = side.rights.follow(&who.user).and_then(|r| r.idle_limit());
+                if let Some(secs) = limit.filter(|s| idle.quiet_for(&conn) >= Duration::from_secs(u64::from(*s))) {
+                    info!(user = %who.user, session = %who.session, idle_secs = secs, "session idle: ending it");
+                    conn.close(quinn::VarInt::from_u32(0), b"idle");
+                    ended_here = Some(HostToRelay::SessionIdle { session: who.session, idle_secs: secs });
+                    break;
+                }
+            }
         }
     }
     let _ = timeout(WIND_DOWN, async {
         while channels.join_next().await.is_some() {}
     })
     .await;
+    ended_here
+}
+
+/// When a session's channels last moved a byte either way: QUIC counts
+/// the stream frames sent and received, and keep-alives are not among
+/// them, so a quiet shell is idle and a command printing now and then is
+/// not.
+struct IdleClock {
+    frames: u64,
+    since: tokio::time::Instant,
+}
+
+impl IdleClock {
+    fn new(conn: &quinn::Connection) -> Self {
+        Self {
+            frames: Self::stream_frames(conn),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn stream_frames(conn: &quinn::Connection) -> u64 {
+        let stats = conn.stats();
+        stats.frame_rx.stream + stats.frame_tx.stream
+    }
+
+    /// How long no stream frame went either way.
+    fn quiet_for(&mut self, conn: &quinn::Connection) -> Duration {
+        let frames = Self::stream_frames(conn);
+        if frames != self.frames {
+            self.frames = frames;
+            self.since = tokio::time::Instant::now();
+        }
+        self.since.elapsed()
+    }
 }
 
 /// Serves one channel: reads what it is for, and runs it if allowed.

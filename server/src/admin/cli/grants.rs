@@ -93,21 +93,30 @@ pub(super) fn set_rights(
     host: &HostName,
     user: &UserName,
     rights: &Rights,
+    idle_secs: Option<u32>,
 ) -> Result<(), AdminError> {
-    service::set_rights(cx.store, host, user, rights, &cx.by)?;
+    service::set_rights(cx.store, host, user, rights, idle_secs, &cx.by)?;
     emit(
         cx,
         &serde_json::json!({
             "host": host.as_str(),
             "user": user.as_str(),
             "rights": rights.to_string(),
+            "idle_secs": idle_secs,
         }),
         |out| {
             writeln!(
                 out,
                 "'{user}' may now do on '{host}': {rights}. What they had running that this no \
                  longer allows ends."
-            )
+            )?;
+            if let Some(secs) = idle_secs {
+                writeln!(
+                    out,
+                    "A session of theirs ends after {secs} s without channel traffic."
+                )?;
+            }
+            Ok(())
         },
     )
 }

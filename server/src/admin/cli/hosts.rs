@@ -110,6 +110,10 @@ fn status_fields(s: &HostStatus) -> Vec<(&'static str, String)> {
                     if let Some(rights) = s.rights.get(user).filter(|r| *r != "all") {
                         terms.push(rights.clone());
                     }
+                    if let Some(secs) = s.idle.get(user) {
+                        let idle = jiff::SignedDuration::from_secs(i64::from(*secs));
+                        terms.push(format!("idle limit {idle:#}"));
+                    }
                     if let Some(at) = s.expires.get(user) {
                         terms.push(format!("until {}", human_time::local_time(*at, &zone)));
                     }

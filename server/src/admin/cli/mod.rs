@@ -43,11 +43,22 @@ pub struct RightsArgs {
     /// the host allows. Default: any the host allows.
     #[arg(long, value_name = "IP:PORT", value_delimiter = ',')]
     forward_to: Vec<std::net::SocketAddr>,
+    /// End a session of theirs after this long without channel traffic
+    /// (15m, 1h; from 1s to 7d). Default: no limit.
+    #[arg(long, value_name = "DURATION")]
+    idle: Option<String>,
 }
 
 impl RightsArgs {
     fn rights(&self) -> Result<Rights, ServiceError> {
         crate::admin::service::rights_from(Some(&self.allow), &self.forward_to)
+    }
+
+    fn idle_secs(&self) -> Result<Option<u32>, ServiceError> {
+        self.idle
+            .as_deref()
+            .map(crate::admin::service::idle_limit)
+            .transpose()
     }
 }
 
@@ -390,11 +401,12 @@ pub fn run(
             let terms = crate::store::GrantTerms {
                 rights: rights.rights()?,
                 expires_at: grants::grant_end(lasting.as_ref(), until.as_ref())?,
+                idle_secs: rights.idle_secs()?,
             };
             grants::grant(cx, host, user, &terms)
         }
         AdminCommand::Rights { host, user, rights } => {
-            grants::set_rights(cx, host, user, &rights.rights()?)
+            grants::set_rights(cx, host, user, &rights.rights()?, rights.idle_secs()?)
         }
         AdminCommand::Revoke { host, user } => grants::revoke(cx, host, user),
         AdminCommand::Regrant { host, user } => grants::regrant(cx, host, user),

@@ -244,12 +244,14 @@ ALTER TABLE hosts ADD COLUMN desktop TEXT;
     // `latchkey_protocol::rights`), the forward targets they are narrowed
     // to (space-separated, none: any the host allows), and when an admin
     // last set them (from the store-wide counter, so a host keeps the
-    // newer of two messages that cross); and when the grant ends by itself.
+    // newer of two messages that cross); when the grant ends by itself, and
+    // after how long without channel traffic a session ends.
     r#"
 ALTER TABLE grants ADD COLUMN rights BIGINT NOT NULL DEFAULT 63;
 ALTER TABLE grants ADD COLUMN forward_to TEXT;
 ALTER TABLE grants ADD COLUMN rights_stamp BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE grants ADD COLUMN expires_at BIGINT;
+ALTER TABLE grants ADD COLUMN idle_secs BIGINT;
 CREATE INDEX grants_expiry ON grants (expires_at);
 "#,
 ];

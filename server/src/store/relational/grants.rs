@@ -80,6 +80,14 @@ pub(super) fn read_rights(bits: i64, targets: Option<String>) -> Result<Rights, 
     Rights::from_stored(bits, targets).map_err(|e| corrupt(e.to_string()))
 }
 
+/// A grant's stored idle limit.
+fn read_idle(secs: Option<i64>) -> Result<Option<u32>, StoreError> {
+    secs.map(|s| {
+        u32::try_from(s).map_err(|_| StoreError::Corrupt(format!("a grant's idle limit {s}")))
+    })
+    .transpose()
+}
+
 /// Gives `user` shared access to `host` with the owner's current code, on
 /// `terms`.
 pub(super) fn grant(
@@ -123,8 +131,8 @@ pub(super) fn grant(
     let targets = stored_targets(rights);
     let inserted = tx.exec(
         "INSERT INTO grants (host_id, user_id, record_id, is_owner, created_at, generation,
-                             rights, forward_to, rights_stamp, expires_at)
-             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?5, ?8) ON CONFLICT DO NOTHING",
+                             rights, forward_to, rights_stamp, expires_at, idle_secs)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7, ?5, ?8, ?9) ON CONFLICT DO NOTHING",
         args![
             host_id,
             user_id,
@@ -133,7 +141,8 @@ pub(super) fn grant(
             generation,
             i64::from(rights.bits()),
             targets.as_deref(),
-            terms.expires_at
+            terms.expires_at,
+            terms.idle_secs.map(i64::from)
         ],
     )?;
     if inserted == 0 {
@@ -151,6 +160,9 @@ pub(super) fn grant(
     let mut detail = by.detail();
     if !rights.is_all() {
         detail.push_str(&format!("; rights: {rights}"));
+    }
+    if let Some(secs) = terms.idle_secs {
+        detail.push_str(&format!("; idle limit {secs} s"));
     }
     if let Some(at) = terms.expires_at {
         // Shown in local time by the CLI and the console.
@@ -229,7 +241,7 @@ pub(super) fn regrant(
     let (host_id, _) = host_ids(tx, host.as_str())?;
     let user_id = user_id(tx, user.as_str())?;
     let kept = tx.opt_row(
-        "SELECT rights, forward_to, expires_at FROM grants
+        "SELECT rights, forward_to, expires_at, idle_secs FROM grants
          WHERE host_id = ?1 AND user_id = ?2 AND is_owner = 0",
         args![host_id, user_id],
     )?;
@@ -237,6 +249,7 @@ pub(super) fn regrant(
         Some(r) => GrantTerms {
             rights: read_rights(r.int(0)?, r.opt_text(1)?)?,
             expires_at: r.opt_int(2)?,
+            idle_secs: read_idle(r.opt_int(3)?)?,
         },
         None => GrantTerms::default(),
     };
@@ -282,6 +295,7 @@ pub(super) fn set_rights(
     host: &HostName,
     user: &UserName,
     rights: &Rights,
+    idle_secs: Option<u32>,
     by: &Actor,
     now: UnixTime,
 ) -> Result<(), StoreError> {
@@ -290,14 +304,15 @@ pub(super) fn set_rights(
     let stamp = next_generation(tx)?;
     let targets = stored_targets(rights);
     let changed = tx.exec(
-        "UPDATE grants SET rights = ?1, forward_to = ?2, rights_stamp = ?3
+        "UPDATE grants SET rights = ?1, forward_to = ?2, rights_stamp = ?3, idle_secs = ?6
          WHERE host_id = ?4 AND user_id = ?5 AND is_owner = 0",
         args![
             i64::from(rights.bits()),
             targets.as_deref(),
             stamp,
             host_id,
-            user_id
+            user_id,
+            idle_secs.map(i64::from)
         ],
     )?;
     if changed == 0 {
@@ -311,7 +326,8 @@ pub(super) fn set_rights(
         Some(user.as_str()),
         by,
     );
-    row.detail = Some(format!("{}; rights: {rights}", by.detail()));
+    let idle = idle_secs.map_or(String::new(), |s| format!("; idle limit {s} s"));
+    row.detail = Some(format!("{}; rights: {rights}{idle}", by.detail()));
     insert_audit(tx, &row, now)?;
     enqueue(
         tx,
@@ -327,7 +343,7 @@ pub(super) fn rights_of(
     user: &UserName,
 ) -> Result<Option<GrantRights>, StoreError> {
     let Some(r) = tx.opt_row(
-        "SELECT g.is_owner, g.rights, g.forward_to, g.rights_stamp FROM grants g
+        "SELECT g.is_owner, g.rights, g.forward_to, g.rights_stamp, g.idle_secs FROM grants g
          JOIN users u ON u.id = g.user_id
          JOIN hosts h ON h.id = g.host_id
          WHERE u.name = ?1 AND h.name = ?2",
@@ -343,13 +359,15 @@ pub(super) fn rights_of(
         rights: read_rights(r.int(1)?, r.opt_text(2)?)?,
         shared: true,
         stamp: u64::try_from(r.int(3)?).unwrap_or(0),
+        idle_secs: read_idle(r.opt_int(4)?)?,
     }))
 }
 
 /// The secondary users of `host` (of every host with `None`).
 pub(super) fn list(tx: &mut dyn Tx, host: Option<&HostName>) -> Result<Vec<GrantRow>, StoreError> {
     tx.rows(
-        "SELECT h.name, u.name, g.created_at, c.created_at, g.rights, g.forward_to, g.expires_at
+        "SELECT h.name, u.name, g.created_at, c.created_at, g.rights, g.forward_to, g.expires_at,
+                g.idle_secs
          FROM grants g
          JOIN hosts h ON h.id = g.host_id
          JOIN users u ON u.id = g.user_id
@@ -367,6 +385,7 @@ pub(super) fn list(tx: &mut dyn Tx, host: Option<&HostName>) -> Result<Vec<Grant
             code_set_at: r.opt_int(3)?,
             rights: read_rights(r.int(4)?, r.opt_text(5)?)?,
             expires_at: r.opt_int(6)?,
+            idle_secs: read_idle(r.opt_int(7)?)?,
         })
     })
     .collect()

@@ -100,18 +100,21 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
     )?;
     let grants = shared_users(tx, id)?;
     let terms = tx.rows(
-        "SELECT u.name, g.rights, g.forward_to, g.expires_at FROM grants g
+        "SELECT u.name, g.rights, g.forward_to, g.expires_at, g.idle_secs FROM grants g
          JOIN users u ON u.id = g.user_id
          WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
         args![id],
     )?;
-    let (mut rights, mut expires) = (BTreeMap::new(), BTreeMap::new());
+    let (mut rights, mut expires, mut idle) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for r in &terms {
         let user = r.text(0)?;
         rights.insert(
             user.clone(),
             read_rights(r.int(1)?, r.opt_text(2)?)?.to_string(),
         );
+        if let Some(secs) = r.opt_int(4)?.and_then(|s| u32::try_from(s).ok()) {
+            idle.insert(user.clone(), secs);
+        }
         if let Some(at) = r.opt_int(3)? {
             expires.insert(user, at);
         }
@@ -132,6 +135,7 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         grants,
         rights,
         expires,
+        idle,
     })
 }
 

@@ -228,10 +228,11 @@ impl<B: Backend> Store for SqlStore<B> {
         host: &HostName,
         user: &UserName,
         rights: &Rights,
+        idle_secs: Option<u32>,
         by: &Actor,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        self.write(|tx| grants::set_rights(tx, host, user, rights, by, now))
+        self.write(|tx| grants::set_rights(tx, host, user, rights, idle_secs, by, now))
     }
 
     fn grant_rights(
