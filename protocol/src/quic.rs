@@ -53,6 +53,16 @@ async fn read_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, WireErr
     Ok(body)
 }
 
+/// Finishes a control stream whose last frame ends the connection (a
+/// reply, a refusal), and lets the peer read it and close, for at most
+/// 2 s: the connection closes when its handler returns, and a peer whose
+/// connection is closed can no longer read what it had received, so it
+/// would be left a bare "closed".
+pub async fn finish_and_let_close(conn: &quinn::Connection, send: &mut SendStream) {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+}
+
 /// Reads one length-prefixed handshake message (at most 65,535 bytes).
 pub async fn read_message(recv: &mut RecvStream) -> Result<Vec<u8>, WireError> {
     let prefix = read_prefix(recv).await?.ok_or(WireError::Closed)?;

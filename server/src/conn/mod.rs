@@ -34,16 +34,6 @@ use crate::{
 use latchkey_protocol::close;
 use latchkey_protocol::quic as wire;
 
-/// Finishes a control stream whose last frame ends the connection (a
-/// reply, a refusal), and lets the peer read it and close, for at most
-/// 2 s: the connection closes when its handler returns, and a peer whose
-/// connection is closed can no longer read what it had received, so it
-/// would be left a bare "closed".
-pub(crate) async fn finish_and_let_close(conn: &quinn::Connection, send: &mut SendStream) {
-    let _ = send.finish();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
-}
-
 /// The connection's TLS exporter value: the Noise prologue binding.
 fn channel_binding(conn: &quinn::Connection) -> Result<[u8; 32], ConnError> {
     let mut out = [0u8; 32];
@@ -161,7 +151,7 @@ pub(crate) async fn serve(
     }
     let result = match role {
         Ok(Role::Done) => {
-            finish_and_let_close(&conn, &mut send).await;
+            wire::finish_and_let_close(&conn, &mut send).await;
             Ok(())
         }
         Ok(Role::Host(host, key, desktop)) => {

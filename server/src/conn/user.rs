@@ -54,7 +54,7 @@ pub(crate) async fn serve(
             info!(%user, "request refused: the device is no longer the user's");
             let refusal = RelayToClient::Refused(Refusal::UnknownDevice);
             wire::write_frame(&mut send, &refusal).await?;
-            super::finish_and_let_close(conn, &mut send).await;
+            latchkey_protocol::quic::finish_and_let_close(conn, &mut send).await;
             return Ok(());
         }
         let reply = match frame {

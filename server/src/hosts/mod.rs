@@ -65,7 +65,7 @@ pub(crate) async fn serve(
                  its owner and the admin were told"
             )));
             let _ = wire::write_frame(&mut send, &refusal).await;
-            crate::conn::finish_and_let_close(conn, &mut send).await;
+            wire::finish_and_let_close(conn, &mut send).await;
             return Ok(());
         }
     };
@@ -143,7 +143,7 @@ pub(crate) async fn serve(
                     break Err(e.into());
                 }
                 if code_registration::is_final(&reply) {
-                    crate::conn::finish_and_let_close(conn, &mut send).await;
+                    wire::finish_and_let_close(conn, &mut send).await;
                     break Ok(());
                 }
             }
@@ -221,7 +221,7 @@ pub(crate) async fn serve_admin(
         let reply = register_code(shared, &host, &key, frame, &mut pending).await?;
         wire::write_frame(&mut send, &reply).await?;
         if code_registration::is_final(&reply) {
-            crate::conn::finish_and_let_close(conn, &mut send).await;
+            wire::finish_and_let_close(conn, &mut send).await;
             return Ok(());
         }
     }
