@@ -98,7 +98,29 @@ impl Following {
     /// `None` if a channel of `kind` is allowed, else what the user is told:
     /// their grant lacks the right, or the owner's config does.
     pub(crate) fn refusal(&self, kind: &ChannelKind, host: &str) -> Option<(Right, String)> {
-        let right = self.effective().lacks_for(kind)?;
+        let effective = self.effective();
+        let right = effective.lacks_for(kind)?;
+        if let (ChannelKind::Forward { target } | ChannelKind::ForwardCheck { target }, true) =
+            (kind, effective.allows(Right::Forward))
+        {
+            // Forwards, but not to there: name the target and the ones allowed.
+            let allowed: Vec<String> = effective
+                .forward_targets()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let why = format!(
+                "your shared access to {host} does not allow forwarding to {}; it allows: {}",
+                latchkey_protocol::text::Shown(target),
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            );
+            return Some((right, why));
+        }
         let by_grant = self.rx.borrow().rights.lacks_for(kind).is_some();
         Some(if by_grant {
             (right, right.refusal(host))

@@ -1141,9 +1141,8 @@ pub(crate) fn a_session_ticket_resumes_once_and_only_while_the_rule_admits_it(op
     assert!(ends.iter().any(|e| e.event == "session-resume-refused"));
 }
 
-/// bob, enrolled with a device key and granted shared access to alice's
-/// mypc.
-fn bob_shares_mypc(store: &dyn Store, host: &HostName) -> UserName {
+/// bob, enrolled with a device key.
+fn bob_enrolled(store: &dyn Store) -> UserName {
     let bob: UserName = "bob".parse().expect("name");
     let user = InviteKind::User {
         email: Some("bob@example.com".into()),
@@ -1160,6 +1159,13 @@ fn bob_shares_mypc(store: &dyn Store, host: &HostName) -> UserName {
             1,
         )
         .expect("enrol");
+    bob
+}
+
+/// bob, enrolled with a device key and granted shared access to alice's
+/// mypc.
+fn bob_shares_mypc(store: &dyn Store, host: &HostName) -> UserName {
+    let bob = bob_enrolled(store);
     store
         .grant(host, &bob, &GrantTerms::default(), &Actor::cli(), 1)
         .expect("grant");
@@ -1195,6 +1201,13 @@ pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store:
         .expect("read")
         .expect("bob's");
     assert_eq!(second.rights, copy_only);
+    // A reboot is refused in the store, in the commit that would make its
+    // ticket, so a right taken away a moment ago is never used.
+    let refused = store.create_ticket([9; 32], &host, &bob, "bobs", 100, 2);
+    assert!(
+        matches!(&refused, Err(StoreError::Refused(why)) if why.contains("does not allow rebooting")),
+        "{refused:?}"
+    );
     assert!(second.stamp > first.stamp);
     let forward_only = Rights::only([latchkey_protocol::rights::Right::Forward])
         .forwarding_only_to(vec!["127.0.0.1:22".parse().expect("addr")])
@@ -1237,23 +1250,7 @@ pub(crate) fn a_grants_rights_are_kept_stamped_and_never_narrow_the_owner(store:
 /// and the sweep ends it once (audited, owner and user told).
 pub(crate) fn a_grant_with_an_end_ends_once_as_a_revoke_does(store: &dyn Store) {
     let (_, host, record) = alice_owns_mypc(store, 3);
-    let bob = {
-        let bob: UserName = "bob".parse().expect("name");
-        let user = InviteKind::User { email: None };
-        store
-            .create_invite("bob", &user, [3; 32], 100, &Actor::cli(), 1)
-            .expect("invite");
-        store
-            .redeem_invite(
-                [3; 32],
-                PublicKey([7; 32]),
-                Platform::Linux,
-                "127.0.0.1".parse().expect("address"),
-                1,
-            )
-            .expect("enrol");
-        bob
-    };
+    let bob = bob_enrolled(store);
     let ending = |at| GrantTerms {
         expires_at: Some(at),
         ..GrantTerms::default()

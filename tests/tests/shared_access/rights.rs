@@ -105,7 +105,9 @@ async fn a_forward_only_grant_reaches_only_its_targets() -> Result<()> {
         .with_code(OWNER_CODE, &["forward", "mypc", &format!("0:{echo}")])?;
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("does not allow forwarding through it"),
+        stderr(&refused).contains(&format!(
+            "does not allow forwarding to {echo}; it allows: {hello}"
+        )),
         "{}",
         stderr(&refused)
     );
@@ -304,5 +306,39 @@ async fn an_idle_session_ends_and_a_busy_one_does_not() -> Result<()> {
         .alice
         .with_code(OWNER_CODE, &["exec", "mypc", "--", "sleep", "3"])?;
     assert!(owner.status.success(), "{}", stderr(&owner));
+    Ok(())
+}
+
+/// An upload cut because copy-to was taken away leaves no partial file on
+/// the host (the file helper is given time to remove it).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_by_a_right_taken_away_leaves_no_partial_file() -> Result<()> {
+    use latchkey_tests::wait_until;
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let big = w.dir.path().join("big.bin");
+    std::fs::File::create(&big)?.set_len(2 << 30)?;
+    let drop_dir = w.dir.path().join("drop");
+    std::fs::create_dir(&drop_dir)?;
+    let dest = format!("mypc:{}/", drop_dir.display());
+    let mut cp = w
+        .bob
+        .spawn_with_code(OWNER_CODE, &["cp", &big.display().to_string(), &dest])?;
+    let entries = || -> Vec<String> {
+        std::fs::read_dir(&drop_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until("the upload's partial file", || {
+        entries().iter().any(|n| n.ends_with(".latchkey-partial"))
+    })?;
+    w.relay
+        .admin(&["rights", "mypc", "bob", "--allow", "exec"])?;
+    assert!(!cp.wait_exit()?.success());
+    wait_until("the partial file to go", || entries().is_empty())?;
     Ok(())
 }

@@ -21,9 +21,60 @@ use crate::{
 /// Buffer size for bulk copies (forward, file transfer).
 const COPY_BUF: usize = 64 * 1024;
 
+/// How long a helper whose channel went has to remove its partial file
+/// (its input is closed) before it is killed.
+const CLEANUP_GRACE: Duration = Duration::from_secs(2);
+
+/// The helper's process. Dropped before it ended (the channel went: its
+/// client left, or a right was taken away), it is given
+/// [`CLEANUP_GRACE`] to see its input closed and remove its partial file,
+/// then killed.
+struct HelperProcess(Option<tokio::process::Child>);
+
+impl std::ops::Deref for HelperProcess {
+    type Target = tokio::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .as_ref()
+            .expect("a helper holds its process until dropped")
+    }
+}
+
+impl std::ops::DerefMut for HelperProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0
+            .as_mut()
+            .expect("a helper holds its process until dropped")
+    }
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if timeout(CLEANUP_GRACE, child.wait()).await.is_err() {
+                        let _ = child.kill().await;
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
+
 /// The file helper's standard streams, and its first error line.
 struct Helper {
-    child: tokio::process::Child,
+    child: HelperProcess,
     stdin: Option<tokio::process::ChildStdin>,
     stdout: tokio::process::ChildStdout,
     stderr: tokio::process::ChildStderr,
@@ -41,15 +92,15 @@ impl Helper {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             // Waited for on every path that can (an upload's helper removes
-            // its partial file when its input ends); killed if the channel
-            // goes without waiting.
-            .kill_on_drop(true);
+            // its partial file when its input ends); see `HelperProcess`
+            // for a channel that goes without waiting.
+            .kill_on_drop(false);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the file helper: {e}"))?;
         match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
             (stdin, Some(stdout), Some(stderr)) => Ok(Self {
-                child,
+                child: HelperProcess(Some(child)),
                 stdin,
                 stdout,
                 stderr,

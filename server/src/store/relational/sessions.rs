@@ -4,12 +4,15 @@
 
 use std::net::IpAddr;
 
-use latchkey_protocol::ids::{HostName, RecordId, SessionId, UserName};
+use latchkey_protocol::{
+    ids::{HostName, RecordId, SessionId, UserName},
+    rights::Right,
+};
 
 use super::{
     attempts::{open_sessions, tally},
     audit::{event, insert_audit},
-    grants::grant_is_current,
+    grants::{self, grant_is_current},
     outbox::enqueue_for_owner,
     rows::{host_ids, user_id},
 };
@@ -307,6 +310,19 @@ pub(super) fn create_reboot_ticket(
         return Err(StoreError::Refused(format!(
             "in-session reboot needs shared access enabled on host '{host}'"
         )));
+    }
+    match grants::rights_of(tx, host, user)? {
+        None => {
+            return Err(StoreError::Refused(format!(
+                "'{user}' has no access to host '{host}'"
+            )))
+        }
+        // Here, in the same commit as the ticket, so a right taken away
+        // a moment ago is never used (the host checks it again).
+        Some(granted) if !granted.rights.allows(Right::Reboot) => {
+            return Err(StoreError::Refused(Right::Reboot.refusal(host.as_str())))
+        }
+        Some(_) => {}
     }
     if tx
         .opt_row(
