@@ -181,13 +181,10 @@ pub fn idle_limit(text: &str) -> Result<u32, ServiceError> {
     Ok(secs)
 }
 
-/// Rights from `--allow` (default: all) and `--forward-to` (default: any
-/// target the host allows).
-pub fn rights_from(
-    allow: Option<&Rights>,
-    forward_to: &[SocketAddr],
-) -> Result<Rights, ServiceError> {
-    let rights = allow.cloned().unwrap_or_default();
+/// `allow` narrowed to forward only to `forward_to`, for the CLI and the
+/// console alike; no targets named: any target the host allows.
+pub fn rights_from(allow: &Rights, forward_to: &[SocketAddr]) -> Result<Rights, ServiceError> {
+    let rights = allow.clone();
     if forward_to.is_empty() {
         return Ok(rights);
     }

@@ -336,18 +336,14 @@ pub(super) fn rights_form(
 /// Rights from [`rights_form`]'s fields.
 pub(super) fn rights_from_form(
     field: impl Fn(&str) -> String,
-) -> Result<Rights, latchkey_protocol::rights::RightsError> {
+) -> Result<Rights, crate::admin::service::ServiceError> {
     let rights = Rights::only(
         Right::ALL
             .into_iter()
             .filter(|r| field(&format!("right-{r}")) == "on"),
     );
     let targets = latchkey_protocol::rights::parse_targets(&field("forward_to"))?;
-    if targets.is_empty() {
-        Ok(rights)
-    } else {
-        rights.forwarding_only_to(targets)
-    }
+    crate::admin::service::rights_from(&rights, &targets)
 }
 
 /// The form that invites a user.

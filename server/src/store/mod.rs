@@ -256,14 +256,8 @@ pub struct HostStatus {
     pub last_seen: Option<UnixTime>,
     /// The address of the relay its agent is connected to, while online.
     pub relay: Option<String>,
-    /// Secondary users.
+    /// Secondary users (their grants' terms: [`Store::grants_of`]).
     pub grants: Vec<String>,
-    /// What each secondary user may do (`all`, or the list of rights).
-    pub rights: std::collections::BTreeMap<String, String>,
-    /// When each secondary user's grant ends by itself, for those that do.
-    pub expires: std::collections::BTreeMap<String, UnixTime>,
-    /// Each secondary user's idle limit in seconds, for those with one.
-    pub idle: std::collections::BTreeMap<String, u32>,
 }
 
 /// What a grant gives besides the owner's code: what the user may do, and

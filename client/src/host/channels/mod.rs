@@ -80,6 +80,8 @@ pub(crate) async fn serve_session(
     let mut channels = JoinSet::new();
     let mut idle = IdleClock::new(&conn);
     let mut check = tokio::time::interval(IDLE_CHECK);
+    // The relay names a session's user before its connection arrives.
+    let rights = side.rights.follow(&who.user);
     let mut ended_here = None;
     loop {
         tokio::select! {
@@ -94,7 +96,7 @@ pub(crate) async fn serve_session(
             },
             Some(_) = channels.join_next(), if !channels.is_empty() => {}
             _ = check.tick() => {
-                let limit = side.rights.follow(&who.user).and_then(|r| r.idle_limit());
+                let limit = rights.as_ref().and_then(|r| r.idle_limit());
                 if let Some(secs) = limit.filter(|s| idle.quiet_for(&conn) >= Duration::from_secs(u64::from(*s))) {
                     info!(user = %who.user, session = %who.session, idle_secs = secs, "session idle: ending it");
                     conn.close(quinn::VarInt::from_u32(0), b"idle");

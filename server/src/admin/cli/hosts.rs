@@ -1,7 +1,10 @@
 //! Hosts: invite one (a token for its agent), list them, show one, change
 //! its shared-access policy, unlock it.
 
+use std::collections::BTreeMap;
+
 use latchkey_protocol::ids::{HostName, UserName};
+use serde::Serialize;
 
 use super::{
     output::{emit, enabled, invite_and_show, print_table, yes},
@@ -9,7 +12,7 @@ use super::{
 };
 use crate::{
     admin::{human_time, service},
-    store::{HostStatus, InviteKind, Unlock},
+    store::{GrantRow, HostStatus, InviteKind, UnixTime, Unlock},
 };
 
 /// `invite-host`: creates the host if new and prints a token for its agent.
@@ -79,19 +82,68 @@ pub(super) fn list(cx: &mut Context<'_>) -> Result<(), AdminError> {
     })
 }
 
+/// `status` as `--json` gives it: the host, and for each shared user what
+/// their grant allows, when it ends and its idle limit, where set.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    #[serde(flatten)]
+    status: &'a HostStatus,
+    rights: BTreeMap<&'a str, String>,
+    expires: BTreeMap<&'a str, UnixTime>,
+    idle: BTreeMap<&'a str, u32>,
+}
+
 /// `status`: one host, a field a line.
 pub(super) fn status(cx: &mut Context<'_>, host: &HostName) -> Result<(), AdminError> {
     let s = cx.store.host_status(host)?;
-    emit(cx, &s, |out| {
-        for (field, value) in status_fields(&s) {
+    let grants = cx.store.grants_of(Some(host))?;
+    let view = StatusView {
+        status: &s,
+        rights: grants
+            .iter()
+            .map(|g| (g.user.as_str(), g.rights.to_string()))
+            .collect(),
+        expires: grants
+            .iter()
+            .filter_map(|g| Some((g.user.as_str(), g.expires_at?)))
+            .collect(),
+        idle: grants
+            .iter()
+            .filter_map(|g| Some((g.user.as_str(), g.idle_secs?)))
+            .collect(),
+    };
+    emit(cx, &view, |out| {
+        for (field, value) in status_fields(&s, &grants) {
             writeln!(out, "{:<16} {}", format!("{field}:"), value)?;
         }
         Ok(())
     })
 }
 
+/// A shared user as `status` lists them: the name, and their grant's terms
+/// where they differ from the default.
+fn shared_user(g: &GrantRow, zone: &jiff::tz::TimeZone) -> String {
+    let mut terms = Vec::new();
+    if !g.rights.is_all() {
+        terms.push(g.rights.to_string());
+    }
+    if let Some(secs) = g.idle_secs {
+        let idle = jiff::SignedDuration::from_secs(i64::from(secs));
+        terms.push(format!("idle limit {idle:#}"));
+    }
+    if let Some(at) = g.expires_at {
+        terms.push(format!("until {}", human_time::local_time(at, zone)));
+    }
+    if terms.is_empty() {
+        g.user.clone()
+    } else {
+        format!("{} ({})", g.user, terms.join("; "))
+    }
+}
+
 /// The fields `status` prints, in order.
-fn status_fields(s: &HostStatus) -> Vec<(&'static str, String)> {
+fn status_fields(s: &HostStatus, grants: &[GrantRow]) -> Vec<(&'static str, String)> {
+    let zone = jiff::tz::TimeZone::system();
     vec![
         ("host", s.name.clone()),
         ("owner", s.owner.clone()),
@@ -101,33 +153,11 @@ fn status_fields(s: &HostStatus) -> Vec<(&'static str, String)> {
         ("shared access", enabled(s.shared_access).into()),
         (
             "shared with",
-            if s.grants.is_empty() {
+            if grants.is_empty() {
                 "-".into()
             } else {
-                let zone = jiff::tz::TimeZone::system();
-                let with_rights = |user: &String| {
-                    let mut terms = Vec::new();
-                    if let Some(rights) = s.rights.get(user).filter(|r| *r != "all") {
-                        terms.push(rights.clone());
-                    }
-                    if let Some(secs) = s.idle.get(user) {
-                        let idle = jiff::SignedDuration::from_secs(i64::from(*secs));
-                        terms.push(format!("idle limit {idle:#}"));
-                    }
-                    if let Some(at) = s.expires.get(user) {
-                        terms.push(format!("until {}", human_time::local_time(*at, &zone)));
-                    }
-                    if terms.is_empty() {
-                        user.clone()
-                    } else {
-                        format!("{user} ({})", terms.join("; "))
-                    }
-                };
-                s.grants
-                    .iter()
-                    .map(with_rights)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                let users: Vec<String> = grants.iter().map(|g| shared_user(g, &zone)).collect();
+                users.join(", ")
             },
         ),
         (

@@ -51,7 +51,7 @@ pub struct RightsArgs {
 
 impl RightsArgs {
     fn rights(&self) -> Result<Rights, ServiceError> {
-        crate::admin::service::rights_from(Some(&self.allow), &self.forward_to)
+        crate::admin::service::rights_from(&self.allow, &self.forward_to)
     }
 
     fn idle_secs(&self) -> Result<Option<u32>, ServiceError> {
@@ -168,8 +168,9 @@ pub enum AdminCommand {
         #[arg(long, value_name = "TIME", value_parser = grants::parse_until)]
         until: Option<jiff::Timestamp>,
     },
-    /// Set what USER may do on HOST with their shared access. Running
-    /// channels the new rights do not allow end at once.
+    /// Set what USER may do on HOST with their shared access, and their
+    /// idle limit (what is not given goes back to its default: all rights,
+    /// no limit). Running channels the new rights do not allow end at once.
     Rights {
         /// The host.
         host: HostName,

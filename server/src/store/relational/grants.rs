@@ -66,7 +66,7 @@ fn stored_targets(rights: &Rights) -> Option<String> {
 }
 
 /// Rights from a grant's stored columns.
-pub(super) fn read_rights(bits: i64, targets: Option<String>) -> Result<Rights, StoreError> {
+fn read_rights(bits: i64, targets: Option<String>) -> Result<Rights, StoreError> {
     let corrupt = |e: String| StoreError::Corrupt(format!("a grant's rights: {e}"));
     let bits = u8::try_from(bits).map_err(|e| corrupt(e.to_string()))?;
     let targets = targets
@@ -255,6 +255,16 @@ pub(super) fn regrant(
     };
     take_away(tx, host, user, by, now)?;
     grant(tx, host, user, &terms, by, now)
+}
+
+/// Whether a grant's time is up at `now` (an index lookup).
+pub(super) fn any_ended(tx: &mut dyn Tx, now: UnixTime) -> Result<bool, StoreError> {
+    Ok(tx
+        .opt_row(
+            "SELECT 1 FROM grants WHERE expires_at <= ?1 AND is_owner = 0 LIMIT 1",
+            args![now],
+        )?
+        .is_some())
 }
 
 /// Ends the grants whose time is up (see

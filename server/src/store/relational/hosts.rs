@@ -2,8 +2,6 @@
 //! the admin and the users' clients see them, and the owner's policy
 //! (shared access, lockout threshold).
 
-use std::collections::BTreeMap;
-
 use latchkey_protocol::{
     frame::HostInfo,
     ids::{HostName, UserName},
@@ -13,7 +11,6 @@ use latchkey_protocol::{
 use super::{
     attempts::{lock_host, tally},
     audit::{by_admin, event, insert_audit},
-    grants::read_rights,
     outbox::enqueue_for_owner,
     rows::{host_ids, shared_users},
 };
@@ -99,26 +96,6 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         args![id],
     )?;
     let grants = shared_users(tx, id)?;
-    let terms = tx.rows(
-        "SELECT u.name, g.rights, g.forward_to, g.expires_at, g.idle_secs FROM grants g
-         JOIN users u ON u.id = g.user_id
-         WHERE g.host_id = ?1 AND g.is_owner = 0 ORDER BY u.name",
-        args![id],
-    )?;
-    let (mut rights, mut expires, mut idle) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    for r in &terms {
-        let user = r.text(0)?;
-        rights.insert(
-            user.clone(),
-            read_rights(r.int(1)?, r.opt_text(2)?)?.to_string(),
-        );
-        if let Some(secs) = r.opt_int(4)?.and_then(|s| u32::try_from(s).ok()) {
-            idle.insert(user.clone(), secs);
-        }
-        if let Some(at) = r.opt_int(3)? {
-            expires.insert(user, at);
-        }
-    }
     Ok(HostStatus {
         name: r.text(0)?,
         owner: r.text(1)?,
@@ -133,9 +110,6 @@ fn status_of(tx: &mut dyn Tx, id: i64) -> Result<HostStatus, StoreError> {
         last_seen: r.opt_int(9)?,
         relay: r.opt_text(10)?,
         grants,
-        rights,
-        expires,
-        idle,
     })
 }
 
