@@ -196,6 +196,43 @@ pub struct HostConfig {
     /// it, since clients reach it through ordinary forwards. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desktop: Option<DesktopUrl>,
+    /// Whose sessions the agent records in its home's `recordings`:
+    /// `"shared"` (shared users', the default), `"all"` or `"off"`.
+    #[serde(default)]
+    pub record: RecordPolicy,
+    /// How many days a recording is kept. Default 30.
+    #[serde(default = "default_record_keep_days")]
+    pub record_keep_days: u32,
+    /// How many MiB all recordings may take; the oldest go first. Default
+    /// 1024.
+    #[serde(default = "default_record_keep_mib")]
+    pub record_keep_mib: u64,
+}
+
+/// Whose sessions a host records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordPolicy {
+    /// Shared users' sessions: the owner sees what was done on their PC;
+    /// their own work stays unrecorded.
+    #[default]
+    Shared,
+    /// Everyone's, the owner's too.
+    All,
+    /// Nobody's.
+    Off,
+}
+
+impl RecordPolicy {
+    /// Whether a session of this user is recorded (`shared`: a user the
+    /// host is shared with, not its owner).
+    pub fn records(self, shared: bool) -> bool {
+        match self {
+            Self::Shared => shared,
+            Self::All => true,
+            Self::Off => false,
+        }
+    }
 }
 
 /// A host's `shared_rights`, read when `host.toml` is, so an agent never
@@ -320,6 +357,14 @@ fn default_reboot_command() -> Vec<String> {
         &["systemctl", "reboot"]
     };
     words.iter().map(|w| w.to_string()).collect()
+}
+
+fn default_record_keep_days() -> u32 {
+    30
+}
+
+fn default_record_keep_mib() -> u64 {
+    1024
 }
 
 fn yes() -> bool {
@@ -698,6 +743,9 @@ impl HostConfig {
             session_user: None,
             shared_rights: None,
             desktop: None,
+            record: RecordPolicy::default(),
+            record_keep_days: default_record_keep_days(),
+            record_keep_mib: default_record_keep_mib(),
         }
     }
 
@@ -721,6 +769,12 @@ impl HostConfig {
     /// does not permit could never be reached, so it is refused at load
     /// rather than at a user's first connection.
     fn check(&self) -> Result<(), String> {
+        if self.record_keep_days == 0 || self.record_keep_mib == 0 {
+            return Err(
+                "record_keep_days and record_keep_mib must be at least 1 (record = \"off\" records nothing)"
+                    .into(),
+            );
+        }
         match self.desktop {
             Some(desktop) if !self.allowed_targets().contains(&desktop.target) => Err(format!(
                 "desktop {desktop} is not a target forward_allow permits: add \"{}\" to forward_allow",

@@ -291,6 +291,33 @@ enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the sessions this host recorded (`record` in host.toml),
+    /// oldest first: id, start, user, what, length, how it ended.
+    Recordings {
+        /// Print JSON (an array of: id, started, user, kind, detail, secs,
+        /// outcome, bytes).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Play a recording in this terminal, with its own timing: a shell as
+    /// its user saw it, a command with its output and exit status, a copy
+    /// or a forward as its line.
+    ///
+    /// The output goes to standard output as it was sent (when standard
+    /// output is no terminal, at once); who, what and how it ended go to
+    /// standard error. Files are asciicast v2: `asciinema play` plays them
+    /// too.
+    Replay {
+        /// The recording's id, as `latchkey host recordings` lists it.
+        id: String,
+        /// Play this many times faster.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
+        speed: f64,
+        /// The longest pause shown, in seconds, however long the user was
+        /// idle.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS", value_parser = parse_speed)]
+        max_wait: f64,
+    },
     /// The agent's file helper for copies, run as the session's account
     /// (internal).
     #[command(hide = true)]
@@ -319,6 +346,14 @@ enum FileOp {
         /// The permission bits to give it.
         mode: u32,
     },
+}
+
+/// A positive number of times or seconds, finite.
+fn parse_speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n <= 1e6 => Ok(n),
+        _ => Err(format!("'{text}' is not a positive number")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -468,6 +503,12 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
             cli::host::reset_code(&home, &user, input.code_stdin, input.ksf()).await
         }
         Command::Host(HostCommand::Info { json }) => cli::host::info(&home, json),
+        Command::Host(HostCommand::Recordings { json }) => cli::host::recordings(&home, json),
+        Command::Host(HostCommand::Replay {
+            id,
+            speed,
+            max_wait,
+        }) => cli::host::replay(&home, &id, speed, max_wait),
         Command::Host(HostCommand::FileHelper { .. })
         | Command::Completions { .. }
         | Command::Man { .. } => unreachable!("handled first"),

@@ -25,9 +25,10 @@ use crate::{
 /// Version 2 made every channel end-to-end encrypted; version 3 carries a
 /// session as one end-to-end QUIC connection the relay forwards without
 /// reading ([`crate::route`]); version 4 tells the host what each session
-/// may do ([`crate::rights`]). A peer of another version is refused with a
+/// may do ([`crate::rights`]); version 5 says, as a channel opens,
+/// whether the host records it. A peer of another version is refused with a
 /// message that says to upgrade; there is no fallback.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Payload of Noise message 1: who is asking, for what.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

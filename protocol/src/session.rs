@@ -190,6 +190,9 @@ pub enum ChannelReply {
     Accepted {
         /// For downloads, the file's size.
         size: Option<u64>,
+        /// The host records what this channel shows (its owner's
+        /// `record` setting), so the client tells its user.
+        recorded: bool,
     },
     /// The host refused (not allowed by its config, target unreachable...).
     Refused(String),

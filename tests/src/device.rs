@@ -108,6 +108,14 @@ impl Device {
         })
     }
 
+    /// Sets one key of host.toml (`record`, `record_keep_days`...).
+    pub fn set_host_value(&self, key: &str, value: impl Into<toml::Value>) -> Result<()> {
+        let value = value.into();
+        self.edit_config("host.toml", |cfg| {
+            cfg.insert(key.into(), value);
+        })
+    }
+
     /// Sets the command an in-session reboot runs (tests: one that just
     /// succeeds, so the agent exits and the test restarts it).
     pub fn set_reboot_command(&self, words: &[&str]) -> Result<()> {

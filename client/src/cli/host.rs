@@ -5,8 +5,15 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use latchkey_client::{code, config::Home, host};
-use latchkey_protocol::{frame::CodeTarget, ids::UserName, ksf::KsfProfile};
+use latchkey_client::{
+    code,
+    config::Home,
+    host::{
+        self,
+        recording::{self, Library, Timing},
+    },
+};
+use latchkey_protocol::{frame::CodeTarget, ids::UserName, ksf::KsfProfile, text::Shown};
 use tokio_util::sync::CancellationToken;
 
 use super::signal::shutdown_signal;
@@ -71,6 +78,72 @@ pub(crate) fn info(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         println!("relay:       {}", cfg.relays().join(", "));
         println!("fingerprint: {fingerprint}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey host recordings [--json]`.
+pub(crate) fn recordings(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
+    let library = Library::at(home);
+    let all = recording::list(&library)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!("no recordings in {}", library.dir().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tz = jiff::tz::TimeZone::system();
+    println!(
+        "{:<20}  {:<16}  {:<12}  {:<9}  {:>8}  {:>9}  WHAT",
+        "ID", "STARTED", "USER", "KIND", "LENGTH", "SIZE"
+    );
+    for r in &all {
+        let started = jiff::Timestamp::from_second(i64::try_from(r.started).unwrap_or(0))
+            .map(|t| {
+                t.to_zoned(tz.clone())
+                    .strftime("%Y-%m-%d %H:%M")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let length = r.secs.map_or_else(|| "-".into(), |s| format!("{s:.1}s"));
+        let what = match &r.outcome {
+            Some(outcome) => format!("{} ({outcome})", r.detail),
+            None => format!("{} (still running)", r.detail),
+        };
+        println!(
+            "{:<20}  {:<16}  {:<12}  {:<9}  {:>8}  {:>9}  {}",
+            r.id,
+            started,
+            Shown(&r.user),
+            r.kind,
+            length,
+            size(r.bytes),
+            Shown(&what)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A size as people read it.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+    }
+}
+
+/// `latchkey host replay ID [--speed N] [--max-wait SECS]`: at once when
+/// standard output is no terminal (a file, a pipe).
+pub(crate) fn replay(home: &Home, id: &str, speed: f64, max_wait: f64) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let timing = std::io::stdout().is_terminal().then(|| Timing {
+        speed,
+        max_wait: std::time::Duration::from_secs_f64(max_wait),
+    });
+    let (mut out, mut notes) = (std::io::stdout().lock(), std::io::stderr().lock());
+    recording::replay(&Library::at(home), id, timing, &mut out, &mut notes)?;
     Ok(ExitCode::SUCCESS)
 }
 

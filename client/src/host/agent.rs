@@ -21,11 +21,12 @@ use super::{
     account::SessionAccount,
     channels::{self, HostSide},
     e2e::{SessionUser, Sessions},
+    recording::{Library, Recorder, PRUNE_EVERY},
     rights::UserRights,
     service_manager,
 };
 use crate::{
-    config::{Home, HostConfig},
+    config::{Home, HostConfig, RecordPolicy},
     error::CommandError as HostError,
     net::{self, Control, NetError},
     wire,
@@ -133,8 +134,21 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         home: home.clone(),
         sessions: Sessions::new(home.clone(), key.clone()),
         rights: UserRights::new(cfg.shared_at_most()),
+        recorder: Recorder::new(home, &cfg),
         rebooting: false.into(),
     });
+    log_recording(&cfg, home);
+    // Recordings past their days go now and every few minutes after,
+    // until the agent stops.
+    let (pruning, stop) = (side.clone(), shutdown.clone());
+    tokio::spawn(stop.run_until_cancelled_owned(async move {
+        let mut every = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            every.tick().await;
+            let side = pruning.clone();
+            let _ = tokio::task::spawn_blocking(move || side.recorder.prune()).await;
+        }
+    }));
     let ring = RelayRing::new(cfg.relays(), &cfg.host);
     // One socket for the agent's life: its links to relays and its
     // sessions' end-to-end connections, which arrive through those links.
@@ -153,6 +167,16 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
     let ran = links(home, &key, &pin, &ring, &local, &device, &side, &shutdown).await;
     service_manager::stopping();
     ran
+}
+
+/// Says in the agent's log whose sessions it records, and where.
+fn log_recording(cfg: &HostConfig, home: &Home) {
+    let dir = Library::at(home).dir().display().to_string();
+    match cfg.record {
+        RecordPolicy::Off => info!("sessions are not recorded (record = \"off\")"),
+        RecordPolicy::Shared => info!(%dir, "shared users' sessions are recorded"),
+        RecordPolicy::All => info!(%dir, "every session is recorded"),
+    }
 }
 
 /// The agent's links to its relays, one after another, until it stops or

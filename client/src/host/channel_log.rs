@@ -18,7 +18,7 @@ use crate::config::Home;
 /// The log's file name in the agent's home.
 pub const CHANNEL_LOG: &str = "channels.log";
 
-/// Appends one channel to the log. A log that cannot be written is
+/// Appends one channel to the log, with its recording's id if it has one. A log that cannot be written is
 /// warned about, and the channel still runs (as sshd does with syslog).
 pub(crate) fn record(
     home: &Home,
@@ -26,8 +26,13 @@ pub(crate) fn record(
     user: &UserName,
     user_key: &PublicKey,
     kind: &ChannelKind,
+    recording: Option<&str>,
 ) {
-    append(home, line(session, user, user_key, kind));
+    let mut line = line(session, user, user_key, kind);
+    if let Some(id) = recording {
+        line["recording"] = id.into();
+    }
+    append(home, line);
 }
 
 /// Appends a channel the user's grant did not allow, with the right it

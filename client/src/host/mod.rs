@@ -8,6 +8,7 @@ mod channels;
 mod e2e;
 mod fair_share;
 pub mod file_helper;
+pub mod recording;
 mod rights;
 mod service_manager;
 

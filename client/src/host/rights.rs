@@ -90,6 +90,11 @@ impl Following {
         }
     }
 
+    /// Whether the user is one the host is shared with (not its owner).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.rx.borrow().shared
+    }
+
     /// The grant's idle limit in seconds, if it has one.
     pub(crate) fn idle_limit(&self) -> Option<u32> {
         self.rx.borrow().idle_secs

@@ -126,15 +126,27 @@ impl Helper {
     }
 }
 
+/// A file the user sends: where to, its name, size and permission bits.
+pub(super) struct Incoming<'a> {
+    pub(super) path: &'a str,
+    pub(super) name: &'a str,
+    pub(super) size: u64,
+    pub(super) mode: u32,
+}
+
 pub(super) async fn upload(
     account: &SessionAccount,
     mut send: ChannelSend,
     mut recv: ChannelRecv,
-    path: &str,
-    name: &str,
-    size: u64,
-    mode: u32,
+    file: Incoming<'_>,
+    recorded: bool,
 ) -> Result<(), ChannelError> {
+    let Incoming {
+        path,
+        name,
+        size,
+        mode,
+    } = file;
     let (size_text, mode_text) = (size.to_string(), mode.to_string());
     let args = ["write", "--", path, name, &size_text, &mode_text];
     let mut helper = match Helper::spawn(account, &args) {
@@ -151,7 +163,7 @@ pub(super) async fn upload(
     if !matches!(said, Ok(Ok(_))) || &ready != b"ready\n" {
         return refuse(send, helper.failure().await).await;
     }
-    accept(&mut send, None).await?;
+    accept(&mut send, None, recorded).await?;
     let mut hasher = Sha256::new();
     let mut left = size;
     let Some(mut stdin) = helper.stdin.take() else {
@@ -192,7 +204,10 @@ pub(super) async fn upload(
             match timeout(Duration::from_secs(60), confirmed).await {
                 Ok(Ok(true)) => {
                     let _ = helper.child.wait().await;
-                    ChannelReply::Accepted { size: Some(size) }
+                    ChannelReply::Accepted {
+                        size: Some(size),
+                        recorded,
+                    }
                 }
                 _ => ChannelReply::Refused(helper.failure().await),
             }
@@ -213,13 +228,17 @@ pub(super) async fn upload(
     };
     send.write_frame(&verdict).await?;
     send.finish().await?;
-    Ok(())
+    match verdict {
+        ChannelReply::Refused(why) => Err(ChannelError::Refused(why)),
+        _ => Ok(()),
+    }
 }
 
 pub(super) async fn download(
     account: &SessionAccount,
     mut send: ChannelSend,
     path: &str,
+    recorded: bool,
 ) -> Result<(), ChannelError> {
     let mut helper = match Helper::spawn(account, &["read", "--", path]) {
         Ok(helper) => helper,
@@ -231,7 +250,7 @@ pub(super) async fn download(
         return refuse(send, helper.failure().await).await;
     }
     let size = u64::from_be_bytes(size);
-    accept(&mut send, Some(size)).await?;
+    accept(&mut send, Some(size), recorded).await?;
     let mut hasher = Sha256::new();
     let mut reader = (&mut helper.stdout).take(size);
     let mut buf = vec![0u8; COPY_BUF];

@@ -10,7 +10,11 @@ use super::reply::{accept, refuse, ChannelError};
 use crate::{channel::ChannelSend, config::HostConfig};
 
 /// Answers with the declared desktop, or refuses saying how to declare one.
-pub(super) async fn desktop(cfg: &HostConfig, mut send: ChannelSend) -> Result<(), ChannelError> {
+pub(super) async fn desktop(
+    cfg: &HostConfig,
+    mut send: ChannelSend,
+    recorded: bool,
+) -> Result<(), ChannelError> {
     let Some(desktop) = cfg.desktop else {
         let why = format!(
             "{} declares no desktop (set desktop in its host.toml)",
@@ -18,7 +22,7 @@ pub(super) async fn desktop(cfg: &HostConfig, mut send: ChannelSend) -> Result<(
         );
         return refuse(send, why).await;
     };
-    accept(&mut send, None).await?;
+    accept(&mut send, None, recorded).await?;
     // Padded like the reply before it, so its size tells nothing either.
     send.write_frame_padded(&DesktopService {
         protocol: desktop.protocol,

@@ -11,11 +11,11 @@ use tracing::info;
 
 use super::{
     hang_up::hang_up,
-    reply::{accept, refuse, ChannelError},
+    reply::{accept, refuse_recorded, ChannelError},
 };
 use crate::{
     channel::{ChannelRecv, ChannelSend},
-    host::account::SessionAccount,
+    host::{account::SessionAccount, recording::Cast},
 };
 
 /// The exit status as one number: the code, or 128 + signal like a shell.
@@ -59,11 +59,13 @@ pub(super) async fn exec(
     mut send: ChannelSend,
     mut recv: ChannelRecv,
     argv: Vec<String>,
+    mut tape: Option<Cast>,
     lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ChannelError> {
     let Some((program, args)) = argv.split_first() else {
-        return refuse(send, "no command given".into()).await;
+        return refuse_recorded(send, tape, "no command given".into()).await;
     };
+    let recorded = tape.is_some();
     let mut cmd = account.command(program);
     cmd.args(args)
         .stdin(std::process::Stdio::piped())
@@ -76,15 +78,19 @@ pub(super) async fn exec(
             // Like sh and ssh: the command ran and failed with 127 (or 126).
             let (code, why) = spawn_failure(program, &e);
             info!(reason = %why, "exec failed");
-            accept(&mut send, None).await?;
-            send.write_frame(&ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()))
-                .await?;
+            accept(&mut send, None, recorded).await?;
+            let said = format!("latchkey: {why}\n").into_bytes();
+            if let Some(mut tape) = tape {
+                tape.output(&said);
+                tape.end(&format!("exit {code}"));
+            }
+            send.write_frame(&ExecOut::Stderr(said)).await?;
             send.write_frame(&ExecOut::Exit(code)).await?;
             send.finish().await?;
             return Ok(());
         }
     };
-    accept(&mut send, None).await?;
+    accept(&mut send, None, recorded).await?;
     let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -135,9 +141,10 @@ pub(super) async fn exec(
             biased;
             _ = &mut gone => {
                 hang_up(&mut child).await;
+                ended(tape, "hung up: the client went away");
                 return Ok(());
             }
-            why = &mut lost => return end_here(&mut send, &mut child, &why).await,
+            why = &mut lost => return end_here(&mut send, &mut child, tape, &why).await,
             n = stdout.read(&mut out_buf), if out_open => match n {
                 Ok(n) if n > 0 => ExecOut::Stdout(out_buf[..n].to_vec()),
                 _ => { out_open = false; continue; }
@@ -147,8 +154,14 @@ pub(super) async fn exec(
                 _ => { err_open = false; continue; }
             },
         };
+        if let Some(tape) = &mut tape {
+            if let ExecOut::Stdout(bytes) | ExecOut::Stderr(bytes) = &frame {
+                tape.output(bytes);
+            }
+        }
         if let Err(e) = send.write_frame(&frame).await {
             hang_up(&mut child).await;
+            ended(tape, "hung up: the client went away");
             return Err(e.into());
         }
     }
@@ -156,13 +169,15 @@ pub(super) async fn exec(
         biased;
         _ = &mut gone => {
             hang_up(&mut child).await;
+            ended(tape, "hung up: the client went away");
             return Ok(());
         }
-        why = &mut lost => return end_here(&mut send, &mut child, &why).await,
+        why = &mut lost => return end_here(&mut send, &mut child, tape, &why).await,
         status = child.wait() => status?,
     };
-    send.write_frame(&ExecOut::Exit(status_code(status)))
-        .await?;
+    let code = status_code(status);
+    ended(tape, &format!("exit {code}"));
+    send.write_frame(&ExecOut::Exit(code)).await?;
     send.finish().await?;
     Ok(())
 }
@@ -172,12 +187,24 @@ pub(super) async fn exec(
 async fn end_here(
     send: &mut ChannelSend,
     child: &mut tokio::process::Child,
+    mut tape: Option<Cast>,
     why: &str,
 ) -> Result<(), ChannelError> {
     hang_up(child).await;
-    send.write_frame(&ExecOut::Stderr(format!("latchkey: {why}\n").into_bytes()))
-        .await?;
+    let said = format!("latchkey: {why}\n").into_bytes();
+    if let Some(tape) = &mut tape {
+        tape.output(&said);
+    }
+    ended(tape, "exit 255");
+    send.write_frame(&ExecOut::Stderr(said)).await?;
     send.write_frame(&ExecOut::Exit(255)).await?;
     send.finish().await?;
     Ok(())
+}
+
+/// Ends a command's recording, if it has one, with how it ended.
+fn ended(tape: Option<Cast>, how: &str) {
+    if let Some(tape) = tape {
+        tape.end(how);
+    }
 }

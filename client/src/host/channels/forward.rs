@@ -39,10 +39,11 @@ pub(super) async fn forward_check(
     cfg: &HostConfig,
     mut send: ChannelSend,
     target: String,
+    recorded: bool,
 ) -> Result<(), ChannelError> {
     match allowed_target(cfg, &target) {
         Ok(_) => {
-            accept(&mut send, None).await?;
+            accept(&mut send, None, recorded).await?;
             send.finish().await?;
             Ok(())
         }
@@ -55,6 +56,7 @@ pub(super) async fn forward(
     mut send: ChannelSend,
     mut recv: ChannelRecv,
     target: String,
+    recorded: bool,
 ) -> Result<(), ChannelError> {
     let addr = match allowed_target(cfg, &target) {
         Ok(addr) => addr,
@@ -79,7 +81,7 @@ pub(super) async fn forward(
         }
     };
     tcp.set_nodelay(true)?;
-    accept(&mut send, None).await?;
+    accept(&mut send, None, recorded).await?;
     channel::splice_tcp(tcp, &mut send, &mut recv).await;
     Ok(())
 }

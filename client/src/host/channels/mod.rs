@@ -27,13 +27,14 @@ use std::{sync::Arc, time::Duration};
 use latchkey_protocol::{frame::HostToRelay, session::ChannelKind};
 use quinn::{RecvStream, SendStream};
 use tokio::{task::JoinSet, time::timeout};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use self::reply::refuse;
+use self::reply::{refuse, ChannelError};
 use super::{
     account::SessionAccount,
     channel_log,
     e2e::{SessionUser, Sessions},
+    recording::{Cast, Line, RecordError, Recorder},
     rights::UserRights,
 };
 use crate::{
@@ -50,6 +51,8 @@ pub(crate) struct HostSide {
     pub(crate) sessions: Sessions,
     /// What each user may do, as the relay said.
     pub(crate) rights: UserRights,
+    /// Whose channels are recorded, and where.
+    pub(crate) recorder: Recorder,
     /// Set while the reboot command runs: the host is about to go, so a
     /// new channel is refused at once rather than cut when it goes.
     pub(crate) rebooting: std::sync::atomic::AtomicBool,
@@ -174,31 +177,109 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
         let _ = refuse(send, why).await;
         return;
     }
-    info!(user = %who.user, %session, kind = kind.name(), "channel");
-    channel_log::record(&side.home, session, &who.user, &who.user_key, &kind);
+    let cfg = &side.cfg;
+    let recording = if side.recorder.records(rights.is_shared()) {
+        match Recording::start(&side, &who, &kind) {
+            Ok(recording) => recording,
+            Err(e) => {
+                warn!(user = %who.user, %session, kind = kind.name(), "channel refused: {e}");
+                let _ = refuse(send, e.to_string()).await;
+                return;
+            }
+        }
+    } else {
+        Recording::Off
+    };
+    info!(user = %who.user, %session, kind = kind.name(), recording = recording.id(), "channel");
+    channel_log::record(
+        &side.home,
+        session,
+        &who.user,
+        &who.user_key,
+        &kind,
+        recording.id(),
+    );
     // A right taken away while the channel runs ends it: the shell and the
     // command say why before they hang up; anything else is cut.
     let lost = rights.lost(kind.clone(), host.to_owned());
-    let cfg = &side.cfg;
+    let (tape, line) = match recording {
+        Recording::Terminal(cast) => (Some(cast), None),
+        Recording::Line(line) => (None, Some(line)),
+        Recording::Off => (None, None),
+    };
+    let recorded = tape.is_some() || line.is_some();
     let result = match kind {
         ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {
-            shell::shell(&side.account, send, recv, term, cols, rows, lost).await
+            let terminal = shell::Terminal { term, cols, rows };
+            shell::shell(&side.account, send, recv, terminal, tape, lost).await
         }
         ChannelKind::Exec { argv } if cfg.allow_exec => {
-            exec::exec(&side.account, send, recv, argv, lost).await
+            exec::exec(&side.account, send, recv, argv, tape, lost).await
         }
         other => {
-            tokio::select! {
-                result = serve_other(cfg, &side.account, send, recv, other) => result,
+            let result = tokio::select! {
+                result = serve_other(cfg, &side.account, send, recv, other, recorded) => result,
                 why = lost => {
                     info!(user = %who.user, %session, reason = %why, "channel ended: its right was taken away");
-                    Ok(())
+                    Err(ChannelError::Cut(why))
                 }
+            };
+            if let Some(line) = line {
+                line.end(&outcome(&result));
             }
+            result
         }
     };
     if let Err(e) = result {
         debug!("channel ended: {e}");
+    }
+}
+
+/// A channel's recording, when its user's are recorded.
+enum Recording {
+    Terminal(Cast),
+    Line(Line),
+    Off,
+}
+
+impl Recording {
+    /// Starts recording a channel the host allows: a shell or a command
+    /// on a terminal, a copy or a forward as a line (a refused forward
+    /// too: its line says why).
+    fn start(side: &HostSide, who: &SessionUser, kind: &ChannelKind) -> Result<Self, RecordError> {
+        let (cfg, recorder) = (&side.cfg, &side.recorder);
+        let (user, session) = (&who.user, who.session);
+        Ok(match kind {
+            ChannelKind::Shell { .. } if cfg.allow_shell => {
+                Self::Terminal(recorder.terminal(user, session, kind)?)
+            }
+            ChannelKind::Exec { .. } if cfg.allow_exec => {
+                Self::Terminal(recorder.terminal(user, session, kind)?)
+            }
+            ChannelKind::Upload { .. } | ChannelKind::Download { .. } if cfg.allow_copy => {
+                Self::Line(recorder.line(user, session, kind)?)
+            }
+            ChannelKind::Forward { .. } => Self::Line(recorder.line(user, session, kind)?),
+            _ => Self::Off,
+        })
+    }
+
+    fn id(&self) -> Option<&str> {
+        match self {
+            Self::Terminal(cast) => Some(cast.id()),
+            Self::Line(line) => Some(line.id()),
+            Self::Off => None,
+        }
+    }
+}
+
+/// How a copy or a forward ended, for its recording.
+fn outcome(result: &Result<(), ChannelError>) -> String {
+    match result {
+        Ok(()) => "done".into(),
+        Err(ChannelError::Refused(why)) => format!("refused: {why}"),
+        Err(ChannelError::Cut(why)) => format!("cut: {why}"),
+        Err(e) => format!("failed: {e}"),
     }
 }
 
@@ -210,20 +291,33 @@ async fn serve_other(
     send: ChannelSend,
     recv: ChannelRecv,
     kind: ChannelKind,
-) -> Result<(), reply::ChannelError> {
+    recorded: bool,
+) -> Result<(), ChannelError> {
     match kind {
-        ChannelKind::Forward { target } => forward::forward(cfg, send, recv, target).await,
-        ChannelKind::ForwardCheck { target } => forward::forward_check(cfg, send, target).await,
+        ChannelKind::Forward { target } => {
+            forward::forward(cfg, send, recv, target, recorded).await
+        }
+        ChannelKind::ForwardCheck { target } => {
+            forward::forward_check(cfg, send, target, recorded).await
+        }
         ChannelKind::Upload {
             path,
             name,
             size,
             mode,
-        } if cfg.allow_copy => copy::upload(account, send, recv, &path, &name, size, mode).await,
-        ChannelKind::Download { path } if cfg.allow_copy => {
-            copy::download(account, send, &path).await
+        } if cfg.allow_copy => {
+            let file = copy::Incoming {
+                path: &path,
+                name: &name,
+                size,
+                mode,
+            };
+            copy::upload(account, send, recv, file, recorded).await
         }
-        ChannelKind::Desktop => desktop::desktop(cfg, send).await,
+        ChannelKind::Download { path } if cfg.allow_copy => {
+            copy::download(account, send, &path, recorded).await
+        }
+        ChannelKind::Desktop => desktop::desktop(cfg, send, recorded).await,
         other => {
             refuse(
                 send,

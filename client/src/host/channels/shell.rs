@@ -14,24 +14,30 @@ use tracing::info;
 
 use super::{
     hang_up::HANGUP_GRACE,
-    reply::{accept, refuse, ChannelError},
+    reply::{accept, refuse_recorded, ChannelError},
 };
 use crate::{
     channel::{ChannelRecv, ChannelSend},
-    host::account::SessionAccount,
+    host::{account::SessionAccount, recording::Cast},
 };
 
 fn pty_err(e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Pty(e.to_string())
 }
 
+/// The terminal a shell asks for: `TERM`, and its size.
+pub(super) struct Terminal {
+    pub(super) term: String,
+    pub(super) cols: u16,
+    pub(super) rows: u16,
+}
+
 pub(super) async fn shell(
     account: &SessionAccount,
     mut send: ChannelSend,
     mut input: ChannelRecv,
-    term: String,
-    cols: u16,
-    rows: u16,
+    Terminal { term, cols, rows }: Terminal,
+    mut tape: Option<Cast>,
     lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ChannelError> {
     let size = |cols, rows| PtySize {
@@ -42,7 +48,14 @@ pub(super) async fn shell(
     };
     let pair = match portable_pty::native_pty_system().openpty(size(cols, rows)) {
         Ok(pair) => pair,
-        Err(e) => return refuse(send, format!("cannot open a terminal on the host: {e}")).await,
+        Err(e) => {
+            return refuse_recorded(
+                send,
+                tape,
+                format!("cannot open a terminal on the host: {e}"),
+            )
+            .await
+        }
     };
     let term = if term.is_empty() {
         "xterm-256color".into()
@@ -51,13 +64,16 @@ pub(super) async fn shell(
     };
     let mut child = match pair.slave.spawn_command(account.shell(term)) {
         Ok(child) => child,
-        Err(e) => return refuse(send, format!("cannot start a shell on the host: {e}")).await,
+        Err(e) => {
+            return refuse_recorded(send, tape, format!("cannot start a shell on the host: {e}"))
+                .await
+        }
     };
     drop(pair.slave);
     let mut killer = child.clone_killer();
     let mut reader = pair.master.try_clone_reader().map_err(pty_err)?;
     let mut writer = pair.master.take_writer().map_err(pty_err)?;
-    accept(&mut send, None).await?;
+    accept(&mut send, None, tape.is_some()).await?;
 
     // The PTY is blocking I/O: one thread reads it, one writes it.
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(8);
@@ -110,6 +126,9 @@ pub(super) async fn shell(
             }
             data = out_rx.recv() => match data {
                 Some(bytes) => {
+                    if let Some(tape) = &mut tape {
+                        tape.output(&bytes);
+                    }
                     if send.write_frame(&ShellOut::Data(bytes)).await.is_err() {
                         gone = true;
                         break;
@@ -125,6 +144,9 @@ pub(super) async fn shell(
                 }
                 Ok(Some(ShellIn::Resize { cols, rows })) => {
                     pair.master.resize(size(cols, rows)).map_err(pty_err)?;
+                    if let Some(tape) = &mut tape {
+                        tape.resize(cols, rows);
+                    }
                 }
                 Ok(Some(_)) => {}
                 // The user sent all they will send; the shell runs on.
@@ -150,21 +172,30 @@ pub(super) async fn shell(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-        if let Some(why) = ended_here {
-            // Latchkey's own end of the shell: its message, and ssh's 255.
-            send.write_frame(&ShellOut::Data(
-                format!("\r\nlatchkey: {why}\r\n").into_bytes(),
-            ))
-            .await?;
-            send.write_frame(&ShellOut::Exit(255)).await?;
-            send.finish().await?;
+        let Some(why) = ended_here else {
+            if let Some(tape) = tape {
+                tape.end("hung up: the client went away");
+            }
+            return Ok(());
+        };
+        // Latchkey's own end of the shell: its message, and ssh's 255.
+        let said = format!("\r\nlatchkey: {why}\r\n").into_bytes();
+        if let Some(mut tape) = tape {
+            tape.output(&said);
+            tape.end("exit 255");
         }
+        send.write_frame(&ShellOut::Data(said)).await?;
+        send.write_frame(&ShellOut::Exit(255)).await?;
+        send.finish().await?;
         return Ok(());
     }
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .map_err(pty_err)??;
     let code = i32::try_from(status.exit_code()).unwrap_or(255);
+    if let Some(tape) = tape {
+        tape.end(&format!("exit {code}"));
+    }
     send.write_frame(&ShellOut::Exit(code)).await?;
     send.finish().await?;
     Ok(())

@@ -50,6 +50,18 @@ pub use self::{
 };
 pub use latchkey_protocol::control::{Phase, Waiting};
 
+/// Whether this process told its user that the host records the session.
+static TOLD_RECORDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The host's answer to a channel it opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Opened {
+    /// A download's size.
+    pub size: Option<u64>,
+    /// The host records the channel.
+    pub recorded: bool,
+}
+
 /// A paired session: this process's own, or one that another process
 /// holds for reuse.
 pub struct Remote {
@@ -278,11 +290,28 @@ impl Remote {
 
     /// Opens a channel; returns its two halves and the size the host
     /// announced. A copy goes behind interactive channels
-    /// ([`ChannelKind::is_bulk`]).
+    /// ([`ChannelKind::is_bulk`]). The first channel the host records
+    /// tells the user so, on standard error.
     pub async fn channel(
         &self,
         kind: ChannelKind,
     ) -> Result<(ChannelSend, ChannelRecv, Option<u64>), ChannelError> {
+        let (send, recv, opened) = self.open_channel(kind).await?;
+        if opened.recorded && !TOLD_RECORDED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "latchkey: the host '{}' records this session (what its shells and commands show, and each copy and forward)",
+                self.host
+            );
+        }
+        Ok((send, recv, opened.size))
+    }
+
+    /// Opens a channel; returns its two halves and the host's answer, for a
+    /// process that passes the answer on (a kept session's holder).
+    pub(crate) async fn open_channel(
+        &self,
+        kind: ChannelKind,
+    ) -> Result<(ChannelSend, ChannelRecv, Opened), ChannelError> {
         match &self.way {
             Way::Own(own) => own.channel(&self.host, kind).await,
             #[cfg(unix)]
@@ -376,7 +405,7 @@ impl Own {
         &self,
         host: &HostName,
         kind: ChannelKind,
-    ) -> Result<(ChannelSend, ChannelRecv, Option<u64>), ChannelError> {
+    ) -> Result<(ChannelSend, ChannelRecv, Opened), ChannelError> {
         let conn = self.host_conn(host).await?;
         let (send, recv) = conn.conn().open_bi().await?;
         let (mut send, mut recv) = (ChannelSend::new(send), ChannelRecv::new(recv));
@@ -385,15 +414,15 @@ impl Own {
         send.write_frame_padded(&kind).await?;
         let answer = async {
             match recv.read_frame_padded::<ChannelReply>().await? {
-                Some(ChannelReply::Accepted { size }) => Ok(size),
+                Some(ChannelReply::Accepted { size, recorded }) => Ok(Opened { size, recorded }),
                 Some(ChannelReply::Refused(why)) => Err(ChannelError::said_by_peer(&why)),
                 Some(_) | None => Err(closed_early()),
             }
         };
-        let size = timeout(STEP_TIMEOUT, answer)
+        let opened = timeout(STEP_TIMEOUT, answer)
             .await
             .map_err(|_| ChannelError::from(NetError::HostTimeout(host.clone())))??;
-        Ok((send, recv, size))
+        Ok((send, recv, opened))
     }
 
     /// The current connection to the relay.

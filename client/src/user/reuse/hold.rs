@@ -263,9 +263,9 @@ async fn answer(held: &Held, mut conn: UnixStream) -> Result<(), ReuseError> {
             let follow = follow(remote, held.ending.subscribe(), conn);
             held.follows.track_future(follow).await
         }
-        Some(Request::Channel(kind)) => match remote.channel(kind).await {
-            Ok((send, recv, size)) => {
-                wire::send(&mut conn, &Reply::Accepted(size)).await?;
+        Some(Request::Channel(kind)) => match remote.open_channel(kind).await {
+            Ok((send, recv, opened)) => {
+                wire::send(&mut conn, &Reply::Accepted(opened)).await?;
                 carry(conn, send, recv).await;
                 Ok(())
             }

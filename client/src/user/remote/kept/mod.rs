@@ -22,7 +22,7 @@ use self::wire::{Reply, Request};
 use crate::{
     config::Home,
     net::STEP_TIMEOUT,
-    user::remote::{ChannelError, Remote},
+    user::remote::{ChannelError, Opened, Remote},
 };
 
 /// Errors of session reuse. None of them stops a command: it logs in on
@@ -163,7 +163,7 @@ impl Shared {
     pub(crate) async fn channel(
         &self,
         kind: ChannelKind,
-    ) -> Result<(ChannelSend, ChannelRecv, Option<u64>), ChannelError> {
+    ) -> Result<(ChannelSend, ChannelRecv, Opened), ChannelError> {
         let mut conn = self.connect().await?;
         wire::send(&mut conn, &Request::Channel(kind))
             .await
@@ -171,12 +171,12 @@ impl Shared {
         // The holder waits for the host as the command would have.
         let reply = timeout(STEP_TIMEOUT * 2, wire::read::<Reply>(&mut conn)).await;
         match reply {
-            Ok(Ok(Some(Reply::Accepted(size)))) => {
+            Ok(Ok(Some(Reply::Accepted(opened)))) => {
                 let (read, write) = conn.into_split();
                 Ok((
                     ChannelSend::local(Box::new(KeepOpen(Some(write)))),
                     ChannelRecv::local(Box::new(read)),
-                    size,
+                    opened,
                 ))
             }
             Ok(Ok(Some(Reply::Refused(why)))) => Err(ChannelError::Refused(why)),

@@ -16,6 +16,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::ReuseError;
+use crate::user::remote::Opened;
 
 /// What a connection to the holder is for.
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,8 +38,9 @@ pub(crate) enum Request {
 pub(crate) enum Reply {
     /// Where the session stands.
     Status(Status),
-    /// The host opened the channel (with the size it announced).
-    Accepted(Option<u64>),
+    /// The host opened the channel (with the size it announced, and
+    /// whether it records it).
+    Accepted(Opened),
     /// Refused, or failed, with why.
     Refused(String),
     /// Done as asked.

@@ -1,0 +1,265 @@
+//! One terminal recording being written: an asciicast v2 file (a JSON
+//! header line, then one `[seconds, code, data]` line per event), which
+//! `asciinema play` plays as well as `latchkey host replay`. Output is
+//! written as it happens, so a recording survives the agent's death up to
+//! its last chunk. A recording has a byte budget; past it the output is
+//! counted, not kept, and the file says so.
+
+use std::{
+    fs::File,
+    io::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use tracing::warn;
+
+use super::library::Claim;
+
+/// The header line's fields that Latchkey reads back when listing.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CastHeader {
+    /// Always 2.
+    pub version: u8,
+    /// The terminal's columns when the recording started.
+    pub width: u16,
+    /// Its rows.
+    pub height: u16,
+    /// When it started, in Unix seconds.
+    pub timestamp: u64,
+    /// What a player shows as its name.
+    pub title: String,
+    /// An exec's command line, as a shell would read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `TERM` for a shell.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Who and what, for `latchkey host recordings`; players ignore keys
+    /// they do not know.
+    pub latchkey: Made,
+}
+
+/// Who made a recording, and of what.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Made {
+    /// The host's name.
+    pub host: String,
+    /// The user whose session it was.
+    pub user: String,
+    /// The session, as `channels.log` names it.
+    pub session: String,
+    /// `shell`, `exec`, `copy-to`, `copy-from` or `forward`.
+    pub kind: String,
+}
+
+/// The budget all recordings share: what they take on disk (counted as
+/// they are written, recounted when they are pruned), against what they
+/// may take together and each.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    pub(crate) used: AtomicU64,
+    pub(crate) all: u64,
+    pub(crate) each: u64,
+}
+
+impl Budget {
+    pub(crate) fn add(&self, bytes: usize) {
+        self.used.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.used.load(Ordering::Relaxed) >= self.all
+    }
+}
+
+/// A terminal recording being written. Dropped without [`Cast::end`] (its
+/// channel's task was cut), it marks itself cut.
+pub(crate) struct Cast {
+    file: File,
+    claim: Claim,
+    started: Instant,
+    written: u64,
+    budget: Arc<Budget>,
+    /// Output bytes past the budget, counted for the closing marker.
+    skipped: u64,
+    /// The start of a character the last chunk cut in two.
+    carry: Vec<u8>,
+    /// A write failed (a full disk): warned once, then nothing more.
+    broken: bool,
+    ended: bool,
+}
+
+impl Cast {
+    pub(super) fn start(
+        mut file: File,
+        claim: Claim,
+        header: &CastHeader,
+        budget: Arc<Budget>,
+    ) -> std::io::Result<Self> {
+        let mut line = serde_json::to_vec(header).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        budget.add(line.len());
+        Ok(Self {
+            file,
+            claim,
+            started: Instant::now(),
+            written: line.len() as u64,
+            budget,
+            skipped: 0,
+            carry: Vec::new(),
+            broken: false,
+            ended: false,
+        })
+    }
+
+    /// The recording's id.
+    pub(crate) fn id(&self) -> &str {
+        self.claim.id()
+    }
+
+    /// Terminal output, as the client was sent it.
+    pub(crate) fn output(&mut self, bytes: &[u8]) {
+        let text = text_of(&mut self.carry, bytes);
+        if text.is_empty() {
+            return;
+        }
+        if !self.has_room() {
+            self.skipped += text.len() as u64;
+            return;
+        }
+        self.event("o", &text);
+    }
+
+    /// The terminal changed size (kept while the budget lasts, as output
+    /// is: the client sends as many as it likes).
+    pub(crate) fn resize(&mut self, cols: u16, rows: u16) {
+        if self.has_room() {
+            self.event("r", &format!("{cols}x{rows}"));
+        }
+    }
+
+    /// Whether this recording, and all those being written, are within
+    /// their budgets.
+    fn has_room(&self) -> bool {
+        self.written < self.budget.each && !self.budget.is_full()
+    }
+
+    /// Ends the recording with how its channel ended (`exit 0`, `hung
+    /// up`, ...), as a marker a player shows.
+    pub(crate) fn end(mut self, how: &str) {
+        self.close(how);
+    }
+
+    fn close(&mut self, how: &str) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let tail = std::mem::take(&mut self.carry);
+        if !tail.is_empty() {
+            self.event("o", &String::from_utf8_lossy(&tail));
+        }
+        if self.skipped > 0 {
+            let note = format!(
+                "output past the recording's budget not kept: {} bytes",
+                self.skipped
+            );
+            self.event("m", &note);
+        }
+        self.event("m", how);
+    }
+
+    fn event(&mut self, code: &str, data: &str) {
+        if self.broken {
+            return;
+        }
+        let at = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        let Ok(mut line) = serde_json::to_vec(&(at, code, data)) else {
+            return;
+        };
+        line.push(b'\n');
+        match self.file.write_all(&line) {
+            Ok(()) => {
+                self.written += line.len() as u64;
+                self.budget.add(line.len());
+            }
+            Err(e) => {
+                self.broken = true;
+                warn!(
+                    recording = self.claim.id(),
+                    "cannot write the recording: {e}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Cast {
+    fn drop(&mut self) {
+        self.close("cut");
+    }
+}
+
+/// `bytes` as text, with the start of a character that `bytes` cut in two
+/// kept in `carry` for the next chunk, and bytes that are no UTF-8 shown
+/// as U+FFFD (as a terminal would).
+fn text_of(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
+    let mut data = std::mem::take(carry);
+    data.extend_from_slice(bytes);
+    let mut text = String::with_capacity(data.len());
+    let mut rest = data.as_slice();
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                text.push_str(valid);
+                break;
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                match e.error_len() {
+                    // An incomplete character at the end: at most 3 bytes.
+                    None => {
+                        carry.extend_from_slice(after);
+                        break;
+                    }
+                    Some(n) => {
+                        text.push(char::REPLACEMENT_CHARACTER);
+                        rest = &after[n..];
+                    }
+                }
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_cut_between_chunks_is_kept_whole() {
+        let mut carry = Vec::new();
+        let bytes = "héllo €".as_bytes();
+        let (a, b) = bytes.split_at(bytes.len() - 2);
+        let first = text_of(&mut carry, a);
+        assert_eq!(carry.len(), 1);
+        let second = text_of(&mut carry, b);
+        assert_eq!(format!("{first}{second}"), "héllo €");
+        assert!(carry.is_empty());
+    }
+
+    #[test]
+    fn bytes_that_are_no_text_become_replacement_characters() {
+        let mut carry = Vec::new();
+        assert_eq!(text_of(&mut carry, b"a\xffb\xc3"), "a\u{fffd}b");
+        assert_eq!(carry, b"\xc3");
+        assert_eq!(text_of(&mut carry, b"\xa9"), "é");
+    }
+}
