@@ -207,6 +207,11 @@ pub struct HostConfig {
     /// 1024.
     #[serde(default = "default_record_keep_mib")]
     pub record_keep_mib: u64,
+    /// Whether a recorded shell keeps what its user typed too (passwords
+    /// typed at prompts that do not echo included). Default false: a
+    /// shell keeps what it showed, a command its standard input.
+    #[serde(default)]
+    pub record_keystrokes: bool,
 }
 
 /// Whose sessions a host records.
@@ -746,6 +751,7 @@ impl HostConfig {
             record: RecordPolicy::default(),
             record_keep_days: default_record_keep_days(),
             record_keep_mib: default_record_keep_mib(),
+            record_keystrokes: false,
         }
     }
 

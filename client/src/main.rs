@@ -317,6 +317,11 @@ enum HostCommand {
         /// idle.
         #[arg(long, default_value_t = 2.0, value_name = "SECS", value_parser = parse_speed)]
         max_wait: f64,
+        /// Show what the user sent too, escaped, on standard error: a
+        /// command's standard input (always recorded), a shell's keystrokes
+        /// (recorded with `record_keystrokes = true`).
+        #[arg(long)]
+        input: bool,
     },
     /// The agent's file helper for copies, run as the session's account
     /// (internal).
@@ -508,7 +513,8 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
             id,
             speed,
             max_wait,
-        }) => cli::host::replay(&home, &id, speed, max_wait),
+            input,
+        }) => cli::host::replay(&home, &id, speed, max_wait, input),
         Command::Host(HostCommand::FileHelper { .. })
         | Command::Completions { .. }
         | Command::Man { .. } => unreachable!("handled first"),

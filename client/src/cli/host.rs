@@ -99,24 +99,30 @@ pub(crate) fn recordings(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         "ID", "STARTED", "USER", "KIND", "LENGTH", "SIZE"
     );
     for r in &all {
-        let started = jiff::Timestamp::from_second(i64::try_from(r.started).unwrap_or(0))
-            .map(|t| {
-                t.to_zoned(tz.clone())
-                    .strftime("%Y-%m-%d %H:%M")
-                    .to_string()
-            })
-            .unwrap_or_default();
-        let length = r.secs.map_or_else(|| "-".into(), |s| format!("{s:.1}s"));
-        let what = match &r.outcome {
-            Some(outcome) => format!("{} ({outcome})", r.detail),
-            None => format!("{} (still running)", r.detail),
+        let started = match r.started {
+            0 => "-".to_owned(),
+            secs => jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0))
+                .map(|t| {
+                    t.to_zoned(tz.clone())
+                        .strftime("%Y-%m-%d %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_default(),
         };
+        let length = r.secs.map_or_else(|| "-".into(), |s| format!("{s:.1}s"));
+        let what = match (&r.outcome, r.kind.as_str()) {
+            (_, "damaged") => r.detail.clone(),
+            (Some(outcome), _) => format!("{} ({outcome})", r.detail),
+            (None, _) => format!("{} (still running)", r.detail),
+        };
+        // Every word a user chose reaches this terminal escaped (Shown pads
+        // nothing itself, so it is padded as text).
         println!(
             "{:<20}  {:<16}  {:<12}  {:<9}  {:>8}  {:>9}  {}",
             r.id,
             started,
-            Shown(&r.user),
-            r.kind,
+            Shown(&r.user).to_string(),
+            Shown(&r.kind).to_string(),
             length,
             size(r.bytes),
             Shown(&what)
@@ -134,16 +140,22 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// `latchkey host replay ID [--speed N] [--max-wait SECS]`: at once when
+/// `latchkey host replay ID [--speed N] [--max-wait SECS] [--input]`: at once when
 /// standard output is no terminal (a file, a pipe).
-pub(crate) fn replay(home: &Home, id: &str, speed: f64, max_wait: f64) -> anyhow::Result<ExitCode> {
+pub(crate) fn replay(
+    home: &Home,
+    id: &str,
+    speed: f64,
+    max_wait: f64,
+    input: bool,
+) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     let timing = std::io::stdout().is_terminal().then(|| Timing {
         speed,
         max_wait: std::time::Duration::from_secs_f64(max_wait),
     });
     let (mut out, mut notes) = (std::io::stdout().lock(), std::io::stderr().lock());
-    recording::replay(&Library::at(home), id, timing, &mut out, &mut notes)?;
+    recording::replay(&Library::at(home), id, timing, input, &mut out, &mut notes)?;
     Ok(ExitCode::SUCCESS)
 }
 

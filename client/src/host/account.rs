@@ -48,6 +48,12 @@ impl SessionAccount {
         Self::for_setting(cfg.session_user.as_deref())
     }
 
+    /// Whether sessions run as the agent's own account, so they can change
+    /// what the agent writes (its recordings, its channel log).
+    pub(crate) fn is_agents_own(&self) -> bool {
+        matches!(self, Self::Agent)
+    }
+
     /// [`SessionAccount::resolve`] for a `session_user` value.
     pub(crate) fn for_setting(session_user: Option<&str>) -> Result<Self, String> {
         #[cfg(unix)]

@@ -137,9 +137,12 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
         recorder: Recorder::new(home, &cfg),
         rebooting: false.into(),
     });
-    log_recording(&cfg, home);
-    // Recordings past their days go now and every few minutes after,
-    // until the agent stops.
+    log_recording(&side);
+    // Recordings a previous agent left unended are ended first, before
+    // any is written; then those past their days go, now and every few
+    // minutes after, until the agent stops.
+    let settling = side.clone();
+    let _ = tokio::task::spawn_blocking(move || settling.recorder.settle()).await;
     let (pruning, stop) = (side.clone(), shutdown.clone());
     tokio::spawn(stop.run_until_cancelled_owned(async move {
         let mut every = tokio::time::interval(PRUNE_EVERY);
@@ -169,13 +172,20 @@ pub async fn run(home: &Home, shutdown: CancellationToken) -> Result<(), HostErr
     ran
 }
 
-/// Says in the agent's log whose sessions it records, and where.
-fn log_recording(cfg: &HostConfig, home: &Home) {
-    let dir = Library::at(home).dir().display().to_string();
-    match cfg.record {
+/// Says in the agent's log whose sessions it records, and where; and
+/// that sessions running as the agent's own account could change them.
+fn log_recording(side: &HostSide) {
+    let dir = Library::at(&side.home).dir().display().to_string();
+    match side.cfg.record {
         RecordPolicy::Off => info!("sessions are not recorded (record = \"off\")"),
         RecordPolicy::Shared => info!(%dir, "shared users' sessions are recorded"),
         RecordPolicy::All => info!(%dir, "every session is recorded"),
+    }
+    if side.cfg.record != RecordPolicy::Off && side.account.is_agents_own() {
+        warn!(
+            "sessions run as the agent's own account, so they can change its recordings and \
+             channels.log: run the agent as a service with session_user for a record they cannot"
+        );
     }
 }
 

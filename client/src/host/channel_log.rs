@@ -8,7 +8,6 @@ use std::io::Write;
 
 use latchkey_protocol::{
     ids::{PublicKey, SessionId, UserName},
-    rights::Right,
     session::ChannelKind,
 };
 use tracing::warn;
@@ -35,18 +34,18 @@ pub(crate) fn record(
     append(home, line);
 }
 
-/// Appends a channel the user's grant did not allow, with the right it
-/// lacked.
+/// Appends a channel refused before it ran (outside the user's rights,
+/// or unrecordable when it must be recorded), with why.
 pub(crate) fn refused(
     home: &Home,
     session: SessionId,
     user: &UserName,
     user_key: &PublicKey,
     kind: &ChannelKind,
-    lacked: Right,
+    why: &str,
 ) {
     let mut line = line(session, user, user_key, kind);
-    line["refused"] = format!("the grant does not allow {lacked}").into();
+    line["refused"] = why.into();
     append(home, line);
 }
 

@@ -28,17 +28,16 @@ fn recordings(w: &World) -> Result<Vec<serde_json::Value>> {
         .unwrap_or_default())
 }
 
-/// Waits for the agent to finish writing the recording of `kind` (its
-/// channel ends just after the client's does).
-fn ended(w: &World, kind: &str) -> Result<serde_json::Value> {
+/// Waits for the agent to finish writing the recording of `kind` (with
+/// `detail`, if given; its channel ends just after the client's does).
+fn ended(w: &World, kind: &str, detail: Option<&str>) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let all = recordings(w)?;
-        if let Some(r) = all
-            .iter()
-            .rev()
-            .find(|r| r["kind"] == kind && !r["outcome"].is_null())
-        {
+        let found = all.iter().rev().find(|r| {
+            r["kind"] == kind && !r["outcome"].is_null() && detail.is_none_or(|d| r["detail"] == d)
+        });
+        if let Some(r) = found {
             return Ok(r.clone());
         }
         if Instant::now() > deadline {
@@ -104,7 +103,7 @@ async fn a_shared_users_shell_replays_the_bytes_its_client_was_shown() -> Result
     assert!(String::from_utf8_lossy(&shell.stdout).contains("héllo 42"));
     assert!(stderr(&shell).contains(TOLD), "{}", stderr(&shell));
 
-    let rec = ended(&w, "shell")?;
+    let rec = ended(&w, "shell", None)?;
     assert_eq!(rec["user"], "bob");
     assert_eq!(rec["outcome"], "exit 3");
     let id = rec["id"].as_str().context("id")?;
@@ -151,12 +150,32 @@ async fn a_command_keeps_its_command_line_and_status_and_a_copy_its_line() -> Re
     )?;
     assert_eq!(exec.status.code(), Some(4), "{}", stderr(&exec));
     assert!(stderr(&exec).contains(TOLD));
-    let rec = ended(&w, "exec")?;
-    assert_eq!(rec["detail"], "sh -c 'echo out; echo err >&2; exit 4'");
+    let rec = ended(&w, "exec", Some("sh -c 'echo out; echo err >&2; exit 4'"))?;
     assert_eq!(rec["outcome"], "exit 4");
     let id = rec["id"].as_str().context("id")?;
     let replay = w.mypc.cmd().args(["host", "replay", id]).output()?;
     assert_eq!(String::from_utf8_lossy(&replay.stdout), "out\nerr\n");
+
+    // A command's standard input is kept: it may be the whole program.
+    let piped = w.bob.run_with_input_env(
+        &["exec", "mypc", "--", "sh"],
+        "echo from-stdin\n",
+        OWNER_CODE,
+    )?;
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    let rec = ended(&w, "exec", Some("sh"))?;
+    let id = rec["id"].as_str().context("id")?;
+    let replay = w
+        .mypc
+        .cmd()
+        .args(["host", "replay", "--input", id])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&replay.stdout), "from-stdin\n");
+    assert!(
+        stderr(&replay).contains("latchkey: sent: echo from-stdin\\n"),
+        "{}",
+        stderr(&replay)
+    );
 
     let src = w.dir.path().join("report.txt");
     std::fs::write(&src, "twelve bytes")?;
@@ -170,7 +189,7 @@ async fn a_command_keeps_its_command_line_and_status_and_a_copy_its_line() -> Re
         ],
     )?;
     assert!(up.status.success(), "{}", stderr(&up));
-    let copy = ended(&w, "copy-to")?;
+    let copy = ended(&w, "copy-to", None)?;
     assert_eq!(copy["outcome"], "done");
     assert!(copy["detail"]
         .as_str()
@@ -225,7 +244,7 @@ async fn record_says_whose_sessions_all_or_none() -> Result<()> {
         .alice
         .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
     assert!(stderr(&owner).contains(TOLD), "{}", stderr(&owner));
-    assert_eq!(ended(&w, "exec")?["user"], "alice");
+    assert_eq!(ended(&w, "exec", None)?["user"], "alice");
     agent.terminate()?;
 
     w.mypc.set_host_value("record", "off")?;

@@ -15,7 +15,10 @@ use super::{
 };
 use crate::{
     channel::{ChannelRecv, ChannelSend},
-    host::{account::SessionAccount, recording::Cast},
+    host::{
+        account::SessionAccount,
+        recording::{Stream, Tape},
+    },
 };
 
 /// The exit status as one number: the code, or 128 + signal like a shell.
@@ -59,13 +62,13 @@ pub(super) async fn exec(
     mut send: ChannelSend,
     mut recv: ChannelRecv,
     argv: Vec<String>,
-    mut tape: Option<Cast>,
+    tape: Tape,
     lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ChannelError> {
     let Some((program, args)) = argv.split_first() else {
-        return refuse_recorded(send, tape, "no command given".into()).await;
+        return refuse_recorded(send, &tape, "no command given".into()).await;
     };
-    let recorded = tape.is_some();
+    let recorded = tape.is_on();
     let mut cmd = account.command(program);
     cmd.args(args)
         .stdin(std::process::Stdio::piped())
@@ -80,10 +83,8 @@ pub(super) async fn exec(
             info!(reason = %why, "exec failed");
             accept(&mut send, None, recorded).await?;
             let said = format!("latchkey: {why}\n").into_bytes();
-            if let Some(mut tape) = tape {
-                tape.output(&said);
-                tape.end(&format!("exit {code}"));
-            }
+            tape.record(Stream::Errors, &said);
+            tape.end(&format!("exit {code}"));
             send.write_frame(&ExecOut::Stderr(said)).await?;
             send.write_frame(&ExecOut::Exit(code)).await?;
             send.finish().await?;
@@ -98,11 +99,13 @@ pub(super) async fn exec(
     };
     // Forwards standard input; ends `true` if the client went away (its
     // stream ended without the end-of-input frame).
+    let input = tape.clone();
     let mut pump = tokio::spawn(async move {
         let mut stdin = Some(stdin);
         loop {
             match recv.read_frame::<ExecIn>().await {
                 Ok(Some(ExecIn::Stdin(bytes))) => {
+                    input.record(Stream::Input, &bytes);
                     if let Some(pipe) = stdin.as_mut() {
                         if pipe.write_all(&bytes).await.is_err() {
                             stdin = None;
@@ -141,10 +144,10 @@ pub(super) async fn exec(
             biased;
             _ = &mut gone => {
                 hang_up(&mut child).await;
-                ended(tape, "hung up: the client went away");
+                tape.end("hung up: the client went away");
                 return Ok(());
             }
-            why = &mut lost => return end_here(&mut send, &mut child, tape, &why).await,
+            why = &mut lost => return end_here(&mut send, &mut child, &tape, &why).await,
             n = stdout.read(&mut out_buf), if out_open => match n {
                 Ok(n) if n > 0 => ExecOut::Stdout(out_buf[..n].to_vec()),
                 _ => { out_open = false; continue; }
@@ -154,14 +157,14 @@ pub(super) async fn exec(
                 _ => { err_open = false; continue; }
             },
         };
-        if let Some(tape) = &mut tape {
-            if let ExecOut::Stdout(bytes) | ExecOut::Stderr(bytes) = &frame {
-                tape.output(bytes);
-            }
+        match &frame {
+            ExecOut::Stdout(bytes) => tape.record(Stream::Output, bytes),
+            ExecOut::Stderr(bytes) => tape.record(Stream::Errors, bytes),
+            _ => {}
         }
         if let Err(e) = send.write_frame(&frame).await {
             hang_up(&mut child).await;
-            ended(tape, "hung up: the client went away");
+            tape.end("hung up: the client went away");
             return Err(e.into());
         }
     }
@@ -169,14 +172,14 @@ pub(super) async fn exec(
         biased;
         _ = &mut gone => {
             hang_up(&mut child).await;
-            ended(tape, "hung up: the client went away");
+            tape.end("hung up: the client went away");
             return Ok(());
         }
-        why = &mut lost => return end_here(&mut send, &mut child, tape, &why).await,
+        why = &mut lost => return end_here(&mut send, &mut child, &tape, &why).await,
         status = child.wait() => status?,
     };
     let code = status_code(status);
-    ended(tape, &format!("exit {code}"));
+    tape.end(&format!("exit {code}"));
     send.write_frame(&ExecOut::Exit(code)).await?;
     send.finish().await?;
     Ok(())
@@ -187,24 +190,15 @@ pub(super) async fn exec(
 async fn end_here(
     send: &mut ChannelSend,
     child: &mut tokio::process::Child,
-    mut tape: Option<Cast>,
+    tape: &Tape,
     why: &str,
 ) -> Result<(), ChannelError> {
     hang_up(child).await;
     let said = format!("latchkey: {why}\n").into_bytes();
-    if let Some(tape) = &mut tape {
-        tape.output(&said);
-    }
-    ended(tape, "exit 255");
+    tape.record(Stream::Errors, &said);
+    tape.end("exit 255");
     send.write_frame(&ExecOut::Stderr(said)).await?;
     send.write_frame(&ExecOut::Exit(255)).await?;
     send.finish().await?;
     Ok(())
-}
-
-/// Ends a command's recording, if it has one, with how it ended.
-fn ended(tape: Option<Cast>, how: &str) {
-    if let Some(tape) = tape {
-        tape.end(how);
-    }
 }

@@ -34,7 +34,7 @@ use super::{
     account::SessionAccount,
     channel_log,
     e2e::{SessionUser, Sessions},
-    recording::{Cast, Line, RecordError, Recorder},
+    recording::{Line, RecordError, Recorder, Tape},
     rights::UserRights,
 };
 use crate::{
@@ -173,7 +173,15 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
     };
     if let Some((right, why)) = rights.refusal(&kind, host) {
         info!(user = %who.user, %session, kind = kind.name(), "channel refused: not among the user's rights");
-        channel_log::refused(&side.home, session, &who.user, &who.user_key, &kind, right);
+        let lacked = format!("the grant does not allow {right}");
+        channel_log::refused(
+            &side.home,
+            session,
+            &who.user,
+            &who.user_key,
+            &kind,
+            &lacked,
+        );
         let _ = refuse(send, why).await;
         return;
     }
@@ -183,31 +191,34 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
             Ok(recording) => recording,
             Err(e) => {
                 warn!(user = %who.user, %session, kind = kind.name(), "channel refused: {e}");
-                let _ = refuse(send, e.to_string()).await;
+                let why = e.to_string();
+                channel_log::refused(&side.home, session, &who.user, &who.user_key, &kind, &why);
+                let _ = refuse(send, why).await;
                 return;
             }
         }
     } else {
         Recording::Off
     };
-    info!(user = %who.user, %session, kind = kind.name(), recording = recording.id(), "channel");
+    let recording_id = recording.id();
+    info!(user = %who.user, %session, kind = kind.name(), recording = recording_id.as_deref(), "channel");
     channel_log::record(
         &side.home,
         session,
         &who.user,
         &who.user_key,
         &kind,
-        recording.id(),
+        recording_id.as_deref(),
     );
     // A right taken away while the channel runs ends it: the shell and the
     // command say why before they hang up; anything else is cut.
     let lost = rights.lost(kind.clone(), host.to_owned());
     let (tape, line) = match recording {
-        Recording::Terminal(cast) => (Some(cast), None),
-        Recording::Line(line) => (None, Some(line)),
-        Recording::Off => (None, None),
+        Recording::Terminal(tape) => (tape, None),
+        Recording::Line(line) => (Tape::off(), Some(*line)),
+        Recording::Off => (Tape::off(), None),
     };
-    let recorded = tape.is_some() || line.is_some();
+    let recorded = tape.is_on() || line.is_some();
     let result = match kind {
         ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {
             let terminal = shell::Terminal { term, cols, rows };
@@ -237,8 +248,8 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
 
 /// A channel's recording, when its user's are recorded.
 enum Recording {
-    Terminal(Cast),
-    Line(Line),
+    Terminal(Tape),
+    Line(Box<Line>),
     Off,
 }
 
@@ -257,17 +268,19 @@ impl Recording {
                 Self::Terminal(recorder.terminal(user, session, kind)?)
             }
             ChannelKind::Upload { .. } | ChannelKind::Download { .. } if cfg.allow_copy => {
-                Self::Line(recorder.line(user, session, kind)?)
+                Self::Line(Box::new(recorder.line(user, session, kind)?))
             }
-            ChannelKind::Forward { .. } => Self::Line(recorder.line(user, session, kind)?),
+            ChannelKind::Forward { .. } => {
+                Self::Line(Box::new(recorder.line(user, session, kind)?))
+            }
             _ => Self::Off,
         })
     }
 
-    fn id(&self) -> Option<&str> {
+    fn id(&self) -> Option<String> {
         match self {
-            Self::Terminal(cast) => Some(cast.id()),
-            Self::Line(line) => Some(line.id()),
+            Self::Terminal(tape) => tape.id(),
+            Self::Line(line) => Some(line.id().to_owned()),
             Self::Off => None,
         }
     }

@@ -6,7 +6,7 @@ use latchkey_protocol::{session::ChannelReply, text::Shown};
 use thiserror::Error;
 use tracing::info;
 
-use crate::{channel::ChannelSend, host::recording::Cast, wire::WireError};
+use crate::{channel::ChannelSend, host::recording::Tape, wire::WireError};
 
 /// Why a channel ended early (logged on the host).
 #[derive(Debug, Error)]
@@ -39,12 +39,10 @@ pub(super) async fn refuse(mut send: ChannelSend, why: String) -> Result<(), Cha
 /// with why.
 pub(super) async fn refuse_recorded(
     send: ChannelSend,
-    tape: Option<Cast>,
+    tape: &Tape,
     why: String,
 ) -> Result<(), ChannelError> {
-    if let Some(tape) = tape {
-        tape.end(&format!("refused: {why}"));
-    }
+    tape.end(&format!("refused: {why}"));
     refuse(send, why).await
 }
 

@@ -18,7 +18,10 @@ use super::{
 };
 use crate::{
     channel::{ChannelRecv, ChannelSend},
-    host::{account::SessionAccount, recording::Cast},
+    host::{
+        account::SessionAccount,
+        recording::{Stream, Tape},
+    },
 };
 
 fn pty_err(e: impl std::fmt::Display) -> ChannelError {
@@ -37,7 +40,7 @@ pub(super) async fn shell(
     mut send: ChannelSend,
     mut input: ChannelRecv,
     Terminal { term, cols, rows }: Terminal,
-    mut tape: Option<Cast>,
+    tape: Tape,
     lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ChannelError> {
     let size = |cols, rows| PtySize {
@@ -51,7 +54,7 @@ pub(super) async fn shell(
         Err(e) => {
             return refuse_recorded(
                 send,
-                tape,
+                &tape,
                 format!("cannot open a terminal on the host: {e}"),
             )
             .await
@@ -65,15 +68,19 @@ pub(super) async fn shell(
     let mut child = match pair.slave.spawn_command(account.shell(term)) {
         Ok(child) => child,
         Err(e) => {
-            return refuse_recorded(send, tape, format!("cannot start a shell on the host: {e}"))
-                .await
+            return refuse_recorded(
+                send,
+                &tape,
+                format!("cannot start a shell on the host: {e}"),
+            )
+            .await
         }
     };
     drop(pair.slave);
     let mut killer = child.clone_killer();
     let mut reader = pair.master.try_clone_reader().map_err(pty_err)?;
     let mut writer = pair.master.take_writer().map_err(pty_err)?;
-    accept(&mut send, None, tape.is_some()).await?;
+    accept(&mut send, None, tape.is_on()).await?;
 
     // The PTY is blocking I/O: one thread reads it, one writes it.
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(8);
@@ -126,9 +133,7 @@ pub(super) async fn shell(
             }
             data = out_rx.recv() => match data {
                 Some(bytes) => {
-                    if let Some(tape) = &mut tape {
-                        tape.output(&bytes);
-                    }
+                    tape.record(Stream::Output, &bytes);
                     if send.write_frame(&ShellOut::Data(bytes)).await.is_err() {
                         gone = true;
                         break;
@@ -138,15 +143,14 @@ pub(super) async fn shell(
             },
             frame = input.read_frame::<ShellIn>(), if input_open => match frame {
                 Ok(Some(ShellIn::Data(bytes))) => {
+                    tape.record(Stream::Input, &bytes);
                     if in_tx.send(bytes).await.is_err() {
                         input_open = false;
                     }
                 }
                 Ok(Some(ShellIn::Resize { cols, rows })) => {
                     pair.master.resize(size(cols, rows)).map_err(pty_err)?;
-                    if let Some(tape) = &mut tape {
-                        tape.resize(cols, rows);
-                    }
+                    tape.resize(cols, rows);
                 }
                 Ok(Some(_)) => {}
                 // The user sent all they will send; the shell runs on.
@@ -173,17 +177,13 @@ pub(super) async fn shell(
         }
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
         let Some(why) = ended_here else {
-            if let Some(tape) = tape {
-                tape.end("hung up: the client went away");
-            }
+            tape.end("hung up: the client went away");
             return Ok(());
         };
         // Latchkey's own end of the shell: its message, and ssh's 255.
         let said = format!("\r\nlatchkey: {why}\r\n").into_bytes();
-        if let Some(mut tape) = tape {
-            tape.output(&said);
-            tape.end("exit 255");
-        }
+        tape.record(Stream::Output, &said);
+        tape.end("exit 255");
         send.write_frame(&ShellOut::Data(said)).await?;
         send.write_frame(&ShellOut::Exit(255)).await?;
         send.finish().await?;
@@ -193,9 +193,7 @@ pub(super) async fn shell(
         .await
         .map_err(pty_err)??;
     let code = i32::try_from(status.exit_code()).unwrap_or(255);
-    if let Some(tape) = tape {
-        tape.end(&format!("exit {code}"));
-    }
+    tape.end(&format!("exit {code}"));
     send.write_frame(&ShellOut::Exit(code)).await?;
     send.finish().await?;
     Ok(())

@@ -3,14 +3,14 @@
 //! `asciinema play` plays as well as `latchkey host replay`. Output is
 //! written as it happens, so a recording survives the agent's death up to
 //! its last chunk. A recording has a byte budget; past it the output is
-//! counted, not kept, and the file says so.
+//! counted, not kept, and the file says so where it happens and at its end.
 
 use std::{
     fs::File,
     io::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Instant,
 };
@@ -56,6 +56,21 @@ pub struct Made {
     pub kind: String,
 }
 
+/// What one file takes on disk at least: a file system block. A flood of
+/// tiny recordings is counted at what it costs, not at its bytes.
+pub(crate) const BLOCK: u64 = 4096;
+
+/// What a file of `bytes` takes on disk, as the budget counts it.
+pub(crate) fn on_disk(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK).max(1) * BLOCK
+}
+
+/// The closing marker of a recording the agent did not end (it died).
+pub const AGENT_STOPPED: &str = "cut: the agent stopped";
+
+/// The marker written where a recording's budget ran out.
+pub const BUDGET_FROM_HERE: &str = "output past the recording's budget is not kept from here";
+
 /// The budget all recordings share: what they take on disk (counted as
 /// they are written, recounted when they are pruned), against what they
 /// may take together and each.
@@ -67,8 +82,8 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub(crate) fn add(&self, bytes: usize) {
-        self.used.fetch_add(bytes as u64, Ordering::Relaxed);
+    pub(crate) fn add(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -76,18 +91,83 @@ impl Budget {
     }
 }
 
-/// A terminal recording being written. Dropped without [`Cast::end`] (its
-/// channel's task was cut), it marks itself cut.
+/// Which of a channel's streams bytes come from: each keeps its own cut
+/// character.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stream {
+    /// What the user was sent (a command's standard output).
+    Output,
+    /// A command's standard error, shown to the user as output too.
+    Errors,
+    /// What the user sent.
+    Input,
+}
+
+/// A channel's recording, or none (its user's channels are not recorded).
+/// Shared by the tasks of one channel; the last one dropped without
+/// [`Tape::end`] (the channel's task was cut) marks it cut.
+#[derive(Clone, Default)]
+pub(crate) struct Tape(Option<Arc<Mutex<Cast>>>);
+
+impl Tape {
+    /// No recording.
+    pub(crate) fn off() -> Self {
+        Self(None)
+    }
+
+    pub(super) fn on(cast: Cast) -> Self {
+        Self(Some(Arc::new(Mutex::new(cast))))
+    }
+
+    /// Whether the channel is recorded.
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn with(&self, write: impl FnOnce(&mut Cast)) {
+        if let Some(cast) = &self.0 {
+            write(&mut cast.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        }
+    }
+
+    /// The recording's id.
+    pub(crate) fn id(&self) -> Option<String> {
+        let mut id = None;
+        self.with(|cast| id = Some(cast.claim.id().to_owned()));
+        id
+    }
+
+    /// Bytes of one of the channel's streams.
+    pub(crate) fn record(&self, stream: Stream, bytes: &[u8]) {
+        self.with(|cast| cast.record(stream, bytes));
+    }
+
+    /// The terminal changed size.
+    pub(crate) fn resize(&self, cols: u16, rows: u16) {
+        self.with(|cast| cast.resize(cols, rows));
+    }
+
+    /// Ends the recording with how its channel ended (`exit 0`, `hung
+    /// up`, ...), as a marker a player shows.
+    pub(crate) fn end(&self, how: &str) {
+        self.with(|cast| cast.close(how));
+    }
+}
+
+/// A terminal recording being written.
 pub(crate) struct Cast {
     file: File,
     claim: Claim,
     started: Instant,
     written: u64,
     budget: Arc<Budget>,
-    /// Output bytes past the budget, counted for the closing marker.
+    /// Whether the user's input is kept (a command's standard input; a
+    /// shell's keystrokes only if the owner asked).
+    keep_input: bool,
+    /// Bytes past the budget, counted for the closing marker.
     skipped: u64,
-    /// The start of a character the last chunk cut in two.
-    carry: Vec<u8>,
+    /// Per stream, the start of a character the last chunk cut in two.
+    carry: [Vec<u8>; 3],
     /// A write failed (a full disk): warned once, then nothing more.
     broken: bool,
     ended: bool,
@@ -99,45 +179,50 @@ impl Cast {
         claim: Claim,
         header: &CastHeader,
         budget: Arc<Budget>,
+        keep_input: bool,
     ) -> std::io::Result<Self> {
         let mut line = serde_json::to_vec(header).map_err(std::io::Error::other)?;
         line.push(b'\n');
         file.write_all(&line)?;
-        budget.add(line.len());
+        budget.add(on_disk(line.len() as u64));
         Ok(Self {
             file,
             claim,
             started: Instant::now(),
             written: line.len() as u64,
             budget,
+            keep_input,
             skipped: 0,
-            carry: Vec::new(),
+            carry: Default::default(),
             broken: false,
             ended: false,
         })
     }
 
-    /// The recording's id.
-    pub(crate) fn id(&self) -> &str {
-        self.claim.id()
-    }
-
-    /// Terminal output, as the client was sent it.
-    pub(crate) fn output(&mut self, bytes: &[u8]) {
-        let text = text_of(&mut self.carry, bytes);
-        if text.is_empty() {
-            return;
-        }
+    fn record(&mut self, stream: Stream, bytes: &[u8]) {
+        let code = match stream {
+            Stream::Output | Stream::Errors => "o",
+            Stream::Input if self.keep_input => "i",
+            Stream::Input => return,
+        };
         if !self.has_room() {
-            self.skipped += text.len() as u64;
+            if self.skipped == 0 {
+                // Said at once, so a recording cut by the agent's death
+                // says it too.
+                self.event("m", BUDGET_FROM_HERE);
+            }
+            self.skipped += bytes.len() as u64;
             return;
         }
-        self.event("o", &text);
+        let text = text_of(&mut self.carry[stream as usize], bytes);
+        if !text.is_empty() {
+            self.event(code, &text);
+        }
     }
 
     /// The terminal changed size (kept while the budget lasts, as output
     /// is: the client sends as many as it likes).
-    pub(crate) fn resize(&mut self, cols: u16, rows: u16) {
+    fn resize(&mut self, cols: u16, rows: u16) {
         if self.has_room() {
             self.event("r", &format!("{cols}x{rows}"));
         }
@@ -149,24 +234,20 @@ impl Cast {
         self.written < self.budget.each && !self.budget.is_full()
     }
 
-    /// Ends the recording with how its channel ended (`exit 0`, `hung
-    /// up`, ...), as a marker a player shows.
-    pub(crate) fn end(mut self, how: &str) {
-        self.close(how);
-    }
-
     fn close(&mut self, how: &str) {
         if self.ended {
             return;
         }
         self.ended = true;
-        let tail = std::mem::take(&mut self.carry);
-        if !tail.is_empty() {
-            self.event("o", &String::from_utf8_lossy(&tail));
+        for (stream, code) in [(0, "o"), (1, "o"), (2, "i")] {
+            let tail = std::mem::take(&mut self.carry[stream]);
+            if !tail.is_empty() {
+                self.event(code, &String::from_utf8_lossy(&tail));
+            }
         }
         if self.skipped > 0 {
             let note = format!(
-                "output past the recording's budget not kept: {} bytes",
+                "past the recording's budget, {} bytes were not kept",
                 self.skipped
             );
             self.event("m", &note);
@@ -186,7 +267,7 @@ impl Cast {
         match self.file.write_all(&line) {
             Ok(()) => {
                 self.written += line.len() as u64;
-                self.budget.add(line.len());
+                self.budget.add(line.len() as u64);
             }
             Err(e) => {
                 self.broken = true;

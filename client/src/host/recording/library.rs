@@ -13,8 +13,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tracing::{info, warn};
+use tracing::warn;
 
+use super::cast::on_disk;
 use crate::config::Home;
 
 /// The directory's name in the agent's home.
@@ -200,10 +201,11 @@ impl Library {
         Ok(self.entries()?.into_iter().find(|e| e.id == id))
     }
 
-    /// Removes recordings last written more than `keep_for` ago, then the
-    /// least recently written until all take at most `keep_bytes`; those being written
-    /// stay. Returns how many went.
-    pub(crate) fn prune(&self, keep_for: Duration, keep_bytes: u64) -> usize {
+    /// Removes recordings last written more than `keep_for` ago and, when
+    /// all take more than `keep_bytes` on disk, the least recently written
+    /// until they take at most `down_to`; those being written stay.
+    /// Returns how many went.
+    pub(crate) fn prune(&self, keep_for: Duration, keep_bytes: u64, down_to: u64) -> usize {
         let mut entries = match self.entries() {
             Ok(entries) => entries,
             Err(e) => {
@@ -216,23 +218,29 @@ impl Library {
         entries.sort_by_key(|e| e.modified);
         let writing = lock(&self.writing).clone();
         let now = SystemTime::now();
-        let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+        let mut total: u64 = entries.iter().map(|e| on_disk(e.bytes)).sum();
+        let over = total > keep_bytes;
         let mut removed = 0;
         for entry in entries.iter().filter(|e| !writing.contains(&e.id)) {
             let age = now.duration_since(entry.modified).unwrap_or_default();
-            if age <= keep_for && total <= keep_bytes {
+            if age <= keep_for && !(over && total > down_to) {
                 continue;
             }
             match fs::remove_file(&entry.path) {
                 Ok(()) => {
-                    total = total.saturating_sub(entry.bytes);
+                    total = total.saturating_sub(on_disk(entry.bytes));
                     removed += 1;
                 }
                 Err(e) => warn!(recording = %entry.id, "cannot remove an old recording: {e}"),
             }
         }
         if removed > 0 {
-            info!(removed, "old recordings removed");
+            // A user who fills the budget pushes older recordings out: the
+            // owner reads it here (and every channel in channels.log).
+            warn!(
+                removed,
+                "recordings removed: past record_keep_days or record_keep_mib"
+            );
         }
         removed
     }
@@ -287,8 +295,9 @@ mod tests {
         let oldest = aged(&library, 100, 3 * day);
         let newer = aged(&library, 100, day);
         let newest = aged(&library, 100, Duration::ZERO);
-        // 30 days, and 250 bytes: the expired one, then the oldest.
-        assert_eq!(library.prune(30 * day, 250), 2);
+        // 30 days, and 2 blocks (each file takes one at least): the
+        // expired one, then the oldest.
+        assert_eq!(library.prune(30 * day, 2 * 4096, 2 * 4096), 2);
         let left: Vec<String> = library
             .entries()
             .expect("list")
@@ -308,8 +317,8 @@ mod tests {
         let (file, claim) = library.create(Holds::Terminal).expect("create");
         file.set_modified(SystemTime::now() - Duration::from_secs(90 * 86_400))
             .expect("age");
-        assert_eq!(library.prune(Duration::from_secs(86_400), 0), 0);
+        assert_eq!(library.prune(Duration::from_secs(86_400), 0, 0), 0);
         drop(claim);
-        assert_eq!(library.prune(Duration::from_secs(86_400), 0), 1);
+        assert_eq!(library.prune(Duration::from_secs(86_400), 0, 0), 1);
     }
 }

@@ -27,18 +27,27 @@ use latchkey_protocol::{
 };
 use thiserror::Error;
 
-use self::{cast::Budget, library::Claim};
-pub(crate) use self::{cast::Cast, line::Line};
+use self::{
+    cast::{on_disk, Budget, Cast, BLOCK},
+    library::Claim,
+};
 pub use self::{
-    cast::{CastHeader, Made},
+    cast::{CastHeader, Made, AGENT_STOPPED, BUDGET_FROM_HERE},
     library::{is_id, Entry, Holds, Library, RECORDINGS},
     line::LineRecord,
     reading::{list, replay, ReadError, Summary, Timing},
+};
+pub(crate) use self::{
+    cast::{Stream, Tape},
+    line::Line,
 };
 use crate::config::{Home, HostConfig, RecordPolicy};
 
 /// The least a recording may take, however small `record_keep_mib` is.
 const LEAST_EACH: u64 = 64 * 1024;
+
+/// The longest `TERM` a header keeps (the client names it).
+const MAX_TERM: usize = 64;
 
 /// How often the agent removes recordings past their days.
 pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -55,6 +64,7 @@ pub(crate) struct Recorder {
     policy: RecordPolicy,
     keep_for: Duration,
     budget: Arc<Budget>,
+    keystrokes: bool,
     host: String,
 }
 
@@ -70,6 +80,7 @@ impl Recorder {
                 all,
                 each: (all / 4).max(LEAST_EACH),
             }),
+            keystrokes: cfg.record_keystrokes,
             host: cfg.host.to_string(),
         }
     }
@@ -80,28 +91,28 @@ impl Recorder {
         self.policy.records(shared)
     }
 
-    /// Starts recording a shell or a command.
+    /// Starts recording a shell or a command. Its header holds the whole
+    /// command line (at most a frame, 64 KiB, so the header stays within
+    /// what a reader takes as one line).
     pub(crate) fn terminal(
         &self,
         user: &UserName,
         session: SessionId,
         kind: &ChannelKind,
-    ) -> Result<Cast, RecordError> {
+    ) -> Result<Tape, RecordError> {
         let made = self.made(user, session, kind);
-        let (width, height, command, env) = match kind {
+        let (width, height, command, env, keep_input) = match kind {
             ChannelKind::Shell { term, cols, rows } => {
-                let env = [("TERM".to_owned(), term.clone())].into();
-                (*cols, *rows, None, env)
+                let env = [("TERM".to_owned(), clip(term, MAX_TERM))].into();
+                (*cols, *rows, None, env, self.keystrokes)
             }
             ChannelKind::Exec { argv } => {
-                (80, 24, Some(shell_words::join(argv)), Default::default())
+                let command = Some(shell_words::join(argv));
+                (80, 24, command, Default::default(), true)
             }
-            _ => (80, 24, None, Default::default()),
+            _ => (80, 24, None, Default::default(), false),
         };
-        let title = match &command {
-            Some(command) => format!("{user} on {}: {command}", self.host),
-            None => format!("{user} on {}: {}", self.host, made.kind),
-        };
+        let title = format!("{user} on {}: {}", self.host, made.kind);
         let header = CastHeader {
             version: 2,
             width,
@@ -113,7 +124,8 @@ impl Recorder {
             latchkey: made,
         };
         let (file, claim) = self.create(library::Holds::Terminal)?;
-        Ok(Cast::start(file, claim, &header, self.budget.clone())?)
+        let cast = Cast::start(file, claim, &header, self.budget.clone(), keep_input)?;
+        Ok(Tape::on(cast))
     }
 
     /// Starts recording a copy or a forward.
@@ -131,17 +143,34 @@ impl Recorder {
             outcome: "running".into(),
         };
         let (file, claim) = self.create(library::Holds::Line)?;
+        self.budget.add(BLOCK);
         Ok(Line::start(file, claim, record)?)
     }
 
-    /// Removes recordings past their days, then the oldest past the size
-    /// all may take, and counts what is left.
+    /// Ends the recordings a previous agent left unended (it died).
+    pub(crate) fn settle(&self) {
+        match reading::settle(&self.library) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                recordings = n,
+                "recordings the agent left unended marked cut"
+            ),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    /// Removes recordings past their days, then the least recently
+    /// written until all take at most nine tenths of their size (so a full
+    /// budget is not pruned again at each new recording), and counts what
+    /// is left.
     pub(crate) fn prune(&self) -> usize {
-        let removed = self.library.prune(self.keep_for, self.budget.all);
+        let removed = self
+            .library
+            .prune(self.keep_for, self.budget.all, self.budget.all / 10 * 9);
         let left = self
             .library
             .entries()
-            .map(|entries| entries.iter().map(|e| e.bytes).sum())
+            .map(|entries| entries.iter().map(|e| on_disk(e.bytes)).sum())
             .unwrap_or(0);
         self.budget
             .used
@@ -168,6 +197,15 @@ impl Recorder {
     }
 }
 
+/// At most `max` bytes of `text`, cut at a character's boundary.
+fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -179,7 +217,7 @@ fn now() -> u64 {
 mod tests {
     use super::*;
 
-    fn recorder(dir: &std::path::Path, keep_mib: u64) -> Recorder {
+    fn recorder_in(dir: &std::path::Path, keep_mib: u64) -> Recorder {
         let mut cfg = HostConfig::new(
             &["127.0.0.1:1".into()],
             String::new(),
@@ -207,19 +245,22 @@ mod tests {
         }
     }
 
+    fn bob() -> UserName {
+        "bob".parse().expect("name")
+    }
+
     #[test]
     fn a_recording_keeps_output_within_its_budget_and_says_what_it_left_out() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let recorder = recorder(dir.path(), 1);
-        let bob: UserName = "bob".parse().expect("name");
-        let mut cast = recorder
-            .terminal(&bob, SessionId([1; 16]), &shell())
+        let recorder = recorder_in(dir.path(), 1);
+        let tape = recorder
+            .terminal(&bob(), SessionId([1; 16]), &shell())
             .expect("start");
         let chunk = vec![b'x'; 32 * 1024];
         for _ in 0..32 {
-            cast.output(&chunk);
+            tape.record(Stream::Output, &chunk);
         }
-        cast.end("exit 0");
+        tape.end("exit 0");
         let entries = recorder.library.entries().expect("list");
         let (header, events) = events(&entries[0].path);
         assert_eq!(header["version"], 2);
@@ -236,30 +277,25 @@ mod tests {
             .filter(|e| e.1 == "m")
             .map(|e| e.2.as_str())
             .collect();
-        assert_eq!(
-            markers,
-            [
-                format!(
-                    "output past the recording's budget not kept: {} bytes",
-                    1024 * 1024 - kept
-                )
-                .as_str(),
-                "exit 0"
-            ]
+        let not_kept = format!(
+            "past the recording's budget, {} bytes were not kept",
+            1024 * 1024 - kept
         );
+        assert_eq!(markers, [BUDGET_FROM_HERE, &not_kept, "exit 0"]);
         assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
     }
 
     #[test]
     fn a_recording_dropped_unended_says_it_was_cut() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let recorder = recorder(dir.path(), 8);
-        let bob: UserName = "bob".parse().expect("name");
-        let mut cast = recorder
-            .terminal(&bob, SessionId([1; 16]), &shell())
+        let recorder = recorder_in(dir.path(), 8);
+        let tape = recorder
+            .terminal(&bob(), SessionId([1; 16]), &shell())
             .expect("start");
-        cast.output("h\u{e9}".as_bytes().split_at(2).0);
-        drop(cast);
+        tape.record(Stream::Output, "h\u{e9}".as_bytes().split_at(2).0);
+        // A shell's keystrokes are not kept unless the owner asks.
+        tape.record(Stream::Input, b"secret\r");
+        drop(tape);
         let entries = recorder.library.entries().expect("list");
         let (_, events) = events(&entries[0].path);
         let said: Vec<(&str, &str)> = events
@@ -268,5 +304,116 @@ mod tests {
             .collect();
         // The half character is kept as what it was: not text.
         assert_eq!(said, [("o", "h"), ("o", "\u{fffd}"), ("m", "cut")]);
+    }
+
+    #[test]
+    fn a_command_keeps_its_input_and_each_streams_characters_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let recorder = recorder_in(dir.path(), 8);
+        let exec = ChannelKind::Exec {
+            argv: vec!["sh".into()],
+        };
+        let tape = recorder
+            .terminal(&bob(), SessionId([1; 16]), &exec)
+            .expect("start");
+        let e = "\u{e9}".as_bytes();
+        tape.record(Stream::Input, b"echo hi\n");
+        tape.record(Stream::Output, &e[..1]);
+        tape.record(Stream::Errors, &e[..1]);
+        tape.record(Stream::Output, &e[1..]);
+        tape.record(Stream::Errors, &e[1..]);
+        tape.end("exit 0");
+        let entries = recorder.library.entries().expect("list");
+        let (header, events) = events(&entries[0].path);
+        assert_eq!(header["command"], "sh");
+        let said: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.1.as_str(), e.2.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("i", "echo hi\n"),
+                ("o", "\u{e9}"),
+                ("o", "\u{e9}"),
+                ("m", "exit 0")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_longest_command_line_leaves_its_recording_readable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let recorder = recorder_in(dir.path(), 8);
+        // A frame's worth of characters JSON escapes six times over.
+        let exec = ChannelKind::Exec {
+            argv: vec!["sh".into(), "\u{1}".repeat(64 * 1024)],
+        };
+        let tape = recorder
+            .terminal(&bob(), SessionId([1; 16]), &exec)
+            .expect("start");
+        tape.record(Stream::Output, b"done");
+        tape.end("exit 0");
+        let listed = list(&recorder.library).expect("list");
+        assert_eq!(listed[0].kind, "exec", "{listed:?}");
+        assert_eq!(listed[0].outcome.as_deref(), Some("exit 0"));
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        replay(
+            &recorder.library,
+            &listed[0].id,
+            None,
+            false,
+            &mut out,
+            &mut notes,
+        )
+        .expect("replay");
+        assert_eq!(out, b"done");
+    }
+
+    #[test]
+    fn recordings_an_agent_left_unended_are_ended_at_its_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let recorder = recorder_in(dir.path(), 8);
+        let tape = recorder
+            .terminal(&bob(), SessionId([1; 16]), &shell())
+            .expect("start");
+        tape.record(Stream::Output, b"before");
+        let line = recorder
+            .line(
+                &bob(),
+                SessionId([1; 16]),
+                &ChannelKind::Forward {
+                    target: "127.0.0.1:22".into(),
+                },
+            )
+            .expect("line");
+        // The agent dies: nothing more is written, and a last line is cut.
+        let entries = recorder.library.entries().expect("list");
+        std::mem::forget(tape);
+        std::mem::forget(line);
+        let cast = entries
+            .iter()
+            .find(|e| e.holds == Holds::Terminal)
+            .expect("cast");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&cast.path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"[0.5, \"o\", \"cu"))
+            .expect("cut line");
+        let fresh = recorder_in(dir.path(), 8);
+        fresh.settle();
+        let listed = list(&fresh.library).expect("list");
+        assert!(
+            listed
+                .iter()
+                .all(|r| r.outcome.as_deref() == Some(AGENT_STOPPED)),
+            "{listed:?}"
+        );
+        let (_, events) = events(&cast.path);
+        assert_eq!(events.last().map(|e| e.2.as_str()), Some(AGENT_STOPPED));
+        // Settled once: a second start changes nothing.
+        let before = std::fs::read(&cast.path).expect("read");
+        fresh.settle();
+        assert_eq!(std::fs::read(&cast.path).expect("read"), before);
     }
 }

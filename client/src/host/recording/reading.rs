@@ -15,18 +15,19 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::{
-    cast::CastHeader,
+    cast::{CastHeader, AGENT_STOPPED, BUDGET_FROM_HERE},
     library::{Entry, Holds, Library},
     line::LineRecord,
 };
 
-/// The longest line a recording holds: an event carries one chunk of
-/// output (32 KiB), at most six times longer once escaped as JSON.
-const MAX_LINE: u64 = 256 * 1024;
+/// The longest line a recording holds: a header with a command line of a
+/// whole frame (64 KiB), or an event with one chunk of output (32 KiB), at
+/// most six times longer once escaped as JSON.
+const MAX_LINE: u64 = 1024 * 1024;
 
 /// How much of a terminal recording's end is read to find its length and
-/// how it ended.
-const TAIL: u64 = 2 * MAX_LINE;
+/// how it ended: its last events are markers, or a chunk of output.
+const TAIL: u64 = 256 * 1024;
 
 /// Why a recording could not be read.
 #[derive(Debug, Error)]
@@ -104,11 +105,12 @@ pub struct Timing {
 
 /// Plays recording `id`: its output to `out` as the user's terminal was
 /// sent it, what Latchkey says about it (who, what, how it ended) to
-/// `notes`.
+/// `notes`, and with `input` what the user sent (escaped) there too.
 pub fn replay(
     library: &Library,
     id: &str,
     timing: Option<Timing>,
+    input: bool,
     out: &mut impl Write,
     notes: &mut impl Write,
 ) -> Result<(), ReadError> {
@@ -138,9 +140,13 @@ pub fn replay(
                 at = t;
                 out.write_all(data.as_bytes())?;
             }
+            "i" if input => {
+                out.flush()?;
+                writeln!(notes, "\r\nlatchkey: sent: {}", Shown(&data))?;
+            }
             "m" => {
                 out.flush()?;
-                writeln!(notes, "\r\nlatchkey: {data}")?;
+                writeln!(notes, "\r\nlatchkey: {}", Shown(&data))?;
             }
             _ => {}
         }
@@ -152,25 +158,15 @@ pub fn replay(
 fn terminal_summary(entry: &Entry) -> Result<Summary, ReadError> {
     let mut lines = Lines::open(entry)?;
     let header: CastHeader = lines.parse_next()?.ok_or_else(|| lines.damaged("empty"))?;
-    // The end: the last event's time, and the last marker (how it ended).
-    let mut file = File::open(&entry.path)?;
-    let len = file.metadata()?.len();
-    let from = len.saturating_sub(TAIL);
-    file.seek(SeekFrom::Start(from))?;
-    let mut tail = Vec::new();
-    file.take(TAIL).read_to_end(&mut tail)?;
-    let mut secs = None;
-    let mut outcome = None;
-    // The first line of a tail read from the middle may be cut: skipped.
-    let skip = usize::from(from > 0);
-    for line in tail.split(|b| *b == b'\n').skip(skip) {
-        if let Ok((t, code, data)) = serde_json::from_slice::<(f64, String, String)>(line) {
-            secs = Some(t);
-            if code == "m" {
-                outcome = Some(data);
-            }
-        }
-    }
+    // The end: the last event's time, and the last closing marker.
+    let tail = Tail::read(&entry.path)?;
+    let secs = tail.events.last().map(|e| e.0);
+    let outcome = tail
+        .events
+        .iter()
+        .rev()
+        .find(|(_, code, data)| code == "m" && data != BUDGET_FROM_HERE)
+        .map(|e| e.2.clone());
     let detail = header
         .command
         .clone()
@@ -201,6 +197,101 @@ fn line_summary(entry: &Entry) -> Result<Summary, ReadError> {
         outcome,
         bytes: entry.bytes,
     })
+}
+
+/// The events at a terminal recording's end.
+struct Tail {
+    events: Vec<(f64, String, String)>,
+    /// Where the last complete line ends: past it, a line the agent's
+    /// death cut.
+    complete: u64,
+    len: u64,
+}
+
+impl Tail {
+    fn read(path: &std::path::Path) -> Result<Self, ReadError> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let from = len.saturating_sub(TAIL);
+        file.seek(SeekFrom::Start(from))?;
+        let mut tail = Vec::new();
+        file.take(TAIL).read_to_end(&mut tail)?;
+        let complete = from
+            + tail
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i as u64 + 1);
+        // The first line of a tail read from the middle may be cut: skipped.
+        let skip = usize::from(from > 0);
+        let events = tail
+            .split(|b| *b == b'\n')
+            .skip(skip)
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect();
+        Ok(Self {
+            events,
+            complete,
+            len,
+        })
+    }
+}
+
+/// Ends the recordings a previous agent left unended (it died): a line
+/// the death cut is dropped, and the closing marker says the agent
+/// stopped. Run at the agent's start, before it records. Returns how many
+/// were ended.
+pub(crate) fn settle(library: &Library) -> Result<usize, ReadError> {
+    let mut settled = 0;
+    for entry in library.entries()? {
+        let ended = match entry.holds {
+            Holds::Terminal => settle_terminal(&entry),
+            Holds::Line => settle_line(&entry),
+        };
+        match ended {
+            Ok(ended) => settled += usize::from(ended),
+            // Listed as damaged; the others are settled all the same.
+            Err(e) => tracing::warn!(recording = %entry.id, "cannot end a recording: {e}"),
+        }
+    }
+    Ok(settled)
+}
+
+fn settle_terminal(entry: &Entry) -> Result<bool, ReadError> {
+    let tail = Tail::read(&entry.path)?;
+    if tail.len == 0 {
+        return Ok(false);
+    }
+    let closed = matches!(tail.events.last(), Some((_, code, data)) if code == "m" && data != BUDGET_FROM_HERE);
+    if closed && tail.complete == tail.len {
+        return Ok(false);
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).open(&entry.path)?;
+    file.set_len(tail.complete)?;
+    file.seek(SeekFrom::End(0))?;
+    let at = tail.events.last().map_or(0.0, |e| e.0);
+    let mut line = serde_json::to_vec(&(at, "m", AGENT_STOPPED)).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    file.write_all(&line)?;
+    Ok(true)
+}
+
+fn settle_line(entry: &Entry) -> Result<bool, ReadError> {
+    let mut lines = Lines::open(entry)?;
+    let Some(mut record) = lines.parse_next::<LineRecord>()? else {
+        return Ok(false);
+    };
+    if record.outcome != "running" {
+        return Ok(false);
+    }
+    record.outcome = AGENT_STOPPED.into();
+    let mut text = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&entry.path)?;
+    file.write_all(&text)?;
+    Ok(true)
 }
 
 /// One line for a summary: who did what, for how long, how it ended.
