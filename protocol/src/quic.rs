@@ -218,11 +218,12 @@ pub fn transport_config(
 pub const UDP_BUFFER_BYTES: usize = 4 << 20;
 
 /// A UDP socket bound to `addr` with receive and send buffers of `buffer`
-/// bytes (as far as the OS allows). Returns the socket and the receive
-/// buffer size the OS granted, so callers can warn when it is small.
+/// bytes (as far as the OS allows; `None` keeps the system's). Returns the
+/// socket and the receive buffer size the OS granted, so callers can warn
+/// when it is small.
 pub fn udp_socket(
     addr: std::net::SocketAddr,
-    buffer: usize,
+    buffer: Option<usize>,
 ) -> std::io::Result<(std::net::UdpSocket, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -234,8 +235,10 @@ pub fn udp_socket(
         let _ = socket.set_only_v6(!addr.ip().is_unspecified());
     }
     // Best effort: a smaller buffer still works, only less well.
-    let _ = socket.set_recv_buffer_size(buffer);
-    let _ = socket.set_send_buffer_size(buffer);
+    if let Some(buffer) = buffer {
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+    }
     socket.bind(&addr.into())?;
     let reported = socket.recv_buffer_size()?;
     // Linux reports twice what it granted (the rest is its bookkeeping).

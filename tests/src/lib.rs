@@ -22,6 +22,7 @@ pub mod smtp;
 pub mod sshd;
 pub mod tcp;
 pub mod vnc;
+pub mod wine;
 pub mod world;
 
 pub use device::Device;

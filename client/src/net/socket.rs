@@ -423,14 +423,10 @@ impl DeviceSocket {
     /// [`wire::udp_socket`] makes them (many peers, bulk), or the system's
     /// default buffers when `None` (a single peer: large buffers queue
     /// milliseconds of packets in front of interactive ones, see
-    /// [`super::udp_endpoint`]). With `None`, `[::]` is dual stack only
-    /// where that is the system's default, so bind the relay's family.
+    /// [`super::udp_endpoint`]). `[::]` is dual stack wherever the system
+    /// allows it, Windows included, whose default is IPv6 alone.
     pub fn bind(addr: SocketAddr, buffer: Option<usize>) -> io::Result<(Arc<Self>, Peers)> {
-        let socket = match buffer {
-            Some(buffer) => wire::udp_socket(addr, buffer)?.0,
-            None => std::net::UdpSocket::bind(addr)?,
-        };
-        Self::new(socket)
+        Self::new(wire::udp_socket(addr, buffer)?.0)
     }
 
     /// The socket's virtual peers.

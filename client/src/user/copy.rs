@@ -40,9 +40,21 @@ pub enum CopySpec {
     },
 }
 
+/// `HOST:PATH` split in two; `None` for a local path. On Windows a drive
+/// letter (`C:\notes.txt`, `D:/x`) is a local path, as Windows' own scp
+/// reads it; a host's path may hold one (`mypc:C:\notes.txt`).
 fn split_remote(s: &str) -> Option<(&str, &str)> {
+    if cfg!(windows) && is_drive_path(s) {
+        return None;
+    }
     let (host, path) = s.split_once(':')?;
-    (!host.is_empty() && !host.contains('/') && !path.is_empty()).then_some((host, path))
+    (!host.is_empty() && !host.contains(['/', '\\']) && !path.is_empty()).then_some((host, path))
+}
+
+/// Whether `s` starts with a drive letter and a separator: `C:\`, `d:/`.
+fn is_drive_path(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/')
 }
 
 impl CopySpec {
@@ -248,6 +260,16 @@ mod tests {
             Ok(CopySpec::Download { .. })
         ));
         assert!(CopySpec::parse("a", "b").is_err());
+        // A host's Windows path is the host's.
+        assert_eq!(
+            CopySpec::parse("a.txt", "mypc:C:\\Users\\bob\\a.txt"),
+            Ok(CopySpec::Upload {
+                local: "a.txt".into(),
+                host: "mypc".into(),
+                remote: "C:\\Users\\bob\\a.txt".into(),
+            })
+        );
+        assert!(is_drive_path("C:\\x") && is_drive_path("d:/x") && !is_drive_path("mypc:x"));
         assert!(CopySpec::parse("x:a", "y:b").is_err());
         assert!(CopySpec::parse("./dir/a:b", "c").is_err());
     }

@@ -127,7 +127,7 @@ pub fn server_endpoint(
     };
     let (socket, granted) = latchkey_protocol::quic::udp_socket(
         config.listen,
-        latchkey_protocol::quic::UDP_BUFFER_BYTES,
+        Some(latchkey_protocol::quic::UDP_BUFFER_BYTES),
     )
     .map_err(bind_err)?;
     if granted < latchkey_protocol::quic::UDP_BUFFER_BYTES {

@@ -1,0 +1,173 @@
+//! The Windows build of `latchkey` (the host agent and the user commands)
+//! run under wine, Debian's `wine64`, against the Linux relay: the seed's
+//! own platform, on the machine the tests have. wine 8 lacks
+//! `ProcessPrng`, which Rust's standard library takes its randomness from
+//! on Windows, so the test builds a stand-in `bcryptprimitives.dll` from
+//! `src/wine/bcryptprimitives.c` with mingw, beside the binary.
+//!
+//! The binary is `target/x86_64-pc-windows-gnu/debug/latchkey.exe`, which
+//! CI builds before the tests. Where it, wine or mingw is missing, a test
+//! is skipped with the reason printed, unless `LATCHKEY_WINE_TESTS` is set
+//! (CI sets it once it has built the binary): then that is a failure. A
+//! prefix of its own per test, and every wine process in it killed when
+//! dropped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use tempfile::TempDir;
+
+use crate::{bin, process::feed, Proc};
+
+/// Set when the Windows binary is built and wine installed: the wine
+/// tests must run.
+pub const REQUIRED_VAR: &str = "LATCHKEY_WINE_TESTS";
+
+/// A wine prefix with the Windows `latchkey.exe` ready to run.
+pub struct Wine {
+    dir: TempDir,
+    exe: PathBuf,
+}
+
+/// A path as the Windows binary names it: wine maps `/` to drive `Z:`.
+pub fn windows_path(path: &Path) -> String {
+    format!("Z:{}", path.display()).replace('/', "\\")
+}
+
+impl Wine {
+    /// A new prefix, or `None` (with why) where wine tests cannot run and
+    /// need not.
+    pub fn start_or_skip(test: &str) -> Result<Option<Self>> {
+        let built = bin("latchkey")
+            .parent()
+            .and_then(Path::parent)
+            .map(|target| target.join("x86_64-pc-windows-gnu/debug/latchkey.exe"))
+            .context("no target directory")?;
+        let missing = if !built.exists() {
+            Some(format!(
+                "{} is not built (`cargo build --target x86_64-pc-windows-gnu -p latchkey-client`)",
+                built.display()
+            ))
+        } else if !on_path("wine") {
+            Some("wine is not installed (`apt-get install wine64`)".into())
+        } else if !on_path("x86_64-w64-mingw32-gcc") {
+            Some("mingw is not installed (`apt-get install gcc-mingw-w64-x86-64`)".into())
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            ensure!(
+                std::env::var_os(REQUIRED_VAR).is_none(),
+                "{REQUIRED_VAR} is set, but {why}"
+            );
+            eprintln!("skipping {test}: {why}");
+            return Ok(None);
+        }
+        let dir = tempfile::tempdir()?;
+        let exe = dir.path().join("latchkey.exe");
+        std::fs::copy(&built, &exe)?;
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/src/wine/bcryptprimitives.c");
+        let built_dll = Command::new("x86_64-w64-mingw32-gcc")
+            .args(["-shared", "-O2", "-o"])
+            .arg(dir.path().join("bcryptprimitives.dll"))
+            .arg(source)
+            .arg("-ladvapi32")
+            .output()?;
+        ensure!(
+            built_dll.status.success(),
+            "building the ProcessPrng stand-in: {}",
+            String::from_utf8_lossy(&built_dll.stderr)
+        );
+        let wine = Self { dir, exe };
+        let boot = wine
+            .env(Command::new("wineboot"))
+            .arg("--init")
+            .output()
+            .context("wineboot")?;
+        ensure!(
+            boot.status.success(),
+            "wineboot: {}",
+            String::from_utf8_lossy(&boot.stderr)
+        );
+        Ok(Some(wine))
+    }
+
+    fn env(&self, mut cmd: Command) -> Command {
+        cmd.env("WINEPREFIX", self.dir.path().join("prefix"))
+            .env("WINEDEBUG", "-all")
+            // The stand-in beside the binary, not wine's own.
+            .env("WINEDLLOVERRIDES", "bcryptprimitives=n");
+        cmd
+    }
+
+    /// `latchkey.exe` for the device whose home is `home` (a Unix path).
+    /// Sessions are not kept: that needs Unix sockets.
+    pub fn latchkey(&self, home: &Path) -> Command {
+        let mut cmd = self.env(Command::new("wine"));
+        cmd.arg(&self.exe)
+            .env("LATCHKEY_HOME", windows_path(home))
+            .env("LATCHKEY_PERSIST", "0");
+        cmd
+    }
+
+    /// Runs `latchkey.exe ARGS` as the device in `home`; fails unless it
+    /// succeeds, with its standard error.
+    pub fn run(&self, home: &Path, args: &[&str]) -> Result<String> {
+        let out = self.latchkey(home).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "latchkey.exe {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs `latchkey.exe ARGS` with `input` on its standard input.
+    pub fn run_with_input(
+        &self,
+        home: &Path,
+        args: &[&str],
+        input: &str,
+    ) -> Result<std::process::Output> {
+        feed(self.latchkey(home).args(args), input)
+    }
+
+    /// Starts `latchkey.exe ARGS` in the background.
+    pub fn spawn(&self, home: &Path, args: &[&str]) -> Result<Proc> {
+        Proc::spawn(self.latchkey(home).args(args))
+    }
+
+    /// Starts `latchkey.exe ARGS` in the background with the access code
+    /// in its environment.
+    pub fn spawn_with_code(&self, home: &Path, code: &str, args: &[&str]) -> Result<Proc> {
+        Proc::spawn(
+            self.latchkey(home)
+                .env("LATCHKEY_ACCESS_CODE", code)
+                .args(args),
+        )
+    }
+}
+
+impl Drop for Wine {
+    /// Every process of the prefix ends with it (the agent, a forward).
+    fn drop(&mut self) {
+        if let Ok(mut kill) = self.env(Command::new("wineserver")).arg("-k").spawn() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while matches!(kill.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = kill.kill();
+        }
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}

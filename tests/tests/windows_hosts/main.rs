@@ -1,0 +1,147 @@
+//! Windows hosts, the seed's own platform for shared access: the Windows
+//! build of `latchkey` under wine, as a host agent and as a user's client,
+//! against the Linux relay: enrolment, the owner's code, a command through
+//! `cmd`, copies both ways with drive letters, a forward, and three wrong
+//! codes locking the host for everyone. See `latchkey_tests::wine`.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use latchkey_tests::{
+    fetch, hello_target, wait_until,
+    wine::{windows_path, Wine},
+    world::forward_address,
+    World, OWNER_CODE,
+};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_windows_host_serves_windows_and_linux_clients_through_the_linux_relay() -> Result<()> {
+    let Some(wine) = Wine::start_or_skip("the Windows host test")? else {
+        return Ok(());
+    };
+    let w = World::new()?;
+    let (winpc, dave) = (w.dir.path().join("winpc"), w.dir.path().join("dave"));
+    std::fs::create_dir_all(&winpc)?;
+    std::fs::create_dir_all(&dave)?;
+
+    // The Windows host, alice's, allowing a forward to a target here.
+    wine.run(
+        &winpc,
+        &["host", "enroll", &w.relay.invite_host("winpc", "alice")?],
+    )?;
+    let set = wine.run_with_input(
+        &winpc,
+        &["host", "set-code", "--code-stdin", "--insecure-fast-ksf"],
+        &format!("{OWNER_CODE}\n"),
+    )?;
+    ensure!(set.status.success(), "set-code: {}", text(&set.stderr));
+    let hello = hello_target().await?.to_string();
+    let config = winpc.join("host.toml");
+    let mut host: toml::Table = std::fs::read_to_string(&config)?.parse()?;
+    host.insert("forward_allow".into(), vec![hello.clone()].into());
+    std::fs::write(&config, host.to_string())?;
+    let _agent = wine.spawn(&winpc, &["host", "run"])?;
+    wait_until("the Windows agent online", || {
+        w.relay
+            .status("winpc")
+            .map(|s| s["online"] == true)
+            .unwrap_or(false)
+    })?;
+
+    // A Linux client runs a command there, as cmd prints it.
+    let ok = w.alice.with_code(
+        OWNER_CODE,
+        &["exec", "winpc", "--", "cmd", "/c", "echo", "ok"],
+    )?;
+    ensure!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), "ok\r\n");
+    let failed = w.alice.with_code(
+        OWNER_CODE,
+        &["exec", "winpc", "--", "cmd", "/c", "exit", "3"],
+    )?;
+    assert_eq!(failed.status.code(), Some(3), "{}", text(&failed.stderr));
+
+    // A Windows client, dave, shared the host.
+    wine.run(&dave, &["enroll", &w.relay.invite_user("dave")?])?;
+    w.relay.admin(&["grant", "winpc", "dave"])?;
+    let dave_exec = |args: &[&str]| {
+        wine.latchkey(&dave)
+            .env("LATCHKEY_ACCESS_CODE", OWNER_CODE)
+            .args(args)
+            .output()
+    };
+    let said = dave_exec(&["exec", "winpc", "--", "cmd", "/c", "echo", "from-dave"])?;
+    ensure!(said.status.success(), "{}", text(&said.stderr));
+    assert_eq!(text(&said.stdout), "from-dave\r\n");
+    assert!(
+        text(&said.stderr).contains("records this session"),
+        "{}",
+        text(&said.stderr)
+    );
+
+    // Copies both ways, drive letters on both sides.
+    let src = w.dir.path().join("report.txt");
+    std::fs::write(&src, "from the Windows client\n")?;
+    let on_host = w.dir.path().join("on-winpc.txt");
+    let up = dave_exec(&[
+        "cp",
+        &windows_path(&src),
+        &format!("winpc:{}", windows_path(&on_host)),
+    ])?;
+    ensure!(up.status.success(), "{}", text(&up.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&on_host)?,
+        "from the Windows client\n"
+    );
+    let back = w.dir.path().join("back.txt");
+    let down = dave_exec(&[
+        "cp",
+        &format!("winpc:{}", windows_path(&on_host)),
+        &windows_path(&back),
+    ])?;
+    ensure!(down.status.success(), "{}", text(&down.stderr));
+    assert_eq!(std::fs::read_to_string(&back)?, "from the Windows client\n");
+
+    // A forward from the Windows client through the Windows host.
+    let forward = wine.spawn_with_code(
+        &dave,
+        OWNER_CODE,
+        &["forward", "winpc", &format!("0:{hello}")],
+    )?;
+    let local = forward_address(&forward)?;
+    let got = tokio::time::timeout(Duration::from_secs(20), fetch(local))
+        .await
+        .context("the forward's answer")??;
+    assert!(got.contains("hello from the host side"), "{got}");
+    drop(forward);
+
+    // Three wrong codes from the Windows client lock the host for all.
+    for _ in 0..3 {
+        let wrong = wine
+            .latchkey(&dave)
+            .env("LATCHKEY_ACCESS_CODE", "not-the-code-1")
+            .args(["exec", "winpc", "--", "cmd", "/c", "echo", "x"])
+            .output()?;
+        assert_eq!(wrong.status.code(), Some(255));
+        assert!(
+            text(&wrong.stderr).contains("wrong access code"),
+            "{}",
+            text(&wrong.stderr)
+        );
+    }
+    let locked = w.alice.with_code(
+        OWNER_CODE,
+        &["exec", "winpc", "--", "cmd", "/c", "echo", "x"],
+    )?;
+    assert_eq!(locked.status.code(), Some(255));
+    assert!(
+        text(&locked.stderr).contains("is locked"),
+        "{}",
+        text(&locked.stderr)
+    );
+    Ok(())
+}
