@@ -6,18 +6,16 @@
 //! counted, not kept, and the file says so where it happens and at its end.
 
 use std::{
+    collections::VecDeque,
     fs::File,
     io::Write,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
 use tracing::warn;
 
-use super::library::Claim;
+use super::{budget::Share, library::Claim};
 
 /// The header line's fields that Latchkey reads back when listing.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -56,40 +54,11 @@ pub struct Made {
     pub kind: String,
 }
 
-/// What one file takes on disk at least: a file system block. A flood of
-/// tiny recordings is counted at what it costs, not at its bytes.
-pub(crate) const BLOCK: u64 = 4096;
-
-/// What a file of `bytes` takes on disk, as the budget counts it.
-pub(crate) fn on_disk(bytes: u64) -> u64 {
-    bytes.div_ceil(BLOCK).max(1) * BLOCK
-}
-
 /// The closing marker of a recording the agent did not end (it died).
 pub const AGENT_STOPPED: &str = "cut: the agent stopped";
 
-/// The marker written where a recording's budget ran out.
+/// The marker written where a recording's share runs out.
 pub const BUDGET_FROM_HERE: &str = "output past the recording's budget is not kept from here";
-
-/// The budget all recordings share: what they take on disk (counted as
-/// they are written, recounted when they are pruned), against what they
-/// may take together and each.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    pub(crate) used: AtomicU64,
-    pub(crate) all: u64,
-    pub(crate) each: u64,
-}
-
-impl Budget {
-    pub(crate) fn add(&self, bytes: u64) {
-        self.used.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub(crate) fn is_full(&self) -> bool {
-        self.used.load(Ordering::Relaxed) >= self.all
-    }
-}
 
 /// Which of a channel's streams bytes come from: each keeps its own cut
 /// character.
@@ -154,20 +123,25 @@ impl Tape {
     }
 }
 
-/// A terminal recording being written.
+/// A terminal recording being written. Past the head of its share, what
+/// comes is counted, and its last bytes (output and input apart) are kept
+/// for the end: a user who pads a command's input or output first does
+/// not hide what ends it.
 pub(crate) struct Cast {
     file: File,
     claim: Claim,
     started: Instant,
     written: u64,
-    budget: Arc<Budget>,
+    share: Share,
     /// Whether the user's input is kept (a command's standard input; a
     /// shell's keystrokes only if the owner asked).
     keep_input: bool,
-    /// Bytes past the budget, counted for the closing marker.
+    /// Bytes past the head, counted for the closing marker.
     skipped: u64,
     /// Per stream, the start of a character the last chunk cut in two.
     carry: [Vec<u8>; 3],
+    /// The last bytes past the head: output (both streams) and input.
+    tails: [VecDeque<u8>; 2],
     /// A write failed (a full disk): warned once, then nothing more.
     broken: bool,
     ended: bool,
@@ -178,25 +152,31 @@ impl Cast {
         mut file: File,
         claim: Claim,
         header: &CastHeader,
-        budget: Arc<Budget>,
+        share: Share,
         keep_input: bool,
     ) -> std::io::Result<Self> {
         let mut line = serde_json::to_vec(header).map_err(std::io::Error::other)?;
         line.push(b'\n');
         file.write_all(&line)?;
-        budget.add(on_disk(line.len() as u64));
         Ok(Self {
             file,
             claim,
             started: Instant::now(),
             written: line.len() as u64,
-            budget,
+            share,
             keep_input,
             skipped: 0,
             carry: Default::default(),
+            tails: Default::default(),
             broken: false,
             ended: false,
         })
+    }
+
+    /// What the tails may hold, each: escaped as JSON (six times at
+    /// most), the two stay within the share's last 3/16.
+    fn tail_max(&self) -> usize {
+        usize::try_from(self.share.bytes() / 64).unwrap_or(usize::MAX)
     }
 
     fn record(&mut self, stream: Stream, bytes: &[u8]) {
@@ -212,6 +192,11 @@ impl Cast {
                 self.event("m", BUDGET_FROM_HERE);
             }
             self.skipped += bytes.len() as u64;
+            let max = self.tail_max();
+            let tail = &mut self.tails[usize::from(matches!(stream, Stream::Input))];
+            tail.extend(bytes);
+            let over = tail.len().saturating_sub(max);
+            tail.drain(..over);
             return;
         }
         let text = text_of(&mut self.carry[stream as usize], bytes);
@@ -228,10 +213,10 @@ impl Cast {
         }
     }
 
-    /// Whether this recording, and all those being written, are within
-    /// their budgets.
+    /// Whether this recording is within the head of its share (the rest
+    /// is for its tails and markers).
     fn has_room(&self) -> bool {
-        self.written < self.budget.each && !self.budget.is_full()
+        self.written < self.share.bytes() - self.share.bytes() / 16 * 3
     }
 
     fn close(&mut self, how: &str) {
@@ -247,10 +232,16 @@ impl Cast {
         }
         if self.skipped > 0 {
             let note = format!(
-                "past the recording's budget, {} bytes were not kept",
+                "past the recording's budget, {} bytes were not kept but the last ones, which follow",
                 self.skipped
             );
             self.event("m", &note);
+            for (tail, code) in [(0, "o"), (1, "i")] {
+                let bytes: Vec<u8> = std::mem::take(&mut self.tails[tail]).into();
+                if !bytes.is_empty() {
+                    self.event(code, &String::from_utf8_lossy(&bytes));
+                }
+            }
         }
         self.event("m", how);
     }
@@ -265,10 +256,7 @@ impl Cast {
         };
         line.push(b'\n');
         match self.file.write_all(&line) {
-            Ok(()) => {
-                self.written += line.len() as u64;
-                self.budget.add(line.len() as u64);
-            }
+            Ok(()) => self.written += line.len() as u64,
             Err(e) => {
                 self.broken = true;
                 warn!(
@@ -283,6 +271,7 @@ impl Cast {
 impl Drop for Cast {
     fn drop(&mut self) {
         self.close("cut");
+        self.share.leaves(self.written);
     }
 }
 

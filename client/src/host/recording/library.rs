@@ -15,7 +15,8 @@ use std::{
 
 use tracing::warn;
 
-use super::cast::on_disk;
+#[cfg(not(unix))]
+use super::budget::on_disk;
 use crate::config::Home;
 
 /// The directory's name in the agent's home.
@@ -60,6 +61,12 @@ pub struct Entry {
     pub modified: SystemTime,
     /// Its size.
     pub bytes: u64,
+    /// What it takes on disk (blocks used: a sparse file takes less than
+    /// its size).
+    pub disk: u64,
+    /// Whether other names link to the file too (a file a recording would
+    /// never be).
+    pub linked: bool,
 }
 
 /// The recordings directory, and which of its recordings are being
@@ -129,10 +136,26 @@ impl Library {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
         }
-        let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+        let now = jiff::Timestamp::now();
+        let stamp = now.strftime("%Y%m%d-%H%M%S").to_string();
+        // The last four digits: the millisecond in the top ten bits (so
+        // ids of one second sort as they were made), six random ones.
+        let millis = u16::try_from(now.subsec_millisecond()).unwrap_or(0);
         let mut tries = 0;
         loop {
-            let id = format!("{stamp}-{:04x}", rand::random::<u16>());
+            let id = format!("{stamp}-{:04x}", millis << 6 | rand::random::<u16>() & 0x3f);
+            // Claimed before the file exists, so no prune takes it between.
+            if !lock(&self.writing).insert(id.clone()) {
+                tries += 1;
+                if tries >= 16 {
+                    return Err(io::ErrorKind::AlreadyExists.into());
+                }
+                continue;
+            }
+            let claim = Claim {
+                id,
+                writing: self.writing.clone(),
+            };
             let mut options = fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]
@@ -140,12 +163,8 @@ impl Library {
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
-            match options.open(self.path_of(&id, holds)) {
-                Ok(file) => {
-                    lock(&self.writing).insert(id.clone());
-                    let writing = self.writing.clone();
-                    return Ok((file, Claim { id, writing }));
-                }
+            match options.open(self.path_of(&claim.id, holds)) {
+                Ok(file) => return Ok((file, claim)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
                 Err(e) => return Err(e),
             }
@@ -186,6 +205,8 @@ impl Library {
                 holds,
                 modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 bytes: meta.len(),
+                disk: disk_use(&meta),
+                linked: links(&meta) > 1,
                 path,
             });
         }
@@ -201,34 +222,34 @@ impl Library {
         Ok(self.entries()?.into_iter().find(|e| e.id == id))
     }
 
-    /// Removes recordings last written more than `keep_for` ago and, when
-    /// all take more than `keep_bytes` on disk, the least recently written
-    /// until they take at most `down_to`; those being written stay.
-    /// Returns how many went.
-    pub(crate) fn prune(&self, keep_for: Duration, keep_bytes: u64, down_to: u64) -> usize {
+    /// Removes finished recordings last written more than `keep_for` ago,
+    /// then the least recently written until the finished ones take at
+    /// most `keep_bytes` on disk; those being written stay. Returns how
+    /// many went and what the finished ones left take.
+    pub(crate) fn prune(&self, keep_for: Duration, keep_bytes: u64) -> (usize, u64) {
         let mut entries = match self.entries() {
             Ok(entries) => entries,
             Err(e) => {
                 warn!(dir = %self.dir.display(), "cannot read the recordings: {e}");
-                return 0;
+                return (0, 0);
             }
         };
         // Last written first: a long session started early is kept as
         // long as its newest output.
         entries.sort_by_key(|e| e.modified);
         let writing = lock(&self.writing).clone();
+        entries.retain(|e| !writing.contains(&e.id));
         let now = SystemTime::now();
-        let mut total: u64 = entries.iter().map(|e| on_disk(e.bytes)).sum();
-        let over = total > keep_bytes;
+        let mut total: u64 = entries.iter().map(|e| e.disk).sum();
         let mut removed = 0;
-        for entry in entries.iter().filter(|e| !writing.contains(&e.id)) {
+        for entry in &entries {
             let age = now.duration_since(entry.modified).unwrap_or_default();
-            if age <= keep_for && !(over && total > down_to) {
+            if age <= keep_for && total <= keep_bytes {
                 continue;
             }
             match fs::remove_file(&entry.path) {
                 Ok(()) => {
-                    total = total.saturating_sub(on_disk(entry.bytes));
+                    total = total.saturating_sub(entry.disk);
                     removed += 1;
                 }
                 Err(e) => warn!(recording = %entry.id, "cannot remove an old recording: {e}"),
@@ -242,7 +263,35 @@ impl Library {
                 "recordings removed: past record_keep_days or record_keep_mib"
             );
         }
-        removed
+        (removed, total)
+    }
+}
+
+/// What a file takes on disk: its blocks where the system says, else its
+/// size in whole blocks.
+fn disk_use(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    {
+        on_disk(meta.len())
+    }
+}
+
+/// How many names the file has.
+fn links(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.nlink()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        1
     }
 }
 
@@ -297,7 +346,7 @@ mod tests {
         let newest = aged(&library, 100, Duration::ZERO);
         // 30 days, and 2 blocks (each file takes one at least): the
         // expired one, then the oldest.
-        assert_eq!(library.prune(30 * day, 2 * 4096, 2 * 4096), 2);
+        assert_eq!(library.prune(30 * day, 2 * 4096), (2, 2 * 4096));
         let left: Vec<String> = library
             .entries()
             .expect("list")
@@ -317,8 +366,8 @@ mod tests {
         let (file, claim) = library.create(Holds::Terminal).expect("create");
         file.set_modified(SystemTime::now() - Duration::from_secs(90 * 86_400))
             .expect("age");
-        assert_eq!(library.prune(Duration::from_secs(86_400), 0, 0), 0);
+        assert_eq!(library.prune(Duration::from_secs(86_400), 0).0, 0);
         drop(claim);
-        assert_eq!(library.prune(Duration::from_secs(86_400), 0, 0), 1);
+        assert_eq!(library.prune(Duration::from_secs(86_400), 0).0, 1);
     }
 }

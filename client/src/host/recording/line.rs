@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{cast::Made, library::Claim};
+use super::{budget::Share, cast::Made, library::Claim};
 
 /// What a copy's or a forward's recording says.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,16 +34,24 @@ pub struct LineRecord {
 pub(crate) struct Line {
     file: File,
     claim: Claim,
+    /// Its block of the budget.
+    _share: Share,
     record: LineRecord,
     started: Instant,
     ended: bool,
 }
 
 impl Line {
-    pub(super) fn start(file: File, claim: Claim, record: LineRecord) -> std::io::Result<Self> {
+    pub(super) fn start(
+        file: File,
+        claim: Claim,
+        share: Share,
+        record: LineRecord,
+    ) -> std::io::Result<Self> {
         let mut line = Self {
             file,
             claim,
+            _share: share,
             record,
             started: Instant::now(),
             ended: false,

@@ -10,15 +10,13 @@
 //! `reading.rs` lists and replays them for `latchkey host recordings` and
 //! `latchkey host replay`.
 
+mod budget;
 mod cast;
 mod library;
 mod line;
 mod reading;
 
-use std::{
-    sync::{atomic::AtomicU64, Arc},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use latchkey_protocol::{
     ids::{SessionId, UserName},
@@ -28,7 +26,8 @@ use latchkey_protocol::{
 use thiserror::Error;
 
 use self::{
-    cast::{on_disk, Budget, Cast, BLOCK},
+    budget::{Budget, Share, BLOCK},
+    cast::Cast,
     library::Claim,
 };
 pub use self::{
@@ -43,8 +42,13 @@ pub(crate) use self::{
 };
 use crate::config::{Home, HostConfig, RecordPolicy};
 
-/// The least a recording may take, however small `record_keep_mib` is.
-const LEAST_EACH: u64 = 64 * 1024;
+/// The least a terminal recording may take, however small
+/// `record_keep_mib` is: a header with the longest command line fits.
+const LEAST_EACH: u64 = 512 * 1024;
+
+/// How many terminal recordings the budget has room for at once (each
+/// holds its share from its start).
+const AT_ONCE: u64 = 32;
 
 /// The longest `TERM` a header keeps (the client names it).
 const MAX_TERM: usize = 64;
@@ -55,8 +59,17 @@ pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Why a session the host must record cannot be: it is refused rather
 /// than run unrecorded against the owner's word.
 #[derive(Debug, Error)]
-#[error("the host records this session and cannot: {0}")]
-pub(crate) struct RecordError(#[from] std::io::Error);
+pub(crate) enum RecordError {
+    /// The file could not be made.
+    #[error("the host records this session and cannot: {0}")]
+    Io(#[from] std::io::Error),
+    /// Recordings being written hold all of `record_keep_mib`.
+    #[error(
+        "the host records this session and its recordings' space is taken by those being \
+         written (record_keep_mib); try again when one ends"
+    )]
+    Full,
+}
 
 /// What the agent records, and where.
 pub(crate) struct Recorder {
@@ -75,11 +88,7 @@ impl Recorder {
             library: Library::at(home),
             policy: cfg.record,
             keep_for: Duration::from_secs(u64::from(cfg.record_keep_days) * 86_400),
-            budget: Arc::new(Budget {
-                used: AtomicU64::new(0),
-                all,
-                each: (all / 4).max(LEAST_EACH),
-            }),
+            budget: Arc::new(Budget::new(all, (all / AT_ONCE).max(LEAST_EACH))),
             keystrokes: cfg.record_keystrokes,
             host: cfg.host.to_string(),
         }
@@ -104,7 +113,13 @@ impl Recorder {
         let (width, height, command, env, keep_input) = match kind {
             ChannelKind::Shell { term, cols, rows } => {
                 let env = [("TERM".to_owned(), clip(term, MAX_TERM))].into();
-                (*cols, *rows, None, env, self.keystrokes)
+                // A terminal that says 0x0 plays as the usual 80x24.
+                let (cols, rows) = if *cols == 0 || *rows == 0 {
+                    (80, 24)
+                } else {
+                    (*cols, *rows)
+                };
+                (cols, rows, None, env, self.keystrokes)
             }
             ChannelKind::Exec { argv } => {
                 let command = Some(shell_words::join(argv));
@@ -123,8 +138,8 @@ impl Recorder {
             env,
             latchkey: made,
         };
-        let (file, claim) = self.create(library::Holds::Terminal)?;
-        let cast = Cast::start(file, claim, &header, self.budget.clone(), keep_input)?;
+        let (file, claim, share) = self.create(library::Holds::Terminal)?;
+        let cast = Cast::start(file, claim, &header, share, keep_input)?;
         Ok(Tape::on(cast))
     }
 
@@ -142,9 +157,8 @@ impl Recorder {
             secs: None,
             outcome: "running".into(),
         };
-        let (file, claim) = self.create(library::Holds::Line)?;
-        self.budget.add(BLOCK);
-        Ok(Line::start(file, claim, record)?)
+        let (file, claim, share) = self.create(library::Holds::Line)?;
+        Ok(Line::start(file, claim, share, record)?)
     }
 
     /// Ends the recordings a previous agent left unended (it died).
@@ -159,32 +173,41 @@ impl Recorder {
         }
     }
 
-    /// Removes recordings past their days, then the least recently
-    /// written until all take at most nine tenths of their size (so a full
-    /// budget is not pruned again at each new recording), and counts what
-    /// is left.
+    /// Removes recordings past their days, and recounts what the others
+    /// take. Returns how many went.
     pub(crate) fn prune(&self) -> usize {
-        let removed = self
-            .library
-            .prune(self.keep_for, self.budget.all, self.budget.all / 10 * 9);
-        let left = self
-            .library
-            .entries()
-            .map(|entries| entries.iter().map(|e| on_disk(e.bytes)).sum())
-            .unwrap_or(0);
-        self.budget
-            .used
-            .store(left, std::sync::atomic::Ordering::Relaxed);
+        self.prune_for(0)
+    }
+
+    /// [`Recorder::prune`], then the least recently written finished ones
+    /// until a share of `bytes` fits with a tenth of the budget free.
+    fn prune_for(&self, bytes: u64) -> usize {
+        let keep = if bytes == 0 {
+            self.budget.all()
+        } else {
+            self.budget.keep_at_most(bytes)
+        };
+        let (removed, kept) = self.library.prune(self.keep_for, keep);
+        self.budget.recount(kept);
         removed
     }
 
-    /// A new file, after making room when all recordings are at their
-    /// size.
-    fn create(&self, holds: library::Holds) -> Result<(std::fs::File, Claim), RecordError> {
-        if self.budget.is_full() {
-            self.prune();
-        }
-        Ok(self.library.create(holds)?)
+    /// A new file and its share of the budget, after making room when
+    /// there is none. Refused when recordings being written hold it all.
+    fn create(&self, holds: library::Holds) -> Result<(std::fs::File, Claim, Share), RecordError> {
+        let bytes = match holds {
+            library::Holds::Terminal => self.budget.each(),
+            library::Holds::Line => BLOCK,
+        };
+        let share = match self.budget.share(bytes) {
+            Some(share) => share,
+            None => {
+                self.prune_for(bytes);
+                self.budget.share(bytes).ok_or(RecordError::Full)?
+            }
+        };
+        let (file, claim) = self.library.create(holds)?;
+        Ok((file, claim, share))
     }
 
     fn made(&self, user: &UserName, session: SessionId, kind: &ChannelKind) -> Made {
@@ -250,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recording_keeps_output_within_its_budget_and_says_what_it_left_out() {
+    fn past_its_share_a_recording_counts_what_comes_and_keeps_the_last_of_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let recorder = recorder_in(dir.path(), 1);
         let tape = recorder
@@ -260,29 +283,63 @@ mod tests {
         for _ in 0..32 {
             tape.record(Stream::Output, &chunk);
         }
+        tape.record(Stream::Output, b"the end");
         tape.end("exit 0");
         let entries = recorder.library.entries().expect("list");
         let (header, events) = events(&entries[0].path);
         assert_eq!(header["version"], 2);
         assert_eq!(header["width"], 100);
         assert_eq!(header["latchkey"]["user"], "bob");
-        assert!(entries[0].bytes < 300 * 1024, "{}", entries[0].bytes);
-        let kept: usize = events
+        // Within its share: 512 KiB for a 1 MiB budget.
+        assert!(entries[0].bytes <= 512 * 1024, "{}", entries[0].bytes);
+        let cut = events
             .iter()
-            .filter(|e| e.1 == "o")
-            .map(|e| e.2.len())
-            .sum();
-        let markers: Vec<&str> = events
-            .iter()
-            .filter(|e| e.1 == "m")
-            .map(|e| e.2.as_str())
-            .collect();
+            .position(|e| e.1 == "m")
+            .expect("the budget's marker");
+        assert_eq!(events[cut].2, BUDGET_FROM_HERE);
+        let head: usize = events[..cut].iter().map(|e| e.2.len()).sum();
         let not_kept = format!(
-            "past the recording's budget, {} bytes were not kept",
-            1024 * 1024 - kept
+            "past the recording's budget, {} bytes were not kept but the last ones, which follow",
+            32 * 32 * 1024 + 7 - head
         );
-        assert_eq!(markers, [BUDGET_FROM_HERE, &not_kept, "exit 0"]);
+        let after: Vec<(&str, &str)> = events[cut + 1..]
+            .iter()
+            .map(|e| (e.1.as_str(), e.2.as_str()))
+            .collect();
+        assert_eq!(after.len(), 3, "{:?}", &after[..after.len().min(4)]);
+        assert_eq!(after[0], ("m", not_kept.as_str()));
+        // The last 8 KiB (a 64th of the share), ending as the output did.
+        assert_eq!(after[1].0, "o");
+        assert_eq!(after[1].1.len(), 8 * 1024);
+        assert!(after[1].1.ends_with("xthe end"));
+        assert_eq!(after[2], ("m", "exit 0"));
         assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    #[test]
+    fn a_full_space_blinds_no_running_recording_and_refuses_a_new_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // 1 MiB: two terminal shares of 512 KiB.
+        let recorder = recorder_in(dir.path(), 1);
+        let start = || recorder.terminal(&bob(), SessionId([1; 16]), &shell());
+        let (flood, quiet) = (start().expect("first"), start().expect("second"));
+        assert!(matches!(start(), Err(RecordError::Full)));
+        for _ in 0..64 {
+            flood.record(Stream::Output, &[b'x'; 32 * 1024]);
+        }
+        // The other's share is its own: what it shows is kept.
+        quiet.record(Stream::Output, b"evidence");
+        quiet.end("exit 0");
+        let id = quiet.id().expect("id");
+        drop(quiet);
+        flood.end("exit 0");
+        drop(flood);
+        let (_, events) = events(&recorder.library.dir().join(format!("{id}.cast")));
+        assert_eq!(events[0], (events[0].0, "o".into(), "evidence".into()));
+        // Finished, they make room for a new one (the least recently
+        // written goes).
+        let third = start().expect("room made");
+        third.end("exit 0");
     }
 
     #[test]
@@ -415,5 +472,30 @@ mod tests {
         let before = std::fs::read(&cast.path).expect("read");
         fresh.settle();
         assert_eq!(std::fs::read(&cast.path).expect("read"), before);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn ending_unended_recordings_changes_no_file_a_recording_could_not_be() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let recorder = recorder_in(dir.path(), 8);
+        std::fs::create_dir_all(recorder.library.dir()).expect("dir");
+        // A name in the directory for a file elsewhere, and a file with
+        // no header.
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "line one\nline two").expect("write");
+        let linked = recorder.library.dir().join("20200101-000000-0001.cast");
+        std::fs::hard_link(&victim, &linked).expect("link");
+        let headless = recorder.library.dir().join("20200101-000000-0002.cast");
+        std::fs::write(&headless, "[0.1, \"o\", \"x\"]\nno newline").expect("write");
+        recorder.settle();
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "line one\nline two"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&headless).expect("read"),
+            "[0.1, \"o\", \"x\"]\nno newline"
+        );
     }
 }

@@ -202,6 +202,8 @@ fn line_summary(entry: &Entry) -> Result<Summary, ReadError> {
 /// The events at a terminal recording's end.
 struct Tail {
     events: Vec<(f64, String, String)>,
+    /// Where the tail read starts.
+    from: u64,
     /// Where the last complete line ends: past it, a line the agent's
     /// death cut.
     complete: u64,
@@ -230,6 +232,7 @@ impl Tail {
             .collect();
         Ok(Self {
             events,
+            from,
             complete,
             len,
         })
@@ -238,11 +241,16 @@ impl Tail {
 
 /// Ends the recordings a previous agent left unended (it died): a line
 /// the death cut is dropped, and the closing marker says the agent
-/// stopped. Run at the agent's start, before it records. Returns how many
-/// were ended.
+/// stopped. Run at the agent's start, before it records. Only a file a
+/// recording could be is changed: one name, a header that reads, its cut
+/// line within the tail read. Returns how many were ended.
 pub(crate) fn settle(library: &Library) -> Result<usize, ReadError> {
     let mut settled = 0;
     for entry in library.entries()? {
+        if entry.linked {
+            tracing::warn!(recording = %entry.id, "left as it is: the file has other names");
+            continue;
+        }
         let ended = match entry.holds {
             Holds::Terminal => settle_terminal(&entry),
             Holds::Line => settle_line(&entry),
@@ -257,13 +265,26 @@ pub(crate) fn settle(library: &Library) -> Result<usize, ReadError> {
 }
 
 fn settle_terminal(entry: &Entry) -> Result<bool, ReadError> {
+    Lines::open(entry)?
+        .parse_next::<CastHeader>()?
+        .ok_or_else(|| ReadError::Damaged {
+            id: entry.id.clone(),
+            line: 1,
+            why: "no header".into(),
+        })?;
     let tail = Tail::read(&entry.path)?;
-    if tail.len == 0 {
-        return Ok(false);
-    }
     let closed = matches!(tail.events.last(), Some((_, code, data)) if code == "m" && data != BUDGET_FROM_HERE);
     if closed && tail.complete == tail.len {
         return Ok(false);
+    }
+    if tail.complete == tail.from && tail.from > 0 {
+        // The cut line is longer than the tail: it is left, not cut in
+        // the middle.
+        return Err(ReadError::Damaged {
+            id: entry.id.clone(),
+            line: 0,
+            why: "its last line is cut and too long to drop".into(),
+        });
     }
     let mut file = std::fs::OpenOptions::new().write(true).open(&entry.path)?;
     file.set_len(tail.complete)?;
