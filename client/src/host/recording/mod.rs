@@ -26,7 +26,7 @@ use latchkey_protocol::{
 use thiserror::Error;
 
 use self::{
-    budget::{Budget, Share, BLOCK},
+    budget::{Budget, NoShare, Share, BLOCK},
     cast::Cast,
     library::Claim,
 };
@@ -69,6 +69,12 @@ pub(crate) enum RecordError {
          written (record_keep_mib); try again when one ends"
     )]
     Full,
+    /// The user's running recordings hold their quarter of it.
+    #[error(
+        "the host records this session and your running shells, commands, copies and \
+         forwards hold all the recording space one user may; end one first"
+    )]
+    UsersQuarter,
 }
 
 /// What the agent records, and where.
@@ -138,7 +144,7 @@ impl Recorder {
             env,
             latchkey: made,
         };
-        let (file, claim, share) = self.create(library::Holds::Terminal)?;
+        let (file, claim, share) = self.create(user, library::Holds::Terminal)?;
         let cast = Cast::start(file, claim, &header, share, keep_input)?;
         Ok(Tape::on(cast))
     }
@@ -157,7 +163,7 @@ impl Recorder {
             secs: None,
             outcome: "running".into(),
         };
-        let (file, claim, share) = self.create(library::Holds::Line)?;
+        let (file, claim, share) = self.create(user, library::Holds::Line)?;
         Ok(Line::start(file, claim, share, record)?)
     }
 
@@ -194,17 +200,26 @@ impl Recorder {
 
     /// A new file and its share of the budget, after making room when
     /// there is none. Refused when recordings being written hold it all.
-    fn create(&self, holds: library::Holds) -> Result<(std::fs::File, Claim, Share), RecordError> {
+    fn create(
+        &self,
+        user: &UserName,
+        holds: library::Holds,
+    ) -> Result<(std::fs::File, Claim, Share), RecordError> {
         let bytes = match holds {
             library::Holds::Terminal => self.budget.each(),
             library::Holds::Line => BLOCK,
         };
-        let share = match self.budget.share(bytes) {
-            Some(share) => share,
-            None => {
+        let refused = |why| match why {
+            NoShare::Taken => RecordError::Full,
+            NoShare::UsersQuarter => RecordError::UsersQuarter,
+        };
+        let share = match self.budget.share(user.as_str(), bytes) {
+            Ok(share) => share,
+            Err(NoShare::Taken) => {
                 self.prune_for(bytes);
-                self.budget.share(bytes).ok_or(RecordError::Full)?
+                self.budget.share(user.as_str(), bytes).map_err(refused)?
             }
+            Err(why) => return Err(refused(why)),
         };
         let (file, claim) = self.library.create(holds)?;
         Ok((file, claim, share))
@@ -319,11 +334,16 @@ mod tests {
     #[test]
     fn a_full_space_blinds_no_running_recording_and_refuses_a_new_one() {
         let dir = tempfile::tempdir().expect("temp dir");
-        // 1 MiB: two terminal shares of 512 KiB.
+        // 1 MiB: two terminal shares of 512 KiB, one user's at most.
         let recorder = recorder_in(dir.path(), 1);
-        let start = || recorder.terminal(&bob(), SessionId([1; 16]), &shell());
-        let (flood, quiet) = (start().expect("first"), start().expect("second"));
-        assert!(matches!(start(), Err(RecordError::Full)));
+        let start = |user: &str| {
+            let user: UserName = user.parse().expect("name");
+            recorder.terminal(&user, SessionId([1; 16]), &shell())
+        };
+        let flood = start("bob").expect("bob's");
+        assert!(matches!(start("bob"), Err(RecordError::UsersQuarter)));
+        let quiet = start("carol").expect("carol's");
+        assert!(matches!(start("dave"), Err(RecordError::Full)));
         for _ in 0..64 {
             flood.record(Stream::Output, &[b'x'; 32 * 1024]);
         }
@@ -338,7 +358,7 @@ mod tests {
         assert_eq!(events[0], (events[0].0, "o".into(), "evidence".into()));
         // Finished, they make room for a new one (the least recently
         // written goes).
-        let third = start().expect("room made");
+        let third = start("dave").expect("room made");
         third.end("exit 0");
     }
 
