@@ -3,7 +3,7 @@
 //! agent, run client commands with or without the access code).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
@@ -166,6 +166,15 @@ impl Device {
             .env("LATCHKEY_ACCESS_CODE", code)
             .args(args)
             .output()?)
+    }
+
+    /// `latchkey cp LOCAL HOST:REMOTE` with the access code set.
+    pub fn copy_to(&self, code: &str, local: &Path, host: &str, remote: &Path) -> Result<Output> {
+        let local = local.display().to_string();
+        self.with_code(
+            code,
+            &["cp", &local, &format!("{host}:{}", remote.display())],
+        )
     }
 
     /// Starts `latchkey ARGS` in the background with the access code set.

@@ -180,14 +180,7 @@ async fn a_command_keeps_its_command_line_and_status_and_a_copy_its_line() -> Re
     let src = w.dir.path().join("report.txt");
     std::fs::write(&src, "twelve bytes")?;
     let dst = w.dir.path().join("on-host.txt");
-    let up = w.bob.with_code(
-        OWNER_CODE,
-        &[
-            "cp",
-            &src.display().to_string(),
-            &format!("mypc:{}", dst.display()),
-        ],
-    )?;
+    let up = w.bob.copy_to(OWNER_CODE, &src, "mypc", &dst)?;
     assert!(up.status.success(), "{}", stderr(&up));
     let copy = ended(&w, "copy-to", None)?;
     assert_eq!(copy["outcome"], "done");

@@ -44,14 +44,7 @@ async fn a_copy_only_grant_opens_no_shell_and_runs_no_command() -> Result<()> {
     let src = w.dir.path().join("to-host.txt");
     std::fs::write(&src, "copied")?;
     let on_host = w.dir.path().join("on-host.txt");
-    let up = w.bob.with_code(
-        OWNER_CODE,
-        &[
-            "cp",
-            &src.display().to_string(),
-            &format!("mypc:{}", on_host.display()),
-        ],
-    )?;
+    let up = w.bob.copy_to(OWNER_CODE, &src, "mypc", &on_host)?;
     assert!(up.status.success(), "{}", stderr(&up));
     let back = w.dir.path().join("back.txt");
     let down = w.bob.with_code(
