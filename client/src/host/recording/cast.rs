@@ -185,24 +185,29 @@ impl Cast {
             Stream::Input if self.keep_input => "i",
             Stream::Input => return,
         };
-        if !self.has_room() {
-            if self.skipped == 0 {
-                // Said at once, so a recording cut by the agent's death
-                // says it too.
-                self.event("m", BUDGET_FROM_HERE);
+        if self.skipped == 0 {
+            let text = text_of(&mut self.carry[stream as usize], bytes);
+            if text.is_empty() {
+                return;
             }
-            self.skipped += bytes.len() as u64;
-            let max = self.tail_max();
-            let tail = &mut self.tails[usize::from(matches!(stream, Stream::Input))];
-            tail.extend(bytes);
-            let over = tail.len().saturating_sub(max);
-            tail.drain(..over);
-            return;
+            // Kept only if the whole event fits the head: escaped, a
+            // chunk may be six times longer than it came.
+            if let Some(line) = self.line(code, &text) {
+                if self.written + line.len() as u64 <= self.head() {
+                    self.write(&line);
+                    return;
+                }
+            }
+            // Said at once, so a recording cut by the agent's death says
+            // it too.
+            self.event("m", BUDGET_FROM_HERE);
         }
-        let text = text_of(&mut self.carry[stream as usize], bytes);
-        if !text.is_empty() {
-            self.event(code, &text);
-        }
+        self.skipped += bytes.len() as u64;
+        let max = self.tail_max();
+        let tail = &mut self.tails[usize::from(matches!(stream, Stream::Input))];
+        tail.extend(bytes);
+        let over = tail.len().saturating_sub(max);
+        tail.drain(..over);
     }
 
     /// The terminal changed size (kept while the budget lasts, as output
@@ -213,10 +218,15 @@ impl Cast {
         }
     }
 
-    /// Whether this recording is within the head of its share (the rest
-    /// is for its tails and markers).
+    /// The head of its share: what it keeps as it comes (the rest is for
+    /// its tails and markers).
+    fn head(&self) -> u64 {
+        self.share.bytes() - self.share.bytes() / 16 * 3
+    }
+
+    /// Whether events still go in as they come.
     fn has_room(&self) -> bool {
-        self.written < self.share.bytes() - self.share.bytes() / 16 * 3
+        self.skipped == 0 && self.written < self.head()
     }
 
     fn close(&mut self, how: &str) {
@@ -247,15 +257,24 @@ impl Cast {
     }
 
     fn event(&mut self, code: &str, data: &str) {
+        if let Some(line) = self.line(code, data) {
+            self.write(&line);
+        }
+    }
+
+    /// An event's line, timed from the recording's start.
+    fn line(&self, code: &str, data: &str) -> Option<Vec<u8>> {
+        let at = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        let mut line = serde_json::to_vec(&(at, code, data)).ok()?;
+        line.push(b'\n');
+        Some(line)
+    }
+
+    fn write(&mut self, line: &[u8]) {
         if self.broken {
             return;
         }
-        let at = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        let Ok(mut line) = serde_json::to_vec(&(at, code, data)) else {
-            return;
-        };
-        line.push(b'\n');
-        match self.file.write_all(&line) {
+        match self.file.write_all(line) {
             Ok(()) => self.written += line.len() as u64,
             Err(e) => {
                 self.broken = true;

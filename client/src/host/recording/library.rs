@@ -223,10 +223,16 @@ impl Library {
     }
 
     /// Removes finished recordings last written more than `keep_for` ago,
-    /// then the least recently written until the finished ones take at
-    /// most `keep_bytes` on disk; those being written stay. Returns how
-    /// many went and what the finished ones left take.
-    pub(crate) fn prune(&self, keep_for: Duration, keep_bytes: u64) -> (usize, u64) {
+    /// then, those `first` picks before the others, the least recently
+    /// written until the finished ones take at most `keep_bytes` on disk;
+    /// those being written stay. Returns how many went and what the
+    /// finished ones left take.
+    pub(crate) fn prune(
+        &self,
+        keep_for: Duration,
+        keep_bytes: u64,
+        first: impl Fn(&Entry) -> bool,
+    ) -> (usize, u64) {
         let mut entries = match self.entries() {
             Ok(entries) => entries,
             Err(e) => {
@@ -234,11 +240,11 @@ impl Library {
                 return (0, 0);
             }
         };
-        // Last written first: a long session started early is kept as
-        // long as its newest output.
-        entries.sort_by_key(|e| e.modified);
         let writing = lock(&self.writing).clone();
         entries.retain(|e| !writing.contains(&e.id));
+        // Least recently written first: a long session started early is
+        // kept as long as its newest output.
+        entries.sort_by_cached_key(|e| (!first(e), e.modified));
         let now = SystemTime::now();
         let mut total: u64 = entries.iter().map(|e| e.disk).sum();
         let mut removed = 0;
@@ -346,7 +352,7 @@ mod tests {
         let newest = aged(&library, 100, Duration::ZERO);
         // 30 days, and 2 blocks (each file takes one at least): the
         // expired one, then the oldest.
-        assert_eq!(library.prune(30 * day, 2 * 4096), (2, 2 * 4096));
+        assert_eq!(library.prune(30 * day, 2 * 4096, |_| false), (2, 2 * 4096));
         let left: Vec<String> = library
             .entries()
             .expect("list")
@@ -361,13 +367,36 @@ mod tests {
     }
 
     #[test]
+    fn those_picked_first_go_first_however_new() {
+        let (_dir, library) = library();
+        let day = Duration::from_secs(86_400);
+        let carols = aged(&library, 100, 2 * day);
+        let bobs = aged(&library, 100, Duration::ZERO);
+        let (removed, _) = library.prune(30 * day, 4096, |e| e.id == bobs);
+        assert_eq!(removed, 1);
+        let left: Vec<String> = library
+            .entries()
+            .expect("list")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, [carols]);
+    }
+
+    #[test]
     fn a_recording_being_written_is_never_pruned() {
         let (_dir, library) = library();
         let (file, claim) = library.create(Holds::Terminal).expect("create");
         file.set_modified(SystemTime::now() - Duration::from_secs(90 * 86_400))
             .expect("age");
-        assert_eq!(library.prune(Duration::from_secs(86_400), 0).0, 0);
+        assert_eq!(
+            library.prune(Duration::from_secs(86_400), 0, |_| false).0,
+            0
+        );
         drop(claim);
-        assert_eq!(library.prune(Duration::from_secs(86_400), 0).0, 1);
+        assert_eq!(
+            library.prune(Duration::from_secs(86_400), 0, |_| false).0,
+            1
+        );
     }
 }

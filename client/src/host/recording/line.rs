@@ -34,8 +34,8 @@ pub struct LineRecord {
 pub(crate) struct Line {
     file: File,
     claim: Claim,
-    /// Its block of the budget.
-    _share: Share,
+    /// Its room in the budget, told what the line takes.
+    share: Share,
     record: LineRecord,
     started: Instant,
     ended: bool,
@@ -51,7 +51,7 @@ impl Line {
         let mut line = Self {
             file,
             claim,
-            _share: share,
+            share,
             record,
             started: Instant::now(),
             ended: false,
@@ -90,7 +90,9 @@ impl Line {
         text.push(b'\n');
         self.file.set_len(0)?;
         self.file.rewind()?;
-        self.file.write_all(&text)
+        self.file.write_all(&text)?;
+        self.share.leaves(text.len() as u64);
+        Ok(())
     }
 }
 

@@ -53,6 +53,14 @@ const AT_ONCE: u64 = 32;
 /// The longest `TERM` a header keeps (the client names it).
 const MAX_TERM: usize = 64;
 
+/// The longest path or target a copy's or a forward's line keeps (the
+/// client names it; escaped, it may grow six times).
+const MAX_DETAIL: usize = 1024;
+
+/// The room a copy's or a forward's line holds: two blocks, enough for
+/// the longest.
+const LINE_SHARE: u64 = 2 * BLOCK;
+
 /// How often the agent removes recordings past their days.
 pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -159,7 +167,7 @@ impl Recorder {
         let record = LineRecord {
             timestamp: now(),
             latchkey: self.made(user, session, kind),
-            detail: kind.detail(),
+            detail: clip(&kind.detail(), MAX_DETAIL),
             secs: None,
             outcome: "running".into(),
         };
@@ -182,18 +190,24 @@ impl Recorder {
     /// Removes recordings past their days, and recounts what the others
     /// take. Returns how many went.
     pub(crate) fn prune(&self) -> usize {
-        self.prune_for(0)
+        let (removed, kept) = self
+            .library
+            .prune(self.keep_for, self.budget.all(), |_| false);
+        self.budget.recount(kept);
+        removed
     }
 
     /// [`Recorder::prune`], then the least recently written finished ones
-    /// until a share of `bytes` fits with a tenth of the budget free.
-    fn prune_for(&self, bytes: u64) -> usize {
-        let keep = if bytes == 0 {
-            self.budget.all()
-        } else {
-            self.budget.keep_at_most(bytes)
-        };
-        let (removed, kept) = self.library.prune(self.keep_for, keep);
+    /// until a share of `bytes` fits with a tenth of the budget free:
+    /// `user`'s own first, so that what one user writes pushes out no
+    /// other's record before their own.
+    fn prune_for(&self, user: &UserName, bytes: u64) -> usize {
+        let keep = self.budget.keep_at_most(bytes);
+        let theirs = |entry: &Entry| reading::user_of(entry).as_deref() == Some(user.as_str());
+        let (removed, kept) = self.library.prune(self.keep_for, keep, theirs);
+        if removed > 0 {
+            tracing::warn!(%user, removed, "recordings removed to make room for a new one of this user's");
+        }
         self.budget.recount(kept);
         removed
     }
@@ -207,7 +221,7 @@ impl Recorder {
     ) -> Result<(std::fs::File, Claim, Share), RecordError> {
         let bytes = match holds {
             library::Holds::Terminal => self.budget.each(),
-            library::Holds::Line => BLOCK,
+            library::Holds::Line => LINE_SHARE,
         };
         let refused = |why| match why {
             NoShare::Taken => RecordError::Full,
@@ -216,7 +230,7 @@ impl Recorder {
         let share = match self.budget.share(user.as_str(), bytes) {
             Ok(share) => share,
             Err(NoShare::Taken) => {
-                self.prune_for(bytes);
+                self.prune_for(user, bytes);
                 self.budget.share(user.as_str(), bytes).map_err(refused)?
             }
             Err(why) => return Err(refused(why)),
@@ -329,6 +343,22 @@ mod tests {
         assert!(after[1].1.ends_with("xthe end"));
         assert_eq!(after[2], ("m", "exit 0"));
         assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    #[test]
+    fn output_that_escapes_long_keeps_a_recording_within_its_share() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let recorder = recorder_in(dir.path(), 1);
+        let tape = recorder
+            .terminal(&bob(), SessionId([1; 16]), &shell())
+            .expect("start");
+        // Each byte is six in JSON.
+        for _ in 0..64 {
+            tape.record(Stream::Output, &[1u8; 32 * 1024]);
+        }
+        tape.end("exit 0");
+        let entries = recorder.library.entries().expect("list");
+        assert!(entries[0].bytes <= 512 * 1024, "{}", entries[0].bytes);
     }
 
     #[test]

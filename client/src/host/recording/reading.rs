@@ -315,6 +315,12 @@ fn settle_line(entry: &Entry) -> Result<bool, ReadError> {
     Ok(true)
 }
 
+/// Whose session a recording is, from its first line.
+pub(crate) fn user_of(entry: &Entry) -> Option<String> {
+    let first: serde_json::Value = Lines::open(entry).ok()?.parse_next().ok()??;
+    first["latchkey"]["user"].as_str().map(str::to_owned)
+}
+
 /// One line for a summary: who did what, for how long, how it ended.
 fn describe(s: &Summary) -> String {
     let mut text = format!("{} {} {}", s.user, s.kind, s.detail);
