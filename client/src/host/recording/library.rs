@@ -311,6 +311,11 @@ mod tests {
         (dir, library)
     }
 
+    fn ids(library: &Library) -> Vec<String> {
+        let entries = library.entries().expect("list");
+        entries.into_iter().map(|e| e.id).collect()
+    }
+
     fn aged(library: &Library, bytes: usize, age: Duration) -> String {
         let (file, claim) = library.create(Holds::Line).expect("create");
         std::io::Write::write_all(&mut &file, &vec![b'x'; bytes]).expect("write");
@@ -353,12 +358,7 @@ mod tests {
         // 30 days, and 2 blocks (each file takes one at least): the
         // expired one, then the oldest.
         assert_eq!(library.prune(30 * day, 2 * 4096, |_| false), (2, 2 * 4096));
-        let left: Vec<String> = library
-            .entries()
-            .expect("list")
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let left = ids(&library);
         assert!(
             !left.contains(&expired) && !left.contains(&oldest),
             "{left:?}"
@@ -374,12 +374,7 @@ mod tests {
         let bobs = aged(&library, 100, Duration::ZERO);
         let (removed, _) = library.prune(30 * day, 4096, |e| e.id == bobs);
         assert_eq!(removed, 1);
-        let left: Vec<String> = library
-            .entries()
-            .expect("list")
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let left = ids(&library);
         assert_eq!(left, [carols]);
     }
 
