@@ -311,11 +311,11 @@ enum HostCommand {
         /// The recording's id, as `latchkey host recordings` lists it.
         id: String,
         /// Play this many times faster.
-        #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
+        #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
         speed: f64,
         /// The longest pause shown, in seconds, however long the user was
         /// idle.
-        #[arg(long, default_value_t = 2.0, value_name = "SECS", value_parser = parse_speed)]
+        #[arg(long, default_value_t = 2.0, value_name = "SECS", value_parser = parse_positive)]
         max_wait: f64,
         /// Show what the user sent too, escaped, on standard error: a
         /// command's standard input (always recorded), a shell's keystrokes
@@ -354,7 +354,7 @@ enum FileOp {
 }
 
 /// A positive number of times or seconds, finite.
-fn parse_speed(text: &str) -> Result<f64, String> {
+fn parse_positive(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(n) if n.is_finite() && n > 0.0 && n <= 1e6 => Ok(n),
         _ => Err(format!("'{text}' is not a positive number")),

@@ -198,7 +198,7 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
             }
         }
     } else {
-        Recording::Off
+        Recording::default()
     };
     let recording_id = recording.id();
     info!(user = %who.user, %session, kind = kind.name(), recording = recording_id.as_deref(), "channel");
@@ -213,12 +213,8 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
     // A right taken away while the channel runs ends it: the shell and the
     // command say why before they hang up; anything else is cut.
     let lost = rights.lost(kind.clone(), host.to_owned());
-    let (tape, line) = match recording {
-        Recording::Terminal(tape) => (tape, None),
-        Recording::Line(line) => (Tape::off(), Some(*line)),
-        Recording::Off => (Tape::off(), None),
-    };
-    let recorded = tape.is_on() || line.is_some();
+    let recorded = recording.is_on();
+    let Recording { tape, line } = recording;
     let result = match kind {
         ChannelKind::Shell { term, cols, rows } if cfg.allow_shell => {
             let terminal = shell::Terminal { term, cols, rows };
@@ -246,11 +242,12 @@ async fn serve(side: Arc<HostSide>, who: SessionUser, send: SendStream, recv: Re
     }
 }
 
-/// A channel's recording, when its user's are recorded.
-enum Recording {
-    Terminal(Tape),
-    Line(Box<Line>),
-    Off,
+/// A channel's recording, when its user's are recorded: a shell's or a
+/// command's tape, or a copy's or a forward's line (neither when off).
+#[derive(Default)]
+struct Recording {
+    tape: Tape,
+    line: Option<Line>,
 }
 
 impl Recording {
@@ -260,29 +257,36 @@ impl Recording {
     fn start(side: &HostSide, who: &SessionUser, kind: &ChannelKind) -> Result<Self, RecordError> {
         let (cfg, recorder) = (&side.cfg, &side.recorder);
         let (user, session) = (&who.user, who.session);
+        let terminal = || recorder.terminal(user, session, kind);
+        let line = || recorder.line(user, session, kind).map(Some);
         Ok(match kind {
-            ChannelKind::Shell { .. } if cfg.allow_shell => {
-                Self::Terminal(recorder.terminal(user, session, kind)?)
-            }
-            ChannelKind::Exec { .. } if cfg.allow_exec => {
-                Self::Terminal(recorder.terminal(user, session, kind)?)
-            }
-            ChannelKind::Upload { .. } | ChannelKind::Download { .. } if cfg.allow_copy => {
-                Self::Line(Box::new(recorder.line(user, session, kind)?))
-            }
-            ChannelKind::Forward { .. } => {
-                Self::Line(Box::new(recorder.line(user, session, kind)?))
-            }
-            _ => Self::Off,
+            ChannelKind::Shell { .. } if cfg.allow_shell => Self {
+                tape: terminal()?,
+                line: None,
+            },
+            ChannelKind::Exec { .. } if cfg.allow_exec => Self {
+                tape: terminal()?,
+                line: None,
+            },
+            ChannelKind::Upload { .. } | ChannelKind::Download { .. } if cfg.allow_copy => Self {
+                tape: Tape::off(),
+                line: line()?,
+            },
+            ChannelKind::Forward { .. } => Self {
+                tape: Tape::off(),
+                line: line()?,
+            },
+            _ => Self::default(),
         })
     }
 
+    fn is_on(&self) -> bool {
+        self.tape.is_on() || self.line.is_some()
+    }
+
     fn id(&self) -> Option<String> {
-        match self {
-            Self::Terminal(tape) => tape.id(),
-            Self::Line(line) => Some(line.id().to_owned()),
-            Self::Off => None,
-        }
+        let line = self.line.as_ref().map(|l| l.id().to_owned());
+        line.or_else(|| self.tape.id())
     }
 }
 

@@ -19,7 +19,7 @@ use super::{budget::Share, library::Claim};
 
 /// The header line's fields that Latchkey reads back when listing.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct CastHeader {
+pub(crate) struct CastHeader {
     /// Always 2.
     pub version: u8,
     /// The terminal's columns when the recording started.
@@ -43,7 +43,7 @@ pub struct CastHeader {
 
 /// Who made a recording, and of what.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Made {
+pub(crate) struct Made {
     /// The host's name.
     pub host: String,
     /// The user whose session it was.
@@ -55,10 +55,11 @@ pub struct Made {
 }
 
 /// The closing marker of a recording the agent did not end (it died).
-pub const AGENT_STOPPED: &str = "cut: the agent stopped";
+pub(crate) const AGENT_STOPPED: &str = "cut: the agent stopped";
 
 /// The marker written where a recording's share runs out.
-pub const BUDGET_FROM_HERE: &str = "output past the recording's budget is not kept from here";
+pub(crate) const BUDGET_FROM_HERE: &str =
+    "output past the recording's budget is not kept from here";
 
 /// Which of a channel's streams bytes come from: each keeps its own cut
 /// character.
@@ -93,17 +94,23 @@ impl Tape {
         self.0.is_some()
     }
 
+    /// Writes to the recording, unless it has ended: a clone another task
+    /// holds (a command's input pump, until it is stopped) adds nothing
+    /// after the closing marker, which stays the last event.
     fn with(&self, write: impl FnOnce(&mut Cast)) {
         if let Some(cast) = &self.0 {
-            write(&mut cast.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            let mut cast = cast.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !cast.ended {
+                write(&mut cast);
+            }
         }
     }
 
     /// The recording's id.
     pub(crate) fn id(&self) -> Option<String> {
-        let mut id = None;
-        self.with(|cast| id = Some(cast.claim.id().to_owned()));
-        id
+        let cast = self.0.as_ref()?;
+        let cast = cast.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(cast.claim.id().to_owned())
     }
 
     /// Bytes of one of the channel's streams.

@@ -20,11 +20,11 @@ use super::budget::on_disk;
 use crate::config::Home;
 
 /// The directory's name in the agent's home.
-pub const RECORDINGS: &str = "recordings";
+pub(crate) const RECORDINGS: &str = "recordings";
 
 /// What a recording's file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Holds {
+pub(crate) enum Holds {
     /// A shell or a command: asciicast v2.
     Terminal,
     /// A copy or a forward: one JSON line.
@@ -50,7 +50,7 @@ impl Holds {
 
 /// One recording's file.
 #[derive(Clone, Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Its id.
     pub id: String,
     /// Its file.
@@ -103,7 +103,7 @@ fn lock(set: &Mutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
 
 /// Whether `id` is one this library makes: `YYYYMMDD-HHMMSS-xxxx`, so an
 /// id a user types can name nothing outside the directory.
-pub fn is_id(id: &str) -> bool {
+pub(crate) fn is_id(id: &str) -> bool {
     let b = id.as_bytes();
     b.len() == 20
         && b[8] == b'-'
@@ -112,6 +112,31 @@ pub fn is_id(id: &str) -> bool {
         && b[16..]
             .iter()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+impl Entry {
+    /// The recording at `path`, if it is one: a plain file named by an id,
+    /// with a recording's extension.
+    fn at(path: PathBuf) -> Option<Self> {
+        let holds = Holds::of(&path)?;
+        let id = path.file_stem()?.to_str()?;
+        if !is_id(id) {
+            return None;
+        }
+        let meta = fs::symlink_metadata(&path).ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        Some(Self {
+            id: id.to_owned(),
+            holds,
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            bytes: meta.len(),
+            disk: disk_use(&meta),
+            linked: links(&meta) > 1,
+            path,
+        })
+    }
 }
 
 impl Library {
@@ -177,7 +202,7 @@ impl Library {
 
     /// Every recording, oldest first (an id starts with its time). None
     /// when the directory does not exist yet.
-    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+    pub(crate) fn entries(&self) -> io::Result<Vec<Entry>> {
         let dir = match fs::read_dir(&self.dir) {
             Ok(dir) => dir,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -185,41 +210,21 @@ impl Library {
         };
         let mut entries = Vec::new();
         for item in dir {
-            let path = item?.path();
-            let (Some(holds), Some(id)) =
-                (Holds::of(&path), path.file_stem().and_then(|s| s.to_str()))
-            else {
-                continue;
-            };
-            if !is_id(id) {
-                continue;
-            }
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() {
-                continue;
-            }
-            entries.push(Entry {
-                id: id.to_owned(),
-                holds,
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                bytes: meta.len(),
-                disk: disk_use(&meta),
-                linked: links(&meta) > 1,
-                path,
-            });
+            entries.extend(Entry::at(item?.path()));
         }
         entries.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(entries)
     }
 
-    /// The recording `id`, if there is one.
-    pub fn find(&self, id: &str) -> io::Result<Option<Entry>> {
+    /// The recording `id`, if there is one (its two possible files looked
+    /// at, not the directory read).
+    pub(crate) fn find(&self, id: &str) -> Option<Entry> {
         if !is_id(id) {
-            return Ok(None);
+            return None;
         }
-        Ok(self.entries()?.into_iter().find(|e| e.id == id))
+        [Holds::Terminal, Holds::Line]
+            .into_iter()
+            .find_map(|holds| Entry::at(self.path_of(id, holds)))
     }
 
     /// Removes finished recordings last written more than `keep_for` ago,

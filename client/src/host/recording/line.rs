@@ -15,7 +15,7 @@ use super::{budget::Share, cast::Made, library::Claim};
 
 /// What a copy's or a forward's recording says.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LineRecord {
+pub(crate) struct LineRecord {
     /// When it started, in Unix seconds.
     pub timestamp: u64,
     /// Who and what.

@@ -27,15 +27,16 @@ use thiserror::Error;
 
 use self::{
     budget::{Budget, NoShare, Share, BLOCK},
-    cast::Cast,
-    library::Claim,
-};
-pub use self::{
-    cast::{CastHeader, Made, AGENT_STOPPED, BUDGET_FROM_HERE},
-    library::{is_id, Entry, Holds, Library, RECORDINGS},
+    cast::{Cast, CastHeader, Made},
+    library::{Claim, Entry},
     line::LineRecord,
+};
+// What `latchkey host recordings` and `host replay` use.
+pub use self::{
+    library::Library,
     reading::{list, replay, ReadError, Summary, Timing},
 };
+// What the agent's channels use.
 pub(crate) use self::{
     cast::{Stream, Tape},
     line::Line,
@@ -267,7 +268,11 @@ fn now() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        cast::{AGENT_STOPPED, BUDGET_FROM_HERE},
+        library::Holds,
+        *,
+    };
 
     fn recorder_in(dir: &std::path::Path, keep_mib: u64) -> Recorder {
         let mut cfg = HostConfig::new(
@@ -446,6 +451,28 @@ mod tests {
                 ("m", "exit 0")
             ]
         );
+    }
+
+    #[test]
+    fn nothing_follows_a_recordings_closing_marker() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let recorder = recorder_in(dir.path(), 8);
+        let exec = ChannelKind::Exec {
+            argv: vec!["sh".into()],
+        };
+        let tape = recorder
+            .terminal(&bob(), SessionId([1; 16]), &exec)
+            .expect("start");
+        // A command's input pump holds a clone until it is stopped.
+        let pump = tape.clone();
+        tape.end("exit 0");
+        pump.record(Stream::Input, b"late\n");
+        pump.resize(100, 30);
+        drop((tape, pump));
+        let entries = recorder.library.entries().expect("list");
+        let (_, events) = events(&entries[0].path);
+        assert_eq!(events.last().map(|e| e.2.as_str()), Some("exit 0"));
+        assert_eq!(events.len(), 1);
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub fn replay(
     notes: &mut impl Write,
 ) -> Result<(), ReadError> {
     let entry = library
-        .find(id)?
+        .find(id)
         .ok_or_else(|| ReadError::NotFound(id.to_owned()))?;
     if entry.holds == Holds::Line {
         let summary = line_summary(&entry)?;

@@ -299,7 +299,7 @@ impl Remote {
         let (send, recv, opened) = self.open_channel(kind).await?;
         if opened.recorded && !TOLD_RECORDED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             eprintln!(
-                "latchkey: the host '{}' records this session (what its shells and commands show, and each copy and forward)",
+                "latchkey: the host '{}' records this session (what its shells and commands show, a command's input, and each copy and forward)",
                 self.host
             );
         }
