@@ -382,6 +382,20 @@ impl CodeInput {
     }
 }
 
+/// The agent serves many sessions and runs on every core. A user's
+/// command serves one session, and runs on one thread: its packets then
+/// pass between quinn's tasks and the channels' without waking another
+/// thread (through a forward on two cores, about a tenth more throughput
+/// for a tenth less CPU per GiB; docs/benchmarks.md).
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        Command::Host(_) => tokio::runtime::Runtime::new(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+}
+
 fn main() -> ExitCode {
     // A shell asking what to complete is answered, and the process ends.
     cli::complete::answer(Cli::command);
@@ -399,7 +413,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime_for(&args.command) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start: {e}");

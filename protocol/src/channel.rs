@@ -32,6 +32,14 @@ pub const PAD_TO: usize = 256;
 /// Largest chunk a read takes from quinn at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Most packets' worth of data one read gathers from quinn: about
+/// [`READ_CHUNK`] of full-size packets.
+const GATHER: usize = 48;
+
+/// The stream data a full-size packet carries, about: what one of the
+/// chunks quinn hands out holds.
+const MIN_PACKET_DATA: usize = 1200;
+
 /// Largest data a [`Piece`] carries: with its tag, a frame of
 /// [`MAX_FRAME_LEN`], so a QUIC read of up to 64 KiB goes in one or two.
 const PIECE_DATA: usize = MAX_FRAME_LEN - 1;
@@ -253,16 +261,31 @@ impl std::fmt::Debug for Receiver {
 }
 
 impl Receiver {
-    /// The next chunk of data, at most `max` bytes (from QUIC; a local
-    /// piece comes whole); `Ok(None)` at the clean end. Cancel-safe.
+    /// The next data, `Ok(None)` at the clean end. Cancel-safe. From
+    /// QUIC it is all that has arrived, in whole packets, as many as `max`
+    /// bytes need (so it may be a little more), and not one packet's
+    /// worth: whoever writes it on (a TCP connection, a file) makes one
+    /// system call for many packets. A local piece comes whole.
     async fn chunk(&mut self, max: usize) -> Result<Option<Bytes>, WireError> {
         match self {
-            Self::Quic(r) => match r.read_chunk(max, true).await {
-                Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
-                Ok(None) => Ok(None),
-                Err(quinn::ReadError::Reset(_)) => Err(WireError::Truncated),
-                Err(e) => Err(e.into()),
-            },
+            Self::Quic(r) => {
+                let mut chunks: [Bytes; GATHER] = std::array::from_fn(|_| Bytes::new());
+                // Waits for the first packet's data, then takes what else
+                // is there; as many packets as `max` needs, at least one.
+                let slots = (max / MIN_PACKET_DATA).clamp(1, GATHER);
+                match r.read_chunks(&mut chunks[..slots]).await {
+                    Ok(Some(1)) => Ok(Some(std::mem::take(&mut chunks[0]))),
+                    Ok(Some(n)) if n > 0 => {
+                        let chunks = &chunks[..n];
+                        let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                        chunks.iter().for_each(|c| all.extend_from_slice(c));
+                        Ok(Some(all.freeze()))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(quinn::ReadError::Reset(_)) => Err(WireError::Truncated),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Self::Local(r, raw) => loop {
                 if let Some(prefix) = raw.first_chunk::<LEN_PREFIX>() {
                     let len = codec::body_len(*prefix, MAX_FRAME_LEN)?;

@@ -266,4 +266,41 @@ mod channel_tests {
         assert_eq!(sum, [9u8; 32]);
         let _kept = writer.await.unwrap();
     }
+
+    /// A read takes all that has arrived (up to 64 KiB and a packet), not
+    /// one packet's worth: a forward then writes it on in one call.
+    #[tokio::test]
+    async fn a_read_takes_many_packets_that_have_arrived() {
+        let (client, host, _kept) = super::tests::connected_pair().await;
+        let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let (send, _recv) = client.open_bi().await.unwrap();
+            let mut send = ChannelSend::new(send);
+            send.write_all(&sent).await.unwrap();
+            send.finish().await.unwrap();
+            (client, send)
+        });
+        let (_send, recv) = host.accept_bi().await.unwrap();
+        let mut recv = ChannelRecv::new(recv);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while host.stats().udp_rx.bytes < data.len() as u64 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the data never arrived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let one = recv.recv_at_most(1).await.unwrap().unwrap();
+        assert_eq!(&one[..], &data[..1]);
+        let mut got = one.to_vec();
+        let mut largest = 0;
+        while let Some(piece) = recv.recv().await.unwrap() {
+            largest = largest.max(piece.len());
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, data);
+        assert!(largest >= 32 * 1024, "reads took {largest} bytes at most");
+        let _kept = writer.await.unwrap();
+    }
 }
