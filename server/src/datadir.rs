@@ -237,12 +237,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// Owner-only on Unix. On Windows the directory keeps the ACL it inherits
+/// (docs/relay.md says where to put it).
 fn restrict_dir(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
     }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! against the same data directory.
 
 use std::{
+    ffi::OsString,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -23,6 +24,20 @@ pub struct Relay {
     pub data_dir: PathBuf,
     /// Extra environment for every relay command.
     pub env: Vec<(String, String)>,
+    /// What runs the relay binary: this platform's, unless a test says.
+    pub runner: Runner,
+}
+
+/// How a relay command is started: the binary built for this platform,
+/// or another (the Windows build under wine, see `crate::wine`).
+#[derive(Clone, Debug, Default)]
+pub struct Runner {
+    /// The program and its first arguments (empty: `latchkey-relay`).
+    pub prefix: Vec<OsString>,
+    /// Environment the program needs.
+    pub env: Vec<(OsString, OsString)>,
+    /// Turns a path into the form the relay binary takes.
+    pub path: Option<fn(&Path) -> String>,
 }
 
 impl Relay {
@@ -38,7 +53,13 @@ impl Relay {
     }
 
     /// Starts a relay listening on `listen` (port 0 picks one).
-    pub fn start_on(
+    pub fn start_on(dir: &Path, listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
+        Self::start_by(Runner::default(), dir, listen, env)
+    }
+
+    /// Starts a relay that `runner` runs, listening on `listen`.
+    pub fn start_by(
+        runner: Runner,
         dir: &Path,
         listen: SocketAddr,
         mut env: Vec<(String, String)>,
@@ -49,14 +70,25 @@ impl Relay {
             addr: listen,
             data_dir: dir.join("relay"),
             env,
+            runner,
         };
         relay.launch()?;
         Ok(relay)
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(bin("latchkey-relay"));
-        cmd.arg("--data-dir").arg(&self.data_dir);
+        let mut cmd = match self.runner.prefix.split_first() {
+            None => Command::new(bin("latchkey-relay")),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).envs(self.runner.env.iter().cloned());
+                cmd
+            }
+        };
+        match self.runner.path {
+            None => cmd.arg("--data-dir").arg(&self.data_dir),
+            Some(path) => cmd.arg("--data-dir").arg(path(&self.data_dir)),
+        };
         cmd.env("LATCHKEY_LOG", "info,quinn=warn");
         // Tests run many relays at once: no console unless a test asks.
         cmd.env("LATCHKEY_RELAY_ADMIN_LISTEN", "off");
@@ -101,6 +133,7 @@ impl Relay {
             addr: "127.0.0.1:0".parse()?,
             data_dir,
             env: self.env.clone(),
+            runner: self.runner.clone(),
         };
         relay.launch()?;
         Ok(relay)

@@ -1,18 +1,20 @@
-//! The Windows build of `latchkey` (the host agent and the user commands)
-//! run under wine, Debian's `wine64`, against the Linux relay: the seed's
-//! own platform, on the machine the tests have. wine 8 lacks
+//! The Windows builds of `latchkey` (the host agent and the user commands)
+//! and of `latchkey-relay` run under wine, Debian's `wine64`, beside the
+//! Linux ones: the seed's own platform, on the machine the tests have. wine 8 lacks
 //! `ProcessPrng`, which Rust's standard library takes its randomness from
 //! on Windows, so the test builds a stand-in `bcryptprimitives.dll` from
 //! `src/wine/bcryptprimitives.c` with mingw, beside the binary.
 //!
-//! The binary is `target/x86_64-pc-windows-gnu/debug/latchkey.exe`, which
-//! CI builds before the tests. Where it, wine or mingw is missing, a test
+//! The binaries are `latchkey.exe` and `latchkey-relay.exe` in
+//! `target/x86_64-pc-windows-gnu/debug`, which CI builds before the tests.
+//! Where one, wine or mingw is missing, a test
 //! is skipped with the reason printed, unless `LATCHKEY_WINE_TESTS` is set
 //! (CI sets it once it has built the binary): then that is a failure. A
 //! prefix of its own per test, and every wine process in it killed when
 //! dropped.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -21,16 +23,18 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
-use crate::{bin, process::feed, Proc};
+use crate::{bin, process::feed, relay::Runner, Proc};
 
-/// Set when the Windows binary is built and wine installed: the wine
+/// Set when the Windows binaries are built and wine installed: the wine
 /// tests must run.
 pub const REQUIRED_VAR: &str = "LATCHKEY_WINE_TESTS";
 
-/// A wine prefix with the Windows `latchkey.exe` ready to run.
+/// A wine prefix with the Windows `latchkey.exe` and `latchkey-relay.exe`
+/// ready to run.
 pub struct Wine {
     dir: TempDir,
     exe: PathBuf,
+    relay_exe: PathBuf,
 }
 
 /// A path as the Windows binary names it: wine maps `/` to drive `Z:`.
@@ -42,15 +46,20 @@ impl Wine {
     /// A new prefix, or `None` (with why) where wine tests cannot run and
     /// need not.
     pub fn start_or_skip(test: &str) -> Result<Option<Self>> {
-        let built = bin("latchkey")
+        let built_dir = bin("latchkey")
             .parent()
             .and_then(Path::parent)
-            .map(|target| target.join("x86_64-pc-windows-gnu/debug/latchkey.exe"))
+            .map(|target| target.join("x86_64-pc-windows-gnu/debug"))
             .context("no target directory")?;
-        let missing = if !built.exists() {
+        let (built, built_relay) = (
+            built_dir.join("latchkey.exe"),
+            built_dir.join("latchkey-relay.exe"),
+        );
+        let missing = if let Some(absent) = [&built, &built_relay].into_iter().find(|b| !b.exists())
+        {
             Some(format!(
-                "{} is not built (`cargo build --target x86_64-pc-windows-gnu -p latchkey-client`)",
-                built.display()
+                "{} is not built (`cargo build --target x86_64-pc-windows-gnu -p latchkey-client -p latchkey-server`)",
+                absent.display()
             ))
         } else if !on_path("wine") {
             Some("wine is not installed (`apt-get install wine64`)".into())
@@ -68,8 +77,12 @@ impl Wine {
             return Ok(None);
         }
         let dir = tempfile::tempdir()?;
-        let exe = dir.path().join("latchkey.exe");
+        let (exe, relay_exe) = (
+            dir.path().join("latchkey.exe"),
+            dir.path().join("latchkey-relay.exe"),
+        );
         std::fs::copy(&built, &exe)?;
+        std::fs::copy(&built_relay, &relay_exe)?;
         let source = concat!(env!("CARGO_MANIFEST_DIR"), "/src/wine/bcryptprimitives.c");
         let built_dll = Command::new("x86_64-w64-mingw32-gcc")
             .args(["-shared", "-O2", "-o"])
@@ -82,7 +95,11 @@ impl Wine {
             "building the ProcessPrng stand-in: {}",
             String::from_utf8_lossy(&built_dll.stderr)
         );
-        let wine = Self { dir, exe };
+        let wine = Self {
+            dir,
+            exe,
+            relay_exe,
+        };
         let boot = wine
             .env(Command::new("wineboot"))
             .arg("--init")
@@ -96,12 +113,29 @@ impl Wine {
         Ok(Some(wine))
     }
 
-    fn env(&self, mut cmd: Command) -> Command {
-        cmd.env("WINEPREFIX", self.dir.path().join("prefix"))
-            .env("WINEDEBUG", "-all")
+    /// What every wine command of this prefix runs with.
+    fn vars(&self) -> [(OsString, OsString); 3] {
+        [
+            ("WINEPREFIX".into(), self.dir.path().join("prefix").into()),
+            ("WINEDEBUG".into(), "-all".into()),
             // The stand-in beside the binary, not wine's own.
-            .env("WINEDLLOVERRIDES", "bcryptprimitives=n");
+            ("WINEDLLOVERRIDES".into(), "bcryptprimitives=n".into()),
+        ]
+    }
+
+    fn env(&self, mut cmd: Command) -> Command {
+        cmd.envs(self.vars());
         cmd
+    }
+
+    /// What runs `latchkey-relay.exe` in this prefix, for
+    /// [`crate::relay::Relay::start_by`].
+    pub fn relay_runner(&self) -> Runner {
+        Runner {
+            prefix: vec!["wine".into(), self.relay_exe.clone().into()],
+            env: self.vars().into(),
+            path: Some(windows_path),
+        }
     }
 
     /// `latchkey.exe` for the device whose home is `home` (a Unix path).

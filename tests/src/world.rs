@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use crate::{
     device::Device,
     process::{prefixed, wait_until, Proc},
-    relay::{count, Relay},
+    relay::{count, Relay, Runner},
 };
 
 /// The code the owner sets in [`World`].
@@ -164,7 +164,17 @@ impl World {
 
     /// Builds the world with its relay listening on `listen`.
     pub fn listening_on(listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
-        let w = Self::ungranted(listen, env)?;
+        Self::granted(Runner::default(), listen, env)
+    }
+
+    /// Builds the world around a relay that `runner` runs (the Windows
+    /// build under wine, say); the devices are this platform's.
+    pub fn with_relay_run_by(runner: Runner) -> Result<Self> {
+        Self::granted(runner, "127.0.0.1:0".parse()?, Vec::new())
+    }
+
+    fn granted(runner: Runner, listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
+        let w = Self::ungranted(runner, listen, env)?;
         w.relay.admin(&["grant", "mypc", "bob"])?;
         Ok(w)
     }
@@ -172,12 +182,12 @@ impl World {
     /// Builds the world with extra relay settings, but bob has no grant on
     /// mypc yet (a test grants it, from the admin console say).
     pub fn without_grant(env: Vec<(String, String)>) -> Result<Self> {
-        Self::ungranted("127.0.0.1:0".parse()?, env)
+        Self::ungranted(Runner::default(), "127.0.0.1:0".parse()?, env)
     }
 
-    fn ungranted(listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
+    fn ungranted(runner: Runner, listen: SocketAddr, env: Vec<(String, String)>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let relay = Relay::start_on(dir.path(), listen, env)?;
+        let relay = Relay::start_by(runner, dir.path(), listen, env)?;
         let device = |name: &str| Device {
             home: dir.path().join(name),
         };

@@ -335,11 +335,12 @@ impl TestCa {
 
 /// Writes `text` to a new file only its owner may read.
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| format!("{}: {e}", path.display()))

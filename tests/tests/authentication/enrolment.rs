@@ -37,6 +37,7 @@ async fn enrollment_works_once_and_reused_or_expired_tokens_are_refused() -> Res
         addr: relay.addr,
         data_dir: relay.data_dir.clone(),
         env: expired_env,
+        runner: relay.runner.clone(),
     };
     let token = expired.invite_user("frank")?;
     let frank = Device {

@@ -2,7 +2,8 @@
 //! build of `latchkey` under wine, as a host agent and as a user's client,
 //! against the Linux relay: enrolment, the owner's code, a command through
 //! `cmd`, copies both ways with drive letters, a forward, and three wrong
-//! codes locking the host for everyone. See `latchkey_tests::wine`.
+//! codes locking the host for everyone; and the Windows build of the relay
+//! serving Linux hosts and users. See `latchkey_tests::wine`.
 
 use std::time::Duration;
 
@@ -143,5 +144,50 @@ async fn a_windows_host_serves_windows_and_linux_clients_through_the_linux_relay
         "{}",
         text(&locked.stderr)
     );
+    Ok(())
+}
+
+/// The Windows build of the relay, under wine, serves Linux hosts and
+/// users as the Linux build does: a session's datagrams forwarded by its
+/// socket layer (a command, a copy of 4 MiB, a forward), a shared user's
+/// three wrong codes locking the host for everyone, and the admin's
+/// unlock through the Windows admin CLI beside the running relay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_windows_relay_serves_linux_hosts_and_users() -> Result<()> {
+    let Some(wine) = Wine::start_or_skip("the Windows relay test")? else {
+        return Ok(());
+    };
+    let w = World::with_relay_run_by(wine.relay_runner())?;
+    let hello = hello_target().await?.to_string();
+    w.mypc.allow_forward(std::slice::from_ref(&hello))?;
+    let _agent = w.start_agent()?;
+
+    let ok = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "ok"])?;
+    ensure!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), "ok\n");
+
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (src, dest) = (w.dir.path().join("4m.bin"), w.dir.path().join("4m.copy"));
+    std::fs::write(&src, &data)?;
+    let up = w.alice.copy_to(OWNER_CODE, &src, "mypc", &dest)?;
+    ensure!(up.status.success(), "{}", text(&up.stderr));
+    ensure!(std::fs::read(&dest)? == data, "the copy differs");
+
+    let (forward, local) = w.start_forward(&hello)?;
+    let got = tokio::time::timeout(Duration::from_secs(20), fetch(local))
+        .await
+        .context("the forward's answer")??;
+    assert!(got.contains("hello from the host side"), "{got}");
+    drop(forward);
+
+    w.bob_locks_mypc_for(&[&w.alice, &w.bob]).await?;
+    w.relay.admin(&["unlock", "mypc"])?;
+    let after = w
+        .alice
+        .with_code(OWNER_CODE, &["exec", "mypc", "--", "echo", "unlocked"])?;
+    ensure!(after.status.success(), "{}", text(&after.stderr));
+    assert_eq!(text(&after.stdout), "unlocked\n");
     Ok(())
 }
