@@ -284,6 +284,12 @@ enum HostCommand {
     },
     /// Run the host agent: stay connected to the relay and serve sessions.
     Run,
+    /// The agent as a Windows service (Linux and macOS have systemd and
+    /// launchd files instead: docs/host.md).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Show this host's name, relay and key fingerprint (users compare it
     /// with `latchkey hosts --keys` when their client reports a changed key).
     Info {
@@ -330,6 +336,23 @@ enum HostCommand {
         #[command(subcommand)]
         op: FileOp,
     },
+}
+
+/// What `latchkey host service` does.
+#[derive(Debug, Subcommand)]
+enum ServiceAction {
+    /// Register the agent of this home (enrolled, its code set) as the
+    /// service LatchkeyHost and start it: at boot, restarted when it
+    /// fails, as the unprivileged virtual account NT SERVICE\LatchkeyHost,
+    /// with the home's ACL left to that account, SYSTEM and
+    /// Administrators. Run as an administrator, with
+    /// `--home C:\ProgramData\Latchkey`.
+    Install,
+    /// Stop the service and remove it (the home stays).
+    Uninstall,
+    /// What the service manager starts (internal).
+    #[command(hide = true)]
+    Run,
 }
 
 /// What the file helper does (see `latchkey_client::host::file_helper`).
@@ -382,6 +405,32 @@ impl CodeInput {
     }
 }
 
+/// The agent as the Windows service: its log goes to `agent.log` in its
+/// home (a service has no standard error), and the service manager runs it
+/// on a thread of its own until it says stop.
+fn run_service(home: Home) -> ExitCode {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.path.join("agent.log"));
+    if let Ok(log) = log {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::sync::Mutex::new(log))
+            .with_ansi(false)
+            .init();
+    }
+    match host::windows_service::run(home) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The agent serves many sessions and runs on every core. A user's
 /// command serves one session, and runs on one thread: its packets then
 /// pass between quinn's tasks and the channels' without waking another
@@ -406,6 +455,12 @@ fn main() -> ExitCode {
     }
     user::remote::set_resume_wait(std::time::Duration::from_secs(args.resume_wait));
     cli::user::set_persist(args.persist);
+    if let Command::Host(HostCommand::Service {
+        action: ServiceAction::Run,
+    }) = &args.command
+    {
+        return run_service(Home::locate(args.home));
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -533,5 +588,11 @@ async fn run(args: Cli) -> anyhow::Result<ExitCode> {
         | Command::Completions { .. }
         | Command::Man { .. } => unreachable!("handled first"),
         Command::Host(HostCommand::Run) => cli::host::run(&home).await,
+        Command::Host(HostCommand::Service { action }) => match action {
+            ServiceAction::Install => cli::host::service_install(&home),
+            ServiceAction::Uninstall => cli::host::service_uninstall(),
+            // Handled before the runtime starts (see `main`).
+            ServiceAction::Run => unreachable!("the service runs from main"),
+        },
     }
 }

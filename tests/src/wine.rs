@@ -23,7 +23,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
-use crate::{bin, process::feed, relay::Runner, Proc};
+use crate::{bin, relay::Runner, Proc, WAIT};
 
 /// Set when the Windows binaries are built and wine installed: the wine
 /// tests must run.
@@ -151,7 +151,7 @@ impl Wine {
     /// Runs `latchkey.exe ARGS` as the device in `home`; fails unless it
     /// succeeds, with its standard error.
     pub fn run(&self, home: &Path, args: &[&str]) -> Result<String> {
-        let out = self.latchkey(home).args(args).output()?;
+        let out = finished(self.latchkey(home).args(args), None)?;
         if !out.status.success() {
             bail!(
                 "latchkey.exe {args:?} failed ({}): {}",
@@ -169,7 +169,7 @@ impl Wine {
         args: &[&str],
         input: &str,
     ) -> Result<std::process::Output> {
-        feed(self.latchkey(home).args(args), input)
+        finished(self.latchkey(home).args(args), Some(input))
     }
 
     /// Starts `latchkey.exe ARGS` in the background.
@@ -188,6 +188,20 @@ impl Wine {
     }
 }
 
+impl Wine {
+    /// Runs a Windows system tool (`sc`, `icacls`) in this prefix.
+    pub fn tool(&self, program: &str, args: &[&str]) -> Result<std::process::Output> {
+        finished(self.env(Command::new("wine")).arg(program).args(args), None)
+    }
+
+    /// A program that waits on its standard input for as long as it is
+    /// kept: wine ends a prefix's services when its last other program
+    /// ends, as Windows would at shutdown.
+    pub fn keep_services_running(&self) -> Result<(Proc, std::process::ChildStdin)> {
+        Proc::spawn_interactive(self.env(Command::new("wine")).args(["cmd", "/c", "pause"]))
+    }
+}
+
 impl Drop for Wine {
     /// Every process of the prefix ends with it (the agent, a forward).
     fn drop(&mut self) {
@@ -199,6 +213,53 @@ impl Drop for Wine {
             let _ = kill.kill();
         }
     }
+}
+
+/// Runs `cmd` to its end (within [`WAIT`] × 4), with `input` and a line
+/// end on its standard input, and its output in files rather than pipes:
+/// a process wine starts on the side (the desktop, for a service manager
+/// call) inherits the handles of the program that needed it and would hold
+/// pipes open long after that program ended.
+fn finished(cmd: &mut Command, input: Option<&str>) -> Result<std::process::Output> {
+    use std::{
+        io::{Read, Seek, Write},
+        process::Stdio,
+    };
+    let (mut out, mut err) = (tempfile::tempfile()?, tempfile::tempfile()?);
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?)
+        .spawn()?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(format!("{input}\n").as_bytes())?;
+    }
+    let deadline = std::time::Instant::now() + WAIT * 4;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{cmd:?} did not end within {:?}", WAIT * 4);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read = |file: &mut std::fs::File| -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        file.rewind()?;
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: read(&mut out)?,
+        stderr: read(&mut err)?,
+    })
 }
 
 fn on_path(program: &str) -> bool {

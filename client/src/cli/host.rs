@@ -171,6 +171,27 @@ pub(crate) async fn run(home: &Home) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `latchkey host service install`: the agent of `home` as the Windows
+/// service, started now and at every boot.
+pub(crate) fn service_install(home: &Home) -> anyhow::Result<ExitCode> {
+    host::windows_service::install(home)?;
+    println!(
+        "service {} installed and started for {} (as {}); `sc.exe query {}` shows it",
+        host::windows_service::SERVICE_NAME,
+        home.path.display(),
+        host::windows_service::SERVICE_ACCOUNT,
+        host::windows_service::SERVICE_NAME
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey host service uninstall`.
+pub(crate) fn service_uninstall() -> anyhow::Result<ExitCode> {
+    host::windows_service::uninstall()?;
+    println!("service {} removed", host::windows_service::SERVICE_NAME);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// How the file helper ends: a failure's line goes to standard error, and
 /// the agent shows the user this line as it is.
 pub(crate) fn file_helper_exit(done: Result<(), String>) -> ExitCode {

@@ -11,6 +11,7 @@ pub mod file_helper;
 pub mod recording;
 mod rights;
 mod service_manager;
+pub mod windows_service;
 
 pub use agent::{dial, run, RelayRing};
 pub use channel_log::CHANNEL_LOG;

@@ -191,3 +191,68 @@ async fn a_windows_relay_serves_linux_hosts_and_users() -> Result<()> {
     assert_eq!(text(&after.stdout), "unlocked\n");
     Ok(())
 }
+
+/// The agent as a Windows service: `host service install` registers and
+/// starts it (the home's ACL set by `icacls`), it serves a session, the
+/// service manager's stop ends it cleanly, and `uninstall` removes it.
+/// (Wine's service manager neither restarts a failed service nor checks
+/// accounts and ACLs: the plans for those are unit tests.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_windows_host_runs_as_a_service() -> Result<()> {
+    let Some(wine) = Wine::start_or_skip("the Windows service test")? else {
+        return Ok(());
+    };
+    let w = World::new()?;
+    let winpc = w.dir.path().join("winpc");
+    std::fs::create_dir_all(&winpc)?;
+    wine.run(
+        &winpc,
+        &["host", "enroll", &w.relay.invite_host("winpc", "alice")?],
+    )?;
+    let set = wine.run_with_input(
+        &winpc,
+        &["host", "set-code", "--code-stdin", "--insecure-fast-ksf"],
+        &format!("{OWNER_CODE}\n"),
+    )?;
+    ensure!(set.status.success(), "set-code: {}", text(&set.stderr));
+    let _keeper = wine.keep_services_running()?;
+    let online = |expected: bool| {
+        wait_until("the service's agent online or offline", || {
+            w.relay
+                .status("winpc")
+                .map(|s| s["online"] == expected)
+                .unwrap_or(false)
+        })
+    };
+
+    let said = wine.run(&winpc, &["host", "service", "install"])?;
+    assert!(said.contains("installed and started"), "{said}");
+    online(true)?;
+    let query = wine.tool("sc", &["query", "LatchkeyHost"])?;
+    assert!(
+        text(&query.stdout).contains("RUNNING"),
+        "{}",
+        text(&query.stdout)
+    );
+    let ok = w.alice.with_code(
+        OWNER_CODE,
+        &["exec", "winpc", "--", "cmd", "/c", "echo", "served"],
+    )?;
+    ensure!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), "served\r\n");
+    let log = std::fs::read_to_string(winpc.join("agent.log"))?;
+    assert!(log.contains("online host=winpc"), "{log}");
+
+    let stop = wine.tool("sc", &["stop", "LatchkeyHost"])?;
+    ensure!(stop.status.success(), "{}", text(&stop.stdout));
+    online(false)?;
+    let removed = wine.run(&winpc, &["host", "service", "uninstall"])?;
+    assert!(removed.contains("removed"), "{removed}");
+    let gone = wine.tool("sc", &["query", "LatchkeyHost"])?;
+    assert!(
+        !text(&gone.stdout).contains("RUNNING") && !text(&gone.stdout).contains("STOPPED"),
+        "{}",
+        text(&gone.stdout)
+    );
+    Ok(())
+}
