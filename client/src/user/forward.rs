@@ -137,7 +137,12 @@ pub async fn forward(
 
 async fn one(remote: &Remote, tcp: TcpStream, target: String) -> Result<(), ChannelError> {
     tcp.set_nodelay(true).ok();
-    let (mut send, mut recv, _) = remote.channel(ChannelKind::Forward { target }).await?;
+    let opened = remote.channel(ChannelKind::Forward { target }).await;
+    let (mut send, mut recv, _) = opened.inspect_err(|_| {
+        // A reset, not a clean close: the application must not take a
+        // refused or cut connection for an empty answer.
+        let _ = tcp.set_zero_linger();
+    })?;
     channel::splice_tcp(tcp, &mut send, &mut recv).await;
     debug!("forwarded connection closed");
     Ok(())

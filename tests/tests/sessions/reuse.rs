@@ -248,6 +248,53 @@ async fn interrupting_a_command_on_a_kept_session_hangs_up_its_remote_command() 
     Ok(())
 }
 
+/// A command whose remote program never reads its input takes the
+/// session's flow control as it sends; interrupted, it is hung up all the
+/// same, and the session serves the next command (two such commands at
+/// once used to hold the kept session for good).
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_commands_whose_remote_program_reads_nothing_free_the_kept_session(
+) -> Result<()> {
+    let w = World::new()?;
+    let _agent = w.start_agent()?;
+    let kept = || w.alice.keeping_sessions("30s");
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    let mut flooding = Vec::new();
+    for _ in 0..2 {
+        let (client, mut stdin) = Proc::spawn_interactive(kept().args([
+            "exec",
+            "mypc",
+            "--",
+            "sh",
+            "-c",
+            "echo pid $$; exec sleep 30",
+        ]))?;
+        let line = client.expect_line("pid ")?;
+        let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+        std::thread::spawn(move || {
+            let zeros = vec![0u8; 1 << 16];
+            while stdin.write_all(&zeros).is_ok() {}
+        });
+        flooding.push((client, pid));
+    }
+    // Time for both to fill what the host takes from them.
+    std::thread::sleep(Duration::from_secs(3));
+    for (client, pid) in &mut flooding {
+        assert_eq!(client.terminate()?.code(), Some(143));
+        let took = within(
+            Duration::from_secs(5),
+            "the flooding command's remote end",
+            || gone(*pid),
+        )
+        .with_context(|| agent_log(&w))?;
+        println!("remote command gone after {took:?}");
+    }
+    let out = exec(&mut kept(), &["echo", "alive"])?;
+    assert_eq!(text(&out.stdout), "alive\n", "{}", text(&out.stderr));
+    w.alice.run(&["disconnect", "mypc"])?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_proxy_and_a_shell_run_on_the_kept_session() -> Result<()> {
     let w = World::new()?;

@@ -106,12 +106,41 @@ async fn a_forward_only_grant_reaches_only_its_targets() -> Result<()> {
     );
     // The one inside it works.
     let (mut forward, local) = World::start_forward_as(&w.bob, &[], &hello)?;
-    assert!(fetch(local).await?.contains("hello from the host side"));
-    forward.terminate()?;
+    assert!(fetch(local.clone())
+        .await?
+        .contains("hello from the host side"));
     let exec = w
         .bob
         .with_code(OWNER_CODE, &["exec", "mypc", "--", "true"])?;
     assert_eq!(exec.status.code(), Some(255));
+    // With the right taken away, a new connection to the running forward
+    // is reset, never closed as if the target had answered nothing.
+    w.relay
+        .admin(&["rights", "mypc", "bob", "--allow", "exec"])?;
+    let taken = Instant::now();
+    loop {
+        let answer = async {
+            let mut tcp = tokio::net::TcpStream::connect(&local).await?;
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut got).await
+        };
+        match tokio::time::timeout(Duration::from_secs(20), answer).await? {
+            Err(e) => {
+                println!(
+                    "refused {:?} after the right was taken: {e}",
+                    taken.elapsed()
+                );
+                break;
+            }
+            Ok(0) => panic!("a refused connection ended cleanly, as an empty answer"),
+            // Not yet at the host.
+            Ok(_) => {
+                assert!(taken.elapsed() < Duration::from_secs(10), "still forwarded");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    forward.terminate()?;
     Ok(())
 }
 

@@ -19,6 +19,22 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Enrols the Windows device in `home` as alice's host `winpc`, with the
+/// owner's code.
+fn enroll_winpc(wine: &Wine, w: &World, home: &std::path::Path) -> Result<()> {
+    wine.run(
+        home,
+        &["host", "enroll", &w.relay.invite_host("winpc", "alice")?],
+    )?;
+    let set = wine.run_with_input(
+        home,
+        &["host", "set-code", "--code-stdin", "--insecure-fast-ksf"],
+        &format!("{OWNER_CODE}\n"),
+    )?;
+    ensure!(set.status.success(), "set-code: {}", text(&set.stderr));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_windows_host_serves_windows_and_linux_clients_through_the_linux_relay() -> Result<()> {
     let Some(wine) = Wine::start_or_skip("the Windows host test")? else {
@@ -30,16 +46,7 @@ async fn a_windows_host_serves_windows_and_linux_clients_through_the_linux_relay
     std::fs::create_dir_all(&dave)?;
 
     // The Windows host, alice's, allowing a forward to a target here.
-    wine.run(
-        &winpc,
-        &["host", "enroll", &w.relay.invite_host("winpc", "alice")?],
-    )?;
-    let set = wine.run_with_input(
-        &winpc,
-        &["host", "set-code", "--code-stdin", "--insecure-fast-ksf"],
-        &format!("{OWNER_CODE}\n"),
-    )?;
-    ensure!(set.status.success(), "set-code: {}", text(&set.stderr));
+    enroll_winpc(&wine, &w, &winpc)?;
     let hello = hello_target().await?.to_string();
     let config = winpc.join("host.toml");
     let mut host: toml::Table = std::fs::read_to_string(&config)?.parse()?;
@@ -205,16 +212,7 @@ async fn a_windows_host_runs_as_a_service() -> Result<()> {
     let w = World::new()?;
     let winpc = w.dir.path().join("winpc");
     std::fs::create_dir_all(&winpc)?;
-    wine.run(
-        &winpc,
-        &["host", "enroll", &w.relay.invite_host("winpc", "alice")?],
-    )?;
-    let set = wine.run_with_input(
-        &winpc,
-        &["host", "set-code", "--code-stdin", "--insecure-fast-ksf"],
-        &format!("{OWNER_CODE}\n"),
-    )?;
-    ensure!(set.status.success(), "set-code: {}", text(&set.stderr));
+    enroll_winpc(&wine, &w, &winpc)?;
     let _keeper = wine.keep_services_running()?;
     let online = |expected: bool| {
         wait_until("the service's agent online or offline", || {

@@ -368,6 +368,10 @@ async fn pump(from: &mut ChannelRecv, to: &mut ChannelSend) -> Pumped {
 /// close (or its death) is the channel's end, and what the host still
 /// sends then is cut off.
 async fn carry(conn: UnixStream, mut to_host: ChannelSend, mut from_host: ChannelRecv) {
+    let Ok((conn, watch)) = with_second_handle(conn) else {
+        // Dropping the host's halves cuts the channel.
+        return;
+    };
     let (read, write) = conn.into_split();
     let mut from_cmd = ChannelRecv::local(Box::new(read));
     let mut to_cmd = ChannelSend::local(Box::new(write));
@@ -388,5 +392,36 @@ async fn carry(conn: UnixStream, mut to_host: ChannelSend, mut from_host: Channe
     tokio::select! {
         () = up => {}
         () = down => {}
+        () = command_gone(watch) => {}
+    }
+}
+
+/// How often a carried channel checks that its command is still there.
+const GONE_CHECK: Duration = Duration::from_secs(1);
+
+/// `conn` and a second handle on the same socket.
+fn with_second_handle(conn: UnixStream) -> std::io::Result<(UnixStream, UnixStream)> {
+    let conn = conn.into_std()?;
+    let second = conn.try_clone()?;
+    Ok((UnixStream::from_std(conn)?, UnixStream::from_std(second)?))
+}
+
+/// Resolves once the command's end of the socket is closed (it finished
+/// with the channel, died, or cut it), however stuck the pumps are: one
+/// blocked writing to a host that reads nothing (a remote program that
+/// never reads its input) would never read that close, and the channel,
+/// its remote program and the session's flow control would stay taken.
+/// Checked on a second handle, whose readiness says "closed" without
+/// taking what the pump has yet to read.
+async fn command_gone(watch: UnixStream) {
+    let mut tick = tokio::time::interval(GONE_CHECK);
+    loop {
+        tick.tick().await;
+        let ready = timeout(Duration::ZERO, watch.ready(tokio::io::Interest::READABLE)).await;
+        match ready {
+            Ok(Ok(ready)) if ready.is_read_closed() => return,
+            Ok(Err(_)) => return,
+            _ => {}
+        }
     }
 }
