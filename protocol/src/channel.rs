@@ -38,7 +38,7 @@ const GATHER: usize = 48;
 
 /// The stream data a full-size packet carries, about: what one of the
 /// chunks quinn hands out holds.
-const MIN_PACKET_DATA: usize = 1200;
+const PACKET_DATA: usize = 1200;
 
 /// Largest data a [`Piece`] carries: with its tag, a frame of
 /// [`MAX_FRAME_LEN`], so a QUIC read of up to 64 KiB goes in one or two.
@@ -272,7 +272,7 @@ impl Receiver {
                 let mut chunks: [Bytes; GATHER] = std::array::from_fn(|_| Bytes::new());
                 // Waits for the first packet's data, then takes what else
                 // is there; as many packets as `max` needs, at least one.
-                let slots = (max / MIN_PACKET_DATA).clamp(1, GATHER);
+                let slots = (max / PACKET_DATA).clamp(1, GATHER);
                 match r.read_chunks(&mut chunks[..slots]).await {
                     Ok(Some(1)) => Ok(Some(std::mem::take(&mut chunks[0]))),
                     Ok(Some(n)) if n > 0 => {

@@ -90,9 +90,10 @@ pub enum ServiceError {
         "the Windows service is for Windows; on Linux use client/service/latchkey-host.service, on macOS client/service/com.latchkey.host.plist (docs/host.md)"
     )]
     NotWindows,
-    /// The home holds no enrolled host.
-    #[error("{0} holds no enrolled host: run `latchkey --home {0} host enroll TOKEN` and `host set-code` first")]
-    NotEnrolled(String),
+    /// The home holds no host the service could run (not enrolled, or its
+    /// config unreadable).
+    #[error(transparent)]
+    Home(#[from] crate::config::ConfigError),
     /// The service control manager refused a step.
     #[error("the service manager, {0}")]
     Manager(String),
@@ -312,9 +313,7 @@ mod system {
 /// Installs and starts the service for the agent in `home`, run by this
 /// executable.
 pub fn install(home: &crate::config::Home) -> Result<(), ServiceError> {
-    if home.host().is_err() {
-        return Err(ServiceError::NotEnrolled(home.path.display().to_string()));
-    }
+    home.host()?;
     #[cfg(windows)]
     {
         let exe = std::env::current_exe()
@@ -400,7 +399,12 @@ mod tests {
     fn elsewhere_the_service_commands_point_to_the_platforms_own_files() {
         let dir = tempfile::tempdir().unwrap();
         let home = crate::config::Home::locate(Some(dir.path().to_owned()));
-        assert!(matches!(install(&home), Err(ServiceError::NotEnrolled(_))));
+        assert!(matches!(
+            install(&home),
+            Err(ServiceError::Home(
+                crate::config::ConfigError::NotEnrolled { .. }
+            ))
+        ));
         assert!(matches!(uninstall(), Err(ServiceError::NotWindows)));
         assert!(uninstall()
             .unwrap_err()

@@ -39,23 +39,31 @@ fn logins(w: &World) -> Result<usize> {
     Ok(count(&w.relay.audit_events("mypc")?, "login-ok"))
 }
 
+/// A command on mypc that says its pid, then sleeps for 30 s.
+const SLEEPING: [&str; 6] = [
+    "exec",
+    "mypc",
+    "--",
+    "sh",
+    "-c",
+    "echo pid $$; exec sleep 30",
+];
+
 /// Starts `cmd exec mypc -- sleep 30` (its log in `log`); returns it and
 /// the remote command's pid, once it runs.
 fn sleeping_on(cmd: &mut Command, w: &World, log: &str) -> Result<(Proc, u32)> {
     let proc = Proc::spawn_logged(
-        cmd.args([
-            "exec",
-            "mypc",
-            "--",
-            "sh",
-            "-c",
-            "echo pid $$; exec sleep 30",
-        ]),
+        cmd.args(SLEEPING),
         std::fs::File::create(w.dir.path().join(log))?,
     )?;
-    let line = proc.expect_line("pid ")?;
-    let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+    let pid = remote_pid(&proc)?;
     Ok((proc, pid))
+}
+
+/// The remote pid a command started as `sh -c 'echo pid $$; ...'` prints.
+fn remote_pid(proc: &Proc) -> Result<u32> {
+    let line = proc.expect_line("pid ")?;
+    Ok(line.trim().trim_start_matches("pid ").parse()?)
 }
 
 fn exec(cmd: &mut Command, argv: &[&str]) -> Result<std::process::Output> {
@@ -261,16 +269,8 @@ async fn interrupted_commands_whose_remote_program_reads_nothing_free_the_kept_s
     exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
     let mut flooding = Vec::new();
     for _ in 0..2 {
-        let (client, mut stdin) = Proc::spawn_interactive(kept().args([
-            "exec",
-            "mypc",
-            "--",
-            "sh",
-            "-c",
-            "echo pid $$; exec sleep 30",
-        ]))?;
-        let line = client.expect_line("pid ")?;
-        let pid: u32 = line.trim().trim_start_matches("pid ").parse()?;
+        let (client, mut stdin) = Proc::spawn_interactive(kept().args(SLEEPING))?;
+        let pid = remote_pid(&client)?;
         std::thread::spawn(move || {
             let zeros = vec![0u8; 1 << 16];
             while stdin.write_all(&zeros).is_ok() {}

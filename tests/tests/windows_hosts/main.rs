@@ -19,6 +19,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Waits until the relay reports `winpc` online (or offline).
+fn winpc_online(w: &World, online: bool) -> Result<()> {
+    wait_until("winpc's presence at the relay", || {
+        w.relay
+            .status("winpc")
+            .map(|s| s["online"] == online)
+            .unwrap_or(false)
+    })
+}
+
 /// Enrols the Windows device in `home` as alice's host `winpc`, with the
 /// owner's code.
 fn enroll_winpc(wine: &Wine, w: &World, home: &std::path::Path) -> Result<()> {
@@ -53,12 +63,7 @@ async fn a_windows_host_serves_windows_and_linux_clients_through_the_linux_relay
     host.insert("forward_allow".into(), vec![hello.clone()].into());
     std::fs::write(&config, host.to_string())?;
     let _agent = wine.spawn(&winpc, &["host", "run"])?;
-    wait_until("the Windows agent online", || {
-        w.relay
-            .status("winpc")
-            .map(|s| s["online"] == true)
-            .unwrap_or(false)
-    })?;
+    winpc_online(&w, true)?;
 
     // A Linux client runs a command there, as cmd prints it.
     let ok = w.alice.with_code(
@@ -214,18 +219,10 @@ async fn a_windows_host_runs_as_a_service() -> Result<()> {
     std::fs::create_dir_all(&winpc)?;
     enroll_winpc(&wine, &w, &winpc)?;
     let _keeper = wine.keep_services_running()?;
-    let online = |expected: bool| {
-        wait_until("the service's agent online or offline", || {
-            w.relay
-                .status("winpc")
-                .map(|s| s["online"] == expected)
-                .unwrap_or(false)
-        })
-    };
 
     let said = wine.run(&winpc, &["host", "service", "install"])?;
     assert!(said.contains("installed and started"), "{said}");
-    online(true)?;
+    winpc_online(&w, true)?;
     let query = wine.tool("sc", &["query", "LatchkeyHost"])?;
     assert!(
         text(&query.stdout).contains("RUNNING"),
@@ -243,7 +240,7 @@ async fn a_windows_host_runs_as_a_service() -> Result<()> {
 
     let stop = wine.tool("sc", &["stop", "LatchkeyHost"])?;
     ensure!(stop.status.success(), "{}", text(&stop.stdout));
-    online(false)?;
+    winpc_online(&w, false)?;
     let removed = wine.run(&winpc, &["host", "service", "uninstall"])?;
     assert!(removed.contains("removed"), "{removed}");
     let gone = wine.tool("sc", &["query", "LatchkeyHost"])?;

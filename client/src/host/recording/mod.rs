@@ -284,6 +284,16 @@ mod tests {
         Recorder::new(&Home::locate(Some(dir.to_owned())), &cfg)
     }
 
+    /// The tape of bob's command `sh`.
+    fn bobs_sh(recorder: &Recorder) -> Tape {
+        let exec = ChannelKind::Exec {
+            argv: vec!["sh".into()],
+        };
+        recorder
+            .terminal(&bob(), SessionId([1; 16]), &exec)
+            .expect("start")
+    }
+
     fn events(path: &std::path::Path) -> (serde_json::Value, Vec<(f64, String, String)>) {
         let text = std::fs::read_to_string(path).expect("read");
         let mut lines = text.lines();
@@ -422,12 +432,7 @@ mod tests {
     fn a_command_keeps_its_input_and_each_streams_characters_whole() {
         let dir = tempfile::tempdir().expect("temp dir");
         let recorder = recorder_in(dir.path(), 8);
-        let exec = ChannelKind::Exec {
-            argv: vec!["sh".into()],
-        };
-        let tape = recorder
-            .terminal(&bob(), SessionId([1; 16]), &exec)
-            .expect("start");
+        let tape = bobs_sh(&recorder);
         let e = "\u{e9}".as_bytes();
         tape.record(Stream::Input, b"echo hi\n");
         tape.record(Stream::Output, &e[..1]);
@@ -457,12 +462,7 @@ mod tests {
     fn nothing_follows_a_recordings_closing_marker() {
         let dir = tempfile::tempdir().expect("temp dir");
         let recorder = recorder_in(dir.path(), 8);
-        let exec = ChannelKind::Exec {
-            argv: vec!["sh".into()],
-        };
-        let tape = recorder
-            .terminal(&bob(), SessionId([1; 16]), &exec)
-            .expect("start");
+        let tape = bobs_sh(&recorder);
         // A command's input pump holds a clone until it is stopped.
         let pump = tape.clone();
         tape.end("exit 0");
