@@ -295,6 +295,42 @@ async fn interrupted_commands_whose_remote_program_reads_nothing_free_the_kept_s
     Ok(())
 }
 
+/// A proxy killed mid-upload on a kept session: its target reads a reset
+/// after what arrived, never a clean end that would pass a cut upload for
+/// a complete one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_on_a_kept_session_reaches_its_target_as_a_reset() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let w = World::new()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?.to_string();
+    w.mypc.allow_forward(std::slice::from_ref(&target))?;
+    let _agent = w.start_agent()?;
+    let kept = || w.alice.keeping_sessions("30s");
+    exec(kept().env("LATCHKEY_ACCESS_CODE", OWNER_CODE), &["true"])?;
+    // The target reads nothing until the upload is cut, then all of it.
+    let read = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut got = Vec::new();
+        Ok::<_, std::io::Error>(tcp.read_to_end(&mut got).await)
+    });
+    let (mut proxy, mut stdin) = Proc::spawn_interactive(kept().args(["proxy", "mypc", &target]))?;
+    std::thread::spawn(move || {
+        let zeros = vec![0u8; 1 << 16];
+        while stdin.write_all(&zeros).is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.kill9();
+    let ended = tokio::time::timeout(Duration::from_secs(30), read).await???;
+    match ended {
+        Err(e) => println!("the target read a cut: {e}"),
+        Ok(n) => panic!("the cut upload ended cleanly after {n} bytes"),
+    }
+    w.alice.run(&["disconnect", "mypc"])?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_proxy_and_a_shell_run_on_the_kept_session() -> Result<()> {
     let w = World::new()?;

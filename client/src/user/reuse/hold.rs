@@ -369,31 +369,44 @@ async fn pump(from: &mut ChannelRecv, to: &mut ChannelSend) -> Pumped {
 /// sends then is cut off.
 async fn carry(conn: UnixStream, mut to_host: ChannelSend, mut from_host: ChannelRecv) {
     let Ok((conn, watch)) = with_second_handle(conn) else {
-        // Dropping the host's halves cuts the channel.
+        to_host.reset(quinn::VarInt::from_u32(0));
+        from_host.stop(quinn::VarInt::from_u32(0));
         return;
     };
     let (read, write) = conn.into_split();
     let mut from_cmd = ChannelRecv::local(Box::new(read));
     let mut to_cmd = ChannelSend::local(Box::new(write));
-    let up = async {
-        if pump(&mut from_cmd, &mut to_host).await == Pumped::Cut {
-            return;
+    let mut finished = false;
+    {
+        let up = async {
+            match pump(&mut from_cmd, &mut to_host).await {
+                Pumped::Cut => return,
+                Pumped::Finished => finished = true,
+                Pumped::Unread => {}
+            }
+            from_cmd.far_end_closed().await;
+        };
+        let down = async {
+            if pump(&mut from_host, &mut to_cmd).await == Pumped::Unread {
+                from_host.stop(quinn::VarInt::from_u32(0));
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = up => {}
+            () = down => {}
+            () = command_gone(watch) => {}
         }
-        from_cmd.far_end_closed().await;
-    };
-    let down = async {
-        if pump(&mut from_host, &mut to_cmd).await == Pumped::Unread {
-            from_host.stop(quinn::VarInt::from_u32(0));
-        }
-        std::future::pending::<()>().await;
-    };
-    // The host's halves drop with this function: quinn stops and resets
-    // what is still open, and the host hangs up what ran on them.
-    tokio::select! {
-        () = up => {}
-        () = down => {}
-        () = command_gone(watch) => {}
     }
+    // What the command did not finish is cut, never ended as if complete:
+    // a QUIC stream dropped unfinished would end cleanly, and the host
+    // would close a forward's target as if all had been sent. What is
+    // still coming from the host is refused; the host hangs up what ran on
+    // the channel.
+    if !finished {
+        to_host.reset(quinn::VarInt::from_u32(0));
+    }
+    from_host.stop(quinn::VarInt::from_u32(0));
 }
 
 /// How often a carried channel checks that its command is still there.
